@@ -1,0 +1,259 @@
+#!/usr/bin/env node
+// The `blockmirror` command. Each subcommand parses its own flags; errors print one
+// line naming the problem and exit non-zero (2 for usage and configuration, 1 for
+// failures at run time).
+
+import fs from 'node:fs';
+import path from 'node:path';
+import { spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { formatAddress, loadClusterConfig, type ClusterConfig } from '../control/config.js';
+import { BlockmirrorError } from '../lib/errors.js';
+import { Logger, parseLogLevel } from '../lib/log.js';
+import { BlockmirrorNode } from '../server/node.js';
+import type { NodeStatus } from '../server/admin.js';
+
+const usage = `blockmirror — replicated block storage served over NBD
+
+Usage:
+  blockmirror demo [--dir DIR]                         start a local cluster under ./blockmirror-demo/
+  blockmirror serve --config FILE --node ID            run one node of a cluster
+  blockmirror status (--config FILE | --admin URL) [--json]
+                                                       show nodes and volumes
+  blockmirror check-config --config FILE               validate a cluster file and exit
+  blockmirror --help | --version
+
+Environment:
+  BLOCKMIRROR_LOG_LEVEL   debug | info | warn | error (default info); logs are JSON lines on stderr
+
+Documentation: README.md, docs/configuration.md, docs/operations.md`;
+
+interface Flags {
+  values: Map<string, string>;
+  switches: Set<string>;
+}
+
+function parseFlags(args: string[], valueFlags: string[], switchFlags: string[]): Flags {
+  const values = new Map<string, string>();
+  const switches = new Set<string>();
+  for (let index = 0; index < args.length; index += 1) {
+    const arg = args[index] ?? '';
+    const [name, inline] = arg.includes('=') ? [arg.slice(0, arg.indexOf('=')), arg.slice(arg.indexOf('=') + 1)] : [arg, undefined];
+    if (valueFlags.includes(name)) {
+      const value = inline ?? args[++index];
+      if (value === undefined) throw new BlockmirrorError('ERR_USAGE', `${name} needs a value`);
+      values.set(name, value);
+    } else if (switchFlags.includes(name) && inline === undefined) {
+      switches.add(name);
+    } else {
+      throw new BlockmirrorError('ERR_USAGE', `unknown argument "${arg}" (see blockmirror --help)`);
+    }
+  }
+  return { values, switches };
+}
+
+function required(flags: Flags, name: string): string {
+  const value = flags.values.get(name);
+  if (value === undefined) throw new BlockmirrorError('ERR_USAGE', `${name} is required`);
+  return value;
+}
+
+function packageVersion(): string {
+  let dir = path.dirname(fileURLToPath(import.meta.url));
+  for (let depth = 0; depth < 5; depth += 1) {
+    const file = path.join(dir, 'package.json');
+    if (fs.existsSync(file)) return (JSON.parse(fs.readFileSync(file, 'utf8')) as { version: string }).version;
+    dir = path.dirname(dir);
+  }
+  return 'unknown';
+}
+
+async function serve(args: string[]): Promise<number> {
+  const flags = parseFlags(args, ['--config', '--node'], []);
+  const config = loadClusterConfig(required(flags, '--config'));
+  const log = new Logger(process.stderr, parseLogLevel(process.env['BLOCKMIRROR_LOG_LEVEL'])).child({
+    node: required(flags, '--node'),
+  });
+  const node = new BlockmirrorNode(config, required(flags, '--node'), log);
+  let signalled = false;
+  const stopped = new Promise<void>((resolve) => {
+    const onSignal = (signal: NodeJS.Signals): void => {
+      if (signalled) return;
+      signalled = true;
+      log.info('signal received, shutting down', { signal });
+      node.stop().then(resolve, (error: unknown) => {
+        log.error('shutdown failed', { error: String(error) });
+        process.exit(1);
+      });
+    };
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
+  });
+  try {
+    await node.start();
+  } catch (error) {
+    await node.stop().catch(() => undefined);
+    throw error;
+  }
+  await stopped;
+  return 0;
+}
+
+function checkConfig(args: string[]): number {
+  const flags = parseFlags(args, ['--config'], []);
+  const config = loadClusterConfig(required(flags, '--config'));
+  process.stdout.write(
+    `${required(flags, '--config')}: valid (cluster ${config.cluster}, ${config.nodes.length} node(s), ` +
+      `${config.volumes.length} volume(s))\n`,
+  );
+  return 0;
+}
+
+async function fetchStatus(url: string): Promise<NodeStatus> {
+  const controller = new AbortController();
+  const timer = setTimeout(() => controller.abort(), 3000);
+  try {
+    const response = await fetch(new URL('/api/v1/status', url), { signal: controller.signal });
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    return (await response.json()) as NodeStatus;
+  } catch (error) {
+    throw new BlockmirrorError('ERR_ADMIN_UNREACHABLE', `cannot reach ${url}: ${(error as Error).message}`);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+function adminUrls(flags: Flags): string[] {
+  const admin = flags.values.get('--admin');
+  if (admin !== undefined) return [admin];
+  const config: ClusterConfig = loadClusterConfig(required(flags, '--config'));
+  return config.nodes.map((node) => `http://${formatAddress(node.admin)}`);
+}
+
+async function status(args: string[]): Promise<number> {
+  const flags = parseFlags(args, ['--config', '--admin'], ['--json']);
+  const urls = adminUrls(flags);
+  const results = await Promise.all(
+    urls.map(async (url) => {
+      try {
+        return { url, status: await fetchStatus(url) };
+      } catch (error) {
+        return { url, error: (error as Error).message };
+      }
+    }),
+  );
+  if (flags.switches.has('--json')) {
+    process.stdout.write(JSON.stringify({ nodes: results }, null, 2) + '\n');
+  } else {
+    const rows: string[][] = [['NODE', 'VOLUME', 'SIZE', 'MODE', 'ROLE', 'DISK', 'WRITES', 'READS']];
+    for (const result of results) {
+      if (!('status' in result) || result.status === undefined) {
+        rows.push([result.url, '-', '-', '-', 'unreachable', '-', '-', '-']);
+        continue;
+      }
+      for (const volume of result.status.volumes) {
+        rows.push([
+          result.status.node,
+          volume.name,
+          String(volume.sizeBytes),
+          volume.mode,
+          volume.role,
+          volume.disk,
+          String(volume.stats['writeOps'] ?? 0),
+          String(volume.stats['readOps'] ?? 0),
+        ]);
+      }
+    }
+    const widths = rows[0]!.map((_, column) => Math.max(...rows.map((row) => (row[column] ?? '').length)));
+    for (const row of rows) process.stdout.write(row.map((cell, column) => cell.padEnd(widths[column] ?? 0)).join('  ').trimEnd() + '\n');
+  }
+  return results.every((result) => 'status' in result) ? 0 : 1;
+}
+
+const demoConfig = `# blockmirror demo cluster, written by \`blockmirror demo\`. Edit and restart to change it.
+cluster: demo
+secret: demo-secret-change-me
+nodes:
+  - id: a
+    nbd: 127.0.0.1:10809
+    replication: 127.0.0.1:7701
+    admin: 127.0.0.1:9701
+    dataDir: ./data/a
+volumes:
+  - name: vol0
+    size: 1GiB
+    replicas: [a]
+    primary: a
+    mode: local
+    description: blockmirror demo volume
+`;
+
+async function demo(args: string[]): Promise<number> {
+  const flags = parseFlags(args, ['--dir'], []);
+  const dir = path.resolve(flags.values.get('--dir') ?? 'blockmirror-demo');
+  fs.mkdirSync(dir, { recursive: true });
+  const configPath = path.join(dir, 'cluster.yaml');
+  if (!fs.existsSync(configPath)) fs.writeFileSync(configPath, demoConfig);
+  const config = loadClusterConfig(configPath);
+  const main = fileURLToPath(import.meta.url);
+  const children = config.nodes.map((node) =>
+    spawn(process.execPath, [main, 'serve', '--config', configPath, '--node', node.id], {
+      stdio: ['ignore', 'inherit', 'inherit'],
+    }),
+  );
+  process.stdout.write(`blockmirror demo: cluster file ${configPath}\n`);
+  for (const node of config.nodes) {
+    for (const volume of config.volumes.filter((v) => v.replicas.includes(node.id))) {
+      process.stdout.write(`  volume ${volume.name} on node ${node.id}: nbd://${formatAddress(node.nbd)}/${volume.name}\n`);
+    }
+    process.stdout.write(`  node ${node.id} dashboard: http://${formatAddress(node.admin)}/\n`);
+  }
+  process.stdout.write('  try: qemu-io -f raw nbd://127.0.0.1:10809/vol0 -c "write -P 0xab 0 1M" -c "read -P 0xab 0 1M"\n');
+  process.stdout.write('Press Ctrl-C to stop.\n');
+  const forward = (signal: NodeJS.Signals): void => {
+    for (const child of children) if (child.exitCode === null) child.kill(signal);
+  };
+  process.on('SIGINT', forward);
+  process.on('SIGTERM', forward);
+  const codes = await Promise.all(
+    children.map((child) => new Promise<number>((resolve) => child.once('exit', (code) => resolve(code ?? 1)))),
+  );
+  return codes.every((code) => code === 0) ? 0 : 1;
+}
+
+async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  switch (command) {
+    case undefined:
+    case '--help':
+    case '-h':
+    case 'help':
+      process.stdout.write(usage + '\n');
+      return command === undefined ? 2 : 0;
+    case '--version':
+      process.stdout.write(`blockmirror ${packageVersion()}\n`);
+      return 0;
+    case 'serve':
+      return serve(rest);
+    case 'demo':
+      return demo(rest);
+    case 'status':
+      return status(rest);
+    case 'check-config':
+      return checkConfig(rest);
+    default:
+      throw new BlockmirrorError('ERR_USAGE', `unknown command "${command}" (see blockmirror --help)`);
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => process.exit(code),
+  (error: unknown) => {
+    if (error instanceof BlockmirrorError) {
+      process.stderr.write(`blockmirror: ${error.message}\n`);
+      process.exit(error.code === 'ERR_USAGE' || error.code === 'ERR_CONFIG_INVALID' ? 2 : 1);
+    }
+    process.stderr.write(`blockmirror: internal error: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
+    process.exit(70);
+  },
+);

@@ -1,0 +1,74 @@
+// Every limit and default of blockmirror, with its unit in its name. Relations between
+// them are checked once at start-up by checkConstants(); a violated relation is a bug in
+// this file, not an operating error.
+
+import { assert } from './lib/assert.js';
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+
+export const constants = {
+  // NBD handshake.
+  /** Largest option payload a client may send (nbdkit allows 64 MiB; names are short). */
+  nbdOptionBytesMax: 64 * KiB,
+  /** Options a client may send before it must choose an export (nbdkit: 32). */
+  nbdOptionCountMax: 64,
+  /** Longest export name, meta context name or query (the spec allows 4096). */
+  nbdNameBytesMax: 4096,
+  /** Meta context queries in one LIST/SET_META_CONTEXT. */
+  nbdMetaQueriesMax: 64,
+  /** A client that has not finished the handshake within this time is dropped. */
+  nbdHandshakeTimeoutMs: 30_000,
+
+  // NBD transmission.
+  /** Block sizes advertised in NBD_INFO_BLOCK_SIZE. */
+  nbdBlockSizeMinBytes: 1,
+  nbdBlockSizePreferredBytes: 4 * KiB,
+  nbdPayloadBytesMax: 32 * MiB,
+  /**
+   * A WRITE larger than the advertised maximum but at most this is read and discarded
+   * (the client gets EINVAL and the connection lives); beyond it the connection closes.
+   */
+  nbdPayloadDiscardBytesMax: 64 * MiB,
+  /** Requests of one connection being executed at once. */
+  nbdInflightRequestsMax: 64,
+  /** Payload bytes (write data and read buffers) held for one connection at once. */
+  nbdInflightBytesMax: 64 * MiB,
+  /** Reply bytes queued on a socket before the connection stops taking new requests. */
+  nbdReplyQueueBytesMax: 16 * MiB,
+  /** Extents in one BLOCK_STATUS reply (the spec allows 2^20). */
+  nbdBlockStatusExtentsMax: 1024,
+  /** Simultaneous client connections per node. */
+  nbdConnectionsMax: 256,
+
+  // Volumes.
+  /** Volume sizes must be a multiple of this (the preferred block size). */
+  volumeSizeAlignBytes: 4 * KiB,
+  /** Buffer used when zeroes must be written because the file system cannot zero a range. */
+  zeroWriteChunkBytes: 1 * MiB,
+
+  // Cluster file defaults (DESIGN.md §5).
+  heartbeatIntervalMsDefault: 250,
+  heartbeatTimeoutMsDefault: 2000,
+  heartbeatProbationMsDefault: 2000,
+  peerConnectionsDefault: 2,
+  peerConnectionsMax: 16,
+
+  // Shutdown.
+  /** In-flight requests get this long to finish at shutdown before they are failed. */
+  shutdownDrainMs: 5000,
+} as const;
+
+export function checkConstants(): void {
+  const c = constants;
+  assert(c.nbdBlockSizeMinBytes >= 1 && c.nbdBlockSizeMinBytes <= c.nbdBlockSizePreferredBytes);
+  assert(c.nbdBlockSizePreferredBytes <= c.nbdPayloadBytesMax);
+  assert(c.nbdPayloadBytesMax <= c.nbdPayloadDiscardBytesMax);
+  // One request of maximum size must always fit in the per-connection budget.
+  assert(c.nbdPayloadBytesMax <= c.nbdInflightBytesMax);
+  assert(c.nbdReplyQueueBytesMax >= 0);
+  assert(c.nbdNameBytesMax <= c.nbdOptionBytesMax);
+  assert(c.volumeSizeAlignBytes % c.nbdBlockSizeMinBytes === 0);
+  assert(c.heartbeatTimeoutMsDefault > c.heartbeatIntervalMsDefault);
+  assert(c.peerConnectionsDefault <= c.peerConnectionsMax);
+}

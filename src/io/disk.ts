@@ -1,0 +1,28 @@
+// The Disk port: a fixed-size byte array with durable flush, hole punching and an
+// allocation map. The node uses FileDisk (a raw image file); tests and the simulator use
+// MemoryDisk. Both pass the same compliance suite (test/unit/disk-compliance.test.ts).
+
+export interface DiskExtent {
+  lengthBytes: number;
+  /** True when the range is unallocated and reads as zeroes. */
+  hole: boolean;
+}
+
+export interface Disk {
+  readonly sizeBytes: number;
+  /** Fills `buffer` from `offset`; the range must lie inside the disk. */
+  read(buffer: Buffer, offset: number): Promise<void>;
+  write(buffer: Buffer, offset: number): Promise<void>;
+  /** Makes every completed write durable (fdatasync). */
+  sync(): Promise<void>;
+  /** Deallocates a range so that it reads as zeroes; false if the disk cannot. */
+  punchHole(offset: number, lengthBytes: number): Promise<boolean>;
+  /** Zeroes a range and keeps it allocated; false if the disk cannot do it without writing. */
+  zeroRange(offset: number, lengthBytes: number): Promise<boolean>;
+  /**
+   * Allocation from `offset`, covering at least one byte and at most `lengthBytes`, in at
+   * most `extentsMax` extents.
+   */
+  extents(offset: number, lengthBytes: number, extentsMax: number): Promise<DiskExtent[]>;
+  close(): Promise<void>;
+}

@@ -1,0 +1,33 @@
+// Loads the native addon (native/blockmirror_native.c, built by `npm install` through
+// node-gyp) that provides lseek(SEEK_DATA/SEEK_HOLE) and fallocate, which Node's fs
+// module does not expose.
+
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+import fs from 'node:fs';
+
+export interface NativeBindings {
+  seek(fd: number, offset: number, whence: number): number;
+  fallocate(fd: number, mode: number, offset: number, length: number, callback: (error: Error | null) => void): void;
+  SEEK_DATA: number;
+  SEEK_HOLE: number;
+  FALLOC_PUNCH_HOLE: number;
+  FALLOC_ZERO_RANGE: number;
+}
+
+function findAddon(): string {
+  // The compiled file sits under dist/src/io/; the sources under src/io/. Walk up to the
+  // package root, the directory that holds binding.gyp.
+  let dir = path.dirname(fileURLToPath(import.meta.url));
+  for (let depth = 0; depth < 5; depth += 1) {
+    if (fs.existsSync(path.join(dir, 'binding.gyp'))) {
+      return path.join(dir, 'build', 'Release', 'blockmirror_native.node');
+    }
+    dir = path.dirname(dir);
+  }
+  throw new Error('blockmirror: cannot find the package root (binding.gyp) to load the native addon');
+}
+
+const require = createRequire(import.meta.url);
+export const native = require(findAddon()) as NativeBindings;

@@ -1,0 +1,154 @@
+// The node's admin HTTP API: GET /api/v1/status (JSON), GET /metrics (Prometheus text)
+// and GET / (a small dashboard page). Read-only for now; operator commands arrive with
+// the features they control.
+
+import http from 'node:http';
+import type { Address } from '../control/config.js';
+import type { Logger } from '../lib/log.js';
+import type { BlockmirrorNode } from './node.js';
+import { closeServer, listen } from './node.js';
+
+export interface VolumeStatus {
+  name: string;
+  uuid: string;
+  sizeBytes: number;
+  mode: string;
+  role: 'primary' | 'secondary';
+  disk: 'up-to-date' | 'outdated' | 'inconsistent' | 'failed' | 'diskless';
+  readOnly: boolean;
+  stats: Record<string, number>;
+}
+
+export interface NodeStatus {
+  cluster: string;
+  node: string;
+  uptimeSeconds: number;
+  nbd: string;
+  connections: number;
+  counters: Record<string, number>;
+  volumes: VolumeStatus[];
+}
+
+export function nodeStatus(node: BlockmirrorNode): NodeStatus {
+  return {
+    cluster: node.config.cluster,
+    node: node.node.id,
+    uptimeSeconds: Math.round((Date.now() - node.startedAtMs) / 1000),
+    nbd: node.nbdAddress === null ? '' : `${node.nbdAddress.host}:${node.nbdAddress.port}`,
+    connections: node.connectionCount,
+    counters: { ...node.counters },
+    volumes: [...node.volumes.values()].map(({ config, identity, volume }) => ({
+      name: config.name,
+      uuid: identity.uuid,
+      sizeBytes: identity.sizeBytes,
+      mode: config.mode,
+      // A local volume has one replica, which is its primary and current by definition.
+      role: 'primary',
+      disk: 'up-to-date',
+      readOnly: config.readOnly,
+      stats: { ...volume.stats },
+    })),
+  };
+}
+
+function metrics(status: NodeStatus): string {
+  const lines: string[] = [];
+  const labels = `node="${status.node}"`;
+  const metric = (name: string, type: string, help: string, samples: [string, number][]): void => {
+    lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
+    for (const [sampleLabels, value] of samples) lines.push(`${name}{${sampleLabels}} ${value}`);
+  };
+  metric('blockmirror_up', 'gauge', 'The node is serving.', [[labels, 1]]);
+  metric('blockmirror_nbd_connections', 'gauge', 'Open NBD client connections.', [[labels, status.connections]]);
+  metric('blockmirror_nbd_requests_total', 'counter', 'NBD requests received.', [[labels, status.counters['requests'] ?? 0]]);
+  metric('blockmirror_nbd_error_replies_total', 'counter', 'NBD requests answered with an error.', [
+    [labels, status.counters['errorReplies'] ?? 0],
+  ]);
+  metric('blockmirror_nbd_protocol_errors_total', 'counter', 'Connections closed for protocol violations.', [
+    [labels, status.counters['protocolErrors'] ?? 0],
+  ]);
+  const perVolume = (stat: string, name: string, type: string, help: string): void =>
+    metric(
+      name,
+      type,
+      help,
+      status.volumes.map((volume) => [`${labels},volume="${volume.name}"`, volume.stats[stat] ?? 0]),
+    );
+  perVolume('readOps', 'blockmirror_volume_read_ops_total', 'counter', 'Reads executed.');
+  perVolume('readBytes', 'blockmirror_volume_read_bytes_total', 'counter', 'Bytes read.');
+  perVolume('writeOps', 'blockmirror_volume_write_ops_total', 'counter', 'Writes executed.');
+  perVolume('writeBytes', 'blockmirror_volume_write_bytes_total', 'counter', 'Bytes written.');
+  perVolume('zeroOps', 'blockmirror_volume_zero_ops_total', 'counter', 'Write-zeroes executed.');
+  perVolume('trimOps', 'blockmirror_volume_trim_ops_total', 'counter', 'Trims executed.');
+  perVolume('flushOps', 'blockmirror_volume_flush_ops_total', 'counter', 'Flush and FUA requests.');
+  perVolume('syncs', 'blockmirror_volume_syncs_total', 'counter', 'fdatasync calls (group commit shares one).');
+  perVolume('errors', 'blockmirror_volume_io_errors_total', 'counter', 'Disk operations that failed.');
+  metric(
+    'blockmirror_volume_size_bytes',
+    'gauge',
+    'Volume size.',
+    status.volumes.map((volume) => [`${labels},volume="${volume.name}"`, volume.sizeBytes]),
+  );
+  return lines.join('\n') + '\n';
+}
+
+function escapeHtml(text: string): string {
+  return text.replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' })[c] ?? c);
+}
+
+function dashboard(status: NodeStatus): string {
+  const rows = status.volumes
+    .map(
+      (v) =>
+        `<tr><td>${escapeHtml(v.name)}</td><td>${v.sizeBytes}</td><td>${v.mode}</td><td>${v.role}</td>` +
+        `<td>${v.disk}</td><td>${v.stats['writeOps'] ?? 0}</td><td>${v.stats['readOps'] ?? 0}</td></tr>`,
+    )
+    .join('');
+  return `<!doctype html><html><head><meta charset="utf-8"><meta http-equiv="refresh" content="2">
+<title>blockmirror ${escapeHtml(status.node)}</title>
+<style>body{font:14px system-ui;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 10px}</style>
+</head><body><h1>blockmirror node ${escapeHtml(status.node)}</h1>
+<p>cluster ${escapeHtml(status.cluster)} · NBD ${escapeHtml(status.nbd)} · ${status.connections} connection(s) · up ${status.uptimeSeconds}s</p>
+<table><tr><th>volume</th><th>size (bytes)</th><th>mode</th><th>role</th><th>disk</th><th>writes</th><th>reads</th></tr>${rows}</table>
+</body></html>`;
+}
+
+export class AdminServer {
+  private server: http.Server | null = null;
+
+  constructor(
+    private readonly node: BlockmirrorNode,
+    private readonly log: Logger,
+  ) {}
+
+  async start(address: Address): Promise<Address> {
+    this.server = http.createServer((request, response) => this.handle(request, response));
+    this.server.keepAliveTimeout = 1000;
+    return listen(this.server as unknown as import('node:net').Server, address, 'admin');
+  }
+
+  async stop(): Promise<void> {
+    if (this.server === null) return;
+    this.server.closeAllConnections();
+    await closeServer(this.server);
+  }
+
+  private handle(request: http.IncomingMessage, response: http.ServerResponse): void {
+    const url = request.url ?? '/';
+    if (request.method !== 'GET') {
+      response.writeHead(405, { 'content-type': 'text/plain', allow: 'GET' }).end('method not allowed\n');
+      return;
+    }
+    const status = nodeStatus(this.node);
+    if (url === '/api/v1/status') {
+      response.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(status, null, 2) + '\n');
+    } else if (url === '/metrics') {
+      response.writeHead(200, { 'content-type': 'text/plain; version=0.0.4' }).end(metrics(status));
+    } else if (url === '/') {
+      response.writeHead(200, { 'content-type': 'text/html; charset=utf-8' }).end(dashboard(status));
+    } else {
+      this.log.debug('admin: not found', { url });
+      response.writeHead(404, { 'content-type': 'text/plain' }).end('not found\n');
+    }
+  }
+}

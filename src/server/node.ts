@@ -1,0 +1,176 @@
+// The composition root of one blockmirror node: it opens the volumes this node holds,
+// serves them over NBD, and answers the admin API. Only this module wires adapters
+// (sockets, files, timers) to the protocol and storage code.
+
+import net from 'node:net';
+import { checkConstants, constants } from '../constants.js';
+import { formatAddress, type Address, type ClusterConfig, type NodeConfig, type VolumeConfig } from '../control/config.js';
+import { BlockmirrorError, ConfigError } from '../lib/errors.js';
+import type { Logger } from '../lib/log.js';
+import type { ExportLookup } from '../protocol/nbd/negotiation.js';
+import { FileDisk } from '../io/file-disk.js';
+import { LocalVolume } from '../storage/local-volume.js';
+import { prepareVolumeFiles, type VolumeIdentity } from '../storage/volume-files.js';
+import { AdminServer } from './admin.js';
+import { NbdConnection, type ConnectionCounters, type VolumeCatalog } from './nbd-connection.js';
+
+export interface ServedVolume {
+  config: VolumeConfig;
+  identity: VolumeIdentity;
+  volume: LocalVolume;
+}
+
+export class BlockmirrorNode {
+  readonly node: NodeConfig;
+  readonly volumes = new Map<string, ServedVolume>();
+  readonly counters: ConnectionCounters = { requests: 0, errorReplies: 0, protocolErrors: 0 };
+  private readonly connections = new Set<NbdConnection>();
+  private nbdServer: net.Server | null = null;
+  private admin: AdminServer | null = null;
+  private stopping: Promise<void> | null = null;
+  readonly startedAtMs = Date.now();
+  nbdAddress: Address | null = null;
+  adminAddress: Address | null = null;
+
+  constructor(
+    readonly config: ClusterConfig,
+    nodeId: string,
+    private readonly log: Logger,
+  ) {
+    checkConstants();
+    const node = config.nodes.find((candidate) => candidate.id === nodeId);
+    if (node === undefined) throw new ConfigError('--node', `no node "${nodeId}" in the cluster file`);
+    this.node = node;
+    config.volumes.forEach((volume, index) => {
+      if (volume.replicas.includes(nodeId) && volume.mode !== 'local') {
+        throw new ConfigError(
+          `volumes[${index}].mode`,
+          `mode "${volume.mode}" needs the mirror engine, which this version does not have yet; use mode: local`,
+        );
+      }
+    });
+  }
+
+  async start(): Promise<void> {
+    for (const config of this.config.volumes) {
+      if (!config.replicas.includes(this.node.id)) continue;
+      const { identity, paths, created } = prepareVolumeFiles(
+        this.node.dataDir,
+        config.name,
+        config.sizeBytes,
+        constants.nbdBlockSizePreferredBytes,
+      );
+      const disk = FileDisk.open(paths.image, identity.sizeBytes);
+      const volume = new LocalVolume(config.name, disk, constants.zeroWriteChunkBytes);
+      this.volumes.set(config.name, { config, identity, volume });
+      this.log.info(created ? 'volume created' : 'volume opened', {
+        volume: config.name,
+        uuid: identity.uuid,
+        sizeBytes: identity.sizeBytes,
+        image: paths.image,
+      });
+    }
+    this.nbdServer = net.createServer({ noDelay: true }, (socket) => this.onConnection(socket));
+    this.nbdServer.maxConnections = constants.nbdConnectionsMax;
+    this.nbdAddress = await listen(this.nbdServer, this.node.nbd, 'nbd');
+    this.admin = new AdminServer(this, this.log);
+    this.adminAddress = await this.admin.start(this.node.admin);
+    this.log.info('node ready', {
+      node: this.node.id,
+      cluster: this.config.cluster,
+      nbd: formatAddress(this.nbdAddress),
+      admin: formatAddress(this.adminAddress),
+      volumes: [...this.volumes.keys()].join(','),
+    });
+  }
+
+  /** Stops accepting, drains in-flight requests, syncs and closes every volume. */
+  stop(): Promise<void> {
+    this.stopping ??= this.doStop();
+    return this.stopping;
+  }
+
+  private async doStop(): Promise<void> {
+    this.log.info('node stopping', { connections: this.connections.size });
+    const serverClosed = this.nbdServer === null ? Promise.resolve() : closeServer(this.nbdServer);
+    await Promise.all([...this.connections].map((connection) => connection.shutdown(constants.shutdownDrainMs)));
+    await serverClosed;
+    for (const { volume, config } of this.volumes.values()) {
+      try {
+        await volume.flush();
+      } catch (error) {
+        this.log.error('volume sync failed at shutdown', { volume: config.name, error: String(error) });
+      }
+      await volume.close();
+    }
+    await this.admin?.stop();
+    this.log.info('node stopped', { node: this.node.id });
+  }
+
+  get connectionCount(): number {
+    return this.connections.size;
+  }
+
+  private onConnection(socket: net.Socket): void {
+    if (this.stopping !== null) {
+      socket.destroy();
+      return;
+    }
+    const peer = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
+    const connection = new NbdConnection(socket, this.catalog, this.log.child({ client: peer }), this.counters);
+    this.connections.add(connection);
+    socket.once('close', () => this.connections.delete(connection));
+    connection.start();
+  }
+
+  private readonly catalog: VolumeCatalog = {
+    lookup: (name: string): ExportLookup => {
+      const served = this.resolve(name);
+      if (served === undefined) return { kind: 'unknown' };
+      return {
+        kind: 'ok',
+        export: {
+          name: served.config.name,
+          description: served.config.description,
+          sizeBytes: served.identity.sizeBytes,
+          readOnly: served.config.readOnly,
+        },
+      };
+    },
+    list: () => [...this.volumes.values()].map(({ config }) => ({ name: config.name, description: config.description })),
+    volume: (name: string): LocalVolume => {
+      const served = this.volumes.get(name);
+      if (served === undefined) throw new BlockmirrorError('ERR_VOLUME_IO', `volume ${name} is not served here`);
+      return served.volume;
+    },
+  };
+
+  /** '' (the default export of NBD clients given no name) is the first volume served. */
+  private resolve(name: string): ServedVolume | undefined {
+    if (name === '') return this.volumes.values().next().value;
+    return this.volumes.get(name);
+  }
+}
+
+export function listen(server: net.Server, address: Address, what: string): Promise<Address> {
+  return new Promise((resolve, reject) => {
+    const onError = (error: NodeJS.ErrnoException): void => {
+      reject(
+        error.code === 'EADDRINUSE'
+          ? new BlockmirrorError('ERR_ADDRESS_IN_USE', `${what} address ${formatAddress(address)} is already in use`)
+          : error,
+      );
+    };
+    server.once('error', onError);
+    server.listen({ host: address.host, port: address.port }, () => {
+      server.off('error', onError);
+      const bound = server.address();
+      if (bound === null || typeof bound === 'string') return reject(new Error(`${what}: no address`));
+      resolve({ host: address.host, port: bound.port });
+    });
+  });
+}
+
+export function closeServer(server: net.Server | import('node:http').Server): Promise<void> {
+  return new Promise((resolve) => server.close(() => resolve()));
+}

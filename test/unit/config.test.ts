@@ -1,0 +1,452 @@
+// The cluster file parser: the DESIGN.md example reads back as written, defaults fill in,
+// and every rule an operator can break gives a ConfigError that names the field to fix.
+
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { describe, test } from 'node:test';
+import { stringify } from 'yaml';
+import { constants } from '../../src/constants.js';
+import {
+  findNode,
+  formatAddress,
+  loadClusterConfig,
+  parseClusterConfig,
+  type ClusterConfig,
+} from '../../src/control/config.js';
+import { ConfigError } from '../../src/lib/errors.js';
+
+const baseDir = '/etc/blockmirror';
+
+// Verbatim from DESIGN.md §5, comments and all.
+const designExample = `cluster: demo
+secret: change-me             # shared secret for peer authentication (or secretFile:)
+heartbeat: { intervalMs: 250, timeoutMs: 2000, probationMs: 2000 }
+nodes:
+  - id: a
+    nbd: 127.0.0.1:10809          # client-facing NBD listener
+    replication: 127.0.0.1:7701   # TCP mirror links and UDP heartbeats (same port number)
+    admin: 127.0.0.1:9701         # HTTP admin API, /metrics, dashboard
+    dataDir: ./data/a
+  - id: b
+    nbd: 127.0.0.1:10810
+    replication: 127.0.0.1:7702
+    admin: 127.0.0.1:9702
+    dataDir: ./data/b
+volumes:
+  - name: vol0
+    size: 1GiB
+    replicas: [a, b]
+    primary: a                # or: multiPrimary: true
+    mode: sync                # sync | async | logship | local
+`;
+
+type RawMap = Record<string, unknown>;
+interface RawCluster extends RawMap {
+  nodes: RawMap[];
+  volumes: RawMap[];
+}
+
+/** The example as plain data, for tests that change one thing and write it back as YAML. */
+function rawExample(): RawCluster {
+  return {
+    cluster: 'demo',
+    secret: 'change-me',
+    nodes: [
+      { id: 'a', nbd: '127.0.0.1:10809', replication: '127.0.0.1:7701', admin: '127.0.0.1:9701', dataDir: './data/a' },
+      { id: 'b', nbd: '127.0.0.1:10810', replication: '127.0.0.1:7702', admin: '127.0.0.1:9702', dataDir: './data/b' },
+    ],
+    volumes: [{ name: 'vol0', size: '1GiB', replicas: ['a', 'b'], primary: 'a', mode: 'sync' }],
+  };
+}
+
+function at<T>(list: T[], index: number): T {
+  const item = list[index];
+  assert.ok(item !== undefined, `no item ${index}`);
+  return item;
+}
+
+function parseRaw(change: (raw: RawCluster) => void): ClusterConfig {
+  const raw = rawExample();
+  change(raw);
+  return parseClusterConfig(stringify(raw), { baseDir });
+}
+
+/** Asserts that `run` throws a ConfigError for exactly `field` whose message contains `phrase`. */
+function assertConfigError(run: () => unknown, field: string, phrase: string | RegExp): ConfigError {
+  let caught: unknown;
+  try {
+    run();
+  } catch (error) {
+    caught = error;
+  }
+  assert.ok(caught instanceof ConfigError, `expected a ConfigError, got ${String(caught)}`);
+  assert.equal(caught.code, 'ERR_CONFIG_INVALID');
+  assert.equal(caught.field, field);
+  if (field !== '') assert.ok(caught.message.startsWith(`${field}: `), `message does not start with the field: ${caught.message}`);
+  if (typeof phrase === 'string') {
+    assert.ok(caught.message.includes(phrase), `message lacks ${JSON.stringify(phrase)}: ${caught.message}`);
+  } else {
+    assert.match(caught.message, phrase);
+  }
+  return caught;
+}
+
+function rejects(change: (raw: RawCluster) => void, field: string, phrase: string | RegExp): ConfigError {
+  return assertConfigError(() => parseRaw(change), field, phrase);
+}
+
+function withTempDir(run: (dir: string) => void): void {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'blockmirror-config-'));
+  try {
+    run(dir);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+describe('cluster file: valid input', () => {
+  test('the DESIGN.md example parses with the values it states', () => {
+    const config = parseClusterConfig(designExample, { baseDir });
+    assert.deepEqual(config, {
+      cluster: 'demo',
+      secret: 'change-me',
+      heartbeat: { intervalMs: 250, timeoutMs: 2000, probationMs: 2000 },
+      connections: constants.peerConnectionsDefault,
+      nodes: [
+        {
+          id: 'a',
+          nbd: { host: '127.0.0.1', port: 10809 },
+          replication: { host: '127.0.0.1', port: 7701 },
+          admin: { host: '127.0.0.1', port: 9701 },
+          dataDir: '/etc/blockmirror/data/a',
+        },
+        {
+          id: 'b',
+          nbd: { host: '127.0.0.1', port: 10810 },
+          replication: { host: '127.0.0.1', port: 7702 },
+          admin: { host: '127.0.0.1', port: 9702 },
+          dataDir: '/etc/blockmirror/data/b',
+        },
+      ],
+      volumes: [
+        {
+          name: 'vol0',
+          sizeBytes: 1024 ** 3,
+          replicas: ['a', 'b'],
+          primary: 'a',
+          multiPrimary: false,
+          mode: 'sync',
+          strict: false,
+          allowSecondaryReads: false,
+          readOnly: false,
+          description: '',
+        },
+      ],
+    });
+  });
+
+  test('omitted optional keys take their defaults', () => {
+    const config = parseRaw((raw) => {
+      delete (raw as RawMap).volumes;
+      raw.nodes = [at(raw.nodes, 0)];
+    });
+    assert.deepEqual(config.heartbeat, {
+      intervalMs: constants.heartbeatIntervalMsDefault,
+      timeoutMs: constants.heartbeatTimeoutMsDefault,
+      probationMs: constants.heartbeatProbationMsDefault,
+    });
+    assert.equal(config.connections, constants.peerConnectionsDefault);
+    assert.deepEqual(config.volumes, []);
+  });
+
+  test('every volume option, multiPrimary, integer sizes and a single-copy local volume', () => {
+    const config = parseRaw((raw) => {
+      raw.connections = 4;
+      raw.volumes = [
+        {
+          name: 'db.primary-1', size: 512 * 1024 * 1024, replicas: ['b', 'a'], multiPrimary: true, mode: 'async',
+          strict: true, allowSecondaryReads: true, readOnly: true, description: 'database',
+        },
+        { name: 'scratch', size: '4KiB', replicas: ['b'], primary: 'b', mode: 'local' },
+      ];
+    });
+    assert.equal(config.connections, 4);
+    const [db, scratch] = config.volumes;
+    assert.deepEqual(db, {
+      name: 'db.primary-1', sizeBytes: 512 * 1024 * 1024, replicas: ['b', 'a'], primary: null, multiPrimary: true,
+      mode: 'async', strict: true, allowSecondaryReads: true, readOnly: true, description: 'database',
+    });
+    assert.equal(scratch?.sizeBytes, 4096);
+    assert.equal(scratch?.mode, 'local');
+  });
+
+  test('addresses: IPv6 in brackets, host names, wildcards and port 0', () => {
+    const config = parseRaw((raw) => {
+      raw.nodes = [
+        { id: 'a', nbd: '[::1]:10809', replication: 'LocalHost:7701', admin: '0.0.0.0:0', dataDir: '/srv/a' },
+        { id: 'b', nbd: '[0:0:0:0:0:0:0:1]:10810', replication: 'node-b.example.com:7701', admin: '0.0.0.0:0', dataDir: '/srv/b' },
+      ];
+    });
+    const [a, b] = config.nodes;
+    assert.deepEqual(a?.nbd, { host: '::1', port: 10809 });
+    assert.deepEqual(a?.replication, { host: 'localhost', port: 7701 });
+    assert.deepEqual(a?.admin, { host: '0.0.0.0', port: 0 });
+    assert.deepEqual(b?.nbd, { host: '::1', port: 10810 });
+    assert.equal(b?.dataDir, '/srv/b');
+    assert.equal(formatAddress({ host: '::1', port: 10809 }), '[::1]:10809');
+    assert.equal(formatAddress({ host: '127.0.0.1', port: 10809 }), '127.0.0.1:10809');
+    assert.equal(formatAddress({ host: 'localhost', port: 0 }), 'localhost:0');
+  });
+
+  test('findNode returns the node or names the known ids', () => {
+    const config = parseClusterConfig(designExample, { baseDir });
+    assert.equal(findNode(config, 'b').replication.port, 7702);
+    assertConfigError(() => findNode(config, 'c'), '--node', /"c".*\(nodes: a, b\)/);
+  });
+
+  test('loadClusterConfig resolves dataDir against the file directory and reads secretFile', () => {
+    withTempDir((dir) => {
+      fs.writeFileSync(path.join(dir, 'secret.txt'), 'from-a-file-1234\n');
+      const text = designExample.replace('secret: change-me', 'secretFile: secret.txt');
+      fs.writeFileSync(path.join(dir, 'cluster.yaml'), text);
+      const config = loadClusterConfig(path.join(dir, 'cluster.yaml'));
+      assert.equal(config.secret, 'from-a-file-1234');
+      assert.equal(at(config.nodes, 0).dataDir, path.join(dir, 'data', 'a'));
+    });
+  });
+
+  test('loadClusterConfig on a missing file says it cannot read it', () => {
+    withTempDir((dir) => {
+      const missing = path.join(dir, 'nope.yaml');
+      const error = assertConfigError(() => loadClusterConfig(missing), '', `cannot read ${missing}: `);
+      assert.match(error.message, /ENOENT/);
+    });
+  });
+});
+
+describe('cluster file: syntax and shape', () => {
+  test('YAML syntax errors give the line', () => {
+    const text = designExample.replace('replicas: [a, b]', 'replicas: [a, b');
+    const line = text.split('\n').findIndex((l) => l.includes('primary: a')) + 1;
+    assertConfigError(() => parseClusterConfig(text, { baseDir }), '', new RegExp(`^YAML: .+ at line ${line}$`));
+    assertConfigError(() => parseClusterConfig('cluster: a\ncluster: b\n', { baseDir }), '', /^YAML: .*unique.* at line 2$/);
+    assertConfigError(() => parseClusterConfig('cluster: *nowhere\n', { baseDir }), '', /^YAML: .*alias.* at line 1$/);
+  });
+
+  test('an empty file or a top level that is not a map', () => {
+    assertConfigError(() => parseClusterConfig('', { baseDir }), '', 'empty');
+    assertConfigError(() => parseClusterConfig('- a\n- b\n', { baseDir }), '', 'expected a map, got list');
+  });
+
+  test('unknown keys name their path and the keys that are allowed', () => {
+    rejects((raw) => { raw.secrets = 'x'; }, 'secrets', 'unknown key (expected one of: cluster, secret, secretFile,');
+    rejects((raw) => { raw.heartbeat = { intervalMS: 100 }; }, 'heartbeat.intervalMS', 'unknown key (expected one of: intervalMs, timeoutMs, probationMs)');
+    rejects((raw) => { at(raw.nodes, 1).datadir = '/x'; }, 'nodes[1].datadir', 'unknown key (expected one of: id, nbd, replication, admin, dataDir)');
+    const error = rejects((raw) => { at(raw.volumes, 0).sizee = '1GiB'; }, 'volumes[0].sizee', 'unknown key (expected one of: name, size, ');
+    assert.ok(error.message.includes('description)'));
+  });
+
+  test('wrong types name the field and the type found', () => {
+    const error = rejects((raw) => { at(raw.nodes, 0).nbd = 10809; }, 'nodes[0].nbd', 'expected a "host:port" string, got number');
+    assert.equal(error.message, 'nodes[0].nbd: expected a "host:port" string, got number');
+    rejects((raw) => { raw.nodes = { a: 1 } as unknown as RawMap[]; }, 'nodes', 'expected a list of nodes, got map');
+    rejects((raw) => { raw.volumes = 'vol0' as unknown as RawMap[]; }, 'volumes', 'expected a list of volumes, got string');
+    rejects((raw) => { raw.nodes = ['a'] as unknown as RawMap[]; }, 'nodes[0]', 'got string');
+    rejects((raw) => { at(raw.nodes, 0).id = 7; }, 'nodes[0].id', 'got number (put it in quotes)');
+    rejects((raw) => { at(raw.volumes, 0).strict = 'yes'; }, 'volumes[0].strict', 'expected true or false, got string');
+    rejects((raw) => { at(raw.volumes, 0).description = ['x']; }, 'volumes[0].description', 'got list');
+  });
+});
+
+describe('cluster file: top-level rules', () => {
+  test('cluster is required and must be a valid name', () => {
+    rejects((raw) => { delete raw.cluster; }, 'cluster', 'required but missing');
+    rejects((raw) => { raw.cluster = ''; }, 'cluster', 'is not a valid cluster name');
+    rejects((raw) => { raw.cluster = 'has space'; }, 'cluster', 'is not a valid cluster name');
+    rejects((raw) => { raw.cluster = 'x'.repeat(65); }, 'cluster', 'is not a valid cluster name');
+  });
+
+  test('exactly one of secret and secretFile', () => {
+    rejects((raw) => { delete raw.secret; }, 'secret', 'required but missing');
+    rejects((raw) => { raw.secretFile = 'secret.txt'; }, 'secret', 'either secret or secretFile, not both');
+  });
+
+  test('a secret shorter than 8 characters is rejected without echoing it', () => {
+    const error = rejects((raw) => { raw.secret = 'hunter2'; }, 'secret', 'at least 8 characters, got 7');
+    assert.ok(!error.message.includes('hunter2'));
+  });
+
+  test('secretFile: missing file, short secret, trailing newline trimmed', () => {
+    withTempDir((dir) => {
+      const withFile = (name: string): ClusterConfig => {
+        const raw = rawExample();
+        delete raw.secret;
+        raw.secretFile = name;
+        return parseClusterConfig(stringify(raw), { baseDir: dir });
+      };
+      assertConfigError(() => withFile('absent.txt'), 'secretFile', `cannot read ${path.join(dir, 'absent.txt')}: no such file`);
+      fs.writeFileSync(path.join(dir, 'short.txt'), 'abc\n');
+      assertConfigError(() => withFile('short.txt'), 'secretFile', 'at least 8 characters, got 3');
+      fs.writeFileSync(path.join(dir, 'good.txt'), 'correct horse battery\r\n');
+      assert.equal(withFile('good.txt').secret, 'correct horse battery');
+      fs.mkdirSync(path.join(dir, 'keys'));
+      fs.writeFileSync(path.join(dir, 'keys', 'peer'), 'in-a-subdirectory');
+      assert.equal(withFile('keys/peer').secret, 'in-a-subdirectory');
+    });
+  });
+
+  test('heartbeat values are positive integers and the timeout exceeds the interval', () => {
+    rejects((raw) => { raw.heartbeat = { intervalMs: 0 }; }, 'heartbeat.intervalMs', 'must be an integer from 1 to');
+    rejects((raw) => { raw.heartbeat = { probationMs: 1.5 }; }, 'heartbeat.probationMs', 'expected an integer');
+    rejects((raw) => { raw.heartbeat = { intervalMs: 500, timeoutMs: 500 }; }, 'heartbeat.timeoutMs', 'must be greater than heartbeat.intervalMs (500), got 500');
+    rejects((raw) => { raw.heartbeat = { intervalMs: 3000 }; }, 'heartbeat.timeoutMs', 'got 2000 (the default)');
+    assert.deepEqual(parseRaw((raw) => { raw.heartbeat = { timeoutMs: 5000 }; }).heartbeat, {
+      intervalMs: constants.heartbeatIntervalMsDefault, timeoutMs: 5000, probationMs: constants.heartbeatProbationMsDefault,
+    });
+  });
+
+  test('connections is an integer from 1 to the maximum', () => {
+    rejects((raw) => { raw.connections = 0; }, 'connections', `from 1 to ${constants.peerConnectionsMax}, got 0`);
+    rejects((raw) => { raw.connections = constants.peerConnectionsMax + 1; }, 'connections', `got ${constants.peerConnectionsMax + 1}`);
+    rejects((raw) => { raw.connections = 'two'; }, 'connections', 'expected an integer');
+  });
+});
+
+describe('cluster file: node rules', () => {
+  test('nodes must be a non-empty list', () => {
+    rejects((raw) => { raw.nodes = []; }, 'nodes', 'at least one node');
+    rejects((raw) => { delete (raw as RawMap).nodes; }, 'nodes', 'required but missing');
+  });
+
+  test('every node key is required', () => {
+    for (const key of ['id', 'nbd', 'replication', 'admin', 'dataDir']) {
+      rejects((raw) => { delete at(raw.nodes, 1)[key]; }, `nodes[1].${key}`, 'required but missing');
+    }
+    rejects((raw) => { at(raw.nodes, 1).dataDir = null; }, 'nodes[1].dataDir', 'required but empty');
+    rejects((raw) => { at(raw.nodes, 1).dataDir = ''; }, 'nodes[1].dataDir', 'must not be empty');
+  });
+
+  test('node ids follow the id pattern', () => {
+    for (const id of ['A', '-a', 'a.b', 'x'.repeat(33)]) {
+      rejects((raw) => { at(raw.nodes, 0).id = id; }, 'nodes[0].id', 'is not a valid node id');
+    }
+  });
+
+  test('addresses are host:port with a valid host and a port from 0 to 65535', () => {
+    const bad: Array<[string, string]> = [
+      ['127.0.0.1', 'the port is missing'],
+      ['127.0.0.1:65536', 'from 0 to 65535, got "65536"'],
+      ['127.0.0.1:http', 'from 0 to 65535'],
+      [':10809', 'the host is missing'],
+      ['::1:10809', 'IPv6 addresses need brackets'],
+      ['[::g]:10809', 'is not an IPv6 address'],
+      ['256.1.1.1:10809', 'is not an IPv4 address'],
+      ['under_score:10809', 'is not an IPv4 address, [IPv6] address or host name'],
+    ];
+    for (const [address, phrase] of bad) {
+      rejects((raw) => { at(raw.nodes, 0).admin = address; }, 'nodes[0].admin', phrase);
+    }
+  });
+
+  test('duplicate node id', () => {
+    const error = rejects((raw) => { at(raw.nodes, 1).id = 'a'; }, 'nodes[1].id', 'duplicate node id');
+    assert.equal(error.message, 'nodes[1].id: duplicate node id "a" (also nodes[0].id)');
+  });
+
+  test('port clash among all nodes\' listeners', () => {
+    rejects((raw) => { at(raw.nodes, 1).admin = '127.0.0.1:10809'; }, 'nodes[1].admin', '127.0.0.1:10809 is already used by nodes[0].nbd');
+    rejects((raw) => { at(raw.nodes, 0).admin = '127.0.0.1:7701'; }, 'nodes[0].admin', 'already used by nodes[0].replication');
+    rejects((raw) => { at(raw.nodes, 1).replication = '0.0.0.0:9701'; }, 'nodes[1].replication', '0.0.0.0:9701 clashes with nodes[0].admin (127.0.0.1:9701)');
+    rejects((raw) => { at(raw.nodes, 0).nbd = '[::]:7702'; }, 'nodes[1].replication', '127.0.0.1:7702 clashes with nodes[0].nbd ([::]:7702)');
+    rejects((raw) => { at(raw.nodes, 1).nbd = 'localhost:10809'; }, 'nodes[1].nbd', 'localhost:10809 clashes with nodes[0].nbd (127.0.0.1:10809)');
+    rejects((raw) => {
+      at(raw.nodes, 0).nbd = '[::1]:5000';
+      at(raw.nodes, 1).nbd = '[0::1]:5000';
+    }, 'nodes[1].nbd', '[::1]:5000 is already used by nodes[0].nbd');
+  });
+
+  test('listeners that do not clash: port 0, different hosts', () => {
+    const config = parseRaw((raw) => {
+      for (const node of raw.nodes) {
+        node.nbd = '127.0.0.1:0';
+        node.admin = '0.0.0.0:0';
+      }
+      at(raw.nodes, 0).replication = '10.0.0.1:7701';
+      at(raw.nodes, 1).replication = '10.0.0.2:7701';
+    });
+    assert.equal(config.nodes.length, 2);
+  });
+
+  test('two nodes sharing a dataDir', () => {
+    rejects((raw) => { at(raw.nodes, 1).dataDir = 'data/a/'; }, 'nodes[1].dataDir', '/etc/blockmirror/data/a is also the dataDir of nodes[0] ("a")');
+    rejects((raw) => { at(raw.nodes, 1).dataDir = '/etc/blockmirror/data/../data/a'; }, 'nodes[1].dataDir', 'is also the dataDir');
+  });
+});
+
+describe('cluster file: volume rules', () => {
+  test('volume names follow the name pattern', () => {
+    rejects((raw) => { delete at(raw.volumes, 0).name; }, 'volumes[0].name', 'required but missing');
+    for (const name of ['.hidden', 'a/b', 'x'.repeat(65)]) {
+      rejects((raw) => { at(raw.volumes, 0).name = name; }, 'volumes[0].name', 'is not a valid volume name');
+    }
+  });
+
+  test('size must be a positive multiple of 4 KiB, with an example of a valid size', () => {
+    rejects((raw) => { at(raw.volumes, 0).size = '1000'; }, 'volumes[0].size', /not a multiple of 4KiB \(4096 bytes\).*1GiB/);
+    rejects((raw) => { at(raw.volumes, 0).size = '1.5KiB'; }, 'volumes[0].size', 'not a multiple of 4KiB');
+    rejects((raw) => { at(raw.volumes, 0).size = 0; }, 'volumes[0].size', /greater than 0.*1GiB/);
+    rejects((raw) => { at(raw.volumes, 0).size = 'one gig'; }, 'volumes[0].size', /"one gig" is not a size.*1GiB/);
+    rejects((raw) => { at(raw.volumes, 0).size = -4096; }, 'volumes[0].size', 'is not a size');
+    rejects((raw) => { at(raw.volumes, 0).size = true; }, 'volumes[0].size', 'got boolean');
+    rejects((raw) => { delete at(raw.volumes, 0).size; }, 'volumes[0].size', 'required but missing');
+  });
+
+  test('replicas is a non-empty list of distinct node ids', () => {
+    rejects((raw) => { at(raw.volumes, 0).replicas = []; }, 'volumes[0].replicas', 'at least one node');
+    rejects((raw) => { at(raw.volumes, 0).replicas = 'a'; }, 'volumes[0].replicas', 'expected a list of node ids, got string');
+    rejects((raw) => { at(raw.volumes, 0).replicas = ['a', 'a']; }, 'volumes[0].replicas[1]', '"a" is listed twice (also volumes[0].replicas[0])');
+  });
+
+  test('replica that is not a node', () => {
+    const error = rejects((raw) => { at(raw.volumes, 0).replicas = ['a', 'c']; }, 'volumes[0].replicas[1]', 'is not a node');
+    assert.equal(error.message, 'volumes[0].replicas[1]: "c" is not a node (nodes: a, b)');
+  });
+
+  test('exactly one of primary and multiPrimary, and primary is a replica', () => {
+    rejects((raw) => { delete at(raw.volumes, 0).primary; }, 'volumes[0].primary', 'multiPrimary: true');
+    rejects((raw) => {
+      delete at(raw.volumes, 0).primary;
+      at(raw.volumes, 0).multiPrimary = false;
+    }, 'volumes[0].primary', 'required but missing');
+    rejects((raw) => { at(raw.volumes, 0).multiPrimary = true; }, 'volumes[0].multiPrimary', 'cannot be combined with primary');
+    rejects((raw) => { at(raw.volumes, 0).replicas = ['b']; }, 'volumes[0].primary', '"a" is not one of the replicas (b)');
+    assert.equal(parseRaw((raw) => { at(raw.volumes, 0).multiPrimary = false; }).volumes[0]?.primary, 'a');
+  });
+
+  test('mode is one of sync, async, logship, local', () => {
+    rejects((raw) => { at(raw.volumes, 0).mode = 'fast'; }, 'volumes[0].mode', 'expected one of sync, async, logship, local, got "fast"');
+  });
+
+  test('mode local with more than one replica', () => {
+    rejects((raw) => { at(raw.volumes, 0).mode = 'local'; }, 'volumes[0].mode', 'replicas lists 2 nodes (a, b)');
+  });
+
+  test('multiPrimary with mode logship', () => {
+    rejects((raw) => {
+      const volume = at(raw.volumes, 0);
+      delete volume.primary;
+      volume.multiPrimary = true;
+      volume.mode = 'logship';
+    }, 'volumes[0].multiPrimary', 'not supported with mode logship');
+  });
+
+  test('duplicate volume name', () => {
+    const error = rejects((raw) => {
+      raw.volumes.push({ name: 'vol1', size: '1GiB', replicas: ['a'], primary: 'a' });
+      raw.volumes.push({ name: 'vol0', size: '1GiB', replicas: ['b'], primary: 'b' });
+    }, 'volumes[2].name', 'duplicate volume name');
+    assert.equal(error.message, 'volumes[2].name: duplicate volume name "vol0" (also volumes[0].name)');
+  });
+});
