@@ -1,0 +1,303 @@
+// `npm run bench`: blockmirror against nbdkit (file plugin) and qemu-nbd, in one run, on
+// the same backing storage, with fio's nbd engine. Prints a table with the ratio of
+// blockmirror to each reference server, keeps the raw fio output under bench/results/,
+// and rewrites docs/benchmarks.md with the latest table.
+//
+// Environment: BENCH_RUNTIME_S (default 10), BENCH_SIZE (default 1G), BENCH_SERVERS
+// (comma list, default blockmirror,nbdkit,qemu-nbd), BENCH_WORKLOADS (comma list of names).
+
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const cli = path.join(root, 'dist/src/cli/main.js');
+const workDir = path.join(root, 'bench/work');
+const resultsDir = path.join(root, 'bench/results');
+const runtimeS = Number(process.env['BENCH_RUNTIME_S'] ?? 10);
+const sizeText = process.env['BENCH_SIZE'] ?? '1G';
+const sizeBytes = parseSize(sizeText);
+
+interface Workload {
+  name: string;
+  label: string;
+  args: string[];
+  /** Which fio direction holds the figures. */
+  direction: 'read' | 'write';
+  unit: 'IOPS' | 'MiB/s';
+}
+
+const workloads: Workload[] = [
+  { name: 'randwrite-4k-qd32', label: '4k randwrite QD32', args: ['--rw=randwrite', '--bs=4k', '--iodepth=32'], direction: 'write', unit: 'IOPS' },
+  { name: 'randread-4k-qd32', label: '4k randread QD32', args: ['--rw=randread', '--bs=4k', '--iodepth=32'], direction: 'read', unit: 'IOPS' },
+  { name: 'seqwrite-1m-qd8', label: '1M seqwrite QD8', args: ['--rw=write', '--bs=1M', '--iodepth=8'], direction: 'write', unit: 'MiB/s' },
+  { name: 'seqread-1m-qd8', label: '1M seqread QD8', args: ['--rw=read', '--bs=1M', '--iodepth=8'], direction: 'read', unit: 'MiB/s' },
+  { name: 'write-4k-flush-qd1', label: '4k write+flush QD1', args: ['--rw=randwrite', '--bs=4k', '--iodepth=1', '--fsync=1'], direction: 'write', unit: 'IOPS' },
+];
+
+interface Figure {
+  value: number;
+  p50Us: number;
+  p99Us: number;
+}
+
+interface ServerRun {
+  server: string;
+  figures: Record<string, Figure>;
+  peakRssMiB: number | null;
+}
+
+function parseSize(text: string): number {
+  const match = /^(\d+)([KMG]?)$/i.exec(text);
+  if (match === null) throw new Error(`BENCH_SIZE: ${text} is not a size like 1G`);
+  const unit = { '': 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3 }[(match[2] ?? '').toUpperCase()] ?? 1;
+  return Number(match[1]) * unit;
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      const port = typeof address === 'object' && address !== null ? address.port : 0;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+async function waitForPort(port: number, child: ChildProcess, timeoutMs = 15_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null) throw new Error(`server exited with ${child.exitCode}`);
+    const open = await new Promise<boolean>((resolve) => {
+      const socket = net.connect(port, '127.0.0.1');
+      socket.once('connect', () => {
+        socket.destroy();
+        resolve(true);
+      });
+      socket.once('error', () => resolve(false));
+    });
+    if (open) return;
+    await sleep(50);
+  }
+  throw new Error(`port ${port} did not open`);
+}
+
+function runTool(command: string, args: string[], timeoutMs: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(command, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    child.once('close', (code) => {
+      clearTimeout(timer);
+      if (code === 0) resolve();
+      else reject(new Error(`${command} exited ${code}: ${stderr}`));
+    });
+  });
+}
+
+function peakRssMiB(pid: number | undefined): number | null {
+  if (pid === undefined) return null;
+  try {
+    const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+    const match = /VmHWM:\s+(\d+) kB/.exec(status);
+    return match === null ? null : Math.round(Number(match[1]) / 1024);
+  } catch {
+    return null;
+  }
+}
+
+interface Started {
+  uri: string;
+  child: ChildProcess;
+}
+
+async function startServer(server: string, image: string): Promise<Started> {
+  const port = await freePort();
+  if (server === 'nbdkit') {
+    const child = spawn('nbdkit', ['-f', '-i', '127.0.0.1', '-p', String(port), 'file', image], { stdio: 'ignore' });
+    await waitForPort(port, child);
+    return { uri: `nbd://127.0.0.1:${port}`, child };
+  }
+  if (server === 'qemu-nbd') {
+    const child = spawn(
+      'qemu-nbd',
+      ['-f', 'raw', '-b', '127.0.0.1', '-p', String(port), '-x', '', '--persistent', '--shared=16', '--aio=threads', '--cache=writeback', image],
+      { stdio: 'ignore' },
+    );
+    await waitForPort(port, child);
+    return { uri: `nbd://127.0.0.1:${port}`, child };
+  }
+  // blockmirror: its image lives in its data dir, on the same file system as the others.
+  const dir = path.dirname(image);
+  const config = path.join(dir, 'cluster.yaml');
+  fs.writeFileSync(
+    config,
+    `cluster: bench
+secret: bench-secret-123
+nodes:
+  - id: a
+    nbd: 127.0.0.1:${port}
+    replication: 127.0.0.1:0
+    admin: 127.0.0.1:0
+    dataDir: ${path.join(dir, 'data')}
+volumes:
+  - name: vol0
+    size: ${sizeBytes}
+    replicas: [a]
+    primary: a
+    mode: local
+`,
+  );
+  const child = spawn(process.execPath, [cli, 'serve', '--config', config, '--node', 'a'], { stdio: 'ignore' });
+  await waitForPort(port, child);
+  return { uri: `nbd://127.0.0.1:${port}/vol0`, child };
+}
+
+async function stopServer(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null) return;
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  child.kill('SIGTERM');
+  const timer = setTimeout(() => child.kill('SIGKILL'), 15_000);
+  await exited;
+  clearTimeout(timer);
+}
+
+function fioFigure(file: string, workload: Workload): Figure {
+  const output = JSON.parse(fs.readFileSync(file, 'utf8')) as {
+    jobs: Record<'read' | 'write', { iops: number; bw_bytes: number; clat_ns: { percentile?: Record<string, number> } }>[];
+  };
+  const job = output.jobs[0];
+  if (job === undefined) throw new Error(`${file}: no job`);
+  const side = job[workload.direction];
+  const percentiles = side.clat_ns.percentile ?? {};
+  return {
+    value: workload.unit === 'IOPS' ? side.iops : side.bw_bytes / 1024 ** 2,
+    p50Us: (percentiles['50.000000'] ?? 0) / 1000,
+    p99Us: (percentiles['99.000000'] ?? 0) / 1000,
+  };
+}
+
+async function benchServer(server: string, stamp: string): Promise<ServerRun> {
+  const dir = path.join(workDir, server);
+  fs.rmSync(dir, { recursive: true, force: true });
+  fs.mkdirSync(path.join(dir, 'data', 'volumes'), { recursive: true });
+  // Every server gets the same file: sparse, then filled once before measuring, so
+  // reads read data and writes overwrite allocated blocks.
+  const image = server === 'blockmirror' ? path.join(dir, 'data', 'volumes', 'vol0.img') : path.join(dir, 'disk.img');
+  if (server !== 'blockmirror') fs.writeFileSync(image, '');
+  if (server !== 'blockmirror') fs.truncateSync(image, sizeBytes);
+  const started = await startServer(server, image);
+  const figures: Record<string, Figure> = {};
+  try {
+    await runTool('fio', ['--name=fill', '--ioengine=nbd', `--uri=${started.uri}`, '--rw=write', '--bs=1M', '--iodepth=8', `--size=${sizeText}`, '--output=/dev/null'], 300_000);
+    const selected = (process.env['BENCH_WORKLOADS'] ?? '').split(',').filter((name) => name !== '');
+    for (const workload of workloads) {
+      if (selected.length > 0 && !selected.includes(workload.name)) continue;
+      const output = path.join(resultsDir, `${stamp}-${server}-${workload.name}.json`);
+      await runTool(
+        'fio',
+        [
+          `--name=${workload.name}`,
+          '--ioengine=nbd',
+          `--uri=${started.uri}`,
+          `--size=${sizeText}`,
+          '--time_based',
+          `--runtime=${runtimeS}`,
+          '--ramp_time=2',
+          '--output-format=json',
+          `--output=${output}`,
+          ...workload.args,
+        ],
+        (runtimeS + 60) * 1000,
+      );
+      figures[workload.name] = fioFigure(output, workload);
+      process.stderr.write(`  ${server} ${workload.label}: ${format(figures[workload.name]?.value ?? 0)} ${workload.unit}\n`);
+    }
+    return { server, figures, peakRssMiB: peakRssMiB(started.child.pid) };
+  } finally {
+    await stopServer(started.child);
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+function format(value: number): string {
+  return value >= 100 ? Math.round(value).toLocaleString('en-US') : value.toFixed(1);
+}
+
+function table(runs: ServerRun[]): string {
+  const names = runs.map((run) => run.server);
+  const ours = runs.find((run) => run.server === 'blockmirror');
+  const others = runs.filter((run) => run.server !== 'blockmirror');
+  const header = ['workload', 'unit', ...names, ...others.map((run) => `blockmirror / ${run.server}`)];
+  const lines = [`| ${header.join(' | ')} |`, `|${header.map(() => '---').join('|')}|`];
+  for (const workload of workloads) {
+    if (!runs.some((run) => run.figures[workload.name] !== undefined)) continue;
+    const cells = runs.map((run) => {
+      const figure = run.figures[workload.name];
+      return figure === undefined ? '-' : `${format(figure.value)} (p50 ${format(figure.p50Us)} µs, p99 ${format(figure.p99Us)} µs)`;
+    });
+    const ratios = others.map((run) => {
+      const mine = ours?.figures[workload.name]?.value;
+      const theirs = run.figures[workload.name]?.value;
+      return mine === undefined || theirs === undefined || theirs === 0 ? '-' : `${(mine / theirs).toFixed(2)}x`;
+    });
+    lines.push(`| ${workload.label} | ${workload.unit} | ${cells.join(' | ')} | ${ratios.join(' | ')} |`);
+  }
+  if (ours !== undefined) lines.push('', `blockmirror peak RSS: ${ours.peakRssMiB ?? '?'} MiB`);
+  return lines.join('\n');
+}
+
+async function main(): Promise<void> {
+  fs.mkdirSync(resultsDir, { recursive: true });
+  fs.mkdirSync(workDir, { recursive: true });
+  const stamp = new Date().toISOString().replace(/[:.]/g, '-');
+  const servers = (process.env['BENCH_SERVERS'] ?? 'blockmirror,nbdkit,qemu-nbd').split(',');
+  const runs: ServerRun[] = [];
+  for (const server of servers) {
+    process.stderr.write(`benchmarking ${server} (${sizeText}, ${runtimeS} s per workload)\n`);
+    runs.push(await benchServer(server, stamp));
+  }
+  const text = table(runs);
+  process.stdout.write(text + '\n');
+  const summary = {
+    date: new Date().toISOString(),
+    machine: { cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model ?? '', memoryGiB: Math.round(os.totalmem() / 1024 ** 3), kernel: os.release() },
+    runtimeS,
+    sizeBytes,
+    runs,
+  };
+  fs.writeFileSync(path.join(resultsDir, `${stamp}-summary.json`), JSON.stringify(summary, null, 2) + '\n');
+  fs.writeFileSync(
+    path.join(root, 'docs/benchmarks.md'),
+    `# Benchmarks
+
+Latest \`npm run bench\` (${summary.date.slice(0, 10)}): ${summary.machine.cpus} cores (${summary.machine.cpuModel}),
+${summary.machine.memoryGiB} GiB, Linux ${summary.machine.kernel}. One fio job with the \`nbd\` engine on loopback, a
+${sizeText} file on the same ext4 file system for every server, filled once before measuring; ${runtimeS} s per
+workload after 2 s of ramp. blockmirror serves a \`mode: local\` volume; nbdkit runs the \`file\` plugin with its
+defaults; qemu-nbd runs with \`--cache=writeback --aio=threads --shared=16\`. Figures are fio's, latencies are
+completion latencies. Raw fio JSON for every run is in \`bench/results/\`.
+
+${text}
+
+Run it yourself with \`npm run bench\` (\`BENCH_RUNTIME_S\`, \`BENCH_SIZE\`, \`BENCH_SERVERS\` and
+\`BENCH_WORKLOADS\` narrow it). The machine has two cores shared by fio and the server, so figures move by
+±10–20% between runs; compare ratios from the same run.
+`,
+  );
+}
+
+main().catch((error: unknown) => {
+  process.stderr.write(`bench: ${error instanceof Error ? error.message : String(error)}\n`);
+  process.exit(1);
+});

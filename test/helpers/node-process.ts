@@ -1,0 +1,219 @@
+// Test harness: runs real `blockmirror serve` processes on loopback with ephemeral
+// ports, and runs client tools with a time limit. Every process started here is killed
+// by its PID when the test process exits, so no test leaks a server.
+
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+/** The compiled CLI: dist/test/helpers -> dist/src/cli/main.js. */
+export const cliPath = path.resolve(here, '../../src/cli/main.js');
+
+const live = new Set<ChildProcess>();
+process.on('exit', () => {
+  for (const child of live) {
+    if (child.pid !== undefined && child.exitCode === null) {
+      try {
+        process.kill(child.pid, 'SIGKILL');
+      } catch {
+        // Already gone.
+      }
+    }
+  }
+});
+
+export function makeTempDir(prefix = 'blockmirror-test-'): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+}
+
+export interface VolumeSpec {
+  name: string;
+  size: string;
+  readOnly?: boolean;
+  description?: string;
+}
+
+export interface NodeOptions {
+  /** Reuse a directory (and its data) from an earlier node to restart it. */
+  dir?: string;
+  volumes?: VolumeSpec[];
+  env?: Record<string, string>;
+}
+
+export class TestNode {
+  private stderrText = '';
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  nbdPort = 0;
+  adminPort = 0;
+
+  constructor(
+    readonly dir: string,
+    readonly configPath: string,
+    readonly child: ChildProcess,
+  ) {
+    live.add(child);
+    child.stderr?.setEncoding('utf8');
+    child.stderr?.on('data', (text: string) => {
+      this.stderrText += text;
+    });
+    this.exited = new Promise((resolve) => {
+      child.once('exit', (code, signal) => {
+        live.delete(child);
+        resolve({ code, signal });
+      });
+    });
+  }
+
+  get pid(): number {
+    if (this.child.pid === undefined) throw new Error('node has no pid');
+    return this.child.pid;
+  }
+
+  get dataDir(): string {
+    return path.join(this.dir, 'data');
+  }
+
+  imagePath(volume: string): string {
+    return path.join(this.dataDir, 'volumes', `${volume}.img`);
+  }
+
+  uri(volume: string): string {
+    return `nbd://127.0.0.1:${this.nbdPort}/${volume}`;
+  }
+
+  get logs(): string {
+    return this.stderrText;
+  }
+
+  /** Parsed JSON log records (lines that are not JSON are skipped). */
+  records(): Record<string, unknown>[] {
+    return this.stderrText
+      .split('\n')
+      .filter((line) => line.startsWith('{'))
+      .map((line) => JSON.parse(line) as Record<string, unknown>);
+  }
+
+  async waitReady(timeoutMs = 15_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (Date.now() < deadline) {
+      const ready = this.records().find((record) => record['msg'] === 'node ready');
+      if (ready !== undefined) {
+        this.nbdPort = Number(String(ready['nbd']).split(':').pop());
+        this.adminPort = Number(String(ready['admin']).split(':').pop());
+        return;
+      }
+      if (this.child.exitCode !== null) throw new Error(`node exited with ${this.child.exitCode}: ${this.stderrText}`);
+      await sleep(20);
+    }
+    throw new Error(`node not ready after ${timeoutMs} ms: ${this.stderrText}`);
+  }
+
+  /** Sends a signal and waits for exit (SIGKILL after `timeoutMs`). */
+  async stop(signal: NodeJS.Signals = 'SIGTERM', timeoutMs = 15_000): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+    if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill(signal);
+    const timer = setTimeout(() => this.child.kill('SIGKILL'), timeoutMs);
+    try {
+      return await this.exited;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+}
+
+export function writeConfig(dir: string, volumes: VolumeSpec[]): string {
+  const volumeYaml = volumes
+    .map(
+      (volume) => `  - name: ${volume.name}
+    size: ${volume.size}
+    replicas: [a]
+    primary: a
+    mode: local
+    readOnly: ${volume.readOnly === true}
+    description: ${JSON.stringify(volume.description ?? '')}`,
+    )
+    .join('\n');
+  const text = `cluster: test
+secret: test-secret-123
+nodes:
+  - id: a
+    nbd: 127.0.0.1:0
+    replication: 127.0.0.1:0
+    admin: 127.0.0.1:0
+    dataDir: ./data
+volumes:
+${volumeYaml}
+`;
+  const configPath = path.join(dir, 'cluster.yaml');
+  fs.writeFileSync(configPath, text);
+  return configPath;
+}
+
+/** Starts `blockmirror serve` for node "a" and waits until it listens. */
+export async function startNode(options: NodeOptions = {}): Promise<TestNode> {
+  const dir = options.dir ?? makeTempDir();
+  const configPath = writeConfig(dir, options.volumes ?? [{ name: 'vol0', size: '64MiB' }]);
+  const child = spawn(process.execPath, [cliPath, 'serve', '--config', configPath, '--node', 'a'], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+    env: { ...process.env, ...options.env },
+  });
+  const node = new TestNode(dir, configPath, child);
+  await node.waitReady();
+  return node;
+}
+
+export interface RunResult {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs a command to completion, killing it (by PID) after `timeoutMs`. */
+export function run(
+  command: string,
+  args: string[],
+  options: { timeoutMs?: number; input?: string; cwd?: string; env?: Record<string, string> } = {},
+): Promise<RunResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(command, args, {
+      stdio: ['pipe', 'pipe', 'pipe'],
+      cwd: options.cwd,
+      env: { ...process.env, ...options.env },
+    });
+    live.add(child);
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (text: string) => (stdout += text));
+    child.stderr.setEncoding('utf8').on('data', (text: string) => (stderr += text));
+    const timer = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs ?? 120_000);
+    child.once('error', (error) => {
+      clearTimeout(timer);
+      live.delete(child);
+      reject(error);
+    });
+    child.once('close', (code, signal) => {
+      clearTimeout(timer);
+      live.delete(child);
+      resolve({ code, signal, stdout, stderr });
+    });
+    child.stdin.end(options.input ?? '');
+  });
+}
+
+/** Like run(), but throws with the output when the command does not exit 0. */
+export async function runOk(command: string, args: string[], options: Parameters<typeof run>[2] = {}): Promise<RunResult> {
+  const result = await run(command, args, options);
+  if (result.code !== 0) {
+    throw new Error(
+      `${command} ${args.join(' ')} exited ${result.code ?? result.signal}\nstdout: ${result.stdout}\nstderr: ${result.stderr}`,
+    );
+  }
+  return result;
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
