@@ -4,10 +4,16 @@
 
 export interface DiskExtent {
   lengthBytes: number;
-  /** True when the range is unallocated and reads as zeroes. */
+  /**
+   * True when the range reads as zeroes and the disk reports it as not holding data.
+   * False means "may hold data". A range zeroed by zeroRange() may be reported either
+   * way: ext4 keeps it as an allocated but unwritten extent, which SEEK_DATA calls a
+   * hole until its pages are cached.
+   */
   hole: boolean;
 }
 
+/** Reads, writes, punchHole and zeroRange accept a zero length and then do nothing. */
 export interface Disk {
   readonly sizeBytes: number;
   /** Fills `buffer` from `offset`; the range must lie inside the disk. */

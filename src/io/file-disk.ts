@@ -3,14 +3,23 @@
 // sync is fdatasync; holes use the native addon's fallocate and SEEK_DATA/SEEK_HOLE.
 
 import fs from 'node:fs';
+import os from 'node:os';
 import { assert } from '../lib/assert.js';
 import type { Disk, DiskExtent } from './disk.js';
 import { native } from './native.js';
 
 const EOPNOTSUPP = 95;
+const errnoNames = new Map<number, string>(Object.entries(os.constants.errno).map(([name, value]) => [value, name]));
 
 function unsupported(error: Error | null): boolean {
   return error !== null && (error as Error & { errno?: number }).errno === EOPNOTSUPP;
+}
+
+/** Gives a native addon error the string `code` (ENOSPC, EIO, ...) that fs errors carry. */
+function withCode(error: Error): Error {
+  const errno = (error as Error & { errno?: number }).errno;
+  const name = errno === undefined ? undefined : errnoNames.get(errno);
+  return name === undefined ? error : Object.assign(error, { code: name });
 }
 
 export class FileDisk implements Disk {
@@ -35,6 +44,7 @@ export class FileDisk implements Disk {
 
   read(buffer: Buffer, offset: number): Promise<void> {
     this.checkRange(offset, buffer.length);
+    if (buffer.length === 0) return Promise.resolve();
     return new Promise((resolve, reject) => {
       const step = (done: number): void => {
         fs.read(this.fd, buffer, done, buffer.length - done, offset + done, (error, count) => {
@@ -53,6 +63,7 @@ export class FileDisk implements Disk {
 
   write(buffer: Buffer, offset: number): Promise<void> {
     this.checkRange(offset, buffer.length);
+    if (buffer.length === 0) return Promise.resolve();
     return new Promise((resolve, reject) => {
       const step = (done: number): void => {
         fs.write(this.fd, buffer, done, buffer.length - done, offset + done, (error, count) => {
@@ -81,10 +92,11 @@ export class FileDisk implements Disk {
 
   private fallocate(mode: number, offset: number, lengthBytes: number): Promise<boolean> {
     this.checkRange(offset, lengthBytes);
+    if (lengthBytes === 0) return Promise.resolve(true);
     return new Promise((resolve, reject) => {
       native.fallocate(this.fd, mode, offset, lengthBytes, (error) => {
         if (unsupported(error)) return resolve(false);
-        if (error) return reject(error);
+        if (error) return reject(withCode(error));
         resolve(true);
       });
     });
@@ -95,8 +107,17 @@ export class FileDisk implements Disk {
     assert(lengthBytes > 0 && extentsMax > 0);
     const end = offset + lengthBytes;
     const extents: DiskExtent[] = [];
-    let at = offset;
     // lseek on extent metadata does not block on data I/O; it runs inline.
+    try {
+      this.scanExtents(offset, end, extentsMax, extents);
+    } catch (error) {
+      return Promise.reject(withCode(error as Error));
+    }
+    return Promise.resolve(extents);
+  }
+
+  private scanExtents(offset: number, end: number, extentsMax: number, extents: DiskExtent[]): void {
+    let at = offset;
     while (at < end && extents.length < extentsMax) {
       const data = native.seek(this.fd, at, native.SEEK_DATA);
       if (data < 0 || data >= end) {
@@ -114,7 +135,6 @@ export class FileDisk implements Disk {
       extents.push({ lengthBytes: dataEnd - at, hole: false });
       at = dataEnd;
     }
-    return Promise.resolve(extents);
   }
 
   async close(): Promise<void> {

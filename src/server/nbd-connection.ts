@@ -77,6 +77,7 @@ export class NbdConnection {
   private inflightRequests = 0;
   private inflightBytes = 0;
   private paused = false;
+  private corked = false;
   /** DISC received or the server is stopping: take no more requests. */
   private draining = false;
   private drainWaiters: (() => void)[] = [];
@@ -344,17 +345,25 @@ export class NbdConnection {
     this.send([structured ? encodeErrorChunk(request.cookie, errno, message) : encodeSimpleReply(request.cookie, errno)]);
   }
 
-  /** Writes one reply's buffers back to back, so replies never interleave. */
+  /**
+   * Writes one reply's buffers back to back, so replies never interleave. Replies
+   * completed in the same event-loop turn are corked and leave in one writev when the
+   * turn ends (setImmediate), instead of one system call per 16-byte reply.
+   */
   private send(buffers: Buffer[]): void {
     if (buffers.length === 0 || this.socket.destroyed || this.phase === 'closed') return;
-    if (buffers.length === 1) {
-      this.socket.write(buffers[0] as Buffer);
-      return;
+    if (!this.corked) {
+      this.corked = true;
+      this.socket.cork();
+      setImmediate(this.uncork);
     }
-    this.socket.cork();
     for (const buffer of buffers) this.socket.write(buffer);
-    this.socket.uncork();
   }
+
+  private readonly uncork = (): void => {
+    this.corked = false;
+    this.socket.uncork();
+  };
 
   private whenIdle(callback: () => void): void {
     if (this.inflightRequests === 0) callback();

@@ -150,6 +150,10 @@ export class Negotiation {
       case 'client-flags':
         return this.onClientFlags(message.flags);
       case 'option-too-big':
+        if (message.option === Option.EXPORT_NAME) {
+          // EXPORT_NAME has no error reply; the client would read ours as export data.
+          return { kind: 'close', replies: [], reason: 'export name too long' };
+        }
         return this.countOption(message.option) ??
           this.reply(encodeOptionError(message.option, Reply.ERR_TOO_BIG, 'option data too large'));
       case 'option':

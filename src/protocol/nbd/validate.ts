@@ -58,6 +58,8 @@ export function checkRequest(request: NbdRequest, context: RequestContext): Errn
       if (request.length === 0) return Errno.EINVAL;
       return inRange ? Errno.OK : Errno.EINVAL;
     case Command.FLUSH:
+      // The spec has clients send zero offset and length; nbdkit refuses anything else.
+      return request.offset === 0 && request.length === 0 ? Errno.OK : Errno.EINVAL;
     case Command.DISC:
       return Errno.OK;
     default:

@@ -1,0 +1,723 @@
+// One compliance suite for the Disk port, run against both twins: MemoryDisk and
+// FileDisk over a sparse temporary file. What a user of the port can see is checked —
+// bytes read back, zeroes where nothing was written, holes and data in the allocation
+// map, assertions on out-of-range access — never how a twin does it.
+//
+// Then the storage layer over a Disk: LocalVolume's zeroing, trimming and flushing,
+// SyncBatcher's group commit with a controllable fake sync, and the volume files that
+// prepareVolumeFiles creates and checks at start-up.
+
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, describe, test } from 'node:test';
+import type { Disk, DiskExtent } from '../../src/io/disk.js';
+import { FileDisk } from '../../src/io/file-disk.js';
+import { MemoryDisk } from '../../src/io/memory-disk.js';
+import { AssertionError } from '../../src/lib/assert.js';
+import { VolumeMismatchError } from '../../src/lib/errors.js';
+import { LocalVolume } from '../../src/storage/local-volume.js';
+import { SyncBatcher } from '../../src/storage/sync-batcher.js';
+import { prepareVolumeFiles, volumePaths } from '../../src/storage/volume-files.js';
+import { baseSeed, Prng } from './prng.js';
+
+const KiB = 1024;
+const BLOCK = 4096;
+const SEED = baseSeed(0xd15c_0001);
+
+function pattern(length: number, seed: number): Buffer {
+  const out = Buffer.alloc(length);
+  for (let index = 0; index < length; index += 1) out[index] = ((seed * 31 + index * 13) % 251) + 1;
+  return out;
+}
+
+async function readBack(disk: Disk, offset: number, length: number): Promise<Buffer> {
+  const buffer = Buffer.alloc(length, 0xcc);
+  await disk.read(buffer, offset);
+  return buffer;
+}
+
+function isZero(buffer: Buffer): boolean {
+  return buffer.every((byte) => byte === 0);
+}
+
+/** The property every extents() answer must have, whatever the layout. */
+function checkExtentsShape(extents: DiskExtent[], lengthBytes: number, extentsMax: number, what: string): number {
+  assert.ok(extents.length >= 1, `${what}: no extent`);
+  assert.ok(extents.length <= extentsMax, `${what}: ${extents.length} extents, at most ${extentsMax} asked`);
+  let total = 0;
+  for (const extent of extents) {
+    assert.ok(Number.isSafeInteger(extent.lengthBytes) && extent.lengthBytes > 0, `${what}: extent of ${extent.lengthBytes}`);
+    total += extent.lengthBytes;
+  }
+  assert.ok(total >= 1 && total <= lengthBytes, `${what}: covers ${total} of ${lengthBytes} bytes`);
+  return total;
+}
+
+/** [hole, length] pairs, for short readable comparisons. */
+function layout(extents: DiskExtent[]): [string, number][] {
+  return extents.map((extent) => [extent.hole ? 'hole' : 'data', extent.lengthBytes]);
+}
+
+// ---------------------------------------------------------------------------------------
+// The twins.
+
+interface DiskFactory {
+  name: string;
+  make(sizeBytes: number): Disk;
+}
+
+const temporaryDir = fs.mkdtempSync(path.join(os.tmpdir(), 'blockmirror-disk-'));
+after(() => fs.rmSync(temporaryDir, { recursive: true, force: true }));
+
+let fileCount = 0;
+const factories: DiskFactory[] = [
+  { name: 'MemoryDisk', make: (sizeBytes) => new MemoryDisk(sizeBytes) },
+  {
+    name: 'FileDisk',
+    make: (sizeBytes) => {
+      fileCount += 1;
+      const file = path.join(temporaryDir, `disk-${fileCount}.img`);
+      const fd = fs.openSync(file, 'w+', 0o600);
+      try {
+        fs.ftruncateSync(fd, sizeBytes);
+      } finally {
+        fs.closeSync(fd);
+      }
+      return FileDisk.open(file, sizeBytes);
+    },
+  },
+];
+
+async function withDisk(factory: DiskFactory, sizeBytes: number, body: (disk: Disk) => Promise<void>): Promise<void> {
+  const disk = factory.make(sizeBytes);
+  try {
+    await body(disk);
+  } finally {
+    await disk.close();
+  }
+}
+
+/** What each block of the disk must be reported as; 'unknown' where the contract is checked elsewhere. */
+type BlockState = 'data' | 'hole' | 'unknown';
+
+function diskComplianceSuite(factory: DiskFactory): void {
+  describe(`Disk compliance: ${factory.name}`, () => {
+    test('never-written ranges read as zeroes, and a fresh disk is one hole', async () => {
+      await withDisk(factory, 1024 * KiB, async (disk) => {
+        assert.equal(disk.sizeBytes, 1024 * KiB);
+        assert.ok(isZero(await readBack(disk, 0, disk.sizeBytes)));
+        assert.ok(isZero(await readBack(disk, 12_345, 7)));
+        assert.ok(isZero(await readBack(disk, disk.sizeBytes - 1, 1)));
+        assert.deepStrictEqual(layout(await disk.extents(0, disk.sizeBytes, 16)), [['hole', disk.sizeBytes]]);
+        assert.deepStrictEqual(layout(await disk.extents(777, 5000, 16)), [['hole', 5000]]);
+      });
+    });
+
+    test('writes read back at unaligned offsets (seeded, checked against a model)', async () => {
+      const random = new Prng(SEED);
+      const size = 256 * KiB;
+      await withDisk(factory, size, async (disk) => {
+        const model = Buffer.alloc(size);
+        for (let step = 0; step < 200; step += 1) {
+          const length = random.between(1, 3 * BLOCK);
+          const offset = random.below(size - length + 1);
+          const data = random.bytes(length);
+          await disk.write(data, offset);
+          data.copy(model, offset);
+          const readOffset = random.below(size);
+          const readLength = random.between(1, Math.min(5 * BLOCK, size - readOffset));
+          assert.deepStrictEqual(
+            await readBack(disk, readOffset, readLength),
+            model.subarray(readOffset, readOffset + readLength),
+            `seed ${SEED} step ${step}: read ${readLength} at ${readOffset}`,
+          );
+        }
+        assert.ok((await readBack(disk, 0, size)).equals(model), `seed ${SEED}: whole disk`);
+        // The buffer handed to write may be reused at once.
+        const reused = Buffer.from('first');
+        await disk.write(reused, 100);
+        reused.write('XXXXX');
+        assert.equal((await readBack(disk, 100, 5)).toString(), 'first');
+      });
+    });
+
+    test('the first and last bytes of a disk whose size is not a block multiple', async () => {
+      const size = 64 * KiB + 1000;
+      await withDisk(factory, size, async (disk) => {
+        await disk.write(Buffer.from([0x11]), 0);
+        await disk.write(Buffer.from([0x22, 0x33]), size - 2);
+        assert.deepStrictEqual([...(await readBack(disk, 0, 2))], [0x11, 0]);
+        assert.deepStrictEqual([...(await readBack(disk, size - 3, 3))], [0, 0x22, 0x33]);
+        const extents = await disk.extents(0, size, 100);
+        assert.equal(checkExtentsShape(extents, size, 100, 'whole disk'), size);
+        assert.equal(extents[0]?.hole, false);
+        assert.equal(extents[extents.length - 1]?.hole, false);
+        assert.deepStrictEqual(layout(await disk.extents(size - 1, 1, 1)), [['data', 1]]);
+      });
+    });
+
+    test('punchHole zeroes the range; whole 4 KiB blocks become holes', async () => {
+      await withDisk(factory, 256 * KiB, async (disk) => {
+        const data = pattern(16 * BLOCK, 1);
+        await disk.write(data, 0);
+        assert.deepStrictEqual(layout(await disk.extents(0, 16 * BLOCK, 10)), [['data', 16 * BLOCK]]);
+        const start = BLOCK + 100;
+        const end = 5 * BLOCK + 50;
+        assert.equal(await disk.punchHole(start, end - start), true);
+        const back = await readBack(disk, 0, 16 * BLOCK);
+        assert.ok(isZero(back.subarray(start, end)), 'punched range reads zero');
+        assert.ok(back.subarray(0, start).equals(data.subarray(0, start)), 'bytes before are kept');
+        assert.ok(back.subarray(end).equals(data.subarray(end)), 'bytes after are kept');
+        // Blocks 2..4 are wholly inside; 1 and 5 only partly.
+        assert.deepStrictEqual(layout(await disk.extents(2 * BLOCK, 3 * BLOCK, 10)), [['hole', 3 * BLOCK]]);
+        assert.deepStrictEqual(layout(await disk.extents(0, 16 * BLOCK, 10)), [
+          ['data', 2 * BLOCK],
+          ['hole', 3 * BLOCK],
+          ['data', 11 * BLOCK],
+        ]);
+        // Punching a hole that is already one, and a zero-length range, are fine.
+        assert.equal(await disk.punchHole(100 * KiB, 8 * BLOCK), true);
+        assert.ok(isZero(await readBack(disk, 100 * KiB, 8 * BLOCK)));
+      });
+    });
+
+    test('zeroRange zeroes the range; untouched data stays reported as data', async () => {
+      await withDisk(factory, 256 * KiB, async (disk) => {
+        const data = pattern(8 * BLOCK, 2);
+        await disk.write(data, 0);
+        const overData = await disk.zeroRange(BLOCK, 2 * BLOCK);
+        const overHole = await disk.zeroRange(32 * BLOCK, 4 * BLOCK);
+        assert.equal(overData, true, 'zeroRange supported');
+        assert.equal(overHole, true, 'zeroRange supported');
+        // A zeroed range may be reported as data or hole (ext4 keeps it as an unwritten
+        // extent, see DiskExtent.hole); the blocks around it that hold data must stay data,
+        // and the extents must cover exactly what was asked.
+        const allocation = async (when: string): Promise<void> => {
+          assert.deepStrictEqual(layout(await disk.extents(0, BLOCK, 10)), [['data', BLOCK]], `data before the zeroed range, ${when}`);
+          assert.deepStrictEqual(layout(await disk.extents(3 * BLOCK, 5 * BLOCK, 10)), [['data', 5 * BLOCK]], `data after it, ${when}`);
+          const zeroed = await disk.extents(32 * BLOCK, 4 * BLOCK, 10);
+          assert.equal(zeroed.reduce((sum, extent) => sum + extent.lengthBytes, 0), 4 * BLOCK, `zeroed extents cover the range, ${when}`);
+        };
+        await allocation('before reading');
+        const back = await readBack(disk, 0, 8 * BLOCK);
+        assert.ok(isZero(back.subarray(BLOCK, 3 * BLOCK)));
+        assert.ok(back.subarray(0, BLOCK).equals(data.subarray(0, BLOCK)));
+        assert.ok(back.subarray(3 * BLOCK).equals(data.subarray(3 * BLOCK)));
+        assert.ok(isZero(await readBack(disk, 32 * BLOCK, 4 * BLOCK)));
+        await allocation('after reading');
+      });
+    });
+
+    test('extents report an alternating data/hole layout exactly', async () => {
+      await withDisk(factory, 256 * KiB, async (disk) => {
+        for (let block = 0; block < 16; block += 2) await disk.write(pattern(BLOCK, block), block * BLOCK);
+        const expected: [string, number][] = [];
+        for (let block = 0; block < 16; block += 1) expected.push([block % 2 === 0 ? 'data' : 'hole', BLOCK]);
+        assert.deepStrictEqual(layout(await disk.extents(0, 16 * BLOCK, 1000)), expected);
+        // extentsMax cuts the answer short; it never goes past the request.
+        assert.deepStrictEqual(layout(await disk.extents(0, 16 * BLOCK, 5)), expected.slice(0, 5));
+        assert.deepStrictEqual(layout(await disk.extents(0, 16 * BLOCK, 1)), [['data', BLOCK]]);
+        // Unaligned requests are cut at the request's own edges.
+        assert.deepStrictEqual(layout(await disk.extents(100, 8000, 10)), [
+          ['data', BLOCK - 100],
+          ['hole', 8000 - (BLOCK - 100)],
+        ]);
+        assert.deepStrictEqual(layout(await disk.extents(BLOCK + 1, 1, 10)), [['hole', 1]]);
+        assert.deepStrictEqual(layout(await disk.extents(15 * BLOCK, 64 * KiB, 10)), [['hole', 64 * KiB]]);
+      });
+    });
+
+    test('extents: at least one byte, never more than asked, at most extentsMax (seeded)', async () => {
+      const random = new Prng(SEED + 1);
+      const blocks = 64;
+      const size = blocks * BLOCK;
+      await withDisk(factory, size, async (disk) => {
+        const states: BlockState[] = new Array<BlockState>(blocks).fill('hole');
+        const model = Buffer.alloc(size);
+        for (let step = 0; step < 120; step += 1) {
+          const what = random.below(3);
+          const length = random.between(1, 6 * BLOCK);
+          const offset = random.below(size - length + 1);
+          const firstTouched = Math.floor(offset / BLOCK);
+          const lastTouched = Math.floor((offset + length - 1) / BLOCK);
+          if (what === 0) {
+            const data = random.bytes(length);
+            await disk.write(data, offset);
+            data.copy(model, offset);
+            for (let block = firstTouched; block <= lastTouched; block += 1) states[block] = 'data';
+          } else if (what === 1) {
+            assert.equal(await disk.punchHole(offset, length), true);
+            model.fill(0, offset, offset + length);
+            for (let block = Math.ceil(offset / BLOCK); block < Math.floor((offset + length) / BLOCK); block += 1) {
+              states[block] = 'hole';
+            }
+          } else {
+            if (await disk.zeroRange(offset, length)) model.fill(0, offset, offset + length);
+            for (let block = firstTouched; block <= lastTouched; block += 1) states[block] = 'unknown';
+          }
+          const queryOffset = random.below(size);
+          const queryLength = random.between(1, size - queryOffset);
+          const extentsMax = random.between(1, 12);
+          const what2 = `seed ${SEED + 1} step ${step}: extents(${queryOffset}, ${queryLength}, ${extentsMax})`;
+          const extents = await disk.extents(queryOffset, queryLength, extentsMax);
+          checkExtentsShape(extents, queryLength, extentsMax, what2);
+          let at = queryOffset;
+          for (const extent of extents) {
+            for (let block = Math.floor(at / BLOCK); block * BLOCK < at + extent.lengthBytes; block += 1) {
+              const state = states[block];
+              if (state === 'unknown') continue;
+              assert.equal(extent.hole, state === 'hole', `${what2}: block ${block} is ${state}`);
+            }
+            if (extent.hole) {
+              assert.ok(isZero(await readBack(disk, at, extent.lengthBytes)), `${what2}: a hole must read as zeroes`);
+            }
+            at += extent.lengthBytes;
+          }
+          assert.ok((await readBack(disk, 0, size)).equals(model), `seed ${SEED + 1} step ${step}: contents`);
+        }
+      });
+    });
+
+    test('zero-length operations inside the disk are no-ops', async () => {
+      // checkRange accepts a length of 0 in both twins, so both must agree on what it does.
+      await withDisk(factory, 64 * KiB, async (disk) => {
+        await disk.write(pattern(BLOCK, 4), BLOCK);
+        const outcomes: string[] = [];
+        const attempts: [string, () => Promise<unknown>][] = [
+          ['read 0 bytes', () => disk.read(Buffer.alloc(0), BLOCK + 10)],
+          ['read 0 bytes at the end', () => disk.read(Buffer.alloc(0), 64 * KiB)],
+          ['write 0 bytes', () => disk.write(Buffer.alloc(0), BLOCK + 10)],
+          ['punchHole of 0 bytes', () => disk.punchHole(BLOCK, 0)],
+          ['zeroRange of 0 bytes', () => disk.zeroRange(BLOCK, 0)],
+        ];
+        for (const [name, attempt] of attempts) {
+          try {
+            await attempt();
+          } catch (error) {
+            outcomes.push(`${name}: ${(error as Error).message}`);
+          }
+        }
+        assert.deepStrictEqual(outcomes, [], 'zero-length operations failed');
+        assert.ok((await readBack(disk, BLOCK, BLOCK)).equals(pattern(BLOCK, 4)));
+      });
+    });
+
+    test('sync resolves after writes', async () => {
+      await withDisk(factory, 64 * KiB, async (disk) => {
+        await disk.write(pattern(10_000, 3), 123);
+        await disk.sync();
+        await Promise.all([disk.sync(), disk.sync()]);
+        assert.ok((await readBack(disk, 123, 10_000)).equals(pattern(10_000, 3)));
+      });
+    });
+
+    test('out-of-range access throws an AssertionError', async () => {
+      const size = 64 * KiB;
+      await withDisk(factory, size, async (disk) => {
+        const attempts: [string, () => Promise<unknown>][] = [
+          ['read past the end', () => disk.read(Buffer.alloc(10), size - 5)],
+          ['read at the end', () => disk.read(Buffer.alloc(1), size)],
+          ['read at a negative offset', () => disk.read(Buffer.alloc(1), -1)],
+          ['read at a fractional offset', () => disk.read(Buffer.alloc(1), 1.5)],
+          ['read at an offset beyond 2^53', () => disk.read(Buffer.alloc(1), Infinity)],
+          ['write past the end', () => disk.write(Buffer.alloc(2), size - 1)],
+          ['write at a negative offset', () => disk.write(Buffer.alloc(1), -4096)],
+          ['punchHole past the end', () => disk.punchHole(size - BLOCK, 2 * BLOCK)],
+          ['punchHole with a negative length', () => disk.punchHole(0, -1)],
+          ['zeroRange past the end', () => disk.zeroRange(size, 1)],
+          ['extents past the end', () => disk.extents(size - 1, 2, 10)],
+          ['extents of zero bytes', () => disk.extents(0, 0, 10)],
+          ['extents with extentsMax 0', () => disk.extents(0, BLOCK, 0)],
+        ];
+        for (const [name, attempt] of attempts) {
+          await assert.rejects(async () => attempt(), AssertionError, name);
+        }
+        // Nothing was written by the refused calls.
+        assert.ok(isZero(await readBack(disk, 0, size)));
+      });
+    });
+  });
+}
+
+for (const factory of factories) diskComplianceSuite(factory);
+
+describe('FileDisk specifics', () => {
+  test('open refuses a file of another size', () => {
+    const file = path.join(temporaryDir, 'wrong-size.img');
+    fs.writeFileSync(file, Buffer.alloc(1000));
+    assert.throws(() => FileDisk.open(file, 4096), /1000 bytes, expected 4096/);
+  });
+
+  test('a closed disk asserts on use', async () => {
+    const disk = factories[1]?.make(64 * KiB);
+    assert.ok(disk !== undefined);
+    await disk.close();
+    await disk.close();
+    await assert.rejects(async () => disk.read(Buffer.alloc(1), 0), AssertionError);
+  });
+});
+
+// ---------------------------------------------------------------------------------------
+// LocalVolume on a MemoryDisk.
+
+/** A MemoryDisk whose file system can neither punch holes nor zero ranges. */
+class NoFallocateDisk extends MemoryDisk {
+  override punchHole(): Promise<boolean> {
+    return Promise.resolve(false);
+  }
+
+  override zeroRange(): Promise<boolean> {
+    return Promise.resolve(false);
+  }
+}
+
+describe('LocalVolume', () => {
+  const zeroChunkBytes = 3000;
+
+  async function filled(disk: MemoryDisk): Promise<{ volume: LocalVolume; data: Buffer }> {
+    const volume = new LocalVolume('vol0', disk, zeroChunkBytes);
+    const data = pattern(disk.sizeBytes, 7);
+    await volume.write(data, 0, false);
+    return { volume, data };
+  }
+
+  test('write then read; FUA makes a write durable with one sync', async () => {
+    const disk = new MemoryDisk(64 * KiB);
+    const volume = new LocalVolume('vol0', disk, zeroChunkBytes);
+    assert.equal(volume.sizeBytes, 64 * KiB);
+    await volume.write(Buffer.from('hello'), 4095, false);
+    assert.equal(disk.syncCount, 0);
+    assert.equal((await volume.read(4095, 5)).toString(), 'hello');
+    await volume.write(Buffer.from('world'), 10, true);
+    assert.equal(disk.syncCount, 1);
+    assert.equal(volume.stats.writeOps, 2);
+    assert.equal(volume.stats.writeBytes, 10);
+    assert.equal(volume.stats.readOps, 1);
+    assert.equal(volume.stats.readBytes, 5);
+  });
+
+  test('writeZeroes punches a hole by default', async () => {
+    const disk = new MemoryDisk(64 * KiB);
+    const { volume, data } = await filled(disk);
+    assert.equal(await volume.writeZeroes(BLOCK - 10, 3 * BLOCK, { noHole: false, fast: false, fua: false }), 'done');
+    const back = await volume.read(0, disk.sizeBytes);
+    assert.ok(isZero(back.subarray(BLOCK - 10, 4 * BLOCK - 10)));
+    assert.ok(back.subarray(0, BLOCK - 10).equals(data.subarray(0, BLOCK - 10)));
+    assert.ok(back.subarray(4 * BLOCK - 10).equals(data.subarray(4 * BLOCK - 10)));
+    assert.deepStrictEqual(layout(await volume.extents(BLOCK, 2 * BLOCK, 10)), [['hole', 2 * BLOCK]]);
+    assert.equal(disk.syncCount, 0);
+    assert.equal(volume.stats.zeroOps, 1);
+  });
+
+  test('writeZeroes with noHole keeps the range allocated', async () => {
+    const disk = new MemoryDisk(64 * KiB);
+    const { volume } = await filled(disk);
+    await volume.trim(8 * BLOCK, 4 * BLOCK, false);
+    assert.equal(await volume.writeZeroes(8 * BLOCK, 4 * BLOCK, { noHole: true, fast: false, fua: false }), 'done');
+    assert.ok(isZero(await volume.read(8 * BLOCK, 4 * BLOCK)));
+    assert.deepStrictEqual(layout(await volume.extents(8 * BLOCK, 4 * BLOCK, 10)), [['data', 4 * BLOCK]]);
+  });
+
+  test('writeZeroes with fua syncs before it returns', async () => {
+    const disk = new MemoryDisk(64 * KiB);
+    const { volume } = await filled(disk);
+    await volume.writeZeroes(0, BLOCK, { noHole: false, fast: true, fua: true });
+    assert.equal(disk.syncCount, 1);
+    await volume.writeZeroes(0, BLOCK, { noHole: true, fast: false, fua: true });
+    assert.equal(disk.syncCount, 2);
+  });
+
+  test('writeZeroes on a disk that cannot zero: fast gives "slow" and changes nothing, otherwise zeroes are written', async () => {
+    const disk = new NoFallocateDisk(64 * KiB);
+    const { volume, data } = await filled(disk);
+    for (const noHole of [false, true]) {
+      assert.equal(await volume.writeZeroes(100, 10_000, { noHole, fast: true, fua: false }), 'slow');
+      assert.ok((await volume.read(0, disk.sizeBytes)).equals(data), 'a refused fast zero leaves the data');
+    }
+    assert.equal(await volume.writeZeroes(100, 10_000, { noHole: false, fast: false, fua: false }), 'done');
+    assert.ok(isZero(await volume.read(100, 10_000)));
+    assert.ok((await volume.read(10_100, 1000)).equals(data.subarray(10_100, 11_100)));
+    assert.equal(await volume.writeZeroes(30_000, 7_001, { noHole: true, fast: false, fua: true }), 'done');
+    assert.ok(isZero(await volume.read(30_000, 7_001)));
+    assert.equal((await volume.read(29_999, 1))[0], data[29_999]);
+    assert.equal((await volume.read(37_001, 1))[0], data[37_001]);
+    assert.equal(disk.syncCount, 1);
+  });
+
+  test('trim zeroes the range (whole blocks become holes); on a disk that cannot, data stays', async () => {
+    const disk = new MemoryDisk(64 * KiB);
+    const { volume } = await filled(disk);
+    await volume.trim(2 * BLOCK, 4 * BLOCK, false);
+    assert.ok(isZero(await volume.read(2 * BLOCK, 4 * BLOCK)));
+    assert.deepStrictEqual(layout(await volume.extents(2 * BLOCK, 4 * BLOCK, 10)), [['hole', 4 * BLOCK]]);
+    assert.equal(disk.syncCount, 0);
+    await volume.trim(0, BLOCK, true);
+    assert.equal(disk.syncCount, 1);
+    assert.equal(volume.stats.trimOps, 2);
+
+    const unable = new NoFallocateDisk(64 * KiB);
+    const { volume: hinted, data } = await filled(unable);
+    await hinted.trim(0, 4 * BLOCK, false);
+    assert.ok((await hinted.read(0, unable.sizeBytes)).equals(data), 'TRIM is only a hint');
+  });
+
+  test('flush syncs the disk and is counted', async () => {
+    const disk = new MemoryDisk(64 * KiB);
+    const volume = new LocalVolume('vol0', disk, zeroChunkBytes);
+    await volume.flush();
+    assert.equal(disk.syncCount, 1);
+    await volume.flush();
+    assert.equal(disk.syncCount, 2);
+    assert.equal(volume.stats.flushOps, 2);
+    assert.equal(volume.stats.syncs, 2);
+    await Promise.all(Array.from({ length: 20 }, () => volume.flush()));
+    assert.ok(disk.syncCount <= 4, `20 concurrent flushes took ${disk.syncCount - 2} syncs`);
+    assert.equal(volume.stats.flushOps, 22);
+  });
+
+  test('prefetch reads without changing anything', async () => {
+    const disk = new MemoryDisk(64 * KiB);
+    const { volume, data } = await filled(disk);
+    await volume.prefetch(1000, 20_000, 8192);
+    await volume.prefetch(0, 0, 8192);
+    assert.ok((await volume.read(0, disk.sizeBytes)).equals(data));
+  });
+});
+
+// ---------------------------------------------------------------------------------------
+// SyncBatcher with a sync that completes when the test says so.
+
+class FakeSync {
+  readonly started: { resolve: () => void; reject: (error: Error) => void }[] = [];
+
+  readonly syncOnce = (): Promise<void> =>
+    new Promise<void>((resolve, reject) => {
+      this.started.push({ resolve, reject });
+    });
+
+  finish(index: number): void {
+    const sync = this.started[index];
+    assert.ok(sync !== undefined, `sync ${index} was never started`);
+    sync.resolve();
+  }
+}
+
+function settles(promise: Promise<void>): { settled: boolean; error: unknown } {
+  const state = { settled: false, error: undefined as unknown };
+  promise.then(
+    () => {
+      state.settled = true;
+    },
+    (error: unknown) => {
+      state.settled = true;
+      state.error = error;
+    },
+  );
+  return state;
+}
+
+function flushMicrotasks(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}
+
+describe('SyncBatcher', () => {
+  test('one caller, one sync', async () => {
+    const fake = new FakeSync();
+    const batcher = new SyncBatcher(fake.syncOnce);
+    const done = settles(batcher.sync());
+    await flushMicrotasks();
+    assert.equal(fake.started.length, 1);
+    assert.equal(done.settled, false);
+    fake.finish(0);
+    await flushMicrotasks();
+    assert.equal(done.settled, true);
+    assert.equal(batcher.syncCount, 1);
+  });
+
+  test('100 callers while a sync runs share one more sync: at most 2 in all', async () => {
+    const fake = new FakeSync();
+    const batcher = new SyncBatcher(fake.syncOnce);
+    const first = settles(batcher.sync());
+    await flushMicrotasks();
+    assert.equal(fake.started.length, 1);
+    const waiting = Array.from({ length: 100 }, () => settles(batcher.sync()));
+    await flushMicrotasks();
+    assert.equal(fake.started.length, 1, 'nothing new starts while a sync runs');
+    fake.finish(0);
+    await flushMicrotasks();
+    assert.equal(first.settled, true);
+    assert.ok(waiting.every((state) => !state.settled), 'callers that came during sync 0 are not answered by it');
+    assert.equal(fake.started.length, 2);
+    fake.finish(1);
+    await flushMicrotasks();
+    assert.ok(waiting.every((state) => state.settled && state.error === undefined));
+    assert.equal(fake.started.length, 2);
+    assert.equal(batcher.syncCount, 2);
+  });
+
+  test('a caller is only answered by a sync that started after it', async () => {
+    const fake = new FakeSync();
+    const batcher = new SyncBatcher(fake.syncOnce);
+    const a = settles(batcher.sync());
+    await flushMicrotasks();
+    const b = settles(batcher.sync()); // during sync 0
+    fake.finish(0);
+    await flushMicrotasks();
+    assert.deepStrictEqual([a.settled, b.settled], [true, false]);
+    assert.equal(fake.started.length, 2);
+    const c = settles(batcher.sync()); // during sync 1
+    fake.finish(1);
+    await flushMicrotasks();
+    assert.deepStrictEqual([b.settled, c.settled], [true, false]);
+    assert.equal(fake.started.length, 3);
+    fake.finish(2);
+    await flushMicrotasks();
+    assert.equal(c.settled, true);
+    // Idle again: the next caller starts a sync at once.
+    const d = settles(batcher.sync());
+    await flushMicrotasks();
+    assert.equal(fake.started.length, 4);
+    fake.finish(3);
+    await flushMicrotasks();
+    assert.equal(d.settled, true);
+  });
+
+  test('a failed sync fails its callers; those waiting get a sync of their own', async () => {
+    const fake = new FakeSync();
+    const batcher = new SyncBatcher(fake.syncOnce);
+    const a = settles(batcher.sync());
+    await flushMicrotasks();
+    const b = settles(batcher.sync());
+    fake.started[0]?.reject(new Error('EIO'));
+    await flushMicrotasks();
+    assert.equal(a.settled, true);
+    assert.match(String(a.error), /EIO/);
+    assert.equal(b.settled, false);
+    assert.equal(fake.started.length, 2);
+    fake.finish(1);
+    await flushMicrotasks();
+    assert.deepStrictEqual([b.settled, b.error], [true, undefined]);
+  });
+});
+
+// ---------------------------------------------------------------------------------------
+// Volume files.
+
+describe('prepareVolumeFiles', () => {
+  const MiB = 1024 * KiB;
+  let dirCount = 0;
+  function freshDataDir(): string {
+    dirCount += 1;
+    const dir = path.join(temporaryDir, `data-${dirCount}`);
+    fs.mkdirSync(dir);
+    return dir;
+  }
+
+  test('first start creates a sparse image of the right size and an identity', () => {
+    const dataDir = freshDataDir();
+    const result = prepareVolumeFiles(dataDir, 'vol0', 64 * MiB, 4096);
+    assert.equal(result.created, true);
+    const paths = volumePaths(dataDir, 'vol0');
+    assert.deepStrictEqual(result.paths, paths);
+    const stat = fs.statSync(paths.image);
+    assert.equal(stat.size, 64 * MiB);
+    assert.ok(stat.blocks * 512 < 1 * MiB, `image should be sparse, has ${stat.blocks * 512} bytes allocated`);
+    assert.equal(fs.existsSync(paths.imageNew), false);
+    const identity = JSON.parse(fs.readFileSync(paths.identity, 'utf8')) as Record<string, unknown>;
+    assert.deepStrictEqual(identity, { ...result.identity });
+    assert.equal(identity['format'], 1);
+    assert.equal(identity['name'], 'vol0');
+    assert.equal(identity['sizeBytes'], 64 * MiB);
+    assert.equal(identity['blockSizeBytes'], 4096);
+    assert.match(String(identity['uuid']), /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/);
+    assert.ok(!Number.isNaN(Date.parse(String(identity['createdAt']))));
+    assert.deepStrictEqual(fs.readdirSync(paths.dir).sort(), ['vol0.identity.json', 'vol0.img']);
+  });
+
+  test('a second start with the same size finds the same volume', () => {
+    const dataDir = freshDataDir();
+    const first = prepareVolumeFiles(dataDir, 'vol0', 8 * MiB, 4096);
+    fs.writeFileSync(first.paths.image, Buffer.from('keep me'), { flag: 'r+' });
+    const second = prepareVolumeFiles(dataDir, 'vol0', 8 * MiB, 4096);
+    assert.equal(second.created, false);
+    assert.equal(second.identity.uuid, first.identity.uuid);
+    assert.equal(fs.readFileSync(second.paths.image).subarray(0, 7).toString(), 'keep me');
+    assert.equal(fs.statSync(second.paths.image).size, 8 * MiB);
+  });
+
+  test('another size is refused, naming both sizes, and nothing is resized', () => {
+    const dataDir = freshDataDir();
+    prepareVolumeFiles(dataDir, 'vol0', 8 * MiB, 4096);
+    assert.throws(
+      () => prepareVolumeFiles(dataDir, 'vol0', 16 * MiB, 4096),
+      (error: unknown) => {
+        assert.ok(error instanceof VolumeMismatchError);
+        assert.equal(error.code, 'ERR_VOLUME_MISMATCH');
+        assert.match(error.message, /16MiB/);
+        assert.match(error.message, /16777216/);
+        assert.match(error.message, /8MiB/);
+        assert.match(error.message, /8388608/);
+        return true;
+      },
+    );
+    assert.equal(fs.statSync(volumePaths(dataDir, 'vol0').image).size, 8 * MiB);
+  });
+
+  test('an image without an identity is refused and left alone', () => {
+    const dataDir = freshDataDir();
+    const paths = volumePaths(dataDir, 'vol0');
+    fs.mkdirSync(paths.dir, { recursive: true });
+    fs.writeFileSync(paths.image, Buffer.from('somebody else'));
+    assert.throws(() => prepareVolumeFiles(dataDir, 'vol0', 8 * MiB, 4096), VolumeMismatchError);
+    assert.equal(fs.readFileSync(paths.image, 'utf8'), 'somebody else');
+    assert.equal(fs.existsSync(paths.identity), false);
+  });
+
+  test('a leftover .img.new with its identity written is completed', () => {
+    const dataDir = freshDataDir();
+    const first = prepareVolumeFiles(dataDir, 'vol0', 8 * MiB, 4096);
+    // A crash between writing the identity and the final rename.
+    fs.renameSync(first.paths.image, first.paths.imageNew);
+    const again = prepareVolumeFiles(dataDir, 'vol0', 8 * MiB, 4096);
+    assert.equal(again.created, false);
+    assert.equal(again.identity.uuid, first.identity.uuid);
+    assert.equal(fs.statSync(again.paths.image).size, 8 * MiB);
+    assert.equal(fs.existsSync(again.paths.imageNew), false);
+  });
+
+  test('a leftover .img.new without an identity is started over', () => {
+    const dataDir = freshDataDir();
+    const paths = volumePaths(dataDir, 'vol0');
+    fs.mkdirSync(paths.dir, { recursive: true });
+    fs.writeFileSync(paths.imageNew, Buffer.alloc(123, 1));
+    const result = prepareVolumeFiles(dataDir, 'vol0', 8 * MiB, 4096);
+    assert.equal(result.created, true);
+    assert.equal(fs.statSync(paths.image).size, 8 * MiB);
+    assert.ok(isZero(fs.readFileSync(paths.image).subarray(0, 123)), 'the half-made image is not reused');
+    assert.equal(fs.existsSync(paths.imageNew), false);
+  });
+
+  test('an identity of another volume, a broken identity, a missing or resized image are refused', () => {
+    const cases: [string, (paths: ReturnType<typeof volumePaths>) => void][] = [
+      [
+        'another name',
+        (paths) => {
+          const identity = JSON.parse(fs.readFileSync(paths.identity, 'utf8')) as Record<string, unknown>;
+          fs.writeFileSync(paths.identity, JSON.stringify({ ...identity, name: 'vol9' }));
+        },
+      ],
+      ['not JSON', (paths) => fs.writeFileSync(paths.identity, '{ nope')],
+      ['wrong format', (paths) => fs.writeFileSync(paths.identity, JSON.stringify({ format: 2 }))],
+      ['image missing', (paths) => fs.rmSync(paths.image)],
+      ['image resized', (paths) => fs.truncateSync(paths.image, 4 * MiB)],
+    ];
+    for (const [name, damage] of cases) {
+      const dataDir = freshDataDir();
+      const { paths } = prepareVolumeFiles(dataDir, 'vol0', 8 * MiB, 4096);
+      damage(paths);
+      assert.throws(() => prepareVolumeFiles(dataDir, 'vol0', 8 * MiB, 4096), VolumeMismatchError, name);
+    }
+  });
+});
