@@ -4,6 +4,8 @@
  * fallocate (to punch holes for TRIM and to zero ranges without writing zeroes).
  *
  * seek() is synchronous: it only reads extent metadata and returns at once.
+ * preadNowait() is synchronous too, but never blocks: with RWF_NOWAIT the kernel answers
+ * EAGAIN instead of waiting for the disk.
  * fallocate() runs on the libuv thread pool, since punching or zeroing a large range
  * may take milliseconds, and reports through a Node-style callback(err).
  */
@@ -15,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <unistd.h>
 #include <node_api.h>
 
@@ -72,6 +75,40 @@ static napi_value Seek(napi_env env, napi_callback_info info) {
   CHECK(env, napi_create_double(env, (double)result, &out));
   return out;
 }
+
+/* preadNowait(fd, buffer, position) -> bytes read, -1 when the call would block (data
+ * not in the page cache), -2 when the kernel or file system does not support RWF_NOWAIT.
+ * Callers fall back to the thread pool, so the event loop never waits for the disk. */
+static napi_value PreadNowait(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int32_t fd;
+  int64_t position;
+  void *data;
+  size_t length;
+  if (argc != 3 || napi_get_value_int32(env, argv[0], &fd) != napi_ok ||
+      napi_get_buffer_info(env, argv[1], &data, &length) != napi_ok ||
+      !get_i64(env, argv[2], &position)) {
+    napi_throw_type_error(env, NULL, "preadNowait(fd, buffer, position): bad arguments");
+    return NULL;
+  }
+  struct iovec iov = {.iov_base = data, .iov_len = length};
+  ssize_t rc;
+  do {
+    rc = preadv2(fd, &iov, 1, (off_t)position, RWF_NOWAIT);
+  } while (rc < 0 && errno == EINTR);
+  double result = (double)rc;
+  if (rc < 0) {
+    if (errno == EAGAIN) result = -1;
+    else if (errno == EOPNOTSUPP || errno == ENOSYS || errno == EINVAL) result = -2;
+    else return throw_errno(env, errno, "preadv2");
+  }
+  napi_value out;
+  CHECK(env, napi_create_double(env, result, &out));
+  return out;
+}
+
 
 typedef struct {
   napi_async_work work;
@@ -155,6 +192,8 @@ static napi_value Init(napi_env env, napi_value exports) {
   napi_value fn, value;
   CHECK(env, napi_create_function(env, "seek", NAPI_AUTO_LENGTH, Seek, NULL, &fn));
   CHECK(env, napi_set_named_property(env, exports, "seek", fn));
+  CHECK(env, napi_create_function(env, "preadNowait", NAPI_AUTO_LENGTH, PreadNowait, NULL, &fn));
+  CHECK(env, napi_set_named_property(env, exports, "preadNowait", fn));
   CHECK(env, napi_create_function(env, "fallocate", NAPI_AUTO_LENGTH, Fallocate, NULL, &fn));
   CHECK(env, napi_set_named_property(env, exports, "fallocate", fn));
   CHECK(env, napi_create_int32(env, SEEK_DATA, &value));

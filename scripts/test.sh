@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/ensure-tools.sh
-[ -f build/Release/blockmirror_native.node ] || npx --no-install node-gyp rebuild
+[ -f build/Release/blockmirror_native.node ] || npm run install
 npx --no-install tsc -p tsconfig.json
 mapfile -t files < <(find dist/src dist/test -name '*.test.js' | sort)
 # Files run one at a time: the interop tests start servers and clients that each want

@@ -44,6 +44,14 @@ export const constants = {
   // Volumes.
   /** Volume sizes must be a multiple of this (the preferred block size). */
   volumeSizeAlignBytes: 4 * KiB,
+  /** Reads up to this size are first tried inline with RWF_NOWAIT (page-cache hits). */
+  diskInlineReadBytesMax: 128 * KiB,
+  /** Writes up to this size run inline when no other disk I/O is in flight. */
+  diskInlineWriteBytesMax: 64 * KiB,
+  /** Read buffers of at least this size come from a pool (fresh ones cost page faults). */
+  bufferPoolMinBytes: 64 * KiB,
+  /** Bytes a buffer pool keeps for reuse. */
+  bufferPoolBytesMax: 64 * MiB,
   /** Buffer used when zeroes must be written because the file system cannot zero a range. */
   zeroWriteChunkBytes: 1 * MiB,
 

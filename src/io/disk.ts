@@ -19,6 +19,8 @@ export interface Disk {
   /** Fills `buffer` from `offset`; the range must lie inside the disk. */
   read(buffer: Buffer, offset: number): Promise<void>;
   write(buffer: Buffer, offset: number): Promise<void>;
+  /** Writes the buffers back to back from `offset` (one vectored write where possible). */
+  writev(buffers: readonly Buffer[], offset: number): Promise<void>;
   /** Makes every completed write durable (fdatasync). */
   sync(): Promise<void>;
   /** Deallocates a range so that it reads as zeroes; false if the disk cannot. */

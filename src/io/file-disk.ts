@@ -1,5 +1,7 @@
-// Disk over a raw image file. Plain reads and writes go through the libuv thread pool
-// (fs.read/fs.write on one shared descriptor, so every connection sees one view);
+// Disk over a raw image file, one shared descriptor so every connection sees one view.
+// Small reads are tried inline without blocking (RWF_NOWAIT); small writes and syncs run
+// inline only while no other disk I/O is in flight (IoActivity); everything else goes
+// through the libuv thread pool;
 // sync is fdatasync; holes use the native addon's fallocate and SEEK_DATA/SEEK_HOLE.
 
 import fs from 'node:fs';
@@ -15,6 +17,21 @@ function unsupported(error: Error | null): boolean {
   return error !== null && (error as Error & { errno?: number }).errno === EOPNOTSUPP;
 }
 
+/** The buffers left after the first `count` bytes (after a short vectored write). */
+function dropBytes(buffers: readonly Buffer[], count: number): Buffer[] {
+  const rest: Buffer[] = [];
+  let skip = count;
+  for (const buffer of buffers) {
+    if (skip >= buffer.length) {
+      skip -= buffer.length;
+      continue;
+    }
+    rest.push(skip > 0 ? buffer.subarray(skip) : buffer);
+    skip = 0;
+  }
+  return rest;
+}
+
 /** Gives a native addon error the string `code` (ENOSPC, EIO, ...) that fs errors carry. */
 function withCode(error: Error): Error {
   const errno = (error as Error & { errno?: number }).errno;
@@ -22,63 +39,148 @@ function withCode(error: Error): Error {
   return name === undefined ? error : Object.assign(error, { code: name });
 }
 
+/**
+ * What is in flight across a whole node: client requests being served, and thread-pool
+ * file operations. When one request is alone (the queue-depth-1 case: a write, then a
+ * flush, then the next write) nobody can wait behind the disk, so its small write or
+ * its sync runs inline and saves two thread hand-offs (about 100 µs on a small
+ * machine). With anything else in flight, work goes to the pool so that no request
+ * waits behind another's I/O.
+ */
+export class IoActivity {
+  /** Client requests being executed, across every connection. */
+  requests = 0;
+  /** Thread-pool file operations in flight, across every FileDisk. */
+  pending = 0;
+
+  get alone(): boolean {
+    return this.requests <= 1 && this.pending === 0;
+  }
+}
+
+export interface FileDiskOptions {
+  /** Largest read tried inline with RWF_NOWAIT (a page-cache hit never blocks). */
+  inlineReadBytesMax: number;
+  /** Largest write run inline when no other disk I/O is in flight. */
+  inlineWriteBytesMax: number;
+  activity: IoActivity;
+}
+
 export class FileDisk implements Disk {
   private closed = false;
+  /** Cleared the first time the kernel says it has no RWF_NOWAIT for reads. */
+  private nowaitRead = true;
 
   private constructor(
     private readonly fd: number,
     readonly sizeBytes: number,
     readonly path: string,
+    private readonly options: FileDiskOptions,
   ) {}
 
   /** Opens an existing image file whose size must be `sizeBytes`. */
-  static open(path: string, sizeBytes: number): FileDisk {
+  static open(
+    path: string,
+    sizeBytes: number,
+    options: FileDiskOptions = { inlineReadBytesMax: 0, inlineWriteBytesMax: 0, activity: new IoActivity() },
+  ): FileDisk {
     const fd = fs.openSync(path, 'r+');
     const actual = fs.fstatSync(fd).size;
     if (actual !== sizeBytes) {
       fs.closeSync(fd);
       throw new Error(`${path} is ${actual} bytes, expected ${sizeBytes}`);
     }
-    return new FileDisk(fd, sizeBytes, path);
+    return new FileDisk(fd, sizeBytes, path, options);
   }
 
   read(buffer: Buffer, offset: number): Promise<void> {
     this.checkRange(offset, buffer.length);
     if (buffer.length === 0) return Promise.resolve();
-    return new Promise((resolve, reject) => {
-      const step = (done: number): void => {
-        fs.read(this.fd, buffer, done, buffer.length - done, offset + done, (error, count) => {
-          if (error) return reject(error);
+    let start = 0;
+    if (this.nowaitRead && buffer.length <= this.options.inlineReadBytesMax) {
+      // Served from the page cache without a thread-pool round trip, or not at all.
+      const count = native.preadNowait(this.fd, buffer, offset);
+      if (count === -2) this.nowaitRead = false;
+      if (count === buffer.length) return Promise.resolve();
+      if (count > 0) start = count;
+    }
+    return this.pooled((done) => {
+      const step = (at: number): void => {
+        fs.read(this.fd, buffer, at, buffer.length - at, offset + at, (error, count) => {
+          if (error) return done(error);
           if (count === 0) {
-            // Past the end of a file that was shortened behind our back: that is an I/O error.
-            return reject(Object.assign(new Error(`short read at ${offset + done} in ${this.path}`), { code: 'EIO' }));
+            // Past the end of a file that was shortened behind our back: an I/O error.
+            return done(Object.assign(new Error(`short read at ${offset + at} in ${this.path}`), { code: 'EIO' }));
           }
-          if (done + count < buffer.length) return step(done + count);
-          resolve();
+          if (at + count < buffer.length) return step(at + count);
+          done(null);
         });
       };
-      step(0);
+      step(start);
     });
   }
 
   write(buffer: Buffer, offset: number): Promise<void> {
-    this.checkRange(offset, buffer.length);
-    if (buffer.length === 0) return Promise.resolve();
-    return new Promise((resolve, reject) => {
-      const step = (done: number): void => {
-        fs.write(this.fd, buffer, done, buffer.length - done, offset + done, (error, count) => {
-          if (error) return reject(error);
-          if (done + count < buffer.length) return step(done + count);
-          resolve();
+    return this.writev([buffer], offset);
+  }
+
+  writev(buffers: readonly Buffer[], offset: number): Promise<void> {
+    const total = buffers.reduce((sum, buffer) => sum + buffer.length, 0);
+    this.checkRange(offset, total);
+    if (total === 0) return Promise.resolve();
+    if (this.idle() && total <= this.options.inlineWriteBytesMax) {
+      try {
+        let pending: readonly Buffer[] = buffers;
+        let at = offset;
+        while (pending.length > 0) {
+          const count = fs.writevSync(this.fd, pending as Buffer[], at);
+          pending = dropBytes(pending, count);
+          at += count;
+        }
+        return Promise.resolve();
+      } catch (error) {
+        return Promise.reject(error);
+      }
+    }
+    return this.pooled((done) => {
+      const step = (pending: readonly Buffer[], at: number): void => {
+        fs.writev(this.fd, pending as Buffer[], at, (error, count) => {
+          if (error) return done(error);
+          const rest = dropBytes(pending, count);
+          if (rest.length > 0) return step(rest, at + count);
+          done(null);
         });
       };
-      step(0);
+      step(buffers, offset);
     });
   }
 
   sync(): Promise<void> {
+    if (this.idle()) {
+      try {
+        fs.fdatasyncSync(this.fd);
+        return Promise.resolve();
+      } catch (error) {
+        return Promise.reject(error);
+      }
+    }
+    return this.pooled((done) => fs.fdatasync(this.fd, done));
+  }
+
+  private idle(): boolean {
+    return this.options.activity.alone && this.options.inlineWriteBytesMax > 0;
+  }
+
+  /** Runs a thread-pool operation, counted in the shared IoActivity while it runs. */
+  private pooled(start: (done: (error: Error | null) => void) => void): Promise<void> {
+    const activity = this.options.activity;
+    activity.pending += 1;
     return new Promise((resolve, reject) => {
-      fs.fdatasync(this.fd, (error) => (error ? reject(error) : resolve()));
+      start((error) => {
+        activity.pending -= 1;
+        if (error) reject(error);
+        else resolve();
+      });
     });
   }
 
@@ -93,13 +195,16 @@ export class FileDisk implements Disk {
   private fallocate(mode: number, offset: number, lengthBytes: number): Promise<boolean> {
     this.checkRange(offset, lengthBytes);
     if (lengthBytes === 0) return Promise.resolve(true);
-    return new Promise((resolve, reject) => {
+    let supported = true;
+    return this.pooled((done) => {
       native.fallocate(this.fd, mode, offset, lengthBytes, (error) => {
-        if (unsupported(error)) return resolve(false);
-        if (error) return reject(withCode(error));
-        resolve(true);
+        if (unsupported(error)) {
+          supported = false;
+          return done(null);
+        }
+        done(error === null ? null : withCode(error));
       });
-    });
+    }).then(() => supported);
   }
 
   extents(offset: number, lengthBytes: number, extentsMax: number): Promise<DiskExtent[]> {

@@ -31,6 +31,17 @@ export class MemoryDisk implements Disk {
     return Promise.resolve();
   }
 
+  writev(buffers: readonly Buffer[], offset: number): Promise<void> {
+    let at = offset;
+    for (const buffer of buffers) {
+      this.checkRange(at, buffer.length);
+      buffer.copy(this.data, at);
+      this.markAllocated(at, buffer.length, 1);
+      at += buffer.length;
+    }
+    return Promise.resolve();
+  }
+
   sync(): Promise<void> {
     this.syncCount += 1;
     return Promise.resolve();

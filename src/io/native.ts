@@ -1,5 +1,5 @@
 // Loads the native addon (native/blockmirror_native.c, built by `npm install` through
-// node-gyp) that provides lseek(SEEK_DATA/SEEK_HOLE) and fallocate, which Node's fs
+// node-gyp) that provides lseek(SEEK_DATA/SEEK_HOLE), fallocate and non-blocking preadv2, which Node's fs
 // module does not expose.
 
 import { createRequire } from 'node:module';
@@ -9,6 +9,8 @@ import fs from 'node:fs';
 
 export interface NativeBindings {
   seek(fd: number, offset: number, whence: number): number;
+  /** Bytes read, -1 if it would block, -2 if RWF_NOWAIT is unsupported. */
+  preadNowait(fd: number, buffer: Buffer, position: number): number;
   fallocate(fd: number, mode: number, offset: number, length: number, callback: (error: Error | null) => void): void;
   SEEK_DATA: number;
   SEEK_HOLE: number;

@@ -41,6 +41,25 @@ export class ByteQueue {
     return out;
   }
 
+  /**
+   * Returns the next `count` bytes as slices of the received chunks, without copying,
+   * and removes them. The slices keep their chunks alive until they are dropped.
+   */
+  readSlices(count: number): Buffer[] {
+    assert(count >= 0 && count <= this.length, 'ByteQueue.readSlices past end');
+    const slices: Buffer[] = [];
+    let left = count;
+    while (left > 0) {
+      const chunk = this.chunks[0];
+      assert(chunk !== undefined);
+      const take = Math.min(left, chunk.length - this.headOffset);
+      slices.push(chunk.subarray(this.headOffset, this.headOffset + take));
+      this.advance(take);
+      left -= take;
+    }
+    return slices;
+  }
+
   /** Drops up to `count` bytes; returns how many were dropped. */
   skip(count: number): number {
     const dropped = Math.min(count, this.length);

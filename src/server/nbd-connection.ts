@@ -10,6 +10,8 @@
 import type net from 'node:net';
 import { constants } from '../constants.js';
 import { assert } from '../lib/assert.js';
+import type { BufferPool } from '../lib/buffer-pool.js';
+import type { IoActivity } from '../io/file-disk.js';
 import { errnoCode } from '../lib/errors.js';
 import type { Logger } from '../lib/log.js';
 import { Command, CommandFlag, Errno, STATE_HOLE, STATE_ZERO } from '../protocol/nbd/constants.js';
@@ -88,6 +90,8 @@ export class NbdConnection {
     private readonly catalog: VolumeCatalog,
     private readonly log: Logger,
     private readonly counters: ConnectionCounters,
+    private readonly buffers: BufferPool,
+    private readonly activity: IoActivity,
   ) {
     this.negotiation = new Negotiation(catalog, {
       optionCountMax: constants.nbdOptionCountMax,
@@ -237,6 +241,7 @@ export class NbdConnection {
     const bytes = request.type === Command.READ || request.type === Command.WRITE ? request.length : 0;
     this.inflightRequests += 1;
     this.inflightBytes += bytes;
+    this.activity.requests += 1;
     this.execute(request)
       .catch((error: unknown) => {
         // execute() answers every operating error itself; anything here is a bug.
@@ -244,6 +249,7 @@ export class NbdConnection {
         throw error;
       })
       .finally(() => {
+        this.activity.requests -= 1;
         this.inflightRequests -= 1;
         this.inflightBytes -= bytes;
         if (this.inflightRequests === 0) this.notifyIdle();
@@ -263,13 +269,18 @@ export class NbdConnection {
     try {
       switch (request.type) {
         case Command.READ: {
-          const data = await volume.read(request.offset, request.length);
+          const data = this.buffers.acquire(request.length);
+          try {
+            await volume.readInto(data, request.offset);
+          } catch (error) {
+            this.buffers.release(data);
+            throw error;
+          }
           this.replyRead(request, data);
           return;
         }
         case Command.WRITE:
-          assert(request.data !== undefined && request.data.length === request.length);
-          await volume.write(request.data, request.offset, fua);
+          await volume.write(request.payload, request.offset, fua);
           break;
         case Command.FLUSH:
           await volume.flush();
@@ -318,12 +329,13 @@ export class NbdConnection {
     }
   }
 
+  /** Sends a read's data, and returns its pooled buffer once the socket is done with it. */
   private replyRead(request: NbdRequest, data: Buffer): void {
     assert(this.params !== null);
     const header = this.params.structuredReplies
       ? encodeOffsetDataHeader(request.cookie, request.offset, data.length)
       : encodeSimpleReply(request.cookie, Errno.OK);
-    this.send([header, data]);
+    if (!this.send([header, data], () => this.buffers.release(data))) this.buffers.release(data);
   }
 
   private replyBlockStatus(request: NbdRequest, diskExtents: { lengthBytes: number; hole: boolean }[]): void {
@@ -348,16 +360,23 @@ export class NbdConnection {
   /**
    * Writes one reply's buffers back to back, so replies never interleave. Replies
    * completed in the same event-loop turn are corked and leave in one writev when the
-   * turn ends (setImmediate), instead of one system call per 16-byte reply.
+   * turn ends (setImmediate), instead of one system call per 16-byte reply. Returns false
+   * when nothing was sent (the connection is gone); `written` is then never called.
    */
-  private send(buffers: Buffer[]): void {
-    if (buffers.length === 0 || this.socket.destroyed || this.phase === 'closed') return;
+  private send(buffers: Buffer[], written?: () => void): boolean {
+    if (buffers.length === 0 || this.socket.destroyed || this.phase === 'closed') return false;
     if (!this.corked) {
       this.corked = true;
       this.socket.cork();
       setImmediate(this.uncork);
     }
-    for (const buffer of buffers) this.socket.write(buffer);
+    const last = buffers.length - 1;
+    buffers.forEach((buffer, index) => {
+      // The callback runs once the socket no longer needs the buffer, even on error.
+      if (index === last && written !== undefined) this.socket.write(buffer, () => written());
+      else this.socket.write(buffer);
+    });
+    return true;
   }
 
   private readonly uncork = (): void => {

@@ -5,10 +5,11 @@
 import net from 'node:net';
 import { checkConstants, constants } from '../constants.js';
 import { formatAddress, type Address, type ClusterConfig, type NodeConfig, type VolumeConfig } from '../control/config.js';
+import { BufferPool } from '../lib/buffer-pool.js';
 import { BlockmirrorError, ConfigError } from '../lib/errors.js';
 import type { Logger } from '../lib/log.js';
 import type { ExportLookup } from '../protocol/nbd/negotiation.js';
-import { FileDisk } from '../io/file-disk.js';
+import { FileDisk, IoActivity } from '../io/file-disk.js';
 import { LocalVolume } from '../storage/local-volume.js';
 import { prepareVolumeFiles, type VolumeIdentity } from '../storage/volume-files.js';
 import { AdminServer } from './admin.js';
@@ -25,6 +26,8 @@ export class BlockmirrorNode {
   readonly volumes = new Map<string, ServedVolume>();
   readonly counters: ConnectionCounters = { requests: 0, errorReplies: 0, protocolErrors: 0 };
   private readonly connections = new Set<NbdConnection>();
+  private readonly ioActivity = new IoActivity();
+  private readonly buffers = new BufferPool(constants.bufferPoolMinBytes, constants.bufferPoolBytesMax);
   private nbdServer: net.Server | null = null;
   private admin: AdminServer | null = null;
   private stopping: Promise<void> | null = null;
@@ -60,7 +63,11 @@ export class BlockmirrorNode {
         config.sizeBytes,
         constants.nbdBlockSizePreferredBytes,
       );
-      const disk = FileDisk.open(paths.image, identity.sizeBytes);
+      const disk = FileDisk.open(paths.image, identity.sizeBytes, {
+        inlineReadBytesMax: constants.diskInlineReadBytesMax,
+        inlineWriteBytesMax: constants.diskInlineWriteBytesMax,
+        activity: this.ioActivity,
+      });
       const volume = new LocalVolume(config.name, disk, constants.zeroWriteChunkBytes);
       this.volumes.set(config.name, { config, identity, volume });
       this.log.info(created ? 'volume created' : 'volume opened', {
@@ -117,7 +124,7 @@ export class BlockmirrorNode {
       return;
     }
     const peer = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
-    const connection = new NbdConnection(socket, this.catalog, this.log.child({ client: peer }), this.counters);
+    const connection = new NbdConnection(socket, this.catalog, this.log.child({ client: peer }), this.counters, this.buffers, this.ioActivity);
     this.connections.add(connection);
     socket.once('close', () => this.connections.delete(connection));
     connection.start();

@@ -61,16 +61,22 @@ export class LocalVolume {
 
   async read(offset: number, lengthBytes: number): Promise<Buffer> {
     const buffer = Buffer.allocUnsafe(lengthBytes);
-    await this.counted(this.disk.read(buffer, offset));
-    this.stats.readOps += 1;
-    this.stats.readBytes += lengthBytes;
+    await this.readInto(buffer, offset);
     return buffer;
   }
 
-  async write(data: Buffer, offset: number, fua: boolean): Promise<void> {
-    await this.counted(this.disk.write(data, offset));
+  /** Fills `buffer` from `offset`. */
+  async readInto(buffer: Buffer, offset: number): Promise<void> {
+    await this.counted(this.disk.read(buffer, offset));
+    this.stats.readOps += 1;
+    this.stats.readBytes += buffer.length;
+  }
+
+  /** Writes `payload` (slices written back to back) at `offset`. */
+  async write(payload: readonly Buffer[], offset: number, fua: boolean): Promise<void> {
+    await this.counted(this.disk.writev(payload, offset));
     this.stats.writeOps += 1;
-    this.stats.writeBytes += data.length;
+    for (const slice of payload) this.stats.writeBytes += slice.length;
     if (fua) await this.flush();
   }
 

@@ -379,7 +379,7 @@ describe('LocalVolume', () => {
   async function filled(disk: MemoryDisk): Promise<{ volume: LocalVolume; data: Buffer }> {
     const volume = new LocalVolume('vol0', disk, zeroChunkBytes);
     const data = pattern(disk.sizeBytes, 7);
-    await volume.write(data, 0, false);
+    await volume.write([data], 0, false);
     return { volume, data };
   }
 
@@ -387,10 +387,10 @@ describe('LocalVolume', () => {
     const disk = new MemoryDisk(64 * KiB);
     const volume = new LocalVolume('vol0', disk, zeroChunkBytes);
     assert.equal(volume.sizeBytes, 64 * KiB);
-    await volume.write(Buffer.from('hello'), 4095, false);
+    await volume.write([Buffer.from('hel'), Buffer.from('lo')], 4095, false);
     assert.equal(disk.syncCount, 0);
     assert.equal((await volume.read(4095, 5)).toString(), 'hello');
-    await volume.write(Buffer.from('world'), 10, true);
+    await volume.write([Buffer.from('world')], 10, true);
     assert.equal(disk.syncCount, 1);
     assert.equal(volume.stats.writeOps, 2);
     assert.equal(volume.stats.writeBytes, 10);

@@ -107,8 +107,8 @@ function plainHandshake(message: HandshakeMessage): Plain {
 
 function plainRequest(message: RequestMessage): Plain {
   if (message.kind === 'fatal') return { ...message };
-  const request = message.request;
-  return { kind: 'request', ...request, data: request.data === undefined ? undefined : request.data.toString('hex') };
+  const { payload, ...request } = message.request;
+  return { kind: 'request', ...request, data: payload.length === 0 ? undefined : Buffer.concat(payload).toString('hex') };
 }
 
 /** Every way of cutting `stream` that the tests try: whole, in two at each byte, byte by byte. */
@@ -526,7 +526,7 @@ describe('RequestDecoder', () => {
     const write = decoder.next();
     assert.ok(write?.kind === 'request');
     assert.equal(write.request.payloadDiscarded, true);
-    assert.equal(write.request.data, undefined);
+    assert.equal(write.request.payload.length, 0);
     assert.equal(write.request.cookie, 42n);
     const flush = decoder.next();
     assert.ok(flush?.kind === 'request');

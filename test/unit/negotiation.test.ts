@@ -674,7 +674,7 @@ describe('checkRequest', () => {
         cookie: 0x1234n,
         offset: row.offset ?? 0,
         length: row.length ?? 0,
-        data: undefined,
+        payload: [],
         payloadDiscarded: row.payloadDiscarded ?? false,
       };
       assert.equal(checkRequest(request, { ...baseContext, ...row.context }), row.expected);

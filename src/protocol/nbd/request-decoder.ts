@@ -1,5 +1,5 @@
 // Incremental decoder of NBD transmission requests (simple, 28-byte headers). A WRITE's
-// payload is returned with its header once complete. Limits:
+// payload is returned with its header once complete, as slices of the received chunks. Limits:
 // - a WRITE payload up to payloadBytesMax is buffered and returned;
 // - one larger but up to discardBytesMax is read and dropped as it arrives, and the
 //   request is returned with `payloadDiscarded` so the server can answer EINVAL;
@@ -18,8 +18,12 @@ export interface NbdRequest {
   /** Byte offset; Infinity when it does not fit in a safe integer (always out of range). */
   offset: number;
   length: number;
-  /** WRITE payload (length bytes), or undefined for other commands or a discarded one. */
-  data: Buffer | undefined;
+  /**
+   * WRITE payload (length bytes in all) as slices of the received chunks, so it reaches
+   * the disk through writev without being copied; empty for other commands or a
+   * discarded payload.
+   */
+  payload: Buffer[];
   payloadDiscarded: boolean;
 }
 
@@ -78,7 +82,7 @@ export class RequestDecoder {
             cookie: header.readBigUInt64BE(8),
             offset: high > SAFE_HIGH_WORD_MAX ? Infinity : high * TWO_POW_32 + low,
             length: header.readUInt32BE(24),
-            data: undefined,
+            payload: [],
             payloadDiscarded: false,
           };
           if (request.type !== Command.WRITE || request.length === 0) {
@@ -102,7 +106,7 @@ export class RequestDecoder {
         }
         case 'payload': {
           if (this.queue.length < state.request.length) return undefined;
-          state.request.data = this.queue.read(state.request.length);
+          state.request.payload = this.queue.readSlices(state.request.length);
           this.state = { name: 'header' };
           return { kind: 'request', request: state.request };
         }
