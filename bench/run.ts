@@ -3,8 +3,13 @@
 // blockmirror to each reference server, keeps the raw fio output under bench/results/,
 // and rewrites docs/benchmarks.md with the latest table.
 //
+// Besides fio, it measures durable writes with FUA at depth 1 and 32 (qemu-img bench; fio
+// sends no FUA) and how long a node takes to recover a full log partition after SIGKILL.
+//
 // Environment: BENCH_RUNTIME_S (default 10), BENCH_SIZE (default 1G), BENCH_SERVERS
-// (comma list, default blockmirror,nbdkit,qemu-nbd), BENCH_WORKLOADS (comma list of names).
+// (comma list, default blockmirror,nbdkit,qemu-nbd), BENCH_WORKLOADS (comma list of names,
+// including fua-4k-qd1 and fua-4k-qd32), BENCH_FUA_COUNT (default 20000), BENCH_RECOVERY=0
+// to skip the recovery measurement.
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
@@ -48,6 +53,14 @@ interface ServerRun {
   server: string;
   figures: Record<string, Figure>;
   peakRssMiB: number | null;
+}
+
+/** Durable writes through qemu-img bench, which sets FUA on every write (fio cannot). */
+const fuaDepths = [1, 32];
+const fuaCount = Number(process.env['BENCH_FUA_COUNT'] ?? 20000);
+
+function fuaName(depth: number): string {
+  return `fua-4k-qd${depth}`;
 }
 
 function parseSize(text: string): number {
@@ -172,6 +185,29 @@ async function stopServer(child: ChildProcess): Promise<void> {
   clearTimeout(timer);
 }
 
+/** `qemu-img bench -w -t writethrough`: every write carries FUA. Returns IOPS. */
+async function qemuBench(uri: string, depth: number): Promise<Figure> {
+  const count = depth === 1 ? Math.ceil(fuaCount / 8) : fuaCount;
+  const output = await new Promise<string>((resolve, reject) => {
+    const child = spawn('qemu-img', ['bench', '-f', 'raw', '-w', '-t', 'writethrough', '-d', String(depth), '-s', '4096', '-c', String(count), uri], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let text = '';
+    child.stdout.on('data', (chunk: Buffer) => (text += chunk.toString()));
+    child.stderr.on('data', (chunk: Buffer) => (text += chunk.toString()));
+    const timer = setTimeout(() => child.kill('SIGKILL'), 300_000);
+    child.once('close', (code) => {
+      clearTimeout(timer);
+      if (code === 0) resolve(text);
+      else reject(new Error(`qemu-img bench exited ${code}: ${text}`));
+    });
+  });
+  const match = /Run completed in ([\d.]+) seconds/.exec(output);
+  if (match === null) throw new Error(`qemu-img bench: no timing in ${output}`);
+  const seconds = Number(match[1]);
+  return { value: count / seconds, p50Us: 0, p99Us: 0 };
+}
+
 function fioFigure(file: string, workload: Workload): Figure {
   const output = JSON.parse(fs.readFileSync(file, 'utf8')) as {
     jobs: Record<'read' | 'write', { iops: number; bw_bytes: number; clat_ns: { percentile?: Record<string, number> } }>[];
@@ -223,9 +259,76 @@ async function benchServer(server: string, stamp: string): Promise<ServerRun> {
       figures[workload.name] = fioFigure(output, workload);
       process.stderr.write(`  ${server} ${workload.label}: ${format(figures[workload.name]?.value ?? 0)} ${workload.unit}\n`);
     }
+    for (const depth of fuaDepths) {
+      if (selected.length > 0 && !selected.includes(fuaName(depth))) continue;
+      figures[fuaName(depth)] = await qemuBench(started.uri, depth);
+      process.stderr.write(`  ${server} 4k FUA write QD${depth}: ${format(figures[fuaName(depth)]?.value ?? 0)} IOPS\n`);
+    }
     return { server, figures, peakRssMiB: peakRssMiB(started.child.pid) };
   } finally {
     await stopServer(started.child);
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+interface RecoveryFigure {
+  entries: number;
+  bytes: number;
+  recoveryMs: number;
+}
+
+/**
+ * Recovery after a crash with one full 64 MiB log partition of 4 KiB writes to replay:
+ * write about 62 MiB of random 4 KiB blocks with consistency points held off, SIGKILL
+ * the node, start it again and read the replay figures from its "volume opened" line.
+ */
+async function benchRecovery(): Promise<RecoveryFigure> {
+  const dir = path.join(workDir, 'recovery');
+  fs.rmSync(dir, { recursive: true, force: true });
+  fs.mkdirSync(dir, { recursive: true });
+  const port = await freePort();
+  const config = path.join(dir, 'cluster.yaml');
+  fs.writeFileSync(
+    config,
+    `cluster: bench
+secret: bench-secret-123
+log: { partitionSize: 64MiB, partitions: 4, cpIntervalMs: 3600000 }
+nodes:
+  - { id: a, nbd: "127.0.0.1:${port}", replication: "127.0.0.1:0", admin: "127.0.0.1:0", dataDir: ${path.join(dir, 'data')} }
+volumes:
+  - { name: vol0, size: 1GiB, replicas: [a], primary: a, mode: local }
+`,
+  );
+  const start = (): { child: ChildProcess; logs: () => string } => {
+    let text = '';
+    const child = spawn(process.execPath, [cli, 'serve', '--config', config, '--node', 'a'], { stdio: ['ignore', 'ignore', 'pipe'] });
+    child.stderr?.on('data', (chunk: Buffer) => (text += chunk.toString()));
+    return { child, logs: () => text };
+  };
+  const first = start();
+  try {
+    await waitForPort(port, first.child, 60_000);
+    await runTool(
+      'fio',
+      ['--name=fill-log', '--ioengine=nbd', `--uri=nbd://127.0.0.1:${port}/vol0`, '--rw=randwrite', '--bs=4k', '--iodepth=32', '--size=1G', '--io_size=62M', '--output=/dev/null'],
+      300_000,
+    );
+  } finally {
+    first.child.kill('SIGKILL');
+    await new Promise<void>((resolve) => (first.child.exitCode !== null ? resolve() : first.child.once('exit', () => resolve())));
+  }
+  const second = start();
+  try {
+    await waitForPort(port, second.child, 60_000);
+    const line = second
+      .logs()
+      .split('\n')
+      .find((text) => text.includes('"volume opened"'));
+    if (line === undefined) throw new Error(`no "volume opened" line: ${second.logs()}`);
+    const record = JSON.parse(line) as { replayedEntries: number; replayedBytes: number; recoveryMs: number };
+    return { entries: record.replayedEntries, bytes: record.replayedBytes, recoveryMs: record.recoveryMs };
+  } finally {
+    await stopServer(second.child);
     fs.rmSync(dir, { recursive: true, force: true });
   }
 }
@@ -253,6 +356,22 @@ function table(runs: ServerRun[]): string {
     });
     lines.push(`| ${workload.label} | ${workload.unit} | ${cells.join(' | ')} | ${ratios.join(' | ')} |`);
   }
+  for (const depth of fuaDepths) {
+    const name = fuaName(depth);
+    if (!runs.some((run) => run.figures[name] !== undefined)) continue;
+    const cells = runs.map((run) => (run.figures[name] === undefined ? '-' : format(run.figures[name]?.value ?? 0)));
+    const ratios = others.map((run) => {
+      const mine = ours?.figures[name]?.value;
+      const theirs = run.figures[name]?.value;
+      return mine === undefined || theirs === undefined || theirs === 0 ? '-' : `${(mine / theirs).toFixed(2)}x`;
+    });
+    lines.push(`| 4k FUA write QD${depth} (qemu-img bench) | IOPS | ${cells.join(' | ')} | ${ratios.join(' | ')} |`);
+  }
+  const qd1 = ours?.figures[fuaName(1)]?.value;
+  const qd32 = ours?.figures[fuaName(32)]?.value;
+  if (qd1 !== undefined && qd32 !== undefined) {
+    lines.push('', `blockmirror group commit: FUA QD32 / QD1 = ${(qd32 / qd1).toFixed(1)}x`);
+  }
   if (ours !== undefined) lines.push('', `blockmirror peak RSS: ${ours.peakRssMiB ?? '?'} MiB`);
   return lines.join('\n');
 }
@@ -267,7 +386,17 @@ async function main(): Promise<void> {
     process.stderr.write(`benchmarking ${server} (${sizeText}, ${runtimeS} s per workload)\n`);
     runs.push(await benchServer(server, stamp));
   }
-  const text = table(runs);
+  let recovery: RecoveryFigure | null = null;
+  if (servers.includes('blockmirror') && process.env['BENCH_RECOVERY'] !== '0') {
+    process.stderr.write('measuring recovery of a full 64 MiB log partition of 4k writes\n');
+    recovery = await benchRecovery();
+  }
+  let text = table(runs);
+  if (recovery !== null) {
+    text +=
+      `\n\nRecovery after SIGKILL with a full 64 MiB log partition of 4 KiB writes: ${recovery.entries} entries ` +
+      `(${format(recovery.bytes / 1024 ** 2)} MiB) replayed in ${recovery.recoveryMs} ms.`;
+  }
   process.stdout.write(text + '\n');
   const summary = {
     date: new Date().toISOString(),
@@ -275,6 +404,7 @@ async function main(): Promise<void> {
     runtimeS,
     sizeBytes,
     runs,
+    recovery,
   };
   fs.writeFileSync(path.join(resultsDir, `${stamp}-summary.json`), JSON.stringify(summary, null, 2) + '\n');
   fs.writeFileSync(
@@ -284,9 +414,11 @@ async function main(): Promise<void> {
 Latest \`npm run bench\` (${summary.date.slice(0, 10)}): ${summary.machine.cpus} cores (${summary.machine.cpuModel}),
 ${summary.machine.memoryGiB} GiB, Linux ${summary.machine.kernel}. One fio job with the \`nbd\` engine on loopback, a
 ${sizeText} file on the same ext4 file system for every server, filled once before measuring; ${runtimeS} s per
-workload after 2 s of ramp. blockmirror serves a \`mode: local\` volume; nbdkit runs the \`file\` plugin with its
+workload after 2 s of ramp. blockmirror serves a \`mode: local\` volume with its write log (the default 4 × 64 MiB
+partitions, a consistency point every 5 s) on the same file system; nbdkit runs the \`file\` plugin with its
 defaults; qemu-nbd runs with \`--cache=writeback --aio=threads --shared=16\`. Figures are fio's, latencies are
-completion latencies. Raw fio JSON for every run is in \`bench/results/\`.
+completion latencies. The FUA rows come from \`qemu-img bench -w -t writethrough -s 4096\`, which sets FUA
+on every write (fio's nbd engine cannot). Raw fio JSON for every run is in \`bench/results/\`.
 
 ${text}
 

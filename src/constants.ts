@@ -55,6 +55,16 @@ export const constants = {
   /** Buffer used when zeroes must be written because the file system cannot zero a range. */
   zeroWriteChunkBytes: 1 * MiB,
 
+  // Write log (DESIGN.md §1.3).
+  logPartitionBytesDefault: 64 * MiB,
+  logPartitionsDefault: 4,
+  /** Smallest partition; a write larger than half a partition becomes several entries. */
+  logPartitionBytesMin: 1 * MiB,
+  logPartitionsMax: 64,
+  cpIntervalMsDefault: 5000,
+  /** Log appends up to this size are written inline when their request is alone. */
+  logInlineWriteBytesMax: 64 * KiB,
+
   // Cluster file defaults (DESIGN.md §5).
   heartbeatIntervalMsDefault: 250,
   heartbeatTimeoutMsDefault: 2000,
@@ -79,4 +89,6 @@ export function checkConstants(): void {
   assert(c.volumeSizeAlignBytes % c.nbdBlockSizeMinBytes === 0);
   assert(c.heartbeatTimeoutMsDefault > c.heartbeatIntervalMsDefault);
   assert(c.peerConnectionsDefault <= c.peerConnectionsMax);
+  assert(c.logPartitionsDefault >= 2 && c.logPartitionsDefault <= c.logPartitionsMax);
+  assert(c.logPartitionBytesDefault >= c.logPartitionBytesMin && c.logPartitionBytesDefault % 4096 === 0);
 }

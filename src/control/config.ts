@@ -51,16 +51,24 @@ export interface HeartbeatConfig {
   probationMs: number;
 }
 
+export interface LogConfig {
+  partitionBytes: number;
+  partitions: number;
+  cpIntervalMs: number;
+}
+
 export interface ClusterConfig {
   cluster: string;
   secret: string;
   heartbeat: HeartbeatConfig;
   connections: number;
+  log: LogConfig;
   nodes: NodeConfig[];
   volumes: VolumeConfig[];
 }
 
-const topKeys = ['cluster', 'secret', 'secretFile', 'heartbeat', 'connections', 'nodes', 'volumes'];
+const topKeys = ['cluster', 'secret', 'secretFile', 'heartbeat', 'connections', 'log', 'nodes', 'volumes'];
+const logKeys = ['partitionSize', 'partitions', 'cpIntervalMs'];
 const heartbeatKeys = ['intervalMs', 'timeoutMs', 'probationMs'];
 const nodeKeys = ['id', 'nbd', 'replication', 'admin', 'dataDir'];
 const volumeKeys = [
@@ -97,6 +105,7 @@ export function parseClusterConfig(text: string, options: { baseDir: string }): 
   const connections = connectionsValue === undefined
     ? constants.peerConnectionsDefault
     : readInteger(connectionsValue, 'connections', 1, constants.peerConnectionsMax);
+  const log = readLog(top.optional('log'));
 
   const nodesValue = top.required('nodes');
   if (!Array.isArray(nodesValue)) throw new ConfigError('nodes', `expected a list of nodes, got ${kindOf(nodesValue)}`);
@@ -109,7 +118,7 @@ export function parseClusterConfig(text: string, options: { baseDir: string }): 
   const volumes = volumesValue.map((value: unknown, index) => readVolume(value, `volumes[${index}]`, nodes));
   checkVolumesDistinct(volumes);
 
-  return { cluster, secret, heartbeat, connections, nodes, volumes };
+  return { cluster, secret, heartbeat, connections, log, nodes, volumes };
 }
 
 export function loadClusterConfig(path: string): ClusterConfig {
@@ -257,6 +266,28 @@ function readHeartbeat(value: unknown): HeartbeatConfig {
     );
   }
   return heartbeat;
+}
+
+function readLog(value: unknown): LogConfig {
+  const log: LogConfig = {
+    partitionBytes: constants.logPartitionBytesDefault,
+    partitions: constants.logPartitionsDefault,
+    cpIntervalMs: constants.cpIntervalMsDefault,
+  };
+  if (value === undefined) return log;
+  const fields = Fields.of(value, 'log', logKeys);
+  const size = fields.optional('partitionSize');
+  if (size !== undefined) {
+    log.partitionBytes = readSize(size, 'log.partitionSize');
+    if (log.partitionBytes < constants.logPartitionBytesMin) {
+      throw new ConfigError('log.partitionSize', `must be at least ${formatBytes(constants.logPartitionBytesMin)}, got ${formatBytes(log.partitionBytes)}`);
+    }
+  }
+  const partitions = fields.optional('partitions');
+  if (partitions !== undefined) log.partitions = readInteger(partitions, 'log.partitions', 2, constants.logPartitionsMax);
+  const interval = fields.optional('cpIntervalMs');
+  if (interval !== undefined) log.cpIntervalMs = readInteger(interval, 'log.cpIntervalMs', 10, durationMsMax);
+  return log;
 }
 
 function readNode(value: unknown, path: string, baseDir: string): NodeConfig {

@@ -28,6 +28,11 @@ export interface Disk {
   /** Zeroes a range and keeps it allocated; false if the disk cannot do it without writing. */
   zeroRange(offset: number, lengthBytes: number): Promise<boolean>;
   /**
+   * Whether punchHole (noHole false) or zeroRange (noHole true) works without writing
+   * zeroes, as far as the disk knows; asked before a FAST_ZERO request changes anything.
+   */
+  canZeroFast(noHole: boolean): boolean;
+  /**
    * Allocation from `offset`, covering at least one byte and at most `lengthBytes`, in at
    * most `extentsMax` extents.
    */

@@ -1,6 +1,6 @@
 // Disk over a raw image file, one shared descriptor so every connection sees one view.
-// Small reads are tried inline without blocking (RWF_NOWAIT); small writes and syncs run
-// inline only while no other disk I/O is in flight (IoActivity); everything else goes
+// Small reads are tried inline without blocking (RWF_NOWAIT); small writes run inline
+// only while their request is alone on the node (IoActivity); everything else goes
 // through the libuv thread pool;
 // sync is fdatasync; holes use the native addon's fallocate and SEEK_DATA/SEEK_HOLE.
 
@@ -8,6 +8,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import { assert } from '../lib/assert.js';
 import type { Disk, DiskExtent } from './disk.js';
+import { IoActivity, syncData, writevAt } from './file-io.js';
 import { native } from './native.js';
 
 const EOPNOTSUPP = 95;
@@ -17,45 +18,11 @@ function unsupported(error: Error | null): boolean {
   return error !== null && (error as Error & { errno?: number }).errno === EOPNOTSUPP;
 }
 
-/** The buffers left after the first `count` bytes (after a short vectored write). */
-function dropBytes(buffers: readonly Buffer[], count: number): Buffer[] {
-  const rest: Buffer[] = [];
-  let skip = count;
-  for (const buffer of buffers) {
-    if (skip >= buffer.length) {
-      skip -= buffer.length;
-      continue;
-    }
-    rest.push(skip > 0 ? buffer.subarray(skip) : buffer);
-    skip = 0;
-  }
-  return rest;
-}
-
 /** Gives a native addon error the string `code` (ENOSPC, EIO, ...) that fs errors carry. */
 function withCode(error: Error): Error {
   const errno = (error as Error & { errno?: number }).errno;
   const name = errno === undefined ? undefined : errnoNames.get(errno);
   return name === undefined ? error : Object.assign(error, { code: name });
-}
-
-/**
- * What is in flight across a whole node: client requests being served, and thread-pool
- * file operations. When one request is alone (the queue-depth-1 case: a write, then a
- * flush, then the next write) nobody can wait behind the disk, so its small write or
- * its sync runs inline and saves two thread hand-offs (about 100 µs on a small
- * machine). With anything else in flight, work goes to the pool so that no request
- * waits behind another's I/O.
- */
-export class IoActivity {
-  /** Client requests being executed, across every connection. */
-  requests = 0;
-  /** Thread-pool file operations in flight, across every FileDisk. */
-  pending = 0;
-
-  get alone(): boolean {
-    return this.requests <= 1 && this.pending === 0;
-  }
 }
 
 export interface FileDiskOptions {
@@ -77,6 +44,30 @@ export class FileDisk implements Disk {
     readonly path: string,
     private readonly options: FileDiskOptions,
   ) {}
+
+  /** What fallocate can do on this file system (see probeZeroing). */
+  private readonly zeroFast = { punch: true, zero: true };
+
+  /**
+   * Opens an existing image file whose size must be `sizeBytes`, and learns whether its
+   * file system can punch holes and zero ranges, on a scratch file beside it.
+   */
+  static async openProbed(path: string, sizeBytes: number, options: FileDiskOptions): Promise<FileDisk> {
+    const disk = FileDisk.open(path, sizeBytes, options);
+    const probe = `${path}.probe`;
+    const fd = fs.openSync(probe, 'w+');
+    try {
+      fs.writeSync(fd, Buffer.alloc(8192, 1), 0, 8192, 0);
+      const works = (mode: number, offset: number): Promise<boolean> =>
+        new Promise((resolve) => native.fallocate(fd, mode, offset, 4096, (error) => resolve(error === null)));
+      disk.zeroFast.punch = await works(native.FALLOC_PUNCH_HOLE, 0);
+      disk.zeroFast.zero = await works(native.FALLOC_ZERO_RANGE, 4096);
+    } finally {
+      fs.closeSync(fd);
+      fs.rmSync(probe, { force: true });
+    }
+    return disk;
+  }
 
   /** Opens an existing image file whose size must be `sizeBytes`. */
   static open(
@@ -127,69 +118,33 @@ export class FileDisk implements Disk {
   writev(buffers: readonly Buffer[], offset: number): Promise<void> {
     const total = buffers.reduce((sum, buffer) => sum + buffer.length, 0);
     this.checkRange(offset, total);
-    if (total === 0) return Promise.resolve();
-    if (this.idle() && total <= this.options.inlineWriteBytesMax) {
-      try {
-        let pending: readonly Buffer[] = buffers;
-        let at = offset;
-        while (pending.length > 0) {
-          const count = fs.writevSync(this.fd, pending as Buffer[], at);
-          pending = dropBytes(pending, count);
-          at += count;
-        }
-        return Promise.resolve();
-      } catch (error) {
-        return Promise.reject(error);
-      }
-    }
-    return this.pooled((done) => {
-      const step = (pending: readonly Buffer[], at: number): void => {
-        fs.writev(this.fd, pending as Buffer[], at, (error, count) => {
-          if (error) return done(error);
-          const rest = dropBytes(pending, count);
-          if (rest.length > 0) return step(rest, at + count);
-          done(null);
-        });
-      };
-      step(buffers, offset);
-    });
+    const { activity, inlineWriteBytesMax } = this.options;
+    return writevAt(this.fd, buffers, offset, activity, inlineWriteBytesMax);
   }
 
+  /** fdatasync of the whole volume file, at consistency points: always on the pool. */
   sync(): Promise<void> {
-    if (this.idle()) {
-      try {
-        fs.fdatasyncSync(this.fd);
-        return Promise.resolve();
-      } catch (error) {
-        return Promise.reject(error);
-      }
-    }
-    return this.pooled((done) => fs.fdatasync(this.fd, done));
+    return syncData(this.fd, this.options.activity, false);
   }
 
-  private idle(): boolean {
-    return this.options.activity.alone && this.options.inlineWriteBytesMax > 0;
-  }
-
-  /** Runs a thread-pool operation, counted in the shared IoActivity while it runs. */
   private pooled(start: (done: (error: Error | null) => void) => void): Promise<void> {
-    const activity = this.options.activity;
-    activity.pending += 1;
-    return new Promise((resolve, reject) => {
-      start((error) => {
-        activity.pending -= 1;
-        if (error) reject(error);
-        else resolve();
-      });
-    });
+    return this.options.activity.pooled(start);
   }
 
-  punchHole(offset: number, lengthBytes: number): Promise<boolean> {
-    return this.fallocate(native.FALLOC_PUNCH_HOLE, offset, lengthBytes);
+  async punchHole(offset: number, lengthBytes: number): Promise<boolean> {
+    const done = await this.fallocate(native.FALLOC_PUNCH_HOLE, offset, lengthBytes);
+    if (!done) this.zeroFast.punch = false;
+    return done;
   }
 
-  zeroRange(offset: number, lengthBytes: number): Promise<boolean> {
-    return this.fallocate(native.FALLOC_ZERO_RANGE, offset, lengthBytes);
+  async zeroRange(offset: number, lengthBytes: number): Promise<boolean> {
+    const done = await this.fallocate(native.FALLOC_ZERO_RANGE, offset, lengthBytes);
+    if (!done) this.zeroFast.zero = false;
+    return done;
+  }
+
+  canZeroFast(noHole: boolean): boolean {
+    return noHole ? this.zeroFast.zero : this.zeroFast.punch;
   }
 
   private fallocate(mode: number, offset: number, lengthBytes: number): Promise<boolean> {

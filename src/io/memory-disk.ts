@@ -67,6 +67,10 @@ export class MemoryDisk implements Disk {
     return Promise.resolve(true);
   }
 
+  canZeroFast(): boolean {
+    return true;
+  }
+
   extents(offset: number, lengthBytes: number, extentsMax: number): Promise<DiskExtent[]> {
     this.checkRange(offset, lengthBytes);
     assert(lengthBytes > 0 && extentsMax > 0);

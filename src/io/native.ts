@@ -1,5 +1,5 @@
 // Loads the native addon (native/blockmirror_native.c, built by `npm install` through
-// node-gyp) that provides lseek(SEEK_DATA/SEEK_HOLE), fallocate and non-blocking preadv2, which Node's fs
+// node-gyp) that provides lseek(SEEK_DATA/SEEK_HOLE), fallocate, non-blocking preadv2 and CRC32C, which Node's fs
 // module does not expose.
 
 import { createRequire } from 'node:module';
@@ -8,6 +8,7 @@ import path from 'node:path';
 import fs from 'node:fs';
 
 export interface NativeBindings {
+  crc32c(data: Buffer, crc: number, software?: boolean): number;
   seek(fd: number, offset: number, whence: number): number;
   /** Bytes read, -1 if it would block, -2 if RWF_NOWAIT is unsupported. */
   preadNowait(fd: number, buffer: Buffer, position: number): number;

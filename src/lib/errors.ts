@@ -6,6 +6,7 @@ export type ErrorCode =
   | 'ERR_CONFIG_INVALID'
   | 'ERR_VOLUME_MISMATCH'
   | 'ERR_VOLUME_IO'
+  | 'ERR_LOG_CORRUPT'
   | 'ERR_ADDRESS_IN_USE'
   | 'ERR_USAGE'
   | 'ERR_ADMIN_UNREACHABLE';

@@ -5,6 +5,7 @@
 import http from 'node:http';
 import type { Address } from '../control/config.js';
 import type { Logger } from '../lib/log.js';
+import type { LogStatus } from '../storage/write-log.js';
 import type { BlockmirrorNode } from './node.js';
 import { closeServer, listen } from './node.js';
 
@@ -17,6 +18,7 @@ export interface VolumeStatus {
   disk: 'up-to-date' | 'outdated' | 'inconsistent' | 'failed' | 'diskless';
   readOnly: boolean;
   stats: Record<string, number>;
+  log: LogStatus;
 }
 
 export interface NodeStatus {
@@ -42,11 +44,12 @@ export function nodeStatus(node: BlockmirrorNode): NodeStatus {
       uuid: identity.uuid,
       sizeBytes: identity.sizeBytes,
       mode: config.mode,
-      // A local volume has one replica, which is its primary and current by definition.
+      // A local volume has one replica, which is its primary and current unless its disk failed.
       role: 'primary',
-      disk: 'up-to-date',
+      disk: volume.failed ? 'failed' : 'up-to-date',
       readOnly: config.readOnly,
       stats: { ...volume.stats },
+      log: volume.log.status(),
     })),
   };
 }
@@ -81,8 +84,26 @@ function metrics(status: NodeStatus): string {
   perVolume('zeroOps', 'blockmirror_volume_zero_ops_total', 'counter', 'Write-zeroes executed.');
   perVolume('trimOps', 'blockmirror_volume_trim_ops_total', 'counter', 'Trims executed.');
   perVolume('flushOps', 'blockmirror_volume_flush_ops_total', 'counter', 'Flush and FUA requests.');
-  perVolume('syncs', 'blockmirror_volume_syncs_total', 'counter', 'fdatasync calls (group commit shares one).');
   perVolume('errors', 'blockmirror_volume_io_errors_total', 'counter', 'Disk operations that failed.');
+  const perLog = (stat: keyof LogStatus, name: string, type: string, help: string): void =>
+    metric(
+      name,
+      type,
+      help,
+      status.volumes.map((volume) => [`${labels},volume="${volume.name}"`, volume.log[stat]]),
+    );
+  perLog('lastSeq', 'blockmirror_log_last_seq', 'gauge', 'Sequence number of the last entry appended to the write log.');
+  perLog('durableSeq', 'blockmirror_log_durable_seq', 'gauge', 'Every entry up to this sequence number is durable in the log.');
+  perLog('cpSeq', 'blockmirror_log_cp_seq', 'gauge', 'Sequence number covered by the last consistency point.');
+  perLog('bytesUsed', 'blockmirror_log_used_bytes', 'gauge', 'Log bytes holding entries a consistency point has not released.');
+  perLog('syncs', 'blockmirror_log_syncs_total', 'counter', 'Log fdatasync calls (concurrent FLUSH/FUA requests share one).');
+  perLog('checkpoints', 'blockmirror_log_checkpoints_total', 'counter', 'Consistency points taken.');
+  metric(
+    'blockmirror_volume_cp_age_seconds',
+    'gauge',
+    'Seconds since the last consistency point.',
+    status.volumes.map((volume) => [`${labels},volume="${volume.name}"`, Math.max(0, Math.round((Date.now() - volume.log.cpTimeMs) / 1000))]),
+  );
   metric(
     'blockmirror_volume_size_bytes',
     'gauge',

@@ -11,7 +11,7 @@ import type net from 'node:net';
 import { constants } from '../constants.js';
 import { assert } from '../lib/assert.js';
 import type { BufferPool } from '../lib/buffer-pool.js';
-import type { IoActivity } from '../io/file-disk.js';
+import type { IoActivity } from '../io/file-io.js';
 import { errnoCode } from '../lib/errors.js';
 import type { Logger } from '../lib/log.js';
 import { Command, CommandFlag, Errno, STATE_HOLE, STATE_ZERO } from '../protocol/nbd/constants.js';

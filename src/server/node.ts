@@ -3,14 +3,17 @@
 // (sockets, files, timers) to the protocol and storage code.
 
 import net from 'node:net';
+import path from 'node:path';
 import { checkConstants, constants } from '../constants.js';
 import { formatAddress, type Address, type ClusterConfig, type NodeConfig, type VolumeConfig } from '../control/config.js';
 import { BufferPool } from '../lib/buffer-pool.js';
 import { BlockmirrorError, ConfigError } from '../lib/errors.js';
 import type { Logger } from '../lib/log.js';
 import type { ExportLookup } from '../protocol/nbd/negotiation.js';
-import { FileDisk, IoActivity } from '../io/file-disk.js';
-import { LocalVolume } from '../storage/local-volume.js';
+import { FileDisk } from '../io/file-disk.js';
+import { IoActivity } from '../io/file-io.js';
+import { applyEntry, LocalVolume } from '../storage/local-volume.js';
+import { WriteLog, type LogOptions, type RecoveryReport } from '../storage/write-log.js';
 import { prepareVolumeFiles, type VolumeIdentity } from '../storage/volume-files.js';
 import { AdminServer } from './admin.js';
 import { NbdConnection, type ConnectionCounters, type VolumeCatalog } from './nbd-connection.js';
@@ -31,6 +34,8 @@ export class BlockmirrorNode {
   private nbdServer: net.Server | null = null;
   private admin: AdminServer | null = null;
   private stopping: Promise<void> | null = null;
+  private checkpointTimer: NodeJS.Timeout | null = null;
+  private readonly checkpointsWanted = new Set<string>();
   readonly startedAtMs = Date.now();
   nbdAddress: Address | null = null;
   adminAddress: Address | null = null;
@@ -57,26 +62,11 @@ export class BlockmirrorNode {
   async start(): Promise<void> {
     for (const config of this.config.volumes) {
       if (!config.replicas.includes(this.node.id)) continue;
-      const { identity, paths, created } = prepareVolumeFiles(
-        this.node.dataDir,
-        config.name,
-        config.sizeBytes,
-        constants.nbdBlockSizePreferredBytes,
-      );
-      const disk = FileDisk.open(paths.image, identity.sizeBytes, {
-        inlineReadBytesMax: constants.diskInlineReadBytesMax,
-        inlineWriteBytesMax: constants.diskInlineWriteBytesMax,
-        activity: this.ioActivity,
-      });
-      const volume = new LocalVolume(config.name, disk, constants.zeroWriteChunkBytes);
-      this.volumes.set(config.name, { config, identity, volume });
-      this.log.info(created ? 'volume created' : 'volume opened', {
-        volume: config.name,
-        uuid: identity.uuid,
-        sizeBytes: identity.sizeBytes,
-        image: paths.image,
-      });
+      await this.openVolume(config);
     }
+    this.checkpointTimer = setInterval(() => {
+      for (const served of this.volumes.values()) this.checkpoint(served);
+    }, this.config.log.cpIntervalMs);
     this.nbdServer = net.createServer({ noDelay: true }, (socket) => this.onConnection(socket));
     this.nbdServer.maxConnections = constants.nbdConnectionsMax;
     this.nbdAddress = await listen(this.nbdServer, this.node.nbd, 'nbd');
@@ -91,6 +81,87 @@ export class BlockmirrorNode {
     });
   }
 
+  /**
+   * Opens a volume's files and its log, replays the log after the last consistency
+   * point, and takes a new one, so the volume file is durable before anyone is served.
+   */
+  private async openVolume(config: VolumeConfig): Promise<void> {
+    const { identity, paths, created } = prepareVolumeFiles(
+      this.node.dataDir,
+      config.name,
+      config.sizeBytes,
+      constants.nbdBlockSizePreferredBytes,
+    );
+    const disk = await FileDisk.openProbed(paths.image, identity.sizeBytes, {
+      inlineReadBytesMax: constants.diskInlineReadBytesMax,
+      inlineWriteBytesMax: constants.diskInlineWriteBytesMax,
+      activity: this.ioActivity,
+    });
+    const log = this.log.child({ volume: config.name });
+    const logOptions: LogOptions = {
+      dir: path.join(this.node.dataDir, 'log', config.name),
+      geometry: { partitionBytes: this.config.log.partitionBytes, partitions: this.config.log.partitions },
+      volumeUuid: identity.uuid,
+      volumeId: Number.parseInt(identity.uuid.slice(0, 8), 16),
+      activity: this.ioActivity,
+      inlineWriteBytesMax: constants.logInlineWriteBytesMax,
+      log,
+      onCheckpointWanted: () => this.checkpointSoon(config.name),
+    };
+    const started = Date.now();
+    let opened: { log: WriteLog; recovery: RecoveryReport };
+    try {
+      opened = await WriteLog.open(logOptions, (header, payload) =>
+        applyEntry(disk, header, payload, constants.zeroWriteChunkBytes),
+      );
+    } catch (error) {
+      await disk.close();
+      throw error;
+    }
+    let volume = new LocalVolume(config.name, disk, opened.log, constants.zeroWriteChunkBytes);
+    const { recovery } = opened;
+    await volume.checkpoint();
+    if (opened.log.geometryDiffers(logOptions.geometry)) {
+      // Everything is covered by the CP just taken, so the files can be made anew.
+      const cpSeq = opened.log.status().cpSeq;
+      opened.log.close();
+      WriteLog.recreate(logOptions, cpSeq);
+      const reopened = await WriteLog.open(logOptions, () => Promise.reject(new Error('nothing to replay after a CP')));
+      volume = new LocalVolume(config.name, disk, reopened.log, constants.zeroWriteChunkBytes);
+      log.info('log geometry changed', { ...logOptions.geometry });
+    }
+    this.volumes.set(config.name, { config, identity, volume });
+    log.info(created ? 'volume created' : 'volume opened', {
+      uuid: identity.uuid,
+      sizeBytes: identity.sizeBytes,
+      image: paths.image,
+      cpSeq: recovery.cpSeq,
+      replayedEntries: recovery.replayedEntries,
+      replayedBytes: recovery.replayedBytes,
+      tornBytes: recovery.tornBytes,
+      lastSeq: recovery.lastSeq,
+      recoveryMs: Date.now() - started,
+    });
+  }
+
+  /** A checkpoint soon (coalesced), when a log partition has filled up. */
+  private checkpointSoon(name: string): void {
+    if (this.checkpointsWanted.has(name)) return;
+    this.checkpointsWanted.add(name);
+    setImmediate(() => {
+      this.checkpointsWanted.delete(name);
+      const served = this.volumes.get(name);
+      if (served !== undefined) this.checkpoint(served);
+    });
+  }
+
+  private checkpoint(served: ServedVolume): void {
+    if (served.volume.failed) return;
+    served.volume.checkpoint().catch((error: unknown) => {
+      this.log.error('consistency point failed', { volume: served.config.name, error: String(error) });
+    });
+  }
+
   /** Stops accepting, drains in-flight requests, syncs and closes every volume. */
   stop(): Promise<void> {
     this.stopping ??= this.doStop();
@@ -102,11 +173,13 @@ export class BlockmirrorNode {
     const serverClosed = this.nbdServer === null ? Promise.resolve() : closeServer(this.nbdServer);
     await Promise.all([...this.connections].map((connection) => connection.shutdown(constants.shutdownDrainMs)));
     await serverClosed;
+    if (this.checkpointTimer !== null) clearInterval(this.checkpointTimer);
     for (const { volume, config } of this.volumes.values()) {
       try {
-        await volume.flush();
+        // A final CP: the next start has nothing to replay.
+        if (!volume.failed) await volume.checkpoint();
       } catch (error) {
-        this.log.error('volume sync failed at shutdown', { volume: config.name, error: String(error) });
+        this.log.error('consistency point failed at shutdown', { volume: config.name, error: String(error) });
       }
       await volume.close();
     }

@@ -1,13 +1,20 @@
-// One volume served from this node's disk: the operations an NBD session needs, on a
-// Disk, with group commit for FLUSH and FUA. Every connection to the volume shares this
-// object, so a flush covers writes completed on any of them (NBD multi-conn).
+// One volume on this node: every change is appended to the volume's write log under a
+// sequence number and applied to the volume file, and the client is answered when both
+// are done. FLUSH and FUA wait for the log to be durable (one shared fdatasync), not the
+// volume file, which consistency points make durable. Every connection to the volume
+// shares this object, so a flush covers writes completed on any of them (multi-conn).
 //
-// Errors are the disk's own (Node system errors); the NBD edge turns them into errno
-// values on the wire.
+// Changes to overlapping ranges are applied to the file in sequence order (RangeOrder),
+// so the file always matches what replaying the log would produce, and a later mirror
+// applies the same writes in the same order. Errors are the disk's own (Node system
+// errors); the NBD edge turns them into errno values. A failed apply fails the volume:
+// from then on every request gets an error rather than a possibly stale answer.
 
 import { assert } from '../lib/assert.js';
+import { BlockmirrorError } from '../lib/errors.js';
 import type { Disk, DiskExtent } from '../io/disk.js';
-import { SyncBatcher } from './sync-batcher.js';
+import { EntryFlag, EntryType, type EntryHeader } from './log-entry.js';
+import { LogCorruptError, type WriteLog } from './write-log.js';
 
 export interface ZeroOptions {
   /** The range must stay allocated (NBD_CMD_FLAG_NO_HOLE). */
@@ -25,13 +32,95 @@ export interface VolumeStats {
   zeroOps: number;
   trimOps: number;
   flushOps: number;
-  syncs: number;
   errors: number;
 }
 
+/** Runs operations on byte ranges so that overlapping ones run in the order they came. */
+export class RangeOrder {
+  private readonly inflight: { start: number; end: number; done: Promise<void> }[] = [];
+
+  run<T>(start: number, end: number, operation: () => Promise<T>): Promise<T> {
+    const before = this.inflight.filter((other) => other.start < end && start < other.end).map((other) => other.done);
+    let finish: () => void = () => undefined;
+    const entry = { start, end, done: new Promise<void>((resolve) => (finish = resolve)) };
+    this.inflight.push(entry);
+    const result = before.length === 0 ? operation() : Promise.all(before).then(operation);
+    const settle = (): void => {
+      this.inflight.splice(this.inflight.indexOf(entry), 1);
+      finish();
+    };
+    result.then(settle, settle);
+    return result;
+  }
+
+  get size(): number {
+    return this.inflight.length;
+  }
+}
+
+/** The slices of `payload` covering bytes [start, start + length). */
+export function slicePayload(payload: readonly Buffer[], start: number, length: number): Buffer[] {
+  const out: Buffer[] = [];
+  let skip = start;
+  let left = length;
+  for (const slice of payload) {
+    if (left === 0) break;
+    if (skip >= slice.length) {
+      skip -= slice.length;
+      continue;
+    }
+    const take = Math.min(slice.length - skip, left);
+    out.push(slice.subarray(skip, skip + take));
+    left -= take;
+    skip = 0;
+  }
+  assert(left === 0, 'payload shorter than its length');
+  return out;
+}
+
+/**
+ * Zeroes a range: a hole, or with `noHole` an allocated zeroed range, or (when the file
+ * system can do neither) written zeroes. Returns false when it had to write zeroes.
+ */
+async function zeroRange(disk: Disk, offset: number, lengthBytes: number, noHole: boolean, chunkBytes: number): Promise<boolean> {
+  const done = noHole ? await disk.zeroRange(offset, lengthBytes) : await disk.punchHole(offset, lengthBytes);
+  if (done) return true;
+  const zeroes = Buffer.alloc(Math.min(chunkBytes, lengthBytes));
+  const end = offset + lengthBytes;
+  for (let at = offset; at < end; at += zeroes.length) {
+    await disk.write(zeroes.subarray(0, Math.min(zeroes.length, end - at)), at);
+  }
+  return false;
+}
+
+/** Applies one entry found in the log at recovery (in sequence order, one at a time). */
+export async function applyEntry(disk: Disk, header: EntryHeader, payload: Buffer, zeroChunkBytes: number): Promise<void> {
+  if (header.type === EntryType.CONSISTENCY_POINT) return;
+  if (header.offset + header.lengthBytes > disk.sizeBytes) {
+    throw new LogCorruptError(`log entry ${header.seq} reaches past the end of the volume (${disk.sizeBytes} bytes)`);
+  }
+  switch (header.type) {
+    case EntryType.WRITE:
+      return disk.write(payload, header.offset);
+    case EntryType.ZEROES:
+      await zeroRange(disk, header.offset, header.lengthBytes, (header.flags & EntryFlag.NO_HOLE) !== 0, zeroChunkBytes);
+      return;
+    case EntryType.TRIM:
+      await disk.punchHole(header.offset, header.lengthBytes);
+      return;
+  }
+}
+
+export class VolumeFailedError extends BlockmirrorError {
+  override name = 'VolumeFailedError';
+  constructor(volume: string, cause: unknown) {
+    super('ERR_VOLUME_IO', `volume ${volume} failed: ${cause instanceof Error ? cause.message : String(cause)}`, { cause });
+  }
+}
+
 export class LocalVolume {
-  private readonly batcher: SyncBatcher;
-  private zeroChunk: Buffer | null = null;
+  private readonly order = new RangeOrder();
+  private failure: VolumeFailedError | null = null;
   readonly stats: VolumeStats = {
     readOps: 0,
     readBytes: 0,
@@ -40,23 +129,22 @@ export class LocalVolume {
     zeroOps: 0,
     trimOps: 0,
     flushOps: 0,
-    syncs: 0,
     errors: 0,
   };
 
   constructor(
     readonly name: string,
     private readonly disk: Disk,
+    readonly log: WriteLog,
     private readonly zeroChunkBytes: number,
-  ) {
-    this.batcher = new SyncBatcher(async () => {
-      this.stats.syncs += 1;
-      await this.disk.sync();
-    });
-  }
+  ) {}
 
   get sizeBytes(): number {
     return this.disk.sizeBytes;
+  }
+
+  get failed(): boolean {
+    return this.failure !== null;
   }
 
   async read(offset: number, lengthBytes: number): Promise<Buffer> {
@@ -67,6 +155,7 @@ export class LocalVolume {
 
   /** Fills `buffer` from `offset`. */
   async readInto(buffer: Buffer, offset: number): Promise<void> {
+    this.checkHealthy();
     await this.counted(this.disk.read(buffer, offset));
     this.stats.readOps += 1;
     this.stats.readBytes += buffer.length;
@@ -74,36 +163,60 @@ export class LocalVolume {
 
   /** Writes `payload` (slices written back to back) at `offset`. */
   async write(payload: readonly Buffer[], offset: number, fua: boolean): Promise<void> {
-    await this.counted(this.disk.writev(payload, offset));
+    this.checkHealthy();
+    const total = payload.reduce((sum, slice) => sum + slice.length, 0);
+    const pieceMax = this.log.entryPayloadBytesMax;
+    const done: Promise<void>[] = [];
+    let lastSeq = 0;
+    // A write larger than one log entry may hold becomes several entries.
+    for (let start = 0; start < total; start += pieceMax) {
+      const length = Math.min(pieceMax, total - start);
+      const piece = total <= pieceMax ? [...payload] : slicePayload(payload, start, length);
+      const at = offset + start;
+      lastSeq = this.logged(EntryType.WRITE, at, length, 0, piece, () => this.disk.writev(piece, at), done);
+    }
+    await this.counted(Promise.all(done));
     this.stats.writeOps += 1;
-    for (const slice of payload) this.stats.writeBytes += slice.length;
-    if (fua) await this.flush();
+    this.stats.writeBytes += total;
+    if (fua) await this.counted(this.log.syncTo(lastSeq));
   }
 
   /** Zeroes a range. Returns 'slow' when `fast` was asked and only writing zeroes would do. */
   async writeZeroes(offset: number, lengthBytes: number, options: ZeroOptions): Promise<'done' | 'slow'> {
+    this.checkHealthy();
+    // Asked before anything is logged, so a refused FAST_ZERO changes nothing.
+    if (options.fast && !this.disk.canZeroFast(options.noHole)) return 'slow';
     this.stats.zeroOps += 1;
-    const done = options.noHole
-      ? await this.counted(this.disk.zeroRange(offset, lengthBytes))
-      : await this.counted(this.disk.punchHole(offset, lengthBytes));
-    if (!done) {
-      if (options.fast) return 'slow';
-      await this.writeZeroBytes(offset, lengthBytes);
-    }
-    if (options.fua) await this.flush();
+    const flags = options.noHole ? EntryFlag.NO_HOLE : 0;
+    const done: Promise<void>[] = [];
+    const seq = this.logged(EntryType.ZEROES, offset, lengthBytes, flags, [], () => this.applyZeroes(offset, lengthBytes, options.noHole), done);
+    await this.counted(Promise.all(done));
+    if (options.fua) await this.counted(this.log.syncTo(seq));
     return 'done';
   }
 
   async trim(offset: number, lengthBytes: number, fua: boolean): Promise<void> {
+    this.checkHealthy();
     this.stats.trimOps += 1;
+    const done: Promise<void>[] = [];
     // TRIM is a hint: a disk that cannot punch holes keeps the data, which is allowed.
-    await this.counted(this.disk.punchHole(offset, lengthBytes));
-    if (fua) await this.flush();
+    const seq = this.logged(EntryType.TRIM, offset, lengthBytes, 0, [], async () => {
+      await this.disk.punchHole(offset, lengthBytes);
+    }, done);
+    await this.counted(Promise.all(done));
+    if (fua) await this.counted(this.log.syncTo(seq));
   }
 
+  /** Makes every change replied to so far durable (in the log). */
   async flush(): Promise<void> {
+    this.checkHealthy();
     this.stats.flushOps += 1;
-    await this.counted(this.batcher.sync());
+    await this.counted(this.log.syncTo(this.log.lastSeq));
+  }
+
+  /** A consistency point: the volume file durable, the log before it released. */
+  checkpoint(): Promise<void> {
+    return this.log.checkpoint(() => this.disk.sync());
   }
 
   /**
@@ -111,6 +224,7 @@ export class LocalVolume {
    * in the page cache; the data is dropped.
    */
   async prefetch(offset: number, lengthBytes: number, prefetchBytesMax: number): Promise<void> {
+    this.checkHealthy();
     const end = offset + Math.min(lengthBytes, prefetchBytesMax);
     const buffer = Buffer.allocUnsafe(Math.min(this.zeroChunkBytes, end - offset));
     for (let at = offset; at < end; at += buffer.length) {
@@ -119,21 +233,52 @@ export class LocalVolume {
   }
 
   extents(offset: number, lengthBytes: number, extentsMax: number): Promise<DiskExtent[]> {
+    this.checkHealthy();
     return this.counted(this.disk.extents(offset, lengthBytes, extentsMax));
   }
 
   close(): Promise<void> {
+    this.log.close();
     return this.disk.close();
   }
 
-  private async writeZeroBytes(offset: number, lengthBytes: number): Promise<void> {
-    this.zeroChunk ??= Buffer.alloc(this.zeroChunkBytes);
-    const end = offset + lengthBytes;
-    for (let at = offset; at < end; at += this.zeroChunk.length) {
-      const count = Math.min(this.zeroChunk.length, end - at);
-      await this.counted(this.disk.write(this.zeroChunk.subarray(0, count), at));
-    }
-    assert(this.zeroChunk.every((byte) => byte === 0), 'zero buffer was modified');
+  /**
+   * Appends an entry and applies it to the file in range order; pushes the promise of
+   * both onto `done` and returns the sequence number. A failed apply fails the volume.
+   */
+  private logged(
+    type: EntryType,
+    offset: number,
+    lengthBytes: number,
+    flags: number,
+    payload: readonly Buffer[],
+    apply: () => Promise<void>,
+    done: Promise<void>[],
+  ): number {
+    const { seq, written } = this.log.append(type, { offset, lengthBytes, flags }, payload);
+    const applied = this.order.run(offset, offset + lengthBytes, apply);
+    done.push(
+      Promise.all([written, applied]).then(
+        () => this.log.applied(seq),
+        (error: unknown) => {
+          this.fail(error);
+          throw error;
+        },
+      ),
+    );
+    return seq;
+  }
+
+  private async applyZeroes(offset: number, lengthBytes: number, noHole: boolean): Promise<void> {
+    await zeroRange(this.disk, offset, lengthBytes, noHole, this.zeroChunkBytes);
+  }
+
+  private fail(error: unknown): void {
+    this.failure ??= new VolumeFailedError(this.name, error);
+  }
+
+  private checkHealthy(): void {
+    if (this.failure !== null) throw this.failure;
   }
 
   private async counted<T>(operation: Promise<T>): Promise<T> {

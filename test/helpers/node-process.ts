@@ -36,10 +36,20 @@ export interface VolumeSpec {
   description?: string;
 }
 
+export interface LogSpec {
+  partitionSize: string;
+  partitions: number;
+  cpIntervalMs: number;
+}
+
+/** Small log files, so each test node is created quickly. */
+export const testLog: LogSpec = { partitionSize: '4MiB', partitions: 3, cpIntervalMs: 1000 };
+
 export interface NodeOptions {
   /** Reuse a directory (and its data) from an earlier node to restart it. */
   dir?: string;
   volumes?: VolumeSpec[];
+  log?: LogSpec;
   env?: Record<string, string>;
 }
 
@@ -123,7 +133,7 @@ export class TestNode {
   }
 }
 
-export function writeConfig(dir: string, volumes: VolumeSpec[]): string {
+export function writeConfig(dir: string, volumes: VolumeSpec[], log: LogSpec = testLog): string {
   const volumeYaml = volumes
     .map(
       (volume) => `  - name: ${volume.name}
@@ -137,6 +147,10 @@ export function writeConfig(dir: string, volumes: VolumeSpec[]): string {
     .join('\n');
   const text = `cluster: test
 secret: test-secret-123
+log:
+  partitionSize: ${log.partitionSize}
+  partitions: ${log.partitions}
+  cpIntervalMs: ${log.cpIntervalMs}
 nodes:
   - id: a
     nbd: 127.0.0.1:0
@@ -154,7 +168,7 @@ ${volumeYaml}
 /** Starts `blockmirror serve` for node "a" and waits until it listens. */
 export async function startNode(options: NodeOptions = {}): Promise<TestNode> {
   const dir = options.dir ?? makeTempDir();
-  const configPath = writeConfig(dir, options.volumes ?? [{ name: 'vol0', size: '64MiB' }]);
+  const configPath = writeConfig(dir, options.volumes ?? [{ name: 'vol0', size: '64MiB' }], options.log);
   const child = spawn(process.execPath, [cliPath, 'serve', '--config', configPath, '--node', 'a'], {
     stdio: ['ignore', 'ignore', 'pipe'],
     env: { ...process.env, ...options.env },

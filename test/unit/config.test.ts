@@ -114,6 +114,11 @@ describe('cluster file: valid input', () => {
       secret: 'change-me',
       heartbeat: { intervalMs: 250, timeoutMs: 2000, probationMs: 2000 },
       connections: constants.peerConnectionsDefault,
+      log: {
+        partitionBytes: constants.logPartitionBytesDefault,
+        partitions: constants.logPartitionsDefault,
+        cpIntervalMs: constants.cpIntervalMsDefault,
+      },
       nodes: [
         {
           id: 'a',
@@ -311,6 +316,20 @@ describe('cluster file: top-level rules', () => {
     rejects((raw) => { raw.connections = 0; }, 'connections', `from 1 to ${constants.peerConnectionsMax}, got 0`);
     rejects((raw) => { raw.connections = constants.peerConnectionsMax + 1; }, 'connections', `got ${constants.peerConnectionsMax + 1}`);
     rejects((raw) => { raw.connections = 'two'; }, 'connections', 'expected an integer');
+  });
+
+  test('log: partition size, count and CP interval, with defaults', () => {
+    assert.deepEqual(parseRaw((raw) => { raw.log = { partitionSize: '8MiB' }; }).log, {
+      partitionBytes: 8 * 1024 * 1024, partitions: constants.logPartitionsDefault, cpIntervalMs: constants.cpIntervalMsDefault,
+    });
+    assert.deepEqual(parseRaw((raw) => { raw.log = { partitions: 2, cpIntervalMs: 250 }; }).log, {
+      partitionBytes: constants.logPartitionBytesDefault, partitions: 2, cpIntervalMs: 250,
+    });
+    rejects((raw) => { raw.log = { partitionSize: '512KiB' }; }, 'log.partitionSize', 'must be at least 1MiB');
+    rejects((raw) => { raw.log = { partitionSize: '1.5MB' }; }, 'log.partitionSize', 'not a multiple of 4KiB');
+    rejects((raw) => { raw.log = { partitions: 1 }; }, 'log.partitions', `from 2 to ${constants.logPartitionsMax}, got 1`);
+    rejects((raw) => { raw.log = { cpIntervalMs: 'soon' }; }, 'log.cpIntervalMs', 'expected an integer');
+    rejects((raw) => { raw.log = { partitionSzie: '8MiB' }; }, 'log.partitionSzie', 'unknown key');
   });
 });
 

@@ -1,0 +1,725 @@
+// The write-ahead log of one volume, the node's "NVRAM" (DESIGN.md §1.3): every change
+// to the volume is appended here first, under a gap-free sequence number that fixes its
+// place in the volume's order. A FLUSH or FUA waits only for the log to be durable (one
+// sequential fdatasync shared by every waiter); the volume file is made durable at
+// consistency points (CPs), after which the log before the CP is no longer needed.
+//
+// Layout of `<dataDir>/log/<volume>/`:
+//   superblock.json     geometry, log id, and the last CP: its sequence number and where
+//                       the first entry after it lies; replaced atomically
+//   partition-<i>.log   `partitions` files of `partitionBytes` each, zero-filled when
+//                       created and then reused in turn, so an fdatasync never has to
+//                       write file metadata. Partition generation g lives in file
+//                       g mod partitions; every entry records its generation, so entries
+//                       left from an earlier turn are never mistaken for new ones.
+//
+// Memory is bounded: the log holds per-partition counters and, for entries appended
+// but not yet applied to the volume, their positions; never entry data.
+//
+// This module owns the log files. It never touches the volume file: the caller applies
+// entries and reports them applied, and passes the volume's sync to checkpoint().
+
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { assert } from '../lib/assert.js';
+import { crc32c } from '../lib/crc32c.js';
+import { BlockmirrorError } from '../lib/errors.js';
+import type { Logger } from '../lib/log.js';
+import { IoActivity, syncData, writevAt } from '../io/file-io.js';
+import { syncDirectory, writeFileAtomic } from './volume-files.js';
+import {
+  alignedEntryBytes,
+  decodeEntryHeader,
+  ENTRY_ALIGN_BYTES,
+  ENTRY_HEADER_BYTES,
+  encodeEntryHeader,
+  EntryType,
+  payloadMatches,
+  type EntryHeader,
+} from './log-entry.js';
+
+export class LogCorruptError extends BlockmirrorError {
+  override name = 'LogCorruptError';
+  constructor(message: string) {
+    super('ERR_LOG_CORRUPT', message);
+  }
+}
+
+export interface LogGeometry {
+  partitionBytes: number;
+  partitions: number;
+}
+
+export interface LogOptions {
+  dir: string;
+  geometry: LogGeometry;
+  volumeUuid: string;
+  volumeId: number;
+  activity: IoActivity;
+  /** Appends up to this size are written inline when their request is alone. */
+  inlineWriteBytesMax: number;
+  log: Logger;
+  /** Called when the log wants a consistency point (a partition filled up). */
+  onCheckpointWanted: () => void;
+}
+
+/** Applies one recovered entry to the volume, in sequence order. */
+export type ApplyEntry = (header: EntryHeader, payload: Buffer) => Promise<void>;
+
+export interface RecoveryReport {
+  cpSeq: number;
+  replayedEntries: number;
+  replayedBytes: number;
+  lastSeq: number;
+  tornBytes: number;
+  created: boolean;
+}
+
+export interface LogStatus {
+  lastSeq: number;
+  durableSeq: number;
+  cpSeq: number;
+  cpTimeMs: number;
+  bytesUsed: number;
+  partitionBytes: number;
+  partitions: number;
+  checkpoints: number;
+  syncs: number;
+}
+
+interface Superblock {
+  format: 1;
+  logId: number;
+  volumeUuid: string;
+  partitionBytes: number;
+  partitions: number;
+  cpSeq: number;
+  cpTimeMs: number;
+  /** Where the first entry after the CP is (or will be) written. */
+  replayGeneration: number;
+  replayOffset: number;
+}
+
+interface Partition {
+  fd: number;
+  /** The generation held by this file, or -1 when it holds nothing that is needed. */
+  generation: number;
+  firstSeq: number;
+  lastSeq: number;
+  dirty: boolean;
+}
+
+interface Position {
+  generation: number;
+  offset: number;
+}
+
+/** Decides whether a partition that the CP no longer needs may be reused. */
+export type Retainer = (partition: { generation: number; firstSeq: number; lastSeq: number }) => boolean;
+
+const SUPERBLOCK = 'superblock.json';
+const SCAN_CHUNK_BYTES = 4 * 1024 * 1024;
+
+function partitionFile(dir: string, slot: number): string {
+  return path.join(dir, `partition-${slot}.log`);
+}
+
+function superblockText(superblock: Superblock): string {
+  const body = JSON.stringify(superblock);
+  return JSON.stringify({ ...superblock, crc: crc32c(Buffer.from(body)) }, null, 2) + '\n';
+}
+
+function readSuperblock(file: string): Superblock {
+  let parsed: Superblock & { crc: number };
+  try {
+    parsed = JSON.parse(fs.readFileSync(file, 'utf8')) as Superblock & { crc: number };
+  } catch (error) {
+    throw new LogCorruptError(`${file}: unreadable superblock (${(error as Error).message})`);
+  }
+  const { crc, ...superblock } = parsed;
+  if (superblock.format !== 1 || crc32c(Buffer.from(JSON.stringify(superblock))) !== crc) {
+    throw new LogCorruptError(`${file}: superblock checksum or format mismatch`);
+  }
+  return superblock;
+}
+
+export class WriteLog {
+  private readonly slots: Partition[];
+  private readonly geometry: LogGeometry;
+  private logId: number;
+  private activeGeneration: number;
+  private writeOffset: number;
+  private nextSeq: number;
+  private appendedSeq: number;
+  private appliedSeq: number;
+  private durableSeq: number;
+  private readonly appendedAhead = new Set<number>();
+  private readonly appliedAhead = new Set<number>();
+  /** Positions of entries placed but not yet applied: bounded by requests in flight. */
+  private readonly positions = new Map<number, Position>();
+  private readonly placeQueue: { bytes: number; seq: number; place: (position: Position) => void }[] = [];
+  private readonly syncWaiters: { seq: number; resolve: () => void; reject: (error: Error) => void }[] = [];
+  private syncing = false;
+  private checkpointing: Promise<void> | null = null;
+  private readonly retainers: Retainer[] = [];
+  private cpSeq: number;
+  private cpTimeMs: number;
+  private checkpoints = 0;
+  private syncs = 0;
+  private closed = false;
+
+  private constructor(
+    private readonly options: LogOptions,
+    superblock: Superblock,
+    slots: Partition[],
+  ) {
+    this.geometry = { partitionBytes: superblock.partitionBytes, partitions: superblock.partitions };
+    this.slots = slots;
+    this.logId = superblock.logId;
+    this.cpSeq = superblock.cpSeq;
+    this.cpTimeMs = superblock.cpTimeMs;
+    this.activeGeneration = superblock.replayGeneration;
+    this.writeOffset = superblock.replayOffset;
+    this.nextSeq = superblock.cpSeq + 1;
+    this.appendedSeq = superblock.cpSeq;
+    this.appliedSeq = superblock.cpSeq;
+    this.durableSeq = superblock.cpSeq;
+  }
+
+  /**
+   * Opens the log in `options.dir` (creating it the first time), replays every entry
+   * after the last CP through `apply`, and returns the log ready for appends. The caller
+   * must then make the volume durable and call checkpoint().
+   */
+  static async open(options: LogOptions, apply: ApplyEntry): Promise<{ log: WriteLog; recovery: RecoveryReport }> {
+    const { dir, geometry } = options;
+    assert(geometry.partitions >= 2, 'the log needs at least two partitions');
+    fs.mkdirSync(dir, { recursive: true });
+    const superblockPath = path.join(dir, SUPERBLOCK);
+    let created = false;
+    if (!fs.existsSync(superblockPath)) {
+      // Partition files without a superblock are from a first start that crashed before
+      // the log existed: nothing was ever appended to them.
+      WriteLog.createFiles(dir, geometry, { cpSeq: 0, volumeUuid: options.volumeUuid });
+      created = true;
+    }
+    const superblock = readSuperblock(superblockPath);
+    if (superblock.volumeUuid !== options.volumeUuid) {
+      throw new LogCorruptError(`${superblockPath}: log of volume ${superblock.volumeUuid}, not ${options.volumeUuid}`);
+    }
+    const slots = WriteLog.openSlots(dir, superblock);
+    const log = new WriteLog(options, superblock, slots);
+    try {
+      const recovery = await log.recover(apply);
+      recovery.created = created;
+      return { log, recovery };
+    } catch (error) {
+      log.close();
+      throw error;
+    }
+  }
+
+  private static createFiles(dir: string, geometry: LogGeometry, state: { cpSeq: number; volumeUuid: string }): void {
+    const zeroes = Buffer.alloc(Math.min(geometry.partitionBytes, 1024 * 1024));
+    for (let slot = 0; slot < geometry.partitions; slot += 1) {
+      const fd = fs.openSync(partitionFile(dir, slot), 'w', 0o644);
+      try {
+        for (let at = 0; at < geometry.partitionBytes; at += zeroes.length) {
+          fs.writeSync(fd, zeroes, 0, Math.min(zeroes.length, geometry.partitionBytes - at), at);
+        }
+        fs.fsyncSync(fd);
+      } finally {
+        fs.closeSync(fd);
+      }
+    }
+    syncDirectory(dir);
+    const superblock: Superblock = {
+      format: 1,
+      logId: crypto.randomBytes(4).readUInt32BE(0),
+      volumeUuid: state.volumeUuid,
+      partitionBytes: geometry.partitionBytes,
+      partitions: geometry.partitions,
+      cpSeq: state.cpSeq,
+      cpTimeMs: Date.now(),
+      replayGeneration: 0,
+      replayOffset: 0,
+    };
+    writeFileAtomic(path.join(dir, SUPERBLOCK), superblockText(superblock));
+  }
+
+  private static openSlots(dir: string, superblock: Superblock): Partition[] {
+    const slots: Partition[] = [];
+    for (let slot = 0; slot < superblock.partitions; slot += 1) {
+      const file = partitionFile(dir, slot);
+      const fd = fs.openSync(file, 'r+');
+      const size = fs.fstatSync(fd).size;
+      if (size !== superblock.partitionBytes) {
+        fs.closeSync(fd);
+        for (const open of slots) fs.closeSync(open.fd);
+        throw new LogCorruptError(`${file} is ${size} bytes, the superblock says ${superblock.partitionBytes}`);
+      }
+      slots.push({ fd, generation: -1, firstSeq: 0, lastSeq: 0, dirty: false });
+    }
+    return slots;
+  }
+
+  // ---- recovery ----------------------------------------------------------------------
+
+  private slotOf(generation: number): Partition {
+    const slot = this.slots[generation % this.geometry.partitions];
+    assert(slot !== undefined);
+    return slot;
+  }
+
+  private readAt(generation: number, offset: number, length: number): Buffer {
+    const buffer = Buffer.alloc(length);
+    const count = fs.readSync(this.slotOf(generation).fd, buffer, 0, length, offset);
+    return count === length ? buffer : buffer.subarray(0, count);
+  }
+
+  /** A header at (generation, offset) that belongs to this log and generation, or null. */
+  private headerAt(generation: number, offset: number, chunk?: { buffer: Buffer; start: number }): EntryHeader | null {
+    if (offset + ENTRY_HEADER_BYTES > this.geometry.partitionBytes) return null;
+    const bytes =
+      chunk !== undefined && offset >= chunk.start && offset + ENTRY_HEADER_BYTES <= chunk.start + chunk.buffer.length
+        ? chunk.buffer.subarray(offset - chunk.start, offset - chunk.start + ENTRY_HEADER_BYTES)
+        : this.readAt(generation, offset, ENTRY_HEADER_BYTES);
+    if (bytes.length < ENTRY_HEADER_BYTES) return null;
+    const header = decodeEntryHeader(bytes);
+    if (typeof header === 'string') return null;
+    if (header.logId !== this.logId || header.generation !== generation || header.volumeId !== this.options.volumeId) return null;
+    if (alignedEntryBytes(header.payloadBytes) > this.geometry.partitionBytes - offset) return null;
+    return header;
+  }
+
+  private async recover(apply: ApplyEntry): Promise<RecoveryReport> {
+    const { partitionBytes } = this.geometry;
+    const report: RecoveryReport = {
+      cpSeq: this.cpSeq,
+      replayedEntries: 0,
+      replayedBytes: 0,
+      lastSeq: this.cpSeq,
+      tornBytes: 0,
+      created: false,
+    };
+    let generation = this.activeGeneration;
+    let offset = this.writeOffset;
+    let expected = this.cpSeq + 1;
+    let chunk: { buffer: Buffer; start: number } | undefined;
+    for (;;) {
+      const header = this.headerAt(generation, offset, chunk);
+      if (header !== null && header.seq !== expected) {
+        throw new LogCorruptError(
+          `${this.where(generation, offset)}: sequence gap: expected entry ${expected}, found ${header.seq}`,
+        );
+      }
+      let payload: Buffer | null = null;
+      if (header !== null) {
+        const start = offset + ENTRY_HEADER_BYTES;
+        if (chunk === undefined || start < chunk.start || start + header.payloadBytes > chunk.start + chunk.buffer.length) {
+          chunk = { buffer: this.readAt(generation, start, Math.max(SCAN_CHUNK_BYTES, header.payloadBytes)), start };
+        }
+        payload = chunk.buffer.subarray(start - chunk.start, start - chunk.start + header.payloadBytes);
+        if (!payloadMatches(header, payload)) payload = null;
+      }
+      if (header !== null && payload !== null) {
+        await apply(header, payload);
+        this.recordPlaced(generation, header.seq);
+        report.replayedEntries += 1;
+        report.replayedBytes += header.lengthBytes;
+        report.lastSeq = header.seq;
+        expected += 1;
+        offset += alignedEntryBytes(header.payloadBytes);
+        continue;
+      }
+      // No valid entry here. Either the writer moved to the next partition (this one's
+      // tail was too short for the next entry), or the log ends here.
+      const next = this.headerAt(generation + 1, 0);
+      if (next !== null && next.seq === expected) {
+        generation += 1;
+        offset = 0;
+        chunk = undefined;
+        continue;
+      }
+      if (next !== null && next.seq > expected && next.durableSeq >= expected) {
+        throw new LogCorruptError(
+          `${this.where(generation, offset)}: entry ${expected} is damaged, but entry ${next.seq} ` +
+            `(${this.where(generation + 1, 0)}) shows it had been made durable`,
+        );
+      }
+      report.tornBytes = this.checkTail(generation, offset, expected, header);
+      break;
+    }
+    this.activeGeneration = generation;
+    this.writeOffset = offset;
+    this.nextSeq = expected;
+    this.appendedSeq = expected - 1;
+    this.appliedSeq = expected - 1;
+    this.durableSeq = expected - 1;
+    return report;
+  }
+
+  private recordPlaced(generation: number, seq: number): void {
+    const slot = this.slotOf(generation);
+    if (slot.generation !== generation) {
+      slot.generation = generation;
+      slot.firstSeq = seq;
+    }
+    slot.lastSeq = seq;
+  }
+
+  /**
+   * The log ends at (generation, offset). Anything after it in this partition that is a
+   * valid entry of this log, and that was appended when entry `expected` was already
+   * durable, proves damage to durable entries: that is corruption, not a torn tail.
+   * Valid later entries that were never durable, and a torn entry, are discarded, and
+   * the rest of the partition is wiped so that they can never be read back after new
+   * entries take their sequence numbers. Returns how many bytes of a torn entry there were.
+   */
+  private checkTail(generation: number, offset: number, expected: number, tornHeader: EntryHeader | null): number {
+    const { partitionBytes } = this.geometry;
+    let laterEntries = false;
+    for (let at = offset + ENTRY_ALIGN_BYTES; at + ENTRY_HEADER_BYTES <= partitionBytes; at += ENTRY_ALIGN_BYTES) {
+      const later = this.headerAt(generation, at);
+      if (later === null) continue;
+      if (later.seq > expected && later.durableSeq >= expected) {
+        throw new LogCorruptError(
+          `${this.where(generation, offset)}: entry ${expected} is damaged, but entry ${later.seq} ` +
+            `(${this.where(generation, at)}) shows it had been made durable`,
+        );
+      }
+      laterEntries = true;
+    }
+    // A torn entry is one whose header this log wrote (valid, or starting with the entry
+    // magic) but that is incomplete. Anything else here is data left from an earlier turn
+    // through this partition file, which the generation check already ignores.
+    let torn = 0;
+    if (tornHeader !== null) {
+      torn = Math.min(alignedEntryBytes(tornHeader.payloadBytes), partitionBytes - offset);
+    } else if (offset + ENTRY_HEADER_BYTES <= partitionBytes) {
+      const head = this.readAt(generation, offset, ENTRY_HEADER_BYTES);
+      const problem = decodeEntryHeader(head);
+      const ours = typeof problem === 'string' ? problem !== 'magic' : problem.logId === this.logId && problem.generation === generation;
+      if (ours) {
+        const limit = Math.min(partitionBytes - offset, alignedEntryBytes(this.entryPayloadBytesMax));
+        while (torn < limit) {
+          const block = this.readAt(generation, offset + torn, Math.min(ENTRY_ALIGN_BYTES, limit - torn));
+          if (block.every((byte) => byte === 0)) break;
+          torn += block.length;
+        }
+      }
+    }
+    if (torn > 0 || laterEntries) {
+      this.wipe(generation, offset);
+      this.options.log.warn('log: discarded a torn tail at the end of the log', {
+        at: this.where(generation, offset),
+        tornBytes: torn,
+        discardedLaterEntries: laterEntries,
+        nextSeq: expected,
+      });
+    }
+    return torn;
+  }
+
+  /** Zeroes a partition from `offset` to its end, durably. */
+  private wipe(generation: number, offset: number): void {
+    const fd = this.slotOf(generation).fd;
+    const zeroes = Buffer.alloc(Math.min(1024 * 1024, this.geometry.partitionBytes));
+    for (let at = offset; at < this.geometry.partitionBytes; at += zeroes.length) {
+      fs.writeSync(fd, zeroes, 0, Math.min(zeroes.length, this.geometry.partitionBytes - at), at);
+    }
+    fs.fdatasyncSync(fd);
+  }
+
+  private where(generation: number, offset: number): string {
+    return `${partitionFile(this.options.dir, generation % this.geometry.partitions)} (generation ${generation}) offset ${offset}`;
+  }
+
+  // ---- appends -----------------------------------------------------------------------
+
+  get lastSeq(): number {
+    return this.nextSeq - 1;
+  }
+
+  /** Largest payload one entry may carry; larger writes are split by the caller. */
+  get entryPayloadBytesMax(): number {
+    return Math.floor((this.geometry.partitionBytes - ENTRY_HEADER_BYTES) / 2 / 4096) * 4096;
+  }
+
+  /**
+   * Appends an entry. The sequence number is assigned now (so the caller's order is the
+   * log's order); `written` resolves once the entry is in the log file (not yet durable).
+   */
+  append(
+    type: EntryType,
+    fields: { offset: number; lengthBytes: number; flags: number },
+    payload: readonly Buffer[],
+  ): { seq: number; written: Promise<void> } {
+    assert(!this.closed, 'log is closed');
+    const seq = this.nextSeq;
+    this.nextSeq += 1;
+    const payloadBytes = payload.reduce((sum, slice) => sum + slice.length, 0);
+    assert(payloadBytes <= this.entryPayloadBytesMax, 'entry larger than a log entry may be');
+    const bytes = alignedEntryBytes(payloadBytes);
+    const written = this.place(bytes, seq).then((position) => {
+      const header = encodeEntryHeader(
+        {
+          type,
+          flags: fields.flags,
+          logId: this.logId,
+          volumeId: this.options.volumeId,
+          seq,
+          durableSeq: this.durableSeq,
+          offset: fields.offset,
+          lengthBytes: fields.lengthBytes,
+          generation: position.generation,
+          epoch: 0,
+        },
+        payload,
+      );
+      const padding = bytes - ENTRY_HEADER_BYTES - payloadBytes;
+      const buffers = padding > 0 ? [header, ...payload, Buffer.alloc(padding)] : [header, ...payload];
+      const slot = this.slotOf(position.generation);
+      return writevAt(slot.fd, buffers, position.offset, this.options.activity, this.options.inlineWriteBytesMax).then(() => {
+        slot.dirty = true;
+        this.advance(this.appendedAhead, seq, 'appended');
+        this.maybeSync();
+      });
+    });
+    return { seq, written };
+  }
+
+  /** Reports that entry `seq` has been applied to the volume (or needs no applying). */
+  applied(seq: number): void {
+    this.positions.delete(seq);
+    this.advance(this.appliedAhead, seq, 'applied');
+  }
+
+  private advance(ahead: Set<number>, seq: number, which: 'appended' | 'applied'): void {
+    let mark = which === 'appended' ? this.appendedSeq : this.appliedSeq;
+    assert(seq > mark && !ahead.has(seq), `entry ${seq} ${which} twice`);
+    ahead.add(seq);
+    while (ahead.has(mark + 1)) {
+      ahead.delete(mark + 1);
+      mark += 1;
+    }
+    if (which === 'appended') this.appendedSeq = mark;
+    else this.appliedSeq = mark;
+  }
+
+  private placementPoint(): Position {
+    return { generation: this.activeGeneration, offset: this.writeOffset };
+  }
+
+  private canPlaceNow(bytes: number): boolean {
+    if (this.placeQueue.length > 0) return false;
+    return this.writeOffset + bytes <= this.geometry.partitionBytes || this.slotOf(this.activeGeneration + 1).generation === -1;
+  }
+
+  /** Reserves room for an entry, in call order; waits when no partition is free. */
+  private place(bytes: number, seq: number): Promise<Position> {
+    return new Promise((resolve) => {
+      this.placeQueue.push({ bytes, seq, place: resolve });
+      this.drainPlaceQueue();
+    });
+  }
+
+  private drainPlaceQueue(): void {
+    while (this.placeQueue.length > 0) {
+      const next = this.placeQueue[0];
+      assert(next !== undefined);
+      if (this.writeOffset + next.bytes > this.geometry.partitionBytes) {
+        const following = this.slotOf(this.activeGeneration + 1);
+        if (following.generation !== -1) {
+          // The next file still holds entries a CP has not covered (or a peer needs).
+          this.options.onCheckpointWanted();
+          return;
+        }
+        this.activeGeneration += 1;
+        this.writeOffset = 0;
+        this.options.onCheckpointWanted();
+      }
+      this.placeQueue.shift();
+      const position = { generation: this.activeGeneration, offset: this.writeOffset };
+      this.writeOffset += next.bytes;
+      // Claimed now, not when the write starts: the next placement must see this
+      // partition as taken.
+      this.positions.set(next.seq, position);
+      this.recordPlaced(position.generation, next.seq);
+      next.place(position);
+    }
+  }
+
+  // ---- durability --------------------------------------------------------------------
+
+  /** Resolves once every entry up to `seq` is durable in the log. */
+  syncTo(seq: number): Promise<void> {
+    if (seq <= this.durableSeq) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      this.syncWaiters.push({ seq, resolve, reject });
+      this.maybeSync();
+    });
+  }
+
+  private maybeSync(): void {
+    if (this.syncing || this.syncWaiters.length === 0) return;
+    const target = this.appendedSeq;
+    const lowest = Math.min(...this.syncWaiters.map((waiter) => waiter.seq));
+    // Until the lowest waiter's entry (and all before it) is written, a sync is wasted;
+    // the append that completes it calls maybeSync again.
+    if (target < lowest) return;
+    this.syncing = true;
+    this.syncs += 1;
+    const dirty = this.slots.filter((slot) => slot.dirty);
+    for (const slot of dirty) slot.dirty = false;
+    const inline = dirty.length === 1;
+    Promise.all(dirty.map((slot) => syncData(slot.fd, this.options.activity, inline))).then(
+      () => {
+        this.durableSeq = Math.max(this.durableSeq, target);
+        this.settleWaiters(null);
+        this.syncing = false;
+        this.maybeSync();
+      },
+      (error: Error) => {
+        for (const slot of dirty) slot.dirty = true;
+        this.settleWaiters(error);
+        this.syncing = false;
+      },
+    );
+  }
+
+  private settleWaiters(error: Error | null): void {
+    const remaining: typeof this.syncWaiters = [];
+    for (const waiter of this.syncWaiters) {
+      if (error !== null) waiter.reject(error);
+      else if (waiter.seq <= this.durableSeq) waiter.resolve();
+      else remaining.push(waiter);
+    }
+    this.syncWaiters.length = 0;
+    this.syncWaiters.push(...remaining);
+  }
+
+  // ---- consistency points -------------------------------------------------------------
+
+  /** Registers a check that may keep a partition from being reused (the mirror's peers). */
+  addRetainer(retainer: Retainer): void {
+    this.retainers.push(retainer);
+  }
+
+  /**
+   * Takes a consistency point: makes the volume durable (`syncVolume`) up to every entry
+   * applied so far, records it in the superblock, appends a CP entry, and frees the
+   * partitions it covers. One runs at a time; a call during one waits for it and runs again.
+   */
+  checkpoint(syncVolume: () => Promise<void>): Promise<void> {
+    // A failed CP is reported to its caller only; the next one starts afresh.
+    const previous = this.checkpointing ?? Promise.resolve();
+    const next = previous.then(() => this.checkpointOnce(syncVolume));
+    const settled: Promise<void> = next.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.checkpointing = settled;
+    void settled.then(() => {
+      if (this.checkpointing === settled) this.checkpointing = null;
+    });
+    return next;
+  }
+
+  private async checkpointOnce(syncVolume: () => Promise<void>): Promise<void> {
+    const target = this.appliedSeq;
+    if (target === this.cpSeq && this.placeQueue.length === 0) return;
+    // Where entry target+1 is, taken now: it is not applied yet, so its position is still
+    // known (or it is not placed, and will go at the current placement point).
+    let resume = this.positions.get(target + 1) ?? this.placementPoint();
+    await syncVolume();
+    // The CP entry tells readers of the log (peers, tools) where the CP fell. When nothing
+    // else is in flight it directly follows `target`, and the CP covers it too, so a
+    // clean stop leaves nothing to replay. It is written only when it fits at once: a CP
+    // must never wait for log space, since freeing log space is what it is for.
+    let cpSeq = target;
+    if (this.canPlaceNow(alignedEntryBytes(0))) {
+      const marker = this.append(EntryType.CONSISTENCY_POINT, { offset: target, lengthBytes: 0, flags: 0 }, []);
+      // Placed synchronously by append(): what follows the marker goes here.
+      const afterMarker = this.placementPoint();
+      await marker.written;
+      this.applied(marker.seq);
+      if (marker.seq === target + 1 && this.appliedSeq >= marker.seq) {
+        cpSeq = marker.seq;
+        resume = afterMarker;
+      }
+    }
+    const cpTimeMs = Date.now();
+    const superblock: Superblock = {
+      format: 1,
+      logId: this.logId,
+      volumeUuid: this.options.volumeUuid,
+      partitionBytes: this.geometry.partitionBytes,
+      partitions: this.geometry.partitions,
+      cpSeq,
+      cpTimeMs,
+      replayGeneration: resume.generation,
+      replayOffset: resume.offset,
+    };
+    writeFileAtomic(path.join(this.options.dir, SUPERBLOCK), superblockText(superblock));
+    this.cpSeq = cpSeq;
+    this.cpTimeMs = cpTimeMs;
+    this.checkpoints += 1;
+    this.release();
+  }
+
+  /** Frees every partition the last CP covers, unless a retainer still needs it. */
+  private release(): void {
+    for (const slot of this.slots) {
+      if (slot.generation === -1 || slot.generation === this.activeGeneration) continue;
+      if (slot.lastSeq > this.cpSeq) continue;
+      const partition = { generation: slot.generation, firstSeq: slot.firstSeq, lastSeq: slot.lastSeq };
+      if (this.retainers.some((retain) => retain(partition))) continue;
+      slot.generation = -1;
+    }
+    this.drainPlaceQueue();
+  }
+
+  status(): LogStatus {
+    let bytesUsed = 0;
+    for (const slot of this.slots) {
+      if (slot.generation === -1) continue;
+      bytesUsed += slot.generation === this.activeGeneration ? this.writeOffset : this.geometry.partitionBytes;
+    }
+    return {
+      lastSeq: this.lastSeq,
+      durableSeq: this.durableSeq,
+      cpSeq: this.cpSeq,
+      cpTimeMs: this.cpTimeMs,
+      bytesUsed,
+      partitionBytes: this.geometry.partitionBytes,
+      partitions: this.geometry.partitions,
+      checkpoints: this.checkpoints,
+      syncs: this.syncs,
+    };
+  }
+
+  /** True when the superblock's geometry differs from `geometry` (changed in the config). */
+  geometryDiffers(geometry: LogGeometry): boolean {
+    return geometry.partitionBytes !== this.geometry.partitionBytes || geometry.partitions !== this.geometry.partitions;
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    for (const slot of this.slots) fs.closeSync(slot.fd);
+  }
+
+  /**
+   * Replaces the log files with a new geometry. Only valid right after a CP that covers
+   * every entry (at start, after recovery); sequence numbers continue.
+   */
+  static recreate(options: LogOptions, cpSeq: number): void {
+    const dir = options.dir;
+    for (const name of fs.readdirSync(dir)) {
+      if (name.startsWith('partition-') || name === SUPERBLOCK) fs.rmSync(path.join(dir, name));
+    }
+    WriteLog.createFiles(dir, options.geometry, { cpSeq, volumeUuid: options.volumeUuid });
+  }
+}

@@ -1,0 +1,290 @@
+// Crash test: SIGKILL the server at seeded random moments while a client writes, restart
+// it on the same data directory, and read the whole volume back over NBD. Every write
+// acknowledged as durable (FUA reply, or replied before a FLUSH whose reply came back)
+// must be there, and no block may hold anything but what it held before the round or
+// exactly one of the writes sent to it (and never one older than the last durable one).
+//
+// The client is test/faults/writer.py (libnbd); it prints every submission and
+// acknowledgement as it happens, and its `check` mode compares the read-back image with
+// those histories. The volume carries over from round to round; the log is small (3 × 4
+// MiB, a CP every 200 ms) so CPs and partition reuse happen during every round, and one
+// round waits for both before it kills. BLOCKMIRROR_SEED=<n> replays the seed's
+// workload and kill moments (the server's own timing still varies).
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { runCommand, withDeadline } from '../helpers/fuse.js';
+import { makeTempDir, sleep, startNode, type LogSpec, type TestNode, type VolumeSpec } from '../helpers/node-process.js';
+import { Prng } from '../unit/prng.js';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const writerPath = path.resolve(here, '../../../test/faults/writer.py');
+const python = '/usr/bin/python3';
+
+const seed = process.env['BLOCKMIRROR_SEED'] !== undefined ? Number(process.env['BLOCKMIRROR_SEED']) >>> 0 : randomBytes(4).readUInt32BE(0);
+const roundCount = Number(process.env['BLOCKMIRROR_CRASH_ROUNDS'] ?? 5);
+const volumes: VolumeSpec[] = [{ name: 'vol0', size: '64MiB' }];
+const log: LogSpec = { partitionSize: '4MiB', partitions: 3, cpIntervalMs: 200 };
+/** Entries that fill the whole log once (4 KiB payload + header, aligned): a wrap. */
+const entriesPerLogWrap = Math.ceil((3 * 4 * 1024 * 1024) / (4096 + 64));
+
+console.log(`crash.test: seed=${seed} (BLOCKMIRROR_SEED=${seed} replays it), rounds=${roundCount}`);
+
+// ---- the writer process ---------------------------------------------------------------
+
+const liveWriters = new Set<ChildProcess>();
+process.on('exit', () => {
+  for (const child of liveWriters) {
+    if (child.pid !== undefined && child.exitCode === null && child.signalCode === null) {
+      try {
+        process.kill(child.pid, 'SIGKILL');
+      } catch {
+        // Already gone.
+      }
+    }
+  }
+});
+
+/** writer.py `write`, its output kept in memory as it arrives and in `historyFile` at the end. */
+class Writer {
+  output = '';
+  stderr = '';
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  private readonly child: ChildProcess;
+
+  constructor(uri: string, round: number, firstId: number, extra: string[]) {
+    this.child = spawn(
+      python,
+      [writerPath, 'write', uri, '--seed', String(seed), '--round', String(round), '--first-id', String(firstId), ...extra],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    liveWriters.add(this.child);
+    this.child.stdout?.setEncoding('utf8').on('data', (text: string) => (this.output += text));
+    this.child.stderr?.setEncoding('utf8').on('data', (text: string) => (this.stderr += text));
+    this.exited = new Promise((resolve) => {
+      this.child.once('close', (code, signal) => {
+        liveWriters.delete(this.child);
+        resolve({ code, signal });
+      });
+      this.child.once('error', (error) => {
+        this.stderr += String(error);
+        liveWriters.delete(this.child);
+        resolve({ code: null, signal: null });
+      });
+    });
+  }
+
+  get running(): boolean {
+    return this.child.exitCode === null && this.child.signalCode === null;
+  }
+
+  count(kind: string): number {
+    let count = 0;
+    for (const line of this.output.split('\n')) if (line.startsWith(`${kind} `)) count += 1;
+    return count;
+  }
+
+  /** Waits for the writer to end (it does once the server is gone), SIGKILLing it after `timeoutMs`. */
+  async finish(timeoutMs: number): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+    const timer = setTimeout(() => this.child.kill('SIGKILL'), timeoutMs);
+    try {
+      return await this.exited;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+}
+
+async function waitFor(what: string, timeoutMs: number, condition: () => boolean | Promise<boolean>): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`seed ${seed}: ${what}: not within ${timeoutMs} ms`);
+    await sleep(10);
+  }
+}
+
+interface LogStatus {
+  lastSeq: number;
+  durableSeq: number;
+  cpSeq: number;
+  checkpoints: number;
+}
+
+async function logStatus(node: TestNode): Promise<LogStatus> {
+  const response = await fetch(`http://127.0.0.1:${node.adminPort}/api/v1/status`, { signal: AbortSignal.timeout(3_000) });
+  const body = (await response.json()) as { volumes: { name: string; log: LogStatus }[] };
+  const volume = body.volumes.find((candidate) => candidate.name === 'vol0');
+  if (volume === undefined) throw new Error('admin status lists no vol0');
+  return volume.log;
+}
+
+// ---- reading back and checking ---------------------------------------------------------
+
+async function dumpVolume(node: TestNode, file: string): Promise<void> {
+  const result = await runCommand(python, [writerPath, 'dump', node.uri('vol0'), file], { timeoutMs: 60_000 });
+  assert.equal(result.code, 0, `dump of ${node.uri('vol0')} failed: ${result.stdout}${result.stderr}`);
+}
+
+interface CheckReport {
+  blocks: number;
+  written_blocks: number;
+  durable_blocks: number;
+  counts: Record<string, number>;
+  held: Record<string, number>;
+  failure_count: number;
+  failures: string[];
+}
+
+async function checkImage(before: string | null, after: string, histories: string[]): Promise<CheckReport> {
+  const args = [writerPath, 'check', '--before', before ?? '-', '--after', after, '--seed', String(seed)];
+  for (const history of histories) args.push('--history', history);
+  const result = await runCommand(python, args, { timeoutMs: 120_000 });
+  assert.equal(result.code, 0, `writer.py check failed: ${result.stdout}${result.stderr}`);
+  return JSON.parse(result.stdout) as CheckReport;
+}
+
+function volumeOpened(node: TestNode): Record<string, unknown> {
+  const records = node.records().filter((record) => record['msg'] === 'volume opened' && record['volume'] === 'vol0');
+  assert.equal(records.length, 1, `one "volume opened" record for vol0:\n${node.logs}`);
+  const record = records[0];
+  assert(record !== undefined);
+  const replayed = record['replayedEntries'];
+  assert(typeof replayed === 'number' && Number.isInteger(replayed) && replayed >= 0, `replayedEntries reported: ${JSON.stringify(record)}`);
+  const errors = node.records().filter((r) => r['level'] === 'error');
+  assert.deepEqual(errors, [], 'no error logged at start');
+  return record;
+}
+
+async function restart(dir: string, round: number, context: string): Promise<TestNode> {
+  try {
+    return await startNode({ dir, volumes, log });
+  } catch (error) {
+    throw new Error(
+      `seed ${seed} round ${round}: the node did not restart after SIGKILL (${context}): ` +
+        `${error instanceof Error ? error.message : String(error)}`,
+    );
+  }
+}
+
+// ---- the test --------------------------------------------------------------------------
+
+type RoundKind = 'random' | 'after-cp' | 'idle';
+
+test(`SIGKILL at random moments loses no durable write (seed ${seed})`, { timeout: 400_000 }, async (t) => {
+  const rng = new Prng(seed);
+  const dir = makeTempDir('blockmirror-crash-');
+  const work = makeTempDir('blockmirror-crash-work-');
+  const kinds: RoundKind[] = ['after-cp', 'idle'];
+  while (kinds.length < roundCount) kinds.push('random');
+  for (let i = kinds.length - 1; i > 0; i -= 1) {
+    const j = rng.below(i + 1);
+    [kinds[i], kinds[j]] = [kinds[j] as RoundKind, kinds[i] as RoundKind];
+  }
+  let node: TestNode | null = null;
+  let writer: Writer | null = null;
+  let before: string | null = null;
+  const started = Date.now();
+  try {
+    node = await startNode({ dir, volumes, log });
+    for (let round = 0; round < kinds.length; round += 1) {
+      const kind = kinds[round] as RoundKind;
+      const roundStarted = Date.now();
+      const current: TestNode = node;
+      const atStart = await logStatus(current);
+      const firstId = (round + 1) * 10_000_000;
+      const history = path.join(work, `history-${round}.txt`);
+      let killNote: string;
+      if (kind === 'idle') {
+        // The writer finishes (every request answered), then the node idles, taking CPs.
+        writer = new Writer(current.uri('vol0'), round, firstId, ['--max-writes', String(rng.between(200, 4000))]);
+        const exit = await writer.finish(60_000);
+        assert.equal(exit.code, 0, `writer: ${writer.stderr}`);
+        const idleMs = rng.between(0, 600);
+        await sleep(idleMs);
+        killNote = `idle ${idleMs} ms after the writer finished`;
+      } else {
+        writer = new Writer(current.uri('vol0'), round, firstId, ['--seconds', '60']);
+        const w = writer;
+        await waitFor('first acknowledgement', 15_000, () => w.count('A') > 0 || !w.running);
+        assert(w.running, `writer ended early: ${w.output.slice(-500)} ${w.stderr}`);
+        if (kind === 'after-cp') {
+          // Wait for CPs and for the log to wrap (partitions reused) during this round.
+          await waitFor('two CPs and a log wrap', 30_000, async () => {
+            const now = await logStatus(current);
+            return now.checkpoints >= atStart.checkpoints + 2 && now.lastSeq - atStart.lastSeq >= entriesPerLogWrap + 100;
+          });
+          const extraMs = rng.between(0, 150);
+          await sleep(extraMs);
+          killNote = `${extraMs} ms after two CPs and a log wrap`;
+        } else {
+          const delayMs = rng.chance(0.3) ? rng.between(0, 30) : rng.between(30, 2500);
+          await sleep(delayMs);
+          killNote = `${delayMs} ms after the first acknowledgement`;
+        }
+      }
+      const atKill = await logStatus(current).catch(() => null);
+      assert.equal(current.child.exitCode, null, `seed ${seed} round ${round}: the node died by itself before the kill:\n${current.logs.slice(-3000)}`);
+      process.kill(current.pid, 'SIGKILL');
+      const exit = await withDeadline(current.exited, 10_000, 'node exit after SIGKILL');
+      assert.equal(exit.signal, 'SIGKILL', 'the node died of SIGKILL');
+      node = null;
+      await writer.finish(20_000);
+      fs.writeFileSync(history, writer.output);
+      const acked = writer.count('D');
+      writer = null;
+
+      node = await restart(dir, round, killNote);
+      const opened = volumeOpened(node);
+      const after = path.join(work, `after-${round}.img`);
+      await dumpVolume(node, after);
+      const report = await checkImage(before, after, [history]);
+      if (before !== null) fs.rmSync(before);
+      before = after;
+      t.diagnostic(
+        `round ${round} (${kind}): killed ${killNote} (log before kill: ${JSON.stringify(atKill)}); ` +
+          `writes ${report.counts['submitted']}, replied ${report.counts['replied']}, failed ${report.counts['failed']}, durable ${acked}; ` +
+          `replayed ${String(opened['replayedEntries'])} entries from cpSeq ${String(opened['cpSeq'])} ` +
+          `(torn ${String(opened['tornBytes'])} B); blocks ${JSON.stringify(report.held)}; ${Date.now() - roundStarted} ms`,
+      );
+      assert.equal(
+        report.failure_count,
+        0,
+        `seed ${seed} round ${round} (killed ${killNote}): ${report.failure_count} block(s) wrong after restart; ` +
+          `history ${history}; first:\n${report.failures.join('\n')}`,
+      );
+      assert(report.counts['submitted'] !== undefined && report.counts['submitted'] > 0, 'the round wrote something');
+    }
+
+    // A clean stop after all that: exit 0, and the next start replays nothing and reads
+    // back the same volume.
+    const last: TestNode = node;
+    const stopped = await last.stop('SIGTERM', 30_000);
+    node = null;
+    assert.deepEqual(stopped, { code: 0, signal: null }, `clean stop exits 0:\n${last.logs.slice(-2000)}`);
+    node = await startNode({ dir, volumes, log });
+    const reopened = volumeOpened(node);
+    assert.equal(reopened['replayedEntries'], 0, 'nothing to replay after a clean stop');
+    const final = path.join(work, 'final.img');
+    await dumpVolume(node, final);
+    const report = await checkImage(before, final, []);
+    assert.equal(report.failure_count, 0, `volume changed across a clean restart:\n${report.failures.join('\n')}`);
+    const finalNode: TestNode = node;
+    const finalStop = await finalNode.stop('SIGTERM', 30_000);
+    node = null;
+    assert.deepEqual(finalStop, { code: 0, signal: null }, `final SIGTERM exits 0:\n${finalNode.logs.slice(-2000)}`);
+    t.diagnostic(`seed ${seed}: ${kinds.length} rounds in ${Date.now() - started} ms`);
+  } catch (error) {
+    t.diagnostic(`seed ${seed}: data dir ${dir}, histories and images in ${work} (kept)`);
+    throw error;
+  } finally {
+    if (writer !== null) await writer.finish(1).catch(() => undefined);
+    if (node !== null) await node.stop('SIGKILL', 5_000).catch(() => undefined);
+  }
+  fs.rmSync(work, { recursive: true, force: true });
+  fs.rmSync(dir, { recursive: true, force: true });
+});
