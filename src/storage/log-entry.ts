@@ -4,7 +4,7 @@
 //
 //   0 magic u32 'BMLE'      4 version u8   5 type u8   6 flags u16
 //   8 header CRC32C u32 (over bytes 0..7 and 12..63)   12 payload CRC32C u32
-//  16 log id u32 (random per log, so a guest's data can never pass for an entry)
+//  16 log id u32 (random per session of the log; a guest's data never passes for an entry)
 //  20 volume id u32         24 sequence number u64    32 durable sequence number u64
 //  40 offset u64            48 length u32 (bytes of volume the entry covers)
 //  52 payload bytes u32     56 generation u32 (of the partition it was written in)

@@ -13,6 +13,13 @@
 //                       g mod partitions; every entry records its generation, so entries
 //                       left from an earlier turn are never mistaken for new ones.
 //
+// Every open of the log starts a session with a new random log id, added to the
+// superblock's list before anything is appended; a consistency point resets the list to
+// the current session. Recovery accepts only entries of listed sessions, in the order
+// they are listed, so entries that an earlier session wrote and a crash left behind
+// (after a torn tail, or ahead in other partitions) are never replayed, whatever
+// sequence number they carry.
+//
 // Memory is bounded: the log holds per-partition counters and, for entries appended
 // but not yet applied to the volume, their positions; never entry data.
 //
@@ -90,7 +97,11 @@ export interface LogStatus {
 
 interface Superblock {
   format: 1;
-  logId: number;
+  /**
+   * Ids of the sessions whose entries may lie after the CP, oldest first: along the log,
+   * an entry of one session is never followed by an entry of an earlier one.
+   */
+  logIds: number[];
   volumeUuid: string;
   partitionBytes: number;
   partitions: number;
@@ -119,6 +130,8 @@ interface Position {
 export type Retainer = (partition: { generation: number; firstSeq: number; lastSeq: number }) => boolean;
 
 const SUPERBLOCK = 'superblock.json';
+/** Sessions a superblock may list: each open adds one, each consistency point resets it. */
+const LOG_IDS_MAX = 16;
 const SCAN_CHUNK_BYTES = 4 * 1024 * 1024;
 
 function partitionFile(dir: string, slot: number): string {
@@ -138,7 +151,12 @@ function readSuperblock(file: string): Superblock {
     throw new LogCorruptError(`${file}: unreadable superblock (${(error as Error).message})`);
   }
   const { crc, ...superblock } = parsed;
-  if (superblock.format !== 1 || crc32c(Buffer.from(JSON.stringify(superblock))) !== crc) {
+  if (
+    superblock.format !== 1 ||
+    crc32c(Buffer.from(JSON.stringify(superblock))) !== crc ||
+    !Array.isArray(superblock.logIds) ||
+    superblock.logIds.length === 0
+  ) {
     throw new LogCorruptError(`${file}: superblock checksum or format mismatch`);
   }
   return superblock;
@@ -147,7 +165,10 @@ function readSuperblock(file: string): Superblock {
 export class WriteLog {
   private readonly slots: Partition[];
   private readonly geometry: LogGeometry;
-  private logId: number;
+  /** The id of the entries this session of the log writes (new at every open). */
+  private readonly logId: number;
+  /** Session ids recovery accepts, in order (see Superblock.logIds). */
+  private logIds: number[];
   private activeGeneration: number;
   private writeOffset: number;
   private nextSeq: number;
@@ -176,7 +197,8 @@ export class WriteLog {
   ) {
     this.geometry = { partitionBytes: superblock.partitionBytes, partitions: superblock.partitions };
     this.slots = slots;
-    this.logId = superblock.logId;
+    this.logIds = superblock.logIds;
+    this.logId = WriteLog.newLogId(superblock.logIds);
     this.cpSeq = superblock.cpSeq;
     this.cpTimeMs = superblock.cpTimeMs;
     this.activeGeneration = superblock.replayGeneration;
@@ -213,10 +235,18 @@ export class WriteLog {
     try {
       const recovery = await log.recover(apply);
       recovery.created = created;
+      log.startSession(superblock);
       return { log, recovery };
     } catch (error) {
       log.close();
       throw error;
+    }
+  }
+
+  private static newLogId(avoid: readonly number[]): number {
+    for (;;) {
+      const id = crypto.randomBytes(4).readUInt32BE(0);
+      if (!avoid.includes(id)) return id;
     }
   }
 
@@ -236,7 +266,7 @@ export class WriteLog {
     syncDirectory(dir);
     const superblock: Superblock = {
       format: 1,
-      logId: crypto.randomBytes(4).readUInt32BE(0),
+      logIds: [crypto.randomBytes(4).readUInt32BE(0)],
       volumeUuid: state.volumeUuid,
       partitionBytes: geometry.partitionBytes,
       partitions: geometry.partitions,
@@ -278,8 +308,16 @@ export class WriteLog {
     return count === length ? buffer : buffer.subarray(0, count);
   }
 
-  /** A header at (generation, offset) that belongs to this log and generation, or null. */
-  private headerAt(generation: number, offset: number, chunk?: { buffer: Buffer; start: number }): EntryHeader | null {
+  /**
+   * A header at (generation, offset) of this log and generation, written by a session at
+   * or after `sessionIndex` in logIds, or null.
+   */
+  private headerAt(
+    generation: number,
+    offset: number,
+    sessionIndex: number,
+    chunk?: { buffer: Buffer; start: number },
+  ): EntryHeader | null {
     if (offset + ENTRY_HEADER_BYTES > this.geometry.partitionBytes) return null;
     const bytes =
       chunk !== undefined && offset >= chunk.start && offset + ENTRY_HEADER_BYTES <= chunk.start + chunk.buffer.length
@@ -288,7 +326,9 @@ export class WriteLog {
     if (bytes.length < ENTRY_HEADER_BYTES) return null;
     const header = decodeEntryHeader(bytes);
     if (typeof header === 'string') return null;
-    if (header.logId !== this.logId || header.generation !== generation || header.volumeId !== this.options.volumeId) return null;
+    if (this.logIds.indexOf(header.logId) < sessionIndex || header.generation !== generation || header.volumeId !== this.options.volumeId) {
+      return null;
+    }
     if (alignedEntryBytes(header.payloadBytes) > this.geometry.partitionBytes - offset) return null;
     return header;
   }
@@ -306,9 +346,10 @@ export class WriteLog {
     let generation = this.activeGeneration;
     let offset = this.writeOffset;
     let expected = this.cpSeq + 1;
+    let session = 0;
     let chunk: { buffer: Buffer; start: number } | undefined;
     for (;;) {
-      const header = this.headerAt(generation, offset, chunk);
+      const header = this.headerAt(generation, offset, session, chunk);
       if (header !== null && header.seq !== expected) {
         throw new LogCorruptError(
           `${this.where(generation, offset)}: sequence gap: expected entry ${expected}, found ${header.seq}`,
@@ -324,6 +365,7 @@ export class WriteLog {
         if (!payloadMatches(header, payload)) payload = null;
       }
       if (header !== null && payload !== null) {
+        session = this.logIds.indexOf(header.logId);
         await apply(header, payload);
         this.recordPlaced(generation, header.seq);
         report.replayedEntries += 1;
@@ -335,7 +377,7 @@ export class WriteLog {
       }
       // No valid entry here. Either the writer moved to the next partition (this one's
       // tail was too short for the next entry), or the log ends here.
-      const next = this.headerAt(generation + 1, 0);
+      const next = this.headerAt(generation + 1, 0, session);
       if (next !== null && next.seq === expected) {
         generation += 1;
         offset = 0;
@@ -348,7 +390,7 @@ export class WriteLog {
             `(${this.where(generation + 1, 0)}) shows it had been made durable`,
         );
       }
-      report.tornBytes = this.checkTail(generation, offset, expected, header);
+      report.tornBytes = this.checkTail(generation, offset, expected, session, header);
       break;
     }
     this.activeGeneration = generation;
@@ -358,6 +400,21 @@ export class WriteLog {
     this.appliedSeq = expected - 1;
     this.durableSeq = expected - 1;
     return report;
+  }
+
+  /**
+   * Names this session's id in the superblock, after the ids whose entries recovery just
+   * replayed (not yet covered by a CP), before anything is appended.
+   */
+  private startSession(superblock: Superblock): void {
+    if (this.logIds.length >= LOG_IDS_MAX) {
+      throw new LogCorruptError(
+        `${path.join(this.options.dir, SUPERBLOCK)}: ${this.logIds.length} sessions since the last consistency point; ` +
+          'the node has crashed repeatedly before completing one',
+      );
+    }
+    this.logIds = [...this.logIds, this.logId];
+    writeFileAtomic(path.join(this.options.dir, SUPERBLOCK), superblockText({ ...superblock, logIds: this.logIds }));
   }
 
   private recordPlaced(generation: number, seq: number): void {
@@ -373,15 +430,20 @@ export class WriteLog {
    * The log ends at (generation, offset). Anything after it in this partition that is a
    * valid entry of this log, and that was appended when entry `expected` was already
    * durable, proves damage to durable entries: that is corruption, not a torn tail.
-   * Valid later entries that were never durable, and a torn entry, are discarded, and
-   * the rest of the partition is wiped so that they can never be read back after new
-   * entries take their sequence numbers. Returns how many bytes of a torn entry there were.
+   * Valid later entries that were never durable, and a torn entry, are discarded.
+   * Returns how many bytes of a torn entry there were.
    */
-  private checkTail(generation: number, offset: number, expected: number, tornHeader: EntryHeader | null): number {
+  private checkTail(
+    generation: number,
+    offset: number,
+    expected: number,
+    session: number,
+    tornHeader: EntryHeader | null,
+  ): number {
     const { partitionBytes } = this.geometry;
     let laterEntries = false;
     for (let at = offset + ENTRY_ALIGN_BYTES; at + ENTRY_HEADER_BYTES <= partitionBytes; at += ENTRY_ALIGN_BYTES) {
-      const later = this.headerAt(generation, at);
+      const later = this.headerAt(generation, at, session);
       if (later === null) continue;
       if (later.seq > expected && later.durableSeq >= expected) {
         throw new LogCorruptError(
@@ -400,7 +462,10 @@ export class WriteLog {
     } else if (offset + ENTRY_HEADER_BYTES <= partitionBytes) {
       const head = this.readAt(generation, offset, ENTRY_HEADER_BYTES);
       const problem = decodeEntryHeader(head);
-      const ours = typeof problem === 'string' ? problem !== 'magic' : problem.logId === this.logId && problem.generation === generation;
+      const ours =
+        typeof problem === 'string'
+          ? problem !== 'magic'
+          : this.logIds.indexOf(problem.logId) >= session && problem.generation === generation;
       if (ours) {
         const limit = Math.min(partitionBytes - offset, alignedEntryBytes(this.entryPayloadBytesMax));
         while (torn < limit) {
@@ -411,7 +476,9 @@ export class WriteLog {
       }
     }
     if (torn > 0 || laterEntries) {
-      this.wipe(generation, offset);
+      // The discarded entries carry this session's predecessors' ids: entries of the
+      // session now starting come after them in the superblock's list, so a later
+      // recovery that has read a new entry never goes back to them.
       this.options.log.warn('log: discarded a torn tail at the end of the log', {
         at: this.where(generation, offset),
         tornBytes: torn,
@@ -420,16 +487,6 @@ export class WriteLog {
       });
     }
     return torn;
-  }
-
-  /** Zeroes a partition from `offset` to its end, durably. */
-  private wipe(generation: number, offset: number): void {
-    const fd = this.slotOf(generation).fd;
-    const zeroes = Buffer.alloc(Math.min(1024 * 1024, this.geometry.partitionBytes));
-    for (let at = offset; at < this.geometry.partitionBytes; at += zeroes.length) {
-      fs.writeSync(fd, zeroes, 0, Math.min(zeroes.length, this.geometry.partitionBytes - at), at);
-    }
-    fs.fdatasyncSync(fd);
   }
 
   private where(generation: number, offset: number): string {
@@ -653,7 +710,8 @@ export class WriteLog {
     const cpTimeMs = Date.now();
     const superblock: Superblock = {
       format: 1,
-      logId: this.logId,
+      // Everything before the CP is covered: only this session's entries can follow it.
+      logIds: [this.logId],
       volumeUuid: this.options.volumeUuid,
       partitionBytes: this.geometry.partitionBytes,
       partitions: this.geometry.partitions,
@@ -663,6 +721,7 @@ export class WriteLog {
       replayOffset: resume.offset,
     };
     writeFileAtomic(path.join(this.options.dir, SUPERBLOCK), superblockText(superblock));
+    this.logIds = [this.logId];
     this.cpSeq = cpSeq;
     this.cpTimeMs = cpTimeMs;
     this.checkpoints += 1;

@@ -32,6 +32,8 @@ import { baseSeed, Prng } from './prng.js';
 const KiB = 1024;
 const SEED = baseSeed(0x10_9c_0001);
 const SMALL: LogGeometry = { partitionBytes: 64 * KiB, partitions: 2 };
+/** The largest payload one entry may carry in SMALL partitions (see WriteLog.entryPayloadBytesMax). */
+const SMALL_ENTRY_PAYLOAD_MAX = Math.floor((SMALL.partitionBytes - ENTRY_HEADER_BYTES) / 2 / 4096) * 4096;
 const VOLUME_UUID = '5f0c6a1e-7d0b-4e57-9a43-2b8e1f6c3d21';
 const VOLUME_ID = 7;
 
@@ -394,10 +396,14 @@ describe('write log recovery', () => {
     const entryBytes = alignedEntryBytes(last.length);
     const meaningful = ENTRY_HEADER_BYTES + last.length;
     const pristine = fs.readFileSync(file);
+    // The superblock too: every open starts a session and lists it there.
+    const superblockFile = path.join(dir, 'superblock.json');
+    const pristineSuperblock = fs.readFileSync(superblockFile);
     const kept = ops.slice(0, -1).map((op, index) => expectedEntry(op, index + 1));
     for (let cut = 0; cut < meaningful; cut += 1) {
       const what = `cut at byte ${cut} of the last entry`;
       fs.writeFileSync(file, pristine);
+      fs.writeFileSync(superblockFile, pristineSuperblock);
       patchFile(file, offset + cut, Buffer.alloc(entryBytes - cut));
       const torn = await openLog(dir);
       const replacement = pattern(64, 1000 + cut);
@@ -478,6 +484,32 @@ describe('write log recovery', () => {
       [expectedEntry(ops[0] ?? fresh, 1), expectedEntry(ops[1] ?? fresh, 2), expectedEntry(fresh, 3)],
       'writes 4..6 were lost in the first crash; replaying them after write 3 would undo what the client saw since',
     );
+  });
+
+  test('entries a crashed session left in the next partition are never replayed, even with the next number', async () => {
+    // Entries 1 and 2 fill partition 0; 3 and 4 went to partition 1; none was synced and a
+    // crash tore entry 2. The next session writes a new entry 2, small, and syncs it. The
+    // old entry 3 at the start of partition 1 then carries exactly the next number, the
+    // right generation and a valid CRC: only its session id says it is stale.
+    const big = SMALL_ENTRY_PAYLOAD_MAX;
+    const ops = Array.from({ length: 4 }, (_, index) => write(index * big, pattern(big, 70 + index)));
+    const dir = freshDir();
+    await buildLog(dir, ops, 'none');
+    assert.equal(locate(dir, 3).offset, 0, 'entry 3 starts partition 1');
+    const { file, offset } = locate(dir, 2);
+    flipByte(file, offset + ENTRY_HEADER_BYTES + 11);
+    const first = await openLog(dir);
+    const fresh = write(500_000, pattern(500, 97));
+    try {
+      assert.deepStrictEqual(seqs(first.replayed), [1]);
+      assert.equal(await append(first.log, fresh), 2);
+      await first.log.syncTo(2);
+    } finally {
+      first.log.close();
+    }
+    const second = await reopenReplayed(dir);
+    assert.deepStrictEqual(seqs(second.replayed), [1, 2]);
+    assert.deepStrictEqual(second.replayed[1], expectedEntry(fresh, 2));
   });
 
   test('after a torn tail and the checkpoint a restart takes, the log can still be opened', async () => {
