@@ -118,6 +118,14 @@ function runTool(command: string, args: string[], timeoutMs: number): Promise<vo
   });
 }
 
+/**
+ * Writes back every dirty page on the machine before a workload starts, so no workload
+ * (and no server) pays for the writeback of what an earlier one left in the page cache.
+ */
+function settle(): Promise<void> {
+  return runTool('sync', [], 600_000);
+}
+
 function peakRssMiB(pid: number | undefined): number | null {
   if (pid === undefined) return null;
   try {
@@ -239,6 +247,7 @@ async function benchServer(server: string, stamp: string): Promise<ServerRun> {
     const selected = (process.env['BENCH_WORKLOADS'] ?? '').split(',').filter((name) => name !== '');
     for (const workload of workloads) {
       if (selected.length > 0 && !selected.includes(workload.name)) continue;
+      await settle();
       const output = path.join(resultsDir, `${stamp}-${server}-${workload.name}.json`);
       await runTool(
         'fio',
@@ -261,6 +270,7 @@ async function benchServer(server: string, stamp: string): Promise<ServerRun> {
     }
     for (const depth of fuaDepths) {
       if (selected.length > 0 && !selected.includes(fuaName(depth))) continue;
+      await settle();
       figures[fuaName(depth)] = await qemuBench(started.uri, depth);
       process.stderr.write(`  ${server} 4k FUA write QD${depth}: ${format(figures[fuaName(depth)]?.value ?? 0)} IOPS\n`);
     }
@@ -414,7 +424,7 @@ async function main(): Promise<void> {
 Latest \`npm run bench\` (${summary.date.slice(0, 10)}): ${summary.machine.cpus} cores (${summary.machine.cpuModel}),
 ${summary.machine.memoryGiB} GiB, Linux ${summary.machine.kernel}. One fio job with the \`nbd\` engine on loopback, a
 ${sizeText} file on the same ext4 file system for every server, filled once before measuring; ${runtimeS} s per
-workload after 2 s of ramp. blockmirror serves a \`mode: local\` volume with its write log (the default 4 × 64 MiB
+workload after 2 s of ramp, each starting after a \`sync\` so none pays for another's writeback. blockmirror serves a \`mode: local\` volume with its write log (the default 4 × 64 MiB
 partitions, a consistency point every 5 s) on the same file system; nbdkit runs the \`file\` plugin with its
 defaults; qemu-nbd runs with \`--cache=writeback --aio=threads --shared=16\`. Figures are fio's, latencies are
 completion latencies. The FUA rows come from \`qemu-img bench -w -t writethrough -s 4096\`, which sets FUA

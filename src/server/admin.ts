@@ -98,6 +98,9 @@ function metrics(status: NodeStatus): string {
   perLog('bytesUsed', 'blockmirror_log_used_bytes', 'gauge', 'Log bytes holding entries a consistency point has not released.');
   perLog('syncs', 'blockmirror_log_syncs_total', 'counter', 'Log fdatasync calls (concurrent FLUSH/FUA requests share one).');
   perLog('checkpoints', 'blockmirror_log_checkpoints_total', 'counter', 'Consistency points taken.');
+  perLog('stalls', 'blockmirror_log_stalls_total', 'counter', 'Times writes waited for a consistency point to free log space.');
+  perLog('stallMs', 'blockmirror_log_stall_milliseconds_total', 'counter', 'Time writes spent waiting for log space.');
+  perLog('lastCheckpointMs', 'blockmirror_log_last_checkpoint_milliseconds', 'gauge', 'Duration of the last consistency point.');
   metric(
     'blockmirror_volume_cp_age_seconds',
     'gauge',

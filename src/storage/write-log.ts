@@ -93,6 +93,11 @@ export interface LogStatus {
   partitions: number;
   checkpoints: number;
   syncs: number;
+  /** Times appends had to wait for a partition to be freed by a CP, and how long in all. */
+  stalls: number;
+  stallMs: number;
+  /** How long the last CP took (mostly the volume's fdatasync). */
+  lastCheckpointMs: number;
 }
 
 interface Superblock {
@@ -187,6 +192,10 @@ export class WriteLog {
   private cpSeq: number;
   private cpTimeMs: number;
   private checkpoints = 0;
+  private stalls = 0;
+  private stallMs = 0;
+  private stallStartedMs: number | null = null;
+  private lastCheckpointMs = 0;
   private syncs = 0;
   private closed = false;
 
@@ -590,8 +599,16 @@ export class WriteLog {
         const following = this.slotOf(this.activeGeneration + 1);
         if (following.generation !== -1) {
           // The next file still holds entries a CP has not covered (or a peer needs).
+          if (this.stallStartedMs === null) {
+            this.stallStartedMs = performance.now();
+            this.stalls += 1;
+          }
           this.options.onCheckpointWanted();
           return;
+        }
+        if (this.stallStartedMs !== null) {
+          this.stallMs += performance.now() - this.stallStartedMs;
+          this.stallStartedMs = null;
         }
         this.activeGeneration += 1;
         this.writeOffset = 0;
@@ -690,6 +707,7 @@ export class WriteLog {
     // Where entry target+1 is, taken now: it is not applied yet, so its position is still
     // known (or it is not placed, and will go at the current placement point).
     let resume = this.positions.get(target + 1) ?? this.placementPoint();
+    const startedMs = performance.now();
     await syncVolume();
     // The CP entry tells readers of the log (peers, tools) where the CP fell. When nothing
     // else is in flight it directly follows `target`, and the CP covers it too, so a
@@ -725,6 +743,7 @@ export class WriteLog {
     this.cpSeq = cpSeq;
     this.cpTimeMs = cpTimeMs;
     this.checkpoints += 1;
+    this.lastCheckpointMs = Math.round(performance.now() - startedMs);
     this.release();
   }
 
@@ -756,6 +775,9 @@ export class WriteLog {
       partitions: this.geometry.partitions,
       checkpoints: this.checkpoints,
       syncs: this.syncs,
+      stalls: this.stalls,
+      stallMs: Math.round(this.stallMs + (this.stallStartedMs === null ? 0 : performance.now() - this.stallStartedMs)),
+      lastCheckpointMs: this.lastCheckpointMs,
     };
   }
 

@@ -13,7 +13,8 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 export const cliPath = path.resolve(here, '../../src/cli/main.js');
 
 const live = new Set<ChildProcess>();
-process.on('exit', () => {
+
+function killLive(): void {
   for (const child of live) {
     if (child.pid !== undefined && child.exitCode === null) {
       try {
@@ -23,7 +24,16 @@ process.on('exit', () => {
       }
     }
   }
-});
+}
+
+process.on('exit', killLive);
+// A test run stopped from outside (a timeout, Ctrl-C) would otherwise skip 'exit'.
+for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) {
+  process.once(signal, () => {
+    killLive();
+    process.exit(128 + (signal === 'SIGINT' ? 2 : signal === 'SIGHUP' ? 1 : 15));
+  });
+}
 
 export function makeTempDir(prefix = 'blockmirror-test-'): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), prefix));

@@ -479,6 +479,8 @@ describe('LocalVolume', () => {
       assert.ok((await volume.read(100 * KiB, data.length)).equals(data), `seed ${SEED + 2}`);
       const status = log.status();
       assert.equal(status.durableSeq, status.lastSeq);
+      assert.ok(status.stalls >= 1, `the write waited for log space ${status.stalls} times`);
+      assert.ok(status.stallMs >= 0 && status.lastCheckpointMs >= 0);
       checkpointsTaken = `${status.checkpoints} checkpoints for ${entries} entries in a log that holds ${partitions * 2}`;
       while (checkpointsRunning.count > 0) await nextTurn();
       assert.deepStrictEqual(checkpointErrors, []);
