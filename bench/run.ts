@@ -9,7 +9,8 @@
 // Environment: BENCH_RUNTIME_S (default 10), BENCH_SIZE (default 1G), BENCH_SERVERS
 // (comma list, default blockmirror,nbdkit,qemu-nbd), BENCH_WORKLOADS (comma list of names,
 // including fua-4k-qd1 and fua-4k-qd32), BENCH_FUA_COUNT (default 20000), BENCH_RECOVERY=0
-// to skip the recovery measurement.
+// to skip the recovery measurement, BENCH_LOG (a YAML flow mapping for blockmirror's `log:`
+// section, e.g. "{ partitionSize: 256MiB, partitions: 4 }").
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
@@ -86,7 +87,7 @@ function freePort(): Promise<number> {
   });
 }
 
-async function waitForPort(port: number, child: ChildProcess, timeoutMs = 15_000): Promise<void> {
+async function waitForPort(port: number, child: ChildProcess, timeoutMs = 120_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     if (child.exitCode !== null) throw new Error(`server exited with ${child.exitCode}`);
@@ -177,7 +178,7 @@ volumes:
     replicas: [a]
     primary: a
     mode: local
-`,
+${process.env['BENCH_LOG'] !== undefined ? `log: ${process.env['BENCH_LOG']}\n` : ''}`,
   );
   const child = spawn(process.execPath, [cli, 'serve', '--config', config, '--node', 'a'], { stdio: 'ignore' });
   await waitForPort(port, child);

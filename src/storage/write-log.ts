@@ -451,8 +451,14 @@ export class WriteLog {
   ): number {
     const { partitionBytes } = this.geometry;
     let laterEntries = false;
+    // Read in large chunks: a header may start at every ENTRY_ALIGN_BYTES of the rest of
+    // the partition, and one read each would make a start on a fresh log take seconds.
+    let chunk: { buffer: Buffer; start: number } | undefined;
     for (let at = offset + ENTRY_ALIGN_BYTES; at + ENTRY_HEADER_BYTES <= partitionBytes; at += ENTRY_ALIGN_BYTES) {
-      const later = this.headerAt(generation, at, session);
+      if (chunk === undefined || at + ENTRY_HEADER_BYTES > chunk.start + chunk.buffer.length) {
+        chunk = { buffer: this.readAt(generation, at, Math.min(SCAN_CHUNK_BYTES, partitionBytes - at)), start: at };
+      }
+      const later = this.headerAt(generation, at, session, chunk);
       if (later === null) continue;
       if (later.seq > expected && later.durableSeq >= expected) {
         throw new LogCorruptError(
