@@ -20,7 +20,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-const cli = path.join(root, 'dist/src/cli/main.js');
+const cli = path.join(root, 'bin/blockmirror.cjs');
 const workDir = path.join(root, 'bench/work');
 const resultsDir = path.join(root, 'bench/results');
 const runtimeS = Number(process.env['BENCH_RUNTIME_S'] ?? 10);

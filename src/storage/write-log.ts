@@ -20,8 +20,17 @@
 // (after a torn tail, or ahead in other partitions) are never replayed, whatever
 // sequence number they carry.
 //
-// Memory is bounded: the log holds per-partition counters and, for entries appended
-// but not yet applied to the volume, their positions; never entry data.
+// Appends are written by one writer at a time, each write covering every entry queued
+// since the last one, and always whole file-system blocks: it starts with the bytes
+// already in the block where the log ends (kept in memory) and ends with zeroes to the
+// next block boundary. A write that covers part of a block makes ext4 prepare the whole
+// block, which costs ten times a whole-block write; with 64-byte entry alignment almost
+// every entry would do that. Rewriting the already written start of a block is harmless
+// even if torn: those bytes are rewritten with the same values.
+//
+// Memory is bounded: the log holds per-partition counters, one block of tail bytes, the
+// entries queued for the writer (bounded by requests in flight) and, for entries
+// appended but not yet applied to the volume, their positions.
 //
 // This module owns the log files. It never touches the volume file: the caller applies
 // entries and reports them applied, and passes the volume's sync to checkpoint().
@@ -138,6 +147,21 @@ const SUPERBLOCK = 'superblock.json';
 /** Sessions a superblock may list: each open adds one, each consistency point resets it. */
 const LOG_IDS_MAX = 16;
 const SCAN_CHUNK_BYTES = 4 * 1024 * 1024;
+/** Log writes cover whole blocks of this size (the file system's block). */
+export const LOG_BLOCK_BYTES = 4096;
+/** One log write carries at most this many bytes of queued entries (one entry may be larger). */
+const WRITE_BYTES_MAX = 4 * 1024 * 1024;
+/** ...and at most this many buffers (Linux's IOV_MAX is 1024). */
+const WRITE_BUFFERS_MAX = 1000;
+
+interface QueuedEntry {
+  position: Position;
+  buffers: Buffer[];
+  bytes: number;
+  seq: number;
+  resolve: () => void;
+  reject: (error: Error) => void;
+}
 
 function partitionFile(dir: string, slot: number): string {
   return path.join(dir, `partition-${slot}.log`);
@@ -167,6 +191,27 @@ function readSuperblock(file: string): Superblock {
   return superblock;
 }
 
+/** A copy of the `count` bytes that end `skipFromEnd` bytes before the end of `buffers`. */
+function lastBytes(buffers: readonly Buffer[], skipFromEnd: number, count: number): Buffer {
+  const out = Buffer.alloc(count);
+  let need = count;
+  let skip = skipFromEnd;
+  for (let index = buffers.length - 1; index >= 0 && need > 0; index -= 1) {
+    const buffer = buffers[index];
+    assert(buffer !== undefined);
+    if (skip >= buffer.length) {
+      skip -= buffer.length;
+      continue;
+    }
+    const take = Math.min(need, buffer.length - skip);
+    buffer.copy(out, need - take, buffer.length - skip - take, buffer.length - skip);
+    need -= take;
+    skip = 0;
+  }
+  assert(need === 0, 'fewer bytes than the tail block needs');
+  return out;
+}
+
 export class WriteLog {
   private readonly slots: Partition[];
   private readonly geometry: LogGeometry;
@@ -186,6 +231,11 @@ export class WriteLog {
   private readonly positions = new Map<number, Position>();
   private readonly placeQueue: { bytes: number; seq: number; place: (position: Position) => void }[] = [];
   private readonly syncWaiters: { seq: number; resolve: () => void; reject: (error: Error) => void }[] = [];
+  /** Entries placed and waiting for the writer, in position order. */
+  private readonly writeQueue: QueuedEntry[] = [];
+  private writing = false;
+  /** The bytes of the block where the log currently ends, up to its end (the write point). */
+  private tail: { generation: number; blockStart: number; bytes: Buffer };
   private syncing = false;
   private checkpointing: Promise<void> | null = null;
   private readonly retainers: Retainer[] = [];
@@ -216,6 +266,7 @@ export class WriteLog {
     this.appendedSeq = superblock.cpSeq;
     this.appliedSeq = superblock.cpSeq;
     this.durableSeq = superblock.cpSeq;
+    this.tail = { generation: -1, blockStart: 0, bytes: Buffer.alloc(0) };
   }
 
   /**
@@ -226,6 +277,7 @@ export class WriteLog {
   static async open(options: LogOptions, apply: ApplyEntry): Promise<{ log: WriteLog; recovery: RecoveryReport }> {
     const { dir, geometry } = options;
     assert(geometry.partitions >= 2, 'the log needs at least two partitions');
+    assert(geometry.partitionBytes % LOG_BLOCK_BYTES === 0, 'log partitions are whole blocks');
     fs.mkdirSync(dir, { recursive: true });
     const superblockPath = path.join(dir, SUPERBLOCK);
     let created = false;
@@ -404,6 +456,8 @@ export class WriteLog {
     }
     this.activeGeneration = generation;
     this.writeOffset = offset;
+    const blockStart = offset - (offset % LOG_BLOCK_BYTES);
+    this.tail = { generation, blockStart, bytes: this.readAt(generation, blockStart, offset - blockStart) };
     this.nextSeq = expected;
     this.appendedSeq = expected - 1;
     this.appliedSeq = expected - 1;
@@ -552,14 +606,68 @@ export class WriteLog {
       );
       const padding = bytes - ENTRY_HEADER_BYTES - payloadBytes;
       const buffers = padding > 0 ? [header, ...payload, Buffer.alloc(padding)] : [header, ...payload];
-      const slot = this.slotOf(position.generation);
-      return writevAt(slot.fd, buffers, position.offset, this.options.activity, this.options.inlineWriteBytesMax).then(() => {
-        slot.dirty = true;
-        this.advance(this.appendedAhead, seq, 'appended');
-        this.maybeSync();
+      return new Promise<void>((resolve, reject) => {
+        this.writeQueue.push({ position, buffers, bytes, seq, resolve, reject });
+        this.startWrite();
       });
     });
     return { seq, written };
+  }
+
+  /**
+   * Writes the queued entries that follow each other in one partition, as one write of
+   * whole blocks; one write at a time, so the block where the log ends is never written
+   * by two writes at once.
+   */
+  private startWrite(): void {
+    if (this.writing || this.writeQueue.length === 0) return;
+    const first = this.writeQueue[0];
+    assert(first !== undefined);
+    const { generation } = first.position;
+    const start = first.position.offset;
+    let end = start;
+    let count = 0;
+    let buffers = 0;
+    for (const entry of this.writeQueue) {
+      if (entry.position.generation !== generation || entry.position.offset !== end) break;
+      if (count > 0 && (end - start + entry.bytes > WRITE_BYTES_MAX || buffers + entry.buffers.length > WRITE_BUFFERS_MAX)) break;
+      end += entry.bytes;
+      buffers += entry.buffers.length;
+      count += 1;
+    }
+    const run = this.writeQueue.splice(0, count);
+    const blockStart = start - (start % LOG_BLOCK_BYTES);
+    const out: Buffer[] = [];
+    if (blockStart < start) {
+      assert(
+        this.tail.generation === generation && this.tail.blockStart === blockStart && this.tail.bytes.length === start - blockStart,
+        `log tail block not known at ${start}`,
+      );
+      out.push(this.tail.bytes);
+    }
+    for (const entry of run) out.push(...entry.buffers);
+    const blockEnd = Math.min(Math.ceil(end / LOG_BLOCK_BYTES) * LOG_BLOCK_BYTES, this.geometry.partitionBytes);
+    if (blockEnd > end) out.push(Buffer.alloc(blockEnd - end));
+    this.tail = { generation, blockStart: end - (end % LOG_BLOCK_BYTES), bytes: lastBytes(out, blockEnd - end, end % LOG_BLOCK_BYTES) };
+    this.writing = true;
+    const slot = this.slotOf(generation);
+    writevAt(slot.fd, out, blockStart, this.options.activity, this.options.inlineWriteBytesMax).then(
+      () => {
+        slot.dirty = true;
+        this.writing = false;
+        for (const entry of run) {
+          this.advance(this.appendedAhead, entry.seq, 'appended');
+          entry.resolve();
+        }
+        this.maybeSync();
+        this.startWrite();
+      },
+      (error: Error) => {
+        this.writing = false;
+        for (const entry of run) entry.reject(error);
+        this.startWrite();
+      },
+    );
   }
 
   /** Reports that entry `seq` has been applied to the volume (or needs no applying). */

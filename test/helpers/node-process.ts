@@ -9,8 +9,8 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-/** The compiled CLI: dist/test/helpers -> dist/src/cli/main.js. */
-export const cliPath = path.resolve(here, '../../src/cli/main.js');
+/** The `blockmirror` command: dist/test/helpers -> bin/blockmirror.cjs (which runs dist/src/cli/main.js). */
+export const cliPath = path.resolve(here, '../../../bin/blockmirror.cjs');
 
 const live = new Set<ChildProcess>();
 

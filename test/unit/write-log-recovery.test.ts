@@ -26,7 +26,7 @@ import {
   EntryType,
   type EntryHeader,
 } from '../../src/storage/log-entry.js';
-import { LogCorruptError, WriteLog, type LogGeometry, type RecoveryReport } from '../../src/storage/write-log.js';
+import { LOG_BLOCK_BYTES, LogCorruptError, WriteLog, type LogGeometry, type RecoveryReport } from '../../src/storage/write-log.js';
 import { baseSeed, Prng } from './prng.js';
 
 const KiB = 1024;
@@ -309,7 +309,14 @@ async function buildLappedLog(dir: string): Promise<Map<number, Op>> {
       const tail = locate(dir, seq);
       const end = tail.offset + alignedEntryBytes(tail.header.payloadBytes);
       if (end + ENTRY_HEADER_BYTES > SMALL.partitionBytes) continue;
-      const next = decodeEntryHeader(readFileRange(tail.file, end, ENTRY_HEADER_BYTES));
+      // Log writes end with zeroes up to the block boundary; an earlier turn's entries
+      // may follow from there.
+      const boundary = Math.ceil(end / LOG_BLOCK_BYTES) * LOG_BLOCK_BYTES;
+      if (boundary + ENTRY_HEADER_BYTES > SMALL.partitionBytes) continue;
+      if (boundary > end) {
+        assert.ok(readFileRange(tail.file, end, boundary - end).every((byte) => byte === 0), `bytes after entry ${seq} up to the block end`);
+      }
+      const next = decodeEntryHeader(readFileRange(tail.file, boundary, ENTRY_HEADER_BYTES));
       staleAtTail = typeof next !== 'string' && next.generation < tail.header.generation;
     }
     await log.syncTo(log.lastSeq);
@@ -318,7 +325,7 @@ async function buildLappedLog(dir: string): Promise<Map<number, Op>> {
     log.close();
   }
   assert.deepStrictEqual(checkpointErrors, []);
-  assert.ok(staleAtTail, `seed ${SEED}: never found an earlier turn's entry right after the tail`);
+  assert.ok(staleAtTail, `seed ${SEED}: never found an earlier turn's entry in the block after the tail`);
   return written;
 }
 
@@ -710,6 +717,35 @@ describe('write log recovery', () => {
       writesOnly(reopened.replayed),
       ops.map((op) => expectedEntry(op, seqOf.get(op) ?? 0)).filter((entry) => entry.seq > cpSeq),
     );
+  });
+
+  test('appends of odd sizes, concurrent and across reopens, end mid-block and all replay', async () => {
+    const random = new Prng(SEED + 11);
+    const dir = freshDir();
+    const all: Replayed[] = [];
+    for (let session = 0; session < 3; session += 1) {
+      const { log, replayed } = await openLog(dir, { inlineWriteBytesMax: 0 });
+      try {
+        assert.deepStrictEqual(writesOnly(replayed), all, `session ${session}, seed ${SEED + 11}`);
+        // Concurrent appends: the writer puts them in as few whole-block writes as it can.
+        const ops = Array.from({ length: 12 }, () => write(random.below(100) * 512, random.bytes(random.between(1, 5000))));
+        const seqs = await Promise.all(ops.map((op) => append(log, op)));
+        ops.forEach((op, index) => all.push(expectedEntry(op, seqs[index] ?? -1)));
+        await log.syncTo(log.lastSeq);
+        // The end of the log is not on a block boundary, and what follows it in its block is zeroes.
+        const last = locate(dir, log.lastSeq);
+        const end = last.offset + alignedEntryBytes(last.header.payloadBytes);
+        const boundary = Math.ceil(end / LOG_BLOCK_BYTES) * LOG_BLOCK_BYTES;
+        if (end % LOG_BLOCK_BYTES !== 0) {
+          assert.ok(readFileRange(last.file, end, boundary - end).every((byte) => byte === 0));
+        }
+      } finally {
+        log.close();
+      }
+    }
+    const { replayed, recovery } = await reopenReplayed(dir);
+    assert.equal(recovery.tornBytes, 0);
+    assert.deepStrictEqual(writesOnly(replayed), all, `seed ${SEED + 11}`);
   });
 
   test('entries from an earlier turn of a reused partition are never replayed', async () => {
