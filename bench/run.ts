@@ -435,7 +435,8 @@ ${text}
 
 Run it yourself with \`npm run bench\` (\`BENCH_RUNTIME_S\`, \`BENCH_SIZE\`, \`BENCH_SERVERS\` and
 \`BENCH_WORKLOADS\` narrow it). The machine has two cores shared by fio and the server, so figures move by
-±10–20% between runs; compare ratios from the same run.
+±10–20% between runs; compare ratios from the same run. What the write log costs, and what was measured
+and changed because of it, is in [performance.md](performance.md).
 `,
   );
 }
