@@ -102,7 +102,9 @@ async function waitForPort(port: number, child: ChildProcess, timeoutMs = 120_00
     if (open) return;
     await sleep(50);
   }
-  throw new Error(`port ${port} did not open`);
+  // A server that never came up must not outlive the run.
+  child.kill('SIGKILL');
+  throw new Error(`port ${port} did not open within ${timeoutMs} ms`);
 }
 
 function runTool(command: string, args: string[], timeoutMs: number): Promise<void> {
