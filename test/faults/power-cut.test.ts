@@ -21,10 +21,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import {
   isMountPoint,
   LoopDevice,
@@ -35,17 +33,10 @@ import {
   unmountForcefully,
   withDeadline,
 } from '../helpers/fuse.js';
-import { makeTempDir, sleep, startNode, type LogSpec, type TestNode, type VolumeSpec } from '../helpers/node-process.js';
+import { makeTempDir, sleep, startNode, type TestNode } from '../helpers/node-process.js';
 import { Prng } from '../unit/prng.js';
+import { checkImage, dumpVolume, entriesPerLogWrap, log, logStatus, seed, volumeOpened, volumes, waitFor, Writer } from './workload.js';
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-const writerPath = path.resolve(here, '../../../test/faults/writer.py');
-const python = '/usr/bin/python3';
-
-const seed = process.env['BLOCKMIRROR_SEED'] !== undefined ? Number(process.env['BLOCKMIRROR_SEED']) >>> 0 : randomBytes(4).readUInt32BE(0);
-const volumes: VolumeSpec[] = [{ name: 'vol0', size: '64MiB' }];
-const log: LogSpec = { partitionSize: '4MiB', partitions: 3, cpIntervalMs: 200 };
-const entriesPerLogWrap = Math.ceil((3 * 4 * 1024 * 1024) / (4096 + 64));
 const backingSize = '256M';
 
 console.log(`power-cut.test: seed=${seed} (BLOCKMIRROR_SEED=${seed} replays it)`);
@@ -286,114 +277,6 @@ class PoweredStack {
       [`nbdfuse ${this.disk.mountDir} (pid ${this.disk.pid ?? '?'})`, () => this.disk.close()],
     ];
   }
-}
-
-// ---- the writer, reading back and checking (see crash.test.ts) -------------------------
-
-class Writer {
-  output = '';
-  stderr = '';
-  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-  private readonly child: ChildProcess;
-
-  constructor(uri: string, round: number, firstId: number, extra: string[]) {
-    this.child = spawn(
-      python,
-      [writerPath, 'write', uri, '--seed', String(seed), '--round', String(round), '--first-id', String(firstId), ...extra],
-      { stdio: ['ignore', 'pipe', 'pipe'] },
-    );
-    liveChildren.add(this.child);
-    this.child.stdout?.setEncoding('utf8').on('data', (text: string) => (this.output += text));
-    this.child.stderr?.setEncoding('utf8').on('data', (text: string) => (this.stderr += text));
-    this.exited = new Promise((resolve) => {
-      this.child.once('close', (code, signal) => {
-        liveChildren.delete(this.child);
-        resolve({ code, signal });
-      });
-      this.child.once('error', (error) => {
-        this.stderr += String(error);
-        liveChildren.delete(this.child);
-        resolve({ code: null, signal: null });
-      });
-    });
-  }
-
-  get running(): boolean {
-    return this.child.exitCode === null && this.child.signalCode === null;
-  }
-
-  count(kind: string): number {
-    let count = 0;
-    for (const line of this.output.split('\n')) if (line.startsWith(`${kind} `)) count += 1;
-    return count;
-  }
-
-  async finish(timeoutMs: number): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
-    const timer = setTimeout(() => this.child.kill('SIGKILL'), timeoutMs);
-    try {
-      return await this.exited;
-    } finally {
-      clearTimeout(timer);
-    }
-  }
-}
-
-async function waitFor(what: string, timeoutMs: number, condition: () => boolean | Promise<boolean>): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error(`seed ${seed}: ${what}: not within ${timeoutMs} ms`);
-    await sleep(10);
-  }
-}
-
-interface LogStatus {
-  lastSeq: number;
-  durableSeq: number;
-  cpSeq: number;
-  checkpoints: number;
-}
-
-async function logStatus(node: TestNode): Promise<LogStatus> {
-  const response = await fetch(`http://127.0.0.1:${node.adminPort}/api/v1/status`, { signal: AbortSignal.timeout(3_000) });
-  const body = (await response.json()) as { volumes: { name: string; log: LogStatus }[] };
-  const volume = body.volumes.find((candidate) => candidate.name === 'vol0');
-  if (volume === undefined) throw new Error('admin status lists no vol0');
-  return volume.log;
-}
-
-async function dumpVolume(node: TestNode, file: string): Promise<void> {
-  const result = await runCommand(python, [writerPath, 'dump', node.uri('vol0'), file], { timeoutMs: 60_000 });
-  assert.equal(result.code, 0, `dump of ${node.uri('vol0')} failed: ${result.stdout}${result.stderr}`);
-}
-
-interface CheckReport {
-  counts: Record<string, number>;
-  held: Record<string, number>;
-  failure_count: number;
-  failures: string[];
-}
-
-async function checkImage(before: string | null, after: string, histories: string[]): Promise<CheckReport> {
-  const args = [writerPath, 'check', '--before', before ?? '-', '--after', after, '--seed', String(seed)];
-  for (const history of histories) args.push('--history', history);
-  const result = await runCommand(python, args, { timeoutMs: 120_000 });
-  assert.equal(result.code, 0, `writer.py check failed: ${result.stdout}${result.stderr}`);
-  return JSON.parse(result.stdout) as CheckReport;
-}
-
-function volumeOpened(node: TestNode): Record<string, unknown> {
-  const records = node.records().filter((record) => record['msg'] === 'volume opened' && record['volume'] === 'vol0');
-  assert.equal(records.length, 1, `one "volume opened" record for vol0 (not "volume created"):\n${node.logs}`);
-  const record = records[0];
-  assert(record !== undefined);
-  const replayed = record['replayedEntries'];
-  assert(typeof replayed === 'number' && Number.isInteger(replayed) && replayed >= 0, `replayedEntries reported: ${JSON.stringify(record)}`);
-  assert.deepEqual(
-    node.records().filter((r) => r['level'] === 'error'),
-    [],
-    'no error logged at start',
-  );
-  return record;
 }
 
 // ---- the test --------------------------------------------------------------------------
