@@ -395,7 +395,6 @@ export class WriteLog {
   }
 
   private async recover(apply: ApplyEntry): Promise<RecoveryReport> {
-    const { partitionBytes } = this.geometry;
     const report: RecoveryReport = {
       cpSeq: this.cpSeq,
       replayedEntries: 0,

@@ -16,9 +16,9 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { withDeadline } from '../helpers/fuse.js';
-import { makeTempDir, sleep, startNode, type TestNode } from '../helpers/node-process.js';
+import { makeTempDir, startNode, type TestNode } from '../helpers/node-process.js';
 import { Prng } from '../unit/prng.js';
-import { checkImage, dumpVolume, entriesPerLogWrap, log, logStatus, seed, volumeOpened, volumes, waitFor, Writer } from './workload.js';
+import { checkImage, dumpVolume, log, logStatus, runUntilFault, seed, volumeOpened, volumes, Writer, type RoundKind } from './workload.js';
 
 const roundCount = Number(process.env['BLOCKMIRROR_CRASH_ROUNDS'] ?? 5);
 
@@ -36,8 +36,6 @@ async function restart(dir: string, round: number, context: string): Promise<Tes
 }
 
 // ---- the test --------------------------------------------------------------------------
-
-type RoundKind = 'random' | 'after-cp' | 'idle';
 
 test(`SIGKILL at random moments loses no durable write (seed ${seed})`, { timeout: 400_000 }, async (t) => {
   const rng = new Prng(seed);
@@ -59,47 +57,17 @@ test(`SIGKILL at random moments loses no durable write (seed ${seed})`, { timeou
       const kind = kinds[round] as RoundKind;
       const roundStarted = Date.now();
       const current: TestNode = node;
-      const atStart = await logStatus(current);
-      const firstId = (round + 1) * 10_000_000;
       const history = path.join(work, `history-${round}.txt`);
-      let killNote: string;
-      if (kind === 'idle') {
-        // The writer finishes (every request answered), then the node idles, taking CPs.
-        writer = new Writer(current.uri('vol0'), round, firstId, ['--max-writes', String(rng.between(200, 4000))]);
-        const exit = await writer.finish(60_000);
-        assert.equal(exit.code, 0, `writer: ${writer.stderr}`);
-        const idleMs = rng.between(0, 600);
-        await sleep(idleMs);
-        killNote = `idle ${idleMs} ms after the writer finished`;
-      } else {
-        writer = new Writer(current.uri('vol0'), round, firstId, ['--seconds', '60']);
-        const w = writer;
-        await waitFor('first acknowledgement', 15_000, () => w.count('A') > 0 || !w.running);
-        assert(w.running, `writer ended early: ${w.output.slice(-500)} ${w.stderr}`);
-        if (kind === 'after-cp') {
-          // Wait for CPs and for the log to wrap (partitions reused) during this round.
-          await waitFor('two CPs and a log wrap', 30_000, async () => {
-            const now = await logStatus(current);
-            return now.checkpoints >= atStart.checkpoints + 2 && now.lastSeq - atStart.lastSeq >= entriesPerLogWrap + 100;
-          });
-          const extraMs = rng.between(0, 150);
-          await sleep(extraMs);
-          killNote = `${extraMs} ms after two CPs and a log wrap`;
-        } else {
-          const delayMs = rng.chance(0.3) ? rng.between(0, 30) : rng.between(30, 2500);
-          await sleep(delayMs);
-          killNote = `${delayMs} ms after the first acknowledgement`;
-        }
-      }
+      const { writer: roundWriter, note: killNote } = await runUntilFault(current, round, kind, rng, { maxWrites: 4000, wrapTimeoutMs: 30_000 }, (started) => (writer = started));
       const atKill = await logStatus(current).catch(() => null);
       assert.equal(current.child.exitCode, null, `seed ${seed} round ${round}: the node died by itself before the kill:\n${current.logs.slice(-3000)}`);
       process.kill(current.pid, 'SIGKILL');
       const exit = await withDeadline(current.exited, 10_000, 'node exit after SIGKILL');
       assert.equal(exit.signal, 'SIGKILL', 'the node died of SIGKILL');
       node = null;
-      await writer.finish(20_000);
-      fs.writeFileSync(history, writer.output);
-      const acked = writer.count('D');
+      await roundWriter.finish(20_000);
+      fs.writeFileSync(history, roundWriter.output);
+      const acked = roundWriter.count('D');
       writer = null;
 
       node = await restart(dir, round, killNote);
@@ -146,7 +114,9 @@ test(`SIGKILL at random moments loses no durable write (seed ${seed})`, { timeou
     t.diagnostic(`seed ${seed}: data dir ${dir}, histories and images in ${work} (kept)`);
     throw error;
   } finally {
-    if (writer !== null) await writer.finish(1).catch(() => undefined);
+    // Set by runUntilFault's callback, which the compiler cannot follow.
+    const w = writer as Writer | null;
+    if (w !== null) await w.finish(1).catch(() => undefined);
     if (node !== null) await node.stop('SIGKILL', 5_000).catch(() => undefined);
   }
   fs.rmSync(work, { recursive: true, force: true });

@@ -35,7 +35,7 @@ import {
 } from '../helpers/fuse.js';
 import { makeTempDir, sleep, startNode, type TestNode } from '../helpers/node-process.js';
 import { Prng } from '../unit/prng.js';
-import { checkImage, dumpVolume, entriesPerLogWrap, log, logStatus, seed, volumeOpened, volumes, waitFor, Writer } from './workload.js';
+import { checkImage, dumpVolume, log, logStatus, runUntilFault, seed, volumeOpened, volumes, Writer, type RoundKind } from './workload.js';
 
 const backingSize = '256M';
 
@@ -281,8 +281,6 @@ class PoweredStack {
 
 // ---- the test --------------------------------------------------------------------------
 
-type RoundKind = 'random' | 'after-cp' | 'idle';
-
 test(`power cut (server and unflushed disk cache die together) loses no durable write (seed ${seed})`, { timeout: 300_000 }, async (t) => {
   requireRootAndTools(['nbdkit', 'nbdfuse', 'losetup', 'mkfs.ext4', 'e2fsck', 'mount', 'umount']);
   const rng = new Prng(seed);
@@ -317,36 +315,8 @@ test(`power cut (server and unflushed disk cache die together) loses no durable 
       const roundStarted = Date.now();
       const current: TestNode = node;
       const powered: PoweredStack = stack;
-      const atStart = await logStatus(current);
       const history = path.join(work, `history-${round}.txt`);
-      const firstId = (round + 1) * 10_000_000;
-      let cutNote: string;
-      if (kind === 'idle') {
-        writer = new Writer(current.uri('vol0'), round, firstId, ['--max-writes', String(rng.between(200, 2000))]);
-        const exit = await writer.finish(60_000);
-        assert.equal(exit.code, 0, `writer: ${writer.stderr}`);
-        const idleMs = rng.between(0, 600);
-        await sleep(idleMs);
-        cutNote = `idle ${idleMs} ms after the writer finished`;
-      } else {
-        writer = new Writer(current.uri('vol0'), round, firstId, ['--seconds', '60']);
-        const w = writer;
-        await waitFor('first acknowledgement', 15_000, () => w.count('A') > 0 || !w.running);
-        assert(w.running, `writer ended early: ${w.output.slice(-500)} ${w.stderr}`);
-        if (kind === 'after-cp') {
-          await waitFor('two CPs and a log wrap', 60_000, async () => {
-            const now = await logStatus(current);
-            return now.checkpoints >= atStart.checkpoints + 2 && now.lastSeq - atStart.lastSeq >= entriesPerLogWrap + 100;
-          });
-          const extraMs = rng.between(0, 150);
-          await sleep(extraMs);
-          cutNote = `${extraMs} ms after two CPs and a log wrap`;
-        } else {
-          const delayMs = rng.chance(0.3) ? rng.between(0, 30) : rng.between(30, 2500);
-          await sleep(delayMs);
-          cutNote = `${delayMs} ms after the first acknowledgement`;
-        }
-      }
+      const { writer: roundWriter, note: cutNote } = await runUntilFault(current, round, kind, rng, { maxWrites: 2000, wrapTimeoutMs: 60_000 }, (started) => (writer = started));
       const atCut = await logStatus(current).catch(() => null);
 
       assert.equal(current.child.exitCode, null, `seed ${seed} round ${round}: the node died by itself before the cut:\n${current.logs.slice(-3000)}`);
@@ -356,9 +326,9 @@ test(`power cut (server and unflushed disk cache die together) loses no durable 
       const exit = await withDeadline(current.exited, 10_000, 'node exit after SIGKILL');
       assert.equal(exit.signal, 'SIGKILL', 'the node died of SIGKILL');
       node = null;
-      await writer.finish(20_000);
-      fs.writeFileSync(history, writer.output);
-      const durable = writer.count('D');
+      await roundWriter.finish(20_000);
+      fs.writeFileSync(history, roundWriter.output);
+      const durable = roundWriter.count('D');
       writer = null;
       await powered.tearDownAfterCut();
       stack = null;
@@ -406,7 +376,8 @@ test(`power cut (server and unflushed disk cache die together) loses no durable 
     passed = true;
   } finally {
     const steps: Array<readonly [string, () => Promise<void>]> = [];
-    const w = writer;
+    // Set by runUntilFault's callback, which the compiler cannot follow.
+    const w = writer as Writer | null;
     if (w !== null) steps.push(['writer', () => w.finish(1).then(() => undefined)]);
     const n = node;
     if (n !== null) steps.push([`node pid ${n.pid}`, () => n.stop('SIGKILL', 5_000).then(() => undefined)]);

@@ -9,6 +9,7 @@ import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { runCommand } from '../helpers/fuse.js';
+import type { Prng } from '../unit/prng.js';
 import { sleep, type LogSpec, type TestNode, type VolumeSpec } from '../helpers/node-process.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -149,4 +150,54 @@ export function volumeOpened(node: TestNode): Record<string, unknown> {
     'no error logged at start',
   );
   return record;
+}
+
+/**
+ * How a round ends: `random`, a seeded moment after the first acknowledgement; `after-cp`,
+ * shortly after two CPs and a wrap of the log during the round; `idle`, a moment after
+ * the writer finished, while the node takes CPs.
+ */
+export type RoundKind = 'random' | 'after-cp' | 'idle';
+
+/**
+ * Starts round `round`'s writer on `node` (handed to `started` at once, so the caller can
+ * always stop it) and returns when the fault should strike: the writer, and a note saying
+ * when that is.
+ */
+export async function runUntilFault(
+  node: TestNode,
+  round: number,
+  kind: RoundKind,
+  rng: Prng,
+  choices: { maxWrites: number; wrapTimeoutMs: number },
+  started: (writer: Writer) => void,
+): Promise<{ writer: Writer; note: string }> {
+  const atStart = await logStatus(node);
+  const firstId = (round + 1) * 10_000_000;
+  if (kind === 'idle') {
+    const writer = new Writer(node.uri('vol0'), round, firstId, ['--max-writes', String(rng.between(200, choices.maxWrites))]);
+    started(writer);
+    const exit = await writer.finish(60_000);
+    assert.equal(exit.code, 0, `writer: ${writer.stderr}`);
+    const idleMs = rng.between(0, 600);
+    await sleep(idleMs);
+    return { writer, note: `idle ${idleMs} ms after the writer finished` };
+  }
+  const writer = new Writer(node.uri('vol0'), round, firstId, ['--seconds', '60']);
+  started(writer);
+  await waitFor('first acknowledgement', 15_000, () => writer.count('A') > 0 || !writer.running);
+  assert(writer.running, `writer ended early: ${writer.output.slice(-500)} ${writer.stderr}`);
+  if (kind === 'after-cp') {
+    // CPs and a wrap of the log (partitions reused) during this round.
+    await waitFor('two CPs and a log wrap', choices.wrapTimeoutMs, async () => {
+      const now = await logStatus(node);
+      return now.checkpoints >= atStart.checkpoints + 2 && now.lastSeq - atStart.lastSeq >= entriesPerLogWrap + 100;
+    });
+    const extraMs = rng.between(0, 150);
+    await sleep(extraMs);
+    return { writer, note: `${extraMs} ms after two CPs and a log wrap` };
+  }
+  const delayMs = rng.chance(0.3) ? rng.between(0, 30) : rng.between(30, 2500);
+  await sleep(delayMs);
+  return { writer, note: `${delayMs} ms after the first acknowledgement` };
 }
