@@ -72,6 +72,23 @@ export const constants = {
   peerConnectionsDefault: 2,
   peerConnectionsMax: 16,
 
+  // Mirror links (DESIGN.md §1.1, §1.10).
+  /** Bytes of log entries sent to one peer and not yet acknowledged; also the peer's reorder buffer. */
+  mirrorWindowBytesMax: 64 * MiB,
+  /** async/logship: writes wait while a peer lags by more than this many bytes. */
+  asyncLagBytesMax: 128 * MiB,
+  /** Entries for one region of the volume always travel on the same connection. */
+  mirrorRegionBytes: 1 * MiB,
+  /** A peer connection must finish its handshake within this time. */
+  peerHandshakeTimeoutMs: 10_000,
+  /** Delay before reconnecting to a peer, doubling per failure up to the max. */
+  peerReconnectDelayMsMin: 200,
+  peerReconnectDelayMsMax: 5_000,
+  /** Frames other than ENTRY are small; ENTRY carries one log entry (header and payload). */
+  peerEntryBodyBytesMax: 64 + 32 * MiB,
+  /** At a clean stop the primary waits this long for peers to take its last consistency point. */
+  peerDrainTimeoutMs: 10_000,
+
   // Shutdown.
   /** In-flight requests get this long to finish at shutdown before they are failed. */
   shutdownDrainMs: 5000,
@@ -91,4 +108,9 @@ export function checkConstants(): void {
   assert(c.peerConnectionsDefault <= c.peerConnectionsMax);
   assert(c.logPartitionsDefault >= 2 && c.logPartitionsDefault <= c.logPartitionsMax);
   assert(c.logPartitionBytesDefault >= c.logPartitionBytesMin && c.logPartitionBytesDefault % 4096 === 0);
+  // A log entry carries at most one NBD request's payload; the largest must fit a frame and the window.
+  assert(c.peerEntryBodyBytesMax >= 64 + c.nbdPayloadBytesMax);
+  assert(c.mirrorWindowBytesMax >= c.peerEntryBodyBytesMax);
+  assert(c.asyncLagBytesMax >= c.mirrorWindowBytesMax);
+  assert(c.peerReconnectDelayMsMin > 0 && c.peerReconnectDelayMsMin <= c.peerReconnectDelayMsMax);
 }

@@ -12,6 +12,7 @@ import { BlockmirrorError } from '../lib/errors.js';
 import { Logger, parseLogLevel } from '../lib/log.js';
 import { BlockmirrorNode } from '../server/node.js';
 import type { NodeStatus } from '../server/admin.js';
+import { formatBytes } from '../lib/size.js';
 
 const usage = `blockmirror — replicated block storage served over NBD
 
@@ -145,23 +146,32 @@ async function status(args: string[]): Promise<number> {
   if (flags.switches.has('--json')) {
     process.stdout.write(JSON.stringify({ nodes: results }, null, 2) + '\n');
   } else {
-    const rows: string[][] = [['NODE', 'VOLUME', 'SIZE', 'MODE', 'ROLE', 'DISK', 'WRITES', 'READS']];
+    const rows: string[][] = [['NODE', 'VOLUME', 'SIZE', 'MODE', 'ROLE', 'DISK', 'WRITES', 'READS', 'LAST SEQ', 'PEER', 'REPLICATION', 'PEER DISK', 'ACKED SEQ', 'LAG', 'OUT OF SYNC']];
     for (const result of results) {
       if (!('status' in result) || result.status === undefined) {
-        rows.push([result.url, '-', '-', '-', 'unreachable', '-', '-', '-']);
+        rows.push([result.url, '-', '-', '-', 'unreachable']);
         continue;
       }
       for (const volume of result.status.volumes) {
-        rows.push([
+        const own = [
           result.status.node,
           volume.name,
-          String(volume.sizeBytes),
+          formatBytes(volume.sizeBytes),
           volume.mode,
           volume.role,
           volume.disk,
           String(volume.stats['writeOps'] ?? 0),
           String(volume.stats['readOps'] ?? 0),
-        ]);
+          String(volume.log.lastSeq),
+        ];
+        const peers = volume.peers ?? [];
+        if (peers.length === 0) {
+          const source = volume.source;
+          rows.push(source === null || source === undefined ? own : [...own, `<- ${source.node}`, source.connected ? 'streaming' : 'disconnected']);
+        }
+        for (const peer of peers) {
+          rows.push([...own, `-> ${peer.node}`, peer.replication, peer.disk, String(peer.ackedSeq), formatBytes(peer.lagBytes), formatBytes(peer.outOfSyncBytes)]);
+        }
       }
     }
     const widths = rows[0]!.map((_, column) => Math.max(...rows.map((row) => (row[column] ?? '').length)));
@@ -179,13 +189,18 @@ nodes:
     replication: 127.0.0.1:7701
     admin: 127.0.0.1:9701
     dataDir: ./data/a
+  - id: b
+    nbd: 127.0.0.1:10810
+    replication: 127.0.0.1:7702
+    admin: 127.0.0.1:9702
+    dataDir: ./data/b
 volumes:
   - name: vol0
     size: 1GiB
-    replicas: [a]
+    replicas: [a, b]
     primary: a
-    mode: local
-    description: blockmirror demo volume
+    mode: sync
+    description: blockmirror demo volume, mirrored from a to b
 `;
 
 async function demo(args: string[]): Promise<number> {
@@ -196,29 +211,66 @@ async function demo(args: string[]): Promise<number> {
   if (!fs.existsSync(configPath)) fs.writeFileSync(configPath, demoConfig);
   const config = loadClusterConfig(configPath);
   const main = fileURLToPath(import.meta.url);
-  const children = config.nodes.map((node) =>
-    spawn(process.execPath, [main, 'serve', '--config', configPath, '--node', node.id], {
+  // Each node in its own process group, so Ctrl-C reaches only this process, which
+  // stops the primaries first (they hand their last consistency point to the peers).
+  const children = config.nodes.map((node) => ({
+    node,
+    process: spawn(process.execPath, [main, 'serve', '--config', configPath, '--node', node.id], {
       stdio: ['ignore', 'inherit', 'inherit'],
+      detached: true,
     }),
+  }));
+  const exited = children.map(
+    (child) => new Promise<number>((resolve) => child.process.once('exit', (code) => resolve(code ?? 1))),
   );
-  process.stdout.write(`blockmirror demo: cluster file ${configPath}\n`);
-  for (const node of config.nodes) {
-    for (const volume of config.volumes.filter((v) => v.replicas.includes(node.id))) {
-      process.stdout.write(`  volume ${volume.name} on node ${node.id}: nbd://${formatAddress(node.nbd)}/${volume.name}\n`);
+  let stopping = false;
+  const stop = async (): Promise<void> => {
+    if (stopping) return;
+    stopping = true;
+    const primaries = new Set(config.volumes.map((volume) => volume.primary));
+    const order = [...children.filter((child) => primaries.has(child.node.id)), ...children.filter((child) => !primaries.has(child.node.id))];
+    for (const child of order) {
+      if (child.process.exitCode !== null) continue;
+      child.process.kill('SIGTERM');
+      await exited[children.indexOf(child)];
     }
-    process.stdout.write(`  node ${node.id} dashboard: http://${formatAddress(node.admin)}/\n`);
+  };
+  process.on('SIGINT', () => void stop());
+  process.on('SIGTERM', () => void stop());
+  process.stdout.write(`blockmirror demo: cluster file ${configPath}\n`);
+  const ready = await waitForStreaming(config, exited);
+  for (const volume of config.volumes) {
+    const primary = config.nodes.find((node) => node.id === volume.primary);
+    if (primary === undefined) continue;
+    const peers = volume.replicas.filter((id) => id !== primary.id);
+    const mirrored = peers.length === 0 || volume.mode === 'local' ? 'not mirrored' : `${volume.mode}-mirrored to ${peers.join(', ')}`;
+    process.stdout.write(`  volume ${volume.name} (${formatBytes(volume.sizeBytes)}, ${mirrored}): nbd://${formatAddress(primary.nbd)}/${volume.name}\n`);
   }
+  for (const node of config.nodes) process.stdout.write(`  node ${node.id} dashboard: http://${formatAddress(node.admin)}/\n`);
+  if (!ready) process.stdout.write('  (the peers are not streaming yet; see blockmirror status)\n');
+  process.stdout.write(`  status: blockmirror status --config ${configPath}\n`);
   process.stdout.write('  try: qemu-io -f raw nbd://127.0.0.1:10809/vol0 -c "write -P 0xab 0 1M" -c "read -P 0xab 0 1M"\n');
   process.stdout.write('Press Ctrl-C to stop.\n');
-  const forward = (signal: NodeJS.Signals): void => {
-    for (const child of children) if (child.exitCode === null) child.kill(signal);
-  };
-  process.on('SIGINT', forward);
-  process.on('SIGTERM', forward);
-  const codes = await Promise.all(
-    children.map((child) => new Promise<number>((resolve) => child.once('exit', (code) => resolve(code ?? 1)))),
-  );
+  const codes = await Promise.all(exited);
   return codes.every((code) => code === 0) ? 0 : 1;
+}
+
+/** Waits (bounded) until every primary streams to every peer; false if it did not happen in time. */
+async function waitForStreaming(config: ClusterConfig, exited: Promise<number>[]): Promise<boolean> {
+  let gone = false;
+  void Promise.race(exited).then(() => (gone = true));
+  const deadline = Date.now() + 30_000;
+  while (Date.now() < deadline && !gone) {
+    const statuses = await Promise.all(
+      config.nodes.map((node) => fetchStatus(`http://${formatAddress(node.admin)}`).catch(() => null)),
+    );
+    const streaming = statuses.every(
+      (status) => status !== null && status.volumes.every((volume) => (volume.peers ?? []).every((peer) => peer.replication === 'streaming')),
+    );
+    if (streaming) return true;
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+  return false;
 }
 
 async function main(argv: string[]): Promise<number> {

@@ -9,6 +9,8 @@ export type ErrorCode =
   | 'ERR_LOG_CORRUPT'
   | 'ERR_ADDRESS_IN_USE'
   | 'ERR_USAGE'
+  | 'ERR_PEER_PROTOCOL'
+  | 'ERR_REPLICA_UNAVAILABLE'
   | 'ERR_ADMIN_UNREACHABLE';
 
 export class BlockmirrorError extends Error {

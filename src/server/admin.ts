@@ -17,8 +17,26 @@ export interface VolumeStatus {
   role: 'primary' | 'secondary';
   disk: 'up-to-date' | 'outdated' | 'inconsistent' | 'failed' | 'diskless';
   readOnly: boolean;
+  /** The node that takes this volume's writes. */
+  primary: string | null;
   stats: Record<string, number>;
   log: LogStatus;
+  /** On the primary: each peer it mirrors to. */
+  peers: PeerReplicationStatus[];
+  /** On a secondary: the primary's links. */
+  source: { node: string; connected: boolean; storedSeq: number; syncedCpSeq: number } | null;
+}
+
+export interface PeerReplicationStatus {
+  node: string;
+  replication: 'streaming' | 'connecting' | 'disconnected' | 'catching-up' | 'resyncing';
+  disk: 'up-to-date' | 'outdated' | 'inconsistent' | 'failed' | 'diskless';
+  ackedSeq: number;
+  durableSeq: number;
+  syncedSeq: number;
+  lagBytes: number;
+  outOfSyncBytes: number;
+  connections: number;
 }
 
 export interface NodeStatus {
@@ -38,19 +56,38 @@ export function nodeStatus(node: BlockmirrorNode): NodeStatus {
     uptimeSeconds: Math.round((Date.now() - node.startedAtMs) / 1000),
     nbd: node.nbdAddress === null ? '' : `${node.nbdAddress.host}:${node.nbdAddress.port}`,
     connections: node.connectionCount,
-    counters: { ...node.counters },
-    volumes: [...node.volumes.values()].map(({ config, identity, volume }) => ({
-      name: config.name,
-      uuid: identity.uuid,
-      sizeBytes: identity.sizeBytes,
-      mode: config.mode,
-      // A local volume has one replica, which is its primary and current unless its disk failed.
-      role: 'primary',
-      disk: volume.failed ? 'failed' : 'up-to-date',
-      readOnly: config.readOnly,
-      stats: { ...volume.stats },
-      log: volume.log.status(),
-    })),
+    counters: { ...node.counters, ...node.peerCounters },
+    volumes: [...node.volumes.values()].map(({ config, identity, volume, role, mirror, target }) => {
+      const source = target === null ? null : target.status();
+      return {
+        name: config.name,
+        uuid: identity.uuid,
+        sizeBytes: identity.sizeBytes,
+        mode: config.mode,
+        role,
+        // A secondary knows it is current only while its primary streams to it.
+        disk: volume.failed || source?.failed === true ? 'failed' : source === null || source.session ? 'up-to-date' : 'outdated',
+        readOnly: config.readOnly,
+        primary: config.mode === 'local' ? node.node.id : config.primary,
+        stats: { ...volume.stats },
+        log: volume.log.status(),
+        peers: (mirror?.status() ?? []).map((peer) => ({
+          node: peer.peer,
+          replication: peer.replication,
+          disk: peer.disk,
+          ackedSeq: peer.ackedSeq,
+          durableSeq: peer.durableSeq,
+          syncedSeq: peer.syncedSeq,
+          lagBytes: peer.lagBytes,
+          outOfSyncBytes: peer.outOfSyncBytes,
+          connections: peer.connections.filter((link) => link.state === 'up').length,
+        })),
+        source:
+          source === null
+            ? null
+            : { node: source.source, connected: source.session, storedSeq: source.storedSeq, syncedCpSeq: source.syncedCpSeq },
+      };
+    }),
   };
 }
 

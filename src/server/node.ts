@@ -16,18 +16,31 @@ import { applyEntry, LocalVolume } from '../storage/local-volume.js';
 import { WriteLog, type LogOptions, type RecoveryReport } from '../storage/write-log.js';
 import { prepareVolumeFiles, type VolumeIdentity } from '../storage/volume-files.js';
 import { AdminServer } from './admin.js';
+import { MirrorEngine } from './mirror-engine.js';
 import { NbdConnection, type ConnectionCounters, type VolumeCatalog } from './nbd-connection.js';
+import { PeerServer } from './peer-server.js';
+import { ReplicaTarget } from './replica-target.js';
 
 export interface ServedVolume {
   config: VolumeConfig;
   identity: VolumeIdentity;
   volume: LocalVolume;
+  /** `primary` takes client writes (a local volume is always its own primary). */
+  role: 'primary' | 'secondary';
+  /** The primary's mirror engine (mirrored volumes only). */
+  mirror: MirrorEngine | null;
+  /** The secondary's end of the primary's links. */
+  target: ReplicaTarget | null;
 }
 
 export class BlockmirrorNode {
   readonly node: NodeConfig;
   readonly volumes = new Map<string, ServedVolume>();
   readonly counters: ConnectionCounters = { requests: 0, errorReplies: 0, protocolErrors: 0 };
+  readonly peerCounters = { peerProtocolErrors: 0, peerRefusals: 0 };
+  private readonly targets = new Map<string, ReplicaTarget>();
+  private peerServer: PeerServer | null = null;
+  replicationAddress: Address | null = null;
   private readonly connections = new Set<NbdConnection>();
   private readonly ioActivity = new IoActivity();
   private readonly buffers = new BufferPool(constants.bufferPoolMinBytes, constants.bufferPoolBytesMax);
@@ -50,10 +63,10 @@ export class BlockmirrorNode {
     if (node === undefined) throw new ConfigError('--node', `no node "${nodeId}" in the cluster file`);
     this.node = node;
     config.volumes.forEach((volume, index) => {
-      if (volume.replicas.includes(nodeId) && volume.mode !== 'local') {
+      if (volume.replicas.includes(nodeId) && volume.mode !== 'local' && volume.multiPrimary) {
         throw new ConfigError(
-          `volumes[${index}].mode`,
-          `mode "${volume.mode}" needs the mirror engine, which this version does not have yet; use mode: local`,
+          `volumes[${index}].multiPrimary`,
+          'writes on several nodes need region tokens, which this version does not have yet; name one primary',
         );
       }
     });
@@ -64,6 +77,9 @@ export class BlockmirrorNode {
       if (!config.replicas.includes(this.node.id)) continue;
       await this.openVolume(config);
     }
+    this.peerServer = new PeerServer(this.config, this.node, this.targets, this.log, this.peerCounters);
+    this.replicationAddress = await this.peerServer.start();
+    for (const served of this.volumes.values()) served.mirror?.start();
     this.checkpointTimer = setInterval(() => {
       for (const served of this.volumes.values()) this.checkpoint(served);
     }, this.config.log.cpIntervalMs);
@@ -77,6 +93,7 @@ export class BlockmirrorNode {
       cluster: this.config.cluster,
       nbd: formatAddress(this.nbdAddress),
       admin: formatAddress(this.adminAddress),
+      replication: formatAddress(this.replicationAddress),
       volumes: [...this.volumes.keys()].join(','),
     });
   }
@@ -98,8 +115,18 @@ export class BlockmirrorNode {
       activity: this.ioActivity,
     });
     const log = this.log.child({ volume: config.name });
+    const role = config.mode === 'local' || config.primary === this.node.id ? 'primary' : 'secondary';
+    const mirrored = role === 'primary' && config.mode !== 'local' && config.replicas.length > 1;
+    // The primary's entries reach its mirror engine as the log places them; the engine
+    // exists once the log is open and recovered (nothing is placed before that but the
+    // start's consistency point marker, which the engine's start sequence number covers).
+    let engine: MirrorEngine | null = null;
     const logOptions: LogOptions = {
-      dir: path.join(this.node.dataDir, 'log', config.name),
+      // A secondary keeps one log per source node (fan-in never mixes sources).
+      dir:
+        role === 'primary'
+          ? path.join(this.node.dataDir, 'log', config.name)
+          : path.join(this.node.dataDir, 'peers', config.primary ?? '', config.name),
       geometry: { partitionBytes: this.config.log.partitionBytes, partitions: this.config.log.partitions },
       volumeUuid: identity.uuid,
       volumeId: Number.parseInt(identity.uuid.slice(0, 8), 16),
@@ -107,6 +134,8 @@ export class BlockmirrorNode {
       inlineWriteBytesMax: constants.logInlineWriteBytesMax,
       log,
       onCheckpointWanted: () => this.checkpointSoon(config.name),
+      ...(role === 'secondary' ? { replica: { deferApply: config.mode === 'logship' } } : {}),
+      ...(mirrored ? { onPlaced: (...args) => engine?.placed(...args) } : {}),
     };
     const started = Date.now();
     let opened: { log: WriteLog; recovery: RecoveryReport };
@@ -130,7 +159,18 @@ export class BlockmirrorNode {
       volume = new LocalVolume(config.name, disk, reopened.log, constants.zeroWriteChunkBytes);
       log.info('log geometry changed', { ...logOptions.geometry });
     }
-    this.volumes.set(config.name, { config, identity, volume });
+    let target: ReplicaTarget | null = null;
+    if (mirrored) {
+      const mirrorLog = volume.log;
+      engine = new MirrorEngine(this.config, this.node, config, mirrorLog.lastSeq, () => mirrorLog.retainersChanged(), log, this.peerCounters);
+      const mirror = engine;
+      mirrorLog.addRetainer((partition) => mirror.retains(partition.lastSeq));
+      volume.attachMirror(mirror);
+    } else if (role === 'secondary') {
+      target = new ReplicaTarget(config, volume, log, this.peerCounters);
+      this.targets.set(config.name, target);
+    }
+    this.volumes.set(config.name, { config, identity, volume, role, mirror: engine, target });
     log.info(created ? 'volume created' : 'volume opened', {
       uuid: identity.uuid,
       sizeBytes: identity.sizeBytes,
@@ -157,7 +197,7 @@ export class BlockmirrorNode {
 
   private checkpoint(served: ServedVolume): void {
     if (served.volume.failed) return;
-    served.volume.checkpoint().catch((error: unknown) => {
+    served.volume.checkpoint().then(() => served.mirror?.checkpointTaken(served.volume.log.status().cpSeq), (error: unknown) => {
       this.log.error('consistency point failed', { volume: served.config.name, error: String(error) });
     });
   }
@@ -174,15 +214,25 @@ export class BlockmirrorNode {
     await Promise.all([...this.connections].map((connection) => connection.shutdown(constants.shutdownDrainMs)));
     await serverClosed;
     if (this.checkpointTimer !== null) clearInterval(this.checkpointTimer);
-    for (const { volume, config } of this.volumes.values()) {
+    for (const { volume, config, mirror, target } of this.volumes.values()) {
+      target?.close();
+      let clean = false;
       try {
-        // A final CP: the next start has nothing to replay.
-        if (!volume.failed) await volume.checkpoint();
+        // A final CP: the next start has nothing to replay, here or on the peers.
+        if (!volume.failed) {
+          await volume.checkpoint();
+          clean = true;
+        }
       } catch (error) {
         this.log.error('consistency point failed at shutdown', { volume: config.name, error: String(error) });
       }
+      if (mirror !== null) {
+        if (clean) mirror.checkpointTaken(volume.log.status().cpSeq);
+        await mirror.stop(clean ? volume.log.lastSeq : null);
+      }
       await volume.close();
     }
+    await this.peerServer?.stop();
     await this.admin?.stop();
     this.log.info('node stopped', { node: this.node.id });
   }
@@ -207,13 +257,24 @@ export class BlockmirrorNode {
     lookup: (name: string): ExportLookup => {
       const served = this.resolve(name);
       if (served === undefined) return { kind: 'unknown' };
+      if (served.role === 'secondary') {
+        const primary = served.config.primary ?? '?';
+        const where = this.config.nodes.find((node) => node.id === primary);
+        const at = where === undefined ? '' : ` at ${formatAddress(where.nbd)}`;
+        if (!served.config.allowSecondaryReads) {
+          return { kind: 'refused', message: `volume ${served.config.name} is served by its primary, node ${primary}${at}; this node holds a secondary copy` };
+        }
+        if (served.target?.status().session !== true) {
+          return { kind: 'refused', message: `the secondary copy of ${served.config.name} on this node is not up to date; use the primary, node ${primary}${at}` };
+        }
+      }
       return {
         kind: 'ok',
         export: {
           name: served.config.name,
           description: served.config.description,
           sizeBytes: served.identity.sizeBytes,
-          readOnly: served.config.readOnly,
+          readOnly: served.config.readOnly || served.role === 'secondary',
         },
       };
     },
@@ -225,9 +286,9 @@ export class BlockmirrorNode {
     },
   };
 
-  /** '' (the default export of NBD clients given no name) is the first volume served. */
+  /** '' (the default export of NBD clients given no name) is the first volume this node is primary of. */
   private resolve(name: string): ServedVolume | undefined {
-    if (name === '') return this.volumes.values().next().value;
+    if (name === '') return [...this.volumes.values()].find((served) => served.role === 'primary') ?? this.volumes.values().next().value;
     return this.volumes.get(name);
   }
 }

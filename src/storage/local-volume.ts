@@ -118,8 +118,22 @@ export class VolumeFailedError extends BlockmirrorError {
   }
 }
 
+/**
+ * The mirror engine's say in a request: a request is answered only when the peers hold
+ * its entries as the volume's mode requires (a FUA write or FLUSH: durably).
+ */
+export interface MirrorGate {
+  /** Resolves when the peers have entries through `seq`; rejects when the request must fail (a strict volume). */
+  mirrored(seq: number, durable: boolean): Promise<void>;
+  /** The last entry handed to the mirror: a FLUSH covers everything up to it. */
+  readonly lastSeq: number;
+  /** Why a change must be refused before it is made (a strict volume missing a replica), or null. */
+  refusal(): Error | null;
+}
+
 export class LocalVolume {
   private readonly order = new RangeOrder();
+  private gate: MirrorGate | null = null;
   private failure: VolumeFailedError | null = null;
   readonly stats: VolumeStats = {
     readOps: 0,
@@ -163,7 +177,7 @@ export class LocalVolume {
 
   /** Writes `payload` (slices written back to back) at `offset`. */
   async write(payload: readonly Buffer[], offset: number, fua: boolean): Promise<void> {
-    this.checkHealthy();
+    this.checkWritable();
     const total = payload.reduce((sum, slice) => sum + slice.length, 0);
     const pieceMax = this.log.entryPayloadBytesMax;
     const done: Promise<void>[] = [];
@@ -178,12 +192,12 @@ export class LocalVolume {
     await this.counted(Promise.all(done));
     this.stats.writeOps += 1;
     this.stats.writeBytes += total;
-    if (fua) await this.counted(this.log.syncTo(lastSeq));
+    await this.finish(lastSeq, fua);
   }
 
   /** Zeroes a range. Returns 'slow' when `fast` was asked and only writing zeroes would do. */
   async writeZeroes(offset: number, lengthBytes: number, options: ZeroOptions): Promise<'done' | 'slow'> {
-    this.checkHealthy();
+    this.checkWritable();
     // Asked before anything is logged, so a refused FAST_ZERO changes nothing.
     if (options.fast && !this.disk.canZeroFast(options.noHole)) return 'slow';
     this.stats.zeroOps += 1;
@@ -191,12 +205,12 @@ export class LocalVolume {
     const done: Promise<void>[] = [];
     const seq = this.logged(EntryType.ZEROES, offset, lengthBytes, flags, [], () => this.applyZeroes(offset, lengthBytes, options.noHole), done);
     await this.counted(Promise.all(done));
-    if (options.fua) await this.counted(this.log.syncTo(seq));
+    await this.finish(seq, options.fua);
     return 'done';
   }
 
   async trim(offset: number, lengthBytes: number, fua: boolean): Promise<void> {
-    this.checkHealthy();
+    this.checkWritable();
     this.stats.trimOps += 1;
     const done: Promise<void>[] = [];
     // TRIM is a hint: a disk that cannot punch holes keeps the data, which is allowed.
@@ -204,14 +218,71 @@ export class LocalVolume {
       await this.disk.punchHole(offset, lengthBytes);
     }, done);
     await this.counted(Promise.all(done));
-    if (fua) await this.counted(this.log.syncTo(seq));
+    await this.finish(seq, fua);
   }
 
-  /** Makes every change replied to so far durable (in the log). */
+  /** Makes every change replied to so far durable (in the log, and on the peers that count). */
   async flush(): Promise<void> {
     this.checkHealthy();
     this.stats.flushOps += 1;
-    await this.counted(this.log.syncTo(this.log.lastSeq));
+    const local = this.log.syncTo(this.log.lastSeq);
+    await this.counted<unknown>(this.gate === null ? local : Promise.all([local, this.gate.mirrored(this.gate.lastSeq, true)]));
+  }
+
+  /** Routes every later request through the mirror engine (the node's primary volumes). */
+  attachMirror(gate: MirrorGate): void {
+    assert(this.gate === null, 'mirror attached twice');
+    this.gate = gate;
+  }
+
+  /**
+   * Stores an entry received from the volume's primary: appended to this replica's log
+   * under the primary's sequence number and, unless `apply` is false (logship), applied
+   * to the volume file. Calls come in sequence order.
+   */
+  replicate(header: EntryHeader, payload: Buffer, apply: boolean): Promise<void> {
+    this.checkHealthy();
+    if (!apply) {
+      return this.counted(this.log.appendReplica(header, payload).written);
+    }
+    const { seq, written } = this.log.appendReplica(header, payload);
+    const applied = this.order.run(header.offset, header.offset + header.lengthBytes, () =>
+      applyEntry(this.disk, header, payload, this.zeroChunkBytes),
+    );
+    return this.counted(
+      Promise.all([written, applied]).then(
+        () => this.log.applied(seq),
+        (error: unknown) => {
+          this.fail(error);
+          throw error;
+        },
+      ),
+    );
+  }
+
+  /** Applies logged entries up to `seq` that were stored without applying (logship), in order. */
+  async applyLoggedThrough(seq: number): Promise<void> {
+    this.checkHealthy();
+    for (let next = this.log.appliedThrough + 1; next <= seq; next += 1) {
+      const { header, payload } = await this.counted(this.log.readEntry(next));
+      try {
+        await applyEntry(this.disk, header, payload, this.zeroChunkBytes);
+      } catch (error) {
+        this.fail(error);
+        throw error;
+      }
+      this.log.applied(next);
+    }
+  }
+
+  /** After the local part of a request: its durability, and the peers' part. */
+  private async finish(seq: number, durable: boolean): Promise<void> {
+    const local = durable ? this.log.syncTo(seq) : null;
+    if (this.gate === null) {
+      if (local !== null) await this.counted(local);
+      return;
+    }
+    await this.counted<unknown>(local === null ? this.gate.mirrored(seq, durable) : Promise.all([local, this.gate.mirrored(seq, durable)]));
   }
 
   /** A consistency point: the volume file durable, the log before it released. */
@@ -279,6 +350,16 @@ export class LocalVolume {
 
   private checkHealthy(): void {
     if (this.failure !== null) throw this.failure;
+  }
+
+  /** Before a change: the volume is healthy and the mirror takes it. */
+  private checkWritable(): void {
+    this.checkHealthy();
+    const refusal = this.gate?.refusal() ?? null;
+    if (refusal !== null) {
+      this.stats.errors += 1;
+      throw refusal;
+    }
   }
 
   private async counted<T>(operation: Promise<T>): Promise<T> {

@@ -78,6 +78,22 @@ export interface LogOptions {
   log: Logger;
   /** Called when the log wants a consistency point (a partition filled up). */
   onCheckpointWanted: () => void;
+  /**
+   * A replica's log of the entries its primary sends (under the primary's sequence
+   * numbers, appended with appendReplica, no CP markers of its own). With `deferApply`
+   * (logship) entries are applied to the volume only at the primary's CPs: recovery
+   * does not apply them, and readEntry() reads them back.
+   */
+  replica?: { deferApply: boolean };
+  /** Every entry as it is placed, in sequence order: its encoded header and payload (the mirror's tap). */
+  onPlaced?: (seq: number, header: Buffer, payload: readonly Buffer[], offset: number, type: EntryType) => void;
+}
+
+/** The fields of an entry a caller chooses (the log adds the rest). */
+export interface EntryFields {
+  offset: number;
+  lengthBytes: number;
+  flags: number;
 }
 
 /** Applies one recovered entry to the volume, in sequence order. */
@@ -189,6 +205,21 @@ function readSuperblock(file: string): Superblock {
     throw new LogCorruptError(`${file}: superblock checksum or format mismatch`);
   }
   return superblock;
+}
+
+/** Fills `buffer` from `position` of the file, or fails if the file ends first. */
+function readFull(fd: number, buffer: Buffer, position: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const step = (done: number): void => {
+      if (done === buffer.length) return resolve();
+      fs.read(fd, buffer, done, buffer.length - done, position + done, (error, count) => {
+        if (error !== null) return reject(error);
+        if (count === 0) return reject(new LogCorruptError(`log file ends at ${position + done}, inside an entry`));
+        step(done + count);
+      });
+    };
+    step(0);
+  });
 }
 
 /** A copy of the `count` bytes that end `skipFromEnd` bytes before the end of `buffers`. */
@@ -426,7 +457,8 @@ export class WriteLog {
       }
       if (header !== null && payload !== null) {
         session = this.logIds.indexOf(header.logId);
-        await apply(header, payload);
+        if (this.options.replica?.deferApply === true) this.positions.set(header.seq, { generation, offset });
+        else await apply(header, payload);
         this.recordPlaced(generation, header.seq);
         report.replayedEntries += 1;
         report.replayedBytes += header.lengthBytes;
@@ -459,7 +491,8 @@ export class WriteLog {
     this.tail = { generation, blockStart, bytes: this.readAt(generation, blockStart, offset - blockStart) };
     this.nextSeq = expected;
     this.appendedSeq = expected - 1;
-    this.appliedSeq = expected - 1;
+    // A logship replica's entries after the CP are in its log only, not in its volume.
+    this.appliedSeq = this.options.replica?.deferApply === true ? this.cpSeq : expected - 1;
     this.durableSeq = expected - 1;
     return report;
   }
@@ -576,13 +609,29 @@ export class WriteLog {
    * Appends an entry. The sequence number is assigned now (so the caller's order is the
    * log's order); `written` resolves once the entry is in the log file (not yet durable).
    */
-  append(
+  append(type: EntryType, fields: EntryFields, payload: readonly Buffer[]): { seq: number; written: Promise<void> } {
+    assert(this.options.replica === undefined || type === EntryType.CONSISTENCY_POINT, 'a replica log takes entries from its primary');
+    return this.appendAs(this.nextSeq, type, fields, 0, payload);
+  }
+
+  /**
+   * Appends an entry received from the primary under the primary's sequence number,
+   * which must be the next one here (the replica's log has the primary's sequence).
+   */
+  appendReplica(source: EntryHeader, payload: Buffer): { seq: number; written: Promise<void> } {
+    assert(this.options.replica !== undefined, 'not a replica log');
+    assert(source.seq === this.nextSeq, `replica entry ${source.seq} appended after ${this.nextSeq - 1}`);
+    return this.appendAs(source.seq, source.type, source, source.epoch, payload.length === 0 ? [] : [payload]);
+  }
+
+  private appendAs(
+    seq: number,
     type: EntryType,
-    fields: { offset: number; lengthBytes: number; flags: number },
+    fields: EntryFields,
+    epoch: number,
     payload: readonly Buffer[],
   ): { seq: number; written: Promise<void> } {
     assert(!this.closed, 'log is closed');
-    const seq = this.nextSeq;
     this.nextSeq += 1;
     const payloadBytes = payload.reduce((sum, slice) => sum + slice.length, 0);
     assert(payloadBytes <= this.entryPayloadBytesMax, 'entry larger than a log entry may be');
@@ -599,10 +648,11 @@ export class WriteLog {
           offset: fields.offset,
           lengthBytes: fields.lengthBytes,
           generation: position.generation,
-          epoch: 0,
+          epoch,
         },
         payload,
       );
+      this.options.onPlaced?.(seq, header, payload, fields.offset, type);
       const padding = bytes - ENTRY_HEADER_BYTES - payloadBytes;
       const buffers = padding > 0 ? [header, ...payload, Buffer.alloc(padding)] : [header, ...payload];
       return new Promise<void>((resolve, reject) => {
@@ -611,6 +661,34 @@ export class WriteLog {
       });
     });
     return { seq, written };
+  }
+
+  /**
+   * Reads back an entry appended and written but not yet applied (a logship replica
+   * applies its entries at the primary's consistency points).
+   */
+  async readEntry(seq: number): Promise<{ header: EntryHeader; payload: Buffer }> {
+    assert(seq <= this.appendedSeq, `entry ${seq} is not written yet`);
+    const position = this.positions.get(seq);
+    assert(position !== undefined, `entry ${seq} has no known position`);
+    const fd = this.slotOf(position.generation).fd;
+    const head = Buffer.alloc(ENTRY_HEADER_BYTES);
+    await readFull(fd, head, position.offset);
+    const header = decodeEntryHeader(head);
+    if (typeof header === 'string' || header.seq !== seq || header.generation !== position.generation) {
+      throw new LogCorruptError(`${this.where(position.generation, position.offset)}: entry ${seq} reads back damaged (${typeof header === 'string' ? header : 'wrong entry'})`);
+    }
+    const payload = Buffer.alloc(header.payloadBytes);
+    await readFull(fd, payload, position.offset + ENTRY_HEADER_BYTES);
+    if (!payloadMatches(header, payload)) {
+      throw new LogCorruptError(`${this.where(position.generation, position.offset)}: entry ${seq} payload checksum mismatch on read-back`);
+    }
+    return { header, payload };
+  }
+
+  /** The last entry applied to the volume in sequence (all before it are applied too). */
+  get appliedThrough(): number {
+    return this.appliedSeq;
   }
 
   /**
@@ -827,7 +905,7 @@ export class WriteLog {
     // clean stop leaves nothing to replay. It is written only when it fits at once: a CP
     // must never wait for log space, since freeing log space is what it is for.
     let cpSeq = target;
-    if (this.canPlaceNow(alignedEntryBytes(0))) {
+    if (this.options.replica === undefined && this.canPlaceNow(alignedEntryBytes(0))) {
       const marker = this.append(EntryType.CONSISTENCY_POINT, { offset: target, lengthBytes: 0, flags: 0 }, []);
       // Placed synchronously by append(): what follows the marker goes here.
       const afterMarker = this.placementPoint();
@@ -858,6 +936,11 @@ export class WriteLog {
     this.checkpoints += 1;
     this.lastCheckpointMs = Math.round(performance.now() - startedMs);
     this.release();
+  }
+
+  /** A retainer may have changed its mind: partitions it held may be free now. */
+  retainersChanged(): void {
+    if (!this.closed) this.release();
   }
 
   /** Frees every partition the last CP covers, unless a retainer still needs it. */

@@ -4,6 +4,7 @@
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -55,6 +56,21 @@ export interface LogSpec {
 /** Small log files, so each test node is created quickly. */
 export const testLog: LogSpec = { partitionSize: '4MiB', partitions: 3, cpIntervalMs: 1000 };
 
+/** The parts of GET /api/v1/status that tests read. */
+export interface NodeStatusJson {
+  node: string;
+  counters: Record<string, number>;
+  volumes: {
+    name: string;
+    role: string;
+    disk: string;
+    mode: string;
+    log: { lastSeq: number; cpSeq: number; durableSeq: number };
+    peers: { node: string; replication: string; disk: string; ackedSeq: number; lagBytes: number; outOfSyncBytes: number; connections: number }[];
+    source: { node: string; connected: boolean; storedSeq: number } | null;
+  }[];
+}
+
 export interface NodeOptions {
   /** Reuse a directory (and its data) from an earlier node to restart it. */
   dir?: string;
@@ -68,11 +84,14 @@ export class TestNode {
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   nbdPort = 0;
   adminPort = 0;
+  nbdHost = '127.0.0.1';
 
   constructor(
     readonly dir: string,
     readonly configPath: string,
     readonly child: ChildProcess,
+    /** The node's dataDir, relative to `dir`. */
+    readonly dataSubdir = 'data',
   ) {
     live.add(child);
     child.stderr?.setEncoding('utf8');
@@ -93,7 +112,7 @@ export class TestNode {
   }
 
   get dataDir(): string {
-    return path.join(this.dir, 'data');
+    return path.join(this.dir, this.dataSubdir);
   }
 
   imagePath(volume: string): string {
@@ -101,7 +120,25 @@ export class TestNode {
   }
 
   uri(volume: string): string {
-    return `nbd://127.0.0.1:${this.nbdPort}/${volume}`;
+    return `nbd://${this.nbdHost}:${this.nbdPort}/${volume}`;
+  }
+
+  /** The node's own status from its admin API. */
+  async status(): Promise<NodeStatusJson> {
+    const response = await fetch(`http://${this.nbdHost}:${this.adminPort}/api/v1/status`);
+    return (await response.json()) as NodeStatusJson;
+  }
+
+  /** Waits until `check` holds for the node's status (polling, bounded). */
+  async waitStatus(what: string, check: (status: NodeStatusJson) => boolean, timeoutMs = 15_000): Promise<NodeStatusJson> {
+    const deadline = Date.now() + timeoutMs;
+    let last: NodeStatusJson | null = null;
+    while (Date.now() < deadline) {
+      last = await this.status();
+      if (check(last)) return last;
+      await sleep(50);
+    }
+    throw new Error(`node status: ${what} did not happen within ${timeoutMs} ms; last status ${JSON.stringify(last)}`);
   }
 
   get logs(): string {
@@ -121,6 +158,7 @@ export class TestNode {
     while (Date.now() < deadline) {
       const ready = this.records().find((record) => record['msg'] === 'node ready');
       if (ready !== undefined) {
+        this.nbdHost = String(ready['nbd']).split(':')[0] ?? '127.0.0.1';
         this.nbdPort = Number(String(ready['nbd']).split(':').pop());
         this.adminPort = Number(String(ready['admin']).split(':').pop());
         return;
@@ -184,6 +222,98 @@ export async function startNode(options: NodeOptions = {}): Promise<TestNode> {
     env: { ...process.env, ...options.env },
   });
   const node = new TestNode(dir, configPath, child);
+  await node.waitReady();
+  return node;
+}
+
+/** A port free on `host` right now (the kernel's choice; closed again before use). */
+export function freePort(host: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once('error', reject);
+    server.listen({ host, port: 0 }, () => {
+      const address = server.address();
+      const port = typeof address === 'object' && address !== null ? address.port : 0;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+export interface ClusterNodeSpec {
+  id: string;
+  /** Loopback address of the NBD and admin listeners (default 127.0.0.1). */
+  host?: string;
+  /** Loopback address of the replication link (default: `host`, the same network). */
+  replicationHost?: string;
+}
+
+export interface ClusterVolumeSpec {
+  name: string;
+  size: string;
+  replicas: string[];
+  primary: string;
+  mode: 'sync' | 'async' | 'logship' | 'local';
+  strict?: boolean;
+  allowSecondaryReads?: boolean;
+}
+
+export interface ClusterSpec {
+  nodes: ClusterNodeSpec[];
+  volumes: ClusterVolumeSpec[];
+  secret?: string;
+  connections?: number;
+  log?: LogSpec;
+}
+
+/**
+ * Writes a cluster file for several nodes in `dir` (each with dataDir `data-<id>`).
+ * Replication ports must be known to every node, so they are chosen here; NBD and
+ * admin ports are left to the kernel and read from each node's log.
+ */
+export async function writeClusterConfig(dir: string, spec: ClusterSpec, name = 'cluster.yaml'): Promise<string> {
+  const log = spec.log ?? testLog;
+  const nodes: string[] = [];
+  for (const node of spec.nodes) {
+    const host = node.host ?? '127.0.0.1';
+    const replicationHost = node.replicationHost ?? host;
+    nodes.push(`  - id: ${node.id}
+    nbd: ${host}:0
+    replication: ${replicationHost}:${await freePort(replicationHost)}
+    admin: ${host}:0
+    dataDir: ./data-${node.id}`);
+  }
+  const volumes = spec.volumes.map(
+    (volume) => `  - name: ${volume.name}
+    size: ${volume.size}
+    replicas: [${volume.replicas.join(', ')}]
+    primary: ${volume.primary}
+    mode: ${volume.mode}
+    strict: ${volume.strict === true}
+    allowSecondaryReads: ${volume.allowSecondaryReads === true}`,
+  );
+  const text = `cluster: test
+secret: ${spec.secret ?? 'test-secret-123'}
+connections: ${spec.connections ?? 2}
+log:
+  partitionSize: ${log.partitionSize}
+  partitions: ${log.partitions}
+  cpIntervalMs: ${log.cpIntervalMs}
+nodes:
+${nodes.join('\n')}
+volumes:
+${volumes.join('\n')}
+`;
+  const configPath = path.join(dir, name);
+  fs.writeFileSync(configPath, text);
+  return configPath;
+}
+
+/** Starts node `id` of a cluster file written by writeClusterConfig and waits until it listens. */
+export async function startClusterNode(dir: string, configPath: string, id: string): Promise<TestNode> {
+  const child = spawn(process.execPath, [cliPath, 'serve', '--config', configPath, '--node', id], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  const node = new TestNode(dir, configPath, child, `data-${id}`);
   await node.waitReady();
   return node;
 }

@@ -75,18 +75,18 @@ test('a bad cluster file stops serve with exit 2 and names the field', async () 
   assert.equal(fs.existsSync(path.join(dir, 'd')), false);
 });
 
-test('a volume whose mode needs mirroring is refused, naming the field', async () => {
+test('a mirrored multiPrimary volume is refused, naming the field; an unknown --node too', async () => {
   const dir = tempDir();
   const file = path.join(dir, 'c.yaml');
   fs.writeFileSync(
     file,
     `cluster: x\nsecret: s3cret-abc\nnodes:\n  - {id: a, nbd: "127.0.0.1:0", replication: "127.0.0.1:0", admin: "127.0.0.1:0", dataDir: d}\n` +
       `  - {id: b, nbd: "127.0.0.1:0", replication: "127.0.0.1:0", admin: "127.0.0.1:0", dataDir: e}\n` +
-      `volumes:\n  - {name: v, size: 1GiB, replicas: [a, b], primary: a, mode: sync}\n`,
+      `volumes:\n  - {name: v, size: 1GiB, replicas: [a, b], multiPrimary: true, mode: sync}\n`,
   );
   const result = await cli(['serve', '--config', file, '--node', 'a']);
   assert.equal(result.code, 2);
-  assert.match(result.stderr, /volumes\[0\]\.mode: mode "sync" needs the mirror engine/);
+  assert.match(result.stderr, /volumes\[0\]\.multiPrimary: writes on several nodes need region tokens/);
   const unknownNode = await cli(['serve', '--config', file, '--node', 'z']);
   assert.equal(unknownNode.code, 2);
   assert.match(unknownNode.stderr, /--node/);
@@ -188,7 +188,7 @@ test('admin API: status JSON, Prometheus metrics, dashboard, and blockmirror sta
     assert.equal((await fetch(`${base}/nope`)).status, 404);
 
     const table = await runOk(process.execPath, [cliPath, 'status', '--admin', base]);
-    assert.match(table.stdout, /^a\s+vol0\s+16777216\s+local\s+primary\s+up-to-date\s+2\s+/m);
+    assert.match(table.stdout, /^a\s+vol0\s+16MiB\s+local\s+primary\s+up-to-date\s+2\s+/m);
     const json = JSON.parse((await runOk(process.execPath, [cliPath, 'status', '--admin', base, '--json'])).stdout) as {
       nodes: { status: { volumes: unknown[] } }[];
     };
@@ -201,7 +201,7 @@ test('admin API: status JSON, Prometheus metrics, dashboard, and blockmirror sta
   assert.match(unreachable.stdout, /unreachable/);
 });
 
-test('demo (what npm start runs): serves vol0, stops cleanly on SIGINT', async () => {
+test('demo (what npm start runs): two nodes mirror vol0, and both stop cleanly on SIGINT with identical images', async () => {
   const dir = tempDir();
   const demo = spawn(process.execPath, [cliPath, 'demo', '--dir', path.join(dir, 'demo')], { stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
@@ -209,10 +209,11 @@ test('demo (what npm start runs): serves vol0, stops cleanly on SIGINT', async (
   demo.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
   const exited = new Promise<number | null>((resolve) => demo.once('exit', (code) => resolve(code)));
   try {
-    const deadline = Date.now() + 15_000;
-    while (!output.includes('"node ready"') && Date.now() < deadline && demo.exitCode === null) await sleep(50);
-    assert.match(output, /nbd:\/\/127\.0\.0\.1:10809\/vol0/);
-    assert.ok(output.includes('"node ready"'), output);
+    const deadline = Date.now() + 30_000;
+    while (!output.includes('Press Ctrl-C') && Date.now() < deadline && demo.exitCode === null) await sleep(50);
+    // The URI is printed once b streams.
+    assert.match(output, /volume vol0 \(1GiB, sync-mirrored to b\): nbd:\/\/127\.0\.0\.1:10809\/vol0/);
+    assert.doesNotMatch(output, /not streaming yet/);
     await runOk('qemu-io', ['-f', 'raw', 'nbd://127.0.0.1:10809/vol0', '-c', 'write -P 0x33 0 4k', '-c', 'read -P 0x33 0 4k']);
     const info = await runOk('nbdinfo', ['--size', 'nbd://127.0.0.1:10809/vol0']);
     assert.equal(info.stdout.trim(), String(1024 ** 3));
@@ -220,6 +221,9 @@ test('demo (what npm start runs): serves vol0, stops cleanly on SIGINT', async (
     demo.kill('SIGINT');
   }
   assert.equal(await exited, 0);
-  const image = fs.readFileSync(path.join(dir, 'demo', 'data', 'a', 'volumes', 'vol0.img'), { flag: 'r' }).subarray(0, 4096);
-  assert.ok(image.every((byte) => byte === 0x33));
+  for (const node of ['a', 'b']) {
+    const image = fs.readFileSync(path.join(dir, 'demo', 'data', node, 'volumes', 'vol0.img'), { flag: 'r' }).subarray(0, 8192);
+    assert.ok(image.subarray(0, 4096).every((byte) => byte === 0x33), `node ${node} has the write`);
+    assert.ok(image.subarray(4096).every((byte) => byte === 0), `node ${node} has nothing else`);
+  }
 });

@@ -1,0 +1,515 @@
+// The source side of mirroring one volume (DESIGN.md §1.1–1.3, §2): which log entries
+// each peer has been sent and has stored, and when a client's request may be answered.
+//
+// Pure: the node (or the simulator) reports events — an entry appended to the log, a
+// client request waiting, the local part of it done, a peer's ACK/FLUSHED/SYNCED, a peer
+// connected or lost — and gets back actions to perform: send an entry or a flush or a
+// sync request to a peer, complete a request, drop a peer. It never reads a clock, never
+// touches a socket or file and never throws for bad peer input (that is an action too).
+//
+// Every entry of the log is mirrored in sequence order, consistency-point markers
+// included, so a peer's per-source log has the same gap-free sequence as ours. A peer
+// is "in sync" while it is streaming and has been sent every entry; only in-sync peers
+// count for acknowledgements. A peer that misses an entry (it was not connected when the
+// entry was appended) is `outdated` until it is brought back (heartbeats and resync
+// arrive with the next issue); a peer that answers an entry with an error is `failed`.
+// Neither fails the client's request unless the volume is `strict`.
+//
+// Memory is bounded: the queue holds the entries that some in-sync peer has not
+// acknowledged. In sync mode those are requests still waiting for their reply; in
+// async and logship mode writes are held back once a peer lags by more than
+// `lagBytesMax`. At most `windowBytesMax` bytes are sent to a peer and not yet
+// acknowledged; the rest waits in the queue.
+
+import { assert } from '../lib/assert.js';
+
+export type MirrorMode = 'sync' | 'async' | 'logship';
+export type ReplicationState = 'connecting' | 'streaming' | 'disconnected' | 'catching-up' | 'resyncing';
+export type DiskState = 'up-to-date' | 'outdated' | 'inconsistent' | 'failed' | 'diskless';
+
+/** One log entry as the mirror sees it; `frame` is opaque here (the encoded entry). */
+export interface MirrorEntry<Frame> {
+  seq: number;
+  /** Header and payload bytes: what the entry costs in memory and on the wire. */
+  bytes: number;
+  /** Where in the volume it lands; peers route entries to connections by region. */
+  offset: number;
+  frame: Frame;
+}
+
+export type SourceAction<Frame> =
+  | { kind: 'send-entry'; peer: string; entry: MirrorEntry<Frame> }
+  | { kind: 'send-flush'; peer: string; seq: number }
+  | { kind: 'send-sync'; peer: string; cpSeq: number }
+  | { kind: 'complete'; token: number; error: string | null }
+  /** The peer no longer counts for acknowledgements; the node logs it loudly and closes its links. */
+  | { kind: 'peer-dropped'; peer: string; disk: DiskState; reason: string }
+  /** Log partitions that peers held may be free now. */
+  | { kind: 'release' };
+
+/** What a peer reported about its copy when it connected (its READY). */
+export interface PeerReady {
+  lastSeq: number;
+  durableSeq: number;
+  cpSeq: number;
+  disk: DiskState;
+}
+
+export interface PeerStatus {
+  peer: string;
+  replication: ReplicationState;
+  disk: DiskState;
+  sentSeq: number;
+  ackedSeq: number;
+  durableSeq: number;
+  syncedSeq: number;
+  /** Bytes appended here that the peer has not acknowledged (while in sync). */
+  lagBytes: number;
+  /** It can come back only through a resync. */
+  resyncNeeded: boolean;
+}
+
+export interface MirrorSourceOptions {
+  mode: MirrorMode;
+  strict: boolean;
+  peers: readonly string[];
+  /** The log's last sequence number when the mirror starts. */
+  lastSeq: number;
+  /** async/logship: writes wait while a peer lags by more than this. */
+  lagBytesMax: number;
+  /** Bytes sent to one peer and not yet acknowledged. */
+  windowBytesMax: number;
+  /**
+   * Peers known to lack writes (they missed some in an earlier run, or this node did not
+   * stop cleanly): they are not taken back by comparing sequence numbers alone.
+   */
+  resyncNeeded?: readonly string[];
+}
+
+interface Peer {
+  id: string;
+  replication: ReplicationState;
+  disk: DiskState;
+  inSync: boolean;
+  resyncNeeded: boolean;
+  sentSeq: number;
+  ackedSeq: number;
+  durableSeq: number;
+  syncedSeq: number;
+  /** Highest entry a FLUSH was sent for, and the highest one a waiting request needs durable. */
+  flushAskedSeq: number;
+  flushWantedSeq: number;
+  /** The consistency point last asked of the peer, and the one it should take. */
+  syncAskedSeq: number;
+  syncWantedSeq: number;
+}
+
+interface Queued<Frame> {
+  entry: MirrorEntry<Frame>;
+  /** Bytes appended up to and including this entry, since the mirror started. */
+  cumulativeBytes: number;
+}
+
+interface Waiter {
+  seq: number;
+  durable: boolean;
+  localDone: boolean;
+  localError: string | null;
+}
+
+export class MirrorSource<Frame> {
+  private readonly peers = new Map<string, Peer>();
+  private readonly queue: Queued<Frame>[] = [];
+  /** Sequence number of queue[0] (or of the next entry when the queue is empty). */
+  private queueFirstSeq: number;
+  private appendedSeq: number;
+  private appendedBytes = 0;
+  /** Bytes appended up to the entry just before queue[0]. */
+  private trimmedBytes = 0;
+  private readonly waiters = new Map<number, Waiter>();
+  /** The last consistency point taken here (a peer that connects later takes it too). */
+  private cpSeq = 0;
+
+  constructor(private readonly options: MirrorSourceOptions) {
+    assert(options.windowBytesMax > 0 && options.lagBytesMax > 0);
+    this.appendedSeq = options.lastSeq;
+    this.queueFirstSeq = options.lastSeq + 1;
+    for (const id of options.peers) {
+      this.peers.set(id, {
+        id,
+        replication: 'connecting',
+        disk: 'outdated',
+        inSync: false,
+        resyncNeeded: options.resyncNeeded?.includes(id) === true,
+        sentSeq: 0,
+        ackedSeq: 0,
+        durableSeq: 0,
+        syncedSeq: 0,
+        flushAskedSeq: 0,
+        flushWantedSeq: 0,
+        syncAskedSeq: 0,
+        syncWantedSeq: 0,
+      });
+    }
+  }
+
+  get mode(): MirrorMode {
+    return this.options.mode;
+  }
+
+  get lastSeq(): number {
+    return this.appendedSeq;
+  }
+
+  // ---- the log ------------------------------------------------------------------------
+
+  /** An entry was appended to the log (called in sequence order, as sequence numbers are assigned). */
+  appended(entry: MirrorEntry<Frame>): SourceAction<Frame>[] {
+    assert(entry.seq === this.appendedSeq + 1, `entry ${entry.seq} appended after ${this.appendedSeq}`);
+    this.appendedSeq = entry.seq;
+    this.appendedBytes += entry.bytes;
+    this.queue.push({ entry, cumulativeBytes: this.appendedBytes });
+    const actions: SourceAction<Frame>[] = [];
+    for (const peer of this.peers.values()) {
+      if (peer.inSync) this.pump(peer, actions);
+      else if (peer.disk === 'up-to-date') peer.disk = 'outdated';
+    }
+    this.trim();
+    return actions;
+  }
+
+  /** A consistency point is durable here; in-sync peers are asked to take it too. */
+  checkpoint(cpSeq: number): SourceAction<Frame>[] {
+    assert(cpSeq <= this.appendedSeq);
+    this.cpSeq = Math.max(this.cpSeq, cpSeq);
+    const actions: SourceAction<Frame>[] = [];
+    for (const peer of this.peers.values()) {
+      if (!peer.inSync) continue;
+      peer.syncWantedSeq = Math.max(peer.syncWantedSeq, cpSeq);
+      this.askSync(peer, actions);
+    }
+    return actions;
+  }
+
+  /**
+   * May a log partition whose last entry is `lastSeq` be reused? Not while an in-sync
+   * peer has not taken a consistency point covering it (it may still need the entries
+   * after a crash of its own before it syncs).
+   */
+  retains(lastSeq: number): boolean {
+    for (const peer of this.peers.values()) {
+      if (peer.inSync && peer.syncedSeq < lastSeq) return true;
+    }
+    return false;
+  }
+
+  // ---- client requests ----------------------------------------------------------------
+
+  /**
+   * A client request waits for entries up to `seq` (a write's last entry, or everything
+   * before a FLUSH). `durable`: a FUA write or a FLUSH. The token is the caller's.
+   */
+  request(token: number, seq: number, durable: boolean): SourceAction<Frame>[] {
+    assert(!this.waiters.has(token), `token ${token} in use`);
+    assert(seq <= this.appendedSeq);
+    const actions: SourceAction<Frame>[] = [];
+    const missing = this.strictMissing();
+    if (missing !== null) {
+      actions.push({ kind: 'complete', token, error: missing });
+      return actions;
+    }
+    this.waiters.set(token, { seq, durable, localDone: false, localError: null });
+    if (durable && this.options.mode === 'sync') {
+      for (const peer of this.peers.values()) {
+        if (!peer.inSync) continue;
+        peer.flushWantedSeq = Math.max(peer.flushWantedSeq, seq);
+        this.askFlush(peer, actions);
+      }
+    }
+    return actions;
+  }
+
+  /** The local part of a request is done (written, and durable if it asked for that). */
+  localDone(token: number, error: string | null): SourceAction<Frame>[] {
+    const waiter = this.waiters.get(token);
+    assert(waiter !== undefined, `no request ${token}`);
+    waiter.localDone = true;
+    waiter.localError = error;
+    const actions: SourceAction<Frame>[] = [];
+    this.settle(token, waiter, actions);
+    return actions;
+  }
+
+  // ---- peers --------------------------------------------------------------------------
+
+  /** A peer's links are up and it reported its state. */
+  connected(id: string, ready: PeerReady): SourceAction<Frame>[] {
+    const peer = this.peer(id);
+    const actions: SourceAction<Frame>[] = [];
+    assert(!peer.inSync, `peer ${id} connected twice`);
+    const from = ready.lastSeq + 1;
+    const sane =
+      [ready.lastSeq, ready.durableSeq, ready.cpSeq].every((value) => Number.isSafeInteger(value) && value >= 0) &&
+      ready.durableSeq <= ready.lastSeq &&
+      ready.cpSeq <= ready.lastSeq;
+    const problem = !sane
+      ? `its state is impossible (last ${ready.lastSeq}, durable ${ready.durableSeq}, consistency point ${ready.cpSeq})`
+      : ready.disk !== 'up-to-date'
+        ? `its copy is ${ready.disk}`
+        : peer.resyncNeeded
+          ? 'it missed writes while it was away, or this node did not stop cleanly; it needs a resync'
+          : ready.lastSeq > this.appendedSeq
+          ? `it holds entries up to ${ready.lastSeq}, beyond this node's ${this.appendedSeq}: the histories diverged`
+          : from < this.queueFirstSeq
+            ? `it lacks entries ${from}..${this.appendedSeq}, which this node no longer holds in memory; it needs a resync`
+            : null;
+    if (problem !== null) {
+      peer.resyncNeeded = true;
+      peer.replication = 'disconnected';
+      peer.disk = ready.disk === 'failed' ? 'failed' : 'outdated';
+      actions.push({ kind: 'peer-dropped', peer: id, disk: peer.disk, reason: problem });
+      return actions;
+    }
+    peer.replication = 'streaming';
+    peer.disk = 'up-to-date';
+    peer.inSync = true;
+    peer.sentSeq = ready.lastSeq;
+    peer.ackedSeq = ready.lastSeq;
+    peer.durableSeq = ready.durableSeq;
+    peer.syncedSeq = ready.cpSeq;
+    peer.flushAskedSeq = ready.durableSeq;
+    peer.syncAskedSeq = ready.cpSeq;
+    peer.syncWantedSeq = this.cpSeq;
+    // Requests already waiting to be durable need it durable on this peer too.
+    peer.flushWantedSeq = 0;
+    if (this.options.mode === 'sync') {
+      for (const waiter of this.waiters.values()) if (waiter.durable) peer.flushWantedSeq = Math.max(peer.flushWantedSeq, waiter.seq);
+    }
+    // Entries it lacks that are still queued (appended while it connected) go first.
+    this.pump(peer, actions);
+    return actions;
+  }
+
+  /** A peer's links went down (or could not be set up). */
+  disconnected(id: string, reason: string): SourceAction<Frame>[] {
+    const peer = this.peer(id);
+    const actions: SourceAction<Frame>[] = [];
+    const wasInSync = peer.inSync;
+    peer.inSync = false;
+    peer.replication = 'disconnected';
+    if (peer.disk === 'up-to-date' && peer.ackedSeq < this.appendedSeq) peer.disk = 'outdated';
+    if (wasInSync) {
+      actions.push({ kind: 'peer-dropped', peer: id, disk: peer.disk, reason });
+      this.afterPeerChange(actions);
+    }
+    return actions;
+  }
+
+  /** The peer is being connected to again. */
+  connecting(id: string): void {
+    const peer = this.peer(id);
+    if (!peer.inSync) peer.replication = 'connecting';
+  }
+
+  /** ACK from a peer: status 0 means every entry up to `seq` is stored there. */
+  acked(id: string, seq: number, status: number): SourceAction<Frame>[] {
+    const peer = this.peer(id);
+    const actions: SourceAction<Frame>[] = [];
+    if (!peer.inSync) return actions;
+    if (seq > peer.sentSeq || (status === 0 && seq < peer.ackedSeq)) {
+      return this.violation(peer, `acknowledged entry ${seq}, but was sent up to ${peer.sentSeq} and had acknowledged ${peer.ackedSeq}`);
+    }
+    if (status !== 0) return this.failPeer(peer, `could not store entry ${seq} (error ${status})`);
+    peer.ackedSeq = seq;
+    this.pump(peer, actions);
+    this.trim();
+    this.settleAll(actions);
+    return actions;
+  }
+
+  /** FLUSHED from a peer: entries up to `seq` are durable there. */
+  flushed(id: string, seq: number, status: number): SourceAction<Frame>[] {
+    const peer = this.peer(id);
+    const actions: SourceAction<Frame>[] = [];
+    if (!peer.inSync) return actions;
+    if (seq > peer.sentSeq) return this.violation(peer, `flushed entry ${seq}, but was sent up to ${peer.sentSeq}`);
+    if (status !== 0) return this.failPeer(peer, `could not make entries up to ${seq} durable (error ${status})`);
+    peer.durableSeq = Math.max(peer.durableSeq, seq);
+    this.settleAll(actions);
+    return actions;
+  }
+
+  /** SYNCED from a peer: it took the consistency point `cpSeq`. */
+  synced(id: string, cpSeq: number, status: number): SourceAction<Frame>[] {
+    const peer = this.peer(id);
+    const actions: SourceAction<Frame>[] = [];
+    if (!peer.inSync) return actions;
+    if (cpSeq > peer.sentSeq) return this.violation(peer, `synced ${cpSeq}, but was sent up to ${peer.sentSeq}`);
+    if (status !== 0) return this.failPeer(peer, `could not take consistency point ${cpSeq} (error ${status})`);
+    peer.syncedSeq = Math.max(peer.syncedSeq, cpSeq);
+    actions.push({ kind: 'release' });
+    return actions;
+  }
+
+  status(): PeerStatus[] {
+    return [...this.peers.values()].map((peer) => ({
+      peer: peer.id,
+      replication: peer.replication,
+      disk: peer.disk,
+      sentSeq: peer.sentSeq,
+      ackedSeq: peer.ackedSeq,
+      durableSeq: peer.durableSeq,
+      syncedSeq: peer.syncedSeq,
+      lagBytes: peer.inSync ? this.appendedBytes - this.bytesThrough(peer.ackedSeq) : 0,
+      resyncNeeded: peer.resyncNeeded,
+    }));
+  }
+
+  /** Entries and bytes held for peers. */
+  get queued(): { entries: number; bytes: number } {
+    return { entries: this.queue.length, bytes: this.appendedBytes - this.trimmedBytes };
+  }
+
+  /** Requests waiting for their reply. */
+  get waiting(): number {
+    return this.waiters.size;
+  }
+
+  // ---- internals ----------------------------------------------------------------------
+
+  private peer(id: string): Peer {
+    const peer = this.peers.get(id);
+    assert(peer !== undefined, `unknown peer ${id}`);
+    return peer;
+  }
+
+  /** Sends queued entries to `peer` while its window has room. */
+  private pump(peer: Peer, actions: SourceAction<Frame>[]): void {
+    const ackedBytes = this.bytesThrough(peer.ackedSeq);
+    while (peer.sentSeq < this.appendedSeq) {
+      const next = this.queue[peer.sentSeq + 1 - this.queueFirstSeq];
+      assert(next !== undefined, `entry ${peer.sentSeq + 1} not queued for ${peer.id}`);
+      const inflight = this.bytesThrough(peer.sentSeq) - ackedBytes;
+      // One entry always goes, however large, or nothing would ever move.
+      if (inflight > 0 && inflight + next.entry.bytes > this.options.windowBytesMax) break;
+      peer.sentSeq += 1;
+      actions.push({ kind: 'send-entry', peer: peer.id, entry: next.entry });
+    }
+    this.askFlush(peer, actions);
+    this.askSync(peer, actions);
+  }
+
+  /**
+   * Sends a FLUSH for what waiting requests need durable, as far as the peer has been
+   * sent entries: a peer is never asked about entries it cannot have yet, so its wait
+   * for them stays within one window. The rest is asked as the window moves on.
+   */
+  private askFlush(peer: Peer, actions: SourceAction<Frame>[]): void {
+    const seq = Math.min(peer.flushWantedSeq, peer.sentSeq);
+    if (seq <= peer.flushAskedSeq || seq <= peer.durableSeq) return;
+    peer.flushAskedSeq = seq;
+    actions.push({ kind: 'send-flush', peer: peer.id, seq });
+  }
+
+  /** Asks the peer to take the latest consistency point once it has been sent the entries up to it. */
+  private askSync(peer: Peer, actions: SourceAction<Frame>[]): void {
+    const cpSeq = peer.syncWantedSeq;
+    if (cpSeq <= peer.syncAskedSeq || cpSeq <= peer.syncedSeq || cpSeq > peer.sentSeq) return;
+    peer.syncAskedSeq = cpSeq;
+    actions.push({ kind: 'send-sync', peer: peer.id, cpSeq });
+  }
+
+  /** Bytes appended up to and including entry `seq` (which must be queued or just before). */
+  private bytesThrough(seq: number): number {
+    if (seq < this.queueFirstSeq) {
+      // Only the entry just before the queue is known (as the bytes trimmed so far).
+      assert(seq === this.queueFirstSeq - 1, `entry ${seq} was trimmed (queue starts at ${this.queueFirstSeq})`);
+      return this.trimmedBytes;
+    }
+    const queued = this.queue[seq - this.queueFirstSeq];
+    assert(queued !== undefined, `entry ${seq} not queued`);
+    return queued.cumulativeBytes;
+  }
+
+  /** Drops queued entries every in-sync peer has acknowledged. */
+  private trim(): void {
+    let keepFrom = this.appendedSeq + 1;
+    for (const peer of this.peers.values()) {
+      if (peer.inSync) keepFrom = Math.min(keepFrom, peer.ackedSeq + 1);
+    }
+    while (this.queueFirstSeq < keepFrom) {
+      const dropped = this.queue.shift();
+      assert(dropped !== undefined);
+      this.trimmedBytes = dropped.cumulativeBytes;
+      this.queueFirstSeq += 1;
+    }
+  }
+
+  /** Why a strict volume must refuse requests now, or null. */
+  strictMissing(): string | null {
+    if (!this.options.strict) return null;
+    for (const peer of this.peers.values()) {
+      if (!peer.inSync) return `replica ${peer.id} is ${peer.disk} (${peer.replication}) and the volume is strict`;
+    }
+    return null;
+  }
+
+  private settleAll(actions: SourceAction<Frame>[]): void {
+    for (const [token, waiter] of this.waiters) this.settle(token, waiter, actions);
+  }
+
+  private settle(token: number, waiter: Waiter, actions: SourceAction<Frame>[]): void {
+    if (!waiter.localDone) return;
+    let error = waiter.localError;
+    if (error === null) {
+      const missing = this.strictMissing();
+      if (missing !== null) error = missing;
+      else if (!this.mirrored(waiter)) return;
+    }
+    this.waiters.delete(token);
+    actions.push({ kind: 'complete', token, error });
+  }
+
+  /** Whether the peers' part of a request is done. */
+  private mirrored(waiter: Waiter): boolean {
+    for (const peer of this.peers.values()) {
+      if (!peer.inSync) continue;
+      if (this.options.mode === 'sync') {
+        if (peer.ackedSeq < waiter.seq) return false;
+        if (waiter.durable && peer.durableSeq < waiter.seq) return false;
+      } else if (peer.ackedSeq < waiter.seq && this.bytesThrough(waiter.seq) - this.bytesThrough(peer.ackedSeq) > this.options.lagBytesMax) {
+        // async/logship: the reply is held back while the peer lags too far behind it.
+        return false;
+      }
+    }
+    return true;
+  }
+
+  private failPeer(peer: Peer, reason: string): SourceAction<Frame>[] {
+    const actions: SourceAction<Frame>[] = [];
+    peer.inSync = false;
+    peer.resyncNeeded = true;
+    peer.disk = 'failed';
+    peer.replication = 'disconnected';
+    actions.push({ kind: 'peer-dropped', peer: peer.id, disk: peer.disk, reason });
+    this.afterPeerChange(actions);
+    return actions;
+  }
+
+  private violation(peer: Peer, what: string): SourceAction<Frame>[] {
+    const actions: SourceAction<Frame>[] = [];
+    peer.inSync = false;
+    peer.replication = 'disconnected';
+    if (peer.disk === 'up-to-date' && peer.ackedSeq < this.appendedSeq) peer.disk = 'outdated';
+    actions.push({ kind: 'peer-dropped', peer: peer.id, disk: peer.disk, reason: `protocol violation: ${what}` });
+    this.afterPeerChange(actions);
+    return actions;
+  }
+
+  /** A peer stopped counting: queued entries and waiting requests may be free. */
+  private afterPeerChange(actions: SourceAction<Frame>[]): void {
+    this.trim();
+    this.settleAll(actions);
+    actions.push({ kind: 'release' });
+  }
+}

@@ -1,0 +1,300 @@
+// The layout of every frame body: how each message becomes the bytes after the frame
+// header and back. Framing (magic, length, checksum, limits) is frames.ts's job; this
+// module sees one whole, checksummed body at a time. Encoders take this node's own values,
+// so a bad argument is a bug and asserts; decoders take the network's, so every problem
+// is a PeerProtocolError.
+
+import { assert } from '../../lib/assert.js';
+import { decodeEntryHeader, ENTRY_HEADER_BYTES, payloadMatches } from '../../storage/log-entry.js';
+import { PeerProtocolError } from './errors.js';
+import {
+  PEER_CONNECTIONS_MAX,
+  PEER_DISK_STATES,
+  PEER_MAC_BYTES,
+  PEER_NAME_BYTES_MAX,
+  PEER_NONCE_BYTES,
+  PEER_REFUSE_MESSAGE_BYTES_MAX,
+  PeerFrameType,
+  peerFrameName,
+  RefuseCode,
+  type PeerControlMessage,
+  type PeerEntry,
+  type PeerMessage,
+} from './messages.js';
+
+const KNOWN_REFUSE_CODES = new Set<number>(Object.values(RefuseCode));
+
+/** Body sizes of the fixed-layout frames; the frame decoder refuses any other length up front. */
+export const FIXED_BODY_BYTES: ReadonlyMap<number, number> = new Map<number, number>([
+  [PeerFrameType.CHALLENGE, PEER_NONCE_BYTES + PEER_MAC_BYTES],
+  [PeerFrameType.AUTH, PEER_MAC_BYTES],
+  [PeerFrameType.READY, 32],
+  [PeerFrameType.ACK, 12],
+  [PeerFrameType.FLUSH, 8],
+  [PeerFrameType.FLUSHED, 12],
+  [PeerFrameType.SYNC, 8],
+  [PeerFrameType.SYNCED, 12],
+]);
+
+const TWO_POW_32 = 2 ** 32;
+/** Above this high word a u64 is not a safe integer. */
+const SAFE_HIGH_WORD_MAX = 2 ** 21 - 1;
+
+// ---------------------------------------------------------------------------------------
+// Encoding.
+
+export function encodeControlBody(message: PeerControlMessage): Buffer {
+  switch (message.type) {
+    case 'hello': {
+      assertUint(message.version, 0xffff, 'version');
+      assert(
+        Number.isInteger(message.connections) && message.connections >= 1 && message.connections <= PEER_CONNECTIONS_MAX,
+        'connections out of range',
+      );
+      assert(Number.isInteger(message.connectionIndex) && message.connectionIndex >= 0 && message.connectionIndex < message.connections, 'connectionIndex out of range');
+      assertUint(message.session, 0xffffffff, 'session');
+      assert(message.nonce.length === PEER_NONCE_BYTES, 'nonce must be 32 bytes');
+      const names = [message.cluster, message.fromNode, message.toNode, message.volume].map(nameBytes);
+      const out = Buffer.alloc(8 + PEER_NONCE_BYTES + names.reduce((sum, name) => sum + 2 + name.length, 0));
+      out.writeUInt16BE(message.version, 0);
+      out.writeUInt8(message.connectionIndex, 2);
+      out.writeUInt8(message.connections, 3);
+      out.writeUInt32BE(message.session, 4);
+      message.nonce.copy(out, 8);
+      let at = 8 + PEER_NONCE_BYTES;
+      for (const name of names) {
+        out.writeUInt16BE(name.length, at);
+        name.copy(out, at + 2);
+        at += 2 + name.length;
+      }
+      return out;
+    }
+    case 'challenge':
+      assert(message.nonce.length === PEER_NONCE_BYTES && message.mac.length === PEER_MAC_BYTES, 'challenge sizes');
+      return Buffer.concat([message.nonce, message.mac]);
+    case 'auth':
+      assert(message.mac.length === PEER_MAC_BYTES, 'auth mac must be 32 bytes');
+      return Buffer.from(message.mac);
+    case 'ready': {
+      assertUint(message.epoch, 0xffffffff, 'epoch');
+      const disk = PEER_DISK_STATES.indexOf(message.disk);
+      assert(disk >= 0, 'unknown disk state');
+      const out = Buffer.alloc(32);
+      out.writeUInt32BE(message.epoch, 0);
+      out.writeUInt8(disk, 4);
+      writeU64(out, 8, message.lastSeq);
+      writeU64(out, 16, message.durableSeq);
+      writeU64(out, 24, message.cpSeq);
+      return out;
+    }
+    case 'refuse': {
+      assert(KNOWN_REFUSE_CODES.has(message.code), 'unknown refuse code');
+      // The message is for people and may quote names a peer sent, so it is cut to fit
+      // rather than asserted: a refusal must always be sendable.
+      const text = truncateUtf8(Buffer.from(message.message, 'utf8'), PEER_REFUSE_MESSAGE_BYTES_MAX);
+      const out = Buffer.alloc(4 + text.length);
+      out.writeUInt16BE(message.code, 0);
+      out.writeUInt16BE(text.length, 2);
+      text.copy(out, 4);
+      return out;
+    }
+    case 'ack':
+    case 'flushed':
+      return seqStatus(message.seq, message.status);
+    case 'synced':
+      return seqStatus(message.cpSeq, message.status);
+    case 'flush': {
+      const out = Buffer.alloc(8);
+      writeU64(out, 0, message.seq);
+      return out;
+    }
+    case 'sync': {
+      const out = Buffer.alloc(8);
+      writeU64(out, 0, message.cpSeq);
+      return out;
+    }
+  }
+}
+
+function seqStatus(seq: number, status: number): Buffer {
+  assertUint(status, 0xffff, 'status');
+  const out = Buffer.alloc(12);
+  writeU64(out, 0, seq);
+  out.writeUInt16BE(status, 8);
+  return out;
+}
+
+function nameBytes(name: string): Buffer {
+  const bytes = Buffer.from(name, 'utf8');
+  assert(bytes.length >= 1 && bytes.length <= PEER_NAME_BYTES_MAX, `name "${name}" must be 1..255 bytes of UTF-8`);
+  // A lone surrogate would be sent as U+FFFD, and the peer would check proofs over a
+  // different name than this node did.
+  assert(bytes.toString('utf8') === name, `name "${name}" is not well-formed Unicode`);
+  return bytes;
+}
+
+/** The longest prefix of UTF-8 `bytes` of at most `maxBytes` that ends on a character. */
+function truncateUtf8(bytes: Buffer, maxBytes: number): Buffer {
+  if (bytes.length <= maxBytes) return bytes;
+  let end = maxBytes;
+  while (end > 0 && ((bytes[end] ?? 0) & 0xc0) === 0x80) end -= 1;
+  return bytes.subarray(0, end);
+}
+
+function assertUint(value: number, max: number, field: string): void {
+  assert(Number.isInteger(value) && value >= 0 && value <= max, `${field} out of range`);
+}
+
+function writeU64(out: Buffer, at: number, value: number): void {
+  assert(Number.isSafeInteger(value) && value >= 0, 'u64 value out of range');
+  out.writeUInt32BE(Math.floor(value / TWO_POW_32), at);
+  out.writeUInt32BE(value >>> 0, at + 4);
+}
+
+// ---------------------------------------------------------------------------------------
+// Decoding.
+
+// fatal: invalid UTF-8 throws instead of becoming U+FFFD; ignoreBOM: a leading U+FEFF is
+// part of the name, not a marker to drop.
+const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+
+/** Reads one body front to back; any read past the end is a protocol error. */
+class BodyReader {
+  private at = 0;
+
+  constructor(
+    private readonly body: Buffer,
+    private readonly what: string,
+  ) {}
+
+  private take(count: number): number {
+    if (this.body.length - this.at < count) throw new PeerProtocolError(`${this.what} body ends early`);
+    const at = this.at;
+    this.at += count;
+    return at;
+  }
+
+  u8(): number {
+    return this.body.readUInt8(this.take(1));
+  }
+
+  u16(): number {
+    return this.body.readUInt16BE(this.take(2));
+  }
+
+  u32(): number {
+    return this.body.readUInt32BE(this.take(4));
+  }
+
+  u64(field: string): number {
+    const at = this.take(8);
+    const high = this.body.readUInt32BE(at);
+    if (high > SAFE_HIGH_WORD_MAX) throw new PeerProtocolError(`${this.what} ${field} exceeds 2^53-1`);
+    return high * TWO_POW_32 + this.body.readUInt32BE(at + 4);
+  }
+
+  /** A copy, so a nonce or MAC kept for the handshake does not pin the socket's chunk. */
+  bytes(count: number): Buffer {
+    const at = this.take(count);
+    return Buffer.from(this.body.subarray(at, at + count));
+  }
+
+  zeroes(count: number): void {
+    const at = this.take(count);
+    for (let index = at; index < at + count; index += 1) {
+      if (this.body[index] !== 0) throw new PeerProtocolError(`${this.what} reserved bytes are not zero`);
+    }
+  }
+
+  /** u16 length + UTF-8, at most maxBytes, non-empty unless allowed. */
+  text(field: string, maxBytes: number, emptyAllowed = false): string {
+    const length = this.u16();
+    if (length > maxBytes || (length === 0 && !emptyAllowed)) {
+      throw new PeerProtocolError(`${this.what} ${field} length ${length} outside ${emptyAllowed ? 0 : 1}..${maxBytes}`);
+    }
+    const at = this.take(length);
+    try {
+      return utf8.decode(this.body.subarray(at, at + length));
+    } catch (error) {
+      throw new PeerProtocolError(`${this.what} ${field} is not valid UTF-8`, { cause: error });
+    }
+  }
+
+  end(): void {
+    if (this.at !== this.body.length) throw new PeerProtocolError(`${this.what} body has ${this.body.length - this.at} extra bytes`);
+  }
+}
+
+export function decodeBody(type: PeerFrameType, body: Buffer): PeerMessage {
+  if (type === PeerFrameType.ENTRY) return decodeEntryBody(body);
+  const reader = new BodyReader(body, peerFrameName(type));
+  const message = decodeControlBody(type, reader);
+  reader.end();
+  return message;
+}
+
+function decodeControlBody(type: Exclude<PeerFrameType, typeof PeerFrameType.ENTRY>, reader: BodyReader): PeerControlMessage {
+  switch (type) {
+    case PeerFrameType.HELLO: {
+      const version = reader.u16();
+      const connectionIndex = reader.u8();
+      const connections = reader.u8();
+      if (connections < 1 || connections > PEER_CONNECTIONS_MAX || connectionIndex >= connections) {
+        throw new PeerProtocolError(`HELLO connection ${connectionIndex} of ${connections} is out of range`);
+      }
+      const session = reader.u32();
+      const nonce = reader.bytes(PEER_NONCE_BYTES);
+      const cluster = reader.text('cluster', PEER_NAME_BYTES_MAX);
+      const fromNode = reader.text('fromNode', PEER_NAME_BYTES_MAX);
+      const toNode = reader.text('toNode', PEER_NAME_BYTES_MAX);
+      const volume = reader.text('volume', PEER_NAME_BYTES_MAX);
+      return { type: 'hello', version, connectionIndex, connections, session, nonce, cluster, fromNode, toNode, volume };
+    }
+    case PeerFrameType.CHALLENGE:
+      return { type: 'challenge', nonce: reader.bytes(PEER_NONCE_BYTES), mac: reader.bytes(PEER_MAC_BYTES) };
+    case PeerFrameType.AUTH:
+      return { type: 'auth', mac: reader.bytes(PEER_MAC_BYTES) };
+    case PeerFrameType.READY: {
+      const epoch = reader.u32();
+      const diskCode = reader.u8();
+      const disk = PEER_DISK_STATES[diskCode];
+      if (disk === undefined) throw new PeerProtocolError(`READY disk state ${diskCode} is unknown`);
+      reader.zeroes(3);
+      const lastSeq = reader.u64('lastSeq');
+      const durableSeq = reader.u64('durableSeq');
+      const cpSeq = reader.u64('cpSeq');
+      return { type: 'ready', epoch, disk, lastSeq, durableSeq, cpSeq };
+    }
+    case PeerFrameType.REFUSE: {
+      const code = reader.u16();
+      if (!KNOWN_REFUSE_CODES.has(code)) throw new PeerProtocolError(`REFUSE code ${code} is unknown`);
+      const message = reader.text('message', PEER_REFUSE_MESSAGE_BYTES_MAX, true);
+      return { type: 'refuse', code: code as RefuseCode, message };
+    }
+    case PeerFrameType.ACK:
+    case PeerFrameType.FLUSHED:
+    case PeerFrameType.SYNCED: {
+      const seq = reader.u64(type === PeerFrameType.SYNCED ? 'cpSeq' : 'seq');
+      const status = reader.u16();
+      reader.zeroes(2);
+      if (type === PeerFrameType.SYNCED) return { type: 'synced', cpSeq: seq, status };
+      return { type: type === PeerFrameType.ACK ? 'ack' : 'flushed', seq, status };
+    }
+    case PeerFrameType.FLUSH:
+      return { type: 'flush', seq: reader.u64('seq') };
+    case PeerFrameType.SYNC:
+      return { type: 'sync', cpSeq: reader.u64('cpSeq') };
+  }
+}
+
+function decodeEntryBody(body: Buffer): PeerEntry {
+  if (body.length < ENTRY_HEADER_BYTES) throw new PeerProtocolError(`ENTRY body of ${body.length} bytes is shorter than its header`);
+  const header = decodeEntryHeader(body, 0);
+  if (typeof header === 'string') throw new PeerProtocolError(`ENTRY header is invalid (${header})`);
+  if (body.length !== ENTRY_HEADER_BYTES + header.payloadBytes) {
+    throw new PeerProtocolError(`ENTRY body of ${body.length} bytes does not match payload of ${header.payloadBytes}`);
+  }
+  const payload = body.subarray(ENTRY_HEADER_BYTES);
+  if (!payloadMatches(header, payload)) throw new PeerProtocolError(`ENTRY seq ${header.seq} payload checksum mismatch`);
+  return { type: 'entry', header, payload, body };
+}

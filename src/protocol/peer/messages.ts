@@ -1,0 +1,99 @@
+// The messages of the node-to-node protocol and the numbers that fix their wire format:
+// frame types, refusal codes, disk states and size limits. Only types and constants live
+// here, so both the codec (frames.ts) and the cores that act on messages can import them
+// without pulling in the codec.
+
+import type { EntryHeader } from '../../storage/log-entry.js';
+
+export const PEER_FRAME_MAGIC = 0x424d5046; // 'BMPF'
+export const PEER_FRAME_HEADER_BYTES = 16;
+export const PEER_PROTOCOL_VERSION = 1;
+export const PEER_NONCE_BYTES = 32;
+export const PEER_MAC_BYTES = 32;
+export const PEER_CONNECTIONS_MAX = 16;
+export const PEER_NAME_BYTES_MAX = 255;
+export const PEER_REFUSE_MESSAGE_BYTES_MAX = 1024;
+/** Every frame but ENTRY; the largest legal one (HELLO) is 1068 bytes. */
+export const PEER_CONTROL_BODY_BYTES_MAX = 2048;
+
+export const PeerFrameType = {
+  HELLO: 1,
+  CHALLENGE: 2,
+  AUTH: 3,
+  READY: 4,
+  REFUSE: 5,
+  ENTRY: 16,
+  ACK: 17,
+  FLUSH: 18,
+  FLUSHED: 19,
+  SYNC: 20,
+  SYNCED: 21,
+} as const;
+export type PeerFrameType = (typeof PeerFrameType)[keyof typeof PeerFrameType];
+
+export const RefuseCode = {
+  VERSION: 1,
+  CLUSTER: 2,
+  UNKNOWN_NODE: 3,
+  AUTH: 4,
+  VOLUME: 5,
+  ROLE: 6,
+  STATE: 7,
+  BUSY: 8,
+} as const;
+export type RefuseCode = (typeof RefuseCode)[keyof typeof RefuseCode];
+
+const FRAME_NAMES = new Map<number, string>(Object.entries(PeerFrameType).map(([name, code]) => [code, name]));
+
+/** 'HELLO', 'ENTRY', ... for messages and logs; unknown codes as 'type N'. */
+export function peerFrameName(type: number): string {
+  return FRAME_NAMES.get(type) ?? `type ${type}`;
+}
+
+/** READY's disk byte is the index in this list. */
+export const PEER_DISK_STATES = ['up-to-date', 'outdated', 'inconsistent', 'failed', 'diskless'] as const;
+export type PeerDiskState = (typeof PEER_DISK_STATES)[number];
+
+export interface PeerHello {
+  type: 'hello';
+  /** Decoded as sent, whatever its value, so the target can answer REFUSE VERSION. */
+  version: number;
+  connectionIndex: number;
+  connections: number;
+  session: number;
+  nonce: Buffer;
+  cluster: string;
+  fromNode: string;
+  toNode: string;
+  volume: string;
+}
+export interface PeerChallenge { type: 'challenge'; nonce: Buffer; mac: Buffer }
+export interface PeerAuth { type: 'auth'; mac: Buffer }
+export interface PeerReady {
+  type: 'ready';
+  epoch: number;
+  disk: PeerDiskState;
+  lastSeq: number;
+  durableSeq: number;
+  cpSeq: number;
+}
+export interface PeerRefuse { type: 'refuse'; code: RefuseCode; message: string }
+export interface PeerEntry {
+  type: 'entry';
+  header: EntryHeader;
+  /** View into `body`, checked against the header's payload CRC. */
+  payload: Buffer;
+  /** The whole body: 64-byte entry header then payload, unpadded, ready to store. */
+  body: Buffer;
+}
+export interface PeerAck { type: 'ack'; seq: number; status: number }
+export interface PeerFlush { type: 'flush'; seq: number }
+export interface PeerFlushed { type: 'flushed'; seq: number; status: number }
+export interface PeerSync { type: 'sync'; cpSeq: number }
+export interface PeerSynced { type: 'synced'; cpSeq: number; status: number }
+
+export type PeerMessage =
+  | PeerHello | PeerChallenge | PeerAuth | PeerReady | PeerRefuse | PeerEntry
+  | PeerAck | PeerFlush | PeerFlushed | PeerSync | PeerSynced;
+/** Everything `encodeFrame` encodes: ENTRY has its own zero-copy encoder. */
+export type PeerControlMessage = Exclude<PeerMessage, PeerEntry>;

@@ -1,0 +1,337 @@
+// The mirror engine of one volume on its primary node (DESIGN.md §1.1–1.3, §2): it taps
+// the volume's write log, sends every entry to each peer over that peer's connections,
+// and holds a client's reply until the peers have what the volume's mode requires.
+// The decisions are MirrorSource's (src/core/mirror-source.ts); this module does the
+// I/O they call for: sockets, the reconnect timer, and the small state file that
+// remembers which peers can only come back through a resync.
+//
+// State file `<dataDir>/mirror/<volume>.json`: `cleanStopSeq` is the log's last sequence
+// number at a clean stop (null while running), and `resyncNeeded` lists peers that
+// missed writes. After a start that was not clean, entries a peer holds may differ from
+// ours under the same sequence numbers (ours were lost in the crash), so every peer is
+// taken to need a resync.
+
+import fs from 'node:fs';
+import path from 'node:path';
+import crypto from 'node:crypto';
+import { constants } from '../constants.js';
+import type { ClusterConfig, NodeConfig, VolumeConfig } from '../control/config.js';
+import { assert } from '../lib/assert.js';
+import { BlockmirrorError } from '../lib/errors.js';
+import type { Logger } from '../lib/log.js';
+import { MirrorSource, type DiskState, type PeerStatus, type SourceAction } from '../core/mirror-source.js';
+import { encodeEntryFrame, encodeFrame, type PeerMessage } from '../protocol/peer/frames.js';
+import { EntryType } from '../storage/log-entry.js';
+import type { MirrorGate } from '../storage/local-volume.js';
+import { writeFileAtomic } from '../storage/volume-files.js';
+import { connectAsSource, PeerLink } from './peer-link.js';
+
+type Frame = Buffer[];
+
+interface MirrorState {
+  cleanStopSeq: number | null;
+  resyncNeeded: string[];
+}
+
+/** One peer's connection array and reconnect schedule. */
+interface PeerLinks {
+  node: NodeConfig;
+  links: PeerLink[];
+  session: number;
+  up: boolean;
+  /** Not reconnected until a resync can bring it back (next issue) or the node restarts. */
+  parked: boolean;
+  attempts: number;
+  timer: NodeJS.Timeout | null;
+  lastProblem: string;
+}
+
+export interface MirrorPeerStatus extends PeerStatus {
+  outOfSyncBytes: number;
+  connections: { state: string; lastHeardMs: number }[];
+}
+
+export class MirrorEngine implements MirrorGate {
+  private readonly core: MirrorSource<Frame>;
+  private readonly peers = new Map<string, PeerLinks>();
+  private readonly waiters = new Map<number, { resolve: () => void; reject: (error: Error) => void }>();
+  private nextToken = 1;
+  private readonly stateFile: string;
+  private state: MirrorState;
+  private stopped = false;
+  private readonly secret: Buffer;
+
+  constructor(
+    private readonly cluster: ClusterConfig,
+    private readonly local: NodeConfig,
+    private readonly volume: VolumeConfig,
+    lastSeq: number,
+    private readonly release: () => void,
+    private readonly log: Logger,
+    private readonly counters: { peerProtocolErrors: number },
+  ) {
+    assert(volume.mode !== 'local');
+    this.secret = Buffer.from(cluster.secret, 'utf8');
+    this.stateFile = path.join(local.dataDir, 'mirror', `${volume.name}.json`);
+    const previous = readState(this.stateFile);
+    const peerIds = volume.replicas.filter((id) => id !== local.id);
+    const clean = previous === null ? lastSeq === 0 : previous.cleanStopSeq === lastSeq;
+    const resyncNeeded = clean ? (previous?.resyncNeeded ?? []) : peerIds;
+    if (!clean) {
+      log.warn('volume did not stop cleanly: its peers need a resync before they count again', { peers: peerIds.join(',') });
+    }
+    this.state = { cleanStopSeq: null, resyncNeeded: [...resyncNeeded] };
+    // Durable before the first write: a crash from now on is an unclean stop.
+    fs.mkdirSync(path.dirname(this.stateFile), { recursive: true });
+    writeFileAtomic(this.stateFile, JSON.stringify(this.state, null, 2) + '\n');
+    this.core = new MirrorSource<Frame>({
+      mode: volume.mode,
+      strict: volume.strict,
+      peers: peerIds,
+      lastSeq,
+      lagBytesMax: constants.asyncLagBytesMax,
+      windowBytesMax: constants.mirrorWindowBytesMax,
+      resyncNeeded,
+    });
+    for (const id of peerIds) {
+      const node = cluster.nodes.find((candidate) => candidate.id === id);
+      assert(node !== undefined, `replica ${id} is not a node`);
+      this.peers.set(id, { node, links: [], session: 0, up: false, parked: false, attempts: 0, timer: null, lastProblem: '' });
+    }
+  }
+
+  start(): void {
+    for (const peer of this.peers.values()) this.connect(peer);
+  }
+
+  // ---- the write path ---------------------------------------------------------------------
+
+  /** The log's tap: every entry as it is placed, in sequence order. */
+  placed(seq: number, header: Buffer, payload: readonly Buffer[], offset: number, type: EntryType): void {
+    const frame = encodeEntryFrame(header, payload);
+    const bytes = header.length + payload.reduce((sum, slice) => sum + slice.length, 0);
+    // A CP marker's offset field is a sequence number, not a place in the volume.
+    const routeOffset = type === EntryType.CONSISTENCY_POINT ? 0 : offset;
+    this.run(this.core.appended({ seq, bytes, offset: routeOffset, frame }));
+  }
+
+  get lastSeq(): number {
+    return this.core.lastSeq;
+  }
+
+  mirrored(seq: number, durable: boolean): Promise<void> {
+    const token = this.nextToken;
+    this.nextToken += 1;
+    return new Promise<void>((resolve, reject) => {
+      this.waiters.set(token, { resolve, reject });
+      this.run(this.core.request(token, seq, durable));
+      // The local part is the caller's and is done by the time it asks.
+      if (this.waiters.has(token)) this.run(this.core.localDone(token, null));
+    });
+  }
+
+  refusal(): Error | null {
+    const missing = this.core.strictMissing();
+    return missing === null ? null : new BlockmirrorError('ERR_REPLICA_UNAVAILABLE', missing);
+  }
+
+  /** A consistency point was taken here: peers take it too, and then may release their logs. */
+  checkpointTaken(cpSeq: number): void {
+    this.run(this.core.checkpoint(cpSeq));
+  }
+
+  retains(lastSeq: number): boolean {
+    return this.core.retains(lastSeq);
+  }
+
+  status(): MirrorPeerStatus[] {
+    return this.core.status().map((peer) => ({
+      ...peer,
+      outOfSyncBytes: peer.disk === 'up-to-date' ? 0 : this.volume.sizeBytes,
+      connections: (this.peers.get(peer.peer)?.links ?? []).map((link) => ({ state: link.state, lastHeardMs: link.lastHeardMs })),
+    }));
+  }
+
+  /**
+   * At a clean stop, after the final consistency point: waits (bounded) until every
+   * in-sync peer has taken it, then closes the links and records the clean stop.
+   */
+  async stop(finalSeq: number | null): Promise<void> {
+    if (finalSeq !== null) {
+      const deadline = Date.now() + constants.peerDrainTimeoutMs;
+      while (Date.now() < deadline && this.core.status().some((peer) => peer.replication === 'streaming' && peer.syncedSeq < finalSeq)) {
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+    }
+    this.stopped = true;
+    for (const peer of this.peers.values()) {
+      if (peer.timer !== null) clearTimeout(peer.timer);
+      for (const link of peer.links) link.close('node stopping');
+    }
+    for (const waiter of this.waiters.values()) waiter.reject(new BlockmirrorError('ERR_VOLUME_IO', 'node stopping'));
+    this.waiters.clear();
+    if (finalSeq !== null) {
+      this.state = { cleanStopSeq: finalSeq, resyncNeeded: this.core.status().filter((peer) => peer.resyncNeeded).map((peer) => peer.peer) };
+      writeFileAtomic(this.stateFile, JSON.stringify(this.state, null, 2) + '\n');
+    }
+  }
+
+  // ---- links --------------------------------------------------------------------------------
+
+  private connect(peer: PeerLinks): void {
+    if (this.stopped || peer.parked) return;
+    peer.timer = null;
+    peer.session = crypto.randomBytes(4).readUInt32BE(0);
+    const session = peer.session;
+    const count = this.cluster.connections;
+    this.core.connecting(peer.node.id);
+    const attempts = Array.from({ length: count }, (_, index) =>
+      connectAsSource(
+        peer.node.replication,
+        {
+          cluster: this.cluster.cluster,
+          secret: this.secret,
+          fromNode: this.local.id,
+          toNode: peer.node.id,
+          volume: this.volume.name,
+          session,
+          connectionIndex: index,
+          connections: count,
+        },
+        this.counters,
+      ),
+    );
+    void Promise.allSettled(attempts).then((results) => {
+      const links = results.flatMap((result) => (result.status === 'fulfilled' ? [result.value.link] : []));
+      const failure = results.find((result): result is PromiseRejectedResult => result.status === 'rejected');
+      const last = results[results.length - 1];
+      if (this.stopped || failure !== undefined || last === undefined || last.status !== 'fulfilled') {
+        for (const link of links) link.close('session incomplete');
+        const problem = failure === undefined ? 'node stopping' : String((failure.reason as Error).message);
+        this.retry(peer, problem);
+        return;
+      }
+      peer.links = links;
+      peer.up = true;
+      peer.attempts = 0;
+      peer.lastProblem = '';
+      for (const link of links) {
+        link.receive((message) => this.onMessage(peer, link, message));
+        link.onClose((reason) => this.linkLost(peer, session, reason));
+      }
+      const ready = last.value.ready;
+      this.log.info('peer connected', { peer: peer.node.id, connections: links.length, lastSeq: ready.lastSeq, disk: ready.disk });
+      this.run(
+        this.core.connected(peer.node.id, { lastSeq: ready.lastSeq, durableSeq: ready.durableSeq, cpSeq: ready.cpSeq, disk: ready.disk }),
+      );
+      if (this.core.status().find((status) => status.peer === peer.node.id)?.replication === 'streaming') {
+        this.log.info('peer streaming', { peer: peer.node.id, fromSeq: ready.lastSeq + 1 });
+      }
+    });
+  }
+
+  private retry(peer: PeerLinks, problem: string): void {
+    if (this.stopped || peer.parked) return;
+    if (problem !== peer.lastProblem) {
+      this.log.warn('peer connection failed', { peer: peer.node.id, problem });
+      peer.lastProblem = problem;
+    }
+    const delayMs = Math.min(constants.peerReconnectDelayMsMax, constants.peerReconnectDelayMsMin * 2 ** peer.attempts);
+    peer.attempts = Math.min(peer.attempts + 1, 16);
+    peer.timer = setTimeout(() => this.connect(peer), delayMs);
+  }
+
+  private linkLost(peer: PeerLinks, session: number, reason: string): void {
+    if (peer.session !== session || !peer.up) return;
+    peer.up = false;
+    for (const link of peer.links) link.close(reason);
+    peer.links = [];
+    if (this.stopped) return;
+    this.log.warn('peer connection lost', { peer: peer.node.id, reason });
+    this.run(this.core.disconnected(peer.node.id, reason));
+    this.retry(peer, reason);
+  }
+
+  private onMessage(peer: PeerLinks, link: PeerLink, message: PeerMessage): void {
+    const id = peer.node.id;
+    switch (message.type) {
+      case 'ack':
+        return this.run(this.core.acked(id, message.seq, message.status));
+      case 'flushed':
+        return this.run(this.core.flushed(id, message.seq, message.status));
+      case 'synced':
+        return this.run(this.core.synced(id, message.cpSeq, message.status));
+      default:
+        this.counters.peerProtocolErrors += 1;
+        link.close(`unexpected ${message.type} from the target`);
+    }
+  }
+
+  // ---- actions ------------------------------------------------------------------------------
+
+  private run(actions: SourceAction<Frame>[]): void {
+    for (const action of actions) {
+      switch (action.kind) {
+        case 'send-entry': {
+          const links = this.peers.get(action.peer)?.links ?? [];
+          const link = links[Math.floor(action.entry.offset / constants.mirrorRegionBytes) % Math.max(1, links.length)];
+          link?.send(action.entry.frame);
+          break;
+        }
+        case 'send-flush':
+          this.peers.get(action.peer)?.links[0]?.send(encodeFrame({ type: 'flush', seq: action.seq }));
+          break;
+        case 'send-sync':
+          this.peers.get(action.peer)?.links[0]?.send(encodeFrame({ type: 'sync', cpSeq: action.cpSeq }));
+          break;
+        case 'complete': {
+          const waiter = this.waiters.get(action.token);
+          if (waiter === undefined) break;
+          this.waiters.delete(action.token);
+          if (action.error === null) waiter.resolve();
+          else waiter.reject(new BlockmirrorError('ERR_REPLICA_UNAVAILABLE', action.error));
+          break;
+        }
+        case 'peer-dropped':
+          this.dropped(action.peer, action.disk, action.reason);
+          break;
+        case 'release':
+          this.release();
+          break;
+      }
+    }
+  }
+
+  private dropped(id: string, disk: DiskState, reason: string): void {
+    const peer = this.peers.get(id);
+    assert(peer !== undefined);
+    const needsResync = this.core.status().find((status) => status.peer === id)?.resyncNeeded === true;
+    this.log.error('replica no longer counts for this volume', { peer: id, disk, reason, strict: this.volume.strict });
+    if (needsResync && !this.state.resyncNeeded.includes(id)) {
+      this.state.resyncNeeded.push(id);
+      writeFileAtomic(this.stateFile, JSON.stringify(this.state, null, 2) + '\n');
+    }
+    if (needsResync) peer.parked = true;
+    // A drop while the links are up comes from the core (a bad reply, or a peer that
+    // cannot be taken back); a drop because the links went down is linkLost's to handle.
+    if (!peer.up) return;
+    peer.up = false;
+    for (const link of peer.links) link.close(`dropped: ${reason}`);
+    peer.links = [];
+    this.retry(peer, reason);
+  }
+}
+
+function readState(file: string): MirrorState | null {
+  if (!fs.existsSync(file)) return null;
+  try {
+    const parsed = JSON.parse(fs.readFileSync(file, 'utf8')) as Partial<MirrorState>;
+    return {
+      cleanStopSeq: typeof parsed.cleanStopSeq === 'number' ? parsed.cleanStopSeq : null,
+      resyncNeeded: Array.isArray(parsed.resyncNeeded) ? parsed.resyncNeeded.filter((id): id is string => typeof id === 'string') : [],
+    };
+  } catch {
+    // An unreadable state file says nothing about a clean stop: treat it as unclean.
+    return { cleanStopSeq: null, resyncNeeded: [] };
+  }
+}

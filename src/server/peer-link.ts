@@ -1,0 +1,272 @@
+// One authenticated TCP connection between two nodes, for one volume: an element of the
+// connection array of DESIGN.md §1.4 (socket, state, time of the last sign of life).
+//
+// Both ends run the same handshake, in opposite roles. The source connects and sends
+// HELLO (protocol version, cluster, both node ids, the volume, its place in a session of
+// n connections and a nonce); the target checks it, answers CHALLENGE with its own nonce
+// and an HMAC proof over everything said so far; the source checks that proof and sends
+// AUTH with its own; the target checks it and answers READY with the state of its copy,
+// or REFUSE. No volume data moves before READY, and a connection whose peer fails to
+// prove it knows the cluster secret is closed with a log line that says so.
+//
+// After the handshake the link only moves frames: a frame that fails its checksum or
+// limits closes the connection (and is counted by the caller).
+
+import net from 'node:net';
+import { constants } from '../constants.js';
+import type { Address } from '../control/config.js';
+import { hmacSha256, macEquals, randomNonce } from '../lib/hmac.js';
+import type { Logger } from '../lib/log.js';
+import { encodeFrame, PeerFrameDecoder, RefuseCode, type PeerMessage } from '../protocol/peer/frames.js';
+import { sourceProof, targetProof } from '../protocol/peer/handshake.js';
+
+export const PEER_PROTOCOL_VERSION = 1;
+
+export type LinkState = 'connecting' | 'handshake' | 'up' | 'closed';
+
+export type HelloMessage = Extract<PeerMessage, { type: 'hello' }>;
+export type ReadyMessage = Extract<PeerMessage, { type: 'ready' }>;
+
+export class PeerLink {
+  state: LinkState = 'connecting';
+  /** Time (ms since the epoch) of the last frame received: heartbeats refresh it too, later. */
+  lastHeardMs = Date.now();
+  /** Why the link closed, once it has. */
+  closeReason: string | null = null;
+  private readonly decoder = new PeerFrameDecoder({ entryBodyBytesMax: constants.peerEntryBodyBytesMax });
+  private onMessage: (message: PeerMessage) => void = () => undefined;
+  private readonly closeHandlers: ((reason: string) => void)[] = [];
+  private timer: NodeJS.Timeout | null = null;
+
+  constructor(
+    readonly socket: net.Socket,
+    readonly counters: { peerProtocolErrors: number },
+  ) {
+    socket.setNoDelay(true);
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('error', (error) => this.close(`socket error: ${error.message}`));
+    socket.on('close', () => this.close('connection closed by the peer'));
+  }
+
+  /** Messages go to `handler` from now on. */
+  receive(handler: (message: PeerMessage) => void): void {
+    this.onMessage = handler;
+  }
+
+  onClose(handler: (reason: string) => void): void {
+    if (this.state === 'closed') handler(this.closeReason ?? 'closed');
+    else this.closeHandlers.push(handler);
+  }
+
+  /** Closes the link unless `done` is called within `timeoutMs`. */
+  deadline(timeoutMs: number, what: string): () => void {
+    this.clearDeadline();
+    this.timer = setTimeout(() => this.close(`no ${what} within ${timeoutMs} ms`), timeoutMs);
+    return () => this.clearDeadline();
+  }
+
+  send(frame: Buffer | readonly Buffer[]): boolean {
+    if (this.state === 'closed') return false;
+    if (Buffer.isBuffer(frame)) return this.socket.write(frame);
+    this.socket.cork();
+    let ok = true;
+    for (const part of frame) ok = this.socket.write(part) && ok;
+    this.socket.uncork();
+    return ok;
+  }
+
+  close(reason: string): void {
+    if (this.state === 'closed') return;
+    this.state = 'closed';
+    this.closeReason = reason;
+    this.clearDeadline();
+    this.socket.destroy();
+    for (const handler of this.closeHandlers.splice(0)) handler(reason);
+  }
+
+  isClosed(): boolean {
+    return this.state === 'closed';
+  }
+
+  private clearDeadline(): void {
+    if (this.timer !== null) clearTimeout(this.timer);
+    this.timer = null;
+  }
+
+  private onData(chunk: Buffer): void {
+    if (this.state === 'closed') return;
+    this.lastHeardMs = Date.now();
+    let messages: PeerMessage[];
+    try {
+      messages = this.decoder.push(chunk);
+    } catch (error) {
+      this.counters.peerProtocolErrors += 1;
+      this.close(`bad frame: ${(error as Error).message}`);
+      return;
+    }
+    for (const message of messages) {
+      // A handler may close the link; what follows it is dropped.
+      if (this.isClosed()) return;
+      this.onMessage(message);
+    }
+  }
+}
+
+export interface SourceHandshake {
+  cluster: string;
+  secret: Buffer;
+  fromNode: string;
+  toNode: string;
+  volume: string;
+  session: number;
+  connectionIndex: number;
+  connections: number;
+}
+
+/** Thrown (as the rejection) when the peer refuses us or fails to authenticate. */
+export class HandshakeRefused extends Error {
+  constructor(
+    message: string,
+    readonly code: number | null,
+  ) {
+    super(message);
+  }
+}
+
+/**
+ * The source's side: connects to `address`, authenticates, and resolves with the link
+ * and the target's READY. Rejects (and closes) on refusal, bad proof, or timeout.
+ */
+export function connectAsSource(
+  address: Address,
+  hello: SourceHandshake,
+  counters: { peerProtocolErrors: number },
+): Promise<{ link: PeerLink; ready: ReadyMessage }> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ host: address.host, port: address.port });
+    const link = new PeerLink(socket, counters);
+    const done = link.deadline(constants.peerHandshakeTimeoutMs, 'handshake');
+    const nonce = randomNonce();
+    const helloMessage: HelloMessage = {
+      type: 'hello',
+      version: PEER_PROTOCOL_VERSION,
+      connectionIndex: hello.connectionIndex,
+      connections: hello.connections,
+      session: hello.session,
+      nonce,
+      cluster: hello.cluster,
+      fromNode: hello.fromNode,
+      toNode: hello.toNode,
+      volume: hello.volume,
+    };
+    let settled = false;
+    const fail = (error: Error): void => {
+      if (settled) return;
+      settled = true;
+      done();
+      link.close(error.message);
+      reject(error);
+    };
+    link.onClose((reason) => fail(new Error(reason)));
+    socket.once('connect', () => {
+      link.state = 'handshake';
+      link.send(encodeFrame(helloMessage));
+    });
+    let proven = false;
+    link.receive((message) => {
+      if (message.type === 'challenge' && !proven) {
+        const expected = targetProof(hmacSha256, hello.secret, helloMessage, message.nonce);
+        if (!macEquals(expected, message.mac)) {
+          // Told, so that the other side's log says why too.
+          link.send(encodeFrame({ type: 'refuse', code: RefuseCode.AUTH, message: `node ${hello.fromNode} could not verify your proof: wrong cluster secret` }));
+          fail(new HandshakeRefused(`node ${hello.toNode} failed to authenticate: wrong cluster secret`, RefuseCode.AUTH));
+          return;
+        }
+        proven = true;
+        link.send(encodeFrame({ type: 'auth', mac: sourceProof(hmacSha256, hello.secret, helloMessage, message.nonce) }));
+      } else if (message.type === 'ready' && proven) {
+        settled = true;
+        done();
+        link.state = 'up';
+        link.receive(() => undefined);
+        resolve({ link, ready: message });
+      } else if (message.type === 'refuse') {
+        fail(new HandshakeRefused(`node ${hello.toNode} refused the connection: ${message.message}`, message.code));
+      } else {
+        counters.peerProtocolErrors += 1;
+        fail(new Error(`unexpected ${message.type} during the handshake`));
+      }
+    });
+  });
+}
+
+export interface TargetExpectations {
+  cluster: string;
+  secret: Buffer;
+  localNode: string;
+  /** Why this HELLO cannot be served (a refusal), or null when it can. */
+  check: (hello: HelloMessage) => { code: RefuseCode; message: string } | null;
+}
+
+/**
+ * The target's side of a connection just accepted: resolves with the authenticated
+ * HELLO; the caller then answers READY (or REFUSE). Rejects (having refused and closed
+ * the link) when the source is not who it claims or may not mirror that volume here.
+ */
+export function acceptAsTarget(link: PeerLink, expect: TargetExpectations, log: Logger): Promise<HelloMessage> {
+  return new Promise((resolve, reject) => {
+    const done = link.deadline(constants.peerHandshakeTimeoutMs, 'handshake');
+    link.state = 'handshake';
+    let hello: HelloMessage | null = null;
+    let nonce: Buffer | null = null;
+    let settled = false;
+    const refuse = (code: RefuseCode, message: string): void => {
+      log.warn('peer connection refused', { remote: link.socket.remoteAddress ?? '?', from: hello?.fromNode ?? '?', reason: message });
+      link.send(encodeFrame({ type: 'refuse', code, message }));
+      link.socket.end();
+      fail(new HandshakeRefused(message, code));
+    };
+    const fail = (error: Error): void => {
+      if (settled) return;
+      settled = true;
+      done();
+      // Give the refusal a moment to leave before the socket is destroyed.
+      setTimeout(() => link.close(error.message), 100).unref();
+      reject(error);
+    };
+    link.onClose((reason) => fail(new Error(reason)));
+    link.receive((message) => {
+      if (settled) return;
+      if (message.type === 'hello' && hello === null) {
+        hello = message;
+        if (message.version !== PEER_PROTOCOL_VERSION) {
+          return refuse(RefuseCode.VERSION, `protocol version ${message.version} is not supported (this node speaks ${PEER_PROTOCOL_VERSION})`);
+        }
+        if (message.cluster !== expect.cluster) {
+          return refuse(RefuseCode.CLUSTER, `node ${message.fromNode} belongs to cluster "${message.cluster}", this node to "${expect.cluster}"`);
+        }
+        if (message.toNode !== expect.localNode) {
+          return refuse(RefuseCode.UNKNOWN_NODE, `connection meant for node "${message.toNode}" reached node "${expect.localNode}"`);
+        }
+        const problem = expect.check(message);
+        if (problem !== null) return refuse(problem.code, problem.message);
+        nonce = randomNonce();
+        link.send(encodeFrame({ type: 'challenge', nonce, mac: targetProof(hmacSha256, expect.secret, message, nonce) }));
+      } else if (message.type === 'auth' && hello !== null && nonce !== null) {
+        if (!macEquals(sourceProof(hmacSha256, expect.secret, hello, nonce), message.mac)) {
+          return refuse(RefuseCode.AUTH, `node "${hello.fromNode}" failed to authenticate: wrong cluster secret`);
+        }
+        settled = true;
+        done();
+        link.receive(() => undefined);
+        resolve(hello);
+      } else if (message.type === 'refuse' && hello !== null) {
+        log.warn('peer connection refused', { remote: link.socket.remoteAddress ?? '?', from: hello.fromNode, reason: message.message });
+        fail(new HandshakeRefused(message.message, message.code));
+      } else {
+        link.counters.peerProtocolErrors += 1;
+        link.close(`unexpected ${message.type} during the handshake`);
+      }
+    });
+  });
+}

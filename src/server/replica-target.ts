@@ -1,0 +1,226 @@
+// One volume on a secondary node: the destination of its primary's mirror links. Entries
+// arrive on the session's n connections; MirrorTarget (src/core/mirror-target.ts) puts
+// them back in sequence order and says when to store, acknowledge, flush and take the
+// primary's consistency points; this module does the I/O. Storing an entry appends it
+// to the per-source log `<dataDir>/peers/<primary>/<volume>/` under the primary's
+// sequence number and, except in logship mode, writes it to the image.
+//
+// A session is the set of connections one source opened together (same session id in
+// HELLO). A new session replaces the old one; READY is sent on all of its connections
+// once every one has authenticated and the stores of the previous session are done, so
+// the last sequence number it reports is exact.
+
+import { constants } from '../constants.js';
+import type { VolumeConfig } from '../control/config.js';
+import type { Logger } from '../lib/log.js';
+import { MirrorTarget, type TargetAction } from '../core/mirror-target.js';
+import { encodeFrame, type PeerMessage } from '../protocol/peer/frames.js';
+import { EntryType } from '../storage/log-entry.js';
+import type { LocalVolume } from '../storage/local-volume.js';
+import type { HelloMessage, PeerLink } from './peer-link.js';
+
+type EntryMessage = Extract<PeerMessage, { type: 'entry' }>;
+
+interface Session {
+  id: number;
+  links: (PeerLink | undefined)[];
+  ready: boolean;
+}
+
+export class ReplicaTarget {
+  private readonly core: MirrorTarget<EntryMessage>;
+  private session: Session | null = null;
+  private idleWaiters: (() => void)[] = [];
+  private closed = false;
+  readonly source: string;
+
+  constructor(
+    readonly config: VolumeConfig,
+    readonly volume: LocalVolume,
+    private readonly log: Logger,
+    private readonly counters: { peerProtocolErrors: number },
+  ) {
+    this.source = config.primary ?? '';
+    this.core = new MirrorTarget<EntryMessage>({
+      mode: config.mode === 'logship' ? 'logship' : config.mode === 'async' ? 'async' : 'sync',
+      lastSeq: volume.log.lastSeq,
+      windowBytesMax: constants.mirrorWindowBytesMax,
+    });
+  }
+
+  /** An authenticated connection of the source; READY goes out once its whole session is here. */
+  attach(hello: HelloMessage, link: PeerLink): void {
+    if (this.closed) {
+      link.close('node stopping');
+      return;
+    }
+    if (this.session === null || this.session.id !== hello.session) {
+      if (this.session !== null) this.endSession('replaced by a new session');
+      this.session = { id: hello.session, links: Array.from({ length: hello.connections }, () => undefined), ready: false };
+    }
+    const session = this.session;
+    if (session.links.length !== hello.connections || session.links[hello.connectionIndex] !== undefined) {
+      this.counters.peerProtocolErrors += 1;
+      link.close('connection does not fit its session');
+      return;
+    }
+    session.links[hello.connectionIndex] = link;
+    link.onClose((reason) => {
+      if (this.session === session) this.endSession(reason);
+    });
+    link.receive((message) => this.onMessage(session, link, message));
+    if (session.links.every((candidate) => candidate !== undefined)) void this.sendReady(session);
+  }
+
+  status(): { source: string; session: boolean } & ReturnType<MirrorTarget<EntryMessage>['status']> {
+    return { source: this.source, session: this.session?.ready === true, ...this.core.status() };
+  }
+
+  close(): void {
+    this.closed = true;
+    this.endSession('node stopping');
+  }
+
+  private async sendReady(session: Session): Promise<void> {
+    await this.idle();
+    if (this.session !== session) return;
+    const logStatus = this.volume.log.status();
+    const ready = encodeFrame({
+      type: 'ready',
+      epoch: 0,
+      disk: this.volume.failed || this.core.status().failed ? 'failed' : 'up-to-date',
+      lastSeq: this.core.ready().lastSeq,
+      durableSeq: Math.min(logStatus.durableSeq, this.core.ready().lastSeq),
+      cpSeq: logStatus.cpSeq,
+    });
+    session.ready = true;
+    for (const link of session.links) {
+      if (link !== undefined) link.state = 'up';
+      link?.send(ready);
+    }
+    this.log.info('source connected', { source: this.source, lastSeq: this.core.ready().lastSeq, connections: session.links.length });
+  }
+
+  private idle(): Promise<void> {
+    if (this.core.ready().idle) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  private endSession(reason: string): void {
+    const session = this.session;
+    if (session === null) return;
+    this.session = null;
+    for (const link of session.links) link?.close(reason);
+    this.core.reset();
+    if (session.ready) this.log.warn('source disconnected', { source: this.source, reason });
+  }
+
+  private onMessage(session: Session, link: PeerLink, message: PeerMessage): void {
+    if (this.session !== session || !session.ready) {
+      this.protocolError(link, `${message.type} before READY`);
+      return;
+    }
+    switch (message.type) {
+      case 'entry': {
+        const problem = this.checkEntry(message);
+        if (problem !== null) return this.protocolError(link, problem);
+        return this.run(this.core.entry(message.header.seq, message.body.length, message));
+      }
+      case 'flush':
+        return this.run(this.core.flush(message.seq));
+      case 'sync':
+        return this.run(this.core.sync(message.cpSeq));
+      default:
+        return this.protocolError(link, `unexpected ${message.type} from the source`);
+    }
+  }
+
+  /** An entry that passed its checksums but cannot belong to this volume. */
+  private checkEntry(message: EntryMessage): string | null {
+    const { header, payload } = message;
+    if (header.type === EntryType.CONSISTENCY_POINT) return header.lengthBytes === 0 && payload.length === 0 ? null : 'malformed CP entry';
+    if (header.offset + header.lengthBytes > this.volume.sizeBytes) {
+      return `entry ${header.seq} reaches past the end of the volume (${header.offset}+${header.lengthBytes})`;
+    }
+    if (header.type === EntryType.WRITE ? payload.length !== header.lengthBytes : payload.length !== 0) {
+      return `entry ${header.seq} carries ${payload.length} payload bytes for a length of ${header.lengthBytes}`;
+    }
+    if (payload.length > this.volume.log.entryPayloadBytesMax) return `entry ${header.seq} is larger than this node's log takes`;
+    return null;
+  }
+
+  private protocolError(link: PeerLink, reason: string): void {
+    this.counters.peerProtocolErrors += 1;
+    this.log.error('protocol error from the source', { source: this.source, reason });
+    link.close(`protocol error: ${reason}`);
+  }
+
+  private send(frame: Buffer): void {
+    const link = this.session?.links.find((candidate) => candidate !== undefined && candidate.state !== 'closed');
+    link?.send(frame);
+  }
+
+  private run(actions: TargetAction<EntryMessage>[]): void {
+    for (const action of actions) {
+      switch (action.kind) {
+        case 'store': {
+          const { header, payload } = action.frame;
+          this.volume.replicate(header, payload, this.config.mode !== 'logship').then(
+            () => this.after(this.core.stored(action.seq, null)),
+            (error: unknown) => {
+              this.log.error('could not store an entry from the source', { source: this.source, seq: action.seq, error: String(error) });
+              this.after(this.core.stored(action.seq, String(error)));
+            },
+          );
+          break;
+        }
+        case 'send-ack':
+          this.send(encodeFrame({ type: 'ack', seq: action.seq, status: action.status }));
+          break;
+        case 'sync-log':
+          this.volume.log.syncTo(action.seq).then(
+            () => this.after(this.core.logSynced(action.seq, null)),
+            (error: unknown) => this.after(this.core.logSynced(action.seq, String(error))),
+          );
+          break;
+        case 'send-flushed':
+          this.send(encodeFrame({ type: 'flushed', seq: action.seq, status: action.status }));
+          break;
+        case 'checkpoint':
+          this.checkpoint(action.cpSeq).then(
+            () => this.after(this.core.checkpointDone(action.cpSeq, null)),
+            (error: unknown) => {
+              this.log.error('could not take the source\'s consistency point', { source: this.source, cpSeq: action.cpSeq, error: String(error) });
+              this.after(this.core.checkpointDone(action.cpSeq, String(error)));
+            },
+          );
+          break;
+        case 'send-synced':
+          this.send(encodeFrame({ type: 'synced', cpSeq: action.cpSeq, status: action.status }));
+          break;
+        case 'protocol-error': {
+          const link = this.session?.links.find((candidate) => candidate !== undefined);
+          this.counters.peerProtocolErrors += 1;
+          this.log.error('protocol error from the source', { source: this.source, reason: action.reason });
+          if (link !== undefined) link.close(`protocol error: ${action.reason}`);
+          else this.endSession(action.reason);
+          break;
+        }
+      }
+    }
+  }
+
+  /** After a completion: its actions, then anyone waiting for the target to go idle. */
+  private after(actions: TargetAction<EntryMessage>[]): void {
+    this.run(actions);
+    if (this.idleWaiters.length > 0 && this.core.ready().idle) {
+      for (const resolve of this.idleWaiters.splice(0)) resolve();
+    }
+  }
+
+  /** The source's consistency point: logship entries applied first, then the image durable and the log released. */
+  private async checkpoint(cpSeq: number): Promise<void> {
+    if (this.config.mode === 'logship') await this.volume.applyLoggedThrough(cpSeq);
+    await this.volume.checkpoint();
+  }
+}

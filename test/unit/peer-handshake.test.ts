@@ -1,0 +1,143 @@
+// The handshake proofs and the MAC helpers under them. What the handshake relies on: a
+// proof binds the secret, the direction and every field both sides said, so a proof made
+// for one connection, pair of nodes, volume or direction is worthless for any other; the
+// same inputs always give the same proof, so both nodes compute it alike; and proofs are
+// compared without leaking where they differ.
+
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { hmacSha256, macEquals, randomNonce } from '../../src/lib/hmac.js';
+import { proofsEqual, sourceProof, targetProof, type HelloTranscript } from '../../src/protocol/peer/handshake.js';
+
+const secret = Buffer.from('change-me', 'utf8');
+const targetNonce = Buffer.alloc(32, 0x5a);
+
+function baseHello(): HelloTranscript {
+  return {
+    version: 1,
+    connectionIndex: 0,
+    connections: 2,
+    session: 0x0102_0304,
+    nonce: Buffer.alloc(32, 0xa5),
+    cluster: 'prod',
+    fromNode: 'node-a',
+    toNode: 'node-b',
+    volume: 'vol-1',
+  };
+}
+
+function flipped(buffer: Buffer, index: number): Buffer {
+  const copy = Buffer.from(buffer);
+  copy[index] = (copy[index] ?? 0) ^ 1;
+  return copy;
+}
+
+/** The transcript spelled out by hand: label, then every field as u32 length + bytes. */
+function expectedTranscript(label: string, hello: HelloTranscript, nonce: Buffer): Buffer {
+  const field = (bytes: Buffer): Buffer => {
+    const length = Buffer.alloc(4);
+    length.writeUInt32BE(bytes.length, 0);
+    return Buffer.concat([length, bytes]);
+  };
+  return Buffer.concat([
+    Buffer.from(label, 'utf8'),
+    field(Buffer.from('0001', 'hex')),
+    field(Buffer.from([hello.connectionIndex])),
+    field(Buffer.from([hello.connections])),
+    field(Buffer.from('01020304', 'hex')),
+    field(hello.nonce),
+    field(Buffer.from(hello.cluster, 'utf8')),
+    field(Buffer.from(hello.fromNode, 'utf8')),
+    field(Buffer.from(hello.toNode, 'utf8')),
+    field(Buffer.from(hello.volume, 'utf8')),
+    field(nonce),
+  ]);
+}
+
+describe('peer handshake proofs', () => {
+  test('each proof is the HMAC of the documented transcript', () => {
+    const hello = baseHello();
+    assert.deepEqual(
+      targetProof(hmacSha256, secret, hello, targetNonce),
+      hmacSha256(secret, expectedTranscript('blockmirror-peer-v1 target', hello, targetNonce)),
+    );
+    assert.deepEqual(
+      sourceProof(hmacSha256, secret, hello, targetNonce),
+      hmacSha256(secret, expectedTranscript('blockmirror-peer-v1 source', hello, targetNonce)),
+    );
+  });
+
+  test('the MAC is the injected one, keyed with the secret', () => {
+    const calls: { key: string; data: Buffer }[] = [];
+    const mac = (key: Buffer, data: Buffer): Buffer => {
+      calls.push({ key: key.toString('utf8'), data });
+      return Buffer.from([calls.length]);
+    };
+    assert.deepEqual(targetProof(mac, secret, baseHello(), targetNonce), Buffer.from([1]));
+    assert.equal(calls[0]?.key, 'change-me');
+    assert.ok(calls[0]?.data.subarray(0, 26).equals(Buffer.from('blockmirror-peer-v1 target')));
+  });
+
+  test('the two directions give different proofs', () => {
+    assert.ok(!targetProof(hmacSha256, secret, baseHello(), targetNonce).equals(sourceProof(hmacSha256, secret, baseHello(), targetNonce)));
+  });
+
+  test('equal inputs give equal proofs', () => {
+    const first = baseHello();
+    const second = { ...baseHello(), nonce: Buffer.from(first.nonce) };
+    assert.deepEqual(targetProof(hmacSha256, secret, first, targetNonce), targetProof(hmacSha256, Buffer.from(secret), second, Buffer.from(targetNonce)));
+    assert.deepEqual(sourceProof(hmacSha256, secret, first, targetNonce), sourceProof(hmacSha256, Buffer.from(secret), second, Buffer.from(targetNonce)));
+  });
+
+  test('changing any field, the target nonce or the secret changes both proofs', () => {
+    const base = baseHello();
+    const variants: [string, HelloTranscript, Buffer, Buffer][] = [
+      ['version', { ...base, version: 2 }, targetNonce, secret],
+      ['connectionIndex', { ...base, connectionIndex: 1 }, targetNonce, secret],
+      ['connections', { ...base, connections: 3 }, targetNonce, secret],
+      ['session', { ...base, session: base.session + 1 }, targetNonce, secret],
+      ['source nonce', { ...base, nonce: flipped(base.nonce, 31) }, targetNonce, secret],
+      ['cluster', { ...base, cluster: 'prod2' }, targetNonce, secret],
+      ['fromNode', { ...base, fromNode: 'node-c' }, targetNonce, secret],
+      ['toNode', { ...base, toNode: 'node-c' }, targetNonce, secret],
+      ['volume', { ...base, volume: 'vol-2' }, targetNonce, secret],
+      ['nodes swapped', { ...base, fromNode: base.toNode, toNode: base.fromNode }, targetNonce, secret],
+      // Without length prefixes these two would be the same bytes.
+      ['boundary moved', { ...base, cluster: 'prodn', fromNode: 'ode-a' }, targetNonce, secret],
+      ['target nonce', base, flipped(targetNonce, 0), secret],
+      ['secret', base, targetNonce, Buffer.from('change-me!', 'utf8')],
+    ];
+    for (const proof of [targetProof, sourceProof]) {
+      const reference = proof(hmacSha256, secret, base, targetNonce);
+      const seen = new Set<string>([reference.toString('hex')]);
+      for (const [name, hello, nonce, key] of variants) {
+        const changed = proof(hmacSha256, key, hello, nonce).toString('hex');
+        assert.ok(!seen.has(changed), `${proof.name}: changing ${name} did not give a new proof`);
+        seen.add(changed);
+      }
+    }
+  });
+});
+
+describe('proof comparison', () => {
+  const proof = targetProof(hmacSha256, secret, baseHello(), targetNonce);
+
+  for (const [name, equal] of [['proofsEqual', proofsEqual], ['macEquals', macEquals]] as const) {
+    test(`${name}: equal, any one byte different, other lengths`, () => {
+      assert.equal(equal(proof, Buffer.from(proof)), true);
+      assert.equal(equal(Buffer.alloc(0), Buffer.alloc(0)), true);
+      for (let index = 0; index < proof.length; index += 1) assert.equal(equal(proof, flipped(proof, index)), false, `byte ${index}`);
+      assert.equal(equal(proof, proof.subarray(0, 31)), false);
+      assert.equal(equal(proof, Buffer.concat([proof, Buffer.alloc(1)])), false);
+      assert.equal(equal(Buffer.alloc(0), proof), false);
+    });
+  }
+
+  test('random nonces are 32 bytes and differ', () => {
+    const first = randomNonce();
+    const second = randomNonce();
+    assert.equal(first.length, 32);
+    assert.equal(second.length, 32);
+    assert.ok(!first.equals(second));
+  });
+});
