@@ -1,6 +1,6 @@
 // Operating errors: things that go wrong in a correct program (a bad config file, a
 // full disk, a peer that lies). Each has a stable code that logs, the admin API and
-// tests can match on; docs/errors.md lists them. Bugs are assertions, not these.
+// tests can match on; the "Error codes" section of docs/operations.md lists them. Bugs are assertions, not these.
 
 export type ErrorCode =
   | 'ERR_CONFIG_INVALID'

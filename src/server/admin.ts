@@ -144,6 +144,24 @@ function metrics(status: NodeStatus): string {
     'Seconds since the last consistency point.',
     status.volumes.map((volume) => [`${labels},volume="${volume.name}"`, Math.max(0, Math.round((Date.now() - volume.log.cpTimeMs) / 1000))]),
   );
+  metric('blockmirror_peer_protocol_errors_total', 'counter', 'Peer connections closed for a bad frame or message.', [
+    [labels, status.counters['peerProtocolErrors'] ?? 0],
+  ]);
+  metric('blockmirror_peer_refusals_total', 'counter', 'Peer connections refused or failed during the handshake.', [
+    [labels, status.counters['peerRefusals'] ?? 0],
+  ]);
+  const perPeer = (name: string, help: string, value: (peer: PeerReplicationStatus) => number): void =>
+    metric(
+      name,
+      'gauge',
+      help,
+      status.volumes.flatMap((volume) => volume.peers.map((peer): [string, number] => [`${labels},volume="${volume.name}",peer="${peer.node}"`, value(peer)])),
+    );
+  perPeer('blockmirror_peer_streaming', '1 while the primary streams the volume to the peer.', (peer) => (peer.replication === 'streaming' ? 1 : 0));
+  perPeer('blockmirror_peer_up_to_date', '1 while the peer\'s copy is up to date.', (peer) => (peer.disk === 'up-to-date' ? 1 : 0));
+  perPeer('blockmirror_peer_acked_seq', 'Every log entry up to this sequence number is stored on the peer.', (peer) => peer.ackedSeq);
+  perPeer('blockmirror_peer_lag_bytes', 'Bytes of log entries the peer has not acknowledged.', (peer) => peer.lagBytes);
+  perPeer('blockmirror_peer_out_of_sync_bytes', 'Bytes of the volume the peer may lack.', (peer) => peer.outOfSyncBytes);
   metric(
     'blockmirror_volume_size_bytes',
     'gauge',
@@ -157,12 +175,19 @@ function escapeHtml(text: string): string {
   return text.replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' })[c] ?? c);
 }
 
+function replicationText(volume: VolumeStatus): string {
+  if (volume.source !== null) return `from ${volume.source.node}: ${volume.source.connected ? 'streaming' : 'disconnected'}`;
+  if (volume.peers.length === 0) return 'not mirrored';
+  return volume.peers.map((peer) => `to ${peer.node}: ${peer.replication}, ${peer.disk}, lag ${peer.lagBytes} B`).join('; ');
+}
+
 function dashboard(status: NodeStatus): string {
   const rows = status.volumes
     .map(
       (v) =>
         `<tr><td>${escapeHtml(v.name)}</td><td>${v.sizeBytes}</td><td>${v.mode}</td><td>${v.role}</td>` +
-        `<td>${v.disk}</td><td>${v.stats['writeOps'] ?? 0}</td><td>${v.stats['readOps'] ?? 0}</td></tr>`,
+        `<td>${v.disk}</td><td>${v.stats['writeOps'] ?? 0}</td><td>${v.stats['readOps'] ?? 0}</td>` +
+        `<td>${escapeHtml(replicationText(v))}</td></tr>`,
     )
     .join('');
   return `<!doctype html><html><head><meta charset="utf-8"><meta http-equiv="refresh" content="2">
@@ -170,7 +195,7 @@ function dashboard(status: NodeStatus): string {
 <style>body{font:14px system-ui;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 10px}</style>
 </head><body><h1>blockmirror node ${escapeHtml(status.node)}</h1>
 <p>cluster ${escapeHtml(status.cluster)} · NBD ${escapeHtml(status.nbd)} · ${status.connections} connection(s) · up ${status.uptimeSeconds}s</p>
-<table><tr><th>volume</th><th>size (bytes)</th><th>mode</th><th>role</th><th>disk</th><th>writes</th><th>reads</th></tr>${rows}</table>
+<table><tr><th>volume</th><th>size (bytes)</th><th>mode</th><th>role</th><th>disk</th><th>writes</th><th>reads</th><th>replication</th></tr>${rows}</table>
 </body></html>`;
 }
 

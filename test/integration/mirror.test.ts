@@ -284,3 +284,50 @@ test('a strict volume fails writes while a replica is away and takes them once i
     assert.equal(image.subarray(0, 64 * 1024).every((byte) => byte === 0x02), true, `${node.dataSubdir} has the write`);
   }
 });
+
+test('clean restarts of either node resume streaming; after a primary crash its peer is outdated, not silently taken back', async () => {
+  const dir = tempDir();
+  const config = await writeClusterConfig(dir, {
+    nodes: [{ id: 'a' }, { id: 'b' }],
+    volumes: [{ name: 'v1', size: '16MiB', replicas: ['a', 'b'], primary: 'a', mode: 'sync' }],
+  });
+  let b = await startClusterNode(dir, config, 'b');
+  let a = await startClusterNode(dir, config, 'a');
+  await streaming(a, 'v1', 1);
+  await qemuIo(a.uri('v1'), ['write -P 0x10 0 1M']);
+
+  // The secondary stops cleanly and comes back; nothing was written meanwhile.
+  assert.equal((await b.stop()).code, 0);
+  await a.waitStatus('b disconnected', (status) => volumeOf(status, 'v1').peers[0]?.replication !== 'streaming');
+  b = await startClusterNode(dir, config, 'b');
+  await streaming(a, 'v1', 1);
+  await qemuIo(a.uri('v1'), ['write -P 0x20 1M 1M']);
+
+  // The primary stops cleanly and comes back.
+  assert.equal((await a.stop()).code, 0);
+  a = await startClusterNode(dir, config, 'a');
+  await streaming(a, 'v1', 1);
+  await qemuIo(a.uri('v1'), ['write -P 0x30 2M 1M', 'flush']);
+  const peer = volumeOf(await a.status(), 'v1').peers[0];
+  assert.equal(peer?.disk, 'up-to-date');
+
+  // A crashed primary cannot know which of its last entries its peer holds under the
+  // same sequence numbers: the peer is outdated until a resync, and says so.
+  assert.equal((await a.stop('SIGKILL')).signal, 'SIGKILL');
+  a = await startClusterNode(dir, config, 'a');
+  const after = await a.waitStatus('b marked outdated', (status) => volumeOf(status, 'v1').peers[0]?.disk === 'outdated');
+  const outdated = volumeOf(after, 'v1').peers[0];
+  assert.notEqual(outdated?.replication, 'streaming');
+  assert.equal(outdated?.outOfSyncBytes, 16 * MiB);
+  // Writes go on without it (the volume is not strict).
+  await qemuIo(a.uri('v1'), ['write -P 0x40 3M 1M', 'read -P 0x30 2M 1M']);
+  assert.equal((await a.stop()).code, 0);
+  assert.equal((await b.stop()).code, 0);
+  const expected = Buffer.alloc(16 * MiB);
+  fill(expected, 0, MiB, 0x10);
+  fill(expected, MiB, MiB, 0x20);
+  fill(expected, 2 * MiB, MiB, 0x30);
+  assertSameImage(expected, readImage(b, 'v1'), 'secondary image (up to the crash)');
+  fill(expected, 3 * MiB, MiB, 0x40);
+  assertSameImage(expected, readImage(a, 'v1'), 'primary image');
+});
