@@ -21,6 +21,7 @@ import { encodeFrame, PeerFrameDecoder, RefuseCode, type PeerMessage } from '../
 import { sourceProof, targetProof } from '../protocol/peer/handshake.js';
 
 export const PEER_PROTOCOL_VERSION = 1;
+const HELD_MESSAGES_MAX = 1024;
 
 export type LinkState = 'connecting' | 'handshake' | 'up' | 'closed';
 
@@ -35,6 +36,8 @@ export class PeerLink {
   closeReason: string | null = null;
   private readonly decoder = new PeerFrameDecoder({ entryBodyBytesMax: constants.peerEntryBodyBytesMax });
   private onMessage: (message: PeerMessage) => void = () => undefined;
+  /** Messages that arrived while nobody was listening yet (between handshake and session). */
+  private held: PeerMessage[] | null = null;
   private readonly closeHandlers: ((reason: string) => void)[] = [];
   private timer: NodeJS.Timeout | null = null;
 
@@ -48,9 +51,33 @@ export class PeerLink {
     socket.on('close', () => this.close('connection closed by the peer'));
   }
 
-  /** Messages go to `handler` from now on. */
+  /** Messages go to `handler` from now on, starting with any held ones. */
   receive(handler: (message: PeerMessage) => void): void {
     this.onMessage = handler;
+    const held = this.held ?? [];
+    this.held = null;
+    for (const message of held) {
+      if (this.isClosed()) return;
+      handler(message);
+    }
+  }
+
+  /**
+   * Keeps messages until the next receive(): frames that follow the handshake in the same
+   * chunk are judged by whoever takes the link over, not dropped.
+   */
+  hold(): void {
+    this.held = [];
+    this.onMessage = (message) => {
+      const held = this.held;
+      if (held === null) return;
+      if (held.length >= HELD_MESSAGES_MAX) {
+        this.counters.peerProtocolErrors += 1;
+        this.close(`more than ${HELD_MESSAGES_MAX} messages before the session started`);
+        return;
+      }
+      held.push(message);
+    };
   }
 
   onClose(handler: (reason: string) => void): void {
@@ -188,7 +215,7 @@ export function connectAsSource(
         settled = true;
         done();
         link.state = 'up';
-        link.receive(() => undefined);
+        link.hold();
         resolve({ link, ready: message });
       } else if (message.type === 'refuse') {
         fail(new HandshakeRefused(`node ${hello.toNode} refused the connection: ${message.message}`, message.code));
@@ -258,7 +285,7 @@ export function acceptAsTarget(link: PeerLink, expect: TargetExpectations, log: 
         }
         settled = true;
         done();
-        link.receive(() => undefined);
+        link.hold();
         resolve(hello);
       } else if (message.type === 'refuse' && hello !== null) {
         log.warn('peer connection refused', { remote: link.socket.remoteAddress ?? '?', from: hello.fromNode, reason: message.message });

@@ -250,6 +250,8 @@ export class WriteLog {
   private readonly logId: number;
   /** Session ids recovery accepts, in order (see Superblock.logIds). */
   private logIds: number[];
+  /** The last entry recovery found from each earlier session. */
+  private readonly sessionLastSeq = new Map<number, number>();
   private activeGeneration: number;
   private writeOffset: number;
   private nextSeq: number;
@@ -457,6 +459,7 @@ export class WriteLog {
       }
       if (header !== null && payload !== null) {
         session = this.logIds.indexOf(header.logId);
+        this.sessionLastSeq.set(header.logId, header.seq);
         if (this.options.replica?.deferApply === true) this.positions.set(header.seq, { generation, offset });
         else await apply(header, payload);
         this.recordPlaced(generation, header.seq);
@@ -917,10 +920,13 @@ export class WriteLog {
       }
     }
     const cpTimeMs = Date.now();
+    // Sessions whose entries may lie after the CP: this one, and earlier ones with entries
+    // beyond it (a logship replica applies, and so covers, only up to the primary's CP).
+    const logIds = this.logIds.filter((id) => id === this.logId || (this.sessionLastSeq.get(id) ?? 0) > cpSeq);
     const superblock: Superblock = {
       format: 1,
       // Everything before the CP is covered: only this session's entries can follow it.
-      logIds: [this.logId],
+      logIds,
       volumeUuid: this.options.volumeUuid,
       partitionBytes: this.geometry.partitionBytes,
       partitions: this.geometry.partitions,
@@ -930,7 +936,7 @@ export class WriteLog {
       replayOffset: resume.offset,
     };
     writeFileAtomic(path.join(this.options.dir, SUPERBLOCK), superblockText(superblock));
-    this.logIds = [this.logId];
+    this.logIds = logIds;
     this.cpSeq = cpSeq;
     this.cpTimeMs = cpTimeMs;
     this.checkpoints += 1;

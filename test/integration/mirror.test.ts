@@ -331,3 +331,56 @@ test('clean restarts of either node resume streaming; after a primary crash its 
   fill(expected, 3 * MiB, MiB, 0x40);
   assertSameImage(expected, readImage(a, 'v1'), 'primary image');
 });
+
+test('allowSecondaryReads: a streaming secondary exports a read-only copy', async () => {
+  const dir = tempDir();
+  const config = await writeClusterConfig(dir, {
+    nodes: [{ id: 'a' }, { id: 'b', host: '127.0.0.2' }],
+    volumes: [{ name: 'v1', size: '16MiB', replicas: ['a', 'b'], primary: 'a', mode: 'sync', allowSecondaryReads: true }],
+  });
+  const b = await startClusterNode(dir, config, 'b');
+  const a = await startClusterNode(dir, config, 'a');
+  await streaming(a, 'v1', 1);
+  await qemuIo(a.uri('v1'), ['write -P 0x5a 0 256k']);
+  // Sync mode: the write was acknowledged by b before a answered, so b reads it.
+  await runOk('qemu-io', ['-r', '-f', 'raw', b.uri('v1'), '-c', 'read -P 0x5a 0 256k', '-c', 'read -P 0 256k 64k'], { timeoutMs: 30_000 });
+  // The export is read-only: a client that asks for write access is turned away.
+  const write = await run('qemu-io', ['-f', 'raw', b.uri('v1'), '-c', 'write -P 0x01 0 4k'], { timeoutMs: 30_000 });
+  assert.notEqual(write.code, 0);
+  assert.match(write.stdout + write.stderr, /Permission denied|read-only/i);
+  assert.equal((await a.stop()).code, 0);
+  // Without its primary the copy may fall behind: it is no longer offered.
+  const refused = await run('qemu-io', ['-r', '-f', 'raw', b.uri('v1'), '-c', 'read 0 4k'], { timeoutMs: 30_000 });
+  assert.match(refused.stderr, /not up to date; use the primary, node a/);
+  assert.equal((await b.stop()).code, 0);
+  assert.equal(readImage(b, 'v1').subarray(0, 4096).every((byte) => byte === 0x5a), true, 'the refused write changed nothing');
+});
+
+test('a secondary that cannot store an entry answers with an error: the primary marks it failed and carries on', async () => {
+  const dir = tempDir();
+  const config = await writeClusterConfig(dir, {
+    nodes: [{ id: 'a' }, { id: 'b' }],
+    volumes: [{ name: 'v1', size: '64MiB', replicas: ['a', 'b'], primary: 'a', mode: 'sync' }],
+  });
+  // b's data directory is a small tmpfs: its log files fit, the image's data does not.
+  const small = path.join(dir, 'data-b');
+  fs.mkdirSync(small);
+  await runOk('mount', ['-t', 'tmpfs', '-o', 'size=20m', 'tmpfs', small]);
+  try {
+    const b = await startClusterNode(dir, config, 'b');
+    const a = await startClusterNode(dir, config, 'a');
+    await streaming(a, 'v1', 1);
+    await qemuIo(a.uri('v1'), ['write -P 0x61 0 16M', 'flush', 'read -P 0x61 0 16M']);
+    const status = await a.waitStatus('b marked failed', (next) => volumeOf(next, 'v1').peers[0]?.disk === 'failed');
+    assert.notEqual(volumeOf(status, 'v1').peers[0]?.replication, 'streaming');
+    const loud = a.records().find((record) => record['msg'] === 'replica no longer counts for this volume');
+    assert.equal(loud?.['level'], 'error');
+    assert.match(String(loud?.['reason']), /could not store entry \d+/);
+    assert.equal(volumeOf(await b.status(), 'v1').disk, 'failed');
+    assert.equal((await a.stop()).code, 0);
+    await b.stop();
+    assert.equal(readImage(a, 'v1').subarray(0, 16 * MiB).every((byte) => byte === 0x61), true);
+  } finally {
+    await run('umount', [small]);
+  }
+});
