@@ -151,7 +151,9 @@ export class MirrorTarget<Frame> {
   flush(seq: number): TargetAction<Frame>[] {
     const actions: TargetAction<Frame>[] = [];
     if (this.stopped) return actions;
-    const problem = this.requestProblem('flush', seq, this.flushesWaiting.length);
+    // Waiting FLUSHes are merged rather than refused: FLUSHED is cumulative, so the reply
+    // to a later one answers an earlier one too (only a little later).
+    const problem = this.requestProblem('flush', seq, 0);
     if (problem !== null) return this.violation(problem);
     if (this.failed) actions.push({ kind: 'send-flushed', seq, status: 1 });
     else if (seq <= this.logSyncedSeq) actions.push({ kind: 'send-flushed', seq, status: 0 });
@@ -159,6 +161,7 @@ export class MirrorTarget<Frame> {
       let at = this.flushesWaiting.length;
       while (at > 0 && (this.flushesWaiting[at - 1] ?? 0) > seq) at -= 1;
       this.flushesWaiting.splice(at, 0, seq);
+      while (this.flushesWaiting.length > this.requestsWaitingMax) this.flushesWaiting.splice(this.flushesWaiting.length - 2, 1);
       this.startLogSync(actions);
     }
     return actions;

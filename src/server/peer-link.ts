@@ -40,6 +40,7 @@ export class PeerLink {
   private held: PeerMessage[] | null = null;
   private readonly closeHandlers: ((reason: string) => void)[] = [];
   private timer: NodeJS.Timeout | null = null;
+  private corked = false;
 
   constructor(
     readonly socket: net.Socket,
@@ -92,14 +93,30 @@ export class PeerLink {
     return () => this.clearDeadline();
   }
 
-  send(frame: Buffer | readonly Buffer[]): boolean {
-    if (this.state === 'closed') return false;
-    if (Buffer.isBuffer(frame)) return this.socket.write(frame);
-    this.socket.cork();
-    let ok = true;
-    for (const part of frame) ok = this.socket.write(part) && ok;
-    this.socket.uncork();
-    return ok;
+  /**
+   * Queues a frame. Frames sent during one turn of the event loop leave together, in
+   * one writev, once the turn's I/O callbacks have run: a syscall per batch rather than
+   * per entry or acknowledgement.
+   */
+  send(frame: Buffer | readonly Buffer[]): void {
+    if (this.state === 'closed') return;
+    if (!this.corked) {
+      this.corked = true;
+      this.socket.cork();
+      setImmediate(() => {
+        this.corked = false;
+        this.socket.uncork();
+      });
+    }
+    if (Buffer.isBuffer(frame)) this.socket.write(frame);
+    else for (const part of frame) this.socket.write(part);
+  }
+
+  /** Sends a last frame (a refusal) and closes once it has left, or after a moment at most. */
+  finish(frame: Buffer, reason: string): void {
+    if (this.state === 'closed') return;
+    this.socket.end(frame);
+    setTimeout(() => this.close(reason), 100).unref();
   }
 
   close(reason: string): void {
@@ -205,8 +222,11 @@ export function connectAsSource(
         const expected = targetProof(hmacSha256, hello.secret, helloMessage, message.nonce);
         if (!macEquals(expected, message.mac)) {
           // Told, so that the other side's log says why too.
-          link.send(encodeFrame({ type: 'refuse', code: RefuseCode.AUTH, message: `node ${hello.fromNode} could not verify your proof: wrong cluster secret` }));
-          fail(new HandshakeRefused(`node ${hello.toNode} failed to authenticate: wrong cluster secret`, RefuseCode.AUTH));
+          const reason = `node ${hello.toNode} failed to authenticate: wrong cluster secret`;
+          settled = true;
+          done();
+          link.finish(encodeFrame({ type: 'refuse', code: RefuseCode.AUTH, message: `node ${hello.fromNode} could not verify your proof: wrong cluster secret` }), reason);
+          reject(new HandshakeRefused(reason, RefuseCode.AUTH));
           return;
         }
         proven = true;
@@ -249,16 +269,17 @@ export function acceptAsTarget(link: PeerLink, expect: TargetExpectations, log: 
     let settled = false;
     const refuse = (code: RefuseCode, message: string): void => {
       log.warn('peer connection refused', { remote: link.socket.remoteAddress ?? '?', from: hello?.fromNode ?? '?', reason: message });
-      link.send(encodeFrame({ type: 'refuse', code, message }));
-      link.socket.end();
-      fail(new HandshakeRefused(message, code));
+      if (settled) return;
+      settled = true;
+      done();
+      link.finish(encodeFrame({ type: 'refuse', code, message }), message);
+      reject(new HandshakeRefused(message, code));
     };
     const fail = (error: Error): void => {
       if (settled) return;
       settled = true;
       done();
-      // Give the refusal a moment to leave before the socket is destroyed.
-      setTimeout(() => link.close(error.message), 100).unref();
+      link.close(error.message);
       reject(error);
     };
     link.onClose((reason) => fail(new Error(reason)));

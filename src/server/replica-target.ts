@@ -32,6 +32,7 @@ export class ReplicaTarget {
   private session: Session | null = null;
   private idleWaiters: (() => void)[] = [];
   private closed = false;
+  private ackPending: number | null = null;
   readonly source: string;
 
   constructor(
@@ -175,7 +176,19 @@ export class ReplicaTarget {
           break;
         }
         case 'send-ack':
-          this.send(encodeFrame({ type: 'ack', seq: action.seq, status: action.status }));
+          // ACKs are cumulative: those of one turn of the event loop collapse into the last.
+          if (action.status !== 0) {
+            this.send(encodeFrame({ type: 'ack', seq: action.seq, status: action.status }));
+          } else if (this.ackPending === null) {
+            this.ackPending = action.seq;
+            setImmediate(() => {
+              const seq = this.ackPending;
+              this.ackPending = null;
+              if (seq !== null) this.send(encodeFrame({ type: 'ack', seq, status: 0 }));
+            });
+          } else {
+            this.ackPending = Math.max(this.ackPending, action.seq);
+          }
           break;
         case 'sync-log':
           this.volume.log.syncTo(action.seq).then(

@@ -192,10 +192,32 @@ describe('MirrorTarget: FLUSH', () => {
     assert.ok(isProtocolError(target().flush(-1)));
   });
 
-  test('waiting FLUSHes and SYNCs are bounded', () => {
+  test('waiting FLUSHes and SYNCs are bounded: FLUSHes past the bound merge into the latest, SYNCs past it are refused', () => {
     const flushes = target(0, 640);
-    for (let seq = 1; seq <= 11; seq += 1) assert.deepEqual(flushes.flush(seq), []);
-    assert.ok(isProtocolError(flushes.flush(11)));
+    // Entries arrive and are stored, each followed by a FLUSH, while the first log sync
+    // takes its time: more FLUSHes wait than the bound (11), and none is refused.
+    const syncLogs: number[] = [];
+    const replies: number[] = [];
+    const collect = (actions: ReturnType<typeof flushes.flush>): void => {
+      for (const action of actions) {
+        assert.notEqual(action.kind, 'protocol-error');
+        if (action.kind === 'sync-log') syncLogs.push(action.seq);
+        if (action.kind === 'send-flushed') replies.push(action.seq);
+        if (action.kind === 'store') collect(flushes.stored(action.seq, null));
+      }
+    };
+    for (let seq = 1; seq <= 20; seq += 1) {
+      collect(flushes.entry(seq, 64, `e${seq}`));
+      collect(flushes.flush(seq));
+    }
+    for (let rounds = 0; syncLogs.length > 0 && rounds < 100; rounds += 1) {
+      const seq = syncLogs.shift() ?? 0;
+      collect(flushes.logSynced(seq, null));
+    }
+    // The replies are cumulative: fewer than the requests, in order, up to the last.
+    assert.ok(replies.length < 20, `merged (${replies.length} replies)`);
+    assert.equal(replies[replies.length - 1], 20);
+    assert.deepEqual([...replies].sort((x, y) => x - y), replies, 'in order');
     const syncs = target(0, 640);
     for (let seq = 1; seq <= 11; seq += 1) assert.deepEqual(syncs.sync(seq), []);
     assert.ok(isProtocolError(syncs.sync(11)));

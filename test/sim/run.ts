@@ -1,0 +1,164 @@
+// The simulator's command line (`npm run sim -- ...`):
+//
+//   node dist/test/sim/run.js [--seed N] [--runs K] [--base B] [--mode sync|async] [--fault F] [--trace] [--keep-going]
+//
+// With --seed it replays exactly that run and prints a short summary (--trace: every
+// event as well). Without it, it runs K seeds (default 200) from a base seed and stops
+// at the first failure (--keep-going: reports them all), printing the seed and the command that replays it; exit code 1.
+// The mode is drawn from each seed unless --mode forces it.
+
+import { pathToFileURL } from 'node:url';
+import { runCluster, type RunSummary } from './cluster.js';
+import { configFromSeed, describeConfig, faults, type ConfigChoices, type Fault, type SimMode } from './config.js';
+
+export const defaultBaseSeed = 0x51d0;
+
+export interface SeedResult {
+  seed: number;
+  summary: RunSummary | null;
+  error: string | null;
+  replay: string;
+}
+
+export function replayCommand(seed: number, choices: ConfigChoices): string {
+  const mode = choices.mode === undefined ? '' : ` --mode ${choices.mode}`;
+  const fault = choices.fault === undefined || choices.fault === null ? '' : ` --fault ${choices.fault}`;
+  return `npm run sim -- --seed ${seed}${mode}${fault}`;
+}
+
+/** Runs one seed and reports, rather than throws, what went wrong. */
+export function runSeed(seed: number, choices: ConfigChoices = {}, trace: ((line: string) => void) | null = null): SeedResult {
+  const replay = replayCommand(seed, choices);
+  try {
+    return { seed, summary: runCluster(configFromSeed(seed, choices), trace), error: null, replay };
+  } catch (error) {
+    const message = error instanceof Error ? `${error.name === 'SimFailure' ? '' : `${error.name}: `}${error.message}` : String(error);
+    return { seed, summary: null, error: message, replay };
+  }
+}
+
+export function failureText(result: SeedResult): string {
+  return `FAILED seed ${result.seed}: ${result.error ?? 'no error'}\nreplay: ${result.replay}`;
+}
+
+export function describeSummary(summary: RunSummary): string {
+  const { answered } = summary;
+  const peers = summary.peers.map((peer) => `${peer.id} ${peer.inSync ? 'in sync' : 'excluded'} (stored ${peer.storedSeq}, durable ${peer.durableSeq})`);
+  return [
+    `config: ${describeConfig(summary.config)}`,
+    `events ${summary.events}, virtual time ${(summary.virtualUs / 1000).toFixed(1)} ms, final seq ${summary.lastSeq}, ${summary.checkpoints} consistency points`,
+    `acknowledged: ${answered.write} writes, ${answered.fua} FUA writes, ${answered.flush} flushes (${summary.checks} checks)`,
+    `messages ${summary.messages.sent} sent, ${summary.messages.lost} lost to closed links`,
+    `memory: source queue max ${summary.maxQueuedBytes} B (bound ${summary.queuedBytesBound}), in flight max ${summary.maxInflightBytes} B, target buffer max ${summary.maxBufferedBytes} B`,
+    `peers: ${peers.join('; ')}`,
+    ...summary.drops.map((drop) => `dropped: ${drop}`),
+    ...(summary.config.fault === null ? [] : [`fault ${summary.config.fault} ${summary.faultInjected ? 'injected' : 'never injected'}`]),
+  ].join('\n');
+}
+
+interface Arguments {
+  seed: number | null;
+  runs: number;
+  base: number;
+  choices: ConfigChoices;
+  trace: boolean;
+  keepGoing: boolean;
+}
+
+function parseArguments(argv: readonly string[]): Arguments {
+  const parsed: Arguments = { seed: null, runs: 200, base: defaultBaseSeed, choices: {}, trace: false, keepGoing: false };
+  for (let at = 0; at < argv.length; at += 1) {
+    const name = argv[at];
+    const value = (): string => {
+      at += 1;
+      const text = argv[at];
+      if (text === undefined) throw new Error(`${name} needs a value`);
+      return text;
+    };
+    const integer = (): number => {
+      const text = value();
+      const number = Number(text);
+      if (!Number.isSafeInteger(number) || number < 0) throw new Error(`${name} must be a non-negative integer, got "${text}"`);
+      return number;
+    };
+    switch (name) {
+      case '--seed':
+        parsed.seed = integer() >>> 0;
+        break;
+      case '--runs':
+        parsed.runs = integer();
+        break;
+      case '--base':
+        parsed.base = integer() >>> 0;
+        break;
+      case '--mode': {
+        const mode = value();
+        if (mode !== 'sync' && mode !== 'async') throw new Error(`--mode must be sync or async, got "${mode}"`);
+        parsed.choices.mode = mode satisfies SimMode;
+        break;
+      }
+      case '--fault': {
+        const fault = value();
+        if (!faults.includes(fault as Fault)) throw new Error(`--fault must be one of ${faults.join(', ')}, got "${fault}"`);
+        parsed.choices.fault = fault as Fault;
+        break;
+      }
+      case '--trace':
+        parsed.trace = true;
+        break;
+      case '--keep-going':
+        parsed.keepGoing = true;
+        break;
+      default:
+        throw new Error(`unknown argument "${String(name)}" (usage: run.js [--seed N] [--runs K] [--base B] [--mode sync|async] [--fault F] [--trace] [--keep-going])`);
+    }
+  }
+  return parsed;
+}
+
+function main(argv: readonly string[]): number {
+  const args = parseArguments(argv);
+  if (args.seed !== null) {
+    const result = runSeed(args.seed, args.choices, args.trace ? (line) => console.log(line) : null);
+    if (result.summary !== null) {
+      console.log(`seed ${args.seed}: ok`);
+      console.log(describeSummary(result.summary));
+      return 0;
+    }
+    console.log(describeConfigOf(args.seed, args.choices));
+    console.log(failureText(result));
+    return 1;
+  }
+  const startedMs = performance.now();
+  let events = 0;
+  let failed = 0;
+  for (let run = 0; run < args.runs; run += 1) {
+    const seed = (args.base + run) >>> 0;
+    const result = runSeed(seed, args.choices);
+    if (result.summary === null) {
+      console.log(failureText(result));
+      failed += 1;
+      if (!args.keepGoing) return 1;
+      continue;
+    }
+    events += result.summary.events;
+  }
+  const elapsedMs = performance.now() - startedMs;
+  const outcome = failed === 0 ? 'passed' : `run, ${failed} failed`;
+  console.log(`${args.runs} seeds from ${args.base} ${outcome} (${events} events, ${elapsedMs.toFixed(0)} ms)`);
+  return failed === 0 ? 0 : 1;
+}
+
+function describeConfigOf(seed: number, choices: ConfigChoices): string {
+  return `config: ${describeConfig(configFromSeed(seed, choices))}`;
+}
+
+// Only as a program: sim.test.ts imports the functions above.
+if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  try {
+    process.exitCode = main(process.argv.slice(2));
+  } catch (error) {
+    console.error(error instanceof Error ? error.message : String(error));
+    process.exitCode = 2;
+  }
+}
