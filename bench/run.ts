@@ -3,16 +3,22 @@
 // blockmirror to each reference server, keeps the raw fio output under bench/results/,
 // and rewrites docs/benchmarks.md with the latest table.
 //
+// `blockmirror` is a `mode: local` volume on one node. `blockmirror-sync` and
+// `blockmirror-async` are the same volume mirrored from node a to node b, two `blockmirror
+// serve` processes on this machine linked over loopback TCP; the clients talk to node a.
+//
 // Besides fio, it measures durable writes with FUA at depth 1 and 32 (qemu-img bench; fio
-// sends no FUA) and how long a node takes to recover a full log partition after SIGKILL.
+// sends no FUA), how long a node takes to recover a full log partition after SIGKILL, and,
+// for the mirrored servers, the CPU time both nodes spend per MiB written.
 //
 // Environment: BENCH_RUNTIME_S (default 10), BENCH_SIZE (default 1G), BENCH_SERVERS
-// (comma list, default blockmirror,nbdkit,qemu-nbd), BENCH_WORKLOADS (comma list of names,
-// including fua-4k-qd1 and fua-4k-qd32), BENCH_FUA_COUNT (default 20000), BENCH_RECOVERY=0
-// to skip the recovery measurement, BENCH_LOG (a YAML flow mapping for blockmirror's `log:`
-// section, e.g. "{ partitionSize: 256MiB, partitions: 4 }").
+// (comma list, default blockmirror,blockmirror-sync,blockmirror-async,nbdkit,qemu-nbd),
+// BENCH_WORKLOADS (comma list of names, including fua-4k-qd1 and fua-4k-qd32),
+// BENCH_FUA_COUNT (default 20000), BENCH_RECOVERY=0 to skip the recovery measurement,
+// BENCH_LOG (a YAML flow mapping for blockmirror's `log:` section, e.g.
+// "{ partitionSize: 256MiB, partitions: 4 }"; every blockmirror server uses it).
 
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -26,6 +32,15 @@ const resultsDir = path.join(root, 'bench/results');
 const runtimeS = Number(process.env['BENCH_RUNTIME_S'] ?? 10);
 const sizeText = process.env['BENCH_SIZE'] ?? '1G';
 const sizeBytes = parseSize(sizeText);
+
+/** The mirrored servers, and the mode of their volume. */
+const mirrorModes: Record<string, 'sync' | 'async'> = { 'blockmirror-sync': 'sync', 'blockmirror-async': 'async' };
+/** How long node b may take to catch up with node a before a workload starts. */
+const catchUpTimeoutMs = 120_000;
+/** The workload in which the mirrored servers' CPU time per MiB written is measured. */
+const cpuWorkloadName = 'seqwrite-1m-qd8';
+/** /proc/<pid>/stat counts CPU time in clock ticks of this length. */
+const clockTicksPerSecond = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim());
 
 interface Workload {
   name: string;
@@ -53,7 +68,12 @@ interface Figure {
 interface ServerRun {
   server: string;
   figures: Record<string, Figure>;
+  /** Of the server's process; of node a for a mirrored server. */
   peakRssMiB: number | null;
+  /** Of node b, for a mirrored server. */
+  secondaryPeakRssMiB: number | null;
+  /** CPU time of node a and node b per MiB written in the 1M seqwrite workload, for a mirrored server. */
+  cpuMsPerMiB: { a: number; b: number } | null;
 }
 
 /** Durable writes through qemu-img bench, which sets FUA on every write (fio cannot). */
@@ -75,11 +95,11 @@ function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
-function freePort(): Promise<number> {
+function freePort(host = '127.0.0.1'): Promise<number> {
   return new Promise((resolve, reject) => {
     const server = net.createServer();
     server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
+    server.listen(0, host, () => {
       const address = server.address();
       const port = typeof address === 'object' && address !== null ? address.port : 0;
       server.close(() => resolve(port));
@@ -142,7 +162,14 @@ function peakRssMiB(pid: number | undefined): number | null {
 
 interface Started {
   uri: string;
+  /** The server's process; node a's for a mirrored server. */
   child: ChildProcess;
+  mirror: Mirror | null;
+}
+
+/** blockmirror's `log:` section from BENCH_LOG, for every blockmirror server's cluster file. */
+function logSection(): string {
+  return process.env['BENCH_LOG'] !== undefined ? `log: ${process.env['BENCH_LOG']}\n` : '';
 }
 
 async function startServer(server: string, image: string): Promise<Started> {
@@ -150,7 +177,7 @@ async function startServer(server: string, image: string): Promise<Started> {
   if (server === 'nbdkit') {
     const child = spawn('nbdkit', ['-f', '-i', '127.0.0.1', '-p', String(port), 'file', image], { stdio: 'ignore' });
     await waitForPort(port, child);
-    return { uri: `nbd://127.0.0.1:${port}`, child };
+    return { uri: `nbd://127.0.0.1:${port}`, child, mirror: null };
   }
   if (server === 'qemu-nbd') {
     const child = spawn(
@@ -159,7 +186,7 @@ async function startServer(server: string, image: string): Promise<Started> {
       { stdio: 'ignore' },
     );
     await waitForPort(port, child);
-    return { uri: `nbd://127.0.0.1:${port}`, child };
+    return { uri: `nbd://127.0.0.1:${port}`, child, mirror: null };
   }
   // blockmirror: its image lives in its data dir, on the same file system as the others.
   const dir = path.dirname(image);
@@ -180,20 +207,245 @@ volumes:
     replicas: [a]
     primary: a
     mode: local
-${process.env['BENCH_LOG'] !== undefined ? `log: ${process.env['BENCH_LOG']}\n` : ''}`,
+${logSection()}`,
   );
   const child = spawn(process.execPath, [cli, 'serve', '--config', config, '--node', 'a'], { stdio: 'ignore' });
   await waitForPort(port, child);
-  return { uri: `nbd://127.0.0.1:${port}/vol0`, child };
+  return { uri: `nbd://127.0.0.1:${port}/vol0`, child, mirror: null };
 }
 
 async function stopServer(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null) return;
+  // A process killed by a signal has no exit code, and its 'exit' has been emitted already.
+  if (child.exitCode !== null || child.signalCode !== null) return;
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   child.kill('SIGTERM');
   const timer = setTimeout(() => child.kill('SIGKILL'), 15_000);
   await exited;
   clearTimeout(timer);
+}
+
+/** One node of a mirrored server: its process, and what its log said. */
+interface MirrorNode {
+  id: 'a' | 'b';
+  child: ChildProcess;
+  /** The NBD and admin addresses (host:port) from the node's "node ready" line. */
+  ready: { nbd: string; admin: string } | null;
+  /** The first few warn and error lines, and lines that are not JSON (a crash's stack trace). */
+  problems: string[];
+  problemCount: number;
+  /** The last lines logged, for the error when the node fails. */
+  tail: string[];
+}
+
+interface Mirror {
+  primary: MirrorNode;
+  secondary: MirrorNode;
+  /** Node a's admin API. */
+  adminUrl: string;
+}
+
+/** The parts of node a's `GET /api/v1/status` for vol0 that the bench reads. */
+interface MirrorVolumeStatus {
+  name: string;
+  stats: Record<string, number>;
+  log: { lastSeq: number };
+  peers: { node: string; replication: string; ackedSeq: number }[];
+}
+
+const nodeProblemsKept = 5;
+const nodeTailLines = 20;
+
+function spawnNode(config: string, id: 'a' | 'b'): MirrorNode {
+  const child = spawn(process.execPath, [cli, 'serve', '--config', config, '--node', id], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const node: MirrorNode = { id, child, ready: null, problems: [], problemCount: 0, tail: [] };
+  let partial = '';
+  child.stderr?.setEncoding('utf8');
+  child.stderr?.on('data', (text: string) => {
+    const lines = (partial + text).split('\n');
+    partial = lines.pop() ?? '';
+    for (const line of lines) onNodeLine(node, line);
+  });
+  return node;
+}
+
+function onNodeLine(node: MirrorNode, line: string): void {
+  if (line === '') return;
+  node.tail.push(line);
+  if (node.tail.length > nodeTailLines) node.tail.shift();
+  const record = parseLogRecord(line);
+  if (record?.msg === 'node ready') node.ready = { nbd: String(record.nbd), admin: String(record.admin) };
+  if (record === null || record.level === 'warn' || record.level === 'error') {
+    node.problemCount += 1;
+    if (node.problems.length < nodeProblemsKept) node.problems.push(line);
+  }
+}
+
+/** A node's JSON log line, or null for anything else (which the node only writes when it fails). */
+function parseLogRecord(line: string): { level?: unknown; msg?: unknown; nbd?: unknown; admin?: unknown } | null {
+  try {
+    const value: unknown = JSON.parse(line);
+    return typeof value === 'object' && value !== null ? value : null;
+  } catch {
+    return null;
+  }
+}
+
+function nodeExited(node: MirrorNode): boolean {
+  return node.child.exitCode !== null || node.child.signalCode !== null;
+}
+
+function checkNodeAlive(node: MirrorNode): void {
+  if (!nodeExited(node)) return;
+  const how = node.child.exitCode ?? node.child.signalCode;
+  throw new Error(`node ${node.id} exited (${how}); its last log lines:\n${node.tail.join('\n')}`);
+}
+
+async function waitNodeReady(node: MirrorNode, timeoutMs: number): Promise<{ nbd: string; admin: string }> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (node.ready !== null) return node.ready;
+    checkNodeAlive(node);
+    await sleep(20);
+  }
+  throw new Error(`node ${node.id} not ready within ${timeoutMs} ms; its last log lines:\n${node.tail.join('\n')}`);
+}
+
+async function mirrorVolume(mirror: Mirror): Promise<MirrorVolumeStatus> {
+  const response = await fetch(`${mirror.adminUrl}/api/v1/status`, { signal: AbortSignal.timeout(10_000) });
+  if (!response.ok) throw new Error(`node a's admin API answered ${response.status}`);
+  const status = (await response.json()) as { volumes: MirrorVolumeStatus[] };
+  const volume = status.volumes.find((candidate) => candidate.name === 'vol0');
+  if (volume === undefined) throw new Error(`node a's status has no vol0: ${JSON.stringify(status)}`);
+  return volume;
+}
+
+/** Polls node a's status of vol0 until `check` holds (bounded); fails at once if a node exits. */
+async function waitMirror(mirror: Mirror, what: string, check: (volume: MirrorVolumeStatus) => boolean, timeoutMs: number): Promise<MirrorVolumeStatus> {
+  const deadline = Date.now() + timeoutMs;
+  let last: MirrorVolumeStatus | null = null;
+  while (Date.now() < deadline) {
+    checkNodeAlive(mirror.primary);
+    checkNodeAlive(mirror.secondary);
+    last = await mirrorVolume(mirror);
+    if (check(last)) return last;
+    await sleep(50);
+  }
+  throw new Error(`${what} did not happen within ${timeoutMs} ms; node a's last status of vol0: ${JSON.stringify(last)}`);
+}
+
+function streaming(volume: MirrorVolumeStatus): boolean {
+  return volume.peers.length > 0 && volume.peers.every((peer) => peer.replication === 'streaming');
+}
+
+/** Node b streams and has acknowledged everything node a logged. */
+function caughtUp(volume: MirrorVolumeStatus): boolean {
+  return streaming(volume) && volume.peers.every((peer) => peer.ackedSeq >= volume.log.lastSeq);
+}
+
+/** Waits until node b has caught up, so no workload pays for the replication an earlier one left. */
+function waitCaughtUp(mirror: Mirror): Promise<MirrorVolumeStatus> {
+  return waitMirror(mirror, 'node b catching up with node a', caughtUp, catchUpTimeoutMs);
+}
+
+/**
+ * Starts a mirrored server: node a (the primary, NBD on 127.0.0.1) and node b from one
+ * cluster file, replicating over 127.0.0.2 and 127.0.0.3, and waits until a streams to b.
+ * NBD and admin ports are the kernel's choice, read from each node's "node ready" line;
+ * replication ports must be known to both nodes before they start, so they are chosen here.
+ */
+async function startMirror(dir: string, mode: 'sync' | 'async'): Promise<Started> {
+  const config = path.join(dir, 'cluster.yaml');
+  fs.writeFileSync(
+    config,
+    `cluster: bench
+secret: bench-secret-123
+nodes:
+  - id: a
+    nbd: 127.0.0.1:0
+    replication: 127.0.0.2:${await freePort('127.0.0.2')}
+    admin: 127.0.0.1:0
+    dataDir: ${path.join(dir, 'data-a')}
+  - id: b
+    nbd: 127.0.0.3:0
+    replication: 127.0.0.3:${await freePort('127.0.0.3')}
+    admin: 127.0.0.3:0
+    dataDir: ${path.join(dir, 'data-b')}
+volumes:
+  - name: vol0
+    size: ${sizeBytes}
+    replicas: [a, b]
+    primary: a
+    mode: ${mode}
+${logSection()}`,
+  );
+  const secondary = spawnNode(config, 'b');
+  let primary: MirrorNode | null = null;
+  try {
+    // Node b listens first, so node a's first connection finds it (and logs no refusal).
+    await waitNodeReady(secondary, 120_000);
+    primary = spawnNode(config, 'a');
+    const ready = await waitNodeReady(primary, 120_000);
+    const mirror: Mirror = { primary, secondary, adminUrl: `http://${ready.admin}` };
+    await waitMirror(mirror, 'node a streaming to node b', streaming, 60_000);
+    return { uri: `nbd://${ready.nbd}/vol0`, child: primary.child, mirror };
+  } catch (error) {
+    // Nothing else knows these processes yet.
+    if (primary !== null) await stopServer(primary.child);
+    await stopServer(secondary.child);
+    throw error;
+  }
+}
+
+/** Stops node a first: at a clean stop it waits (bounded) for node b to take its last entries. */
+async function stopMirror(server: string, mirror: Mirror): Promise<void> {
+  const nodes = [mirror.primary, mirror.secondary];
+  const exitedEarly = nodes.filter(nodeExited);
+  // Node b warns when node a closes its links; that is the stop, not a problem of the run.
+  const problemsBeforeStop = nodes.map((node) => node.problemCount);
+  await stopServer(mirror.primary.child);
+  await stopServer(mirror.secondary.child);
+  nodes.forEach((node, index) => {
+    if (exitedEarly.includes(node)) {
+      process.stderr.write(`  ${server} node ${node.id} exited before the end; its last log lines:\n${node.tail.map((line) => `    ${line}\n`).join('')}`);
+    } else if (node.problemCount > 0) {
+      const whileStopping = node.problemCount - (problemsBeforeStop[index] ?? 0);
+      process.stderr.write(
+        `  ${server} node ${node.id} logged ${node.problemCount} warnings or errors (${whileStopping} while stopping), the first:\n` +
+          node.problems.map((line) => `    ${line}\n`).join(''),
+      );
+    }
+  });
+}
+
+interface CpuSample {
+  ticksA: number;
+  ticksB: number;
+  writeBytes: number;
+}
+
+/** User and system CPU time of a process, all its threads, in clock ticks. */
+function cpuTicks(pid: number | undefined): number {
+  if (pid === undefined) throw new Error('node has no pid');
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  // The command name in parentheses may hold spaces; the fields after it start with the
+  // state (field 3 in proc(5)), so utime and stime (fields 14 and 15) are at 11 and 12.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const ticks = Number(fields[11]) + Number(fields[12]);
+  if (!Number.isFinite(ticks)) throw new Error(`/proc/${pid}/stat: no utime and stime in ${stat}`);
+  return ticks;
+}
+
+/** Once node b has caught up (so its share of the writes is done): both nodes' CPU time and node a's bytes written. */
+async function cpuSample(mirror: Mirror): Promise<CpuSample> {
+  const volume = await waitCaughtUp(mirror);
+  return { ticksA: cpuTicks(mirror.primary.child.pid), ticksB: cpuTicks(mirror.secondary.child.pid), writeBytes: volume.stats['writeBytes'] ?? 0 };
+}
+
+function cpuMsPerMiB(before: CpuSample, after: CpuSample): { a: number; b: number } | null {
+  const mib = (after.writeBytes - before.writeBytes) / 1024 ** 2;
+  if (mib <= 0) return null;
+  const perMiB = (ticks: number): number => ((ticks / clockTicksPerSecond) * 1000) / mib;
+  return { a: perMiB(after.ticksA - before.ticksA), b: perMiB(after.ticksB - before.ticksB) };
 }
 
 /** `qemu-img bench -w -t writethrough`: every write carries FUA. Returns IOPS. */
@@ -236,21 +488,32 @@ function fioFigure(file: string, workload: Workload): Figure {
 
 async function benchServer(server: string, stamp: string): Promise<ServerRun> {
   const dir = path.join(workDir, server);
+  const mode = mirrorModes[server];
   fs.rmSync(dir, { recursive: true, force: true });
-  fs.mkdirSync(path.join(dir, 'data', 'volumes'), { recursive: true });
+  fs.mkdirSync(mode === undefined ? path.join(dir, 'data', 'volumes') : dir, { recursive: true });
   // Every server gets the same file: sparse, then filled once before measuring, so
-  // reads read data and writes overwrite allocated blocks.
-  const image = server === 'blockmirror' ? path.join(dir, 'data', 'volumes', 'vol0.img') : path.join(dir, 'disk.img');
-  if (server !== 'blockmirror') fs.writeFileSync(image, '');
-  if (server !== 'blockmirror') fs.truncateSync(image, sizeBytes);
-  const started = await startServer(server, image);
+  // reads read data and writes overwrite allocated blocks. blockmirror creates its own.
+  const ours = server === 'blockmirror' || mode !== undefined;
+  const image = ours ? path.join(dir, 'data', 'volumes', 'vol0.img') : path.join(dir, 'disk.img');
+  if (!ours) fs.writeFileSync(image, '');
+  if (!ours) fs.truncateSync(image, sizeBytes);
+  let started: Started | null = null;
   const figures: Record<string, Figure> = {};
+  let cpu: { a: number; b: number } | null = null;
   try {
+    started = mode === undefined ? await startServer(server, image) : await startMirror(dir, mode);
+    const mirror = started.mirror;
+    // A mirror is measured once node b has caught up, and fails as soon as either node exits.
+    const prepare = async (): Promise<void> => {
+      if (mirror !== null) await waitCaughtUp(mirror);
+      await settle();
+    };
     await runTool('fio', ['--name=fill', '--ioengine=nbd', `--uri=${started.uri}`, '--rw=write', '--bs=1M', '--iodepth=8', `--size=${sizeText}`, '--output=/dev/null'], 300_000);
     const selected = (process.env['BENCH_WORKLOADS'] ?? '').split(',').filter((name) => name !== '');
     for (const workload of workloads) {
       if (selected.length > 0 && !selected.includes(workload.name)) continue;
-      await settle();
+      await prepare();
+      const before = mirror !== null && workload.name === cpuWorkloadName ? await cpuSample(mirror) : null;
       const output = path.join(resultsDir, `${stamp}-${server}-${workload.name}.json`);
       await runTool(
         'fio',
@@ -270,16 +533,29 @@ async function benchServer(server: string, stamp: string): Promise<ServerRun> {
       );
       figures[workload.name] = fioFigure(output, workload);
       process.stderr.write(`  ${server} ${workload.label}: ${format(figures[workload.name]?.value ?? 0)} ${workload.unit}\n`);
+      if (mirror !== null && before !== null) {
+        cpu = cpuMsPerMiB(before, await cpuSample(mirror));
+        if (cpu !== null) process.stderr.write(`  ${server} CPU per MiB written: node a ${format(cpu.a)} ms, node b ${format(cpu.b)} ms\n`);
+      }
     }
     for (const depth of fuaDepths) {
       if (selected.length > 0 && !selected.includes(fuaName(depth))) continue;
-      await settle();
+      await prepare();
       figures[fuaName(depth)] = await qemuBench(started.uri, depth);
       process.stderr.write(`  ${server} 4k FUA write QD${depth}: ${format(figures[fuaName(depth)]?.value ?? 0)} IOPS\n`);
     }
-    return { server, figures, peakRssMiB: peakRssMiB(started.child.pid) };
+    // Node b still mirrors at the end: the figures are a mirror's, not a lone primary's.
+    if (mirror !== null) await waitCaughtUp(mirror);
+    return {
+      server,
+      figures,
+      peakRssMiB: peakRssMiB(started.child.pid),
+      secondaryPeakRssMiB: mirror === null ? null : peakRssMiB(mirror.secondary.child.pid),
+      cpuMsPerMiB: cpu,
+    };
   } finally {
-    await stopServer(started.child);
+    if (started !== null && started.mirror !== null) await stopMirror(server, started.mirror);
+    else if (started !== null) await stopServer(started.child);
     fs.rmSync(dir, { recursive: true, force: true });
   }
 }
@@ -350,11 +626,36 @@ function format(value: number): string {
   return value >= 100 ? Math.round(value).toLocaleString('en-US') : value.toFixed(1);
 }
 
+interface Ratio {
+  label: string;
+  mine: ServerRun | undefined;
+  theirs: ServerRun;
+}
+
 function table(runs: ServerRun[]): string {
   const names = runs.map((run) => run.server);
-  const ours = runs.find((run) => run.server === 'blockmirror');
-  const others = runs.filter((run) => run.server !== 'blockmirror');
-  const header = ['workload', 'unit', ...names, ...others.map((run) => `blockmirror / ${run.server}`)];
+  const find = (server: string): ServerRun | undefined => runs.find((run) => run.server === server);
+  const ours = find('blockmirror');
+  // blockmirror against each reference server; then the sync mirror against nbdkit, and
+  // the async mirror against the same volume unmirrored, when both sides ran.
+  const ratios: Ratio[] = runs
+    .filter((run) => run.server !== 'blockmirror' && mirrorModes[run.server] === undefined)
+    .map((run) => ({ label: `blockmirror / ${run.server}`, mine: ours, theirs: run }));
+  for (const [label, mine, theirs] of [
+    ['sync / nbdkit', 'blockmirror-sync', 'nbdkit'],
+    ['async / local', 'blockmirror-async', 'blockmirror'],
+  ] as const) {
+    const mineRun = find(mine);
+    const theirsRun = find(theirs);
+    if (mineRun !== undefined && theirsRun !== undefined) ratios.push({ label, mine: mineRun, theirs: theirsRun });
+  }
+  const ratioCells = (name: string): string[] =>
+    ratios.map((ratio) => {
+      const mine = ratio.mine?.figures[name]?.value;
+      const theirs = ratio.theirs.figures[name]?.value;
+      return mine === undefined || theirs === undefined || theirs === 0 ? '-' : `${(mine / theirs).toFixed(2)}x`;
+    });
+  const header = ['workload', 'unit', ...names, ...ratios.map((ratio) => ratio.label)];
   const lines = [`| ${header.join(' | ')} |`, `|${header.map(() => '---').join('|')}|`];
   for (const workload of workloads) {
     if (!runs.some((run) => run.figures[workload.name] !== undefined)) continue;
@@ -362,23 +663,13 @@ function table(runs: ServerRun[]): string {
       const figure = run.figures[workload.name];
       return figure === undefined ? '-' : `${format(figure.value)} (p50 ${format(figure.p50Us)} µs, p99 ${format(figure.p99Us)} µs)`;
     });
-    const ratios = others.map((run) => {
-      const mine = ours?.figures[workload.name]?.value;
-      const theirs = run.figures[workload.name]?.value;
-      return mine === undefined || theirs === undefined || theirs === 0 ? '-' : `${(mine / theirs).toFixed(2)}x`;
-    });
-    lines.push(`| ${workload.label} | ${workload.unit} | ${cells.join(' | ')} | ${ratios.join(' | ')} |`);
+    lines.push(`| ${workload.label} | ${workload.unit} | ${cells.join(' | ')} | ${ratioCells(workload.name).join(' | ')} |`);
   }
   for (const depth of fuaDepths) {
     const name = fuaName(depth);
     if (!runs.some((run) => run.figures[name] !== undefined)) continue;
     const cells = runs.map((run) => (run.figures[name] === undefined ? '-' : format(run.figures[name]?.value ?? 0)));
-    const ratios = others.map((run) => {
-      const mine = ours?.figures[name]?.value;
-      const theirs = run.figures[name]?.value;
-      return mine === undefined || theirs === undefined || theirs === 0 ? '-' : `${(mine / theirs).toFixed(2)}x`;
-    });
-    lines.push(`| 4k FUA write QD${depth} (qemu-img bench) | IOPS | ${cells.join(' | ')} | ${ratios.join(' | ')} |`);
+    lines.push(`| 4k FUA write QD${depth} (qemu-img bench) | IOPS | ${cells.join(' | ')} | ${ratioCells(name).join(' | ')} |`);
   }
   const qd1 = ours?.figures[fuaName(1)]?.value;
   const qd32 = ours?.figures[fuaName(32)]?.value;
@@ -386,6 +677,13 @@ function table(runs: ServerRun[]): string {
     lines.push('', `blockmirror group commit: FUA QD32 / QD1 = ${(qd32 / qd1).toFixed(1)}x`);
   }
   if (ours !== undefined) lines.push('', `blockmirror peak RSS: ${ours.peakRssMiB ?? '?'} MiB`);
+  for (const run of runs) {
+    if (mirrorModes[run.server] === undefined) continue;
+    lines.push('', `${run.server} peak RSS: node a ${run.peakRssMiB ?? '?'} MiB, node b ${run.secondaryPeakRssMiB ?? '?'} MiB`);
+    if (run.cpuMsPerMiB !== null) {
+      lines.push('', `${run.server} CPU time per MiB written (1M seqwrite QD8): node a ${format(run.cpuMsPerMiB.a)} ms, node b ${format(run.cpuMsPerMiB.b)} ms`);
+    }
+  }
   return lines.join('\n');
 }
 
@@ -393,7 +691,10 @@ async function main(): Promise<void> {
   fs.mkdirSync(resultsDir, { recursive: true });
   fs.mkdirSync(workDir, { recursive: true });
   const stamp = new Date().toISOString().replace(/[:.]/g, '-');
-  const servers = (process.env['BENCH_SERVERS'] ?? 'blockmirror,nbdkit,qemu-nbd').split(',');
+  const servers = (process.env['BENCH_SERVERS'] ?? 'blockmirror,blockmirror-sync,blockmirror-async,nbdkit,qemu-nbd').split(',');
+  const known = ['blockmirror', ...Object.keys(mirrorModes), 'nbdkit', 'qemu-nbd'];
+  const unknown = servers.filter((server) => !known.includes(server));
+  if (unknown.length > 0) throw new Error(`BENCH_SERVERS: unknown ${unknown.join(', ')} (known: ${known.join(', ')})`);
   const runs: ServerRun[] = [];
   for (const server of servers) {
     process.stderr.write(`benchmarking ${server} (${sizeText}, ${runtimeS} s per workload)\n`);
@@ -428,7 +729,12 @@ Latest \`npm run bench\` (${summary.date.slice(0, 10)}): ${summary.machine.cpus}
 ${summary.machine.memoryGiB} GiB, Linux ${summary.machine.kernel}. One fio job with the \`nbd\` engine on loopback, a
 ${sizeText} file on the same ext4 file system for every server, filled once before measuring; ${runtimeS} s per
 workload after 2 s of ramp, each starting after a \`sync\` so none pays for another's writeback. blockmirror serves a \`mode: local\` volume with its write log (the default 4 × 64 MiB
-partitions, a consistency point every 5 s) on the same file system; nbdkit runs the \`file\` plugin with its
+partitions, a consistency point every 5 s) on the same file system. blockmirror-sync and blockmirror-async
+mirror that volume (\`mode: sync\` / \`async\`) from node a to node b, a second \`blockmirror serve\` on the
+same machine and file system, over loopback TCP (replication on 127.0.0.2 and 127.0.0.3, the default two
+connections); fio talks to node a, and each workload starts once node b has caught up. Their CPU time per MiB
+written is each node's user + system time from the start of the 1M seqwrite workload until node b has caught
+up, over the MiB written to node a in that time (ramp included). nbdkit runs the \`file\` plugin with its
 defaults; qemu-nbd runs with \`--cache=writeback --aio=threads --shared=16\`. Figures are fio's, latencies are
 completion latencies. The FUA rows come from \`qemu-img bench -w -t writethrough -s 4096\`, which sets FUA
 on every write (fio's nbd engine cannot). Raw fio JSON for every run is in \`bench/results/\`.
