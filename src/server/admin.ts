@@ -46,6 +46,8 @@ export interface NodeStatus {
   nbd: string;
   connections: number;
   counters: Record<string, number>;
+  /** What the failure detector thinks of each peer node. */
+  nodes: { node: string; state: string; lastHeardAgoMs: number; incarnation: number }[];
   volumes: VolumeStatus[];
 }
 
@@ -56,7 +58,8 @@ export function nodeStatus(node: BlockmirrorNode): NodeStatus {
     uptimeSeconds: Math.round((Date.now() - node.startedAtMs) / 1000),
     nbd: node.nbdAddress === null ? '' : `${node.nbdAddress.host}:${node.nbdAddress.port}`,
     connections: node.connectionCount,
-    counters: { ...node.counters, ...node.peerCounters },
+    counters: { ...node.counters, ...node.peerCounters, ...node.heartbeatCounters },
+    nodes: node.heartbeatStatus().map((peer) => ({ node: peer.peer, state: peer.state, lastHeardAgoMs: peer.lastHeardAgoMs, incarnation: peer.incarnation })),
     volumes: [...node.volumes.values()].map(({ config, identity, volume, role, mirror, target }) => {
       const source = target === null ? null : target.status();
       return {
@@ -150,6 +153,17 @@ function metrics(status: NodeStatus): string {
   metric('blockmirror_peer_refusals_total', 'counter', 'Peer connections refused or failed during the handshake.', [
     [labels, status.counters['peerRefusals'] ?? 0],
   ]);
+  metric('blockmirror_heartbeats_sent_total', 'counter', 'Heartbeat datagrams sent.', [[labels, status.counters['heartbeatsSent'] ?? 0]]);
+  metric('blockmirror_heartbeats_received_total', 'counter', 'Heartbeat datagrams accepted.', [[labels, status.counters['heartbeatsReceived'] ?? 0]]);
+  metric('blockmirror_heartbeats_dropped_total', 'counter', 'Heartbeat datagrams dropped: forged, replayed, garbled or foreign.', [
+    [labels, status.counters['heartbeatsDropped'] ?? 0],
+  ]);
+  metric(
+    'blockmirror_peer_node_up',
+    'gauge',
+    '1 while the failure detector trusts the peer node (its heartbeats arrive).',
+    status.nodes.map((peer): [string, number] => [`${labels},peer="${peer.node}"`, peer.state === 'up' ? 1 : 0]),
+  );
   const perPeer = (name: string, help: string, value: (peer: PeerReplicationStatus) => number): void =>
     metric(
       name,

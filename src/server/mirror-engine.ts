@@ -41,6 +41,8 @@ interface PeerLinks {
   up: boolean;
   /** Not reconnected until a resync can bring it back (next issue) or the node restarts. */
   parked: boolean;
+  /** Connections being set up. */
+  connecting: boolean;
   attempts: number;
   timer: NodeJS.Timeout | null;
   lastProblem: string;
@@ -48,7 +50,7 @@ interface PeerLinks {
 
 export interface MirrorPeerStatus extends PeerStatus {
   outOfSyncBytes: number;
-  connections: { state: string; lastHeardMs: number }[];
+  connections: { state: string; lastHeartbeatMs: number }[];
 }
 
 export class MirrorEngine implements MirrorGate {
@@ -69,6 +71,8 @@ export class MirrorEngine implements MirrorGate {
     private readonly release: () => void,
     private readonly log: Logger,
     private readonly counters: { peerProtocolErrors: number },
+    /** Whether the failure detector currently trusts the peer (heartbeats). */
+    private readonly available: (peer: string) => boolean,
   ) {
     assert(volume.mode !== 'local');
     this.secret = Buffer.from(cluster.secret, 'utf8');
@@ -96,12 +100,46 @@ export class MirrorEngine implements MirrorGate {
     for (const id of peerIds) {
       const node = cluster.nodes.find((candidate) => candidate.id === id);
       assert(node !== undefined, `replica ${id} is not a node`);
-      this.peers.set(id, { node, links: [], session: 0, up: false, parked: false, attempts: 0, timer: null, lastProblem: '' });
+      this.peers.set(id, { node, links: [], session: 0, up: false, parked: false, connecting: false, attempts: 0, timer: null, lastProblem: '' });
     }
   }
 
   start(): void {
-    for (const peer of this.peers.values()) this.connect(peer);
+    for (const peer of this.peers.values()) if (this.available(peer.node.id)) this.connect(peer);
+  }
+
+  // ---- the failure detector's verdicts --------------------------------------------------------
+
+  /** Heartbeats say the peer is up (first contact, or after its probation): connect. */
+  peerUp(id: string): void {
+    const peer = this.peers.get(id);
+    if (peer === undefined || peer.up || peer.connecting) return;
+    if (peer.timer !== null) clearTimeout(peer.timer);
+    peer.timer = null;
+    peer.attempts = 0;
+    this.connect(peer);
+  }
+
+  /** The peer went silent: its connections are closed and it is not retried until it is up again. */
+  peerDown(id: string, reason: string): void {
+    const peer = this.peers.get(id);
+    if (peer === undefined) return;
+    if (peer.timer !== null) clearTimeout(peer.timer);
+    peer.timer = null;
+    for (const link of peer.links) link.close(`peer down: ${reason}`);
+  }
+
+  /** The peer restarted: connections to its earlier run are dead; set them up anew. */
+  peerRestarted(id: string): void {
+    const peer = this.peers.get(id);
+    if (peer === undefined) return;
+    for (const link of peer.links) link.close('peer restarted');
+    this.peerUp(id);
+  }
+
+  /** A heartbeat from the peer: the time goes into every element of its connection array. */
+  peerHeard(id: string, nowMs: number): void {
+    for (const link of this.peers.get(id)?.links ?? []) link.lastHeartbeatMs = nowMs;
   }
 
   // ---- the write path ---------------------------------------------------------------------
@@ -148,7 +186,7 @@ export class MirrorEngine implements MirrorGate {
     return this.core.status().map((peer) => ({
       ...peer,
       outOfSyncBytes: peer.disk === 'up-to-date' ? 0 : this.volume.sizeBytes,
-      connections: (this.peers.get(peer.peer)?.links ?? []).map((link) => ({ state: link.state, lastHeardMs: link.lastHeardMs })),
+      connections: (this.peers.get(peer.peer)?.links ?? []).map((link) => ({ state: link.state, lastHeartbeatMs: link.lastHeartbeatMs })),
     }));
   }
 
@@ -179,7 +217,8 @@ export class MirrorEngine implements MirrorGate {
   // ---- links --------------------------------------------------------------------------------
 
   private connect(peer: PeerLinks): void {
-    if (this.stopped || peer.parked) return;
+    if (this.stopped || peer.parked || peer.connecting) return;
+    peer.connecting = true;
     peer.timer = null;
     peer.session = crypto.randomBytes(4).readUInt32BE(0);
     const session = peer.session;
@@ -202,6 +241,7 @@ export class MirrorEngine implements MirrorGate {
       ),
     );
     void Promise.allSettled(attempts).then((results) => {
+      peer.connecting = false;
       const links = results.flatMap((result) => (result.status === 'fulfilled' ? [result.value.link] : []));
       const failure = results.find((result): result is PromiseRejectedResult => result.status === 'rejected');
       const last = results[results.length - 1];
@@ -231,14 +271,19 @@ export class MirrorEngine implements MirrorGate {
   }
 
   private retry(peer: PeerLinks, problem: string): void {
-    if (this.stopped || peer.parked) return;
+    if (this.stopped || peer.parked || peer.timer !== null) return;
     if (problem !== peer.lastProblem) {
       this.log.warn('peer connection failed', { peer: peer.node.id, problem });
       peer.lastProblem = problem;
     }
     const delayMs = Math.min(constants.peerReconnectDelayMsMax, constants.peerReconnectDelayMsMin * 2 ** peer.attempts);
     peer.attempts = Math.min(peer.attempts + 1, 16);
-    peer.timer = setTimeout(() => this.connect(peer), delayMs);
+    // A peer the heartbeats call down is connected to again when they call it up.
+    if (!this.available(peer.node.id)) return;
+    peer.timer = setTimeout(() => {
+      peer.timer = null;
+      if (this.available(peer.node.id)) this.connect(peer);
+    }, delayMs);
   }
 
   private linkLost(peer: PeerLinks, session: number, reason: string): void {

@@ -16,6 +16,7 @@ import { applyEntry, LocalVolume } from '../storage/local-volume.js';
 import { WriteLog, type LogOptions, type RecoveryReport } from '../storage/write-log.js';
 import { prepareVolumeFiles, type VolumeIdentity } from '../storage/volume-files.js';
 import { AdminServer } from './admin.js';
+import { Heartbeats, nextIncarnation, type HeartbeatListener, type VolumeView } from './heartbeats.js';
 import { MirrorEngine } from './mirror-engine.js';
 import { NbdConnection, type ConnectionCounters, type VolumeCatalog } from './nbd-connection.js';
 import { PeerServer } from './peer-server.js';
@@ -40,6 +41,8 @@ export class BlockmirrorNode {
   readonly peerCounters = { peerProtocolErrors: 0, peerRefusals: 0 };
   private readonly targets = new Map<string, ReplicaTarget>();
   private peerServer: PeerServer | null = null;
+  private heartbeats: Heartbeats | null = null;
+  readonly heartbeatCounters = { heartbeatsSent: 0, heartbeatsReceived: 0, heartbeatsDropped: 0 };
   replicationAddress: Address | null = null;
   private readonly connections = new Set<NbdConnection>();
   private readonly ioActivity = new IoActivity();
@@ -79,6 +82,17 @@ export class BlockmirrorNode {
     }
     this.peerServer = new PeerServer(this.config, this.node, this.targets, this.log, this.peerCounters);
     this.replicationAddress = await this.peerServer.start();
+    const heartbeats = new Heartbeats(
+      this.config,
+      this.node,
+      nextIncarnation(this.node.dataDir, Date.now()),
+      () => this.volumeViews(),
+      this.heartbeatListener,
+      this.log,
+      this.heartbeatCounters,
+    );
+    this.heartbeats = heartbeats;
+    await heartbeats.start(this.replicationAddress.port);
     for (const served of this.volumes.values()) served.mirror?.start();
     this.checkpointTimer = setInterval(() => {
       for (const served of this.volumes.values()) this.checkpoint(served);
@@ -162,7 +176,16 @@ export class BlockmirrorNode {
     let target: ReplicaTarget | null = null;
     if (mirrored) {
       const mirrorLog = volume.log;
-      engine = new MirrorEngine(this.config, this.node, config, mirrorLog.lastSeq, () => mirrorLog.retainersChanged(), log, this.peerCounters);
+      engine = new MirrorEngine(
+        this.config,
+        this.node,
+        config,
+        mirrorLog.lastSeq,
+        () => mirrorLog.retainersChanged(),
+        log,
+        this.peerCounters,
+        (peer) => this.heartbeats?.mayConnect(peer) === true,
+      );
       const mirror = engine;
       mirrorLog.addRetainer((partition) => mirror.retains(partition.lastSeq));
       volume.attachMirror(mirror);
@@ -233,8 +256,45 @@ export class BlockmirrorNode {
       await volume.close();
     }
     await this.peerServer?.stop();
+    this.heartbeats?.stop();
     await this.admin?.stop();
     this.log.info('node stopped', { node: this.node.id });
+  }
+
+  /** What this node's heartbeats say about its volumes. */
+  private volumeViews(): VolumeView[] {
+    return [...this.volumes.values()].map(({ config, volume, role, target }) => ({
+      name: config.name,
+      role,
+      disk: volume.failed ? 'failed' : target === null || target.status().session ? 'up-to-date' : 'outdated',
+      lastSeq: volume.log.lastSeq,
+    }));
+  }
+
+  /** The failure detector's verdicts, passed to every mirror engine and replica target that involves the peer. */
+  private readonly heartbeatListener: HeartbeatListener = {
+    peerUp: (peer) => {
+      for (const served of this.volumes.values()) served.mirror?.peerUp(peer);
+    },
+    peerDown: (peer, reason) => {
+      for (const served of this.volumes.values()) {
+        served.mirror?.peerDown(peer, reason);
+        if (served.target?.source === peer) served.target.sourceDown(reason);
+      }
+    },
+    peerRestarted: (peer) => {
+      for (const served of this.volumes.values()) served.mirror?.peerRestarted(peer);
+    },
+    peerHeard: (peer, nowMs) => {
+      for (const served of this.volumes.values()) {
+        served.mirror?.peerHeard(peer, nowMs);
+        if (served.target?.source === peer) served.target.sourceHeard(nowMs);
+      }
+    },
+  };
+
+  heartbeatStatus(): ReturnType<Heartbeats['status']> {
+    return this.heartbeats?.status() ?? [];
   }
 
   get connectionCount(): number {

@@ -30,8 +30,8 @@ export type ReadyMessage = Extract<PeerMessage, { type: 'ready' }>;
 
 export class PeerLink {
   state: LinkState = 'connecting';
-  /** Time (ms since the epoch) of the last frame received: heartbeats refresh it too, later. */
-  lastHeardMs = Date.now();
+  /** Time (ms since the epoch) of the last heartbeat from the peer (the connection array's timestamp). */
+  lastHeartbeatMs = Date.now();
   /** Why the link closed, once it has. */
   closeReason: string | null = null;
   private readonly decoder = new PeerFrameDecoder({ entryBodyBytesMax: constants.peerEntryBodyBytesMax });
@@ -139,7 +139,6 @@ export class PeerLink {
 
   private onData(chunk: Buffer): void {
     if (this.state === 'closed') return;
-    this.lastHeardMs = Date.now();
     let messages: PeerMessage[];
     try {
       messages = this.decoder.push(chunk);

@@ -82,6 +82,16 @@ export class ReplicaTarget {
     this.endSession('node stopping');
   }
 
+  /** The source went silent (heartbeats): its connections are closed. */
+  sourceDown(reason: string): void {
+    this.endSession(`source down: ${reason}`);
+  }
+
+  /** A heartbeat from the source: the time goes into every element of the session's connection array. */
+  sourceHeard(nowMs: number): void {
+    for (const link of this.session?.links ?? []) if (link !== undefined) link.lastHeartbeatMs = nowMs;
+  }
+
   private async sendReady(session: Session): Promise<void> {
     await this.idle();
     if (this.session !== session) return;

@@ -28,6 +28,15 @@ function killLive(): void {
 }
 
 process.on('exit', killLive);
+
+/**
+ * Kills (SIGKILL, by PID) every process this harness started that is still running. Test
+ * files call it from `after`, so a failed test cannot leave nodes that keep the test
+ * process alive.
+ */
+export function killAll(): void {
+  killLive();
+}
 // A test run stopped from outside (a timeout, Ctrl-C) would otherwise skip 'exit'.
 for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) {
   process.once(signal, () => {
@@ -60,6 +69,7 @@ export const testLog: LogSpec = { partitionSize: '4MiB', partitions: 3, cpInterv
 export interface NodeStatusJson {
   node: string;
   counters: Record<string, number>;
+  nodes: { node: string; state: string; lastHeardAgoMs: number }[];
   volumes: {
     name: string;
     role: string;
@@ -263,6 +273,7 @@ export interface ClusterSpec {
   secret?: string;
   connections?: number;
   log?: LogSpec;
+  heartbeat?: { intervalMs: number; timeoutMs: number; probationMs: number };
 }
 
 /**
@@ -291,10 +302,11 @@ export async function writeClusterConfig(dir: string, spec: ClusterSpec, name = 
     strict: ${volume.strict === true}
     allowSecondaryReads: ${volume.allowSecondaryReads === true}`,
   );
+  const heartbeat = spec.heartbeat === undefined ? '' : `heartbeat: { intervalMs: ${spec.heartbeat.intervalMs}, timeoutMs: ${spec.heartbeat.timeoutMs}, probationMs: ${spec.heartbeat.probationMs} }\n`;
   const text = `cluster: test
 secret: ${spec.secret ?? 'test-secret-123'}
 connections: ${spec.connections ?? 2}
-log:
+${heartbeat}log:
   partitionSize: ${log.partitionSize}
   partitions: ${log.partitions}
   cpIntervalMs: ${log.cpIntervalMs}
@@ -306,6 +318,26 @@ ${volumes.join('\n')}
   const configPath = path.join(dir, name);
   fs.writeFileSync(configPath, text);
   return configPath;
+}
+
+/** The replication address of node `id` in a cluster file written by writeClusterConfig. */
+export function replicationAddress(configPath: string, id: string): { host: string; port: number } {
+  const text = fs.readFileSync(configPath, 'utf8');
+  const match = new RegExp(`- id: ${id}\\n    nbd: [^\\n]*\\n    replication: ([0-9.]+):(\\d+)`).exec(text);
+  if (match === null) throw new Error(`no node ${id} in ${configPath}`);
+  return { host: match[1] ?? '', port: Number(match[2]) };
+}
+
+/**
+ * A copy of a cluster file in which node `id` is reached at another replication address
+ * (a relay's), for the node that reads this copy; the node itself keeps its real one.
+ */
+export function withReplicationAddress(configPath: string, id: string, address: { host: string; port: number }, name: string): string {
+  const real = replicationAddress(configPath, id);
+  const text = fs.readFileSync(configPath, 'utf8').replace(`replication: ${real.host}:${real.port}`, `replication: ${address.host}:${address.port}`);
+  const copy = path.join(path.dirname(configPath), name);
+  fs.writeFileSync(copy, text);
+  return copy;
 }
 
 /** Starts node `id` of a cluster file written by writeClusterConfig and waits until it listens. */

@@ -12,6 +12,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import {
+  killAll,
   makeTempDir,
   run,
   runOk,
@@ -24,6 +25,7 @@ import {
 const MiB = 1024 * 1024;
 const dirs: string[] = [];
 after(() => {
+  killAll();
   for (const dir of dirs) fs.rmSync(dir, { recursive: true, force: true });
 });
 
@@ -249,6 +251,9 @@ test('a peer with the wrong secret is refused and never receives data; garbage o
   const failure = a.records().find((record) => record['msg'] === 'peer connection failed');
   assert.match(String(failure?.['problem']), /node b failed to authenticate: wrong cluster secret/);
   assert.notEqual(volumeOf(await a.status(), 'v1').peers[0]?.replication, 'streaming');
+  // Their heartbeats do not authenticate either: each side drops and counts the other's.
+  await a.waitStatus('b\'s heartbeats dropped', (status) => (status.counters['heartbeatsDropped'] ?? 0) > 0);
+  assert.ok(a.records().some((record) => record['msg'] === 'heartbeat failed authentication (a different cluster secret?)'));
   assert.equal(volumeOf(await b.status(), 'v1').log.lastSeq, 0, 'no entry reached b');
 
   // Bytes that are not a frame close the connection and are counted.

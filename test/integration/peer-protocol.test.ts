@@ -28,7 +28,7 @@ import {
 } from '../../src/protocol/peer/frames.js';
 import { sourceProof, targetProof } from '../../src/protocol/peer/handshake.js';
 import { encodeEntryHeader, EntryType } from '../../src/storage/log-entry.js';
-import { makeTempDir, startClusterNode, writeClusterConfig, type NodeStatusJson, type TestNode } from '../helpers/node-process.js';
+import { killAll, makeTempDir, startClusterNode, writeClusterConfig, type NodeStatusJson, type TestNode } from '../helpers/node-process.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -40,6 +40,7 @@ const REPLY_TIMEOUT_MS = 5000;
 const dirs: string[] = [];
 const nodes: TestNode[] = [];
 after(async () => {
+  killAll();
   for (const node of nodes) await node.stop();
   for (const dir of dirs) fs.rmSync(dir, { recursive: true, force: true });
 });

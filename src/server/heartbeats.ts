@@ -1,0 +1,219 @@
+// UDP heartbeats between the nodes of a cluster (DESIGN.md §1.4): every node sends a
+// datagram to each peer every `heartbeat.intervalMs` from its `replication` address (the
+// same port number as the mirror links, over UDP), and feeds what it receives to the
+// failure detector (src/core/failure-detector.ts), which says when a peer is down and
+// when it may be trusted again. Datagrams are authenticated with the cluster secret and
+// carry an incarnation that grows with every start of the sender, and a counter, so
+// forged, replayed, stale or foreign ones are dropped (and counted) and never make a
+// silent peer look alive.
+//
+// Heartbeats use their own socket and timers, never a mirror connection, so a link busy
+// with bulk data does not make its peer look dead.
+
+import dgram from 'node:dgram';
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import type { Address, ClusterConfig, NodeConfig } from '../control/config.js';
+import { FailureDetector, type DetectorAction } from '../core/failure-detector.js';
+import type { DiskState } from '../core/mirror-source.js';
+import { hmacSha256 } from '../lib/hmac.js';
+import type { Logger } from '../lib/log.js';
+import { decodeHeartbeat, encodeHeartbeat } from '../protocol/heartbeat/datagram.js';
+import { writeFileAtomic } from '../storage/volume-files.js';
+
+export interface HeartbeatCounters {
+  heartbeatsSent: number;
+  heartbeatsReceived: number;
+  heartbeatsDropped: number;
+}
+
+export interface HeartbeatListener {
+  peerUp(peer: string): void;
+  peerDown(peer: string, reason: string): void;
+  peerRestarted(peer: string): void;
+  /** Every accepted heartbeat of `peer` (its connections' last sign of life). */
+  peerHeard(peer: string, nowMs: number): void;
+}
+
+export interface VolumeView {
+  name: string;
+  role: 'primary' | 'secondary';
+  disk: DiskState;
+  lastSeq: number;
+}
+
+/** The peers a node watches: every other node that holds a volume with it. */
+export function watchedPeers(cluster: ClusterConfig, local: string): NodeConfig[] {
+  const ids = new Set<string>();
+  for (const volume of cluster.volumes) {
+    if (!volume.replicas.includes(local) || volume.mode === 'local') continue;
+    for (const id of volume.replicas) if (id !== local) ids.add(id);
+  }
+  return cluster.nodes.filter((node) => ids.has(node.id));
+}
+
+/**
+ * The incarnation of this start of the node: later than every earlier one (stored in
+ * `<dataDir>/incarnation`), so peers can tell a restart from a replayed old datagram.
+ */
+export function nextIncarnation(dataDir: string, nowMs: number): number {
+  const file = path.join(dataDir, 'incarnation');
+  let previous = 0;
+  try {
+    previous = Number.parseInt(fs.readFileSync(file, 'utf8').trim(), 10) || 0;
+  } catch {
+    previous = 0;
+  }
+  const incarnation = Math.max(nowMs, previous + 1);
+  fs.mkdirSync(dataDir, { recursive: true });
+  writeFileAtomic(file, `${incarnation}\n`);
+  return incarnation;
+}
+
+export class Heartbeats {
+  private socket: dgram.Socket | null = null;
+  private sendTimer: NodeJS.Timeout | null = null;
+  private tickTimer: NodeJS.Timeout | null = null;
+  private counter = 0;
+  private readonly detector: FailureDetector;
+  private readonly peers: NodeConfig[];
+  private readonly secret: Buffer;
+  /** Senders whose datagrams failed authentication, already reported (bounded). */
+  private readonly reported = new Set<string>();
+
+  constructor(
+    private readonly cluster: ClusterConfig,
+    private readonly local: NodeConfig,
+    private readonly incarnation: number,
+    private readonly volumes: () => VolumeView[],
+    private readonly listener: HeartbeatListener,
+    private readonly log: Logger,
+    readonly counters: HeartbeatCounters,
+  ) {
+    this.peers = watchedPeers(cluster, local.id);
+    this.secret = Buffer.from(cluster.secret, 'utf8');
+    this.detector = new FailureDetector({
+      peers: this.peers.map((peer) => peer.id),
+      timeoutMs: cluster.heartbeat.timeoutMs,
+      probationMs: cluster.heartbeat.probationMs,
+    });
+  }
+
+  /** Binds the UDP socket on the replication address's host and `port` (the TCP listener's). */
+  async start(port: number): Promise<void> {
+    const host = this.local.replication.host;
+    const socket = dgram.createSocket({ type: net.isIPv6(host) ? 'udp6' : 'udp4' });
+    this.socket = socket;
+    socket.on('message', (datagram, from) => this.onDatagram(datagram, from));
+    socket.on('error', (error) => this.log.warn('heartbeat socket error', { error: error.message }));
+    await new Promise<void>((resolve, reject) => {
+      socket.once('error', reject);
+      socket.bind({ address: host, port }, () => {
+        socket.off('error', reject);
+        resolve();
+      });
+    });
+    const { intervalMs, timeoutMs } = this.cluster.heartbeat;
+    this.sendTimer = setInterval(() => this.sendAll(), intervalMs);
+    // Checked several times per timeout, so a silent peer is declared down promptly.
+    // The detector's time is monotonic: a wall clock stepped back must not look like silence.
+    this.tickTimer = setInterval(() => this.run(this.detector.tick(performance.now())), Math.max(10, Math.min(intervalMs, Math.floor(timeoutMs / 4))));
+    this.sendAll();
+  }
+
+  stop(): void {
+    if (this.sendTimer !== null) clearInterval(this.sendTimer);
+    if (this.tickTimer !== null) clearInterval(this.tickTimer);
+    this.sendTimer = null;
+    this.tickTimer = null;
+    this.socket?.close();
+    this.socket = null;
+  }
+
+  /**
+   * Whether mirror links to `peer` may be set up: while it is up, and before it has ever
+   * been heard (so that a peer whose heartbeats cannot be verified, a wrong secret say,
+   * still gets a handshake that says what is wrong). A peer that went down is trusted
+   * again only after its probation.
+   */
+  mayConnect(peer: string): boolean {
+    const state = this.detector.state(peer);
+    return state === 'up' || state === 'unknown';
+  }
+
+  /** Each watched peer: its state and how long ago it was last heard (-1: never). */
+  status(): { peer: string; state: string; lastHeardAgoMs: number; incarnation: number }[] {
+    const nowMs = performance.now();
+    return this.detector.status().map((peer) => ({
+      peer: peer.peer,
+      state: peer.state,
+      lastHeardAgoMs: peer.lastHeardMs < 0 ? -1 : Math.round(nowMs - peer.lastHeardMs),
+      incarnation: peer.incarnation,
+    }));
+  }
+
+  private sendAll(): void {
+    const socket = this.socket;
+    if (socket === null) return;
+    const volumes = this.volumes();
+    for (const peer of this.peers) {
+      const address: Address = peer.replication;
+      if (address.port === 0) continue;
+      this.counter += 1;
+      const datagram = encodeHeartbeat(hmacSha256, this.secret, {
+        incarnation: this.incarnation,
+        counter: this.counter,
+        cluster: this.cluster.cluster,
+        fromNode: this.local.id,
+        toNode: peer.id,
+        volumes,
+      });
+      socket.send(datagram, address.port, address.host, (error) => {
+        if (error === null) this.counters.heartbeatsSent += 1;
+      });
+    }
+  }
+
+  private onDatagram(datagram: Buffer, from: dgram.RemoteInfo): void {
+    const decoded = decodeHeartbeat(hmacSha256, this.secret, datagram);
+    const drop = (reason: string): void => {
+      this.counters.heartbeatsDropped += 1;
+      this.log.debug('heartbeat dropped', { from: `${from.address}:${from.port}`, reason });
+    };
+    if (!decoded.ok) {
+      const sender = `${from.address}:${from.port}`;
+      if (decoded.reason === 'mac' && !this.reported.has(sender) && this.reported.size < 64) {
+        this.reported.add(sender);
+        this.log.warn('heartbeat failed authentication (a different cluster secret?)', { from: sender });
+      }
+      return drop(decoded.reason);
+    }
+    const { heartbeat } = decoded;
+    if (heartbeat.cluster !== this.cluster.cluster || heartbeat.toNode !== this.local.id) return drop('foreign');
+    const result = this.detector.heard(heartbeat.fromNode, heartbeat.incarnation, heartbeat.counter, performance.now());
+    if (!result.accepted) return drop(result.reason);
+    this.counters.heartbeatsReceived += 1;
+    this.listener.peerHeard(heartbeat.fromNode, Date.now());
+    this.run(result.actions);
+  }
+
+  private run(actions: DetectorAction[]): void {
+    for (const action of actions) {
+      switch (action.kind) {
+        case 'peer-up':
+          this.log.info('peer up', { peer: action.peer });
+          this.listener.peerUp(action.peer);
+          break;
+        case 'peer-down':
+          this.log.warn('peer down: no heartbeat', { peer: action.peer, silentMs: action.silentMs });
+          this.listener.peerDown(action.peer, `no heartbeat for ${action.silentMs} ms`);
+          break;
+        case 'peer-restarted':
+          this.log.info('peer restarted', { peer: action.peer });
+          this.listener.peerRestarted(action.peer);
+          break;
+      }
+    }
+  }
+}

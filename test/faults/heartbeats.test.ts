@@ -1,0 +1,181 @@
+// Heartbeats with real processes: a secondary frozen with SIGSTOP is cut off once its
+// heartbeats stop, writes go on, and after SIGCONT it is trusted again only after its
+// probation; heartbeats that flap faster than the probation never bring a peer back; 30%
+// datagram loss at the default timing causes no false disconnect; forged and replayed
+// datagrams are dropped and counted and never keep a silent peer alive.
+//
+// Loss and flapping are made by a UDP relay in the harness: the primary's copy of the
+// cluster file sends nothing through it, but the secondary's copy names the relay as the
+// primary's replication address, so the secondary's heartbeats to the primary pass the
+// relay, which drops what the test says.
+
+import { after, test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import {
+  killAll,
+  makeTempDir,
+  replicationAddress,
+  runOk,
+  sleep,
+  startClusterNode,
+  withReplicationAddress,
+  writeClusterConfig,
+  type NodeStatusJson,
+  type TestNode,
+} from '../helpers/node-process.js';
+import { Prng } from '../unit/prng.js';
+import { UdpRelay } from '../helpers/udp-relay.js';
+
+const dirs: string[] = [];
+const relays: UdpRelay[] = [];
+after(() => {
+  killAll();
+  for (const relay of relays) relay.stop();
+  for (const dir of dirs) fs.rmSync(dir, { recursive: true, force: true });
+});
+
+const fast = { intervalMs: 100, timeoutMs: 600, probationMs: 1500 };
+
+function peerOf(status: NodeStatusJson): NodeStatusJson['volumes'][number]['peers'][number] | undefined {
+  return status.volumes.find((volume) => volume.name === 'v1')?.peers[0];
+}
+
+const streaming = (status: NodeStatusJson): boolean => peerOf(status)?.replication === 'streaming';
+
+function messages(node: TestNode, msg: string): Record<string, unknown>[] {
+  return node.records().filter((record) => record['msg'] === msg);
+}
+
+/** Waits (bounded) until the node has logged `msg` `count` times; its log reaches us through a pipe. */
+async function logged(node: TestNode, msg: string, count: number): Promise<Record<string, unknown>[]> {
+  for (let attempt = 0; attempt < 100 && messages(node, msg).length < count; attempt += 1) await sleep(20);
+  return messages(node, msg);
+}
+
+/** A two-node sync cluster whose b→a heartbeats pass a relay the test controls. */
+async function relayedPair(heartbeat = fast): Promise<{ a: TestNode; b: TestNode; relay: UdpRelay }> {
+  const dir = makeTempDir('blockmirror-heartbeat-');
+  dirs.push(dir);
+  const config = await writeClusterConfig(dir, {
+    nodes: [{ id: 'a' }, { id: 'b' }],
+    volumes: [{ name: 'v1', size: '16MiB', replicas: ['a', 'b'], primary: 'a', mode: 'sync' }],
+    heartbeat,
+  });
+  const relay = new UdpRelay(replicationAddress(config, 'a'));
+  relays.push(relay);
+  const port = await relay.start();
+  const bConfig = withReplicationAddress(config, 'a', { host: '127.0.0.1', port }, 'cluster-b.yaml');
+  const b = await startClusterNode(dir, bConfig, 'b');
+  const a = await startClusterNode(dir, config, 'a');
+  await a.waitStatus('streaming', streaming);
+  await a.waitStatus(`b's heartbeats arriving through the relay (${relay.forwarded} forwarded)`, (status) =>
+    status.nodes.some((node) => node.node === 'b' && node.state === 'up'),
+  );
+  return { a, b, relay };
+}
+
+test('SIGSTOP of the secondary past the timeout: cut off, writes go on; after SIGCONT, probation, then streaming', async () => {
+  const { a, b } = await relayedPair();
+  process.kill(b.pid, 'SIGSTOP');
+  try {
+    await a.waitStatus('b cut off', (status) => !streaming(status));
+    assert.equal((await logged(a, 'peer down: no heartbeat', 1)).length, 1);
+  } finally {
+    process.kill(b.pid, 'SIGCONT');
+  }
+  await a.waitStatus('b streaming again', streaming);
+  const down = Date.parse(String(messages(a, 'peer down: no heartbeat')[0]?.['time']));
+  const up = Date.parse(String((await logged(a, 'peer up', 2)).at(-1)?.['time']));
+  assert.ok(up - down >= fast.probationMs, `b trusted again ${up - down} ms after it was cut off, before its probation`);
+
+  // A second freeze with writes during it: a sync write waits for the cut-off, then
+  // completes without b, and b (which missed it) is outdated until a resync.
+  process.kill(b.pid, 'SIGSTOP');
+  try {
+    await runOk('qemu-io', ['-f', 'raw', a.uri('v1'), '-c', 'write -P 0x7e 0 64k'], { timeoutMs: 30_000 });
+    const writeDoneMs = Date.now();
+    const cutOffMs = Date.parse(String((await logged(a, 'peer down: no heartbeat', 2))[1]?.['time']));
+    assert.ok(cutOffMs <= writeDoneMs, 'the sync write was answered only once b was cut off');
+  } finally {
+    process.kill(b.pid, 'SIGCONT');
+  }
+  const after = await a.waitStatus('b outdated', (status) => peerOf(status)?.disk === 'outdated');
+  assert.notEqual(peerOf(after)?.replication, 'streaming');
+  await runOk('qemu-io', ['-f', 'raw', a.uri('v1'), '-c', 'read -P 0x7e 0 64k']);
+  assert.equal((await a.stop()).code, 0);
+  assert.equal((await b.stop()).code, 0);
+});
+
+test('heartbeats flapping faster than the probation keep the peer out; steady ones bring it back', async () => {
+  const { a, b, relay } = await relayedPair();
+  // 1000 ms through, 800 ms dropped: every gap passes the 600 ms timeout, and no run of
+  // heartbeats lasts the 1500 ms probation.
+  const startMs = Date.now();
+  relay.pass = () => (Date.now() - startMs) % 1800 < 1000;
+  await a.waitStatus('b cut off', (status) => !streaming(status));
+  const ups = messages(a, 'peer up').length;
+  for (let sample = 0; sample < 30; sample += 1) {
+    assert.equal(streaming(await a.status()), false, 'b taken back while its heartbeats flap');
+    await sleep(200);
+  }
+  assert.equal(messages(a, 'peer up').length, ups, 'no peer up while flapping');
+  relay.pass = () => true;
+  await a.waitStatus('b streaming again', streaming);
+  assert.ok(relay.dropped > 0);
+  assert.equal((await a.stop()).code, 0);
+  assert.equal((await b.stop()).code, 0);
+});
+
+test('30% datagram loss at the default heartbeat timing causes no false disconnect', async () => {
+  const { a, b, relay } = await relayedPair({ intervalMs: 250, timeoutMs: 2000, probationMs: 2000 });
+  const prng = new Prng(30);
+  relay.pass = () => prng.below(100) >= 30;
+  for (let sample = 0; sample < 40; sample += 1) {
+    assert.equal(streaming(await a.status()), true, 'b cut off under 30% loss');
+    await sleep(200);
+  }
+  assert.equal(messages(a, 'peer down: no heartbeat').length, 0);
+  assert.ok(relay.dropped >= 5, `the relay dropped ${relay.dropped} datagrams`);
+  assert.equal((await a.stop()).code, 0);
+  assert.equal((await b.stop()).code, 0);
+});
+
+test('forged and replayed heartbeats are dropped and counted; they never keep a silent peer alive', async () => {
+  const { a, b, relay } = await relayedPair();
+  await sleep(500);
+  const captured = relay.seen.slice(-10);
+  assert.ok(captured.length >= 5, 'the relay saw b\'s heartbeats');
+  const droppedBefore = (await a.status()).counters['heartbeatsDropped'] ?? 0;
+  process.kill(b.pid, 'SIGSTOP');
+  let sent = 0;
+  try {
+    // While b is silent, its old datagrams are replayed and altered ones forged, faster
+    // than b ever sent.
+    const forging = setInterval(() => {
+      for (const datagram of captured) {
+        relay.inject(datagram);
+        const forged = Buffer.from(datagram);
+        forged[forged.length - 40] = (forged[forged.length - 40] ?? 0) ^ 0x01;
+        relay.inject(forged);
+        sent += 2;
+      }
+      relay.inject(Buffer.from('not a heartbeat'));
+      sent += 1;
+    }, 50);
+    try {
+      await a.waitStatus('b cut off despite the replays', (status) => !streaming(status));
+    } finally {
+      clearInterval(forging);
+    }
+    await sleep(200);
+    const dropped = ((await a.status()).counters['heartbeatsDropped'] ?? 0) - droppedBefore;
+    assert.ok(dropped >= sent * 0.9, `dropped ${dropped} of ${sent} forged or replayed datagrams`);
+    assert.equal((await logged(a, 'peer down: no heartbeat', 1)).length, 1);
+  } finally {
+    process.kill(b.pid, 'SIGCONT');
+  }
+  await a.waitStatus('b streaming again', streaming);
+  assert.equal((await a.stop()).code, 0);
+  assert.equal((await b.stop()).code, 0);
+});
