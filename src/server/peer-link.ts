@@ -177,6 +177,43 @@ export class HandshakeRefused extends Error {
 }
 
 /**
+ * The single outcome of one handshake: the first of success, refusal or failure wins and
+ * stops the handshake deadline; later ones are ignored.
+ */
+function handshakeOutcome<T>(link: PeerLink, resolve: (value: T) => void, reject: (error: Error) => void) {
+  const stopDeadline = link.deadline(constants.peerHandshakeTimeoutMs, 'handshake');
+  let settled = false;
+  const first = (): boolean => {
+    if (settled) return false;
+    settled = true;
+    stopDeadline();
+    return true;
+  };
+  return {
+    get settled(): boolean {
+      return settled;
+    },
+    succeed(value: T): void {
+      if (!first()) return;
+      // Frames that came with the last handshake message wait for the session.
+      link.hold();
+      resolve(value);
+    },
+    /** Sends a REFUSE saying why, then closes. */
+    refuse(code: RefuseCode, toPeer: string, error: HandshakeRefused): void {
+      if (!first()) return;
+      link.finish(encodeFrame({ type: 'refuse', code, message: toPeer }), error.message);
+      reject(error);
+    },
+    fail(error: Error): void {
+      if (!first()) return;
+      link.close(error.message);
+      reject(error);
+    },
+  };
+}
+
+/**
  * The source's side: connects to `address`, authenticates, and resolves with the link
  * and the target's READY. Rejects (and closes) on refusal, bad proof, or timeout.
  */
@@ -188,29 +225,20 @@ export function connectAsSource(
   return new Promise((resolve, reject) => {
     const socket = net.connect({ host: address.host, port: address.port });
     const link = new PeerLink(socket, counters);
-    const done = link.deadline(constants.peerHandshakeTimeoutMs, 'handshake');
-    const nonce = randomNonce();
+    const outcome = handshakeOutcome(link, resolve, reject);
     const helloMessage: HelloMessage = {
       type: 'hello',
       version: PEER_PROTOCOL_VERSION,
       connectionIndex: hello.connectionIndex,
       connections: hello.connections,
       session: hello.session,
-      nonce,
+      nonce: randomNonce(),
       cluster: hello.cluster,
       fromNode: hello.fromNode,
       toNode: hello.toNode,
       volume: hello.volume,
     };
-    let settled = false;
-    const fail = (error: Error): void => {
-      if (settled) return;
-      settled = true;
-      done();
-      link.close(error.message);
-      reject(error);
-    };
-    link.onClose((reason) => fail(new Error(reason)));
+    link.onClose((reason) => outcome.fail(new Error(reason)));
     socket.once('connect', () => {
       link.state = 'handshake';
       link.send(encodeFrame(helloMessage));
@@ -221,26 +249,23 @@ export function connectAsSource(
         const expected = targetProof(hmacSha256, hello.secret, helloMessage, message.nonce);
         if (!macEquals(expected, message.mac)) {
           // Told, so that the other side's log says why too.
-          const reason = `node ${hello.toNode} failed to authenticate: wrong cluster secret`;
-          settled = true;
-          done();
-          link.finish(encodeFrame({ type: 'refuse', code: RefuseCode.AUTH, message: `node ${hello.fromNode} could not verify your proof: wrong cluster secret` }), reason);
-          reject(new HandshakeRefused(reason, RefuseCode.AUTH));
+          outcome.refuse(
+            RefuseCode.AUTH,
+            `node ${hello.fromNode} could not verify your proof: wrong cluster secret`,
+            new HandshakeRefused(`node ${hello.toNode} failed to authenticate: wrong cluster secret`, RefuseCode.AUTH),
+          );
           return;
         }
         proven = true;
         link.send(encodeFrame({ type: 'auth', mac: sourceProof(hmacSha256, hello.secret, helloMessage, message.nonce) }));
       } else if (message.type === 'ready' && proven) {
-        settled = true;
-        done();
         link.state = 'up';
-        link.hold();
-        resolve({ link, ready: message });
+        outcome.succeed({ link, ready: message });
       } else if (message.type === 'refuse') {
-        fail(new HandshakeRefused(`node ${hello.toNode} refused the connection: ${message.message}`, message.code));
+        outcome.fail(new HandshakeRefused(`node ${hello.toNode} refused the connection: ${message.message}`, message.code));
       } else {
         counters.peerProtocolErrors += 1;
-        fail(new Error(`unexpected ${message.type} during the handshake`));
+        outcome.fail(new Error(`unexpected ${message.type} during the handshake`));
       }
     });
   });
@@ -261,29 +286,17 @@ export interface TargetExpectations {
  */
 export function acceptAsTarget(link: PeerLink, expect: TargetExpectations, log: Logger): Promise<HelloMessage> {
   return new Promise((resolve, reject) => {
-    const done = link.deadline(constants.peerHandshakeTimeoutMs, 'handshake');
+    const outcome = handshakeOutcome(link, resolve, reject);
     link.state = 'handshake';
     let hello: HelloMessage | null = null;
     let nonce: Buffer | null = null;
-    let settled = false;
     const refuse = (code: RefuseCode, message: string): void => {
       log.warn('peer connection refused', { remote: link.socket.remoteAddress ?? '?', from: hello?.fromNode ?? '?', reason: message });
-      if (settled) return;
-      settled = true;
-      done();
-      link.finish(encodeFrame({ type: 'refuse', code, message }), message);
-      reject(new HandshakeRefused(message, code));
+      outcome.refuse(code, message, new HandshakeRefused(message, code));
     };
-    const fail = (error: Error): void => {
-      if (settled) return;
-      settled = true;
-      done();
-      link.close(error.message);
-      reject(error);
-    };
-    link.onClose((reason) => fail(new Error(reason)));
+    link.onClose((reason) => outcome.fail(new Error(reason)));
     link.receive((message) => {
-      if (settled) return;
+      if (outcome.settled) return;
       if (message.type === 'hello' && hello === null) {
         hello = message;
         if (message.version !== PEER_PROTOCOL_VERSION) {
@@ -303,16 +316,13 @@ export function acceptAsTarget(link: PeerLink, expect: TargetExpectations, log: 
         if (!macEquals(sourceProof(hmacSha256, expect.secret, hello, nonce), message.mac)) {
           return refuse(RefuseCode.AUTH, `node "${hello.fromNode}" failed to authenticate: wrong cluster secret`);
         }
-        settled = true;
-        done();
-        link.hold();
-        resolve(hello);
+        outcome.succeed(hello);
       } else if (message.type === 'refuse' && hello !== null) {
         log.warn('peer connection refused', { remote: link.socket.remoteAddress ?? '?', from: hello.fromNode, reason: message.message });
-        fail(new HandshakeRefused(message.message, message.code));
+        outcome.fail(new HandshakeRefused(message.message, message.code));
       } else {
         link.counters.peerProtocolErrors += 1;
-        link.close(`unexpected ${message.type} during the handshake`);
+        outcome.fail(new Error(`unexpected ${message.type} during the handshake`));
       }
     });
   });
