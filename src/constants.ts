@@ -77,6 +77,8 @@ export const constants = {
   mirrorWindowBytesMax: 64 * MiB,
   /** async/logship: writes wait while a peer lags by more than this many bytes. */
   asyncLagBytesMax: 128 * MiB,
+  /** Entries kept in memory for a peer that is away, so that it catches up when it is back (DESIGN.md §1.5). */
+  mirrorCatchUpBytesMax: 64 * MiB,
   /** Entries for one region of the volume always travel on the same connection. */
   mirrorRegionBytes: 1 * MiB,
   /** A peer connection must finish its handshake within this time. */

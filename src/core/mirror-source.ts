@@ -10,15 +10,17 @@
 // Every entry of the log is mirrored in sequence order, consistency-point markers
 // included, so a peer's per-source log has the same gap-free sequence as ours. A peer
 // is "in sync" while it is streaming and has been sent every entry; only in-sync peers
-// count for acknowledgements. A peer that misses an entry (it was not connected when the
-// entry was appended) is `outdated` until it is brought back (heartbeats and resync
-// arrive with the next issue); a peer that answers an entry with an error is `failed`.
-// Neither fails the client's request unless the volume is `strict`.
+// count for acknowledgements. A peer whose links go down keeps its place in the queue,
+// up to `catchUpBytesMax` of entries: when it comes back it is sent what it lacks from
+// there (`catching-up`, its copy `inconsistent` until it has everything) and then streams
+// again. A peer that missed more, or whose entries this node no longer holds, is
+// `outdated` until a resync brings it back; a peer that answers an entry with an error is
+// `failed`. Neither fails the client's request unless the volume is `strict`.
 //
 // Memory is bounded: the queue holds the entries that some in-sync peer has not
-// acknowledged. In sync mode those are requests still waiting for their reply; in
-// async and logship mode writes are held back once a peer lags by more than
-// `lagBytesMax`. At most `windowBytesMax` bytes are sent to a peer and not yet
+// acknowledged (in sync mode, requests still waiting for their reply; in async and
+// logship mode writes are held back once a peer lags by more than `lagBytesMax`), and
+// at most `catchUpBytesMax` more for peers that are away. At most `windowBytesMax` bytes are sent to a peer and not yet
 // acknowledged; the rest waits in the queue.
 
 import { assert } from '../lib/assert.js';
@@ -84,6 +86,11 @@ export interface MirrorSourceOptions {
    * stop cleanly): they are not taken back by comparing sequence numbers alone.
    */
   resyncNeeded?: readonly string[];
+  /**
+   * Bytes of entries kept in memory for a peer whose links went down, so that it catches
+   * up from them when it comes back (0: none kept). Past it, the peer needs a resync.
+   */
+  catchUpBytesMax?: number;
 }
 
 interface Peer {
@@ -91,6 +98,10 @@ interface Peer {
   replication: ReplicationState;
   disk: DiskState;
   inSync: boolean;
+  /** Away, and entries it lacks are kept in the queue for it to catch up from. */
+  holding: boolean;
+  /** While catching up: the last entry appended when it came back. */
+  catchUpTo: number;
   resyncNeeded: boolean;
   sentSeq: number;
   ackedSeq: number;
@@ -140,6 +151,8 @@ export class MirrorSource<Frame> {
         replication: 'connecting',
         disk: 'outdated',
         inSync: false,
+        holding: false,
+        catchUpTo: 0,
         resyncNeeded: options.resyncNeeded?.includes(id) === true,
         sentSeq: 0,
         ackedSeq: 0,
@@ -173,6 +186,17 @@ export class MirrorSource<Frame> {
     for (const peer of this.peers.values()) {
       if (peer.inSync) this.pump(peer, actions);
       else if (peer.disk === 'up-to-date') peer.disk = 'outdated';
+      if (peer.holding && this.appendedBytes - this.bytesThrough(peer.ackedSeq) > (this.options.catchUpBytesMax ?? 0)) {
+        // Away too long to catch up from memory: it will need a resync.
+        peer.holding = false;
+        peer.resyncNeeded = true;
+        actions.push({
+          kind: 'peer-dropped',
+          peer: peer.id,
+          disk: peer.disk,
+          reason: `it missed more than ${this.options.catchUpBytesMax ?? 0} bytes of writes while away; it needs a resync`,
+        });
+      }
     }
     this.trim();
     return actions;
@@ -263,6 +287,7 @@ export class MirrorSource<Frame> {
           : from < this.queueFirstSeq
             ? `it lacks entries ${from}..${this.appendedSeq}, which this node no longer holds in memory; it needs a resync`
             : null;
+    peer.holding = false;
     if (problem !== null) {
       peer.resyncNeeded = true;
       peer.replication = 'disconnected';
@@ -270,8 +295,11 @@ export class MirrorSource<Frame> {
       actions.push({ kind: 'peer-dropped', peer: id, disk: peer.disk, reason: problem });
       return actions;
     }
-    peer.replication = 'streaming';
-    peer.disk = 'up-to-date';
+    // Entries it lacks come first; until it has them all its copy is inconsistent.
+    const behind = ready.lastSeq < this.appendedSeq;
+    peer.replication = behind ? 'catching-up' : 'streaming';
+    peer.disk = behind ? 'inconsistent' : 'up-to-date';
+    peer.catchUpTo = this.appendedSeq;
     peer.inSync = true;
     peer.sentSeq = ready.lastSeq;
     peer.ackedSeq = ready.lastSeq;
@@ -287,6 +315,10 @@ export class MirrorSource<Frame> {
     }
     // Entries it lacks that are still queued (appended while it connected) go first.
     this.pump(peer, actions);
+    // It may report more than it had acknowledged (acknowledgements lost with the links):
+    // entries kept for it may go, and requests waiting on them may be answered.
+    this.trim();
+    this.settleAll(actions);
     return actions;
   }
 
@@ -297,7 +329,9 @@ export class MirrorSource<Frame> {
     const wasInSync = peer.inSync;
     peer.inSync = false;
     peer.replication = 'disconnected';
-    if (peer.disk === 'up-to-date' && peer.ackedSeq < this.appendedSeq) peer.disk = 'outdated';
+    if (peer.disk !== 'failed' && peer.ackedSeq < this.appendedSeq) peer.disk = 'outdated';
+    // What it lacks stays queued (bounded) so that it can catch up when it is back.
+    peer.holding = wasInSync && !peer.resyncNeeded && (this.options.catchUpBytesMax ?? 0) > 0;
     if (wasInSync) {
       actions.push({ kind: 'peer-dropped', peer: id, disk: peer.disk, reason });
       this.afterPeerChange(actions);
@@ -321,6 +355,10 @@ export class MirrorSource<Frame> {
     }
     if (status !== 0) return this.failPeer(peer, `could not store entry ${seq} (error ${status})`);
     peer.ackedSeq = seq;
+    if (peer.replication === 'catching-up' && seq >= peer.catchUpTo) {
+      peer.replication = 'streaming';
+      peer.disk = 'up-to-date';
+    }
     this.pump(peer, actions);
     this.trim();
     this.settleAll(actions);
@@ -435,7 +473,7 @@ export class MirrorSource<Frame> {
   private trim(): void {
     let keepFrom = this.appendedSeq + 1;
     for (const peer of this.peers.values()) {
-      if (peer.inSync) keepFrom = Math.min(keepFrom, peer.ackedSeq + 1);
+      if (peer.inSync || peer.holding) keepFrom = Math.min(keepFrom, peer.ackedSeq + 1);
     }
     while (this.queueFirstSeq < keepFrom) {
       const dropped = this.queue.shift();

@@ -95,6 +95,7 @@ export class MirrorEngine implements MirrorGate {
       lastSeq,
       lagBytesMax: constants.asyncLagBytesMax,
       windowBytesMax: constants.mirrorWindowBytesMax,
+      catchUpBytesMax: constants.mirrorCatchUpBytesMax,
       resyncNeeded,
     });
     for (const id of peerIds) {

@@ -89,8 +89,8 @@ export class Cluster implements CheckedCluster {
     private readonly trace: ((line: string) => void) | null = null,
   ) {
     this.prng = new Prng((config.seed ^ 0x5bd1e995) >>> 0);
-    const { mode, windowBytesMax, lagBytesMax } = config;
-    this.source = new MirrorSource<Frame>({ mode, strict: false, peers: config.peers, lastSeq: 0, lagBytesMax, windowBytesMax });
+    const { mode, windowBytesMax, lagBytesMax, catchUpBytesMax } = config;
+    this.source = new MirrorSource<Frame>({ mode, strict: false, peers: config.peers, lastSeq: 0, lagBytesMax, windowBytesMax, catchUpBytesMax });
     this.primary = new Replica('primary', config.blocks, config.blockBytes);
     this.checker = new Checker(this);
     const context = {
@@ -173,8 +173,11 @@ export class Cluster implements CheckedCluster {
 
   private onPeerDropped(id: string, disk: DiskState, reason: string): void {
     this.drops.push(`${id} (${disk}) at ${this.queue.now}us: ${reason}`);
-    if (this.expectedDrop !== id) throw new SimFailure(`the source dropped ${id} (${disk}) unexpectedly: ${reason}`);
-    this.peer(id).cut();
+    const peer = this.peer(id);
+    // A peer that is away may be given up on when it misses more than the source keeps for it.
+    const givenUpWhileAway = !peer.inSync && reason.includes('while away');
+    if (this.expectedDrop !== id && !givenUpWhileAway) throw new SimFailure(`the source dropped ${id} (${disk}) unexpectedly: ${reason}`);
+    if (peer.inSync) peer.cut();
   }
 
   // ---- clients ------------------------------------------------------------------------

@@ -48,6 +48,8 @@ export interface SimConfig {
   hotChance: number;
   windowBytesMax: number;
   lagBytesMax: number;
+  /** Entries kept for a peer that is away (0: none; it then needs a resync). */
+  catchUpBytesMax: number;
   network: DelayRange;
   clientNetwork: DelayRange;
   thinkUs: UsRange;
@@ -103,6 +105,7 @@ export function configFromSeed(seed: number, choices: ConfigChoices = {}): SimCo
     // 2 KiB is smaller than the largest entry: such an entry goes alone.
     windowBytesMax: prng.pick([2048, 4096, 8192, 32768]),
     lagBytesMax: prng.pick([1024, 4096, 16384]),
+    catchUpBytesMax: prng.pick([0, 4096, 65536, 1 << 20]),
     network: { minUs: 20, maxUs: prng.pick([100, 300, 1000]), slowChance: prng.pick([0, 0.05, 0.2]) },
     clientNetwork: { minUs: 5, maxUs: 50, slowChance: 0 },
     thinkUs,
@@ -124,6 +127,7 @@ export function describeConfig(config: SimConfig): string {
     `${config.clients} clients x ${config.opsPerClient} ops (<= ${config.outstandingPerClient} outstanding, <= ${config.writeBlocksMax} blocks)`,
     `window ${config.windowBytesMax} B`,
     `lag ${config.lagBytesMax} B`,
+    `catch-up ${config.catchUpBytesMax} B`,
     `net ${config.network.minUs}-${config.network.maxUs}us (slow ${config.network.slowChance})`,
     config.cuts.length === 0
       ? 'no disconnect'

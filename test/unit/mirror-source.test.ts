@@ -277,10 +277,55 @@ describe('MirrorSource: connecting', () => {
     const actions = s.connected('c', ready(1));
     assert.deepEqual(sent(actions, 'c'), [2, 3]);
     assert.deepEqual(sent(s.appended(entry(4)), 'c'), [4]);
+    const catching = peerStatus(s, 'c');
+    assert.equal(catching.replication, 'catching-up');
+    assert.equal(catching.disk, 'inconsistent', 'not up to date before it has what it lacked');
+    assert.equal(catching.sentSeq, 4);
+    s.acked('c', 2, 0);
+    assert.equal(peerStatus(s, 'c').replication, 'catching-up');
+    s.acked('c', 3, 0);
     const status = peerStatus(s, 'c');
     assert.equal(status.replication, 'streaming');
     assert.equal(status.disk, 'up-to-date');
-    assert.equal(status.sentSeq, 4);
+  });
+
+  test('a peer whose links drop keeps its entries queued (bounded) and catches up when it is back', () => {
+    const s = source({ catchUpBytesMax: 250 });
+    s.connected('b', ready(0));
+    s.connected('c', ready(0));
+    s.appended(entry(1));
+    s.acked('b', 1, 0);
+    s.acked('c', 1, 0);
+    assert.deepEqual(dropped(s.disconnected('c', 'link down')).map((drop) => drop.peer), ['c']);
+    s.appended(entry(2));
+    s.appended(entry(3));
+    s.acked('b', 3, 0);
+    assert.equal(s.queued.entries, 2, 'entries 2 and 3 kept for c although b has them');
+    const back = s.connected('c', ready(1));
+    assert.deepEqual(dropped(back), []);
+    assert.deepEqual(sent(back, 'c'), [2, 3]);
+    assert.equal(peerStatus(s, 'c').replication, 'catching-up');
+    s.acked('c', 3, 0);
+    assert.equal(peerStatus(s, 'c').disk, 'up-to-date');
+    assert.equal(s.queued.entries, 0);
+  });
+
+  test('a peer away for more than catchUpBytesMax of writes is dropped for a resync and frees the queue', () => {
+    const s = source({ catchUpBytesMax: 250 });
+    s.connected('b', ready(0));
+    s.connected('c', ready(0));
+    s.disconnected('c', 'link down');
+    s.appended(entry(1));
+    s.appended(entry(2));
+    s.acked('b', 2, 0);
+    assert.equal(s.queued.entries, 2);
+    const over = dropped(s.appended(entry(3)));
+    assert.equal(over.length, 1);
+    assert.match(over[0]?.reason ?? '', /missed more than 250 bytes of writes while away; it needs a resync/);
+    s.acked('b', 3, 0);
+    assert.equal(s.queued.entries, 0, 'nothing kept for c any more');
+    assert.equal(peerStatus(s, 'c').resyncNeeded, true);
+    assert.match(dropped(s.connected('c', ready(0)))[0]?.reason ?? '', /needs a resync/);
   });
 
   test('a peer that lacks entries no longer queued is dropped as outdated', () => {
