@@ -36,6 +36,8 @@ export interface MirrorEntry<Frame> {
   bytes: number;
   /** Where in the volume it lands; peers route entries to connections by region. */
   offset: number;
+  /** How many bytes of the volume it changes (0 for a consistency-point marker). */
+  lengthBytes?: number;
   frame: Frame;
 }
 
@@ -44,8 +46,12 @@ export type SourceAction<Frame> =
   | { kind: 'send-flush'; peer: string; seq: number }
   | { kind: 'send-sync'; peer: string; cpSeq: number }
   | { kind: 'complete'; token: number; error: string | null }
-  /** The peer no longer counts for acknowledgements; the node logs it loudly and closes its links. */
-  | { kind: 'peer-dropped'; peer: string; disk: DiskState; reason: string }
+  /**
+   * The peer no longer counts for acknowledgements; the node logs it loudly and closes its
+   * links. `lost`: the queued entries it had not acknowledged (it may lack them); `full`:
+   * nothing about its copy can be trusted (it failed, or its history diverged).
+   */
+  | { kind: 'peer-dropped'; peer: string; disk: DiskState; reason: string; lost: MirrorEntry<Frame>[]; full: boolean }
   /** Log partitions that peers held may be free now. */
   | { kind: 'release' };
 
@@ -195,6 +201,8 @@ export class MirrorSource<Frame> {
           peer: peer.id,
           disk: peer.disk,
           reason: `it missed more than ${this.options.catchUpBytesMax ?? 0} bytes of writes while away; it needs a resync`,
+          lost: this.unacknowledged(peer.id),
+          full: false,
         });
       }
     }
@@ -292,7 +300,10 @@ export class MirrorSource<Frame> {
       peer.resyncNeeded = true;
       peer.replication = 'disconnected';
       peer.disk = ready.disk === 'failed' ? 'failed' : 'outdated';
-      actions.push({ kind: 'peer-dropped', peer: id, disk: peer.disk, reason: problem });
+      // A copy that is not up to date, or a history that went another way, tells nothing
+      // about which regions differ; entries it missed while away were noted then.
+      const full = !sane || ready.disk !== 'up-to-date' || ready.lastSeq > this.appendedSeq;
+      actions.push({ kind: 'peer-dropped', peer: id, disk: peer.disk, reason: problem, lost: [], full });
       return actions;
     }
     // Entries it lacks come first; until it has them all its copy is inconsistent.
@@ -333,7 +344,7 @@ export class MirrorSource<Frame> {
     // What it lacks stays queued (bounded) so that it can catch up when it is back.
     peer.holding = wasInSync && !peer.resyncNeeded && (this.options.catchUpBytesMax ?? 0) > 0;
     if (wasInSync) {
-      actions.push({ kind: 'peer-dropped', peer: id, disk: peer.disk, reason });
+      actions.push({ kind: 'peer-dropped', peer: id, disk: peer.disk, reason, lost: this.unacknowledged(id), full: false });
       this.afterPeerChange(actions);
     }
     return actions;
@@ -401,6 +412,18 @@ export class MirrorSource<Frame> {
       lagBytes: peer.inSync ? this.appendedBytes - this.bytesThrough(peer.ackedSeq) : 0,
       resyncNeeded: peer.resyncNeeded,
     }));
+  }
+
+  /** Whether `id` counts for acknowledgements now (streaming or catching up). */
+  isInSync(id: string): boolean {
+    return this.peer(id).inSync;
+  }
+
+  /** The queued entries `id` has not acknowledged (what it may lack when its links go down). */
+  unacknowledged(id: string): MirrorEntry<Frame>[] {
+    const peer = this.peer(id);
+    const from = Math.max(peer.ackedSeq + 1, this.queueFirstSeq);
+    return this.queue.slice(from - this.queueFirstSeq).map((queued) => queued.entry);
   }
 
   /** Entries and bytes held for peers. */
@@ -529,7 +552,7 @@ export class MirrorSource<Frame> {
     peer.resyncNeeded = true;
     peer.disk = 'failed';
     peer.replication = 'disconnected';
-    actions.push({ kind: 'peer-dropped', peer: peer.id, disk: peer.disk, reason });
+    actions.push({ kind: 'peer-dropped', peer: peer.id, disk: peer.disk, reason, lost: this.unacknowledged(peer.id), full: true });
     this.afterPeerChange(actions);
     return actions;
   }
@@ -539,7 +562,7 @@ export class MirrorSource<Frame> {
     peer.inSync = false;
     peer.replication = 'disconnected';
     if (peer.disk === 'up-to-date' && peer.ackedSeq < this.appendedSeq) peer.disk = 'outdated';
-    actions.push({ kind: 'peer-dropped', peer: peer.id, disk: peer.disk, reason: `protocol violation: ${what}` });
+    actions.push({ kind: 'peer-dropped', peer: peer.id, disk: peer.disk, reason: `protocol violation: ${what}`, lost: this.unacknowledged(peer.id), full: false });
     this.afterPeerChange(actions);
     return actions;
   }

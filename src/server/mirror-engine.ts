@@ -21,6 +21,7 @@ import { BlockmirrorError } from '../lib/errors.js';
 import type { Logger } from '../lib/log.js';
 import { MirrorSource, type DiskState, type PeerStatus, type SourceAction } from '../core/mirror-source.js';
 import { encodeEntryFrame, encodeFrame, type PeerMessage } from '../protocol/peer/frames.js';
+import { DirtyBitmap } from '../storage/dirty-bitmap.js';
 import { EntryType } from '../storage/log-entry.js';
 import type { MirrorGate } from '../storage/local-volume.js';
 import { writeFileAtomic } from '../storage/volume-files.js';
@@ -46,6 +47,10 @@ interface PeerLinks {
   attempts: number;
   timer: NodeJS.Timeout | null;
   lastProblem: string;
+  /** Regions the peer may lack, written to `bitmapFile` at every consistency point. */
+  bitmap: DirtyBitmap;
+  bitmapFile: string;
+  bitmapChanged: boolean;
 }
 
 export interface MirrorPeerStatus extends PeerStatus {
@@ -73,6 +78,8 @@ export class MirrorEngine implements MirrorGate {
     private readonly counters: { peerProtocolErrors: number },
     /** Whether the failure detector currently trusts the peer (heartbeats). */
     private readonly available: (peer: string) => boolean,
+    /** Regions of the entries replayed at this start (after a crash), or null. */
+    replayed: DirtyBitmap | null,
   ) {
     assert(volume.mode !== 'local');
     this.secret = Buffer.from(cluster.secret, 'utf8');
@@ -101,8 +108,69 @@ export class MirrorEngine implements MirrorGate {
     for (const id of peerIds) {
       const node = cluster.nodes.find((candidate) => candidate.id === id);
       assert(node !== undefined, `replica ${id} is not a node`);
-      this.peers.set(id, { node, links: [], session: 0, up: false, parked: false, connecting: false, attempts: 0, timer: null, lastProblem: '' });
+      const bitmapFile = path.join(local.dataDir, 'mirror', `${volume.name}.${id}.bitmap`);
+      const bitmap = this.loadBitmap(bitmapFile, resyncNeeded.includes(id));
+      // After a crash, the entries replayed here may differ from what the peer holds.
+      if (!clean && replayed !== null) bitmap.include(replayed);
+      this.peers.set(id, {
+        node,
+        links: [],
+        session: 0,
+        up: false,
+        parked: false,
+        connecting: false,
+        attempts: 0,
+        timer: null,
+        lastProblem: '',
+        bitmap,
+        bitmapFile,
+        bitmapChanged: true,
+      });
     }
+    this.persistBitmaps();
+  }
+
+  private loadBitmap(file: string, resyncNeeded: boolean): DirtyBitmap {
+    const empty = new DirtyBitmap(this.volume.sizeBytes, constants.dirtyRegionBytes);
+    let data: Buffer | null = null;
+    try {
+      data = fs.readFileSync(file);
+    } catch {
+      data = null;
+    }
+    const loaded = data === null ? null : DirtyBitmap.decode(data, this.volume.sizeBytes, constants.dirtyRegionBytes);
+    if (loaded !== null) return loaded;
+    // No usable record of what the peer lacks: a peer that needs a resync needs all of it.
+    if (data !== null) this.log.warn('dirty bitmap unreadable: every region counts as out of sync', { file });
+    if (data !== null || resyncNeeded) empty.markAll();
+    return empty;
+  }
+
+  /**
+   * Writes each changed bitmap (atomically, durably). Runs in every consistency point
+   * before it is recorded: marks for entries the CP covers must not depend on the log.
+   */
+  persistBitmaps(): void {
+    for (const peer of this.peers.values()) {
+      if (!peer.bitmapChanged) continue;
+      writeFileAtomic(peer.bitmapFile, peer.bitmap.encode());
+      peer.bitmapChanged = false;
+    }
+  }
+
+  private markLacking(peer: PeerLinks, offset: number, lengthBytes: number): void {
+    if (lengthBytes <= 0) return;
+    peer.bitmap.mark(offset, lengthBytes);
+    peer.bitmapChanged = true;
+  }
+
+  /** A peer that streams and is up to date lacks nothing. */
+  private clearIfCurrent(peer: PeerLinks): void {
+    if (peer.bitmap.dirtyRegions === 0) return;
+    const status = this.core.status().find((each) => each.peer === peer.node.id);
+    if (status?.replication !== 'streaming' || status.disk !== 'up-to-date') return;
+    peer.bitmap.clearAll();
+    peer.bitmapChanged = true;
   }
 
   start(): void {
@@ -146,12 +214,18 @@ export class MirrorEngine implements MirrorGate {
   // ---- the write path ---------------------------------------------------------------------
 
   /** The log's tap: every entry as it is placed, in sequence order. */
-  placed(seq: number, header: Buffer, payload: readonly Buffer[], offset: number, type: EntryType): void {
+  placed(seq: number, header: Buffer, payload: readonly Buffer[], fields: { type: EntryType; offset: number; lengthBytes: number }): void {
     const frame = encodeEntryFrame(header, payload);
     const bytes = header.length + payload.reduce((sum, slice) => sum + slice.length, 0);
     // A CP marker's offset field is a sequence number, not a place in the volume.
-    const routeOffset = type === EntryType.CONSISTENCY_POINT ? 0 : offset;
-    this.run(this.core.appended({ seq, bytes, offset: routeOffset, frame }));
+    const marker = fields.type === EntryType.CONSISTENCY_POINT;
+    const offset = marker ? 0 : fields.offset;
+    const lengthBytes = marker ? 0 : fields.lengthBytes;
+    // A peer that does not get this entry now will lack its regions.
+    for (const peer of this.peers.values()) {
+      if (!this.core.isInSync(peer.node.id)) this.markLacking(peer, offset, lengthBytes);
+    }
+    this.run(this.core.appended({ seq, bytes, offset, lengthBytes, frame }));
   }
 
   get lastSeq(): number {
@@ -186,7 +260,7 @@ export class MirrorEngine implements MirrorGate {
   status(): MirrorPeerStatus[] {
     return this.core.status().map((peer) => ({
       ...peer,
-      outOfSyncBytes: peer.disk === 'up-to-date' ? 0 : this.volume.sizeBytes,
+      outOfSyncBytes: peer.disk === 'up-to-date' ? 0 : (this.peers.get(peer.peer)?.bitmap.dirtyBytes ?? this.volume.sizeBytes),
       connections: (this.peers.get(peer.peer)?.links ?? []).map((link) => ({ state: link.state, lastHeartbeatMs: link.lastHeartbeatMs })),
     }));
   }
@@ -265,9 +339,11 @@ export class MirrorEngine implements MirrorGate {
       this.run(
         this.core.connected(peer.node.id, { lastSeq: ready.lastSeq, durableSeq: ready.durableSeq, cpSeq: ready.cpSeq, disk: ready.disk }),
       );
-      if (this.core.status().find((status) => status.peer === peer.node.id)?.replication === 'streaming') {
-        this.log.info('peer streaming', { peer: peer.node.id, fromSeq: ready.lastSeq + 1 });
+      const replication = this.core.status().find((status) => status.peer === peer.node.id)?.replication;
+      if (replication === 'streaming' || replication === 'catching-up') {
+        this.log.info(replication === 'streaming' ? 'peer streaming' : 'peer catching up', { peer: peer.node.id, fromSeq: ready.lastSeq + 1 });
       }
+      this.clearIfCurrent(peer);
     });
   }
 
@@ -302,7 +378,9 @@ export class MirrorEngine implements MirrorGate {
     const id = peer.node.id;
     switch (message.type) {
       case 'ack':
-        return this.run(this.core.acked(id, message.seq, message.status));
+        this.run(this.core.acked(id, message.seq, message.status));
+        this.clearIfCurrent(peer);
+        return;
       case 'flushed':
         return this.run(this.core.flushed(id, message.seq, message.status));
       case 'synced':
@@ -338,9 +416,18 @@ export class MirrorEngine implements MirrorGate {
           else waiter.reject(new BlockmirrorError('ERR_REPLICA_UNAVAILABLE', action.error));
           break;
         }
-        case 'peer-dropped':
+        case 'peer-dropped': {
+          const peer = this.peers.get(action.peer);
+          assert(peer !== undefined);
+          // What it may lack: entries in flight or queued for it, or everything.
+          if (action.full) {
+            peer.bitmap.markAll();
+            peer.bitmapChanged = true;
+          }
+          for (const entry of action.lost) this.markLacking(peer, entry.offset, entry.lengthBytes ?? 0);
           this.dropped(action.peer, action.disk, action.reason);
           break;
+        }
         case 'release':
           this.release();
           break;

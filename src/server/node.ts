@@ -14,6 +14,8 @@ import { FileDisk } from '../io/file-disk.js';
 import { IoActivity } from '../io/file-io.js';
 import { applyEntry, LocalVolume } from '../storage/local-volume.js';
 import { WriteLog, type LogOptions, type RecoveryReport } from '../storage/write-log.js';
+import { DirtyBitmap } from '../storage/dirty-bitmap.js';
+import { EntryType } from '../storage/log-entry.js';
 import { prepareVolumeFiles, type VolumeIdentity } from '../storage/volume-files.js';
 import { AdminServer } from './admin.js';
 import { Heartbeats, nextIncarnation, type HeartbeatListener, type VolumeView } from './heartbeats.js';
@@ -135,6 +137,8 @@ export class BlockmirrorNode {
     // exists once the log is open and recovered (nothing is placed before that but the
     // start's consistency point marker, which the engine's start sequence number covers).
     let engine: MirrorEngine | null = null;
+    // Regions the log replays at this start: after a crash the peers may hold other data there.
+    const replayed = mirrored ? new DirtyBitmap(identity.sizeBytes, constants.dirtyRegionBytes) : null;
     const logOptions: LogOptions = {
       // A secondary keeps one log per source node (fan-in never mixes sources).
       dir:
@@ -154,9 +158,10 @@ export class BlockmirrorNode {
     const started = Date.now();
     let opened: { log: WriteLog; recovery: RecoveryReport };
     try {
-      opened = await WriteLog.open(logOptions, (header, payload) =>
-        applyEntry(disk, header, payload, constants.zeroWriteChunkBytes),
-      );
+      opened = await WriteLog.open(logOptions, (header, payload) => {
+        if (header.type !== EntryType.CONSISTENCY_POINT) replayed?.mark(header.offset, header.lengthBytes);
+        return applyEntry(disk, header, payload, constants.zeroWriteChunkBytes);
+      });
     } catch (error) {
       await disk.close();
       throw error;
@@ -185,10 +190,12 @@ export class BlockmirrorNode {
         log,
         this.peerCounters,
         (peer) => this.heartbeats?.mayConnect(peer) === true,
+        replayed,
       );
       const mirror = engine;
       mirrorLog.addRetainer((partition) => mirror.retains(partition.lastSeq));
       volume.attachMirror(mirror);
+      volume.beforeCheckpointRecorded = () => mirror.persistBitmaps();
     } else if (role === 'secondary') {
       target = new ReplicaTarget(config, volume, log, this.peerCounters);
       this.targets.set(config.name, target);

@@ -285,9 +285,18 @@ export class LocalVolume {
     await this.counted<unknown>(local === null ? this.gate.mirrored(seq, durable) : Promise.all([local, this.gate.mirrored(seq, durable)]));
   }
 
+  /**
+   * Runs as part of every consistency point, after the volume file is durable and before
+   * the CP is recorded (what must be durable before the log entries it covers are gone).
+   */
+  beforeCheckpointRecorded: (() => void) | null = null;
+
   /** A consistency point: the volume file durable, the log before it released. */
   checkpoint(): Promise<void> {
-    return this.log.checkpoint(() => this.disk.sync());
+    return this.log.checkpoint(async () => {
+      await this.disk.sync();
+      this.beforeCheckpointRecorded?.();
+    });
   }
 
   /**

@@ -39,11 +39,11 @@ export function volumePaths(dataDir: string, name: string): VolumePaths {
   };
 }
 
-export function writeFileAtomic(file: string, contents: string): void {
+export function writeFileAtomic(file: string, contents: string | Buffer): void {
   const temporary = `${file}.tmp`;
   const fd = fs.openSync(temporary, 'w', 0o644);
   try {
-    fs.writeSync(fd, contents);
+    fs.writeSync(fd, typeof contents === 'string' ? Buffer.from(contents, 'utf8') : contents);
     fs.fdatasyncSync(fd);
   } finally {
     fs.closeSync(fd);

@@ -86,7 +86,7 @@ export interface LogOptions {
    */
   replica?: { deferApply: boolean };
   /** Every entry as it is placed, in sequence order: its encoded header and payload (the mirror's tap). */
-  onPlaced?: (seq: number, header: Buffer, payload: readonly Buffer[], offset: number, type: EntryType) => void;
+  onPlaced?: (seq: number, header: Buffer, payload: readonly Buffer[], fields: { type: EntryType; offset: number; lengthBytes: number }) => void;
 }
 
 /** The fields of an entry a caller chooses (the log adds the rest). */
@@ -655,7 +655,7 @@ export class WriteLog {
         },
         payload,
       );
-      this.options.onPlaced?.(seq, header, payload, fields.offset, type);
+      this.options.onPlaced?.(seq, header, payload, { type, offset: fields.offset, lengthBytes: fields.lengthBytes });
       const padding = bytes - ENTRY_HEADER_BYTES - payloadBytes;
       const buffers = padding > 0 ? [header, ...payload, Buffer.alloc(padding)] : [header, ...payload];
       return new Promise<void>((resolve, reject) => {

@@ -98,13 +98,16 @@ test('SIGSTOP of the secondary past the timeout: cut off, writes go on; after SI
     const writeDoneMs = Date.now();
     const cutOffMs = Date.parse(String((await logged(a, 'peer down: no heartbeat', 2))[1]?.['time']));
     assert.ok(cutOffMs <= writeDoneMs, 'the sync write was answered only once b was cut off');
-    assert.equal(peerOf(await a.status())?.disk, 'outdated');
+    const away = peerOf(await a.status());
+    assert.equal(away?.disk, 'outdated');
+    assert.equal(away?.outOfSyncBytes, 64 * 1024 + 512 * 1024, 'the regions written while b was away');
   } finally {
     process.kill(b.pid, 'SIGCONT');
   }
   await a.waitStatus('b caught up', (status) => streaming(status) && peerOf(status)?.disk === 'up-to-date');
   const caughtUp = peerOf(await a.status());
   assert.equal(caughtUp?.ackedSeq, (await a.status()).volumes[0]?.log.lastSeq);
+  assert.equal(caughtUp?.outOfSyncBytes, 0);
   await runOk('qemu-io', ['-f', 'raw', a.uri('v1'), '-c', 'write -P 0x80 2M 64k']);
   assert.equal((await a.stop()).code, 0);
   assert.equal((await b.stop()).code, 0);

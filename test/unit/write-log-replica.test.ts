@@ -551,9 +551,11 @@ describe('onPlaced tap of a primary log', () => {
           if (log !== null) checkpoints.push(log.checkpoint(() => Promise.resolve()));
         });
       },
-      onPlaced: (seq, header, payload, offset, type) => {
+      onPlaced: (seq, header, payload, { offset, type, lengthBytes }) => {
         // The header and payload are the caller's buffers: keep copies.
         placed.push({ seq, header: Buffer.from(header), payload: Buffer.concat(payload), offset, type });
+        const decoded = decodeEntryHeader(header);
+        assert.ok(typeof decoded !== 'string' && decoded.lengthBytes === lengthBytes, 'the tap reports the entry\'s length');
       },
     };
     const opened = await WriteLog.open(options, () => Promise.resolve());
