@@ -101,14 +101,19 @@ function frameOf(type: number, body: Buffer, reserved = { byte5: 0, word6: 0 }, 
   header.writeUInt8(reserved.byte5, 5);
   header.writeUInt16BE(reserved.word6, 6);
   header.writeUInt32BE(bodyBytes, 8);
-  header.writeUInt32BE(crc32c([header.subarray(0, 12), body]), 12);
+  header.writeUInt32BE(crc32c([header.subarray(0, 12), covered(type, body)]), 12);
   return Buffer.concat([header, body]);
+}
+
+/** What a frame's checksum covers: the body, or for ENTRY the entry header (which checksums the payload). */
+function covered(type: number, body: Buffer): Buffer {
+  return type === PeerFrameType.ENTRY ? body.subarray(0, 64) : body;
 }
 
 /** Recomputes the frame checksum after a test changed the frame on purpose. */
 function reseal(frame: Buffer): Buffer {
   const copy = Buffer.from(frame);
-  copy.writeUInt32BE(crc32c([copy.subarray(0, 12), copy.subarray(16)]), 12);
+  copy.writeUInt32BE(crc32c([copy.subarray(0, 12), covered(copy.readUInt8(4), copy.subarray(16))]), 12);
   return copy;
 }
 
