@@ -17,6 +17,7 @@ import path from 'node:path';
 import type { Address, ClusterConfig, NodeConfig } from '../control/config.js';
 import { FailureDetector, type DetectorAction } from '../core/failure-detector.js';
 import type { DiskState } from '../core/mirror-source.js';
+import { BlockmirrorError } from '../lib/errors.js';
 import { hmacSha256 } from '../lib/hmac.js';
 import type { Logger } from '../lib/log.js';
 import { decodeHeartbeat, encodeHeartbeat } from '../protocol/heartbeat/datagram.js';
@@ -108,9 +109,16 @@ export class Heartbeats {
     socket.on('message', (datagram, from) => this.onDatagram(datagram, from));
     socket.on('error', (error) => this.log.warn('heartbeat socket error', { error: error.message }));
     await new Promise<void>((resolve, reject) => {
-      socket.once('error', reject);
+      const onError = (error: NodeJS.ErrnoException): void => {
+        reject(
+          error.code === 'EADDRINUSE'
+            ? new BlockmirrorError('ERR_ADDRESS_IN_USE', `replication address ${host}:${port} (UDP, for heartbeats) is already in use`)
+            : error,
+        );
+      };
+      socket.once('error', onError);
       socket.bind({ address: host, port }, () => {
-        socket.off('error', reject);
+        socket.off('error', onError);
         resolve();
       });
     });
