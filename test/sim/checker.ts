@@ -184,6 +184,16 @@ export class Checker {
     this.maxQueuedBytes = Math.max(this.maxQueuedBytes, queued);
     if (queued > this.queuedBytesMax) this.fail('e', `the source holds ${queued} bytes (${source.queued.entries} entries), more than the bound ${this.queuedBytesMax}`);
     for (const status of source.status()) {
+      // (g) No replica that may lack an entry is ever counted as up to date.
+      if (status.disk === 'up-to-date') {
+        const replica = this.cluster.peers.find((peer) => peer.id === status.peer)?.replica;
+        const has = replica?.storedPrefix() ?? 0;
+        const lacking = status.replication === 'streaming' ? status.ackedSeq > has : source.lastSeq > has;
+        if (lacking) this.fail('g', `${status.peer} is counted as up to date (${status.replication}) but has stored only through ${has}`);
+      }
+      if (status.replication === 'catching-up' && status.disk !== 'inconsistent') {
+        this.fail('g', `${status.peer} is catching up but its copy is reported ${status.disk}`);
+      }
       if (status.replication !== 'streaming') continue;
       const inflight = this.cluster.bytesThrough(status.sentSeq) - this.cluster.bytesThrough(status.ackedSeq);
       this.maxInflightBytes = Math.max(this.maxInflightBytes, inflight);
