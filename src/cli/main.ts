@@ -170,7 +170,8 @@ async function status(args: string[]): Promise<number> {
           rows.push(source === null || source === undefined ? own : [...own, `<- ${source.node}`, source.connected ? 'streaming' : 'disconnected']);
         }
         for (const peer of peers) {
-          rows.push([...own, `-> ${peer.node}`, peer.replication, peer.disk, String(peer.ackedSeq), formatBytes(peer.lagBytes), formatBytes(peer.outOfSyncBytes)]);
+          const disk = peer.resyncNeeded === true ? `${peer.disk} (needs resync)` : peer.disk;
+          rows.push([...own, `-> ${peer.node}`, peer.replication, disk, String(peer.ackedSeq), formatBytes(peer.lagBytes), formatBytes(peer.outOfSyncBytes)]);
         }
       }
     }

@@ -36,6 +36,8 @@ export interface PeerReplicationStatus {
   syncedSeq: number;
   lagBytes: number;
   outOfSyncBytes: number;
+  /** It comes back only through a resync (it missed more than the primary kept for it, failed, or the primary crashed). */
+  resyncNeeded: boolean;
   connections: number;
 }
 
@@ -83,6 +85,7 @@ export function nodeStatus(node: BlockmirrorNode): NodeStatus {
           syncedSeq: peer.syncedSeq,
           lagBytes: peer.lagBytes,
           outOfSyncBytes: peer.outOfSyncBytes,
+          resyncNeeded: peer.resyncNeeded,
           connections: peer.connections.filter((link) => link.state === 'up').length,
         })),
         source:

@@ -101,6 +101,7 @@ test('SIGSTOP of the secondary past the timeout: cut off, writes go on; after SI
     const away = peerOf(await a.status());
     assert.equal(away?.disk, 'outdated');
     assert.equal(away?.outOfSyncBytes, 64 * 1024 + 512 * 1024, 'the regions written while b was away');
+    assert.equal(away?.resyncNeeded, false, 'what b lacks is still held for it');
   } finally {
     process.kill(b.pid, 'SIGCONT');
   }

@@ -76,7 +76,16 @@ export interface NodeStatusJson {
     disk: string;
     mode: string;
     log: { lastSeq: number; cpSeq: number; durableSeq: number };
-    peers: { node: string; replication: string; disk: string; ackedSeq: number; lagBytes: number; outOfSyncBytes: number; connections: number }[];
+    peers: {
+      node: string;
+      replication: string;
+      disk: string;
+      ackedSeq: number;
+      lagBytes: number;
+      outOfSyncBytes: number;
+      resyncNeeded: boolean;
+      connections: number;
+    }[];
     source: { node: string; connected: boolean; storedSeq: number } | null;
   }[];
 }

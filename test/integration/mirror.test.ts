@@ -323,6 +323,7 @@ test('clean restarts of either node resume streaming; after a primary crash its 
   const after = await a.waitStatus('b marked outdated', (status) => volumeOf(status, 'v1').peers[0]?.disk === 'outdated');
   const outdated = volumeOf(after, 'v1').peers[0];
   assert.notEqual(outdated?.replication, 'streaming');
+  assert.equal(outdated?.resyncNeeded, true);
   // Out of sync: the regions the crashed primary replayed from its log (at most the
   // last write, 1 MiB, if no consistency point covered it before the crash).
   const replayedBytes = outdated?.outOfSyncBytes ?? -1;
