@@ -425,6 +425,9 @@ export class MirrorEngine implements MirrorGate {
             peer.bitmapChanged = true;
           }
           for (const entry of action.lost) this.markLacking(peer, entry.offset, entry.lengthBytes ?? 0);
+          // At once, not at the next CP: a CP already under way may cover these entries, and
+          // after a crash the log would no longer replay (and so mark) them.
+          this.persistBitmaps();
           this.dropped(action.peer, action.disk, action.reason);
           break;
         }
