@@ -134,6 +134,8 @@ export interface MirrorGate {
 export class LocalVolume {
   private readonly order = new RangeOrder();
   private gate: MirrorGate | null = null;
+  /** Ranges whose new changes wait before they are logged (a resync reading them). */
+  private readonly holds: { start: number; end: number; released: Promise<void> }[] = [];
   private failure: VolumeFailedError | null = null;
   readonly stats: VolumeStats = {
     readOps: 0,
@@ -179,6 +181,7 @@ export class LocalVolume {
   async write(payload: readonly Buffer[], offset: number, fua: boolean): Promise<void> {
     this.checkWritable();
     const total = payload.reduce((sum, slice) => sum + slice.length, 0);
+    for (let hold = this.holdOn(offset, offset + total); hold !== null; hold = this.holdOn(offset, offset + total)) await hold;
     const pieceMax = this.log.entryPayloadBytesMax;
     const done: Promise<void>[] = [];
     let lastSeq = 0;
@@ -200,6 +203,7 @@ export class LocalVolume {
     this.checkWritable();
     // Asked before anything is logged, so a refused FAST_ZERO changes nothing.
     if (options.fast && !this.disk.canZeroFast(options.noHole)) return 'slow';
+    for (let hold = this.holdOn(offset, offset + lengthBytes); hold !== null; hold = this.holdOn(offset, offset + lengthBytes)) await hold;
     this.stats.zeroOps += 1;
     const flags = options.noHole ? EntryFlag.NO_HOLE : 0;
     const done: Promise<void>[] = [];
@@ -211,6 +215,7 @@ export class LocalVolume {
 
   async trim(offset: number, lengthBytes: number, fua: boolean): Promise<void> {
     this.checkWritable();
+    for (let hold = this.holdOn(offset, offset + lengthBytes); hold !== null; hold = this.holdOn(offset, offset + lengthBytes)) await hold;
     this.stats.trimOps += 1;
     const done: Promise<void>[] = [];
     // TRIM is a hint: a disk that cannot punch holes keeps the data, which is allowed.
@@ -258,6 +263,50 @@ export class LocalVolume {
         },
       ),
     );
+  }
+
+  /**
+   * Logs the current contents of [offset, offset + lengthBytes) as a WRITE entry flagged
+   * RESYNC and returns its sequence number: the bytes are exactly those every earlier
+   * entry leaves there, and no later entry touching the range comes before it. New
+   * changes to the range wait (before they are logged) until the entry is placed, and
+   * the read runs after every change to the range already logged. The volume is not
+   * written: it holds these bytes.
+   */
+  async logCurrent(offset: number, lengthBytes: number): Promise<number> {
+    this.checkHealthy();
+    assert(lengthBytes > 0 && lengthBytes <= this.log.entryPayloadBytesMax, 'resync range larger than a log entry');
+    assert(offset >= 0 && offset + lengthBytes <= this.disk.sizeBytes, 'resync range outside the volume');
+    const end = offset + lengthBytes;
+    for (let other = this.holdOn(offset, end); other !== null; other = this.holdOn(offset, end)) await other;
+    let release: () => void = () => undefined;
+    const hold = { start: offset, end, released: new Promise<void>((resolve) => (release = resolve)) };
+    this.holds.push(hold);
+    try {
+      const data = Buffer.allocUnsafe(lengthBytes);
+      await this.counted(this.order.run(offset, end, () => this.disk.read(data, offset)));
+      const { seq, written } = this.log.append(EntryType.WRITE, { offset, lengthBytes, flags: EntryFlag.RESYNC }, [data]);
+      // Placed (and so ordered) now; later changes may be logged while it is written.
+      this.holds.splice(this.holds.indexOf(hold), 1);
+      release();
+      await this.counted(written);
+      this.log.applied(seq);
+      return seq;
+    } finally {
+      if (this.holds.includes(hold)) {
+        this.holds.splice(this.holds.indexOf(hold), 1);
+        release();
+      }
+    }
+  }
+
+  /**
+   * A resync hold on part of [start, end) to wait for, or null. Callers loop until null
+   * and then log at once, in the same turn: a wait that always yielded would let a hold
+   * begin between the check and the logging.
+   */
+  private holdOn(start: number, end: number): Promise<void> | null {
+    return this.holds.find((candidate) => candidate.start < end && start < candidate.end)?.released ?? null;
   }
 
   /** Applies logged entries up to `seq` that were stored without applying (logship), in order. */

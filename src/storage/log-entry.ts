@@ -34,6 +34,11 @@ export type EntryType = (typeof EntryType)[keyof typeof EntryType];
 export const EntryFlag = {
   /** ZEROES: keep the range allocated (NBD NO_HOLE). */
   NO_HOLE: 0x1,
+  /**
+   * WRITE: the current contents of a region, logged to bring a peer back (resync). The
+   * primary's volume already holds them; a replica writes them like any write.
+   */
+  RESYNC: 0x2,
 } as const;
 
 export interface EntryHeader {
