@@ -53,7 +53,12 @@ export type SourceAction<Frame> =
    */
   | { kind: 'peer-dropped'; peer: string; disk: DiskState; reason: string; lost: MirrorEntry<Frame>[]; full: boolean }
   /** Log partitions that peers held may be free now. */
-  | { kind: 'release' };
+  | { kind: 'release' }
+  /**
+   * Tell the peer to restart its log after `seq`; `full`: every region must be resent
+   * (its history diverged or its copy is not to be trusted).
+   */
+  | { kind: 'reset-peer'; peer: string; seq: number; full: boolean };
 
 /** What a peer reported about its copy when it connected (its READY). */
 export interface PeerReady {
@@ -97,6 +102,12 @@ export interface MirrorSourceOptions {
    * up from them when it comes back (0: none kept). Past it, the peer needs a resync.
    */
   catchUpBytesMax?: number;
+  /**
+   * Bring back a peer that cannot catch up by a resync instead of dropping it: it is told
+   * to restart its log at the current sequence number (action `reset-peer`), then streams
+   * while the node sends the regions it lacks (`resyncDone` when they are all durable there).
+   */
+  resync?: boolean;
 }
 
 interface Peer {
@@ -108,6 +119,8 @@ interface Peer {
   holding: boolean;
   /** While catching up: the last entry appended when it came back. */
   catchUpTo: number;
+  /** While resyncing: where its log restarts. */
+  resetSeq: number;
   resyncNeeded: boolean;
   sentSeq: number;
   ackedSeq: number;
@@ -159,6 +172,7 @@ export class MirrorSource<Frame> {
         inSync: false,
         holding: false,
         catchUpTo: 0,
+        resetSeq: 0,
         resyncNeeded: options.resyncNeeded?.includes(id) === true,
         sentSeq: 0,
         ackedSeq: 0,
@@ -296,6 +310,19 @@ export class MirrorSource<Frame> {
             ? `it lacks entries ${from}..${this.appendedSeq}, which this node no longer holds in memory; it needs a resync`
             : null;
     peer.holding = false;
+    if (problem !== null && sane && this.options.resync === true) {
+      // A resync: the peer restarts its log here, and what follows is kept for it until
+      // it has done so. What it lacks from before is the node's to send, by region.
+      peer.resyncNeeded = true;
+      peer.replication = 'resyncing';
+      peer.disk = 'inconsistent';
+      peer.resetSeq = this.appendedSeq;
+      peer.ackedSeq = this.appendedSeq;
+      peer.holding = true;
+      const full = ready.disk !== 'up-to-date' || ready.lastSeq > this.appendedSeq;
+      actions.push({ kind: 'reset-peer', peer: id, seq: this.appendedSeq, full });
+      return actions;
+    }
     if (problem !== null) {
       peer.resyncNeeded = true;
       peer.replication = 'disconnected';
@@ -330,6 +357,48 @@ export class MirrorSource<Frame> {
     // entries kept for it may go, and requests waiting on them may be answered.
     this.trim();
     this.settleAll(actions);
+    return actions;
+  }
+
+  /** The peer restarted its log after `seq` (its answer to `reset-peer`): it streams from there on. */
+  resetDone(id: string, seq: number, status: number): SourceAction<Frame>[] {
+    const peer = this.peer(id);
+    const actions: SourceAction<Frame>[] = [];
+    if (peer.replication !== 'resyncing' || peer.inSync) return actions;
+    if (seq !== peer.resetSeq) return this.violation(peer, `reset to ${seq}, asked ${peer.resetSeq}`);
+    if (status !== 0) return this.failPeer(peer, `could not restart its log for a resync (error ${status})`);
+    peer.holding = false;
+    peer.inSync = true;
+    peer.sentSeq = seq;
+    peer.ackedSeq = seq;
+    peer.durableSeq = seq;
+    peer.syncedSeq = seq;
+    peer.flushAskedSeq = seq;
+    peer.syncAskedSeq = seq;
+    peer.syncWantedSeq = this.cpSeq;
+    peer.flushWantedSeq = 0;
+    this.pump(peer, actions);
+    this.trim();
+    this.settleAll(actions);
+    return actions;
+  }
+
+  /** Every region the resyncing peer lacked is durable there: it is up to date. */
+  resyncDone(id: string): void {
+    const peer = this.peer(id);
+    assert(peer.inSync && peer.replication === 'resyncing', `peer ${id} is not resyncing`);
+    peer.replication = 'streaming';
+    peer.disk = 'up-to-date';
+    peer.resyncNeeded = false;
+  }
+
+  /** Asks the peer to make entries up to `seq` durable (FLUSHED tells when). */
+  askDurable(id: string, seq: number): SourceAction<Frame>[] {
+    const peer = this.peer(id);
+    const actions: SourceAction<Frame>[] = [];
+    if (!peer.inSync) return actions;
+    peer.flushWantedSeq = Math.max(peer.flushWantedSeq, seq);
+    this.askFlush(peer, actions);
     return actions;
   }
 

@@ -40,8 +40,6 @@ interface PeerLinks {
   links: PeerLink[];
   session: number;
   up: boolean;
-  /** Not reconnected until a resync can bring it back (next issue) or the node restarts. */
-  parked: boolean;
   /** Connections being set up. */
   connecting: boolean;
   attempts: number;
@@ -51,6 +49,8 @@ interface PeerLinks {
   bitmap: DirtyBitmap;
   bitmapFile: string;
   bitmapChanged: boolean;
+  /** Wakes a resync waiting for the peer to make regions durable. */
+  progress: (() => void) | null;
 }
 
 export interface MirrorPeerStatus extends PeerStatus {
@@ -80,6 +80,8 @@ export class MirrorEngine implements MirrorGate {
     private readonly available: (peer: string) => boolean,
     /** Regions of the entries replayed at this start (after a crash), or null. */
     replayed: DirtyBitmap | null,
+    /** Logs a region's current contents as an entry (LocalVolume.logCurrent); returns its sequence number. */
+    private readonly logCurrent: (offset: number, lengthBytes: number) => Promise<number>,
   ) {
     assert(volume.mode !== 'local');
     this.secret = Buffer.from(cluster.secret, 'utf8');
@@ -103,6 +105,7 @@ export class MirrorEngine implements MirrorGate {
       lagBytesMax: constants.asyncLagBytesMax,
       windowBytesMax: constants.mirrorWindowBytesMax,
       catchUpBytesMax: constants.mirrorCatchUpBytesMax,
+      resync: true,
       resyncNeeded,
     });
     for (const id of peerIds) {
@@ -117,7 +120,6 @@ export class MirrorEngine implements MirrorGate {
         links: [],
         session: 0,
         up: false,
-        parked: false,
         connecting: false,
         attempts: 0,
         timer: null,
@@ -125,6 +127,7 @@ export class MirrorEngine implements MirrorGate {
         bitmap,
         bitmapFile,
         bitmapChanged: true,
+        progress: null,
       });
     }
     this.persistBitmaps();
@@ -156,6 +159,70 @@ export class MirrorEngine implements MirrorGate {
       writeFileAtomic(peer.bitmapFile, peer.bitmap.encode());
       peer.bitmapChanged = false;
     }
+  }
+
+  /**
+   * Sends a resyncing peer every region its bitmap marks, as entries that carry the
+   * regions' current contents (logged in order with live writes, so a live write is
+   * never overwritten by older resync data), a few at a time. A region's bit is cleared
+   * once the peer has made its entry durable; so a resync that is interrupted (links, or
+   * either node crashing) resumes from the bitmap. Ends when no bit is left.
+   */
+  private async resync(peer: PeerLinks, session: number): Promise<void> {
+    const id = peer.node.id;
+    const regionBytes = peer.bitmap.regionBytes;
+    const pending = new Map<number, number>();
+    const pendingRegions = new Set<number>();
+    const startedMs = Date.now();
+    const startBytes = peer.bitmap.dirtyBytes;
+    let cursor = 0;
+    const live = (): boolean =>
+      !this.stopped && peer.up && peer.session === session && this.core.status().find((status) => status.peer === id)?.replication === 'resyncing';
+    this.log.info('resync started', { peer: id, regions: peer.bitmap.dirtyRegions, bytes: startBytes });
+    while (live()) {
+      const durable = this.core.status().find((status) => status.peer === id)?.durableSeq ?? 0;
+      for (const [seq, region] of pending) {
+        if (seq > durable) continue;
+        pending.delete(seq);
+        pendingRegions.delete(region);
+        peer.bitmap.clear(region);
+        peer.bitmapChanged = true;
+      }
+      let next = peer.bitmap.nextDirty(cursor);
+      while (next !== -1 && pendingRegions.has(next)) next = peer.bitmap.nextDirty(next + 1);
+      if (next !== -1 && pending.size < constants.resyncRegionsInflightMax) {
+        cursor = next + 1;
+        const offset = next * regionBytes;
+        const seq = await this.logCurrent(offset, Math.min(regionBytes, this.volume.sizeBytes - offset));
+        pending.set(seq, next);
+        pendingRegions.add(next);
+        continue;
+      }
+      if (next === -1 && pending.size === 0) {
+        if (peer.bitmap.dirtyRegions > 0) {
+          cursor = 0;
+          continue;
+        }
+        this.core.resyncDone(id);
+        this.state.resyncNeeded = this.state.resyncNeeded.filter((other) => other !== id);
+        writeFileAtomic(this.stateFile, JSON.stringify(this.state, null, 2) + '\n');
+        this.persistBitmaps();
+        this.log.info('resync done', { peer: id, bytes: startBytes, ms: Date.now() - startedMs });
+        return;
+      }
+      // Wait for the peer to make what was sent durable (bounded: a FLUSHED or 100 ms).
+      this.run(this.core.askDurable(id, Math.max(...pending.keys())));
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, 100);
+        peer.progress = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+      peer.progress = null;
+      if (next === -1) cursor = 0;
+    }
+    this.log.warn('resync interrupted', { peer: id, bytesLeft: peer.bitmap.dirtyBytes });
   }
 
   private markLacking(peer: PeerLinks, offset: number, lengthBytes: number): void {
@@ -292,7 +359,7 @@ export class MirrorEngine implements MirrorGate {
   // ---- links --------------------------------------------------------------------------------
 
   private connect(peer: PeerLinks): void {
-    if (this.stopped || peer.parked || peer.connecting) return;
+    if (this.stopped || peer.connecting) return;
     peer.connecting = true;
     peer.timer = null;
     peer.session = crypto.randomBytes(4).readUInt32BE(0);
@@ -348,7 +415,7 @@ export class MirrorEngine implements MirrorGate {
   }
 
   private retry(peer: PeerLinks, problem: string): void {
-    if (this.stopped || peer.parked || peer.timer !== null) return;
+    if (this.stopped || peer.timer !== null) return;
     if (problem !== peer.lastProblem) {
       this.log.warn('peer connection failed', { peer: peer.node.id, problem });
       peer.lastProblem = problem;
@@ -382,9 +449,15 @@ export class MirrorEngine implements MirrorGate {
         this.clearIfCurrent(peer);
         return;
       case 'flushed':
-        return this.run(this.core.flushed(id, message.seq, message.status));
+        this.run(this.core.flushed(id, message.seq, message.status));
+        peer.progress?.();
+        return;
       case 'synced':
         return this.run(this.core.synced(id, message.cpSeq, message.status));
+      case 'reset-done':
+        this.run(this.core.resetDone(id, message.seq, message.status));
+        if (this.core.isInSync(id)) void this.resync(peer, peer.session);
+        return;
       default:
         this.counters.peerProtocolErrors += 1;
         link.close(`unexpected ${message.type} from the target`);
@@ -434,6 +507,26 @@ export class MirrorEngine implements MirrorGate {
         case 'release':
           this.release();
           break;
+        case 'reset-peer': {
+          const peer = this.peers.get(action.peer);
+          assert(peer !== undefined);
+          if (action.full) {
+            peer.bitmap.markAll();
+            peer.bitmapChanged = true;
+            this.persistBitmaps();
+          }
+          if (!this.state.resyncNeeded.includes(action.peer)) {
+            this.state.resyncNeeded.push(action.peer);
+            writeFileAtomic(this.stateFile, JSON.stringify(this.state, null, 2) + '\n');
+          }
+          this.log.warn('peer needs a resync: it restarts its log here and is sent the regions it lacks', {
+            peer: action.peer,
+            fromSeq: action.seq,
+            bytes: peer.bitmap.dirtyBytes,
+          });
+          peer.links[0]?.send(encodeFrame({ type: 'reset', seq: action.seq }));
+          break;
+        }
       }
     }
   }
@@ -447,7 +540,6 @@ export class MirrorEngine implements MirrorGate {
       this.state.resyncNeeded.push(id);
       writeFileAtomic(this.stateFile, JSON.stringify(this.state, null, 2) + '\n');
     }
-    if (needsResync) peer.parked = true;
     // A drop while the links are up comes from the core (a bad reply, or a peer that
     // cannot be taken back); a drop because the links went down is linkLost's to handle.
     if (!peer.up) return;

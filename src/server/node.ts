@@ -181,6 +181,7 @@ export class BlockmirrorNode {
     let target: ReplicaTarget | null = null;
     if (mirrored) {
       const mirrorLog = volume.log;
+      const primary = volume;
       engine = new MirrorEngine(
         this.config,
         this.node,
@@ -191,13 +192,24 @@ export class BlockmirrorNode {
         this.peerCounters,
         (peer) => this.heartbeats?.mayConnect(peer) === true,
         replayed,
+        (offset, lengthBytes) => primary.logCurrent(offset, lengthBytes),
       );
       const mirror = engine;
       mirrorLog.addRetainer((partition) => mirror.retains(partition.lastSeq));
       volume.attachMirror(mirror);
       volume.beforeCheckpointRecorded = () => mirror.persistBitmaps();
     } else if (role === 'secondary') {
-      target = new ReplicaTarget(config, volume, log, this.peerCounters);
+      const replica = volume;
+      target = new ReplicaTarget(config, replica, log, this.peerCounters, async (seq) => {
+        // Everything received goes into the image and is made durable; then the log
+        // restarts after `seq`, as when its geometry changes.
+        if (config.mode === 'logship') await replica.applyLoggedThrough(replica.log.lastSeq);
+        await replica.checkpoint();
+        replica.log.close();
+        WriteLog.recreate(logOptions, seq);
+        const restarted = await WriteLog.open(logOptions, () => Promise.reject(new Error('nothing to replay after a reset')));
+        replica.replaceLog(restarted.log);
+      });
       this.targets.set(config.name, target);
     }
     this.volumes.set(config.name, { config, identity, volume, role, mirror: engine, target });

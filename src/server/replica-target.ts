@@ -28,7 +28,8 @@ interface Session {
 }
 
 export class ReplicaTarget {
-  private readonly core: MirrorTarget<EntryMessage>;
+  private core: MirrorTarget<EntryMessage>;
+  private resetting = false;
   private session: Session | null = null;
   private idleWaiters: (() => void)[] = [];
   private closed = false;
@@ -40,11 +41,20 @@ export class ReplicaTarget {
     readonly volume: LocalVolume,
     private readonly log: Logger,
     private readonly counters: { peerProtocolErrors: number },
+    /**
+     * Restarts the per-source log after `seq` (a resync): what was received is applied and
+     * made durable first. The regions the copy lacks arrive afterwards as entries.
+     */
+    private readonly resetLog: (seq: number) => Promise<void>,
   ) {
     this.source = config.primary ?? '';
-    this.core = new MirrorTarget<EntryMessage>({
-      mode: config.mode === 'logship' ? 'logship' : config.mode === 'async' ? 'async' : 'sync',
-      lastSeq: volume.log.lastSeq,
+    this.core = this.newCore(volume.log.lastSeq);
+  }
+
+  private newCore(lastSeq: number): MirrorTarget<EntryMessage> {
+    return new MirrorTarget<EntryMessage>({
+      mode: this.config.mode === 'logship' ? 'logship' : this.config.mode === 'async' ? 'async' : 'sync',
+      lastSeq,
       windowBytesMax: constants.mirrorWindowBytesMax,
     });
   }
@@ -141,9 +151,31 @@ export class ReplicaTarget {
         return this.run(this.core.flush(message.seq));
       case 'sync':
         return this.run(this.core.sync(message.cpSeq));
+      case 'reset':
+        if (this.resetting) return this.protocolError(link, 'RESET during a reset');
+        void this.reset(session, message.seq);
+        return;
       default:
         return this.protocolError(link, `unexpected ${message.type} from the source`);
     }
+  }
+
+  /** The source's RESET: once idle, the log restarts after `seq`; RESET_DONE says how it went. */
+  private async reset(session: Session, seq: number): Promise<void> {
+    this.resetting = true;
+    let status = 0;
+    try {
+      await this.idle();
+      this.log.info('restarting the per-source log for a resync', { source: this.source, fromSeq: this.volume.log.lastSeq, toSeq: seq });
+      await this.resetLog(seq);
+      this.core = this.newCore(seq);
+    } catch (error) {
+      status = 1;
+      this.log.error('could not restart the per-source log for a resync', { source: this.source, error: String(error) });
+    } finally {
+      this.resetting = false;
+    }
+    if (this.session === session) this.send(encodeFrame({ type: 'reset-done', seq, status }));
   }
 
   /** An entry that passed its checksums but cannot belong to this volume. */

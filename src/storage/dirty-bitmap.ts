@@ -69,6 +69,26 @@ export class DirtyBitmap {
     this.dirty = 0;
   }
 
+  /** Clears one region (the peer has made it durable). */
+  clear(region: number): void {
+    if (!this.isDirty(region)) return;
+    this.bits[region >> 3] = (this.bits[region >> 3] ?? 0) & ~(1 << (region & 7));
+    this.dirty -= 1;
+  }
+
+  /** The first dirty region at or after `from`, or -1. */
+  nextDirty(from: number): number {
+    for (let region = Math.max(0, from); region < this.regions; region += 1) {
+      // Whole clean bytes are skipped at once.
+      if ((region & 7) === 0 && (this.bits[region >> 3] ?? 0) === 0) {
+        region += 7;
+        continue;
+      }
+      if (this.isDirty(region)) return region;
+    }
+    return -1;
+  }
+
   isDirty(region: number): boolean {
     return ((this.bits[region >> 3] ?? 0) & (1 << (region & 7))) !== 0;
   }

@@ -151,9 +151,22 @@ export class LocalVolume {
   constructor(
     readonly name: string,
     private readonly disk: Disk,
-    readonly log: WriteLog,
+    private currentLog: WriteLog,
     private readonly zeroChunkBytes: number,
   ) {}
+
+  get log(): WriteLog {
+    return this.currentLog;
+  }
+
+  /**
+   * Puts a new log in place of the current one (a replica restarting its log for a
+   * resync), which the caller has closed. Nothing may be in flight.
+   */
+  replaceLog(log: WriteLog): void {
+    assert(this.order.size === 0, 'log replaced with changes in flight');
+    this.currentLog = log;
+  }
 
   get sizeBytes(): number {
     return this.disk.sizeBytes;

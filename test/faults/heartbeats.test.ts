@@ -11,6 +11,7 @@
 
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import {
   killAll,
@@ -54,12 +55,12 @@ async function logged(node: TestNode, msg: string, count: number): Promise<Recor
 }
 
 /** A two-node sync cluster whose b→a heartbeats pass a relay the test controls. */
-async function relayedPair(heartbeat = fast): Promise<{ a: TestNode; b: TestNode; relay: UdpRelay }> {
+async function relayedPair(heartbeat = fast, size = '16MiB'): Promise<{ a: TestNode; b: TestNode; relay: UdpRelay; dir: string; config: string }> {
   const dir = makeTempDir('blockmirror-heartbeat-');
   dirs.push(dir);
   const config = await writeClusterConfig(dir, {
     nodes: [{ id: 'a' }, { id: 'b' }],
-    volumes: [{ name: 'v1', size: '16MiB', replicas: ['a', 'b'], primary: 'a', mode: 'sync' }],
+    volumes: [{ name: 'v1', size, replicas: ['a', 'b'], primary: 'a', mode: 'sync' }],
     heartbeat,
   });
   const relay = new UdpRelay(replicationAddress(config, 'a'));
@@ -72,7 +73,7 @@ async function relayedPair(heartbeat = fast): Promise<{ a: TestNode; b: TestNode
   await a.waitStatus(`b's heartbeats arriving through the relay (${relay.forwarded} forwarded)`, (status) =>
     status.nodes.some((node) => node.node === 'b' && node.state === 'up'),
   );
-  return { a, b, relay };
+  return { a, b, relay, dir, config };
 }
 
 test('SIGSTOP of the secondary past the timeout: cut off, writes go on; after SIGCONT, probation, catch-up, streaming', async () => {
@@ -190,4 +191,41 @@ test('forged and replayed heartbeats are dropped and counted; they never keep a 
   await a.waitStatus('b streaming again', streaming);
   assert.equal((await a.stop()).code, 0);
   assert.equal((await b.stop()).code, 0);
+});
+
+test('a secondary away for more than the primary keeps for it is resynced from the dirty bitmap, across a restart of the primary', async () => {
+  const setup = await relayedPair(fast, '128MiB');
+  let { a } = setup;
+  const { b, dir, config } = setup;
+  const random = crypto.randomBytes(80 * 1024 * 1024);
+  const source = `${dir}/random.bin`;
+  fs.writeFileSync(source, random);
+  process.kill(b.pid, 'SIGSTOP');
+  try {
+    // 80 MiB written while b is frozen: more than the 64 MiB kept in memory for it.
+    await runOk('nbdcopy', [source, a.uri('v1')], { timeoutMs: 120_000 });
+    const away = peerOf(await a.status());
+    assert.equal(away?.resyncNeeded, true);
+    assert.equal(away?.outOfSyncBytes, 80 * 1024 * 1024);
+    // The primary stops cleanly; its dirty bitmap is on disk.
+    assert.equal((await a.stop()).code, 0);
+  } finally {
+    process.kill(b.pid, 'SIGCONT');
+  }
+  a = await startClusterNode(dir, config, 'a');
+  const back = await a.waitStatus(
+    'b resynced',
+    (status) => streaming(status) && peerOf(status)?.disk === 'up-to-date' && peerOf(status)?.outOfSyncBytes === 0,
+    60_000,
+  );
+  assert.equal(peerOf(back)?.resyncNeeded, false);
+  const done = (await logged(a, 'resync done', 1))[0];
+  assert.equal(done?.['bytes'], 80 * 1024 * 1024, 'exactly the regions written while b was away were resent');
+  await runOk('qemu-io', ['-f', 'raw', a.uri('v1'), '-c', 'write -P 0x3c 100M 1M']);
+  assert.equal((await a.stop()).code, 0);
+  assert.equal((await b.stop()).code, 0);
+  const imageA = fs.readFileSync(a.imagePath('v1'));
+  const imageB = fs.readFileSync(b.imagePath('v1'));
+  assert.ok(imageA.subarray(0, random.length).equals(random), 'a has the data');
+  assert.ok(imageB.equals(imageA), 'b has everything a has');
 });

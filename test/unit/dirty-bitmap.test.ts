@@ -29,6 +29,20 @@ describe('DirtyBitmap', () => {
     assert.throws(() => bitmap.mark(MiB - 1, 2), /outside the volume/);
   });
 
+  test('clear and nextDirty walk the dirty regions', () => {
+    const bitmap = new DirtyBitmap(4 * MiB, 64 * KiB);
+    for (const region of [3, 8, 9, 40, 63]) bitmap.mark(region * 64 * KiB, 1);
+    const walked: number[] = [];
+    for (let region = bitmap.nextDirty(0); region !== -1; region = bitmap.nextDirty(region + 1)) walked.push(region);
+    assert.deepEqual(walked, [3, 8, 9, 40, 63]);
+    bitmap.clear(8);
+    bitmap.clear(8);
+    bitmap.clear(10);
+    assert.equal(bitmap.dirtyRegions, 4);
+    assert.equal(bitmap.nextDirty(4), 9);
+    assert.equal(bitmap.nextDirty(64), -1);
+  });
+
   test('the last region may be shorter than the others', () => {
     const bitmap = new DirtyBitmap(100 * KiB, 64 * KiB);
     assert.equal(bitmap.regions, 2);

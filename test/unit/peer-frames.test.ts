@@ -72,6 +72,8 @@ const controlMessages: PeerControlMessage[] = [
   { type: 'flushed', seq: 12, status: 5 },
   { type: 'sync', cpSeq: 99 },
   { type: 'synced', cpSeq: MAX_SAFE, status: 1 },
+  { type: 'reset', seq: 2 ** 33 + 1 },
+  { type: 'reset-done', seq: MAX_SAFE, status: 0 },
 ];
 
 /** A WRITE entry header and its payload, split into slices as a client write would be. */
@@ -311,7 +313,7 @@ describe('peer frames: damage and illegal frames', () => {
   });
 
   test('unknown frame types', () => {
-    for (const type of [0, 6, 15, 22, 255]) assertRefused(frameOf(type, Buffer.alloc(8)), /unknown peer frame type/);
+    for (const type of [0, 6, 15, 24, 255]) assertRefused(frameOf(type, Buffer.alloc(8)), /unknown peer frame type/);
   });
 
   test('nonzero reserved header bytes', () => {

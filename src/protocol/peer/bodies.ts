@@ -34,6 +34,8 @@ export const FIXED_BODY_BYTES: ReadonlyMap<number, number> = new Map<number, num
   [PeerFrameType.FLUSHED, 12],
   [PeerFrameType.SYNC, 8],
   [PeerFrameType.SYNCED, 12],
+  [PeerFrameType.RESET, 8],
+  [PeerFrameType.RESET_DONE, 12],
 ]);
 
 const TWO_POW_32 = 2 ** 32;
@@ -103,6 +105,13 @@ export function encodeControlBody(message: PeerControlMessage): Buffer {
       return seqStatus(message.seq, message.status);
     case 'synced':
       return seqStatus(message.cpSeq, message.status);
+    case 'reset-done':
+      return seqStatus(message.seq, message.status);
+    case 'reset': {
+      const out = Buffer.alloc(8);
+      writeU64(out, 0, message.seq);
+      return out;
+    }
     case 'flush': {
       const out = Buffer.alloc(8);
       writeU64(out, 0, message.seq);
@@ -284,6 +293,14 @@ function decodeControlBody(type: Exclude<PeerFrameType, typeof PeerFrameType.ENT
       return { type: 'flush', seq: reader.u64('seq') };
     case PeerFrameType.SYNC:
       return { type: 'sync', cpSeq: reader.u64('cpSeq') };
+    case PeerFrameType.RESET:
+      return { type: 'reset', seq: reader.u64('seq') };
+    case PeerFrameType.RESET_DONE: {
+      const seq = reader.u64('seq');
+      const status = reader.u16();
+      reader.zeroes(2);
+      return { type: 'reset-done', seq, status };
+    }
   }
 }
 

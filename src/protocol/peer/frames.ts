@@ -44,6 +44,8 @@ const TYPE_CODES: Record<PeerMessage['type'], PeerFrameType> = {
   flushed: PeerFrameType.FLUSHED,
   sync: PeerFrameType.SYNC,
   synced: PeerFrameType.SYNCED,
+  reset: PeerFrameType.RESET,
+  'reset-done': PeerFrameType.RESET_DONE,
 };
 const KNOWN_TYPES = new Set<number>(Object.values(PeerFrameType));
 

@@ -28,6 +28,9 @@ export const PeerFrameType = {
   FLUSHED: 19,
   SYNC: 20,
   SYNCED: 21,
+  /** Resync: the peer restarts its per-source log after `seq` (it will get the rest by region). */
+  RESET: 22,
+  RESET_DONE: 23,
 } as const;
 export type PeerFrameType = (typeof PeerFrameType)[keyof typeof PeerFrameType];
 
@@ -91,9 +94,11 @@ export interface PeerFlush { type: 'flush'; seq: number }
 export interface PeerFlushed { type: 'flushed'; seq: number; status: number }
 export interface PeerSync { type: 'sync'; cpSeq: number }
 export interface PeerSynced { type: 'synced'; cpSeq: number; status: number }
+export interface PeerReset { type: 'reset'; seq: number }
+export interface PeerResetDone { type: 'reset-done'; seq: number; status: number }
 
 export type PeerMessage =
   | PeerHello | PeerChallenge | PeerAuth | PeerReady | PeerRefuse | PeerEntry
-  | PeerAck | PeerFlush | PeerFlushed | PeerSync | PeerSynced;
+  | PeerAck | PeerFlush | PeerFlushed | PeerSync | PeerSynced | PeerReset | PeerResetDone;
 /** Everything `encodeFrame` encodes: ENTRY has its own zero-copy encoder. */
 export type PeerControlMessage = Exclude<PeerMessage, PeerEntry>;
