@@ -79,8 +79,10 @@ export const constants = {
   asyncLagBytesMax: 128 * MiB,
   /** Entries kept in memory for a peer that is away, so that it catches up when it is back (DESIGN.md §1.5). */
   mirrorCatchUpBytesMax: 64 * MiB,
+  /** Regions a resync reads from the volume at once. */
+  resyncReadsParallelMax: 16,
   /** Regions a resync has sent to a peer and that are not yet durable there. */
-  resyncRegionsInflightMax: 16,
+  resyncRegionsInflightMax: 256,
   /** One bit of a peer's dirty bitmap covers this much of the volume. */
   dirtyRegionBytes: 64 * KiB,
   /** Entries for one region of the volume always travel on the same connection. */

@@ -80,8 +80,8 @@ export class MirrorEngine implements MirrorGate {
     private readonly available: (peer: string) => boolean,
     /** Regions of the entries replayed at this start (after a crash), or null. */
     replayed: DirtyBitmap | null,
-    /** Logs a region's current contents as an entry (LocalVolume.logCurrent); returns its sequence number. */
-    private readonly logCurrent: (offset: number, lengthBytes: number) => Promise<number>,
+    /** Logs a region's current contents as an entry (LocalVolume.logCurrent). */
+    private readonly logCurrent: (offset: number, lengthBytes: number) => Promise<{ seq: number; written: Promise<void> }>,
   ) {
     assert(volume.mode !== 'local');
     this.secret = Buffer.from(cluster.secret, 'utf8');
@@ -191,11 +191,24 @@ export class MirrorEngine implements MirrorGate {
       let next = peer.bitmap.nextDirty(cursor);
       while (next !== -1 && pendingRegions.has(next)) next = peer.bitmap.nextDirty(next + 1);
       if (next !== -1 && pending.size < constants.resyncRegionsInflightMax) {
-        cursor = next + 1;
-        const offset = next * regionBytes;
-        const seq = await this.logCurrent(offset, Math.min(regionBytes, this.volume.sizeBytes - offset));
-        pending.set(seq, next);
-        pendingRegions.add(next);
+        // Several regions are read at once (distinct regions: their order does not matter).
+        const batch: number[] = [];
+        while (next !== -1 && batch.length < constants.resyncReadsParallelMax && pending.size + batch.length < constants.resyncRegionsInflightMax) {
+          batch.push(next);
+          next = peer.bitmap.nextDirty(next + 1);
+          while (next !== -1 && pendingRegions.has(next)) next = peer.bitmap.nextDirty(next + 1);
+        }
+        cursor = (batch[batch.length - 1] ?? cursor) + 1;
+        const logged = await Promise.all(
+          batch.map((region) => this.logCurrent(region * regionBytes, Math.min(regionBytes, this.volume.sizeBytes - region * regionBytes))),
+        );
+        logged.forEach(({ seq, written }, index) => {
+          // A failed log write fails the volume; the loop then ends with the peer's links.
+          written.catch(() => undefined);
+          const region = batch[index] ?? -1;
+          pending.set(seq, region);
+          pendingRegions.add(region);
+        });
         continue;
       }
       if (next === -1 && pending.size === 0) {
@@ -211,7 +224,11 @@ export class MirrorEngine implements MirrorGate {
         return;
       }
       // Wait for the peer to make what was sent durable (bounded: a FLUSHED or 100 ms).
-      this.run(this.core.askDurable(id, Math.max(...pending.keys())));
+      // It is asked for what it has stored so far, so that regions are cleared (and new
+      // ones sent) while the rest is still on its way, rather than in lockstep batches.
+      const peerStatus = this.core.status().find((status) => status.peer === id);
+      const stored = peerStatus?.ackedSeq ?? 0;
+      this.run(this.core.askDurable(id, stored > (peerStatus?.durableSeq ?? 0) ? stored : Math.max(...pending.keys())));
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, 100);
         peer.progress = () => {

@@ -286,7 +286,7 @@ export class LocalVolume {
    * the read runs after every change to the range already logged. The volume is not
    * written: it holds these bytes.
    */
-  async logCurrent(offset: number, lengthBytes: number): Promise<number> {
+  async logCurrent(offset: number, lengthBytes: number): Promise<{ seq: number; written: Promise<void> }> {
     this.checkHealthy();
     assert(lengthBytes > 0 && lengthBytes <= this.log.entryPayloadBytesMax, 'resync range larger than a log entry');
     assert(offset >= 0 && offset + lengthBytes <= this.disk.sizeBytes, 'resync range outside the volume');
@@ -299,17 +299,12 @@ export class LocalVolume {
       const data = Buffer.allocUnsafe(lengthBytes);
       await this.counted(this.order.run(offset, end, () => this.disk.read(data, offset)));
       const { seq, written } = this.log.append(EntryType.WRITE, { offset, lengthBytes, flags: EntryFlag.RESYNC }, [data]);
-      // Placed (and so ordered) now; later changes may be logged while it is written.
+      // Placed (and so ordered) now: later changes to the range may be logged while it is
+      // written. The volume already holds these bytes, so written means applied.
+      return { seq, written: this.counted(written).then(() => this.log.applied(seq)) };
+    } finally {
       this.holds.splice(this.holds.indexOf(hold), 1);
       release();
-      await this.counted(written);
-      this.log.applied(seq);
-      return seq;
-    } finally {
-      if (this.holds.includes(hold)) {
-        this.holds.splice(this.holds.indexOf(hold), 1);
-        release();
-      }
     }
   }
 

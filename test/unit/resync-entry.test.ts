@@ -102,7 +102,8 @@ describe('LocalVolume.logCurrent (the resync entry)', () => {
     try {
       await volume.write([Buffer.alloc(8 * KiB, 0x5a)], 60 * KiB, false);
       const before = await volume.read(0, VOLUME_BYTES);
-      const seq = await volume.logCurrent(REGION_BYTES, REGION_BYTES);
+      const { seq, written } = await volume.logCurrent(REGION_BYTES, REGION_BYTES);
+      await written;
       const entry = entries.get(seq);
       assert.equal(entry?.header.type, EntryType.WRITE);
       assert.equal(entry?.header.flags, EntryFlag.RESYNC);
@@ -130,7 +131,14 @@ describe('LocalVolume.logCurrent (the resync entry)', () => {
           if (roll < 6) pending.push(volume.write([Buffer.alloc(length, 1 + ((round * 60 + op) % 250))], offset, prng.below(4) === 0));
           else if (roll < 7) pending.push(volume.writeZeroes(offset, length, { noHole: prng.below(2) === 0, fast: false, fua: false }));
           else if (roll < 8) pending.push(volume.trim(offset, length, false));
-          else resyncs.push(volume.logCurrent(prng.below(VOLUME_BYTES / REGION_BYTES) * REGION_BYTES, REGION_BYTES));
+          else {
+            resyncs.push(
+              volume.logCurrent(prng.below(VOLUME_BYTES / REGION_BYTES) * REGION_BYTES, REGION_BYTES).then(async ({ seq, written }) => {
+                await written;
+                return seq;
+              }),
+            );
+          }
           if (prng.below(3) === 0) await new Promise((resolve) => setTimeout(resolve, prng.below(2)));
         }
         await Promise.all(pending);
