@@ -229,3 +229,36 @@ test('a secondary away for more than the primary keeps for it is resynced from t
   assert.ok(imageA.subarray(0, random.length).equals(random), 'a has the data');
   assert.ok(imageB.equals(imageA), 'b has everything a has');
 });
+
+test('a primary killed in the middle of a resync resumes it after its restart; the images end identical', async () => {
+  const setup = await relayedPair(fast, '512MiB');
+  let { a } = setup;
+  const { b, dir, config } = setup;
+  const random = crypto.randomBytes(256 * 1024 * 1024);
+  const source = `${dir}/random.bin`;
+  fs.writeFileSync(source, random);
+  process.kill(b.pid, 'SIGSTOP');
+  try {
+    await runOk('nbdcopy', [source, a.uri('v1')], { timeoutMs: 120_000 });
+    assert.equal(peerOf(await a.status())?.resyncNeeded, true);
+  } finally {
+    process.kill(b.pid, 'SIGCONT');
+  }
+  // Killed as soon as the resync is seen running.
+  await a.waitStatus('resync running', (status) => peerOf(status)?.replication === 'resyncing', 30_000);
+  const killedDuring = messages(a, 'resync done').length === 0;
+  assert.equal((await a.stop('SIGKILL')).signal, 'SIGKILL');
+  a = await startClusterNode(dir, config, 'a');
+  await a.waitStatus(
+    'b resynced after the restart',
+    (status) => streaming(status) && peerOf(status)?.disk === 'up-to-date' && peerOf(status)?.outOfSyncBytes === 0,
+    120_000,
+  );
+  assert.ok(messages(a, 'resync done').length >= 1);
+  assert.equal((await a.stop()).code, 0);
+  assert.equal((await b.stop()).code, 0);
+  const imageA = fs.readFileSync(a.imagePath('v1'));
+  const imageB = fs.readFileSync(b.imagePath('v1'));
+  assert.ok(imageA.subarray(0, random.length).equals(random), 'a has the data');
+  assert.ok(imageB.equals(imageA), `b has everything a has (primary killed ${killedDuring ? 'during' : 'after'} the resync)`);
+});

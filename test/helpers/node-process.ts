@@ -4,6 +4,7 @@
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
+import dgram from 'node:dgram';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -245,16 +246,33 @@ export async function startNode(options: NodeOptions = {}): Promise<TestNode> {
   return node;
 }
 
-/** A port free on `host` right now (the kernel's choice; closed again before use). */
-export function freePort(host: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once('error', reject);
-    server.listen({ host, port: 0 }, () => {
-      const address = server.address();
-      const port = typeof address === 'object' && address !== null ? address.port : 0;
-      server.close(() => resolve(port));
-    });
+/**
+ * A port free on `host` for both TCP and UDP right now, chosen below Linux's ephemeral
+ * range (32768 and up): ports the kernel hands to other listeners and to outgoing
+ * connections in the meantime can then never take it before the node binds it.
+ */
+export async function freePort(host: string): Promise<number> {
+  for (let attempt = 0; attempt < 100; attempt += 1) {
+    const port = 20_000 + Math.floor(Math.random() * 12_000);
+    if ((await canBind(host, port, 'tcp')) && (await canBind(host, port, 'udp'))) return port;
+  }
+  throw new Error(`no free port on ${host} below 32000 after 100 tries`);
+}
+
+function canBind(host: string, port: number, kind: 'tcp' | 'udp'): Promise<boolean> {
+  return new Promise((resolve) => {
+    if (kind === 'tcp') {
+      const server = net.createServer();
+      server.once('error', () => resolve(false));
+      server.listen({ host, port }, () => server.close(() => resolve(true)));
+    } else {
+      const socket = dgram.createSocket('udp4');
+      socket.once('error', () => {
+        socket.close();
+        resolve(false);
+      });
+      socket.bind({ address: host, port }, () => socket.close(() => resolve(true)));
+    }
   });
 }
 
