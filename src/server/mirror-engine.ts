@@ -96,7 +96,7 @@ export class MirrorEngine implements MirrorGate {
     this.state = { cleanStopSeq: null, resyncNeeded: [...resyncNeeded] };
     // Durable before the first write: a crash from now on is an unclean stop.
     fs.mkdirSync(path.dirname(this.stateFile), { recursive: true });
-    writeFileAtomic(this.stateFile, JSON.stringify(this.state, null, 2) + '\n');
+    this.saveState();
     this.core = new MirrorSource<Frame>({
       mode: volume.mode,
       strict: volume.strict,
@@ -131,6 +131,11 @@ export class MirrorEngine implements MirrorGate {
       });
     }
     this.persistBitmaps();
+  }
+
+  /** Writes the state file (atomically and durably). */
+  private saveState(): void {
+    writeFileAtomic(this.stateFile, JSON.stringify(this.state, null, 2) + '\n');
   }
 
   private loadBitmap(file: string, resyncNeeded: boolean): DirtyBitmap {
@@ -218,7 +223,7 @@ export class MirrorEngine implements MirrorGate {
         }
         this.core.resyncDone(id);
         this.state.resyncNeeded = this.state.resyncNeeded.filter((other) => other !== id);
-        writeFileAtomic(this.stateFile, JSON.stringify(this.state, null, 2) + '\n');
+        this.saveState();
         this.persistBitmaps();
         this.log.info('resync done', { peer: id, bytes: startBytes, ms: Date.now() - startedMs });
         return;
@@ -369,7 +374,7 @@ export class MirrorEngine implements MirrorGate {
     this.waiters.clear();
     if (finalSeq !== null) {
       this.state = { cleanStopSeq: finalSeq, resyncNeeded: this.core.status().filter((peer) => peer.resyncNeeded).map((peer) => peer.peer) };
-      writeFileAtomic(this.stateFile, JSON.stringify(this.state, null, 2) + '\n');
+      this.saveState();
     }
   }
 
@@ -534,7 +539,7 @@ export class MirrorEngine implements MirrorGate {
           }
           if (!this.state.resyncNeeded.includes(action.peer)) {
             this.state.resyncNeeded.push(action.peer);
-            writeFileAtomic(this.stateFile, JSON.stringify(this.state, null, 2) + '\n');
+            this.saveState();
           }
           this.log.warn('peer needs a resync: it restarts its log here and is sent the regions it lacks', {
             peer: action.peer,
@@ -555,7 +560,7 @@ export class MirrorEngine implements MirrorGate {
     this.log.error('replica no longer counts for this volume', { peer: id, disk, reason, strict: this.volume.strict });
     if (needsResync && !this.state.resyncNeeded.includes(id)) {
       this.state.resyncNeeded.push(id);
-      writeFileAtomic(this.stateFile, JSON.stringify(this.state, null, 2) + '\n');
+      this.saveState();
     }
     // A drop while the links are up comes from the core (a bad reply, or a peer that
     // cannot be taken back); a drop because the links went down is linkLost's to handle.
