@@ -19,8 +19,9 @@ const usage = `blockmirror — replicated block storage served over NBD
 Usage:
   blockmirror demo [--dir DIR]                         start a local cluster under ./blockmirror-demo/
   blockmirror serve --config FILE --node ID            run one node of a cluster
-  blockmirror status (--config FILE | --admin URL) [--json]
-                                                       show nodes and volumes
+  blockmirror status (--config FILE | --admin URL) [--json | --watch]
+                                                       show nodes, volumes and peers; --watch
+                                                       redraws every second, with resync progress
   blockmirror check-config --config FILE               validate a cluster file and exit
   blockmirror --help | --version
 
@@ -131,11 +132,11 @@ function adminUrls(flags: Flags): string[] {
   return config.nodes.map((node) => `http://${formatAddress(node.admin)}`);
 }
 
-async function status(args: string[]): Promise<number> {
-  const flags = parseFlags(args, ['--config', '--admin'], ['--json']);
-  const urls = adminUrls(flags);
-  const results = await Promise.all(
-    urls.map(async (url) => {
+type StatusResult = { url: string; status: NodeStatus } | { url: string; error: string };
+
+async function fetchAll(urls: string[]): Promise<StatusResult[]> {
+  return Promise.all(
+    urls.map(async (url): Promise<StatusResult> => {
       try {
         return { url, status: await fetchStatus(url) };
       } catch (error) {
@@ -143,42 +144,87 @@ async function status(args: string[]): Promise<number> {
       }
     }),
   );
+}
+
+async function status(args: string[]): Promise<number> {
+  const flags = parseFlags(args, ['--config', '--admin'], ['--json', '--watch']);
+  const urls = adminUrls(flags);
+  if (flags.switches.has('--watch')) return watch(urls);
+  const results = await fetchAll(urls);
   if (flags.switches.has('--json')) {
     process.stdout.write(JSON.stringify({ nodes: results }, null, 2) + '\n');
   } else {
-    const rows: string[][] = [['NODE', 'VOLUME', 'SIZE', 'MODE', 'ROLE', 'DISK', 'WRITES', 'READS', 'LAST SEQ', 'PEER', 'REPLICATION', 'PEER DISK', 'ACKED SEQ', 'LAG', 'OUT OF SYNC']];
+    process.stdout.write(statusTable(results));
+  }
+  return results.every((result) => 'status' in result) ? 0 : 1;
+}
+
+/** Redraws the table every second, with a progress bar for each peer being resynced, until Ctrl-C. */
+async function watch(urls: string[]): Promise<number> {
+  let stopped = false;
+  const stop = (): void => {
+    stopped = true;
+  };
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+  while (!stopped) {
+    const results = await fetchAll(urls);
+    let screen = `\x1b[2J\x1b[Hblockmirror status, ${new Date().toISOString()} (Ctrl-C to stop)\n\n${statusTable(results)}`;
     for (const result of results) {
-      if (!('status' in result) || result.status === undefined) {
-        rows.push([result.url, '-', '-', '-', 'unreachable']);
-        continue;
-      }
+      if (!('status' in result)) continue;
       for (const volume of result.status.volumes) {
-        const own = [
-          result.status.node,
-          volume.name,
-          formatBytes(volume.sizeBytes),
-          volume.mode,
-          volume.role,
-          volume.disk,
-          String(volume.stats['writeOps'] ?? 0),
-          String(volume.stats['readOps'] ?? 0),
-          String(volume.log.lastSeq),
-        ];
-        const peers = volume.peers ?? [];
-        if (peers.length === 0) {
-          const source = volume.source;
-          rows.push(source === null || source === undefined ? own : [...own, `<- ${source.node}`, source.connected ? 'streaming' : 'disconnected']);
-        }
-        for (const peer of peers) {
-          const disk = peer.resyncNeeded === true ? `${peer.disk} (needs resync)` : peer.disk;
-          rows.push([...own, `-> ${peer.node}`, peer.replication, disk, String(peer.ackedSeq), formatBytes(peer.lagBytes), formatBytes(peer.outOfSyncBytes)]);
+        for (const peer of volume.peers ?? []) {
+          if (peer.resync === null || peer.resync === undefined) continue;
+          screen += `\n${result.status.node} -> ${peer.node} ${volume.name}: ${progressLine(volume.sizeBytes, peer.resync)}`;
         }
       }
     }
-    const widths = rows[0]!.map((_, column) => Math.max(...rows.map((row) => (row[column] ?? '').length)));
-    for (const row of rows) process.stdout.write(row.map((cell, column) => cell.padEnd(widths[column] ?? 0)).join('  ').trimEnd() + '\n');
+    process.stdout.write(screen + '\n');
+    for (let waited = 0; waited < 1000 && !stopped; waited += 50) await new Promise((resolve) => setTimeout(resolve, 50));
   }
-  return results.every((result) => 'status' in result) ? 0 : 1;
+  return 0;
+}
+
+function progressLine(totalBytes: number, resync: { remainingBytes: number; rateBytesPerSec: number; etaSeconds: number | null }): string {
+  const done = Math.min(1, Math.max(0, 1 - resync.remainingBytes / Math.max(1, totalBytes)));
+  const width = 30;
+  const filled = Math.round(done * width);
+  const eta = resync.etaSeconds === null ? '?' : `${resync.etaSeconds} s`;
+  return `resync [${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${formatBytes(resync.remainingBytes)} left, ${formatBytes(resync.rateBytesPerSec)}/s, ETA ${eta}`;
+}
+
+function statusTable(results: StatusResult[]): string {
+  const rows: string[][] = [['NODE', 'VOLUME', 'SIZE', 'MODE', 'ROLE', 'DISK', 'WRITES', 'READS', 'LAST SEQ', 'PEER', 'REPLICATION', 'PEER DISK', 'ACKED SEQ', 'LAG', 'OUT OF SYNC']];
+  for (const result of results) {
+    if (!('status' in result)) {
+      rows.push([result.url, '-', '-', '-', 'unreachable']);
+      continue;
+    }
+    for (const volume of result.status.volumes) {
+      const own = [
+        result.status.node,
+        volume.name,
+        formatBytes(volume.sizeBytes),
+        volume.mode,
+        volume.role,
+        volume.disk,
+        String(volume.stats['writeOps'] ?? 0),
+        String(volume.stats['readOps'] ?? 0),
+        String(volume.log.lastSeq),
+      ];
+      const peers = volume.peers ?? [];
+      if (peers.length === 0) {
+        const source = volume.source;
+        rows.push(source === null || source === undefined ? own : [...own, `<- ${source.node}`, source.connected ? 'streaming' : 'disconnected']);
+      }
+      for (const peer of peers) {
+        const disk = peer.resyncNeeded === true ? `${peer.disk} (needs resync)` : peer.disk;
+        rows.push([...own, `-> ${peer.node}`, peer.replication, disk, String(peer.ackedSeq), formatBytes(peer.lagBytes), formatBytes(peer.outOfSyncBytes)]);
+      }
+    }
+  }
+  const widths = rows[0]!.map((_, column) => Math.max(...rows.map((row) => (row[column] ?? '').length)));
+  return rows.map((row) => row.map((cell, column) => cell.padEnd(widths[column] ?? 0)).join('  ').trimEnd() + '\n').join('');
 }
 
 const demoConfig = `# blockmirror demo cluster, written by \`blockmirror demo\`. Edit and restart to change it.

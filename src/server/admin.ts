@@ -38,6 +38,8 @@ export interface PeerReplicationStatus {
   outOfSyncBytes: number;
   /** It comes back only through a resync (it missed more than the primary kept for it, failed, or the primary crashed). */
   resyncNeeded: boolean;
+  /** While resyncing: bytes left, rate so far and ETA at that rate. */
+  resync: { remainingBytes: number; rateBytesPerSec: number; etaSeconds: number | null } | null;
   connections: number;
 }
 
@@ -86,6 +88,7 @@ export function nodeStatus(node: BlockmirrorNode): NodeStatus {
           lagBytes: peer.lagBytes,
           outOfSyncBytes: peer.outOfSyncBytes,
           resyncNeeded: peer.resyncNeeded,
+          resync: peer.resync,
           connections: peer.connections.filter((link) => link.state === 'up').length,
         })),
         source:

@@ -51,10 +51,14 @@ interface PeerLinks {
   bitmapChanged: boolean;
   /** Wakes a resync waiting for the peer to make regions durable. */
   progress: (() => void) | null;
+  /** The resync under way: when it started and how much it had to send. */
+  resyncStart: { atMs: number; bytes: number } | null;
 }
 
 export interface MirrorPeerStatus extends PeerStatus {
   outOfSyncBytes: number;
+  /** While resyncing: bytes left, the rate so far, and the time left at that rate. */
+  resync: { remainingBytes: number; rateBytesPerSec: number; etaSeconds: number | null } | null;
   connections: { state: string; lastHeartbeatMs: number }[];
 }
 
@@ -128,9 +132,18 @@ export class MirrorEngine implements MirrorGate {
         bitmapFile,
         bitmapChanged: true,
         progress: null,
+        resyncStart: null,
       });
     }
     this.persistBitmaps();
+  }
+
+  private resyncProgress(peer: PeerLinks | undefined): MirrorPeerStatus['resync'] {
+    if (peer?.resyncStart == null) return null;
+    const remainingBytes = peer.bitmap.dirtyBytes;
+    const elapsedSeconds = Math.max(0.001, (Date.now() - peer.resyncStart.atMs) / 1000);
+    const rateBytesPerSec = Math.max(0, Math.round((peer.resyncStart.bytes - remainingBytes) / elapsedSeconds));
+    return { remainingBytes, rateBytesPerSec, etaSeconds: rateBytesPerSec > 0 ? Math.ceil(remainingBytes / rateBytesPerSec) : null };
   }
 
   /** Writes the state file (atomically and durably). */
@@ -184,6 +197,7 @@ export class MirrorEngine implements MirrorGate {
     const live = (): boolean =>
       !this.stopped && peer.up && peer.session === session && this.core.status().find((status) => status.peer === id)?.replication === 'resyncing';
     this.log.info('resync started', { peer: id, regions: peer.bitmap.dirtyRegions, bytes: startBytes });
+    peer.resyncStart ??= { atMs: startedMs, bytes: startBytes };
     while (live()) {
       const durable = this.core.status().find((status) => status.peer === id)?.durableSeq ?? 0;
       for (const [seq, region] of pending) {
@@ -226,6 +240,7 @@ export class MirrorEngine implements MirrorGate {
         this.saveState();
         this.persistBitmaps();
         this.log.info('resync done', { peer: id, bytes: startBytes, ms: Date.now() - startedMs });
+        peer.resyncStart = null;
         return;
       }
       // Wait for the peer to make what was sent durable (bounded: a FLUSHED or 100 ms).
@@ -244,6 +259,7 @@ export class MirrorEngine implements MirrorGate {
       peer.progress = null;
       if (next === -1) cursor = 0;
     }
+    peer.resyncStart = null;
     this.log.warn('resync interrupted', { peer: id, bytesLeft: peer.bitmap.dirtyBytes });
   }
 
@@ -350,6 +366,7 @@ export class MirrorEngine implements MirrorGate {
     return this.core.status().map((peer) => ({
       ...peer,
       outOfSyncBytes: peer.disk === 'up-to-date' ? 0 : (this.peers.get(peer.peer)?.bitmap.dirtyBytes ?? this.volume.sizeBytes),
+      resync: this.resyncProgress(this.peers.get(peer.peer)),
       connections: (this.peers.get(peer.peer)?.links ?? []).map((link) => ({ state: link.state, lastHeartbeatMs: link.lastHeartbeatMs })),
     }));
   }
@@ -455,6 +472,7 @@ export class MirrorEngine implements MirrorGate {
   private linkLost(peer: PeerLinks, session: number, reason: string): void {
     if (peer.session !== session || !peer.up) return;
     peer.up = false;
+    peer.resyncStart = null;
     for (const link of peer.links) link.close(reason);
     peer.links = [];
     if (this.stopped) return;
@@ -546,6 +564,7 @@ export class MirrorEngine implements MirrorGate {
             fromSeq: action.seq,
             bytes: peer.bitmap.dirtyBytes,
           });
+          peer.resyncStart = { atMs: Date.now(), bytes: peer.bitmap.dirtyBytes };
           peer.links[0]?.send(encodeFrame({ type: 'reset', seq: action.seq }));
           break;
         }

@@ -245,8 +245,12 @@ test('a primary killed in the middle of a resync resumes it after its restart; t
     process.kill(b.pid, 'SIGCONT');
   }
   // Killed as soon as the resync is seen running.
-  await a.waitStatus('resync running', (status) => peerOf(status)?.replication === 'resyncing', 30_000);
+  const running = await a.waitStatus('resync running', (status) => peerOf(status)?.replication === 'resyncing', 30_000);
   const killedDuring = messages(a, 'resync done').length === 0;
+  // Status shows the resync's progress: what is left (at most what b missed) and the rate.
+  const progress = peerOf(running)?.resync;
+  assert.ok(progress !== null && progress !== undefined && progress.remainingBytes <= 256 * 1024 * 1024, JSON.stringify(progress));
+  assert.equal(peerOf(running)?.disk, 'inconsistent');
   assert.equal((await a.stop('SIGKILL')).signal, 'SIGKILL');
   a = await startClusterNode(dir, config, 'a');
   await a.waitStatus(

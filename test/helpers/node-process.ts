@@ -85,6 +85,7 @@ export interface NodeStatusJson {
       lagBytes: number;
       outOfSyncBytes: number;
       resyncNeeded: boolean;
+      resync: { remainingBytes: number; rateBytesPerSec: number; etaSeconds: number | null } | null;
       connections: number;
     }[];
     source: { node: string; connected: boolean; storedSeq: number } | null;

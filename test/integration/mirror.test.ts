@@ -7,6 +7,7 @@
 
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
@@ -115,9 +116,19 @@ test('two-way sync over a dedicated replication address: qemu-io and nbdcopy wri
   assert.notEqual(refused.code, 0);
   assert.match(refused.stderr, /served by its primary, node a at 127\.0\.0\.1:\d+/);
 
-  // The status command shows the pair as a table.
+  // The status command shows the pair as a table, and --watch redraws it until Ctrl-C.
   const table = await runOk(process.execPath, [path.resolve('bin/blockmirror.cjs'), 'status', '--admin', `http://127.0.0.1:${a.adminPort}`]);
   assert.match(table.stdout, /a\s+v1\s+64MiB\s+sync\s+primary\s+up-to-date.*-> b\s+streaming\s+up-to-date/);
+  const watching = spawn(process.execPath, [path.resolve('bin/blockmirror.cjs'), 'status', '--watch', '--admin', `http://127.0.0.1:${a.adminPort}`], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let screens = '';
+  watching.stdout.on('data', (chunk: Buffer) => (screens += chunk.toString()));
+  const watchExit = new Promise<number | null>((resolve) => watching.once('exit', (code) => resolve(code)));
+  for (let waited = 0; waited < 100 && (screens.match(/Ctrl-C to stop/g) ?? []).length < 2; waited += 1) await new Promise((resolve) => setTimeout(resolve, 50));
+  watching.kill('SIGINT');
+  assert.equal(await watchExit, 0);
+  assert.ok((screens.match(/-> b\s+streaming/g) ?? []).length >= 2, 'redrawn at least twice');
 
   assert.equal((await a.stop()).code, 0);
   assert.equal((await b.stop()).code, 0);
