@@ -83,8 +83,13 @@ export const constants = {
   resyncReadsParallelMax: 16,
   /** Regions a resync has sent to a peer and that are not yet durable there. */
   resyncRegionsInflightMax: 256,
-  /** One bit of a peer's dirty bitmap covers this much of the volume. */
+  /** One bit of a peer's dirty bitmap covers this much of the volume (the default of resync.regionSize). */
   dirtyRegionBytes: 64 * KiB,
+  dirtyRegionBytesMin: 4 * KiB,
+  /** A region is sent as one log entry, so it must fit one (less than half the smallest partition). */
+  dirtyRegionBytesMax: 256 * KiB,
+  /** The smallest resync.rateMax (a slower resync would hardly end). */
+  resyncRateBytesPerSecMin: 1 * MiB,
   /** Entries for one region of the volume always travel on the same connection. */
   mirrorRegionBytes: 1 * MiB,
   /** A peer connection must finish its handshake within this time. */
@@ -121,4 +126,6 @@ export function checkConstants(): void {
   assert(c.mirrorWindowBytesMax >= c.peerEntryBodyBytesMax);
   assert(c.asyncLagBytesMax >= c.mirrorWindowBytesMax);
   assert(c.peerReconnectDelayMsMin > 0 && c.peerReconnectDelayMsMin <= c.peerReconnectDelayMsMax);
+  assert(c.dirtyRegionBytesMin <= c.dirtyRegionBytes && c.dirtyRegionBytes <= c.dirtyRegionBytesMax);
+  assert(c.dirtyRegionBytesMax <= c.logPartitionBytesMin / 4);
 }

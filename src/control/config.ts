@@ -57,17 +57,26 @@ export interface LogConfig {
   cpIntervalMs: number;
 }
 
+export interface ResyncConfig {
+  /** One bit of a peer's dirty bitmap covers this many bytes. */
+  regionBytes: number;
+  /** Resync traffic per peer and volume, bytes per second; 0: as fast as it goes. */
+  rateBytesPerSecMax: number;
+}
+
 export interface ClusterConfig {
   cluster: string;
   secret: string;
   heartbeat: HeartbeatConfig;
+  resync: ResyncConfig;
   connections: number;
   log: LogConfig;
   nodes: NodeConfig[];
   volumes: VolumeConfig[];
 }
 
-const topKeys = ['cluster', 'secret', 'secretFile', 'heartbeat', 'connections', 'log', 'nodes', 'volumes'];
+const topKeys = ['cluster', 'secret', 'secretFile', 'heartbeat', 'resync', 'connections', 'log', 'nodes', 'volumes'];
+const resyncKeys = ['regionSize', 'rateMax'];
 const logKeys = ['partitionSize', 'partitions', 'cpIntervalMs'];
 const heartbeatKeys = ['intervalMs', 'timeoutMs', 'probationMs'];
 const nodeKeys = ['id', 'nbd', 'replication', 'admin', 'dataDir'];
@@ -106,6 +115,7 @@ export function parseClusterConfig(text: string, options: { baseDir: string }): 
     ? constants.peerConnectionsDefault
     : readInteger(connectionsValue, 'connections', 1, constants.peerConnectionsMax);
   const log = readLog(top.optional('log'));
+  const resync = readResync(top.optional('resync'));
 
   const nodesValue = top.required('nodes');
   if (!Array.isArray(nodesValue)) throw new ConfigError('nodes', `expected a list of nodes, got ${kindOf(nodesValue)}`);
@@ -118,7 +128,7 @@ export function parseClusterConfig(text: string, options: { baseDir: string }): 
   const volumes = volumesValue.map((value: unknown, index) => readVolume(value, `volumes[${index}]`, nodes));
   checkVolumesDistinct(volumes);
 
-  return { cluster, secret, heartbeat, connections, log, nodes, volumes };
+  return { cluster, secret, heartbeat, resync, connections, log, nodes, volumes };
 }
 
 export function loadClusterConfig(path: string): ClusterConfig {
@@ -266,6 +276,31 @@ function readHeartbeat(value: unknown): HeartbeatConfig {
     );
   }
   return heartbeat;
+}
+
+function readResync(value: unknown): ResyncConfig {
+  const resync: ResyncConfig = { regionBytes: constants.dirtyRegionBytes, rateBytesPerSecMax: 0 };
+  if (value === undefined) return resync;
+  const fields = Fields.of(value, 'resync', resyncKeys);
+  const region = fields.optional('regionSize');
+  if (region !== undefined) {
+    resync.regionBytes = readSize(region, 'resync.regionSize');
+    const ok = resync.regionBytes >= constants.dirtyRegionBytesMin && resync.regionBytes <= constants.dirtyRegionBytesMax && (resync.regionBytes & (resync.regionBytes - 1)) === 0;
+    if (!ok) {
+      throw new ConfigError(
+        'resync.regionSize',
+        `must be a power of two from ${formatBytes(constants.dirtyRegionBytesMin)} to ${formatBytes(constants.dirtyRegionBytesMax)}, got ${formatBytes(resync.regionBytes)}`,
+      );
+    }
+  }
+  const rate = fields.optional('rateMax');
+  if (rate !== undefined) {
+    resync.rateBytesPerSecMax = readSize(rate, 'resync.rateMax');
+    if (resync.rateBytesPerSecMax < constants.resyncRateBytesPerSecMin) {
+      throw new ConfigError('resync.rateMax', `must be at least ${formatBytes(constants.resyncRateBytesPerSecMin)} per second, got ${formatBytes(resync.rateBytesPerSecMax)}`);
+    }
+  }
+  return resync;
 }
 
 function readLog(value: unknown): LogConfig {

@@ -152,14 +152,14 @@ export class MirrorEngine implements MirrorGate {
   }
 
   private loadBitmap(file: string, resyncNeeded: boolean): DirtyBitmap {
-    const empty = new DirtyBitmap(this.volume.sizeBytes, constants.dirtyRegionBytes);
+    const empty = new DirtyBitmap(this.volume.sizeBytes, this.cluster.resync.regionBytes);
     let data: Buffer | null = null;
     try {
       data = fs.readFileSync(file);
     } catch {
       data = null;
     }
-    const loaded = data === null ? null : DirtyBitmap.decode(data, this.volume.sizeBytes, constants.dirtyRegionBytes);
+    const loaded = data === null ? null : DirtyBitmap.decode(data, this.volume.sizeBytes, this.cluster.resync.regionBytes);
     if (loaded !== null) return loaded;
     // No usable record of what the peer lacks: a peer that needs a resync needs all of it.
     if (data !== null) this.log.warn('dirty bitmap unreadable: every region counts as out of sync', { file });
@@ -193,6 +193,8 @@ export class MirrorEngine implements MirrorGate {
     const pendingRegions = new Set<number>();
     const startedMs = Date.now();
     const startBytes = peer.bitmap.dirtyBytes;
+    const rateMax = this.cluster.resync.rateBytesPerSecMax;
+    let sentBytes = 0;
     let cursor = 0;
     const live = (): boolean =>
       !this.stopped && peer.up && peer.session === session && this.core.status().find((status) => status.peer === id)?.replication === 'resyncing';
@@ -218,6 +220,13 @@ export class MirrorEngine implements MirrorGate {
           while (next !== -1 && pendingRegions.has(next)) next = peer.bitmap.nextDirty(next + 1);
         }
         cursor = (batch[batch.length - 1] ?? cursor) + 1;
+        if (rateMax > 0) {
+          // Paced: the regions sent so far may not run ahead of the allowed rate.
+          const dueMs = startedMs + (sentBytes / rateMax) * 1000;
+          if (dueMs > Date.now()) await new Promise((resolve) => setTimeout(resolve, dueMs - Date.now()));
+          if (!live()) break;
+        }
+        sentBytes += batch.length * regionBytes;
         const logged = await Promise.all(
           batch.map((region) => this.logCurrent(region * regionBytes, Math.min(regionBytes, this.volume.sizeBytes - region * regionBytes))),
         );

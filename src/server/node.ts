@@ -138,7 +138,7 @@ export class BlockmirrorNode {
     // start's consistency point marker, which the engine's start sequence number covers).
     let engine: MirrorEngine | null = null;
     // Regions the log replays at this start: after a crash the peers may hold other data there.
-    const replayed = mirrored ? new DirtyBitmap(identity.sizeBytes, constants.dirtyRegionBytes) : null;
+    const replayed = mirrored ? new DirtyBitmap(identity.sizeBytes, this.config.resync.regionBytes) : null;
     const logOptions: LogOptions = {
       // A secondary keeps one log per source node (fan-in never mixes sources).
       dir:

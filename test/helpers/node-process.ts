@@ -302,6 +302,7 @@ export interface ClusterSpec {
   connections?: number;
   log?: LogSpec;
   heartbeat?: { intervalMs: number; timeoutMs: number; probationMs: number };
+  resync?: { regionSize?: string; rateMax?: string };
 }
 
 /**
@@ -331,10 +332,12 @@ export async function writeClusterConfig(dir: string, spec: ClusterSpec, name = 
     allowSecondaryReads: ${volume.allowSecondaryReads === true}`,
   );
   const heartbeat = spec.heartbeat === undefined ? '' : `heartbeat: { intervalMs: ${spec.heartbeat.intervalMs}, timeoutMs: ${spec.heartbeat.timeoutMs}, probationMs: ${spec.heartbeat.probationMs} }\n`;
+  const resyncKeys = Object.entries(spec.resync ?? {}).map(([key, value]) => `${key}: ${value}`);
+  const resync = resyncKeys.length === 0 ? '' : `resync: { ${resyncKeys.join(', ')} }\n`;
   const text = `cluster: test
 secret: ${spec.secret ?? 'test-secret-123'}
 connections: ${spec.connections ?? 2}
-${heartbeat}log:
+${heartbeat}${resync}log:
   partitionSize: ${log.partitionSize}
   partitions: ${log.partitions}
   cpIntervalMs: ${log.cpIntervalMs}

@@ -113,6 +113,7 @@ describe('cluster file: valid input', () => {
       cluster: 'demo',
       secret: 'change-me',
       heartbeat: { intervalMs: 250, timeoutMs: 2000, probationMs: 2000 },
+      resync: { regionBytes: constants.dirtyRegionBytes, rateBytesPerSecMax: 0 },
       connections: constants.peerConnectionsDefault,
       log: {
         partitionBytes: constants.logPartitionBytesDefault,
@@ -310,6 +311,17 @@ describe('cluster file: top-level rules', () => {
     assert.deepEqual(parseRaw((raw) => { raw.heartbeat = { timeoutMs: 5000 }; }).heartbeat, {
       intervalMs: constants.heartbeatIntervalMsDefault, timeoutMs: 5000, probationMs: constants.heartbeatProbationMsDefault,
     });
+  });
+
+  test('resync: regionSize is a power of two within bounds, rateMax at least 1 MiB per second', () => {
+    const config = parseRaw((raw) => {
+      (raw as RawMap).resync = { regionSize: '128KiB', rateMax: '50MiB' };
+    });
+    assert.deepEqual(config.resync, { regionBytes: 128 * 1024, rateBytesPerSecMax: 50 * 1024 * 1024 });
+    rejects((raw) => { (raw as RawMap).resync = { regionSize: '96KiB' }; }, 'resync.regionSize', 'must be a power of two from 4KiB to 256KiB, got 96KiB');
+    rejects((raw) => { (raw as RawMap).resync = { regionSize: '1MiB' }; }, 'resync.regionSize', 'must be a power of two');
+    rejects((raw) => { (raw as RawMap).resync = { rateMax: '100KiB' }; }, 'resync.rateMax', 'must be at least 1MiB per second');
+    rejects((raw) => { (raw as RawMap).resync = { rate: '10MiB' }; }, 'resync.rate', 'unknown key (expected one of: regionSize, rateMax)');
   });
 
   test('connections is an integer from 1 to the maximum', () => {
