@@ -16,6 +16,7 @@
 
 import { assert } from '../lib/assert.js';
 import { crc32c } from '../lib/crc32c.js';
+import { readU64, writeU64 } from '../lib/wire.js';
 
 export const ENTRY_HEADER_BYTES = 64;
 export const ENTRY_ALIGN_BYTES = 64;
@@ -61,18 +62,9 @@ export function alignedEntryBytes(payloadBytes: number): number {
   return ENTRY_HEADER_BYTES + Math.ceil(payloadBytes / ENTRY_ALIGN_BYTES) * ENTRY_ALIGN_BYTES;
 }
 
-const TWO_POW_32 = 2 ** 32;
-
-function writeU64(out: Buffer, at: number, value: number): void {
-  assert(Number.isSafeInteger(value) && value >= 0, 'u64 field out of range');
-  out.writeUInt32BE(Math.floor(value / TWO_POW_32), at);
-  out.writeUInt32BE(value >>> 0, at + 4);
-}
-
-function readU64(buffer: Buffer, at: number): number {
-  const high = buffer.readUInt32BE(at);
-  // Values past 2^53 cannot be produced by this writer; they read as NaN and fail checks.
-  return high >= 2 ** 21 ? Number.NaN : high * TWO_POW_32 + buffer.readUInt32BE(at + 4);
+/** Values past 2^53 cannot be produced by this writer; they read as NaN and fail the field checks. */
+function readSeqField(buffer: Buffer, at: number): number {
+  return readU64(buffer, at) ?? Number.NaN;
 }
 
 /**
@@ -121,9 +113,9 @@ export function decodeEntryHeader(buffer: Buffer, at = 0): EntryHeader | HeaderP
     payloadCrc: buffer.readUInt32BE(at + 12),
     logId: buffer.readUInt32BE(at + 16),
     volumeId: buffer.readUInt32BE(at + 20),
-    seq: readU64(buffer, at + 24),
-    durableSeq: readU64(buffer, at + 32),
-    offset: readU64(buffer, at + 40),
+    seq: readSeqField(buffer, at + 24),
+    durableSeq: readSeqField(buffer, at + 32),
+    offset: readSeqField(buffer, at + 40),
     lengthBytes: buffer.readUInt32BE(at + 48),
     payloadBytes: buffer.readUInt32BE(at + 52),
     generation: buffer.readUInt32BE(at + 56),

@@ -19,6 +19,7 @@
 import type { DiskState } from '../../core/mirror-source.js';
 import { assert } from '../../lib/assert.js';
 import { proofsEqual, type Mac } from '../peer/handshake.js';
+import { nameBytes, readU64, writeU64 } from '../../lib/wire.js';
 
 export const HEARTBEAT_MAGIC = 0x424d4842; // 'BMHB'
 export const HEARTBEAT_VERSION = 1;
@@ -57,9 +58,6 @@ export type HeartbeatDecodeResult = { ok: true; heartbeat: Heartbeat } | { ok: f
 const LABEL = Buffer.from('blockmirror-heartbeat-v1', 'ascii');
 const HEADER_BYTES = 8;
 const VOLUME_FIXED_BYTES = 12; // role, disk, reserved u16, lastSeq u64 (after the name)
-const TWO_POW_32 = 2 ** 32;
-/** Above this high word a u64 is not a safe integer. */
-const SAFE_HIGH_WORD_MAX = 2 ** 21 - 1;
 
 // fatal: invalid UTF-8 is refused rather than becoming U+FFFD; ignoreBOM: a leading
 // U+FEFF is part of the name.
@@ -71,8 +69,8 @@ const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 export function encodeHeartbeat(mac: Mac, secret: Buffer, heartbeat: Heartbeat): Buffer {
   assert(secret.length > 0, 'heartbeat secret must not be empty');
   assert(heartbeat.volumes.length <= HEARTBEAT_VOLUMES_MAX, `at most ${HEARTBEAT_VOLUMES_MAX} volumes per heartbeat`);
-  const names = [heartbeat.cluster, heartbeat.fromNode, heartbeat.toNode].map(nameBytes);
-  const volumeNames = heartbeat.volumes.map((volume) => nameBytes(volume.name));
+  const names = [heartbeat.cluster, heartbeat.fromNode, heartbeat.toNode].map((name) => nameBytes(name, HEARTBEAT_NAME_BYTES_MAX));
+  const volumeNames = heartbeat.volumes.map((volume) => nameBytes(volume.name, HEARTBEAT_NAME_BYTES_MAX));
   assert(new Set(heartbeat.volumes.map((volume) => volume.name)).size === heartbeat.volumes.length, 'heartbeat volume names repeat');
 
   const bodyBytes =
@@ -104,25 +102,10 @@ export function encodeHeartbeat(mac: Mac, secret: Buffer, heartbeat: Heartbeat):
   return out;
 }
 
-function nameBytes(name: string): Buffer {
-  const bytes = Buffer.from(name, 'utf8');
-  assert(bytes.length >= 1 && bytes.length <= HEARTBEAT_NAME_BYTES_MAX, `name "${name}" must be 1..255 bytes of UTF-8`);
-  // A lone surrogate would go out as U+FFFD: the peer would see another name than ours.
-  assert(bytes.toString('utf8') === name, `name "${name}" is not well-formed Unicode`);
-  return bytes;
-}
-
 function writeName(out: Buffer, at: number, name: Buffer): number {
   out.writeUInt16BE(name.length, at);
   name.copy(out, at + 2);
   return at + 2 + name.length;
-}
-
-function writeU64(out: Buffer, at: number, value: number): number {
-  assert(Number.isSafeInteger(value) && value >= 0, `u64 value ${value} is not a safe non-negative integer`);
-  out.writeUInt32BE(Math.floor(value / TWO_POW_32), at);
-  out.writeUInt32BE(value >>> 0, at + 4);
-  return at + 8;
 }
 
 function sign(mac: Mac, secret: Buffer, signed: Buffer): Buffer {
@@ -173,9 +156,7 @@ class Reader {
 
   /** A u64 as a number, or undefined when it is not a safe integer. */
   u64(): number | undefined {
-    const bytes = this.take(8);
-    const high = bytes.readUInt32BE(0);
-    return high > SAFE_HIGH_WORD_MAX ? undefined : high * TWO_POW_32 + bytes.readUInt32BE(4);
+    return readU64(this.take(8), 0);
   }
 
   /** A name's bytes, or undefined when its length is out of range and the layout is lost. */

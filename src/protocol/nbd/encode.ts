@@ -18,6 +18,7 @@ import {
   STRUCTURED_REPLY_HEADER_BYTES,
   STRUCTURED_REPLY_MAGIC,
 } from './constants.js';
+import { writeU64 } from '../../lib/wire.js';
 
 export function encodeGreeting(): Buffer {
   const out = Buffer.alloc(GREETING_BYTES);
@@ -159,8 +160,3 @@ export function encodeBlockStatusChunk(cookie: bigint, contextId: number, extent
   return out;
 }
 
-function writeU64(out: Buffer, at: number, value: number): void {
-  assert(Number.isSafeInteger(value) && value >= 0, 'u64 value out of range');
-  out.writeUInt32BE(Math.floor(value / 2 ** 32), at);
-  out.writeUInt32BE(value >>> 0, at + 4);
-}

@@ -21,6 +21,7 @@ import {
   type PeerEntry,
   type PeerMessage,
 } from './messages.js';
+import { nameBytes, readU64, writeU64 } from '../../lib/wire.js';
 
 const KNOWN_REFUSE_CODES = new Set<number>(Object.values(RefuseCode));
 
@@ -38,9 +39,6 @@ export const FIXED_BODY_BYTES: ReadonlyMap<number, number> = new Map<number, num
   [PeerFrameType.RESET_DONE, 12],
 ]);
 
-const TWO_POW_32 = 2 ** 32;
-/** Above this high word a u64 is not a safe integer. */
-const SAFE_HIGH_WORD_MAX = 2 ** 21 - 1;
 
 // ---------------------------------------------------------------------------------------
 // Encoding.
@@ -56,7 +54,7 @@ export function encodeControlBody(message: PeerControlMessage): Buffer {
       assert(Number.isInteger(message.connectionIndex) && message.connectionIndex >= 0 && message.connectionIndex < message.connections, 'connectionIndex out of range');
       assertUint(message.session, 0xffffffff, 'session');
       assert(message.nonce.length === PEER_NONCE_BYTES, 'nonce must be 32 bytes');
-      const names = [message.cluster, message.fromNode, message.toNode, message.volume].map(nameBytes);
+      const names = [message.cluster, message.fromNode, message.toNode, message.volume].map((name) => nameBytes(name, PEER_NAME_BYTES_MAX));
       const out = Buffer.alloc(8 + PEER_NONCE_BYTES + names.reduce((sum, name) => sum + 2 + name.length, 0));
       out.writeUInt16BE(message.version, 0);
       out.writeUInt8(message.connectionIndex, 2);
@@ -133,15 +131,6 @@ function seqStatus(seq: number, status: number): Buffer {
   return out;
 }
 
-function nameBytes(name: string): Buffer {
-  const bytes = Buffer.from(name, 'utf8');
-  assert(bytes.length >= 1 && bytes.length <= PEER_NAME_BYTES_MAX, `name "${name}" must be 1..255 bytes of UTF-8`);
-  // A lone surrogate would be sent as U+FFFD, and the peer would check proofs over a
-  // different name than this node did.
-  assert(bytes.toString('utf8') === name, `name "${name}" is not well-formed Unicode`);
-  return bytes;
-}
-
 /** The longest prefix of UTF-8 `bytes` of at most `maxBytes` that ends on a character. */
 function truncateUtf8(bytes: Buffer, maxBytes: number): Buffer {
   if (bytes.length <= maxBytes) return bytes;
@@ -152,12 +141,6 @@ function truncateUtf8(bytes: Buffer, maxBytes: number): Buffer {
 
 function assertUint(value: number, max: number, field: string): void {
   assert(Number.isInteger(value) && value >= 0 && value <= max, `${field} out of range`);
-}
-
-function writeU64(out: Buffer, at: number, value: number): void {
-  assert(Number.isSafeInteger(value) && value >= 0, 'u64 value out of range');
-  out.writeUInt32BE(Math.floor(value / TWO_POW_32), at);
-  out.writeUInt32BE(value >>> 0, at + 4);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -196,10 +179,9 @@ class BodyReader {
   }
 
   u64(field: string): number {
-    const at = this.take(8);
-    const high = this.body.readUInt32BE(at);
-    if (high > SAFE_HIGH_WORD_MAX) throw new PeerProtocolError(`${this.what} ${field} exceeds 2^53-1`);
-    return high * TWO_POW_32 + this.body.readUInt32BE(at + 4);
+    const value = readU64(this.body, this.take(8));
+    if (value === undefined) throw new PeerProtocolError(`${this.what} ${field} exceeds 2^53-1`);
+    return value;
   }
 
   /** A copy, so a nonce or MAC kept for the handshake does not pin the socket's chunk. */
