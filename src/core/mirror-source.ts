@@ -470,7 +470,12 @@ export class MirrorSource<Frame> {
   }
 
   status(): PeerStatus[] {
-    return [...this.peers.values()].map((peer) => ({
+    return [...this.peers.keys()].map((id) => this.peerStatus(id));
+  }
+
+  peerStatus(id: string): PeerStatus {
+    const peer = this.peer(id);
+    return {
       peer: peer.id,
       replication: peer.replication,
       disk: peer.disk,
@@ -480,7 +485,7 @@ export class MirrorSource<Frame> {
       syncedSeq: peer.syncedSeq,
       lagBytes: peer.inSync ? this.appendedBytes - this.bytesThrough(peer.ackedSeq) : 0,
       resyncNeeded: peer.resyncNeeded,
-    }));
+    };
   }
 
   /** Whether `id` counts for acknowledgements now (streaming or catching up). */

@@ -7,7 +7,7 @@ import type { Address } from '../control/config.js';
 import type { Logger } from '../lib/log.js';
 import type { LogStatus } from '../storage/write-log.js';
 import type { BlockmirrorNode } from './node.js';
-import { closeServer, listen } from './node.js';
+import { closeServer, diskState, listen } from './node.js';
 
 export interface VolumeStatus {
   name: string;
@@ -64,7 +64,8 @@ export function nodeStatus(node: BlockmirrorNode): NodeStatus {
     connections: node.connectionCount,
     counters: { ...node.counters, ...node.peerCounters, ...node.heartbeatCounters },
     nodes: node.heartbeatStatus().map((peer) => ({ node: peer.peer, state: peer.state, lastHeardAgoMs: peer.lastHeardAgoMs, incarnation: peer.incarnation })),
-    volumes: [...node.volumes.values()].map(({ config, identity, volume, role, mirror, target }) => {
+    volumes: [...node.volumes.values()].map((served) => {
+      const { config, identity, volume, role, mirror, target } = served;
       const source = target === null ? null : target.status();
       return {
         name: config.name,
@@ -72,8 +73,7 @@ export function nodeStatus(node: BlockmirrorNode): NodeStatus {
         sizeBytes: identity.sizeBytes,
         mode: config.mode,
         role,
-        // A secondary knows it is current only while its primary streams to it.
-        disk: volume.failed || source?.failed === true ? 'failed' : source === null || source.session ? 'up-to-date' : 'outdated',
+        disk: diskState(served),
         readOnly: config.readOnly,
         primary: config.mode === 'local' ? node.node.id : config.primary,
         stats: { ...volume.stats },

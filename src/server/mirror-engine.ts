@@ -197,11 +197,11 @@ export class MirrorEngine implements MirrorGate {
     let sentBytes = 0;
     let cursor = 0;
     const live = (): boolean =>
-      !this.stopped && peer.up && peer.session === session && this.core.status().find((status) => status.peer === id)?.replication === 'resyncing';
+      !this.stopped && peer.up && peer.session === session && this.core.peerStatus(id).replication === 'resyncing';
     this.log.info('resync started', { peer: id, regions: peer.bitmap.dirtyRegions, bytes: startBytes });
     peer.resyncStart ??= { atMs: startedMs, bytes: startBytes };
     while (live()) {
-      const durable = this.core.status().find((status) => status.peer === id)?.durableSeq ?? 0;
+      const durable = this.core.peerStatus(id).durableSeq;
       for (const [seq, region] of pending) {
         if (seq > durable) continue;
         pending.delete(seq);
@@ -255,9 +255,8 @@ export class MirrorEngine implements MirrorGate {
       // Wait for the peer to make what was sent durable (bounded: a FLUSHED or 100 ms).
       // It is asked for what it has stored so far, so that regions are cleared (and new
       // ones sent) while the rest is still on its way, rather than in lockstep batches.
-      const peerStatus = this.core.status().find((status) => status.peer === id);
-      const stored = peerStatus?.ackedSeq ?? 0;
-      this.run(this.core.askDurable(id, stored > (peerStatus?.durableSeq ?? 0) ? stored : Math.max(...pending.keys())));
+      const { ackedSeq, durableSeq } = this.core.peerStatus(id);
+      this.run(this.core.askDurable(id, ackedSeq > durableSeq ? ackedSeq : Math.max(...pending.keys())));
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, 100);
         peer.progress = () => {
@@ -281,8 +280,8 @@ export class MirrorEngine implements MirrorGate {
   /** A peer that streams and is up to date lacks nothing. */
   private clearIfCurrent(peer: PeerLinks): void {
     if (peer.bitmap.dirtyRegions === 0) return;
-    const status = this.core.status().find((each) => each.peer === peer.node.id);
-    if (status?.replication !== 'streaming' || status.disk !== 'up-to-date') return;
+    const status = this.core.peerStatus(peer.node.id);
+    if (status.replication !== 'streaming' || status.disk !== 'up-to-date') return;
     peer.bitmap.clearAll();
     peer.bitmapChanged = true;
   }
@@ -454,7 +453,7 @@ export class MirrorEngine implements MirrorGate {
       this.run(
         this.core.connected(peer.node.id, { lastSeq: ready.lastSeq, durableSeq: ready.durableSeq, cpSeq: ready.cpSeq, disk: ready.disk }),
       );
-      const replication = this.core.status().find((status) => status.peer === peer.node.id)?.replication;
+      const replication = this.core.peerStatus(peer.node.id).replication;
       if (replication === 'streaming' || replication === 'catching-up') {
         this.log.info(replication === 'streaming' ? 'peer streaming' : 'peer catching up', { peer: peer.node.id, fromSeq: ready.lastSeq + 1 });
       }
@@ -584,7 +583,7 @@ export class MirrorEngine implements MirrorGate {
   private dropped(id: string, disk: DiskState, reason: string): void {
     const peer = this.peers.get(id);
     assert(peer !== undefined);
-    const needsResync = this.core.status().find((status) => status.peer === id)?.resyncNeeded === true;
+    const needsResync = this.core.peerStatus(id).resyncNeeded;
     this.log.error('replica no longer counts for this volume', { peer: id, disk, reason, strict: this.volume.strict });
     if (needsResync && !this.state.resyncNeeded.includes(id)) {
       this.state.resyncNeeded.push(id);

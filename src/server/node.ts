@@ -15,6 +15,7 @@ import { IoActivity } from '../io/file-io.js';
 import { applyEntry, LocalVolume } from '../storage/local-volume.js';
 import { WriteLog, type LogOptions, type RecoveryReport } from '../storage/write-log.js';
 import { DirtyBitmap } from '../storage/dirty-bitmap.js';
+import type { DiskState } from '../core/mirror-source.js';
 import { EntryType } from '../storage/log-entry.js';
 import { prepareVolumeFiles, type VolumeIdentity } from '../storage/volume-files.js';
 import { AdminServer } from './admin.js';
@@ -282,11 +283,11 @@ export class BlockmirrorNode {
 
   /** What this node's heartbeats say about its volumes. */
   private volumeViews(): VolumeView[] {
-    return [...this.volumes.values()].map(({ config, volume, role, target }) => ({
-      name: config.name,
-      role,
-      disk: volume.failed ? 'failed' : target === null || target.status().session ? 'up-to-date' : 'outdated',
-      lastSeq: volume.log.lastSeq,
+    return [...this.volumes.values()].map((served) => ({
+      name: served.config.name,
+      role: served.role,
+      disk: diskState(served),
+      lastSeq: served.volume.log.lastSeq,
     }));
   }
 
@@ -370,6 +371,15 @@ export class BlockmirrorNode {
     if (name === '') return [...this.volumes.values()].find((served) => served.role === 'primary') ?? this.volumes.values().next().value;
     return this.volumes.get(name);
   }
+}
+
+/**
+ * This node's copy of a volume. A secondary knows it is current only while its primary
+ * streams to it; a primary's own copy is current unless its disk failed.
+ */
+export function diskState({ volume, target }: ServedVolume): DiskState {
+  if (volume.failed || target?.status().failed === true) return 'failed';
+  return target === null || target.status().session ? 'up-to-date' : 'outdated';
 }
 
 export function listen(server: net.Server, address: Address, what: string): Promise<Address> {

@@ -17,10 +17,9 @@ import { constants } from '../constants.js';
 import type { Address } from '../control/config.js';
 import { hmacSha256, macEquals, randomNonce } from '../lib/hmac.js';
 import type { Logger } from '../lib/log.js';
-import { encodeFrame, PeerFrameDecoder, RefuseCode, type PeerMessage } from '../protocol/peer/frames.js';
+import { encodeFrame, PEER_PROTOCOL_VERSION, PeerFrameDecoder, RefuseCode, type PeerMessage } from '../protocol/peer/frames.js';
 import { sourceProof, targetProof } from '../protocol/peer/handshake.js';
 
-export const PEER_PROTOCOL_VERSION = 1;
 const HELD_MESSAGES_MAX = 1024;
 
 export type LinkState = 'connecting' | 'handshake' | 'up' | 'closed';

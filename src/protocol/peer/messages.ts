@@ -3,6 +3,7 @@
 // here, so both the codec (frames.ts) and the cores that act on messages can import them
 // without pulling in the codec.
 
+import { constants } from '../../constants.js';
 import type { EntryHeader } from '../../storage/log-entry.js';
 
 export const PEER_FRAME_MAGIC = 0x424d5046; // 'BMPF'
@@ -10,7 +11,8 @@ export const PEER_FRAME_HEADER_BYTES = 16;
 export const PEER_PROTOCOL_VERSION = 1;
 export const PEER_NONCE_BYTES = 32;
 export const PEER_MAC_BYTES = 32;
-export const PEER_CONNECTIONS_MAX = 16;
+/** A session's connections: the cluster file's `connections` is bounded by the same limit. */
+export const PEER_CONNECTIONS_MAX = constants.peerConnectionsMax;
 export const PEER_NAME_BYTES_MAX = 255;
 export const PEER_REFUSE_MESSAGE_BYTES_MAX = 1024;
 /** Every frame but ENTRY; the largest legal one (HELLO) is 1068 bytes. */
