@@ -193,25 +193,44 @@ test('forged and replayed heartbeats are dropped and counted; they never keep a 
   assert.equal((await b.stop()).code, 0);
 });
 
-test('a secondary away for more than the primary keeps for it is resynced from the dirty bitmap, across a restart of the primary', async () => {
-  const setup = await relayedPair(fast, '128MiB');
-  let { a } = setup;
-  const { b, dir, config } = setup;
-  const random = crypto.randomBytes(80 * 1024 * 1024);
+/**
+ * Writes `bytes` of random data to a's v1 from offset 0 while b is frozen, runs `meanwhile`
+ * (still frozen), then thaws b. Returns the data written.
+ */
+async function writeWhileFrozen(a: TestNode, b: TestNode, dir: string, bytes: number, meanwhile: () => Promise<void>): Promise<Buffer> {
+  const random = crypto.randomBytes(bytes);
   const source = `${dir}/random.bin`;
   fs.writeFileSync(source, random);
   process.kill(b.pid, 'SIGSTOP');
   try {
-    // 80 MiB written while b is frozen: more than the 64 MiB kept in memory for it.
     await runOk('nbdcopy', [source, a.uri('v1')], { timeoutMs: 120_000 });
+    await meanwhile();
+  } finally {
+    process.kill(b.pid, 'SIGCONT');
+  }
+  return random;
+}
+
+/** After both stopped: a holds `data` from offset 0, and b's image equals a's. */
+function assertConverged(a: TestNode, b: TestNode, data: Buffer): void {
+  const imageA = fs.readFileSync(a.imagePath('v1'));
+  const imageB = fs.readFileSync(b.imagePath('v1'));
+  assert.ok(imageA.subarray(0, data.length).equals(data), 'a has the data');
+  assert.ok(imageB.equals(imageA), 'b has everything a has');
+}
+
+test('a secondary away for more than the primary keeps for it is resynced from the dirty bitmap, across a restart of the primary', async () => {
+  const setup = await relayedPair(fast, '128MiB');
+  let { a } = setup;
+  const { b, dir, config } = setup;
+  // 80 MiB written while b is frozen: more than the 64 MiB kept in memory for it.
+  const random = await writeWhileFrozen(a, b, dir, 80 * 1024 * 1024, async () => {
     const away = peerOf(await a.status());
     assert.equal(away?.resyncNeeded, true);
     assert.equal(away?.outOfSyncBytes, 80 * 1024 * 1024);
     // The primary stops cleanly; its dirty bitmap is on disk.
     assert.equal((await a.stop()).code, 0);
-  } finally {
-    process.kill(b.pid, 'SIGCONT');
-  }
+  });
   a = await startClusterNode(dir, config, 'a');
   const back = await a.waitStatus(
     'b resynced',
@@ -224,29 +243,19 @@ test('a secondary away for more than the primary keeps for it is resynced from t
   await runOk('qemu-io', ['-f', 'raw', a.uri('v1'), '-c', 'write -P 0x3c 100M 1M']);
   assert.equal((await a.stop()).code, 0);
   assert.equal((await b.stop()).code, 0);
-  const imageA = fs.readFileSync(a.imagePath('v1'));
-  const imageB = fs.readFileSync(b.imagePath('v1'));
-  assert.ok(imageA.subarray(0, random.length).equals(random), 'a has the data');
-  assert.ok(imageB.equals(imageA), 'b has everything a has');
+  assertConverged(a, b, random);
 });
 
 test('a primary killed in the middle of a resync resumes it after its restart; the images end identical', async () => {
   const setup = await relayedPair(fast, '512MiB');
   let { a } = setup;
   const { b, dir, config } = setup;
-  const random = crypto.randomBytes(256 * 1024 * 1024);
-  const source = `${dir}/random.bin`;
-  fs.writeFileSync(source, random);
-  process.kill(b.pid, 'SIGSTOP');
-  try {
-    await runOk('nbdcopy', [source, a.uri('v1')], { timeoutMs: 120_000 });
+  const random = await writeWhileFrozen(a, b, dir, 256 * 1024 * 1024, async () => {
     assert.equal(peerOf(await a.status())?.resyncNeeded, true);
-  } finally {
-    process.kill(b.pid, 'SIGCONT');
-  }
+  });
   // Killed as soon as the resync is seen running.
   const running = await a.waitStatus('resync running', (status) => peerOf(status)?.replication === 'resyncing', 30_000);
-  const killedDuring = messages(a, 'resync done').length === 0;
+  assert.equal(messages(a, 'resync done').length, 0, 'the primary is killed while the resync runs');
   // Status shows the resync's progress: what is left (at most what b missed) and the rate.
   const progress = peerOf(running)?.resync;
   assert.ok(progress !== null && progress !== undefined && progress.remainingBytes <= 256 * 1024 * 1024, JSON.stringify(progress));
@@ -261,8 +270,5 @@ test('a primary killed in the middle of a resync resumes it after its restart; t
   assert.ok(messages(a, 'resync done').length >= 1);
   assert.equal((await a.stop()).code, 0);
   assert.equal((await b.stop()).code, 0);
-  const imageA = fs.readFileSync(a.imagePath('v1'));
-  const imageB = fs.readFileSync(b.imagePath('v1'));
-  assert.ok(imageA.subarray(0, random.length).equals(random), 'a has the data');
-  assert.ok(imageB.equals(imageA), `b has everything a has (primary killed ${killedDuring ? 'during' : 'after'} the resync)`);
+  assertConverged(a, b, random);
 });
