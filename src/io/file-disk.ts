@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import { assert } from '../lib/assert.js';
 import type { Disk, DiskExtent } from './disk.js';
-import { IoActivity, syncData, writevAt } from './file-io.js';
+import { IoActivity, readFullyAt, syncData, writevAt } from './file-io.js';
 import { native } from './native.js';
 
 const EOPNOTSUPP = 95;
@@ -95,20 +95,10 @@ export class FileDisk implements Disk {
       if (count === buffer.length) return Promise.resolve();
       if (count > 0) start = count;
     }
-    return this.pooled((done) => {
-      const step = (at: number): void => {
-        fs.read(this.fd, buffer, at, buffer.length - at, offset + at, (error, count) => {
-          if (error) return done(error);
-          if (count === 0) {
-            // Past the end of a file that was shortened behind our back: an I/O error.
-            return done(Object.assign(new Error(`short read at ${offset + at} in ${this.path}`), { code: 'EIO' }));
-          }
-          if (at + count < buffer.length) return step(at + count);
-          done(null);
-        });
-      };
-      step(start);
-    });
+    // Past the end of a file that was shortened behind our back: an I/O error.
+    return readFullyAt(this.fd, buffer, offset, start, this.options.activity, (at) =>
+      Object.assign(new Error(`short read at ${at} in ${this.path}`), { code: 'EIO' }),
+    );
   }
 
   write(buffer: Buffer, offset: number): Promise<void> {

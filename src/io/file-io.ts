@@ -50,6 +50,32 @@ export function dropBytes(buffers: readonly Buffer[], count: number): Buffer[] {
   return rest;
 }
 
+/**
+ * Fills `buffer[from..]` from `position + from` of the file on the thread pool, reading
+ * again after a short read. A file that ends first gets `pastEnd(at)` (the file offset
+ * where it ended) as the error.
+ */
+export function readFullyAt(
+  fd: number,
+  buffer: Buffer,
+  position: number,
+  from: number,
+  activity: IoActivity,
+  pastEnd: (at: number) => Error,
+): Promise<void> {
+  return activity.pooled((done) => {
+    const step = (at: number): void => {
+      if (at === buffer.length) return done(null);
+      fs.read(fd, buffer, at, buffer.length - at, position + at, (error, count) => {
+        if (error) return done(error);
+        if (count === 0) return done(pastEnd(position + at));
+        step(at + count);
+      });
+    };
+    step(from);
+  });
+}
+
 /** Writes all of `buffers` at `position`; inline when alone and at most `inlineBytesMax`. */
 export function writevAt(
   fd: number,

@@ -42,7 +42,7 @@ import { assert } from '../lib/assert.js';
 import { crc32c } from '../lib/crc32c.js';
 import { BlockmirrorError } from '../lib/errors.js';
 import type { Logger } from '../lib/log.js';
-import { IoActivity, syncData, writevAt } from '../io/file-io.js';
+import { IoActivity, readFullyAt, syncData, writevAt } from '../io/file-io.js';
 import { syncDirectory, writeFileAtomic } from './volume-files.js';
 import {
   alignedEntryBytes,
@@ -205,21 +205,6 @@ function readSuperblock(file: string): Superblock {
     throw new LogCorruptError(`${file}: superblock checksum or format mismatch`);
   }
   return superblock;
-}
-
-/** Fills `buffer` from `position` of the file, or fails if the file ends first. */
-function readFull(fd: number, buffer: Buffer, position: number): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const step = (done: number): void => {
-      if (done === buffer.length) return resolve();
-      fs.read(fd, buffer, done, buffer.length - done, position + done, (error, count) => {
-        if (error !== null) return reject(error);
-        if (count === 0) return reject(new LogCorruptError(`log file ends at ${position + done}, inside an entry`));
-        step(done + count);
-      });
-    };
-    step(0);
-  });
 }
 
 /** A copy of the `count` bytes that end `skipFromEnd` bytes before the end of `buffers`. */
@@ -676,13 +661,14 @@ export class WriteLog {
     assert(position !== undefined, `entry ${seq} has no known position`);
     const fd = this.slotOf(position.generation).fd;
     const head = Buffer.alloc(ENTRY_HEADER_BYTES);
-    await readFull(fd, head, position.offset);
+    const pastEnd = (at: number): Error => new LogCorruptError(`log file ends at ${at}, inside entry ${seq}`);
+    await readFullyAt(fd, head, position.offset, 0, this.options.activity, pastEnd);
     const header = decodeEntryHeader(head);
     if (typeof header === 'string' || header.seq !== seq || header.generation !== position.generation) {
       throw new LogCorruptError(`${this.where(position.generation, position.offset)}: entry ${seq} reads back damaged (${typeof header === 'string' ? header : 'wrong entry'})`);
     }
     const payload = Buffer.alloc(header.payloadBytes);
-    await readFull(fd, payload, position.offset + ENTRY_HEADER_BYTES);
+    await readFullyAt(fd, payload, position.offset + ENTRY_HEADER_BYTES, 0, this.options.activity, pastEnd);
     if (!payloadMatches(header, payload)) {
       throw new LogCorruptError(`${this.where(position.generation, position.offset)}: entry ${seq} payload checksum mismatch on read-back`);
     }
