@@ -208,7 +208,7 @@ export class ReplicaTarget {
       switch (action.kind) {
         case 'store': {
           const { header, payload } = action.frame;
-          this.store(header, payload).then(
+          this.volume.replicate(header, payload, this.config.mode !== 'logship').then(
             () => this.after(this.core.stored(action.seq, null)),
             (error: unknown) => {
               this.log.error('could not store an entry from the source', { source: this.source, seq: action.seq, error: String(error) });
@@ -270,15 +270,6 @@ export class ReplicaTarget {
     this.run(actions);
     if (this.idleWaiters.length > 0 && this.core.ready().idle) {
       for (const resolve of this.idleWaiters.splice(0)) resolve();
-    }
-  }
-
-  /** Appends (and applies) in call order; a volume that already failed answers with a rejection. */
-  private store(header: EntryMessage['header'], payload: Buffer): Promise<void> {
-    try {
-      return this.volume.replicate(header, payload, this.config.mode !== 'logship');
-    } catch (error) {
-      return Promise.reject(error instanceof Error ? error : new Error(String(error)));
     }
   }
 

@@ -259,7 +259,9 @@ export class LocalVolume {
    * to the volume file. Calls come in sequence order.
    */
   replicate(header: EntryHeader, payload: Buffer, apply: boolean): Promise<void> {
-    this.checkHealthy();
+    // A failed volume answers with a rejection (the source is told); an entry out of
+    // order is a bug, and the log's assertion throws.
+    if (this.failure !== null) return Promise.reject(this.failure);
     if (!apply) {
       return this.counted(this.log.appendReplica(header, payload).written);
     }
