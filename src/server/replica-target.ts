@@ -192,10 +192,12 @@ export class ReplicaTarget {
     return null;
   }
 
-  private protocolError(link: PeerLink, reason: string): void {
+  /** Counts and logs it, and closes `link`, or the whole session when the core found it. */
+  private protocolError(link: PeerLink | null, reason: string): void {
     this.counters.peerProtocolErrors += 1;
     this.log.error('protocol error from the source', { source: this.source, reason });
-    link.close(`protocol error: ${reason}`);
+    if (link !== null) link.close(`protocol error: ${reason}`);
+    else this.endSession(`protocol error: ${reason}`);
   }
 
   private send(frame: Buffer): void {
@@ -253,14 +255,9 @@ export class ReplicaTarget {
         case 'send-synced':
           this.send(encodeFrame({ type: 'synced', cpSeq: action.cpSeq, status: action.status }));
           break;
-        case 'protocol-error': {
-          const link = this.session?.links.find((candidate) => candidate !== undefined);
-          this.counters.peerProtocolErrors += 1;
-          this.log.error('protocol error from the source', { source: this.source, reason: action.reason });
-          if (link !== undefined) link.close(`protocol error: ${action.reason}`);
-          else this.endSession(action.reason);
+        case 'protocol-error':
+          this.protocolError(null, action.reason);
           break;
-        }
       }
     }
   }
