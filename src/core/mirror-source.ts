@@ -55,10 +55,12 @@ export type SourceAction<Frame> =
   /** Log partitions that peers held may be free now. */
   | { kind: 'release' }
   /**
-   * Tell the peer to restart its log after `seq`; `full`: every region must be resent
-   * (its history diverged or its copy is not to be trusted).
+   * Tell the peer to restart its log after `seq`, naming first the regions of the
+   * entries it holds past `reportAfter` (this node may have lost them); `full`: every
+   * region must be resent (its copy is not to be trusted, or its history went another
+   * way and this node cannot tell where).
    */
-  | { kind: 'reset-peer'; peer: string; seq: number; full: boolean };
+  | { kind: 'reset-peer'; peer: string; seq: number; reportAfter: number; full: boolean };
 
 /** What a peer reported about its copy when it connected (its READY). */
 export interface PeerReady {
@@ -108,6 +110,11 @@ export interface MirrorSourceOptions {
    * while the node sends the regions it lacks (`resyncDone` when they are all durable there).
    */
   resync?: boolean;
+  /**
+   * Peers whose entries past this sequence number may not be this node's (it crashed
+   * and lost entries it had sent): at their reset they name those entries' regions.
+   */
+  divergedAfter?: Readonly<Record<string, number>>;
 }
 
 interface Peer {
@@ -122,6 +129,8 @@ interface Peer {
   /** While resyncing: where its log restarts. */
   resetSeq: number;
   resyncNeeded: boolean;
+  /** Its entries past this may not be ours (see MirrorSourceOptions.divergedAfter), or null. */
+  divergedAfter: number | null;
   sentSeq: number;
   ackedSeq: number;
   durableSeq: number;
@@ -174,6 +183,7 @@ export class MirrorSource<Frame> {
         catchUpTo: 0,
         resetSeq: 0,
         resyncNeeded: options.resyncNeeded?.includes(id) === true,
+        divergedAfter: options.divergedAfter?.[id] ?? null,
         sentSeq: 0,
         ackedSeq: 0,
         durableSeq: 0,
@@ -207,8 +217,11 @@ export class MirrorSource<Frame> {
       if (peer.inSync) this.pump(peer, actions);
       else if (peer.disk === 'up-to-date') peer.disk = 'outdated';
       if (peer.holding && this.appendedBytes - this.bytesThrough(peer.ackedSeq) > (this.options.catchUpBytesMax ?? 0)) {
-        // Away too long to catch up from memory: it will need a resync.
         peer.holding = false;
+        // Restarting its log for a resync: these entries' regions are the node's to
+        // resend; the peer restarts again when it is done (resetDone).
+        if (peer.replication === 'resyncing') continue;
+        // Away too long to catch up from memory: it will need a resync.
         peer.resyncNeeded = true;
         actions.push({
           kind: 'peer-dropped',
@@ -319,8 +332,11 @@ export class MirrorSource<Frame> {
       peer.resetSeq = this.appendedSeq;
       peer.ackedSeq = this.appendedSeq;
       peer.holding = true;
-      const full = ready.disk !== 'up-to-date' || ready.lastSeq > this.appendedSeq;
-      actions.push({ kind: 'reset-peer', peer: id, seq: this.appendedSeq, full });
+      // Entries it holds beyond ours are named by the peer when this node knows where
+      // its own history may have been cut; otherwise nothing about them is known.
+      const reportAfter = Math.min(peer.divergedAfter ?? this.appendedSeq, this.appendedSeq);
+      const full = ready.disk !== 'up-to-date' || (ready.lastSeq > this.appendedSeq && peer.divergedAfter === null);
+      actions.push({ kind: 'reset-peer', peer: id, seq: this.appendedSeq, reportAfter, full });
       return actions;
     }
     if (problem !== null) {
@@ -367,6 +383,18 @@ export class MirrorSource<Frame> {
     if (peer.replication !== 'resyncing' || peer.inSync) return actions;
     if (seq !== peer.resetSeq) return this.violation(peer, `reset to ${seq}, asked ${peer.resetSeq}`);
     if (status !== 0) return this.failPeer(peer, `could not restart its log for a resync (error ${status})`);
+    // It named what it held beyond our history; its log now follows ours.
+    peer.divergedAfter = null;
+    if (!peer.holding) {
+      // More was written meanwhile than is kept for it (those regions count as lacking):
+      // it restarts its log again, at the entry appended last.
+      peer.resetSeq = this.appendedSeq;
+      peer.ackedSeq = this.appendedSeq;
+      peer.holding = true;
+      actions.push({ kind: 'reset-peer', peer: id, seq: this.appendedSeq, reportAfter: this.appendedSeq, full: false });
+      this.trim();
+      return actions;
+    }
     peer.holding = false;
     peer.inSync = true;
     peer.sentSeq = seq;
@@ -390,6 +418,33 @@ export class MirrorSource<Frame> {
     peer.replication = 'streaming';
     peer.disk = 'up-to-date';
     peer.resyncNeeded = false;
+  }
+
+  /**
+   * An online verify found regions that differ on this streaming peer: its copy is
+   * inconsistent and only a resync (now, with repair(), or when it next connects) makes
+   * it up to date again. It goes on counting for acknowledgements: it has every write.
+   */
+  outOfSync(id: string): void {
+    const peer = this.peer(id);
+    if (!peer.inSync) return;
+    peer.disk = 'inconsistent';
+    peer.resyncNeeded = true;
+  }
+
+  /** Starts resyncing a streaming peer (after outOfSync()): the node sends it the regions it lacks, then resyncDone(). */
+  repair(id: string): boolean {
+    const peer = this.peer(id);
+    if (!peer.inSync || peer.replication !== 'streaming') return false;
+    peer.replication = 'resyncing';
+    peer.disk = 'inconsistent';
+    peer.resyncNeeded = true;
+    return true;
+  }
+
+  /** Its entries past the returned sequence number may not be ours (null: none). */
+  divergedAfter(id: string): number | null {
+    return this.peer(id).divergedAfter;
   }
 
   /** Asks the peer to make entries up to `seq` durable (FLUSHED tells when). */

@@ -9,7 +9,9 @@
 // number at a clean stop (null while running), and `resyncNeeded` lists peers that
 // missed writes. After a start that was not clean, entries a peer holds may differ from
 // ours under the same sequence numbers (ours were lost in the crash), so every peer is
-// taken to need a resync.
+// taken to need a resync, and `divergedAfter` keeps, per peer, the sequence number this
+// node recovered to: at the peer's reset it names the regions of the entries it holds
+// past it, and they are resent too.
 
 import fs from 'node:fs';
 import path from 'node:path';
@@ -32,6 +34,7 @@ type Frame = Buffer[];
 interface MirrorState {
   cleanStopSeq: number | null;
   resyncNeeded: string[];
+  divergedAfter: Record<string, number>;
 }
 
 /** One peer's connection array and reconnect schedule. */
@@ -53,6 +56,8 @@ interface PeerLinks {
   progress: (() => void) | null;
   /** The resync under way: when it started and how much it had to send. */
   resyncStart: { atMs: number; bytes: number } | null;
+  /** Bytes the peer named (DIVERGED) since the RESET just sent. */
+  divergedReported: number;
 }
 
 export interface MirrorPeerStatus extends PeerStatus {
@@ -97,7 +102,9 @@ export class MirrorEngine implements MirrorGate {
     if (!clean) {
       log.warn('volume did not stop cleanly: its peers need a resync before they count again', { peers: peerIds.join(',') });
     }
-    this.state = { cleanStopSeq: null, resyncNeeded: [...resyncNeeded] };
+    const divergedAfter: Record<string, number> = { ...(previous?.divergedAfter ?? {}) };
+    if (!clean) for (const id of peerIds) divergedAfter[id] = Math.min(divergedAfter[id] ?? lastSeq, lastSeq);
+    this.state = { cleanStopSeq: null, resyncNeeded: [...resyncNeeded], divergedAfter };
     // Durable before the first write: a crash from now on is an unclean stop.
     fs.mkdirSync(path.dirname(this.stateFile), { recursive: true });
     this.saveState();
@@ -111,6 +118,7 @@ export class MirrorEngine implements MirrorGate {
       catchUpBytesMax: constants.mirrorCatchUpBytesMax,
       resync: true,
       resyncNeeded,
+      divergedAfter,
     });
     for (const id of peerIds) {
       const node = cluster.nodes.find((candidate) => candidate.id === id);
@@ -133,6 +141,7 @@ export class MirrorEngine implements MirrorGate {
         bitmapChanged: true,
         progress: null,
         resyncStart: null,
+        divergedReported: 0,
       });
     }
     this.persistBitmaps();
@@ -144,6 +153,15 @@ export class MirrorEngine implements MirrorGate {
     const elapsedSeconds = Math.max(0.001, (Date.now() - peer.resyncStart.atMs) / 1000);
     const rateBytesPerSec = Math.max(0, Math.round((peer.resyncStart.bytes - remainingBytes) / elapsedSeconds));
     return { remainingBytes, rateBytesPerSec, etaSeconds: rateBytesPerSec > 0 ? Math.ceil(remainingBytes / rateBytesPerSec) : null };
+  }
+
+  private divergedAfterState(): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const id of this.peers.keys()) {
+      const seq = this.core.divergedAfter(id);
+      if (seq !== null) out[id] = seq;
+    }
+    return out;
   }
 
   /** Writes the state file (atomically and durably). */
@@ -398,7 +416,11 @@ export class MirrorEngine implements MirrorGate {
     for (const waiter of this.waiters.values()) waiter.reject(new BlockmirrorError('ERR_VOLUME_IO', 'node stopping'));
     this.waiters.clear();
     if (finalSeq !== null) {
-      this.state = { cleanStopSeq: finalSeq, resyncNeeded: this.core.status().filter((peer) => peer.resyncNeeded).map((peer) => peer.peer) };
+      this.state = {
+        cleanStopSeq: finalSeq,
+        resyncNeeded: this.core.status().filter((peer) => peer.resyncNeeded).map((peer) => peer.peer),
+        divergedAfter: this.divergedAfterState(),
+      };
       this.saveState();
     }
   }
@@ -502,10 +524,38 @@ export class MirrorEngine implements MirrorGate {
         return;
       case 'synced':
         return this.run(this.core.synced(id, message.cpSeq, message.status));
-      case 'reset-done':
-        this.run(this.core.resetDone(id, message.seq, message.status));
-        if (this.core.isInSync(id)) void this.resync(peer, peer.session);
+      case 'diverged': {
+        // Only between RESET and RESET_DONE, and only inside the volume.
+        const awaited = !this.core.isInSync(id) && this.core.peerStatus(id).replication === 'resyncing';
+        const outside = message.extents.find((extent) => extent.offset + extent.lengthBytes > this.volume.sizeBytes);
+        if (!awaited || outside !== undefined) {
+          this.counters.peerProtocolErrors += 1;
+          this.log.error('protocol error from the peer', { peer: id, reason: awaited ? 'DIVERGED extent outside the volume' : 'DIVERGED out of turn' });
+          link.close('protocol error: DIVERGED');
+          return;
+        }
+        if (message.all) {
+          peer.bitmap.markAll();
+          peer.bitmapChanged = true;
+        }
+        for (const extent of message.extents) this.markLacking(peer, extent.offset, extent.lengthBytes);
+        peer.divergedReported += message.all ? this.volume.sizeBytes : message.extents.reduce((sum, extent) => sum + extent.lengthBytes, 0);
         return;
+      }
+      case 'reset-done': {
+        // What it named is durable here before this node forgets where its history was cut.
+        this.persistBitmaps();
+        const reported = peer.divergedReported;
+        this.run(this.core.resetDone(id, message.seq, message.status));
+        if (this.state.divergedAfter[id] !== undefined && this.core.divergedAfter(id) === null) {
+          this.state.divergedAfter = this.divergedAfterState();
+          this.saveState();
+        }
+        if (reported > 0) this.log.warn('peer held writes this node lost in a crash; their regions are resent', { peer: id, bytes: reported });
+        if (!this.core.isInSync(id)) return;
+        void this.resync(peer, peer.session);
+        return;
+      }
       default:
         this.counters.peerProtocolErrors += 1;
         link.close(`unexpected ${message.type} from the target`);
@@ -573,7 +623,8 @@ export class MirrorEngine implements MirrorGate {
             bytes: peer.bitmap.dirtyBytes,
           });
           peer.resyncStart = { atMs: Date.now(), bytes: peer.bitmap.dirtyBytes };
-          peer.links[0]?.send(encodeFrame({ type: 'reset', seq: action.seq }));
+          peer.divergedReported = 0;
+          peer.links[0]?.send(encodeFrame({ type: 'reset', seq: action.seq, reportAfter: action.reportAfter }));
           break;
         }
       }
@@ -603,12 +654,17 @@ function readState(file: string): MirrorState | null {
   if (!fs.existsSync(file)) return null;
   try {
     const parsed = JSON.parse(fs.readFileSync(file, 'utf8')) as Partial<MirrorState>;
+    const divergedAfter: Record<string, number> = {};
+    if (typeof parsed.divergedAfter === 'object' && parsed.divergedAfter !== null) {
+      for (const [id, seq] of Object.entries(parsed.divergedAfter)) if (Number.isSafeInteger(seq) && seq >= 0) divergedAfter[id] = seq;
+    }
     return {
       cleanStopSeq: typeof parsed.cleanStopSeq === 'number' ? parsed.cleanStopSeq : null,
       resyncNeeded: Array.isArray(parsed.resyncNeeded) ? parsed.resyncNeeded.filter((id): id is string => typeof id === 'string') : [],
+      divergedAfter,
     };
   } catch {
     // An unreadable state file says nothing about a clean stop: treat it as unclean.
-    return { cleanStopSeq: null, resyncNeeded: [] };
+    return { cleanStopSeq: null, resyncNeeded: [], divergedAfter: {} };
   }
 }

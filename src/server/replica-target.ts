@@ -14,7 +14,7 @@ import { constants } from '../constants.js';
 import type { VolumeConfig } from '../control/config.js';
 import type { Logger } from '../lib/log.js';
 import { MirrorTarget, type TargetAction } from '../core/mirror-target.js';
-import { encodeFrame, type PeerMessage } from '../protocol/peer/frames.js';
+import { encodeFrame, PEER_DIVERGED_EXTENTS_MAX, type PeerMessage } from '../protocol/peer/frames.js';
 import { EntryType } from '../storage/log-entry.js';
 import type { LocalVolume } from '../storage/local-volume.js';
 import type { HelloMessage, PeerLink } from './peer-link.js';
@@ -153,19 +153,35 @@ export class ReplicaTarget {
         return this.run(this.core.sync(message.cpSeq));
       case 'reset':
         if (this.resetting) return this.protocolError(link, 'RESET during a reset');
-        void this.reset(session, message.seq);
+        void this.reset(session, message.seq, message.reportAfter);
         return;
       default:
         return this.protocolError(link, `unexpected ${message.type} from the source`);
     }
   }
 
-  /** The source's RESET: once idle, the log restarts after `seq`; RESET_DONE says how it went. */
-  private async reset(session: Session, seq: number): Promise<void> {
+  /**
+   * The source's RESET: once idle, the regions of the entries held past `reportAfter` are
+   * named (DIVERGED), the log restarts after `seq`, and RESET_DONE says how it went.
+   */
+  private async reset(session: Session, seq: number, reportAfter: number): Promise<void> {
     this.resetting = true;
     let status = 0;
     try {
       await this.idle();
+      if (this.session !== session) return;
+      const extents = this.volume.log.entriesAfter(reportAfter);
+      if (extents === null) this.send(encodeFrame({ type: 'diverged', all: true, extents: [] }));
+      for (let at = 0; extents !== null && at < extents.length; at += PEER_DIVERGED_EXTENTS_MAX) {
+        this.send(encodeFrame({ type: 'diverged', all: false, extents: extents.slice(at, at + PEER_DIVERGED_EXTENTS_MAX) }));
+      }
+      if (extents === null || extents.length > 0) {
+        this.log.warn('naming to the source the regions of entries it may have lost', {
+          source: this.source,
+          afterSeq: reportAfter,
+          extents: extents === null ? 'all' : extents.length,
+        });
+      }
       this.log.info('restarting the per-source log for a resync', { source: this.source, fromSeq: this.volume.log.lastSeq, toSeq: seq });
       await this.resetLog(seq);
       this.core = this.newCore(seq);
@@ -273,6 +289,8 @@ export class ReplicaTarget {
   /** The source's consistency point: logship entries applied first, then the image durable and the log released. */
   private async checkpoint(cpSeq: number): Promise<void> {
     if (this.config.mode === 'logship') await this.volume.applyLoggedThrough(cpSeq);
+    // The source's CP is durable there: entries up to it cannot have been lost by it.
+    this.volume.log.primaryCheckpointed(cpSeq);
     await this.volume.checkpoint();
   }
 }

@@ -12,6 +12,8 @@
 //                       write file metadata. Partition generation g lives in file
 //                       g mod partitions; every entry records its generation, so entries
 //                       left from an earlier turn are never mistaken for new ones.
+//   trail               (a replica's log only) where the entries since the primary's
+//                       last CP landed: replica-trail.ts
 //
 // Every open of the log starts a session with a new random log id, added to the
 // superblock's list before anything is appended; a consistency point resets the list to
@@ -44,6 +46,7 @@ import { BlockmirrorError } from '../lib/errors.js';
 import type { Logger } from '../lib/log.js';
 import { IoActivity, readFullyAt, syncData, writevAt } from '../io/file-io.js';
 import { syncDirectory, writeFileAtomic } from './volume-files.js';
+import { ReplicaTrail, TRAIL_FILE, type TrailExtent } from './replica-trail.js';
 import {
   alignedEntryBytes,
   decodeEntryHeader,
@@ -266,6 +269,8 @@ export class WriteLog {
   private lastCheckpointMs = 0;
   private syncs = 0;
   private closed = false;
+  /** A replica's record of its entries since the primary's last CP (null for a primary's log). */
+  private readonly trail: ReplicaTrail | null;
 
   private constructor(
     private readonly options: LogOptions,
@@ -285,6 +290,7 @@ export class WriteLog {
     this.appliedSeq = superblock.cpSeq;
     this.durableSeq = superblock.cpSeq;
     this.tail = { generation: -1, blockStart: 0, bytes: Buffer.alloc(0) };
+    this.trail = options.replica === undefined ? null : ReplicaTrail.load(path.join(options.dir, TRAIL_FILE));
   }
 
   /**
@@ -445,6 +451,7 @@ export class WriteLog {
       if (header !== null && payload !== null) {
         session = this.logIds.indexOf(header.logId);
         this.sessionLastSeq.set(header.logId, header.seq);
+        if (header.type !== EntryType.CONSISTENCY_POINT) this.trail?.add(header.seq, header.offset, header.lengthBytes);
         if (this.options.replica?.deferApply === true) this.positions.set(header.seq, { generation, offset });
         else await apply(header, payload);
         this.recordPlaced(generation, header.seq);
@@ -609,6 +616,7 @@ export class WriteLog {
   appendReplica(source: EntryHeader, payload: Buffer): { seq: number; written: Promise<void> } {
     assert(this.options.replica !== undefined, 'not a replica log');
     assert(source.seq === this.nextSeq, `replica entry ${source.seq} appended after ${this.nextSeq - 1}`);
+    if (source.type !== EntryType.CONSISTENCY_POINT) this.trail?.add(source.seq, source.offset, source.lengthBytes);
     return this.appendAs(source.seq, source.type, source, source.epoch, payload.length === 0 ? [] : [payload]);
   }
 
@@ -906,6 +914,8 @@ export class WriteLog {
       }
     }
     const cpTimeMs = Date.now();
+    // The entries this CP lets go of may still have to be named to the primary.
+    this.trail?.save(path.join(this.options.dir, TRAIL_FILE));
     // Sessions whose entries may lie after the CP: this one, and earlier ones with entries
     // beyond it (a logship replica applies, and so covers, only up to the primary's CP).
     const logIds = this.logIds.filter((id) => id === this.logId || (this.sessionLastSeq.get(id) ?? 0) > cpSeq);
@@ -928,6 +938,23 @@ export class WriteLog {
     this.checkpoints += 1;
     this.lastCheckpointMs = Math.round(performance.now() - startedMs);
     this.release();
+  }
+
+  /**
+   * A replica's log: the primary's consistency point `cpSeq` is durable there, so the
+   * entries up to it need no longer be named to it after a crash of its own.
+   */
+  primaryCheckpointed(cpSeq: number): void {
+    this.trail?.trimThrough(cpSeq);
+  }
+
+  /**
+   * A replica's log: the regions of the entries it stored after `seq` (those a primary
+   * that recovered up to `seq` may have lost), or null for "every region".
+   */
+  entriesAfter(seq: number): TrailExtent[] | null {
+    assert(this.trail !== null, 'not a replica log');
+    return this.trail.extentsAfter(seq);
   }
 
   /** A retainer may have changed its mind: partitions it held may be free now. */
@@ -987,7 +1014,7 @@ export class WriteLog {
   static recreate(options: LogOptions, cpSeq: number): void {
     const dir = options.dir;
     for (const name of fs.readdirSync(dir)) {
-      if (name.startsWith('partition-') || name === SUPERBLOCK) fs.rmSync(path.join(dir, name));
+      if (name.startsWith('partition-') || name === SUPERBLOCK || name === TRAIL_FILE) fs.rmSync(path.join(dir, name));
     }
     WriteLog.createFiles(dir, options.geometry, { cpSeq, volumeUuid: options.volumeUuid });
   }

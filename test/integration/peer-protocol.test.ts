@@ -329,6 +329,68 @@ test('a well-formed session: ENTRY is acknowledged, FLUSH and SYNC answered, and
   assert.ok(isZero(image.subarray(4 * KiB)), 'nothing else was written');
 });
 
+test('RESET: b names the regions of every entry it holds past reportAfter, after a restart of its own too, then restarts its log', async () => {
+  const { b: first, replicationPort } = await startSecondary();
+  // Entries 1..6; a's consistency point at 2 tells b that entries up to 2 cannot be lost.
+  const writes: [number, number][] = [
+    [1, 0],
+    [2, 64 * KiB],
+    [3, 1 * MiB],
+    [4, 1 * MiB + 4 * KiB],
+    [5, 3 * MiB],
+    [6, 5 * MiB],
+  ];
+  const session = await openSession(replicationPort, 1, 0x0c01);
+  const client = session.clients[0];
+  assert.ok(client !== undefined);
+  for (const [seq, offset] of writes.slice(0, 2)) client.send(entryFrame(seq, offset, pattern(4 * KiB, seq)));
+  await waitFor('ACK of entry 2', () => (client.take('ack')?.seq === 2 ? true : undefined), REPLY_TIMEOUT_MS);
+  client.send(encodeFrame({ type: 'sync', cpSeq: 2 }));
+  assert.deepEqual(await client.next('synced'), { type: 'synced', cpSeq: 2, status: 0 });
+  for (const [seq, offset] of writes.slice(2)) client.send(entryFrame(seq, offset, pattern(4 * KiB, seq)));
+  await waitFor('ACK of entry 6', () => {
+    let last = 0;
+    for (let ack = client.take('ack'); ack !== undefined; ack = client.take('ack')) last = Math.max(last, ack.seq);
+    return last === 6 ? true : undefined;
+  }, REPLY_TIMEOUT_MS);
+  closeSession(session);
+  // A clean restart: b's own consistency points cover entries 3..6, so its log no longer
+  // holds them; only its record of them can name them now.
+  const stopped = await first.stop();
+  assert.equal(stopped.code, 0);
+  const b = await startClusterNode(first.dir, first.configPath, 'b');
+  nodes.push(b);
+  assert.equal(volumeOf(await b.status()).log.cpSeq, 6, 'b\'s own consistency point covers every entry');
+
+  const again = await openSession(replicationPort, 1, 0x0c02);
+  assert.equal(again.ready.lastSeq, 6);
+  const peer = again.clients[0];
+  assert.ok(peer !== undefined);
+  // a recovered only up to entry 3 after a crash and has written up to 10 since.
+  peer.send(encodeFrame({ type: 'reset', seq: 10, reportAfter: 3 }));
+  const done = await peer.next('reset-done');
+  assert.deepEqual(done, { type: 'reset-done', seq: 10, status: 0 });
+  const named = peer.received.filter((message): message is Extract<PeerMessage, { type: 'diverged' }> => message.type === 'diverged');
+  assert.deepEqual(
+    named.flatMap((message): unknown[] => (message.all ? ['all'] : message.extents)),
+    [
+      { offset: 1 * MiB + 4 * KiB, lengthBytes: 4 * KiB },
+      { offset: 3 * MiB, lengthBytes: 4 * KiB },
+      { offset: 5 * MiB, lengthBytes: 4 * KiB },
+    ],
+    'the regions of entries 4, 5 and 6, and nothing else',
+  );
+  assert.equal(volumeOf(await b.status()).log.lastSeq, 10, 'b\'s log restarts after 10');
+  // Its log follows a's again: entry 11 is the next it takes.
+  peer.send(entryFrame(11, 7 * MiB, pattern(4 * KiB, 11)));
+  assert.deepEqual(await peer.next('ack'), { type: 'ack', seq: 11, status: 0 });
+  closeSession(again);
+  const image = await stopAndReadImage(b);
+  for (const [seq, offset] of [...writes, [11, 7 * MiB]] as const) {
+    assert.ok(image.subarray(offset, offset + 4 * KiB).equals(pattern(4 * KiB, seq)), `entry ${seq}'s bytes in b's image`);
+  }
+});
+
 test('an ENTRY with a payload byte flipped in transit fails the frame CRC: connection closed, counted, nothing stored', async () => {
   const { b, replicationPort } = await startSecondary();
   const errorsBefore = counter(await b.status(), 'peerProtocolErrors');

@@ -371,6 +371,91 @@ describe('MirrorSource: connecting', () => {
   );
 });
 
+describe('MirrorSource: resync', () => {
+  function resets(actions: Action[]): { peer: string; seq: number; reportAfter: number; full: boolean }[] {
+    return actions.flatMap((action) =>
+      action.kind === 'reset-peer' ? [{ peer: action.peer, seq: action.seq, reportAfter: action.reportAfter, full: action.full }] : [],
+    );
+  }
+
+  test('a peer that needs a resync is reset at the current entry, gets what follows, and is up to date only at resyncDone', () => {
+    const s = source({ peers: ['b'], resync: true, resyncNeeded: ['b'], lastSeq: 5, catchUpBytesMax: 1000 });
+    assert.deepEqual(resets(s.connected('b', ready(3))), [{ peer: 'b', seq: 5, reportAfter: 5, full: false }]);
+    assert.deepEqual(
+      { replication: peerStatus(s, 'b').replication, disk: peerStatus(s, 'b').disk },
+      { replication: 'resyncing', disk: 'inconsistent' },
+    );
+    assert.equal(s.isInSync('b'), false, 'it does not count before it has restarted its log');
+    // Entries appended while it restarts its log are kept for it and sent after RESET_DONE.
+    assert.deepEqual(sent(s.appended(entry(6)), 'b'), []);
+    assert.deepEqual(sent(s.resetDone('b', 5, 0), 'b'), [6]);
+    assert.equal(s.isInSync('b'), true);
+    assert.deepEqual(sent(s.appended(entry(7)), 'b'), [7]);
+    assert.equal(peerStatus(s, 'b').disk, 'inconsistent', 'streaming new writes does not make the old regions right');
+    s.resyncDone('b');
+    assert.deepEqual(
+      { replication: peerStatus(s, 'b').replication, disk: peerStatus(s, 'b').disk, resyncNeeded: peerStatus(s, 'b').resyncNeeded },
+      { replication: 'streaming', disk: 'up-to-date', resyncNeeded: false },
+    );
+  });
+
+  test('more written while the peer restarts its log than is kept for it: it restarts again at the last entry', () => {
+    const s = source({ peers: ['b'], resync: true, resyncNeeded: ['b'], lastSeq: 5, catchUpBytesMax: 250 });
+    s.connected('b', ready(3));
+    for (let seq = 6; seq <= 8; seq += 1) assert.deepEqual(dropped(s.appended(entry(seq))), [], 'it is not dropped');
+    assert.equal(s.queued.entries, 0, 'nothing is kept for it past the bound');
+    const again = s.resetDone('b', 5, 0);
+    assert.deepEqual(resets(again), [{ peer: 'b', seq: 8, reportAfter: 8, full: false }]);
+    assert.equal(s.isInSync('b'), false);
+    assert.deepEqual(sent(s.appended(entry(9)), 'b'), []);
+    assert.deepEqual(sent(s.resetDone('b', 8, 0), 'b'), [9]);
+    assert.equal(peerStatus(s, 'b').replication, 'resyncing');
+  });
+
+  test('a RESET_DONE for another sequence number, or with an error, drops the peer', () => {
+    const s = source({ peers: ['b'], resync: true, resyncNeeded: ['b'], lastSeq: 5 });
+    s.connected('b', ready(3));
+    assert.match(dropped(s.resetDone('b', 4, 0))[0]?.reason ?? '', /protocol violation: reset to 4, asked 5/);
+    const t = source({ peers: ['b'], resync: true, resyncNeeded: ['b'], lastSeq: 5 });
+    t.connected('b', ready(3));
+    assert.deepEqual(dropped(t.resetDone('b', 5, 3))[0]?.disk, 'failed');
+  });
+
+  test('a peer ahead of this node: every region unless this node knows where its history was cut, then the peer names its entries past that', () => {
+    const unknown = source({ peers: ['b'], resync: true, lastSeq: 5 });
+    assert.deepEqual(resets(unknown.connected('b', ready(9))), [{ peer: 'b', seq: 5, reportAfter: 5, full: true }]);
+    // This node crashed and recovered up to 4; the peer holds up to 9 of the old history.
+    const known = source({ peers: ['b'], resync: true, resyncNeeded: ['b'], divergedAfter: { b: 4 }, lastSeq: 5 });
+    assert.equal(known.divergedAfter('b'), 4);
+    assert.deepEqual(resets(known.connected('b', ready(9))), [{ peer: 'b', seq: 5, reportAfter: 4, full: false }]);
+    known.resetDone('b', 5, 0);
+    assert.equal(known.divergedAfter('b'), null, 'after its reset, its log follows this node\'s');
+    // A copy it reports inconsistent tells nothing about which regions differ.
+    const inconsistent = source({ peers: ['b'], resync: true, divergedAfter: { b: 4 }, lastSeq: 5 });
+    assert.equal(resets(inconsistent.connected('b', ready(2, { disk: 'inconsistent' })))[0]?.full, true);
+  });
+
+  test('outOfSync keeps a streaming peer counting but inconsistent; repair starts its resync', () => {
+    const s = connectedSource({ peers: ['b'], resync: true });
+    s.outOfSync('b');
+    assert.deepEqual(
+      { replication: peerStatus(s, 'b').replication, disk: peerStatus(s, 'b').disk, resyncNeeded: peerStatus(s, 'b').resyncNeeded },
+      { replication: 'streaming', disk: 'inconsistent', resyncNeeded: true },
+    );
+    assert.deepEqual(sent(s.appended(entry(1)), 'b'), [1]);
+    const actions = s.request(1, 1, false);
+    assert.deepEqual(completions([...actions, ...s.localDone(1, null)]), [], 'its acknowledgement is still awaited');
+    assert.deepEqual(completions(s.acked('b', 1, 0)), [{ token: 1, error: null }]);
+    assert.equal(s.repair('b'), true);
+    assert.equal(peerStatus(s, 'b').replication, 'resyncing');
+    s.resyncDone('b');
+    assert.equal(peerStatus(s, 'b').disk, 'up-to-date');
+    // A peer that is not streaming cannot be repaired in place.
+    const away = source({ peers: ['b'], resync: true });
+    assert.equal(away.repair('b'), false);
+  });
+});
+
 describe('MirrorSource: protocol violations', () => {
   test('an ACK beyond what was sent drops the peer', () => {
     const s = connectedSource({ peers: ['b'] });

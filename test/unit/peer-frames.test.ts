@@ -72,8 +72,12 @@ const controlMessages: PeerControlMessage[] = [
   { type: 'flushed', seq: 12, status: 5 },
   { type: 'sync', cpSeq: 99 },
   { type: 'synced', cpSeq: MAX_SAFE, status: 1 },
-  { type: 'reset', seq: 2 ** 33 + 1 },
+  { type: 'reset', seq: 2 ** 33 + 1, reportAfter: 2 ** 33 - 5 },
   { type: 'reset-done', seq: MAX_SAFE, status: 0 },
+  { type: 'diverged', all: false, extents: Array.from({ length: 64 }, (_, index) => ({ offset: index * 2 ** 20, lengthBytes: 4096 + index })) },
+  { type: 'diverged', all: true, extents: [] },
+  { type: 'verify', token: 0xffff_ffff, seq: MAX_SAFE, offset: 2 ** 40, lengthBytes: 4 * 1024 * 1024 },
+  { type: 'verified', token: 7, status: 0, digest: Buffer.alloc(32, 0xab) },
 ];
 
 /** A WRITE entry header and its payload, split into slices as a client write would be. */
@@ -313,7 +317,7 @@ describe('peer frames: damage and illegal frames', () => {
   });
 
   test('unknown frame types', () => {
-    for (const type of [0, 6, 15, 24, 255]) assertRefused(frameOf(type, Buffer.alloc(8)), /unknown peer frame type/);
+    for (const type of [0, 6, 15, 27, 255]) assertRefused(frameOf(type, Buffer.alloc(8)), /unknown peer frame type/);
   });
 
   test('nonzero reserved header bytes', () => {
@@ -377,6 +381,36 @@ describe('peer frames: damage and illegal frames', () => {
       body.writeUInt8(disk, 4);
       assertRefused(frameOf(PeerFrameType.READY, body), /disk state/);
     }
+  });
+
+  test('DIVERGED, VERIFY and VERIFIED out of range', () => {
+    const diverged = (count: number, flag: number, extents: number): Buffer => {
+      const body = Buffer.alloc(8 + 16 * extents);
+      body.writeUInt16BE(count, 0);
+      body.writeUInt8(flag, 2);
+      return body;
+    };
+    assertRefused(frameOf(PeerFrameType.DIVERGED, diverged(65, 0, 65)), /65 extents/);
+    assertRefused(frameOf(PeerFrameType.DIVERGED, diverged(1, 2, 1)), /flag 2/);
+    assertRefused(frameOf(PeerFrameType.DIVERGED, diverged(2, 0, 1)), /ends early/);
+    assertRefused(frameOf(PeerFrameType.DIVERGED, diverged(1, 0, 2)), /extra bytes/);
+    const reserved = diverged(0, 0, 0);
+    reserved.writeUInt8(1, 7);
+    assertRefused(frameOf(PeerFrameType.DIVERGED, reserved), /reserved/);
+    const verify = (lengthBytes: number): Buffer => {
+      const body = Buffer.alloc(32);
+      body.writeUInt32BE(lengthBytes, 24);
+      return body;
+    };
+    assertRefused(frameOf(PeerFrameType.VERIFY, verify(0)), /VERIFY length 0/);
+    assertRefused(frameOf(PeerFrameType.VERIFY, verify(4 * 1024 * 1024 + 1)), /VERIFY length/);
+    assertRefused(frameOf(PeerFrameType.VERIFY, verify(4096).subarray(0, 28)), /.+/);
+    const verified = Buffer.alloc(40);
+    verified.writeUInt8(1, 7);
+    assertRefused(frameOf(PeerFrameType.VERIFIED, verified), /reserved/);
+    // The well-formed bodies these were made from are accepted.
+    assert.equal(decodeAll([frameOf(PeerFrameType.VERIFY, verify(4096))])[0]?.['lengthBytes'], 4096);
+    assert.deepEqual(decodeAll([frameOf(PeerFrameType.DIVERGED, diverged(1, 0, 1))])[0]?.['extents'], [{ offset: 0, lengthBytes: 0 }]);
   });
 
   test('REFUSE with an unknown code or an overlong message', () => {

@@ -9,7 +9,10 @@ import { decodeEntryHeader, ENTRY_HEADER_BYTES, payloadMatches } from '../../sto
 import { PeerProtocolError } from './errors.js';
 import {
   PEER_CONNECTIONS_MAX,
+  PEER_DIGEST_BYTES,
   PEER_DISK_STATES,
+  PEER_DIVERGED_EXTENTS_MAX,
+  PEER_VERIFY_BYTES_MAX,
   PEER_MAC_BYTES,
   PEER_NAME_BYTES_MAX,
   PEER_NONCE_BYTES,
@@ -35,8 +38,10 @@ export const FIXED_BODY_BYTES: ReadonlyMap<number, number> = new Map<number, num
   [PeerFrameType.FLUSHED, 12],
   [PeerFrameType.SYNC, 8],
   [PeerFrameType.SYNCED, 12],
-  [PeerFrameType.RESET, 8],
+  [PeerFrameType.RESET, 16],
   [PeerFrameType.RESET_DONE, 12],
+  [PeerFrameType.VERIFY, 32],
+  [PeerFrameType.VERIFIED, 8 + PEER_DIGEST_BYTES],
 ]);
 
 
@@ -106,8 +111,40 @@ export function encodeControlBody(message: PeerControlMessage): Buffer {
     case 'reset-done':
       return seqStatus(message.seq, message.status);
     case 'reset': {
-      const out = Buffer.alloc(8);
+      const out = Buffer.alloc(16);
       writeU64(out, 0, message.seq);
+      writeU64(out, 8, message.reportAfter);
+      return out;
+    }
+    case 'diverged': {
+      assert(message.extents.length <= PEER_DIVERGED_EXTENTS_MAX, 'too many DIVERGED extents');
+      const out = Buffer.alloc(8 + 16 * message.extents.length);
+      out.writeUInt16BE(message.extents.length, 0);
+      out.writeUInt8(message.all ? 1 : 0, 2);
+      message.extents.forEach((extent, index) => {
+        writeU64(out, 8 + index * 16, extent.offset);
+        writeU64(out, 16 + index * 16, extent.lengthBytes);
+      });
+      return out;
+    }
+    case 'verify': {
+      assertUint(message.token, 0xffffffff, 'token');
+      assertUint(message.lengthBytes, PEER_VERIFY_BYTES_MAX, 'lengthBytes');
+      const out = Buffer.alloc(32);
+      out.writeUInt32BE(message.token, 0);
+      writeU64(out, 8, message.seq);
+      writeU64(out, 16, message.offset);
+      out.writeUInt32BE(message.lengthBytes, 24);
+      return out;
+    }
+    case 'verified': {
+      assertUint(message.token, 0xffffffff, 'token');
+      assertUint(message.status, 0xffff, 'status');
+      assert(message.digest.length === PEER_DIGEST_BYTES, 'digest size');
+      const out = Buffer.alloc(8 + PEER_DIGEST_BYTES);
+      out.writeUInt32BE(message.token, 0);
+      out.writeUInt16BE(message.status, 4);
+      message.digest.copy(out, 8);
       return out;
     }
     case 'flush': {
@@ -276,7 +313,34 @@ function decodeControlBody(type: Exclude<PeerFrameType, typeof PeerFrameType.ENT
     case PeerFrameType.SYNC:
       return { type: 'sync', cpSeq: reader.u64('cpSeq') };
     case PeerFrameType.RESET:
-      return { type: 'reset', seq: reader.u64('seq') };
+      return { type: 'reset', seq: reader.u64('seq'), reportAfter: reader.u64('reportAfter') };
+    case PeerFrameType.DIVERGED: {
+      const count = reader.u16();
+      const flag = reader.u8();
+      reader.zeroes(5);
+      if (count > PEER_DIVERGED_EXTENTS_MAX || flag > 1) throw new PeerProtocolError(`DIVERGED with ${count} extents and flag ${flag}`);
+      const extents: { offset: number; lengthBytes: number }[] = [];
+      for (let index = 0; index < count; index += 1) {
+        extents.push({ offset: reader.u64('offset'), lengthBytes: reader.u64('lengthBytes') });
+      }
+      return { type: 'diverged', all: flag === 1, extents };
+    }
+    case PeerFrameType.VERIFY: {
+      const token = reader.u32();
+      reader.zeroes(4);
+      const seq = reader.u64('seq');
+      const offset = reader.u64('offset');
+      const lengthBytes = reader.u32();
+      reader.zeroes(4);
+      if (lengthBytes === 0 || lengthBytes > PEER_VERIFY_BYTES_MAX) throw new PeerProtocolError(`VERIFY length ${lengthBytes} outside 1..${PEER_VERIFY_BYTES_MAX}`);
+      return { type: 'verify', token, seq, offset, lengthBytes };
+    }
+    case PeerFrameType.VERIFIED: {
+      const token = reader.u32();
+      const status = reader.u16();
+      reader.zeroes(2);
+      return { type: 'verified', token, status, digest: reader.bytes(PEER_DIGEST_BYTES) };
+    }
     case PeerFrameType.RESET_DONE: {
       const seq = reader.u64('seq');
       const status = reader.u16();

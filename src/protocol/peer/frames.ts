@@ -46,6 +46,9 @@ const TYPE_CODES: Record<PeerMessage['type'], PeerFrameType> = {
   synced: PeerFrameType.SYNCED,
   reset: PeerFrameType.RESET,
   'reset-done': PeerFrameType.RESET_DONE,
+  diverged: PeerFrameType.DIVERGED,
+  verify: PeerFrameType.VERIFY,
+  verified: PeerFrameType.VERIFIED,
 };
 const KNOWN_TYPES = new Set<number>(Object.values(PeerFrameType));
 

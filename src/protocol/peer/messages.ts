@@ -17,6 +17,11 @@ export const PEER_NAME_BYTES_MAX = 255;
 export const PEER_REFUSE_MESSAGE_BYTES_MAX = 1024;
 /** Every frame but ENTRY; the largest legal one (HELLO) is 1068 bytes. */
 export const PEER_CONTROL_BODY_BYTES_MAX = 2048;
+/** Extents in one DIVERGED frame (8 + 64 × 16 bytes). */
+export const PEER_DIVERGED_EXTENTS_MAX = 64;
+/** The largest region one VERIFY may ask about. */
+export const PEER_VERIFY_BYTES_MAX = 4 * 1024 * 1024;
+export const PEER_DIGEST_BYTES = 32;
 
 export const PeerFrameType = {
   HELLO: 1,
@@ -33,6 +38,11 @@ export const PeerFrameType = {
   /** Resync: the peer restarts its per-source log after `seq` (it will get the rest by region). */
   RESET: 22,
   RESET_DONE: 23,
+  /** Before RESET_DONE: regions the target holds entries for past RESET's `reportAfter`. */
+  DIVERGED: 24,
+  /** Online verify: the digest of a region as of entry `seq`, and the answer. */
+  VERIFY: 25,
+  VERIFIED: 26,
 } as const;
 export type PeerFrameType = (typeof PeerFrameType)[keyof typeof PeerFrameType];
 
@@ -96,11 +106,21 @@ export interface PeerFlush { type: 'flush'; seq: number }
 export interface PeerFlushed { type: 'flushed'; seq: number; status: number }
 export interface PeerSync { type: 'sync'; cpSeq: number }
 export interface PeerSynced { type: 'synced'; cpSeq: number; status: number }
-export interface PeerReset { type: 'reset'; seq: number }
+/**
+ * Restart your log after `seq`; first name (DIVERGED) the regions of every entry you hold
+ * past `reportAfter`, which this node may not have (it lost them in a crash).
+ */
+export interface PeerReset { type: 'reset'; seq: number; reportAfter: number }
 export interface PeerResetDone { type: 'reset-done'; seq: number; status: number }
+/** `all`: too many to list, every region counts. */
+export interface PeerDiverged { type: 'diverged'; all: boolean; extents: { offset: number; lengthBytes: number }[] }
+/** The SHA-256 of [offset, offset+lengthBytes) once every entry up to `seq` is in the image. */
+export interface PeerVerify { type: 'verify'; token: number; seq: number; offset: number; lengthBytes: number }
+export interface PeerVerified { type: 'verified'; token: number; status: number; digest: Buffer }
 
 export type PeerMessage =
   | PeerHello | PeerChallenge | PeerAuth | PeerReady | PeerRefuse | PeerEntry
-  | PeerAck | PeerFlush | PeerFlushed | PeerSync | PeerSynced | PeerReset | PeerResetDone;
+  | PeerAck | PeerFlush | PeerFlushed | PeerSync | PeerSynced | PeerReset | PeerResetDone
+  | PeerDiverged | PeerVerify | PeerVerified;
 /** Everything `encodeFrame` encodes: ENTRY has its own zero-copy encoder. */
 export type PeerControlMessage = Exclude<PeerMessage, PeerEntry>;

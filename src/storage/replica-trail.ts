@@ -1,0 +1,137 @@
+// Where a replica's entries since its primary's last consistency point landed in the
+// volume: sequence number, offset and length of each, kept in memory and written to
+// `<per-source log dir>/trail` at every consistency point this replica takes.
+//
+// What it is for: a primary that crashes loses the entries it had sent but not yet
+// written to its own log, and after its restart it reuses their sequence numbers for
+// other writes. The replica holds those lost entries in its image, so before the two
+// copies can be brought together the replica names the regions of every entry past the
+// primary's recovered sequence number, and the primary resends them. Those entries are
+// all after the primary's last consistency point (it was durable there), but the
+// replica may have taken consistency points of its own since (at a restart, or when its
+// log filled), after which its log no longer holds them: this record does.
+//
+// Bounded: past `trailEntriesMax` entries it stops listing and says "everything" (the
+// whole volume would then be resent), which only a primary that never takes a
+// consistency point could cause.
+
+import fs from 'node:fs';
+import { crc32c } from '../lib/crc32c.js';
+import { writeFileAtomic } from './volume-files.js';
+
+export const TRAIL_FILE = 'trail';
+const TRAIL_MAGIC = 0x424d5452; // 'BMTR'
+const HEADER_BYTES = 16;
+const RECORD_BYTES = 24;
+export const trailEntriesMax = 262_144;
+
+export interface TrailExtent {
+  offset: number;
+  lengthBytes: number;
+}
+
+export class ReplicaTrail {
+  private seqs: number[] = [];
+  private offsets: number[] = [];
+  private lengths: number[] = [];
+  /** Too many entries to list: every region counts. */
+  private overflow = false;
+
+  /** An entry stored (or replayed) on this replica; CP markers change no region and are left out. */
+  add(seq: number, offset: number, lengthBytes: number): void {
+    if (lengthBytes <= 0 || this.overflow) return;
+    if (this.seqs.length >= trailEntriesMax) {
+      this.overflow = true;
+      this.seqs = [];
+      this.offsets = [];
+      this.lengths = [];
+      return;
+    }
+    this.seqs.push(seq);
+    this.offsets.push(offset);
+    this.lengths.push(lengthBytes);
+  }
+
+  /** The primary's consistency point `cpSeq` is durable there: entries up to it can no longer be lost. */
+  trimThrough(cpSeq: number): void {
+    let keepFrom = 0;
+    while (keepFrom < this.seqs.length && (this.seqs[keepFrom] ?? 0) <= cpSeq) keepFrom += 1;
+    if (keepFrom === 0) return;
+    this.seqs = this.seqs.slice(keepFrom);
+    this.offsets = this.offsets.slice(keepFrom);
+    this.lengths = this.lengths.slice(keepFrom);
+  }
+
+  /**
+   * The regions of every entry after `seq`, merged where they touch and sorted; null
+   * when the record overflowed (every region).
+   */
+  extentsAfter(seq: number): TrailExtent[] | null {
+    if (this.overflow) return null;
+    const found: TrailExtent[] = [];
+    for (let index = 0; index < this.seqs.length; index += 1) {
+      if ((this.seqs[index] ?? 0) > seq) found.push({ offset: this.offsets[index] ?? 0, lengthBytes: this.lengths[index] ?? 0 });
+    }
+    found.sort((a, b) => a.offset - b.offset);
+    const merged: TrailExtent[] = [];
+    for (const extent of found) {
+      const last = merged[merged.length - 1];
+      if (last !== undefined && extent.offset <= last.offset + last.lengthBytes) {
+        last.lengthBytes = Math.max(last.lengthBytes, extent.offset + extent.lengthBytes - last.offset);
+      } else {
+        merged.push({ ...extent });
+      }
+    }
+    return merged;
+  }
+
+  get entries(): number {
+    return this.seqs.length;
+  }
+
+  /** Writes the record durably (atomically replaced). */
+  save(file: string): void {
+    const body = Buffer.alloc(HEADER_BYTES + this.seqs.length * RECORD_BYTES);
+    body.writeUInt32BE(TRAIL_MAGIC, 0);
+    body.writeUInt32BE(this.overflow ? 1 : 0, 4);
+    body.writeUInt32BE(this.seqs.length, 8);
+    for (let index = 0; index < this.seqs.length; index += 1) {
+      const at = HEADER_BYTES + index * RECORD_BYTES;
+      body.writeBigUInt64BE(BigInt(this.seqs[index] ?? 0), at);
+      body.writeBigUInt64BE(BigInt(this.offsets[index] ?? 0), at + 8);
+      body.writeBigUInt64BE(BigInt(this.lengths[index] ?? 0), at + 16);
+    }
+    // The checksum covers the whole file with its own field zero.
+    body.writeUInt32BE(crc32c(body) >>> 0, 12);
+    writeFileAtomic(file, body);
+  }
+
+  /**
+   * Reads the record written at the last consistency point. A missing file is an empty
+   * record (a log that never had one); an unreadable one counts as "every region".
+   */
+  static load(file: string): ReplicaTrail {
+    const trail = new ReplicaTrail();
+    let data: Buffer;
+    try {
+      data = fs.readFileSync(file);
+    } catch {
+      return trail;
+    }
+    const count = data.length >= HEADER_BYTES ? data.readUInt32BE(8) : -1;
+    const valid =
+      count >= 0 &&
+      data.readUInt32BE(0) === TRAIL_MAGIC &&
+      data.length === HEADER_BYTES + count * RECORD_BYTES &&
+      data.readUInt32BE(12) === crc32c(Buffer.concat([data.subarray(0, 12), Buffer.alloc(4), data.subarray(16)])) >>> 0;
+    if (!valid || data.readUInt32BE(4) !== 0) {
+      trail.overflow = true;
+      return trail;
+    }
+    for (let index = 0; index < count; index += 1) {
+      const at = HEADER_BYTES + index * RECORD_BYTES;
+      trail.add(Number(data.readBigUInt64BE(at)), Number(data.readBigUInt64BE(at + 8)), Number(data.readBigUInt64BE(at + 16)));
+    }
+    return trail;
+  }
+}
