@@ -81,6 +81,12 @@ export const constants = {
   mirrorCatchUpBytesMax: 64 * MiB,
   /** Regions a resync reads from the volume at once. */
   resyncReadsParallelMax: 16,
+  /** Regions an online verify compares at once (and a replica keeps waiting). */
+  verifyRegionsInflightMax: 16,
+  /** How long a verify waits for a peer's digest of one region. */
+  verifyReplyTimeoutMs: 30_000,
+  /** Mismatching regions a verify report lists (it counts them all). */
+  verifyMismatchesListedMax: 1000,
   /** Regions a resync has sent to a peer and that are not yet durable there. */
   resyncRegionsInflightMax: 256,
   /** One bit of a peer's dirty bitmap covers this much of the volume (the default of resync.regionSize). */

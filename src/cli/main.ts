@@ -12,6 +12,7 @@ import { BlockmirrorError } from '../lib/errors.js';
 import { Logger, parseLogLevel } from '../lib/log.js';
 import { BlockmirrorNode } from '../server/node.js';
 import type { NodeStatus } from '../server/admin.js';
+import type { VerifyReport } from '../server/online-verify.js';
 import { formatBytes } from '../lib/size.js';
 
 const usage = `blockmirror — replicated block storage served over NBD
@@ -22,6 +23,12 @@ Usage:
   blockmirror status (--config FILE | --admin URL) [--json | --watch]
                                                        show nodes, volumes and peers; --watch
                                                        redraws every second, with resync progress
+  blockmirror verify VOLUME (--config FILE | --admin URL) [--repair] [--json]
+                                                       compare every region of VOLUME across its
+                                                       replicas while it stays in use; --repair
+                                                       resyncs the regions that differ. Exit 0:
+                                                       identical, 1: regions differ, 3: could not
+                                                       compare every replica
   blockmirror check-config --config FILE               validate a cluster file and exit
   blockmirror --help | --version
 
@@ -185,6 +192,83 @@ async function watch(urls: string[]): Promise<number> {
   return 0;
 }
 
+/** Exit statuses of `blockmirror verify`. */
+const VERIFY_SAME = 0;
+const VERIFY_DIFFERENT = 1;
+const VERIFY_INCOMPLETE = 3;
+
+async function verify(args: string[]): Promise<number> {
+  const [volume, ...rest] = args;
+  if (volume === undefined || volume.startsWith('-')) throw new BlockmirrorError('ERR_USAGE', 'verify needs a VOLUME (see blockmirror --help)');
+  const flags = parseFlags(rest, ['--config', '--admin'], ['--repair', '--json']);
+  let admin = flags.values.get('--admin');
+  if (admin === undefined) {
+    // The volume's primary runs the verify.
+    const config = loadClusterConfig(required(flags, '--config'));
+    const spec = config.volumes.find((candidate) => candidate.name === volume);
+    if (spec === undefined) throw new BlockmirrorError('ERR_USAGE', `the cluster file has no volume "${volume}"`);
+    const primary = config.nodes.find((node) => node.id === spec.primary);
+    if (spec.mode === 'local' || primary === undefined) throw new BlockmirrorError('ERR_USAGE', `volume "${volume}" is not mirrored: there is nothing to compare`);
+    admin = `http://${formatAddress(primary.admin)}`;
+  }
+  const url = new URL(`/api/v1/volumes/${encodeURIComponent(volume)}/verify`, admin);
+  const call = async (method: 'GET' | 'POST'): Promise<VerifyReport> => {
+    let response: Response;
+    try {
+      response = await fetch(url, { method, ...(method === 'POST' ? { body: JSON.stringify({ repair: flags.switches.has('--repair') }) } : {}), signal: AbortSignal.timeout(10_000) });
+    } catch (error) {
+      throw new BlockmirrorError('ERR_ADMIN_UNREACHABLE', `cannot reach ${admin}: ${(error as Error).message}`);
+    }
+    const body = (await response.json()) as unknown;
+    if (!response.ok) {
+      const message = (body as { error?: { message?: string } }).error?.message;
+      throw new BlockmirrorError('ERR_VERIFY_REFUSED', message ?? `HTTP ${response.status}`);
+    }
+    return body as VerifyReport;
+  };
+  let report: VerifyReport;
+  try {
+    report = await call('POST');
+    const tty = process.stderr.isTTY === true && !flags.switches.has('--json');
+    while (report.state === 'running' || report.state === 'repairing') {
+      if (tty) {
+        const done = report.checkedBytes / Math.max(1, report.totalBytes);
+        process.stderr.write(`\r${report.state} ${Math.floor(done * 100)}% (${formatBytes(report.checkedBytes)} of ${formatBytes(report.totalBytes)})   `);
+      }
+      await new Promise((resolve) => setTimeout(resolve, 250));
+      report = await call('GET');
+    }
+    if (tty) process.stderr.write('\n');
+  } catch (error) {
+    process.stderr.write(`blockmirror: ${(error as Error).message}\n`);
+    return VERIFY_INCOMPLETE;
+  }
+  if (flags.switches.has('--json')) process.stdout.write(JSON.stringify(report, null, 2) + '\n');
+  else process.stdout.write(verifyText(report));
+  if (report.peers.some((peer) => peer.mismatchedRegions > 0)) return VERIFY_DIFFERENT;
+  return report.matched === true ? VERIFY_SAME : VERIFY_INCOMPLETE;
+}
+
+function verifyText(report: VerifyReport): string {
+  const lines = [`verify of ${report.volume}: ${report.state}, ${formatBytes(report.checkedBytes)} of ${formatBytes(report.totalBytes)} compared in regions of ${formatBytes(report.regionBytes)}`];
+  if (report.error !== null) lines.push(`  error: ${report.error}`);
+  for (const peer of report.peers) {
+    const verdict = !peer.compared
+      ? `not fully compared (${peer.note ?? 'unknown'})`
+      : peer.mismatchedRegions === 0
+        ? 'identical'
+        : `${peer.mismatchedRegions} region(s) differ (${formatBytes(peer.mismatchedBytes)})`;
+    const repaired = peer.repaired === null ? '' : peer.repaired ? ', repaired' : ', NOT repaired (see blockmirror status)';
+    lines.push(`  ${peer.node}: ${verdict}${peer.mismatchedRegions > 0 && peer.compared === false ? `; ${peer.mismatchedRegions} region(s) differ` : ''}${repaired}`);
+  }
+  const shown = report.mismatches.slice(0, 20);
+  for (const region of shown) lines.push(`    ${region.node}: offset ${region.offset}, ${region.lengthBytes} bytes`);
+  const total = report.peers.reduce((sum, peer) => sum + peer.mismatchedRegions, 0);
+  if (total > shown.length) lines.push(`    ... ${total - shown.length} more (--json lists up to ${report.mismatches.length})`);
+  if (total > 0 && !report.repair) lines.push('  the regions are marked out of sync; run again with --repair to resync them from the primary');
+  return lines.join('\n') + '\n';
+}
+
 function progressLine(totalBytes: number, resync: { remainingBytes: number; rateBytesPerSec: number; etaSeconds: number | null }): string {
   const done = Math.min(1, Math.max(0, 1 - resync.remainingBytes / Math.max(1, totalBytes)));
   const width = 30;
@@ -340,6 +424,8 @@ async function main(argv: string[]): Promise<number> {
       return status(rest);
     case 'check-config':
       return checkConfig(rest);
+    case 'verify':
+      return verify(rest);
     default:
       throw new BlockmirrorError('ERR_USAGE', `unknown command "${command}" (see blockmirror --help)`);
   }

@@ -11,6 +11,7 @@ export type ErrorCode =
   | 'ERR_USAGE'
   | 'ERR_PEER_PROTOCOL'
   | 'ERR_REPLICA_UNAVAILABLE'
+  | 'ERR_VERIFY_REFUSED'
   | 'ERR_ADMIN_UNREACHABLE';
 
 export class BlockmirrorError extends Error {

@@ -1,6 +1,7 @@
-// The node's admin HTTP API: GET /api/v1/status (JSON), GET /metrics (Prometheus text)
-// and GET / (a small dashboard page). Read-only for now; operator commands arrive with
-// the features they control.
+// The node's admin HTTP API: GET /api/v1/status (JSON), GET /metrics (Prometheus text),
+// GET / (a small dashboard page), and online verify of a volume this node is primary of:
+// POST /api/v1/volumes/<name>/verify (body `{"repair": true}` to repair too) starts one
+// and answers 202 with its report; GET on the same path returns the report as it goes.
 
 import http from 'node:http';
 import type { Address } from '../control/config.js';
@@ -241,6 +242,11 @@ export class AdminServer {
 
   private handle(request: http.IncomingMessage, response: http.ServerResponse): void {
     const url = request.url ?? '/';
+    const verify = /^\/api\/v1\/volumes\/([^/?]+)\/verify$/.exec(url);
+    if (verify !== null) {
+      this.verify(decodeURIComponent(verify[1] ?? ''), request, response);
+      return;
+    }
     if (request.method !== 'GET') {
       response.writeHead(405, { 'content-type': 'text/plain', allow: 'GET' }).end('method not allowed\n');
       return;
@@ -256,5 +262,48 @@ export class AdminServer {
       this.log.debug('admin: not found', { url });
       response.writeHead(404, { 'content-type': 'text/plain' }).end('not found\n');
     }
+  }
+
+  private verify(name: string, request: http.IncomingMessage, response: http.ServerResponse): void {
+    const answer = (code: number, body: unknown): void => {
+      response.writeHead(code, { 'content-type': 'application/json' }).end(JSON.stringify(body, null, 2) + '\n');
+    };
+    const refuse = (code: number, message: string): void => answer(code, { error: { code: 'ERR_VERIFY_REFUSED', message } });
+    const served = this.node.volumes.get(name);
+    if (served === undefined) return refuse(404, `no volume ${name} on node ${this.node.node.id}`);
+    const mirror = served.mirror;
+    if (mirror === null) {
+      return refuse(409, served.role === 'secondary' ? `node ${this.node.node.id} is not the primary of ${name} (${served.config.primary ?? '?'} is)` : `volume ${name} is not mirrored`);
+    }
+    if (request.method === 'GET') {
+      const report = mirror.verifyReport();
+      return report === null ? refuse(404, `no verify of ${name} has run since the node started`) : answer(200, report);
+    }
+    if (request.method !== 'POST') {
+      response.writeHead(405, { 'content-type': 'text/plain', allow: 'GET, POST' }).end('method not allowed\n');
+      return;
+    }
+    // A small JSON body, bounded.
+    let body = '';
+    request.setEncoding('utf8');
+    request.on('data', (chunk: string) => {
+      body += chunk;
+      if (body.length > 1024) request.destroy();
+    });
+    request.on('end', () => {
+      let repair = false;
+      try {
+        const parsed = body.trim() === '' ? {} : (JSON.parse(body) as { repair?: unknown });
+        if (parsed.repair !== undefined && typeof parsed.repair !== 'boolean') throw new Error('"repair" must be true or false');
+        repair = parsed.repair === true;
+      } catch (error) {
+        return refuse(400, `bad request body: ${(error as Error).message}`);
+      }
+      try {
+        answer(202, mirror.startVerify(repair));
+      } catch (error) {
+        refuse(409, (error as Error).message);
+      }
+    });
   }
 }

@@ -25,8 +25,9 @@ import { MirrorSource, type DiskState, type PeerStatus, type SourceAction } from
 import { encodeEntryFrame, encodeFrame, type PeerMessage } from '../protocol/peer/frames.js';
 import { DirtyBitmap } from '../storage/dirty-bitmap.js';
 import { EntryType } from '../storage/log-entry.js';
-import type { MirrorGate } from '../storage/local-volume.js';
+import type { LocalVolume, MirrorGate } from '../storage/local-volume.js';
 import { writeFileAtomic } from '../storage/volume-files.js';
+import { OnlineVerify, type VerifyReport } from './online-verify.js';
 import { connectAsSource, PeerLink } from './peer-link.js';
 
 type Frame = Buffer[];
@@ -76,6 +77,10 @@ export class MirrorEngine implements MirrorGate {
   private state: MirrorState;
   private stopped = false;
   private readonly secret: Buffer;
+  private verifyRun: OnlineVerify | null = null;
+  /** VERIFY requests waiting for their VERIFIED, by token. */
+  private readonly digestWaiters = new Map<number, { peer: string; resolve: (digest: Buffer) => void; reject: (error: Error) => void }>();
+  private nextVerifyToken = 1;
 
   constructor(
     private readonly cluster: ClusterConfig,
@@ -89,8 +94,8 @@ export class MirrorEngine implements MirrorGate {
     private readonly available: (peer: string) => boolean,
     /** Regions of the entries replayed at this start (after a crash), or null. */
     replayed: DirtyBitmap | null,
-    /** Logs a region's current contents as an entry (LocalVolume.logCurrent). */
-    private readonly logCurrent: (offset: number, lengthBytes: number) => Promise<{ seq: number; written: Promise<void> }>,
+    /** The volume's region holds: LocalVolume.logCurrent (resync) and whileHeld (verify). */
+    private readonly regions: Pick<LocalVolume, 'logCurrent' | 'whileHeld'>,
   ) {
     assert(volume.mode !== 'local');
     this.secret = Buffer.from(cluster.secret, 'utf8');
@@ -246,7 +251,7 @@ export class MirrorEngine implements MirrorGate {
         }
         sentBytes += batch.length * regionBytes;
         const logged = await Promise.all(
-          batch.map((region) => this.logCurrent(region * regionBytes, Math.min(regionBytes, this.volume.sizeBytes - region * regionBytes))),
+          batch.map((region) => this.regions.logCurrent(region * regionBytes, Math.min(regionBytes, this.volume.sizeBytes - region * regionBytes))),
         );
         logged.forEach(({ seq, written }, index) => {
           // A failed log write fails the volume; the loop then ends with the peer's links.
@@ -425,6 +430,107 @@ export class MirrorEngine implements MirrorGate {
     }
   }
 
+  // ---- online verify ------------------------------------------------------------------------
+
+  /** Starts comparing every region with the streaming peers (see online-verify.ts); one at a time. */
+  startVerify(repair: boolean): VerifyReport {
+    if (this.volume.mode === 'logship') {
+      throw new BlockmirrorError('ERR_VERIFY_REFUSED', `volume ${this.volume.name} is logship: its replicas' images lag until each consistency point and cannot be compared online`);
+    }
+    if (this.verifyRun?.running === true) throw new BlockmirrorError('ERR_VERIFY_REFUSED', `a verify of ${this.volume.name} is already running`);
+    const run = new OnlineVerify(
+      {
+        volume: this.volume.name,
+        sizeBytes: this.volume.sizeBytes,
+        regionBytes: this.cluster.resync.regionBytes,
+        peers: () =>
+          [...this.peers.values()].map((peer) => {
+            const { replication, disk } = this.core.peerStatus(peer.node.id);
+            return { node: peer.node.id, unavailable: peer.up && replication === 'streaming' ? null : `not compared: ${replication}, ${disk}` };
+          }),
+        whileHeld: (offset, lengthBytes, use) => this.regions.whileHeld(offset, lengthBytes, use),
+        askDigest: (node, seq, offset, lengthBytes) => this.askDigest(node, seq, offset, lengthBytes),
+        markOutOfSync: (node, offset, lengthBytes) => {
+          const peer = this.peers.get(node);
+          assert(peer !== undefined);
+          this.core.outOfSync(node);
+          this.markLacking(peer, offset, lengthBytes);
+          this.persistBitmaps();
+          if (!this.state.resyncNeeded.includes(node)) {
+            this.state.resyncNeeded.push(node);
+            this.saveState();
+          }
+        },
+        repair: async (node) => {
+          const peer = this.peers.get(node);
+          if (peer === undefined || !peer.up || !this.core.repair(node)) return false;
+          this.log.warn('repairing the regions verify found different', { peer: node, bytes: peer.bitmap.dirtyBytes });
+          peer.resyncStart = { atMs: Date.now(), bytes: peer.bitmap.dirtyBytes };
+          await this.resync(peer, peer.session);
+          return this.core.peerStatus(node).disk === 'up-to-date';
+        },
+      },
+      repair,
+    );
+    this.verifyRun = run;
+    this.log.info('verify started', { repair, peers: run.report.peers.map((peer) => `${peer.node}${peer.compared ? '' : ` (${peer.note})`}`).join(',') });
+    void run.run().then((report) => {
+      const fields = { state: report.state, matched: report.matched, error: report.error, checkedBytes: report.checkedBytes };
+      const differing = report.peers.filter((peer) => peer.mismatchedRegions > 0);
+      if (differing.length > 0) {
+        this.log.error('verify found regions that differ', {
+          ...fields,
+          peers: differing.map((peer) => `${peer.node}: ${peer.mismatchedRegions} regions${peer.repaired === null ? '' : peer.repaired ? ', repaired' : ', not repaired'}`).join('; '),
+        });
+      } else {
+        this.log.info('verify finished', fields);
+      }
+    });
+    return run.report;
+  }
+
+  /** The last verify's report (running or finished), or null. */
+  verifyReport(): VerifyReport | null {
+    return this.verifyRun?.report ?? null;
+  }
+
+  private askDigest(node: string, seq: number, offset: number, lengthBytes: number): Promise<Buffer> {
+    const peer = this.peers.get(node);
+    const links = peer?.links ?? [];
+    // On the connection the region's entries travel on, after them.
+    const link = links[Math.floor(offset / constants.mirrorRegionBytes) % Math.max(1, links.length)];
+    if (peer === undefined || !peer.up || link === undefined) return Promise.reject(new Error('peer disconnected'));
+    const token = this.nextVerifyToken;
+    this.nextVerifyToken = (this.nextVerifyToken % 0xffff_fffe) + 1;
+    return new Promise<Buffer>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.digestWaiters.delete(token);
+        reject(new Error(`no answer within ${constants.verifyReplyTimeoutMs} ms`));
+      }, constants.verifyReplyTimeoutMs);
+      this.digestWaiters.set(token, {
+        peer: node,
+        resolve: (digest) => {
+          clearTimeout(timer);
+          resolve(digest);
+        },
+        reject: (error) => {
+          clearTimeout(timer);
+          reject(error);
+        },
+      });
+      link.send(encodeFrame({ type: 'verify', token, seq, offset, lengthBytes }));
+    });
+  }
+
+  /** The peer's links went down: its digests will not come. */
+  private failDigests(node: string, reason: string): void {
+    for (const [token, waiter] of this.digestWaiters) {
+      if (waiter.peer !== node) continue;
+      this.digestWaiters.delete(token);
+      waiter.reject(new Error(reason));
+    }
+  }
+
   // ---- links --------------------------------------------------------------------------------
 
   private connect(peer: PeerLinks): void {
@@ -505,6 +611,7 @@ export class MirrorEngine implements MirrorGate {
     peer.resyncStart = null;
     for (const link of peer.links) link.close(reason);
     peer.links = [];
+    this.failDigests(peer.node.id, `connection lost: ${reason}`);
     if (this.stopped) return;
     this.log.warn('peer connection lost', { peer: peer.node.id, reason });
     this.run(this.core.disconnected(peer.node.id, reason));
@@ -524,6 +631,18 @@ export class MirrorEngine implements MirrorGate {
         return;
       case 'synced':
         return this.run(this.core.synced(id, message.cpSeq, message.status));
+      case 'verified': {
+        const waiter = this.digestWaiters.get(message.token);
+        if (waiter === undefined || waiter.peer !== id) {
+          this.counters.peerProtocolErrors += 1;
+          link.close('VERIFIED for no VERIFY');
+          return;
+        }
+        this.digestWaiters.delete(message.token);
+        if (message.status === 0) waiter.resolve(message.digest);
+        else waiter.reject(new Error(`the peer could not compute it (status ${message.status})`));
+        return;
+      }
       case 'diverged': {
         // Only between RESET and RESET_DONE, and only inside the volume.
         const awaited = !this.core.isInSync(id) && this.core.peerStatus(id).replication === 'resyncing';
@@ -646,6 +765,7 @@ export class MirrorEngine implements MirrorGate {
     peer.up = false;
     for (const link of peer.links) link.close(`dropped: ${reason}`);
     peer.links = [];
+    this.failDigests(id, `dropped: ${reason}`);
     this.retry(peer, reason);
   }
 }

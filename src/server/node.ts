@@ -193,7 +193,7 @@ export class BlockmirrorNode {
         this.peerCounters,
         (peer) => this.heartbeats?.mayConnect(peer) === true,
         replayed,
-        (offset, lengthBytes) => primary.logCurrent(offset, lengthBytes),
+        primary,
       );
       const mirror = engine;
       mirrorLog.addRetainer((partition) => mirror.retains(partition.lastSeq));

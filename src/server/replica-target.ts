@@ -10,6 +10,7 @@
 // once every one has authenticated and the stores of the previous session are done, so
 // the last sequence number it reports is exact.
 
+import crypto from 'node:crypto';
 import { constants } from '../constants.js';
 import type { VolumeConfig } from '../control/config.js';
 import type { Logger } from '../lib/log.js';
@@ -20,6 +21,7 @@ import type { LocalVolume } from '../storage/local-volume.js';
 import type { HelloMessage, PeerLink } from './peer-link.js';
 
 type EntryMessage = Extract<PeerMessage, { type: 'entry' }>;
+type VerifyMessage = Extract<PeerMessage, { type: 'verify' }>;
 
 interface Session {
   id: number;
@@ -34,6 +36,8 @@ export class ReplicaTarget {
   private idleWaiters: (() => void)[] = [];
   private closed = false;
   private ackPending: number | null = null;
+  /** VERIFY requests waiting for the entries before them to be stored. */
+  private verifies: { session: Session; link: PeerLink; message: VerifyMessage }[] = [];
   readonly source: string;
 
   constructor(
@@ -133,6 +137,7 @@ export class ReplicaTarget {
     this.session = null;
     for (const link of session.links) link?.close(reason);
     this.core.reset();
+    this.verifies = [];
     if (session.ready) this.log.warn('source disconnected', { source: this.source, reason });
   }
 
@@ -151,6 +156,15 @@ export class ReplicaTarget {
         return this.run(this.core.flush(message.seq));
       case 'sync':
         return this.run(this.core.sync(message.cpSeq));
+      case 'verify': {
+        if (message.offset + message.lengthBytes > this.volume.sizeBytes) {
+          return this.protocolError(link, `VERIFY reaches past the end of the volume (${message.offset}+${message.lengthBytes})`);
+        }
+        if (this.verifies.length >= constants.verifyRegionsInflightMax) return this.protocolError(link, 'too many VERIFY requests waiting');
+        this.verifies.push({ session, link, message });
+        this.answerVerifies();
+        return;
+      }
       case 'reset':
         if (this.resetting) return this.protocolError(link, 'RESET during a reset');
         void this.reset(session, message.seq, message.reportAfter);
@@ -278,9 +292,36 @@ export class ReplicaTarget {
     }
   }
 
+  /**
+   * Answers each VERIFY whose entries (up to its `seq`) are all in the image: the digest
+   * of the range as it is now. The source holds back changes to the range meanwhile, so
+   * nothing after `seq` touches it. A logship copy's image lags until the primary's
+   * consistency point, so it answers status 2 (cannot compare).
+   */
+  private answerVerifies(): void {
+    const storedSeq = this.core.status().storedSeq;
+    const ready = this.verifies.filter((waiting) => waiting.message.seq <= storedSeq || this.config.mode === 'logship');
+    if (ready.length === 0) return;
+    this.verifies = this.verifies.filter((waiting) => !ready.includes(waiting));
+    for (const { session, link, message } of ready) {
+      const answer = (status: number, digest: Buffer): void => {
+        if (this.session === session) link.send(encodeFrame({ type: 'verified', token: message.token, status, digest }));
+      };
+      if (this.config.mode === 'logship') {
+        answer(2, Buffer.alloc(32));
+        continue;
+      }
+      this.volume.read(message.offset, message.lengthBytes).then(
+        (data) => answer(0, crypto.createHash('sha256').update(data).digest()),
+        () => answer(1, Buffer.alloc(32)),
+      );
+    }
+  }
+
   /** After a completion: its actions, then anyone waiting for the target to go idle. */
   private after(actions: TargetAction<EntryMessage>[]): void {
     this.run(actions);
+    if (this.verifies.length > 0) this.answerVerifies();
     if (this.idleWaiters.length > 0 && this.core.ready().idle) {
       for (const resolve of this.idleWaiters.splice(0)) resolve();
     }

@@ -291,7 +291,24 @@ export class LocalVolume {
   async logCurrent(offset: number, lengthBytes: number): Promise<{ seq: number; written: Promise<void> }> {
     this.checkHealthy();
     assert(lengthBytes > 0 && lengthBytes <= this.log.entryPayloadBytesMax, 'resync range larger than a log entry');
-    assert(offset >= 0 && offset + lengthBytes <= this.disk.sizeBytes, 'resync range outside the volume');
+    return this.whileHeld(offset, lengthBytes, async (data) => {
+      const { seq, written } = this.log.append(EntryType.WRITE, { offset, lengthBytes, flags: EntryFlag.RESYNC }, [data]);
+      // Placed (and so ordered) now: later changes to the range may be logged while it is
+      // written. The volume already holds these bytes, so written means applied.
+      return { seq, written: this.counted(written).then(() => this.log.applied(seq)) };
+    });
+  }
+
+  /**
+   * Reads [offset, offset + lengthBytes) at a moment when every change to it logged so
+   * far is applied and none is in flight, and runs `use` with the bytes and the last
+   * sequence number logged by then: no entry after that one touches the range until
+   * `use` settles, because new changes to it wait (before they are logged) until then.
+   * An online verify compares the range with the peers' copies this way.
+   */
+  async whileHeld<T>(offset: number, lengthBytes: number, use: (data: Buffer, seq: number) => Promise<T>): Promise<T> {
+    this.checkHealthy();
+    assert(lengthBytes > 0 && offset >= 0 && offset + lengthBytes <= this.disk.sizeBytes, 'held range outside the volume');
     const end = offset + lengthBytes;
     for (let other = this.holdOn(offset, end); other !== null; other = this.holdOn(offset, end)) await other;
     let release: () => void = () => undefined;
@@ -300,10 +317,7 @@ export class LocalVolume {
     try {
       const data = Buffer.allocUnsafe(lengthBytes);
       await this.counted(this.order.run(offset, end, () => this.disk.read(data, offset)));
-      const { seq, written } = this.log.append(EntryType.WRITE, { offset, lengthBytes, flags: EntryFlag.RESYNC }, [data]);
-      // Placed (and so ordered) now: later changes to the range may be logged while it is
-      // written. The volume already holds these bytes, so written means applied.
-      return { seq, written: this.counted(written).then(() => this.log.applied(seq)) };
+      return await use(data, this.log.lastSeq);
     } finally {
       this.holds.splice(this.holds.indexOf(hold), 1);
       release();

@@ -76,6 +76,7 @@ export interface NodeStatusJson {
     role: string;
     disk: string;
     mode: string;
+    stats: Record<string, number>;
     log: { lastSeq: number; cpSeq: number; durableSeq: number };
     peers: {
       node: string;

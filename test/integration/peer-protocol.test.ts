@@ -13,6 +13,7 @@
 
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import { constants } from '../../src/constants.js';
@@ -389,6 +390,30 @@ test('RESET: b names the regions of every entry it holds past reportAfter, after
   for (const [seq, offset] of [...writes, [11, 7 * MiB]] as const) {
     assert.ok(image.subarray(offset, offset + 4 * KiB).equals(pattern(4 * KiB, seq)), `entry ${seq}'s bytes in b's image`);
   }
+});
+
+test('VERIFY: b answers the digest of the range once every entry up to its seq is stored; a range past the volume closes the connection', async () => {
+  const { b, replicationPort } = await startSecondary();
+  const session = await openSession(replicationPort, 1, 0x0d01);
+  const client = session.clients[0];
+  assert.ok(client !== undefined);
+  const data = pattern(64 * KiB, 21);
+  // Asked before entry 1 arrives: the answer waits for it.
+  client.send(encodeFrame({ type: 'verify', token: 7, seq: 1, offset: 128 * KiB, lengthBytes: 64 * KiB }));
+  await sleep(200);
+  assert.equal(client.take('verified'), undefined, 'no digest before entry 1 is stored');
+  client.send(entryFrame(1, 128 * KiB, data));
+  const verified = await client.next('verified');
+  assert.deepEqual(
+    { token: verified.token, status: verified.status, digest: verified.digest.toString('hex') },
+    { token: 7, status: 0, digest: crypto.createHash('sha256').update(data).digest('hex') },
+  );
+  const errorsBefore = counter(await b.status(), 'peerProtocolErrors');
+  client.send(encodeFrame({ type: 'verify', token: 8, seq: 1, offset: VOLUME_BYTES - 4 * KiB, lengthBytes: 8 * KiB }));
+  await client.waitClosed();
+  await protocolErrorCounted(b, errorsBefore);
+  const image = await stopAndReadImage(b);
+  assert.ok(image.subarray(128 * KiB, 192 * KiB).equals(data));
 });
 
 test('an ENTRY with a payload byte flipped in transit fails the frame CRC: connection closed, counted, nothing stored', async () => {
