@@ -8,13 +8,23 @@
 // The primary assigns sequence numbers in arrival order, writes its image at once (so
 // writes to one block land in seq order) and reports its own disk write, and for FUA and
 // FLUSH its fdatasync, after a delay; it takes consistency points as the write log does.
-// The secondaries are secondary.ts. disconnect()/reconnect() are the hooks for
-// partitions and crashes.
+// The secondaries are secondary.ts.
+//
+// Faults: a partition cuts a secondary's links (the source is told at once) and heals
+// later, or never; a crash kills a secondary (it keeps only what was durable), the source
+// notices some time later, and the secondary restarts and reconnects with what its
+// recovery found. When it comes back the source decides: catch up from the entries it
+// kept, or (config.resync) a bitmap resync as src/server/mirror-engine.ts runs one —
+// the primary keeps per peer the regions it may lack (entries appended while it was out,
+// entries the source reports lost when it drops it, everything for a full resync), and
+// after the peer's RESET logs each dirty region's current contents as an entry, clearing
+// the region once the peer has made that entry durable, then tells the source
+// resyncDone. Without resync such a peer stays out.
 
 import { MirrorSource, type DiskState, type SourceAction } from '../../src/core/mirror-source.js';
 import { Prng } from '../unit/prng.js';
-import { Checker, SimFailure, type CheckedCluster } from './checker.js';
-import type { SimConfig, UsRange } from './config.js';
+import { Checker, SimFailure, type CheckedCluster, type KnownIssue } from './checker.js';
+import type { Crash, SimConfig, UsRange } from './config.js';
 import { EventQueue } from './event-queue.js';
 import { Secondary } from './secondary.js';
 import { Replica, entryBytes, writeFrame, type Frame, type WriteFrame } from './volume.js';
@@ -58,7 +68,30 @@ export interface RunSummary {
   checks: number;
   drops: string[];
   faultInjected: boolean;
-  peers: { id: string; inSync: boolean; storedSeq: number; durableSeq: number }[];
+  crashes: number;
+  resyncs: { started: number; done: number; regions: number };
+  /** Replies that counted a resyncing peer which did not hold their write yet. */
+  countedLacking: number;
+  /** Known issues of the cores seen (checker.ts), and how often. */
+  known: Partial<Record<KnownIssue, number>>;
+  peers: { id: string; inSync: boolean; disk: DiskState; storedSeq: number; durableSeq: number }[];
+}
+
+/** The primary's record of what one peer may lack, and the resync under way. */
+interface ResyncState {
+  /** Dirty regions (of config.resyncRegionBlocks blocks). */
+  dirty: Set<number>;
+  run: ResyncRun | null;
+}
+
+interface ResyncRun {
+  /** The links session it belongs to: it ends with it. */
+  session: number;
+  /** Resync entries logged, by seq: the region each carries. */
+  pending: Map<number, number>;
+  pendingRegions: Set<number>;
+  /** Only the latest scheduled step runs. */
+  step: number;
 }
 
 export class Cluster implements CheckedCluster {
@@ -83,14 +116,23 @@ export class Cluster implements CheckedCluster {
   private checkpoints = 0;
   private readonly drops: string[] = [];
   private readonly fault = { injected: false };
+  /** Per peer: cuts in effect (a peer is reachable only with none). */
+  private readonly partitions = new Map<string, number>();
+  private readonly resyncs = new Map<string, ResyncState>();
+  private readonly resyncCounts = { started: 0, done: 0, regions: 0 };
+  private crashCount = 0;
+  /** Per block of the primary: the seq of each version in primary.image.versions. */
+  private readonly versionSeqs: number[][];
+  /** Per block of the primary: write id -> its index in primary.image.versions. */
+  private readonly versionIndex: Map<number, number>[];
 
   constructor(
     readonly config: SimConfig,
     private readonly trace: ((line: string) => void) | null = null,
   ) {
     this.prng = new Prng((config.seed ^ 0x5bd1e995) >>> 0);
-    const { mode, windowBytesMax, lagBytesMax, catchUpBytesMax } = config;
-    this.source = new MirrorSource<Frame>({ mode, strict: false, peers: config.peers, lastSeq: 0, lagBytesMax, windowBytesMax, catchUpBytesMax });
+    const { mode, windowBytesMax, lagBytesMax, catchUpBytesMax, resync } = config;
+    this.source = new MirrorSource<Frame>({ mode, strict: false, peers: config.peers, lastSeq: 0, lagBytesMax, windowBytesMax, catchUpBytesMax, resync });
     this.primary = new Replica('primary', config.blocks, config.blockBytes);
     this.checker = new Checker(this);
     const context = {
@@ -100,9 +142,18 @@ export class Cluster implements CheckedCluster {
       checker: this.checker,
       source: this.source,
       onSource: (actions: SourceAction<Frame>[]): void => this.onSource(actions),
+      onResetDone: (peer: string, seq: number, status: number): void => this.resetDone(peer, seq, status),
+      onDiverged: (peer: string, blocks: { firstBlock: number; blockCount: number }[]): void => this.diverged(peer, blocks),
+      onFlushed: (peer: string): void => this.wakeResync(peer),
       fault: this.fault,
     };
-    for (const id of config.peers) this.peers.push(new Secondary(id, context));
+    for (const id of config.peers) {
+      this.peers.push(new Secondary(id, context));
+      this.partitions.set(id, 0);
+      this.resyncs.set(id, { dirty: new Set(), run: null });
+    }
+    this.versionSeqs = Array.from({ length: config.blocks }, () => []);
+    this.versionIndex = Array.from({ length: config.blocks }, () => new Map());
     for (let id = 1; id <= config.clients; id += 1) this.clients.push({ id, opsLeft: config.opsPerClient, inFlight: 0, timerSet: false, lastArrivalUs: 0 });
   }
 
@@ -116,15 +167,59 @@ export class Cluster implements CheckedCluster {
     return bytes;
   }
 
+  /** The index in the primary's history of `block` of the version it held after entry `seq` (-1: zeroes). */
+  primaryVersionAt(block: number, seq: number): number {
+    const seqs = this.versionSeqs[block];
+    if (seqs === undefined) throw new Error(`no block ${block}`);
+    let low = 0;
+    let high = seqs.length;
+    while (low < high) {
+      const middle = (low + high) >> 1;
+      if ((seqs[middle] ?? 0) <= seq) low = middle + 1;
+      else high = middle;
+    }
+    return low - 1;
+  }
+
+  primaryVersionSeq(block: number, index: number): number {
+    if (index < 0) return 0;
+    const seq = this.versionSeqs[block]?.[index];
+    if (seq === undefined) throw new Error(`block ${block} has no version ${index}`);
+    return seq;
+  }
+
+  /** The index of write `writeId` in the primary's history of `block` (-1: zeroes; null: never written there). */
+  positionOf(block: number, writeId: number): number | null {
+    if (writeId === 0) return -1;
+    return this.versionIndex[block]?.get(writeId) ?? null;
+  }
+
+  /** Reachable and running: the sim may connect to it. */
+  reachable(peer: Secondary): boolean {
+    return peer.up && (this.partitions.get(peer.id) ?? 0) === 0;
+  }
+
   run(): RunSummary {
     for (const peer of this.peers) this.connect(peer);
     for (const client of this.clients) this.scheduleClient(client);
     this.scheduleCheckpoint();
     for (const cut of this.config.cuts) {
       const peer = this.peer(cut.peer);
-      this.queue.at(cut.atUs, `cut ${peer.id}`, () => this.disconnect(peer, 'links cut by the simulator'));
+      this.queue.at(cut.atUs, `cut ${peer.id}`, () => {
+        this.partitions.set(peer.id, (this.partitions.get(peer.id) ?? 0) + 1);
+        this.disconnect(peer, 'links cut by the simulator');
+      });
       const after = cut.reconnectAfterUs;
-      if (after !== null) this.queue.at(cut.atUs + after, `reconnect ${peer.id}`, () => this.reconnect(peer));
+      if (after !== null) {
+        this.queue.at(cut.atUs + after, `heal ${peer.id}`, () => {
+          this.partitions.set(peer.id, (this.partitions.get(peer.id) ?? 1) - 1);
+          this.reconnect(peer);
+        });
+      }
+    }
+    for (const crash of this.config.crashes) {
+      const peer = this.peer(crash.peer);
+      this.queue.at(crash.atUs, `crash ${peer.id}`, () => this.crash(peer, crash));
     }
     for (let label = this.queue.step(); label !== null; label = this.queue.step()) {
       this.trace?.(`${this.queue.now}us ${label}`);
@@ -146,8 +241,13 @@ export class Cluster implements CheckedCluster {
   private connect(peer: Secondary): void {
     peer.links.open();
     peer.inSync = true;
+    const ready = peer.ready();
+    const ackedSeq = this.source.peerStatus(peer.id).ackedSeq;
+    if (this.config.markLostAcked && ready.lastSeq < ackedSeq) {
+      for (let seq = ready.lastSeq + 1; seq <= ackedSeq; seq += 1) this.mark(this.resyncOf(peer.id), this.primary.record(seq).frame);
+    }
     this.expectedDrop = peer.id;
-    this.onSource(this.source.connected(peer.id, peer.ready()));
+    this.onSource(this.source.connected(peer.id, ready));
     this.expectedDrop = null;
   }
 
@@ -162,8 +262,8 @@ export class Cluster implements CheckedCluster {
 
   /** As the node does: once the target is idle, a new session with its READY. */
   reconnect(peer: Secondary): void {
-    if (peer.inSync) return;
-    if (!peer.target.ready().idle) {
+    if (peer.inSync || !this.reachable(peer)) return;
+    if (!peer.idle) {
       this.queue.after(200, `reconnect ${peer.id} (target busy)`, () => this.reconnect(peer));
       return;
     }
@@ -171,13 +271,144 @@ export class Cluster implements CheckedCluster {
     this.connect(peer);
   }
 
-  private onPeerDropped(id: string, disk: DiskState, reason: string): void {
+  /**
+   * The secondary crashes now: the source is told when it notices (or when the peer is
+   * back, whichever comes first), and the peer restarts and reconnects later.
+   */
+  private crash(peer: Secondary, crash: Crash): void {
+    if (!peer.up) return;
+    this.crashCount += 1;
+    const last = peer.crash(crash.keepFraction);
+    this.trace?.(`${this.queue.now}us ${peer.id} crashed: its log recovers through ${last} (durable ${peer.replica.durablePrefix})`);
+    this.checker.crashed(peer);
+    const incarnation = peer.incarnation;
+    this.queue.after(Math.min(crash.detectAfterUs, crash.restartAfterUs), `${peer.id}'s crash noticed`, () => {
+      if (peer.incarnation === incarnation) this.disconnect(peer, 'peer crashed');
+    });
+    this.queue.after(crash.restartAfterUs, `${peer.id} restarts`, () => {
+      this.disconnect(peer, 'peer restarted');
+      peer.restart();
+      this.reconnect(peer);
+    });
+  }
+
+  private onPeerDropped(id: string, disk: DiskState, reason: string, lost: readonly { frame: Frame }[], full: boolean): void {
     this.drops.push(`${id} (${disk}) at ${this.queue.now}us: ${reason}`);
     const peer = this.peer(id);
+    // What it may lack, as the mirror engine records it.
+    const resync = this.resyncOf(id);
+    if (full) this.markAll(resync);
+    for (const entry of lost) this.mark(resync, entry.frame);
     // A peer that is away may be given up on when it misses more than the source keeps for it.
     const givenUpWhileAway = !peer.inSync && reason.includes('while away');
     if (this.expectedDrop !== id && !givenUpWhileAway) throw new SimFailure(`the source dropped ${id} (${disk}) unexpectedly: ${reason}`);
-    if (peer.inSync) peer.cut();
+    if (peer.inSync) {
+      peer.cut();
+      // The engine closes the links of a peer dropped while they were up, and retries.
+      if (this.config.resync) this.queue.after(1000, `reconnect ${peer.id} after its drop`, () => this.reconnect(peer));
+    }
+  }
+
+  // ---- bitmap resync ------------------------------------------------------------------
+
+  private resyncOf(id: string): ResyncState {
+    const state = this.resyncs.get(id);
+    if (state === undefined) throw new Error(`no peer ${id}`);
+    return state;
+  }
+
+  private mark(state: ResyncState, frame: Frame): void {
+    if (frame.kind === 'cp') return;
+    const regionBlocks = this.config.resyncRegionBlocks;
+    for (let region = Math.floor(frame.firstBlock / regionBlocks); region * regionBlocks < frame.firstBlock + frame.blockCount; region += 1) state.dirty.add(region);
+  }
+
+  private markAll(state: ResyncState): void {
+    for (let region = 0; region * this.config.resyncRegionBlocks < this.config.blocks; region += 1) state.dirty.add(region);
+  }
+
+  /** The source's reset-peer: the peer is told to restart its log (and to name what it holds past `reportAfter`). */
+  private resetPeer(id: string, seq: number, reportAfter: number, full: boolean): void {
+    const peer = this.peer(id);
+    if (full) this.markAll(this.resyncOf(id));
+    this.resyncCounts.started += 1;
+    this.trace?.(`${this.queue.now}us the source resets ${id} at ${seq}${full ? ' (full)' : ''}, ${this.resyncOf(id).dirty.size} regions dirty`);
+    peer.links.send('to-peer', 0, `reset ${seq}`, () => peer.reset(seq, reportAfter));
+  }
+
+  /** DIVERGED: blocks of entries the peer holds past what the source asked about; only between RESET and RESET_DONE. */
+  private diverged(id: string, blocks: { firstBlock: number; blockCount: number }[]): void {
+    const status = this.source.peerStatus(id);
+    if (this.source.isInSync(id) || status.replication !== 'resyncing') throw new SimFailure(`${id} sent DIVERGED out of turn (${status.replication})`);
+    for (const range of blocks) this.mark(this.resyncOf(id), { kind: 'resync', ...range, ids: [], data: Buffer.alloc(0) });
+  }
+
+  private resetDone(id: string, seq: number, status: number): void {
+    this.onSource(this.source.resetDone(id, seq, status));
+    if (!this.source.isInSync(id)) return;
+    const peer = this.peer(id);
+    const state = this.resyncOf(id);
+    state.run = { session: peer.links.sessionId, pending: new Map(), pendingRegions: new Set(), step: 0 };
+    this.resyncStep(peer, state, state.run);
+  }
+
+  /** A FLUSHED arrived: a resync waiting for the peer's progress looks again. */
+  private wakeResync(id: string): void {
+    const state = this.resyncOf(id);
+    const run = state.run;
+    if (run === null) return;
+    run.step += 1;
+    const step = run.step;
+    this.queue.after(0, `resync of ${id} wakes`, () => {
+      if (run.step === step) this.resyncStep(this.peer(id), state, run);
+    });
+  }
+
+  /** One turn of MirrorEngine.resync(): clear what is durable, log more regions, or finish. */
+  private resyncStep(peer: Secondary, state: ResyncState, run: ResyncRun): void {
+    if (state.run !== run) return;
+    const live = peer.inSync && peer.links.sessionId === run.session && this.source.peerStatus(peer.id).replication === 'resyncing';
+    if (!live) {
+      state.run = null;
+      return;
+    }
+    const durable = this.source.peerStatus(peer.id).durableSeq;
+    for (const [seq, region] of run.pending) {
+      if (seq > durable) continue;
+      run.pending.delete(seq);
+      run.pendingRegions.delete(region);
+      state.dirty.delete(region);
+    }
+    const regionBlocks = this.config.resyncRegionBlocks;
+    for (const region of [...state.dirty].sort((a, b) => a - b)) {
+      if (run.pending.size >= this.config.resyncInflightMax) break;
+      if (run.pendingRegions.has(region)) continue;
+      // LocalVolume.logCurrent: the region's current contents, logged in order with live writes.
+      const firstBlock = region * regionBlocks;
+      const seq = this.append(this.primary.image.resyncFrame(firstBlock, Math.min(regionBlocks, this.config.blocks - firstBlock)));
+      this.primaryWrite(seq, () => undefined);
+      run.pending.set(seq, region);
+      run.pendingRegions.add(region);
+      this.resyncCounts.regions += 1;
+      // Appending may have changed the peer's state (it is never dropped by an append while streaming).
+      if (state.run !== run) return;
+    }
+    if (state.dirty.size === 0) {
+      state.run = null;
+      this.resyncCounts.done += 1;
+      this.trace?.(`${this.queue.now}us resync of ${peer.id} done`);
+      this.source.resyncDone(peer.id);
+      return;
+    }
+    // Ask the peer to make durable what it has stored so far, and look again on FLUSHED or later.
+    const { ackedSeq, durableSeq } = this.source.peerStatus(peer.id);
+    this.onSource(this.source.askDurable(peer.id, ackedSeq > durableSeq ? ackedSeq : Math.max(...run.pending.keys())));
+    if (state.run !== run) return;
+    run.step += 1;
+    const step = run.step;
+    this.queue.after(2000, `resync of ${peer.id} looks again`, () => {
+      if (run.step === step) this.resyncStep(peer, state, run);
+    });
   }
 
   // ---- clients ------------------------------------------------------------------------
@@ -253,6 +484,15 @@ export class Cluster implements CheckedCluster {
   private append(frame: Frame): number {
     const seq = this.source.lastSeq + 1;
     this.primary.append(seq, frame);
+    if (frame.kind === 'write') {
+      for (let block = frame.firstBlock; block < frame.firstBlock + frame.blockCount; block += 1) {
+        const seqs = this.versionSeqs[block] ?? [];
+        this.versionIndex[block]?.set(frame.writeId, seqs.length);
+        seqs.push(seq);
+      }
+    }
+    // A peer that does not get this entry now will lack its regions (MirrorEngine.placed).
+    for (const peer of this.peers) if (!this.source.isInSync(peer.id)) this.mark(this.resyncOf(peer.id), frame);
     const bytes = entryBytes(frame);
     this.cumulativeBytes.push(this.bytesThrough(seq - 1) + bytes);
     // A CP marker's offset field is a sequence number: it is routed like offset 0.
@@ -344,7 +584,10 @@ export class Cluster implements CheckedCluster {
           this.completed(action.token, action.error);
           break;
         case 'peer-dropped':
-          this.onPeerDropped(action.peer, action.disk, action.reason);
+          this.onPeerDropped(action.peer, action.disk, action.reason, action.lost, action.full);
+          break;
+        case 'reset-peer':
+          this.resetPeer(action.peer, action.seq, action.reportAfter, action.full);
           break;
         case 'release':
           break;
@@ -385,7 +628,17 @@ export class Cluster implements CheckedCluster {
       checks: this.checker.checks,
       drops: [...this.drops],
       faultInjected: this.fault.injected,
-      peers: this.peers.map((peer) => ({ id: peer.id, inSync: peer.inSync, storedSeq: peer.replica.storedPrefix(), durableSeq: peer.replica.durablePrefix })),
+      crashes: this.crashCount,
+      resyncs: { ...this.resyncCounts },
+      countedLacking: this.checker.countedLacking,
+      known: Object.fromEntries(this.checker.known),
+      peers: this.peers.map((peer) => ({
+        id: peer.id,
+        inSync: peer.inSync,
+        disk: this.source.peerStatus(peer.id).disk,
+        storedSeq: peer.replica.storedPrefix(),
+        durableSeq: peer.replica.durablePrefix,
+      })),
     };
   }
 }

@@ -1,10 +1,15 @@
 // The shape of one simulated run, drawn from its seed: how many peers and clients, the
-// mirror's window and lag limits, the delays of disks and links, and which secondaries
-// are cut off part way. Everything a run does follows from this and the seed, so printing
-// the seed (and a forced mode, if any) is enough to replay it.
+// mirror's window and lag limits, the delays of disks and links, which secondaries are
+// cut off part way (some for longer than the catch-up bound absorbs), which crash and
+// restart, and whether the primary brings back a peer that cannot catch up by a bitmap
+// resync. Everything a run does follows from this and the seed, so printing the seed
+// (and any forced choice) is enough to replay it.
 
 import { Prng } from '../unit/prng.js';
 import type { DelayRange } from './network.js';
+
+/** The names of checker.ts knownIssues (kept here so that the config does not depend on the checker). */
+export const knownIssueNames: readonly string[] = ['resync-misses-lost-acked', 'stale-up-to-date-after-crash', 'queue-kept-after-refusal'];
 
 export type SimMode = 'sync' | 'async';
 
@@ -28,6 +33,21 @@ export interface Cut {
   peer: string;
   atUs: number;
   reconnectAfterUs: number | null;
+}
+
+/**
+ * A secondary crashes at `atUs`: it loses what it had not made durable (a recovery finds
+ * its durable log entries and, with `keepFraction` > 0, that fraction of the stored ones
+ * past them, which reached the disk anyway). The primary notices `detectAfterUs` later
+ * (its links reset, or heartbeats), or when the peer is back if that comes first; the
+ * peer restarts `restartAfterUs` after the crash and reconnects.
+ */
+export interface Crash {
+  peer: string;
+  atUs: number;
+  restartAfterUs: number;
+  detectAfterUs: number;
+  keepFraction: number;
 }
 
 export interface SimConfig {
@@ -60,7 +80,23 @@ export interface SimConfig {
   checkpointIntervalUs: UsRange;
   /** Secondaries whose links are cut part way. */
   cuts: Cut[];
+  /** Secondaries that crash and restart. */
+  crashes: Crash[];
+  /** Peers that cannot catch up are brought back by a bitmap resync (else they stay out). */
+  resync: boolean;
+  /** The dirty bitmap's region, in blocks. */
+  resyncRegionBlocks: number;
+  /** Resync entries logged and not yet durable on the peer, at most. */
+  resyncInflightMax: number;
   fault: Fault | null;
+  /** Known issues of the cores (checker.ts) that fail the run instead of being tallied. */
+  strict: readonly string[];
+  /**
+   * The primary also marks dirty the entries a peer acknowledged and then reports it no
+   * longer holds (READY below what it acknowledged): what a fix of the known issue
+   * resync-misses-lost-acked would do, to show nothing else hides behind it.
+   */
+  markLostAcked: boolean;
   /** A run that has not gone quiet after this many events is a failure (a livelock). */
   eventsMax: number;
 }
@@ -68,6 +104,13 @@ export interface SimConfig {
 export interface ConfigChoices {
   mode?: SimMode;
   fault?: Fault | null;
+  /** false: no secondary crashes (the seed's other choices stay as drawn). */
+  crashes?: boolean;
+  /** Forces bitmap resync on or off. */
+  resync?: boolean;
+  /** Known issues of the cores that fail the run (to replay one); true: all of them. */
+  strict?: boolean | readonly string[];
+  markLostAcked?: boolean;
 }
 
 export function configFromSeed(seed: number, choices: ConfigChoices = {}): SimConfig {
@@ -88,6 +131,27 @@ export function configFromSeed(seed: number, choices: ConfigChoices = {}): SimCo
       reconnectAfterUs: prng.chance(0.7) ? prng.pick([prng.between(1, 500), prng.between(500, 20_000)]) : null,
     });
   }
+  // Drawn after everything above, so that adding them left the rest of each seed's shape as it was.
+  const resync = prng.chance(0.6);
+  const crashes: Crash[] = [];
+  const crashCount = prng.pick([0, 0, 1, 1, 2, 3]);
+  for (let count = 0; count < crashCount; count += 1) {
+    crashes.push({
+      peer: prng.pick(peers),
+      atUs: prng.between(100, activeUs),
+      restartAfterUs: prng.pick([prng.between(1, 500), prng.between(500, 5000), prng.between(5000, 50_000)]),
+      detectAfterUs: prng.pick([0, prng.between(1, 2000), prng.between(2000, 20_000)]),
+      keepFraction: prng.chance(0.3) ? prng.below(1001) / 1000 : 0,
+    });
+  }
+  // Partitions longer than some catch-up bounds absorb.
+  const longCuts = prng.pick([0, 0, 1, 2]);
+  for (let count = 0; count < longCuts; count += 1) {
+    cuts.push({ peer: prng.pick(peers), atUs: prng.between(100, activeUs), reconnectAfterUs: prng.between(20_000, 200_000) });
+  }
+  const resyncRegionBlocks = prng.pick([1, 4, 8]);
+  const resyncInflightMax = prng.pick([1, 4, 16]);
+  const noFault = (choices.fault ?? null) === null;
   return {
     seed,
     mode: choices.mode ?? drawnMode,
@@ -114,8 +178,14 @@ export function configFromSeed(seed: number, choices: ConfigChoices = {}): SimCo
     diskSyncUs: { minUs: 100, maxUs: prng.pick([500, 1500, 5000]) },
     checkpointIntervalUs: { minUs: 500, maxUs: prng.pick([3000, 10_000, 50_000]) },
     // A deliberate fault must be caught on a secondary that stays in sync.
-    cuts: (choices.fault ?? null) === null ? cuts : [],
+    cuts: noFault ? cuts : [],
+    crashes: noFault && choices.crashes !== false ? crashes : [],
+    resync: choices.resync ?? resync,
+    resyncRegionBlocks,
+    resyncInflightMax,
     fault: choices.fault ?? null,
+    strict: choices.strict === true ? knownIssueNames : choices.strict === false || choices.strict === undefined ? [] : choices.strict,
+    markLostAcked: choices.markLostAcked ?? false,
     eventsMax: 1_000_000,
   };
 }
@@ -132,6 +202,16 @@ export function describeConfig(config: SimConfig): string {
     config.cuts.length === 0
       ? 'no disconnect'
       : config.cuts.map((cut) => `cut ${cut.peer} at ${cut.atUs}us${cut.reconnectAfterUs === null ? '' : ` for ${cut.reconnectAfterUs}us`}`).join(', '),
+    config.crashes.length === 0
+      ? 'no crash'
+      : config.crashes
+          .map(
+            (crash) =>
+              `crash ${crash.peer} at ${crash.atUs}us, restart after ${crash.restartAfterUs}us, noticed after ${crash.detectAfterUs}us` +
+              (crash.keepFraction > 0 ? `, keeps ${crash.keepFraction} of its unsynced entries` : ''),
+          )
+          .join(', '),
+    config.resync ? `resync (regions of ${config.resyncRegionBlocks} blocks, ${config.resyncInflightMax} in flight)` : 'no resync',
     ...(config.fault === null ? [] : [`fault ${config.fault}`]),
   ].join('; ');
 }

@@ -43,6 +43,11 @@ export class PeerLinks {
     return this.up;
   }
 
+  /** Changes at every open() and close(): a message belongs to the session it was sent in. */
+  get sessionId(): number {
+    return this.session;
+  }
+
   open(): void {
     this.session += 1;
     this.up = true;

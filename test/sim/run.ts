@@ -1,15 +1,21 @@
 // The simulator's command line (`npm run sim -- ...`):
 //
-//   node dist/test/sim/run.js [--seed N] [--runs K] [--base B] [--mode sync|async] [--fault F] [--trace] [--keep-going]
+//   node dist/test/sim/run.js [--seed N | --seeds A..B] [--runs K] [--base B] [--mode sync|async] [--fault F]
+//                             [--no-crash] [--resync on|off] [--strict[=ISSUE,...]] [--mark-lost-acked] [--trace] [--keep-going]
 //
 // With --seed it replays exactly that run and prints a short summary (--trace: every
 // event as well). Without it, it runs K seeds (default 200) from a base seed and stops
 // at the first failure (--keep-going: reports them all), printing the seed and the command that replays it; exit code 1.
-// The mode is drawn from each seed unless --mode forces it.
+// --seeds A..B runs seeds A to B (both included). The mode, and whether the primary
+// resyncs peers, are drawn from each seed unless --mode / --resync force them;
+// --no-crash leaves out the seed's secondary crashes. Known issues of the cores
+// (checker.ts) are tallied and reported; --strict makes them (or those named) fail the run instead, and
+// --mark-lost-acked has the primary do what a fix of resync-misses-lost-acked would.
 
 import { pathToFileURL } from 'node:url';
 import { runCluster, type RunSummary } from './cluster.js';
-import { configFromSeed, describeConfig, faults, type ConfigChoices, type Fault, type SimMode } from './config.js';
+import { knownIssues, type KnownIssue } from './checker.js';
+import { configFromSeed, describeConfig, faults, knownIssueNames, type ConfigChoices, type Fault, type SimMode } from './config.js';
 
 export const defaultBaseSeed = 0x51d0;
 
@@ -23,7 +29,11 @@ export interface SeedResult {
 export function replayCommand(seed: number, choices: ConfigChoices): string {
   const mode = choices.mode === undefined ? '' : ` --mode ${choices.mode}`;
   const fault = choices.fault === undefined || choices.fault === null ? '' : ` --fault ${choices.fault}`;
-  return `npm run sim -- --seed ${seed}${mode}${fault}`;
+  const crash = choices.crashes === false ? ' --no-crash' : '';
+  const resync = choices.resync === undefined ? '' : ` --resync ${choices.resync ? 'on' : 'off'}`;
+  const strict = choices.strict === true ? ' --strict' : Array.isArray(choices.strict) && choices.strict.length > 0 ? ` --strict=${choices.strict.join(',')}` : '';
+  const mark = choices.markLostAcked === true ? ' --mark-lost-acked' : '';
+  return `npm run sim -- --seed ${seed}${mode}${fault}${crash}${resync}${strict}${mark}`;
 }
 
 /** Runs one seed and reports, rather than throws, what went wrong. */
@@ -43,7 +53,7 @@ export function failureText(result: SeedResult): string {
 
 export function describeSummary(summary: RunSummary): string {
   const { answered } = summary;
-  const peers = summary.peers.map((peer) => `${peer.id} ${peer.inSync ? 'in sync' : 'excluded'} (stored ${peer.storedSeq}, durable ${peer.durableSeq})`);
+  const peers = summary.peers.map((peer) => `${peer.id} ${peer.inSync ? 'in sync' : 'excluded'}, ${peer.disk} (stored ${peer.storedSeq}, durable ${peer.durableSeq})`);
   return [
     `config: ${describeConfig(summary.config)}`,
     `events ${summary.events}, virtual time ${(summary.virtualUs / 1000).toFixed(1)} ms, final seq ${summary.lastSeq}, ${summary.checkpoints} consistency points`,
@@ -51,6 +61,9 @@ export function describeSummary(summary: RunSummary): string {
     `messages ${summary.messages.sent} sent, ${summary.messages.lost} lost to closed links`,
     `memory: source queue max ${summary.maxQueuedBytes} B (bound ${summary.queuedBytesBound}), in flight max ${summary.maxInflightBytes} B, target buffer max ${summary.maxBufferedBytes} B`,
     `peers: ${peers.join('; ')}`,
+    `${summary.crashes} crashes; resyncs: ${summary.resyncs.started} started, ${summary.resyncs.done} done, ${summary.resyncs.regions} regions sent; ` +
+      `${summary.countedLacking} replies counted a resyncing peer that lacked their write`,
+    ...Object.entries(summary.known).map(([issue, count]) => `known issue ${issue} seen ${count} times (--strict fails on it): ${knownIssues[issue as KnownIssue]}`),
     ...summary.drops.map((drop) => `dropped: ${drop}`),
     ...(summary.config.fault === null ? [] : [`fault ${summary.config.fault} ${summary.faultInjected ? 'injected' : 'never injected'}`]),
   ].join('\n');
@@ -91,6 +104,31 @@ function parseArguments(argv: readonly string[]): Arguments {
       case '--base':
         parsed.base = integer() >>> 0;
         break;
+      case '--seeds': {
+        const text = value();
+        const range = /^(\d+)\.\.(\d+)$/.exec(text);
+        const from = Number(range?.[1]);
+        const to = Number(range?.[2]);
+        if (range === null || !Number.isSafeInteger(from) || !Number.isSafeInteger(to) || to < from) throw new Error(`--seeds must be A..B with A <= B, got "${text}"`);
+        parsed.base = from >>> 0;
+        parsed.runs = to - from + 1;
+        break;
+      }
+      case '--no-crash':
+        parsed.choices.crashes = false;
+        break;
+      case '--strict':
+        parsed.choices.strict = true;
+        break;
+      case '--mark-lost-acked':
+        parsed.choices.markLostAcked = true;
+        break;
+      case '--resync': {
+        const resync = value();
+        if (resync !== 'on' && resync !== 'off') throw new Error(`--resync must be on or off, got "${resync}"`);
+        parsed.choices.resync = resync === 'on';
+        break;
+      }
       case '--mode': {
         const mode = value();
         if (mode !== 'sync' && mode !== 'async') throw new Error(`--mode must be sync or async, got "${mode}"`);
@@ -110,7 +148,16 @@ function parseArguments(argv: readonly string[]): Arguments {
         parsed.keepGoing = true;
         break;
       default:
-        throw new Error(`unknown argument "${String(name)}" (usage: run.js [--seed N] [--runs K] [--base B] [--mode sync|async] [--fault F] [--trace] [--keep-going])`);
+        if (name?.startsWith('--strict=') === true) {
+          const issues = name.slice('--strict='.length).split(',');
+          const unknown = issues.find((issue) => !knownIssueNames.includes(issue));
+          if (unknown !== undefined) throw new Error(`--strict= takes known issues (${knownIssueNames.join(', ')}), got "${unknown}"`);
+          parsed.choices.strict = issues;
+          break;
+        }
+        throw new Error(
+          `unknown argument "${String(name)}" (usage: run.js [--seed N | --seeds A..B] [--runs K] [--base B] [--mode sync|async] [--fault F] [--no-crash] [--resync on|off] [--strict[=ISSUE,...]] [--mark-lost-acked] [--trace] [--keep-going])`,
+        );
     }
   }
   return parsed;

@@ -5,6 +5,12 @@
 // completes; stores to overlapping blocks complete in the order they were issued (the
 // node orders writes per range), others in any order.
 //
+// A secondary can crash (crash()): its disk keeps what was durable (volume.ts), every
+// store, sync and checkpoint under way is lost with the process, and a fresh target is
+// made from the recovered log when it restarts (restart()), as the node does at start.
+// A source's RESET (a resync) restarts its log once the target is idle, as
+// ReplicaTarget.reset does, and is answered with RESET_DONE.
+//
 // Deliberate faults (config.ts) are injected here, on the first peer only, so that the
 // checker can be shown to catch them. It never reads a real clock or Math.random().
 
@@ -26,15 +32,36 @@ export interface SecondaryContext {
   source: MirrorSource<Frame>;
   /** Performs the source's actions (a reply from this peer was delivered). */
   onSource(actions: SourceAction<Frame>[]): void;
+  /** RESET_DONE from this peer was delivered. */
+  onResetDone(peer: string, seq: number, status: number): void;
+  /** DIVERGED from this peer was delivered: the blocks of entries it held past the RESET's reportAfter. */
+  onDiverged(peer: string, blocks: { firstBlock: number; blockCount: number }[]): void;
+  /** FLUSHED from this peer was delivered (after the source was told). */
+  onFlushed(peer: string): void;
   /** Set once a deliberate fault has taken effect. */
   fault: { injected: boolean };
 }
 
 export class Secondary implements CheckedPeer {
-  /** The sim's own view: connected, and not dropped by the source. */
+  /** The sim's own view: the source has a session with it (connected, not yet told it ended, not dropped). */
   inSync = false;
+  /** The node is running (false from a crash to its restart). */
+  up = true;
+  /** Counts crashes: what the process had under way dies with it. */
+  incarnation = 0;
+  /** The last consistency point taken here (recorded durably, so it survives a crash). */
+  cpSeq = 0;
+  /** A RESET is being carried out. */
+  resetting = false;
+  /** The highest entry an ACK of this peer told the source it had stored. */
+  deliveredAckSeq = 0;
+  /**
+   * Entries this peer had acknowledged and lost in a crash (not yet durable then): the
+   * primary let go of them, and nothing in a resync's bitmap says they are missing.
+   */
+  readonly lostAcked: { from: number; to: number }[] = [];
   readonly replica: Replica;
-  readonly target: MirrorTarget<Frame>;
+  target: MirrorTarget<Frame>;
   readonly links: PeerLinks;
   /** Per block: when the last store issued to it completes. */
   private readonly busyUntilUs: number[];
@@ -56,7 +83,13 @@ export class Secondary implements CheckedPeer {
   /** What the node reports in its READY, once the target is idle. */
   ready(): PeerReady {
     const { lastSeq } = this.target.ready();
-    return { lastSeq, durableSeq: Math.min(this.replica.durablePrefix, lastSeq), cpSeq: this.target.status().syncedCpSeq, disk: 'up-to-date' };
+    if (lastSeq !== this.replica.lastSeq) throw new SimFailure(`${this.id}: the target issued through ${lastSeq}, the log ends at ${this.replica.lastSeq}`);
+    return { lastSeq, durableSeq: Math.min(this.replica.durablePrefix, lastSeq), cpSeq: this.cpSeq, disk: 'up-to-date' };
+  }
+
+  /** A new session may be answered with READY: nothing of the last one is under way. */
+  get idle(): boolean {
+    return this.up && !this.resetting && this.target.ready().idle;
   }
 
   /** The session ends: links closed (what is in flight is lost) and the target reset. */
@@ -64,6 +97,31 @@ export class Secondary implements CheckedPeer {
     this.inSync = false;
     this.links.close();
     this.target.reset();
+  }
+
+  /**
+   * The node crashes: its links die with it (the source is not told here; it notices
+   * later), and its disk keeps the durable log, plus `keepFraction` of the stored entries
+   * past it. Returns the recovered log's last entry.
+   */
+  crash(keepFraction: number): number {
+    this.up = false;
+    this.incarnation += 1;
+    this.resetting = false;
+    this.links.close();
+    const durable = this.replica.durablePrefix;
+    const keep = durable + Math.floor(keepFraction * (this.replica.storedPrefix() - durable));
+    const last = this.replica.crash(keep);
+    if (this.deliveredAckSeq > last) this.lostAcked.push({ from: last + 1, to: this.deliveredAckSeq });
+    this.deliveredAckSeq = last;
+    this.busyUntilUs.fill(0);
+    // What a restart will find (made now: nothing happens to it while the node is down).
+    this.target = new MirrorTarget<Frame>({ mode: this.context.config.mode, lastSeq: last, windowBytesMax: this.context.config.windowBytesMax });
+    return last;
+  }
+
+  restart(): void {
+    this.up = true;
   }
 
   // ---- the source's messages, as they arrive -----------------------------------------
@@ -80,6 +138,43 @@ export class Secondary implements CheckedPeer {
     this.perform(this.target.sync(cpSeq));
   }
 
+  /**
+   * The source's RESET: once idle, the blocks of entries held past `reportAfter` are
+   * named (DIVERGED), what was stored is made durable and the log restarts after `seq`.
+   */
+  reset(seq: number, reportAfter: number): void {
+    if (this.resetting) throw new SimFailure(`${this.id}: RESET during a reset`);
+    this.resetting = true;
+    const { queue, config } = this.context;
+    const incarnation = this.incarnation;
+    const session = this.links.sessionId;
+    const attempt = (): void => {
+      if (this.incarnation !== incarnation) return;
+      if (!this.target.ready().idle) {
+        queue.after(100, `${this.id} reset waits for its stores`, attempt);
+        return;
+      }
+      queue.after(this.draw(config.diskSyncUs), `${this.id} log restarted after ${seq}`, () => {
+        if (this.incarnation !== incarnation) return;
+        const held: { firstBlock: number; blockCount: number }[] = [];
+        for (let at = Math.max(reportAfter, this.replica.base) + 1; at <= this.replica.lastSeq; at += 1) {
+          const frame = this.replica.record(at).frame;
+          if (frame.kind !== 'cp') held.push({ firstBlock: frame.firstBlock, blockCount: frame.blockCount });
+        }
+        this.replica.resetLog(seq);
+        this.deliveredAckSeq = seq;
+        this.target = new MirrorTarget<Frame>({ mode: config.mode, lastSeq: seq, windowBytesMax: config.windowBytesMax });
+        this.cpSeq = seq;
+        this.resetting = false;
+        // Only to the session that asked: a later one had its READY (which waited for this).
+        if (this.links.sessionId !== session) return;
+        if (held.length > 0) this.links.send('to-source', 0, `diverged (${held.length} entries)`, () => this.context.onDiverged(this.id, held));
+        this.links.send('to-source', 0, `reset-done ${seq}`, () => this.context.onResetDone(this.id, seq, 0));
+      });
+    };
+    attempt();
+  }
+
   // ---- the target's actions -----------------------------------------------------------
 
   private draw(range: UsRange): number {
@@ -93,6 +188,7 @@ export class Secondary implements CheckedPeer {
 
   private perform(actions: TargetAction<Frame>[]): void {
     const { config, queue, checker, source } = this.context;
+    const incarnation = this.incarnation;
     for (const action of actions) {
       switch (action.kind) {
         case 'store':
@@ -100,12 +196,19 @@ export class Secondary implements CheckedPeer {
           break;
         case 'send-ack': {
           const { seq, status } = action;
-          this.reply('ack', seq, status, () => source.acked(this.id, seq, status));
+          this.reply('ack', seq, status, () => {
+            if (status === 0) this.deliveredAckSeq = Math.max(this.deliveredAckSeq, seq);
+            return source.acked(this.id, seq, status);
+          });
           break;
         }
         case 'send-flushed': {
           const { seq, status } = action;
-          this.reply('flushed', seq, status, () => source.flushed(this.id, seq, status));
+          this.reply('flushed', seq, status, () => {
+            const after = source.flushed(this.id, seq, status);
+            this.context.onFlushed(this.id);
+            return after;
+          });
           break;
         }
         case 'send-synced': {
@@ -118,6 +221,7 @@ export class Secondary implements CheckedPeer {
           checker.syncStarted(this.id, this.replica, seq, 'a log sync');
           const lying = this.faulty && config.fault === 'lying-log-sync';
           queue.after(this.draw(config.diskSyncUs), `${this.id} log synced ${seq}`, () => {
+            if (this.incarnation !== incarnation) return;
             if (lying) this.context.fault.injected = true;
             else this.replica.syncThrough(seq);
             this.perform(this.target.logSynced(seq, null));
@@ -128,7 +232,9 @@ export class Secondary implements CheckedPeer {
           const { cpSeq } = action;
           checker.syncStarted(this.id, this.replica, cpSeq, 'a checkpoint');
           queue.after(this.draw(config.diskSyncUs), `${this.id} checkpoint ${cpSeq}`, () => {
+            if (this.incarnation !== incarnation) return;
             this.replica.syncThrough(cpSeq);
+            this.cpSeq = Math.max(this.cpSeq, cpSeq);
             this.perform(this.target.checkpointDone(cpSeq, null));
           });
           break;
@@ -144,7 +250,7 @@ export class Secondary implements CheckedPeer {
     const { config, queue, checker, fault } = this.context;
     const record = this.replica.append(seq, frame);
     const blocks: number[] = [];
-    if (frame.kind === 'write') for (let block = frame.firstBlock; block < frame.firstBlock + frame.blockCount; block += 1) blocks.push(block);
+    if (frame.kind !== 'cp') for (let block = frame.firstBlock; block < frame.firstBlock + frame.blockCount; block += 1) blocks.push(block);
     const faulty = this.faulty && !fault.injected;
     const now = queue.now;
     const startUs = Math.max(now, ...blocks.map((block) => this.busyUntilUs[block] ?? 0));
@@ -156,10 +262,13 @@ export class Secondary implements CheckedPeer {
     for (const block of blocks) this.busyUntilUs[block] = Math.max(doneUs, this.busyUntilUs[block] ?? 0);
     const dropData = faulty && config.fault === 'drop-store-data' && frame.kind === 'write';
     if (dropData) fault.injected = true;
+    const incarnation = this.incarnation;
     queue.at(doneUs, `${this.id} stored ${seq}`, () => {
-      if (frame.kind === 'write' && !dropData) {
+      // A store under way when the node crashed never completes (recovery decided what is left).
+      if (this.incarnation !== incarnation) return;
+      if (frame.kind !== 'cp' && !dropData) {
+        checker.applying(this.id, this.replica, frame);
         this.replica.image.write(frame);
-        checker.applied(this.id, this.replica.image, frame);
       }
       record.stored = true;
       this.perform(this.target.stored(seq, null));

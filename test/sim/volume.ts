@@ -5,7 +5,9 @@
 // a torn or misplaced block never passes for a real one.
 //
 // A replica's "durable image" is what would survive a crash now: the entries of its log
-// applied in sequence order up to the first entry that is not durable.
+// applied in sequence order up to the first entry that is not durable. crash() turns a
+// replica into what its recovery would find; resetLog() restarts its log after a
+// sequence number, as a secondary does when a resync begins.
 
 import { ENTRY_HEADER_BYTES } from '../../src/storage/log-entry.js';
 
@@ -25,10 +27,24 @@ export interface MarkerFrame {
   targetSeq: number;
 }
 
-export type Frame = WriteFrame | MarkerFrame;
+/**
+ * A resync entry, as LocalVolume.logCurrent logs one: the current contents of a range of
+ * blocks on the primary (each block some client write's bytes, or zeroes), sent to a
+ * peer that lacks the range. `ids` are the write ids the blocks hold (0: zeroes).
+ */
+export interface ResyncFrame {
+  kind: 'resync';
+  firstBlock: number;
+  blockCount: number;
+  ids: number[];
+  data: Buffer;
+}
+
+export type DataFrame = WriteFrame | ResyncFrame;
+export type Frame = DataFrame | MarkerFrame;
 
 export function entryBytes(frame: Frame): number {
-  return ENTRY_HEADER_BYTES + (frame.kind === 'write' ? frame.data.length : 0);
+  return ENTRY_HEADER_BYTES + (frame.kind === 'cp' ? 0 : frame.data.length);
 }
 
 /** The contents of `block` as written by write `writeId` of client `clientId`. */
@@ -55,6 +71,8 @@ export class BlockImage {
   readonly bytes: Buffer;
   /** Per block, the write ids written to it here, in the order they were written. */
   readonly versions: number[][];
+  /** Counts every change (for checks that need to look again only after one). */
+  changes = 0;
 
   constructor(
     readonly blocks: number,
@@ -64,9 +82,33 @@ export class BlockImage {
     this.versions = Array.from({ length: blocks }, () => []);
   }
 
-  write(frame: WriteFrame): void {
+  /** A resync entry that finds a block as it carries it leaves no new version in its history. */
+  write(frame: DataFrame): void {
+    this.changes += 1;
     frame.data.copy(this.bytes, frame.firstBlock * this.blockBytes);
-    for (let block = frame.firstBlock; block < frame.firstBlock + frame.blockCount; block += 1) this.blockVersions(block).push(frame.writeId);
+    for (let block = frame.firstBlock; block < frame.firstBlock + frame.blockCount; block += 1) {
+      const versions = this.blockVersions(block);
+      if (frame.kind === 'write') versions.push(frame.writeId);
+      else {
+        const id = frame.ids[block - frame.firstBlock] ?? -1;
+        if ((versions[versions.length - 1] ?? 0) !== id) versions.push(id);
+      }
+    }
+  }
+
+  /** Becomes a copy of `other` (bytes and the history of every block). */
+  copyFrom(other: BlockImage): void {
+    this.changes += 1;
+    other.bytes.copy(this.bytes);
+    for (let block = 0; block < this.blocks; block += 1) this.versions[block] = [...other.blockVersions(block)];
+  }
+
+  /** A resync entry carrying blocks first..first+count-1 as they are now. */
+  resyncFrame(firstBlock: number, blockCount: number): ResyncFrame {
+    const ids: number[] = [];
+    for (let block = firstBlock; block < firstBlock + blockCount; block += 1) ids.push(this.writeIdAt(block));
+    const data = Buffer.from(this.bytes.subarray(firstBlock * this.blockBytes, (firstBlock + blockCount) * this.blockBytes));
+    return { kind: 'resync', firstBlock, blockCount, ids, data };
   }
 
   blockVersions(block: number): number[] {
@@ -93,10 +135,14 @@ export interface LogRecord {
 export class Replica {
   readonly image: BlockImage;
   readonly durableImage: BlockImage;
-  /** The log: records[seq - 1]. */
+  /** The log starts after this entry (0, or where a resync restarted it). */
+  base = 0;
+  /** The log: records[seq - base - 1]. */
   private readonly records: LogRecord[] = [];
   /** Every entry up to here is durable (and applied to the durable image). */
   durablePrefix = 0;
+  /** Times the log was restarted for a resync: the image's history then skips versions. */
+  resets = 0;
 
   constructor(
     readonly name: string,
@@ -108,42 +154,75 @@ export class Replica {
   }
 
   get lastSeq(): number {
-    return this.records.length;
+    return this.base + this.records.length;
+  }
+
+  /** Whether the log holds entry `seq` (it may start after it, or end before it). */
+  has(seq: number): boolean {
+    return seq > this.base && seq <= this.lastSeq;
   }
 
   /** Appends the next entry of the log; entries arrive in sequence order, without gaps. */
   append(seq: number, frame: Frame): LogRecord {
-    if (seq !== this.records.length + 1) throw new Error(`${this.name}: entry ${seq} appended after ${this.records.length} (the log has a gap or a repeat)`);
+    if (seq !== this.lastSeq + 1) throw new Error(`${this.name}: entry ${seq} appended after ${this.lastSeq} (the log has a gap or a repeat)`);
     const record: LogRecord = { seq, frame, bytes: entryBytes(frame), stored: false, durable: false };
     this.records.push(record);
     return record;
   }
 
   record(seq: number): LogRecord {
-    const record = this.records[seq - 1];
-    if (record === undefined) throw new Error(`${this.name}: no entry ${seq} (log ends at ${this.records.length})`);
+    const record = this.records[seq - this.base - 1];
+    if (record === undefined) throw new Error(`${this.name}: no entry ${seq} (log holds ${this.base + 1}..${this.lastSeq})`);
     return record;
   }
 
   /** The highest seq such that every entry up to it is stored. */
   storedPrefix(): number {
-    let seq = 0;
-    while (this.records[seq]?.stored === true) seq += 1;
-    return seq;
+    let at = 0;
+    while (this.records[at]?.stored === true) at += 1;
+    return this.base + at;
   }
 
   markDurable(seq: number): void {
     this.record(seq).durable = true;
-    for (let next = this.records[this.durablePrefix]; next?.durable === true; next = this.records[this.durablePrefix]) {
-      if (next.frame.kind === 'write') this.durableImage.write(next.frame);
+    for (let next = this.records[this.durablePrefix - this.base]; next?.durable === true; next = this.records[this.durablePrefix - this.base]) {
+      if (next.frame.kind !== 'cp') this.durableImage.write(next.frame);
       this.durablePrefix += 1;
     }
+  }
+
+  /**
+   * A crash: the log keeps its durable entries and, if `keep` says so, stored entries
+   * past them that reached the disk anyway (a prefix: recovery stops at the first entry
+   * it cannot read); the rest is gone. The image is what recovery makes of it: the
+   * durable image with the kept entries replayed. Returns the log's last entry.
+   */
+  crash(keep: number): number {
+    const last = Math.max(this.durablePrefix, Math.min(keep, this.storedPrefix()));
+    for (let seq = this.durablePrefix + 1; seq <= last; seq += 1) this.markDurable(seq);
+    this.records.length = last - this.base;
+    for (const record of this.records) record.durable = true;
+    this.image.copyFrom(this.durableImage);
+    return last;
+  }
+
+  /**
+   * A resync's RESET: what was stored is made durable, then the log restarts after `seq`
+   * (every stored entry must be complete: the node waits until it is idle).
+   */
+  resetLog(seq: number): void {
+    if (this.storedPrefix() !== this.lastSeq) throw new Error(`${this.name}: log reset while entries ${this.storedPrefix() + 1}..${this.lastSeq} are being stored`);
+    this.durableImage.copyFrom(this.image);
+    this.records.length = 0;
+    this.base = seq;
+    this.durablePrefix = seq;
+    this.resets += 1;
   }
 
   /** Marks every stored entry up to `seq` durable (what an fdatasync covers). */
   syncThrough(seq: number): void {
     // Entries up to the durable prefix are durable already.
-    for (let at = this.durablePrefix + 1; at <= Math.min(seq, this.records.length); at += 1) {
+    for (let at = this.durablePrefix + 1; at <= Math.min(seq, this.lastSeq); at += 1) {
       const record = this.record(at);
       if (record.stored && !record.durable) this.markDurable(at);
     }
