@@ -179,6 +179,8 @@ function main(argv: readonly string[]): number {
   const startedMs = performance.now();
   let events = 0;
   let failed = 0;
+  const totals = { crashes: 0, resyncsDone: 0, regions: 0, givenUpWhileAway: 0, countedLacking: 0 };
+  const known = new Map<string, number[]>();
   for (let run = 0; run < args.runs; run += 1) {
     const seed = (args.base + run) >>> 0;
     const result = runSeed(seed, args.choices);
@@ -188,11 +190,25 @@ function main(argv: readonly string[]): number {
       if (!args.keepGoing) return 1;
       continue;
     }
-    events += result.summary.events;
+    const { summary } = result;
+    events += summary.events;
+    totals.crashes += summary.crashes;
+    totals.resyncsDone += summary.resyncs.done;
+    totals.regions += summary.resyncs.regions;
+    totals.givenUpWhileAway += summary.drops.filter((drop) => drop.includes('while away')).length;
+    totals.countedLacking += summary.countedLacking;
+    for (const issue of Object.keys(summary.known)) known.set(issue, [...(known.get(issue) ?? []), seed]);
   }
   const elapsedMs = performance.now() - startedMs;
   const outcome = failed === 0 ? 'passed' : `run, ${failed} failed`;
   console.log(`${args.runs} seeds from ${args.base} ${outcome} (${events} events, ${elapsedMs.toFixed(0)} ms)`);
+  console.log(
+    `${totals.crashes} secondary crashes, ${totals.givenUpWhileAway} peers given up on while away, ${totals.resyncsDone} resyncs done ` +
+      `(${totals.regions} regions sent), ${totals.countedLacking} replies counted a resyncing peer that lacked their write`,
+  );
+  for (const [issue, seeds] of known) {
+    console.log(`known issue ${issue} in ${seeds.length} seeds (first: ${seeds.slice(0, 5).join(', ')}; replay one with --strict)`);
+  }
   return failed === 0 ? 0 : 1;
 }
 

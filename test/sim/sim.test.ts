@@ -86,6 +86,14 @@ describe('simulated mirrored volume', () => {
     runSeed((base + 1) >>> 0, {}, (line) => other.push(line));
     assert.notDeepEqual(other, traces[0]);
   });
+
+  test('a seed with crashes, restarts and resyncs replays exactly', () => {
+    // Seed 9: b crashes three times, and comes back through a resync each time.
+    const traces: string[][] = [[], []];
+    for (const trace of traces) runSeed(9, { resync: true }, (line) => trace.push(line));
+    assert.ok(traces[0]?.some((line) => / b crashed: /.test(line)) && traces[0].some((line) => /resync of b done/.test(line)));
+    assert.deepEqual(traces[0], traces[1]);
+  });
 });
 
 describe('the checker catches deliberate faults', () => {
