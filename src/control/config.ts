@@ -55,6 +55,8 @@ export interface LogConfig {
   partitionBytes: number;
   partitions: number;
   cpIntervalMs: number;
+  /** Log bytes (whole partitions before the active one) kept for a peer that is away; 0: none. */
+  retentionBytesMax: number;
 }
 
 export interface ResyncConfig {
@@ -77,7 +79,7 @@ export interface ClusterConfig {
 
 const topKeys = ['cluster', 'secret', 'secretFile', 'heartbeat', 'resync', 'connections', 'log', 'nodes', 'volumes'];
 const resyncKeys = ['regionSize', 'rateMax'];
-const logKeys = ['partitionSize', 'partitions', 'cpIntervalMs'];
+const logKeys = ['partitionSize', 'partitions', 'cpIntervalMs', 'retentionMax'];
 const heartbeatKeys = ['intervalMs', 'timeoutMs', 'probationMs'];
 const nodeKeys = ['id', 'nbd', 'replication', 'admin', 'dataDir'];
 const volumeKeys = [
@@ -308,8 +310,14 @@ function readLog(value: unknown): LogConfig {
     partitionBytes: constants.logPartitionBytesDefault,
     partitions: constants.logPartitionsDefault,
     cpIntervalMs: constants.cpIntervalMsDefault,
+    retentionBytesMax: 0,
   };
-  if (value === undefined) return log;
+  // Two partitions stay for the log's own turnover (the one written and the next).
+  const retentionLimit = (): number => (log.partitions - 2) * log.partitionBytes;
+  if (value === undefined) {
+    log.retentionBytesMax = retentionLimit();
+    return log;
+  }
   const fields = Fields.of(value, 'log', logKeys);
   const size = fields.optional('partitionSize');
   if (size !== undefined) {
@@ -322,6 +330,15 @@ function readLog(value: unknown): LogConfig {
   if (partitions !== undefined) log.partitions = readInteger(partitions, 'log.partitions', 2, constants.logPartitionsMax);
   const interval = fields.optional('cpIntervalMs');
   if (interval !== undefined) log.cpIntervalMs = readInteger(interval, 'log.cpIntervalMs', 10, durationMsMax);
+  const retention = fields.optional('retentionMax');
+  // 0 turns it off: a peer that missed more than is kept in memory then needs a resync.
+  log.retentionBytesMax = retention === undefined ? retentionLimit() : retention === 0 || retention === '0' ? 0 : readSize(retention, 'log.retentionMax');
+  if (log.retentionBytesMax > retentionLimit()) {
+    throw new ConfigError(
+      'log.retentionMax',
+      `must be at most (partitions - 2) × partitionSize = ${formatBytes(retentionLimit())}, got ${formatBytes(log.retentionBytesMax)}; raise log.partitions to keep more`,
+    );
+  }
   return log;
 }
 

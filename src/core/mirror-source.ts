@@ -60,7 +60,13 @@ export type SourceAction<Frame> =
    * region must be resent (its copy is not to be trusted, or its history went another
    * way and this node cannot tell where).
    */
-  | { kind: 'reset-peer'; peer: string; seq: number; reportAfter: number; full: boolean };
+  | { kind: 'reset-peer'; peer: string; seq: number; reportAfter: number; full: boolean }
+  /**
+   * Send the peer entries `fromSeq`..`toSeq` from the log files (no longer in memory), in
+   * order, within the window; report loggedCaughtUp() once it has acknowledged them all,
+   * or logCatchUpFailed().
+   */
+  | { kind: 'catch-up-from-log'; peer: string; fromSeq: number; toSeq: number };
 
 /** What a peer reported about its copy when it connected (its READY). */
 export interface PeerReady {
@@ -115,6 +121,12 @@ export interface MirrorSourceOptions {
    * and lost entries it had sent): at their reset they name those entries' regions.
    */
   divergedAfter?: Readonly<Record<string, number>>;
+  /**
+   * The node's log keeps the entries a peer that is away lacks (within its retention), so
+   * a peer that missed more than `catchUpBytesMax` catches up from the log files instead
+   * of needing a resync. See logNeed(), logReleased().
+   */
+  logCatchUp?: boolean;
 }
 
 interface Peer {
@@ -122,8 +134,13 @@ interface Peer {
   replication: ReplicationState;
   disk: DiskState;
   inSync: boolean;
-  /** Away, and entries it lacks are kept in the queue for it to catch up from. */
+  /** Away (or being brought back), and the entries after `heldAfter` are kept in the queue for it. */
   holding: boolean;
+  heldAfter: number;
+  /** Away: the first entry it lacks, which the log must keep for it (null: it needs none from the log). */
+  logFrom: number | null;
+  /** Being sent entries from the log files up to `to`; then it catches up from the queue. */
+  logPhase: { to: number; durableSeq: number; cpSeq: number } | null;
   /** While catching up: the last entry appended when it came back. */
   catchUpTo: number;
   /** While resyncing: where its log restarts. */
@@ -180,6 +197,10 @@ export class MirrorSource<Frame> {
         disk: 'outdated',
         inSync: false,
         holding: false,
+        heldAfter: 0,
+        // A peer that was up to date when this node stopped lacks only what is written from now on.
+        logFrom: options.resyncNeeded?.includes(id) === true ? null : options.lastSeq + 1,
+        logPhase: null,
         catchUpTo: 0,
         resetSeq: 0,
         resyncNeeded: options.resyncNeeded?.includes(id) === true,
@@ -216,11 +237,14 @@ export class MirrorSource<Frame> {
     for (const peer of this.peers.values()) {
       if (peer.inSync) this.pump(peer, actions);
       else if (peer.disk === 'up-to-date') peer.disk = 'outdated';
-      if (peer.holding && this.appendedBytes - this.bytesThrough(peer.ackedSeq) > (this.options.catchUpBytesMax ?? 0)) {
+      if (peer.holding && this.appendedBytes - this.bytesThrough(peer.heldAfter) > (this.options.catchUpBytesMax ?? 0)) {
         peer.holding = false;
         // Restarting its log for a resync: these entries' regions are the node's to
-        // resend; the peer restarts again when it is done (resetDone).
-        if (peer.replication === 'resyncing') continue;
+        // resend; the peer restarts again when it is done (resetDone). Being sent entries
+        // from the log: it is sent the rest from the log too (loggedCaughtUp).
+        if (peer.replication === 'resyncing' || peer.logPhase !== null) continue;
+        // Away: the log keeps what it lacks (logFrom), within its retention.
+        if (this.options.logCatchUp === true && peer.logFrom !== null) continue;
         // Away too long to catch up from memory: it will need a resync.
         peer.resyncNeeded = true;
         actions.push({
@@ -302,7 +326,7 @@ export class MirrorSource<Frame> {
   // ---- peers --------------------------------------------------------------------------
 
   /** A peer's links are up and it reported its state. */
-  connected(id: string, ready: PeerReady): SourceAction<Frame>[] {
+  connected(id: string, ready: PeerReady, logHolds: (seq: number) => boolean = () => false): SourceAction<Frame>[] {
     const peer = this.peer(id);
     const actions: SourceAction<Frame>[] = [];
     assert(!peer.inSync, `peer ${id} connected twice`);
@@ -319,10 +343,11 @@ export class MirrorSource<Frame> {
           ? 'it missed writes while it was away, or this node did not stop cleanly; it needs a resync'
           : ready.lastSeq > this.appendedSeq
           ? `it holds entries up to ${ready.lastSeq}, beyond this node's ${this.appendedSeq}: the histories diverged`
-          : from < this.queueFirstSeq
-            ? `it lacks entries ${from}..${this.appendedSeq}, which this node no longer holds in memory; it needs a resync`
+          : from < this.queueFirstSeq && !(this.options.logCatchUp === true && logHolds(from))
+            ? `it lacks entries ${from}..${this.appendedSeq}, which this node no longer holds; it needs a resync`
             : null;
     peer.holding = false;
+    peer.logFrom = null;
     if (problem !== null && sane && this.options.resync === true) {
       // A resync: the peer restarts its log here, and what follows is kept for it until
       // it has done so. What it lacks from before is the node's to send, by region.
@@ -332,6 +357,7 @@ export class MirrorSource<Frame> {
       peer.resetSeq = this.appendedSeq;
       peer.ackedSeq = this.appendedSeq;
       peer.holding = true;
+      peer.heldAfter = this.appendedSeq;
       // Entries it holds beyond ours are named by the peer when this node knows where
       // its own history may have been cut; otherwise nothing about them is known.
       const reportAfter = Math.min(peer.divergedAfter ?? this.appendedSeq, this.appendedSeq);
@@ -349,6 +375,91 @@ export class MirrorSource<Frame> {
       actions.push({ kind: 'peer-dropped', peer: id, disk: peer.disk, reason: problem, lost: [], full });
       return actions;
     }
+    if (from < this.queueFirstSeq) {
+      // What it lacks is in the log files (logHolds said so): the node sends those first,
+      // while what is queued from here on is kept for it.
+      const to = this.queueFirstSeq - 1;
+      peer.replication = 'catching-up';
+      peer.disk = 'inconsistent';
+      peer.logPhase = { to, durableSeq: ready.durableSeq, cpSeq: ready.cpSeq };
+      peer.ackedSeq = ready.lastSeq;
+      peer.sentSeq = ready.lastSeq;
+      peer.holding = true;
+      peer.heldAfter = to;
+      actions.push({ kind: 'catch-up-from-log', peer: id, fromSeq: from, toSeq: to });
+      return actions;
+    }
+    this.startStreaming(peer, ready.lastSeq, ready.durableSeq, ready.cpSeq, actions);
+    return actions;
+  }
+
+  /**
+   * The peer acknowledged every entry up to `seq` sent from the log (the `toSeq` of
+   * `catch-up-from-log`): it catches up on the rest from the queue, or, when more was
+   * written meanwhile than the queue keeps for it, from the log again.
+   */
+  loggedCaughtUp(id: string, seq: number): SourceAction<Frame>[] {
+    const peer = this.peer(id);
+    const actions: SourceAction<Frame>[] = [];
+    const phase = peer.logPhase;
+    if (phase === null || phase.to !== seq || peer.ackedSeq < seq) return actions;
+    peer.logPhase = null;
+    if (!peer.holding) {
+      const to = this.queueFirstSeq - 1;
+      peer.logPhase = { ...phase, to };
+      peer.holding = true;
+      peer.heldAfter = to;
+      actions.push({ kind: 'catch-up-from-log', peer: id, fromSeq: seq + 1, toSeq: to });
+      return actions;
+    }
+    peer.holding = false;
+    this.startStreaming(peer, seq, Math.min(phase.durableSeq, seq), Math.min(phase.cpSeq, seq), actions);
+    return actions;
+  }
+
+  /** Sending from the log failed (the entries are gone, or damaged): it needs a resync. */
+  logCatchUpFailed(id: string, reason: string): SourceAction<Frame>[] {
+    const peer = this.peer(id);
+    if (peer.logPhase === null) return [];
+    peer.logPhase = null;
+    peer.holding = false;
+    peer.resyncNeeded = true;
+    peer.replication = 'disconnected';
+    peer.disk = 'outdated';
+    const actions: SourceAction<Frame>[] = [{ kind: 'peer-dropped', peer: id, disk: peer.disk, reason: `catching up from the log failed: ${reason}; it needs a resync`, lost: [], full: false }];
+    this.afterPeerChange(actions);
+    return actions;
+  }
+
+  /**
+   * The first entry the log must keep for `id`, which is away or catching up from the
+   * log (null: none). The node's log retainer asks.
+   */
+  logNeed(id: string): number | null {
+    const peer = this.peer(id);
+    if (this.options.logCatchUp !== true || peer.resyncNeeded) return null;
+    if (peer.logPhase !== null) return peer.ackedSeq + 1;
+    return peer.inSync ? null : peer.logFrom;
+  }
+
+  /**
+   * The log let go of entries `id` lacks (its retention was exceeded): it can come back
+   * only through a resync (the regions are in its bitmap).
+   */
+  logReleased(id: string): SourceAction<Frame>[] {
+    const peer = this.peer(id);
+    if (peer.logPhase !== null) return this.logCatchUpFailed(id, 'the log no longer holds the entries it lacks');
+    if (peer.inSync || peer.resyncNeeded) return [];
+    peer.logFrom = null;
+    // What it lacks is still all in memory: that may yet do (appended() decides).
+    if (peer.holding) return [];
+    peer.resyncNeeded = true;
+    this.trim();
+    return [{ kind: 'peer-dropped', peer: id, disk: peer.disk, reason: 'it has been away longer than the log keeps writes for it; it needs a resync', lost: [], full: false }];
+  }
+
+  private startStreaming(peer: Peer, lastSeq: number, durableSeq: number, cpSeq: number, actions: SourceAction<Frame>[]): void {
+    const ready = { lastSeq, durableSeq, cpSeq };
     // Entries it lacks come first; until it has them all its copy is inconsistent.
     const behind = ready.lastSeq < this.appendedSeq;
     peer.replication = behind ? 'catching-up' : 'streaming';
@@ -373,7 +484,6 @@ export class MirrorSource<Frame> {
     // entries kept for it may go, and requests waiting on them may be answered.
     this.trim();
     this.settleAll(actions);
-    return actions;
   }
 
   /** The peer restarted its log after `seq` (its answer to `reset-peer`): it streams from there on. */
@@ -391,6 +501,7 @@ export class MirrorSource<Frame> {
       peer.resetSeq = this.appendedSeq;
       peer.ackedSeq = this.appendedSeq;
       peer.holding = true;
+      peer.heldAfter = this.appendedSeq;
       actions.push({ kind: 'reset-peer', peer: id, seq: this.appendedSeq, reportAfter: this.appendedSeq, full: false });
       this.trim();
       return actions;
@@ -462,11 +573,17 @@ export class MirrorSource<Frame> {
     const peer = this.peer(id);
     const actions: SourceAction<Frame>[] = [];
     const wasInSync = peer.inSync;
+    const wasCatchingUp = peer.logPhase !== null;
     peer.inSync = false;
+    peer.logPhase = null;
     peer.replication = 'disconnected';
     if (peer.disk !== 'failed' && peer.ackedSeq < this.appendedSeq) peer.disk = 'outdated';
-    // What it lacks stays queued (bounded) so that it can catch up when it is back.
+    // What it lacks stays queued (bounded) so that it can catch up when it is back, and
+    // in the log (within its retention) past that.
     peer.holding = wasInSync && !peer.resyncNeeded && (this.options.catchUpBytesMax ?? 0) > 0;
+    peer.heldAfter = peer.ackedSeq;
+    if ((wasInSync || wasCatchingUp) && !peer.resyncNeeded) peer.logFrom = peer.ackedSeq + 1;
+    if (wasCatchingUp) this.trim();
     if (wasInSync) {
       actions.push({ kind: 'peer-dropped', peer: id, disk: peer.disk, reason, lost: this.unacknowledged(id), full: false });
       this.afterPeerChange(actions);
@@ -484,6 +601,16 @@ export class MirrorSource<Frame> {
   acked(id: string, seq: number, status: number): SourceAction<Frame>[] {
     const peer = this.peer(id);
     const actions: SourceAction<Frame>[] = [];
+    if (peer.logPhase !== null) {
+      // Entries sent from the log: the node tracks how far it got (logCatchUp's window).
+      if (seq > peer.logPhase.to || (status === 0 && seq < peer.ackedSeq)) {
+        return this.violation(peer, `acknowledged entry ${seq} while being sent ${peer.ackedSeq + 1}..${peer.logPhase.to} from the log`);
+      }
+      if (status !== 0) return this.failPeer(peer, `could not store entry ${seq} (error ${status})`);
+      peer.ackedSeq = seq;
+      peer.sentSeq = Math.max(peer.sentSeq, seq);
+      return actions;
+    }
     if (!peer.inSync) return actions;
     if (seq > peer.sentSeq || (status === 0 && seq < peer.ackedSeq)) {
       return this.violation(peer, `acknowledged entry ${seq}, but was sent up to ${peer.sentSeq} and had acknowledged ${peer.ackedSeq}`);
@@ -625,7 +752,8 @@ export class MirrorSource<Frame> {
   private trim(): void {
     let keepFrom = this.appendedSeq + 1;
     for (const peer of this.peers.values()) {
-      if (peer.inSync || peer.holding) keepFrom = Math.min(keepFrom, peer.ackedSeq + 1);
+      if (peer.inSync) keepFrom = Math.min(keepFrom, peer.ackedSeq + 1);
+      else if (peer.holding) keepFrom = Math.min(keepFrom, peer.heldAfter + 1);
     }
     while (this.queueFirstSeq < keepFrom) {
       const dropped = this.queue.shift();
@@ -678,6 +806,9 @@ export class MirrorSource<Frame> {
   private failPeer(peer: Peer, reason: string): SourceAction<Frame>[] {
     const actions: SourceAction<Frame>[] = [];
     peer.inSync = false;
+    peer.logPhase = null;
+    peer.holding = false;
+    peer.logFrom = null;
     peer.resyncNeeded = true;
     peer.disk = 'failed';
     peer.replication = 'disconnected';
@@ -688,7 +819,10 @@ export class MirrorSource<Frame> {
 
   private violation(peer: Peer, what: string): SourceAction<Frame>[] {
     const actions: SourceAction<Frame>[] = [];
+    if (peer.inSync || peer.logPhase !== null) peer.logFrom = peer.resyncNeeded ? null : peer.ackedSeq + 1;
     peer.inSync = false;
+    peer.logPhase = null;
+    peer.holding = false;
     peer.replication = 'disconnected';
     if (peer.disk === 'up-to-date' && peer.ackedSeq < this.appendedSeq) peer.disk = 'outdated';
     actions.push({ kind: 'peer-dropped', peer: peer.id, disk: peer.disk, reason: `protocol violation: ${what}`, lost: this.unacknowledged(peer.id), full: false });

@@ -26,6 +26,7 @@ import { encodeEntryFrame, encodeFrame, type PeerMessage } from '../protocol/pee
 import { DirtyBitmap } from '../storage/dirty-bitmap.js';
 import { EntryType } from '../storage/log-entry.js';
 import type { LocalVolume, MirrorGate } from '../storage/local-volume.js';
+import type { WriteLog } from '../storage/write-log.js';
 import { writeFileAtomic } from '../storage/volume-files.js';
 import { OnlineVerify, type VerifyReport } from './online-verify.js';
 import { connectAsSource, PeerLink } from './peer-link.js';
@@ -96,6 +97,8 @@ export class MirrorEngine implements MirrorGate {
     replayed: DirtyBitmap | null,
     /** The volume's region holds: LocalVolume.logCurrent (resync) and whileHeld (verify). */
     private readonly regions: Pick<LocalVolume, 'logCurrent' | 'whileHeld'>,
+    /** The volume's log: entries a peer that was away lacks are read back from it. */
+    private readonly entries: Pick<WriteLog, 'readRange' | 'syncTo' | 'holdsFrom'>,
   ) {
     assert(volume.mode !== 'local');
     this.secret = Buffer.from(cluster.secret, 'utf8');
@@ -124,6 +127,7 @@ export class MirrorEngine implements MirrorGate {
       resync: true,
       resyncNeeded,
       divergedAfter,
+      logCatchUp: cluster.log.retentionBytesMax > 0,
     });
     for (const id of peerIds) {
       const node = cluster.nodes.find((candidate) => candidate.id === id);
@@ -294,6 +298,61 @@ export class MirrorEngine implements MirrorGate {
     this.log.warn('resync interrupted', { peer: id, bytesLeft: peer.bitmap.dirtyBytes });
   }
 
+  /**
+   * Sends a peer that was away the entries it lacks that are no longer in memory, read
+   * back from the log files in order, at most a window's worth unacknowledged at a time;
+   * then the core has it catch up on the rest from the queue.
+   */
+  private async catchUpFromLog(peer: PeerLinks, session: number, fromSeq: number, toSeq: number): Promise<void> {
+    const id = peer.node.id;
+    const live = (): boolean => !this.stopped && peer.up && peer.session === session;
+    const startedMs = Date.now();
+    const waitProgress = (): Promise<void> =>
+      new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, 100);
+        peer.progress = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      }).then(() => {
+        peer.progress = null;
+      });
+    this.log.info('peer catching up from the log', { peer: id, fromSeq, toSeq });
+    let bytes = 0;
+    try {
+      // Written to the log files before they are read back (they were sent to the
+      // in-sync peers as they were placed).
+      await this.entries.syncTo(toSeq);
+      const inflight: { seq: number; bytes: number }[] = [];
+      let inflightBytes = 0;
+      for await (const entry of this.entries.readRange(fromSeq, toSeq)) {
+        const frame = encodeEntryFrame(entry.header, entry.payload.length === 0 ? [] : [entry.payload]);
+        const frameBytes = entry.header.length + entry.payload.length;
+        for (;;) {
+          if (!live()) return;
+          const acked = this.core.peerStatus(id).ackedSeq;
+          while (inflight.length > 0 && (inflight[0]?.seq ?? 0) <= acked) inflightBytes -= inflight.shift()?.bytes ?? 0;
+          if (inflightBytes === 0 || inflightBytes + frameBytes <= constants.mirrorWindowBytesMax) break;
+          await waitProgress();
+        }
+        const marker = entry.fields.type === EntryType.CONSISTENCY_POINT;
+        const offset = marker ? 0 : entry.fields.offset;
+        peer.links[Math.floor(offset / constants.mirrorRegionBytes) % Math.max(1, peer.links.length)]?.send(frame);
+        inflight.push({ seq: entry.seq, bytes: frameBytes });
+        inflightBytes += frameBytes;
+        bytes += frameBytes;
+      }
+      while (live() && this.core.peerStatus(id).ackedSeq < toSeq) await waitProgress();
+      if (!live()) return;
+      this.log.info('peer caught up from the log', { peer: id, toSeq, bytes, ms: Date.now() - startedMs });
+      this.run(this.core.loggedCaughtUp(id, toSeq));
+    } catch (error) {
+      if (!live()) return;
+      this.log.warn('catching up from the log failed', { peer: id, error: String(error) });
+      this.run(this.core.logCatchUpFailed(id, String(error instanceof Error ? error.message : error)));
+    }
+  }
+
   private markLacking(peer: PeerLinks, offset: number, lengthBytes: number): void {
     if (lengthBytes <= 0) return;
     peer.bitmap.mark(offset, lengthBytes);
@@ -389,8 +448,32 @@ export class MirrorEngine implements MirrorGate {
     this.run(this.core.checkpoint(cpSeq));
   }
 
-  retains(lastSeq: number): boolean {
-    return this.core.retains(lastSeq);
+  /**
+   * The log's retainer: a partition stays while an in-sync peer has not taken a CP
+   * covering it, or while a peer that is away (or catching up from the log) lacks
+   * entries in it and it is within the retention (`log.retentionMax`: partitions before
+   * the active one, newest first). A peer whose entries fall out of the retention needs a
+   * resync; its regions are in its bitmap.
+   */
+  retains(partition: { generation: number; lastSeq: number; activeGeneration: number }): boolean {
+    if (this.core.retains(partition.lastSeq)) return true;
+    const within = partition.activeGeneration - partition.generation <= Math.floor(this.cluster.log.retentionBytesMax / this.cluster.log.partitionBytes);
+    let kept = false;
+    for (const id of this.peers.keys()) {
+      const need = this.core.logNeed(id);
+      if (need === null || partition.lastSeq < need) continue;
+      if (within) {
+        kept = true;
+        continue;
+      }
+      // Called while the log releases partitions: the peer is told after that.
+      setImmediate(() => {
+        if (this.stopped || this.core.logNeed(id) === null) return;
+        this.log.warn('peer away longer than the log retention: it needs a resync', { peer: id, retentionBytes: this.cluster.log.retentionBytesMax });
+        this.run(this.core.logReleased(id));
+      });
+    }
+    return kept;
   }
 
   status(): MirrorPeerStatus[] {
@@ -543,6 +626,7 @@ export class MirrorEngine implements MirrorGate {
     this.core.connecting(peer.node.id);
     const attempts = Array.from({ length: count }, (_, index) =>
       connectAsSource(
+        this.local.replication,
         peer.node.replication,
         {
           cluster: this.cluster.cluster,
@@ -579,7 +663,11 @@ export class MirrorEngine implements MirrorGate {
       const ready = last.value.ready;
       this.log.info('peer connected', { peer: peer.node.id, connections: links.length, lastSeq: ready.lastSeq, disk: ready.disk });
       this.run(
-        this.core.connected(peer.node.id, { lastSeq: ready.lastSeq, durableSeq: ready.durableSeq, cpSeq: ready.cpSeq, disk: ready.disk }),
+        this.core.connected(
+          peer.node.id,
+          { lastSeq: ready.lastSeq, durableSeq: ready.durableSeq, cpSeq: ready.cpSeq, disk: ready.disk },
+          (seq) => this.entries.holdsFrom(seq),
+        ),
       );
       const replication = this.core.peerStatus(peer.node.id).replication;
       if (replication === 'streaming' || replication === 'catching-up') {
@@ -624,6 +712,7 @@ export class MirrorEngine implements MirrorGate {
       case 'ack':
         this.run(this.core.acked(id, message.seq, message.status));
         this.clearIfCurrent(peer);
+        peer.progress?.();
         return;
       case 'flushed':
         this.run(this.core.flushed(id, message.seq, message.status));
@@ -724,6 +813,12 @@ export class MirrorEngine implements MirrorGate {
         case 'release':
           this.release();
           break;
+        case 'catch-up-from-log': {
+          const peer = this.peers.get(action.peer);
+          assert(peer !== undefined);
+          void this.catchUpFromLog(peer, peer.session, action.fromSeq, action.toSeq);
+          break;
+        }
         case 'reset-peer': {
           const peer = this.peers.get(action.peer);
           assert(peer !== undefined);

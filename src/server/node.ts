@@ -194,9 +194,10 @@ export class BlockmirrorNode {
         (peer) => this.heartbeats?.mayConnect(peer) === true,
         replayed,
         primary,
+        mirrorLog,
       );
       const mirror = engine;
-      mirrorLog.addRetainer((partition) => mirror.retains(partition.lastSeq));
+      mirrorLog.addRetainer((partition) => mirror.retains(partition));
       volume.attachMirror(mirror);
       volume.beforeCheckpointRecorded = () => mirror.persistBitmaps();
     } else if (role === 'secondary') {

@@ -213,16 +213,21 @@ function handshakeOutcome<T>(link: PeerLink, resolve: (value: T) => void, reject
 }
 
 /**
- * The source's side: connects to `address`, authenticates, and resolves with the link
- * and the target's READY. Rejects (and closes) on refusal, bad proof, or timeout.
+ * The source's side: connects from `from` (this node's replication address, so the
+ * connection uses the replication link, not whatever the routing table picks) to
+ * `address`, authenticates, and resolves with the link and the target's READY. Rejects
+ * (and closes) on refusal, bad proof, or timeout.
  */
 export function connectAsSource(
+  from: Address,
   address: Address,
   hello: SourceHandshake,
   counters: { peerProtocolErrors: number },
 ): Promise<{ link: PeerLink; ready: ReadyMessage }> {
   return new Promise((resolve, reject) => {
-    const socket = net.connect({ host: address.host, port: address.port });
+    // A wildcard listen address names no link, and a host name may stand for several: the kernel chooses.
+    const bind = net.isIP(from.host) !== 0 && from.host !== '0.0.0.0' && from.host !== '::';
+    const socket = net.connect({ host: address.host, port: address.port, ...(bind ? { localAddress: from.host } : {}) });
     const link = new PeerLink(socket, counters);
     const outcome = handshakeOutcome(link, resolve, reject);
     const helloMessage: HelloMessage = {

@@ -160,7 +160,7 @@ interface Position {
 }
 
 /** Decides whether a partition that the CP no longer needs may be reused. */
-export type Retainer = (partition: { generation: number; firstSeq: number; lastSeq: number }) => boolean;
+export type Retainer = (partition: { generation: number; firstSeq: number; lastSeq: number; activeGeneration: number }) => boolean;
 
 const SUPERBLOCK = 'superblock.json';
 /** Sessions a superblock may list: each open adds one, each consistency point resets it. */
@@ -683,6 +683,71 @@ export class WriteLog {
     return { header, payload };
   }
 
+  /**
+   * Whether entries from `seq` up to the last one are still in the log files (a
+   * partition is reused only when no retainer keeps it; see addRetainer).
+   */
+  holdsFrom(seq: number): boolean {
+    if (seq > this.lastSeq) return true;
+    return this.slots.some((slot) => slot.generation !== -1 && slot.firstSeq <= seq && seq <= slot.lastSeq);
+  }
+
+  /**
+   * Reads entries `fromSeq`..`toSeq` back from the log files, in order, as they were
+   * written: the encoded header (as the mirror's tap saw it) and the payload. The entries
+   * must have been written (e.g. after syncTo(toSeq)). Throws LogCorruptError when an
+   * entry is missing, damaged, or was overwritten meanwhile (its partition reused).
+   * Reads at most `chunkBytes` at a time, so memory stays bounded.
+   */
+  async *readRange(fromSeq: number, toSeq: number, chunkBytes = SCAN_CHUNK_BYTES): AsyncGenerator<{ seq: number; header: Buffer; payload: Buffer; fields: EntryHeader }> {
+    assert(toSeq <= this.appendedSeq, `entry ${toSeq} is not written yet`);
+    const slot = this.slots.find((candidate) => candidate.generation !== -1 && candidate.firstSeq <= fromSeq && fromSeq <= candidate.lastSeq);
+    if (slot === undefined) throw new LogCorruptError(`entry ${fromSeq} is no longer in ${this.options.dir}`);
+    let generation = slot.generation;
+    let offset = 0;
+    let expected = slot.firstSeq;
+    let chunk: { buffer: Buffer; start: number } = { buffer: Buffer.alloc(0), start: 0 };
+    const fail = (what: string): never => {
+      throw new LogCorruptError(`${this.where(generation, offset)}: ${what} while reading entries ${fromSeq}..${toSeq} back`);
+    };
+    const readAt = async (at: number, length: number): Promise<Buffer> => {
+      const buffer = Buffer.alloc(length);
+      await readFullyAt(this.slotOf(generation).fd, buffer, at, 0, this.options.activity, () => fail('the partition ends early'));
+      return buffer;
+    };
+    while (expected <= toSeq) {
+      const current = this.slotOf(generation);
+      if (current.generation !== generation) fail(`partition of generation ${generation} was reused`);
+      if (expected > current.lastSeq) {
+        // The rest is in the next partition, from its start.
+        generation += 1;
+        offset = 0;
+        chunk = { buffer: Buffer.alloc(0), start: 0 };
+        continue;
+      }
+      if (offset + ENTRY_HEADER_BYTES > chunk.start + chunk.buffer.length) {
+        chunk = { buffer: await readAt(offset, Math.min(chunkBytes, this.geometry.partitionBytes - offset)), start: offset };
+      }
+      const header = chunk.buffer.subarray(offset - chunk.start, offset - chunk.start + ENTRY_HEADER_BYTES);
+      const fields = decodeEntryHeader(header);
+      if (typeof fields === 'string') return fail(`entry ${expected} is damaged (${fields})`);
+      if (fields.seq !== expected || fields.generation !== generation || fields.volumeId !== this.options.volumeId) {
+        fail(`found entry ${fields.seq} of generation ${fields.generation} where entry ${expected} should be`);
+      }
+      const start = offset + ENTRY_HEADER_BYTES;
+      const payload =
+        start + fields.payloadBytes <= chunk.start + chunk.buffer.length
+          ? chunk.buffer.subarray(start - chunk.start, start - chunk.start + fields.payloadBytes)
+          : await readAt(start, fields.payloadBytes);
+      if (!payloadMatches(fields, payload)) fail(`entry ${expected} payload checksum mismatch`);
+      // Still this generation after the reads: the bytes are the entry's, not a reuse's.
+      if (this.slotOf(generation).generation !== generation) fail(`partition of generation ${generation} was reused`);
+      if (expected >= fromSeq) yield { seq: expected, header: Buffer.from(header), payload: Buffer.from(payload), fields };
+      expected += 1;
+      offset += alignedEntryBytes(fields.payloadBytes);
+    }
+  }
+
   /** The last entry applied to the volume in sequence (all before it are applied too). */
   get appliedThrough(): number {
     return this.appliedSeq;
@@ -748,6 +813,8 @@ export class WriteLog {
   applied(seq: number): void {
     this.positions.delete(seq);
     this.advance(this.appliedAhead, seq, 'applied');
+    // Appends wait for log space: a CP can now cover more, and may free it.
+    if (this.stallStartedMs !== null && this.appliedSeq > this.cpSeq) this.options.onCheckpointWanted();
   }
 
   private advance(ahead: Set<number>, seq: number, which: 'appended' | 'applied'): void {
@@ -786,12 +853,16 @@ export class WriteLog {
       if (this.writeOffset + next.bytes > this.geometry.partitionBytes) {
         const following = this.slotOf(this.activeGeneration + 1);
         if (following.generation !== -1) {
-          // The next file still holds entries a CP has not covered (or a peer needs).
+          // The next file still holds entries a CP has not covered (or a peer needs). A CP
+          // is asked for when the stall starts, and again only while one could cover more:
+          // a file kept for a peer is freed by the peer (retainersChanged), not by CPs.
           if (this.stallStartedMs === null) {
             this.stallStartedMs = performance.now();
             this.stalls += 1;
+            this.options.onCheckpointWanted();
+          } else if (this.appliedSeq > this.cpSeq) {
+            this.options.onCheckpointWanted();
           }
-          this.options.onCheckpointWanted();
           return;
         }
         if (this.stallStartedMs !== null) {
@@ -967,7 +1038,7 @@ export class WriteLog {
     for (const slot of this.slots) {
       if (slot.generation === -1 || slot.generation === this.activeGeneration) continue;
       if (slot.lastSeq > this.cpSeq) continue;
-      const partition = { generation: slot.generation, firstSeq: slot.firstSeq, lastSeq: slot.lastSeq };
+      const partition = { generation: slot.generation, firstSeq: slot.firstSeq, lastSeq: slot.lastSeq, activeGeneration: this.activeGeneration };
       if (this.retainers.some((retain) => retain(partition))) continue;
       slot.generation = -1;
     }

@@ -119,6 +119,7 @@ describe('cluster file: valid input', () => {
         partitionBytes: constants.logPartitionBytesDefault,
         partitions: constants.logPartitionsDefault,
         cpIntervalMs: constants.cpIntervalMsDefault,
+        retentionBytesMax: (constants.logPartitionsDefault - 2) * constants.logPartitionBytesDefault,
       },
       nodes: [
         {
@@ -330,13 +331,19 @@ describe('cluster file: top-level rules', () => {
     rejects((raw) => { raw.connections = 'two'; }, 'connections', 'expected an integer');
   });
 
-  test('log: partition size, count and CP interval, with defaults', () => {
+  test('log: partition size, count, CP interval and retention, with defaults', () => {
     assert.deepEqual(parseRaw((raw) => { raw.log = { partitionSize: '8MiB' }; }).log, {
       partitionBytes: 8 * 1024 * 1024, partitions: constants.logPartitionsDefault, cpIntervalMs: constants.cpIntervalMsDefault,
+      retentionBytesMax: (constants.logPartitionsDefault - 2) * 8 * 1024 * 1024,
     });
     assert.deepEqual(parseRaw((raw) => { raw.log = { partitions: 2, cpIntervalMs: 250 }; }).log, {
-      partitionBytes: constants.logPartitionBytesDefault, partitions: 2, cpIntervalMs: 250,
+      partitionBytes: constants.logPartitionBytesDefault, partitions: 2, cpIntervalMs: 250, retentionBytesMax: 0,
     });
+    assert.equal(parseRaw((raw) => { raw.log = { partitions: 8, partitionSize: '4MiB', retentionMax: '8MiB' }; }).log.retentionBytesMax, 8 * 1024 * 1024);
+    assert.equal(parseRaw((raw) => { raw.log = { retentionMax: 0 }; }).log.retentionBytesMax, 0);
+    assert.equal(parseRaw(() => undefined).log.retentionBytesMax, (constants.logPartitionsDefault - 2) * constants.logPartitionBytesDefault);
+    rejects((raw) => { raw.log = { partitions: 4, partitionSize: '4MiB', retentionMax: '12MiB' }; }, 'log.retentionMax', 'at most (partitions - 2) × partitionSize = 8MiB, got 12MiB');
+    rejects((raw) => { raw.log = { retentionMax: 'lots' }; }, 'log.retentionMax', 'not a size');
     rejects((raw) => { raw.log = { partitionSize: '512KiB' }; }, 'log.partitionSize', 'must be at least 1MiB');
     rejects((raw) => { raw.log = { partitionSize: '1.5MB' }; }, 'log.partitionSize', 'not a multiple of 4KiB');
     rejects((raw) => { raw.log = { partitions: 1 }; }, 'log.partitions', `from 2 to ${constants.logPartitionsMax}, got 1`);

@@ -456,6 +456,93 @@ describe('MirrorSource: resync', () => {
   });
 });
 
+describe('MirrorSource: catch-up from the log', () => {
+  function fromLog(actions: Action[]): { peer: string; fromSeq: number; toSeq: number }[] {
+    return actions.flatMap((action) => (action.kind === 'catch-up-from-log' ? [{ peer: action.peer, fromSeq: action.fromSeq, toSeq: action.toSeq }] : []));
+  }
+
+  /** b goes away after entry 2; c streams and acknowledges 3..8, so the queue lets them go. */
+  function awayPastMemory(): MirrorSource<string> {
+    const s = connectedSource({ logCatchUp: true, catchUpBytesMax: 250, resync: true });
+    for (let seq = 1; seq <= 2; seq += 1) s.appended(entry(seq));
+    s.acked('b', 2, 0);
+    s.acked('c', 2, 0);
+    s.disconnected('b', 'links lost');
+    for (let seq = 3; seq <= 8; seq += 1) {
+      assert.deepEqual(dropped(s.appended(entry(seq))), [], 'past catchUpBytesMax it is not dropped: the log keeps its entries');
+      s.acked('c', seq, 0);
+    }
+    return s;
+  }
+
+  test('a peer away past the memory bound needs the log from its first missing entry, then catches up from it and from the queue', () => {
+    const s = awayPastMemory();
+    assert.equal(s.logNeed('b'), 3);
+    assert.equal(s.logNeed('c'), null, 'a streaming peer needs nothing from the log');
+    assert.equal(s.queued.entries, 0, 'the queue keeps nothing for b');
+    assert.equal(peerStatus(s, 'b').resyncNeeded, false);
+    const actions = s.connected('b', ready(2), (seq) => seq >= 3);
+    assert.deepEqual(fromLog(actions), [{ peer: 'b', fromSeq: 3, toSeq: 8 }]);
+    assert.deepEqual({ replication: peerStatus(s, 'b').replication, disk: peerStatus(s, 'b').disk }, { replication: 'catching-up', disk: 'inconsistent' });
+    assert.equal(s.isInSync('b'), false, 'it counts only once it has everything sent from the log');
+    assert.equal(s.logNeed('b'), 3, 'the log keeps what it has not acknowledged');
+    // Written meanwhile: kept in the queue for it.
+    assert.deepEqual(sent(s.appended(entry(9)), 'b'), []);
+    s.acked('c', 9, 0);
+    s.acked('b', 5, 0);
+    assert.equal(s.logNeed('b'), 6);
+    assert.deepEqual(s.loggedCaughtUp('b', 8), [], 'not before it acknowledged everything up to 8');
+    s.acked('b', 8, 0);
+    assert.deepEqual(sent(s.loggedCaughtUp('b', 8), 'b'), [9]);
+    assert.equal(s.isInSync('b'), true);
+    assert.equal(peerStatus(s, 'b').replication, 'catching-up');
+    s.acked('b', 9, 0);
+    assert.deepEqual({ replication: peerStatus(s, 'b').replication, disk: peerStatus(s, 'b').disk }, { replication: 'streaming', disk: 'up-to-date' });
+    assert.equal(s.queued.entries, 0);
+  });
+
+  test('more written while it is sent entries from the log than the queue keeps: another round from the log', () => {
+    const s = awayPastMemory();
+    s.connected('b', ready(2), () => true);
+    for (let seq = 9; seq <= 12; seq += 1) {
+      s.appended(entry(seq));
+      s.acked('c', seq, 0);
+    }
+    s.acked('b', 8, 0);
+    assert.deepEqual(fromLog(s.loggedCaughtUp('b', 8)), [{ peer: 'b', fromSeq: 9, toSeq: 12 }]);
+    s.acked('b', 12, 0);
+    s.loggedCaughtUp('b', 12);
+    assert.equal(s.isInSync('b'), true);
+  });
+
+  test('entries the log no longer holds, a release past the retention, or a failed read: a resync', () => {
+    const gone = awayPastMemory();
+    const reset = gone.connected('b', ready(2), (seq) => seq >= 5);
+    assert.equal(reset[0]?.kind, 'reset-peer', 'the log lacks entries 3 and 4');
+
+    const released = awayPastMemory();
+    assert.match(dropped(released.logReleased('b'))[0]?.reason ?? '', /away longer than the log keeps writes for it/);
+    assert.equal(released.logNeed('b'), null);
+    assert.equal(peerStatus(released, 'b').resyncNeeded, true);
+
+    const failed = awayPastMemory();
+    failed.connected('b', ready(2), () => true);
+    assert.match(dropped(failed.logCatchUpFailed('b', 'entry 4 is damaged'))[0]?.reason ?? '', /entry 4 is damaged; it needs a resync/);
+    assert.equal(peerStatus(failed, 'b').resyncNeeded, true);
+    assert.equal(failed.logNeed('b'), null);
+  });
+
+  test('links lost while catching up from the log: the log keeps from its first unacknowledged entry', () => {
+    const s = awayPastMemory();
+    s.connected('b', ready(2), () => true);
+    s.acked('b', 6, 0);
+    s.disconnected('b', 'links lost');
+    assert.equal(s.logNeed('b'), 7);
+    assert.deepEqual(fromLog(s.connected('b', ready(6), () => true)), [{ peer: 'b', fromSeq: 7, toSeq: 8 }]);
+    assert.match(dropped(s.acked('b', 9, 0))[0]?.reason ?? '', /protocol violation/, 'an ACK past what was sent from the log');
+  });
+});
+
 describe('MirrorSource: protocol violations', () => {
   test('an ACK beyond what was sent drops the peer', () => {
     const s = connectedSource({ peers: ['b'] });

@@ -1,0 +1,189 @@
+// Outages of the replication link with real processes: a secondary SIGKILLed while a
+// client writes comes back and catches up from the primary's log files (it missed more
+// than is kept in memory, less than the log's retention); a partition (nftables drops
+// every packet between the two replication addresses) that outlasts the retention ends in
+// a bitmap resync; and a link that flaps (seeded cuts and heals) during a resync, while
+// the client writes to the very regions being resynced, still ends with identical images.
+//
+// Each test writes unique data and checks, after a clean stop of both nodes, that the
+// primary's image holds exactly what the client wrote and the secondary's is identical.
+
+import { after, test } from 'node:test';
+import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import { killAll, makeTempDir, runOk, sleep, startClusterNode, writeClusterConfig, type LogSpec, type NodeStatusJson, type TestNode } from '../helpers/node-process.js';
+import { NftPartition } from '../helpers/nft-partition.js';
+import { Prng } from '../unit/prng.js';
+
+const MiB = 1024 * 1024;
+const dirs: string[] = [];
+const partitions: NftPartition[] = [];
+after(async () => {
+  killAll();
+  for (const partition of partitions) await partition.remove();
+  for (const dir of dirs) fs.rmSync(dir, { recursive: true, force: true });
+});
+
+const fast = { intervalMs: 100, timeoutMs: 600, probationMs: 1500 };
+/** The replication link: a dedicated pair of loopback addresses the partition cuts. */
+const A_LINK = '127.0.0.2';
+const B_LINK = '127.0.0.4';
+
+function peerOf(status: NodeStatusJson): NodeStatusJson['volumes'][number]['peers'][number] | undefined {
+  return status.volumes.find((volume) => volume.name === 'v1')?.peers[0];
+}
+
+const upToDate = (status: NodeStatusJson): boolean => peerOf(status)?.replication === 'streaming' && peerOf(status)?.disk === 'up-to-date';
+
+function messages(node: TestNode, msg: string): Record<string, unknown>[] {
+  return node.records().filter((record) => record['msg'] === msg);
+}
+
+interface Pair {
+  a: TestNode;
+  b: TestNode;
+  dir: string;
+  config: string;
+}
+
+async function startPair(options: { size: string; log: LogSpec; resync?: { rateMax?: string } }): Promise<Pair> {
+  const dir = makeTempDir('blockmirror-outage-');
+  dirs.push(dir);
+  const config = await writeClusterConfig(dir, {
+    nodes: [
+      { id: 'a', replicationHost: A_LINK },
+      { id: 'b', replicationHost: B_LINK },
+    ],
+    volumes: [{ name: 'v1', size: options.size, replicas: ['a', 'b'], primary: 'a', mode: 'sync' }],
+    heartbeat: fast,
+    log: options.log,
+    ...(options.resync === undefined ? {} : { resync: options.resync }),
+  });
+  const b = await startClusterNode(dir, config, 'b');
+  const a = await startClusterNode(dir, config, 'a');
+  await a.waitStatus('b streaming', upToDate);
+  return { a, b, dir, config };
+}
+
+function randomFile(dir: string, bytes: number): { path: string; data: Buffer } {
+  const data = crypto.randomBytes(bytes);
+  const file = `${dir}/random-${bytes}.bin`;
+  fs.writeFileSync(file, data);
+  return { path: file, data };
+}
+
+/** After both stopped: a holds `expected` from offset 0, and b's image equals a's. */
+function assertConverged(a: TestNode, b: TestNode, expected: Buffer): void {
+  const imageA = fs.readFileSync(a.imagePath('v1'));
+  const imageB = fs.readFileSync(b.imagePath('v1'));
+  assert.ok(imageA.subarray(0, expected.length).equals(expected), 'a holds what the client wrote');
+  assert.ok(imageB.equals(imageA), 'b has everything a has');
+}
+
+test('a secondary SIGKILLed during writes misses more than memory keeps: after its restart it catches up from the log files, no resync', async () => {
+  // 14 partitions of 8 MiB: 96 MiB of retention, above the 64 MiB kept in memory.
+  const { a, b: first, dir, config } = await startPair({ size: '128MiB', log: { partitionSize: '8MiB', partitions: 14, cpIntervalMs: 1000 } });
+  const { path: source, data } = randomFile(dir, 88 * MiB);
+  const writeBytes = (status: NodeStatusJson): number => status.volumes[0]?.stats['writeBytes'] ?? 0;
+  const copy = runOk('nbdcopy', [source, a.uri('v1')], { timeoutMs: 120_000 });
+  await a.waitStatus('8 MiB written', (status) => writeBytes(status) >= 8 * MiB);
+  process.kill(first.pid, 'SIGKILL');
+  await first.exited;
+  await copy;
+  const away = peerOf(await a.status());
+  assert.equal(away?.resyncNeeded, false, 'the log still holds what b lacks');
+  assert.ok((away?.outOfSyncBytes ?? 0) > 64 * MiB, `b missed more than memory keeps (${away?.outOfSyncBytes} bytes)`);
+
+  const b = await startClusterNode(dir, config, 'b');
+  await a.waitStatus('b caught up', upToDate, 60_000);
+  const caughtUp = messages(a, 'peer caught up from the log');
+  assert.equal(caughtUp.length, 1, 'b caught up from the log files once');
+  assert.ok(Number(caughtUp[0]?.['bytes']) > 64 * MiB - 8 * MiB, `entries read back from the log: ${String(caughtUp[0]?.['bytes'])} bytes`);
+  assert.deepEqual(messages(a, 'resync started'), [], 'no resync');
+  assert.equal(peerOf(await a.status())?.outOfSyncBytes, 0);
+  assert.equal((await a.stop()).code, 0);
+  assert.equal((await b.stop()).code, 0);
+  assertConverged(a, b, data);
+});
+
+test('a partition of the replication link past the log retention: writes go on, then a bitmap resync', async () => {
+  // 6 partitions of 4 MiB: 16 MiB of retention; 80 MiB written is past it and past memory.
+  const { a, b, dir } = await startPair({ size: '128MiB', log: { partitionSize: '4MiB', partitions: 6, cpIntervalMs: 1000 } });
+  const partition = new NftPartition(A_LINK, B_LINK, 'retention');
+  partitions.push(partition);
+  const { path: source, data } = randomFile(dir, 80 * MiB);
+  await partition.cut();
+  try {
+    await runOk('nbdcopy', [source, a.uri('v1')], { timeoutMs: 120_000 });
+    const away = await a.waitStatus('b marked for a resync', (status) => peerOf(status)?.resyncNeeded === true);
+    assert.equal(peerOf(away)?.replication, 'disconnected');
+    assert.equal(peerOf(away)?.outOfSyncBytes, 80 * MiB, 'the bitmap covers every region written while cut off');
+    assert.ok(messages(a, 'peer down: no heartbeat').length >= 1, 'the partition was seen through the heartbeats');
+  } finally {
+    await partition.heal();
+  }
+  await a.waitStatus('b resynced', upToDate, 60_000);
+  const done = messages(a, 'resync done');
+  assert.equal(done.length, 1);
+  assert.equal(done[0]?.['bytes'], 80 * MiB, 'exactly the regions written during the partition were resent');
+  assert.equal((await a.stop()).code, 0);
+  assert.equal((await b.stop()).code, 0);
+  assertConverged(a, b, data);
+  await partition.remove();
+});
+
+test('the link flaps (seeded) during a resync while the client writes to the regions being resynced: nothing older overwrites newer', async () => {
+  const seed = 0x0f1a9 ^ Number(process.env['BLOCKMIRROR_SEED'] ?? 0);
+  const prng = new Prng(seed);
+  // 72 MiB written while cut off is past what memory and the log keep: a resync, capped
+  // at 8 MiB/s so that it lasts long enough for the link to flap under it.
+  const { a, b, dir } = await startPair({ size: '96MiB', log: { partitionSize: '4MiB', partitions: 4, cpIntervalMs: 1000 }, resync: { rateMax: '8MiB' } });
+  const partition = new NftPartition(A_LINK, B_LINK, 'flap');
+  partitions.push(partition);
+  const { path: source, data } = randomFile(dir, 72 * MiB);
+  const model = Buffer.from(data);
+  await partition.cut();
+  try {
+    await runOk('nbdcopy', [source, a.uri('v1')], { timeoutMs: 120_000 });
+    await a.waitStatus('b marked for a resync', (status) => peerOf(status)?.resyncNeeded === true);
+  } finally {
+    await partition.heal();
+  }
+  await a.waitStatus('the resync running', (status) => peerOf(status)?.replication === 'resyncing', 30_000);
+
+  // Flapping: seeded cuts and heals of 0.2-2 s for about 8 s, while 4 KiB writes with a
+  // fill byte of their own land in the regions being resynced.
+  let flapping = true;
+  const flaps = (async () => {
+    const endMs = Date.now() + 8_000;
+    while (Date.now() < endMs) {
+      await partition.cut();
+      await sleep(prng.between(200, 2000));
+      await partition.heal();
+      await sleep(prng.between(200, 2000));
+    }
+    flapping = false;
+  })();
+  let version = 0;
+  while (flapping) {
+    const commands: string[] = [];
+    for (let index = 0; index < 40; index += 1) {
+      const offset = prng.below((72 * MiB) / 4096) * 4096;
+      version += 1;
+      const fill = (version % 251) + 1;
+      model.fill(fill, offset, offset + 4096);
+      commands.push('-c', `write -P ${fill} ${offset} 4k`);
+    }
+    await runOk('qemu-io', ['-f', 'raw', a.uri('v1'), ...commands], { timeoutMs: 60_000 });
+  }
+  await flaps;
+  await partition.heal();
+  await a.waitStatus('b resynced after the flapping', upToDate, 90_000);
+  assert.ok(messages(a, 'resync interrupted').length >= 1, `the flapping interrupted the resync (seed ${seed})`);
+  assert.ok(version >= 40, `the client wrote during the flapping (${version} writes)`);
+  assert.equal((await a.stop()).code, 0);
+  assert.equal((await b.stop()).code, 0);
+  assertConverged(a, b, model);
+  await partition.remove();
+});
