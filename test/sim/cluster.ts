@@ -242,6 +242,8 @@ export class Cluster implements CheckedCluster {
     peer.links.open();
     peer.inSync = true;
     const ready = peer.ready();
+    // READY tells the source what it has stored, as an ACK does.
+    peer.deliveredAckSeq = Math.max(peer.deliveredAckSeq, ready.lastSeq);
     const ackedSeq = this.source.peerStatus(peer.id).ackedSeq;
     if (this.config.markLostAcked && ready.lastSeq < ackedSeq) {
       for (let seq = ready.lastSeq + 1; seq <= ackedSeq; seq += 1) this.mark(this.resyncOf(peer.id), this.primary.record(seq).frame);

@@ -53,7 +53,7 @@ export class Secondary implements CheckedPeer {
   cpSeq = 0;
   /** A RESET is being carried out. */
   resetting = false;
-  /** The highest entry an ACK of this peer told the source it had stored. */
+  /** The highest entry an ACK (or READY) of this peer told the source it had stored. */
   deliveredAckSeq = 0;
   /**
    * Entries this peer had acknowledged and lost in a crash (not yet durable then): the
