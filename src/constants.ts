@@ -87,6 +87,13 @@ export const constants = {
   verifyReplyTimeoutMs: 30_000,
   /** Mismatching regions a verify report lists (it counts them all). */
   verifyMismatchesListedMax: 1000,
+  /** Without resync.rateMax, the controller keeps a resync's regions in flight within these bounds. */
+  resyncRegionsInflightMin: 4,
+  resyncRegionsInflightStep: 8,
+  /** How often it looks at client latency. */
+  resyncControlIntervalMs: 100,
+  /** Client latency this much above its baseline never counts as slowed by the resync. */
+  resyncLatencySlackMs: 1,
   /** Regions a resync has sent to a peer and that are not yet durable there. */
   resyncRegionsInflightMax: 256,
   /** One bit of a peer's dirty bitmap covers this much of the volume (the default of resync.regionSize). */

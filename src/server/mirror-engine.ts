@@ -28,6 +28,7 @@ import { EntryType } from '../storage/log-entry.js';
 import type { LocalVolume, MirrorGate } from '../storage/local-volume.js';
 import type { WriteLog } from '../storage/write-log.js';
 import { writeFileAtomic } from '../storage/volume-files.js';
+import { ResyncController } from '../core/resync-controller.js';
 import { OnlineVerify, type VerifyReport } from './online-verify.js';
 import { connectAsSource, PeerLink } from './peer-link.js';
 
@@ -79,6 +80,14 @@ export class MirrorEngine implements MirrorGate {
   private stopped = false;
   private readonly secret: Buffer;
   private verifyRun: OnlineVerify | null = null;
+  /** Without resync.rateMax: how many regions a resync may have in flight, from client latency. */
+  private readonly resyncControl = new ResyncController({
+    minRegions: constants.resyncRegionsInflightMin,
+    maxRegions: constants.resyncRegionsInflightMax,
+    stepRegions: constants.resyncRegionsInflightStep,
+    slackMs: constants.resyncLatencySlackMs,
+  });
+  private resyncControlTickMs = 0;
   /** VERIFY requests waiting for their VERIFIED, by token. */
   private readonly digestWaiters = new Map<number, { peer: string; resolve: (digest: Buffer) => void; reject: (error: Error) => void }>();
   private nextVerifyToken = 1;
@@ -228,6 +237,12 @@ export class MirrorEngine implements MirrorGate {
     this.log.info('resync started', { peer: id, regions: peer.bitmap.dirtyRegions, bytes: startBytes });
     peer.resyncStart ??= { atMs: startedMs, bytes: startBytes };
     while (live()) {
+      if (rateMax === 0 && Date.now() - this.resyncControlTickMs >= constants.resyncControlIntervalMs) {
+        this.resyncControlTickMs = Date.now();
+        this.resyncControl.tick();
+      }
+      // Capped by the rate, or by the controller that keeps client requests responsive.
+      const inflightMax = rateMax > 0 ? constants.resyncRegionsInflightMax : this.resyncControl.limit;
       const durable = this.core.peerStatus(id).durableSeq;
       for (const [seq, region] of pending) {
         if (seq > durable) continue;
@@ -238,10 +253,10 @@ export class MirrorEngine implements MirrorGate {
       }
       let next = peer.bitmap.nextDirty(cursor);
       while (next !== -1 && pendingRegions.has(next)) next = peer.bitmap.nextDirty(next + 1);
-      if (next !== -1 && pending.size < constants.resyncRegionsInflightMax) {
+      if (next !== -1 && pending.size < inflightMax) {
         // Several regions are read at once (distinct regions: their order does not matter).
         const batch: number[] = [];
-        while (next !== -1 && batch.length < constants.resyncReadsParallelMax && pending.size + batch.length < constants.resyncRegionsInflightMax) {
+        while (next !== -1 && batch.length < constants.resyncReadsParallelMax && pending.size + batch.length < inflightMax) {
           batch.push(next);
           next = peer.bitmap.nextDirty(next + 1);
           while (next !== -1 && pendingRegions.has(next)) next = peer.bitmap.nextDirty(next + 1);
@@ -430,8 +445,15 @@ export class MirrorEngine implements MirrorGate {
   mirrored(seq: number, durable: boolean): Promise<void> {
     const token = this.nextToken;
     this.nextToken += 1;
+    const startedMs = performance.now();
     return new Promise<void>((resolve, reject) => {
-      this.waiters.set(token, { resolve, reject });
+      this.waiters.set(token, {
+        resolve: () => {
+          this.resyncControl.clientDone(performance.now() - startedMs);
+          resolve();
+        },
+        reject,
+      });
       this.run(this.core.request(token, seq, durable));
       // The local part is the caller's and is done by the time it asks.
       if (this.waiters.has(token)) this.run(this.core.localDone(token, null));
