@@ -1,7 +1,7 @@
 // `npm run bench`: blockmirror against nbdkit (file plugin) and qemu-nbd, in one run, on
 // the same backing storage, with fio's nbd engine. Prints a table with the ratio of
 // blockmirror to each reference server, keeps the raw fio output under bench/results/,
-// and rewrites docs/benchmarks.md with the latest table.
+// and rewrites in docs/benchmarks.md the part of each section that ran (see writeDoc).
 //
 // `blockmirror` is a `mode: local` volume on one node. `blockmirror-sync` and
 // `blockmirror-async` are the same volume mirrored from node a to node b, two `blockmirror
@@ -11,12 +11,20 @@
 // sends no FUA), how long a node takes to recover a full log partition after SIGKILL, and,
 // for the mirrored servers, the CPU time both nodes spend per MiB written.
 //
-// Environment: BENCH_RUNTIME_S (default 10), BENCH_SIZE (default 1G), BENCH_SERVERS
+// The resync section measures, on a two-node sync volume, the bitmap resync of a fully
+// dirty volume, the catch-up from memory of a secondary frozen past the heartbeat timeout,
+// and 4k random write IOPS while a resync runs against those without (see benchResync).
+//
+// Environment: BENCH_SECTIONS (comma list of servers, recovery, resync; default all three),
+// BENCH_RUNTIME_S (default 10), BENCH_SIZE (default 1G), BENCH_SERVERS
 // (comma list, default blockmirror,blockmirror-sync,blockmirror-async,nbdkit,qemu-nbd),
 // BENCH_WORKLOADS (comma list of names, including fua-4k-qd1 and fua-4k-qd32),
 // BENCH_FUA_COUNT (default 20000), BENCH_RECOVERY=0 to skip the recovery measurement,
 // BENCH_LOG (a YAML flow mapping for blockmirror's `log:` section, e.g.
-// "{ partitionSize: 256MiB, partitions: 4 }"; every blockmirror server uses it).
+// "{ partitionSize: 256MiB, partitions: 4 }"; every blockmirror server uses it),
+// BENCH_RESYNC_FIO_S (default 2: fio's runtime in the resync section, which the resync must
+// outlast), BENCH_RESYNC_RATE_MAX_MIB (default 100: node a's resync.rateMax in the second
+// resync under fio; 0 skips it).
 
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
@@ -235,6 +243,8 @@ interface MirrorNode {
   problemCount: number;
   /** The last lines logged, for the error when the node fails. */
   tail: string[];
+  /** Every JSON line the node logged (bounded), for the sections that read events from the log. */
+  records: LogRecord[];
 }
 
 interface Mirror {
@@ -248,16 +258,27 @@ interface Mirror {
 interface MirrorVolumeStatus {
   name: string;
   stats: Record<string, number>;
-  log: { lastSeq: number };
-  peers: { node: string; replication: string; ackedSeq: number }[];
+  log: { lastSeq: number; stalls?: number; stallMs?: number; checkpoints?: number };
+  peers: {
+    node: string;
+    replication: string;
+    ackedSeq: number;
+    disk?: string;
+    lagBytes?: number;
+    outOfSyncBytes?: number;
+    resyncNeeded?: boolean;
+    resync?: { remainingBytes: number; rateBytesPerSec: number; etaSeconds: number | null } | null;
+  }[];
 }
 
 const nodeProblemsKept = 5;
 const nodeTailLines = 20;
+/** A node logs a few lines per event, not per request: this bound is far above a run's. */
+const nodeRecordsKept = 10_000;
 
 function spawnNode(config: string, id: 'a' | 'b'): MirrorNode {
   const child = spawn(process.execPath, [cli, 'serve', '--config', config, '--node', id], { stdio: ['ignore', 'ignore', 'pipe'] });
-  const node: MirrorNode = { id, child, ready: null, problems: [], problemCount: 0, tail: [] };
+  const node: MirrorNode = { id, child, ready: null, problems: [], problemCount: 0, tail: [], records: [] };
   let partial = '';
   child.stderr?.setEncoding('utf8');
   child.stderr?.on('data', (text: string) => {
@@ -273,6 +294,7 @@ function onNodeLine(node: MirrorNode, line: string): void {
   node.tail.push(line);
   if (node.tail.length > nodeTailLines) node.tail.shift();
   const record = parseLogRecord(line);
+  if (record !== null && node.records.length < nodeRecordsKept) node.records.push(record);
   if (record?.msg === 'node ready') node.ready = { nbd: String(record.nbd), admin: String(record.admin) };
   if (record === null || record.level === 'warn' || record.level === 'error') {
     node.problemCount += 1;
@@ -280,11 +302,14 @@ function onNodeLine(node: MirrorNode, line: string): void {
   }
 }
 
+/** One JSON line of a node's log: `time`, `level`, `msg` and the event's fields. */
+type LogRecord = { time?: unknown; level?: unknown; msg?: unknown; nbd?: unknown; admin?: unknown } & Record<string, unknown>;
+
 /** A node's JSON log line, or null for anything else (which the node only writes when it fails). */
-function parseLogRecord(line: string): { level?: unknown; msg?: unknown; nbd?: unknown; admin?: unknown } | null {
+function parseLogRecord(line: string): LogRecord | null {
   try {
     const value: unknown = JSON.parse(line);
-    return typeof value === 'object' && value !== null ? value : null;
+    return typeof value === 'object' && value !== null ? (value as LogRecord) : null;
   } catch {
     return null;
   }
@@ -310,7 +335,7 @@ async function waitNodeReady(node: MirrorNode, timeoutMs: number): Promise<{ nbd
   throw new Error(`node ${node.id} not ready within ${timeoutMs} ms; its last log lines:\n${node.tail.join('\n')}`);
 }
 
-async function mirrorVolume(mirror: Mirror): Promise<MirrorVolumeStatus> {
+async function mirrorVolume(mirror: Pick<Mirror, 'adminUrl'>): Promise<MirrorVolumeStatus> {
   const response = await fetch(`${mirror.adminUrl}/api/v1/status`, { signal: AbortSignal.timeout(10_000) });
   if (!response.ok) throw new Error(`node a's admin API answered ${response.status}`);
   const status = (await response.json()) as { volumes: MirrorVolumeStatus[] };
@@ -348,18 +373,19 @@ function waitCaughtUp(mirror: Mirror): Promise<MirrorVolumeStatus> {
 }
 
 /**
- * Starts a mirrored server: node a (the primary, NBD on 127.0.0.1) and node b from one
- * cluster file, replicating over 127.0.0.2 and 127.0.0.3, and waits until a streams to b.
- * NBD and admin ports are the kernel's choice, read from each node's "node ready" line;
- * replication ports must be known to both nodes before they start, so they are chosen here.
+ * Writes the cluster file of a mirrored server: node a (the primary, NBD on 127.0.0.1) and
+ * node b, replicating over 127.0.0.2 and 127.0.0.3; `extra` holds more top-level keys
+ * (heartbeat:, resync:). NBD and admin ports are the kernel's choice, read from each node's
+ * "node ready" line; replication ports must be known to both nodes before they start, so
+ * they are chosen here.
  */
-async function startMirror(dir: string, mode: 'sync' | 'async'): Promise<Started> {
+async function writeMirrorConfig(dir: string, mode: 'sync' | 'async', extra = ''): Promise<string> {
   const config = path.join(dir, 'cluster.yaml');
   fs.writeFileSync(
     config,
     `cluster: bench
 secret: bench-secret-123
-nodes:
+${extra}nodes:
   - id: a
     nbd: 127.0.0.1:0
     replication: 127.0.0.2:${await freePort('127.0.0.2')}
@@ -378,6 +404,12 @@ volumes:
     mode: ${mode}
 ${logSection()}`,
   );
+  return config;
+}
+
+/** Starts a mirrored server from writeMirrorConfig's cluster file and waits until node a streams to node b. */
+async function startMirror(dir: string, mode: 'sync' | 'async'): Promise<Started> {
+  const config = await writeMirrorConfig(dir, mode);
   const secondary = spawnNode(config, 'b');
   let primary: MirrorNode | null = null;
   try {
@@ -622,6 +654,430 @@ volumes:
   }
 }
 
+// ---- resync: a two-node sync volume brought back after node b was away -----------------------
+
+/** Heartbeat timing of the resync section: a frozen node b is cut off after 1 s of silence and taken back 1 s after it answers again. */
+const resyncHeartbeat = { intervalMs: 100, timeoutMs: 1000, probationMs: 1000 };
+/** Written in 4 KiB random writes while node b is frozen: under the 64 MiB of entries node a keeps in memory for it. */
+const catchUpWriteBytes = 48 * 1024 ** 2;
+/**
+ * fio's runtime and ramp in the client IOPS figure, with and without a resync. The resync
+ * must outlast fio, and an uncapped resync of 1 GiB takes about 4 s here: 2 s after 0.5 s.
+ */
+const resyncFioRuntimeS = Number(process.env['BENCH_RESYNC_FIO_S'] ?? 2);
+const resyncFioRampMs = 500;
+/** resync.rateMax (MiB/s) of node a in the second run of the client IOPS figure (100: about 10 s for 1 GiB); 0 skips that run. */
+const resyncRateMaxMiB = Number(process.env['BENCH_RESYNC_RATE_MAX_MIB'] ?? 100);
+/** How often node a's status is read while node b resyncs or catches up. */
+const resyncPollMs = 50;
+/** Bound of each wait of the section (a resync of the whole volume included). */
+const resyncWaitMs = 600_000;
+/** Warnings and errors the section causes on purpose (node b frozen, away, resynced; node a restarted), not problems of the run. */
+const resyncExpectedProblems = new Set([
+  'peer down: no heartbeat',
+  'peer connection lost',
+  'peer connection failed',
+  'source disconnected',
+  'replica no longer counts for this volume',
+  'peer needs a resync: it restarts its log here and is sent the regions it lacks',
+  'peer away longer than the log retention: it needs a resync',
+]);
+
+/** One resync of node b, as node a's "resync done" line and its status polls saw it. */
+interface ResyncRun {
+  /** What the resync sent and how long it took, from node a's "resync done" line (from node b's log restart until its last region was durable). */
+  bytes: number;
+  ms: number;
+  /** From the first status poll that showed node b `resyncing` to the first that showed it `streaming` and `up-to-date`. */
+  polledMs: number;
+  /** bytes / ms, decimal (1e6) and binary. */
+  mbPerSec: number;
+  mibPerSec: number;
+}
+
+/** fio's 4k randwrite QD32 while node b is resynced from a fully dirty bitmap. */
+interface UnderResync {
+  /** Node a's resync.rateMax in bytes per second, or null for none. */
+  rateMax: number | null;
+  during: Figure;
+  /** during / the baseline's IOPS. */
+  ratio: number;
+  /** Node a's status read as soon as fio ended: node b still resyncing, and what was left. */
+  resyncingAtFioEnd: boolean;
+  remainingBytesAtFioEnd: number | null;
+  resync: ResyncRun;
+  /** How often, and how long in all, node a's writes waited for log space while fio ran. */
+  logStalls: LogStalls;
+}
+
+/** Node a's log stalls (writes waiting for a consistency point to free log space) over a stretch of the run. */
+interface LogStalls {
+  stalls: number;
+  stallMs: number;
+}
+
+function logStallsBetween(before: MirrorVolumeStatus, after: MirrorVolumeStatus): LogStalls {
+  return { stalls: (after.log.stalls ?? 0) - (before.log.stalls ?? 0), stallMs: (after.log.stallMs ?? 0) - (before.log.stallMs ?? 0) };
+}
+
+interface ResyncFigures {
+  volumeBytes: number;
+  heartbeat: typeof resyncHeartbeat;
+  pollMs: number;
+  /** 1. Node b joins for the first time (its image sparse) after every byte of the volume was written without it; no resync.rateMax. */
+  firstJoin: ResyncRun;
+  /** 1. Node b stopped (SIGTERM), every byte of the volume written, node b started again (its image allocated); no resync.rateMax. */
+  full: ResyncRun;
+  /** 2. Node b frozen (SIGSTOP) past the heartbeat timeout while 4 KiB random writes land; from node a's "peer catching up" line to the first poll that shows node b `streaming`. */
+  catchUp: { entries: number; payloadBytes: number; ms: number; mbPerSec: number; mibPerSec: number; entriesPerSec: number };
+  /** 3. 4k randwrite QD32 with both nodes streaming (baseline), and right after a resync of the fully dirty volume started: without resync.rateMax, and with it. */
+  underLoad: { fioRuntimeS: number; fioRampMs: number; baseline: Figure; baselineLogStalls: LogStalls; runs: UnderResync[] };
+}
+
+/** The section's nodes: node a (the current one), node b once it runs, and whether the section froze node b (so that a failure thaws it before stopping it). */
+interface ResyncPair {
+  a: MirrorNode;
+  b: MirrorNode | null;
+  adminUrl: string;
+  uri: string;
+  frozen: boolean;
+  /** How often the section froze or stopped node b: node a cutting it off more often is a false disconnect. */
+  absences: number;
+  /** Every node process the section started, to stop at the end. */
+  started: MirrorNode[];
+}
+
+type PeerStatus = MirrorVolumeStatus['peers'][number];
+
+function peerB(volume: MirrorVolumeStatus): PeerStatus | undefined {
+  return volume.peers.find((peer) => peer.node === 'b');
+}
+
+function upToDate(volume: MirrorVolumeStatus): boolean {
+  const peer = peerB(volume);
+  return peer?.replication === 'streaming' && peer.disk === 'up-to-date';
+}
+
+/** Node b is up to date and has acknowledged everything node a logged. */
+function caughtUpB(volume: MirrorVolumeStatus): boolean {
+  return upToDate(volume) && (peerB(volume)?.ackedSeq ?? -1) >= volume.log.lastSeq;
+}
+
+/** Reads node a's status of vol0 every resyncPollMs until `check` holds (bounded): the status, and when its answer arrived. */
+async function pollPair(
+  pair: ResyncPair,
+  what: string,
+  check: (volume: MirrorVolumeStatus) => boolean,
+  timeoutMs = resyncWaitMs,
+): Promise<{ volume: MirrorVolumeStatus; atMs: number }> {
+  const deadline = Date.now() + timeoutMs;
+  let last: MirrorVolumeStatus | null = null;
+  while (Date.now() < deadline) {
+    checkNodeAlive(pair.a);
+    if (pair.b !== null) checkNodeAlive(pair.b);
+    last = await mirrorVolume(pair);
+    const atMs = Date.now();
+    if (check(last)) return { volume: last, atMs };
+    await sleep(resyncPollMs);
+  }
+  throw new Error(`${what} did not happen within ${timeoutMs} ms; node a's last status of vol0: ${JSON.stringify(last)}`);
+}
+
+/**
+ * Waits (bounded) until node a's heartbeats call node b up. Node a connects at once to a
+ * peer it has not heard from since it started, but never cuts off such a peer when it
+ * falls silent: a node b frozen before its first heartbeat reached node a would stay
+ * `streaming` for good (and sync writes would wait for it).
+ */
+async function waitHeardB(pair: ResyncPair): Promise<void> {
+  const deadline = Date.now() + 30_000;
+  let last: unknown = null;
+  while (Date.now() < deadline) {
+    checkNodeAlive(pair.a);
+    const response = await fetch(`${pair.adminUrl}/api/v1/status`, { signal: AbortSignal.timeout(10_000) });
+    const status = (await response.json()) as { nodes?: { node: string; state: string }[] };
+    last = status.nodes;
+    if (status.nodes?.some((node) => node.node === 'b' && node.state === 'up')) return;
+    await sleep(resyncPollMs);
+  }
+  throw new Error(`node a's heartbeats did not call node b up within 30 s: ${JSON.stringify(last)}`);
+}
+
+/** A node's log lines with this message (its log reaches the bench through a pipe: waits, bounded, for the `count`th). */
+async function loggedLines(node: MirrorNode, msg: string, count: number): Promise<LogRecord[]> {
+  const lines = (): LogRecord[] => node.records.filter((record) => record.msg === msg);
+  for (let attempt = 0; attempt < 250 && lines().length < count; attempt += 1) await sleep(20);
+  if (lines().length < count) throw new Error(`node ${node.id} logged "${msg}" ${lines().length} times, not ${count}`);
+  return lines();
+}
+
+function rateOf(bytes: number, ms: number): { mbPerSec: number; mibPerSec: number } {
+  const perSec = ms > 0 ? (bytes / ms) * 1000 : 0;
+  return { mbPerSec: perSec / 1e6, mibPerSec: perSec / 1024 ** 2 };
+}
+
+/** Starts node a from `config` and makes it the pair's node a. */
+async function startResyncA(pair: Omit<ResyncPair, 'a' | 'adminUrl' | 'uri'> & Partial<ResyncPair>, config: string): Promise<ResyncPair> {
+  const a = spawnNode(config, 'a');
+  pair.started.push(a);
+  const ready = await waitNodeReady(a, 120_000);
+  return Object.assign(pair, { a, adminUrl: `http://${ready.admin}`, uri: `nbd://${ready.nbd}/vol0` });
+}
+
+/** Freezes node b (SIGSTOP) and waits until node a has cut it off (no heartbeat for the timeout). */
+async function freezeB(pair: ResyncPair): Promise<void> {
+  const b = pair.b;
+  if (b?.child.pid === undefined) throw new Error('node b is not running');
+  await waitHeardB(pair);
+  process.kill(b.child.pid, 'SIGSTOP');
+  pair.frozen = true;
+  pair.absences += 1;
+  await pollPair(pair, 'node a cutting off the frozen node b', (volume) => peerB(volume)?.replication === 'disconnected', 30_000);
+}
+
+function thawB(pair: ResyncPair): void {
+  if (!pair.frozen || pair.b?.child.pid === undefined) return;
+  process.kill(pair.b.child.pid, 'SIGCONT');
+  pair.frozen = false;
+}
+
+/** `fio --rw=write --bs=1M` over the whole volume through node a: every byte written once. Checks that node b's dirty bitmap then covers it all. */
+async function writeWholeVolume(pair: ResyncPair): Promise<void> {
+  await runTool('fio', ['--name=fill', '--ioengine=nbd', `--uri=${pair.uri}`, '--rw=write', '--bs=1M', '--iodepth=8', `--size=${sizeText}`, '--output=/dev/null'], 600_000);
+  const dirty = peerB(await mirrorVolume(pair))?.outOfSyncBytes;
+  if (dirty !== sizeBytes) throw new Error(`after writing the whole volume, node b's dirty bitmap covers ${dirty} bytes, not ${sizeBytes}`);
+}
+
+/** 4k randwrite QD32, as the servers' workload of that name but with the section's runtime and ramp. */
+async function resyncFio(uri: string, output: string): Promise<Figure> {
+  const workload = workloads.find((candidate) => candidate.name === 'randwrite-4k-qd32');
+  if (workload === undefined) throw new Error('no randwrite-4k-qd32 workload');
+  await runTool(
+    'fio',
+    [
+      `--name=${workload.name}`,
+      '--ioengine=nbd',
+      `--uri=${uri}`,
+      `--size=${sizeText}`,
+      '--time_based',
+      `--runtime=${resyncFioRuntimeS}s`,
+      `--ramp_time=${resyncFioRampMs}ms`,
+      '--output-format=json',
+      `--output=${output}`,
+      ...workload.args,
+    ],
+    (resyncFioRuntimeS + 60) * 1000,
+  );
+  return fioFigure(output, workload);
+}
+
+/**
+ * Thaws node b and waits for its resync to start and end; `meanwhile` runs as soon as a
+ * status poll shows it `resyncing`. The `count`th "resync done" line of node a holds bytes and ms.
+ */
+async function measureResync<T>(pair: ResyncPair, count: number, meanwhile: () => Promise<T>): Promise<{ run: ResyncRun; meanwhile: T }> {
+  thawB(pair);
+  const started = await pollPair(pair, 'node b resyncing', (volume) => peerB(volume)?.replication === 'resyncing');
+  const result = await meanwhile();
+  const ended = await pollPair(pair, 'node b resynced', upToDate);
+  const done = (await loggedLines(pair.a, 'resync done', count))[count - 1] ?? {};
+  const bytes = Number(done['bytes']);
+  const ms = Number(done['ms']);
+  return { run: { bytes, ms, polledMs: ended.atMs - started.atMs, ...rateOf(bytes, ms) }, meanwhile: result };
+}
+
+/**
+ * Node b frozen while the whole volume is written again, then thawed; fio runs as soon as
+ * its resync starts (the `count`th of node a), and node a's status is read when fio ends.
+ */
+async function fioUnderResync(pair: ResyncPair, count: number, rateMax: number | null, baseline: Figure, output: string): Promise<UnderResync> {
+  await pollPair(pair, 'node b caught up', caughtUpB);
+  await freezeB(pair);
+  await writeWholeVolume(pair);
+  await settle();
+  const { run: resync, meanwhile } = await measureResync(pair, count, async () => {
+    const before = await mirrorVolume(pair);
+    const during = await resyncFio(pair.uri, output);
+    const after = await mirrorVolume(pair);
+    return { during, atFioEnd: peerB(after), logStalls: logStallsBetween(before, after) };
+  });
+  const { during, atFioEnd, logStalls } = meanwhile;
+  return {
+    rateMax,
+    during,
+    ratio: baseline.value > 0 ? during.value / baseline.value : 0,
+    resyncingAtFioEnd: atFioEnd?.replication === 'resyncing',
+    remainingBytesAtFioEnd: atFioEnd?.resync?.remainingBytes ?? null,
+    resync,
+    logStalls,
+  };
+}
+
+function rateMaxLabel(rateMax: number | null): string {
+  return rateMax === null ? 'no resync.rateMax' : `resync.rateMax ${format(rateMax / 1024 ** 2)} MiB/s`;
+}
+
+/**
+ * The resync section, on one two-node `mode: sync` volume (node a primary, node b
+ * secondary, as blockmirror-sync, heartbeats at resyncHeartbeat):
+ * 1. node a alone, every byte of the volume written, then node b started: the resync of
+ *    the fully dirty volume (node a's "resync done" line: bytes and ms); then node b
+ *    stopped, the whole volume written again, node b started again: the same;
+ * 2. node b frozen with SIGSTOP until node a cuts it off, 48 MiB of 4 KiB random writes,
+ *    SIGCONT: the catch-up from node a's "peer catching up" line to `streaming`;
+ * 3. fio 4k randwrite QD32 with both nodes streaming; then node b frozen while the whole
+ *    volume is written again, thawed, and the same fio run as soon as its resync starts;
+ *    then once more after node a restarted with resync.rateMax.
+ */
+async function benchResync(stamp: string): Promise<ResyncFigures> {
+  const dir = path.join(workDir, 'resync');
+  fs.rmSync(dir, { recursive: true, force: true });
+  fs.mkdirSync(dir, { recursive: true });
+  const { intervalMs, timeoutMs, probationMs } = resyncHeartbeat;
+  const config = await writeMirrorConfig(dir, 'sync', `heartbeat: { intervalMs: ${intervalMs}, timeoutMs: ${timeoutMs}, probationMs: ${probationMs} }\n`);
+  const label = `resync (${sizeText} sync volume)`;
+  const nodes: MirrorNode[] = [];
+  /** Nodes the section stopped itself (node a, to restart it with resync.rateMax). */
+  const stopped = new Set<MirrorNode>();
+  let pair: ResyncPair | null = null;
+  try {
+    pair = await startResyncA({ b: null, frozen: false, absences: 0, started: nodes }, config);
+
+    // 1. Bitmap resync of the fully dirty volume: node b starts after node a wrote all of it,
+    // first as a new node (its image is created sparse), then after a clean stop.
+    const fullResync = async (on: ResyncPair, count: number, what: string): Promise<ResyncRun> => {
+      await writeWholeVolume(on);
+      await settle();
+      on.b = spawnNode(config, 'b');
+      nodes.push(on.b);
+      const { run } = await measureResync(on, count, async () => undefined);
+      if (run.bytes !== sizeBytes) throw new Error(`node a resynced ${run.bytes} bytes, not the whole volume (${sizeBytes})`);
+      process.stderr.write(
+        `  ${label} bitmap resync of the fully dirty volume, ${what}: ${format(run.bytes / 1024 ** 2)} MiB in ${run.ms} ms ` +
+          `(status polls: ${run.polledMs} ms): ${format(run.mbPerSec)} MB/s, ${format(run.mibPerSec)} MiB/s\n`,
+      );
+      return run;
+    };
+    const firstJoin = await fullResync(pair, 1, 'node b new');
+    await pollPair(pair, 'node b caught up', caughtUpB);
+    const firstB = pair.b as MirrorNode | null;
+    if (firstB === null) throw new Error('node b is not running');
+    stopped.add(firstB);
+    pair.absences += 1;
+    await stopServer(firstB.child);
+    pair.b = null;
+    await pollPair(pair, 'node a seeing node b gone', (volume) => peerB(volume)?.replication !== 'streaming');
+    const full = await fullResync(pair, 2, 'node b restarted');
+
+    // 2. Catch-up from memory after a freeze past the heartbeat timeout.
+    await pollPair(pair, 'node b caught up', caughtUpB);
+    await settle();
+    await freezeB(pair);
+    const away = await mirrorVolume(pair);
+    await runTool(
+      'fio',
+      ['--name=while-away', '--ioengine=nbd', `--uri=${pair.uri}`, '--rw=randwrite', '--bs=4k', '--iodepth=32', `--size=${sizeText}`, `--io_size=${catchUpWriteBytes}`, '--output=/dev/null'],
+      300_000,
+    );
+    const written = await mirrorVolume(pair);
+    if (peerB(written)?.resyncNeeded === true) throw new Error('node b needs a resync after the writes made while it was frozen: node a no longer holds them in memory');
+    const catchingBefore = pair.a.records.filter((record) => record.msg === 'peer catching up').length;
+    thawB(pair);
+    // From node a's "peer catching up" line (logged as it starts sending what node b
+    // missed) to the first status poll that shows node b streaming and up to date.
+    const streamingAgain = await pollPair(pair, 'node b caught up', upToDate);
+    const catching = (await loggedLines(pair.a, 'peer catching up', catchingBefore + 1))[catchingBefore] ?? {};
+    const catchUpMs = streamingAgain.atMs - Date.parse(String(catching['time']));
+    const payloadBytes = (written.stats['writeBytes'] ?? 0) - (away.stats['writeBytes'] ?? 0);
+    const entries = written.log.lastSeq - (peerB(away)?.ackedSeq ?? 0);
+    const catchUp = { entries, payloadBytes, ms: catchUpMs, ...rateOf(payloadBytes, catchUpMs), entriesPerSec: (entries / catchUpMs) * 1000 };
+    process.stderr.write(
+      `  ${label} catch-up after a freeze: ${entries} entries (${format(payloadBytes / 1024 ** 2)} MiB of 4 KiB writes) in ${catchUpMs} ms: ` +
+        `${format(catchUp.mbPerSec)} MB/s, ${format(catchUp.mibPerSec)} MiB/s, ${format(catchUp.entriesPerSec)} entries/s\n`,
+    );
+
+    // 3. Client writes with both nodes streaming, then during resyncs of the fully dirty volume.
+    await pollPair(pair, 'node b caught up', caughtUpB);
+    await settle();
+    const beforeBaseline = await mirrorVolume(pair);
+    const baseline = await resyncFio(pair.uri, path.join(resultsDir, `${stamp}-resync-randwrite-4k-qd32-baseline.json`));
+    const baselineLogStalls = logStallsBetween(beforeBaseline, await mirrorVolume(pair));
+    process.stderr.write(
+      `  ${label} 4k randwrite QD32, both nodes streaming: ${format(baseline.value)} IOPS (node a's log stalled ${baselineLogStalls.stalls} times, ${baselineLogStalls.stallMs} ms)\n`,
+    );
+    const runs: UnderResync[] = [];
+    const report = (run: UnderResync): void => {
+      const left = run.remainingBytesAtFioEnd === null ? '' : ` with ${format(run.remainingBytesAtFioEnd / 1024 ** 2)} MiB left`;
+      process.stderr.write(
+        `  ${label} 4k randwrite QD32 during a resync of the fully dirty volume, ${rateMaxLabel(run.rateMax)}: ${format(run.during.value)} IOPS ` +
+          `(${run.ratio.toFixed(2)}x); when fio ended node b was ${run.resyncingAtFioEnd ? 'resyncing' : 'NOT resyncing any more'}${left}; ` +
+          `that resync took ${run.resync.ms} ms (${format(run.resync.mbPerSec)} MB/s); node a's log stalled ${run.logStalls.stalls} times, ${run.logStalls.stallMs} ms while fio ran\n`,
+      );
+    };
+    runs.push(await fioUnderResync(pair, 3, null, baseline, path.join(resultsDir, `${stamp}-resync-randwrite-4k-qd32-during-resync.json`)));
+    report(runs[0] as UnderResync);
+    if (resyncRateMaxMiB > 0) {
+      // resync.rateMax is node a's to apply: node a restarts (cleanly, node b streaming) with
+      // a copy of the cluster file that sets it, and node b reconnects to it.
+      await pollPair(pair, 'node b caught up', caughtUpB);
+      const capped = path.join(dir, 'cluster-rate-max.yaml');
+      fs.writeFileSync(capped, fs.readFileSync(config, 'utf8').replace(/^nodes:/m, `resync: { rateMax: ${resyncRateMaxMiB}MiB }\nnodes:`));
+      stopped.add(pair.a);
+      await stopServer(pair.a.child);
+      pair = await startResyncA(pair, capped);
+      const rateMax = resyncRateMaxMiB * 1024 ** 2;
+      runs.push(await fioUnderResync(pair, 1, rateMax, baseline, path.join(resultsDir, `${stamp}-resync-randwrite-4k-qd32-during-resync-rate-max.json`)));
+      report(runs[1] as UnderResync);
+    }
+    for (const run of runs) {
+      if (!run.resyncingAtFioEnd) process.stderr.write(`  ${label} warning: with ${rateMaxLabel(run.rateMax)} the resync ended before fio did; that IOPS figure is partly without a resync\n`);
+    }
+    await pollPair(pair, 'node b caught up', caughtUpB);
+    return {
+      volumeBytes: sizeBytes,
+      heartbeat: resyncHeartbeat,
+      pollMs: resyncPollMs,
+      firstJoin,
+      full,
+      catchUp,
+      underLoad: { fioRuntimeS: resyncFioRuntimeS, fioRampMs: resyncFioRampMs, baseline, baselineLogStalls, runs },
+    };
+  } finally {
+    if (pair !== null) thawB(pair);
+    await stopResyncNodes(nodes, stopped, pair?.absences ?? 0);
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** Stops every node the section started (node a first), and prints what they logged that the section did not cause. */
+async function stopResyncNodes(nodes: MirrorNode[], stopped: Set<MirrorNode>, absences: number): Promise<void> {
+  const exitedEarly = nodes.filter((node) => nodeExited(node) && !stopped.has(node));
+  const before = nodes.map((node) => node.records.length);
+  for (const node of nodes.filter((candidate) => candidate.id === 'a')) await stopServer(node.child);
+  for (const node of nodes.filter((candidate) => candidate.id === 'b')) await stopServer(node.child);
+  const down = nodes.filter((node) => node.id === 'a').flatMap((node) => node.records.filter((record) => record.msg === 'peer down: no heartbeat')).length;
+  if (down > absences) process.stderr.write(`  resync: node a cut node b off ${down} times; the section froze or stopped it ${absences} times\n`);
+  nodes.forEach((node, index) => {
+    if (exitedEarly.includes(node)) {
+      process.stderr.write(`  resync node ${node.id} exited before the end; its last log lines:\n${node.tail.map((line) => `    ${line}\n`).join('')}`);
+      return;
+    }
+    // Node b warns when node a closes its links at the stop; that is the stop.
+    const unexpected = node.records
+      .slice(0, before[index])
+      .filter((record) => (record.level === 'warn' || record.level === 'error') && !resyncExpectedProblems.has(String(record.msg)));
+    if (unexpected.length > 0) {
+      process.stderr.write(
+        `  resync node ${node.id} logged ${unexpected.length} unexpected warnings or errors, the first:\n` +
+          unexpected
+            .slice(0, nodeProblemsKept)
+            .map((record) => `    ${JSON.stringify(record)}\n`)
+            .join(''),
+      );
+    }
+  });
+}
+
 function format(value: number): string {
   return value >= 100 ? Math.round(value).toLocaleString('en-US') : value.toFixed(1);
 }
@@ -687,43 +1143,58 @@ function table(runs: ServerRun[]): string {
   return lines.join('\n');
 }
 
-async function main(): Promise<void> {
-  fs.mkdirSync(resultsDir, { recursive: true });
-  fs.mkdirSync(workDir, { recursive: true });
-  const stamp = new Date().toISOString().replace(/[:.]/g, '-');
-  const servers = (process.env['BENCH_SERVERS'] ?? 'blockmirror,blockmirror-sync,blockmirror-async,nbdkit,qemu-nbd').split(',');
-  const known = ['blockmirror', ...Object.keys(mirrorModes), 'nbdkit', 'qemu-nbd'];
-  const unknown = servers.filter((server) => !known.includes(server));
-  if (unknown.length > 0) throw new Error(`BENCH_SERVERS: unknown ${unknown.join(', ')} (known: ${known.join(', ')})`);
-  const runs: ServerRun[] = [];
-  for (const server of servers) {
-    process.stderr.write(`benchmarking ${server} (${sizeText}, ${runtimeS} s per workload)\n`);
-    runs.push(await benchServer(server, stamp));
+/** The parts of a run, all by default; BENCH_SECTIONS (a comma list) picks some. */
+const sectionNames = ['servers', 'recovery', 'resync'] as const;
+type Section = (typeof sectionNames)[number];
+
+function selectedSections(): Section[] {
+  const names = (process.env['BENCH_SECTIONS'] ?? sectionNames.join(',')).split(',').filter((name) => name !== '');
+  const unknown = names.filter((name) => !(sectionNames as readonly string[]).includes(name));
+  if (unknown.length > 0 || names.length === 0) {
+    throw new Error(`BENCH_SECTIONS: ${unknown.length > 0 ? `unknown ${unknown.join(', ')}` : 'empty'} (known: ${sectionNames.join(', ')})`);
   }
-  let recovery: RecoveryFigure | null = null;
-  if (servers.includes('blockmirror') && process.env['BENCH_RECOVERY'] !== '0') {
-    process.stderr.write('measuring recovery of a full 64 MiB log partition of 4k writes\n');
-    recovery = await benchRecovery();
+  return names as Section[];
+}
+
+function resyncText(figures: ResyncFigures): string {
+  const { firstJoin, full, catchUp, underLoad } = figures;
+  const mib = (bytes: number): string => `${format(bytes / 1024 ** 2)} MiB`;
+  const resyncCell = (run: ResyncRun): string =>
+    `${format(run.mbPerSec)} MB/s (${format(run.mibPerSec)} MiB/s): ${mib(run.bytes)} in ${run.ms} ms (status polls: ${run.polledMs} ms)`;
+  const stalls = (figure: LogStalls): string => `${figure.stalls} times, ${figure.stallMs} ms`;
+  const lines = [
+    '| resync figure | result | target |',
+    '|---|---|---|',
+    `| bitmap resync of the fully dirty ${sizeText} volume, node b restarted | ${resyncCell(full)} | ≥ 400 MB/s |`,
+    `| bitmap resync of the fully dirty ${sizeText} volume, node b new (sparse image) | ${resyncCell(firstJoin)} | ≥ 400 MB/s |`,
+    `| catch-up from memory after a freeze | ${format(catchUp.mbPerSec)} MB/s (${format(catchUp.mibPerSec)} MiB/s), ${format(catchUp.entriesPerSec)} entries/s: ${catchUp.entries} entries, ${mib(catchUp.payloadBytes)} of 4 KiB writes, in ${catchUp.ms} ms | |`,
+    `| 4k randwrite QD32, both nodes streaming | ${format(underLoad.baseline.value)} IOPS (p50 ${format(underLoad.baseline.p50Us)} µs, p99 ${format(underLoad.baseline.p99Us)} µs) | |`,
+  ];
+  for (const run of underLoad.runs) {
+    lines.push(
+      `| 4k randwrite QD32 during a resync, ${rateMaxLabel(run.rateMax)} | ${format(run.during.value)} IOPS (p50 ${format(run.during.p50Us)} µs, p99 ${format(run.during.p99Us)} µs) = **${run.ratio.toFixed(2)}x** of streaming | ≥ 0.5x |`,
+    );
   }
-  let text = table(runs);
-  if (recovery !== null) {
-    text +=
-      `\n\nRecovery after SIGKILL with a full 64 MiB log partition of 4 KiB writes: ${recovery.entries} entries ` +
-      `(${format(recovery.bytes / 1024 ** 2)} MiB) replayed in ${recovery.recoveryMs} ms.`;
+  lines.push('');
+  for (const run of underLoad.runs) {
+    const atEnd = run.resyncingAtFioEnd
+      ? `still resyncing when fio ended (${run.remainingBytesAtFioEnd === null ? '?' : mib(run.remainingBytesAtFioEnd)} left)`
+      : 'NOT resyncing any more when fio ended: its IOPS figure is partly without a resync';
+    lines.push(
+      `With ${rateMaxLabel(run.rateMax)}, node b was ${atEnd}; that resync took ${run.resync.ms} ms for ${mib(run.resync.bytes)} ` +
+        `(${format(run.resync.mbPerSec)} MB/s, ${format(run.resync.mibPerSec)} MiB/s). Node a's log stalled ${stalls(run.logStalls)} ` +
+        `while fio ran (${stalls(underLoad.baselineLogStalls)} in the baseline).`,
+      '',
+    );
   }
-  process.stdout.write(text + '\n');
-  const summary = {
-    date: new Date().toISOString(),
-    machine: { cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model ?? '', memoryGiB: Math.round(os.totalmem() / 1024 ** 3), kernel: os.release() },
-    runtimeS,
-    sizeBytes,
-    runs,
-    recovery,
-  };
-  fs.writeFileSync(path.join(resultsDir, `${stamp}-summary.json`), JSON.stringify(summary, null, 2) + '\n');
-  fs.writeFileSync(
-    path.join(root, 'docs/benchmarks.md'),
-    `# Benchmarks
+  return lines.join('\n').trimEnd();
+}
+
+/** Marks where docs/benchmarks.md's resync part starts: each part is rewritten only by a run of its sections. */
+const resyncDocMarker = '<!-- npm run bench: the resync section writes what follows, the servers section what comes before. -->';
+
+function serversDoc(summary: { date: string; machine: { cpus: number; cpuModel: string; memoryGiB: number; kernel: string } }, text: string): string {
+  return `# Benchmarks
 
 Latest \`npm run bench\` (${summary.date.slice(0, 10)}): ${summary.machine.cpus} cores (${summary.machine.cpuModel}),
 ${summary.machine.memoryGiB} GiB, Linux ${summary.machine.kernel}. One fio job with the \`nbd\` engine on loopback, a
@@ -742,11 +1213,116 @@ on every write (fio's nbd engine cannot). Raw fio JSON for every run is in \`ben
 ${text}
 
 Run it yourself with \`npm run bench\` (\`BENCH_RUNTIME_S\`, \`BENCH_SIZE\`, \`BENCH_SERVERS\` and
-\`BENCH_WORKLOADS\` narrow it). The machine has two cores shared by fio and the server, so figures move by
+\`BENCH_WORKLOADS\` narrow it; \`BENCH_SECTIONS\` picks among \`servers\`, \`recovery\` and \`resync\`). The machine has two cores shared by fio and the server, so figures move by
 ±10–20% between runs; compare ratios from the same run. What the write log costs, and what was measured
 and changed because of it, is in [performance.md](performance.md).
-`,
-  );
+`;
+}
+
+function resyncDoc(summary: { date: string; machine: { cpus: number; cpuModel: string; memoryGiB: number; kernel: string } }, figures: ResyncFigures): string {
+  const { intervalMs, timeoutMs, probationMs } = figures.heartbeat;
+  const capped = figures.underLoad.runs.find((run) => run.rateMax !== null);
+  return `## Resync
+
+Latest run of the resync section, ${summary.date.slice(0, 10)} (\`BENCH_SECTIONS=resync npm run bench\` runs it alone): ${summary.machine.cpus} cores (${summary.machine.cpuModel}),
+${summary.machine.memoryGiB} GiB, Linux ${summary.machine.kernel}; both nodes and fio on this one machine. One \`mode: sync\` volume of
+${sizeText} mirrored from node a to node b as for blockmirror-sync above (two \`blockmirror serve\` processes over
+loopback TCP, the default log and 64 KiB resync regions), with heartbeats every ${intervalMs} ms, a ${timeoutMs} ms timeout and a
+${probationMs} ms probation. Node a's status is read every ${figures.pollMs} ms; each measurement starts after a \`sync\`.
+
+- **Bitmap resync of the fully dirty volume** (no \`resync.rateMax\`). Node a starts alone and fio writes every
+  byte of the volume (\`--rw=write --bs=1M\`), so its dirty bitmap for node b covers all of it (checked in
+  its status: \`outOfSyncBytes\`); then node b starts for the first time, with its image created sparse, and
+  node a resyncs it ("node b new"). Then node b stops (SIGTERM), fio writes the whole volume again, and node b
+  starts again over its allocated image ("node b restarted": a secondary that was away). Each figure is node
+  a's \`resync done\` line: the bytes resent over the time from node b's log restart until its last region
+  was durable there, in MB/s (10^6 bytes) and MiB/s. "Status polls" is the time from the first status that
+  showed node b \`resyncing\` to the first that showed it \`streaming\` and \`up-to-date\` (it includes node b
+  making its image durable and restarting its log).
+- **Catch-up from memory.** With node b streaming, the bench freezes its process with SIGSTOP and waits until
+  node a has cut it off (no heartbeat for the timeout), writes 48 MiB of 4 KiB random writes at QD32 (under the
+  64 MiB node a keeps in memory for a peer that is away), and sends SIGCONT. After its probation node b is sent
+  the entries it missed; the figure is their payload over the time from node a's \`peer catching up\` line to
+  the first status that shows node b \`streaming\` and \`up-to-date\` (so up to one poll late). Before each
+  freeze the bench waits until node a's heartbeats call node b \`up\`: node a never cuts off a peer it has not
+  heard from since it started, so node b frozen before its first heartbeat arrived would stay \`streaming\`.
+- **Client writes during a resync.** fio's 4k randwrite QD32 (as in the table above, but ${figures.underLoad.fioRuntimeS} s after
+  ${figures.underLoad.fioRampMs} ms of ramp, so that it ends before the resync does) with both nodes streaming; then node b is frozen
+  while fio writes the whole volume again (its bitmap covers all of it), thawed, and the same fio run starts
+  as soon as a status shows node b \`resyncing\`. The figure is the IOPS during the resync over the IOPS
+  without; the status read when fio ended says whether the resync was still running then (it must be, for
+  the figure to hold). Node a's log stalls (writes waiting for a consistency point to free log space, from its
+  status) while fio ran are given as well.${capped === undefined ? '' : ` Then node a restarts with \`resync.rateMax: ${(capped.rateMax ?? 0) / 1024 ** 2}MiB\` (node b
+  keeps running and reconnects) and the same is measured against the same baseline, with a resync paced to
+  last about ${format(sizeBytes / (capped.rateMax ?? 1))} s.`}
+
+${resyncText(figures)}
+
+Raw fio JSON of the 4k randwrite runs and the figures (\`resync\` in the summary) are in \`bench/results/\`.
+`;
+}
+
+/** Rewrites docs/benchmarks.md: the part of each section that ran, and what was there for the others. */
+function writeDoc(servers: string | null, resync: string | null): void {
+  const file = path.join(root, 'docs/benchmarks.md');
+  const existing = fs.existsSync(file) ? fs.readFileSync(file, 'utf8') : '';
+  const at = existing.indexOf(resyncDocMarker);
+  const oldServers = at === -1 ? existing : existing.slice(0, at);
+  const oldResync = at === -1 ? '' : existing.slice(at + resyncDocMarker.length);
+  const parts = [(servers ?? oldServers).trimEnd()];
+  const resyncPart = (resync ?? oldResync).trim();
+  if (resyncPart !== '') parts.push(`${resyncDocMarker}\n\n${resyncPart}`);
+  fs.writeFileSync(file, parts.filter((part) => part !== '').join('\n\n') + '\n');
+}
+
+async function main(): Promise<void> {
+  fs.mkdirSync(resultsDir, { recursive: true });
+  fs.mkdirSync(workDir, { recursive: true });
+  const stamp = new Date().toISOString().replace(/[:.]/g, '-');
+  const sections = selectedSections();
+  const servers = (process.env['BENCH_SERVERS'] ?? 'blockmirror,blockmirror-sync,blockmirror-async,nbdkit,qemu-nbd').split(',');
+  const known = ['blockmirror', ...Object.keys(mirrorModes), 'nbdkit', 'qemu-nbd'];
+  const unknown = servers.filter((server) => !known.includes(server));
+  if (unknown.length > 0) throw new Error(`BENCH_SERVERS: unknown ${unknown.join(', ')} (known: ${known.join(', ')})`);
+  const runs: ServerRun[] = [];
+  if (sections.includes('servers')) {
+    for (const server of servers) {
+      process.stderr.write(`benchmarking ${server} (${sizeText}, ${runtimeS} s per workload)\n`);
+      runs.push(await benchServer(server, stamp));
+    }
+  }
+  let recovery: RecoveryFigure | null = null;
+  if (sections.includes('recovery') && servers.includes('blockmirror') && process.env['BENCH_RECOVERY'] !== '0') {
+    process.stderr.write('measuring recovery of a full 64 MiB log partition of 4k writes\n');
+    recovery = await benchRecovery();
+  }
+  let resync: ResyncFigures | null = null;
+  if (sections.includes('resync')) {
+    process.stderr.write(`measuring resync and catch-up of a ${sizeText} two-node sync volume\n`);
+    resync = await benchResync(stamp);
+  }
+  let text = runs.length > 0 ? table(runs) : '';
+  if (recovery !== null) {
+    text +=
+      `\n\nRecovery after SIGKILL with a full 64 MiB log partition of 4 KiB writes: ${recovery.entries} entries ` +
+      `(${format(recovery.bytes / 1024 ** 2)} MiB) replayed in ${recovery.recoveryMs} ms.`;
+  }
+  text = text.trim();
+  const printed = [text, resync === null ? '' : resyncText(resync)].filter((part) => part !== '').join('\n\n');
+  process.stdout.write(printed + '\n');
+  const summary = {
+    date: new Date().toISOString(),
+    machine: { cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model ?? '', memoryGiB: Math.round(os.totalmem() / 1024 ** 3), kernel: os.release() },
+    sections,
+    runtimeS,
+    sizeBytes,
+    runs,
+    recovery,
+    resync,
+  };
+  fs.writeFileSync(path.join(resultsDir, `${stamp}-summary.json`), JSON.stringify(summary, null, 2) + '\n');
+  // The servers' part holds the recovery line too; a run of the recovery section alone keeps it as it was.
+  writeDoc(runs.length > 0 ? serversDoc(summary, text) : null, resync === null ? null : resyncDoc(summary, resync));
 }
 
 main().catch((error: unknown) => {
