@@ -48,10 +48,20 @@ export type SourceAction<Frame> =
   | { kind: 'complete'; token: number; error: string | null }
   /**
    * The peer no longer counts for acknowledgements; the node logs it loudly and closes its
-   * links. `lost`: the queued entries it had not acknowledged (it may lack them); `full`:
-   * nothing about its copy can be trusted (it failed, or its history diverged).
+   * links. `lost`: the queued entries it had not made durable (it may lack them, should it
+   * have crashed); `unsynced`: those it had not made durable that are no longer queued,
+   * which the node reads back from its log (null: none); `full`: nothing about its copy
+   * can be trusted (it failed, or its history diverged).
    */
-  | { kind: 'peer-dropped'; peer: string; disk: DiskState; reason: string; lost: MirrorEntry<Frame>[]; full: boolean }
+  | {
+      kind: 'peer-dropped';
+      peer: string;
+      disk: DiskState;
+      reason: string;
+      lost: MirrorEntry<Frame>[];
+      unsynced: { fromSeq: number; toSeq: number } | null;
+      full: boolean;
+    }
   /** Log partitions that peers held may be free now. */
   | { kind: 'release' }
   /**
@@ -253,6 +263,7 @@ export class MirrorSource<Frame> {
           disk: peer.disk,
           reason: `it missed more than ${this.options.catchUpBytesMax ?? 0} bytes of writes while away; it needs a resync`,
           lost: this.unacknowledged(peer.id),
+          unsynced: null,
           full: false,
         });
       }
@@ -372,7 +383,9 @@ export class MirrorSource<Frame> {
       // A copy that is not up to date, or a history that went another way, tells nothing
       // about which regions differ; entries it missed while away were noted then.
       const full = !sane || ready.disk !== 'up-to-date' || ready.lastSeq > this.appendedSeq;
-      actions.push({ kind: 'peer-dropped', peer: id, disk: peer.disk, reason: problem, lost: [], full });
+      actions.push({ kind: 'peer-dropped', peer: id, disk: peer.disk, reason: problem, lost: [], unsynced: null, full });
+      // What was kept for it may go.
+      this.trim();
       return actions;
     }
     if (from < this.queueFirstSeq) {
@@ -384,6 +397,7 @@ export class MirrorSource<Frame> {
       peer.logPhase = { to, durableSeq: ready.durableSeq, cpSeq: ready.cpSeq };
       peer.ackedSeq = ready.lastSeq;
       peer.sentSeq = ready.lastSeq;
+      peer.durableSeq = ready.durableSeq;
       peer.holding = true;
       peer.heldAfter = to;
       actions.push({ kind: 'catch-up-from-log', peer: id, fromSeq: from, toSeq: to });
@@ -426,7 +440,7 @@ export class MirrorSource<Frame> {
     peer.resyncNeeded = true;
     peer.replication = 'disconnected';
     peer.disk = 'outdated';
-    const actions: SourceAction<Frame>[] = [{ kind: 'peer-dropped', peer: id, disk: peer.disk, reason: `catching up from the log failed: ${reason}; it needs a resync`, lost: [], full: false }];
+    const actions: SourceAction<Frame>[] = [{ kind: 'peer-dropped', peer: id, disk: peer.disk, reason: `catching up from the log failed: ${reason}; it needs a resync`, lost: [], unsynced: null, full: false }];
     this.afterPeerChange(actions);
     return actions;
   }
@@ -455,7 +469,7 @@ export class MirrorSource<Frame> {
     if (peer.holding) return [];
     peer.resyncNeeded = true;
     this.trim();
-    return [{ kind: 'peer-dropped', peer: id, disk: peer.disk, reason: 'it has been away longer than the log keeps writes for it; it needs a resync', lost: [], full: false }];
+    return [{ kind: 'peer-dropped', peer: id, disk: peer.disk, reason: 'it has been away longer than the log keeps writes for it; it needs a resync', lost: [], unsynced: null, full: false }];
   }
 
   private startStreaming(peer: Peer, lastSeq: number, durableSeq: number, cpSeq: number, actions: SourceAction<Frame>[]): void {
@@ -577,15 +591,16 @@ export class MirrorSource<Frame> {
     peer.inSync = false;
     peer.logPhase = null;
     peer.replication = 'disconnected';
-    if (peer.disk !== 'failed' && peer.ackedSeq < this.appendedSeq) peer.disk = 'outdated';
+    // A lost link may be its crash: what it had not made durable may be gone.
+    if (peer.disk !== 'failed' && peer.durableSeq < this.appendedSeq) peer.disk = 'outdated';
     // What it lacks stays queued (bounded) so that it can catch up when it is back, and
-    // in the log (within its retention) past that.
+    // in the log (within its retention) past that, from the first entry it may have lost.
     peer.holding = wasInSync && !peer.resyncNeeded && (this.options.catchUpBytesMax ?? 0) > 0;
     peer.heldAfter = peer.ackedSeq;
-    if ((wasInSync || wasCatchingUp) && !peer.resyncNeeded) peer.logFrom = peer.ackedSeq + 1;
+    if ((wasInSync || wasCatchingUp) && !peer.resyncNeeded) peer.logFrom = peer.durableSeq + 1;
     if (wasCatchingUp) this.trim();
     if (wasInSync) {
-      actions.push({ kind: 'peer-dropped', peer: id, disk: peer.disk, reason, lost: this.unacknowledged(id), full: false });
+      actions.push({ kind: 'peer-dropped', peer: id, disk: peer.disk, reason, ...this.mayLack(peer), full: false });
       this.afterPeerChange(actions);
     }
     return actions;
@@ -803,6 +818,18 @@ export class MirrorSource<Frame> {
     return true;
   }
 
+  /**
+   * What a peer that stops counting may lack: every entry after the last it made durable
+   * (the links may have gone down because it crashed). Those still queued are listed;
+   * those before the queue are the log's to name.
+   */
+  private mayLack(peer: Peer): { lost: MirrorEntry<Frame>[]; unsynced: { fromSeq: number; toSeq: number } | null } {
+    const from = peer.durableSeq + 1;
+    const lost = this.queue.slice(Math.max(from, this.queueFirstSeq) - this.queueFirstSeq).map((queued) => queued.entry);
+    const to = Math.min(peer.ackedSeq, this.queueFirstSeq - 1);
+    return { lost, unsynced: from <= to ? { fromSeq: from, toSeq: to } : null };
+  }
+
   private failPeer(peer: Peer, reason: string): SourceAction<Frame>[] {
     const actions: SourceAction<Frame>[] = [];
     peer.inSync = false;
@@ -812,20 +839,21 @@ export class MirrorSource<Frame> {
     peer.resyncNeeded = true;
     peer.disk = 'failed';
     peer.replication = 'disconnected';
-    actions.push({ kind: 'peer-dropped', peer: peer.id, disk: peer.disk, reason, lost: this.unacknowledged(peer.id), full: true });
+    actions.push({ kind: 'peer-dropped', peer: peer.id, disk: peer.disk, reason, lost: this.unacknowledged(peer.id), unsynced: null, full: true });
     this.afterPeerChange(actions);
     return actions;
   }
 
   private violation(peer: Peer, what: string): SourceAction<Frame>[] {
     const actions: SourceAction<Frame>[] = [];
-    if (peer.inSync || peer.logPhase !== null) peer.logFrom = peer.resyncNeeded ? null : peer.ackedSeq + 1;
+    if (peer.inSync || peer.logPhase !== null) peer.logFrom = peer.resyncNeeded ? null : peer.durableSeq + 1;
+    const lacking = this.mayLack(peer);
     peer.inSync = false;
     peer.logPhase = null;
     peer.holding = false;
     peer.replication = 'disconnected';
-    if (peer.disk === 'up-to-date' && peer.ackedSeq < this.appendedSeq) peer.disk = 'outdated';
-    actions.push({ kind: 'peer-dropped', peer: peer.id, disk: peer.disk, reason: `protocol violation: ${what}`, lost: this.unacknowledged(peer.id), full: false });
+    if (peer.disk === 'up-to-date' && peer.durableSeq < this.appendedSeq) peer.disk = 'outdated';
+    actions.push({ kind: 'peer-dropped', peer: peer.id, disk: peer.disk, reason: `protocol violation: ${what}`, ...lacking, full: false });
     this.afterPeerChange(actions);
     return actions;
   }

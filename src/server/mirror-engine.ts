@@ -368,6 +368,30 @@ export class MirrorEngine implements MirrorGate {
     }
   }
 
+  /**
+   * Marks the regions of entries `fromSeq`..`toSeq`, which the peer acknowledged but had
+   * not made durable when it dropped (it may have crashed and lost them), read back from
+   * the log (the retainer keeps them for it). If they cannot be read, every region counts.
+   */
+  private async markUnsynced(peer: PeerLinks, fromSeq: number, toSeq: number): Promise<void> {
+    try {
+      await this.entries.syncTo(toSeq);
+      for await (const entry of this.entries.readRange(fromSeq, toSeq)) {
+        if (entry.fields.type !== EntryType.CONSISTENCY_POINT) this.markLacking(peer, entry.fields.offset, entry.fields.lengthBytes);
+      }
+    } catch (error) {
+      this.log.warn('entries a dropped peer had not made durable cannot be read back: every region counts as out of sync for it', {
+        peer: peer.node.id,
+        fromSeq,
+        toSeq,
+        error: String(error),
+      });
+      peer.bitmap.markAll();
+      peer.bitmapChanged = true;
+    }
+    if (!this.stopped) this.persistBitmaps();
+  }
+
   private markLacking(peer: PeerLinks, offset: number, lengthBytes: number): void {
     if (lengthBytes <= 0) return;
     peer.bitmap.mark(offset, lengthBytes);
@@ -829,6 +853,7 @@ export class MirrorEngine implements MirrorGate {
           // At once, not at the next CP: a CP already under way may cover these entries, and
           // after a crash the log would no longer replay (and so mark) them.
           this.persistBitmaps();
+          if (action.unsynced !== null) void this.markUnsynced(peer, action.unsynced.fromSeq, action.unsynced.toSeq);
           this.dropped(action.peer, action.disk, action.reason);
           break;
         }

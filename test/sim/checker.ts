@@ -36,19 +36,17 @@
 // (`countedLacking`), not failed. Nothing is promised through such a replica: it is
 // never reported up to date before its resync is done, which (g) checks.
 //
-// Known issues of the cores (knownIssues below) are attributed narrowly — the missing
-// version must be one the peer acknowledged and then lost in a crash, the queue must
-// be exactly what a refused peer was holding — and tallied instead of failing, unless
-// the run is strict (`--strict`); anything else that breaks an invariant still fails.
-//
-// A violation throws SimFailure; the runner prints the seed that replays it.
+// Every violation fails the run: nothing is tallied as a known problem of the cores. (The
+// last ones the simulator found — a resync that missed entries a crashed peer had
+// acknowledged and then lost, a crashed peer still reported up to date, entries kept for
+// a peer refused when it came back — are fixed; sim.test.ts replays the seeds that
+// showed them and their reproductions on the core.) A violation throws SimFailure; the
+// runner prints the seed that replays it.
 
 import type { MirrorSource } from '../../src/core/mirror-source.js';
 import type { MirrorTarget } from '../../src/core/mirror-target.js';
 import type { ClientRequest, SimConfig } from './cluster.js';
 import { ENTRY_HEADER_BYTES } from '../../src/storage/log-entry.js';
-import assert from 'node:assert/strict';
-import { knownIssueNames } from './config.js';
 import type { PeerLinks } from './network.js';
 import { entryBytes, type BlockImage, type DataFrame, type Frame, type Replica, type WriteFrame } from './volume.js';
 
@@ -56,30 +54,8 @@ export class SimFailure extends Error {
   override name = 'SimFailure';
 }
 
-/**
- * Problems of the cores this simulation found (not fixed here: src/ is not the sim's to
- * change). Each is tallied when it shows up in a run, and fails it under `--strict`.
- */
-export const knownIssues = {
-  'resync-misses-lost-acked':
-    'a peer that crashed lost entries it had acknowledged but not made durable; the primary had let go of them, and no dirty bitmap marks them ' +
-    '(peer-dropped.lost lists only unacknowledged entries, and reset-peer is not full when READY reports less than the peer acknowledged), ' +
-    'so its resync never sends them and it is declared up to date without those writes',
-  'stale-up-to-date-after-crash':
-    'a disconnected peer that had acknowledged every entry stays "up-to-date" although it had not made them all durable (durableSeq < ackedSeq); ' +
-    'when the disconnect was its crash, its copy lacks those writes until it reconnects',
-  'queue-kept-after-refusal':
-    'a peer that was away (its entries kept for a catch-up) and is refused when it reconnects (it needs a resync) stops holding the queue, ' +
-    'but connected() does not trim it: the entries stay in memory until the next append or acknowledgement',
-} as const;
-export type KnownIssue = keyof typeof knownIssues;
-// config.ts names them too (--strict=...); both lists must agree.
-assert.deepEqual(Object.keys(knownIssues), knownIssueNames);
-
 export interface CheckedPeer {
   readonly id: string;
-  /** Entries it acknowledged and then lost in a crash. */
-  readonly lostAcked: readonly { from: number; to: number }[];
   /** The sim's own view: the source has a session with it (not yet told it ended, not dropped). */
   readonly inSync: boolean;
   /** Running (false from a crash to its restart). */
@@ -99,8 +75,6 @@ export interface CheckedCluster {
   bytesThrough(seq: number): number;
   /** The index in the primary's history of `block` of its version after entry `seq` (-1: zeroes). */
   primaryVersionAt(block: number, seq: number): number;
-  /** The seq of version `index` of `block` on the primary (0 for -1, zeroes). */
-  primaryVersionSeq(block: number, index: number): number;
   /** The index of write `writeId` in the primary's history of `block` (-1 for 0, zeroes; null: never written there). */
   positionOf(block: number, writeId: number): number | null;
   /** Running and not cut off: the sim connects to it whenever it can. */
@@ -138,8 +112,6 @@ export class Checker {
   checks = 0;
   /** Replies that counted a resyncing replica which did not hold their write yet (by design; see the header). */
   countedLacking = 0;
-  /** Known issues seen in this run, and how many times. */
-  readonly known = new Map<KnownIssue, number>();
   /** Per peer and block: the lowest version (index in the primary's history) its durable image must hold. */
   private readonly promised = new Map<string, number[]>();
   /** Per peer: what (g) last looked at, so that it looks again only after a change. */
@@ -152,23 +124,6 @@ export class Checker {
 
   private fail(invariant: string, message: string): never {
     throw new SimFailure(`(${invariant}) at ${this.cluster.nowUs()}us: ${message}`);
-  }
-
-  /** A known issue of the cores: fails a strict run, else is tallied. */
-  private knownIssue(issue: KnownIssue, invariant: string, message: string): void {
-    if (this.cluster.config.strict.includes(issue)) this.fail(invariant, `${message} [known issue ${issue}]`);
-    this.known.set(issue, (this.known.get(issue) ?? 0) + 1);
-  }
-
-  /**
-   * Which known issue explains that `peer` lacks entry `seq` (or a version it wrote):
-   * only one it acknowledged and then lost in a crash. Counted for acknowledgements, it
-   * must have come back through a resync; not counted, it is a stale status.
-   */
-  private lackingExplained(peer: CheckedPeer, seq: number, counted: boolean): KnownIssue | null {
-    if (!peer.lostAcked.some((range) => range.from <= seq && seq <= range.to)) return null;
-    if (!counted) return 'stale-up-to-date-after-crash';
-    return peer.replica.resets > 0 ? 'resync-misses-lost-acked' : null;
   }
 
   // ---- (d) order of writes per block ---------------------------------------------------
@@ -298,27 +253,27 @@ export class Checker {
     if (!sent(request.seq) && request.frame !== null) this.countedLacking += 1;
     if (request.frame !== null && live && sent(request.seq)) {
       if (request.seq > replica.base && (!replica.has(request.seq) || !replica.record(request.seq).stored)) this.fail('a', `${what} answered, but ${peer.id} has not stored entry ${request.seq}`);
-      this.present(peer, replica.image, request.frame, request.seq, 'a', `${what} answered`);
+      this.present(peer, replica.image, request.frame, 'a', `${what} answered`);
     }
     if (request.kind === 'fua' || request.kind === 'flush') {
       if (sent(request.seq) && replica.durablePrefix < request.seq) this.fail('b', `${what} answered, but ${peer.id} is durable only through ${replica.durablePrefix}`);
       if (request.frame !== null && sent(request.seq)) {
-        if (this.present(peer, replica.durableImage, request.frame, request.seq, 'b', `${what} answered (durable image)`)) this.promise(peer.id, request.frame);
+        this.present(peer, replica.durableImage, request.frame, 'b', `${what} answered (durable image)`);
+        this.promise(peer.id, request.frame);
       }
       for (const write of request.ackedBefore) {
         if (write.frame === null || !sent(write.seq)) continue;
-        if (this.present(peer, replica.durableImage, write.frame, write.seq, 'b', `${what} answered after write ${write.frame.writeId} (durable image)`)) {
-          this.promise(peer.id, write.frame);
-        }
+        this.present(peer, replica.durableImage, write.frame, 'b', `${what} answered after write ${write.frame.writeId} (durable image)`);
+        this.promise(peer.id, write.frame);
       }
     }
   }
 
   /**
-   * Every block of `frame` (entry `seq`) holds that write's bytes or a later version's
-   * (by the primary's order). False when it does not, as a known issue explains.
+   * Every block of `frame` holds that write's bytes or a later version's (by the
+   * primary's order).
    */
-  private present(peer: CheckedPeer, image: BlockImage, frame: WriteFrame, seq: number, invariant: string, context: string): boolean {
+  private present(peer: CheckedPeer, image: BlockImage, frame: WriteFrame, invariant: string, context: string): void {
     const primary = this.cluster.primary.image;
     for (let block = frame.firstBlock; block < frame.firstBlock + frame.blockCount; block += 1) {
       const order = primary.blockVersions(block);
@@ -326,14 +281,9 @@ export class Checker {
       const holds = image.writeIdAt(block);
       const position = holds === 0 ? -1 : order.indexOf(holds);
       if (wanted < 0 || position < wanted) {
-        const message = `${context}: ${peer.id}'s block ${block} holds ${holds === 0 ? 'zeroes' : `write ${holds}`}, not write ${frame.writeId} or a later one (primary order ${order.join(',')})`;
-        const issue = wanted < 0 ? null : this.lackingExplained(peer, seq, true);
-        if (issue === null) this.fail(invariant, message);
-        this.knownIssue(issue, invariant, message);
-        return false;
+        this.fail(invariant, `${context}: ${peer.id}'s block ${block} holds ${holds === 0 ? 'zeroes' : `write ${holds}`}, not write ${frame.writeId} or a later one (primary order ${order.join(',')})`);
       }
     }
-    return true;
   }
 
   private withinLag(peer: CheckedPeer, request: ClientRequest, what: string): void {
@@ -390,11 +340,7 @@ export class Checker {
     this.checks += 1;
     const stored = peer.replica.storedPrefix();
     if (stored < ackedSeq) {
-      const message = `${peer.id} is reported up to date (${replication}) through entry ${ackedSeq}, but has stored only through ${stored}${peer.up ? '' : ' (it crashed)'}`;
-      const issue = this.lackingExplained(peer, stored + 1, counted);
-      if (issue === null) this.fail('g', message);
-      this.knownIssue(issue, 'g', message);
-      return;
+      this.fail('g', `${peer.id} is reported up to date (${replication}) through entry ${ackedSeq}, but has stored only through ${stored}${peer.up ? '' : ' (it crashed)'}`);
     }
     const primary = this.cluster.primary.image;
     for (let block = 0; block < primary.blocks; block += 1) {
@@ -402,13 +348,11 @@ export class Checker {
       const holds = image.writeIdAt(block);
       const position = this.cluster.positionOf(block, holds);
       if (position === null || position < wanted) {
-        const message =
+        this.fail(
+          'g',
           `${peer.id} is reported up to date (${replication}) through entry ${ackedSeq}, but its block ${block} holds ${holds === 0 ? 'zeroes' : `write ${holds}`}, ` +
-          `not write ${primary.blockVersions(block)[wanted]} or a later one (primary order ${primary.blockVersions(block).join(',')})${peer.up ? '' : '; it crashed'}`;
-        const issue = position === null ? null : this.lackingExplained(peer, this.cluster.primaryVersionSeq(block, wanted), counted);
-        if (issue === null) this.fail('g', message);
-        this.knownIssue(issue, 'g', message);
-        return;
+            `not write ${primary.blockVersions(block)[wanted]} or a later one (primary order ${primary.blockVersions(block).join(',')})${peer.up ? '' : '; it crashed'}`,
+        );
       }
     }
   }
@@ -453,13 +397,7 @@ export class Checker {
     const away = source.status().filter((status) => status.replication !== 'streaming' && !status.resyncNeeded);
     const keptFor = away.length === 0 || config.catchUpBytesMax === 0 ? 0 : this.cluster.bytesThrough(lastSeq) - this.cluster.bytesThrough(Math.min(...away.map((status) => status.ackedSeq)));
     if (inSync > 0 && source.queued.bytes !== keptFor) {
-      const message = `the source still holds ${source.queued.entries} entries (${source.queued.bytes} bytes) when quiet, ${keptFor} bytes kept for peers away`;
-      // Exactly what a peer that was refused when it came back had been holding.
-      const refused = source.status().some(
-        (status) => status.resyncNeeded && status.replication === 'disconnected' && this.cluster.bytesThrough(lastSeq) - this.cluster.bytesThrough(status.ackedSeq) === source.queued.bytes,
-      );
-      if (!refused || keptFor !== 0) this.fail('c', message);
-      this.knownIssue('queue-kept-after-refusal', 'c', message);
+      this.fail('c', `the source still holds ${source.queued.entries} entries (${source.queued.bytes} bytes) when quiet, ${keptFor} bytes kept for peers away`);
     }
   }
 
@@ -480,13 +418,7 @@ export class Checker {
     for (let block = 0; block < primary.blocks; block += 1) {
       const at = block * primary.blockBytes;
       if (!image.bytes.subarray(at, at + primary.blockBytes).equals(primary.bytes.subarray(at, at + primary.blockBytes))) {
-        const message = `${peer}'s block ${block} holds write ${image.writeIdAt(block)}, the primary's holds write ${primary.writeIdAt(block)}`;
-        const versions = primary.blockVersions(block);
-        const position = this.cluster.positionOf(block, image.writeIdAt(block));
-        const issue =
-          position === null || position >= versions.length - 1 ? null : this.lackingExplained(checked, this.cluster.primaryVersionSeq(block, versions.length - 1), true);
-        if (issue === null) this.fail('c', message);
-        this.knownIssue(issue, 'c', message);
+        this.fail('c', `${peer}'s block ${block} holds write ${image.writeIdAt(block)}, the primary's holds write ${primary.writeIdAt(block)}`);
       }
     }
   }

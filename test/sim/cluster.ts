@@ -23,7 +23,7 @@
 
 import { MirrorSource, type DiskState, type SourceAction } from '../../src/core/mirror-source.js';
 import { Prng } from '../unit/prng.js';
-import { Checker, SimFailure, type CheckedCluster, type KnownIssue } from './checker.js';
+import { Checker, SimFailure, type CheckedCluster } from './checker.js';
 import type { Crash, SimConfig, UsRange } from './config.js';
 import { EventQueue } from './event-queue.js';
 import { Secondary } from './secondary.js';
@@ -72,8 +72,6 @@ export interface RunSummary {
   resyncs: { started: number; done: number; regions: number };
   /** Replies that counted a resyncing peer which did not hold their write yet. */
   countedLacking: number;
-  /** Known issues of the cores seen (checker.ts), and how often. */
-  known: Partial<Record<KnownIssue, number>>;
   peers: { id: string; inSync: boolean; disk: DiskState; storedSeq: number; durableSeq: number }[];
 }
 
@@ -181,13 +179,6 @@ export class Cluster implements CheckedCluster {
     return low - 1;
   }
 
-  primaryVersionSeq(block: number, index: number): number {
-    if (index < 0) return 0;
-    const seq = this.versionSeqs[block]?.[index];
-    if (seq === undefined) throw new Error(`block ${block} has no version ${index}`);
-    return seq;
-  }
-
   /** The index of write `writeId` in the primary's history of `block` (-1: zeroes; null: never written there). */
   positionOf(block: number, writeId: number): number | null {
     if (writeId === 0) return -1;
@@ -242,12 +233,6 @@ export class Cluster implements CheckedCluster {
     peer.links.open();
     peer.inSync = true;
     const ready = peer.ready();
-    // READY tells the source what it has stored, as an ACK does.
-    peer.deliveredAckSeq = Math.max(peer.deliveredAckSeq, ready.lastSeq);
-    const ackedSeq = this.source.peerStatus(peer.id).ackedSeq;
-    if (this.config.markLostAcked && ready.lastSeq < ackedSeq) {
-      for (let seq = ready.lastSeq + 1; seq <= ackedSeq; seq += 1) this.mark(this.resyncOf(peer.id), this.primary.record(seq).frame);
-    }
     this.expectedDrop = peer.id;
     this.onSource(this.source.connected(peer.id, ready));
     this.expectedDrop = null;
@@ -587,6 +572,10 @@ export class Cluster implements CheckedCluster {
           break;
         case 'peer-dropped':
           this.onPeerDropped(action.peer, action.disk, action.reason, action.lost, action.full);
+          // Entries it had not made durable that are no longer queued: the engine reads them back from its log.
+          if (action.unsynced !== null) {
+            for (let seq = action.unsynced.fromSeq; seq <= action.unsynced.toSeq; seq += 1) this.mark(this.resyncOf(action.peer), this.primary.record(seq).frame);
+          }
           break;
         case 'reset-peer':
           this.resetPeer(action.peer, action.seq, action.reportAfter, action.full);
@@ -633,7 +622,6 @@ export class Cluster implements CheckedCluster {
       crashes: this.crashCount,
       resyncs: { ...this.resyncCounts },
       countedLacking: this.checker.countedLacking,
-      known: Object.fromEntries(this.checker.known),
       peers: this.peers.map((peer) => ({
         id: peer.id,
         inSync: peer.inSync,

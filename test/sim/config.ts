@@ -8,9 +8,6 @@
 import { Prng } from '../unit/prng.js';
 import type { DelayRange } from './network.js';
 
-/** The names of checker.ts knownIssues (kept here so that the config does not depend on the checker). */
-export const knownIssueNames: readonly string[] = ['resync-misses-lost-acked', 'stale-up-to-date-after-crash', 'queue-kept-after-refusal'];
-
 export type SimMode = 'sync' | 'async';
 
 /**
@@ -89,14 +86,6 @@ export interface SimConfig {
   /** Resync entries logged and not yet durable on the peer, at most. */
   resyncInflightMax: number;
   fault: Fault | null;
-  /** Known issues of the cores (checker.ts) that fail the run instead of being tallied. */
-  strict: readonly string[];
-  /**
-   * The primary also marks dirty the entries a peer acknowledged and then reports it no
-   * longer holds (READY below what it acknowledged): what a fix of the known issue
-   * resync-misses-lost-acked would do, to show nothing else hides behind it.
-   */
-  markLostAcked: boolean;
   /** A run that has not gone quiet after this many events is a failure (a livelock). */
   eventsMax: number;
 }
@@ -108,9 +97,6 @@ export interface ConfigChoices {
   crashes?: boolean;
   /** Forces bitmap resync on or off. */
   resync?: boolean;
-  /** Known issues of the cores that fail the run (to replay one); true: all of them. */
-  strict?: boolean | readonly string[];
-  markLostAcked?: boolean;
 }
 
 export function configFromSeed(seed: number, choices: ConfigChoices = {}): SimConfig {
@@ -184,8 +170,6 @@ export function configFromSeed(seed: number, choices: ConfigChoices = {}): SimCo
     resyncRegionBlocks,
     resyncInflightMax,
     fault: choices.fault ?? null,
-    strict: choices.strict === true ? knownIssueNames : choices.strict === false || choices.strict === undefined ? [] : choices.strict,
-    markLostAcked: choices.markLostAcked ?? false,
     eventsMax: 1_000_000,
   };
 }

@@ -1,21 +1,19 @@
 // The simulator's command line (`npm run sim -- ...`):
 //
 //   node dist/test/sim/run.js [--seed N | --seeds A..B] [--runs K] [--base B] [--mode sync|async] [--fault F]
-//                             [--no-crash] [--resync on|off] [--strict[=ISSUE,...]] [--mark-lost-acked] [--trace] [--keep-going]
+//                             [--no-crash] [--resync on|off] [--trace] [--keep-going]
 //
 // With --seed it replays exactly that run and prints a short summary (--trace: every
 // event as well). Without it, it runs K seeds (default 200) from a base seed and stops
 // at the first failure (--keep-going: reports them all), printing the seed and the command that replays it; exit code 1.
 // --seeds A..B runs seeds A to B (both included). The mode, and whether the primary
 // resyncs peers, are drawn from each seed unless --mode / --resync force them;
-// --no-crash leaves out the seed's secondary crashes. Known issues of the cores
-// (checker.ts) are tallied and reported; --strict makes them (or those named) fail the run instead, and
-// --mark-lost-acked has the primary do what a fix of resync-misses-lost-acked would.
+// --no-crash leaves out the seed's secondary crashes. Any broken invariant of checker.ts
+// fails the run.
 
 import { pathToFileURL } from 'node:url';
 import { runCluster, type RunSummary } from './cluster.js';
-import { knownIssues, type KnownIssue } from './checker.js';
-import { configFromSeed, describeConfig, faults, knownIssueNames, type ConfigChoices, type Fault, type SimMode } from './config.js';
+import { configFromSeed, describeConfig, faults, type ConfigChoices, type Fault, type SimMode } from './config.js';
 
 export const defaultBaseSeed = 0x51d0;
 
@@ -31,9 +29,7 @@ export function replayCommand(seed: number, choices: ConfigChoices): string {
   const fault = choices.fault === undefined || choices.fault === null ? '' : ` --fault ${choices.fault}`;
   const crash = choices.crashes === false ? ' --no-crash' : '';
   const resync = choices.resync === undefined ? '' : ` --resync ${choices.resync ? 'on' : 'off'}`;
-  const strict = choices.strict === true ? ' --strict' : Array.isArray(choices.strict) && choices.strict.length > 0 ? ` --strict=${choices.strict.join(',')}` : '';
-  const mark = choices.markLostAcked === true ? ' --mark-lost-acked' : '';
-  return `npm run sim -- --seed ${seed}${mode}${fault}${crash}${resync}${strict}${mark}`;
+  return `npm run sim -- --seed ${seed}${mode}${fault}${crash}${resync}`;
 }
 
 /** Runs one seed and reports, rather than throws, what went wrong. */
@@ -63,7 +59,6 @@ export function describeSummary(summary: RunSummary): string {
     `peers: ${peers.join('; ')}`,
     `${summary.crashes} crashes; resyncs: ${summary.resyncs.started} started, ${summary.resyncs.done} done, ${summary.resyncs.regions} regions sent; ` +
       `${summary.countedLacking} replies counted a resyncing peer that lacked their write`,
-    ...Object.entries(summary.known).map(([issue, count]) => `known issue ${issue} seen ${count} times (--strict fails on it): ${knownIssues[issue as KnownIssue]}`),
     ...summary.drops.map((drop) => `dropped: ${drop}`),
     ...(summary.config.fault === null ? [] : [`fault ${summary.config.fault} ${summary.faultInjected ? 'injected' : 'never injected'}`]),
   ].join('\n');
@@ -117,12 +112,6 @@ function parseArguments(argv: readonly string[]): Arguments {
       case '--no-crash':
         parsed.choices.crashes = false;
         break;
-      case '--strict':
-        parsed.choices.strict = true;
-        break;
-      case '--mark-lost-acked':
-        parsed.choices.markLostAcked = true;
-        break;
       case '--resync': {
         const resync = value();
         if (resync !== 'on' && resync !== 'off') throw new Error(`--resync must be on or off, got "${resync}"`);
@@ -148,15 +137,8 @@ function parseArguments(argv: readonly string[]): Arguments {
         parsed.keepGoing = true;
         break;
       default:
-        if (name?.startsWith('--strict=') === true) {
-          const issues = name.slice('--strict='.length).split(',');
-          const unknown = issues.find((issue) => !knownIssueNames.includes(issue));
-          if (unknown !== undefined) throw new Error(`--strict= takes known issues (${knownIssueNames.join(', ')}), got "${unknown}"`);
-          parsed.choices.strict = issues;
-          break;
-        }
         throw new Error(
-          `unknown argument "${String(name)}" (usage: run.js [--seed N | --seeds A..B] [--runs K] [--base B] [--mode sync|async] [--fault F] [--no-crash] [--resync on|off] [--strict[=ISSUE,...]] [--mark-lost-acked] [--trace] [--keep-going])`,
+          `unknown argument "${String(name)}" (usage: run.js [--seed N | --seeds A..B] [--runs K] [--base B] [--mode sync|async] [--fault F] [--no-crash] [--resync on|off] [--trace] [--keep-going])`,
         );
     }
   }
@@ -180,7 +162,6 @@ function main(argv: readonly string[]): number {
   let events = 0;
   let failed = 0;
   const totals = { crashes: 0, resyncsDone: 0, regions: 0, givenUpWhileAway: 0, countedLacking: 0 };
-  const known = new Map<string, number[]>();
   for (let run = 0; run < args.runs; run += 1) {
     const seed = (args.base + run) >>> 0;
     const result = runSeed(seed, args.choices);
@@ -197,7 +178,6 @@ function main(argv: readonly string[]): number {
     totals.regions += summary.resyncs.regions;
     totals.givenUpWhileAway += summary.drops.filter((drop) => drop.includes('while away')).length;
     totals.countedLacking += summary.countedLacking;
-    for (const issue of Object.keys(summary.known)) known.set(issue, [...(known.get(issue) ?? []), seed]);
   }
   const elapsedMs = performance.now() - startedMs;
   const outcome = failed === 0 ? 'passed' : `run, ${failed} failed`;
@@ -206,9 +186,6 @@ function main(argv: readonly string[]): number {
     `${totals.crashes} secondary crashes, ${totals.givenUpWhileAway} peers given up on while away, ${totals.resyncsDone} resyncs done ` +
       `(${totals.regions} regions sent), ${totals.countedLacking} replies counted a resyncing peer that lacked their write`,
   );
-  for (const [issue, seeds] of known) {
-    console.log(`known issue ${issue} in ${seeds.length} seeds (first: ${seeds.slice(0, 5).join(', ')}; replay one with --strict)`);
-  }
   return failed === 0 ? 0 : 1;
 }
 

@@ -53,13 +53,6 @@ export class Secondary implements CheckedPeer {
   cpSeq = 0;
   /** A RESET is being carried out. */
   resetting = false;
-  /** The highest entry an ACK (or READY) of this peer told the source it had stored. */
-  deliveredAckSeq = 0;
-  /**
-   * Entries this peer had acknowledged and lost in a crash (not yet durable then): the
-   * primary let go of them, and nothing in a resync's bitmap says they are missing.
-   */
-  readonly lostAcked: { from: number; to: number }[] = [];
   readonly replica: Replica;
   target: MirrorTarget<Frame>;
   readonly links: PeerLinks;
@@ -112,8 +105,6 @@ export class Secondary implements CheckedPeer {
     const durable = this.replica.durablePrefix;
     const keep = durable + Math.floor(keepFraction * (this.replica.storedPrefix() - durable));
     const last = this.replica.crash(keep);
-    if (this.deliveredAckSeq > last) this.lostAcked.push({ from: last + 1, to: this.deliveredAckSeq });
-    this.deliveredAckSeq = last;
     this.busyUntilUs.fill(0);
     // What a restart will find (made now: nothing happens to it while the node is down).
     this.target = new MirrorTarget<Frame>({ mode: this.context.config.mode, lastSeq: last, windowBytesMax: this.context.config.windowBytesMax });
@@ -162,7 +153,6 @@ export class Secondary implements CheckedPeer {
           if (frame.kind !== 'cp') held.push({ firstBlock: frame.firstBlock, blockCount: frame.blockCount });
         }
         this.replica.resetLog(seq);
-        this.deliveredAckSeq = seq;
         this.target = new MirrorTarget<Frame>({ mode: config.mode, lastSeq: seq, windowBytesMax: config.windowBytesMax });
         this.cpSeq = seq;
         this.resetting = false;
@@ -196,10 +186,7 @@ export class Secondary implements CheckedPeer {
           break;
         case 'send-ack': {
           const { seq, status } = action;
-          this.reply('ack', seq, status, () => {
-            if (status === 0) this.deliveredAckSeq = Math.max(this.deliveredAckSeq, seq);
-            return source.acked(this.id, seq, status);
-          });
+          this.reply('ack', seq, status, () => source.acked(this.id, seq, status));
           break;
         }
         case 'send-flushed': {

@@ -7,18 +7,20 @@
 // that loses a write, lies about a log sync, reorders writes to a block, or a network that
 // delivers an entry twice) every run where the fault took effect must fail, for the
 // right reason; and the runs must actually go through crashes, catch-ups, peers given
-// up on while away and completed resyncs. Then the cores' known issues (checker.ts
-// knownIssues): a seed that shows each, and its smallest reproduction on the core as a
-// todo test (it states the behaviour wanted). Last, a scenario the simulator found in the
-// cores (since fixed: waiting FLUSHes beyond the target's bound merge instead of
-// breaking the session).
+// up on while away and completed resyncs. Last, what the simulator found in the cores
+// (all since fixed; the checker fails on any of it): the seeds that showed it, each of
+// which must now pass, and the smallest reproductions on the core — a resync that
+// missed entries a crashed peer had acknowledged and then lost (seed 9), a crashed peer
+// still reported up to date (seed 6), entries kept for a peer refused when it came back
+// (seed 4), and waiting FLUSHes beyond the target's bound that broke the session
+// instead of merging.
 
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { MirrorSource, type MirrorEntry, type PeerReady, type SourceAction } from '../../src/core/mirror-source.js';
 import { MirrorTarget, type TargetAction } from '../../src/core/mirror-target.js';
 import { baseSeed } from '../unit/prng.js';
-import type { KnownIssue } from './checker.js';
+import type { RunSummary } from './cluster.js';
 import type { ConfigChoices, Fault, SimMode } from './config.js';
 import { defaultBaseSeed, failureText, runSeed } from './run.js';
 
@@ -128,30 +130,34 @@ describe('the checker catches deliberate faults', () => {
   }
 });
 
-describe('known issues of the cores: tallied by the checker, failed under --strict', () => {
-  // Each seed shows its issue; once a fix makes it go away, remove the issue from
-  // checker.ts knownIssues (and its case here) so that the checker fails on it again.
-  const cases: { issue: KnownIssue; seed: number; choices: ConfigChoices; reason: RegExp }[] = [
-    // b crashes having acknowledged write 1 (stored, not durable) and comes back with an
-    // empty log; the primary had let go of entry 1 and resyncs b without its region.
-    { issue: 'resync-misses-lost-acked', seed: 9, choices: { resync: true }, reason: /^\(g\) .*b is reported up to date \(streaming\) .*holds zeroes, not write 1\b/ },
-    // b crashes having stored entries 58..72 but made them durable only through 57.
-    { issue: 'stale-up-to-date-after-crash', seed: 6, choices: {}, reason: /^\(g\) .*b is reported up to date \(disconnected\) through entry 72, but has stored only through 57 \(it crashed\)/ },
-    // b, away with entries 4..38 kept for it, comes back after a crash with an empty log and is refused.
-    { issue: 'queue-kept-after-refusal', seed: 4, choices: { resync: false }, reason: /^\(c\) .*the source still holds 35 entries .* when quiet, 0 bytes kept/ },
+describe('found by the simulator', () => {
+  // Seeds that broke an invariant of the cores (since fixed): each must now pass, and still
+  // go through what showed the problem.
+  const seeds: { seed: number; choices: ConfigChoices; what: string; shows: (summary: RunSummary) => boolean }[] = [
+    // b crashed having acknowledged write 1 (stored, not durable) and came back with an
+    // empty log; the primary had let go of entry 1 and resynced b without its region.
+    { seed: 9, choices: { resync: true }, what: 'b crashes and comes back through a resync', shows: (summary) => summary.crashes > 0 && summary.resyncs.done > 0 },
+    // b crashed having stored entries 58..72 but made them durable only through 57, and
+    // stayed reported up to date while disconnected.
+    { seed: 6, choices: {}, what: 'b crashes and is dropped', shows: (summary) => summary.crashes > 0 && summary.drops.some((drop) => drop.startsWith('b ')) },
+    // b, away with entries 4..38 kept for it, came back after a crash with an empty log and
+    // was refused; the source kept the 35 entries when quiet.
+    {
+      seed: 4,
+      choices: { resync: false },
+      what: 'b is refused when it comes back, needing a resync',
+      shows: (summary) => summary.drops.some((drop) => drop.startsWith('b ') && drop.includes('needs a resync')),
+    },
   ];
-  for (const { issue, seed, choices, reason } of cases) {
-    test(`${issue} (seed ${seed})`, () => {
-      const loose = runSeed(seed, choices);
-      assert.notEqual(loose.summary, null, failureText(loose));
-      assert.ok((loose.summary?.known[issue] ?? 0) > 0, `seed ${seed} no longer shows ${issue}: if it is fixed, remove it from checker.ts knownIssues`);
-      const strict = runSeed(seed, { ...choices, strict: true });
-      assert.match(strict.error ?? '', reason, failureText(strict));
-      assert.match(strict.error ?? '', new RegExp(`\\[known issue ${issue}\\]$`));
+  for (const { seed, choices, what, shows } of seeds) {
+    test(`seed ${seed}${choices.resync === undefined ? '' : ` --resync ${choices.resync ? 'on' : 'off'}`} keeps every invariant (${what})`, () => {
+      const result = runSeed(seed, choices);
+      assert.notEqual(result.summary, null, failureText(result));
+      assert.ok(result.summary !== null && shows(result.summary), `seed ${seed} no longer shows that ${what}: ${JSON.stringify(result.summary?.drops)}`);
     });
   }
 
-  // The smallest reproductions, on the source core alone. Each states what should happen.
+  // The smallest reproductions of those problems, on the source core alone.
   const ready = (lastSeq: number): PeerReady => ({ lastSeq, durableSeq: lastSeq, cpSeq: 0, disk: 'up-to-date' });
   const entry = (seq: number): MirrorEntry<number> => ({ seq, bytes: 64 + 512, offset: seq * 4096, lengthBytes: 512, frame: seq });
   const options = { mode: 'sync', strict: false, peers: ['b'], lastSeq: 0, lagBytesMax: 1 << 20, windowBytesMax: 1 << 20, catchUpBytesMax: 1 << 20 } as const;
@@ -164,52 +170,45 @@ describe('known issues of the cores: tallied by the checker, failed under --stri
     return { source, dropped: source.disconnected('b', 'peer crashed') };
   }
 
-  test(
-    'resync-misses-lost-acked: a peer back from a crash without entries it had acknowledged is resent them',
-    { todo: 'known issue: peer-dropped.lost is [] and reset-peer is not full, so no bitmap marks entries 1..3' },
-    () => {
-      const { source, dropped } = ackedThenAway(true);
-      // Its crash lost entries 1..3 (none was durable): READY reports an empty log.
-      const back = source.connected('b', ready(0));
-      const marked = new Set<number>();
-      for (const action of [...dropped, ...back]) {
-        if (action.kind === 'peer-dropped') for (const lost of action.lost) marked.add(lost.seq);
-        if ((action.kind === 'peer-dropped' || action.kind === 'reset-peer') && action.full) for (const seq of [1, 2, 3]) marked.add(seq);
-        if (action.kind === 'send-entry') marked.add(action.entry.seq);
+  // Seed 9 (`npm run sim -- --seed 9 --resync on`).
+  test('a peer back from a crash without entries it had acknowledged is resent them (resync)', () => {
+    const { source, dropped } = ackedThenAway(true);
+    // Its crash lost entries 1..3 (none was durable): READY reports an empty log.
+    const back = source.connected('b', ready(0));
+    const marked = new Set<number>();
+    for (const action of [...dropped, ...back]) {
+      if (action.kind === 'peer-dropped') {
+        for (const lost of action.lost) marked.add(lost.seq);
+        // Entries no longer queued: the node reads them back from its log and marks their regions.
+        if (action.unsynced !== null) for (let seq = action.unsynced.fromSeq; seq <= action.unsynced.toSeq; seq += 1) marked.add(seq);
       }
-      assert.deepEqual([...marked].sort(), [1, 2, 3], `actions: ${JSON.stringify([...dropped, ...back].map((action) => action.kind))}`);
-    },
-  );
+      if ((action.kind === 'peer-dropped' || action.kind === 'reset-peer') && action.full) for (const seq of [1, 2, 3]) marked.add(seq);
+      if (action.kind === 'send-entry') marked.add(action.entry.seq);
+    }
+    assert.deepEqual([...marked].sort(), [1, 2, 3], `actions: ${JSON.stringify([...dropped, ...back].map((action) => action.kind))}`);
+  });
 
-  test(
-    'stale-up-to-date-after-crash: a disconnected peer that had not made every entry durable is not reported up to date',
-    { todo: 'known issue: disconnected() keeps disk up-to-date when ackedSeq is the last entry, whatever durableSeq' },
-    () => {
-      const { source } = ackedThenAway(false);
-      const status = source.peerStatus('b');
-      assert.equal(status.durableSeq, 0);
-      assert.notEqual(status.disk, 'up-to-date');
-    },
-  );
+  // Seed 6 (`npm run sim -- --seed 6`).
+  test('a disconnected peer that had not made every entry durable is not reported up to date', () => {
+    const { source } = ackedThenAway(false);
+    const status = source.peerStatus('b');
+    assert.equal(status.durableSeq, 0);
+    assert.notEqual(status.disk, 'up-to-date');
+  });
 
-  test(
-    'queue-kept-after-refusal: entries held for a peer that is refused when it comes back are let go',
-    { todo: 'known issue: connected() clears holding on a refusal but does not trim the queue' },
-    () => {
-      const source = new MirrorSource<number>({ ...options });
-      source.connected('b', ready(0));
-      for (let seq = 1; seq <= 3; seq += 1) source.appended(entry(seq));
-      source.acked('b', 1, 0);
-      source.disconnected('b', 'peer crashed');
-      assert.equal(source.queued.entries, 2);
-      const back = source.connected('b', ready(0));
-      assert.equal(back[0]?.kind, 'peer-dropped');
-      assert.equal(source.queued.entries, 0);
-    },
-  );
-});
+  // Seed 4 (`npm run sim -- --seed 4 --resync off`).
+  test('entries held for a peer that is refused when it comes back are let go', () => {
+    const source = new MirrorSource<number>({ ...options });
+    source.connected('b', ready(0));
+    for (let seq = 1; seq <= 3; seq += 1) source.appended(entry(seq));
+    source.acked('b', 1, 0);
+    source.disconnected('b', 'peer crashed');
+    assert.equal(source.queued.entries, 2);
+    const back = source.connected('b', ready(0));
+    assert.equal(back[0]?.kind, 'peer-dropped');
+    assert.equal(source.queued.entries, 0);
+  });
 
-describe('found by the simulator', () => {
   // Seed 16948 (`npm run sim -- --seed 16948`) fails the same way.
   test(
     'a durable request beyond the window while the peer syncs its log: the source sends no more FLUSHes than the target lets wait',

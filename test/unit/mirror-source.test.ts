@@ -205,15 +205,31 @@ describe('MirrorSource: peers that go away', () => {
     assert.deepEqual(s.disconnected('c', 'again'), [], 'already dropped');
   });
 
-  test('a peer that had everything stays up-to-date on disconnect until the next entry', () => {
+  test('a peer that had everything durable stays up-to-date on disconnect until the next entry', () => {
     const s = connectedSource({ peers: ['b'] });
     s.appended(entry(1));
     s.acked('b', 1, 0);
+    s.flushed('b', 1, 0);
     assert.deepEqual(dropped(s.disconnected('b', 'closed')), [{ peer: 'b', disk: 'up-to-date', reason: 'closed' }]);
     s.appended(entry(2));
     assert.equal(peerStatus(s, 'b').disk, 'outdated');
     s.connecting('b');
     assert.equal(peerStatus(s, 'b').replication, 'connecting');
+  });
+
+  test('a peer that had acknowledged but not made durable everything is outdated on disconnect, and may lack those entries', () => {
+    const s = connectedSource({ peers: ['b', 'c'] });
+    for (let seq = 1; seq <= 4; seq += 1) s.appended(entry(seq, 100, seq * 4096));
+    for (const peer of ['b', 'c']) s.acked(peer, 4, 0);
+    s.flushed('b', 1, 0);
+    assert.equal(s.queued.entries, 0, 'every peer acknowledged every entry: nothing is queued');
+    s.appended(entry(5, 100, 5 * 4096));
+    const drop = s.disconnected('b', 'closed').find((action) => action.kind === 'peer-dropped');
+    assert.ok(drop?.kind === 'peer-dropped');
+    assert.equal(drop.disk, 'outdated', 'it may have crashed: its copy lacks what it had not made durable');
+    assert.deepEqual(drop.lost.map((lost) => lost.seq), [5], 'the queued entry it had not made durable');
+    assert.deepEqual(drop.unsynced, { fromSeq: 2, toSeq: 4 }, 'and those no longer queued, for the node to read back from its log');
+    assert.equal(s.logNeed('b'), null, 'without log catch-up the log keeps nothing for it');
   });
 
   test('an ACK with an error status drops the peer as failed; waiters complete without error', () => {
@@ -466,6 +482,7 @@ describe('MirrorSource: catch-up from the log', () => {
     const s = connectedSource({ logCatchUp: true, catchUpBytesMax: 250, resync: true });
     for (let seq = 1; seq <= 2; seq += 1) s.appended(entry(seq));
     s.acked('b', 2, 0);
+    s.flushed('b', 2, 0);
     s.acked('c', 2, 0);
     s.disconnected('b', 'links lost');
     for (let seq = 3; seq <= 8; seq += 1) {
@@ -532,12 +549,16 @@ describe('MirrorSource: catch-up from the log', () => {
     assert.equal(failed.logNeed('b'), null);
   });
 
-  test('links lost while catching up from the log: the log keeps from its first unacknowledged entry', () => {
+  test('links lost while catching up from the log: the log keeps from the first entry it had not made durable', () => {
     const s = awayPastMemory();
     s.connected('b', ready(2), () => true);
     s.acked('b', 6, 0);
     s.disconnected('b', 'links lost');
-    assert.equal(s.logNeed('b'), 7);
+    assert.equal(s.logNeed('b'), 3, 'it made durable only up to 2 (its READY)');
+    const again = awayPastMemory();
+    again.connected('b', ready(6, { durableSeq: 6 }), () => true);
+    again.disconnected('b', 'links lost');
+    assert.equal(again.logNeed('b'), 7);
     assert.deepEqual(fromLog(s.connected('b', ready(6), () => true)), [{ peer: 'b', fromSeq: 7, toSeq: 8 }]);
     assert.match(dropped(s.acked('b', 9, 0))[0]?.reason ?? '', /protocol violation/, 'an ACK past what was sent from the log');
   });
