@@ -3,7 +3,9 @@
 // timeout is down; a peer heard again is only trusted after a probation during which its
 // heartbeats kept coming (no gap longer than the timeout), so a flapping link does not
 // make the node tear down and rebuild its mirror connections over and over. The first
-// contact after this process started needs no probation.
+// contact after this process started needs no probation. A peer never heard from is
+// down once the timeout has passed since the detector started (the node connects to it
+// at once, so a peer that goes silent before its first heartbeat must not stay trusted).
 //
 // Pure: the node reports each authentic heartbeat (`heard`) and the passing of time
 // (`tick`), with the time in milliseconds from a monotonic clock, and gets back actions:
@@ -65,6 +67,8 @@ export class FailureDetector {
   private readonly timeoutMs: number;
   private readonly probationMs: number;
   private nowMs = -Infinity;
+  /** The first time the detector was told; a peer never heard is silent since then. */
+  private startMs = -Infinity;
 
   constructor(options: FailureDetectorOptions) {
     this.timeoutMs = options.timeoutMs;
@@ -93,6 +97,7 @@ export class FailureDetector {
 
     const actions: DetectorAction[] = [];
     this.expire(id, peer, nowMs, actions);
+    const first = peer.accepted === 0;
     const restarted = peer.accepted > 0 && incarnation !== peer.incarnation;
     peer.incarnation = incarnation;
     peer.counter = counter;
@@ -103,6 +108,11 @@ export class FailureDetector {
         this.becomeUp(id, peer, actions);
         break;
       case 'down':
+        // Down without ever being heard: this is its first contact, not a return.
+        if (first) {
+          this.becomeUp(id, peer, actions);
+          break;
+        }
         peer.state = 'probation';
         peer.probationStartMs = nowMs;
         this.completeProbation(id, peer, actions);
@@ -154,11 +164,19 @@ export class FailureDetector {
   private advance(nowMs: number): void {
     assert(Number.isFinite(nowMs), 'time must be a finite number of milliseconds');
     assert(nowMs >= this.nowMs, `time went backwards from ${this.nowMs} to ${nowMs} ms`);
+    if (this.startMs === -Infinity) this.startMs = nowMs;
     this.nowMs = nowMs;
   }
 
-  /** An up or probation peer silent for longer than the timeout is down. */
+  /** An up, probation or never-heard peer silent for longer than the timeout is down. */
   private expire(id: string, peer: Peer, nowMs: number, actions: DetectorAction[]): void {
+    if (peer.state === 'unknown') {
+      const silentMs = nowMs - this.startMs;
+      if (silentMs <= this.timeoutMs) return;
+      actions.push({ kind: 'peer-down', peer: id, silentMs });
+      peer.state = 'down';
+      return;
+    }
     if (peer.state !== 'up' && peer.state !== 'probation') return;
     const silentMs = nowMs - peer.lastHeardMs;
     if (silentMs <= this.timeoutMs) return;

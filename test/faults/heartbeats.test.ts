@@ -120,6 +120,35 @@ test('SIGSTOP of the secondary past the timeout: cut off, writes go on; after SI
   assert.ok(imageB.equals(imageA), 'b has everything a has');
 });
 
+test('a peer whose heartbeats never arrive is cut off once the timeout has passed, though its links came up; its first heartbeat brings it back', async () => {
+  const dir = makeTempDir('blockmirror-heartbeat-');
+  dirs.push(dir);
+  const config = await writeClusterConfig(dir, {
+    nodes: [{ id: 'a' }, { id: 'b' }],
+    volumes: [{ name: 'v1', size: '16MiB', replicas: ['a', 'b'], primary: 'a', mode: 'sync' }],
+    heartbeat: fast,
+  });
+  const relay = new UdpRelay(replicationAddress(config, 'a'));
+  relays.push(relay);
+  // Not one of b's heartbeats reaches a.
+  relay.pass = () => false;
+  const port = await relay.start();
+  const b = await startClusterNode(dir, withReplicationAddress(config, 'a', { host: '127.0.0.1', port }, 'cluster-b.yaml'), 'b');
+  const a = await startClusterNode(dir, config, 'a');
+  // a connects at once to a peer it has not heard yet; then, having never heard it, cuts it off.
+  await a.waitStatus('b cut off, never heard', (status) => status.nodes.some((node) => node.node === 'b' && node.state === 'down'));
+  await a.waitStatus('b not streaming', (status) => !streaming(status));
+  assert.ok(messages(a, 'peer down: no heartbeat').length >= 1);
+  // A sync write completes without b.
+  await runOk('qemu-io', ['-f', 'raw', a.uri('v1'), '-c', 'write -P 0x42 0 64k'], { timeoutMs: 30_000 });
+  relay.pass = () => true;
+  await a.waitStatus('b back and caught up', (status) => streaming(status) && peerOf(status)?.disk === 'up-to-date');
+  assert.equal((await a.stop()).code, 0);
+  assert.equal((await b.stop()).code, 0);
+  const imageB = fs.readFileSync(b.imagePath('v1'));
+  assert.ok(imageB.subarray(0, 64 * 1024).every((byte) => byte === 0x42), 'b caught up on the write made while it was cut off');
+});
+
 test('heartbeats flapping faster than the probation keep the peer out; steady ones bring it back', async () => {
   const { a, b, relay } = await relayedPair();
   // 1000 ms through, 800 ms dropped: every gap passes the 600 ms timeout, and no run of

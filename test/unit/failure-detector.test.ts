@@ -57,14 +57,23 @@ const always = (): boolean => true;
 const kinds = (actions: Timed[]): string[] => actions.map(({ action }) => action.kind);
 
 describe('failure detector', () => {
-  test('first contact is up at once; an unknown peer stays unknown', () => {
+  test('first contact is up at once; a peer never heard is down once the timeout has passed since the start', () => {
     const subject = detector(['b', 'c']);
     assert.deepEqual(subject.tick(0), []);
     assert.deepEqual(subject.heard('b', 1, 1, 10), { accepted: true, reason: 'ok', actions: [{ kind: 'peer-up', peer: 'b' }] });
     assert.equal(subject.isUp('b'), true);
+    assert.deepEqual(subject.tick(TIMEOUT_MS), []);
+    assert.equal(subject.state('c'), 'unknown', 'not yet silent for longer than the timeout');
+    // The node may have connected to c while it was unknown: it is declared down, once.
+    assert.deepEqual(subject.tick(TIMEOUT_MS + 1), [{ kind: 'peer-down', peer: 'c', silentMs: TIMEOUT_MS + 1 }]);
     assert.deepEqual(subject.tick(100_000), [{ kind: 'peer-down', peer: 'b', silentMs: 99_990 }]);
-    assert.equal(subject.state('c'), 'unknown');
-    assert.deepEqual(subject.heard('zed', 1, 1, 100_000), { accepted: false, reason: 'unknown-peer', actions: [] });
+    assert.equal(subject.state('c'), 'down');
+    // Its first heartbeat, however late, is a first contact: up at once, no probation.
+    assert.deepEqual(subject.heard('c', 7, 1, 100_001).actions, [{ kind: 'peer-up', peer: 'c' }]);
+    // b was heard before: it comes back through probation.
+    assert.deepEqual(subject.heard('b', 1, 2, 100_001).actions, []);
+    assert.equal(subject.state('b'), 'probation');
+    assert.deepEqual(subject.heard('zed', 1, 1, 100_002), { accepted: false, reason: 'unknown-peer', actions: [] });
   });
 
   test('silence longer than the timeout makes a peer down, once', () => {
