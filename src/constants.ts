@@ -94,6 +94,8 @@ export const constants = {
   resyncControlIntervalMs: 100,
   /** Client latency this much above its baseline never counts as slowed by the resync. */
   resyncLatencySlackMs: 1,
+  /** Client latency this many times its baseline counts as slowed by the resync. */
+  resyncLatencyFactor: 1.5,
   /** Regions a resync has sent to a peer and that are not yet durable there. */
   resyncRegionsInflightMax: 256,
   /** One bit of a peer's dirty bitmap covers this much of the volume (the default of resync.regionSize). */

@@ -592,12 +592,12 @@ export class MirrorSource<Frame> {
     peer.logPhase = null;
     peer.replication = 'disconnected';
     // A lost link may be its crash: what it had not made durable may be gone.
-    if (peer.disk !== 'failed' && peer.durableSeq < this.appendedSeq) peer.disk = 'outdated';
+    if (peer.disk !== 'failed' && durableThrough(peer) < this.appendedSeq) peer.disk = 'outdated';
     // What it lacks stays queued (bounded) so that it can catch up when it is back, and
     // in the log (within its retention) past that, from the first entry it may have lost.
     peer.holding = wasInSync && !peer.resyncNeeded && (this.options.catchUpBytesMax ?? 0) > 0;
     peer.heldAfter = peer.ackedSeq;
-    if ((wasInSync || wasCatchingUp) && !peer.resyncNeeded) peer.logFrom = peer.durableSeq + 1;
+    if ((wasInSync || wasCatchingUp) && !peer.resyncNeeded) peer.logFrom = durableThrough(peer) + 1;
     if (wasCatchingUp) this.trim();
     if (wasInSync) {
       actions.push({ kind: 'peer-dropped', peer: id, disk: peer.disk, reason, ...this.mayLack(peer), full: false });
@@ -824,7 +824,7 @@ export class MirrorSource<Frame> {
    * those before the queue are the log's to name.
    */
   private mayLack(peer: Peer): { lost: MirrorEntry<Frame>[]; unsynced: { fromSeq: number; toSeq: number } | null } {
-    const from = peer.durableSeq + 1;
+    const from = durableThrough(peer) + 1;
     const lost = this.queue.slice(Math.max(from, this.queueFirstSeq) - this.queueFirstSeq).map((queued) => queued.entry);
     const to = Math.min(peer.ackedSeq, this.queueFirstSeq - 1);
     return { lost, unsynced: from <= to ? { fromSeq: from, toSeq: to } : null };
@@ -846,13 +846,13 @@ export class MirrorSource<Frame> {
 
   private violation(peer: Peer, what: string): SourceAction<Frame>[] {
     const actions: SourceAction<Frame>[] = [];
-    if (peer.inSync || peer.logPhase !== null) peer.logFrom = peer.resyncNeeded ? null : peer.durableSeq + 1;
+    if (peer.inSync || peer.logPhase !== null) peer.logFrom = peer.resyncNeeded ? null : durableThrough(peer) + 1;
     const lacking = this.mayLack(peer);
     peer.inSync = false;
     peer.logPhase = null;
     peer.holding = false;
     peer.replication = 'disconnected';
-    if (peer.disk === 'up-to-date' && peer.durableSeq < this.appendedSeq) peer.disk = 'outdated';
+    if (peer.disk === 'up-to-date' && durableThrough(peer) < this.appendedSeq) peer.disk = 'outdated';
     actions.push({ kind: 'peer-dropped', peer: peer.id, disk: peer.disk, reason: `protocol violation: ${what}`, ...lacking, full: false });
     this.afterPeerChange(actions);
     return actions;
@@ -864,4 +864,12 @@ export class MirrorSource<Frame> {
     this.settleAll(actions);
     actions.push({ kind: 'release' });
   }
+}
+
+/**
+ * The last entry a peer holds durably: made durable on request (FLUSHED), or covered by a
+ * consistency point it took (SYNCED: its image was made durable through it).
+ */
+function durableThrough(peer: { durableSeq: number; syncedSeq: number }): number {
+  return Math.max(peer.durableSeq, peer.syncedSeq);
 }

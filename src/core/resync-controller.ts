@@ -5,8 +5,8 @@
 // Additive increase, multiplicative decrease on one signal: the mean latency of client
 // requests (their mirrored part) over each interval. The controller keeps the lowest
 // mean seen as the baseline, let up slowly so it follows a changing workload; a mean
-// clearly above it (twice, and at least `slackMs` more) halves the number of regions the
-// resync may have in flight, anything else adds `stepRegions`. An interval without client
+// clearly above it (`factor` times, and at least `slackMs` more) halves the number of
+// regions the resync may have in flight, anything else adds `stepRegions`. An interval without client
 // requests lets the resync run at its maximum. Pure: the caller reports completions and
 // calls tick() once per interval.
 
@@ -18,6 +18,8 @@ export interface ResyncControllerOptions {
   stepRegions: number;
   /** Latency above the baseline that never counts as slower (noise on an idle machine). */
   slackMs: number;
+  /** How many times the baseline counts as slowed by the resync. */
+  factor: number;
 }
 
 export class ResyncController {
@@ -27,7 +29,7 @@ export class ResyncController {
   private baselineMs: number | null = null;
 
   constructor(private readonly options: ResyncControllerOptions) {
-    assert(options.minRegions >= 1 && options.maxRegions >= options.minRegions && options.stepRegions >= 1);
+    assert(options.minRegions >= 1 && options.maxRegions >= options.minRegions && options.stepRegions >= 1 && options.factor > 1);
     this.regions = options.maxRegions;
   }
 
@@ -39,7 +41,7 @@ export class ResyncController {
 
   /** The end of an interval: the regions the resync may have in flight during the next one. */
   tick(): number {
-    const { minRegions, maxRegions, stepRegions, slackMs } = this.options;
+    const { minRegions, maxRegions, stepRegions, slackMs, factor } = this.options;
     if (this.count === 0) {
       this.regions = maxRegions;
       return this.regions;
@@ -50,7 +52,7 @@ export class ResyncController {
     // The baseline creeps up 2% per interval, so one fast interval long ago does not
     // hold the resync down for good.
     this.baselineMs = this.baselineMs === null ? meanMs : Math.min(this.baselineMs * 1.02, meanMs);
-    if (meanMs > Math.max(2 * this.baselineMs, this.baselineMs + slackMs)) {
+    if (meanMs > Math.max(factor * this.baselineMs, this.baselineMs + slackMs)) {
       this.regions = Math.max(minRegions, Math.floor(this.regions / 2));
     } else {
       this.regions = Math.min(maxRegions, this.regions + stepRegions);

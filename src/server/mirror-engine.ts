@@ -86,8 +86,11 @@ export class MirrorEngine implements MirrorGate {
     maxRegions: constants.resyncRegionsInflightMax,
     stepRegions: constants.resyncRegionsInflightStep,
     slackMs: constants.resyncLatencySlackMs,
+    factor: constants.resyncLatencyFactor,
   });
   private resyncControlTickMs = 0;
+  /** Entries being read back from the log (markUnsynced): their partitions stay. */
+  private readonly readPins = new Set<{ fromSeq: number }>();
   /** VERIFY requests waiting for their VERIFIED, by token. */
   private readonly digestWaiters = new Map<number, { peer: string; resolve: (digest: Buffer) => void; reject: (error: Error) => void }>();
   private nextVerifyToken = 1;
@@ -374,6 +377,9 @@ export class MirrorEngine implements MirrorGate {
    * the log (the retainer keeps them for it). If they cannot be read, every region counts.
    */
   private async markUnsynced(peer: PeerLinks, fromSeq: number, toSeq: number): Promise<void> {
+    // The log keeps them while they are read (see retains()).
+    const pin = { fromSeq };
+    this.readPins.add(pin);
     try {
       await this.entries.syncTo(toSeq);
       for await (const entry of this.entries.readRange(fromSeq, toSeq)) {
@@ -388,6 +394,8 @@ export class MirrorEngine implements MirrorGate {
       });
       peer.bitmap.markAll();
       peer.bitmapChanged = true;
+    } finally {
+      this.readPins.delete(pin);
     }
     if (!this.stopped) this.persistBitmaps();
   }
@@ -503,6 +511,7 @@ export class MirrorEngine implements MirrorGate {
    */
   retains(partition: { generation: number; lastSeq: number; activeGeneration: number }): boolean {
     if (this.core.retains(partition.lastSeq)) return true;
+    for (const pin of this.readPins) if (partition.lastSeq >= pin.fromSeq) return true;
     const within = partition.activeGeneration - partition.generation <= Math.floor(this.cluster.log.retentionBytesMax / this.cluster.log.partitionBytes);
     let kept = false;
     for (const id of this.peers.keys()) {

@@ -7,7 +7,7 @@ import { test } from 'node:test';
 import { ResyncController } from '../../src/core/resync-controller.js';
 
 function controller(): ResyncController {
-  return new ResyncController({ minRegions: 4, maxRegions: 256, stepRegions: 8, slackMs: 1 });
+  return new ResyncController({ minRegions: 4, maxRegions: 256, stepRegions: 8, slackMs: 1, factor: 2 });
 }
 
 function interval(c: ResyncController, latencyMs: number, requests = 10): number {
