@@ -79,7 +79,9 @@ export const constants = {
   asyncLagBytesMax: 128 * MiB,
   /** Entries kept in memory for a peer that is away, so that it catches up when it is back (DESIGN.md §1.5). */
   mirrorCatchUpBytesMax: 64 * MiB,
-  /** Regions a resync reads from the volume at once. */
+  /** A resync sends consecutive dirty regions as one entry of up to this many bytes. */
+  resyncEntryBytesMax: 1024 * 1024,
+  /** Runs of regions a resync reads from the volume at once. */
   resyncReadsParallelMax: 16,
   /** Regions an online verify compares at once (and a replica keeps waiting). */
   verifyRegionsInflightMax: 16,

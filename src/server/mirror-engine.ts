@@ -110,7 +110,7 @@ export class MirrorEngine implements MirrorGate {
     /** The volume's region holds: LocalVolume.logCurrent (resync) and whileHeld (verify). */
     private readonly regions: Pick<LocalVolume, 'logCurrent' | 'whileHeld'>,
     /** The volume's log: entries a peer that was away lacks are read back from it. */
-    private readonly entries: Pick<WriteLog, 'readRange' | 'syncTo' | 'holdsFrom'>,
+    private readonly entries: Pick<WriteLog, 'readRange' | 'syncTo' | 'holdsFrom' | 'entryPayloadBytesMax'>,
   ) {
     assert(volume.mode !== 'local');
     this.secret = Buffer.from(cluster.secret, 'utf8');
@@ -228,7 +228,9 @@ export class MirrorEngine implements MirrorGate {
   private async resync(peer: PeerLinks, session: number): Promise<void> {
     const id = peer.node.id;
     const regionBytes = peer.bitmap.regionBytes;
-    const pending = new Map<number, number>();
+    // Consecutive dirty regions go out as one entry, up to this many.
+    const runRegionsMax = Math.max(1, Math.floor(Math.min(constants.resyncEntryBytesMax, this.entries.entryPayloadBytesMax) / regionBytes));
+    const pending = new Map<number, number[]>();
     const pendingRegions = new Set<number>();
     const startedMs = Date.now();
     const startBytes = peer.bitmap.dirtyBytes;
@@ -246,41 +248,65 @@ export class MirrorEngine implements MirrorGate {
       }
       // Capped by the rate, or by the controller that keeps client requests responsive.
       const inflightMax = rateMax > 0 ? constants.resyncRegionsInflightMax : this.resyncControl.limit;
+      // Paced, a batch is at most a tenth of a second's worth, so bursts stay small.
+      const batchRegionsMax = rateMax > 0 ? Math.max(1, Math.floor(rateMax / 10 / regionBytes)) : Number.POSITIVE_INFINITY;
       const durable = this.core.peerStatus(id).durableSeq;
-      for (const [seq, region] of pending) {
+      for (const [seq, regions] of pending) {
         if (seq > durable) continue;
         pending.delete(seq);
-        pendingRegions.delete(region);
-        peer.bitmap.clear(region);
+        for (const region of regions) {
+          pendingRegions.delete(region);
+          peer.bitmap.clear(region);
+        }
         peer.bitmapChanged = true;
       }
-      let next = peer.bitmap.nextDirty(cursor);
-      while (next !== -1 && pendingRegions.has(next)) next = peer.bitmap.nextDirty(next + 1);
-      if (next !== -1 && pending.size < inflightMax) {
-        // Several regions are read at once (distinct regions: their order does not matter).
-        const batch: number[] = [];
-        while (next !== -1 && batch.length < constants.resyncReadsParallelMax && pending.size + batch.length < inflightMax) {
-          batch.push(next);
-          next = peer.bitmap.nextDirty(next + 1);
-          while (next !== -1 && pendingRegions.has(next)) next = peer.bitmap.nextDirty(next + 1);
+      const nextFree = (from: number): number => {
+        let found = peer.bitmap.nextDirty(from);
+        while (found !== -1 && pendingRegions.has(found)) found = peer.bitmap.nextDirty(found + 1);
+        return found;
+      };
+      let next = nextFree(cursor);
+      if (next !== -1 && pendingRegions.size < inflightMax) {
+        // Several runs of consecutive regions are read at once (distinct regions: their
+        // order does not matter); each run is one entry.
+        const batch: number[][] = [];
+        let regionsTaken = 0;
+        while (
+          next !== -1 &&
+          batch.length < constants.resyncReadsParallelMax &&
+          pendingRegions.size + regionsTaken < inflightMax &&
+          regionsTaken < batchRegionsMax
+        ) {
+          const run = [next];
+          while (run.length < runRegionsMax && pendingRegions.size + regionsTaken + run.length < inflightMax && regionsTaken + run.length < batchRegionsMax) {
+            const following = next + run.length;
+            if (following * regionBytes >= this.volume.sizeBytes || !peer.bitmap.isDirty(following) || pendingRegions.has(following)) break;
+            run.push(following);
+          }
+          batch.push(run);
+          regionsTaken += run.length;
+          next = nextFree((run[run.length - 1] ?? next) + 1);
         }
-        cursor = (batch[batch.length - 1] ?? cursor) + 1;
+        cursor = (batch[batch.length - 1]?.at(-1) ?? cursor) + 1;
         if (rateMax > 0) {
           // Paced: the regions sent so far may not run ahead of the allowed rate.
           const dueMs = startedMs + (sentBytes / rateMax) * 1000;
           if (dueMs > Date.now()) await new Promise((resolve) => setTimeout(resolve, dueMs - Date.now()));
           if (!live()) break;
         }
-        sentBytes += batch.length * regionBytes;
+        sentBytes += regionsTaken * regionBytes;
         const logged = await Promise.all(
-          batch.map((region) => this.regions.logCurrent(region * regionBytes, Math.min(regionBytes, this.volume.sizeBytes - region * regionBytes))),
+          batch.map((run) => {
+            const offset = (run[0] ?? 0) * regionBytes;
+            return this.regions.logCurrent(offset, Math.min(run.length * regionBytes, this.volume.sizeBytes - offset));
+          }),
         );
         logged.forEach(({ seq, written }, index) => {
           // A failed log write fails the volume; the loop then ends with the peer's links.
           written.catch(() => undefined);
-          const region = batch[index] ?? -1;
-          pending.set(seq, region);
-          pendingRegions.add(region);
+          const run = batch[index] ?? [];
+          pending.set(seq, run);
+          for (const region of run) pendingRegions.add(region);
         });
         continue;
       }
