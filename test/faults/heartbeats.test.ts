@@ -25,6 +25,7 @@ import {
   type NodeStatusJson,
   type TestNode,
 } from '../helpers/node-process.js';
+import { assertConverged } from '../helpers/mirror-checks.js';
 import { Prng } from '../unit/prng.js';
 import { UdpRelay } from '../helpers/udp-relay.js';
 
@@ -238,14 +239,6 @@ async function writeWhileFrozen(a: TestNode, b: TestNode, dir: string, bytes: nu
     process.kill(b.pid, 'SIGCONT');
   }
   return random;
-}
-
-/** After both stopped: a holds `data` from offset 0, and b's image equals a's. */
-function assertConverged(a: TestNode, b: TestNode, data: Buffer): void {
-  const imageA = fs.readFileSync(a.imagePath('v1'));
-  const imageB = fs.readFileSync(b.imagePath('v1'));
-  assert.ok(imageA.subarray(0, data.length).equals(data), 'a has the data');
-  assert.ok(imageB.equals(imageA), 'b has everything a has');
 }
 
 test('a secondary away for more than the primary keeps for it is resynced from the dirty bitmap, across a restart of the primary', async () => {

@@ -14,6 +14,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import { killAll, makeTempDir, runOk, sleep, startClusterNode, writeClusterConfig, type LogSpec, type NodeStatusJson, type TestNode } from '../helpers/node-process.js';
 import { NftPartition } from '../helpers/nft-partition.js';
+import { assertConverged } from '../helpers/mirror-checks.js';
 import { Prng } from '../unit/prng.js';
 
 const MiB = 1024 * 1024;
@@ -71,14 +72,6 @@ function randomFile(dir: string, bytes: number): { path: string; data: Buffer } 
   const file = `${dir}/random-${bytes}.bin`;
   fs.writeFileSync(file, data);
   return { path: file, data };
-}
-
-/** After both stopped: a holds `expected` from offset 0, and b's image equals a's. */
-function assertConverged(a: TestNode, b: TestNode, expected: Buffer): void {
-  const imageA = fs.readFileSync(a.imagePath('v1'));
-  const imageB = fs.readFileSync(b.imagePath('v1'));
-  assert.ok(imageA.subarray(0, expected.length).equals(expected), 'a holds what the client wrote');
-  assert.ok(imageB.equals(imageA), 'b has everything a has');
 }
 
 test('a secondary SIGKILLed during writes misses more than memory keeps: after its restart it catches up from the log files, no resync', async () => {

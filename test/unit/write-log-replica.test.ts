@@ -531,33 +531,42 @@ test(
 
 // ---------------------------------------------------------------------------------------
 
+/** A primary's log (no replica mode) in a fresh directory, with the tap and CP requests given. */
+function primaryLogOptions(geometry: LogGeometry, onCheckpointWanted: () => void, onPlaced: NonNullable<LogOptions['onPlaced']>): LogOptions {
+  return {
+    dir: freshDir(),
+    geometry,
+    volumeUuid: VOLUME_UUID,
+    volumeId: VOLUME_ID,
+    activity: new IoActivity(),
+    inlineWriteBytesMax: 64 * KiB,
+    log: new Logger({ write: () => undefined }, 'debug'),
+    onCheckpointWanted,
+    onPlaced,
+  };
+}
+
 describe('onPlaced tap of a primary log', () => {
   test('reports every entry once, in sequence order, with a header that decodes to it and its payload (through partition wraps and CPs)', async () => {
     const random = new Prng(SEED + 2);
     const placed: { seq: number; header: Buffer; payload: Buffer; offset: number; type: EntryType }[] = [];
     const checkpoints: Promise<void>[] = [];
     let log: WriteLog | null = null;
-    const options: LogOptions = {
-      dir: freshDir(),
-      // Small partitions, so the appends below go round the log several times and wait for CPs.
-      geometry: { partitionBytes: 64 * KiB, partitions: 2 },
-      volumeUuid: VOLUME_UUID,
-      volumeId: VOLUME_ID,
-      activity: new IoActivity(),
-      inlineWriteBytesMax: 64 * KiB,
-      log: new Logger({ write: () => undefined }, 'debug'),
-      onCheckpointWanted: () => {
+    // Small partitions, so the appends below go round the log several times and wait for CPs.
+    const options = primaryLogOptions(
+      { partitionBytes: 64 * KiB, partitions: 2 },
+      () => {
         setImmediate(() => {
           if (log !== null) checkpoints.push(log.checkpoint(() => Promise.resolve()));
         });
       },
-      onPlaced: (seq, header, payload, { offset, type, lengthBytes }) => {
+      (seq, header, payload, { offset, type, lengthBytes }) => {
         // The header and payload are the caller's buffers: keep copies.
         placed.push({ seq, header: Buffer.from(header), payload: Buffer.concat(payload), offset, type });
         const decoded = decodeEntryHeader(header);
         assert.ok(typeof decoded !== 'string' && decoded.lengthBytes === lengthBytes, 'the tap reports the entry\'s length');
       },
-    };
+    );
     const opened = await WriteLog.open(options, () => Promise.resolve());
     log = opened.log;
     try {
@@ -633,19 +642,11 @@ describe('reading entries back from a primary log (catch-up of a peer that was a
     let log: WriteLog | null = null;
     // The retainer keeps partitions with entries from `keepFrom` on, at most two before the active one.
     let keepFrom = 1;
-    const options: LogOptions = {
-      dir: freshDir(),
-      geometry: { partitionBytes: 64 * KiB, partitions: 4 },
-      volumeUuid: VOLUME_UUID,
-      volumeId: VOLUME_ID,
-      activity: new IoActivity(),
-      inlineWriteBytesMax: 64 * KiB,
-      log: new Logger({ write: () => undefined }, 'debug'),
-      onCheckpointWanted: () => {
-        setImmediate(() => void log?.checkpoint(() => Promise.resolve()).catch(() => undefined));
-      },
-      onPlaced: (seq, header, payload) => placed.set(seq, { header: Buffer.from(header), payload: Buffer.concat(payload) }),
-    };
+    const options = primaryLogOptions(
+      { partitionBytes: 64 * KiB, partitions: 4 },
+      () => setImmediate(() => void log?.checkpoint(() => Promise.resolve()).catch(() => undefined)),
+      (seq, header, payload) => placed.set(seq, { header: Buffer.from(header), payload: Buffer.concat(payload) }),
+    );
     const opened = await WriteLog.open(options, () => Promise.resolve());
     log = opened.log;
     const current = log;
