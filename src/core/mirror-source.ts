@@ -398,6 +398,7 @@ export class MirrorSource<Frame> {
       peer.ackedSeq = ready.lastSeq;
       peer.sentSeq = ready.lastSeq;
       peer.durableSeq = ready.durableSeq;
+      peer.syncedSeq = ready.cpSeq;
       peer.holding = true;
       peer.heldAfter = to;
       actions.push({ kind: 'catch-up-from-log', peer: id, fromSeq: from, toSeq: to });
