@@ -660,6 +660,8 @@ volumes:
 const resyncHeartbeat = { intervalMs: 100, timeoutMs: 1000, probationMs: 1000 };
 /** Written in 4 KiB random writes while node b is frozen: under the 64 MiB of entries node a keeps in memory for it. */
 const catchUpWriteBytes = 48 * 1024 ** 2;
+/** Written the same way for the catch-up from the log files: past the 64 MiB kept in memory, under the 128 MiB the default log keeps for a peer that is away. */
+const logCatchUpWriteBytes = 104 * 1024 ** 2;
 /**
  * fio's runtime and ramp in the client IOPS figure, with and without a resync. The resync
  * must outlast fio, and an uncapped resync of 1 GiB takes about 4 s here: 2 s after 0.5 s.
@@ -710,6 +712,16 @@ interface UnderResync {
   logStalls: LogStalls;
 }
 
+/** A catch-up after a freeze: what node b missed and how long it took to get it. */
+interface CatchUp {
+  entries: number;
+  payloadBytes: number;
+  ms: number;
+  mbPerSec: number;
+  mibPerSec: number;
+  entriesPerSec: number;
+}
+
 /** Node a's log stalls (writes waiting for a consistency point to free log space) over a stretch of the run. */
 interface LogStalls {
   stalls: number;
@@ -729,7 +741,9 @@ interface ResyncFigures {
   /** 1. Node b stopped (SIGTERM), every byte of the volume written, node b started again (its image allocated); no resync.rateMax. */
   full: ResyncRun;
   /** 2. Node b frozen (SIGSTOP) past the heartbeat timeout while 4 KiB random writes land; from node a's "peer catching up" line to the first poll that shows node b `streaming`. */
-  catchUp: { entries: number; payloadBytes: number; ms: number; mbPerSec: number; mibPerSec: number; entriesPerSec: number };
+  catchUp: CatchUp;
+  /** 2. The same with more written than memory keeps: node b is sent entries read back from node a's log files, then the rest from memory. */
+  logCatchUp: CatchUp;
   /** 3. 4k randwrite QD32 with both nodes streaming (baseline), and right after a resync of the fully dirty volume started: without resync.rateMax, and with it. */
   underLoad: { fioRuntimeS: number; fioRampMs: number; baseline: Figure; baselineLogStalls: LogStalls; runs: UnderResync[] };
 }
@@ -969,32 +983,42 @@ async function benchResync(stamp: string): Promise<ResyncFigures> {
     await pollPair(pair, 'node a seeing node b gone', (volume) => peerB(volume)?.replication !== 'streaming');
     const full = await fullResync(pair, 2, 'node b restarted');
 
-    // 2. Catch-up from memory after a freeze past the heartbeat timeout.
-    await pollPair(pair, 'node b caught up', caughtUpB);
-    await settle();
-    await freezeB(pair);
-    const away = await mirrorVolume(pair);
-    await runTool(
-      'fio',
-      ['--name=while-away', '--ioengine=nbd', `--uri=${pair.uri}`, '--rw=randwrite', '--bs=4k', '--iodepth=32', `--size=${sizeText}`, `--io_size=${catchUpWriteBytes}`, '--output=/dev/null'],
-      300_000,
-    );
-    const written = await mirrorVolume(pair);
-    if (peerB(written)?.resyncNeeded === true) throw new Error('node b needs a resync after the writes made while it was frozen: node a no longer holds them in memory');
-    const catchingBefore = pair.a.records.filter((record) => record.msg === 'peer catching up').length;
-    thawB(pair);
-    // From node a's "peer catching up" line (logged as it starts sending what node b
-    // missed) to the first status poll that shows node b streaming and up to date.
-    const streamingAgain = await pollPair(pair, 'node b caught up', upToDate);
-    const catching = (await loggedLines(pair.a, 'peer catching up', catchingBefore + 1))[catchingBefore] ?? {};
-    const catchUpMs = streamingAgain.atMs - Date.parse(String(catching['time']));
-    const payloadBytes = (written.stats['writeBytes'] ?? 0) - (away.stats['writeBytes'] ?? 0);
-    const entries = written.log.lastSeq - (peerB(away)?.ackedSeq ?? 0);
-    const catchUp = { entries, payloadBytes, ms: catchUpMs, ...rateOf(payloadBytes, catchUpMs), entriesPerSec: (entries / catchUpMs) * 1000 };
-    process.stderr.write(
-      `  ${label} catch-up after a freeze: ${entries} entries (${format(payloadBytes / 1024 ** 2)} MiB of 4 KiB writes) in ${catchUpMs} ms: ` +
-        `${format(catchUp.mbPerSec)} MB/s, ${format(catchUp.mibPerSec)} MiB/s, ${format(catchUp.entriesPerSec)} entries/s\n`,
-    );
+    // 2. Catch-up after a freeze past the heartbeat timeout: from memory, then from the log files.
+    const current = pair;
+    const catchUpAfterFreeze = async (writeBytes: number, from: 'memory' | 'the log'): Promise<CatchUp> => {
+      const pair = current;
+      await pollPair(pair, 'node b caught up', caughtUpB);
+      await settle();
+      await freezeB(pair);
+      const away = await mirrorVolume(pair);
+      await runTool(
+        'fio',
+        ['--name=while-away', '--ioengine=nbd', `--uri=${pair.uri}`, '--rw=randwrite', '--bs=4k', '--iodepth=32', `--size=${sizeText}`, `--io_size=${writeBytes}`, '--output=/dev/null'],
+        300_000,
+      );
+      const written = await mirrorVolume(pair);
+      if (peerB(written)?.resyncNeeded === true) throw new Error(`node b needs a resync after the writes made while it was frozen: node a no longer holds them in ${from}`);
+      const catchingBefore = pair.a.records.filter((record) => record.msg === 'peer catching up').length;
+      const fromLogBefore = pair.a.records.filter((record) => record.msg === 'peer caught up from the log').length;
+      thawB(pair);
+      // From node a's "peer catching up" line (logged as it starts sending what node b
+      // missed) to the first status poll that shows node b streaming and up to date.
+      const streamingAgain = await pollPair(pair, 'node b caught up', upToDate);
+      const catching = (await loggedLines(pair.a, 'peer catching up', catchingBefore + 1))[catchingBefore] ?? {};
+      const fromLog = pair.a.records.filter((record) => record.msg === 'peer caught up from the log').length - fromLogBefore;
+      if ((fromLog > 0) !== (from === 'the log')) throw new Error(`node b caught up from ${fromLog > 0 ? 'the log' : 'memory'}, not from ${from}`);
+      const ms = streamingAgain.atMs - Date.parse(String(catching['time']));
+      const payloadBytes = (written.stats['writeBytes'] ?? 0) - (away.stats['writeBytes'] ?? 0);
+      const entries = written.log.lastSeq - (peerB(away)?.ackedSeq ?? 0);
+      const figure = { entries, payloadBytes, ms, ...rateOf(payloadBytes, ms), entriesPerSec: (entries / ms) * 1000 };
+      process.stderr.write(
+        `  ${label} catch-up from ${from} after a freeze: ${entries} entries (${format(payloadBytes / 1024 ** 2)} MiB of 4 KiB writes) in ${ms} ms: ` +
+          `${format(figure.mbPerSec)} MB/s, ${format(figure.mibPerSec)} MiB/s, ${format(figure.entriesPerSec)} entries/s\n`,
+      );
+      return figure;
+    };
+    const catchUp = await catchUpAfterFreeze(catchUpWriteBytes, 'memory');
+    const logCatchUp = await catchUpAfterFreeze(logCatchUpWriteBytes, 'the log');
 
     // 3. Client writes with both nodes streaming, then during resyncs of the fully dirty volume.
     await pollPair(pair, 'node b caught up', caughtUpB);
@@ -1040,6 +1064,7 @@ async function benchResync(stamp: string): Promise<ResyncFigures> {
       firstJoin,
       full,
       catchUp,
+      logCatchUp,
       underLoad: { fioRuntimeS: resyncFioRuntimeS, fioRampMs: resyncFioRampMs, baseline, baselineLogStalls, runs },
     };
   } finally {
@@ -1157,17 +1182,20 @@ function selectedSections(): Section[] {
 }
 
 function resyncText(figures: ResyncFigures): string {
-  const { firstJoin, full, catchUp, underLoad } = figures;
+  const { firstJoin, full, catchUp, logCatchUp, underLoad } = figures;
   const mib = (bytes: number): string => `${format(bytes / 1024 ** 2)} MiB`;
   const resyncCell = (run: ResyncRun): string =>
     `${format(run.mbPerSec)} MB/s (${format(run.mibPerSec)} MiB/s): ${mib(run.bytes)} in ${run.ms} ms (status polls: ${run.polledMs} ms)`;
   const stalls = (figure: LogStalls): string => `${figure.stalls} times, ${figure.stallMs} ms`;
+  const catchUpCell = (figure: CatchUp): string =>
+    `${format(figure.mbPerSec)} MB/s (${format(figure.mibPerSec)} MiB/s), ${format(figure.entriesPerSec)} entries/s: ${figure.entries} entries, ${mib(figure.payloadBytes)} of 4 KiB writes, in ${figure.ms} ms`;
   const lines = [
     '| resync figure | result | target |',
     '|---|---|---|',
     `| bitmap resync of the fully dirty ${sizeText} volume, node b restarted | ${resyncCell(full)} | ≥ 400 MB/s |`,
     `| bitmap resync of the fully dirty ${sizeText} volume, node b new (sparse image) | ${resyncCell(firstJoin)} | ≥ 400 MB/s |`,
-    `| catch-up from memory after a freeze | ${format(catchUp.mbPerSec)} MB/s (${format(catchUp.mibPerSec)} MiB/s), ${format(catchUp.entriesPerSec)} entries/s: ${catchUp.entries} entries, ${mib(catchUp.payloadBytes)} of 4 KiB writes, in ${catchUp.ms} ms | |`,
+    `| catch-up from memory after a freeze | ${catchUpCell(catchUp)} | |`,
+    `| catch-up from the log files after a freeze | ${catchUpCell(logCatchUp)} | |`,
     `| 4k randwrite QD32, both nodes streaming | ${format(underLoad.baseline.value)} IOPS (p50 ${format(underLoad.baseline.p50Us)} µs, p99 ${format(underLoad.baseline.p99Us)} µs) | |`,
   ];
   for (const run of underLoad.runs) {
@@ -1243,7 +1271,11 @@ ${probationMs} ms probation. Node a's status is read every ${figures.pollMs} ms;
   node a has cut it off (no heartbeat for the timeout), writes 48 MiB of 4 KiB random writes at QD32 (under the
   64 MiB node a keeps in memory for a peer that is away), and sends SIGCONT. After its probation node b is sent
   the entries it missed; the figure is their payload over the time from node a's \`peer catching up\` line to
-  the first status that shows node b \`streaming\` and \`up-to-date\` (so up to one poll late). Before each
+  the first status that shows node b \`streaming\` and \`up-to-date\` (so up to one poll late).
+- **Catch-up from the log files.** The same with 104 MiB written while node b is frozen: more than node a keeps
+  in memory, less than its log keeps for a peer that is away (the default 4 × 64 MiB log keeps 128 MiB), so
+  node b is sent the entries read back from node a's log files (\`peer caught up from the log\`), then the
+  rest from memory; the bench checks that it went that way. Before each
   freeze the bench waits until node a's heartbeats call node b \`up\`: node a never cuts off a peer it has not
   heard from since it started, so node b frozen before its first heartbeat arrived would stay \`streaming\`.
 - **Client writes during a resync.** fio's 4k randwrite QD32 (as in the table above, but ${figures.underLoad.fioRuntimeS} s after
