@@ -24,7 +24,18 @@
 //       noticed yet is exempt: nothing can know before the links say so.)
 //   (h) acknowledged writes are never lost: what a sync-mode FUA or FLUSH made durable on
 //       a replica that counted for it (it was in sync then) is still in that replica's
-//       durable image after any crash of it, and at the end.
+//       durable image after any crash of it, and at the end;
+//   (i) and on the primary, in either mode: what a FUA or FLUSH was answered for is in
+//       what its recovery finds after each of its crashes, and in its image at the end.
+//
+// "That write or a later one" compares writes by the order the primary logged them in,
+// across its crashes: a write a primary crash lost (it had sent it to peers, but never
+// made it durable) still counts as later than everything logged before it, so a
+// replica holding it keeps its durable promises; but it is not in the primary's history
+// any more, so a replica holding it is never up to date (g) nor equal to the primary (c).
+// The primary's crash drops the requests in flight (their clients see the connection
+// go): those are never answered, and no invariant is asked of them. Every peer must come
+// back through a resync after one, and when quiet be byte-identical to the primary (c).
 //
 // "Counted for" a request means the source held the reply for it (in sync: streaming,
 // catching up or resyncing). (a) and (b) are checked on every such replica. A resyncing
@@ -40,8 +51,10 @@
 // last ones the simulator found — a resync that missed entries a crashed peer had
 // acknowledged and then lost, a crashed peer still reported up to date, entries kept for
 // a peer refused when it came back — are fixed; sim.test.ts replays the seeds that
-// showed them and their reproductions on the core.) A violation throws SimFailure; the
-// runner prints the seed that replays it.
+// showed them and their reproductions on the core.) Primary crashes found four more,
+// not fixed in src/ (config.ts SrcFix): runs with primary crashes fail on them unless
+// their fixes are modelled (--fix), and still fail on anything else. A violation throws
+// SimFailure; the runner prints the seed that replays it.
 
 import type { MirrorSource } from '../../src/core/mirror-source.js';
 import type { MirrorTarget } from '../../src/core/mirror-target.js';
@@ -77,6 +90,13 @@ export interface CheckedCluster {
   primaryVersionAt(block: number, seq: number): number;
   /** The index of write `writeId` in the primary's history of `block` (-1 for 0, zeroes; null: never written there). */
   positionOf(block: number, writeId: number): number | null;
+  /** Where write `writeId` stands among every write the primary ever logged, lost ones included (-1: zeroes; null: never logged). */
+  ordinalOf(writeId: number): number | null;
+  /** Whether a crash of the primary lost write `writeId` in `block`. */
+  lostIn(block: number, writeId: number): boolean;
+  /** The primary is running (nothing reports on the peers while it is down). */
+  readonly primaryUp: boolean;
+  readonly primaryCrashes: number;
   /** Running and not cut off: the sim connects to it whenever it can. */
   reachable(peer: CheckedPeer): boolean;
   nowUs(): number;
@@ -112,14 +132,19 @@ export class Checker {
   checks = 0;
   /** Replies that counted a resyncing replica which did not hold their write yet (by design; see the header). */
   countedLacking = 0;
-  /** Per peer and block: the lowest version (index in the primary's history) its durable image must hold. */
-  private readonly promised = new Map<string, number[]>();
+  /**
+   * Per replica (the primary as 'primary') and block: the write its durable image must
+   * hold, or a later one (by ordinalOf), with that write's id; -1: nothing promised.
+   */
+  private readonly promised = new Map<string, { ordinal: number; writeId: number }[]>();
   /** Per peer: what (g) last looked at, so that it looks again only after a change. */
   private readonly lastLook = new Map<string, string>();
 
   constructor(private readonly cluster: CheckedCluster) {
     this.queuedBytesMax = queuedBytesBound(cluster.config);
-    for (const id of cluster.config.peers) this.promised.set(id, new Array<number>(cluster.config.blocks).fill(-1));
+    for (const id of [...cluster.config.peers, 'primary']) {
+      this.promised.set(id, Array.from({ length: cluster.config.blocks }, () => ({ ordinal: -1, writeId: 0 })));
+    }
   }
 
   private fail(invariant: string, message: string): never {
@@ -132,7 +157,10 @@ export class Checker {
    * A secondary is about to write `frame` to its image. One whose log never restarted has
    * gone through exactly the primary's versions of each block so far: a write must be the
    * next one, and a resync entry must find the block as it carries it. After a restart
-   * (a resync) versions were skipped, but none may go backwards in the primary's order.
+   * (a resync) versions were skipped, but none may go backwards in the primary's order;
+   * once the primary has crashed, the order is the one it logged writes in, across its
+   * crashes, and a block holding a write it lost may take anything (the resync brings
+   * it back to the primary's version).
    */
   applying(peer: string, replica: Replica, frame: DataFrame): void {
     this.checks += 1;
@@ -143,7 +171,7 @@ export class Checker {
       const id = frame.kind === 'write' ? frame.writeId : (frame.ids[block - frame.firstBlock] ?? -1);
       const what = frame.kind === 'write' ? `write ${id}` : `resync data of ${id === 0 ? 'zeroes' : `write ${id}`}`;
       const history = `(primary order ${order.join(',')}; ${peer}: ${here.join(',')})`;
-      if (replica.resets === 0) {
+      if (replica.resets === 0 && this.cluster.primaryCrashes === 0) {
         if (frame.kind === 'write') {
           const index = here.length;
           const expected = order[index];
@@ -159,10 +187,14 @@ export class Checker {
         }
         continue;
       }
-      const position = this.cluster.positionOf(block, id);
-      const before = this.cluster.positionOf(block, here[here.length - 1] ?? 0);
-      if (position === null || before === null || position < before) {
-        this.fail('d', `${peer} (its log restarted ${replica.resets} times) writes ${what} over ${here[here.length - 1] ?? 0} in block ${block} ${history}`);
+      const held = here[here.length - 1] ?? 0;
+      const position = this.cluster.ordinalOf(id);
+      const before = this.cluster.ordinalOf(held);
+      if (position === null || before === null || (position < before && !this.cluster.lostIn(block, held))) {
+        this.fail(
+          'd',
+          `${peer} (its log restarted ${replica.resets} times, the primary crashed ${this.cluster.primaryCrashes} times) writes ${what} over ${held} in block ${block} ${history}`,
+        );
       }
     }
   }
@@ -191,31 +223,41 @@ export class Checker {
     this.keptPromises(peer, 'after its crash');
   }
 
+  /** (i) The primary crashed: what its recovery found (its image now) holds every durable promise. */
+  primaryCrashed(): void {
+    this.checks += 1;
+    this.keptPromisesOf('primary', this.cluster.primary.durableImage, 'i', 'after its crash');
+    this.keptPromisesOf('primary', this.cluster.primary.image, 'i', 'after its crash (image)');
+  }
+
   private keptPromises(peer: CheckedPeer, when: string): void {
-    const promised = this.promised.get(peer.id) ?? [];
-    const image = peer.replica.durableImage;
+    this.keptPromisesOf(peer.id, peer.replica.durableImage, 'h', when);
+  }
+
+  private keptPromisesOf(id: string, image: BlockImage, invariant: string, when: string): void {
+    const promised = this.promised.get(id) ?? [];
     const order = this.cluster.primary.image;
     for (let block = 0; block < promised.length; block += 1) {
-      const wanted = promised[block] ?? -1;
-      if (wanted < 0) continue;
+      const wanted = promised[block];
+      if (wanted === undefined || wanted.ordinal < 0) continue;
       const holds = image.writeIdAt(block);
-      const position = this.cluster.positionOf(block, holds);
-      if (position === null || position < wanted) {
+      const ordinal = this.cluster.ordinalOf(holds);
+      if (ordinal === null || ordinal < wanted.ordinal) {
         this.fail(
-          'h',
-          `${when}, ${peer.id}'s durable block ${block} holds ${holds === 0 ? 'zeroes' : `write ${holds}`}, but write ${order.blockVersions(block)[wanted]} ` +
-            `was acknowledged durable with ${peer.id} counted (primary order ${order.blockVersions(block).join(',')})`,
+          invariant,
+          `${when}, ${id}'s durable block ${block} holds ${holds === 0 ? 'zeroes' : `write ${holds}`}, but write ${wanted.writeId} ` +
+            `was acknowledged durable${id === 'primary' ? '' : ` with ${id} counted`} (primary order ${order.blockVersions(block).join(',')})`,
         );
       }
     }
   }
 
-  private promise(peer: string, frame: WriteFrame): void {
-    const promised = this.promised.get(peer);
+  private promise(id: string, frame: WriteFrame): void {
+    const promised = this.promised.get(id);
     if (promised === undefined) return;
+    const ordinal = this.cluster.ordinalOf(frame.writeId) ?? -1;
     for (let block = frame.firstBlock; block < frame.firstBlock + frame.blockCount; block += 1) {
-      const position = this.cluster.positionOf(block, frame.writeId) ?? -1;
-      if (position > (promised[block] ?? -1)) promised[block] = position;
+      if (ordinal > (promised[block]?.ordinal ?? -1)) promised[block] = { ordinal, writeId: frame.writeId };
     }
   }
 
@@ -225,14 +267,18 @@ export class Checker {
     this.checks += 1;
     const { config, primary, source } = this.cluster;
     const what = `${request.kind} ${request.token} of client ${request.clientId} (seq ${request.seq})`;
+    if (request.incarnation !== this.cluster.primaryCrashes || request.dropped) this.fail('c', `${what} answered, but it was sent to a primary that crashed since`);
     if (request.frame !== null) {
       const record = primary.record(request.seq);
       if (!record.stored) this.fail('a', `${what} answered before the primary's own write finished`);
       if (request.kind === 'fua' && !record.durable) this.fail('b', `${what} answered before it was durable on the primary`);
+      if (request.kind === 'fua') this.promise('primary', request.frame);
     }
     if (request.kind === 'flush') {
       for (const write of request.ackedBefore) {
+        if (write.incarnation !== request.incarnation) this.fail('c', `${what} answered covering write seq ${write.seq}, sent to a primary that crashed since`);
         if (!primary.record(write.seq).durable) this.fail('b', `${what} answered, but write seq ${write.seq} acknowledged before it was sent is not durable on the primary`);
+        if (write.frame !== null) this.promise('primary', write.frame);
       }
     }
     for (const peer of this.cluster.peers) {
@@ -299,6 +345,13 @@ export class Checker {
 
   afterEvent(): void {
     const { source, config } = this.cluster;
+    for (const peer of this.cluster.peers) {
+      const buffered = peer.target.status().bufferedBytes;
+      this.maxBufferedBytes = Math.max(this.maxBufferedBytes, buffered);
+      if (buffered > config.windowBytesMax) this.fail('e', `${peer.id} buffers ${buffered} bytes, more than the window ${config.windowBytesMax}`);
+    }
+    // A primary that is down reports nothing (its mirror core died with it).
+    if (!this.cluster.primaryUp) return;
     const queued = source.queued.bytes;
     this.maxQueuedBytes = Math.max(this.maxQueuedBytes, queued);
     if (queued > this.queuedBytesMax) this.fail('e', `the source holds ${queued} bytes (${source.queued.entries} entries), more than the bound ${this.queuedBytesMax}`);
@@ -317,11 +370,6 @@ export class Checker {
       if (inflight > config.windowBytesMax && status.sentSeq - status.ackedSeq > 1) {
         this.fail('e', `${inflight} bytes (entries ${status.ackedSeq + 1}..${status.sentSeq}) in flight to ${status.peer}, more than the window ${config.windowBytesMax}`);
       }
-    }
-    for (const peer of this.cluster.peers) {
-      const buffered = peer.target.status().bufferedBytes;
-      this.maxBufferedBytes = Math.max(this.maxBufferedBytes, buffered);
-      if (buffered > config.windowBytesMax) this.fail('e', `${peer.id} buffers ${buffered} bytes, more than the window ${config.windowBytesMax}`);
     }
   }
 
@@ -350,8 +398,9 @@ export class Checker {
       if (position === null || position < wanted) {
         this.fail(
           'g',
-          `${peer.id} is reported up to date (${replication}) through entry ${ackedSeq}, but its block ${block} holds ${holds === 0 ? 'zeroes' : `write ${holds}`}, ` +
-            `not write ${primary.blockVersions(block)[wanted]} or a later one (primary order ${primary.blockVersions(block).join(',')})${peer.up ? '' : '; it crashed'}`,
+          `${peer.id} is reported up to date (${replication}) through entry ${ackedSeq}, but its block ${block} holds ${holds === 0 ? 'zeroes' : `write ${holds}`}` +
+            `${this.cluster.lostIn(block, holds) ? ' (a write the primary lost in a crash)' : ''}, ` +
+            `not ${wanted < 0 ? 'zeroes' : `write ${primary.blockVersions(block)[wanted]}`} or a later one (primary order ${primary.blockVersions(block).join(',')})${peer.up ? '' : '; it crashed'}`,
         );
       }
     }
@@ -361,9 +410,12 @@ export class Checker {
 
   final(): void {
     const { source, primary, requests, config } = this.cluster;
+    if (!this.cluster.primaryUp) this.fail('c', 'the primary is still down');
     for (const request of requests.values()) {
-      if (request.ackedAtUs === null) this.fail('c', `${request.kind} ${request.token} of client ${request.clientId} (seq ${request.seq}) was never answered`);
+      if (request.ackedAtUs === null && !request.dropped) this.fail('c', `${request.kind} ${request.token} of client ${request.clientId} (seq ${request.seq}) was never answered`);
     }
+    this.keptPromisesOf('primary', primary.durableImage, 'i', 'at the end');
+    this.keptPromisesOf('primary', primary.image, 'i', 'at the end (image)');
     if (source.waiting !== 0) this.fail('c', `the source still has ${source.waiting} requests waiting`);
     const lastSeq = source.lastSeq;
     if (lastSeq !== primary.lastSeq) this.fail('c', `the source's last seq ${lastSeq} is not the primary log's ${primary.lastSeq}`);
@@ -418,7 +470,12 @@ export class Checker {
     for (let block = 0; block < primary.blocks; block += 1) {
       const at = block * primary.blockBytes;
       if (!image.bytes.subarray(at, at + primary.blockBytes).equals(primary.bytes.subarray(at, at + primary.blockBytes))) {
-        this.fail('c', `${peer}'s block ${block} holds write ${image.writeIdAt(block)}, the primary's holds write ${primary.writeIdAt(block)}`);
+        const holds = image.writeIdAt(block);
+        this.fail(
+          'c',
+          `${peer}'s block ${block} holds write ${holds}${this.cluster.lostIn(block, holds) ? ' (lost by the primary in a crash)' : ''}, ` +
+            `the primary's holds write ${primary.writeIdAt(block)} (primary order ${primary.blockVersions(block).join(',')}; ${peer}: ${image.blockVersions(block).join(',')})`,
+        );
       }
     }
   }

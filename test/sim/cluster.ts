@@ -20,11 +20,24 @@
 // after the peer's RESET logs each dirty region's current contents as an entry, clearing
 // the region once the peer has made that entry durable, then tells the source
 // resyncDone. Without resync such a peer stays out.
+//
+// The primary can crash too (config.primaryCrashes), as src/server/mirror-engine.ts and
+// src/storage/write-log.ts behave: every request in flight is dropped unanswered, every
+// link closes, and its log keeps what was durable (and maybe some written entries past
+// it); what it had sent to peers and not made durable is gone from it, though peers may
+// hold it. Its volume file may keep lost writes in blocks the replay does not touch. At
+// its restart it replays the log up to the recovered entry N, takes a consistency point
+// (a marker at N+1 when it replayed anything), and starts a new MirrorSource from there,
+// numbering new entries after it (reusing the numbers of lost ones). The start was not
+// clean: every peer needs a resync, divergedAfter is kept per peer (the lower of the
+// previous one and the new last entry, cleared once that peer's RESET_DONE is in), and
+// each peer's dirty bitmap is what was last persisted (at consistency points and when a
+// peer drops) plus the regions of the entries replayed. Clients reconnect and go on.
 
 import { MirrorSource, type DiskState, type SourceAction } from '../../src/core/mirror-source.js';
 import { Prng } from '../unit/prng.js';
 import { Checker, SimFailure, type CheckedCluster } from './checker.js';
-import type { Crash, SimConfig, UsRange } from './config.js';
+import type { Crash, PrimaryCrash, SimConfig, UsRange } from './config.js';
 import { EventQueue } from './event-queue.js';
 import { Secondary } from './secondary.js';
 import { Replica, entryBytes, writeFrame, type Frame, type WriteFrame } from './volume.js';
@@ -42,6 +55,10 @@ export interface ClientRequest {
   ackedAtUs: number | null;
   /** FLUSH: the writes answered before it was sent, which it must make durable. */
   ackedBefore: readonly ClientRequest[];
+  /** The primary's incarnation it was sent to (its connection dies with it). */
+  incarnation: number;
+  /** Never answered: the primary crashed while it was in flight. */
+  dropped: boolean;
 }
 
 interface Client {
@@ -73,12 +90,35 @@ export interface RunSummary {
   /** Replies that counted a resyncing peer which did not hold their write yet. */
   countedLacking: number;
   peers: { id: string; inSync: boolean; disk: DiskState; storedSeq: number; durableSeq: number }[];
+  primary: PrimaryTally;
+}
+
+/** What the primary's crashes did in one run. */
+export interface PrimaryTally {
+  crashes: number;
+  /** Entries the crashes lost (appended, not recovered). */
+  lostEntries: number;
+  /** Lost writes whose bytes the volume file kept in some block. */
+  keptInImage: number;
+  /** Requests in flight at a crash (never answered). */
+  droppedRequests: number;
+  /** Restarts that took a consistency point after replaying entries (a marker at N+1). */
+  startMarkers: number;
+  /** Peers holding entries past what the primary recovered, at its crash. */
+  peersAhead: number;
+  /** DIVERGED reports that named regions, and the entries they named. */
+  divergedReports: number;
+  divergedEntries: number;
+  /** Resyncs completed after a primary crash. */
+  resyncsDone: number;
 }
 
 /** The primary's record of what one peer may lack, and the resync under way. */
 interface ResyncState {
-  /** Dirty regions (of config.resyncRegionBlocks blocks). */
+  /** Dirty regions (of config.resyncRegionBlocks blocks), in memory. */
   dirty: Set<number>;
+  /** What the bitmap file holds: written at consistency points, drops, resets and resync ends. */
+  persisted: Set<number>;
   run: ResyncRun | null;
 }
 
@@ -94,7 +134,12 @@ interface ResyncRun {
 
 export class Cluster implements CheckedCluster {
   readonly queue = new EventQueue();
-  readonly source: MirrorSource<Frame>;
+  /** The primary's mirror core (a new one at each restart). */
+  source: MirrorSource<Frame>;
+  /** The primary is running (false from a crash to its restart). */
+  primaryUp = true;
+  /** Counts the primary's crashes: what it had under way dies with it. */
+  primaryIncarnation = 0;
   readonly primary: Replica;
   readonly peers: Secondary[] = [];
   readonly requests = new Map<number, ClientRequest>();
@@ -109,6 +154,10 @@ export class Cluster implements CheckedCluster {
   /** The peer whose drop the sim itself is causing (a disconnect, or a connect the source refuses). */
   private expectedDrop: string | null = null;
   private checkpointRunning = false;
+  /** The target of the last consistency point whose bitmaps were written (it may not be recorded yet). */
+  private cpPersistSeq = 0;
+  /** When the primary's last log write completes (they complete in sequence order). */
+  private primaryLogUs = 0;
   private lastMarkerSeq = 0;
   private lastCpSeq = 0;
   private checkpoints = 0;
@@ -123,6 +172,23 @@ export class Cluster implements CheckedCluster {
   private readonly versionSeqs: number[][];
   /** Per block of the primary: write id -> its index in primary.image.versions. */
   private readonly versionIndex: Map<number, number>[];
+  /** Per block: the writes a primary crash lost there. */
+  private readonly lost: Set<number>[];
+  /** Every write the primary ever logged -> its place in the order they were logged. */
+  private readonly ordinals = new Map<number, number>();
+  /** The state file's divergedAfter (MirrorEngine): per peer, where its history may part from ours. */
+  private divergedAfterState: Record<string, number> = {};
+  private readonly primaryTally: PrimaryTally = {
+    crashes: 0,
+    lostEntries: 0,
+    keptInImage: 0,
+    droppedRequests: 0,
+    startMarkers: 0,
+    peersAhead: 0,
+    divergedReports: 0,
+    divergedEntries: 0,
+    resyncsDone: 0,
+  };
 
   constructor(
     readonly config: SimConfig,
@@ -133,13 +199,20 @@ export class Cluster implements CheckedCluster {
     this.source = new MirrorSource<Frame>({ mode, strict: false, peers: config.peers, lastSeq: 0, lagBytesMax, windowBytesMax, catchUpBytesMax, resync });
     this.primary = new Replica('primary', config.blocks, config.blockBytes);
     this.checker = new Checker(this);
+    const cluster = this;
     const context = {
       config,
       queue: this.queue,
       prng: this.prng,
       checker: this.checker,
-      source: this.source,
-      onSource: (actions: SourceAction<Frame>[]): void => this.onSource(actions),
+      get source(): MirrorSource<Frame> {
+        return cluster.source;
+      },
+      // A reply from a peer; an ACK may leave it streaming and up to date (MirrorEngine.clearIfCurrent).
+      onSource: (actions: SourceAction<Frame>[]): void => {
+        this.onSource(actions);
+        for (const peer of this.peers) this.clearIfCurrent(peer.id);
+      },
       onResetDone: (peer: string, seq: number, status: number): void => this.resetDone(peer, seq, status),
       onDiverged: (peer: string, blocks: { firstBlock: number; blockCount: number }[]): void => this.diverged(peer, blocks),
       onFlushed: (peer: string): void => this.wakeResync(peer),
@@ -148,10 +221,11 @@ export class Cluster implements CheckedCluster {
     for (const id of config.peers) {
       this.peers.push(new Secondary(id, context));
       this.partitions.set(id, 0);
-      this.resyncs.set(id, { dirty: new Set(), run: null });
+      this.resyncs.set(id, { dirty: new Set(), persisted: new Set(), run: null });
     }
     this.versionSeqs = Array.from({ length: config.blocks }, () => []);
     this.versionIndex = Array.from({ length: config.blocks }, () => new Map());
+    this.lost = Array.from({ length: config.blocks }, () => new Set());
     for (let id = 1; id <= config.clients; id += 1) this.clients.push({ id, opsLeft: config.opsPerClient, inFlight: 0, timerSet: false, lastArrivalUs: 0 });
   }
 
@@ -185,6 +259,21 @@ export class Cluster implements CheckedCluster {
     return this.versionIndex[block]?.get(writeId) ?? null;
   }
 
+  /** Where write `writeId` stands among every write the primary ever logged (-1: zeroes; null: never logged). */
+  ordinalOf(writeId: number): number | null {
+    if (writeId === 0) return -1;
+    return this.ordinals.get(writeId) ?? null;
+  }
+
+  /** Whether a crash of the primary lost write `writeId` in `block`. */
+  lostIn(block: number, writeId: number): boolean {
+    return this.lost[block]?.has(writeId) === true;
+  }
+
+  get primaryCrashes(): number {
+    return this.primaryTally.crashes;
+  }
+
   /** Reachable and running: the sim may connect to it. */
   reachable(peer: Secondary): boolean {
     return peer.up && (this.partitions.get(peer.id) ?? 0) === 0;
@@ -212,6 +301,7 @@ export class Cluster implements CheckedCluster {
       const peer = this.peer(crash.peer);
       this.queue.at(crash.atUs, `crash ${peer.id}`, () => this.crash(peer, crash));
     }
+    for (const crash of this.config.primaryCrashes) this.queue.at(crash.atUs, 'crash primary', () => this.crashPrimary(crash));
     for (let label = this.queue.step(); label !== null; label = this.queue.step()) {
       this.trace?.(`${this.queue.now}us ${label}`);
       this.checker.afterEvent();
@@ -236,6 +326,7 @@ export class Cluster implements CheckedCluster {
     this.expectedDrop = peer.id;
     this.onSource(this.source.connected(peer.id, ready));
     this.expectedDrop = null;
+    this.clearIfCurrent(peer.id);
   }
 
   /** The peer's links go down: what is in flight is lost, and the target's session ends. */
@@ -249,7 +340,8 @@ export class Cluster implements CheckedCluster {
 
   /** As the node does: once the target is idle, a new session with its READY. */
   reconnect(peer: Secondary): void {
-    if (peer.inSync || !this.reachable(peer)) return;
+    // A primary that is down connects to no one; it connects to every peer it can at its restart.
+    if (!this.primaryUp || peer.inSync || !this.reachable(peer)) return;
     if (!peer.idle) {
       this.queue.after(200, `reconnect ${peer.id} (target busy)`, () => this.reconnect(peer));
       return;
@@ -314,10 +406,40 @@ export class Cluster implements CheckedCluster {
     for (let region = 0; region * this.config.resyncRegionBlocks < this.config.blocks; region += 1) state.dirty.add(region);
   }
 
+  /** MirrorEngine.persistBitmaps: the bitmap files now hold what is in memory. */
+  private persistBitmaps(): void {
+    for (const [id, state] of this.resyncs) {
+      state.persisted = new Set(state.dirty);
+      if (!this.config.fixes.includes('mark-unsynced-at-cp') || !this.primaryUp || !this.source.isInSync(id)) continue;
+      // The modelled fix: the file also marks the entries up to the last consistency point
+      // that a peer in sync has not made durable (one that dropped had them marked then).
+      const status = this.source.peerStatus(id);
+      const through = Math.min(Math.max(this.cpPersistSeq, this.lastCpSeq), this.primary.lastSeq);
+      for (let seq = Math.max(status.durableSeq, status.syncedSeq) + 1; seq <= through; seq += 1) {
+        const frame = this.primary.record(seq).frame;
+        if (frame.kind === 'cp') continue;
+        const regionBlocks = this.config.resyncRegionBlocks;
+        for (let region = Math.floor(frame.firstBlock / regionBlocks); region * regionBlocks < frame.firstBlock + frame.blockCount; region += 1) state.persisted.add(region);
+      }
+    }
+  }
+
+  /** MirrorEngine.clearIfCurrent: a peer that streams and is up to date lacks nothing. */
+  private clearIfCurrent(id: string): void {
+    if (!this.primaryUp) return;
+    const state = this.resyncOf(id);
+    if (state.dirty.size === 0) return;
+    const status = this.source.peerStatus(id);
+    if (status.replication === 'streaming' && status.disk === 'up-to-date') state.dirty.clear();
+  }
+
   /** The source's reset-peer: the peer is told to restart its log (and to name what it holds past `reportAfter`). */
   private resetPeer(id: string, seq: number, reportAfter: number, full: boolean): void {
     const peer = this.peer(id);
-    if (full) this.markAll(this.resyncOf(id));
+    if (full) {
+      this.markAll(this.resyncOf(id));
+      this.persistBitmaps();
+    }
     this.resyncCounts.started += 1;
     this.trace?.(`${this.queue.now}us the source resets ${id} at ${seq}${full ? ' (full)' : ''}, ${this.resyncOf(id).dirty.size} regions dirty`);
     peer.links.send('to-peer', 0, `reset ${seq}`, () => peer.reset(seq, reportAfter));
@@ -327,11 +449,32 @@ export class Cluster implements CheckedCluster {
   private diverged(id: string, blocks: { firstBlock: number; blockCount: number }[]): void {
     const status = this.source.peerStatus(id);
     if (this.source.isInSync(id) || status.replication !== 'resyncing') throw new SimFailure(`${id} sent DIVERGED out of turn (${status.replication})`);
-    for (const range of blocks) this.mark(this.resyncOf(id), { kind: 'resync', ...range, ids: [], data: Buffer.alloc(0) });
+    this.primaryTally.divergedReports += 1;
+    this.primaryTally.divergedEntries += blocks.length;
+    const state = this.resyncOf(id);
+    if (this.config.fault === 'primary-ignores-diverged') {
+      // Injected when it leaves out a region that was not dirty anyway.
+      const before = new Set(state.dirty);
+      for (const range of blocks) this.mark(state, { kind: 'resync', ...range, ids: [], data: Buffer.alloc(0) });
+      if (state.dirty.size > before.size) this.fault.injected = true;
+      state.dirty = before;
+      return;
+    }
+    for (const range of blocks) this.mark(state, { kind: 'resync', ...range, ids: [], data: Buffer.alloc(0) });
   }
 
   private resetDone(id: string, seq: number, status: number): void {
+    // What it named is durable here before this node forgets where its history was cut.
+    this.persistBitmaps();
     this.onSource(this.source.resetDone(id, seq, status));
+    if (this.divergedAfterState[id] !== undefined && this.source.divergedAfter(id) === null) {
+      const state: Record<string, number> = {};
+      for (const other of this.config.peers) {
+        const after = this.source.divergedAfter(other);
+        if (after !== null) state[other] = after;
+      }
+      this.divergedAfterState = state;
+    }
     if (!this.source.isInSync(id)) return;
     const peer = this.peer(id);
     const state = this.resyncOf(id);
@@ -383,6 +526,8 @@ export class Cluster implements CheckedCluster {
     if (state.dirty.size === 0) {
       state.run = null;
       this.resyncCounts.done += 1;
+      if (this.primaryTally.crashes > 0) this.primaryTally.resyncsDone += 1;
+      this.persistBitmaps();
       this.trace?.(`${this.queue.now}us resync of ${peer.id} done`);
       this.source.resyncDone(peer.id);
       return;
@@ -405,10 +550,12 @@ export class Cluster implements CheckedCluster {
   }
 
   private scheduleClient(client: Client): void {
-    if (client.timerSet || client.opsLeft === 0 || client.inFlight >= this.config.outstandingPerClient) return;
+    if (!this.primaryUp || client.timerSet || client.opsLeft === 0 || client.inFlight >= this.config.outstandingPerClient) return;
     client.timerSet = true;
     this.queue.after(this.draw(this.config.thinkUs), `client ${client.id} sends`, () => {
       client.timerSet = false;
+      // The primary is down: the client reconnects when it is back.
+      if (!this.primaryUp) return;
       this.send(client);
       this.scheduleClient(client);
     });
@@ -436,6 +583,8 @@ export class Cluster implements CheckedCluster {
       sentAtUs: this.queue.now,
       ackedAtUs: null,
       ackedBefore: kind === 'flush' ? [...this.answeredWrites] : [],
+      incarnation: this.primaryIncarnation,
+      dropped: false,
     };
     this.nextToken += 1;
     this.requests.set(request.token, request);
@@ -451,6 +600,8 @@ export class Cluster implements CheckedCluster {
   // ---- the primary --------------------------------------------------------------------
 
   private arrived(request: ClientRequest): void {
+    // Its connection died with the primary it was sent to.
+    if (request.incarnation !== this.primaryIncarnation) return;
     const { token, frame } = request;
     if (frame === null) {
       request.seq = this.source.lastSeq;
@@ -472,6 +623,7 @@ export class Cluster implements CheckedCluster {
     const seq = this.source.lastSeq + 1;
     this.primary.append(seq, frame);
     if (frame.kind === 'write') {
+      this.ordinals.set(frame.writeId, this.ordinals.size);
       for (let block = frame.firstBlock; block < frame.firstBlock + frame.blockCount; block += 1) {
         const seqs = this.versionSeqs[block] ?? [];
         this.versionIndex[block]?.set(frame.writeId, seqs.length);
@@ -488,8 +640,18 @@ export class Cluster implements CheckedCluster {
     return seq;
   }
 
+  /**
+   * The primary's log write of entry `seq`. One writer writes the log in sequence order
+   * (WriteLog), so entries are written in order: a sync never covers an entry past one
+   * that is not written yet, and recovery finds a prefix.
+   */
   private primaryWrite(seq: number, done: () => void): void {
-    this.queue.after(this.draw(this.config.diskWriteUs), `primary writes ${seq}`, () => {
+    const incarnation = this.primaryIncarnation;
+    const atUs = Math.max(this.queue.now + this.draw(this.config.diskWriteUs), this.primaryLogUs);
+    this.primaryLogUs = atUs;
+    this.queue.at(atUs, `primary writes ${seq}`, () => {
+      // What the process had under way died with it.
+      if (incarnation !== this.primaryIncarnation) return;
       this.primary.record(seq).stored = true;
       done();
     });
@@ -502,7 +664,9 @@ export class Cluster implements CheckedCluster {
       const record = this.primary.record(seq);
       if (record.stored && !record.durable) covered.push(seq);
     }
+    const incarnation = this.primaryIncarnation;
     this.queue.after(this.draw(this.config.diskSyncUs), 'primary fdatasync', () => {
+      if (incarnation !== this.primaryIncarnation) return;
       for (const seq of covered) if (!this.primary.record(seq).durable) this.primary.markDurable(seq);
       done();
     });
@@ -515,8 +679,9 @@ export class Cluster implements CheckedCluster {
    * is far longer than a round trip, and this keeps the bound of invariant (e) exact.
    */
   private scheduleCheckpoint(): void {
+    const incarnation = this.primaryIncarnation;
     this.queue.after(this.draw(this.config.checkpointIntervalUs), 'checkpoint timer', () => {
-      if (!this.clientsActive()) return;
+      if (incarnation !== this.primaryIncarnation || !this.clientsActive()) return;
       this.takeCheckpoint();
       this.scheduleCheckpoint();
     });
@@ -528,6 +693,9 @@ export class Cluster implements CheckedCluster {
     this.checkpointRunning = true;
     this.primarySync(() => {
       const targetSeq = this.primary.durablePrefix;
+      // The volume is durable: the bitmaps are written before the CP is recorded.
+      this.cpPersistSeq = targetSeq;
+      this.persistBitmaps();
       const markerSeq = this.append({ kind: 'cp', targetSeq });
       this.lastMarkerSeq = markerSeq;
       this.primaryWrite(markerSeq, () => {
@@ -540,6 +708,147 @@ export class Cluster implements CheckedCluster {
         this.onSource(this.source.checkpoint(cpSeq));
       });
     });
+  }
+
+  // ---- the primary's crash and restart ---------------------------------------------------
+
+  /**
+   * The primary crashes now: requests in flight are never answered, its links close (the
+   * peers' targets see their sessions end), and what it had under way is lost. Its log
+   * keeps what recovery will find; its image becomes what the replay makes of it.
+   */
+  private crashPrimary(crash: PrimaryCrash): void {
+    if (!this.primaryUp) return;
+    this.primaryUp = false;
+    this.primaryIncarnation += 1;
+    this.primaryTally.crashes += 1;
+    for (const peer of this.peers) if (peer.inSync) peer.cut();
+    for (const request of this.requests.values()) {
+      if (request.ackedAtUs !== null || request.dropped) continue;
+      request.dropped = true;
+      this.primaryTally.droppedRequests += 1;
+    }
+    for (const client of this.clients) client.inFlight = 0;
+    // A FLUSH on a new connection promises nothing about writes answered before the crash.
+    this.answeredWrites.length = 0;
+    this.checkpointRunning = false;
+    for (const state of this.resyncs.values()) state.run = null;
+    const before = this.primary.lastSeq;
+    const durable = this.primary.durablePrefix;
+    const entries: { seq: number; frame: Frame }[] = [];
+    for (let seq = this.lastCpSeq + 1; seq <= before; seq += 1) entries.push({ seq, frame: this.primary.record(seq).frame });
+    const keep = durable + Math.floor(crash.keepFraction * (this.primary.storedPrefix() - durable));
+    // The deliberate fault: recovery ends just before the last write a FUA was answered for.
+    let losesFrom: number | null = null;
+    if (this.config.fault === 'primary-loses-durable') {
+      for (const request of this.requests.values()) {
+        if (request.kind === 'fua' && request.ackedAtUs !== null && request.incarnation === this.primaryIncarnation - 1 && request.seq > this.lastCpSeq) {
+          losesFrom = Math.max(losesFrom ?? 0, request.seq);
+        }
+      }
+    }
+    if (losesFrom !== null) this.fault.injected = true;
+    const recovered = losesFrom === null ? this.primary.crash(keep) : this.primary.crashTo(losesFrom - 1);
+    this.primaryTally.lostEntries += before - recovered;
+    this.cumulativeBytes.length = recovered + 1;
+    // Blocks the replay rewrites, and the regions it marks dirty for every peer.
+    const replayedBlocks = new Set<number>();
+    const replayedRegions = new Set<number>();
+    for (const { seq, frame } of entries) {
+      if (seq > recovered || frame.kind === 'cp') continue;
+      for (let block = frame.firstBlock; block < frame.firstBlock + frame.blockCount; block += 1) {
+        replayedBlocks.add(block);
+        replayedRegions.add(Math.floor(block / this.config.resyncRegionBlocks));
+      }
+    }
+    // Lost writes leave the primary's history of each block.
+    const lostWrites = new Map<number, WriteFrame[]>();
+    for (const { seq, frame } of entries) {
+      if (seq <= recovered || frame.kind !== 'write') continue;
+      for (let block = frame.firstBlock; block < frame.firstBlock + frame.blockCount; block += 1) {
+        // The modelled fix: a write-intent record holds the regions of every entry since the CP.
+        if (this.config.fixes.includes('write-intent')) replayedRegions.add(Math.floor(block / this.config.resyncRegionBlocks));
+        this.versionIndex[block]?.delete(frame.writeId);
+        this.lost[block]?.add(frame.writeId);
+        lostWrites.set(block, [...(lostWrites.get(block) ?? []), frame]);
+      }
+    }
+    for (const seqs of this.versionSeqs) while ((seqs[seqs.length - 1] ?? 0) > recovered) seqs.pop();
+    // The volume file is written alongside the log: in blocks that no replayed entry
+    // rewrites, it may hold a lost write's bytes (one of those written there since the CP).
+    const kept = new Set<number>();
+    for (const [block, frames] of [...lostWrites].sort((a, b) => a[0] - b[0])) {
+      if (replayedBlocks.has(block) || losesFrom !== null || crash.imageKeepsLost === 0 || !this.prng.chance(crash.imageKeepsLost)) continue;
+      const frame = this.prng.pick(frames);
+      const piece = writeFrame(frame.writeId, frame.clientId, block, 1, this.config.blockBytes);
+      this.primary.image.write(piece);
+      this.primary.durableImage.write(piece);
+      const seqs = this.versionSeqs[block] ?? [];
+      this.versionIndex[block]?.set(frame.writeId, seqs.length);
+      seqs.push(recovered);
+      this.lost[block]?.delete(frame.writeId);
+      kept.add(frame.writeId);
+    }
+    this.primaryTally.keptInImage += kept.size;
+    for (const peer of this.peers) {
+      if (peer.replica.lastSeq > Math.max(recovered, peer.replica.base)) this.primaryTally.peersAhead += 1;
+    }
+    const lostList = entries.filter(({ seq, frame }) => seq > recovered && frame.kind === 'write').map(({ seq, frame }) => `${seq}:${frame.kind === 'write' ? frame.writeId : ''}`);
+    this.trace?.(
+      `${this.queue.now}us primary crashed at entry ${before}: its log recovers through ${recovered} (durable ${durable}, last CP ${this.lastCpSeq}); ` +
+        `lost writes (seq:id) ${lostList.join(' ') || 'none'}` +
+        (kept.size > 0 ? `; its image keeps lost writes ${[...kept].join(',')}` : ''),
+    );
+    this.checker.primaryCrashed();
+    this.queue.after(crash.restartAfterUs, 'primary restarts', () => this.restartPrimary(recovered, replayedRegions));
+  }
+
+  /**
+   * As the node starts a volume that did not stop cleanly: a consistency point after the
+   * replay (a marker when it replayed anything, placed before the mirror exists), then a
+   * mirror engine whose peers all need a resync.
+   */
+  private restartPrimary(recovered: number, replayedRegions: Set<number>): void {
+    let lastSeq = recovered;
+    if (recovered > this.lastCpSeq) {
+      lastSeq = recovered + 1;
+      const marker: Frame = { kind: 'cp', targetSeq: recovered };
+      this.primary.append(lastSeq, marker).stored = true;
+      this.primary.markDurable(lastSeq);
+      this.cumulativeBytes.push(this.bytesThrough(recovered) + entryBytes(marker));
+      this.primaryTally.startMarkers += 1;
+    }
+    this.lastCpSeq = lastSeq;
+    this.cpPersistSeq = lastSeq;
+    this.lastMarkerSeq = lastSeq;
+    // The engine is made after the start's consistency point: it takes the log's last
+    // entry, the marker, for where the histories may part (unless modelling the fix).
+    const partsAfter = this.config.fixes.includes('diverged-after-recovered') ? recovered : lastSeq;
+    for (const id of this.config.peers) {
+      this.divergedAfterState[id] = Math.min(this.divergedAfterState[id] ?? partsAfter, partsAfter);
+      const state = this.resyncOf(id);
+      state.dirty = new Set([...state.persisted, ...replayedRegions]);
+      state.run = null;
+    }
+    this.persistBitmaps();
+    const { mode, peers, windowBytesMax, lagBytesMax, catchUpBytesMax } = this.config;
+    this.source = new MirrorSource<Frame>({
+      mode,
+      strict: false,
+      peers,
+      lastSeq,
+      lagBytesMax,
+      windowBytesMax,
+      catchUpBytesMax,
+      resync: true,
+      resyncNeeded: peers,
+      divergedAfter: { ...this.divergedAfterState },
+    });
+    this.primaryUp = true;
+    this.trace?.(`${this.queue.now}us primary restarted at entry ${lastSeq}; diverged after ${JSON.stringify(this.divergedAfterState)}`);
+    for (const peer of this.peers) this.reconnect(peer);
+    for (const client of this.clients) this.scheduleClient(client);
+    this.scheduleCheckpoint();
   }
 
   private onSource(actions: SourceAction<Frame>[]): void {
@@ -576,6 +885,8 @@ export class Cluster implements CheckedCluster {
           if (action.unsynced !== null) {
             for (let seq = action.unsynced.fromSeq; seq <= action.unsynced.toSeq; seq += 1) this.mark(this.resyncOf(action.peer), this.primary.record(seq).frame);
           }
+          // At once, not at the next consistency point.
+          this.persistBitmaps();
           break;
         case 'reset-peer':
           this.resetPeer(action.peer, action.seq, action.reportAfter, action.full);
@@ -622,6 +933,7 @@ export class Cluster implements CheckedCluster {
       crashes: this.crashCount,
       resyncs: { ...this.resyncCounts },
       countedLacking: this.checker.countedLacking,
+      primary: { ...this.primaryTally },
       peers: this.peers.map((peer) => ({
         id: peer.id,
         inSync: peer.inSync,

@@ -1,9 +1,10 @@
 // The shape of one simulated run, drawn from its seed: how many peers and clients, the
 // mirror's window and lag limits, the delays of disks and links, which secondaries are
 // cut off part way (some for longer than the catch-up bound absorbs), which crash and
-// restart, and whether the primary brings back a peer that cannot catch up by a bitmap
-// resync. Everything a run does follows from this and the seed, so printing the seed
-// (and any forced choice) is enough to replay it.
+// restart, whether the primary brings back a peer that cannot catch up by a bitmap
+// resync, and whether (and when) the primary itself crashes and restarts. Everything a
+// run does follows from this and the seed, so printing the seed (and any forced choice)
+// is enough to replay it.
 
 import { Prng } from '../unit/prng.js';
 import type { DelayRange } from './network.js';
@@ -15,10 +16,47 @@ export type SimMode = 'sync' | 'async';
  * - drop-store-data: one secondary acknowledges one write without writing it to its image;
  * - lying-log-sync: one secondary reports its log synced without making anything durable;
  * - reorder-same-block: one secondary lets a store overtake an earlier one to the same blocks;
- * - duplicate-entry: the network delivers one entry twice.
+ * - duplicate-entry: the network delivers one entry twice;
+ * - primary-loses-durable: a crash of the primary loses, with what follows it, a write
+ *   it had answered a FUA for (its log recovers to just before it);
+ * - primary-ignores-diverged: the restarted primary marks nothing for the regions a
+ *   peer names in DIVERGED.
+ * The last two force the seed's primary crashes on, and keep its cuts and crashes.
  */
-export type Fault = 'drop-store-data' | 'lying-log-sync' | 'reorder-same-block' | 'duplicate-entry';
-export const faults: readonly Fault[] = ['drop-store-data', 'lying-log-sync', 'reorder-same-block', 'duplicate-entry'];
+export type Fault = 'drop-store-data' | 'lying-log-sync' | 'reorder-same-block' | 'duplicate-entry' | 'primary-loses-durable' | 'primary-ignores-diverged';
+export const faults: readonly Fault[] = ['drop-store-data', 'lying-log-sync', 'reorder-same-block', 'duplicate-entry', 'primary-loses-durable', 'primary-ignores-diverged'];
+export const primaryFaults: readonly Fault[] = ['primary-loses-durable', 'primary-ignores-diverged'];
+
+/**
+ * Fixes of src/ the simulation can model, for problems it found there (src/ is not the
+ * simulation's to change): with a fix in, the rest of a run shows whether anything else
+ * hides behind that problem. None is on unless asked for (--fix).
+ * - diverged-after-recovered (mirror-engine.ts, node.ts): after an unclean start,
+ *   divergedAfter is the last entry the log recovered (N), not the log's last entry once
+ *   the start's consistency point has appended its marker (N+1). Without it, a peer
+ *   holding the entry N+1 that the crash lost never names it, and keeps that write
+ *   (seed 2 with --primary-crash on).
+ * - mark-unsynced-at-cp (mirror-engine.ts): the bitmap files also mark, for each peer in
+ *   sync, the entries up to the last consistency point that it has not made durable.
+ *   Without it, a peer in sync but behind when the primary crashed lacks entries up to
+ *   the primary's last CP, which the restarted primary neither replays nor has marked
+ *   (seed 19 with --primary-crash on).
+ * - target-keeps-named (replica-target.ts, replica-trail.ts): a target keeps the regions
+ *   it named in DIVERGED past its log restart, and names them again at every RESET until
+ *   it takes a consistency point of the primary. Without it, a primary that crashes
+ *   again between DIVERGED and RESET_DONE (it writes the marks to its bitmap files only
+ *   at RESET_DONE) loses them, while the target's trail went with its log restart
+ *   (seed 163 with --primary-crash on).
+ * - write-intent (local-volume.ts, mirror-engine.ts): the regions a write changes are in
+ *   the bitmap files (a write-intent record) before the volume file is written, so an
+ *   unclean start marks for every peer the regions of the entries its log lost too.
+ *   Without it, the volume file, written alongside the log rather than after it, may keep
+ *   a write whose log entry the crash lost, in a block that no replayed entry rewrites:
+ *   a peer that never got that entry is resynced without the region (seed 21 with
+ *   --primary-crash on).
+ */
+export type SrcFix = 'diverged-after-recovered' | 'mark-unsynced-at-cp' | 'target-keeps-named' | 'write-intent';
+export const srcFixes: readonly SrcFix[] = ['diverged-after-recovered', 'mark-unsynced-at-cp', 'target-keeps-named', 'write-intent'];
 
 export interface UsRange {
   minUs: number;
@@ -45,6 +83,25 @@ export interface Crash {
   restartAfterUs: number;
   detectAfterUs: number;
   keepFraction: number;
+}
+
+/**
+ * The primary crashes at `atUs`: its process dies with every request in flight (clients
+ * see their connections drop) and every link to its peers. Its log keeps the entries
+ * that were durable and, with `keepFraction` > 0, that fraction of the written ones past
+ * them (a prefix), which reached the disk anyway; the rest is lost, though peers may
+ * hold them (entries are sent as they are placed, before the primary's own log write).
+ * With `imageKeepsLost` > 0 its volume file keeps, in that fraction of the blocks that
+ * only lost entries had changed since its last consistency point, a lost write's bytes
+ * (the volume file is written alongside the log, not after it). It restarts
+ * `restartAfterUs` later: it replays its log, takes a consistency point, and every peer
+ * needs a resync (the start was not clean).
+ */
+export interface PrimaryCrash {
+  atUs: number;
+  restartAfterUs: number;
+  keepFraction: number;
+  imageKeepsLost: number;
 }
 
 export interface SimConfig {
@@ -79,6 +136,8 @@ export interface SimConfig {
   cuts: Cut[];
   /** Secondaries that crash and restart. */
   crashes: Crash[];
+  /** Crashes of the primary (only with resync: a primary always resyncs its peers after one). */
+  primaryCrashes: PrimaryCrash[];
   /** Peers that cannot catch up are brought back by a bitmap resync (else they stay out). */
   resync: boolean;
   /** The dirty bitmap's region, in blocks. */
@@ -86,6 +145,8 @@ export interface SimConfig {
   /** Resync entries logged and not yet durable on the peer, at most. */
   resyncInflightMax: number;
   fault: Fault | null;
+  /** Fixes of src/ the simulation models (none: it does what src/ does). */
+  fixes: readonly SrcFix[];
   /** A run that has not gone quiet after this many events is a failure (a livelock). */
   eventsMax: number;
 }
@@ -97,6 +158,13 @@ export interface ConfigChoices {
   crashes?: boolean;
   /** Forces bitmap resync on or off. */
   resync?: boolean;
+  /**
+   * Forces primary crashes on (the seed's drawn schedule; resync is then on unless forced
+   * off, which leaves them out) or off. Drawn per seed when not given.
+   */
+  primaryCrashes?: boolean;
+  /** Fixes of src/ to model (see SrcFix). */
+  fixes?: readonly SrcFix[];
 }
 
 export function configFromSeed(seed: number, choices: ConfigChoices = {}): SimConfig {
@@ -137,8 +205,10 @@ export function configFromSeed(seed: number, choices: ConfigChoices = {}): SimCo
   }
   const resyncRegionBlocks = prng.pick([1, 4, 8]);
   const resyncInflightMax = prng.pick([1, 4, 16]);
-  const noFault = (choices.fault ?? null) === null;
-  return {
+  const primaryFault = choices.fault != null && primaryFaults.includes(choices.fault);
+  // A deliberate fault of a secondary must be caught on one that stays in sync.
+  const noFault = (choices.fault ?? null) === null || primaryFault;
+  const config: SimConfig = {
     seed,
     mode: choices.mode ?? drawnMode,
     peers,
@@ -166,12 +236,33 @@ export function configFromSeed(seed: number, choices: ConfigChoices = {}): SimCo
     // A deliberate fault must be caught on a secondary that stays in sync.
     cuts: noFault ? cuts : [],
     crashes: noFault && choices.crashes !== false ? crashes : [],
+    primaryCrashes: [],
     resync: choices.resync ?? resync,
     resyncRegionBlocks,
     resyncInflightMax,
     fault: choices.fault ?? null,
+    fixes: choices.fixes ?? [],
     eventsMax: 1_000_000,
   };
+  // Drawn after everything above (the object's fields included), so that adding them left
+  // the rest of each seed's shape as it was.
+  const primaryDrawn = prng.chance(0.5);
+  const primaryCrashes: PrimaryCrash[] = [];
+  const primaryCount = prng.pick([1, 1, 1, 2, 3]);
+  for (let count = 0; count < primaryCount; count += 1) {
+    primaryCrashes.push({
+      atUs: prng.between(100, activeUs),
+      restartAfterUs: prng.pick([prng.between(1, 500), prng.between(500, 5000), prng.between(5000, 30_000)]),
+      keepFraction: prng.chance(0.3) ? prng.below(1001) / 1000 : 0,
+      imageKeepsLost: prng.chance(0.3) ? prng.below(1001) / 1000 : 0,
+    });
+  }
+  primaryCrashes.sort((a, b) => a.atUs - b.atUs);
+  // A forced choice of primary crashes brings resync with it (the real primary always resyncs).
+  if ((choices.primaryCrashes === true || primaryFault) && choices.resync === undefined) config.resync = true;
+  const wanted = primaryFault || (choices.primaryCrashes ?? primaryDrawn);
+  if (wanted && config.resync && noFault) config.primaryCrashes = primaryCrashes;
+  return config;
 }
 
 export function describeConfig(config: SimConfig): string {
@@ -195,7 +286,18 @@ export function describeConfig(config: SimConfig): string {
               (crash.keepFraction > 0 ? `, keeps ${crash.keepFraction} of its unsynced entries` : ''),
           )
           .join(', '),
+    config.primaryCrashes.length === 0
+      ? 'no primary crash'
+      : config.primaryCrashes
+          .map(
+            (crash) =>
+              `primary crash at ${crash.atUs}us, restart after ${crash.restartAfterUs}us` +
+              (crash.keepFraction > 0 ? `, keeps ${crash.keepFraction} of its unsynced entries` : '') +
+              (crash.imageKeepsLost > 0 ? `, its image keeps lost writes in ${crash.imageKeepsLost} of the blocks` : ''),
+          )
+          .join(', '),
     config.resync ? `resync (regions of ${config.resyncRegionBlocks} blocks, ${config.resyncInflightMax} in flight)` : 'no resync',
     ...(config.fault === null ? [] : [`fault ${config.fault}`]),
+    ...(config.fixes.length === 0 ? [] : [`modelled fixes ${config.fixes.join(',')}`]),
   ].join('; ');
 }

@@ -1,19 +1,22 @@
 // The simulator's command line (`npm run sim -- ...`):
 //
 //   node dist/test/sim/run.js [--seed N | --seeds A..B] [--runs K] [--base B] [--mode sync|async] [--fault F]
-//                             [--no-crash] [--resync on|off] [--trace] [--keep-going]
+//                             [--no-crash] [--resync on|off] [--primary-crash on|off] [--fix F,...|all] [--trace] [--keep-going]
 //
 // With --seed it replays exactly that run and prints a short summary (--trace: every
 // event as well). Without it, it runs K seeds (default 200) from a base seed and stops
 // at the first failure (--keep-going: reports them all), printing the seed and the command that replays it; exit code 1.
 // --seeds A..B runs seeds A to B (both included). The mode, and whether the primary
 // resyncs peers, are drawn from each seed unless --mode / --resync force them;
-// --no-crash leaves out the seed's secondary crashes. Any broken invariant of checker.ts
-// fails the run.
+// --no-crash leaves out the seed's secondary crashes; --primary-crash on|off forces the
+// seed's primary crashes in or out (drawn per seed otherwise; on brings resync with it,
+// as a real primary always resyncs its peers after a crash); --fix models fixes of the
+// mirror engine (config.ts SrcFix) for problems the simulation found in it. Any
+// broken invariant of checker.ts fails the run.
 
 import { pathToFileURL } from 'node:url';
-import { runCluster, type RunSummary } from './cluster.js';
-import { configFromSeed, describeConfig, faults, type ConfigChoices, type Fault, type SimMode } from './config.js';
+import { runCluster, type PrimaryTally, type RunSummary } from './cluster.js';
+import { configFromSeed, describeConfig, srcFixes, faults, type ConfigChoices, type SrcFix, type Fault, type SimMode } from './config.js';
 
 export const defaultBaseSeed = 0x51d0;
 
@@ -29,7 +32,9 @@ export function replayCommand(seed: number, choices: ConfigChoices): string {
   const fault = choices.fault === undefined || choices.fault === null ? '' : ` --fault ${choices.fault}`;
   const crash = choices.crashes === false ? ' --no-crash' : '';
   const resync = choices.resync === undefined ? '' : ` --resync ${choices.resync ? 'on' : 'off'}`;
-  return `npm run sim -- --seed ${seed}${mode}${fault}${crash}${resync}`;
+  const primary = choices.primaryCrashes === undefined ? '' : ` --primary-crash ${choices.primaryCrashes ? 'on' : 'off'}`;
+  const fixes = choices.fixes === undefined || choices.fixes.length === 0 ? '' : ` --fix ${choices.fixes.join(',')}`;
+  return `npm run sim -- --seed ${seed}${mode}${fault}${crash}${resync}${primary}${fixes}`;
 }
 
 /** Runs one seed and reports, rather than throws, what went wrong. */
@@ -59,9 +64,18 @@ export function describeSummary(summary: RunSummary): string {
     `peers: ${peers.join('; ')}`,
     `${summary.crashes} crashes; resyncs: ${summary.resyncs.started} started, ${summary.resyncs.done} done, ${summary.resyncs.regions} regions sent; ` +
       `${summary.countedLacking} replies counted a resyncing peer that lacked their write`,
+    `primary: ${describePrimary(summary.primary)}`,
     ...summary.drops.map((drop) => `dropped: ${drop}`),
     ...(summary.config.fault === null ? [] : [`fault ${summary.config.fault} ${summary.faultInjected ? 'injected' : 'never injected'}`]),
   ].join('\n');
+}
+
+export function describePrimary(tally: PrimaryTally): string {
+  return (
+    `${tally.crashes} crashes, ${tally.lostEntries} entries lost, ${tally.keptInImage} lost writes kept in its image, ` +
+    `${tally.droppedRequests} requests dropped, ${tally.startMarkers} start markers, ${tally.peersAhead} peers ahead of it, ` +
+    `${tally.divergedReports} DIVERGED reports (${tally.divergedEntries} entries), ${tally.resyncsDone} resyncs done after a crash`
+  );
 }
 
 interface Arguments {
@@ -118,6 +132,19 @@ function parseArguments(argv: readonly string[]): Arguments {
         parsed.choices.resync = resync === 'on';
         break;
       }
+      case '--primary-crash': {
+        const crash = value();
+        if (crash !== 'on' && crash !== 'off') throw new Error(`--primary-crash must be on or off, got "${crash}"`);
+        parsed.choices.primaryCrashes = crash === 'on';
+        break;
+      }
+      case '--fix': {
+        const text = value();
+        const fixes = text === 'all' ? [...srcFixes] : text.split(',');
+        for (const fix of fixes) if (!srcFixes.includes(fix as SrcFix)) throw new Error(`--fix takes all or some of ${srcFixes.join(',')}, got "${fix}"`);
+        parsed.choices.fixes = fixes as SrcFix[];
+        break;
+      }
       case '--mode': {
         const mode = value();
         if (mode !== 'sync' && mode !== 'async') throw new Error(`--mode must be sync or async, got "${mode}"`);
@@ -138,9 +165,12 @@ function parseArguments(argv: readonly string[]): Arguments {
         break;
       default:
         throw new Error(
-          `unknown argument "${String(name)}" (usage: run.js [--seed N | --seeds A..B] [--runs K] [--base B] [--mode sync|async] [--fault F] [--no-crash] [--resync on|off] [--trace] [--keep-going])`,
+          `unknown argument "${String(name)}" (usage: run.js [--seed N | --seeds A..B] [--runs K] [--base B] [--mode sync|async] [--fault F] [--no-crash] [--resync on|off] [--primary-crash on|off] [--fix F,...|all] [--trace] [--keep-going])`,
         );
     }
+  }
+  if (parsed.choices.primaryCrashes === true && parsed.choices.resync === false) {
+    throw new Error('--primary-crash on needs resync (a restarted primary resyncs every peer): leave out --resync off');
   }
   return parsed;
 }
@@ -162,6 +192,18 @@ function main(argv: readonly string[]): number {
   let events = 0;
   let failed = 0;
   const totals = { crashes: 0, resyncsDone: 0, regions: 0, givenUpWhileAway: 0, countedLacking: 0 };
+  const primary: PrimaryTally = {
+    crashes: 0,
+    lostEntries: 0,
+    keptInImage: 0,
+    droppedRequests: 0,
+    startMarkers: 0,
+    peersAhead: 0,
+    divergedReports: 0,
+    divergedEntries: 0,
+    resyncsDone: 0,
+  };
+  let primarySeeds = 0;
   for (let run = 0; run < args.runs; run += 1) {
     const seed = (args.base + run) >>> 0;
     const result = runSeed(seed, args.choices);
@@ -178,6 +220,8 @@ function main(argv: readonly string[]): number {
     totals.regions += summary.resyncs.regions;
     totals.givenUpWhileAway += summary.drops.filter((drop) => drop.includes('while away')).length;
     totals.countedLacking += summary.countedLacking;
+    if (summary.primary.crashes > 0) primarySeeds += 1;
+    for (const key of Object.keys(primary) as (keyof PrimaryTally)[]) primary[key] += summary.primary[key];
   }
   const elapsedMs = performance.now() - startedMs;
   const outcome = failed === 0 ? 'passed' : `run, ${failed} failed`;
@@ -186,6 +230,7 @@ function main(argv: readonly string[]): number {
     `${totals.crashes} secondary crashes, ${totals.givenUpWhileAway} peers given up on while away, ${totals.resyncsDone} resyncs done ` +
       `(${totals.regions} regions sent), ${totals.countedLacking} replies counted a resyncing peer that lacked their write`,
   );
+  console.log(`primary (in ${primarySeeds} seeds): ${describePrimary(primary)}`);
   return failed === 0 ? 0 : 1;
 }
 

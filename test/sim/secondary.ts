@@ -9,7 +9,9 @@
 // store, sync and checkpoint under way is lost with the process, and a fresh target is
 // made from the recovered log when it restarts (restart()), as the node does at start.
 // A source's RESET (a resync) restarts its log once the target is idle, as
-// ReplicaTarget.reset does, and is answered with RESET_DONE.
+// ReplicaTarget.reset does, and is answered with RESET_DONE. A primary that crashes
+// closes every link: the secondary goes on with the stores it had issued and is reset
+// by the restarted primary like any peer that needs a resync.
 //
 // Deliberate faults (config.ts) are injected here, on the first peer only, so that the
 // checker can be shown to catch them. It never reads a real clock or Math.random().
@@ -29,7 +31,8 @@ export interface SecondaryContext {
   queue: EventQueue;
   prng: Prng;
   checker: Checker;
-  source: MirrorSource<Frame>;
+  /** The primary's mirror core now (a new one after each of its restarts). */
+  readonly source: MirrorSource<Frame>;
   /** Performs the source's actions (a reply from this peer was delivered). */
   onSource(actions: SourceAction<Frame>[]): void;
   /** RESET_DONE from this peer was delivered. */
@@ -53,6 +56,11 @@ export class Secondary implements CheckedPeer {
   cpSeq = 0;
   /** A RESET is being carried out. */
   resetting = false;
+  /**
+   * With the modelled fix target-keeps-named: what it named at its last RESET, named again
+   * at any RESET until it takes a consistency point of the primary.
+   */
+  private named: { firstBlock: number; blockCount: number }[] = [];
   readonly replica: Replica;
   target: MirrorTarget<Frame>;
   readonly links: PeerLinks;
@@ -130,8 +138,11 @@ export class Secondary implements CheckedPeer {
   }
 
   /**
-   * The source's RESET: once idle, the blocks of entries held past `reportAfter` are
-   * named (DIVERGED), what was stored is made durable and the log restarts after `seq`.
+   * The source's RESET, as ReplicaTarget.reset: once idle (and only if the session that
+   * asked is still there), the blocks of entries held past `reportAfter` are named
+   * (DIVERGED: the replica trail, entries since the primary's last consistency point it
+   * took, which its own checkpoints do not drop), then what was stored is made durable and
+   * the log restarts after `seq` (the trail with it), and RESET_DONE follows.
    */
   reset(seq: number, reportAfter: number): void {
     if (this.resetting) throw new SimFailure(`${this.id}: RESET during a reset`);
@@ -145,20 +156,27 @@ export class Secondary implements CheckedPeer {
         queue.after(100, `${this.id} reset waits for its stores`, attempt);
         return;
       }
+      // The session ended while it waited: nothing is reset (a new one sends its own RESET).
+      if (this.links.sessionId !== session) {
+        this.resetting = false;
+        return;
+      }
+      const keepsNamed = config.fixes.includes('target-keeps-named');
+      const held: { firstBlock: number; blockCount: number }[] = keepsNamed ? [...this.named] : [];
+      for (let at = Math.max(reportAfter, this.replica.base) + 1; at <= this.replica.lastSeq; at += 1) {
+        const frame = this.replica.record(at).frame;
+        if (frame.kind !== 'cp') held.push({ firstBlock: frame.firstBlock, blockCount: frame.blockCount });
+      }
+      if (held.length > 0) this.links.send('to-source', 0, `diverged (${held.length} entries)`, () => this.context.onDiverged(this.id, held));
       queue.after(this.draw(config.diskSyncUs), `${this.id} log restarted after ${seq}`, () => {
         if (this.incarnation !== incarnation) return;
-        const held: { firstBlock: number; blockCount: number }[] = [];
-        for (let at = Math.max(reportAfter, this.replica.base) + 1; at <= this.replica.lastSeq; at += 1) {
-          const frame = this.replica.record(at).frame;
-          if (frame.kind !== 'cp') held.push({ firstBlock: frame.firstBlock, blockCount: frame.blockCount });
-        }
         this.replica.resetLog(seq);
+        if (keepsNamed) this.named = held;
         this.target = new MirrorTarget<Frame>({ mode: config.mode, lastSeq: seq, windowBytesMax: config.windowBytesMax });
         this.cpSeq = seq;
         this.resetting = false;
         // Only to the session that asked: a later one had its READY (which waited for this).
         if (this.links.sessionId !== session) return;
-        if (held.length > 0) this.links.send('to-source', 0, `diverged (${held.length} entries)`, () => this.context.onDiverged(this.id, held));
         this.links.send('to-source', 0, `reset-done ${seq}`, () => this.context.onResetDone(this.id, seq, 0));
       });
     };
@@ -177,7 +195,7 @@ export class Secondary implements CheckedPeer {
   }
 
   private perform(actions: TargetAction<Frame>[]): void {
-    const { config, queue, checker, source } = this.context;
+    const { config, queue, checker } = this.context;
     const incarnation = this.incarnation;
     for (const action of actions) {
       switch (action.kind) {
@@ -186,13 +204,13 @@ export class Secondary implements CheckedPeer {
           break;
         case 'send-ack': {
           const { seq, status } = action;
-          this.reply('ack', seq, status, () => source.acked(this.id, seq, status));
+          this.reply('ack', seq, status, () => this.context.source.acked(this.id, seq, status));
           break;
         }
         case 'send-flushed': {
           const { seq, status } = action;
           this.reply('flushed', seq, status, () => {
-            const after = source.flushed(this.id, seq, status);
+            const after = this.context.source.flushed(this.id, seq, status);
             this.context.onFlushed(this.id);
             return after;
           });
@@ -200,7 +218,7 @@ export class Secondary implements CheckedPeer {
         }
         case 'send-synced': {
           const { cpSeq, status } = action;
-          this.reply('synced', cpSeq, status, () => source.synced(this.id, cpSeq, status));
+          this.reply('synced', cpSeq, status, () => this.context.source.synced(this.id, cpSeq, status));
           break;
         }
         case 'sync-log': {
@@ -222,6 +240,8 @@ export class Secondary implements CheckedPeer {
             if (this.incarnation !== incarnation) return;
             this.replica.syncThrough(cpSeq);
             this.cpSeq = Math.max(this.cpSeq, cpSeq);
+            // The primary wrote its bitmaps before this CP (and after the RESET_DONE that followed the names).
+            this.named = [];
             this.perform(this.target.checkpointDone(cpSeq, null));
           });
           break;

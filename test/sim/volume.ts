@@ -207,6 +207,21 @@ export class Replica {
   }
 
   /**
+   * A recovery that ends at `last`, before the durable prefix (a broken one: a deliberate
+   * fault). The log starts at 0 here (the primary's), so the durable image is rebuilt.
+   */
+  crashTo(last: number): number {
+    if (this.base !== 0 || last > this.durablePrefix) throw new Error(`${this.name}: crashTo(${last}) with base ${this.base}, durable ${this.durablePrefix}`);
+    const rebuilt = new BlockImage(this.image.blocks, this.image.blockBytes);
+    for (const record of this.records.slice(0, last)) if (record.frame.kind !== 'cp') rebuilt.write(record.frame);
+    this.records.length = last;
+    this.durablePrefix = last;
+    this.durableImage.copyFrom(rebuilt);
+    this.image.copyFrom(rebuilt);
+    return last;
+  }
+
+  /**
    * A resync's RESET: what was stored is made durable, then the log restarts after `seq`
    * (every stored entry must be complete: the node waits until it is idle).
    */
