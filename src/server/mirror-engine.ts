@@ -61,6 +61,8 @@ interface PeerLinks {
   resyncStart: { atMs: number; bytes: number } | null;
   /** Bytes the peer named (DIVERGED) since the RESET just sent. */
   divergedReported: number;
+  /** Its bitmap file holds marks of entries it had not made durable (rewritten until it does). */
+  unsyncedOnDisk: boolean;
 }
 
 export interface MirrorPeerStatus extends PeerStatus {
@@ -80,6 +82,13 @@ export class MirrorEngine implements MirrorGate {
   private stopped = false;
   private readonly secret: Buffer;
   private verifyRun: OnlineVerify | null = null;
+  /**
+   * Regions of the entries placed in each stretch between two bitmap writes (`upTo`: the
+   * last entry of the stretch), until every peer in sync has made them durable; and the
+   * stretch being written now.
+   */
+  private unsyncedGenerations: { upTo: number; regions: DirtyBitmap }[] = [];
+  private openGeneration: DirtyBitmap;
   /** Without resync.rateMax: how many regions a resync may have in flight, from client latency. */
   private readonly resyncControl = new ResyncController({
     minRegions: constants.resyncRegionsInflightMin,
@@ -107,6 +116,11 @@ export class MirrorEngine implements MirrorGate {
     private readonly available: (peer: string) => boolean,
     /** Regions of the entries replayed at this start (after a crash), or null. */
     replayed: DirtyBitmap | null,
+    /**
+     * The last entry recovery found at this start (before the start's own consistency
+     * point, whose marker may follow it): a crash lost whatever came after it.
+     */
+    recoveredSeq: number,
     /** The volume's region holds: LocalVolume.logCurrent (resync) and whileHeld (verify). */
     private readonly regions: Pick<LocalVolume, 'logCurrent' | 'whileHeld'>,
     /** The volume's log: entries a peer that was away lacks are read back from it. */
@@ -123,7 +137,7 @@ export class MirrorEngine implements MirrorGate {
       log.warn('volume did not stop cleanly: its peers need a resync before they count again', { peers: peerIds.join(',') });
     }
     const divergedAfter: Record<string, number> = { ...(previous?.divergedAfter ?? {}) };
-    if (!clean) for (const id of peerIds) divergedAfter[id] = Math.min(divergedAfter[id] ?? lastSeq, lastSeq);
+    if (!clean) for (const id of peerIds) divergedAfter[id] = Math.min(divergedAfter[id] ?? recoveredSeq, recoveredSeq);
     this.state = { cleanStopSeq: null, resyncNeeded: [...resyncNeeded], divergedAfter };
     // Durable before the first write: a crash from now on is an unclean stop.
     fs.mkdirSync(path.dirname(this.stateFile), { recursive: true });
@@ -163,8 +177,10 @@ export class MirrorEngine implements MirrorGate {
         progress: null,
         resyncStart: null,
         divergedReported: 0,
+        unsyncedOnDisk: false,
       });
     }
+    this.openGeneration = new DirtyBitmap(volume.sizeBytes, cluster.resync.regionBytes);
     this.persistBitmaps();
   }
 
@@ -211,10 +227,44 @@ export class MirrorEngine implements MirrorGate {
    * before it is recorded: marks for entries the CP covers must not depend on the log.
    */
   persistBitmaps(): void {
+    this.closeUnsyncedGeneration();
     for (const peer of this.peers.values()) {
-      if (!peer.bitmapChanged) continue;
-      writeFileAtomic(peer.bitmapFile, peer.bitmap.encode());
+      const status = this.core.peerStatus(peer.node.id);
+      // A peer in sync may lack, should this node crash, the entries it has not made durable
+      // (those a CP covers are not replayed here after a crash): the file marks them too.
+      const durable = Math.max(status.durableSeq, status.syncedSeq);
+      const unsynced = this.core.isInSync(peer.node.id) ? this.unsyncedGenerations.filter((generation) => generation.upTo > durable) : [];
+      if (!peer.bitmapChanged && unsynced.length === 0 && !peer.unsyncedOnDisk) continue;
+      let written = peer.bitmap;
+      if (unsynced.length > 0) {
+        written = peer.bitmap.clone();
+        for (const generation of unsynced) written.include(generation.regions);
+      }
+      writeFileAtomic(peer.bitmapFile, written.encode());
       peer.bitmapChanged = false;
+      peer.unsyncedOnDisk = unsynced.length > 0;
+    }
+  }
+
+  /**
+   * Closes the generation of regions written since the last one (at every bitmap write),
+   * and lets go of those every peer in sync has made durable. At most
+   * `unsyncedGenerationsMax` are kept: the oldest merge.
+   */
+  private closeUnsyncedGeneration(): void {
+    const closed = this.openGeneration;
+    this.openGeneration = new DirtyBitmap(this.volume.sizeBytes, this.cluster.resync.regionBytes);
+    if (closed.dirtyRegions > 0) this.unsyncedGenerations.push({ upTo: this.core.lastSeq, regions: closed });
+    const inSync = [...this.peers.keys()].filter((id) => this.core.isInSync(id));
+    const durable = Math.min(...inSync.map((id) => Math.max(this.core.peerStatus(id).durableSeq, this.core.peerStatus(id).syncedSeq)));
+    // Peers not in sync have their own marks (written while away, or lacking at their drop).
+    while (this.unsyncedGenerations.length > 0 && (inSync.length === 0 || (this.unsyncedGenerations[0]?.upTo ?? 0) <= durable)) {
+      this.unsyncedGenerations.shift();
+    }
+    while (this.unsyncedGenerations.length > constants.unsyncedGenerationsMax) {
+      const oldest = this.unsyncedGenerations.shift();
+      const next = this.unsyncedGenerations[0];
+      if (oldest !== undefined && next !== undefined) next.regions.include(oldest.regions);
     }
   }
 
@@ -489,10 +539,12 @@ export class MirrorEngine implements MirrorGate {
     const marker = fields.type === EntryType.CONSISTENCY_POINT;
     const offset = marker ? 0 : fields.offset;
     const lengthBytes = marker ? 0 : fields.lengthBytes;
-    // A peer that does not get this entry now will lack its regions.
+    // A peer that does not get this entry now will lack its regions; one that does lacks
+    // them, should this node crash, until it has made the entry durable.
     for (const peer of this.peers.values()) {
       if (!this.core.isInSync(peer.node.id)) this.markLacking(peer, offset, lengthBytes);
     }
+    this.openGeneration.mark(offset, lengthBytes);
     this.run(this.core.appended({ seq, bytes, offset, lengthBytes, frame }));
   }
 
@@ -577,6 +629,9 @@ export class MirrorEngine implements MirrorGate {
         await new Promise((resolve) => setTimeout(resolve, 10));
       }
     }
+    // The peers have taken the final CP: the bitmap files no longer need to mark what they
+    // had not made durable.
+    if (finalSeq !== null) this.persistBitmaps();
     this.stopped = true;
     for (const peer of this.peers.values()) {
       if (peer.timer !== null) clearTimeout(peer.timer);

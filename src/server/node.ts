@@ -193,6 +193,7 @@ export class BlockmirrorNode {
         this.peerCounters,
         (peer) => this.heartbeats?.mayConnect(peer) === true,
         replayed,
+        recovery.lastSeq,
         primary,
         mirrorLog,
       );

@@ -185,6 +185,8 @@ export class ReplicaTarget {
       await this.idle();
       if (this.session !== session) return;
       const extents = this.volume.log.entriesAfter(reportAfter);
+      // Durable before they are named: the log about to be made anew no longer holds them.
+      this.volume.log.keepNamed(extents, this.volume.sizeBytes);
       if (extents === null) this.send(encodeFrame({ type: 'diverged', all: true, extents: [] }));
       for (let at = 0; extents !== null && at < extents.length; at += PEER_DIVERGED_EXTENTS_MAX) {
         this.send(encodeFrame({ type: 'diverged', all: false, extents: extents.slice(at, at + PEER_DIVERGED_EXTENTS_MAX) }));

@@ -55,9 +55,18 @@ export class DirtyBitmap {
   /** Adds every region dirty in `other` (a bitmap of the same geometry). */
   include(other: DirtyBitmap): void {
     assert(other.sizeBytes === this.sizeBytes && other.regionBytes === this.regionBytes, 'bitmaps of different geometry');
-    for (let region = 0; region < this.regions; region += 1) {
-      if (other.isDirty(region)) this.mark(region * this.regionBytes, Math.min(this.regionBytes, this.sizeBytes - region * this.regionBytes));
+    for (let index = 0; index < this.bits.length; index += 1) {
+      const before = this.bits[index] ?? 0;
+      const after = before | (other.bits[index] ?? 0);
+      if (after === before) continue;
+      this.bits[index] = after;
+      this.dirty += bitCount(after) - bitCount(before);
     }
+  }
+
+  /** A copy (the same regions dirty). */
+  clone(): DirtyBitmap {
+    return new DirtyBitmap(this.sizeBytes, this.regionBytes, Buffer.from(this.bits));
   }
 
   markAll(): void {
@@ -133,4 +142,10 @@ export class DirtyBitmap {
     if (crc32c([data.subarray(0, 24), bits]) !== data.readUInt32BE(24)) return null;
     return new DirtyBitmap(sizeBytes, regionBytes, Buffer.from(bits));
   }
+}
+
+function bitCount(byte: number): number {
+  let count = 0;
+  for (let value = byte; value !== 0; value &= value - 1) count += 1;
+  return count;
 }

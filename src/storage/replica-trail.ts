@@ -11,6 +11,11 @@
 // replica may have taken consistency points of its own since (at a restart, or when its
 // log filled), after which its log no longer holds them: this record does.
 //
+// When the replica restarts its log for a resync, what it named then is kept (as records
+// of sequence number 0, named at every reset) until the primary's next consistency
+// point: if the primary crashed again before it had made the names durable, they would
+// otherwise be lost with the old log.
+//
 // Bounded: past `trailEntriesMax` entries it stops listing and says "everything" (the
 // whole volume would then be resent), which only a primary that never takes a
 // consistency point could cause.
@@ -52,7 +57,23 @@ export class ReplicaTrail {
     this.lengths.push(lengthBytes);
   }
 
-  /** The primary's consistency point `cpSeq` is durable there: entries up to it can no longer be lost. */
+  /**
+   * The log restarts for a resync after naming `named` (null: every region, here
+   * [0, volumeBytes)): only those are kept, to be named again until the primary's next
+   * consistency point.
+   */
+  resetTo(named: TrailExtent[] | null, volumeBytes: number): void {
+    const kept = named ?? [{ offset: 0, lengthBytes: volumeBytes }];
+    this.overflow = false;
+    this.seqs = kept.map(() => 0);
+    this.offsets = kept.map((extent) => extent.offset);
+    this.lengths = kept.map((extent) => extent.lengthBytes);
+  }
+
+  /**
+   * The primary's consistency point `cpSeq` is durable there: entries up to it can no
+   * longer be lost, and names kept from a reset are durable there too.
+   */
   trimThrough(cpSeq: number): void {
     let keepFrom = 0;
     while (keepFrom < this.seqs.length && (this.seqs[keepFrom] ?? 0) <= cpSeq) keepFrom += 1;
@@ -63,14 +84,15 @@ export class ReplicaTrail {
   }
 
   /**
-   * The regions of every entry after `seq`, merged where they touch and sorted; null
-   * when the record overflowed (every region).
+   * The regions of every entry after `seq` (and the names kept from a reset), merged where
+   * they touch and sorted; null when the record overflowed (every region).
    */
   extentsAfter(seq: number): TrailExtent[] | null {
     if (this.overflow) return null;
     const found: TrailExtent[] = [];
     for (let index = 0; index < this.seqs.length; index += 1) {
-      if ((this.seqs[index] ?? 0) > seq) found.push({ offset: this.offsets[index] ?? 0, lengthBytes: this.lengths[index] ?? 0 });
+      const recorded = this.seqs[index] ?? 0;
+      if (recorded > seq || recorded === 0) found.push({ offset: this.offsets[index] ?? 0, lengthBytes: this.lengths[index] ?? 0 });
     }
     found.sort((a, b) => a.offset - b.offset);
     const merged: TrailExtent[] = [];

@@ -1028,6 +1028,16 @@ export class WriteLog {
     return this.trail.extentsAfter(seq);
   }
 
+  /**
+   * A replica's log, about to be made anew for a resync (recreate keeps the trail file):
+   * what it named is kept, durably, until the primary's next consistency point.
+   */
+  keepNamed(named: TrailExtent[] | null, volumeBytes: number): void {
+    assert(this.trail !== null, 'not a replica log');
+    this.trail.resetTo(named, volumeBytes);
+    this.trail.save(path.join(this.options.dir, TRAIL_FILE));
+  }
+
   /** A retainer may have changed its mind: partitions it held may be free now. */
   retainersChanged(): void {
     if (!this.closed) this.release();
@@ -1080,12 +1090,13 @@ export class WriteLog {
 
   /**
    * Replaces the log files with a new geometry. Only valid right after a CP that covers
-   * every entry (at start, after recovery); sequence numbers continue.
+   * every entry (at start, after recovery); sequence numbers continue. A replica's trail
+   * stays: what it records is still to be named to the primary.
    */
   static recreate(options: LogOptions, cpSeq: number): void {
     const dir = options.dir;
     for (const name of fs.readdirSync(dir)) {
-      if (name.startsWith('partition-') || name === SUPERBLOCK || name === TRAIL_FILE) fs.rmSync(path.join(dir, name));
+      if (name.startsWith('partition-') || name === SUPERBLOCK) fs.rmSync(path.join(dir, name));
     }
     WriteLog.createFiles(dir, options.geometry, { cpSeq, volumeUuid: options.volumeUuid });
   }

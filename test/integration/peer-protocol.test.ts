@@ -386,8 +386,39 @@ test('RESET: b names the regions of every entry it holds past reportAfter, after
   peer.send(entryFrame(11, 7 * MiB, pattern(4 * KiB, 11)));
   assert.deepEqual(await peer.next('ack'), { type: 'ack', seq: 11, status: 0 });
   closeSession(again);
+
+  // a crashes again before it takes a consistency point: at the next reset b names the same
+  // regions again (a may not have made them durable), and entry 11 too.
+  const third = await openSession(replicationPort, 1, 0x0c03);
+  const client3 = third.clients[0];
+  assert.ok(client3 !== undefined);
+  client3.send(encodeFrame({ type: 'reset', seq: 12, reportAfter: 10 }));
+  assert.deepEqual(await client3.next('reset-done'), { type: 'reset-done', seq: 12, status: 0 });
+  const renamed = client3.received.filter((message): message is Extract<PeerMessage, { type: 'diverged' }> => message.type === 'diverged');
+  assert.deepEqual(
+    renamed.flatMap((message): unknown[] => (message.all ? ['all'] : message.extents)),
+    [
+      { offset: 1 * MiB + 4 * KiB, lengthBytes: 4 * KiB },
+      { offset: 3 * MiB, lengthBytes: 4 * KiB },
+      { offset: 5 * MiB, lengthBytes: 4 * KiB },
+      { offset: 7 * MiB, lengthBytes: 4 * KiB },
+    ],
+    'the names kept from the first reset, and entry 11',
+  );
+  // a's consistency point: now the names are durable there, and b lets them go.
+  client3.send(entryFrame(13, 9 * MiB, pattern(4 * KiB, 13)));
+  client3.send(encodeFrame({ type: 'sync', cpSeq: 13 }));
+  assert.deepEqual(await client3.next('synced'), { type: 'synced', cpSeq: 13, status: 0 });
+  closeSession(third);
+  const fourth = await openSession(replicationPort, 1, 0x0c04);
+  const client4 = fourth.clients[0];
+  assert.ok(client4 !== undefined);
+  client4.send(encodeFrame({ type: 'reset', seq: 14, reportAfter: 13 }));
+  assert.deepEqual(await client4.next('reset-done'), { type: 'reset-done', seq: 14, status: 0 });
+  assert.deepEqual(client4.received.filter((message) => message.type === 'diverged'), [], 'nothing left to name');
+  closeSession(fourth);
   const image = await stopAndReadImage(b);
-  for (const [seq, offset] of [...writes, [11, 7 * MiB]] as const) {
+  for (const [seq, offset] of [...writes, [11, 7 * MiB], [13, 9 * MiB]] as const) {
     assert.ok(image.subarray(offset, offset + 4 * KiB).equals(pattern(4 * KiB, seq)), `entry ${seq}'s bytes in b's image`);
   }
 });

@@ -28,9 +28,10 @@ export const faults: readonly Fault[] = ['drop-store-data', 'lying-log-sync', 'r
 export const primaryFaults: readonly Fault[] = ['primary-loses-durable', 'primary-ignores-diverged'];
 
 /**
- * Fixes of src/ the simulation can model, for problems it found there (src/ is not the
- * simulation's to change): with a fix in, the rest of a run shows whether anything else
- * hides behind that problem. None is on unless asked for (--fix).
+ * Fixes of src/ for problems the simulation found there. The first three are in src/
+ * now, and on in every run (`srcFixed`; --fix may still name them); write-intent is not
+ * yet, and is modelled only when asked for (--fix write-intent), so that the rest of a
+ * run shows whether anything else hides behind that problem.
  * - diverged-after-recovered (mirror-engine.ts, node.ts): after an unclean start,
  *   divergedAfter is the last entry the log recovered (N), not the log's last entry once
  *   the start's consistency point has appended its marker (N+1). Without it, a peer
@@ -57,6 +58,8 @@ export const primaryFaults: readonly Fault[] = ['primary-loses-durable', 'primar
  */
 export type SrcFix = 'diverged-after-recovered' | 'mark-unsynced-at-cp' | 'target-keeps-named' | 'write-intent';
 export const srcFixes: readonly SrcFix[] = ['diverged-after-recovered', 'mark-unsynced-at-cp', 'target-keeps-named', 'write-intent'];
+/** The fixes src/ has: always modelled. */
+export const srcFixed: readonly SrcFix[] = ['diverged-after-recovered', 'mark-unsynced-at-cp', 'target-keeps-named'];
 
 export interface UsRange {
   minUs: number;
@@ -241,7 +244,7 @@ export function configFromSeed(seed: number, choices: ConfigChoices = {}): SimCo
     resyncRegionBlocks,
     resyncInflightMax,
     fault: choices.fault ?? null,
-    fixes: choices.fixes ?? [],
+    fixes: [...new Set([...srcFixed, ...(choices.fixes ?? [])])],
     eventsMax: 1_000_000,
   };
   // Drawn after everything above (the object's fields included), so that adding them left

@@ -149,7 +149,9 @@ describe('primary crashes', () => {
   // Seeds (from 1..400) that go through a primary crash that loses entries a peer holds,
   // requests dropped with it, a restart with its consistency point marker, a DIVERGED
   // report and a resync done after it; with src/ as it is, they keep every invariant.
-  const asItIs: Record<SimMode, number[]> = { sync: [5, 9, 10, 14, 16, 18, 28, 37], async: [6, 9, 10, 14, 16, 18, 28, 56] };
+  // Seeds 2 and 19 (sync) failed before src/ took divergedAfter from the recovered entry
+  // and marked entries peers in sync had not made durable in the bitmap files.
+  const asItIs: Record<SimMode, number[]> = { sync: [2, 5, 9, 10, 14, 16, 18, 19], async: [6, 9, 10, 14, 16, 18, 28, 56] };
   for (const mode of ['sync', 'async'] as const) {
     test(`primary crashes, with src/ as it is: seeds ${asItIs[mode].join(', ')} in ${mode} mode`, () => {
       for (const seed of asItIs[mode]) {
@@ -170,6 +172,12 @@ describe('primary crashes', () => {
       }
     });
   }
+
+  test('seed 163 (sync): the primary crashes again between DIVERGED and RESET_DONE; the target names the regions again', () => {
+    const result = runSeed(163, { mode: 'sync', primaryCrashes: true });
+    assert.notEqual(result.summary, null, failureText(result));
+    assert.ok((result.summary?.primary?.crashes ?? 0) > 1, 'more than one primary crash');
+  });
 
   test('a seed with primary crashes replays exactly', () => {
     // Seed 16 (sync): the primary crashes three times; peers name what they hold past it and are resynced.

@@ -73,3 +73,20 @@ test('a damaged or truncated file, or more entries than the bound, name every re
   big.save(file);
   assert.equal(ReplicaTrail.load(file).extentsAfter(0), null, 'the overflow is remembered');
 });
+
+test("names kept across a reset are named at every later reset, until the primary's next consistency point", () => {
+  const trail = filled();
+  const named = trail.extentsAfter(2);
+  trail.resetTo(named, 1 << 30);
+  trail.add(20, 1 << 24, 4096);
+  assert.deepEqual(trail.extentsAfter(19), [...(named ?? []), { offset: 1 << 24, lengthBytes: 4096 }]);
+  assert.deepEqual(trail.extentsAfter(25), named, 'kept names whatever the sequence number asked about');
+  const file = path.join(dir, 'trail-3');
+  trail.save(file);
+  assert.deepEqual(ReplicaTrail.load(file).extentsAfter(25), named);
+  trail.trimThrough(20);
+  assert.deepEqual(trail.extentsAfter(0), []);
+  // A reset after an overflow keeps "every region" as one name.
+  trail.resetTo(null, 1 << 20);
+  assert.deepEqual(trail.extentsAfter(5), [{ offset: 0, lengthBytes: 1 << 20 }]);
+});
