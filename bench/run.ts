@@ -1271,13 +1271,12 @@ ${probationMs} ms probation. Node a's status is read every ${figures.pollMs} ms;
   node a has cut it off (no heartbeat for the timeout), writes 48 MiB of 4 KiB random writes at QD32 (under the
   64 MiB node a keeps in memory for a peer that is away), and sends SIGCONT. After its probation node b is sent
   the entries it missed; the figure is their payload over the time from node a's \`peer catching up\` line to
-  the first status that shows node b \`streaming\` and \`up-to-date\` (so up to one poll late).
+  the first status that shows node b \`streaming\` and \`up-to-date\` (so up to one poll late). Before each
+  freeze the bench waits until node a's heartbeats call node b \`up\`, so that the freeze is a peer going silent.
 - **Catch-up from the log files.** The same with 104 MiB written while node b is frozen: more than node a keeps
   in memory, less than its log keeps for a peer that is away (the default 4 × 64 MiB log keeps 128 MiB), so
   node b is sent the entries read back from node a's log files (\`peer caught up from the log\`), then the
-  rest from memory; the bench checks that it went that way. Before each
-  freeze the bench waits until node a's heartbeats call node b \`up\`: node a never cuts off a peer it has not
-  heard from since it started, so node b frozen before its first heartbeat arrived would stay \`streaming\`.
+  rest from memory; the bench checks that it went that way.
 - **Client writes during a resync.** fio's 4k randwrite QD32 (as in the table above, but ${figures.underLoad.fioRuntimeS} s after
   ${figures.underLoad.fioRampMs} ms of ramp, so that it ends before the resync does) with both nodes streaming; then node b is frozen
   while fio writes the whole volume again (its bitmap covers all of it), thawed, and the same fio run starts
