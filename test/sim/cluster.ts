@@ -113,6 +113,10 @@ export interface PrimaryTally {
   resyncsDone: number;
 }
 
+export function emptyPrimaryTally(): PrimaryTally {
+  return { crashes: 0, lostEntries: 0, keptInImage: 0, droppedRequests: 0, startMarkers: 0, peersAhead: 0, divergedReports: 0, divergedEntries: 0, resyncsDone: 0 };
+}
+
 /** The primary's record of what one peer may lack, and the resync under way. */
 interface ResyncState {
   /** Dirty regions (of config.resyncRegionBlocks blocks), in memory. */
@@ -178,17 +182,7 @@ export class Cluster implements CheckedCluster {
   private readonly ordinals = new Map<number, number>();
   /** The state file's divergedAfter (MirrorEngine): per peer, where its history may part from ours. */
   private divergedAfterState: Record<string, number> = {};
-  private readonly primaryTally: PrimaryTally = {
-    crashes: 0,
-    lostEntries: 0,
-    keptInImage: 0,
-    droppedRequests: 0,
-    startMarkers: 0,
-    peersAhead: 0,
-    divergedReports: 0,
-    divergedEntries: 0,
-    resyncsDone: 0,
-  };
+  private readonly primaryTally: PrimaryTally = emptyPrimaryTally();
 
   constructor(
     readonly config: SimConfig,

@@ -15,7 +15,7 @@
 // broken invariant of checker.ts fails the run.
 
 import { pathToFileURL } from 'node:url';
-import { runCluster, type PrimaryTally, type RunSummary } from './cluster.js';
+import { emptyPrimaryTally, runCluster, type PrimaryTally, type RunSummary } from './cluster.js';
 import { configFromSeed, describeConfig, srcFixes, faults, type ConfigChoices, type SrcFix, type Fault, type SimMode } from './config.js';
 
 export const defaultBaseSeed = 0x51d0;
@@ -192,17 +192,7 @@ function main(argv: readonly string[]): number {
   let events = 0;
   let failed = 0;
   const totals = { crashes: 0, resyncsDone: 0, regions: 0, givenUpWhileAway: 0, countedLacking: 0 };
-  const primary: PrimaryTally = {
-    crashes: 0,
-    lostEntries: 0,
-    keptInImage: 0,
-    droppedRequests: 0,
-    startMarkers: 0,
-    peersAhead: 0,
-    divergedReports: 0,
-    divergedEntries: 0,
-    resyncsDone: 0,
-  };
+  const primary: PrimaryTally = emptyPrimaryTally();
   let primarySeeds = 0;
   for (let run = 0; run < args.runs; run += 1) {
     const seed = (args.base + run) >>> 0;
