@@ -98,6 +98,8 @@ export const constants = {
   resyncLatencySlackMs: 1,
   /** Client latency this many times its baseline counts as slowed by the resync. */
   resyncLatencyFactor: 1.5,
+  /** One bit of a mirrored volume's write-intent record covers this much of it. */
+  writeIntentExtentBytes: 4 * 1024 * 1024,
   /** Stretches of written regions kept for peers that have not made them durable (see MirrorEngine.persistBitmaps); the oldest merge. */
   unsyncedGenerationsMax: 8,
   /** Regions a resync has sent to a peer and that are not yet durable there. */

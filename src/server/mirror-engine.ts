@@ -27,6 +27,7 @@ import { DirtyBitmap } from '../storage/dirty-bitmap.js';
 import { EntryType } from '../storage/log-entry.js';
 import type { LocalVolume, MirrorGate } from '../storage/local-volume.js';
 import type { WriteLog } from '../storage/write-log.js';
+import { WriteIntent } from '../storage/write-intent.js';
 import { writeFileAtomic } from '../storage/volume-files.js';
 import { ResyncController } from '../core/resync-controller.js';
 import { OnlineVerify, type VerifyReport } from './online-verify.js';
@@ -89,6 +90,7 @@ export class MirrorEngine implements MirrorGate {
    */
   private unsyncedGenerations: { upTo: number; regions: DirtyBitmap }[] = [];
   private openGeneration: DirtyBitmap;
+  private readonly intent: WriteIntent;
   /** Without resync.rateMax: how many regions a resync may have in flight, from client latency. */
   private readonly resyncControl = new ResyncController({
     minRegions: constants.resyncRegionsInflightMin,
@@ -124,7 +126,7 @@ export class MirrorEngine implements MirrorGate {
     /** The volume's region holds: LocalVolume.logCurrent (resync) and whileHeld (verify). */
     private readonly regions: Pick<LocalVolume, 'logCurrent' | 'whileHeld'>,
     /** The volume's log: entries a peer that was away lacks are read back from it. */
-    private readonly entries: Pick<WriteLog, 'readRange' | 'syncTo' | 'holdsFrom' | 'entryPayloadBytesMax'>,
+    private readonly entries: Pick<WriteLog, 'readRange' | 'syncTo' | 'holdsFrom' | 'entryPayloadBytesMax' | 'status'>,
   ) {
     assert(volume.mode !== 'local');
     this.secret = Buffer.from(cluster.secret, 'utf8');
@@ -181,7 +183,22 @@ export class MirrorEngine implements MirrorGate {
       });
     }
     this.openGeneration = new DirtyBitmap(volume.sizeBytes, cluster.resync.regionBytes);
+    // After a crash, the volume file may hold writes whose entries the log lost anywhere the
+    // write-intent record names: those extents count as out of sync for every peer.
+    const intentFile = path.join(local.dataDir, 'mirror', `${volume.name}.intent`);
+    const previousIntent = WriteIntent.load(intentFile, volume.sizeBytes, constants.writeIntentExtentBytes);
+    if (!clean && previousIntent !== null) {
+      if (!previousIntent.readable) log.warn('write-intent record unreadable: every region counts as out of sync', { file: intentFile });
+      for (const peer of this.peers.values()) {
+        for (let extent = previousIntent.extents.nextDirty(0); extent !== -1; extent = previousIntent.extents.nextDirty(extent + 1)) {
+          const offset = extent * constants.writeIntentExtentBytes;
+          this.markLacking(peer, offset, Math.min(constants.writeIntentExtentBytes, volume.sizeBytes - offset));
+        }
+      }
+    }
     this.persistBitmaps();
+    // Only now (the marks durable) may the record start afresh.
+    this.intent = new WriteIntent(intentFile, volume.sizeBytes, constants.writeIntentExtentBytes);
   }
 
   private resyncProgress(peer: PeerLinks | undefined): MirrorPeerStatus['resync'] {
@@ -228,6 +245,12 @@ export class MirrorEngine implements MirrorGate {
    */
   persistBitmaps(): void {
     this.closeUnsyncedGeneration();
+    // Extents whose writes are all durable in the log (or covered by a CP) leave the
+    // write-intent record (during construction there is none yet).
+    if (this.intent !== undefined) {
+      const log = this.entries.status();
+      this.intent.cool(Math.max(log.durableSeq, log.cpSeq));
+    }
     for (const peer of this.peers.values()) {
       const status = this.core.peerStatus(peer.node.id);
       // A peer in sync may lack, should this node crash, the entries it has not made durable
@@ -568,6 +591,10 @@ export class MirrorEngine implements MirrorGate {
       // The local part is the caller's and is done by the time it asks.
       if (this.waiters.has(token)) this.run(this.core.localDone(token, null));
     });
+  }
+
+  intend(offset: number, lengthBytes: number, seq: number): Promise<void> | null {
+    return this.intent.intend(offset, lengthBytes, seq);
   }
 
   refusal(): Error | null {

@@ -129,6 +129,12 @@ export interface MirrorGate {
   readonly lastSeq: number;
   /** Why a change must be refused before it is made (a strict volume missing a replica), or null. */
   refusal(): Error | null;
+  /**
+   * Entry `seq` will change [offset, offset + lengthBytes) in the volume file: resolves
+   * when the file may be written there (the write-intent record holds the range), or null
+   * when it may be at once.
+   */
+  intend(offset: number, lengthBytes: number, seq: number): Promise<void> | null;
 }
 
 export class LocalVolume {
@@ -409,7 +415,9 @@ export class LocalVolume {
     done: Promise<void>[],
   ): number {
     const { seq, written } = this.log.append(type, { offset, lengthBytes, flags }, payload);
-    const applied = this.order.run(offset, offset + lengthBytes, apply);
+    // A mirrored volume's file is written only where the write-intent record says so.
+    const intent = this.gate?.intend(offset, lengthBytes, seq) ?? null;
+    const applied = this.order.run(offset, offset + lengthBytes, intent === null ? apply : () => intent.then(apply));
     done.push(
       Promise.all([written, applied]).then(
         () => this.log.applied(seq),

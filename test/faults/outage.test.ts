@@ -16,6 +16,7 @@ import { killAll, makeTempDir, runOk, sleep, startClusterNode, writeClusterConfi
 import { NftPartition } from '../helpers/nft-partition.js';
 import { assertConverged } from '../helpers/mirror-checks.js';
 import { Prng } from '../unit/prng.js';
+import { DirtyBitmap } from '../../src/storage/dirty-bitmap.js';
 
 const MiB = 1024 * 1024;
 const dirs: string[] = [];
@@ -179,4 +180,40 @@ test('the link flaps (seeded) during a resync while the client writes to the reg
   assert.equal((await b.stop()).code, 0);
   assertConverged(a, b, model);
   await partition.remove();
+});
+
+test('after a start that was not clean, every extent of the write-intent record is resent to the secondary', async () => {
+  const { a: first, b, dir, config } = await startPair({ size: '64MiB', log: { partitionSize: '4MiB', partitions: 4, cpIntervalMs: 1000 } });
+  // Writes in extents 2 and 5 (4 MiB each): both nodes hold them.
+  await runOk('qemu-io', ['-f', 'raw', first.uri('v1'), '-c', 'write -P 0x21 8M 64k', '-c', 'write -P 0x22 20M 64k']);
+  await first.waitStatus('b up to date', upToDate);
+  assert.equal((await first.stop()).code, 0);
+  // As a crash would leave it: the state file says the stop was not clean, and the
+  // write-intent record names extents 2 and 5, where writes were in flight; the log has
+  // nothing to replay; and the primary's volume file holds a write in extent 5 that no log
+  // entry and no secondary has (its entry was lost in the crash).
+  const mirrorDir = `${first.dataDir}/mirror`;
+  const stateFile = `${mirrorDir}/v1.json`;
+  const state = JSON.parse(fs.readFileSync(stateFile, 'utf8')) as { cleanStopSeq: number | null };
+  fs.writeFileSync(stateFile, JSON.stringify({ ...state, cleanStopSeq: null }));
+  const record = new DirtyBitmap(64 * MiB, 4 * MiB);
+  record.mark(8 * MiB, 1);
+  record.mark(20 * MiB, 1);
+  fs.writeFileSync(`${mirrorDir}/v1.intent`, record.encode());
+  const image = fs.openSync(first.imagePath('v1'), 'r+');
+  try {
+    fs.writeSync(image, Buffer.alloc(4096, 0x5a), 0, 4096, 21 * MiB);
+  } finally {
+    fs.closeSync(image);
+  }
+  const a = await startClusterNode(dir, config, 'a');
+  await a.waitStatus('b resynced', upToDate, 60_000);
+  const started = messages(a, 'resync started');
+  assert.equal(started.length, 1);
+  assert.equal(started[0]?.['bytes'], 8 * MiB, 'exactly extents 2 and 5');
+  assert.equal((await a.stop()).code, 0);
+  assert.equal((await b.stop()).code, 0);
+  const imageA = fs.readFileSync(a.imagePath('v1'));
+  assert.ok(imageA.subarray(21 * MiB, 21 * MiB + 4096).every((byte) => byte === 0x5a));
+  assert.ok(fs.readFileSync(b.imagePath('v1')).equals(imageA), 'b got the write only the primary\'s volume file held');
 });

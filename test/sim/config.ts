@@ -28,10 +28,9 @@ export const faults: readonly Fault[] = ['drop-store-data', 'lying-log-sync', 'r
 export const primaryFaults: readonly Fault[] = ['primary-loses-durable', 'primary-ignores-diverged'];
 
 /**
- * Fixes of src/ for problems the simulation found there. The first three are in src/
- * now, and on in every run (`srcFixed`; --fix may still name them); write-intent is not
- * yet, and is modelled only when asked for (--fix write-intent), so that the rest of a
- * run shows whether anything else hides behind that problem.
+ * Fixes of src/ for problems the simulation found there (each named with the seed that
+ * showed it). All four are in src/ now and on in every run (`srcFixed`); the names stay
+ * so that --fix keeps working.
  * - diverged-after-recovered (mirror-engine.ts, node.ts): after an unclean start,
  *   divergedAfter is the last entry the log recovered (N), not the log's last entry once
  *   the start's consistency point has appended its marker (N+1). Without it, a peer
@@ -59,7 +58,7 @@ export const primaryFaults: readonly Fault[] = ['primary-loses-durable', 'primar
 export type SrcFix = 'diverged-after-recovered' | 'mark-unsynced-at-cp' | 'target-keeps-named' | 'write-intent';
 export const srcFixes: readonly SrcFix[] = ['diverged-after-recovered', 'mark-unsynced-at-cp', 'target-keeps-named', 'write-intent'];
 /** The fixes src/ has: always modelled. */
-export const srcFixed: readonly SrcFix[] = ['diverged-after-recovered', 'mark-unsynced-at-cp', 'target-keeps-named'];
+export const srcFixed: readonly SrcFix[] = srcFixes;
 
 export interface UsRange {
   minUs: number;
@@ -168,6 +167,8 @@ export interface ConfigChoices {
   primaryCrashes?: boolean;
   /** Fixes of src/ to model (see SrcFix). */
   fixes?: readonly SrcFix[];
+  /** Fixes of src/ to leave out (a deliberate fault one of them would hide). */
+  withoutFixes?: readonly SrcFix[];
 }
 
 export function configFromSeed(seed: number, choices: ConfigChoices = {}): SimConfig {
@@ -244,7 +245,7 @@ export function configFromSeed(seed: number, choices: ConfigChoices = {}): SimCo
     resyncRegionBlocks,
     resyncInflightMax,
     fault: choices.fault ?? null,
-    fixes: [...new Set([...srcFixed, ...(choices.fixes ?? [])])],
+    fixes: [...new Set([...srcFixed.filter((fix) => !(choices.withoutFixes ?? []).includes(fix)), ...(choices.fixes ?? [])])],
     eventsMax: 1_000_000,
   };
   // Drawn after everything above (the object's fields included), so that adding them left
