@@ -3,7 +3,7 @@
 // when it makes client requests slower.
 //
 // Additive increase, multiplicative decrease on one signal: the mean latency of client
-// requests (their mirrored part) over each interval. The controller keeps the lowest
+// changes (from arrival to answer) over each interval. The controller keeps the lowest
 // mean seen as the baseline, let up slowly so it follows a changing workload; a mean
 // clearly above it (`factor` times, and at least `slackMs` more) halves the number of
 // regions the resync may have in flight, anything else adds `stepRegions`. An interval without client
@@ -33,7 +33,7 @@ export class ResyncController {
     this.regions = options.maxRegions;
   }
 
-  /** A client request's mirrored part took `latencyMs`. */
+  /** A client's change was answered `latencyMs` after it arrived. */
   clientDone(latencyMs: number): void {
     this.sumMs += latencyMs;
     this.count += 1;

@@ -578,19 +578,16 @@ export class MirrorEngine implements MirrorGate {
   mirrored(seq: number, durable: boolean): Promise<void> {
     const token = this.nextToken;
     this.nextToken += 1;
-    const startedMs = performance.now();
     return new Promise<void>((resolve, reject) => {
-      this.waiters.set(token, {
-        resolve: () => {
-          this.resyncControl.clientDone(performance.now() - startedMs);
-          resolve();
-        },
-        reject,
-      });
+      this.waiters.set(token, { resolve, reject });
       this.run(this.core.request(token, seq, durable));
       // The local part is the caller's and is done by the time it asks.
       if (this.waiters.has(token)) this.run(this.core.localDone(token, null));
     });
+  }
+
+  changeDone(latencyMs: number): void {
+    this.resyncControl.clientDone(latencyMs);
   }
 
   intend(offset: number, lengthBytes: number, seq: number): Promise<void> | null {

@@ -135,6 +135,8 @@ export interface MirrorGate {
    * when it may be at once.
    */
   intend(offset: number, lengthBytes: number, seq: number): Promise<void> | null;
+  /** A client's change was answered `latencyMs` after it arrived (the resync controller watches these). */
+  changeDone(latencyMs: number): void;
 }
 
 export class LocalVolume {
@@ -198,6 +200,7 @@ export class LocalVolume {
 
   /** Writes `payload` (slices written back to back) at `offset`. */
   async write(payload: readonly Buffer[], offset: number, fua: boolean): Promise<void> {
+    const startedMs = performance.now();
     this.checkWritable();
     const total = payload.reduce((sum, slice) => sum + slice.length, 0);
     for (let hold = this.holdOn(offset, offset + total); hold !== null; hold = this.holdOn(offset, offset + total)) await hold;
@@ -214,11 +217,12 @@ export class LocalVolume {
     await this.counted(Promise.all(done));
     this.stats.writeOps += 1;
     this.stats.writeBytes += total;
-    await this.finish(lastSeq, fua);
+    await this.finish(lastSeq, fua, startedMs);
   }
 
   /** Zeroes a range. Returns 'slow' when `fast` was asked and only writing zeroes would do. */
   async writeZeroes(offset: number, lengthBytes: number, options: ZeroOptions): Promise<'done' | 'slow'> {
+    const startedMs = performance.now();
     this.checkWritable();
     // Asked before anything is logged, so a refused FAST_ZERO changes nothing.
     if (options.fast && !this.disk.canZeroFast(options.noHole)) return 'slow';
@@ -228,11 +232,12 @@ export class LocalVolume {
     const done: Promise<void>[] = [];
     const seq = this.logged(EntryType.ZEROES, offset, lengthBytes, flags, [], () => this.applyZeroes(offset, lengthBytes, options.noHole), done);
     await this.counted(Promise.all(done));
-    await this.finish(seq, options.fua);
+    await this.finish(seq, options.fua, startedMs);
     return 'done';
   }
 
   async trim(offset: number, lengthBytes: number, fua: boolean): Promise<void> {
+    const startedMs = performance.now();
     this.checkWritable();
     for (let hold = this.holdOn(offset, offset + lengthBytes); hold !== null; hold = this.holdOn(offset, offset + lengthBytes)) await hold;
     this.stats.trimOps += 1;
@@ -242,7 +247,7 @@ export class LocalVolume {
       await this.disk.punchHole(offset, lengthBytes);
     }, done);
     await this.counted(Promise.all(done));
-    await this.finish(seq, fua);
+    await this.finish(seq, fua, startedMs);
   }
 
   /** Makes every change replied to so far durable (in the log, and on the peers that count). */
@@ -354,14 +359,15 @@ export class LocalVolume {
     }
   }
 
-  /** After the local part of a request: its durability, and the peers' part. */
-  private async finish(seq: number, durable: boolean): Promise<void> {
+  /** After the local part of a change that arrived at `startedMs`: its durability, and the peers' part. */
+  private async finish(seq: number, durable: boolean, startedMs: number): Promise<void> {
     const local = durable ? this.log.syncTo(seq) : null;
     if (this.gate === null) {
       if (local !== null) await this.counted(local);
       return;
     }
     await this.counted<unknown>(local === null ? this.gate.mirrored(seq, durable) : Promise.all([local, this.gate.mirrored(seq, durable)]));
+    this.gate.changeDone(performance.now() - startedMs);
   }
 
   /**
