@@ -150,7 +150,7 @@ interface Peer {
   /** Away: the first entry it lacks, which the log must keep for it (null: it needs none from the log). */
   logFrom: number | null;
   /** Being sent entries from the log files up to `to`; then it catches up from the queue. */
-  logPhase: { to: number; durableSeq: number; cpSeq: number } | null;
+  logPhase: { to: number } | null;
   /** While catching up: the last entry appended when it came back. */
   catchUpTo: number;
   /** While resyncing: where its log restarts. */
@@ -394,7 +394,7 @@ export class MirrorSource<Frame> {
       const to = this.queueFirstSeq - 1;
       peer.replication = 'catching-up';
       peer.disk = 'inconsistent';
-      peer.logPhase = { to, durableSeq: ready.durableSeq, cpSeq: ready.cpSeq };
+      peer.logPhase = { to };
       peer.ackedSeq = ready.lastSeq;
       peer.sentSeq = ready.lastSeq;
       peer.durableSeq = ready.durableSeq;
@@ -421,14 +421,16 @@ export class MirrorSource<Frame> {
     peer.logPhase = null;
     if (!peer.holding) {
       const to = this.queueFirstSeq - 1;
-      peer.logPhase = { ...phase, to };
+      peer.logPhase = { to };
       peer.holding = true;
       peer.heldAfter = to;
       actions.push({ kind: 'catch-up-from-log', peer: id, fromSeq: seq + 1, toSeq: to });
       return actions;
     }
     peer.holding = false;
-    this.startStreaming(peer, seq, Math.min(phase.durableSeq, seq), Math.min(phase.cpSeq, seq), actions);
+    // Its durable mark and consistency point are those its READY reported (FLUSHED and
+    // SYNCED count only once it streams).
+    this.startStreaming(peer, seq, Math.min(peer.durableSeq, seq), Math.min(peer.syncedSeq, seq), actions);
     return actions;
   }
 

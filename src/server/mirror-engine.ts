@@ -454,7 +454,7 @@ export class MirrorEngine implements MirrorGate {
         }
         const marker = entry.fields.type === EntryType.CONSISTENCY_POINT;
         const offset = marker ? 0 : entry.fields.offset;
-        peer.links[Math.floor(offset / constants.mirrorRegionBytes) % Math.max(1, peer.links.length)]?.send(frame);
+        linkFor(peer, offset)?.send(frame);
         inflight.push({ seq: entry.seq, bytes: frameBytes });
         inflightBytes += frameBytes;
         bytes += frameBytes;
@@ -491,12 +491,23 @@ export class MirrorEngine implements MirrorGate {
         toSeq,
         error: String(error),
       });
-      peer.bitmap.markAll();
-      peer.bitmapChanged = true;
+      this.markAllLacking(peer);
     } finally {
       this.readPins.delete(pin);
     }
     if (!this.stopped) this.persistBitmaps();
+  }
+
+  private peerLinks(id: string): PeerLinks {
+    const peer = this.peers.get(id);
+    assert(peer !== undefined, `unknown peer ${id}`);
+    return peer;
+  }
+
+  /** Nothing about the peer's copy can be trusted: every region is to be resent. */
+  private markAllLacking(peer: PeerLinks): void {
+    peer.bitmap.markAll();
+    peer.bitmapChanged = true;
   }
 
   private markLacking(peer: PeerLinks, offset: number, lengthBytes: number): void {
@@ -694,8 +705,7 @@ export class MirrorEngine implements MirrorGate {
         whileHeld: (offset, lengthBytes, use) => this.regions.whileHeld(offset, lengthBytes, use),
         askDigest: (node, seq, offset, lengthBytes) => this.askDigest(node, seq, offset, lengthBytes),
         markOutOfSync: (node, offset, lengthBytes) => {
-          const peer = this.peers.get(node);
-          assert(peer !== undefined);
+          const peer = this.peerLinks(node);
           this.core.outOfSync(node);
           this.markLacking(peer, offset, lengthBytes);
           this.persistBitmaps();
@@ -739,9 +749,8 @@ export class MirrorEngine implements MirrorGate {
 
   private askDigest(node: string, seq: number, offset: number, lengthBytes: number): Promise<Buffer> {
     const peer = this.peers.get(node);
-    const links = peer?.links ?? [];
     // On the connection the region's entries travel on, after them.
-    const link = links[Math.floor(offset / constants.mirrorRegionBytes) % Math.max(1, links.length)];
+    const link = peer === undefined ? undefined : linkFor(peer, offset);
     if (peer === undefined || !peer.up || link === undefined) return Promise.reject(new Error('peer disconnected'));
     const token = this.nextVerifyToken;
     this.nextVerifyToken = (this.nextVerifyToken % 0xffff_fffe) + 1;
@@ -902,10 +911,7 @@ export class MirrorEngine implements MirrorGate {
           link.close('protocol error: DIVERGED');
           return;
         }
-        if (message.all) {
-          peer.bitmap.markAll();
-          peer.bitmapChanged = true;
-        }
+        if (message.all) this.markAllLacking(peer);
         for (const extent of message.extents) this.markLacking(peer, extent.offset, extent.lengthBytes);
         peer.divergedReported += message.all ? this.volume.sizeBytes : message.extents.reduce((sum, extent) => sum + extent.lengthBytes, 0);
         return;
@@ -935,12 +941,9 @@ export class MirrorEngine implements MirrorGate {
   private run(actions: SourceAction<Frame>[]): void {
     for (const action of actions) {
       switch (action.kind) {
-        case 'send-entry': {
-          const links = this.peers.get(action.peer)?.links ?? [];
-          const link = links[Math.floor(action.entry.offset / constants.mirrorRegionBytes) % Math.max(1, links.length)];
-          link?.send(action.entry.frame);
+        case 'send-entry':
+          linkFor(this.peerLinks(action.peer), action.entry.offset)?.send(action.entry.frame);
           break;
-        }
         case 'send-flush':
           this.peers.get(action.peer)?.links[0]?.send(encodeFrame({ type: 'flush', seq: action.seq }));
           break;
@@ -956,13 +959,9 @@ export class MirrorEngine implements MirrorGate {
           break;
         }
         case 'peer-dropped': {
-          const peer = this.peers.get(action.peer);
-          assert(peer !== undefined);
+          const peer = this.peerLinks(action.peer);
           // What it may lack: entries in flight or queued for it, or everything.
-          if (action.full) {
-            peer.bitmap.markAll();
-            peer.bitmapChanged = true;
-          }
+          if (action.full) this.markAllLacking(peer);
           for (const entry of action.lost) this.markLacking(peer, entry.offset, entry.lengthBytes ?? 0);
           // At once, not at the next CP: a CP already under way may cover these entries, and
           // after a crash the log would no longer replay (and so mark) them.
@@ -975,17 +974,14 @@ export class MirrorEngine implements MirrorGate {
           this.release();
           break;
         case 'catch-up-from-log': {
-          const peer = this.peers.get(action.peer);
-          assert(peer !== undefined);
+          const peer = this.peerLinks(action.peer);
           void this.catchUpFromLog(peer, peer.session, action.fromSeq, action.toSeq);
           break;
         }
         case 'reset-peer': {
-          const peer = this.peers.get(action.peer);
-          assert(peer !== undefined);
+          const peer = this.peerLinks(action.peer);
           if (action.full) {
-            peer.bitmap.markAll();
-            peer.bitmapChanged = true;
+            this.markAllLacking(peer);
             this.persistBitmaps();
           }
           if (!this.state.resyncNeeded.includes(action.peer)) {
@@ -1007,8 +1003,7 @@ export class MirrorEngine implements MirrorGate {
   }
 
   private dropped(id: string, disk: DiskState, reason: string): void {
-    const peer = this.peers.get(id);
-    assert(peer !== undefined);
+    const peer = this.peerLinks(id);
     const needsResync = this.core.peerStatus(id).resyncNeeded;
     this.log.error('replica no longer counts for this volume', { peer: id, disk, reason, strict: this.volume.strict });
     if (needsResync && !this.state.resyncNeeded.includes(id)) {
@@ -1043,4 +1038,12 @@ function readState(file: string): MirrorState | null {
     // An unreadable state file says nothing about a clean stop: treat it as unclean.
     return { cleanStopSeq: null, resyncNeeded: [], divergedAfter: {} };
   }
+}
+
+/**
+ * The connection that carries the entries of the region `offset` falls in: always the same
+ * one, so that per-block order holds while the connections share the load.
+ */
+function linkFor(peer: PeerLinks, offset: number): PeerLink | undefined {
+  return peer.links[Math.floor(offset / constants.mirrorRegionBytes) % Math.max(1, peer.links.length)];
 }

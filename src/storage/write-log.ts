@@ -688,8 +688,12 @@ export class WriteLog {
    * partition is reused only when no retainer keeps it; see addRetainer).
    */
   holdsFrom(seq: number): boolean {
-    if (seq > this.lastSeq) return true;
-    return this.slots.some((slot) => slot.generation !== -1 && slot.firstSeq <= seq && seq <= slot.lastSeq);
+    return seq > this.lastSeq || this.slotHolding(seq) !== undefined;
+  }
+
+  /** The partition that holds entry `seq`, if one still does. */
+  private slotHolding(seq: number): Partition | undefined {
+    return this.slots.find((slot) => slot.generation !== -1 && slot.firstSeq <= seq && seq <= slot.lastSeq);
   }
 
   /**
@@ -701,7 +705,7 @@ export class WriteLog {
    */
   async *readRange(fromSeq: number, toSeq: number, chunkBytes = SCAN_CHUNK_BYTES): AsyncGenerator<{ seq: number; header: Buffer; payload: Buffer; fields: EntryHeader }> {
     assert(toSeq <= this.appendedSeq, `entry ${toSeq} is not written yet`);
-    const slot = this.slots.find((candidate) => candidate.generation !== -1 && candidate.firstSeq <= fromSeq && fromSeq <= candidate.lastSeq);
+    const slot = this.slotHolding(fromSeq);
     if (slot === undefined) throw new LogCorruptError(`entry ${fromSeq} is no longer in ${this.options.dir}`);
     let generation = slot.generation;
     let offset = 0;
