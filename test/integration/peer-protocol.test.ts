@@ -30,6 +30,7 @@ import {
 import { sourceProof, targetProof } from '../../src/protocol/peer/handshake.js';
 import { encodeEntryHeader, EntryType } from '../../src/storage/log-entry.js';
 import { killAll, makeTempDir, startClusterNode, writeClusterConfig, type NodeStatusJson, type TestNode } from '../helpers/node-process.js';
+import { pattern } from '../helpers/test-data.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -92,12 +93,6 @@ function counter(status: NodeStatusJson, name: string): number {
   return status.counters[name] ?? 0;
 }
 
-/** A payload with no zero byte, so that any of it in the image is visible. */
-function pattern(length: number, seed: number): Buffer {
-  const out = Buffer.alloc(length);
-  for (let index = 0; index < length; index += 1) out[index] = ((seed * 31 + index * 13) % 251) + 1;
-  return out;
-}
 
 function isZero(bytes: Buffer): boolean {
   return bytes.every((byte) => byte === 0);
@@ -363,17 +358,21 @@ test('RESET: b names the regions of every entry it holds past reportAfter, after
   nodes.push(b);
   assert.equal(volumeOf(await b.status()).log.cpSeq, 6, 'b\'s own consistency point covers every entry');
 
-  const again = await openSession(replicationPort, 1, 0x0c02);
-  assert.equal(again.ready.lastSeq, 6);
-  const peer = again.clients[0];
-  assert.ok(peer !== undefined);
+  /** A new session that sends RESET; what b names (DIVERGED) before its RESET_DONE. */
+  const reset = async (session: number, seq: number, reportAfter: number): Promise<{ session: Session; client: PeerClient; named: unknown[] }> => {
+    const opened = await openSession(replicationPort, 1, session);
+    const client = opened.clients[0];
+    assert.ok(client !== undefined);
+    client.send(encodeFrame({ type: 'reset', seq, reportAfter }));
+    assert.deepEqual(await client.next('reset-done'), { type: 'reset-done', seq, status: 0 });
+    const diverged = client.received.filter((message): message is Extract<PeerMessage, { type: 'diverged' }> => message.type === 'diverged');
+    return { session: opened, client, named: diverged.flatMap((message): unknown[] => (message.all ? ['all'] : message.extents)) };
+  };
   // a recovered only up to entry 3 after a crash and has written up to 10 since.
-  peer.send(encodeFrame({ type: 'reset', seq: 10, reportAfter: 3 }));
-  const done = await peer.next('reset-done');
-  assert.deepEqual(done, { type: 'reset-done', seq: 10, status: 0 });
-  const named = peer.received.filter((message): message is Extract<PeerMessage, { type: 'diverged' }> => message.type === 'diverged');
+  const again = await reset(0x0c02, 10, 3);
+  assert.equal(again.session.ready.lastSeq, 6);
   assert.deepEqual(
-    named.flatMap((message): unknown[] => (message.all ? ['all'] : message.extents)),
+    again.named,
     [
       { offset: 1 * MiB + 4 * KiB, lengthBytes: 4 * KiB },
       { offset: 3 * MiB, lengthBytes: 4 * KiB },
@@ -383,20 +382,15 @@ test('RESET: b names the regions of every entry it holds past reportAfter, after
   );
   assert.equal(volumeOf(await b.status()).log.lastSeq, 10, 'b\'s log restarts after 10');
   // Its log follows a's again: entry 11 is the next it takes.
-  peer.send(entryFrame(11, 7 * MiB, pattern(4 * KiB, 11)));
-  assert.deepEqual(await peer.next('ack'), { type: 'ack', seq: 11, status: 0 });
-  closeSession(again);
+  again.client.send(entryFrame(11, 7 * MiB, pattern(4 * KiB, 11)));
+  assert.deepEqual(await again.client.next('ack'), { type: 'ack', seq: 11, status: 0 });
+  closeSession(again.session);
 
   // a crashes again before it takes a consistency point: at the next reset b names the same
   // regions again (a may not have made them durable), and entry 11 too.
-  const third = await openSession(replicationPort, 1, 0x0c03);
-  const client3 = third.clients[0];
-  assert.ok(client3 !== undefined);
-  client3.send(encodeFrame({ type: 'reset', seq: 12, reportAfter: 10 }));
-  assert.deepEqual(await client3.next('reset-done'), { type: 'reset-done', seq: 12, status: 0 });
-  const renamed = client3.received.filter((message): message is Extract<PeerMessage, { type: 'diverged' }> => message.type === 'diverged');
+  const third = await reset(0x0c03, 12, 10);
   assert.deepEqual(
-    renamed.flatMap((message): unknown[] => (message.all ? ['all'] : message.extents)),
+    third.named,
     [
       { offset: 1 * MiB + 4 * KiB, lengthBytes: 4 * KiB },
       { offset: 3 * MiB, lengthBytes: 4 * KiB },
@@ -406,17 +400,13 @@ test('RESET: b names the regions of every entry it holds past reportAfter, after
     'the names kept from the first reset, and entry 11',
   );
   // a's consistency point: now the names are durable there, and b lets them go.
-  client3.send(entryFrame(13, 9 * MiB, pattern(4 * KiB, 13)));
-  client3.send(encodeFrame({ type: 'sync', cpSeq: 13 }));
-  assert.deepEqual(await client3.next('synced'), { type: 'synced', cpSeq: 13, status: 0 });
-  closeSession(third);
-  const fourth = await openSession(replicationPort, 1, 0x0c04);
-  const client4 = fourth.clients[0];
-  assert.ok(client4 !== undefined);
-  client4.send(encodeFrame({ type: 'reset', seq: 14, reportAfter: 13 }));
-  assert.deepEqual(await client4.next('reset-done'), { type: 'reset-done', seq: 14, status: 0 });
-  assert.deepEqual(client4.received.filter((message) => message.type === 'diverged'), [], 'nothing left to name');
-  closeSession(fourth);
+  third.client.send(entryFrame(13, 9 * MiB, pattern(4 * KiB, 13)));
+  third.client.send(encodeFrame({ type: 'sync', cpSeq: 13 }));
+  assert.deepEqual(await third.client.next('synced'), { type: 'synced', cpSeq: 13, status: 0 });
+  closeSession(third.session);
+  const fourth = await reset(0x0c04, 14, 13);
+  assert.deepEqual(fourth.named, [], 'nothing left to name');
+  closeSession(fourth.session);
   const image = await stopAndReadImage(b);
   for (const [seq, offset] of [...writes, [11, 7 * MiB], [13, 9 * MiB]] as const) {
     assert.ok(image.subarray(offset, offset + 4 * KiB).equals(pattern(4 * KiB, seq)), `entry ${seq}'s bytes in b's image`);

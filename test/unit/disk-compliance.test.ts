@@ -18,16 +18,12 @@ import { AssertionError } from '../../src/lib/assert.js';
 import { VolumeMismatchError } from '../../src/lib/errors.js';
 import { prepareVolumeFiles, volumePaths } from '../../src/storage/volume-files.js';
 import { baseSeed, Prng } from './prng.js';
+import { pattern } from '../helpers/test-data.js';
 
 const KiB = 1024;
 const BLOCK = 4096;
 const SEED = baseSeed(0xd15c_0001);
 
-function pattern(length: number, seed: number): Buffer {
-  const out = Buffer.alloc(length);
-  for (let index = 0; index < length; index += 1) out[index] = ((seed * 31 + index * 13) % 251) + 1;
-  return out;
-}
 
 async function readBack(disk: Disk, offset: number, length: number): Promise<Buffer> {
   const buffer = Buffer.alloc(length, 0xcc);

@@ -9,9 +9,7 @@
 
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
-import { after, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import type { Disk, DiskExtent } from '../../src/io/disk.js';
 import { IoActivity } from '../../src/io/file-io.js';
 import { MemoryDisk } from '../../src/io/memory-disk.js';
@@ -21,6 +19,7 @@ import { alignedEntryBytes, encodeEntryHeader, decodeEntryHeader, EntryFlag, Ent
 import { applyEntry, LocalVolume, RangeOrder, slicePayload, VolumeFailedError } from '../../src/storage/local-volume.js';
 import { LogCorruptError, WriteLog, type LogGeometry } from '../../src/storage/write-log.js';
 import { baseSeed, Prng } from './prng.js';
+import { pattern, scratchDirs } from '../helpers/test-data.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -29,20 +28,8 @@ const SEED = baseSeed(0x10ca_1001);
 const ZERO_CHUNK_BYTES = 3000;
 const VOLUME_UUID = '9b7e2c55-1f0a-4d3b-8c6e-0a1b2c3d4e5f';
 
-const temporaryRoot = fs.mkdtempSync(path.join(os.tmpdir(), 'blockmirror-volume-'));
-after(() => fs.rmSync(temporaryRoot, { recursive: true, force: true }));
+const freshDir = scratchDirs('blockmirror-volume-');
 
-let dirCount = 0;
-function freshDir(): string {
-  dirCount += 1;
-  return path.join(temporaryRoot, `log-${dirCount}`);
-}
-
-function pattern(length: number, seed: number): Buffer {
-  const out = Buffer.alloc(length);
-  for (let index = 0; index < length; index += 1) out[index] = ((seed * 31 + index * 13) % 251) + 1;
-  return out;
-}
 
 function isZero(buffer: Buffer): boolean {
   return buffer.every((byte) => byte === 0);

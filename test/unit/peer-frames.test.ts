@@ -404,7 +404,7 @@ describe('peer frames: damage and illegal frames', () => {
     };
     assertRefused(frameOf(PeerFrameType.VERIFY, verify(0)), /VERIFY length 0/);
     assertRefused(frameOf(PeerFrameType.VERIFY, verify(4 * 1024 * 1024 + 1)), /VERIFY length/);
-    assertRefused(frameOf(PeerFrameType.VERIFY, verify(4096).subarray(0, 28)), /.+/);
+    assertRefused(frameOf(PeerFrameType.VERIFY, verify(4096).subarray(0, 28)), /VERIFY body of 28 bytes, expected 32/);
     const verified = Buffer.alloc(40);
     verified.writeUInt8(1, 7);
     assertRefused(frameOf(PeerFrameType.VERIFIED, verified), /reserved/);

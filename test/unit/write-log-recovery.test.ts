@@ -11,9 +11,8 @@
 
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { after, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import { IoActivity } from '../../src/io/file-io.js';
 import { Logger } from '../../src/lib/log.js';
 import {
@@ -28,6 +27,7 @@ import {
 } from '../../src/storage/log-entry.js';
 import { LOG_BLOCK_BYTES, LogCorruptError, WriteLog, type LogGeometry, type RecoveryReport } from '../../src/storage/write-log.js';
 import { baseSeed, Prng } from './prng.js';
+import { pattern, scratchDirs } from '../helpers/test-data.js';
 
 const KiB = 1024;
 const SEED = baseSeed(0x10_9c_0001);
@@ -37,25 +37,12 @@ const SMALL_ENTRY_PAYLOAD_MAX = Math.floor((SMALL.partitionBytes - ENTRY_HEADER_
 const VOLUME_UUID = '5f0c6a1e-7d0b-4e57-9a43-2b8e1f6c3d21';
 const VOLUME_ID = 7;
 
-const temporaryRoot = fs.mkdtempSync(path.join(os.tmpdir(), 'blockmirror-log-'));
-after(() => fs.rmSync(temporaryRoot, { recursive: true, force: true }));
-
-let dirCount = 0;
-function freshDir(): string {
-  dirCount += 1;
-  return path.join(temporaryRoot, `log-${dirCount}`);
-}
+const freshDir = scratchDirs('blockmirror-log-');
 
 function partitionPath(dir: string, slot: number): string {
   return path.join(dir, `partition-${slot}.log`);
 }
 
-/** A payload with no zero byte, so that zeroing any byte of it changes it. */
-function pattern(length: number, seed: number): Buffer {
-  const out = Buffer.alloc(length);
-  for (let index = 0; index < length; index += 1) out[index] = ((seed * 31 + index * 13) % 251) + 1;
-  return out;
-}
 
 function openFdCount(): number {
   return fs.readdirSync('/proc/self/fd').length;

@@ -16,9 +16,8 @@
 
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { after, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import { IoActivity } from '../../src/io/file-io.js';
 import { MemoryDisk } from '../../src/io/memory-disk.js';
 import { AssertionError } from '../../src/lib/assert.js';
@@ -34,6 +33,7 @@ import {
 } from '../../src/storage/log-entry.js';
 import { WriteLog, type LogGeometry, type LogOptions, type RecoveryReport } from '../../src/storage/write-log.js';
 import { baseSeed, Prng } from './prng.js';
+import { pattern, scratchDirs } from '../helpers/test-data.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -47,21 +47,8 @@ const GEOMETRY: LogGeometry = { partitionBytes: 1 * MiB, partitions: 2 };
 /** What the primary's own log put in the fields a replica replaces with its own. */
 const SOURCE = { logId: 0xabcd_ef01, volumeId: 0x1234_5678, generation: 5, epoch: 3 };
 
-const temporaryRoot = fs.mkdtempSync(path.join(os.tmpdir(), 'blockmirror-replica-log-'));
-after(() => fs.rmSync(temporaryRoot, { recursive: true, force: true }));
+const freshDir = scratchDirs('blockmirror-replica-log-');
 
-let dirCount = 0;
-function freshDir(): string {
-  dirCount += 1;
-  return path.join(temporaryRoot, `log-${dirCount}`);
-}
-
-/** A payload with no zero byte, so that it never passes for an unwritten range. */
-function pattern(length: number, seed: number): Buffer {
-  const out = Buffer.alloc(length);
-  for (let index = 0; index < length; index += 1) out[index] = ((seed * 31 + index * 13) % 251) + 1;
-  return out;
-}
 
 /** A MemoryDisk that remembers what a crash would leave: its bytes as of the last sync. */
 class DurableDisk extends MemoryDisk {
@@ -295,15 +282,18 @@ describe('replica write log', () => {
   });
 
   test('a checkpoint adds no CP marker of its own; the superblock records the applied mark; a CP entry from the primary is stored like any other', async () => {
-    // Sync mode: every entry is applied as it is stored.
-    const sync = await openReplica(freshDir(), new DurableDisk(VOLUME_BYTES), false);
-    try {
-      const entries = sourceEntries([
+    /** Two writes, the primary's CP entry covering them, and a third write. */
+    const withCpAfterTwo = (): ReturnType<typeof sourceEntries> =>
+      sourceEntries([
         { type: 'write', offset: 0, payload: pattern(4 * KiB, 1) },
         { type: 'write', offset: 4 * KiB, payload: pattern(4 * KiB, 2) },
         { type: 'cp', cpSeq: 2 },
         { type: 'write', offset: 8 * KiB, payload: pattern(4 * KiB, 3) },
       ]);
+    // Sync mode: every entry is applied as it is stored.
+    const sync = await openReplica(freshDir(), new DurableDisk(VOLUME_BYTES), false);
+    try {
+      const entries = withCpAfterTwo();
       await replicateAll(sync, entries, true);
       assert.equal(sync.log.lastSeq, 4, 'the primary\'s CP entry takes its sequence number');
       assert.equal(sync.log.appliedThrough, 4);
@@ -326,12 +316,7 @@ describe('replica write log', () => {
     // Logship: the checkpoint covers only what has been applied.
     const logship = await openReplica(freshDir(), new DurableDisk(VOLUME_BYTES), true);
     try {
-      const entries = sourceEntries([
-        { type: 'write', offset: 0, payload: pattern(4 * KiB, 1) },
-        { type: 'write', offset: 4 * KiB, payload: pattern(4 * KiB, 2) },
-        { type: 'cp', cpSeq: 2 },
-        { type: 'write', offset: 8 * KiB, payload: pattern(4 * KiB, 3) },
-      ]);
+      const entries = withCpAfterTwo();
       await replicateAll(logship, entries, false);
       await logship.volume.applyLoggedThrough(2);
       await logship.volume.checkpoint();
