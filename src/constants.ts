@@ -46,7 +46,7 @@ export const constants = {
   volumeSizeAlignBytes: 4 * KiB,
   /** Reads up to this size are first tried inline with RWF_NOWAIT (page-cache hits). */
   diskInlineReadBytesMax: 128 * KiB,
-  /** Writes up to this size run inline when no other disk I/O is in flight. */
+  /** Writes up to this size run inline on the event loop (see IoActivity). */
   diskInlineWriteBytesMax: 64 * KiB,
   /** Read buffers of at least this size come from a pool (fresh ones cost page faults). */
   bufferPoolMinBytes: 64 * KiB,
@@ -62,7 +62,7 @@ export const constants = {
   logPartitionBytesMin: 1 * MiB,
   logPartitionsMax: 64,
   cpIntervalMsDefault: 5000,
-  /** Log appends up to this size are written inline when their request is alone. */
+  /** Log appends up to this size are written inline on the event loop (see IoActivity). */
   logInlineWriteBytesMax: 64 * KiB,
 
   // Cluster file defaults (DESIGN.md §5).

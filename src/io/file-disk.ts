@@ -1,7 +1,6 @@
 // Disk over a raw image file, one shared descriptor so every connection sees one view.
 // Small reads are tried inline without blocking (RWF_NOWAIT); small writes run inline
-// only while their request is alone on the node (IoActivity); everything else goes
-// through the libuv thread pool;
+// (IoActivity says when not); everything else goes through the libuv thread pool;
 // sync is fdatasync; holes use the native addon's fallocate and SEEK_DATA/SEEK_HOLE.
 
 import fs from 'node:fs';
@@ -28,7 +27,7 @@ function withCode(error: Error): Error {
 export interface FileDiskOptions {
   /** Largest read tried inline with RWF_NOWAIT (a page-cache hit never blocks). */
   inlineReadBytesMax: number;
-  /** Largest write run inline when no other disk I/O is in flight. */
+  /** Largest write run inline on the event loop (see IoActivity). */
   inlineWriteBytesMax: number;
   activity: IoActivity;
 }

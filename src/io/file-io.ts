@@ -1,25 +1,60 @@
-// File primitives shared by the volume disk and the write log: vectored positional
-// writes and fdatasync that run inline when their request is alone on the node, and on
-// the libuv thread pool otherwise (see IoActivity).
+// File primitives shared by the volume disk and the write log: small vectored positional
+// writes run inline on the event loop, fdatasync runs inline when its request is alone
+// on the node, and everything else runs on the libuv thread pool (see IoActivity).
 
 import fs from 'node:fs';
 
 /**
- * What is in flight across a whole node: client requests being served, and thread-pool
- * file operations. When one request is alone (the queue-depth-1 case: a write, then a
- * flush, then the next write) nobody can wait behind the disk, so its small write or
- * its sync runs inline and saves two thread hand-offs (about 100 µs on a small
- * machine). With anything else in flight, work goes to the pool so that no request
- * waits behind another's I/O.
+ * What is in flight across a whole node (client requests being served, and thread-pool
+ * file operations), and where small writes run.
+ *
+ * A small write into the page cache takes a few microseconds; handing it to a libuv
+ * thread and back costs more than that (a mutex, a wake-up of the worker thread, and a
+ * wake-up of the event loop; on a virtual machine the wake-ups are interprocessor
+ * interrupts). So writes up to the caller's inline size run on the event loop whatever
+ * else is in flight: 4 KiB random writes at depth 32 went from 36,000 to 69,000 per
+ * second, and FUA writes at depth 32 from 20,400 to 28,200 (2 cores, docs/performance.md).
+ * A page-cache write can block, though: when the kernel throttles writers for dirty
+ * pages, or a page is being written back. An inline write that takes longer than
+ * `slowWriteMs` therefore sends small writes back to the pool for `slowBackoffMs`, so
+ * that one slow write stalls the node's other requests once, not for as long as the
+ * throttling lasts. A request that is alone (queue depth 1) has nobody to stall and
+ * always runs inline.
+ *
+ * fdatasync runs inline only when its request is alone: it waits for the disk, and
+ * other requests must not wait behind it.
  */
 export class IoActivity {
   /** Client requests being executed, across every connection. */
   requests = 0;
   /** Thread-pool file operations in flight. */
   pending = 0;
+  /** Inline writes that took longer than slowWriteMs. */
+  slowWrites = 0;
+  /** Until this time (performance.now()), small writes go to the pool unless alone. */
+  private pooledUntilMs = 0;
+
+  constructor(
+    readonly slowWriteMs = 2,
+    readonly slowBackoffMs = 1000,
+  ) {}
 
   get alone(): boolean {
     return this.requests <= 1 && this.pending === 0;
+  }
+
+  /** Whether a write of `bytes` (at most the caller's inline size) runs inline now. */
+  writeInline(bytes: number, inlineBytesMax: number): boolean {
+    if (bytes > inlineBytesMax) return false;
+    return this.alone || performance.now() >= this.pooledUntilMs;
+  }
+
+  /** Notes how long an inline write took (from performance.now() before it). */
+  wroteInline(startedMs: number): void {
+    const now = performance.now();
+    if (now - startedMs <= this.slowWriteMs) return;
+    this.slowWrites += 1;
+    this.pooledUntilMs = now + this.slowBackoffMs;
   }
 
   /** Runs a thread-pool operation, counted while it runs. */
@@ -76,7 +111,7 @@ export function readFullyAt(
   });
 }
 
-/** Writes all of `buffers` at `position`; inline when alone and at most `inlineBytesMax`. */
+/** Writes all of `buffers` at `position`; inline when at most `inlineBytesMax` (see IoActivity). */
 export function writevAt(
   fd: number,
   buffers: readonly Buffer[],
@@ -86,7 +121,8 @@ export function writevAt(
 ): Promise<void> {
   const total = buffers.reduce((sum, buffer) => sum + buffer.length, 0);
   if (total === 0) return Promise.resolve();
-  if (activity.alone && total <= inlineBytesMax) {
+  if (activity.writeInline(total, inlineBytesMax)) {
+    const startedMs = performance.now();
     try {
       let pending: readonly Buffer[] = buffers;
       let at = position;
@@ -98,6 +134,8 @@ export function writevAt(
       return Promise.resolve();
     } catch (error) {
       return Promise.reject(error);
+    } finally {
+      activity.wroteInline(startedMs);
     }
   }
   return activity.pooled((done) => {

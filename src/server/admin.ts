@@ -63,7 +63,7 @@ export function nodeStatus(node: BlockmirrorNode): NodeStatus {
     uptimeSeconds: Math.round((Date.now() - node.startedAtMs) / 1000),
     nbd: node.nbdAddress === null ? '' : `${node.nbdAddress.host}:${node.nbdAddress.port}`,
     connections: node.connectionCount,
-    counters: { ...node.counters, ...node.peerCounters, ...node.heartbeatCounters },
+    counters: { ...node.counters, ...node.peerCounters, ...node.heartbeatCounters, slowInlineWrites: node.ioActivity.slowWrites },
     nodes: node.heartbeatStatus().map((peer) => ({ node: peer.peer, state: peer.state, lastHeardAgoMs: peer.lastHeardAgoMs, incarnation: peer.incarnation })),
     volumes: [...node.volumes.values()].map((served) => {
       const { config, identity, volume, role, mirror, target } = served;
@@ -116,6 +116,9 @@ function metrics(status: NodeStatus): string {
   ]);
   metric('blockmirror_nbd_protocol_errors_total', 'counter', 'Connections closed for protocol violations.', [
     [labels, status.counters['protocolErrors'] ?? 0],
+  ]);
+  metric('blockmirror_slow_inline_writes_total', 'counter', 'Small writes on the event loop that took over 2 ms (small writes then use the thread pool for 1 s).', [
+    [labels, status.counters['slowInlineWrites'] ?? 0],
   ]);
   const perVolume = (stat: string, name: string, type: string, help: string): void =>
     metric(

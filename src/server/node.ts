@@ -48,7 +48,7 @@ export class BlockmirrorNode {
   readonly heartbeatCounters = { heartbeatsSent: 0, heartbeatsReceived: 0, heartbeatsDropped: 0 };
   replicationAddress: Address | null = null;
   private readonly connections = new Set<NbdConnection>();
-  private readonly ioActivity = new IoActivity();
+  readonly ioActivity = new IoActivity();
   private readonly buffers = new BufferPool(constants.bufferPoolMinBytes, constants.bufferPoolBytesMax);
   private nbdServer: net.Server | null = null;
   private admin: AdminServer | null = null;

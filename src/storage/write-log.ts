@@ -76,7 +76,7 @@ export interface LogOptions {
   volumeUuid: string;
   volumeId: number;
   activity: IoActivity;
-  /** Appends up to this size are written inline when their request is alone. */
+  /** Appends up to this size are written inline on the event loop (see IoActivity). */
   inlineWriteBytesMax: number;
   log: Logger;
   /** Called when the log wants a consistency point (a partition filled up). */
