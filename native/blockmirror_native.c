@@ -148,18 +148,97 @@ static uint32_t crc32c_software(uint32_t crc, const uint8_t *data, size_t length
   return ~crc;
 }
 
+/* The CRC register is linear in its starting value: running `length` zero bytes through
+ * it is a fixed 32x32 bit matrix. The tables below apply that matrix for the two block
+ * sizes the hardware version works in, a byte of the register at a time. */
+#define CRC32C_LONG 8192
+#define CRC32C_SHORT 256
+static uint32_t crc32c_zeros_long[4][256];
+static uint32_t crc32c_zeros_short[4][256];
+
+/* The matrix (as its 32 columns) times a vector. */
+static uint32_t gf2_times(const uint32_t *matrix, uint32_t vector) {
+  uint32_t sum = 0;
+  for (int column = 0; vector != 0; column++, vector >>= 1)
+    if (vector & 1u) sum ^= matrix[column];
+  return sum;
+}
+
+/* out = a . b (both powers of the same matrix, so they commute). */
+static void gf2_compose(uint32_t *out, const uint32_t *a, const uint32_t *b) {
+  uint32_t result[32];
+  for (int column = 0; column < 32; column++) result[column] = gf2_times(a, b[column]);
+  memcpy(out, result, sizeof result);
+}
+
+/* tables[k][n]: the register n << 8k after `length` zero bytes. */
+static void crc32c_zeros_tables(uint32_t tables[4][256], size_t length) {
+  uint32_t power[32], result[32];
+  /* One zero bit: shift right, and add the (reflected) polynomial if a one fell out. */
+  power[0] = 0x82f63b78u;
+  for (int column = 1; column < 32; column++) power[column] = 1u << (column - 1);
+  for (int column = 0; column < 32; column++) result[column] = 1u << column;
+  for (size_t bits = length * 8; bits != 0; bits >>= 1) {
+    if (bits & 1u) gf2_compose(result, result, power);
+    gf2_compose(power, power, power);
+  }
+  for (int k = 0; k < 4; k++)
+    for (uint32_t n = 0; n < 256; n++) tables[k][n] = gf2_times(result, n << (8 * k));
+}
+
+static uint32_t crc32c_shift(uint32_t tables[4][256], uint32_t crc) {
+  return tables[0][crc & 0xff] ^ tables[1][(crc >> 8) & 0xff] ^ tables[2][(crc >> 16) & 0xff] ^
+         tables[3][crc >> 24];
+}
+
 #if defined(__x86_64__)
+/* The crc32 instruction takes three cycles and can start one every cycle, so three
+ * independent streams run about three times as fast as one: a block of 3 x CRC32C_LONG
+ * bytes is checksummed as three parts at once, and the three registers are combined by
+ * moving the first two past the zero bytes that stand for the parts after them. */
 __attribute__((target("sse4.2"))) static uint32_t crc32c_hardware(uint32_t crc, const uint8_t *data,
                                                                    size_t length) {
-  uint64_t value = ~crc;
+  uint64_t crc0 = ~crc;
+  while (length >= 3 * CRC32C_LONG) {
+    uint64_t crc1 = 0, crc2 = 0;
+    for (const uint8_t *end = data + CRC32C_LONG; data < end; data += 8) {
+      uint64_t word0, word1, word2;
+      memcpy(&word0, data, 8);
+      memcpy(&word1, data + CRC32C_LONG, 8);
+      memcpy(&word2, data + 2 * CRC32C_LONG, 8);
+      crc0 = __builtin_ia32_crc32di(crc0, word0);
+      crc1 = __builtin_ia32_crc32di(crc1, word1);
+      crc2 = __builtin_ia32_crc32di(crc2, word2);
+    }
+    crc0 = crc32c_shift(crc32c_zeros_long, (uint32_t)crc0) ^ crc1;
+    crc0 = crc32c_shift(crc32c_zeros_long, (uint32_t)crc0) ^ crc2;
+    data += 2 * CRC32C_LONG;
+    length -= 3 * CRC32C_LONG;
+  }
+  while (length >= 3 * CRC32C_SHORT) {
+    uint64_t crc1 = 0, crc2 = 0;
+    for (const uint8_t *end = data + CRC32C_SHORT; data < end; data += 8) {
+      uint64_t word0, word1, word2;
+      memcpy(&word0, data, 8);
+      memcpy(&word1, data + CRC32C_SHORT, 8);
+      memcpy(&word2, data + 2 * CRC32C_SHORT, 8);
+      crc0 = __builtin_ia32_crc32di(crc0, word0);
+      crc1 = __builtin_ia32_crc32di(crc1, word1);
+      crc2 = __builtin_ia32_crc32di(crc2, word2);
+    }
+    crc0 = crc32c_shift(crc32c_zeros_short, (uint32_t)crc0) ^ crc1;
+    crc0 = crc32c_shift(crc32c_zeros_short, (uint32_t)crc0) ^ crc2;
+    data += 2 * CRC32C_SHORT;
+    length -= 3 * CRC32C_SHORT;
+  }
   while (length >= 8) {
     uint64_t word;
     memcpy(&word, data, 8);
-    value = __builtin_ia32_crc32di(value, word);
+    crc0 = __builtin_ia32_crc32di(crc0, word);
     data += 8;
     length -= 8;
   }
-  uint32_t small = (uint32_t)value;
+  uint32_t small = (uint32_t)crc0;
   while (length-- > 0) small = __builtin_ia32_crc32qi(small, *data++);
   return ~small;
 }
@@ -277,6 +356,8 @@ static napi_value Fallocate(napi_env env, napi_callback_info info) {
 static napi_value Init(napi_env env, napi_value exports) {
   napi_value fn, value;
   crc32c_init_table();
+  crc32c_zeros_tables(crc32c_zeros_long, CRC32C_LONG);
+  crc32c_zeros_tables(crc32c_zeros_short, CRC32C_SHORT);
 #if defined(__x86_64__)
   __builtin_cpu_init();
   crc32c_use_hardware = __builtin_cpu_supports("sse4.2");

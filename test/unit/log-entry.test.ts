@@ -314,9 +314,11 @@ describe('crc32c', () => {
     }
   });
 
-  test('native and table-driven CRC32C agree on buffers of a few MiB', () => {
+  test('native and table-driven CRC32C agree on buffers of a few MiB, and around the block sizes of the three-stream version', () => {
     const random = new Prng(SEED + 4);
-    for (const length of [1024 * 1024, 3 * 1024 * 1024 + 5, 4 * 1024 * 1024 - 3]) {
+    // The hardware version checksums 3 x 8 KiB and then 3 x 256-byte blocks as three streams.
+    const edges = [3 * 8192 - 1, 3 * 8192, 3 * 8192 + 1, 3 * 8192 + 3 * 256 + 7, 6 * 8192 + 3 * 256 - 1, 6 * 8192 + 2 * 3 * 256 + 8];
+    for (const length of [...edges, 1024 * 1024, 3 * 1024 * 1024 + 5, 4 * 1024 * 1024 - 3]) {
       const data = Buffer.allocUnsafe(length);
       for (let at = 0; at < length; at += 4) data.writeUInt32LE(random.u32(), Math.min(at, length - 4));
       assert.equal(crc32c(data), crc32cSoftware(data), `seed ${SEED + 4}: ${length} bytes`);
