@@ -153,17 +153,22 @@ test('the link flaps (seeded) during a resync while the client writes to the reg
 
   // Flapping: seeded cuts of 0.7-2 s (past the 600 ms heartbeat timeout, so each one cuts
   // the peer off) and heals of 0.2-2 s for about 8 s, while 4 KiB writes with a fill byte of
-  // their own land in the regions being resynced.
+  // their own land in the regions being resynced. The first cut lasts until node a has cut
+  // b off, so that the resync is interrupted at least once however the timing falls.
   let flapping = true;
   const flaps = (async () => {
     const endMs = Date.now() + 8_000;
-    while (Date.now() < endMs) {
-      await partition.cut();
-      await sleep(prng.between(fast.timeoutMs + 100, 2000));
-      await partition.heal();
-      await sleep(prng.between(200, 2000));
+    try {
+      for (let first = true; Date.now() < endMs; first = false) {
+        await partition.cut();
+        await sleep(prng.between(fast.timeoutMs + 100, 2000));
+        if (first) await a.waitStatus('b cut off during its resync', (status) => peerOf(status)?.replication === 'disconnected');
+        await partition.heal();
+        await sleep(prng.between(200, 2000));
+      }
+    } finally {
+      flapping = false;
     }
-    flapping = false;
   })();
   let version = 0;
   while (flapping) {
