@@ -29,6 +29,11 @@ export interface FileDiskOptions {
   inlineReadBytesMax: number;
   /** Largest write run inline on the event loop (see IoActivity). */
   inlineWriteBytesMax: number;
+  /**
+   * Larger writes are made as one write per piece of the file aligned to this size (0:
+   * as one write), so that the page cache holds the file in folios of at most this size.
+   */
+  writePieceBytes?: number;
   activity: IoActivity;
 }
 
@@ -107,7 +112,12 @@ export class FileDisk implements Disk {
   writev(buffers: readonly Buffer[], offset: number): Promise<void> {
     const total = buffers.reduce((sum, buffer) => sum + buffer.length, 0);
     this.checkRange(offset, total);
-    const { activity, inlineWriteBytesMax } = this.options;
+    const { activity, inlineWriteBytesMax, writePieceBytes = 0 } = this.options;
+    if (writePieceBytes > 0 && total > inlineWriteBytesMax && total > writePieceBytes) {
+      return this.pooled((done) =>
+        native.writePieces(this.fd, buffers, offset, writePieceBytes, (error) => done(error === null ? null : withCode(error))),
+      );
+    }
     return writevAt(this.fd, buffers, offset, activity, inlineWriteBytesMax);
   }
 

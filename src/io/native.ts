@@ -1,6 +1,6 @@
 // Loads the native addon (native/blockmirror_native.c, built by `npm install` through
-// node-gyp) that provides lseek(SEEK_DATA/SEEK_HOLE), fallocate, non-blocking preadv2 and CRC32C, which Node's fs
-// module does not expose.
+// node-gyp) that provides lseek(SEEK_DATA/SEEK_HOLE), fallocate, non-blocking preadv2, CRC32C and
+// a large write split into aligned pieces in one thread-pool job, which Node's fs module does not expose.
 
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
@@ -13,6 +13,8 @@ export interface NativeBindings {
   /** Bytes read, -1 if it would block, -2 if RWF_NOWAIT is unsupported. */
   preadNowait(fd: number, buffer: Buffer, position: number): number;
   fallocate(fd: number, mode: number, offset: number, length: number, callback: (error: Error | null) => void): void;
+  /** Writes `buffers` back to back at `position`, one pwritev per `pieceBytes`-aligned piece, on the thread pool. */
+  writePieces(fd: number, buffers: readonly Buffer[], position: number, pieceBytes: number, callback: (error: Error | null) => void): void;
   SEEK_DATA: number;
   SEEK_HOLE: number;
   FALLOC_PUNCH_HOLE: number;

@@ -129,6 +129,7 @@ export class BlockmirrorNode {
     const disk = await FileDisk.openProbed(paths.image, identity.sizeBytes, {
       inlineReadBytesMax: constants.diskInlineReadBytesMax,
       inlineWriteBytesMax: constants.diskInlineWriteBytesMax,
+      writePieceBytes: constants.diskWritePieceBytes,
       activity: this.ioActivity,
     });
     const log = this.log.child({ volume: config.name });

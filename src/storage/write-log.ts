@@ -40,6 +40,7 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import { constants } from '../constants.js';
 import { assert } from '../lib/assert.js';
 import { crc32c } from '../lib/crc32c.js';
 import { BlockmirrorError } from '../lib/errors.js';
@@ -336,7 +337,9 @@ export class WriteLog {
   }
 
   private static createFiles(dir: string, geometry: LogGeometry, state: { cpSeq: number; volumeUuid: string }): void {
-    const zeroes = Buffer.alloc(Math.min(geometry.partitionBytes, 1024 * 1024));
+    // Written in 64 KiB pieces, so that the page cache holds the partitions in folios no
+    // larger (see constants.diskWritePieceBytes): each append writes into them.
+    const zeroes = Buffer.alloc(Math.min(geometry.partitionBytes, constants.diskWritePieceBytes));
     for (let slot = 0; slot < geometry.partitions; slot += 1) {
       const fd = fs.openSync(partitionFile(dir, slot), 'w', 0o644);
       try {
