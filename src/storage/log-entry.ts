@@ -69,9 +69,15 @@ function readSeqField(buffer: Buffer, at: number): number {
 
 /**
  * Encodes an entry header for `payload` (written right after it), computing both CRCs.
- * `fields.payloadCrc` is ignored and recomputed.
+ * `knownPayloadCrc`, when given, must be the payload's CRC32C as already checked by the
+ * caller (a replica storing an entry it received checked it on receipt); it is then not
+ * computed a second time.
  */
-export function encodeEntryHeader(fields: Omit<EntryHeader, 'payloadCrc' | 'payloadBytes'>, payload: readonly Buffer[]): Buffer {
+export function encodeEntryHeader(
+  fields: Omit<EntryHeader, 'payloadCrc' | 'payloadBytes'>,
+  payload: readonly Buffer[],
+  knownPayloadCrc?: number,
+): Buffer {
   const payloadBytes = payload.reduce((sum, slice) => sum + slice.length, 0);
   assert(fields.type !== EntryType.WRITE || payloadBytes === fields.lengthBytes, 'write entry payload must match its length');
   assert(fields.type === EntryType.WRITE || payloadBytes === 0, 'only write entries carry a payload');
@@ -80,7 +86,7 @@ export function encodeEntryHeader(fields: Omit<EntryHeader, 'payloadCrc' | 'payl
   out.writeUInt8(ENTRY_VERSION, 4);
   out.writeUInt8(fields.type, 5);
   out.writeUInt16BE(fields.flags, 6);
-  out.writeUInt32BE(payloadBytes === 0 ? 0 : crc32c(payload), 12);
+  out.writeUInt32BE(payloadBytes === 0 ? 0 : (knownPayloadCrc ?? crc32c(payload)), 12);
   out.writeUInt32BE(fields.logId >>> 0, 16);
   out.writeUInt32BE(fields.volumeId >>> 0, 20);
   writeU64(out, 24, fields.seq);

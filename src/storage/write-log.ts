@@ -615,12 +615,14 @@ export class WriteLog {
   /**
    * Appends an entry received from the primary under the primary's sequence number,
    * which must be the next one here (the replica's log has the primary's sequence).
+   * `source.payloadCrc` must be the CRC32C of `payload`, as checked when it was received.
    */
   appendReplica(source: EntryHeader, payload: Buffer): { seq: number; written: Promise<void> } {
     assert(this.options.replica !== undefined, 'not a replica log');
     assert(source.seq === this.nextSeq, `replica entry ${source.seq} appended after ${this.nextSeq - 1}`);
     if (source.type !== EntryType.CONSISTENCY_POINT) this.trail?.add(source.seq, source.offset, source.lengthBytes);
-    return this.appendAs(source.seq, source.type, source, source.epoch, payload.length === 0 ? [] : [payload]);
+    // The payload was checked against the source's payload CRC when it was received.
+    return this.appendAs(source.seq, source.type, source, source.epoch, payload.length === 0 ? [] : [payload], source.payloadCrc);
   }
 
   private appendAs(
@@ -629,6 +631,7 @@ export class WriteLog {
     fields: EntryFields,
     epoch: number,
     payload: readonly Buffer[],
+    knownPayloadCrc?: number,
   ): { seq: number; written: Promise<void> } {
     assert(!this.closed, 'log is closed');
     this.nextSeq += 1;
@@ -650,6 +653,7 @@ export class WriteLog {
           epoch,
         },
         payload,
+        knownPayloadCrc,
       );
       this.options.onPlaced?.(seq, header, payload, { type, offset: fields.offset, lengthBytes: fields.lengthBytes });
       const padding = bytes - ENTRY_HEADER_BYTES - payloadBytes;

@@ -163,6 +163,16 @@ describe('entry header codec', () => {
     assert.equal(header.readUInt32BE(52), 3);
   });
 
+  test('a payload CRC the caller already checked is written as given, giving the same header', () => {
+    const payload = [Buffer.from('replicated '), Buffer.from('payload')];
+    const input = fields({ lengthBytes: 18 });
+    const computed = encodeEntryHeader(input, payload);
+    const given = encodeEntryHeader(input, payload, crc32cSoftware(Buffer.concat(payload)));
+    assert.deepEqual(given, computed);
+    // It is taken as given (not recomputed): the caller vouches for it.
+    assert.equal(encodeEntryHeader(input, payload, 0x1234_5678).readUInt32BE(12), 0x1234_5678);
+  });
+
   test('encoding refuses what no valid entry holds', () => {
     const attempts: [string, () => unknown][] = [
       ['a write whose payload is not its length', () => encodeEntryHeader(fields({ lengthBytes: 10 }), [Buffer.alloc(9)])],
