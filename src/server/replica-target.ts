@@ -150,7 +150,7 @@ export class ReplicaTarget {
       case 'entry': {
         const problem = this.checkEntry(message);
         if (problem !== null) return this.protocolError(link, problem);
-        return this.run(this.core.entry(message.header.seq, message.body.length, message));
+        return this.run(this.core.entry(message.header.seq, message.bodyBytes, message));
       }
       case 'flush':
         return this.run(this.core.flush(message.seq));
@@ -212,15 +212,17 @@ export class ReplicaTarget {
 
   /** An entry that passed its checksums but cannot belong to this volume. */
   private checkEntry(message: EntryMessage): string | null {
-    const { header, payload } = message;
-    if (header.type === EntryType.CONSISTENCY_POINT) return header.lengthBytes === 0 && payload.length === 0 ? null : 'malformed CP entry';
+    const { header } = message;
+    // The decoder checked that the payload has header.payloadBytes bytes.
+    const payloadBytes = header.payloadBytes;
+    if (header.type === EntryType.CONSISTENCY_POINT) return header.lengthBytes === 0 && payloadBytes === 0 ? null : 'malformed CP entry';
     if (header.offset + header.lengthBytes > this.volume.sizeBytes) {
       return `entry ${header.seq} reaches past the end of the volume (${header.offset}+${header.lengthBytes})`;
     }
-    if (header.type === EntryType.WRITE ? payload.length !== header.lengthBytes : payload.length !== 0) {
-      return `entry ${header.seq} carries ${payload.length} payload bytes for a length of ${header.lengthBytes}`;
+    if (header.type === EntryType.WRITE ? payloadBytes !== header.lengthBytes : payloadBytes !== 0) {
+      return `entry ${header.seq} carries ${payloadBytes} payload bytes for a length of ${header.lengthBytes}`;
     }
-    if (payload.length > this.volume.log.entryPayloadBytesMax) return `entry ${header.seq} is larger than this node's log takes`;
+    if (payloadBytes > this.volume.log.entryPayloadBytesMax) return `entry ${header.seq} is larger than this node's log takes`;
     return null;
   }
 

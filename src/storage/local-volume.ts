@@ -94,14 +94,14 @@ async function zeroRange(disk: Disk, offset: number, lengthBytes: number, noHole
 }
 
 /** Applies one entry found in the log at recovery (in sequence order, one at a time). */
-export async function applyEntry(disk: Disk, header: EntryHeader, payload: Buffer, zeroChunkBytes: number): Promise<void> {
+export async function applyEntry(disk: Disk, header: EntryHeader, payload: Buffer | readonly Buffer[], zeroChunkBytes: number): Promise<void> {
   if (header.type === EntryType.CONSISTENCY_POINT) return;
   if (header.offset + header.lengthBytes > disk.sizeBytes) {
     throw new LogCorruptError(`log entry ${header.seq} reaches past the end of the volume (${disk.sizeBytes} bytes)`);
   }
   switch (header.type) {
     case EntryType.WRITE:
-      return disk.write(payload, header.offset);
+      return Buffer.isBuffer(payload) ? disk.write(payload, header.offset) : disk.writev(payload, header.offset);
     case EntryType.ZEROES:
       await zeroRange(disk, header.offset, header.lengthBytes, (header.flags & EntryFlag.NO_HOLE) !== 0, zeroChunkBytes);
       return;
@@ -269,7 +269,7 @@ export class LocalVolume {
    * under the primary's sequence number and, unless `apply` is false (logship), applied
    * to the volume file. Calls come in sequence order.
    */
-  replicate(header: EntryHeader, payload: Buffer, apply: boolean): Promise<void> {
+  replicate(header: EntryHeader, payload: Buffer | readonly Buffer[], apply: boolean): Promise<void> {
     // A failed volume answers with a rejection (the source is told); an entry out of
     // order is a bug, and the log's assertion throws.
     if (this.failure !== null) return Promise.reject(this.failure);

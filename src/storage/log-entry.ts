@@ -136,6 +136,7 @@ export function decodeEntryHeader(buffer: Buffer, at = 0): EntryHeader | HeaderP
   return header;
 }
 
-export function payloadMatches(header: EntryHeader, payload: Buffer): boolean {
-  return payload.length === header.payloadBytes && (payload.length === 0 || crc32c(payload) === header.payloadCrc);
+export function payloadMatches(header: EntryHeader, payload: Buffer | readonly Buffer[]): boolean {
+  const bytes = Buffer.isBuffer(payload) ? payload.length : payload.reduce((sum, slice) => sum + slice.length, 0);
+  return bytes === header.payloadBytes && (bytes === 0 || crc32c(payload) === header.payloadCrc);
 }

@@ -617,12 +617,13 @@ export class WriteLog {
    * which must be the next one here (the replica's log has the primary's sequence).
    * `source.payloadCrc` must be the CRC32C of `payload`, as checked when it was received.
    */
-  appendReplica(source: EntryHeader, payload: Buffer): { seq: number; written: Promise<void> } {
+  appendReplica(source: EntryHeader, payload: Buffer | readonly Buffer[]): { seq: number; written: Promise<void> } {
     assert(this.options.replica !== undefined, 'not a replica log');
     assert(source.seq === this.nextSeq, `replica entry ${source.seq} appended after ${this.nextSeq - 1}`);
     if (source.type !== EntryType.CONSISTENCY_POINT) this.trail?.add(source.seq, source.offset, source.lengthBytes);
     // The payload was checked against the source's payload CRC when it was received.
-    return this.appendAs(source.seq, source.type, source, source.epoch, payload.length === 0 ? [] : [payload], source.payloadCrc);
+    const slices = Buffer.isBuffer(payload) ? [payload] : payload;
+    return this.appendAs(source.seq, source.type, source, source.epoch, slices.filter((slice) => slice.length > 0), source.payloadCrc);
   }
 
   private appendAs(

@@ -150,7 +150,11 @@ function helloBody(parts: { connectionIndex?: number; connections?: number; name
 /** Messages with buffers as hex, so that deepEqual diffs are readable. */
 function plain(message: PeerMessage): Record<string, unknown> {
   const out: Record<string, unknown> = {};
-  for (const [key, value] of Object.entries(message)) out[key] = Buffer.isBuffer(value) ? value.toString('hex') : value;
+  for (const [key, value] of Object.entries(message)) {
+    // An ENTRY's payload comes as slices: however the stream was cut, the bytes are what count.
+    const slices = Array.isArray(value) && value.every((item) => Buffer.isBuffer(item));
+    out[key] = Buffer.isBuffer(value) ? value.toString('hex') : slices ? Buffer.concat(value as Buffer[]).toString('hex') : value;
+  }
   return out;
 }
 
@@ -197,19 +201,34 @@ describe('peer frames: round trip', () => {
     assert.equal(frame.readUInt32BE(12), crc32c(Buffer.concat([frame.subarray(0, 12), frame.subarray(16)])));
   });
 
-  test('an ENTRY frame carries the header and payload without copying them', () => {
+  test('an ENTRY frame carries the header and payload without copying them, on either side', () => {
     const { header, payload } = writeEntry(new Prng(SEED), 1000);
     const parts = encodeEntryFrame(header, payload);
     assert.equal(parts.length, 2 + payload.length);
     assert.equal(parts[1], header, 'entry header is passed through');
     payload.forEach((slice, index) => assert.equal(parts[2 + index], slice, 'payload slice is passed through'));
-    const [message] = new PeerFrameDecoder({ entryBodyBytesMax: ENTRY_BODY_MAX }).push(Buffer.concat(parts));
+    const frame = Buffer.concat(parts);
+    // Received in three chunks, the middle one cut inside the payload.
+    const cuts = [16 + 64 + 100, 16 + 64 + 700];
+    // Each chunk in its own memory, as socket reads deliver them.
+    const own = (bytes: Buffer): Buffer => {
+      const out = Buffer.alloc(bytes.length);
+      bytes.copy(out);
+      return out;
+    };
+    const chunks = [own(frame.subarray(0, cuts[0])), own(frame.subarray(cuts[0], cuts[1])), own(frame.subarray(cuts[1]))];
+    const decoder = new PeerFrameDecoder({ entryBodyBytesMax: ENTRY_BODY_MAX });
+    const messages = chunks.flatMap((chunk) => decoder.push(chunk));
+    const [message] = messages;
+    assert.equal(messages.length, 1);
     assert.ok(message?.type === 'entry');
     assert.equal(message.header.seq, 42);
     assert.equal(message.header.payloadBytes, 1000);
-    assert.deepEqual(message.payload, Buffer.concat(payload));
-    assert.deepEqual(message.body, Buffer.concat([header, ...payload]));
-    assert.equal(message.payload.buffer, message.body.buffer, 'payload is a view of the body');
+    assert.equal(message.bodyBytes, 64 + 1000);
+    assert.deepEqual(Buffer.concat(message.payload), Buffer.concat(payload));
+    // The payload is views of the received chunks, not a copy.
+    assert.equal(message.payload.length, 3);
+    message.payload.forEach((slice, index) => assert.equal(slice.buffer, chunks[index]?.buffer, `slice ${index} is a view of chunk ${index}`));
   });
 
   test('an ENTRY without payload and one of exactly the largest size are accepted', () => {
@@ -218,7 +237,8 @@ describe('peer frames: round trip', () => {
     const messages = decodeAll([Buffer.concat([...encodeEntryFrame(zeroes, []), ...encodeEntryFrame(largest.header, largest.payload)])]);
     assert.deepEqual(messages.map((message) => message['type']), ['entry', 'entry']);
     assert.equal(messages[0]?.['payload'], '');
-    assert.equal(messages[1]?.['body'], Buffer.concat([largest.header, ...largest.payload]).toString('hex'));
+    assert.equal(messages[1]?.['payload'], Buffer.concat(largest.payload).toString('hex'));
+    assert.equal(messages[1]?.['bodyBytes'], 64 + PAYLOAD_MAX);
   });
 
   test('a refusal message is cut to 1024 bytes on a character boundary', () => {

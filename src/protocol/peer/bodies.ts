@@ -253,8 +253,8 @@ class BodyReader {
   }
 }
 
-export function decodeBody(type: PeerFrameType, body: Buffer): PeerMessage {
-  if (type === PeerFrameType.ENTRY) return decodeEntryBody(body);
+/** Any frame body but ENTRY's (see decodeEntryBody). */
+export function decodeBody(type: Exclude<PeerFrameType, typeof PeerFrameType.ENTRY>, body: Buffer): PeerMessage {
   const reader = new BodyReader(body, peerFrameName(type));
   const message = decodeControlBody(type, reader);
   reader.end();
@@ -350,14 +350,17 @@ function decodeControlBody(type: Exclude<PeerFrameType, typeof PeerFrameType.ENT
   }
 }
 
-function decodeEntryBody(body: Buffer): PeerEntry {
-  if (body.length < ENTRY_HEADER_BYTES) throw new PeerProtocolError(`ENTRY body of ${body.length} bytes is shorter than its header`);
-  const header = decodeEntryHeader(body, 0);
+/**
+ * An ENTRY body given as its first 64 bytes (the entry header) and the rest as slices;
+ * `bodyBytes` is the frame's body length. The body must be at least a header long.
+ */
+export function decodeEntryBody(head: Buffer, payload: Buffer[], bodyBytes: number): PeerEntry {
+  if (bodyBytes < ENTRY_HEADER_BYTES) throw new PeerProtocolError(`ENTRY body of ${bodyBytes} bytes is shorter than its header`);
+  const header = decodeEntryHeader(head, 0);
   if (typeof header === 'string') throw new PeerProtocolError(`ENTRY header is invalid (${header})`);
-  if (body.length !== ENTRY_HEADER_BYTES + header.payloadBytes) {
-    throw new PeerProtocolError(`ENTRY body of ${body.length} bytes does not match payload of ${header.payloadBytes}`);
+  if (bodyBytes !== ENTRY_HEADER_BYTES + header.payloadBytes) {
+    throw new PeerProtocolError(`ENTRY body of ${bodyBytes} bytes does not match payload of ${header.payloadBytes}`);
   }
-  const payload = body.subarray(ENTRY_HEADER_BYTES);
   if (!payloadMatches(header, payload)) throw new PeerProtocolError(`ENTRY seq ${header.seq} payload checksum mismatch`);
-  return { type: 'entry', header, payload, body };
+  return { type: 'entry', header, payload, bodyBytes };
 }

@@ -17,7 +17,7 @@ import { assert } from '../../lib/assert.js';
 import { ByteQueue } from '../../lib/byte-queue.js';
 import { crc32c } from '../../lib/crc32c.js';
 import { decodeEntryHeader, ENTRY_HEADER_BYTES } from '../../storage/log-entry.js';
-import { decodeBody, encodeControlBody, FIXED_BODY_BYTES } from './bodies.js';
+import { decodeBody, decodeEntryBody, encodeControlBody, FIXED_BODY_BYTES } from './bodies.js';
 import { PeerProtocolError } from './errors.js';
 import {
   PEER_CONTROL_BODY_BYTES_MAX,
@@ -140,11 +140,20 @@ export class PeerFrameDecoder {
         }
         const frame = this.pending;
         if (this.queue.length < frame.bodyBytes) break;
+        this.pending = undefined;
+        if (frame.type === PeerFrameType.ENTRY) {
+          // The entry header is copied if it spans chunks; the payload never is: it stays
+          // slices of the received chunks (its CRC is in the header, checked below).
+          const headBytes = Math.min(ENTRY_HEADER_BYTES, frame.bodyBytes);
+          const head = this.queue.read(headBytes);
+          const payload = this.queue.readSlices(frame.bodyBytes - headBytes);
+          if (crc32c([frame.prefix, head]) !== frame.crc) throw new PeerProtocolError('ENTRY frame checksum mismatch');
+          messages.push(decodeEntryBody(head, payload, frame.bodyBytes));
+          continue;
+        }
         // Copies only when the body spans chunks, once, now that all of it is here.
         const body = this.queue.read(frame.bodyBytes);
-        this.pending = undefined;
-        const covered = frame.type === PeerFrameType.ENTRY ? body.subarray(0, ENTRY_HEADER_BYTES) : body;
-        if (crc32c([frame.prefix, covered]) !== frame.crc) {
+        if (crc32c([frame.prefix, body]) !== frame.crc) {
           throw new PeerProtocolError(`${peerFrameName(frame.type)} frame checksum mismatch`);
         }
         messages.push(decodeBody(frame.type, body));

@@ -96,10 +96,13 @@ export interface PeerRefuse { type: 'refuse'; code: RefuseCode; message: string 
 export interface PeerEntry {
   type: 'entry';
   header: EntryHeader;
-  /** View into `body`, checked against the header's payload CRC. */
-  payload: Buffer;
-  /** The whole body: 64-byte entry header then payload, unpadded, ready to store. */
-  body: Buffer;
+  /**
+   * The payload as slices of the received chunks (not copied), checked against the
+   * header's payload CRC; empty without payload.
+   */
+  payload: Buffer[];
+  /** Bytes of the frame body: the 64-byte entry header and the payload. */
+  bodyBytes: number;
 }
 export interface PeerAck { type: 'ack'; seq: number; status: number }
 export interface PeerFlush { type: 'flush'; seq: number }
