@@ -71,6 +71,8 @@ interface Figure {
   value: number;
   p50Us: number;
   p99Us: number;
+  /** With fio's --fsync: the latency of the flushes (fio's sync), p50 and p99. */
+  flush?: { p50Us: number; p99Us: number };
 }
 
 interface ServerRun {
@@ -505,16 +507,20 @@ async function qemuBench(uri: string, depth: number): Promise<Figure> {
 
 function fioFigure(file: string, workload: Workload): Figure {
   const output = JSON.parse(fs.readFileSync(file, 'utf8')) as {
-    jobs: Record<'read' | 'write', { iops: number; bw_bytes: number; clat_ns: { percentile?: Record<string, number> } }>[];
+    jobs: (Record<'read' | 'write', { iops: number; bw_bytes: number; clat_ns: { percentile?: Record<string, number> } }> & {
+      sync?: { total_ios?: number; lat_ns: { percentile?: Record<string, number> } };
+    })[];
   };
   const job = output.jobs[0];
   if (job === undefined) throw new Error(`${file}: no job`);
   const side = job[workload.direction];
   const percentiles = side.clat_ns.percentile ?? {};
+  const flushes = job.sync !== undefined && (job.sync.total_ios ?? 0) > 0 ? job.sync.lat_ns.percentile : undefined;
   return {
     value: workload.unit === 'IOPS' ? side.iops : side.bw_bytes / 1024 ** 2,
     p50Us: (percentiles['50.000000'] ?? 0) / 1000,
     p99Us: (percentiles['99.000000'] ?? 0) / 1000,
+    ...(flushes === undefined ? {} : { flush: { p50Us: (flushes['50.000000'] ?? 0) / 1000, p99Us: (flushes['99.000000'] ?? 0) / 1000 } }),
   };
 }
 
@@ -1142,7 +1148,9 @@ function table(runs: ServerRun[]): string {
     if (!runs.some((run) => run.figures[workload.name] !== undefined)) continue;
     const cells = runs.map((run) => {
       const figure = run.figures[workload.name];
-      return figure === undefined ? '-' : `${format(figure.value)} (p50 ${format(figure.p50Us)} µs, p99 ${format(figure.p99Us)} µs)`;
+      if (figure === undefined) return '-';
+      const flush = figure.flush === undefined ? '' : `; flush p50 ${format(figure.flush.p50Us)} µs, p99 ${format(figure.flush.p99Us)} µs`;
+      return `${format(figure.value)} (${figure.flush === undefined ? '' : 'write '}p50 ${format(figure.p50Us)} µs, p99 ${format(figure.p99Us)} µs${flush})`;
     });
     lines.push(`| ${workload.label} | ${workload.unit} | ${cells.join(' | ')} | ${ratioCells(workload.name).join(' | ')} |`);
   }
@@ -1156,6 +1164,23 @@ function table(runs: ServerRun[]): string {
   const qd32 = ours?.figures[fuaName(32)]?.value;
   if (qd1 !== undefined && qd32 !== undefined) {
     lines.push('', `blockmirror group commit: FUA QD32 / QD1 = ${(qd32 / qd1).toFixed(1)}x`);
+  }
+  // A durable write at depth 1 is the write and the flush after it: its latency is theirs
+  // added (fio reports each separately; summing the percentiles is an approximation).
+  const durable = (run: ServerRun | undefined, at: 'p50Us' | 'p99Us'): number | undefined => {
+    const figure = run?.figures['write-4k-flush-qd1'];
+    return figure?.flush === undefined ? undefined : figure[at] + figure.flush[at];
+  };
+  const nbdkit = find('nbdkit');
+  const [oursP50, oursP99, theirsP50, theirsP99] = [durable(ours, 'p50Us'), durable(ours, 'p99Us'), durable(nbdkit, 'p50Us'), durable(nbdkit, 'p99Us')];
+  const oursWrite = ours?.figures['write-4k-flush-qd1']?.p50Us;
+  const theirsWrite = nbdkit?.figures['write-4k-flush-qd1']?.p50Us;
+  if (oursP50 !== undefined && oursP99 !== undefined && theirsP50 !== undefined && theirsP99 !== undefined && oursWrite !== undefined && theirsWrite !== undefined) {
+    lines.push(
+      '',
+      `blockmirror durable 4k write latency at QD1 (write + flush): p50 ${format(oursP50)} µs against nbdkit's ${format(theirsP50)} µs = ${(oursP50 / theirsP50).toFixed(2)}x, ` +
+        `p99 ${format(oursP99)} µs against ${format(theirsP99)} µs = ${(oursP99 / theirsP99).toFixed(2)}x (the write alone: p50 ${(oursWrite / theirsWrite).toFixed(2)}x)`,
+    );
   }
   if (ours !== undefined) lines.push('', `blockmirror peak RSS: ${ours.peakRssMiB ?? '?'} MiB`);
   for (const run of runs) {
