@@ -194,44 +194,40 @@ static uint32_t crc32c_shift(uint32_t tables[4][256], uint32_t crc) {
 
 #if defined(__x86_64__)
 /* The crc32 instruction takes three cycles and can start one every cycle, so three
- * independent streams run about three times as fast as one: a block of 3 x CRC32C_LONG
- * bytes is checksummed as three parts at once, and the three registers are combined by
- * moving the first two past the zero bytes that stand for the parts after them. */
+ * independent streams run about three times as fast as one: each run of 3 x `block` bytes
+ * is checksummed as three parts at once, and the three registers are combined by moving
+ * the first two past the zero bytes (`zeros`: `block` of them) that stand for the parts
+ * after them. Returns the register after every whole run; `*data` and `*length` advance. */
+__attribute__((target("sse4.2"))) static uint64_t crc32c_three_streams(uint64_t crc0, const uint8_t **data,
+                                                                        size_t *length, size_t block,
+                                                                        uint32_t zeros[4][256]) {
+  const uint8_t *at = *data;
+  size_t left = *length;
+  while (left >= 3 * block) {
+    uint64_t crc1 = 0, crc2 = 0;
+    for (const uint8_t *end = at + block; at < end; at += 8) {
+      uint64_t word0, word1, word2;
+      memcpy(&word0, at, 8);
+      memcpy(&word1, at + block, 8);
+      memcpy(&word2, at + 2 * block, 8);
+      crc0 = __builtin_ia32_crc32di(crc0, word0);
+      crc1 = __builtin_ia32_crc32di(crc1, word1);
+      crc2 = __builtin_ia32_crc32di(crc2, word2);
+    }
+    crc0 = crc32c_shift(zeros, (uint32_t)crc0) ^ crc1;
+    crc0 = crc32c_shift(zeros, (uint32_t)crc0) ^ crc2;
+    at += 2 * block;
+    left -= 3 * block;
+  }
+  *data = at;
+  *length = left;
+  return crc0;
+}
+
 __attribute__((target("sse4.2"))) static uint32_t crc32c_hardware(uint32_t crc, const uint8_t *data,
                                                                    size_t length) {
-  uint64_t crc0 = ~crc;
-  while (length >= 3 * CRC32C_LONG) {
-    uint64_t crc1 = 0, crc2 = 0;
-    for (const uint8_t *end = data + CRC32C_LONG; data < end; data += 8) {
-      uint64_t word0, word1, word2;
-      memcpy(&word0, data, 8);
-      memcpy(&word1, data + CRC32C_LONG, 8);
-      memcpy(&word2, data + 2 * CRC32C_LONG, 8);
-      crc0 = __builtin_ia32_crc32di(crc0, word0);
-      crc1 = __builtin_ia32_crc32di(crc1, word1);
-      crc2 = __builtin_ia32_crc32di(crc2, word2);
-    }
-    crc0 = crc32c_shift(crc32c_zeros_long, (uint32_t)crc0) ^ crc1;
-    crc0 = crc32c_shift(crc32c_zeros_long, (uint32_t)crc0) ^ crc2;
-    data += 2 * CRC32C_LONG;
-    length -= 3 * CRC32C_LONG;
-  }
-  while (length >= 3 * CRC32C_SHORT) {
-    uint64_t crc1 = 0, crc2 = 0;
-    for (const uint8_t *end = data + CRC32C_SHORT; data < end; data += 8) {
-      uint64_t word0, word1, word2;
-      memcpy(&word0, data, 8);
-      memcpy(&word1, data + CRC32C_SHORT, 8);
-      memcpy(&word2, data + 2 * CRC32C_SHORT, 8);
-      crc0 = __builtin_ia32_crc32di(crc0, word0);
-      crc1 = __builtin_ia32_crc32di(crc1, word1);
-      crc2 = __builtin_ia32_crc32di(crc2, word2);
-    }
-    crc0 = crc32c_shift(crc32c_zeros_short, (uint32_t)crc0) ^ crc1;
-    crc0 = crc32c_shift(crc32c_zeros_short, (uint32_t)crc0) ^ crc2;
-    data += 2 * CRC32C_SHORT;
-    length -= 3 * CRC32C_SHORT;
-  }
+  uint64_t crc0 = crc32c_three_streams(~crc, &data, &length, CRC32C_LONG, crc32c_zeros_long);
+  crc0 = crc32c_three_streams(crc0, &data, &length, CRC32C_SHORT, crc32c_zeros_short);
   while (length >= 8) {
     uint64_t word;
     memcpy(&word, data, 8);
@@ -296,30 +292,37 @@ static void fallocate_execute(napi_env env, void *data) {
   job->err = rc < 0 ? errno : 0;
 }
 
-static void fallocate_complete(napi_env env, napi_status status, void *data) {
-  FallocateJob *job = data;
+/* Ends an async job: calls its Node-style callback with null, or with an Error that names
+ * the system call and carries its errno, and drops the reference to the callback. */
+static void call_back(napi_env env, napi_status status, napi_ref callback_ref, int err, const char *syscall) {
   napi_value callback, global, arg;
-  napi_get_reference_value(env, job->callback, &callback);
+  napi_get_reference_value(env, callback_ref, &callback);
   napi_get_global(env, &global);
-  if (status != napi_ok) {
+  char message[160];
+  if (status != napi_ok || err != 0) {
+    snprintf(message, sizeof message, "%s: %s", syscall, status != napi_ok ? "cancelled" : strerror(err));
     napi_value msg;
-    napi_create_string_utf8(env, "fallocate: cancelled", NAPI_AUTO_LENGTH, &msg);
-    napi_create_error(env, NULL, msg, &arg);
-  } else if (job->err != 0) {
-    char message[160];
-    snprintf(message, sizeof message, "fallocate: %s", strerror(job->err));
-    napi_value msg, code;
     napi_create_string_utf8(env, message, NAPI_AUTO_LENGTH, &msg);
     napi_create_error(env, NULL, msg, &arg);
-    napi_create_int32(env, job->err, &code);
-    napi_set_named_property(env, arg, "errno", code);
+    if (status == napi_ok) {
+      napi_value code;
+      napi_create_int32(env, err, &code);
+      napi_set_named_property(env, arg, "errno", code);
+    }
   } else {
     napi_get_null(env, &arg);
   }
+  napi_delete_reference(env, callback_ref);
   napi_call_function(env, global, callback, 1, &arg, NULL);
-  napi_delete_reference(env, job->callback);
+}
+
+static void fallocate_complete(napi_env env, napi_status status, void *data) {
+  FallocateJob *job = data;
   napi_delete_async_work(env, job->work);
+  napi_ref callback = job->callback;
+  int err = job->err;
   free(job);
+  call_back(env, status, callback, err, "fallocate");
 }
 
 /* fallocate(fd, mode, offset, length, callback(err)) */
@@ -426,30 +429,13 @@ static void pieces_execute(napi_env env, void *data) {
 
 static void pieces_complete(napi_env env, napi_status status, void *data) {
   PiecesJob *job = data;
-  napi_value callback, global, arg;
-  napi_get_reference_value(env, job->callback, &callback);
-  napi_get_global(env, &global);
-  if (status != napi_ok) {
-    napi_value msg;
-    napi_create_string_utf8(env, "pwritev: cancelled", NAPI_AUTO_LENGTH, &msg);
-    napi_create_error(env, NULL, msg, &arg);
-  } else if (job->err != 0) {
-    char message[160];
-    snprintf(message, sizeof message, "pwritev: %s", strerror(job->err));
-    napi_value msg, code;
-    napi_create_string_utf8(env, message, NAPI_AUTO_LENGTH, &msg);
-    napi_create_error(env, NULL, msg, &arg);
-    napi_create_int32(env, job->err, &code);
-    napi_set_named_property(env, arg, "errno", code);
-  } else {
-    napi_get_null(env, &arg);
-  }
   napi_delete_reference(env, job->buffers);
-  napi_delete_reference(env, job->callback);
   napi_delete_async_work(env, job->work);
+  napi_ref callback = job->callback;
+  int err = job->err;
   free(job->iov);
   free(job);
-  napi_call_function(env, global, callback, 1, &arg, NULL);
+  call_back(env, status, callback, err, "pwritev");
 }
 
 static napi_value WritePieces(napi_env env, napi_callback_info info) {
