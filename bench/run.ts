@@ -1260,8 +1260,10 @@ connections); fio talks to node a, and each workload starts once node b has caug
 written is each node's user + system time from the start of the 1M seqwrite workload until node b has caught
 up, over the MiB written to node a in that time (ramp included). nbdkit runs the \`file\` plugin with its
 defaults; qemu-nbd runs with \`--cache=writeback --aio=threads --shared=16\`. Figures are fio's, latencies are
-completion latencies. The FUA rows come from \`qemu-img bench -w -t writethrough -s 4096\`, which sets FUA
-on every write (fio's nbd engine cannot). Raw fio JSON for every run is in \`bench/results/\`.
+completion latencies. In the write+flush row (fio's \`--fsync=1\`) they are given for the writes and
+for the flushes, and a durable write is the two together (the line under the table adds them up). The FUA
+rows come from \`qemu-img bench -w -t writethrough -s 4096\`, which sets FUA on every write (fio's nbd engine
+cannot). Raw fio JSON for every run is in \`bench/results/\`.
 
 ${text}
 
