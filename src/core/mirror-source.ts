@@ -24,6 +24,7 @@
 // acknowledged; the rest waits in the queue.
 
 import { assert } from '../lib/assert.js';
+import { IndexedQueue } from '../lib/indexed-queue.js';
 
 export type MirrorMode = 'sync' | 'async' | 'logship';
 export type ReplicationState = 'connecting' | 'streaming' | 'disconnected' | 'catching-up' | 'resyncing';
@@ -185,7 +186,7 @@ interface Waiter {
 
 export class MirrorSource<Frame> {
   private readonly peers = new Map<string, Peer>();
-  private readonly queue: Queued<Frame>[] = [];
+  private readonly queue = new IndexedQueue<Queued<Frame>>();
   /** Sequence number of queue[0] (or of the next entry when the queue is empty). */
   private queueFirstSeq: number;
   private appendedSeq: number;
@@ -722,7 +723,7 @@ export class MirrorSource<Frame> {
   private pump(peer: Peer, actions: SourceAction<Frame>[]): void {
     const ackedBytes = this.bytesThrough(peer.ackedSeq);
     while (peer.sentSeq < this.appendedSeq) {
-      const next = this.queue[peer.sentSeq + 1 - this.queueFirstSeq];
+      const next = this.queue.at(peer.sentSeq + 1 - this.queueFirstSeq);
       assert(next !== undefined, `entry ${peer.sentSeq + 1} not queued for ${peer.id}`);
       const inflight = this.bytesThrough(peer.sentSeq) - ackedBytes;
       // One entry always goes, however large, or nothing would ever move.
@@ -761,7 +762,7 @@ export class MirrorSource<Frame> {
       assert(seq === this.queueFirstSeq - 1, `entry ${seq} was trimmed (queue starts at ${this.queueFirstSeq})`);
       return this.trimmedBytes;
     }
-    const queued = this.queue[seq - this.queueFirstSeq];
+    const queued = this.queue.at(seq - this.queueFirstSeq);
     assert(queued !== undefined, `entry ${seq} not queued`);
     return queued.cumulativeBytes;
   }
