@@ -122,6 +122,8 @@ export interface LogStatus {
   partitions: number;
   checkpoints: number;
   syncs: number;
+  /** Syncs started ahead of an expected flush (see LocalVolume). */
+  syncsAhead: number;
   /** Times appends had to wait for a partition to be freed by a CP, and how long in all. */
   stalls: number;
   stallMs: number;
@@ -269,6 +271,7 @@ export class WriteLog {
   private stallStartedMs: number | null = null;
   private lastCheckpointMs = 0;
   private syncs = 0;
+  private syncsAhead = 0;
   private closed = false;
   /** A replica's record of its entries since the primary's last CP (null for a primary's log). */
   private readonly trail: ReplicaTrail | null;
@@ -907,10 +910,21 @@ export class WriteLog {
     });
   }
 
-  private maybeSync(): void {
-    if (this.syncing || this.syncWaiters.length === 0) return;
+  /**
+   * Starts making the log durable up to what is appended, on the thread pool, with nobody
+   * waiting yet: a flush is expected, and one that comes while this runs waits for it
+   * rather than starting its own. Nothing happens if a sync is running or `seq` is durable.
+   */
+  syncAhead(seq: number): void {
+    if (seq <= this.durableSeq || seq > this.appendedSeq) return;
+    this.syncsAhead += 1;
+    this.maybeSync(true);
+  }
+
+  private maybeSync(ahead = false): void {
+    if (this.syncing || (this.syncWaiters.length === 0 && !ahead)) return;
     const target = this.appendedSeq;
-    const lowest = Math.min(...this.syncWaiters.map((waiter) => waiter.seq));
+    const lowest = this.syncWaiters.length === 0 ? target : Math.min(...this.syncWaiters.map((waiter) => waiter.seq));
     // Until the lowest waiter's entry (and all before it) is written, a sync is wasted;
     // the append that completes it calls maybeSync again.
     if (target < lowest) return;
@@ -918,7 +932,8 @@ export class WriteLog {
     this.syncs += 1;
     const dirty = this.slots.filter((slot) => slot.dirty);
     for (const slot of dirty) slot.dirty = false;
-    const inline = dirty.length === 1;
+    // Ahead of a flush, the request that asked is still to be answered: not inline.
+    const inline = !ahead && dirty.length === 1;
     Promise.all(dirty.map((slot) => syncData(slot.fd, this.options.activity, inline))).then(
       () => {
         this.durableSeq = Math.max(this.durableSeq, target);
@@ -1083,6 +1098,7 @@ export class WriteLog {
       partitions: this.geometry.partitions,
       checkpoints: this.checkpoints,
       syncs: this.syncs,
+      syncsAhead: this.syncsAhead,
       stalls: this.stalls,
       stallMs: Math.round(this.stallMs + (this.stallStartedMs === null ? 0 : performance.now() - this.stallStartedMs)),
       lastCheckpointMs: this.lastCheckpointMs,

@@ -286,6 +286,43 @@ describe('LocalVolume', () => {
     });
   });
 
+  test('a client that flushes after every write has the log sync started as each write is logged', async () => {
+    await withVolume(new MemoryDisk(256 * KiB), {}, async ({ volume, log }) => {
+      const durableSoon = async (what: string): Promise<void> => {
+        for (let wait = 0; log.status().durableSeq < log.lastSeq; wait += 1) {
+          assert.ok(wait < 200, `${what}: the log was not made durable ahead of the flush`);
+          await new Promise((resolve) => setTimeout(resolve, 5));
+        }
+      };
+      // Two writes each followed by a flush: the pattern is learnt, nothing synced ahead yet.
+      for (let index = 0; index < 2; index += 1) {
+        await volume.write([pattern(4096, index)], index * 4096, false);
+        await volume.flush();
+      }
+      assert.equal(log.status().syncsAhead, 0);
+      // The third write starts the sync itself; it completes with no flush asked.
+      await volume.write([pattern(4096, 2)], 2 * 4096, false);
+      assert.equal(log.status().syncsAhead, 1);
+      await durableSoon('third write');
+      const syncs = log.status().syncs;
+      await volume.flush();
+      assert.equal(log.status().syncs, syncs, 'the flush found its writes durable already');
+      // Two writes in a row break the pattern: the next write waits for its flush again.
+      await volume.write([pattern(4096, 3)], 3 * 4096, false);
+      await volume.write([pattern(4096, 4)], 4 * 4096, false);
+      const ahead = log.status().syncsAhead;
+      await volume.flush();
+      await volume.write([pattern(4096, 5)], 5 * 4096, false);
+      assert.equal(log.status().syncsAhead, ahead, 'no sync ahead after the pattern broke');
+      // A FUA write waits for its own sync; it is never synced ahead.
+      await volume.flush();
+      const beforeFua = log.status().syncsAhead;
+      await volume.write([pattern(4096, 6)], 6 * 4096, true);
+      assert.equal(log.status().durableSeq, log.lastSeq);
+      assert.equal(log.status().syncsAhead, beforeFua);
+    });
+  });
+
   test('writeZeroes punches a hole by default, keeps the range allocated with noHole, and honours fua', async () => {
     const disk = new MemoryDisk(64 * KiB);
     await withVolume(disk, {}, async ({ volume, log }) => {
