@@ -54,6 +54,10 @@ export const constants = {
    * about 15 us, into a 64 KiB one 4 us (docs/performance.md).
    */
   diskWritePieceBytes: 64 * KiB,
+  /** An inline write slower than this sends small writes to the thread pool (see IoActivity)... */
+  inlineWriteSlowMs: 2,
+  /** ...for this long, unless their request is alone. */
+  inlineWriteSlowBackoffMs: 1000,
   /** Read buffers of at least this size come from a pool (fresh ones cost page faults). */
   bufferPoolMinBytes: 64 * KiB,
   /** Bytes a buffer pool keeps for reuse. */

@@ -3,6 +3,7 @@
 // on the node, and everything else runs on the libuv thread pool (see IoActivity).
 
 import fs from 'node:fs';
+import { constants } from '../constants.js';
 
 /**
  * What is in flight across a whole node (client requests being served, and thread-pool
@@ -35,8 +36,8 @@ export class IoActivity {
   private pooledUntilMs = 0;
 
   constructor(
-    readonly slowWriteMs = 2,
-    readonly slowBackoffMs = 1000,
+    readonly slowWriteMs: number = constants.inlineWriteSlowMs,
+    readonly slowBackoffMs: number = constants.inlineWriteSlowBackoffMs,
   ) {}
 
   get alone(): boolean {

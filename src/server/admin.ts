@@ -4,6 +4,7 @@
 // and answers 202 with its report; GET on the same path returns the report as it goes.
 
 import http from 'node:http';
+import { constants } from '../constants.js';
 import type { Address } from '../control/config.js';
 import type { Logger } from '../lib/log.js';
 import type { LogStatus } from '../storage/write-log.js';
@@ -117,9 +118,12 @@ function metrics(status: NodeStatus): string {
   metric('blockmirror_nbd_protocol_errors_total', 'counter', 'Connections closed for protocol violations.', [
     [labels, status.counters['protocolErrors'] ?? 0],
   ]);
-  metric('blockmirror_slow_inline_writes_total', 'counter', 'Small writes on the event loop that took over 2 ms (small writes then use the thread pool for 1 s).', [
-    [labels, status.counters['slowInlineWrites'] ?? 0],
-  ]);
+  metric(
+    'blockmirror_slow_inline_writes_total',
+    'counter',
+    `Small writes on the event loop that took over ${constants.inlineWriteSlowMs} ms (small writes then use the thread pool for ${constants.inlineWriteSlowBackoffMs} ms).`,
+    [[labels, status.counters['slowInlineWrites'] ?? 0]],
+  );
   const perVolume = (stat: string, name: string, type: string, help: string): void =>
     metric(
       name,

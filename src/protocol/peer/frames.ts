@@ -142,11 +142,11 @@ export class PeerFrameDecoder {
         if (this.queue.length < frame.bodyBytes) break;
         this.pending = undefined;
         if (frame.type === PeerFrameType.ENTRY) {
-          // The entry header is copied if it spans chunks; the payload never is: it stays
-          // slices of the received chunks (its CRC is in the header, checked below).
-          const headBytes = Math.min(ENTRY_HEADER_BYTES, frame.bodyBytes);
-          const head = this.queue.read(headBytes);
-          const payload = this.queue.readSlices(frame.bodyBytes - headBytes);
+          // The entry header (decodeHeader made sure the body holds one) is copied if it
+          // spans chunks; the payload never is: it stays slices of the received chunks
+          // (its CRC is in the header, checked below).
+          const head = this.queue.read(ENTRY_HEADER_BYTES);
+          const payload = this.queue.readSlices(frame.bodyBytes - ENTRY_HEADER_BYTES);
           if (crc32c([frame.prefix, head]) !== frame.crc) throw new PeerProtocolError('ENTRY frame checksum mismatch');
           messages.push(decodeEntryBody(head, payload, frame.bodyBytes));
           continue;
