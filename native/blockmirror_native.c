@@ -10,6 +10,7 @@
  * may take milliseconds, and reports through a Node-style callback(err); so does
  * writePieces(), a large write split where the page cache should split it.
  * crc32c() checksums log entries and peer frames (hardware instruction where present).
+ * busyPoll() makes the event loop poll briefly before it sleeps (see below).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -20,9 +21,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/uio.h>
 #include <unistd.h>
 #include <node_api.h>
+#include <poll.h>
+#include <sched.h>
+#include <time.h>
+#include <uv.h>
 
 #define CHECK(env, call)                                                   \
   do {                                                                     \
@@ -490,6 +496,180 @@ static napi_value WritePieces(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/*
+ * Adaptive busy polling of the event loop.
+ *
+ * When the event loop has nothing to do it sleeps in epoll_wait, and the next request
+ * wakes it. On a virtual machine that wake-up is an interprocessor interrupt and a
+ * return from the idle vCPU's HLT: about 20 µs each way on the machine this was
+ * measured on, against 2 µs for a process that did not sleep. A client at queue depth 1
+ * waits for that on every request. So before the loop sleeps (a uv_prepare handle,
+ * which runs just before the poll phase), it first polls the epoll descriptor without
+ * blocking, yielding the CPU between polls, for up to a window; when an event comes
+ * within it, the loop never slept.
+ *
+ * The window adapts the way KVM's halt polling does: a wait that a longer window would
+ * have caught (at most the configured maximum) doubles it, starting at
+ * BUSY_POLL_GROW_START_NS; a wait longer than the maximum halves it, down to nothing.
+ * An idle node, or one whose clients pause between requests, therefore stops polling
+ * after a few waits, and a node serving a client that answers quickly polls only as
+ * long as that client takes. How long a wait lasted comes from libuv's idle-time
+ * metric (the time the loop spent blocked in epoll_wait), which Node enables.
+ *
+ * Polling only pays when the CPU would otherwise be idle. When the yield between two
+ * polls lets another thread run (the thread was switched out while still runnable),
+ * the CPUs are busy: the peer node or the client on the same machine needs this one.
+ * The poll then stops, and the window stays shut for BUSY_POLL_COOLDOWN_WAITS waits.
+ */
+#define BUSY_POLL_GROW_START_NS 10000
+#define BUSY_POLL_COOLDOWN_WAITS 256
+
+static struct {
+  uv_loop_t *loop;
+  uv_prepare_t prepare;
+  uv_check_t check;
+  int64_t max_ns;       /* 0: off */
+  int64_t window_ns;    /* how long the next wait polls */
+  bool waiting;         /* the poll phase that follows may block */
+  bool slept;           /* the poll found nothing within the window; the loop sleeps */
+  int64_t spun_ns;      /* how long this wait polled */
+  uint64_t idle_before; /* uv_metrics_idle_time as the loop went to sleep */
+  int cooldown;         /* waits left before the window may grow again */
+  double hits, misses, yields, spun_total_ns;
+} busy;
+
+/* Times this thread was switched out while it could still run. */
+static long involuntary_switches(void) {
+  struct rusage usage;
+  if (getrusage(RUSAGE_THREAD, &usage) != 0) return -1;
+  return usage.ru_nivcsw;
+}
+
+static int64_t monotonic_ns(void) {
+  struct timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
+}
+
+static void busy_prepare(uv_prepare_t *handle) {
+  (void)handle;
+  busy.waiting = false;
+  /* Timers or immediates due: the poll phase will not block. */
+  if (busy.max_ns == 0 || uv_backend_timeout(busy.loop) == 0) return;
+  busy.waiting = true;
+  busy.slept = false;
+  busy.spun_ns = 0;
+  if (busy.window_ns > 0) {
+    struct pollfd events = { .fd = uv_backend_fd(busy.loop), .events = POLLIN };
+    long switches = involuntary_switches();
+    int64_t start = monotonic_ns();
+    int64_t now = start;
+    for (;;) {
+      if (poll(&events, 1, 0) > 0) {
+        busy.hits += 1;
+        busy.spun_total_ns += (double)(monotonic_ns() - start);
+        busy.waiting = false;
+        return;
+      }
+      now = monotonic_ns();
+      if (now - start >= busy.window_ns) {
+        busy.misses += 1;
+        break;
+      }
+      /* Another thread that is ready to run on this CPU goes first, and ends the poll. */
+      sched_yield();
+      if (involuntary_switches() != switches) {
+        busy.yields += 1;
+        busy.window_ns = 0;
+        busy.cooldown = BUSY_POLL_COOLDOWN_WAITS;
+        now = monotonic_ns();
+        break;
+      }
+    }
+    busy.spun_ns = now - start;
+    busy.spun_total_ns += (double)busy.spun_ns;
+  }
+  busy.slept = true;
+  busy.idle_before = uv_metrics_idle_time(busy.loop);
+}
+
+static void busy_check(uv_check_t *handle) {
+  (void)handle;
+  if (!busy.waiting || !busy.slept) return;
+  busy.waiting = false;
+  if (busy.cooldown > 0) {
+    busy.cooldown -= 1;
+    return;
+  }
+  int64_t waited = busy.spun_ns + (int64_t)(uv_metrics_idle_time(busy.loop) - busy.idle_before);
+  if (waited > busy.max_ns) {
+    busy.window_ns /= 2;
+    if (busy.window_ns < BUSY_POLL_GROW_START_NS) busy.window_ns = 0;
+  } else if (waited > busy.window_ns) {
+    busy.window_ns = busy.window_ns == 0 ? BUSY_POLL_GROW_START_NS : busy.window_ns * 2;
+    if (busy.window_ns > busy.max_ns) busy.window_ns = busy.max_ns;
+  }
+}
+
+/* busyPoll(maxMicros): polls for up to maxMicros before the event loop sleeps; 0 stops. */
+static napi_value BusyPoll(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  double max_us;
+  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 1 || napi_get_value_double(env, argv[0], &max_us) != napi_ok || !(max_us >= 0 && max_us <= 1000000) ||
+      max_us != (double)(int64_t)max_us) {
+    napi_throw_type_error(env, NULL, "busyPoll(maxMicros): maxMicros must be an integer from 0 to 1000000");
+    return NULL;
+  }
+  uv_loop_t *loop;
+  CHECK(env, napi_get_uv_event_loop(env, &loop));
+  if (busy.loop == NULL) {
+    busy.loop = loop;
+    uv_prepare_init(loop, &busy.prepare);
+    uv_check_init(loop, &busy.check);
+    /* Neither keeps the loop alive. */
+    uv_unref((uv_handle_t *)&busy.prepare);
+    uv_unref((uv_handle_t *)&busy.check);
+  } else if (busy.loop != loop) {
+    napi_throw_error(env, NULL, "busyPoll: already polling another thread's event loop");
+    return NULL;
+  }
+  busy.max_ns = (int64_t)max_us * 1000;
+  if (busy.window_ns > busy.max_ns) busy.window_ns = busy.max_ns;
+  if (busy.max_ns > 0) {
+    uv_prepare_start(&busy.prepare, busy_prepare);
+    uv_check_start(&busy.check, busy_check);
+  } else {
+    uv_prepare_stop(&busy.prepare);
+    uv_check_stop(&busy.check);
+    busy.waiting = false;
+    busy.window_ns = 0;
+    busy.cooldown = 0;
+  }
+  return NULL;
+}
+
+/* busyPollStats() -> { maxMicros, windowMicros, hits, misses, yields, pollSeconds }, counters since the process started. */
+static napi_value BusyPollStats(napi_env env, napi_callback_info info) {
+  (void)info;
+  napi_value result, value;
+  CHECK(env, napi_create_object(env, &result));
+  CHECK(env, napi_create_double(env, (double)busy.max_ns / 1000, &value));
+  CHECK(env, napi_set_named_property(env, result, "maxMicros", value));
+  CHECK(env, napi_create_double(env, busy.hits, &value));
+  CHECK(env, napi_set_named_property(env, result, "hits", value));
+  CHECK(env, napi_create_double(env, busy.misses, &value));
+  CHECK(env, napi_set_named_property(env, result, "misses", value));
+  CHECK(env, napi_create_double(env, busy.yields, &value));
+  CHECK(env, napi_set_named_property(env, result, "yields", value));
+  CHECK(env, napi_create_double(env, busy.spun_total_ns / 1e9, &value));
+  CHECK(env, napi_set_named_property(env, result, "pollSeconds", value));
+  CHECK(env, napi_create_double(env, (double)busy.window_ns / 1000, &value));
+  CHECK(env, napi_set_named_property(env, result, "windowMicros", value));
+  return result;
+}
+
 static napi_value Init(napi_env env, napi_value exports) {
   napi_value fn, value;
   crc32c_init_table();
@@ -509,6 +689,10 @@ static napi_value Init(napi_env env, napi_value exports) {
   CHECK(env, napi_set_named_property(env, exports, "fallocate", fn));
   CHECK(env, napi_create_function(env, "writePieces", NAPI_AUTO_LENGTH, WritePieces, NULL, &fn));
   CHECK(env, napi_set_named_property(env, exports, "writePieces", fn));
+  CHECK(env, napi_create_function(env, "busyPoll", NAPI_AUTO_LENGTH, BusyPoll, NULL, &fn));
+  CHECK(env, napi_set_named_property(env, exports, "busyPoll", fn));
+  CHECK(env, napi_create_function(env, "busyPollStats", NAPI_AUTO_LENGTH, BusyPollStats, NULL, &fn));
+  CHECK(env, napi_set_named_property(env, exports, "busyPollStats", fn));
   CHECK(env, napi_create_int32(env, SEEK_DATA, &value));
   CHECK(env, napi_set_named_property(env, exports, "SEEK_DATA", value));
   CHECK(env, napi_create_int32(env, SEEK_HOLE, &value));

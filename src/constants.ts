@@ -81,6 +81,9 @@ export const constants = {
   heartbeatProbationMsDefault: 2000,
   peerConnectionsDefault: 2,
   peerConnectionsMax: 16,
+  /** How long the event loop may poll before it sleeps (native busyPoll), in microseconds. */
+  busyPollMicrosDefault: 50,
+  busyPollMicrosMax: 1000,
 
   // Mirror links (DESIGN.md §1.1, §1.10).
   /** Bytes of log entries sent to one peer and not yet acknowledged; also the peer's reorder buffer. */

@@ -72,12 +72,14 @@ export interface ClusterConfig {
   heartbeat: HeartbeatConfig;
   resync: ResyncConfig;
   connections: number;
+  /** Longest the event loop polls for new work before it sleeps, in microseconds; 0: never. */
+  busyPollMicros: number;
   log: LogConfig;
   nodes: NodeConfig[];
   volumes: VolumeConfig[];
 }
 
-const topKeys = ['cluster', 'secret', 'secretFile', 'heartbeat', 'resync', 'connections', 'log', 'nodes', 'volumes'];
+const topKeys = ['cluster', 'secret', 'secretFile', 'heartbeat', 'resync', 'connections', 'busyPollMicros', 'log', 'nodes', 'volumes'];
 const resyncKeys = ['regionSize', 'rateMax'];
 const logKeys = ['partitionSize', 'partitions', 'cpIntervalMs', 'retentionMax'];
 const heartbeatKeys = ['intervalMs', 'timeoutMs', 'probationMs'];
@@ -116,6 +118,10 @@ export function parseClusterConfig(text: string, options: { baseDir: string }): 
   const connections = connectionsValue === undefined
     ? constants.peerConnectionsDefault
     : readInteger(connectionsValue, 'connections', 1, constants.peerConnectionsMax);
+  const busyPollValue = top.optional('busyPollMicros');
+  const busyPollMicros = busyPollValue === undefined
+    ? constants.busyPollMicrosDefault
+    : readInteger(busyPollValue, 'busyPollMicros', 0, constants.busyPollMicrosMax);
   const log = readLog(top.optional('log'));
   const resync = readResync(top.optional('resync'));
 
@@ -130,7 +136,7 @@ export function parseClusterConfig(text: string, options: { baseDir: string }): 
   const volumes = volumesValue.map((value: unknown, index) => readVolume(value, `volumes[${index}]`, nodes));
   checkVolumesDistinct(volumes);
 
-  return { cluster, secret, heartbeat, resync, connections, log, nodes, volumes };
+  return { cluster, secret, heartbeat, resync, connections, busyPollMicros, log, nodes, volumes };
 }
 
 export function loadClusterConfig(path: string): ClusterConfig {

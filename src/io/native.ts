@@ -1,6 +1,7 @@
 // Loads the native addon (native/blockmirror_native.c, built by `npm install` through
 // node-gyp) that provides lseek(SEEK_DATA/SEEK_HOLE), fallocate, non-blocking preadv2, CRC32C and
-// a large write split into aligned pieces in one thread-pool job, which Node's fs module does not expose.
+// a large write split into aligned pieces in one thread-pool job, which Node's fs module does not expose,
+// and busy polling of the event loop before it sleeps.
 
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
@@ -15,10 +16,28 @@ export interface NativeBindings {
   fallocate(fd: number, mode: number, offset: number, length: number, callback: (error: Error | null) => void): void;
   /** Writes `buffers` back to back at `position`, one pwritev per `pieceBytes`-aligned piece, on the thread pool. */
   writePieces(fd: number, buffers: readonly Buffer[], position: number, pieceBytes: number, callback: (error: Error | null) => void): void;
+  /** Polls for up to `maxMicros` before the event loop sleeps, adapting how long (0: never). */
+  busyPoll(maxMicros: number): void;
+  busyPollStats(): BusyPollStats;
   SEEK_DATA: number;
   SEEK_HOLE: number;
   FALLOC_PUNCH_HOLE: number;
   FALLOC_ZERO_RANGE: number;
+}
+
+export interface BusyPollStats {
+  /** The longest a wait may poll (0: polling is off). */
+  maxMicros: number;
+  /** Waits that ended while the loop was polling. */
+  hits: number;
+  /** Waits that outlasted the poll; the loop then slept. */
+  misses: number;
+  /** Polls ended because another thread needed the CPU; the loop then slept. */
+  yields: number;
+  /** Time spent polling. */
+  pollSeconds: number;
+  /** How long the next wait polls. */
+  windowMicros: number;
 }
 
 function findAddon(): string {

@@ -5,6 +5,7 @@
 
 import http from 'node:http';
 import { constants } from '../constants.js';
+import { busyPollStats } from '../io/busy-poll.js';
 import type { Address } from '../control/config.js';
 import type { Logger } from '../lib/log.js';
 import type { LogStatus } from '../storage/write-log.js';
@@ -58,13 +59,23 @@ export interface NodeStatus {
 }
 
 export function nodeStatus(node: BlockmirrorNode): NodeStatus {
+  const poll = busyPollStats();
   return {
     cluster: node.config.cluster,
     node: node.node.id,
     uptimeSeconds: Math.round((Date.now() - node.startedAtMs) / 1000),
     nbd: node.nbdAddress === null ? '' : `${node.nbdAddress.host}:${node.nbdAddress.port}`,
     connections: node.connectionCount,
-    counters: { ...node.counters, ...node.peerCounters, ...node.heartbeatCounters, slowInlineWrites: node.ioActivity.slowWrites },
+    counters: {
+      ...node.counters,
+      ...node.peerCounters,
+      ...node.heartbeatCounters,
+      slowInlineWrites: node.ioActivity.slowWrites,
+      busyPollHits: poll.hits,
+      busyPollMisses: poll.misses,
+      busyPollYields: poll.yields,
+      busyPollSeconds: poll.pollSeconds,
+    },
     nodes: node.heartbeatStatus().map((peer) => ({ node: peer.peer, state: peer.state, lastHeardAgoMs: peer.lastHeardAgoMs, incarnation: peer.incarnation })),
     volumes: [...node.volumes.values()].map((served) => {
       const { config, identity, volume, role, mirror, target } = served;
@@ -124,6 +135,21 @@ function metrics(status: NodeStatus): string {
     `Small writes on the event loop that took over ${constants.inlineWriteSlowMs} ms (small writes then use the thread pool for ${constants.inlineWriteSlowBackoffMs} ms).`,
     [[labels, status.counters['slowInlineWrites'] ?? 0]],
   );
+  metric(
+    'blockmirror_busy_poll_hits_total',
+    'counter',
+    'Waits for work that ended while the event loop was polling (busyPollMicros), so it did not sleep.',
+    [[labels, status.counters['busyPollHits'] ?? 0]],
+  );
+  metric('blockmirror_busy_poll_misses_total', 'counter', 'Waits that outlasted the poll; the event loop then slept.', [
+    [labels, status.counters['busyPollMisses'] ?? 0],
+  ]);
+  metric('blockmirror_busy_poll_yields_total', 'counter', 'Polls ended because another thread needed the CPU; the event loop then slept.', [
+    [labels, status.counters['busyPollYields'] ?? 0],
+  ]);
+  metric('blockmirror_busy_poll_seconds_total', 'counter', 'CPU time the event loop spent polling for work.', [
+    [labels, status.counters['busyPollSeconds'] ?? 0],
+  ]);
   const perVolume = (stat: string, name: string, type: string, help: string): void =>
     metric(
       name,

@@ -360,15 +360,17 @@ export class NbdConnection {
   /**
    * Writes one reply's buffers back to back, so replies never interleave. Replies
    * completed in the same event-loop turn are corked and leave in one writev when the
-   * turn ends (setImmediate), instead of one system call per 16-byte reply. Returns false
+   * turn ends (setImmediate), instead of one system call per 16-byte reply. The reply to
+   * the only request in flight has nothing to wait for and leaves at once. Returns false
    * when nothing was sent (the connection is gone); `written` is then never called.
    */
   private send(buffers: Buffer[], written?: () => void): boolean {
     if (buffers.length === 0 || this.socket.destroyed || this.phase === 'closed') return false;
+    const now = !this.corked && this.inflightRequests <= 1;
     if (!this.corked) {
       this.corked = true;
       this.socket.cork();
-      setImmediate(this.uncork);
+      if (!now) setImmediate(this.uncork);
     }
     const last = buffers.length - 1;
     buffers.forEach((buffer, index) => {
@@ -376,12 +378,14 @@ export class NbdConnection {
       if (index === last && written !== undefined) this.socket.write(buffer, () => written());
       else this.socket.write(buffer);
     });
+    if (now) this.uncork();
     return true;
   }
 
   private readonly uncork = (): void => {
     this.corked = false;
     this.socket.uncork();
+    this.volume?.replied();
   };
 
   private whenIdle(callback: () => void): void {

@@ -12,6 +12,7 @@ import type { Logger } from '../lib/log.js';
 import type { ExportLookup } from '../protocol/nbd/negotiation.js';
 import { FileDisk } from '../io/file-disk.js';
 import { IoActivity } from '../io/file-io.js';
+import { holdBusyPoll } from '../io/busy-poll.js';
 import { applyEntry, LocalVolume } from '../storage/local-volume.js';
 import { WriteLog, type LogOptions, type RecoveryReport } from '../storage/write-log.js';
 import { DirtyBitmap } from '../storage/dirty-bitmap.js';
@@ -54,6 +55,7 @@ export class BlockmirrorNode {
   private admin: AdminServer | null = null;
   private stopping: Promise<void> | null = null;
   private checkpointTimer: NodeJS.Timeout | null = null;
+  private releaseBusyPoll: (() => void) | null = null;
   private readonly checkpointsWanted = new Set<string>();
   readonly startedAtMs = Date.now();
   nbdAddress: Address | null = null;
@@ -105,6 +107,7 @@ export class BlockmirrorNode {
     this.nbdAddress = await listen(this.nbdServer, this.node.nbd, 'nbd');
     this.admin = new AdminServer(this, this.log);
     this.adminAddress = await this.admin.start(this.node.admin);
+    this.releaseBusyPoll = holdBusyPoll(this.config.busyPollMicros);
     this.log.info('node ready', {
       node: this.node.id,
       cluster: this.config.cluster,
@@ -256,6 +259,7 @@ export class BlockmirrorNode {
 
   private async doStop(): Promise<void> {
     this.log.info('node stopping', { connections: this.connections.size });
+    this.releaseBusyPoll?.();
     const serverClosed = this.nbdServer === null ? Promise.resolve() : closeServer(this.nbdServer);
     await Promise.all([...this.connections].map((connection) => connection.shutdown(constants.shutdownDrainMs)));
     await serverClosed;

@@ -911,12 +911,14 @@ export class WriteLog {
   }
 
   /**
-   * Starts making the log durable up to what is appended, on the thread pool, with nobody
-   * waiting yet: a flush is expected, and one that comes while this runs waits for it
-   * rather than starting its own. Nothing happens if a sync is running or `seq` is durable.
+   * Starts making the log durable up to what is appended, with nobody waiting yet: a
+   * flush is expected, and one that comes while this runs waits for it rather than
+   * starting its own. Called once the reply to the write has left, so the sync may run
+   * inline like any other (when nothing else is in flight on the node). Nothing happens
+   * if a sync is running, `seq` is durable, or the log is closed.
    */
   syncAhead(seq: number): void {
-    if (seq <= this.durableSeq || seq > this.appendedSeq) return;
+    if (this.closed || seq <= this.durableSeq || seq > this.appendedSeq) return;
     this.syncsAhead += 1;
     this.maybeSync(true);
   }
@@ -932,9 +934,7 @@ export class WriteLog {
     this.syncs += 1;
     const dirty = this.slots.filter((slot) => slot.dirty);
     for (const slot of dirty) slot.dirty = false;
-    // Ahead of a flush, the request that asked is still to be answered: not inline.
-    const inline = !ahead && dirty.length === 1;
-    Promise.all(dirty.map((slot) => syncData(slot.fd, this.options.activity, inline))).then(
+    Promise.all(dirty.map((slot) => syncData(slot.fd, this.options.activity, dirty.length === 1))).then(
       () => {
         this.durableSeq = Math.max(this.durableSeq, target);
         this.settleWaiters(null);

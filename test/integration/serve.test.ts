@@ -201,6 +201,42 @@ test('admin API: status JSON, Prometheus metrics, dashboard, and blockmirror sta
   assert.match(unreachable.stdout, /unreachable/);
 });
 
+test('a client that flushes after every write has each write synced from its reply on, and reads it back', async () => {
+  const node = await startNode({ volumes: [{ name: 'vol0', size: '16MiB' }] });
+  dirs.push(node.dir);
+  try {
+    // qemu-io sends each command and waits for its reply: write, flush, write, flush...
+    // (with a writeback cache: writethrough, its default, would send every write with FUA).
+    const writes = 40;
+    const commands: string[] = [];
+    for (let index = 0; index < writes; index += 1) commands.push('-c', `write -P ${index + 1} ${index * 8}k 4k`, '-c', 'flush');
+    await runOk('qemu-io', ['-f', 'raw', '-t', 'writeback', node.uri('vol0'), ...commands]);
+    const base = `http://127.0.0.1:${node.adminPort}`;
+    const status = (await (await fetch(`${base}/api/v1/status`)).json()) as {
+      counters: Record<string, number>;
+      volumes: { name: string; stats: Record<string, number>; log: { syncsAhead: number; durableSeq: number; lastSeq: number } }[];
+    };
+    const vol0 = status.volumes.find((volume) => volume.name === 'vol0');
+    assert.ok(vol0 !== undefined);
+    assert.equal(vol0.stats['writeOps'], writes);
+    // qemu-io flushes once more as it closes the image.
+    assert.equal(vol0.stats['flushOps'], writes + 1);
+    // The first two write+flush pairs teach the volume the pattern; every later write
+    // starts the log sync once its reply has left.
+    assert.equal(vol0.log.syncsAhead, writes - 2);
+    assert.equal(vol0.log.durableSeq, vol0.log.lastSeq);
+    assert.equal(typeof status.counters['busyPollHits'], 'number');
+    const metrics = await (await fetch(`${base}/metrics`)).text();
+    assert.match(metrics, /^blockmirror_log_syncs_ahead_total\{node="a",volume="vol0"\} 38$/m);
+    assert.match(metrics, /^blockmirror_busy_poll_hits_total\{node="a"\} \d+$/m);
+    const reads: string[] = [];
+    for (let index = 0; index < writes; index += 1) reads.push('-c', `read -P ${index + 1} ${index * 8}k 4k`, '-c', `read -P 0 ${index * 8 + 4}k 4k`);
+    await runOk('qemu-io', ['-f', 'raw', '-r', node.uri('vol0'), ...reads]);
+  } finally {
+    await node.stop();
+  }
+});
+
 test('demo (what npm start runs): two nodes mirror vol0, and both stop cleanly on SIGINT with identical images', async () => {
   const dir = tempDir();
   const demo = spawn(process.execPath, [cliPath, 'demo', '--dir', path.join(dir, 'demo')], { stdio: ['ignore', 'pipe', 'pipe'] });

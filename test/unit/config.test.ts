@@ -115,6 +115,7 @@ describe('cluster file: valid input', () => {
       heartbeat: { intervalMs: 250, timeoutMs: 2000, probationMs: 2000 },
       resync: { regionBytes: constants.dirtyRegionBytes, rateBytesPerSecMax: 0 },
       connections: constants.peerConnectionsDefault,
+      busyPollMicros: constants.busyPollMicrosDefault,
       log: {
         partitionBytes: constants.logPartitionBytesDefault,
         partitions: constants.logPartitionsDefault,
@@ -165,12 +166,14 @@ describe('cluster file: valid input', () => {
       probationMs: constants.heartbeatProbationMsDefault,
     });
     assert.equal(config.connections, constants.peerConnectionsDefault);
+    assert.equal(config.busyPollMicros, constants.busyPollMicrosDefault);
     assert.deepEqual(config.volumes, []);
   });
 
   test('every volume option, multiPrimary, integer sizes and a single-copy local volume', () => {
     const config = parseRaw((raw) => {
       raw.connections = 4;
+      raw.busyPollMicros = 0;
       raw.volumes = [
         {
           name: 'db.primary-1', size: 512 * 1024 * 1024, replicas: ['b', 'a'], multiPrimary: true, mode: 'async',
@@ -180,6 +183,7 @@ describe('cluster file: valid input', () => {
       ];
     });
     assert.equal(config.connections, 4);
+    assert.equal(config.busyPollMicros, 0);
     const [db, scratch] = config.volumes;
     assert.deepEqual(db, {
       name: 'db.primary-1', sizeBytes: 512 * 1024 * 1024, replicas: ['b', 'a'], primary: null, multiPrimary: true,
@@ -323,6 +327,13 @@ describe('cluster file: top-level rules', () => {
     rejects((raw) => { (raw as RawMap).resync = { regionSize: '1MiB' }; }, 'resync.regionSize', 'must be a power of two');
     rejects((raw) => { (raw as RawMap).resync = { rateMax: '100KiB' }; }, 'resync.rateMax', 'must be at least 1MiB per second');
     rejects((raw) => { (raw as RawMap).resync = { rate: '10MiB' }; }, 'resync.rate', 'unknown key (expected one of: regionSize, rateMax)');
+  });
+
+  test('busyPollMicros is an integer from 0 to the maximum', () => {
+    rejects((raw) => { raw.busyPollMicros = -1; }, 'busyPollMicros', `from 0 to ${constants.busyPollMicrosMax}, got -1`);
+    rejects((raw) => { raw.busyPollMicros = constants.busyPollMicrosMax + 1; }, 'busyPollMicros', `got ${constants.busyPollMicrosMax + 1}`);
+    rejects((raw) => { raw.busyPollMicros = 2.5; }, 'busyPollMicros', 'expected an integer');
+    rejects((raw) => { raw.busyPollMicros = '50us'; }, 'busyPollMicros', 'expected an integer');
   });
 
   test('connections is an integer from 1 to the maximum', () => {

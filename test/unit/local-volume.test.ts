@@ -286,7 +286,7 @@ describe('LocalVolume', () => {
     });
   });
 
-  test('a client that flushes after every write has the log sync started as each write is logged', async () => {
+  test('a client that flushes after every write has the log sync started as each reply leaves', async () => {
     await withVolume(new MemoryDisk(256 * KiB), {}, async ({ volume, log }) => {
       const durableSoon = async (what: string): Promise<void> => {
         for (let wait = 0; log.status().durableSeq < log.lastSeq; wait += 1) {
@@ -297,27 +297,37 @@ describe('LocalVolume', () => {
       // Two writes each followed by a flush: the pattern is learnt, nothing synced ahead yet.
       for (let index = 0; index < 2; index += 1) {
         await volume.write([pattern(4096, index)], index * 4096, false);
+        volume.replied();
         await volume.flush();
       }
       assert.equal(log.status().syncsAhead, 0);
-      // The third write starts the sync itself; it completes with no flush asked.
+      // The third write's sync starts once its reply has left (not before), and it
+      // completes with no flush asked.
       await volume.write([pattern(4096, 2)], 2 * 4096, false);
+      assert.equal(log.status().syncsAhead, 0, 'synced before the reply left');
+      volume.replied();
       assert.equal(log.status().syncsAhead, 1);
+      volume.replied();
+      assert.equal(log.status().syncsAhead, 1, 'a second reply started a second sync');
       await durableSoon('third write');
       const syncs = log.status().syncs;
       await volume.flush();
       assert.equal(log.status().syncs, syncs, 'the flush found its writes durable already');
       // Two writes in a row break the pattern: the next write waits for its flush again.
       await volume.write([pattern(4096, 3)], 3 * 4096, false);
+      volume.replied();
       await volume.write([pattern(4096, 4)], 4 * 4096, false);
+      volume.replied();
       const ahead = log.status().syncsAhead;
       await volume.flush();
       await volume.write([pattern(4096, 5)], 5 * 4096, false);
+      volume.replied();
       assert.equal(log.status().syncsAhead, ahead, 'no sync ahead after the pattern broke');
       // A FUA write waits for its own sync; it is never synced ahead.
       await volume.flush();
       const beforeFua = log.status().syncsAhead;
       await volume.write([pattern(4096, 6)], 6 * 4096, true);
+      volume.replied();
       assert.equal(log.status().durableSeq, log.lastSeq);
       assert.equal(log.status().syncsAhead, beforeFua);
     });
