@@ -507,14 +507,17 @@ async function qemuBench(uri: string, depth: number): Promise<Figure> {
 
 function fioFigure(file: string, workload: Workload): Figure {
   const output = JSON.parse(fs.readFileSync(file, 'utf8')) as {
-    jobs: (Record<'read' | 'write', { iops: number; bw_bytes: number; clat_ns: { percentile?: Record<string, number> } }> & {
+    jobs: (Record<'read' | 'write', { iops: number; bw_bytes: number; lat_ns: { percentile?: Record<string, number> } }> & {
       sync?: { total_ios?: number; lat_ns: { percentile?: Record<string, number> } };
     })[];
   };
   const job = output.jobs[0];
   if (job === undefined) throw new Error(`${file}: no job`);
   const side = job[workload.direction];
-  const percentiles = side.clat_ns.percentile ?? {};
+  // Total latency (submission and completion, --lat_percentiles): at depth 1 part of a
+  // request's time can fall in fio's submission, more with one server than another.
+  const percentiles = side.lat_ns.percentile;
+  if (percentiles === undefined) throw new Error(`${file}: no latency percentiles (fio run without --lat_percentiles=1?)`);
   const flushes = job.sync !== undefined && (job.sync.total_ios ?? 0) > 0 ? job.sync.lat_ns.percentile : undefined;
   return {
     value: workload.unit === 'IOPS' ? side.iops : side.bw_bytes / 1024 ** 2,
@@ -563,6 +566,7 @@ async function benchServer(server: string, stamp: string): Promise<ServerRun> {
           '--time_based',
           `--runtime=${runtimeS}`,
           '--ramp_time=2',
+          '--lat_percentiles=1',
           '--output-format=json',
           `--output=${output}`,
           ...workload.args,
@@ -882,6 +886,7 @@ async function resyncFio(uri: string, output: string): Promise<Figure> {
       '--time_based',
       `--runtime=${resyncFioRuntimeS}s`,
       `--ramp_time=${resyncFioRampMs}ms`,
+      '--lat_percentiles=1',
       '--output-format=json',
       `--output=${output}`,
       ...workload.args,
@@ -1260,7 +1265,7 @@ connections); fio talks to node a, and each workload starts once node b has caug
 written is each node's user + system time from the start of the 1M seqwrite workload until node b has caught
 up, over the MiB written to node a in that time (ramp included). nbdkit runs the \`file\` plugin with its
 defaults; qemu-nbd runs with \`--cache=writeback --aio=threads --shared=16\`. Figures are fio's, latencies are
-completion latencies. In the write+flush row (fio's \`--fsync=1\`) they are given for the writes and
+total latencies (submission and completion, fio's \`--lat_percentiles=1\`). In the write+flush row (fio's \`--fsync=1\`) they are given for the writes and
 for the flushes, and a durable write is the two together (the line under the table adds them up). The FUA
 rows come from \`qemu-img bench -w -t writethrough -s 4096\`, which sets FUA on every write (fio's nbd engine
 cannot). Raw fio JSON for every run is in \`bench/results/\`.

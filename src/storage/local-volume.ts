@@ -44,7 +44,9 @@ export interface VolumeStats {
  * loopback) instead of after. When that write is the only request on the node the sync
  * runs inline on the event loop: a thread-pool hand-off costs two thread wake-ups, each
  * an interprocessor interrupt on a virtual machine, and the worker thread competes for a
- * core with the client that is taking the reply.
+ * core with the client that is taking the reply. A mirrored volume starts it on the
+ * thread pool as soon as the write is logged instead: its reply waits for the peers,
+ * and the sync runs during that wait.
  */
 export class FlushPredictor {
   private followed = 0;
@@ -252,7 +254,13 @@ export class LocalVolume {
     this.stats.writeOps += 1;
     this.stats.writeBytes += total;
     this.flushExpected.wrote();
-    this.syncAfterReply = !fua && this.flushExpected.likely ? lastSeq : 0;
+    this.syncAfterReply = 0;
+    if (!fua && this.flushExpected.likely) {
+      // A mirrored write is answered only once the peers have it: its sync starts now, on
+      // the thread pool, and overlaps that wait.
+      if (this.gate === null) this.syncAfterReply = lastSeq;
+      else this.log.syncAhead(lastSeq, false);
+    }
     await this.finish(lastSeq, fua, startedMs);
   }
 
@@ -304,7 +312,7 @@ export class LocalVolume {
     const seq = this.syncAfterReply;
     if (seq === 0) return;
     this.syncAfterReply = 0;
-    if (this.failure === null) this.log.syncAhead(seq);
+    if (this.failure === null) this.log.syncAhead(seq, true);
   }
 
   /** Routes every later request through the mirror engine (the node's primary volumes). */

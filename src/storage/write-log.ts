@@ -914,16 +914,16 @@ export class WriteLog {
    * Starts making the log durable up to what is appended, with nobody waiting yet: a
    * flush is expected, and one that comes while this runs waits for it rather than
    * starting its own. Called once the reply to the write has left, so the sync may run
-   * inline like any other (when nothing else is in flight on the node). Nothing happens
-   * if a sync is running, `seq` is durable, or the log is closed.
+   * inline like a flush's when `inlineAllowed` (and nothing else is in flight on the
+   * node). Nothing happens if a sync is running, `seq` is durable, or the log is closed.
    */
-  syncAhead(seq: number): void {
+  syncAhead(seq: number, inlineAllowed: boolean): void {
     if (this.closed || seq <= this.durableSeq || seq > this.appendedSeq) return;
     this.syncsAhead += 1;
-    this.maybeSync(true);
+    this.maybeSync(true, inlineAllowed);
   }
 
-  private maybeSync(ahead = false): void {
+  private maybeSync(ahead = false, inlineAllowed = true): void {
     if (this.syncing || (this.syncWaiters.length === 0 && !ahead)) return;
     const target = this.appendedSeq;
     const lowest = this.syncWaiters.length === 0 ? target : Math.min(...this.syncWaiters.map((waiter) => waiter.seq));
@@ -934,7 +934,7 @@ export class WriteLog {
     this.syncs += 1;
     const dirty = this.slots.filter((slot) => slot.dirty);
     for (const slot of dirty) slot.dirty = false;
-    Promise.all(dirty.map((slot) => syncData(slot.fd, this.options.activity, dirty.length === 1))).then(
+    Promise.all(dirty.map((slot) => syncData(slot.fd, this.options.activity, inlineAllowed && dirty.length === 1))).then(
       () => {
         this.durableSeq = Math.max(this.durableSeq, target);
         this.settleWaiters(null);

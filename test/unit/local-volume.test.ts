@@ -16,7 +16,7 @@ import { MemoryDisk } from '../../src/io/memory-disk.js';
 import { AssertionError } from '../../src/lib/assert.js';
 import { Logger } from '../../src/lib/log.js';
 import { alignedEntryBytes, encodeEntryHeader, decodeEntryHeader, EntryFlag, EntryType, type EntryHeader } from '../../src/storage/log-entry.js';
-import { applyEntry, LocalVolume, RangeOrder, slicePayload, VolumeFailedError } from '../../src/storage/local-volume.js';
+import { applyEntry, LocalVolume, RangeOrder, slicePayload, VolumeFailedError, type MirrorGate } from '../../src/storage/local-volume.js';
 import { LogCorruptError, WriteLog, type LogGeometry } from '../../src/storage/write-log.js';
 import { baseSeed, Prng } from './prng.js';
 import { pattern, scratchDirs } from '../helpers/test-data.js';
@@ -330,6 +330,44 @@ describe('LocalVolume', () => {
       volume.replied();
       assert.equal(log.status().durableSeq, log.lastSeq);
       assert.equal(log.status().syncsAhead, beforeFua);
+    });
+  });
+
+  test('a mirrored volume starts the expected sync as each write is logged, before its reply', async () => {
+    await withVolume(new MemoryDisk(256 * KiB), {}, async ({ volume, log }) => {
+      let lastSeq = 0;
+      const asked: { seq: number; durable: boolean }[] = [];
+      const gate: MirrorGate = {
+        mirrored: (seq, durable) => {
+          asked.push({ seq, durable });
+          return Promise.resolve();
+        },
+        get lastSeq() {
+          return lastSeq;
+        },
+        refusal: () => null,
+        intend: (_offset, _length, seq) => {
+          lastSeq = seq;
+          return null;
+        },
+        changeDone: () => undefined,
+      };
+      volume.attachMirror(gate);
+      for (let index = 0; index < 2; index += 1) {
+        await volume.write([pattern(4096, index)], index * 4096, false);
+        volume.replied();
+        await volume.flush();
+      }
+      assert.equal(log.status().syncsAhead, 0);
+      // The reply waits for the peers: the sync is already under way when write() returns.
+      await volume.write([pattern(4096, 2)], 2 * 4096, false);
+      assert.equal(log.status().syncsAhead, 1);
+      volume.replied();
+      assert.equal(log.status().syncsAhead, 1, 'the reply started a second sync');
+      await volume.flush();
+      assert.equal(log.status().durableSeq, log.lastSeq);
+      assert.deepEqual(asked.at(-1), { seq: log.lastSeq, durable: true }, 'the flush asked the peers for durability');
+      assert.ok((await volume.read(2 * 4096, 4096)).equals(pattern(4096, 2)));
     });
   });
 
