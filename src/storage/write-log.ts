@@ -913,9 +913,9 @@ export class WriteLog {
   /**
    * Starts making the log durable up to what is appended, with nobody waiting yet: a
    * flush is expected, and one that comes while this runs waits for it rather than
-   * starting its own. Called once the reply to the write has left, so the sync may run
-   * inline like a flush's when `inlineAllowed` (and nothing else is in flight on the
-   * node). Nothing happens if a sync is running, `seq` is durable, or the log is closed.
+   * starting its own. `inlineAllowed` once the reply to the write has left: the sync may
+   * then run inline like a flush's, when nothing else is in flight on the node. Nothing
+   * happens if a sync is running, `seq` is durable, or the log is closed.
    */
   syncAhead(seq: number, inlineAllowed: boolean): void {
     if (this.closed || seq <= this.durableSeq || seq > this.appendedSeq) return;
