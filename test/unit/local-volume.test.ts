@@ -183,6 +183,16 @@ async function withVolume<D extends Disk>(
   }
 }
 
+/** Two writes (to blocks 0 and 1), each replied to and followed by a flush: the volume expects a flush after the next write. */
+async function learnFlushPattern(volume: LocalVolume, log: WriteLog): Promise<void> {
+  for (let index = 0; index < 2; index += 1) {
+    await volume.write([pattern(4096, index)], index * 4096, false);
+    volume.replied();
+    await volume.flush();
+  }
+  assert.equal(log.status().syncsAhead, 0, 'synced ahead while the pattern was being learnt');
+}
+
 async function fill(volume: LocalVolume): Promise<Buffer> {
   const data = pattern(volume.sizeBytes, 7);
   await volume.write([data], 0, false);
@@ -294,13 +304,7 @@ describe('LocalVolume', () => {
           await new Promise((resolve) => setTimeout(resolve, 5));
         }
       };
-      // Two writes each followed by a flush: the pattern is learnt, nothing synced ahead yet.
-      for (let index = 0; index < 2; index += 1) {
-        await volume.write([pattern(4096, index)], index * 4096, false);
-        volume.replied();
-        await volume.flush();
-      }
-      assert.equal(log.status().syncsAhead, 0);
+      await learnFlushPattern(volume, log);
       // The third write's sync starts once its reply has left (not before), and it
       // completes with no flush asked.
       await volume.write([pattern(4096, 2)], 2 * 4096, false);
@@ -353,12 +357,7 @@ describe('LocalVolume', () => {
         changeDone: () => undefined,
       };
       volume.attachMirror(gate);
-      for (let index = 0; index < 2; index += 1) {
-        await volume.write([pattern(4096, index)], index * 4096, false);
-        volume.replied();
-        await volume.flush();
-      }
-      assert.equal(log.status().syncsAhead, 0);
+      await learnFlushPattern(volume, log);
       // The reply waits for the peers: the sync is already under way when write() returns.
       await volume.write([pattern(4096, 2)], 2 * 4096, false);
       assert.equal(log.status().syncsAhead, 1);
