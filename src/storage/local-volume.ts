@@ -300,7 +300,7 @@ export class LocalVolume {
     this.stats.flushOps += 1;
     this.flushExpected.flushed();
     this.syncAfterReply = 0;
-    const local = this.log.syncTo(this.log.lastSeq);
+    const local = this.logDurable(this.log.lastSeq);
     await this.counted<unknown>(this.gate === null ? local : Promise.all([local, this.gate.mirrored(this.gate.lastSeq, true)]));
   }
 
@@ -418,7 +418,7 @@ export class LocalVolume {
 
   /** After the local part of a change that arrived at `startedMs`: its durability, and the peers' part. */
   private async finish(seq: number, durable: boolean, startedMs: number): Promise<void> {
-    const local = durable ? this.log.syncTo(seq) : null;
+    const local = durable ? this.logDurable(seq) : null;
     if (this.gate === null) {
       if (local !== null) await this.counted(local);
       return;
@@ -436,8 +436,27 @@ export class LocalVolume {
   /** A consistency point: the volume file durable, the log before it released. */
   checkpoint(): Promise<void> {
     return this.log.checkpoint(async () => {
-      await this.disk.sync();
+      try {
+        await this.disk.sync();
+      } catch (error) {
+        // As with the log (logDurable): a later sync could succeed without the lost pages,
+        // and a CP would then release log entries the volume file does not hold.
+        this.fail(error);
+        throw error;
+      }
       this.beforeCheckpointRecorded?.();
+    });
+  }
+
+  /**
+   * Resolves when the log is durable through `seq`. A failed log sync fails the volume:
+   * the log cannot promise durability any more (WriteLog.syncTo), so nothing more is
+   * served from it.
+   */
+  private logDurable(seq: number): Promise<void> {
+    return this.log.syncTo(seq).catch((error: unknown) => {
+      this.fail(error);
+      throw error;
     });
   }
 

@@ -91,6 +91,8 @@ export interface LogOptions {
   replica?: { deferApply: boolean };
   /** Every entry as it is placed, in sequence order: its encoded header and payload (the mirror's tap). */
   onPlaced?: (seq: number, header: Buffer, payload: readonly Buffer[], fields: { type: EntryType; offset: number; lengthBytes: number }) => void;
+  /** Makes a partition file durable: fdatasync (syncData) unless a test puts a failing disk here. */
+  syncFile?: typeof syncData;
 }
 
 /** The fields of an entry a caller chooses (the log adds the rest). */
@@ -261,6 +263,8 @@ export class WriteLog {
   /** The bytes of the block where the log currently ends, up to its end (the write point). */
   private tail: { generation: number; blockStart: number; bytes: Buffer };
   private syncing = false;
+  /** The first failed fdatasync: the log cannot be made durable any more. */
+  private syncFailure: Error | null = null;
   private checkpointing: Promise<void> | null = null;
   private readonly retainers: Retainer[] = [];
   private cpSeq: number;
@@ -904,6 +908,7 @@ export class WriteLog {
   /** Resolves once every entry up to `seq` is durable in the log. */
   syncTo(seq: number): Promise<void> {
     if (seq <= this.durableSeq) return Promise.resolve();
+    if (this.syncFailure !== null) return Promise.reject(this.syncFailure);
     return new Promise((resolve, reject) => {
       this.syncWaiters.push({ seq, resolve, reject });
       this.maybeSync();
@@ -918,13 +923,13 @@ export class WriteLog {
    * happens if a sync is running, `seq` is durable, or the log is closed.
    */
   syncAhead(seq: number, inlineAllowed: boolean): void {
-    if (this.closed || seq <= this.durableSeq || seq > this.appendedSeq) return;
+    if (this.closed || this.syncFailure !== null || seq <= this.durableSeq || seq > this.appendedSeq) return;
     this.syncsAhead += 1;
     this.maybeSync(true, inlineAllowed);
   }
 
   private maybeSync(ahead = false, inlineAllowed = true): void {
-    if (this.syncing || (this.syncWaiters.length === 0 && !ahead)) return;
+    if (this.syncing || this.syncFailure !== null || (this.syncWaiters.length === 0 && !ahead)) return;
     const target = this.appendedSeq;
     const lowest = this.syncWaiters.length === 0 ? target : Math.min(...this.syncWaiters.map((waiter) => waiter.seq));
     // Until the lowest waiter's entry (and all before it) is written, a sync is wasted;
@@ -934,7 +939,8 @@ export class WriteLog {
     this.syncs += 1;
     const dirty = this.slots.filter((slot) => slot.dirty);
     for (const slot of dirty) slot.dirty = false;
-    Promise.all(dirty.map((slot) => syncData(slot.fd, this.options.activity, inlineAllowed && dirty.length === 1))).then(
+    const syncFile = this.options.syncFile ?? syncData;
+    Promise.all(dirty.map((slot) => syncFile(slot.fd, this.options.activity, inlineAllowed && dirty.length === 1))).then(
       () => {
         this.durableSeq = Math.max(this.durableSeq, target);
         this.settleWaiters(null);
@@ -942,7 +948,10 @@ export class WriteLog {
         this.maybeSync();
       },
       (error: Error) => {
-        for (const slot of dirty) slot.dirty = true;
+        // Not retried: after a failed fdatasync Linux may have dropped the dirty pages it
+        // could not write and marked them clean, so a later fdatasync can succeed without
+        // them on disk. Every later sync fails with this error instead.
+        this.syncFailure = error;
         this.settleWaiters(error);
         this.syncing = false;
       },

@@ -11,13 +11,13 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { describe, test } from 'node:test';
 import type { Disk, DiskExtent } from '../../src/io/disk.js';
-import { IoActivity } from '../../src/io/file-io.js';
+import { IoActivity, syncData } from '../../src/io/file-io.js';
 import { MemoryDisk } from '../../src/io/memory-disk.js';
 import { AssertionError } from '../../src/lib/assert.js';
 import { Logger } from '../../src/lib/log.js';
 import { alignedEntryBytes, encodeEntryHeader, decodeEntryHeader, EntryFlag, EntryType, type EntryHeader } from '../../src/storage/log-entry.js';
 import { applyEntry, LocalVolume, RangeOrder, slicePayload, VolumeFailedError, type MirrorGate } from '../../src/storage/local-volume.js';
-import { LogCorruptError, WriteLog, type LogGeometry } from '../../src/storage/write-log.js';
+import { LogCorruptError, WriteLog, type LogGeometry, type LogOptions } from '../../src/storage/write-log.js';
 import { baseSeed, Prng } from './prng.js';
 import { pattern, scratchDirs } from '../helpers/test-data.js';
 
@@ -105,13 +105,23 @@ class DurableDisk extends MemoryDisk {
   }
 }
 
-/** A disk whose writes fail with EIO once `failing` is set. */
+function eio(syscall: string): Error {
+  return Object.assign(new Error(`EIO: i/o error, ${syscall}`), { code: 'EIO', errno: -5 });
+}
+
+/** A disk whose writes fail with EIO once `failing` is set, and its syncs once `syncFailing` is. */
 class FailingDisk extends MemoryDisk {
   failing = false;
+  syncFailing = false;
 
   override writev(buffers: readonly Buffer[], offset: number): Promise<void> {
-    if (this.failing) return Promise.reject(Object.assign(new Error('EIO: i/o error, write'), { code: 'EIO', errno: -5 }));
+    if (this.failing) return Promise.reject(eio('write'));
     return super.writev(buffers, offset);
+  }
+
+  override sync(): Promise<void> {
+    if (this.syncFailing) return Promise.reject(eio('fdatasync'));
+    return super.sync();
   }
 }
 
@@ -135,6 +145,8 @@ interface VolumeChoices {
   /** Take a checkpoint whenever the log asks for one, as the node does. */
   autoCheckpoint?: boolean;
   dir?: string;
+  /** In place of the log's fdatasync. */
+  syncFile?: LogOptions['syncFile'];
 }
 
 async function openVolume<D extends Disk>(disk: D, choices: VolumeChoices = {}): Promise<Setup<D>> {
@@ -154,6 +166,7 @@ async function openVolume<D extends Disk>(disk: D, choices: VolumeChoices = {}):
       activity: new IoActivity(),
       inlineWriteBytesMax: 64 * KiB,
       log: new Logger({ write: (line) => lines.push(line) }, 'debug'),
+      ...(choices.syncFile === undefined ? {} : { syncFile: choices.syncFile }),
       onCheckpointWanted: () => {
         checkpointsWanted.count += 1;
         if (choices.autoCheckpoint !== true) return;
@@ -608,6 +621,42 @@ describe('LocalVolume', () => {
           what,
         );
       }
+    });
+  });
+
+  test('a log fdatasync that fails fails the volume, and no later flush reports success', async () => {
+    let syncFails = false;
+    const syncFile: LogOptions['syncFile'] = (fd, activity, inline) => (syncFails ? Promise.reject(eio('fdatasync')) : syncData(fd, activity, inline));
+    await withVolume(new MemoryDisk(64 * KiB), { syncFile }, async ({ volume, log }) => {
+      await volume.write([pattern(4096, 1)], 0, false);
+      await volume.flush();
+      const durable = log.status().durableSeq;
+      await volume.write([pattern(4096, 2)], 4096, false);
+      syncFails = true;
+      await assert.rejects(volume.flush(), /EIO/);
+      assert.equal(volume.failed, true);
+      // The kernel may have dropped the pages it could not write: a sync that now
+      // succeeds proves nothing, so none is tried and the error stays.
+      syncFails = false;
+      await assert.rejects(volume.flush(), VolumeFailedError);
+      await assert.rejects(log.syncTo(log.lastSeq), /EIO/);
+      assert.equal(log.status().durableSeq, durable, 'durability claimed after the failed sync');
+      // What was durable before the failure still is.
+      await log.syncTo(durable);
+    });
+  });
+
+  test('a volume-file fdatasync that fails in a consistency point fails the volume, and no CP is recorded', async () => {
+    const disk = new FailingDisk(64 * KiB);
+    await withVolume(disk, {}, async ({ volume, log }) => {
+      await volume.write([pattern(4096, 1)], 0, false);
+      const cpSeq = log.status().cpSeq;
+      disk.syncFailing = true;
+      await assert.rejects(volume.checkpoint(), /EIO/);
+      assert.equal(volume.failed, true);
+      assert.equal(log.status().cpSeq, cpSeq);
+      disk.syncFailing = false;
+      await assert.rejects(volume.write([pattern(4096, 2)], 4096, false), VolumeFailedError);
     });
   });
 
