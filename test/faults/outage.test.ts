@@ -149,7 +149,9 @@ test('the link flaps (seeded) during a resync while the client writes to the reg
   } finally {
     await partition.heal();
   }
-  await a.waitStatus('the resync running', (status) => peerOf(status)?.replication === 'resyncing', 30_000);
+  // 'resyncing' starts with b's log being reset; the region loop (what the flapping must
+  // interrupt) runs once the status shows the resync's progress.
+  await a.waitStatus('the resync running', (status) => peerOf(status)?.replication === 'resyncing' && peerOf(status)?.resync != null, 30_000);
 
   // Flapping: seeded cuts of 0.7-2 s (past the 600 ms heartbeat timeout, so each one cuts
   // the peer off) and heals of 0.2-2 s for about 8 s, while 4 KiB writes with a fill byte of
