@@ -11,6 +11,7 @@
  * writePieces(), a large write split where the page cache should split it.
  * crc32c() checksums log entries and peer frames (hardware instruction where present).
  * busyPoll() makes the event loop poll briefly before it sleeps (see below).
+ * A write log's syncer thread is in log_syncer.c.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -29,6 +30,8 @@
 #include <sched.h>
 #include <time.h>
 #include <uv.h>
+
+#include "log_syncer.h"
 
 #define CHECK(env, call)                                                   \
   do {                                                                     \
@@ -693,6 +696,7 @@ static napi_value Init(napi_env env, napi_value exports) {
   CHECK(env, napi_set_named_property(env, exports, "busyPoll", fn));
   CHECK(env, napi_create_function(env, "busyPollStats", NAPI_AUTO_LENGTH, BusyPollStats, NULL, &fn));
   CHECK(env, napi_set_named_property(env, exports, "busyPollStats", fn));
+  log_syncer_register(env, exports);
   CHECK(env, napi_create_int32(env, SEEK_DATA, &value));
   CHECK(env, napi_set_named_property(env, exports, "SEEK_DATA", value));
   CHECK(env, napi_create_int32(env, SEEK_HOLE, &value));

@@ -1,7 +1,7 @@
 // Loads the native addon (native/blockmirror_native.c, built by `npm install` through
 // node-gyp) that provides lseek(SEEK_DATA/SEEK_HOLE), fallocate, non-blocking preadv2, CRC32C and
 // a large write split into aligned pieces in one thread-pool job, which Node's fs module does not expose,
-// and busy polling of the event loop before it sleeps.
+// busy polling of the event loop before it sleeps, and a write log's syncer thread.
 
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
@@ -19,11 +19,32 @@ export interface NativeBindings {
   /** Polls for up to `maxMicros` before the event loop sleeps, adapting how long (0: never). */
   busyPoll(maxMicros: number): void;
   busyPollStats(): BusyPollStats;
+  /**
+   * A write log's syncer thread (native/log_syncer.c): fdatasyncs the partitions noted,
+   * one sync after another while a seq wanted is not durable, and calls `onSynced` on the
+   * event loop after each. At most `fdsMax` partitions between two syncs.
+   */
+  syncerOpen(fdsMax: number, durableSeq: number, onSynced: (durableSeq: number, syncs: number, error: Error | null) => void): SyncerHandle;
+  /** Entries through `seq` are written; the last ones in partition `fd`. */
+  syncerNote(syncer: SyncerHandle, fd: number, seq: number): void;
+  /** Somebody waits for `seq` to be durable: the thread syncs if it is idle. */
+  syncerWant(syncer: SyncerHandle, seq: number): void;
+  /** Syncs what was noted on this thread: the seq durable on return, -1 if the thread is syncing. Throws a failed fdatasync's error. */
+  syncerSyncNow(syncer: SyncerHandle): number;
+  /** [durableSeq, syncs, first error or null]. */
+  syncerState(syncer: SyncerHandle): [number, number, Error | null];
+  /** Fault injection: the next sync fails with `errno` without calling fdatasync. */
+  syncerFailNext(syncer: SyncerHandle, errno: number): void;
+  /** Waits for a sync that runs and stops the thread; onSynced is not called again. */
+  syncerClose(syncer: SyncerHandle): void;
   SEEK_DATA: number;
   SEEK_HOLE: number;
   FALLOC_PUNCH_HOLE: number;
   FALLOC_ZERO_RANGE: number;
 }
+
+/** A native syncer (opaque). */
+export type SyncerHandle = { readonly __syncer: unique symbol };
 
 export interface BusyPollStats {
   /** The longest a wait may poll (0: polling is off). */

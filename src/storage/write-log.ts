@@ -45,7 +45,8 @@ import { assert } from '../lib/assert.js';
 import { crc32c } from '../lib/crc32c.js';
 import { BlockmirrorError } from '../lib/errors.js';
 import type { Logger } from '../lib/log.js';
-import { IoActivity, readFullyAt, syncData, writevAt } from '../io/file-io.js';
+import { IoActivity, readFullyAt, writevAt } from '../io/file-io.js';
+import { native, type SyncerHandle } from '../io/native.js';
 import { syncDirectory, writeFileAtomic } from './volume-files.js';
 import { ReplicaTrail, TRAIL_FILE, type TrailExtent } from './replica-trail.js';
 import {
@@ -91,8 +92,6 @@ export interface LogOptions {
   replica?: { deferApply: boolean };
   /** Every entry as it is placed, in sequence order: its encoded header and payload (the mirror's tap). */
   onPlaced?: (seq: number, header: Buffer, payload: readonly Buffer[], fields: { type: EntryType; offset: number; lengthBytes: number }) => void;
-  /** Makes a partition file durable: fdatasync (syncData) unless a test puts a failing disk here. */
-  syncFile?: typeof syncData;
 }
 
 /** The fields of an entry a caller chooses (the log adds the rest). */
@@ -156,7 +155,6 @@ interface Partition {
   generation: number;
   firstSeq: number;
   lastSeq: number;
-  dirty: boolean;
 }
 
 interface Position {
@@ -262,7 +260,12 @@ export class WriteLog {
   private writing = false;
   /** The bytes of the block where the log currently ends, up to its end (the write point). */
   private tail: { generation: number; blockStart: number; bytes: Buffer };
-  private syncing = false;
+  /** Makes the partitions durable, on a thread of its own (from the session's start until close). */
+  private syncer: SyncerHandle | null = null;
+  /** The highest seq somebody waits for (or a sync ahead asked for). */
+  private wantedSeq: number;
+  /** Whether a wanted sync counts as thread-pool-like work in flight (IoActivity.pending). */
+  private syncPending = false;
   /** The first failed fdatasync: the log cannot be made durable any more. */
   private syncFailure: Error | null = null;
   private checkpointing: Promise<void> | null = null;
@@ -274,6 +277,7 @@ export class WriteLog {
   private stallMs = 0;
   private stallStartedMs: number | null = null;
   private lastCheckpointMs = 0;
+  /** Syncs done, as of the syncer's close (status() asks a running syncer). */
   private syncs = 0;
   private syncsAhead = 0;
   private closed = false;
@@ -297,6 +301,7 @@ export class WriteLog {
     this.appendedSeq = superblock.cpSeq;
     this.appliedSeq = superblock.cpSeq;
     this.durableSeq = superblock.cpSeq;
+    this.wantedSeq = superblock.cpSeq;
     this.tail = { generation: -1, blockStart: 0, bytes: Buffer.alloc(0) };
     this.trail = options.replica === undefined ? null : ReplicaTrail.load(path.join(options.dir, TRAIL_FILE));
   }
@@ -384,7 +389,7 @@ export class WriteLog {
         for (const open of slots) fs.closeSync(open.fd);
         throw new LogCorruptError(`${file} is ${size} bytes, the superblock says ${superblock.partitionBytes}`);
       }
-      slots.push({ fd, generation: -1, firstSeq: 0, lastSeq: 0, dirty: false });
+      slots.push({ fd, generation: -1, firstSeq: 0, lastSeq: 0 });
     }
     return slots;
   }
@@ -515,6 +520,11 @@ export class WriteLog {
     }
     this.logIds = [...this.logIds, this.logId];
     writeFileAtomic(path.join(this.options.dir, SUPERBLOCK), superblockText({ ...superblock, logIds: this.logIds }));
+    this.wantedSeq = this.durableSeq;
+    this.syncer = native.syncerOpen(this.geometry.partitions, this.durableSeq, (durableSeq, _syncs, error) => {
+      if (error !== null) this.syncFailed(error);
+      else this.madeDurable(durableSeq);
+    });
   }
 
   private recordPlaced(generation: number, seq: number): void {
@@ -811,14 +821,15 @@ export class WriteLog {
     const slot = this.slotOf(generation);
     writevAt(slot.fd, out, blockStart, this.options.activity, this.options.inlineWriteBytesMax).then(
       () => {
-        slot.dirty = true;
         this.writing = false;
-        for (const entry of run) {
-          this.advance(this.appendedAhead, entry.seq, 'appended');
-          entry.resolve();
-        }
-        this.maybeSync();
+        for (const entry of run) this.advance(this.appendedAhead, entry.seq, 'appended');
+        if (this.syncer !== null) native.syncerNote(this.syncer, slot.fd, this.appendedSeq);
+        // The entries queued meanwhile are written first: written inline, they are noted
+        // before this run's FUA writes and flushes ask for a sync, which then covers them
+        // too instead of leaving them to a second sync.
         this.startWrite();
+        for (const entry of run) entry.resolve();
+        if (this.wantedSeq > this.durableSeq) this.requestSync(this.wantedSeq, true);
       },
       (error: Error) => {
         this.writing = false;
@@ -911,7 +922,7 @@ export class WriteLog {
     if (this.syncFailure !== null) return Promise.reject(this.syncFailure);
     return new Promise((resolve, reject) => {
       this.syncWaiters.push({ seq, resolve, reject });
-      this.maybeSync();
+      this.requestSync(seq, true);
     });
   }
 
@@ -920,42 +931,73 @@ export class WriteLog {
    * flush is expected, and one that comes while this runs waits for it rather than
    * starting its own. `inlineAllowed` once the reply to the write has left: the sync may
    * then run inline like a flush's, when nothing else is in flight on the node. Nothing
-   * happens if a sync is running, `seq` is durable, or the log is closed.
+   * happens if `seq` is durable or the log is closed.
    */
   syncAhead(seq: number, inlineAllowed: boolean): void {
     if (this.closed || this.syncFailure !== null || seq <= this.durableSeq || seq > this.appendedSeq) return;
     this.syncsAhead += 1;
-    this.maybeSync(true, inlineAllowed);
+    this.requestSync(seq, inlineAllowed);
   }
 
-  private maybeSync(ahead = false, inlineAllowed = true): void {
-    if (this.syncing || this.syncFailure !== null || (this.syncWaiters.length === 0 && !ahead)) return;
-    const target = this.appendedSeq;
-    const lowest = this.syncWaiters.length === 0 ? target : Math.min(...this.syncWaiters.map((waiter) => waiter.seq));
-    // Until the lowest waiter's entry (and all before it) is written, a sync is wasted;
-    // the append that completes it calls maybeSync again.
-    if (target < lowest) return;
-    this.syncing = true;
-    this.syncs += 1;
-    const dirty = this.slots.filter((slot) => slot.dirty);
-    for (const slot of dirty) slot.dirty = false;
-    const syncFile = this.options.syncFile ?? syncData;
-    Promise.all(dirty.map((slot) => syncFile(slot.fd, this.options.activity, inlineAllowed && dirty.length === 1))).then(
-      () => {
-        this.durableSeq = Math.max(this.durableSeq, target);
-        this.settleWaiters(null);
-        this.syncing = false;
-        this.maybeSync();
-      },
-      (error: Error) => {
-        // Not retried: after a failed fdatasync Linux may have dropped the dirty pages it
-        // could not write and marked them clean, so a later fdatasync can succeed without
-        // them on disk. Every later sync fails with this error instead.
-        this.syncFailure = error;
-        this.settleWaiters(error);
-        this.syncing = false;
-      },
-    );
+  /**
+   * Asks for the log to be durable through `seq`. The syncer thread syncs one time after
+   * another while anything wanted is not durable, each sync covering every entry written
+   * before it started (group commit). When nothing else is in flight on the node and the
+   * entry is written, the sync runs here instead: a hand-off to the thread and back costs
+   * two wake-ups, and the event loop has nothing else to do meanwhile.
+   */
+  private requestSync(seq: number, inlineAllowed: boolean): void {
+    const syncer = this.syncer;
+    if (syncer === null || this.syncFailure !== null || seq <= this.durableSeq) return;
+    if (seq > this.wantedSeq) this.wantedSeq = seq;
+    if (inlineAllowed && seq <= this.appendedSeq && this.options.activity.alone) {
+      let durableSeq: number;
+      try {
+        durableSeq = native.syncerSyncNow(syncer);
+      } catch (error) {
+        this.syncFailed(error as Error);
+        return;
+      }
+      if (durableSeq >= 0) {
+        this.madeDurable(durableSeq);
+        if (this.wantedSeq <= this.durableSeq) return;
+      }
+    }
+    this.markSyncPending(true);
+    native.syncerWant(syncer, this.wantedSeq);
+  }
+
+  /** A sync returned: entries through `seq` are durable. */
+  private madeDurable(seq: number): void {
+    if (seq > this.durableSeq) {
+      this.durableSeq = seq;
+      this.settleWaiters(null);
+    }
+    if (this.wantedSeq <= this.durableSeq) this.markSyncPending(false);
+  }
+
+  /**
+   * Not retried: after a failed fdatasync Linux may have dropped the dirty pages it
+   * could not write and marked them clean, so a later fdatasync can succeed without
+   * them on disk. Every later sync fails with this error instead.
+   */
+  private syncFailed(error: Error): void {
+    if (this.syncFailure === null) this.syncFailure = error;
+    this.markSyncPending(false);
+    this.settleWaiters(this.syncFailure);
+  }
+
+  /** A sync the node waits for on the syncer thread counts as I/O in flight (IoActivity.alone). */
+  private markSyncPending(pending: boolean): void {
+    if (pending === this.syncPending) return;
+    this.syncPending = pending;
+    this.options.activity.pending += pending ? 1 : -1;
+  }
+
+  /** Fault injection for tests: the log's next sync fails with `errno`, as a failing disk would make it. */
+  failNextSync(errno: number): void {
+    assert(this.syncer !== null, 'the log has no syncer yet');
+    native.syncerFailNext(this.syncer, errno);
   }
 
   private settleWaiters(error: Error | null): void {
@@ -1106,7 +1148,7 @@ export class WriteLog {
       partitionBytes: this.geometry.partitionBytes,
       partitions: this.geometry.partitions,
       checkpoints: this.checkpoints,
-      syncs: this.syncs,
+      syncs: this.syncer === null ? this.syncs : native.syncerState(this.syncer)[1],
       syncsAhead: this.syncsAhead,
       stalls: this.stalls,
       stallMs: Math.round(this.stallMs + (this.stallStartedMs === null ? 0 : performance.now() - this.stallStartedMs)),
@@ -1122,6 +1164,17 @@ export class WriteLog {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    if (this.syncer !== null) {
+      // Waits for a sync that runs: the partitions' descriptors are closed next.
+      native.syncerClose(this.syncer);
+      const [durableSeq, syncs, error] = native.syncerState(this.syncer);
+      this.syncer = null;
+      this.syncs = syncs;
+      if (error !== null) this.syncFailed(error);
+      else this.madeDurable(durableSeq);
+      this.markSyncPending(false);
+      this.settleWaiters(new Error(`write log ${this.options.dir} closed before entry ${this.wantedSeq} was durable`));
+    }
     for (const slot of this.slots) fs.closeSync(slot.fd);
   }
 

@@ -9,15 +9,16 @@
 
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import os from 'node:os';
 import { describe, test } from 'node:test';
 import type { Disk, DiskExtent } from '../../src/io/disk.js';
-import { IoActivity, syncData } from '../../src/io/file-io.js';
+import { IoActivity } from '../../src/io/file-io.js';
 import { MemoryDisk } from '../../src/io/memory-disk.js';
 import { AssertionError } from '../../src/lib/assert.js';
 import { Logger } from '../../src/lib/log.js';
 import { alignedEntryBytes, encodeEntryHeader, decodeEntryHeader, EntryFlag, EntryType, type EntryHeader } from '../../src/storage/log-entry.js';
 import { applyEntry, LocalVolume, RangeOrder, slicePayload, VolumeFailedError, type MirrorGate } from '../../src/storage/local-volume.js';
-import { LogCorruptError, WriteLog, type LogGeometry, type LogOptions } from '../../src/storage/write-log.js';
+import { LogCorruptError, WriteLog, type LogGeometry } from '../../src/storage/write-log.js';
 import { baseSeed, Prng } from './prng.js';
 import { pattern, scratchDirs } from '../helpers/test-data.js';
 
@@ -145,8 +146,6 @@ interface VolumeChoices {
   /** Take a checkpoint whenever the log asks for one, as the node does. */
   autoCheckpoint?: boolean;
   dir?: string;
-  /** In place of the log's fdatasync. */
-  syncFile?: LogOptions['syncFile'];
 }
 
 async function openVolume<D extends Disk>(disk: D, choices: VolumeChoices = {}): Promise<Setup<D>> {
@@ -166,7 +165,6 @@ async function openVolume<D extends Disk>(disk: D, choices: VolumeChoices = {}):
       activity: new IoActivity(),
       inlineWriteBytesMax: 64 * KiB,
       log: new Logger({ write: (line) => lines.push(line) }, 'debug'),
-      ...(choices.syncFile === undefined ? {} : { syncFile: choices.syncFile }),
       onCheckpointWanted: () => {
         checkpointsWanted.count += 1;
         if (choices.autoCheckpoint !== true) return;
@@ -625,19 +623,18 @@ describe('LocalVolume', () => {
   });
 
   test('a log fdatasync that fails fails the volume, and no later flush reports success', async () => {
-    let syncFails = false;
-    const syncFile: LogOptions['syncFile'] = (fd, activity, inline) => (syncFails ? Promise.reject(eio('fdatasync')) : syncData(fd, activity, inline));
-    await withVolume(new MemoryDisk(64 * KiB), { syncFile }, async ({ volume, log }) => {
+    await withVolume(new MemoryDisk(64 * KiB), {}, async ({ volume, log }) => {
       await volume.write([pattern(4096, 1)], 0, false);
       await volume.flush();
       const durable = log.status().durableSeq;
+      const syncs = log.status().syncs;
       await volume.write([pattern(4096, 2)], 4096, false);
-      syncFails = true;
+      log.failNextSync(os.constants.errno.EIO);
       await assert.rejects(volume.flush(), /EIO/);
       assert.equal(volume.failed, true);
+      assert.equal(log.status().syncs, syncs + 1);
       // The kernel may have dropped the pages it could not write: a sync that now
       // succeeds proves nothing, so none is tried and the error stays.
-      syncFails = false;
       await assert.rejects(volume.flush(), VolumeFailedError);
       await assert.rejects(log.syncTo(log.lastSeq), /EIO/);
       assert.equal(log.status().durableSeq, durable, 'durability claimed after the failed sync');

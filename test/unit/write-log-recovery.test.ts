@@ -871,4 +871,15 @@ describe('write log group commit', () => {
       assert.deepStrictEqual(seqs(replayed), Array.from({ length: 100 }, (_, index) => index + 1));
     });
   }
+
+  test('a syncTo still waiting when the log closes is rejected, not left hanging', async () => {
+    const { log } = await openLog(freshDir(), { inlineWriteBytesMax: 0 });
+    const entry = log.append(EntryType.WRITE, { offset: 0, lengthBytes: 512, flags: 0 }, [pattern(512, 1)]);
+    // The entry's write is still on the thread pool: nothing can be synced yet.
+    const waiting = log.syncTo(entry.seq);
+    log.close();
+    await assert.rejects(waiting, /closed before entry 1 was durable/);
+    assert.equal(log.status().durableSeq, 0);
+    await entry.written.catch(() => undefined);
+  });
 });
