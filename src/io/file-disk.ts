@@ -123,7 +123,7 @@ export class FileDisk implements Disk {
 
   /** fdatasync of the whole volume file, at consistency points: always on the pool. */
   sync(): Promise<void> {
-    return syncData(this.fd, this.options.activity, false);
+    return syncData(this.fd, this.options.activity);
   }
 
   private pooled(start: (done: (error: Error | null) => void) => void): Promise<void> {

@@ -28,7 +28,7 @@ import { constants } from '../constants.js';
 export class IoActivity {
   /** Client requests being executed, across every connection. */
   requests = 0;
-  /** Thread-pool file operations in flight. */
+  /** Thread-pool file operations in flight, and log syncs waited for on their syncer threads. */
   pending = 0;
   /** Inline writes that took longer than slowWriteMs. */
   slowWrites = 0;
@@ -152,15 +152,7 @@ export function writevAt(
   });
 }
 
-/** fdatasync; inline when alone (and `inlineAllowed`), on the pool otherwise. */
-export function syncData(fd: number, activity: IoActivity, inlineAllowed: boolean): Promise<void> {
-  if (inlineAllowed && activity.alone) {
-    try {
-      fs.fdatasyncSync(fd);
-      return Promise.resolve();
-    } catch (error) {
-      return Promise.reject(error);
-    }
-  }
+/** fdatasync on the thread pool (a volume image's; a log's has its own thread, native/log_syncer.c). */
+export function syncData(fd: number, activity: IoActivity): Promise<void> {
   return activity.pooled((done) => fs.fdatasync(fd, done));
 }

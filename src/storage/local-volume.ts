@@ -42,10 +42,10 @@ export interface VolumeStats {
  * fdatasync as soon as the write's reply has left (LocalVolume.replied), so that it runs
  * while the client takes the reply and sends the flush (40 to 60 µs on this machine's
  * loopback) instead of after. When that write is the only request on the node the sync
- * runs inline on the event loop: a thread-pool hand-off costs two thread wake-ups, each
- * an interprocessor interrupt on a virtual machine, and the worker thread competes for a
- * core with the client that is taking the reply. A mirrored volume starts it on the
- * thread pool as soon as the write is logged instead: its reply waits for the peers,
+ * runs inline on the event loop: a hand-off to the log's syncer thread costs two thread
+ * wake-ups, each an interprocessor interrupt on a virtual machine, and that thread competes
+ * for a core with the client that is taking the reply. A mirrored volume starts it on the
+ * syncer thread as soon as the write is logged instead: its reply waits for the peers,
  * and the sync runs during that wait.
  */
 export class FlushPredictor {
@@ -257,7 +257,7 @@ export class LocalVolume {
     this.syncAfterReply = 0;
     if (!fua && this.flushExpected.likely) {
       // A mirrored write is answered only once the peers have it: its sync starts now, on
-      // the thread pool, and overlaps that wait.
+      // the log's syncer thread, and overlaps that wait.
       if (this.gate === null) this.syncAfterReply = lastSeq;
       else this.log.syncAhead(lastSeq, false);
     }
