@@ -240,6 +240,26 @@ static bool get_seq(napi_env env, napi_value value, double *out) {
   return *out >= 0 && *out <= 9007199254740991.0 && *out == (double)(int64_t)*out;
 }
 
+/* Throws "<usage>: bad arguments" as a TypeError. */
+static napi_value bad_arguments(napi_env env, const char *usage) {
+  char message[120];
+  snprintf(message, sizeof message, "%s: bad arguments", usage);
+  napi_throw_type_error(env, NULL, message);
+  return NULL;
+}
+
+/*
+ * Unpacks a call with `count` arguments, the first a syncer handle. Returns the syncer, or
+ * NULL after throwing a TypeError that shows `usage` (a bad count or handle).
+ */
+static Syncer *syncer_call(napi_env env, napi_callback_info info, size_t count, napi_value *argv, const char *usage) {
+  size_t argc = count;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  Syncer *s = argc == count ? get_syncer(env, argv[0]) : NULL;
+  if (s == NULL) bad_arguments(env, usage);
+  return s;
+}
+
 /* syncerOpen(fdsMax, durableSeq, onSynced(durableSeq, syncs, error)) -> handle */
 static napi_value SyncerOpen(napi_env env, napi_callback_info info) {
   size_t argc = 3;
@@ -299,15 +319,13 @@ static napi_value SyncerOpen(napi_env env, napi_callback_info info) {
 
 /* syncerNote(handle, fd, seq): entries through seq are written, the last ones in fd. */
 static napi_value SyncerNote(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
   napi_value argv[3];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  Syncer *s = argc == 3 ? get_syncer(env, argv[0]) : NULL;
+  Syncer *s = syncer_call(env, info, 3, argv, "syncerNote(syncer, fd, seq)");
   int32_t fd;
   double seq;
-  if (s == NULL || napi_get_value_int32(env, argv[1], &fd) != napi_ok || fd < 0 || !get_seq(env, argv[2], &seq)) {
-    napi_throw_type_error(env, NULL, "syncerNote(syncer, fd, seq): bad arguments");
-    return NULL;
+  if (s == NULL) return NULL;
+  if (napi_get_value_int32(env, argv[1], &fd) != napi_ok || fd < 0 || !get_seq(env, argv[2], &seq)) {
+    return bad_arguments(env, "syncerNote(syncer, fd, seq)");
   }
   pthread_mutex_lock(&s->lock);
   bool known = false;
@@ -327,15 +345,11 @@ static napi_value SyncerNote(napi_env env, napi_callback_info info) {
 
 /* syncerWant(handle, seq): somebody waits for seq to be durable. */
 static napi_value SyncerWant(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
   napi_value argv[2];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  Syncer *s = argc == 2 ? get_syncer(env, argv[0]) : NULL;
+  Syncer *s = syncer_call(env, info, 2, argv, "syncerWant(syncer, seq)");
   double seq;
-  if (s == NULL || !get_seq(env, argv[1], &seq)) {
-    napi_throw_type_error(env, NULL, "syncerWant(syncer, seq): bad arguments");
-    return NULL;
-  }
+  if (s == NULL) return NULL;
+  if (!get_seq(env, argv[1], &seq)) return bad_arguments(env, "syncerWant(syncer, seq)");
   pthread_mutex_lock(&s->lock);
   if (seq > s->wanted) s->wanted = seq;
   update_ref(env, s);
@@ -350,14 +364,9 @@ static napi_value SyncerWant(napi_env env, napi_callback_info info) {
  * Throws the fdatasync error, now or from before.
  */
 static napi_value SyncerSyncNow(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
   napi_value argv[1];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  Syncer *s = argc == 1 ? get_syncer(env, argv[0]) : NULL;
-  if (s == NULL) {
-    napi_throw_type_error(env, NULL, "syncerSyncNow(syncer): bad arguments");
-    return NULL;
-  }
+  Syncer *s = syncer_call(env, info, 1, argv, "syncerSyncNow(syncer)");
+  if (s == NULL) return NULL;
   pthread_mutex_lock(&s->lock);
   double durable = -1;
   int err = s->err;
@@ -380,14 +389,9 @@ static napi_value SyncerSyncNow(napi_env env, napi_callback_info info) {
 
 /* syncerState(handle) -> [durableSeq, syncs, error | null] */
 static napi_value SyncerState(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
   napi_value argv[1];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  Syncer *s = argc == 1 ? get_syncer(env, argv[0]) : NULL;
-  if (s == NULL) {
-    napi_throw_type_error(env, NULL, "syncerState(syncer): bad arguments");
-    return NULL;
-  }
+  Syncer *s = syncer_call(env, info, 1, argv, "syncerState(syncer)");
+  if (s == NULL) return NULL;
   napi_value values[3], result;
   state_values(env, s, values);
   napi_create_array_with_length(env, 3, &result);
@@ -398,15 +402,11 @@ static napi_value SyncerState(napi_env env, napi_callback_info info) {
 /* syncerFailNext(handle, errno): fault injection for tests; the next sync fails with errno
  * without calling fdatasync, as a disk that cannot write would make it. */
 static napi_value SyncerFailNext(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
   napi_value argv[2];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  Syncer *s = argc == 2 ? get_syncer(env, argv[0]) : NULL;
+  Syncer *s = syncer_call(env, info, 2, argv, "syncerFailNext(syncer, errno)");
   int32_t err;
-  if (s == NULL || napi_get_value_int32(env, argv[1], &err) != napi_ok || err <= 0) {
-    napi_throw_type_error(env, NULL, "syncerFailNext(syncer, errno): bad arguments");
-    return NULL;
-  }
+  if (s == NULL) return NULL;
+  if (napi_get_value_int32(env, argv[1], &err) != napi_ok || err <= 0) return bad_arguments(env, "syncerFailNext(syncer, errno)");
   pthread_mutex_lock(&s->lock);
   s->fail_next = err;
   pthread_mutex_unlock(&s->lock);
@@ -415,14 +415,9 @@ static napi_value SyncerFailNext(napi_env env, napi_callback_info info) {
 
 /* syncerClose(handle): waits for a sync that runs, stops the thread; onSynced is not called again. */
 static napi_value SyncerClose(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
   napi_value argv[1];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  Syncer *s = argc == 1 ? get_syncer(env, argv[0]) : NULL;
-  if (s == NULL) {
-    napi_throw_type_error(env, NULL, "syncerClose(syncer): bad arguments");
-    return NULL;
-  }
+  Syncer *s = syncer_call(env, info, 1, argv, "syncerClose(syncer)");
+  if (s == NULL) return NULL;
   syncer_stop(s);
   return NULL;
 }
