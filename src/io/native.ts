@@ -25,7 +25,7 @@ export interface NativeBindings {
    * event loop after each. At most `fdsMax` partitions between two syncs.
    */
   syncerOpen(fdsMax: number, durableSeq: number, onSynced: (durableSeq: number, syncs: number, error: Error | null) => void): SyncerHandle;
-  /** Entries through `seq` are written; the last ones in partition `fd`. */
+  /** Entries through `seq` are written; the last ones in partition `fd`. Wakes nothing: syncerWant does. */
   syncerNote(syncer: SyncerHandle, fd: number, seq: number): void;
   /** Somebody waits for `seq` to be durable: the thread syncs if it is idle. */
   syncerWant(syncer: SyncerHandle, seq: number): void;

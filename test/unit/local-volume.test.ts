@@ -638,6 +638,7 @@ describe('LocalVolume', () => {
       await assert.rejects(volume.flush(), VolumeFailedError);
       await assert.rejects(log.syncTo(log.lastSeq), /EIO/);
       assert.equal(log.status().durableSeq, durable, 'durability claimed after the failed sync');
+      assert.equal(log.status().syncs, syncs + 1, 'a sync was tried again after the failure');
       // What was durable before the failure still is.
       await log.syncTo(durable);
     });
