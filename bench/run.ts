@@ -19,7 +19,7 @@
 // BENCH_RUNTIME_S (default 10), BENCH_SIZE (default 1G), BENCH_SERVERS
 // (comma list, default blockmirror,blockmirror-sync,blockmirror-async,nbdkit,qemu-nbd),
 // BENCH_WORKLOADS (comma list of names, including fua-4k-qd1 and fua-4k-qd32),
-// BENCH_FUA_COUNT (default 20000), BENCH_RECOVERY=0 to skip the recovery measurement,
+// BENCH_FUA_S (default 5: how long each FUA run aims to take), BENCH_RECOVERY=0 to skip the recovery measurement,
 // BENCH_LOG (a YAML flow mapping for blockmirror's `log:` section, e.g.
 // "{ partitionSize: 256MiB, partitions: 4 }"; every blockmirror server uses it),
 // BENCH_RESYNC_FIO_S (default 2: fio's runtime in the resync section, which the resync must
@@ -88,7 +88,12 @@ interface ServerRun {
 
 /** Durable writes through qemu-img bench, which sets FUA on every write (fio cannot). */
 const fuaDepths = [1, 32];
-const fuaCount = Number(process.env['BENCH_FUA_COUNT'] ?? 20000);
+const fuaSeconds = Number(process.env['BENCH_FUA_S'] ?? 5);
+/** Writes of the probe run that sizes each FUA run (and warms the path up, as fio's ramp does). */
+const FUA_PROBE_WRITES = 1000;
+/** Bounds of a FUA run's size, whatever the probe measured. */
+const FUA_WRITES_MIN = 1000;
+const FUA_WRITES_MAX = 1_000_000;
 
 function fuaName(depth: number): string {
   return `fua-4k-qd${depth}`;
@@ -482,9 +487,19 @@ function cpuMsPerMiB(before: CpuSample, after: CpuSample): { a: number; b: numbe
   return { a: perMiB(after.ticksA - before.ticksA), b: perMiB(after.ticksB - before.ticksB) };
 }
 
-/** `qemu-img bench -w -t writethrough`: every write carries FUA. Returns IOPS. */
+/**
+ * `qemu-img bench -w -t writethrough`: every write carries FUA. It counts writes, not time:
+ * a probe run of FUA_PROBE_WRITES measures the rate first, and the measured run is sized to
+ * take about fuaSeconds (servers differ a hundredfold here). Returns IOPS.
+ */
 async function qemuBench(uri: string, depth: number): Promise<Figure> {
-  const count = depth === 1 ? Math.ceil(fuaCount / 8) : fuaCount;
+  const probe = await qemuBenchRun(uri, depth, FUA_PROBE_WRITES);
+  const count = Math.min(FUA_WRITES_MAX, Math.max(FUA_WRITES_MIN, Math.round(probe * fuaSeconds)));
+  return { value: await qemuBenchRun(uri, depth, count), p50Us: 0, p99Us: 0 };
+}
+
+/** One `qemu-img bench` run of `count` FUA writes at `depth`: writes per second. */
+async function qemuBenchRun(uri: string, depth: number, count: number): Promise<number> {
   const output = await new Promise<string>((resolve, reject) => {
     const child = spawn('qemu-img', ['bench', '-f', 'raw', '-w', '-t', 'writethrough', '-d', String(depth), '-s', '4096', '-c', String(count), uri], {
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -501,8 +516,7 @@ async function qemuBench(uri: string, depth: number): Promise<Figure> {
   });
   const match = /Run completed in ([\d.]+) seconds/.exec(output);
   if (match === null) throw new Error(`qemu-img bench: no timing in ${output}`);
-  const seconds = Number(match[1]);
-  return { value: count / seconds, p50Us: 0, p99Us: 0 };
+  return count / Number(match[1]);
 }
 
 function fioFigure(file: string, workload: Workload): Figure {
@@ -1268,7 +1282,8 @@ defaults; qemu-nbd runs with \`--cache=writeback --aio=threads --shared=16\`. Fi
 total latencies (submission and completion, fio's \`--lat_percentiles=1\`). In the write+flush row (fio's \`--fsync=1\`) they are given for the writes and
 for the flushes, and a durable write is the two together (the line under the table adds them up). The FUA
 rows come from \`qemu-img bench -w -t writethrough -s 4096\`, which sets FUA on every write (fio's nbd engine
-cannot). Raw fio JSON for every run is in \`bench/results/\`.
+cannot); it runs a number of writes, not a time, so a probe run of ${FUA_PROBE_WRITES.toLocaleString('en-US')} writes first sizes each run to about
+${fuaSeconds} s. Raw fio JSON for every run is in \`bench/results/\`.
 
 ${text}
 
