@@ -1340,14 +1340,40 @@ Raw fio JSON of the 4k randwrite runs and the figures (\`resync\` in the summary
 `;
 }
 
-/** Rewrites docs/benchmarks.md: the part of each section that ran, and what was there for the others. */
-function writeDoc(servers: string | null, resync: string | null): void {
+/** How the recovery section's line in docs/benchmarks.md starts. */
+const RECOVERY_LINE_START = 'Recovery after SIGKILL with a full 64 MiB log partition';
+
+function recoveryLine(recovery: RecoveryFigure, date: string): string {
+  return (
+    `${RECOVERY_LINE_START} of 4 KiB writes: ${recovery.entries} entries ` +
+    `(${format(recovery.bytes / 1024 ** 2)} MiB) replayed in ${recovery.recoveryMs} ms (run of ${date.slice(0, 10)}).`
+  );
+}
+
+/** `doc` with `line` as its only recovery line, in front of the "Run it yourself" paragraph. */
+function withRecoveryLine(doc: string, line: string): string {
+  const kept = doc
+    .split('\n\n')
+    .filter((paragraph) => !paragraph.startsWith(RECOVERY_LINE_START))
+    .join('\n\n');
+  const at = kept.indexOf('Run it yourself');
+  return at === -1 ? `${kept.trimEnd()}\n\n${line}` : `${kept.slice(0, at)}${line}\n\n${kept.slice(at)}`;
+}
+
+/**
+ * Rewrites docs/benchmarks.md: the part of each section that ran, and what was there for the
+ * others. The recovery line lives in the servers' part and is kept or replaced on its own.
+ */
+function writeDoc(servers: string | null, recovery: string | null, resync: string | null): void {
   const file = path.join(root, 'docs/benchmarks.md');
   const existing = fs.existsSync(file) ? fs.readFileSync(file, 'utf8') : '';
   const at = existing.indexOf(resyncDocMarker);
   const oldServers = at === -1 ? existing : existing.slice(0, at);
   const oldResync = at === -1 ? '' : existing.slice(at + resyncDocMarker.length);
-  const parts = [(servers ?? oldServers).trimEnd()];
+  let serversPart = (servers ?? oldServers).trimEnd();
+  const line = recovery ?? oldServers.split('\n\n').find((paragraph) => paragraph.startsWith(RECOVERY_LINE_START)) ?? null;
+  if (line !== null && serversPart !== '') serversPart = withRecoveryLine(serversPart, line.trim());
+  const parts = [serversPart];
   const resyncPart = (resync ?? oldResync).trim();
   if (resyncPart !== '') parts.push(`${resyncDocMarker}\n\n${resyncPart}`);
   fs.writeFileSync(file, parts.filter((part) => part !== '').join('\n\n') + '\n');
@@ -1379,14 +1405,9 @@ async function main(): Promise<void> {
     process.stderr.write(`measuring resync and catch-up of a ${sizeText} two-node sync volume\n`);
     resync = await benchResync(stamp);
   }
-  let text = runs.length > 0 ? table(runs) : '';
-  if (recovery !== null) {
-    text +=
-      `\n\nRecovery after SIGKILL with a full 64 MiB log partition of 4 KiB writes: ${recovery.entries} entries ` +
-      `(${format(recovery.bytes / 1024 ** 2)} MiB) replayed in ${recovery.recoveryMs} ms.`;
-  }
-  text = text.trim();
-  const printed = [text, resync === null ? '' : resyncText(resync)].filter((part) => part !== '').join('\n\n');
+  const text = runs.length > 0 ? table(runs).trim() : '';
+  const recoveryText = recovery === null ? null : recoveryLine(recovery, new Date().toISOString());
+  const printed = [text, recoveryText ?? '', resync === null ? '' : resyncText(resync)].filter((part) => part !== '').join('\n\n');
   process.stdout.write(printed + '\n');
   const summary = {
     date: new Date().toISOString(),
@@ -1399,8 +1420,7 @@ async function main(): Promise<void> {
     resync,
   };
   fs.writeFileSync(path.join(resultsDir, `${stamp}-summary.json`), JSON.stringify(summary, null, 2) + '\n');
-  // The servers' part holds the recovery line too; a run of the recovery section alone keeps it as it was.
-  writeDoc(runs.length > 0 ? serversDoc(summary, text) : null, resync === null ? null : resyncDoc(summary, resync));
+  writeDoc(runs.length > 0 ? serversDoc(summary, text) : null, recoveryText, resync === null ? null : resyncDoc(summary, resync));
 }
 
 main().catch((error: unknown) => {
