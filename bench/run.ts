@@ -37,7 +37,16 @@ const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 const cli = path.join(root, 'bin/blockmirror.cjs');
 const workDir = path.join(root, 'bench/work');
 const resultsDir = path.join(root, 'bench/results');
-const runtimeS = Number(process.env['BENCH_RUNTIME_S'] ?? 10);
+/** A positive number of seconds from the environment, or `fallback` when unset; anything else stops the run. */
+function envSeconds(name: string, fallback: number): number {
+  const text = process.env[name];
+  if (text === undefined || text === '') return fallback;
+  const value = Number(text);
+  if (!(value > 0) || !Number.isFinite(value)) throw new Error(`${name} must be a positive number of seconds, got ${JSON.stringify(text)}`);
+  return value;
+}
+
+const runtimeS = envSeconds('BENCH_RUNTIME_S', 10);
 const sizeText = process.env['BENCH_SIZE'] ?? '1G';
 const sizeBytes = parseSize(sizeText);
 
@@ -88,7 +97,7 @@ interface ServerRun {
 
 /** Durable writes through qemu-img bench, which sets FUA on every write (fio cannot). */
 const fuaDepths = [1, 32];
-const fuaSeconds = Number(process.env['BENCH_FUA_S'] ?? 5);
+const fuaSeconds = envSeconds('BENCH_FUA_S', 5);
 /** Writes of the probe run that sizes each FUA run (and warms the path up, as fio's ramp does). */
 const FUA_PROBE_WRITES = 1000;
 /** Bounds of a FUA run's size, whatever the probe measured. */
@@ -690,7 +699,7 @@ const logCatchUpWriteBytes = 104 * 1024 ** 2;
  * fio's runtime and ramp in the client IOPS figure, with and without a resync. The resync
  * must outlast fio, and an uncapped resync of 1 GiB takes about 4 s here: 2 s after 0.5 s.
  */
-const resyncFioRuntimeS = Number(process.env['BENCH_RESYNC_FIO_S'] ?? 2);
+const resyncFioRuntimeS = envSeconds('BENCH_RESYNC_FIO_S', 2);
 const resyncFioRampMs = 500;
 /** resync.rateMax (MiB/s) of node a in the second run of the client IOPS figure (100: about 10 s for 1 GiB); 0 skips that run. */
 const resyncRateMaxMiB = Number(process.env['BENCH_RESYNC_RATE_MAX_MIB'] ?? 100);
