@@ -177,7 +177,7 @@ function metrics(status: NodeStatus): string {
   perLog('cpSeq', 'blockmirror_log_cp_seq', 'gauge', 'Sequence number covered by the last consistency point.');
   perLog('bytesUsed', 'blockmirror_log_used_bytes', 'gauge', 'Log bytes holding entries a consistency point has not released.');
   perLog('syncs', 'blockmirror_log_syncs_total', 'counter', 'Log fdatasync calls (concurrent FLUSH/FUA requests share one).');
-  perLog('syncsAhead', 'blockmirror_log_syncs_ahead_total', 'counter', 'Log fdatasync calls started as soon as the reply to a write had left, a flush being expected after it.');
+  perLog('syncsAhead', 'blockmirror_log_syncs_ahead_total', 'counter', 'Log syncs asked for as soon as the reply to a write had left, a flush being expected after it (one already running may cover them).');
   perLog('checkpoints', 'blockmirror_log_checkpoints_total', 'counter', 'Consistency points taken.');
   perLog('stalls', 'blockmirror_log_stalls_total', 'counter', 'Times writes waited for a consistency point to free log space.');
   perLog('stallMs', 'blockmirror_log_stall_milliseconds_total', 'counter', 'Time writes spent waiting for log space.');

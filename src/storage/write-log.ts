@@ -264,7 +264,7 @@ export class WriteLog {
   private syncer: SyncerHandle | null = null;
   /** The highest seq somebody waits for (or a sync ahead asked for). */
   private wantedSeq: number;
-  /** Whether a wanted sync counts as thread-pool-like work in flight (IoActivity.pending). */
+  /** Whether this log counts in IoActivity.pending (see updateSyncPending). */
   private syncPending = false;
   /** The first failed fdatasync: the log cannot be made durable any more. */
   private syncFailure: Error | null = null;
@@ -963,7 +963,7 @@ export class WriteLog {
         if (this.wantedSeq <= this.durableSeq) return;
       }
     }
-    this.markSyncPending(true);
+    this.updateSyncPending();
     native.syncerWant(syncer, this.wantedSeq);
   }
 
@@ -973,7 +973,7 @@ export class WriteLog {
       this.durableSeq = seq;
       this.settleWaiters(null);
     }
-    if (this.wantedSeq <= this.durableSeq) this.markSyncPending(false);
+    this.updateSyncPending();
   }
 
   /**
@@ -983,12 +983,16 @@ export class WriteLog {
    */
   private syncFailed(error: Error): void {
     if (this.syncFailure === null) this.syncFailure = error;
-    this.markSyncPending(false);
+    this.updateSyncPending();
     this.settleWaiters(this.syncFailure);
   }
 
-  /** A sync the node waits for on the syncer thread counts as I/O in flight (IoActivity.alone). */
-  private markSyncPending(pending: boolean): void {
+  /**
+   * A sync somebody waits for on the syncer thread counts as I/O in flight (IoActivity.alone):
+   * from a want that is not durable yet until it is, the log fails, or it closes.
+   */
+  private updateSyncPending(): void {
+    const pending = this.syncer !== null && this.syncFailure === null && this.wantedSeq > this.durableSeq;
     if (pending === this.syncPending) return;
     this.syncPending = pending;
     this.options.activity.pending += pending ? 1 : -1;
@@ -1172,7 +1176,6 @@ export class WriteLog {
       this.syncs = syncs;
       if (error !== null) this.syncFailed(error);
       else this.madeDurable(durableSeq);
-      this.markSyncPending(false);
       this.settleWaiters(new Error(`write log ${this.options.dir} closed before entry ${this.wantedSeq} was durable`));
     }
     for (const slot of this.slots) fs.closeSync(slot.fd);
