@@ -12,6 +12,8 @@
  * crc32c() checksums log entries and peer frames (hardware instruction where present).
  * busyPoll() makes the event loop poll briefly before it sleeps (see below).
  * A write log's syncer thread is in log_syncer.c.
+ * memfd() makes an anonymous file in memory: the simulated file system's files
+ * (src/io/memory-file-system.ts) are real descriptors that no disk lies behind.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -22,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -59,6 +62,16 @@ static int get_i64(napi_env env, napi_value value, int64_t *out) {
   if (number < 0 || number > 9007199254740991.0) return 0;
   *out = (int64_t)number;
   return 1;
+}
+
+/* memfd() -> a descriptor of a new, empty, anonymous file held in memory (read-write). */
+static napi_value Memfd(napi_env env, napi_callback_info info) {
+  (void)info;
+  int fd = memfd_create("blockmirror", MFD_CLOEXEC);
+  if (fd < 0) return throw_errno(env, errno, "memfd_create");
+  napi_value out;
+  CHECK(env, napi_create_int32(env, fd, &out));
+  return out;
 }
 
 /* seek(fd, offset, whence) -> new offset, or -1 when whence is SEEK_DATA/SEEK_HOLE
@@ -696,6 +709,8 @@ static napi_value Init(napi_env env, napi_value exports) {
   CHECK(env, napi_set_named_property(env, exports, "busyPoll", fn));
   CHECK(env, napi_create_function(env, "busyPollStats", NAPI_AUTO_LENGTH, BusyPollStats, NULL, &fn));
   CHECK(env, napi_set_named_property(env, exports, "busyPollStats", fn));
+  CHECK(env, napi_create_function(env, "memfd", NAPI_AUTO_LENGTH, Memfd, NULL, &fn));
+  CHECK(env, napi_set_named_property(env, exports, "memfd", fn));
   log_syncer_register(env, exports);
   CHECK(env, napi_create_int32(env, SEEK_DATA, &value));
   CHECK(env, napi_set_named_property(env, exports, "SEEK_DATA", value));

@@ -11,6 +11,8 @@ import { formatAddress, loadClusterConfig, type ClusterConfig } from '../control
 import { BlockmirrorError } from '../lib/errors.js';
 import { Logger, parseLogLevel } from '../lib/log.js';
 import { BlockmirrorNode } from '../server/node.js';
+import { DurableFiles, parseCrashPoint, type CrashPoint } from '../storage/durable-files.js';
+import { NodeFileSystem } from '../io/file-system.js';
 import type { NodeStatus } from '../server/admin.js';
 import type { VerifyReport } from '../server/online-verify.js';
 import { formatBytes } from '../lib/size.js';
@@ -83,7 +85,7 @@ async function serve(args: string[]): Promise<number> {
   const log = new Logger(process.stderr, parseLogLevel(process.env['BLOCKMIRROR_LOG_LEVEL'])).child({
     node: required(flags, '--node'),
   });
-  const node = new BlockmirrorNode(config, required(flags, '--node'), log);
+  const node = new BlockmirrorNode(config, required(flags, '--node'), log, new DurableFiles(new NodeFileSystem(), crashPointFromEnv()));
   let signalled = false;
   const stopped = new Promise<void>((resolve) => {
     const onSignal = (signal: NodeJS.Signals): void => {
@@ -106,6 +108,20 @@ async function serve(args: string[]): Promise<number> {
   }
   await stopped;
   return 0;
+}
+
+/**
+ * BLOCKMIRROR_CRASH_POINT=<operation>:<n> kills the node with SIGKILL right after the nth
+ * change to its files made by that operation (crash tests with real processes).
+ */
+function crashPointFromEnv(): CrashPoint | null {
+  const text = process.env['BLOCKMIRROR_CRASH_POINT'];
+  if (text === undefined || text === '') return null;
+  try {
+    return parseCrashPoint(text);
+  } catch (error) {
+    throw new BlockmirrorError('ERR_USAGE', (error as Error).message);
+  }
 }
 
 function checkConfig(args: string[]): number {
@@ -337,9 +353,10 @@ volumes:
 async function demo(args: string[]): Promise<number> {
   const flags = parseFlags(args, ['--dir'], []);
   const dir = path.resolve(flags.values.get('--dir') ?? 'blockmirror-demo');
-  fs.mkdirSync(dir, { recursive: true });
+  const files = new DurableFiles();
+  files.makeDir(dir, 'config');
   const configPath = path.join(dir, 'cluster.yaml');
-  if (!fs.existsSync(configPath)) fs.writeFileSync(configPath, demoConfig);
+  if (files.kind(configPath) === null) files.replaceFile(configPath, demoConfig, 'config');
   const config = loadClusterConfig(configPath);
   const main = fileURLToPath(import.meta.url);
   // Each node in its own process group, so Ctrl-C reaches only this process, which

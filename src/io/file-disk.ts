@@ -8,6 +8,7 @@ import os from 'node:os';
 import { assert } from '../lib/assert.js';
 import type { Disk, DiskExtent } from './disk.js';
 import { IoActivity, readFullyAt, syncData, writevAt } from './file-io.js';
+import { NodeFileSystem, type FileSystem } from './file-system.js';
 import { native } from './native.js';
 
 const EOPNOTSUPP = 95;
@@ -35,6 +36,8 @@ export interface FileDiskOptions {
    */
   writePieceBytes?: number;
   activity: IoActivity;
+  /** Where the image lives (the real file system unless a test says otherwise). */
+  fileSystem?: FileSystem;
 }
 
 export class FileDisk implements Disk {
@@ -58,17 +61,19 @@ export class FileDisk implements Disk {
    */
   static async openProbed(path: string, sizeBytes: number, options: FileDiskOptions): Promise<FileDisk> {
     const disk = FileDisk.open(path, sizeBytes, options);
+    const fileSystem = options.fileSystem ?? new NodeFileSystem();
+    // A scratch file, not durable state: one a crash leaves is emptied by the next probe.
     const probe = `${path}.probe`;
-    const fd = fs.openSync(probe, 'w+');
+    const fd = fileSystem.create(probe);
     try {
-      fs.writeSync(fd, Buffer.alloc(8192, 1), 0, 8192, 0);
+      fileSystem.write(fd, Buffer.alloc(8192, 1), 0);
       const works = (mode: number, offset: number): Promise<boolean> =>
         new Promise((resolve) => native.fallocate(fd, mode, offset, 4096, (error) => resolve(error === null)));
       disk.zeroFast.punch = await works(native.FALLOC_PUNCH_HOLE, 0);
       disk.zeroFast.zero = await works(native.FALLOC_ZERO_RANGE, 4096);
     } finally {
-      fs.closeSync(fd);
-      fs.rmSync(probe, { force: true });
+      fileSystem.close(fd);
+      fileSystem.unlink(probe);
     }
     return disk;
   }
@@ -79,13 +84,14 @@ export class FileDisk implements Disk {
     sizeBytes: number,
     options: FileDiskOptions = { inlineReadBytesMax: 0, inlineWriteBytesMax: 0, activity: new IoActivity() },
   ): FileDisk {
-    const fd = fs.openSync(path, 'r+');
+    const fileSystem = options.fileSystem ?? new NodeFileSystem();
+    const fd = fileSystem.open(path, true);
     const actual = fs.fstatSync(fd).size;
     if (actual !== sizeBytes) {
-      fs.closeSync(fd);
+      fileSystem.close(fd);
       throw new Error(`${path} is ${actual} bytes, expected ${sizeBytes}`);
     }
-    return new FileDisk(fd, sizeBytes, path, options);
+    return new FileDisk(fd, sizeBytes, path, { ...options, fileSystem });
   }
 
   read(buffer: Buffer, offset: number): Promise<void> {
@@ -196,10 +202,15 @@ export class FileDisk implements Disk {
     }
   }
 
-  async close(): Promise<void> {
-    if (this.closed) return;
+  close(): Promise<void> {
+    if (this.closed) return Promise.resolve();
     this.closed = true;
-    await new Promise<void>((resolve, reject) => fs.close(this.fd, (error) => (error ? reject(error) : resolve())));
+    try {
+      (this.options.fileSystem ?? new NodeFileSystem()).close(this.fd);
+      return Promise.resolve();
+    } catch (error) {
+      return Promise.reject(error as Error);
+    }
   }
 
   private checkRange(offset: number, lengthBytes: number): void {

@@ -1,7 +1,8 @@
 // Loads the native addon (native/blockmirror_native.c, built by `npm install` through
 // node-gyp) that provides lseek(SEEK_DATA/SEEK_HOLE), fallocate, non-blocking preadv2, CRC32C and
 // a large write split into aligned pieces in one thread-pool job, which Node's fs module does not expose,
-// busy polling of the event loop before it sleeps, and a write log's syncer thread.
+// busy polling of the event loop before it sleeps, a write log's syncer thread, and
+// anonymous in-memory files (the simulated file system's).
 
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
@@ -37,6 +38,8 @@ export interface NativeBindings {
   syncerFailNext(syncer: SyncerHandle, errno: number): void;
   /** Waits for a sync that runs and stops the thread; onSynced is not called again. */
   syncerClose(syncer: SyncerHandle): void;
+  /** A new, empty, read-write anonymous file held in memory (memfd_create). */
+  memfd(): number;
   SEEK_DATA: number;
   SEEK_HOLE: number;
   FALLOC_PUNCH_HOLE: number;

@@ -165,7 +165,7 @@ function metrics(status: NodeStatus): string {
   perVolume('trimOps', 'blockmirror_volume_trim_ops_total', 'counter', 'Trims executed.');
   perVolume('flushOps', 'blockmirror_volume_flush_ops_total', 'counter', 'Flush and FUA requests.');
   perVolume('errors', 'blockmirror_volume_io_errors_total', 'counter', 'Disk operations that failed.');
-  const perLog = (stat: keyof LogStatus, name: string, type: string, help: string): void =>
+  const perLog = (stat: Exclude<keyof LogStatus, 'needsFullResync'>, name: string, type: string, help: string): void =>
     metric(
       name,
       type,

@@ -11,7 +11,6 @@
 // with bulk data does not make its peer look dead.
 
 import dgram from 'node:dgram';
-import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import type { Address, ClusterConfig, NodeConfig } from '../control/config.js';
@@ -21,7 +20,7 @@ import { BlockmirrorError } from '../lib/errors.js';
 import { hmacSha256 } from '../lib/hmac.js';
 import type { Logger } from '../lib/log.js';
 import { decodeHeartbeat, encodeHeartbeat } from '../protocol/heartbeat/datagram.js';
-import { writeFileAtomic } from '../storage/volume-files.js';
+import type { DurableFiles } from '../storage/durable-files.js';
 
 export interface HeartbeatCounters {
   heartbeatsSent: number;
@@ -58,17 +57,13 @@ export function watchedPeers(cluster: ClusterConfig, local: string): NodeConfig[
  * The incarnation of this start of the node: later than every earlier one (stored in
  * `<dataDir>/incarnation`), so peers can tell a restart from a replayed old datagram.
  */
-export function nextIncarnation(dataDir: string, nowMs: number): number {
+export function nextIncarnation(files: DurableFiles, dataDir: string, nowMs: number): number {
   const file = path.join(dataDir, 'incarnation');
-  let previous = 0;
-  try {
-    previous = Number.parseInt(fs.readFileSync(file, 'utf8').trim(), 10) || 0;
-  } catch {
-    previous = 0;
-  }
+  // Missing or unreadable (only a damaged disk makes it so): the clock alone decides.
+  const previous = Number.parseInt(files.read(file)?.toString('utf8').trim() ?? '', 10) || 0;
   const incarnation = Math.max(nowMs, previous + 1);
-  fs.mkdirSync(dataDir, { recursive: true });
-  writeFileAtomic(file, `${incarnation}\n`);
+  files.makeDir(dataDir, 'incarnation');
+  files.replaceFile(file, `${incarnation}\n`, 'incarnation');
   return incarnation;
 }
 

@@ -13,7 +13,6 @@
 // node recovered to: at the peer's reset it names the regions of the entries it holds
 // past it, and they are resent too.
 
-import fs from 'node:fs';
 import path from 'node:path';
 import crypto from 'node:crypto';
 import { constants } from '../constants.js';
@@ -28,7 +27,7 @@ import { EntryType } from '../storage/log-entry.js';
 import type { LocalVolume, MirrorGate } from '../storage/local-volume.js';
 import type { WriteLog } from '../storage/write-log.js';
 import { WriteIntent } from '../storage/write-intent.js';
-import { writeFileAtomic } from '../storage/volume-files.js';
+import type { DurableFiles } from '../storage/durable-files.js';
 import { ResyncController } from '../core/resync-controller.js';
 import { OnlineVerify, type VerifyReport } from './online-verify.js';
 import { connectAsSource, PeerLink } from './peer-link.js';
@@ -127,11 +126,13 @@ export class MirrorEngine implements MirrorGate {
     private readonly regions: Pick<LocalVolume, 'logCurrent' | 'whileHeld'>,
     /** The volume's log: entries a peer that was away lacks are read back from it. */
     private readonly entries: Pick<WriteLog, 'readRange' | 'syncTo' | 'holdsFrom' | 'entryPayloadBytesMax' | 'status'>,
+    /** The node's durable files: the state file, the bitmaps and the write-intent record. */
+    private readonly files: DurableFiles,
   ) {
     assert(volume.mode !== 'local');
     this.secret = Buffer.from(cluster.secret, 'utf8');
     this.stateFile = path.join(local.dataDir, 'mirror', `${volume.name}.json`);
-    const previous = readState(this.stateFile);
+    const previous = readState(files, this.stateFile);
     const peerIds = volume.replicas.filter((id) => id !== local.id);
     const clean = previous === null ? lastSeq === 0 : previous.cleanStopSeq === lastSeq;
     const resyncNeeded = clean ? (previous?.resyncNeeded ?? []) : peerIds;
@@ -142,7 +143,7 @@ export class MirrorEngine implements MirrorGate {
     if (!clean) for (const id of peerIds) divergedAfter[id] = Math.min(divergedAfter[id] ?? recoveredSeq, recoveredSeq);
     this.state = { cleanStopSeq: null, resyncNeeded: [...resyncNeeded], divergedAfter };
     // Durable before the first write: a crash from now on is an unclean stop.
-    fs.mkdirSync(path.dirname(this.stateFile), { recursive: true });
+    files.makeDir(path.dirname(this.stateFile), 'mirror-state');
     this.saveState();
     this.core = new MirrorSource<Frame>({
       mode: volume.mode,
@@ -186,7 +187,7 @@ export class MirrorEngine implements MirrorGate {
     // After a crash, the volume file may hold writes whose entries the log lost anywhere the
     // write-intent record names: those extents count as out of sync for every peer.
     const intentFile = path.join(local.dataDir, 'mirror', `${volume.name}.intent`);
-    const previousIntent = WriteIntent.load(intentFile, volume.sizeBytes, constants.writeIntentExtentBytes);
+    const previousIntent = WriteIntent.load(files, intentFile, volume.sizeBytes, constants.writeIntentExtentBytes);
     if (!clean && previousIntent !== null) {
       if (!previousIntent.readable) log.warn('write-intent record unreadable: every region counts as out of sync', { file: intentFile });
       for (const peer of this.peers.values()) {
@@ -198,7 +199,7 @@ export class MirrorEngine implements MirrorGate {
     }
     this.persistBitmaps();
     // Only now (the marks durable) may the record start afresh.
-    this.intent = new WriteIntent(intentFile, volume.sizeBytes, constants.writeIntentExtentBytes);
+    this.intent = new WriteIntent(files, intentFile, volume.sizeBytes, constants.writeIntentExtentBytes);
   }
 
   private resyncProgress(peer: PeerLinks | undefined): MirrorPeerStatus['resync'] {
@@ -220,17 +221,12 @@ export class MirrorEngine implements MirrorGate {
 
   /** Writes the state file (atomically and durably). */
   private saveState(): void {
-    writeFileAtomic(this.stateFile, JSON.stringify(this.state, null, 2) + '\n');
+    this.files.replaceFile(this.stateFile, JSON.stringify(this.state, null, 2) + '\n', 'mirror-state');
   }
 
   private loadBitmap(file: string, resyncNeeded: boolean): DirtyBitmap {
     const empty = new DirtyBitmap(this.volume.sizeBytes, this.cluster.resync.regionBytes);
-    let data: Buffer | null = null;
-    try {
-      data = fs.readFileSync(file);
-    } catch {
-      data = null;
-    }
+    const data = this.files.read(file);
     const loaded = data === null ? null : DirtyBitmap.decode(data, this.volume.sizeBytes, this.cluster.resync.regionBytes);
     if (loaded !== null) return loaded;
     // No usable record of what the peer lacks: a peer that needs a resync needs all of it.
@@ -263,7 +259,7 @@ export class MirrorEngine implements MirrorGate {
         written = peer.bitmap.clone();
         for (const generation of unsynced) written.include(generation.regions);
       }
-      writeFileAtomic(peer.bitmapFile, written.encode());
+      this.files.replaceFile(peer.bitmapFile, written.encode(), 'bitmap');
       peer.bitmapChanged = false;
       peer.unsyncedOnDisk = unsynced.length > 0;
     }
@@ -1021,10 +1017,11 @@ export class MirrorEngine implements MirrorGate {
   }
 }
 
-function readState(file: string): MirrorState | null {
-  if (!fs.existsSync(file)) return null;
+function readState(files: DurableFiles, file: string): MirrorState | null {
+  const data = files.read(file);
+  if (data === null) return null;
   try {
-    const parsed = JSON.parse(fs.readFileSync(file, 'utf8')) as Partial<MirrorState>;
+    const parsed = JSON.parse(data.toString('utf8')) as Partial<MirrorState>;
     const divergedAfter: Record<string, number> = {};
     if (typeof parsed.divergedAfter === 'object' && parsed.divergedAfter !== null) {
       for (const [id, seq] of Object.entries(parsed.divergedAfter)) if (Number.isSafeInteger(seq) && seq >= 0) divergedAfter[id] = seq;

@@ -3,22 +3,20 @@
 // (sockets, files, timers) to the protocol and storage code.
 
 import net from 'node:net';
-import path from 'node:path';
 import { checkConstants, constants } from '../constants.js';
 import { formatAddress, type Address, type ClusterConfig, type NodeConfig, type VolumeConfig } from '../control/config.js';
 import { BufferPool } from '../lib/buffer-pool.js';
 import { BlockmirrorError, ConfigError } from '../lib/errors.js';
 import type { Logger } from '../lib/log.js';
 import type { ExportLookup } from '../protocol/nbd/negotiation.js';
-import { FileDisk } from '../io/file-disk.js';
 import { IoActivity } from '../io/file-io.js';
 import { holdBusyPoll } from '../io/busy-poll.js';
-import { applyEntry, LocalVolume } from '../storage/local-volume.js';
-import { WriteLog, type LogOptions, type RecoveryReport } from '../storage/write-log.js';
+import type { LocalVolume } from '../storage/local-volume.js';
 import { DirtyBitmap } from '../storage/dirty-bitmap.js';
 import type { DiskState } from '../core/mirror-source.js';
-import { EntryType } from '../storage/log-entry.js';
-import { prepareVolumeFiles, type VolumeIdentity } from '../storage/volume-files.js';
+import { DurableFiles } from '../storage/durable-files.js';
+import type { VolumeIdentity } from '../storage/volume-files.js';
+import { openVolumeStorage, restartReplicaLog } from '../storage/volume-store.js';
 import { AdminServer } from './admin.js';
 import { Heartbeats, nextIncarnation, type HeartbeatListener, type VolumeView } from './heartbeats.js';
 import { MirrorEngine } from './mirror-engine.js';
@@ -65,6 +63,8 @@ export class BlockmirrorNode {
     readonly config: ClusterConfig,
     nodeId: string,
     private readonly log: Logger,
+    /** Every change to the node's durable files goes through here. */
+    private readonly files: DurableFiles = new DurableFiles(),
   ) {
     checkConstants();
     const node = config.nodes.find((candidate) => candidate.id === nodeId);
@@ -90,7 +90,7 @@ export class BlockmirrorNode {
     const heartbeats = new Heartbeats(
       this.config,
       this.node,
-      nextIncarnation(this.node.dataDir, Date.now()),
+      nextIncarnation(this.files, this.node.dataDir, Date.now()),
       () => this.volumeViews(),
       this.heartbeatListener,
       this.log,
@@ -123,18 +123,6 @@ export class BlockmirrorNode {
    * point, and takes a new one, so the volume file is durable before anyone is served.
    */
   private async openVolume(config: VolumeConfig): Promise<void> {
-    const { identity, paths, created } = prepareVolumeFiles(
-      this.node.dataDir,
-      config.name,
-      config.sizeBytes,
-      constants.nbdBlockSizePreferredBytes,
-    );
-    const disk = await FileDisk.openProbed(paths.image, identity.sizeBytes, {
-      inlineReadBytesMax: constants.diskInlineReadBytesMax,
-      inlineWriteBytesMax: constants.diskInlineWriteBytesMax,
-      writePieceBytes: constants.diskWritePieceBytes,
-      activity: this.ioActivity,
-    });
     const log = this.log.child({ volume: config.name });
     const role = config.mode === 'local' || config.primary === this.node.id ? 'primary' : 'secondary';
     const mirrored = role === 'primary' && config.mode !== 'local' && config.replicas.length > 1;
@@ -143,46 +131,21 @@ export class BlockmirrorNode {
     // start's consistency point marker, which the engine's start sequence number covers).
     let engine: MirrorEngine | null = null;
     // Regions the log replays at this start: after a crash the peers may hold other data there.
-    const replayed = mirrored ? new DirtyBitmap(identity.sizeBytes, this.config.resync.regionBytes) : null;
-    const logOptions: LogOptions = {
-      // A secondary keeps one log per source node (fan-in never mixes sources).
-      dir:
-        role === 'primary'
-          ? path.join(this.node.dataDir, 'log', config.name)
-          : path.join(this.node.dataDir, 'peers', config.primary ?? '', config.name),
+    const replayed = mirrored ? new DirtyBitmap(config.sizeBytes, this.config.resync.regionBytes) : null;
+    const started = Date.now();
+    const { identity, paths, created, volume, recovery, logOptions } = await openVolumeStorage({
+      files: this.files,
+      dataDir: this.node.dataDir,
+      nodeId: this.node.id,
+      config,
+      role,
       geometry: { partitionBytes: this.config.log.partitionBytes, partitions: this.config.log.partitions },
-      volumeUuid: identity.uuid,
-      volumeId: Number.parseInt(identity.uuid.slice(0, 8), 16),
       activity: this.ioActivity,
-      inlineWriteBytesMax: constants.logInlineWriteBytesMax,
       log,
       onCheckpointWanted: () => this.checkpointSoon(config.name),
-      ...(role === 'secondary' ? { replica: { deferApply: config.mode === 'logship' } } : {}),
-      ...(mirrored ? { onPlaced: (...args) => engine?.placed(...args) } : {}),
-    };
-    const started = Date.now();
-    let opened: { log: WriteLog; recovery: RecoveryReport };
-    try {
-      opened = await WriteLog.open(logOptions, (header, payload) => {
-        if (header.type !== EntryType.CONSISTENCY_POINT) replayed?.mark(header.offset, header.lengthBytes);
-        return applyEntry(disk, header, payload, constants.zeroWriteChunkBytes);
-      });
-    } catch (error) {
-      await disk.close();
-      throw error;
-    }
-    let volume = new LocalVolume(config.name, disk, opened.log, constants.zeroWriteChunkBytes);
-    const { recovery } = opened;
-    await volume.checkpoint();
-    if (opened.log.geometryDiffers(logOptions.geometry)) {
-      // Everything is covered by the CP just taken, so the files can be made anew.
-      const cpSeq = opened.log.status().cpSeq;
-      opened.log.close();
-      WriteLog.recreate(logOptions, cpSeq);
-      const reopened = await WriteLog.open(logOptions, () => Promise.reject(new Error('nothing to replay after a CP')));
-      volume = new LocalVolume(config.name, disk, reopened.log, constants.zeroWriteChunkBytes);
-      log.info('log geometry changed', { ...logOptions.geometry });
-    }
+      replayed,
+      ...(mirrored ? { onPlaced: (...args: Parameters<MirrorEngine['placed']>) => engine?.placed(...args) } : {}),
+    });
     let target: ReplicaTarget | null = null;
     if (mirrored) {
       const mirrorLog = volume.log;
@@ -200,6 +163,7 @@ export class BlockmirrorNode {
         recovery.lastSeq,
         primary,
         mirrorLog,
+        this.files,
       );
       const mirror = engine;
       mirrorLog.addRetainer((partition) => mirror.retains(partition));
@@ -207,16 +171,9 @@ export class BlockmirrorNode {
       volume.beforeCheckpointRecorded = () => mirror.persistBitmaps();
     } else if (role === 'secondary') {
       const replica = volume;
-      target = new ReplicaTarget(config, replica, log, this.peerCounters, async (seq) => {
-        // Everything received goes into the image and is made durable; then the log
-        // restarts after `seq`, as when its geometry changes.
-        if (config.mode === 'logship') await replica.applyLoggedThrough(replica.log.lastSeq);
-        await replica.checkpoint();
-        replica.log.close();
-        WriteLog.recreate(logOptions, seq);
-        const restarted = await WriteLog.open(logOptions, () => Promise.reject(new Error('nothing to replay after a reset')));
-        replica.replaceLog(restarted.log);
-      });
+      target = new ReplicaTarget(config, replica, log, this.peerCounters, (seq) =>
+        restartReplicaLog(replica, logOptions, seq, config.mode === 'logship'),
+      );
       this.targets.set(config.name, target);
     }
     this.volumes.set(config.name, { config, identity, volume, role, mirror: engine, target });
@@ -386,6 +343,8 @@ export class BlockmirrorNode {
  */
 export function diskState({ volume, target }: ServedVolume): DiskState {
   if (volume.failed || target?.status().failed === true) return 'failed';
+  // A replica whose log was made anew at start until the primary resets it for a full resync.
+  if (volume.log.status().needsFullResync) return 'inconsistent';
   return target === null || target.status().session ? 'up-to-date' : 'outdated';
 }
 

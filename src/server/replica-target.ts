@@ -113,7 +113,8 @@ export class ReplicaTarget {
     const ready = encodeFrame({
       type: 'ready',
       epoch: 0,
-      disk: this.volume.failed || this.core.status().failed ? 'failed' : 'up-to-date',
+      // A copy whose log was made anew at start (LogStatus.needsFullResync) asks for all of it.
+      disk: this.volume.failed || this.core.status().failed ? 'failed' : logStatus.needsFullResync ? 'inconsistent' : 'up-to-date',
       lastSeq: this.core.ready().lastSeq,
       durableSeq: Math.min(logStatus.durableSeq, this.core.ready().lastSeq),
       cpSeq: logStatus.cpSeq,

@@ -20,9 +20,8 @@
 // whole volume would then be resent), which only a primary that never takes a
 // consistency point could cause.
 
-import fs from 'node:fs';
 import { crc32c } from '../lib/crc32c.js';
-import { writeFileAtomic } from './volume-files.js';
+import type { DurableFiles } from './durable-files.js';
 
 export const TRAIL_FILE = 'trail';
 const TRAIL_MAGIC = 0x424d5452; // 'BMTR'
@@ -41,6 +40,13 @@ export class ReplicaTrail {
   private lengths: number[] = [];
   /** Too many entries to list: every region counts. */
   private overflow = false;
+
+  /** A record that names every region (a log made anew with nothing known of what came before). */
+  static everything(): ReplicaTrail {
+    const trail = new ReplicaTrail();
+    trail.overflow = true;
+    return trail;
+  }
 
   /** An entry stored (or replayed) on this replica; CP markers change no region and are left out. */
   add(seq: number, offset: number, lengthBytes: number): void {
@@ -111,8 +117,8 @@ export class ReplicaTrail {
     return this.seqs.length;
   }
 
-  /** Writes the record durably (atomically replaced). */
-  save(file: string): void {
+  /** The record as written to its file. */
+  encode(): Buffer {
     const body = Buffer.alloc(HEADER_BYTES + this.seqs.length * RECORD_BYTES);
     body.writeUInt32BE(TRAIL_MAGIC, 0);
     body.writeUInt32BE(this.overflow ? 1 : 0, 4);
@@ -125,21 +131,22 @@ export class ReplicaTrail {
     }
     // The checksum covers the whole file with its own field zero.
     body.writeUInt32BE(crc32c(body) >>> 0, 12);
-    writeFileAtomic(file, body);
+    return body;
+  }
+
+  /** Writes the record durably (atomically replaced). */
+  save(files: DurableFiles, file: string): void {
+    files.replaceFile(file, this.encode(), 'trail');
   }
 
   /**
    * Reads the record written at the last consistency point. A missing file is an empty
    * record (a log that never had one); an unreadable one counts as "every region".
    */
-  static load(file: string): ReplicaTrail {
+  static load(files: DurableFiles, file: string): ReplicaTrail {
     const trail = new ReplicaTrail();
-    let data: Buffer;
-    try {
-      data = fs.readFileSync(file);
-    } catch {
-      return trail;
-    }
+    const data = files.read(file);
+    if (data === null) return trail;
     const count = data.length >= HEADER_BYTES ? data.readUInt32BE(8) : -1;
     const valid =
       count >= 0 &&

@@ -4,14 +4,15 @@
 // size is refused, never met by truncating or growing the image.
 //
 // First creation is crash-safe: the image is made as `<name>.img.new`, synced, the
-// identity is written atomically (temporary file, fsync, rename, fsync of the
-// directory), and only then is the image renamed into place.
+// identity is written atomically (DurableFiles.replaceFile), and only then is the image
+// renamed into place. A start finds the identity missing (the image is made again), or
+// the identity and `<name>.img.new` (the rename is finished), or both in place.
 
 import crypto from 'node:crypto';
-import fs from 'node:fs';
 import path from 'node:path';
 import { VolumeMismatchError } from '../lib/errors.js';
 import { formatBytes } from '../lib/size.js';
+import type { DurableFiles } from './durable-files.js';
 
 export interface VolumeIdentity {
   format: 1;
@@ -39,32 +40,10 @@ export function volumePaths(dataDir: string, name: string): VolumePaths {
   };
 }
 
-export function writeFileAtomic(file: string, contents: string | Buffer): void {
-  const temporary = `${file}.tmp`;
-  const fd = fs.openSync(temporary, 'w', 0o644);
-  try {
-    fs.writeSync(fd, typeof contents === 'string' ? Buffer.from(contents, 'utf8') : contents);
-    fs.fdatasyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-  fs.renameSync(temporary, file);
-  syncDirectory(path.dirname(file));
-}
-
-export function syncDirectory(dir: string): void {
-  const fd = fs.openSync(dir, 'r');
-  try {
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-}
-
-function readIdentity(file: string): VolumeIdentity {
+function readIdentity(files: DurableFiles, file: string): VolumeIdentity {
   let parsed: unknown;
   try {
-    parsed = JSON.parse(fs.readFileSync(file, 'utf8'));
+    parsed = JSON.parse((files.read(file) ?? Buffer.alloc(0)).toString('utf8'));
   } catch (error) {
     throw new VolumeMismatchError(`${file}: unreadable volume identity (${(error as Error).message})`);
   }
@@ -86,28 +65,26 @@ function readIdentity(file: string): VolumeIdentity {
  * creating them on first start. Returns the identity.
  */
 export function prepareVolumeFiles(
+  files: DurableFiles,
   dataDir: string,
   name: string,
   sizeBytes: number,
   blockSizeBytes: number,
 ): { identity: VolumeIdentity; paths: VolumePaths; created: boolean } {
   const paths = volumePaths(dataDir, name);
-  fs.mkdirSync(paths.dir, { recursive: true });
+  files.makeDir(paths.dir, 'volume-create');
 
-  if (!fs.existsSync(paths.identity)) {
-    if (fs.existsSync(paths.image)) {
+  if (files.kind(paths.identity) === null) {
+    if (files.kind(paths.image) !== null) {
       throw new VolumeMismatchError(
         `${paths.image} exists without ${path.basename(paths.identity)}: refusing to adopt an image of unknown origin`,
       );
     }
     // A leftover .img.new is from a first start that crashed before it finished.
-    const fd = fs.openSync(paths.imageNew, 'w', 0o644);
-    try {
-      fs.ftruncateSync(fd, sizeBytes);
-      fs.fsyncSync(fd);
-    } finally {
-      fs.closeSync(fd);
-    }
+    files.writeNewFile(paths.imageNew, { sparseBytes: sizeBytes }, 'volume-create');
+    // Durable under its name before the identity is: a start that finds the identity
+    // must find the image, by one name or the other.
+    files.syncNames(paths.dir, 'volume-create');
     const identity: VolumeIdentity = {
       format: 1,
       uuid: crypto.randomUUID(),
@@ -116,13 +93,12 @@ export function prepareVolumeFiles(
       blockSizeBytes,
       createdAt: new Date().toISOString(),
     };
-    writeFileAtomic(paths.identity, JSON.stringify(identity, null, 2) + '\n');
-    fs.renameSync(paths.imageNew, paths.image);
-    syncDirectory(paths.dir);
+    files.replaceFile(paths.identity, JSON.stringify(identity, null, 2) + '\n', 'volume-create');
+    files.rename(paths.imageNew, paths.image, 'volume-create');
     return { identity, paths, created: true };
   }
 
-  const identity = readIdentity(paths.identity);
+  const identity = readIdentity(files, paths.identity);
   if (identity.name !== name) {
     throw new VolumeMismatchError(`${paths.identity} belongs to volume "${identity.name}", not "${name}"`);
   }
@@ -133,15 +109,14 @@ export function prepareVolumeFiles(
         'resizing is not supported, restore the size in the cluster file',
     );
   }
-  if (!fs.existsSync(paths.image) && fs.existsSync(paths.imageNew)) {
+  if (files.kind(paths.image) === null && files.kind(paths.imageNew) !== null) {
     // Crash between writing the identity and the final rename.
-    fs.renameSync(paths.imageNew, paths.image);
-    syncDirectory(paths.dir);
+    files.rename(paths.imageNew, paths.image, 'volume-create');
   }
-  if (!fs.existsSync(paths.image)) {
+  const actual = files.sizeOf(paths.image);
+  if (actual === null) {
     throw new VolumeMismatchError(`volume ${name}: ${paths.image} is missing but its identity exists`);
   }
-  const actual = fs.statSync(paths.image).size;
   if (actual !== identity.sizeBytes) {
     throw new VolumeMismatchError(
       `volume ${name}: ${paths.image} is ${actual} bytes but its identity says ${identity.sizeBytes}`,

@@ -15,10 +15,8 @@
 // File `<dataDir>/mirror/<volume>.intent`: a DirtyBitmap (dirty-bitmap.ts) with one bit
 // per extent, replaced atomically.
 
-import fs from 'node:fs';
-import path from 'node:path';
 import { DirtyBitmap } from './dirty-bitmap.js';
-import { writeFileAtomic } from './volume-files.js';
+import type { DurableFiles } from './durable-files.js';
 
 export class WriteIntent {
   /** The extents in the record (durable once `flushing` is null and nothing is pending). */
@@ -36,6 +34,7 @@ export class WriteIntent {
   writes = 0;
 
   constructor(
+    private readonly files: DurableFiles,
     private readonly file: string,
     readonly sizeBytes: number,
     readonly extentBytes: number,
@@ -47,13 +46,9 @@ export class WriteIntent {
   }
 
   /** The record a previous run left (null: none, or unreadable: every extent counts). */
-  static load(file: string, sizeBytes: number, extentBytes: number): { extents: DirtyBitmap; readable: boolean } | null {
-    let data: Buffer;
-    try {
-      data = fs.readFileSync(file);
-    } catch {
-      return null;
-    }
+  static load(files: DurableFiles, file: string, sizeBytes: number, extentBytes: number): { extents: DirtyBitmap; readable: boolean } | null {
+    const data = files.read(file);
+    if (data === null) return null;
     const extents = DirtyBitmap.decode(data, sizeBytes, extentBytes);
     if (extents !== null) return { extents, readable: true };
     const all = new DirtyBitmap(sizeBytes, extentBytes);
@@ -134,29 +129,14 @@ export class WriteIntent {
     }
   }
 
-  /** writeFileAtomic on the thread pool. */
+  /** The record replaced, its waits for the disk on the thread pool. */
   private async saveAsync(): Promise<void> {
-    const contents = this.record.encode();
-    const temporary = `${this.file}.tmp`;
-    const handle = await fs.promises.open(temporary, 'w', 0o644);
-    try {
-      await handle.writeFile(contents);
-      await handle.datasync();
-    } finally {
-      await handle.close();
-    }
-    await fs.promises.rename(temporary, this.file);
-    const dir = await fs.promises.open(path.dirname(this.file), 'r');
-    try {
-      await dir.sync();
-    } finally {
-      await dir.close();
-    }
+    await this.files.replaceFileAsync(this.file, this.record.encode(), 'intent');
     this.writes += 1;
   }
 
   private save(): void {
-    writeFileAtomic(this.file, this.record.encode());
+    this.files.replaceFile(this.file, this.record.encode(), 'intent');
     this.writes += 1;
   }
 }

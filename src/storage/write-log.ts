@@ -15,6 +15,12 @@
 //   trail               (a replica's log only) where the entries since the primary's
 //                       last CP landed: replica-trail.ts
 //
+// The directory is made whole, by DurableFiles.installDirectory: the files are written
+// in `<dir>.new` (the superblock last) and the directory is swapped into place, so a
+// crash leaves the old log or the new one (open() settles an interrupted swap first).
+// The superblock is replaced atomically. Nothing in this module changes a file but
+// through DurableFiles, except the appends, which write into the partitions in place.
+//
 // Every open of the log starts a session with a new random log id, added to the
 // superblock's list before anything is appended; a consistency point resets the list to
 // the current session. Recovery accepts only entries of listed sessions, in the order
@@ -47,7 +53,7 @@ import { BlockmirrorError } from '../lib/errors.js';
 import type { Logger } from '../lib/log.js';
 import { IoActivity, readFullyAt, writevAt } from '../io/file-io.js';
 import { native, type SyncerHandle } from '../io/native.js';
-import { syncDirectory, writeFileAtomic } from './volume-files.js';
+import { DurableFiles, isMissing } from './durable-files.js';
 import { ReplicaTrail, TRAIL_FILE, type TrailExtent } from './replica-trail.js';
 import {
   alignedEntryBytes,
@@ -74,6 +80,8 @@ export interface LogGeometry {
 
 export interface LogOptions {
   dir: string;
+  /** Where the log's files are changed (the real file system unless a test says otherwise). */
+  files?: DurableFiles;
   geometry: LogGeometry;
   volumeUuid: string;
   volumeId: number;
@@ -130,6 +138,19 @@ export interface LogStatus {
   stallMs: number;
   /** How long the last CP took (mostly the volume's fdatasync). */
   lastCheckpointMs: number;
+  /**
+   * A replica's log made anew with nothing known of what its copy holds (its log was
+   * damaged or missing at start): the copy needs every region from the primary.
+   */
+  needsFullResync: boolean;
+}
+
+/** What a new log directory starts with (see WriteLog.install). */
+export interface NewLogState {
+  cpSeq: number;
+  needsFullResync: boolean;
+  /** The replica trail file to carry over, if any. */
+  trail: Buffer | null;
 }
 
 interface Superblock {
@@ -147,6 +168,8 @@ interface Superblock {
   /** Where the first entry after the CP is (or will be) written. */
   replayGeneration: number;
   replayOffset: number;
+  /** See LogStatus.needsFullResync (absent in logs written before it existed: false). */
+  needsFullResync?: boolean;
 }
 
 interface Partition {
@@ -194,10 +217,12 @@ function superblockText(superblock: Superblock): string {
   return JSON.stringify({ ...superblock, crc: crc32c(Buffer.from(body)) }, null, 2) + '\n';
 }
 
-function readSuperblock(file: string): Superblock {
+function readSuperblock(files: DurableFiles, file: string): Superblock {
+  const data = files.read(file);
+  if (data === null) throw new LogCorruptError(`${file} is missing`);
   let parsed: Superblock & { crc: number };
   try {
-    parsed = JSON.parse(fs.readFileSync(file, 'utf8')) as Superblock & { crc: number };
+    parsed = JSON.parse(data.toString('utf8')) as Superblock & { crc: number };
   } catch (error) {
     throw new LogCorruptError(`${file}: unreadable superblock (${(error as Error).message})`);
   }
@@ -206,7 +231,11 @@ function readSuperblock(file: string): Superblock {
     superblock.format !== 1 ||
     crc32c(Buffer.from(JSON.stringify(superblock))) !== crc ||
     !Array.isArray(superblock.logIds) ||
-    superblock.logIds.length === 0
+    superblock.logIds.length === 0 ||
+    !Number.isSafeInteger(superblock.partitions) ||
+    superblock.partitions < 2 ||
+    !Number.isSafeInteger(superblock.partitionBytes) ||
+    superblock.partitionBytes % LOG_BLOCK_BYTES !== 0
   ) {
     throw new LogCorruptError(`${file}: superblock checksum or format mismatch`);
   }
@@ -283,6 +312,8 @@ export class WriteLog {
   private closed = false;
   /** A replica's record of its entries since the primary's last CP (null for a primary's log). */
   private readonly trail: ReplicaTrail | null;
+  private readonly files: DurableFiles;
+  private readonly needsFullResync: boolean;
 
   private constructor(
     private readonly options: LogOptions,
@@ -303,7 +334,9 @@ export class WriteLog {
     this.durableSeq = superblock.cpSeq;
     this.wantedSeq = superblock.cpSeq;
     this.tail = { generation: -1, blockStart: 0, bytes: Buffer.alloc(0) };
-    this.trail = options.replica === undefined ? null : ReplicaTrail.load(path.join(options.dir, TRAIL_FILE));
+    this.files = options.files ?? new DurableFiles();
+    this.needsFullResync = superblock.needsFullResync === true;
+    this.trail = options.replica === undefined ? null : ReplicaTrail.load(this.files, path.join(options.dir, TRAIL_FILE));
   }
 
   /**
@@ -313,22 +346,23 @@ export class WriteLog {
    */
   static async open(options: LogOptions, apply: ApplyEntry): Promise<{ log: WriteLog; recovery: RecoveryReport }> {
     const { dir, geometry } = options;
+    const files = options.files ?? new DurableFiles();
     assert(geometry.partitions >= 2, 'the log needs at least two partitions');
     assert(geometry.partitionBytes % LOG_BLOCK_BYTES === 0, 'log partitions are whole blocks');
-    fs.mkdirSync(dir, { recursive: true });
+    WriteLog.settle(options);
     const superblockPath = path.join(dir, SUPERBLOCK);
     let created = false;
-    if (!fs.existsSync(superblockPath)) {
-      // Partition files without a superblock are from a first start that crashed before
-      // the log existed: nothing was ever appended to them.
-      WriteLog.createFiles(dir, geometry, { cpSeq: 0, volumeUuid: options.volumeUuid });
+    if (files.kind(dir) === null) {
+      WriteLog.install(options, 'log-create', { cpSeq: 0, needsFullResync: false, trail: null });
       created = true;
+    } else if (files.kind(dir) !== 'directory') {
+      throw new LogCorruptError(`${dir} is not a directory`);
     }
-    const superblock = readSuperblock(superblockPath);
+    const superblock = readSuperblock(files, superblockPath);
     if (superblock.volumeUuid !== options.volumeUuid) {
       throw new LogCorruptError(`${superblockPath}: log of volume ${superblock.volumeUuid}, not ${options.volumeUuid}`);
     }
-    const slots = WriteLog.openSlots(dir, superblock);
+    const slots = WriteLog.openSlots(files, dir, superblock);
     const log = new WriteLog(options, superblock, slots);
     try {
       const recovery = await log.recover(apply);
@@ -348,46 +382,68 @@ export class WriteLog {
     }
   }
 
-  private static createFiles(dir: string, geometry: LogGeometry, state: { cpSeq: number; volumeUuid: string }): void {
-    // Written in 64 KiB pieces, so that the page cache holds the partitions in folios no
-    // larger (see constants.diskWritePieceBytes): each append writes into them.
-    const zeroes = Buffer.alloc(Math.min(geometry.partitionBytes, constants.diskWritePieceBytes));
-    for (let slot = 0; slot < geometry.partitions; slot += 1) {
-      const fd = fs.openSync(partitionFile(dir, slot), 'w', 0o644);
-      try {
-        for (let at = 0; at < geometry.partitionBytes; at += zeroes.length) {
-          fs.writeSync(fd, zeroes, 0, Math.min(zeroes.length, geometry.partitionBytes - at), at);
-        }
-        fs.fsyncSync(fd);
-      } finally {
-        fs.closeSync(fd);
-      }
-    }
-    syncDirectory(dir);
-    const superblock: Superblock = {
-      format: 1,
-      logIds: [crypto.randomBytes(4).readUInt32BE(0)],
-      volumeUuid: state.volumeUuid,
-      partitionBytes: geometry.partitionBytes,
-      partitions: geometry.partitions,
-      cpSeq: state.cpSeq,
-      cpTimeMs: Date.now(),
-      replayGeneration: 0,
-      replayOffset: 0,
-    };
-    writeFileAtomic(path.join(dir, SUPERBLOCK), superblockText(superblock));
+  /**
+   * Finishes or undoes a replacement of the log directory that a crash interrupted (see
+   * DurableFiles.installDirectory); a new copy is complete once it has its superblock.
+   */
+  static settle(options: LogOptions): void {
+    const files = options.files ?? new DurableFiles();
+    const outcome = files.settleDirectory(options.dir, 'log-tidy', (staging) => files.kind(path.join(staging, SUPERBLOCK)) === 'file');
+    if (outcome !== 'nothing') options.log.warn('log: a change of the log directory was interrupted', { dir: options.dir, outcome });
   }
 
-  private static openSlots(dir: string, superblock: Superblock): Partition[] {
+  /**
+   * Puts a new, empty log in `options.dir` (replacing what is there) whose sequence
+   * numbers continue after `state.cpSeq`: the partitions zero-filled and synced, the
+   * superblock last, then the whole directory swapped into place.
+   */
+  static install(options: LogOptions, operation: 'log-create' | 'log-recreate', state: NewLogState): void {
+    const { geometry } = options;
+    const files = options.files ?? new DurableFiles();
+    files.makeDir(path.dirname(options.dir), operation);
+    files.installDirectory(options.dir, operation, (staging) => {
+      // Written in 64 KiB pieces, so that the page cache holds the partitions in folios no
+      // larger (see constants.diskWritePieceBytes): each append writes into them.
+      for (let slot = 0; slot < geometry.partitions; slot += 1) {
+        const contents = { zeroesBytes: geometry.partitionBytes, pieceBytes: constants.diskWritePieceBytes };
+        files.writeNewFile(partitionFile(staging, slot), contents, operation);
+      }
+      if (state.trail !== null) files.writeNewFile(path.join(staging, TRAIL_FILE), state.trail, operation);
+      const superblock: Superblock = {
+        format: 1,
+        logIds: [crypto.randomBytes(4).readUInt32BE(0)],
+        volumeUuid: options.volumeUuid,
+        partitionBytes: geometry.partitionBytes,
+        partitions: geometry.partitions,
+        cpSeq: state.cpSeq,
+        cpTimeMs: Date.now(),
+        replayGeneration: 0,
+        replayOffset: 0,
+        ...(state.needsFullResync ? { needsFullResync: true } : {}),
+      };
+      files.writeNewFile(path.join(staging, SUPERBLOCK), Buffer.from(superblockText(superblock)), operation);
+    });
+  }
+
+  private static openSlots(files: DurableFiles, dir: string, superblock: Superblock): Partition[] {
     const slots: Partition[] = [];
+    const fail = (problem: string): never => {
+      for (const open of slots) files.closeData(open.fd);
+      throw new LogCorruptError(problem);
+    };
     for (let slot = 0; slot < superblock.partitions; slot += 1) {
       const file = partitionFile(dir, slot);
-      const fd = fs.openSync(file, 'r+');
+      let fd: number;
+      try {
+        fd = files.openData(file, true);
+      } catch (error) {
+        if (isMissing(error)) fail(`${file} is missing (the superblock names ${superblock.partitions} partitions)`);
+        throw error;
+      }
       const size = fs.fstatSync(fd).size;
       if (size !== superblock.partitionBytes) {
-        fs.closeSync(fd);
-        for (const open of slots) fs.closeSync(open.fd);
-        throw new LogCorruptError(`${file} is ${size} bytes, the superblock says ${superblock.partitionBytes}`);
+        files.closeData(fd);
+        fail(`${file} is ${size} bytes, the superblock says ${superblock.partitionBytes}`);
       }
       slots.push({ fd, generation: -1, firstSeq: 0, lastSeq: 0 });
     }
@@ -512,6 +568,10 @@ export class WriteLog {
    * replayed (not yet covered by a CP), before anything is appended.
    */
   private startSession(superblock: Superblock): void {
+    // Sessions recovery found no entry of lie wholly before the CP or past the end of the
+    // log: none of their entries may be replayed any more, so they leave the list (a node
+    // killed again and again at start would otherwise fill it).
+    this.logIds = this.logIds.filter((id) => this.sessionLastSeq.has(id));
     if (this.logIds.length >= LOG_IDS_MAX) {
       throw new LogCorruptError(
         `${path.join(this.options.dir, SUPERBLOCK)}: ${this.logIds.length} sessions since the last consistency point; ` +
@@ -519,7 +579,7 @@ export class WriteLog {
       );
     }
     this.logIds = [...this.logIds, this.logId];
-    writeFileAtomic(path.join(this.options.dir, SUPERBLOCK), superblockText({ ...superblock, logIds: this.logIds }));
+    this.files.replaceFile(path.join(this.options.dir, SUPERBLOCK), superblockText({ ...superblock, logIds: this.logIds }), 'log-superblock');
     this.wantedSeq = this.durableSeq;
     this.syncer = native.syncerOpen(this.geometry.partitions, this.durableSeq, (durableSeq, _syncs, error) => {
       if (error !== null) this.syncFailed(error);
@@ -1068,7 +1128,7 @@ export class WriteLog {
     }
     const cpTimeMs = Date.now();
     // The entries this CP lets go of may still have to be named to the primary.
-    this.trail?.save(path.join(this.options.dir, TRAIL_FILE));
+    this.trail?.save(this.files, path.join(this.options.dir, TRAIL_FILE));
     // Sessions whose entries may lie after the CP: this one, and earlier ones with entries
     // beyond it (a logship replica applies, and so covers, only up to the primary's CP).
     const logIds = this.logIds.filter((id) => id === this.logId || (this.sessionLastSeq.get(id) ?? 0) > cpSeq);
@@ -1083,8 +1143,9 @@ export class WriteLog {
       cpTimeMs,
       replayGeneration: resume.generation,
       replayOffset: resume.offset,
+      ...(this.needsFullResync ? { needsFullResync: true } : {}),
     };
-    writeFileAtomic(path.join(this.options.dir, SUPERBLOCK), superblockText(superblock));
+    this.files.replaceFile(path.join(this.options.dir, SUPERBLOCK), superblockText(superblock), 'log-superblock');
     this.logIds = logIds;
     this.cpSeq = cpSeq;
     this.cpTimeMs = cpTimeMs;
@@ -1117,7 +1178,7 @@ export class WriteLog {
   keepNamed(named: TrailExtent[] | null, volumeBytes: number): void {
     assert(this.trail !== null, 'not a replica log');
     this.trail.resetTo(named, volumeBytes);
-    this.trail.save(path.join(this.options.dir, TRAIL_FILE));
+    this.trail.save(this.files, path.join(this.options.dir, TRAIL_FILE));
   }
 
   /** A retainer may have changed its mind: partitions it held may be free now. */
@@ -1157,6 +1218,7 @@ export class WriteLog {
       stalls: this.stalls,
       stallMs: Math.round(this.stallMs + (this.stallStartedMs === null ? 0 : performance.now() - this.stallStartedMs)),
       lastCheckpointMs: this.lastCheckpointMs,
+      needsFullResync: this.needsFullResync,
     };
   }
 
@@ -1178,19 +1240,19 @@ export class WriteLog {
       else this.madeDurable(durableSeq);
       this.settleWaiters(new Error(`write log ${this.options.dir} closed before entry ${this.wantedSeq} was durable`));
     }
-    for (const slot of this.slots) fs.closeSync(slot.fd);
+    for (const slot of this.slots) this.files.closeData(slot.fd);
   }
 
   /**
-   * Replaces the log files with a new geometry. Only valid right after a CP that covers
-   * every entry (at start, after recovery); sequence numbers continue. A replica's trail
-   * stays: what it records is still to be named to the primary.
+   * Replaces the log with an empty one (of `options.geometry`) whose sequence numbers
+   * continue after `cpSeq`: after a CP that covers every entry (at start, when the
+   * geometry changed), or on a replica restarting its log for a resync. A replica's
+   * trail is carried over: what it records is still to be named to the primary. The
+   * caller says whether the new log still needs a full resync (see LogStatus).
    */
-  static recreate(options: LogOptions, cpSeq: number): void {
-    const dir = options.dir;
-    for (const name of fs.readdirSync(dir)) {
-      if (name.startsWith('partition-') || name === SUPERBLOCK) fs.rmSync(path.join(dir, name));
-    }
-    WriteLog.createFiles(dir, options.geometry, { cpSeq, volumeUuid: options.volumeUuid });
+  static recreate(options: LogOptions, cpSeq: number, state: { needsFullResync: boolean }): void {
+    const files = options.files ?? new DurableFiles();
+    const trail = options.replica === undefined ? null : files.read(path.join(options.dir, TRAIL_FILE));
+    WriteLog.install(options, 'log-recreate', { cpSeq, needsFullResync: state.needsFullResync, trail });
   }
 }

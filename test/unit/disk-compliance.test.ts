@@ -20,6 +20,9 @@ import { VolumeMismatchError } from '../../src/lib/errors.js';
 import { prepareVolumeFiles, volumePaths } from '../../src/storage/volume-files.js';
 import { baseSeed, Prng } from './prng.js';
 import { pattern } from '../helpers/test-data.js';
+import { DurableFiles } from '../../src/storage/durable-files.js';
+
+const files = new DurableFiles();
 
 const KiB = 1024;
 const BLOCK = 4096;
@@ -409,7 +412,7 @@ describe('prepareVolumeFiles', () => {
 
   test('first start creates a sparse image of the right size and an identity', () => {
     const dataDir = freshDataDir();
-    const result = prepareVolumeFiles(dataDir, 'vol0', 64 * MiB, 4096);
+    const result = prepareVolumeFiles(files, dataDir, 'vol0', 64 * MiB, 4096);
     assert.equal(result.created, true);
     const paths = volumePaths(dataDir, 'vol0');
     assert.deepStrictEqual(result.paths, paths);
@@ -430,9 +433,9 @@ describe('prepareVolumeFiles', () => {
 
   test('a second start with the same size finds the same volume', () => {
     const dataDir = freshDataDir();
-    const first = prepareVolumeFiles(dataDir, 'vol0', 8 * MiB, 4096);
+    const first = prepareVolumeFiles(files, dataDir, 'vol0', 8 * MiB, 4096);
     fs.writeFileSync(first.paths.image, Buffer.from('keep me'), { flag: 'r+' });
-    const second = prepareVolumeFiles(dataDir, 'vol0', 8 * MiB, 4096);
+    const second = prepareVolumeFiles(files, dataDir, 'vol0', 8 * MiB, 4096);
     assert.equal(second.created, false);
     assert.equal(second.identity.uuid, first.identity.uuid);
     assert.equal(fs.readFileSync(second.paths.image).subarray(0, 7).toString(), 'keep me');
@@ -441,9 +444,9 @@ describe('prepareVolumeFiles', () => {
 
   test('another size is refused, naming both sizes, and nothing is resized', () => {
     const dataDir = freshDataDir();
-    prepareVolumeFiles(dataDir, 'vol0', 8 * MiB, 4096);
+    prepareVolumeFiles(files, dataDir, 'vol0', 8 * MiB, 4096);
     assert.throws(
-      () => prepareVolumeFiles(dataDir, 'vol0', 16 * MiB, 4096),
+      () => prepareVolumeFiles(files, dataDir, 'vol0', 16 * MiB, 4096),
       (error: unknown) => {
         assert.ok(error instanceof VolumeMismatchError);
         assert.equal(error.code, 'ERR_VOLUME_MISMATCH');
@@ -462,17 +465,17 @@ describe('prepareVolumeFiles', () => {
     const paths = volumePaths(dataDir, 'vol0');
     fs.mkdirSync(paths.dir, { recursive: true });
     fs.writeFileSync(paths.image, Buffer.from('somebody else'));
-    assert.throws(() => prepareVolumeFiles(dataDir, 'vol0', 8 * MiB, 4096), VolumeMismatchError);
+    assert.throws(() => prepareVolumeFiles(files, dataDir, 'vol0', 8 * MiB, 4096), VolumeMismatchError);
     assert.equal(fs.readFileSync(paths.image, 'utf8'), 'somebody else');
     assert.equal(fs.existsSync(paths.identity), false);
   });
 
   test('a leftover .img.new with its identity written is completed', () => {
     const dataDir = freshDataDir();
-    const first = prepareVolumeFiles(dataDir, 'vol0', 8 * MiB, 4096);
+    const first = prepareVolumeFiles(files, dataDir, 'vol0', 8 * MiB, 4096);
     // A crash between writing the identity and the final rename.
     fs.renameSync(first.paths.image, first.paths.imageNew);
-    const again = prepareVolumeFiles(dataDir, 'vol0', 8 * MiB, 4096);
+    const again = prepareVolumeFiles(files, dataDir, 'vol0', 8 * MiB, 4096);
     assert.equal(again.created, false);
     assert.equal(again.identity.uuid, first.identity.uuid);
     assert.equal(fs.statSync(again.paths.image).size, 8 * MiB);
@@ -484,7 +487,7 @@ describe('prepareVolumeFiles', () => {
     const paths = volumePaths(dataDir, 'vol0');
     fs.mkdirSync(paths.dir, { recursive: true });
     fs.writeFileSync(paths.imageNew, Buffer.alloc(123, 1));
-    const result = prepareVolumeFiles(dataDir, 'vol0', 8 * MiB, 4096);
+    const result = prepareVolumeFiles(files, dataDir, 'vol0', 8 * MiB, 4096);
     assert.equal(result.created, true);
     assert.equal(fs.statSync(paths.image).size, 8 * MiB);
     assert.ok(isZero(fs.readFileSync(paths.image).subarray(0, 123)), 'the half-made image is not reused');
@@ -507,9 +510,9 @@ describe('prepareVolumeFiles', () => {
     ];
     for (const [name, damage] of cases) {
       const dataDir = freshDataDir();
-      const { paths } = prepareVolumeFiles(dataDir, 'vol0', 8 * MiB, 4096);
+      const { paths } = prepareVolumeFiles(files, dataDir, 'vol0', 8 * MiB, 4096);
       damage(paths);
-      assert.throws(() => prepareVolumeFiles(dataDir, 'vol0', 8 * MiB, 4096), VolumeMismatchError, name);
+      assert.throws(() => prepareVolumeFiles(files, dataDir, 'vol0', 8 * MiB, 4096), VolumeMismatchError, name);
     }
   });
 });

@@ -10,6 +10,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, test } from 'node:test';
 import { WriteIntent } from '../../src/storage/write-intent.js';
+import { DurableFiles } from '../../src/storage/durable-files.js';
+
+const files = new DurableFiles();
 
 const MiB = 1024 * 1024;
 const EXTENT = 4 * MiB;
@@ -18,7 +21,7 @@ const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'blockmirror-intent-'));
 after(() => fs.rmSync(dir, { recursive: true, force: true }));
 
 function onDisk(file: string): number[] {
-  const loaded = WriteIntent.load(file, SIZE, EXTENT);
+  const loaded = WriteIntent.load(files, file, SIZE, EXTENT);
   assert.ok(loaded?.readable === true);
   const extents: number[] = [];
   for (let extent = loaded.extents.nextDirty(0); extent !== -1; extent = loaded.extents.nextDirty(extent + 1)) extents.push(extent);
@@ -27,7 +30,7 @@ function onDisk(file: string): number[] {
 
 test('a write to a new extent waits for the durable record; one file write for the extents of a turn; later writes go at once', async () => {
   const file = path.join(dir, 'a.intent');
-  const intent = new WriteIntent(file, SIZE, EXTENT);
+  const intent = new WriteIntent(files, file, SIZE, EXTENT);
   assert.deepEqual(onDisk(file), [], 'a fresh record is empty');
   const writesBefore = intent.writes;
   const first = intent.intend(0, 4096, 1);
@@ -43,7 +46,7 @@ test('a write to a new extent waits for the durable record; one file write for t
 
 test('an extent leaves the record after an interval without writes, once its entries are durable', async () => {
   const file = path.join(dir, 'b.intent');
-  const intent = new WriteIntent(file, SIZE, EXTENT);
+  const intent = new WriteIntent(files, file, SIZE, EXTENT);
   await intent.intend(0, 4096, 10);
   await intent.intend(8 * EXTENT, 4096, 11);
   intent.cool(11);
@@ -60,12 +63,12 @@ test('an extent leaves the record after an interval without writes, once its ent
 
 test('a damaged record counts as every extent; no file, no record', () => {
   const file = path.join(dir, 'c.intent');
-  new WriteIntent(file, SIZE, EXTENT);
+  new WriteIntent(files, file, SIZE, EXTENT);
   const bytes = fs.readFileSync(file);
   bytes[bytes.length - 1] = (bytes[bytes.length - 1] ?? 0) ^ 1;
   fs.writeFileSync(file, bytes);
-  const loaded = WriteIntent.load(file, SIZE, EXTENT);
+  const loaded = WriteIntent.load(files, file, SIZE, EXTENT);
   assert.equal(loaded?.readable, false);
   assert.equal(loaded?.extents.dirtyRegions, SIZE / EXTENT);
-  assert.equal(WriteIntent.load(path.join(dir, 'none.intent'), SIZE, EXTENT), null);
+  assert.equal(WriteIntent.load(files, path.join(dir, 'none.intent'), SIZE, EXTENT), null);
 });

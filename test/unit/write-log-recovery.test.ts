@@ -665,6 +665,45 @@ describe('write log recovery', () => {
     }
   });
 
+  test('starts that crash before their first checkpoint keep the session list bounded: one that wrote nothing leaves it', async () => {
+    const dir = freshDir();
+    const { log } = await openLog(dir);
+    let lastSeq = 0;
+    try {
+      lastSeq = await append(log, write(0, pattern(4096, 1)));
+      await log.syncTo(lastSeq);
+    } finally {
+      log.close();
+    }
+    // Far more starts than the superblock may list sessions (16), each killed before a
+    // checkpoint and before appending: they never end in "crashed repeatedly".
+    for (let round = 0; round < 40; round += 1) await reopenReplayed(dir);
+    const superblock = JSON.parse(fs.readFileSync(path.join(dir, 'superblock.json'), 'utf8')) as { logIds: number[] };
+    assert.equal(superblock.logIds.length, 2, 'the session that wrote the entry, and the last start');
+    const { log: last, replayed } = await openLog(dir);
+    try {
+      assert.deepEqual(seqs(replayed), [lastSeq], 'the durable entry is replayed still');
+    } finally {
+      last.close();
+    }
+    // Sessions that did append stay listed until a checkpoint: past 16 of them the log is refused.
+    let refused: unknown = null;
+    for (let round = 0; round < 20 && refused === null; round += 1) {
+      try {
+        const { log: next } = await openLog(dir);
+        try {
+          await next.syncTo(await append(next, write(4096, pattern(4096, round))));
+        } finally {
+          next.close();
+        }
+      } catch (error) {
+        refused = error;
+      }
+    }
+    assert.ok(refused instanceof LogCorruptError, 'the list is bounded');
+    assert.match(refused.message, /sessions since the last consistency point/);
+  });
+
   test('a checkpoint taken while an entry is being applied still replays that entry', async () => {
     // Entry 2 is applied to the volume while the CP's volume sync runs, so that sync may
     // not cover it: the CP must stay below 2, and a crash must replay 2 and what follows.

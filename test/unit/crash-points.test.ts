@@ -1,0 +1,578 @@
+// Crash at every mutation point of every operation that changes a node's files: the
+// first start of a volume (image, identity, log), a start that replays the log (its
+// session and consistency point in the superblock), a change of log geometry, a
+// replica's log restarted for a resync, a damaged per-source log set aside, a mirrored
+// primary's write-intent record, dirty bitmaps and state file, and the incarnation.
+// Each operation runs over the simulated file system (MemoryFileSystem), is stopped
+// after each of its mutations in turn, and every state the crash may leave is opened
+// the way the node opens it at start (openVolumeStorage, MirrorEngine). The checks are
+// what a user would notice: the node starts, every write acknowledged as durable before
+// the crash reads back, a replica's log resumes where it was or where the reset put it,
+// and a primary knows every region its absent peer may lack.
+//
+// Then start-up problems no crash makes but a damaged disk can: a replica's damaged log
+// is set aside and replaced (it asks for a full resync), a primary's stops the start with
+// ERR_LOG_CORRUPT and changes nothing.
+
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { parseClusterConfig, type ClusterConfig } from '../../src/control/config.js';
+import { IoActivity } from '../../src/io/file-io.js';
+import { MemoryFileSystem } from '../../src/io/memory-file-system.js';
+import { Logger } from '../../src/lib/log.js';
+import { DirtyBitmap } from '../../src/storage/dirty-bitmap.js';
+import { DurableFiles } from '../../src/storage/durable-files.js';
+import { decodeEntryHeader, EntryType, encodeEntryHeader, type EntryHeader } from '../../src/storage/log-entry.js';
+import { openVolumeStorage, restartReplicaLog, type OpenedVolume, type VolumeStorageOptions } from '../../src/storage/volume-store.js';
+import { LogCorruptError, type LogGeometry } from '../../src/storage/write-log.js';
+import { MirrorEngine } from '../../src/server/mirror-engine.js';
+import { nextIncarnation } from '../../src/server/heartbeats.js';
+import { exploreCrashes, releasing } from '../helpers/crash-explorer.js';
+import { pattern } from '../helpers/test-data.js';
+import { baseSeed } from './prng.js';
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+const SEED = baseSeed(0xc4a5_0022);
+const DATA_A = '/data-a';
+const DATA_B = '/data-b';
+const SIZE = 1 * MiB;
+const BLOCK = 4096;
+const REGION = 64 * KiB;
+const GEOMETRY: LogGeometry = { partitionBytes: 64 * KiB, partitions: 2 };
+const OTHER_GEOMETRY: LogGeometry = { partitionBytes: 128 * KiB, partitions: 3 };
+
+const cluster: ClusterConfig = parseClusterConfig(
+  `cluster: crash
+secret: crash-test-secret
+resync: { regionSize: 64KiB }
+nodes:
+  - { id: a, nbd: 127.0.0.1:0, replication: 127.0.0.1:1, admin: 127.0.0.1:0, dataDir: ${DATA_A} }
+  - { id: b, nbd: 127.0.0.1:0, replication: 127.0.0.1:2, admin: 127.0.0.1:0, dataDir: ${DATA_B} }
+volumes:
+  - { name: v1, size: 1MiB, replicas: [a, b], primary: a, mode: sync }
+`,
+  { baseDir: '/' },
+);
+const volumeConfig = cluster.volumes[0]!;
+
+type Role = 'primary' | 'secondary';
+
+interface Opened extends OpenedVolume {
+  warnings: Record<string, unknown>[];
+}
+
+function storageOptions(fs: MemoryFileSystem, role: Role, geometry: LogGeometry, lines: string[]): VolumeStorageOptions {
+  return {
+    files: new DurableFiles(fs),
+    dataDir: role === 'primary' ? DATA_A : DATA_B,
+    nodeId: role === 'primary' ? 'a' : 'b',
+    config: volumeConfig,
+    role,
+    geometry,
+    activity: new IoActivity(),
+    log: new Logger({ write: (line) => lines.push(line) }, 'warn'),
+    onCheckpointWanted: () => undefined,
+  };
+}
+
+async function open(fs: MemoryFileSystem, role: Role, geometry = GEOMETRY, replayed: DirtyBitmap | null = null): Promise<Opened> {
+  const lines: string[] = [];
+  const opened = await openVolumeStorage({ ...storageOptions(fs, role, geometry, lines), replayed });
+  return { ...opened, warnings: lines.map((line) => JSON.parse(line) as Record<string, unknown>) };
+}
+
+/** Every block in `expected` reads back as given. */
+async function checkBlocks(opened: OpenedVolume, expected: Map<number, Buffer>, where: string): Promise<void> {
+  for (const [offset, bytes] of expected) {
+    const back = await opened.volume.read(offset, bytes.length);
+    assert.ok(back.equals(bytes), `${where}: block at ${offset} does not read back as acknowledged`);
+  }
+}
+
+/**
+ * The node starts from this state, the acknowledged blocks read back, and it goes on
+ * working: a durable write, a clean close, and a second start that finds it.
+ */
+async function checkStarts(fs: MemoryFileSystem, role: Role, expected: Map<number, Buffer>, where: string, geometry = GEOMETRY): Promise<Opened> {
+  let first: Opened;
+  try {
+    first = await open(fs, role, geometry);
+  } catch (error) {
+    throw new Error(`${where}: the node does not start: ${String(error)}`);
+  }
+  const report = { ...first };
+  await releasing(async () => {
+    await checkBlocks(first, expected, where);
+    if (role === 'primary') {
+      await first.volume.write([pattern(BLOCK, 99)], SIZE - BLOCK, true);
+      await first.volume.checkpoint();
+    }
+  }, () => first.volume.close());
+  const second = await open(fs, role, geometry);
+  await releasing(async () => {
+    await checkBlocks(second, expected, `${where} (second start)`);
+    if (role === 'primary') await checkBlocks(second, new Map([[SIZE - BLOCK, pattern(BLOCK, 99)]]), `${where} (second start)`);
+    assert.deepEqual(
+      fs.readdir(role === 'primary' ? `${DATA_A}/log` : `${DATA_B}/peers/a`).filter((name) => name.endsWith('.new') || name.endsWith('.old')),
+      [],
+      `${where}: a start leaves no half-installed log directory behind`,
+    );
+  }, () => second.volume.close());
+  return report;
+}
+
+/** A state built by running `build` over a fresh file system, copied as a crash would find it. */
+async function stateAfter(build: (fs: MemoryFileSystem) => Promise<void>): Promise<MemoryFileSystem> {
+  const fs = new MemoryFileSystem();
+  try {
+    await build(fs);
+    return fs.copy();
+  } finally {
+    fs.dispose();
+  }
+}
+
+/** Durable writes through a primary, left open (as a crash would leave it); returns what they wrote. */
+async function writeDurably(opened: OpenedVolume, count: number, seed: number): Promise<Map<number, Buffer>> {
+  const written = new Map<number, Buffer>();
+  for (let index = 0; index < count; index += 1) {
+    const offset = ((index * 7 + seed) % (SIZE / BLOCK - 1)) * BLOCK;
+    const bytes = pattern(BLOCK, seed * 1000 + index);
+    await opened.volume.write([bytes], offset, true);
+    written.set(offset, bytes);
+  }
+  return written;
+}
+
+describe('crash at every mutation point', () => {
+  test('first start of a primary volume: image, identity and log created', async () => {
+    const before = new MemoryFileSystem();
+    const report = await exploreCrashes({
+      before,
+      seed: SEED,
+      operation: async (fs) => {
+        const opened = await open(fs, 'primary');
+        await opened.volume.close();
+      },
+      check: async (fs, where) => {
+        await checkStarts(fs, 'primary', new Map([[0, Buffer.alloc(BLOCK)]]), where);
+      },
+    });
+    before.dispose();
+    assert.ok(report.mutations >= 20, `a first start makes its files in ${report.mutations} mutations`);
+  });
+
+  test('first start of a secondary volume: a crash between image and log costs at most a full resync', async () => {
+    const before = new MemoryFileSystem();
+    let fullResyncs = 0;
+    await exploreCrashes({
+      before,
+      seed: SEED + 1,
+      operation: async (fs) => {
+        const opened = await open(fs, 'secondary');
+        await opened.volume.close();
+      },
+      check: async (fs, where) => {
+        const opened = await checkStarts(fs, 'secondary', new Map([[0, Buffer.alloc(BLOCK)]]), where);
+        if (opened.volume.log.status().needsFullResync) fullResyncs += 1;
+      },
+    });
+    before.dispose();
+    // Crashes after the image is in place and before the log is: the image was made by
+    // an earlier start, so a missing log counts as a damaged one.
+    assert.ok(fullResyncs > 0, 'some crash points leave an image without a log');
+  });
+
+  test('a start that replays the log (its session and consistency point written to the superblock) loses no durable write', async () => {
+    const written = new Map<number, Buffer>();
+    const before = await stateAfter(async (fs) => {
+      const opened = await open(fs, 'primary');
+      for (const [offset, bytes] of await writeDurably(opened, 6, 1)) written.set(offset, bytes);
+      await opened.volume.checkpoint();
+      for (const [offset, bytes] of await writeDurably(opened, 5, 2)) written.set(offset, bytes);
+      // Left open: the state is a crash's, with entries after the last consistency point.
+      await opened.volume.close();
+    });
+    await exploreCrashes({
+      before,
+      seed: SEED + 2,
+      operation: async (fs) => {
+        const opened = await open(fs, 'primary');
+        assert.ok(opened.recovery.replayedEntries >= 5, `the start replays the entries after the CP (${opened.recovery.replayedEntries})`);
+        await opened.volume.close();
+      },
+      check: (fs, where) => checkStarts(fs, 'primary', written, where).then(() => undefined),
+    });
+    before.dispose();
+  });
+
+  test('a primary\'s life: durable writes, consistency points while writing, more writes (each acknowledged write survives)', async () => {
+    const before = await stateAfter(async (fs) => {
+      const opened = await open(fs, 'primary');
+      await opened.volume.close();
+    });
+    let acknowledged = new Map<number, Buffer>();
+    await exploreCrashes({
+      before,
+      seed: SEED + 3,
+      operation: async (fs) => {
+        acknowledged = new Map();
+        const opened = await open(fs, 'primary');
+        await releasing(async () => {
+          for (let round = 0; round < 3; round += 1) {
+            for (let index = 0; index < 4; index += 1) {
+              const offset = (round * 4 + index) * BLOCK;
+              const bytes = pattern(BLOCK, round * 10 + index);
+              await opened.volume.write([bytes], offset, true);
+              if (!fs.crashed) acknowledged.set(offset, bytes);
+            }
+            await opened.volume.checkpoint();
+          }
+        }, () => opened.volume.close());
+      },
+      check: (fs, where) => checkStarts(fs, 'primary', acknowledged, where).then(() => undefined),
+    });
+    before.dispose();
+  });
+
+  test('a change of log geometry at start: the log is made anew in one step, its sequence continues', async () => {
+    const written = new Map<number, Buffer>();
+    let lastSeq = 0;
+    const before = await stateAfter(async (fs) => {
+      const opened = await open(fs, 'primary');
+      for (const [offset, bytes] of await writeDurably(opened, 8, 3)) written.set(offset, bytes);
+      lastSeq = opened.volume.log.lastSeq;
+      await opened.volume.close();
+    });
+    await exploreCrashes({
+      before,
+      seed: SEED + 4,
+      operation: async (fs) => {
+        const opened = await open(fs, 'primary', OTHER_GEOMETRY);
+        assert.equal(opened.volume.log.geometryDiffers(OTHER_GEOMETRY), false);
+        await opened.volume.close();
+      },
+      check: async (fs, where) => {
+        const opened = await checkStarts(fs, 'primary', written, where, OTHER_GEOMETRY);
+        assert.ok(opened.volume.log.lastSeq >= lastSeq, `${where}: sequence numbers went back (${opened.volume.log.lastSeq} < ${lastSeq})`);
+      },
+    });
+    before.dispose();
+  });
+
+  test('a replica\'s log restarted for a resync: it resumes where it was or where the reset put it, names what it named, never needs a full resync', async () => {
+    const received = new Map<number, Buffer>();
+    const before = await stateAfter(async (fs) => {
+      const opened = await open(fs, 'secondary');
+      for (let seq = 1; seq <= 12; seq += 1) {
+        const bytes = pattern(BLOCK, 500 + seq);
+        const offset = (seq % 9) * 2 * BLOCK;
+        await opened.volume.replicate(entryHeader(seq, offset, bytes), bytes, true);
+        received.set(offset, bytes);
+      }
+      await opened.volume.log.syncTo(12);
+      await opened.volume.close();
+    });
+    const resetSeq = 40;
+    const reportAfter = 8;
+    let named: { offset: number; lengthBytes: number }[] = [];
+    await exploreCrashes({
+      before,
+      seed: SEED + 5,
+      operation: async (fs) => {
+        const opened = await open(fs, 'secondary');
+        await releasing(async () => {
+          // What ReplicaTarget.reset does: name the regions past reportAfter, keep them, restart the log.
+          named = opened.volume.log.entriesAfter(reportAfter) ?? [];
+          assert.ok(named.length > 0);
+          opened.volume.log.keepNamed(named, SIZE);
+          await restartReplicaLog(opened.volume, opened.logOptions, resetSeq, false);
+        }, () => opened.volume.close());
+      },
+      check: async (fs, where) => {
+        const opened = await checkStarts(fs, 'secondary', received, where);
+        const log = opened.volume.log;
+        assert.equal(log.status().needsFullResync, false, `${where}: a crash during a reset must not cost a full resync`);
+        assert.equal(opened.setAside, null, `${where}: nothing set aside`);
+        assert.ok(log.lastSeq === 12 || log.lastSeq === resetSeq, `${where}: the log resumes after ${log.lastSeq}, neither where it was (12) nor where the reset put it (${resetSeq})`);
+        // Reopened once more to read what it names after a restart of its own.
+        const again = await open(fs, 'secondary');
+        try {
+          const names = again.volume.log.entriesAfter(reportAfter);
+          if (names !== null) {
+            for (const extent of named) {
+              assert.ok(
+                names.some((have) => have.offset <= extent.offset && extent.offset + extent.lengthBytes <= have.offset + have.lengthBytes),
+                `${where}: the region at ${extent.offset} it named before the reset is no longer named`,
+              );
+            }
+          }
+        } finally {
+          await again.volume.close();
+        }
+      },
+    });
+    before.dispose();
+  });
+
+  test('a replica\'s damaged log set aside at start: a crash during it still ends in a started node asking for a full resync', async () => {
+    const before = await stateAfter(async (fs) => {
+      const opened = await open(fs, 'secondary');
+      await opened.volume.close();
+      // The damage of the report that led here: the superblock names partitions that are gone.
+      for (const name of fs.readdir(`${DATA_B}/peers/a/v1`)) if (name.startsWith('partition-')) fs.unlink(`${DATA_B}/peers/a/v1/${name}`);
+      fs.syncDir(`${DATA_B}/peers/a/v1`);
+    });
+    await exploreCrashes({
+      before,
+      seed: SEED + 6,
+      operation: async (fs) => {
+        const opened = await open(fs, 'secondary');
+        await opened.volume.close();
+      },
+      check: async (fs, where) => {
+        const opened = await checkStarts(fs, 'secondary', new Map(), where);
+        assert.equal(opened.volume.log.status().needsFullResync, true, `${where}: the new log asks for a full resync`);
+      },
+    });
+    before.dispose();
+  });
+
+  test('a mirrored primary with its peer away: write-intent record, bitmaps and state file name every region the peer may lack', async () => {
+    const before = await stateAfter(async (fs) => {
+      const { opened, engine } = await openMirrored(fs);
+      await engine.stop(null);
+      await opened.volume.close();
+    });
+    let acknowledged = new Map<number, Buffer>();
+    await exploreCrashes({
+      before,
+      seed: SEED + 7,
+      randomOutcomes: 2,
+      operation: async (fs) => {
+        acknowledged = new Map();
+        const { opened, engine } = await openMirrored(fs);
+        await releasing(async () => {
+          for (let round = 0; round < 2; round += 1) {
+            for (let index = 0; index < 3; index += 1) {
+              const offset = (round * 5 + index * 2) * REGION + BLOCK;
+              const bytes = pattern(BLOCK, 700 + round * 10 + index);
+              await opened.volume.write([bytes], offset, index === 2);
+              if (!fs.crashed && index === 2) for (let at = 0; at <= index; at += 1) {
+                const earlier = (round * 5 + at * 2) * REGION + BLOCK;
+                acknowledged.set(earlier, pattern(BLOCK, 700 + round * 10 + at));
+              }
+            }
+            await opened.volume.checkpoint();
+          }
+          // A clean stop: final consistency point, then the state file says so.
+          await opened.volume.checkpoint();
+          await engine.stop(opened.volume.log.lastSeq);
+        }, async () => {
+          await engine.stop(null).catch(() => undefined);
+          await opened.volume.close();
+        });
+      },
+      check: async (fs, where) => {
+        // The start the node makes: the engine reads its state, bitmap and intent files.
+        const { opened, engine } = await openMirrored(fs);
+        try {
+          const bitmap = DirtyBitmap.decode(fs.readFile(`${DATA_A}/mirror/v1.b.bitmap`), SIZE, REGION);
+          assert.ok(bitmap !== null, `${where}: the bitmap file is readable after the engine's start`);
+          for (let region = 0; region < SIZE / REGION; region += 1) {
+            const bytes = await opened.volume.read(region * REGION, REGION);
+            if (bytes.some((byte) => byte !== 0)) {
+              assert.ok(bitmap.isDirty(region), `${where}: region ${region} holds data peer b never got, and its bitmap does not say so`);
+            }
+          }
+        } finally {
+          await engine.stop(null);
+          await opened.volume.close();
+        }
+        await checkStarts(fs, 'primary', acknowledged, where);
+      },
+    });
+    before.dispose();
+  });
+
+  test('the incarnation file: every start gets a larger number than every earlier one', async () => {
+    let previous = 0;
+    const before = await stateAfter(async (fs) => {
+      previous = nextIncarnation(new DurableFiles(fs), DATA_A, 1000);
+    });
+    await exploreCrashes({
+      before,
+      seed: SEED + 8,
+      operation: async (fs) => {
+        nextIncarnation(new DurableFiles(fs), DATA_A, 5);
+        return Promise.resolve();
+      },
+      check: async (fs, where) => {
+        const next = nextIncarnation(new DurableFiles(fs), DATA_A, 5);
+        assert.ok(next > previous, `${where}: incarnation ${next} after ${previous}`);
+        return Promise.resolve();
+      },
+    });
+    before.dispose();
+  });
+});
+
+describe('start-up problems a damaged disk leaves', () => {
+  test('the reported state: a superblock naming four partitions that are gone, and a trail: the secondary starts, says so, and asks for a full resync', async () => {
+    const fs = await stateAfter(async (built) => {
+      const opened = await open(built, 'secondary', { partitionBytes: 64 * KiB, partitions: 4 });
+      const bytes = pattern(BLOCK, 1);
+      await opened.volume.replicate(entryHeader(1, 0, bytes), bytes, true);
+      await opened.volume.checkpoint();
+      await opened.volume.close();
+      for (let slot = 0; slot < 4; slot += 1) built.unlink(`${DATA_B}/peers/a/v1/partition-${slot}.log`);
+    });
+    assert.deepEqual(fs.readdir(`${DATA_B}/peers/a/v1`), ['superblock.json', 'trail']);
+    const opened = await open(fs, 'secondary', { partitionBytes: 64 * KiB, partitions: 4 });
+    try {
+      const warning = opened.warnings.find((record) => String(record['msg']).startsWith('per-source log damaged'));
+      assert.ok(warning !== undefined, `a warning names the damage: ${JSON.stringify(opened.warnings)}`);
+      assert.equal(warning['dir'], `${DATA_B}/peers/a/v1`);
+      assert.match(String(warning['problem']), /partition-0\.log is missing/);
+      assert.equal(opened.setAside, `${DATA_B}/peers/a/v1.damaged`);
+      assert.deepEqual(fs.readdir(`${DATA_B}/peers/a/v1.damaged`), ['superblock.json', 'trail'], 'the damaged log is kept for a look');
+      const status = opened.volume.log.status();
+      assert.equal(status.needsFullResync, true);
+      assert.equal(opened.volume.log.entriesAfter(0), null, 'it names every region to a primary that asks');
+    } finally {
+      await opened.volume.close();
+    }
+    // The flag survives restarts (and a geometry change) until a reset clears it.
+    const again = await open(fs, 'secondary', OTHER_GEOMETRY);
+    try {
+      assert.equal(again.volume.log.status().needsFullResync, true);
+      await restartReplicaLog(again.volume, again.logOptions, 10, false);
+      assert.equal(again.volume.log.status().needsFullResync, false);
+      assert.equal(again.volume.log.lastSeq, 10);
+    } finally {
+      await again.volume.close();
+    }
+    fs.dispose();
+  });
+
+  test('other damage to a per-source log is set aside the same way; a missing one too once the image exists', async () => {
+    const damages: [string, (fs: MemoryFileSystem, dir: string) => void, RegExp][] = [
+      ['an unreadable superblock', (fs, dir) => rewrite(fs, `${dir}/superblock.json`, Buffer.from('{"format": 1, "cr')), /unreadable superblock/],
+      ['a superblock with a bad checksum', (fs, dir) => rewrite(fs, `${dir}/superblock.json`, Buffer.from(fs.readFile(`${dir}/superblock.json`).toString().replace('"cpSeq": 0', '"cpSeq": 7'))), /checksum/],
+      ['a short partition', (fs, dir) => rewrite(fs, `${dir}/partition-1.log`, Buffer.alloc(4096)), /4096 bytes, the superblock says/],
+      ['no superblock', (fs, dir) => fs.unlink(`${dir}/superblock.json`), /superblock\.json is missing/],
+      ['a log of another volume', (fs, dir) => rewrite(fs, `${dir}/superblock.json`, Buffer.from(fs.readFile(`${dir}/superblock.json`).toString().replace(/"volumeUuid": "[^"]*"/, '"volumeUuid": "x"'))), /log of volume|checksum/],
+    ];
+    for (const [what, damage, problem] of damages) {
+      const fs = await stateAfter(async (built) => {
+        const opened = await open(built, 'secondary');
+        await opened.volume.close();
+        damage(built, `${DATA_B}/peers/a/v1`);
+      });
+      const opened = await open(fs, 'secondary');
+      try {
+        const warning = opened.warnings.find((record) => String(record['msg']).startsWith('per-source log damaged'));
+        assert.match(String(warning?.['problem']), problem, what);
+        assert.equal(opened.volume.log.status().needsFullResync, true, what);
+      } finally {
+        await opened.volume.close();
+        fs.dispose();
+      }
+    }
+    const fs = await stateAfter(async (built) => {
+      const opened = await open(built, 'secondary');
+      await opened.volume.close();
+      built.rename(`${DATA_B}/peers/a/v1`, `${DATA_B}/elsewhere`);
+    });
+    const opened = await open(fs, 'secondary');
+    try {
+      assert.ok(opened.warnings.some((record) => String(record['msg']).startsWith('per-source log missing')), 'a missing log is reported');
+      assert.equal(opened.volume.log.status().needsFullResync, true);
+    } finally {
+      await opened.volume.close();
+      fs.dispose();
+    }
+  });
+
+  test('a primary\'s damaged log stops the start with ERR_LOG_CORRUPT, says what to do, and changes nothing', async () => {
+    const fs = await stateAfter(async (built) => {
+      const opened = await open(built, 'primary');
+      await writeDurably(opened, 3, 9);
+      await opened.volume.close();
+      built.unlink(`${DATA_A}/log/v1/partition-1.log`);
+    });
+    const treeBefore = tree(fs, '/');
+    await assert.rejects(open(fs, 'primary'), (error: unknown) => {
+      assert.ok(error instanceof LogCorruptError);
+      assert.equal(error.code, 'ERR_LOG_CORRUPT');
+      assert.match(error.message, /partition-1\.log is missing/);
+      assert.match(error.message, /primary of volume v1/);
+      assert.match(error.message, /move \/data-a\/log\/v1 aside/);
+      return true;
+    });
+    assert.deepEqual(tree(fs, '/'), treeBefore, 'nothing on disk changed');
+    fs.dispose();
+  });
+});
+
+/** A header for an entry the primary sends (what a replica's log stores). */
+function entryHeader(seq: number, offset: number, payload: Buffer): EntryHeader {
+  const fields = { type: EntryType.WRITE, flags: 0, logId: 1, volumeId: 1, seq, durableSeq: seq - 1, offset, lengthBytes: payload.length, generation: 0, epoch: 0 };
+  const header = decodeEntryHeader(encodeEntryHeader(fields, [payload]));
+  assert.ok(typeof header !== 'string');
+  return header;
+}
+
+/** A mirrored primary as the node composes it (the engine not started: its peer stays away). */
+async function openMirrored(fs: MemoryFileSystem): Promise<{ opened: Opened; engine: MirrorEngine }> {
+  const replayed = new DirtyBitmap(SIZE, REGION);
+  let engine: MirrorEngine | null = null;
+  const lines: string[] = [];
+  const options = storageOptions(fs, 'primary', GEOMETRY, lines);
+  const opened = await openVolumeStorage({ ...options, replayed, onPlaced: (...args) => engine?.placed(...args) });
+  const log = opened.volume.log;
+  try {
+    engine = new MirrorEngine(
+      cluster,
+      cluster.nodes[0]!,
+      volumeConfig,
+      log.lastSeq,
+      () => log.retainersChanged(),
+      options.log,
+      { peerProtocolErrors: 0 },
+      () => false,
+      replayed,
+      opened.recovery.lastSeq,
+      opened.volume,
+      log,
+      options.files,
+    );
+  } catch (error) {
+    await opened.volume.close();
+    throw error;
+  }
+  const mirror = engine;
+  log.addRetainer((partition) => mirror.retains(partition));
+  opened.volume.attachMirror(mirror);
+  opened.volume.beforeCheckpointRecorded = () => mirror.persistBitmaps();
+  return { opened: { ...opened, warnings: [] }, engine: mirror };
+}
+
+function rewrite(fs: MemoryFileSystem, file: string, contents: Buffer): void {
+  const fd = fs.create(file);
+  fs.write(fd, contents, 0);
+  fs.syncData(fd);
+  fs.close(fd);
+}
+
+/** Every path under `dir` with its bytes' length and a checksum (to see that nothing changed). */
+function tree(fs: MemoryFileSystem, dir: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const name of fs.readdir(dir)) {
+    const full = dir === '/' ? `/${name}` : `${dir}/${name}`;
+    if (fs.stat(full)?.kind === 'directory') Object.assign(out, tree(fs, full));
+    else out[full] = fs.readFile(full).toString('base64');
+  }
+  return out;
+}
