@@ -258,12 +258,7 @@ export class MemoryFileSystem implements FileSystem {
   }
 
   syncDataAsync(fd: number): Promise<void> {
-    try {
-      this.syncData(fd);
-      return Promise.resolve();
-    } catch (error) {
-      return Promise.reject(error as Error);
-    }
+    return settled(() => this.syncData(fd));
   }
 
   close(fd: number): void {
@@ -355,12 +350,7 @@ export class MemoryFileSystem implements FileSystem {
   }
 
   syncDirAsync(dir: string): Promise<void> {
-    try {
-      this.syncDir(dir);
-      return Promise.resolve();
-    } catch (error) {
-      return Promise.reject(error as Error);
-    }
+    return settled(() => this.syncDir(dir));
   }
 
   // ---- internals ----------------------------------------------------------------------
@@ -496,6 +486,16 @@ export class MemoryFileSystem implements FileSystem {
     const dir = this.inode(id);
     if (dir.kind !== 'directory') throw fsError('ENOTDIR', syscall, file);
     return { dir, id, name };
+  }
+}
+
+/** A call of the twin, which never waits, as a settled promise. */
+function settled(run: () => void): Promise<void> {
+  try {
+    run();
+    return Promise.resolve();
+  } catch (error) {
+    return Promise.reject(error as Error);
   }
 }
 

@@ -200,8 +200,10 @@ export class ReplicaTarget {
         });
       }
       this.log.info('restarting the per-source log for a resync', { source: this.source, fromSeq: this.volume.log.lastSeq, toSeq: seq });
+      const startedMs = Date.now();
       await this.resetLog(seq);
       this.core = this.newCore(seq);
+      this.log.info('per-source log restarted', { source: this.source, seq, ms: Date.now() - startedMs });
     } catch (error) {
       status = 1;
       this.log.error('could not restart the per-source log for a resync', { source: this.source, error: String(error) });

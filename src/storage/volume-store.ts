@@ -142,7 +142,8 @@ async function openPrimaryLog(options: LogOptions, apply: (header: Parameters<ty
       `${error.message}. This node is the primary of volume ${name}, and its write log ${options.dir} may hold ` +
         'acknowledged writes that exist nowhere else, so the node does not start from it. ' +
         `To start from the volume image as of its last consistency point instead (losing the writes after it), move ${options.dir} ` +
-        'aside and start the node again; its peers are then resynced in full (docs/operations.md, "Start-up problems").',
+        'aside and start the node again; its secondaries are then resynced where they may differ from its image ' +
+        '(docs/operations.md, "Start-up problems").',
     );
   }
 }

@@ -149,9 +149,11 @@ test('the link flaps (seeded) during a resync while the client writes to the reg
   } finally {
     await partition.heal();
   }
-  // 'resyncing' starts with b's log being reset; the region loop (what the flapping must
-  // interrupt) runs once the status shows the resync's progress.
-  await a.waitStatus('the resync running', (status) => peerOf(status)?.replication === 'resyncing' && peerOf(status)?.resync != null, 30_000);
+  // 'resyncing' (and its progress in the status) starts when a asks b to reset its log;
+  // the region loop, what the flapping must interrupt, runs once b has done so, and logs
+  // 'resync started'. A cut before that ends the reset, not the loop, and the heals that
+  // follow may all be shorter than the probation.
+  await a.waitStatus('the resync running', (status) => peerOf(status)?.replication === 'resyncing' && messages(a, 'resync started').length > 0, 30_000);
 
   // Flapping: seeded cuts of 0.7-2 s (past the 600 ms heartbeat timeout, so each one cuts
   // the peer off) and heals of 0.2-2 s for about 8 s, while 4 KiB writes with a fill byte of

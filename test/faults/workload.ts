@@ -45,10 +45,10 @@ export class Writer {
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   private readonly child: ChildProcess;
 
-  constructor(uri: string, round: number, firstId: number, extra: string[]) {
+  constructor(uri: string, round: number, firstId: number, extra: string[], writerSeed: number = seed) {
     this.child = spawn(
       python,
-      [writerPath, 'write', uri, '--seed', String(seed), '--round', String(round), '--first-id', String(firstId), ...extra],
+      [writerPath, 'write', uri, '--seed', String(writerSeed), '--round', String(round), '--first-id', String(firstId), ...extra],
       { stdio: ['ignore', 'pipe', 'pipe'] },
     );
     liveWriters.add(this.child);
@@ -111,10 +111,10 @@ export async function logStatus(node: TestNode): Promise<LogStatus> {
   return volume.log;
 }
 
-/** Reads the whole of vol0 into `file`. */
-export async function dumpVolume(node: TestNode, file: string): Promise<void> {
-  const result = await runCommand(python, [writerPath, 'dump', node.uri('vol0'), file], { timeoutMs: 60_000 });
-  assert.equal(result.code, 0, `dump of ${node.uri('vol0')} failed: ${result.stdout}${result.stderr}`);
+/** Reads the whole of a volume (vol0 unless named) into `file`, as a client reads it. */
+export async function dumpVolume(node: TestNode, file: string, volume = 'vol0'): Promise<void> {
+  const result = await runCommand(python, [writerPath, 'dump', node.uri(volume), file], { timeoutMs: 60_000 });
+  assert.equal(result.code, 0, `dump of ${node.uri(volume)} failed: ${result.stdout}${result.stderr}`);
 }
 
 export interface CheckReport {
@@ -127,9 +127,18 @@ export interface CheckReport {
   failures: string[];
 }
 
-/** writer.py `check`: the image `after` against `before` (null: all zeroes) and the histories. */
-export async function checkImage(before: string | null, after: string, histories: string[]): Promise<CheckReport> {
-  const args = [writerPath, 'check', '--before', before ?? '-', '--after', after, '--seed', String(seed)];
+/**
+ * writer.py `check`: the image `after` against `before` (null: all zeroes) and the
+ * histories. `acknowledged: 'replied'` holds every write replied to (a killed process
+ * keeps the page cache), not only those acknowledged as durable (a power cut).
+ */
+export async function checkImage(
+  before: string | null,
+  after: string,
+  histories: string[],
+  options: { seed?: number; acknowledged?: 'durable' | 'replied' } = {},
+): Promise<CheckReport> {
+  const args = [writerPath, 'check', '--before', before ?? '-', '--after', after, '--seed', String(options.seed ?? seed), '--acknowledged', options.acknowledged ?? 'durable'];
   for (const history of histories) args.push('--history', history);
   const result = await runCommand(python, args, { timeoutMs: 120_000 });
   assert.equal(result.code, 0, `writer.py check failed: ${result.stdout}${result.stderr}`);

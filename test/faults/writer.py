@@ -19,7 +19,7 @@
 #         FE <fid> <message>     that FLUSH failed
 #         X <message>            the connection failed (expected when the server is killed)
 #         END <submitted>        the budget ran out with every request answered
-#   writer.py check --before IMG|- --after IMG --history OUT...
+#   writer.py check --before IMG|- --after IMG --history OUT... [--acknowledged durable|replied]
 #       Checks a read-back image against the histories (see check_mode) and prints JSON.
 #   writer.py dump URI FILE
 #       Reads the whole export into FILE (what a client reads back, not the image file).
@@ -239,8 +239,9 @@ def check_mode(args):
     Compares the volume read back after a crash (AFTER) with the one read back before the
     writes of the histories (BEFORE, or zeroes). For every block:
       - not written: it must hold exactly what it held before;
-      - written, some write acknowledged as durable: it must hold exactly the last durable
-        write or a write submitted after it (those were in flight or not yet flushed);
+      - written, some write acknowledged as durable (with --acknowledged replied: replied
+        to): it must hold exactly the last such write or a write submitted after it (those
+        were in flight or not yet flushed);
       - written, none durable: what it held before, or exactly one of the writes.
     Prints one JSON object: counts, and the first failures in words.
     """
@@ -280,7 +281,11 @@ def check_mode(args):
             else:
                 held['unchanged'] += 1
             continue
-        durable_at = max((i for i, w in enumerate(writes) if info[w]['durable']), default=None)
+        # A write must be there (or a later one) once acknowledged as durable; with
+        # --acknowledged replied (the server's process was killed, the machine kept its
+        # page cache), once it was replied to at all.
+        kept = 'replied' if args.acknowledged == 'replied' else 'durable'
+        durable_at = max((i for i, w in enumerate(writes) if info[w][kept]), default=None)
         candidates = writes if durable_at is None else writes[durable_at:]
         matched = None
         if after[:8] == MAGIC:
@@ -341,6 +346,8 @@ def main():
     c.add_argument('--history', action='append', default=[], help='writer output (repeatable; none: nothing was written)')
     c.add_argument('--seed', type=int, default=0, help='only used when no history has a BEGIN line')
     c.add_argument('--max-failures', type=int, default=20)
+    c.add_argument('--acknowledged', choices=['durable', 'replied'], default='durable',
+                   help='which writes must survive: those acknowledged as durable (a power cut), or every one replied to (a killed process)')
     args = parser.parse_args()
     if args.mode == 'write':
         write_mode(args)

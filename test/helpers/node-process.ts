@@ -373,13 +373,19 @@ export function withReplicationAddress(configPath: string, id: string, address: 
 }
 
 /** Starts node `id` of a cluster file written by writeClusterConfig and waits until it listens. */
-export async function startClusterNode(dir: string, configPath: string, id: string): Promise<TestNode> {
-  const child = spawn(process.execPath, [cliPath, 'serve', '--config', configPath, '--node', id], {
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
-  const node = new TestNode(dir, configPath, child, `data-${id}`);
+export async function startClusterNode(dir: string, configPath: string, id: string, env: Record<string, string> = {}): Promise<TestNode> {
+  const node = spawnClusterNode(dir, configPath, id, env);
   await node.waitReady();
   return node;
+}
+
+/** Starts node `id` of a cluster file written by writeClusterConfig, without waiting for it. */
+export function spawnClusterNode(dir: string, configPath: string, id: string, env: Record<string, string> = {}): TestNode {
+  const child = spawn(process.execPath, [cliPath, 'serve', '--config', configPath, '--node', id], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+    env: { ...process.env, ...env },
+  });
+  return new TestNode(dir, configPath, child, `data-${id}`);
 }
 
 export interface RunResult {
