@@ -4,7 +4,7 @@
 
 #include <node_api.h>
 
-/* Adds syncerOpen, syncerNote, syncerWant, syncerSyncNow, syncerState and syncerClose. */
+/* Adds syncerOpen, syncerNote, syncerWant, syncerSyncNow, syncerState, syncerFailNext and syncerClose. */
 void log_syncer_register(napi_env env, napi_value exports);
 
 #endif

@@ -65,7 +65,7 @@ export const constants = {
   /** Buffer used when zeroes must be written because the file system cannot zero a range. */
   zeroWriteChunkBytes: 1 * MiB,
 
-  // Write log (DESIGN.md §1.3).
+  // Write log.
   logPartitionBytesDefault: 64 * MiB,
   logPartitionsDefault: 4,
   /** Smallest partition; a write larger than half a partition becomes several entries. */
@@ -75,7 +75,7 @@ export const constants = {
   /** Log appends up to this size are written inline on the event loop (see IoActivity). */
   logInlineWriteBytesMax: 64 * KiB,
 
-  // Cluster file defaults (DESIGN.md §5).
+  // Cluster file defaults (docs/configuration.md).
   heartbeatIntervalMsDefault: 250,
   heartbeatTimeoutMsDefault: 2000,
   heartbeatProbationMsDefault: 2000,
@@ -85,12 +85,12 @@ export const constants = {
   busyPollMicrosDefault: 50,
   busyPollMicrosMax: 1000,
 
-  // Mirror links (DESIGN.md §1.1, §1.10).
+  // Mirror links.
   /** Bytes of log entries sent to one peer and not yet acknowledged; also the peer's reorder buffer. */
   mirrorWindowBytesMax: 64 * MiB,
   /** async/logship: writes wait while a peer lags by more than this many bytes. */
   asyncLagBytesMax: 128 * MiB,
-  /** Entries kept in memory for a peer that is away, so that it catches up when it is back (DESIGN.md §1.5). */
+  /** Entries kept in memory for a peer that is away, so that it catches up when it is back. */
   mirrorCatchUpBytesMax: 64 * MiB,
   /** A resync sends consecutive dirty regions as one entry of up to this many bytes. */
   resyncEntryBytesMax: 1024 * 1024,

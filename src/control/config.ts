@@ -1,5 +1,5 @@
 // The cluster file: one YAML document, shared by every node, that names the cluster's
-// nodes and volumes (DESIGN.md §5, docs/configuration.md). This module turns that text
+// nodes and volumes (docs/configuration.md). This module turns that text
 // into a checked ClusterConfig and does nothing else: it never opens sockets, creates
 // directories or touches volumes. Every mistake an operator can make is a ConfigError
 // whose message starts with the path of the field to fix (`volumes[0].size: ...`), and

@@ -1,4 +1,4 @@
-// The failure detector of one node (DESIGN.md §1.4, §1.6): from the heartbeats it hears
+// The failure detector of one node (docs/operations.md, heartbeats): from the heartbeats it hears
 // and the passing of time, which of its peers are up. A peer silent for longer than the
 // timeout is down; a peer heard again is only trusted after a probation during which its
 // heartbeats kept coming (no gap longer than the timeout), so a flapping link does not

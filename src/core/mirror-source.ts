@@ -1,4 +1,4 @@
-// The source side of mirroring one volume (DESIGN.md §1.1–1.3, §2): which log entries
+// The source side of mirroring one volume (docs/architecture.md): which log entries
 // each peer has been sent and has stored, and when a client's request may be answered.
 //
 // Pure: the node (or the simulator) reports events — an entry appended to the log, a

@@ -1,5 +1,5 @@
-// The destination side of mirroring one volume from one source node (DESIGN.md §1.1–1.3,
-// §2): it puts the entries that arrive from the source back in sequence order, has them
+// The destination side of mirroring one volume from one source node
+// (docs/architecture.md, "Following one write"): it puts the entries that arrive from the source back in sequence order, has them
 // stored, acknowledges what is stored, and answers the source's FLUSH and SYNC requests.
 //
 // Pure, like MirrorSource: the node reports events (an entry arrived on any connection of

@@ -1,4 +1,4 @@
-// How much resync traffic may be in flight while clients use the volume (DESIGN.md §1.6):
+// How much resync traffic may be in flight while clients use the volume (docs/operations.md):
 // the resync uses what the link and disks allow when the volume is idle, and backs off
 // when it makes client requests slower.
 //

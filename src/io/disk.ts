@@ -1,6 +1,5 @@
 // The Disk port: a fixed-size byte array with durable flush, hole punching and an
-// allocation map. The node uses FileDisk (a raw image file); tests and the simulator use
-// MemoryDisk. Both pass the same compliance suite (test/unit/disk-compliance.test.ts).
+// allocation map. The node uses FileDisk (a raw image file); tests use MemoryDisk. Both pass the same compliance suite (test/unit/disk-compliance.test.ts).
 
 export interface DiskExtent {
   lengthBytes: number;

@@ -5,9 +5,11 @@
 // that moment may leave. Both pass one compliance suite (test/unit/file-system.test.ts).
 //
 // Nothing here is crash-safe by itself: src/storage/durable-files.ts composes these
-// calls into changes that are, and is the only caller. The data path (the volume image
-// and the log partitions) reads and writes through descriptors opened here with
-// open(file, true), by positioned calls of its own (src/io/file-io.ts).
+// calls into changes that are, and every change to durable state goes through it. The
+// data path (the volume image and the log partitions) reads and writes through
+// descriptors opened here with open(file, true), by positioned calls of its own
+// (src/io/file-io.ts); FileDisk also makes and removes a scratch file beside the image
+// (its probe of what fallocate can do), which is not durable state.
 //
 // Errors are Node's system errors, or for the twin errors that carry the same `code`
 // (ENOENT, EEXIST, ENOTEMPTY, ENOTDIR, EISDIR).

@@ -1,5 +1,5 @@
-// Disk held in memory: the simulated twin of FileDisk, for tests and the deterministic
-// simulator. Allocation is tracked per 4 KiB block, like a file system would, so block
+// Disk held in memory: the simulated twin of FileDisk, for tests (the deterministic
+// simulator has a disk model of its own, test/sim/volume.ts). Allocation is tracked per 4 KiB block, like a file system would, so block
 // status tests see holes; sync() is where a later crash model will draw the line.
 
 import { assert } from '../lib/assert.js';

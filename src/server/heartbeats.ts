@@ -1,4 +1,4 @@
-// UDP heartbeats between the nodes of a cluster (DESIGN.md §1.4): every node sends a
+// UDP heartbeats between the nodes of a cluster (docs/operations.md): every node sends a
 // datagram to each peer every `heartbeat.intervalMs` from its `replication` address (the
 // same port number as the mirror links, over UDP), and feeds what it receives to the
 // failure detector (src/core/failure-detector.ts), which says when a peer is down and

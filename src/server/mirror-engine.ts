@@ -1,4 +1,4 @@
-// The mirror engine of one volume on its primary node (DESIGN.md §1.1–1.3, §2): it taps
+// The mirror engine of one volume on its primary node (docs/architecture.md): it taps
 // the volume's write log, sends every entry to each peer over that peer's connections,
 // and holds a client's reply until the peers have what the volume's mode requires.
 // The decisions are MirrorSource's (src/core/mirror-source.ts); this module does the

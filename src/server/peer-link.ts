@@ -1,5 +1,5 @@
 // One authenticated TCP connection between two nodes, for one volume: an element of the
-// connection array of DESIGN.md §1.4 (socket, state, time of the last sign of life).
+// peer's connection array (socket, state, time of the last sign of life).
 //
 // Both ends run the same handshake, in opposite roles. The source connects and sends
 // HELLO (protocol version, cluster, both node ids, the volume, its place in a session of

@@ -1,4 +1,4 @@
-// A per-peer dirty bitmap (DESIGN.md §1.5): one bit per region of the volume, set for
+// A per-peer dirty bitmap (docs/operations.md, mirroring): one bit per region of the volume, set for
 // every region written that the peer may lack. The primary marks it while the peer is
 // away (and, when it goes away, for the entries it had not acknowledged), clears it
 // when the peer has caught up, and writes it to disk at every consistency point, so a

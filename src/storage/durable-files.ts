@@ -37,7 +37,6 @@ export type FileOperation =
   | 'mirror-state'
   | 'volume-create'
   | 'incarnation'
-  | 'probe'
   | 'config';
 
 export const fileOperations: readonly FileOperation[] = [
@@ -52,7 +51,6 @@ export const fileOperations: readonly FileOperation[] = [
   'mirror-state',
   'volume-create',
   'incarnation',
-  'probe',
   'config',
 ];
 

@@ -1,4 +1,4 @@
-// The write-ahead log of one volume, the node's "NVRAM" (DESIGN.md §1.3): every change
+// The write-ahead log of one volume, the node's "NVRAM" (docs/operations.md): every change
 // to the volume is appended here first, under a gap-free sequence number that fixes its
 // place in the volume's order. A FLUSH or FUA waits only for the log to be durable (one
 // sequential fdatasync shared by every waiter); the volume file is made durable at

@@ -141,8 +141,11 @@ export async function runPairCrash(seed: number, options: PairCrashOptions): Pro
             seen = resetsBefore() > resets;
             if (!seen) await sleep(1);
           }
-          // Anywhere in the restart: it takes as long as the ones b logged before (or 150 ms).
-          const extraMs = rng.between(0, Math.round(1.2 * (lastResetMs(b) ?? resetMs)));
+          // Anywhere in the restart, which takes about as long as the ones b logged before
+          // (or 150 ms); half the time in its second half, where the log is made anew (the
+          // image is made durable first).
+          const expectedMs = lastResetMs(b) ?? resetMs;
+          const extraMs = rng.chance(0.5) ? rng.between(0, Math.round(1.2 * expectedMs)) : rng.between(Math.round(expectedMs / 2), Math.round(1.1 * expectedMs));
           await sleep(extraMs);
           note = `a killed ${delayMs} ms after the first reply and restarted; b killed ${seen ? `${extraMs} ms into the restart of its log` : 'while streaming (no reset seen within 10 s)'}`;
         } else {

@@ -5,7 +5,7 @@
 // protocol by hand covers what libnbd cannot send: broken handshakes, bad magic,
 // oversized and unknown requests, a client that never reads its replies and clients
 // that vanish with requests in flight. The server must answer each one as the spec and
-// shared/reference/nbd.md say, keep serving everyone else, keep its memory bounded, and
+// docs/nbd.md say, keep serving everyone else, keep its memory bounded, and
 // never change a byte that no valid write touched: the image files are compared byte
 // for byte with a model once the server has stopped.
 //
@@ -34,7 +34,7 @@ const volumes: VolumeSpec[] = [
   { name: 'ro', size: '1MiB', readOnly: true },
 ];
 
-// Wire constants (NetworkBlockDevice/nbd doc/proto.md; shared/reference/nbd.md §1).
+// Wire constants (NetworkBlockDevice/nbd doc/proto.md).
 const NBDMAGIC = 0x4e42444d41474943n;
 const IHAVEOPT = 0x49484156454f5054n;
 const OPTION_REPLY_MAGIC = 0x3e889045565a9n;

@@ -3,8 +3,8 @@
 
 Usage: /usr/bin/python3 bad_requests.py DATA_URI READ_ONLY_URI
 
-Mirrors libnbd's errors-server-* tests and the nbdkit probe in
-shared/reference/nbd.md section 4: every request the server must refuse is sent, the
+Mirrors libnbd's errors-server-* tests and what nbdkit answers (docs/nbd.md):
+every request the server must refuse is sent, the
 exact errno is checked, and after each one the same connection must still read the
 right bytes. Requests that must succeed are checked too, with their data read back.
 

@@ -1,4 +1,4 @@
-// The invariants of one simulated mirrored volume (DESIGN.md §2–§3), checked while the
+// The invariants of one simulated mirrored volume (README, "Tests"), checked while the
 // simulation runs and once more when it is quiet. The checker looks only at what a user or
 // an operator could see — the bytes of every image, what survives a crash of each node,
 // the memory the mirror holds — and at the sim's own record of which peers are in sync;

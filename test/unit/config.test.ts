@@ -1,4 +1,4 @@
-// The cluster file parser: the DESIGN.md example reads back as written, defaults fill in,
+// The cluster file parser: the example of the original design reads back as written, defaults fill in,
 // and every rule an operator can break gives a ConfigError that names the field to fix.
 
 import assert from 'node:assert/strict';
@@ -19,7 +19,7 @@ import { ConfigError } from '../../src/lib/errors.js';
 
 const baseDir = '/etc/blockmirror';
 
-// Verbatim from DESIGN.md §5, comments and all.
+// The cluster file of the original design, comments and all.
 const designExample = `cluster: demo
 secret: change-me             # shared secret for peer authentication (or secretFile:)
 heartbeat: { intervalMs: 250, timeoutMs: 2000, probationMs: 2000 }
@@ -107,7 +107,7 @@ function withTempDir(run: (dir: string) => void): void {
 }
 
 describe('cluster file: valid input', () => {
-  test('the DESIGN.md example parses with the values it states', () => {
+  test('the design\'s example cluster file parses with the values it states', () => {
     const config = parseClusterConfig(designExample, { baseDir });
     assert.deepEqual(config, {
       cluster: 'demo',

@@ -2,7 +2,7 @@
 // messages however the stream is cut into chunks (at every byte boundary, and one byte
 // at a time), stop for good at a bad magic, and hand over exactly the unconsumed bytes.
 // The encoders are checked byte for byte against the offsets of the spec
-// (shared/reference/nbd.md §1), with the expected bytes written out by hand.
+// (NetworkBlockDevice/nbd doc/proto.md), with the expected bytes written out by hand.
 
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';

@@ -1,5 +1,5 @@
 // Scenario tests of NBD option haggling: the option sequences qemu, nbdinfo and
-// nbd-client send (shared/reference/nbd.md §3) against a fake catalog of three exports
+// nbd-client send (docs/nbd.md) against a fake catalog of three exports
 // (read-write, read-only, refused), checking the replies byte for byte where a client
 // would notice; and checkRequest's table of request → errno.
 

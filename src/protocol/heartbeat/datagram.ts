@@ -1,4 +1,4 @@
-// The UDP heartbeat datagram (DESIGN.md §1.4): who sends it (cluster, from, to), which
+// The UDP heartbeat datagram (docs/operations.md, heartbeats): who sends it (cluster, from, to), which
 // life of the sending process it comes from (incarnation) and its place in that life
 // (counter), and what the sender holds of each volume. A MAC keyed with the cluster
 // secret covers every byte before it, so a datagram cannot be forged, altered, or

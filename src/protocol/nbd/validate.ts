@@ -1,5 +1,5 @@
 // Which requests a server must refuse, and with which errno, before touching any data.
-// Modelled on what the spec requires and what nbdkit answers (shared/reference/nbd.md):
+// Modelled on what the spec requires and what nbdkit answers (docs/nbd.md):
 // EINVAL for bad flags and out-of-range reads, trims and block status; ENOSPC for
 // writes past the end; EPERM for writes to a read-only export.
 
