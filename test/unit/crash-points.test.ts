@@ -27,7 +27,7 @@ import { openVolumeStorage, restartReplicaLog, type OpenedVolume, type VolumeSto
 import { LogCorruptError, type LogGeometry } from '../../src/storage/write-log.js';
 import { MirrorEngine } from '../../src/server/mirror-engine.js';
 import { nextIncarnation } from '../../src/server/heartbeats.js';
-import { exploreCrashes, releasing } from '../helpers/crash-explorer.js';
+import { exploreCrashes as explore, releasing, type CrashExploration, type ExplorationReport } from '../helpers/crash-explorer.js';
 import { pattern } from '../helpers/test-data.js';
 import { baseSeed } from './prng.js';
 
@@ -143,6 +143,13 @@ async function writeDurably(opened: OpenedVolume, count: number, seed: number): 
     written.set(offset, bytes);
   }
   return written;
+}
+
+/** Explores the crashes of one operation and reports how many points and states it checked. */
+async function exploreCrashes(exploration: CrashExploration): Promise<ExplorationReport> {
+  const report = await explore(exploration);
+  console.log(`  ${report.mutations} mutation points, ${report.states} states opened, at most ${report.mostPending} changes pending at one point`);
+  return report;
 }
 
 describe('crash at every mutation point', () => {
