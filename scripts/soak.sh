@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/ensure-tools.sh
-[ -f build/Release/blockmirror_native.node ] || npm run install
+# The addon is built again when it is missing or older than any of its sources.
+addon=build/Release/blockmirror_native.node
+if [ ! -f "$addon" ] || [ -n "$(find native binding.gyp -newer "$addon" -print -quit)" ]; then npm run install; fi
 npx --no-install tsc -p tsconfig.json
 exec node dist/test/faults/soak.js "$@"
