@@ -23,12 +23,13 @@
 // at most `catchUpBytesMax` more for peers that are away. At most `windowBytesMax` bytes are sent to a peer and not yet
 // acknowledged; the rest waits in the queue.
 
+import type { DiskState } from '../protocol/disk-state.js';
 import { assert } from '../lib/assert.js';
 import { IndexedQueue } from '../lib/indexed-queue.js';
 
 export type MirrorMode = 'sync' | 'async' | 'logship';
 export type ReplicationState = 'connecting' | 'streaming' | 'disconnected' | 'catching-up' | 'resyncing';
-export type DiskState = 'up-to-date' | 'outdated' | 'inconsistent' | 'failed' | 'diskless';
+export type { DiskState };
 
 /** One log entry as the mirror sees it; `frame` is opaque here (the encoded entry). */
 export interface MirrorEntry<Frame> {

@@ -8,6 +8,7 @@ import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import fs from 'node:fs';
+import { useCrc32c } from '../lib/crc32c.js';
 
 export interface NativeBindings {
   crc32c(data: Buffer, crc: number, software?: boolean): number;
@@ -79,3 +80,6 @@ function findAddon(): string {
 
 const require = createRequire(import.meta.url);
 export const native = require(findAddon()) as NativeBindings;
+
+// Checksums run on the addon's CRC32C (the hardware instruction) from now on.
+useCrc32c((data, crc) => native.crc32c(data, crc));

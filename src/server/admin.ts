@@ -9,8 +9,8 @@ import { busyPollStats } from '../io/busy-poll.js';
 import type { Address } from '../control/config.js';
 import type { Logger } from '../lib/log.js';
 import type { LogStatus } from '../storage/write-log.js';
-import type { BlockmirrorNode } from './node.js';
-import { closeServer, diskState, listen } from './node.js';
+import { closeServer, listen } from './listen.js';
+import { diskState, type NodeView } from './served-volume.js';
 
 export interface VolumeStatus {
   name: string;
@@ -58,7 +58,7 @@ export interface NodeStatus {
   volumes: VolumeStatus[];
 }
 
-export function nodeStatus(node: BlockmirrorNode): NodeStatus {
+export function nodeStatus(node: NodeView): NodeStatus {
   const poll = busyPollStats();
   return {
     cluster: node.config.cluster,
@@ -258,7 +258,7 @@ export class AdminServer {
   private server: http.Server | null = null;
 
   constructor(
-    private readonly node: BlockmirrorNode,
+    private readonly node: NodeView,
     private readonly log: Logger,
   ) {}
 

@@ -23,7 +23,7 @@ import type { Logger } from '../lib/log.js';
 import { MirrorSource, type DiskState, type PeerStatus, type SourceAction } from '../core/mirror-source.js';
 import { encodeEntryFrame, encodeFrame, type PeerMessage } from '../protocol/peer/frames.js';
 import { DirtyBitmap } from '../storage/dirty-bitmap.js';
-import { EntryType } from '../storage/log-entry.js';
+import { EntryType } from '../protocol/log-entry.js';
 import type { LocalVolume, MirrorGate } from '../storage/local-volume.js';
 import type { WriteLog } from '../storage/write-log.js';
 import { WriteIntent } from '../storage/write-intent.js';

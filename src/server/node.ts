@@ -1,6 +1,7 @@
 // The composition root of one blockmirror node: it opens the volumes this node holds,
-// serves them over NBD, and answers the admin API. Only this module wires adapters
-// (sockets, files, timers) to the protocol and storage code.
+// serves them over NBD, and answers the admin API. This module creates the node's parts
+// (mirror engines, replica targets, heartbeats, listeners) and connects them; those that
+// hold sockets or timers own them (docs/architecture.md).
 
 import net from 'node:net';
 import { checkConstants, constants } from '../constants.js';
@@ -13,9 +14,7 @@ import { IoActivity } from '../io/file-io.js';
 import { holdBusyPoll } from '../io/busy-poll.js';
 import type { LocalVolume } from '../storage/local-volume.js';
 import { DirtyBitmap } from '../storage/dirty-bitmap.js';
-import type { DiskState } from '../core/mirror-source.js';
 import { DurableFiles } from '../storage/durable-files.js';
-import type { VolumeIdentity } from '../storage/volume-files.js';
 import { openVolumeStorage, restartReplicaLog } from '../storage/volume-store.js';
 import { AdminServer } from './admin.js';
 import { Heartbeats, nextIncarnation, type HeartbeatListener, type VolumeView } from './heartbeats.js';
@@ -23,20 +22,10 @@ import { MirrorEngine } from './mirror-engine.js';
 import { NbdConnection, type ConnectionCounters, type VolumeCatalog } from './nbd-connection.js';
 import { PeerServer } from './peer-server.js';
 import { ReplicaTarget } from './replica-target.js';
+import { closeServer, listen } from './listen.js';
+import { diskState, type NodeView, type ServedVolume } from './served-volume.js';
 
-export interface ServedVolume {
-  config: VolumeConfig;
-  identity: VolumeIdentity;
-  volume: LocalVolume;
-  /** `primary` takes client writes (a local volume is always its own primary). */
-  role: 'primary' | 'secondary';
-  /** The primary's mirror engine (mirrored volumes only). */
-  mirror: MirrorEngine | null;
-  /** The secondary's end of the primary's links. */
-  target: ReplicaTarget | null;
-}
-
-export class BlockmirrorNode {
+export class BlockmirrorNode implements NodeView {
   readonly node: NodeConfig;
   readonly volumes = new Map<string, ServedVolume>();
   readonly counters: ConnectionCounters = { requests: 0, errorReplies: 0, protocolErrors: 0 };
@@ -335,38 +324,4 @@ export class BlockmirrorNode {
     if (name === '') return [...this.volumes.values()].find((served) => served.role === 'primary') ?? this.volumes.values().next().value;
     return this.volumes.get(name);
   }
-}
-
-/**
- * This node's copy of a volume. A secondary knows it is current only while its primary
- * streams to it; a primary's own copy is current unless its disk failed.
- */
-export function diskState({ volume, target }: ServedVolume): DiskState {
-  if (volume.failed || target?.status().failed === true) return 'failed';
-  // A replica whose log was made anew at start until the primary resets it for a full resync.
-  if (volume.log.status().needsFullResync) return 'inconsistent';
-  return target === null || target.status().session ? 'up-to-date' : 'outdated';
-}
-
-export function listen(server: net.Server, address: Address, what: string): Promise<Address> {
-  return new Promise((resolve, reject) => {
-    const onError = (error: NodeJS.ErrnoException): void => {
-      reject(
-        error.code === 'EADDRINUSE'
-          ? new BlockmirrorError('ERR_ADDRESS_IN_USE', `${what} address ${formatAddress(address)} is already in use`)
-          : error,
-      );
-    };
-    server.once('error', onError);
-    server.listen({ host: address.host, port: address.port }, () => {
-      server.off('error', onError);
-      const bound = server.address();
-      if (bound === null || typeof bound === 'string') return reject(new Error(`${what}: no address`));
-      resolve({ host: address.host, port: bound.port });
-    });
-  });
-}
-
-export function closeServer(server: net.Server | import('node:http').Server): Promise<void> {
-  return new Promise((resolve) => server.close(() => resolve()));
 }

@@ -9,7 +9,7 @@ import { constants } from '../constants.js';
 import type { Address, ClusterConfig, NodeConfig } from '../control/config.js';
 import type { Logger } from '../lib/log.js';
 import { RefuseCode } from '../protocol/peer/frames.js';
-import { closeServer, listen } from './node.js';
+import { closeServer, listen } from './listen.js';
 import { acceptAsTarget, PeerLink, type HelloMessage } from './peer-link.js';
 import type { ReplicaTarget } from './replica-target.js';
 

@@ -16,7 +16,7 @@ import type { VolumeConfig } from '../control/config.js';
 import type { Logger } from '../lib/log.js';
 import { MirrorTarget, type TargetAction } from '../core/mirror-target.js';
 import { encodeFrame, PEER_DIVERGED_EXTENTS_MAX, type PeerMessage } from '../protocol/peer/frames.js';
-import { EntryType } from '../storage/log-entry.js';
+import { EntryType } from '../protocol/log-entry.js';
 import type { LocalVolume } from '../storage/local-volume.js';
 import type { HelloMessage, PeerLink } from './peer-link.js';
 

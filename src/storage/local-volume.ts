@@ -13,7 +13,7 @@
 import { assert } from '../lib/assert.js';
 import { BlockmirrorError } from '../lib/errors.js';
 import type { Disk, DiskExtent } from '../io/disk.js';
-import { EntryFlag, EntryType, type EntryHeader } from './log-entry.js';
+import { EntryFlag, EntryType, type EntryHeader } from '../protocol/log-entry.js';
 import { LogCorruptError, type WriteLog } from './write-log.js';
 
 export interface ZeroOptions {

@@ -22,7 +22,7 @@ import { FileDisk } from '../io/file-disk.js';
 import type { IoActivity } from '../io/file-io.js';
 import type { DurableFiles } from './durable-files.js';
 import type { DirtyBitmap } from './dirty-bitmap.js';
-import { EntryType } from './log-entry.js';
+import { EntryType } from '../protocol/log-entry.js';
 import { applyEntry, LocalVolume } from './local-volume.js';
 import { ReplicaTrail } from './replica-trail.js';
 import { prepareVolumeFiles, type VolumePaths, type VolumeIdentity } from './volume-files.js';

@@ -64,7 +64,7 @@ import {
   EntryType,
   payloadMatches,
   type EntryHeader,
-} from './log-entry.js';
+} from '../protocol/log-entry.js';
 
 export class LogCorruptError extends BlockmirrorError {
   override name = 'LogCorruptError';

@@ -28,7 +28,7 @@ import {
   type PeerMessage,
 } from '../../src/protocol/peer/frames.js';
 import { sourceProof, targetProof } from '../../src/protocol/peer/handshake.js';
-import { encodeEntryHeader, EntryType } from '../../src/storage/log-entry.js';
+import { encodeEntryHeader, EntryType } from '../../src/protocol/log-entry.js';
 import { killAll, makeTempDir, startClusterNode, writeClusterConfig, type NodeStatusJson, type TestNode } from '../helpers/node-process.js';
 import { pattern } from '../helpers/test-data.js';
 

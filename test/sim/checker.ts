@@ -59,7 +59,7 @@
 import type { MirrorSource } from '../../src/core/mirror-source.js';
 import type { MirrorTarget } from '../../src/core/mirror-target.js';
 import type { ClientRequest, SimConfig } from './cluster.js';
-import { ENTRY_HEADER_BYTES } from '../../src/storage/log-entry.js';
+import { ENTRY_HEADER_BYTES } from '../../src/protocol/log-entry.js';
 import type { PeerLinks } from './network.js';
 import { entryBytes, type BlockImage, type DataFrame, type Frame, type Replica, type WriteFrame } from './volume.js';
 

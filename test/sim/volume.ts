@@ -9,7 +9,7 @@
 // replica into what its recovery would find; resetLog() restarts its log after a
 // sequence number, as a secondary does when a resync begins.
 
-import { ENTRY_HEADER_BYTES } from '../../src/storage/log-entry.js';
+import { ENTRY_HEADER_BYTES } from '../../src/protocol/log-entry.js';
 
 export interface WriteFrame {
   kind: 'write';

@@ -22,7 +22,7 @@ import { MemoryFileSystem } from '../../src/io/memory-file-system.js';
 import { Logger } from '../../src/lib/log.js';
 import { DirtyBitmap } from '../../src/storage/dirty-bitmap.js';
 import { DurableFiles } from '../../src/storage/durable-files.js';
-import { decodeEntryHeader, EntryType, encodeEntryHeader, type EntryHeader } from '../../src/storage/log-entry.js';
+import { decodeEntryHeader, EntryType, encodeEntryHeader, type EntryHeader } from '../../src/protocol/log-entry.js';
 import { openVolumeStorage, restartReplicaLog, type OpenedVolume, type VolumeStorageOptions } from '../../src/storage/volume-store.js';
 import { LogCorruptError, type LogGeometry } from '../../src/storage/write-log.js';
 import { MirrorEngine } from '../../src/server/mirror-engine.js';

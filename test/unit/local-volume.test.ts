@@ -16,7 +16,7 @@ import { IoActivity } from '../../src/io/file-io.js';
 import { MemoryDisk } from '../../src/io/memory-disk.js';
 import { AssertionError } from '../../src/lib/assert.js';
 import { Logger } from '../../src/lib/log.js';
-import { alignedEntryBytes, encodeEntryHeader, decodeEntryHeader, EntryFlag, EntryType, type EntryHeader } from '../../src/storage/log-entry.js';
+import { alignedEntryBytes, encodeEntryHeader, decodeEntryHeader, EntryFlag, EntryType, type EntryHeader } from '../../src/protocol/log-entry.js';
 import { applyEntry, LocalVolume, RangeOrder, slicePayload, VolumeFailedError, type MirrorGate } from '../../src/storage/local-volume.js';
 import { LogCorruptError, WriteLog, type LogGeometry } from '../../src/storage/write-log.js';
 import { baseSeed, Prng } from './prng.js';

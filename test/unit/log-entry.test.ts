@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { AssertionError } from '../../src/lib/assert.js';
 import { crc32c, crc32cSoftware } from '../../src/lib/crc32c.js';
+import { native } from '../../src/io/native.js';
 import {
   alignedEntryBytes,
   decodeEntryHeader,
@@ -20,7 +21,7 @@ import {
   EntryType,
   payloadMatches,
   type EntryHeader,
-} from '../../src/storage/log-entry.js';
+} from '../../src/protocol/log-entry.js';
 import { baseSeed, Prng } from './prng.js';
 
 const SEED = baseSeed(0x10_6e_47_01);
@@ -308,12 +309,13 @@ describe('crc32c', () => {
       ['nothing', Buffer.alloc(0), 0],
     ];
     for (const [what, data, expected] of vectors) {
-      assert.equal(crc32c(data), expected, `${what}, native`);
-      assert.equal(crc32cSoftware(data), expected, `${what}, software`);
+      assert.equal(crc32c(data), expected, `${what}, the installed (native) one`);
+      assert.equal(native.crc32c(data, 0, true), expected, `${what}, the addon's table-driven one`);
+      assert.equal(crc32cSoftware(data), expected, `${what}, JavaScript`);
     }
   });
 
-  test('native and table-driven CRC32C agree on every length up to 5000, at every alignment', () => {
+  test('the native, the addon\'s table-driven and the JavaScript CRC32C agree on every length up to 5000, at every alignment', () => {
     const random = new Prng(SEED + 3);
     const source = random.bytes(5000 + 64);
     for (let length = 0; length <= 5000; length += 1) {
@@ -321,10 +323,11 @@ describe('crc32c', () => {
       const data = source.subarray(start, start + length);
       const seed = length % 3 === 0 ? 0 : random.u32();
       assert.equal(crc32c(data, seed), crc32cSoftware(data, seed), `seed ${SEED + 3}: length ${length} at ${start}, crc seed ${seed}`);
+      assert.equal(native.crc32c(data, seed, true), crc32cSoftware(data, seed), `seed ${SEED + 3}: length ${length}, the addon's table`);
     }
   });
 
-  test('native and table-driven CRC32C agree on buffers of a few MiB, and around the block sizes of the three-stream version', () => {
+  test('native and JavaScript CRC32C agree on buffers of a few MiB, and around the block sizes of the three-stream version', () => {
     const random = new Prng(SEED + 4);
     // The hardware version checksums 3 x 8 KiB and then 3 x 256-byte blocks as three streams.
     const edges = [3 * 8192 - 1, 3 * 8192, 3 * 8192 + 1, 3 * 8192 + 3 * 256 + 7, 6 * 8192 + 3 * 256 - 1, 6 * 8192 + 2 * 3 * 256 + 8];

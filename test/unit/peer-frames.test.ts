@@ -22,7 +22,7 @@ import {
   type PeerControlMessage,
   type PeerMessage,
 } from '../../src/protocol/peer/frames.js';
-import { encodeEntryHeader, EntryType } from '../../src/storage/log-entry.js';
+import { encodeEntryHeader, EntryType } from '../../src/protocol/log-entry.js';
 import { baseSeed, Prng } from './prng.js';
 
 const SEED = baseSeed(0x9ee7_f4a3);

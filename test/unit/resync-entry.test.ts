@@ -13,7 +13,7 @@ import { after, describe, test } from 'node:test';
 import { IoActivity } from '../../src/io/file-io.js';
 import { MemoryDisk } from '../../src/io/memory-disk.js';
 import { Logger } from '../../src/lib/log.js';
-import { decodeEntryHeader, EntryFlag, EntryType, type EntryHeader } from '../../src/storage/log-entry.js';
+import { decodeEntryHeader, EntryFlag, EntryType, type EntryHeader } from '../../src/protocol/log-entry.js';
 import { applyEntry, LocalVolume } from '../../src/storage/local-volume.js';
 import { WriteLog } from '../../src/storage/write-log.js';
 import { baseSeed, Prng } from './prng.js';

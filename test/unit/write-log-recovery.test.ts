@@ -24,7 +24,7 @@ import {
   EntryFlag,
   EntryType,
   type EntryHeader,
-} from '../../src/storage/log-entry.js';
+} from '../../src/protocol/log-entry.js';
 import { LOG_BLOCK_BYTES, LogCorruptError, WriteLog, type LogGeometry, type RecoveryReport } from '../../src/storage/write-log.js';
 import { baseSeed, Prng } from './prng.js';
 import { pattern, scratchDirs } from '../helpers/test-data.js';

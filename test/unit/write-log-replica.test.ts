@@ -30,7 +30,7 @@ import {
   EntryType,
   payloadMatches,
   type EntryHeader,
-} from '../../src/storage/log-entry.js';
+} from '../../src/protocol/log-entry.js';
 import { WriteLog, type LogGeometry, type LogOptions, type RecoveryReport } from '../../src/storage/write-log.js';
 import { baseSeed, Prng } from './prng.js';
 import { pattern, scratchDirs } from '../helpers/test-data.js';

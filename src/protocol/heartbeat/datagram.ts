@@ -16,7 +16,7 @@
 //   volume count u16, per volume: name, role u8, disk u8, reserved u16, lastSeq u64
 //   mac 32 bytes = mac(secret, 'blockmirror-heartbeat-v1' || every byte before the mac)
 
-import type { DiskState } from '../../core/mirror-source.js';
+import { DISK_STATES, type DiskState } from '../disk-state.js';
 import { assert } from '../../lib/assert.js';
 import { proofsEqual, type Mac } from '../peer/handshake.js';
 import { nameBytes, readU64, writeU64 } from '../../lib/wire.js';
@@ -30,7 +30,7 @@ export const HEARTBEAT_MAC_BYTES = 32;
 
 /** The role byte and the disk byte are indexes in these lists. */
 export const HEARTBEAT_ROLES = ['primary', 'secondary'] as const;
-export const HEARTBEAT_DISK_STATES = ['up-to-date', 'outdated', 'inconsistent', 'failed', 'diskless'] as const satisfies readonly DiskState[];
+export const HEARTBEAT_DISK_STATES = DISK_STATES;
 
 export type HeartbeatRole = (typeof HEARTBEAT_ROLES)[number];
 

@@ -5,7 +5,7 @@
 // is a PeerProtocolError.
 
 import { assert } from '../../lib/assert.js';
-import { decodeEntryHeader, ENTRY_HEADER_BYTES, payloadMatches } from '../../storage/log-entry.js';
+import { decodeEntryHeader, ENTRY_HEADER_BYTES, payloadMatches } from '../log-entry.js';
 import { PeerProtocolError } from './errors.js';
 import {
   PEER_CONNECTIONS_MAX,

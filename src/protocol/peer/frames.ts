@@ -16,7 +16,7 @@
 import { assert } from '../../lib/assert.js';
 import { ByteQueue } from '../../lib/byte-queue.js';
 import { crc32c } from '../../lib/crc32c.js';
-import { decodeEntryHeader, ENTRY_HEADER_BYTES } from '../../storage/log-entry.js';
+import { decodeEntryHeader, ENTRY_HEADER_BYTES } from '../log-entry.js';
 import { decodeBody, decodeEntryBody, encodeControlBody, FIXED_BODY_BYTES } from './bodies.js';
 import { PeerProtocolError } from './errors.js';
 import {

@@ -4,7 +4,8 @@
 // without pulling in the codec.
 
 import { constants } from '../../constants.js';
-import type { EntryHeader } from '../../storage/log-entry.js';
+import { DISK_STATES, type DiskState } from '../disk-state.js';
+import type { EntryHeader } from '../log-entry.js';
 
 export const PEER_FRAME_MAGIC = 0x424d5046; // 'BMPF'
 export const PEER_FRAME_HEADER_BYTES = 16;
@@ -66,8 +67,8 @@ export function peerFrameName(type: number): string {
 }
 
 /** READY's disk byte is the index in this list. */
-export const PEER_DISK_STATES = ['up-to-date', 'outdated', 'inconsistent', 'failed', 'diskless'] as const;
-export type PeerDiskState = (typeof PEER_DISK_STATES)[number];
+export const PEER_DISK_STATES = DISK_STATES;
+export type PeerDiskState = DiskState;
 
 export interface PeerHello {
   type: 'hello';

@@ -1,4 +1,5 @@
-// The write log's entry format. One entry is a 64-byte header, then the payload, padded
+// The write log's entry format, which is also what an ENTRY frame carries from a primary
+// to its secondaries (protocol/peer). One entry is a 64-byte header, then the payload, padded
 // to a multiple of 64 bytes so entries start on 64-byte boundaries (which lets recovery
 // look for later entries after a damaged one). All integers are big-endian.
 //

@@ -1,0 +1,50 @@
+// A volume as a node serves it, and what the admin API reads of a node: kept apart from
+// node.ts (which builds them) so that the modules node.ts composes need not import it.
+
+import type { ClusterConfig, NodeConfig, VolumeConfig, Address } from '../control/config.js';
+import type { DiskState } from '../protocol/disk-state.js';
+import type { IoActivity } from '../io/file-io.js';
+import type { LocalVolume } from '../storage/local-volume.js';
+import type { VolumeIdentity } from '../storage/volume-files.js';
+import type { Heartbeats } from './heartbeats.js';
+import type { MirrorEngine } from './mirror-engine.js';
+import type { ConnectionCounters } from './nbd-connection.js';
+import type { ReplicaTarget } from './replica-target.js';
+
+export interface ServedVolume {
+  config: VolumeConfig;
+  identity: VolumeIdentity;
+  volume: LocalVolume;
+  /** `primary` takes client writes (a local volume is always its own primary). */
+  role: 'primary' | 'secondary';
+  /** The primary's mirror engine (mirrored volumes only). */
+  mirror: MirrorEngine | null;
+  /** The secondary's end of the primary's links. */
+  target: ReplicaTarget | null;
+}
+
+/** What the admin API reads of a running node (BlockmirrorNode is one). */
+export interface NodeView {
+  readonly config: ClusterConfig;
+  readonly node: NodeConfig;
+  readonly volumes: ReadonlyMap<string, ServedVolume>;
+  readonly startedAtMs: number;
+  readonly nbdAddress: Address | null;
+  readonly connectionCount: number;
+  readonly counters: ConnectionCounters;
+  readonly peerCounters: Record<string, number>;
+  readonly heartbeatCounters: Record<string, number>;
+  readonly ioActivity: IoActivity;
+  heartbeatStatus(): ReturnType<Heartbeats['status']>;
+}
+
+/**
+ * This node's copy of a volume. A secondary knows it is current only while its primary
+ * streams to it; a primary's own copy is current unless its disk failed.
+ */
+export function diskState({ volume, target }: ServedVolume): DiskState {
+  if (volume.failed || target?.status().failed === true) return 'failed';
+  // A replica whose log was made anew at start until the primary resets it for a full resync.
+  if (volume.log.status().needsFullResync) return 'inconsistent';
+  return target === null || target.status().session ? 'up-to-date' : 'outdated';
+}
