@@ -32,6 +32,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { VolumeStatus } from '../src/server/status.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const cli = path.join(root, 'bin/blockmirror.cjs');
@@ -270,22 +271,8 @@ interface Mirror {
   adminUrl: string;
 }
 
-/** The parts of node a's `GET /api/v1/status` for vol0 that the bench reads. */
-interface MirrorVolumeStatus {
-  name: string;
-  stats: Record<string, number>;
-  log: { lastSeq: number; stalls?: number; stallMs?: number; checkpoints?: number };
-  peers: {
-    node: string;
-    replication: string;
-    ackedSeq: number;
-    disk?: string;
-    lagBytes?: number;
-    outOfSyncBytes?: number;
-    resyncNeeded?: boolean;
-    resync?: { remainingBytes: number; rateBytesPerSec: number; etaSeconds: number | null } | null;
-  }[];
-}
+/** Node a's `GET /api/v1/status` entry for vol0. */
+type MirrorVolumeStatus = VolumeStatus;
 
 const nodeProblemsKept = 5;
 const nodeTailLines = 20;

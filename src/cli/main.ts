@@ -13,7 +13,7 @@ import { Logger, parseLogLevel } from '../lib/log.js';
 import { BlockmirrorNode } from '../server/node.js';
 import { DurableFiles, parseCrashPoint, type CrashPoint } from '../storage/durable-files.js';
 import { NodeFileSystem } from '../io/file-system.js';
-import type { NodeStatus } from '../server/admin.js';
+import type { NodeStatus } from '../server/status.js';
 import type { VerifyReport } from '../server/online-verify.js';
 import { formatBytes } from '../lib/size.js';
 

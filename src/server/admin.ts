@@ -9,54 +9,9 @@ import { busyPollStats } from '../io/busy-poll.js';
 import type { Address } from '../control/config.js';
 import type { Logger } from '../lib/log.js';
 import type { LogStatus } from '../storage/write-log.js';
+import type { NodeStatus, PeerReplicationStatus, VolumeStatus } from './status.js';
 import { closeServer, listen } from './listen.js';
 import { diskState, type NodeView } from './served-volume.js';
-
-export interface VolumeStatus {
-  name: string;
-  uuid: string;
-  sizeBytes: number;
-  mode: string;
-  role: 'primary' | 'secondary';
-  disk: 'up-to-date' | 'outdated' | 'inconsistent' | 'failed' | 'diskless';
-  readOnly: boolean;
-  /** The node that takes this volume's writes. */
-  primary: string | null;
-  stats: Record<string, number>;
-  log: LogStatus;
-  /** On the primary: each peer it mirrors to. */
-  peers: PeerReplicationStatus[];
-  /** On a secondary: the primary's links. */
-  source: { node: string; connected: boolean; storedSeq: number; syncedCpSeq: number } | null;
-}
-
-export interface PeerReplicationStatus {
-  node: string;
-  replication: 'streaming' | 'connecting' | 'disconnected' | 'catching-up' | 'resyncing';
-  disk: 'up-to-date' | 'outdated' | 'inconsistent' | 'failed' | 'diskless';
-  ackedSeq: number;
-  durableSeq: number;
-  syncedSeq: number;
-  lagBytes: number;
-  outOfSyncBytes: number;
-  /** It comes back only through a resync (it missed more than the primary kept for it, failed, or the primary crashed). */
-  resyncNeeded: boolean;
-  /** While resyncing: bytes left, rate so far and ETA at that rate. */
-  resync: { remainingBytes: number; rateBytesPerSec: number; etaSeconds: number | null } | null;
-  connections: number;
-}
-
-export interface NodeStatus {
-  cluster: string;
-  node: string;
-  uptimeSeconds: number;
-  nbd: string;
-  connections: number;
-  counters: Record<string, number>;
-  /** What the failure detector thinks of each peer node. */
-  nodes: { node: string; state: string; lastHeardAgoMs: number; incarnation: number }[];
-  volumes: VolumeStatus[];
-}
 
 export function nodeStatus(node: NodeView): NodeStatus {
   const poll = busyPollStats();

@@ -11,6 +11,8 @@ import { fileURLToPath } from 'node:url';
 import { runCommand } from '../helpers/fuse.js';
 import type { Prng } from '../unit/prng.js';
 import { sleep, type LogSpec, type TestNode, type VolumeSpec } from '../helpers/node-process.js';
+import type { NodeStatus } from '../../src/server/status.js';
+import type { LogStatus } from '../../src/storage/write-log.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const writerPath = path.resolve(here, '../../../test/faults/writer.py');
@@ -96,16 +98,11 @@ export async function waitFor(what: string, timeoutMs: number, condition: () => 
   }
 }
 
-export interface LogStatus {
-  lastSeq: number;
-  durableSeq: number;
-  cpSeq: number;
-  checkpoints: number;
-}
+export type { LogStatus };
 
 export async function logStatus(node: TestNode): Promise<LogStatus> {
   const response = await fetch(`http://127.0.0.1:${node.adminPort}/api/v1/status`, { signal: AbortSignal.timeout(3_000) });
-  const body = (await response.json()) as { volumes: { name: string; log: LogStatus }[] };
+  const body = (await response.json()) as NodeStatus;
   const volume = body.volumes.find((candidate) => candidate.name === 'vol0');
   if (volume === undefined) throw new Error('admin status lists no vol0');
   return volume.log;

@@ -9,6 +9,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { NodeStatus } from '../../src/server/status.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 /** The `blockmirror` command: dist/test/helpers -> bin/blockmirror.cjs (which runs dist/src/cli/main.js). */
@@ -66,32 +67,8 @@ export interface LogSpec {
 /** Small log files, so each test node is created quickly. */
 export const testLog: LogSpec = { partitionSize: '4MiB', partitions: 3, cpIntervalMs: 1000 };
 
-/** The parts of GET /api/v1/status that tests read. */
-export interface NodeStatusJson {
-  node: string;
-  counters: Record<string, number>;
-  nodes: { node: string; state: string; lastHeardAgoMs: number }[];
-  volumes: {
-    name: string;
-    role: string;
-    disk: string;
-    mode: string;
-    stats: Record<string, number>;
-    log: { lastSeq: number; cpSeq: number; durableSeq: number };
-    peers: {
-      node: string;
-      replication: string;
-      disk: string;
-      ackedSeq: number;
-      lagBytes: number;
-      outOfSyncBytes: number;
-      resyncNeeded: boolean;
-      resync: { remainingBytes: number; rateBytesPerSec: number; etaSeconds: number | null } | null;
-      connections: number;
-    }[];
-    source: { node: string; connected: boolean; storedSeq: number } | null;
-  }[];
-}
+/** GET /api/v1/status, as the server builds it. */
+export type NodeStatusJson = NodeStatus;
 
 export interface NodeOptions {
   /** Reuse a directory (and its data) from an earlier node to restart it. */
