@@ -29,6 +29,7 @@ import type { WriteLog } from '../storage/write-log.js';
 import { WriteIntent } from '../storage/write-intent.js';
 import type { DurableFiles } from '../storage/durable-files.js';
 import { ResyncController } from '../core/resync-controller.js';
+import { ResyncRun } from '../core/resync-run.js';
 import { OnlineVerify, type VerifyReport } from './online-verify.js';
 import { connectAsSource, PeerLink } from './peer-link.js';
 
@@ -299,13 +300,11 @@ export class MirrorEngine implements MirrorGate {
     const regionBytes = peer.bitmap.regionBytes;
     // Consecutive dirty regions go out as one entry, up to this many.
     const runRegionsMax = Math.max(1, Math.floor(Math.min(constants.resyncEntryBytesMax, this.entries.entryPayloadBytesMax) / regionBytes));
-    const pending = new Map<number, number[]>();
-    const pendingRegions = new Set<number>();
+    const plan = new ResyncRun(peer.bitmap);
     const startedMs = Date.now();
     const startBytes = peer.bitmap.dirtyBytes;
     const rateMax = this.cluster.resync.rateBytesPerSecMax;
     let sentBytes = 0;
-    let cursor = 0;
     const live = (): boolean =>
       !this.stopped && peer.up && peer.session === session && this.core.peerStatus(id).replication === 'resyncing';
     this.log.info('resync started', { peer: id, regions: peer.bitmap.dirtyRegions, bytes: startBytes });
@@ -315,57 +314,26 @@ export class MirrorEngine implements MirrorGate {
         this.resyncControlTickMs = Date.now();
         this.resyncControl.tick();
       }
-      // Capped by the rate, or by the controller that keeps client requests responsive.
-      const inflightMax = rateMax > 0 ? constants.resyncRegionsInflightMax : this.resyncControl.limit;
-      // Paced, a batch is at most a tenth of a second's worth, so bursts stay small.
-      const batchRegionsMax = rateMax > 0 ? Math.max(1, Math.floor(rateMax / 10 / regionBytes)) : Number.POSITIVE_INFINITY;
-      const durable = this.core.peerStatus(id).durableSeq;
-      for (const [seq, regions] of pending) {
-        if (seq > durable) continue;
-        pending.delete(seq);
-        for (const region of regions) {
-          pendingRegions.delete(region);
-          peer.bitmap.clear(region);
-        }
-        peer.bitmapChanged = true;
-      }
-      const nextFree = (from: number): number => {
-        let found = peer.bitmap.nextDirty(from);
-        while (found !== -1 && pendingRegions.has(found)) found = peer.bitmap.nextDirty(found + 1);
-        return found;
-      };
-      let next = nextFree(cursor);
-      if (next !== -1 && pendingRegions.size < inflightMax) {
-        // Several runs of consecutive regions are read at once (distinct regions: their
-        // order does not matter); each run is one entry.
-        const batch: number[][] = [];
-        let regionsTaken = 0;
-        while (
-          next !== -1 &&
-          batch.length < constants.resyncReadsParallelMax &&
-          pendingRegions.size + regionsTaken < inflightMax &&
-          regionsTaken < batchRegionsMax
-        ) {
-          const run = [next];
-          while (run.length < runRegionsMax && pendingRegions.size + regionsTaken + run.length < inflightMax && regionsTaken + run.length < batchRegionsMax) {
-            const following = next + run.length;
-            if (following * regionBytes >= this.volume.sizeBytes || !peer.bitmap.isDirty(following) || pendingRegions.has(following)) break;
-            run.push(following);
-          }
-          batch.push(run);
-          regionsTaken += run.length;
-          next = nextFree((run[run.length - 1] ?? next) + 1);
-        }
-        cursor = (batch[batch.length - 1]?.at(-1) ?? cursor) + 1;
+      if (plan.durableThrough(this.core.peerStatus(id).durableSeq) > 0) peer.bitmapChanged = true;
+      const runs = plan.plan({
+        // Capped by the rate, or by the controller that keeps client requests responsive.
+        inflightMax: rateMax > 0 ? constants.resyncRegionsInflightMax : this.resyncControl.limit,
+        runsMax: constants.resyncReadsParallelMax,
+        runRegionsMax,
+        // Paced, a batch is at most a tenth of a second's worth, so bursts stay small.
+        batchRegionsMax: rateMax > 0 ? Math.max(1, Math.floor(rateMax / 10 / regionBytes)) : Number.POSITIVE_INFINITY,
+      });
+      if (runs.length > 0) {
         if (rateMax > 0) {
           // Paced: the regions sent so far may not run ahead of the allowed rate.
           const dueMs = startedMs + (sentBytes / rateMax) * 1000;
           if (dueMs > Date.now()) await new Promise((resolve) => setTimeout(resolve, dueMs - Date.now()));
           if (!live()) break;
         }
-        sentBytes += regionsTaken * regionBytes;
+        sentBytes += runs.reduce((sum, run) => sum + run.length, 0) * regionBytes;
+        // Several runs are read at once (distinct regions: their order does not matter).
         const logged = await Promise.all(
-          batch.map((run) => {
+          runs.map((run) => {
             const offset = (run[0] ?? 0) * regionBytes;
             return this.regions.logCurrent(offset, Math.min(run.length * regionBytes, this.volume.sizeBytes - offset));
           }),
@@ -373,17 +341,13 @@ export class MirrorEngine implements MirrorGate {
         logged.forEach(({ seq, written }, index) => {
           // A failed log write fails the volume; the loop then ends with the peer's links.
           written.catch(() => undefined);
-          const run = batch[index] ?? [];
-          pending.set(seq, run);
-          for (const region of run) pendingRegions.add(region);
+          plan.logged(seq, runs[index] ?? []);
         });
         continue;
       }
-      if (next === -1 && pending.size === 0) {
-        if (peer.bitmap.dirtyRegions > 0) {
-          cursor = 0;
-          continue;
-        }
+      const idle = plan.idle();
+      if (idle === 'again') continue;
+      if (idle === 'done') {
         this.core.resyncDone(id);
         this.state.resyncNeeded = this.state.resyncNeeded.filter((other) => other !== id);
         this.saveState();
@@ -396,7 +360,7 @@ export class MirrorEngine implements MirrorGate {
       // It is asked for what it has stored so far, so that regions are cleared (and new
       // ones sent) while the rest is still on its way, rather than in lockstep batches.
       const { ackedSeq, durableSeq } = this.core.peerStatus(id);
-      this.run(this.core.askDurable(id, ackedSeq > durableSeq ? ackedSeq : Math.max(...pending.keys())));
+      this.run(this.core.askDurable(id, plan.flushTarget(ackedSeq, durableSeq)));
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, 100);
         peer.progress = () => {
@@ -405,7 +369,6 @@ export class MirrorEngine implements MirrorGate {
         };
       });
       peer.progress = null;
-      if (next === -1) cursor = 0;
     }
     peer.resyncStart = null;
     this.log.warn('resync interrupted', { peer: id, bytesLeft: peer.bitmap.dirtyBytes });

@@ -15,11 +15,12 @@
 // notices some time later, and the secondary restarts and reconnects with what its
 // recovery found. When it comes back the source decides: catch up from the entries it
 // kept, or (config.resync) a bitmap resync as src/server/mirror-engine.ts runs one —
-// the primary keeps per peer the regions it may lack (entries appended while it was out,
-// entries the source reports lost when it drops it, everything for a full resync), and
-// after the peer's RESET logs each dirty region's current contents as an entry, clearing
-// the region once the peer has made that entry durable, then tells the source
-// resyncDone. Without resync such a peer stays out.
+// the primary keeps per peer the regions it may lack in a DirtyBitmap (entries appended
+// while it was out, entries the source reports lost when it drops it, everything for a
+// full resync), and after the peer's RESET runs the engine's plan (src/core/resync-run.ts):
+// runs of dirty regions logged with their current contents, each region cleared once the
+// peer has made its entry durable; then it tells the source resyncDone. Without resync
+// such a peer stays out.
 //
 // The primary can crash too (config.primaryCrashes), as src/server/mirror-engine.ts and
 // src/storage/write-log.ts behave: every request in flight is dropped unanswered, every
@@ -35,6 +36,9 @@
 // peer drops) plus the regions of the entries replayed. Clients reconnect and go on.
 
 import { MirrorSource, type DiskState, type SourceAction } from '../../src/core/mirror-source.js';
+import { ResyncRun } from '../../src/core/resync-run.js';
+import { constants } from '../../src/constants.js';
+import { DirtyBitmap } from '../../src/storage/dirty-bitmap.js';
 import { Prng } from '../unit/prng.js';
 import { Checker, SimFailure, type CheckedCluster } from './checker.js';
 import type { Crash, PrimaryCrash, SimConfig, UsRange } from './config.js';
@@ -119,19 +123,18 @@ export function emptyPrimaryTally(): PrimaryTally {
 
 /** The primary's record of what one peer may lack, and the resync under way. */
 interface ResyncState {
-  /** Dirty regions (of config.resyncRegionBlocks blocks), in memory. */
-  dirty: Set<number>;
+  /** Dirty regions (of config.resyncRegionBlocks blocks), in memory: the engine's DirtyBitmap. */
+  dirty: DirtyBitmap;
   /** What the bitmap file holds: written at consistency points, drops, resets and resync ends. */
-  persisted: Set<number>;
-  run: ResyncRun | null;
+  persisted: DirtyBitmap;
+  run: SimResync | null;
 }
 
-interface ResyncRun {
+interface SimResync {
   /** The links session it belongs to: it ends with it. */
   session: number;
-  /** Resync entries logged, by seq: the region each carries. */
-  pending: Map<number, number>;
-  pendingRegions: Set<number>;
+  /** The plan MirrorEngine.resync runs (src/core/resync-run.ts). */
+  plan: ResyncRun;
   /** Only the latest scheduled step runs. */
   step: number;
 }
@@ -215,7 +218,7 @@ export class Cluster implements CheckedCluster {
     for (const id of config.peers) {
       this.peers.push(new Secondary(id, context));
       this.partitions.set(id, 0);
-      this.resyncs.set(id, { dirty: new Set(), persisted: new Set(), run: null });
+      this.resyncs.set(id, { dirty: this.newBitmap(), persisted: this.newBitmap(), run: null });
     }
     this.versionSeqs = Array.from({ length: config.blocks }, () => []);
     this.versionIndex = Array.from({ length: config.blocks }, () => new Map());
@@ -390,20 +393,25 @@ export class Cluster implements CheckedCluster {
     return state;
   }
 
-  private mark(state: ResyncState, frame: Frame): void {
+  /** A bitmap of the volume in regions of config.resyncRegionBlocks blocks, nothing marked. */
+  private newBitmap(): DirtyBitmap {
+    const { blocks, blockBytes, resyncRegionBlocks } = this.config;
+    return new DirtyBitmap(blocks * blockBytes, resyncRegionBlocks * blockBytes);
+  }
+
+  private mark(state: ResyncState, frame: Frame, bitmap: DirtyBitmap = state.dirty): void {
     if (frame.kind === 'cp') return;
-    const regionBlocks = this.config.resyncRegionBlocks;
-    for (let region = Math.floor(frame.firstBlock / regionBlocks); region * regionBlocks < frame.firstBlock + frame.blockCount; region += 1) state.dirty.add(region);
+    bitmap.mark(frame.firstBlock * this.config.blockBytes, frame.blockCount * this.config.blockBytes);
   }
 
   private markAll(state: ResyncState): void {
-    for (let region = 0; region * this.config.resyncRegionBlocks < this.config.blocks; region += 1) state.dirty.add(region);
+    state.dirty.markAll();
   }
 
   /** MirrorEngine.persistBitmaps: the bitmap files now hold what is in memory. */
   private persistBitmaps(): void {
     for (const [id, state] of this.resyncs) {
-      state.persisted = new Set(state.dirty);
+      state.persisted = state.dirty.clone();
       if (!this.config.fixes.includes('mark-unsynced-at-cp') || !this.primaryUp || !this.source.isInSync(id)) continue;
       // The modelled fix: the file also marks the entries up to the last consistency point
       // that a peer in sync has not made durable (one that dropped had them marked then).
@@ -411,9 +419,7 @@ export class Cluster implements CheckedCluster {
       const through = Math.min(Math.max(this.cpPersistSeq, this.lastCpSeq), this.primary.lastSeq);
       for (let seq = Math.max(status.durableSeq, status.syncedSeq) + 1; seq <= through; seq += 1) {
         const frame = this.primary.record(seq).frame;
-        if (frame.kind === 'cp') continue;
-        const regionBlocks = this.config.resyncRegionBlocks;
-        for (let region = Math.floor(frame.firstBlock / regionBlocks); region * regionBlocks < frame.firstBlock + frame.blockCount; region += 1) state.persisted.add(region);
+        this.mark(state, frame, state.persisted);
       }
     }
   }
@@ -422,9 +428,9 @@ export class Cluster implements CheckedCluster {
   private clearIfCurrent(id: string): void {
     if (!this.primaryUp) return;
     const state = this.resyncOf(id);
-    if (state.dirty.size === 0) return;
+    if (state.dirty.dirtyRegions === 0) return;
     const status = this.source.peerStatus(id);
-    if (status.replication === 'streaming' && status.disk === 'up-to-date') state.dirty.clear();
+    if (status.replication === 'streaming' && status.disk === 'up-to-date') state.dirty.clearAll();
   }
 
   /** The source's reset-peer: the peer is told to restart its log (and to name what it holds past `reportAfter`). */
@@ -435,7 +441,7 @@ export class Cluster implements CheckedCluster {
       this.persistBitmaps();
     }
     this.resyncCounts.started += 1;
-    this.trace?.(`${this.queue.now}us the source resets ${id} at ${seq}${full ? ' (full)' : ''}, ${this.resyncOf(id).dirty.size} regions dirty`);
+    this.trace?.(`${this.queue.now}us the source resets ${id} at ${seq}${full ? ' (full)' : ''}, ${this.resyncOf(id).dirty.dirtyRegions} regions dirty`);
     peer.links.send('to-peer', 0, `reset ${seq}`, () => peer.reset(seq, reportAfter));
   }
 
@@ -448,10 +454,9 @@ export class Cluster implements CheckedCluster {
     const state = this.resyncOf(id);
     if (this.config.fault === 'primary-ignores-diverged') {
       // Injected when it leaves out a region that was not dirty anyway.
-      const before = new Set(state.dirty);
-      for (const range of blocks) this.mark(state, { kind: 'resync', ...range, ids: [], data: Buffer.alloc(0) });
-      if (state.dirty.size > before.size) this.fault.injected = true;
-      state.dirty = before;
+      const probe = state.dirty.clone();
+      for (const range of blocks) this.mark(state, { kind: 'resync', ...range, ids: [], data: Buffer.alloc(0) }, probe);
+      if (probe.dirtyRegions > state.dirty.dirtyRegions) this.fault.injected = true;
       return;
     }
     for (const range of blocks) this.mark(state, { kind: 'resync', ...range, ids: [], data: Buffer.alloc(0) });
@@ -472,7 +477,7 @@ export class Cluster implements CheckedCluster {
     if (!this.source.isInSync(id)) return;
     const peer = this.peer(id);
     const state = this.resyncOf(id);
-    state.run = { session: peer.links.sessionId, pending: new Map(), pendingRegions: new Set(), step: 0 };
+    state.run = { session: peer.links.sessionId, plan: new ResyncRun(state.dirty), step: 0 };
     this.resyncStep(peer, state, state.run);
   }
 
@@ -488,47 +493,47 @@ export class Cluster implements CheckedCluster {
     });
   }
 
-  /** One turn of MirrorEngine.resync(): clear what is durable, log more regions, or finish. */
-  private resyncStep(peer: Secondary, state: ResyncState, run: ResyncRun): void {
+  /** One turn of MirrorEngine.resync(), on its plan: clear what is durable, log more regions, or finish. */
+  private resyncStep(peer: Secondary, state: ResyncState, run: SimResync): void {
     if (state.run !== run) return;
     const live = peer.inSync && peer.links.sessionId === run.session && this.source.peerStatus(peer.id).replication === 'resyncing';
     if (!live) {
       state.run = null;
       return;
     }
-    const durable = this.source.peerStatus(peer.id).durableSeq;
-    for (const [seq, region] of run.pending) {
-      if (seq > durable) continue;
-      run.pending.delete(seq);
-      run.pendingRegions.delete(region);
-      state.dirty.delete(region);
-    }
-    const regionBlocks = this.config.resyncRegionBlocks;
-    for (const region of [...state.dirty].sort((a, b) => a - b)) {
-      if (run.pending.size >= this.config.resyncInflightMax) break;
-      if (run.pendingRegions.has(region)) continue;
-      // LocalVolume.logCurrent: the region's current contents, logged in order with live writes.
-      const firstBlock = region * regionBlocks;
-      const seq = this.append(this.primary.image.resyncFrame(firstBlock, Math.min(regionBlocks, this.config.blocks - firstBlock)));
-      this.primaryWrite(seq, () => undefined);
-      run.pending.set(seq, region);
-      run.pendingRegions.add(region);
-      this.resyncCounts.regions += 1;
-      // Appending may have changed the peer's state (it is never dropped by an append while streaming).
-      if (state.run !== run) return;
-    }
-    if (state.dirty.size === 0) {
-      state.run = null;
-      this.resyncCounts.done += 1;
-      if (this.primaryTally.crashes > 0) this.primaryTally.resyncsDone += 1;
-      this.persistBitmaps();
-      this.trace?.(`${this.queue.now}us resync of ${peer.id} done`);
-      this.source.resyncDone(peer.id);
-      return;
+    const { blocks, resyncRegionBlocks: regionBlocks, resyncInflightMax: inflightMax, resyncRunRegionsMax: runRegionsMax } = this.config;
+    for (let turn = 0; ; turn += 1) {
+      if (turn > blocks + 2) throw new SimFailure(`the resync of ${peer.id} plans without end`);
+      run.plan.durableThrough(this.source.peerStatus(peer.id).durableSeq);
+      // The engine's limits, but for the window: the sim draws it (resyncInflightMax).
+      const runs = run.plan.plan({ inflightMax, runsMax: constants.resyncReadsParallelMax, runRegionsMax, batchRegionsMax: Number.POSITIVE_INFINITY });
+      for (const regions of runs) {
+        // LocalVolume.logCurrent: the regions' current contents, logged in order with live writes.
+        const firstBlock = (regions[0] ?? 0) * regionBlocks;
+        const seq = this.append(this.primary.image.resyncFrame(firstBlock, Math.min(regions.length * regionBlocks, blocks - firstBlock)));
+        this.primaryWrite(seq, () => undefined);
+        run.plan.logged(seq, regions);
+        this.resyncCounts.regions += regions.length;
+        // Appending may have changed the peer's state (it is never dropped by an append while streaming).
+        if (state.run !== run) return;
+      }
+      if (runs.length > 0) continue;
+      const idle = run.plan.idle();
+      if (idle === 'again') continue;
+      if (idle === 'done') {
+        state.run = null;
+        this.resyncCounts.done += 1;
+        if (this.primaryTally.crashes > 0) this.primaryTally.resyncsDone += 1;
+        this.persistBitmaps();
+        this.trace?.(`${this.queue.now}us resync of ${peer.id} done`);
+        this.source.resyncDone(peer.id);
+        return;
+      }
+      break;
     }
     // Ask the peer to make durable what it has stored so far, and look again on FLUSHED or later.
     const { ackedSeq, durableSeq } = this.source.peerStatus(peer.id);
-    this.onSource(this.source.askDurable(peer.id, ackedSeq > durableSeq ? ackedSeq : Math.max(...run.pending.keys())));
+    this.onSource(this.source.askDurable(peer.id, run.plan.flushTarget(ackedSeq, durableSeq)));
     if (state.run !== run) return;
     run.step += 1;
     const step = run.step;
@@ -821,7 +826,10 @@ export class Cluster implements CheckedCluster {
     for (const id of this.config.peers) {
       this.divergedAfterState[id] = Math.min(this.divergedAfterState[id] ?? partsAfter, partsAfter);
       const state = this.resyncOf(id);
-      state.dirty = new Set([...state.persisted, ...replayedRegions]);
+      // Bits set in place: a plan of an earlier resync holds this bitmap, and it is done with.
+      state.dirty.clearAll();
+      state.dirty.include(state.persisted);
+      for (const region of replayedRegions) state.dirty.mark(region * this.config.resyncRegionBlocks * this.config.blockBytes, 1);
       state.run = null;
     }
     this.persistBitmaps();

@@ -146,6 +146,8 @@ export interface SimConfig {
   resyncRegionBlocks: number;
   /** Resync entries logged and not yet durable on the peer, at most. */
   resyncInflightMax: number;
+  /** Consecutive dirty regions one resync entry may carry (the engine's runs). */
+  resyncRunRegionsMax: number;
   fault: Fault | null;
   /** Fixes of src/ the simulation models (none: it does what src/ does). */
   fixes: readonly SrcFix[];
@@ -244,6 +246,7 @@ export function configFromSeed(seed: number, choices: ConfigChoices = {}): SimCo
     resync: choices.resync ?? resync,
     resyncRegionBlocks,
     resyncInflightMax,
+    resyncRunRegionsMax: 1,
     fault: choices.fault ?? null,
     fixes: [...new Set([...srcFixed.filter((fix) => !(choices.withoutFixes ?? []).includes(fix)), ...(choices.fixes ?? [])])],
     eventsMax: 1_000_000,
@@ -262,6 +265,7 @@ export function configFromSeed(seed: number, choices: ConfigChoices = {}): SimCo
     });
   }
   primaryCrashes.sort((a, b) => a.atUs - b.atUs);
+  config.resyncRunRegionsMax = prng.pick([1, 2, 4]);
   // A forced choice of primary crashes brings resync with it (the real primary always resyncs).
   if ((choices.primaryCrashes === true || primaryFault) && choices.resync === undefined) config.resync = true;
   const wanted = primaryFault || (choices.primaryCrashes ?? primaryDrawn);
@@ -300,7 +304,9 @@ export function describeConfig(config: SimConfig): string {
               (crash.imageKeepsLost > 0 ? `, its image keeps lost writes in ${crash.imageKeepsLost} of the blocks` : ''),
           )
           .join(', '),
-    config.resync ? `resync (regions of ${config.resyncRegionBlocks} blocks, ${config.resyncInflightMax} in flight)` : 'no resync',
+    config.resync
+      ? `resync (regions of ${config.resyncRegionBlocks} blocks, ${config.resyncInflightMax} in flight, up to ${config.resyncRunRegionsMax} a run)`
+      : 'no resync',
     ...(config.fault === null ? [] : [`fault ${config.fault}`]),
     ...(config.fixes.length === 0 ? [] : [`modelled fixes ${config.fixes.join(',')}`]),
   ].join('; ');
