@@ -3,11 +3,7 @@
 # (unit, codec and fuzz, integration with real processes, interop with real clients).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/ensure-tools.sh
-# The addon is built again when it is missing or older than any of its sources.
-addon=build/Release/blockmirror_native.node
-if [ ! -f "$addon" ] || [ -n "$(find native binding.gyp -newer "$addon" -print -quit)" ]; then npm run install; fi
-npx --no-install tsc -p tsconfig.json
+bash scripts/prepare.sh
 mapfile -t files < <(find dist/src dist/test -name '*.test.js' | sort)
 # Files run one at a time: the interop tests start servers and clients that each want
 # the machine's two cores. Every test has its own timeout as well.
