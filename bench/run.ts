@@ -1279,7 +1279,7 @@ total latencies (submission and completion, fio's \`--lat_percentiles=1\`). In t
 for the flushes, and a durable write is the two together (the line under the table adds them up). The FUA
 rows come from \`qemu-img bench -w -t writethrough -s 4096\`, which sets FUA on every write (fio's nbd engine
 cannot); it runs a number of writes, not a time, so a probe run of ${FUA_PROBE_WRITES.toLocaleString('en-US')} writes first sizes each run to about
-${fuaSeconds} s. Raw fio JSON for every run is in \`bench/results/\`.
+${fuaSeconds} s. Raw fio JSON for every run is written to \`bench/results/\` on the machine that ran it (not kept in git).
 
 ${text}
 
@@ -1332,7 +1332,7 @@ ${probationMs} ms probation. Node a's status is read every ${figures.pollMs} ms;
 
 ${resyncText(figures)}
 
-Raw fio JSON of the 4k randwrite runs and the figures (\`resync\` in the summary) are in \`bench/results/\`.
+Raw fio JSON of the 4k randwrite runs and the figures (\`resync\` in the summary) are written to \`bench/results/\` (not kept in git).
 `;
 }
 
