@@ -22,6 +22,12 @@
 // logship mode writes are held back once a peer lags by more than `lagBytesMax`), and
 // at most `catchUpBytesMax` more for peers that are away. At most `windowBytesMax` bytes are sent to a peer and not yet
 // acknowledged; the rest waits in the queue.
+//
+// Why one file of this size: it is one state machine. Every transition (an entry
+// appended, a request, an ACK, a connect, a drop, a reset) reads and changes the same
+// per-peer record (sent, acknowledged, durable, held, resync state), and the invariants
+// between those fields are checked in one place; split across files, each part would
+// have to expose that record to the others.
 
 import type { DiskState } from '../protocol/disk-state.js';
 import { assert } from '../lib/assert.js';

@@ -50,6 +50,8 @@ export class FileDisk implements Disk {
     readonly sizeBytes: number,
     readonly path: string,
     private readonly options: FileDiskOptions,
+    /** Where the image was opened (and is closed). */
+    private readonly fileSystem: FileSystem,
   ) {}
 
   /** What fallocate can do on this file system (see probeZeroing). */
@@ -61,7 +63,7 @@ export class FileDisk implements Disk {
    */
   static async openProbed(path: string, sizeBytes: number, options: FileDiskOptions): Promise<FileDisk> {
     const disk = FileDisk.open(path, sizeBytes, options);
-    const fileSystem = options.fileSystem ?? new NodeFileSystem();
+    const fileSystem = disk.fileSystem;
     // A scratch file, not durable state: one a crash leaves is emptied by the next probe.
     const probe = `${path}.probe`;
     const fd = fileSystem.create(probe);
@@ -91,7 +93,7 @@ export class FileDisk implements Disk {
       fileSystem.close(fd);
       throw new Error(`${path} is ${actual} bytes, expected ${sizeBytes}`);
     }
-    return new FileDisk(fd, sizeBytes, path, { ...options, fileSystem });
+    return new FileDisk(fd, sizeBytes, path, options, fileSystem);
   }
 
   read(buffer: Buffer, offset: number): Promise<void> {
@@ -206,7 +208,7 @@ export class FileDisk implements Disk {
     if (this.closed) return Promise.resolve();
     this.closed = true;
     try {
-      (this.options.fileSystem ?? new NodeFileSystem()).close(this.fd);
+      this.fileSystem.close(this.fd);
       return Promise.resolve();
     } catch (error) {
       return Promise.reject(error as Error);

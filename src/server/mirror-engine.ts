@@ -12,6 +12,13 @@
 // taken to need a resync, and `divergedAfter` keeps, per peer, the sequence number this
 // node recovered to: at the peer's reset it names the regions of the entries it holds
 // past it, and they are resent too.
+//
+// Why one file of this size: it performs MirrorSource's actions and also still makes
+// decisions of its own that belong in a pure core (links and reconnect back-off, bitmap
+// marking and persisting, catch-up from the log, verify plumbing). The resync plan has
+// already moved out (src/core/resync-run.ts); the rest moves into the replica core
+// (docs/architecture.md, "Known gaps"), leaving this module an action runner. The
+// sections below keep the jobs apart.
 
 import path from 'node:path';
 import crypto from 'node:crypto';

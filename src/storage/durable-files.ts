@@ -25,21 +25,7 @@ import { assert } from '../lib/assert.js';
 import { NodeFileSystem, type FileKind, type FileSystem } from '../io/file-system.js';
 
 /** The operations that change durable state, as crash points name them. */
-export type FileOperation =
-  | 'log-create'
-  | 'log-recreate'
-  | 'log-set-aside'
-  | 'log-superblock'
-  | 'log-tidy'
-  | 'trail'
-  | 'bitmap'
-  | 'intent'
-  | 'mirror-state'
-  | 'volume-create'
-  | 'incarnation'
-  | 'config';
-
-export const fileOperations: readonly FileOperation[] = [
+export const fileOperations = [
   'log-create',
   'log-recreate',
   'log-set-aside',
@@ -52,7 +38,9 @@ export const fileOperations: readonly FileOperation[] = [
   'volume-create',
   'incarnation',
   'config',
-];
+] as const;
+
+export type FileOperation = (typeof fileOperations)[number];
 
 export interface CrashPoint {
   operation: FileOperation;
@@ -63,9 +51,9 @@ export interface CrashPoint {
 /** Parses `<operation>:<n>` (BLOCKMIRROR_CRASH_POINT); throws a message naming what is wrong. */
 export function parseCrashPoint(text: string): CrashPoint {
   const match = /^([a-z-]+):(\d+)$/.exec(text.trim());
-  const operation = match?.[1] as FileOperation | undefined;
+  const operation = fileOperations.find((known) => known === match?.[1]);
   const afterMutations = Number(match?.[2]);
-  if (operation === undefined || !fileOperations.includes(operation) || !(afterMutations >= 1)) {
+  if (operation === undefined || !(afterMutations >= 1)) {
     throw new Error(`BLOCKMIRROR_CRASH_POINT: "${text}" is not <operation>:<n> with n >= 1 and an operation of ${fileOperations.join(', ')}`);
   }
   return { operation, afterMutations };
@@ -111,11 +99,6 @@ export class DurableFiles {
   sizeOf(file: string): number | null {
     const stat = this.fs.stat(file);
     return stat?.kind === 'file' ? stat.sizeBytes : null;
-  }
-
-  /** The names in a directory ([] when there is none). */
-  list(dir: string): string[] {
-    return this.kind(dir) === 'directory' ? this.fs.readdir(dir) : [];
   }
 
   /** Opens an existing file of the data path (the log's partitions, a volume image). */

@@ -107,7 +107,7 @@ export async function openVolumeStorage(options: VolumeStorageOptions): Promise<
     if (role === 'primary') {
       opened = await openPrimaryLog(logOptions, apply, config.name);
     } else {
-      ({ opened, setAside } = await openReplicaLog(logOptions, apply, created));
+      ({ opened, setAside } = await openReplicaLog(files, logOptions, apply, created));
     }
   } catch (error) {
     await disk.close();
@@ -153,12 +153,11 @@ async function openPrimaryLog(options: LogOptions, apply: (header: Parameters<ty
  * so a damaged or missing log is set aside and replaced by one that asks for a full resync.
  */
 async function openReplicaLog(
+  files: DurableFiles,
   options: LogOptions,
   apply: (header: Parameters<typeof applyEntry>[1], payload: Buffer) => Promise<void>,
   imageCreated: boolean,
 ): Promise<{ opened: { log: WriteLog; recovery: RecoveryReport }; setAside: string | null }> {
-  const files = options.files;
-  if (files === undefined) throw new Error('a replica log is opened with its files');
   WriteLog.settle(options);
   if (files.kind(options.dir) === null && !imageCreated) {
     // The image was written before (by an earlier start), so its log must have been too.
