@@ -11,7 +11,7 @@
 
 import { assert } from '../lib/assert.js';
 
-/** The dirty bitmap as the plan sees it (storage/dirty-bitmap.ts is one). */
+/** The dirty bitmap as the plan sees it (dirty-bitmap.ts is one). */
 export interface RegionBitmap {
   readonly regions: number;
   readonly dirtyRegions: number;

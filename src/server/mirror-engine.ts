@@ -1,24 +1,18 @@
 // The mirror engine of one volume on its primary node (docs/architecture.md): it taps
 // the volume's write log, sends every entry to each peer over that peer's connections,
 // and holds a client's reply until the peers have what the volume's mode requires.
-// The decisions are MirrorSource's (src/core/mirror-source.ts); this module does the
-// I/O they call for: sockets, the reconnect timer, and the small state file that
-// remembers which peers can only come back through a resync.
+// The decisions are MirrorSource's (src/core/mirror-source.ts): who streams, catches up
+// or resyncs, and when a reply may leave; and MirrorLedger's (src/core/mirror-ledger.ts):
+// what each peer may lack (the dirty bitmaps) and how the last run ended (the state file
+// `<dataDir>/mirror/<volume>.json`). This module does the I/O they call for: sockets, the
+// reconnect timer, and the files.
 //
-// State file `<dataDir>/mirror/<volume>.json`: `cleanStopSeq` is the log's last sequence
-// number at a clean stop (null while running), and `resyncNeeded` lists peers that
-// missed writes. After a start that was not clean, entries a peer holds may differ from
-// ours under the same sequence numbers (ours were lost in the crash), so every peer is
-// taken to need a resync, and `divergedAfter` keeps, per peer, the sequence number this
-// node recovered to: at the peer's reset it names the regions of the entries it holds
-// past it, and they are resent too.
-//
-// Why one file of this size: it performs MirrorSource's actions and also still makes
-// decisions of its own that belong in a pure core (links and reconnect back-off, bitmap
-// marking and persisting, catch-up from the log, verify plumbing). The resync plan has
-// already moved out (src/core/resync-run.ts); the rest moves into the replica core
-// (docs/architecture.md, "Known gaps"), leaving this module an action runner. The
-// sections below keep the jobs apart.
+// Why one file of this size: it performs MirrorSource's and MirrorLedger's actions and
+// also still makes decisions of its own that belong in a pure core (links and reconnect
+// back-off, catch-up from the log, the resync loop's pacing, verify plumbing). The resync
+// plan (src/core/resync-run.ts) and the bitmaps (src/core/mirror-ledger.ts) have moved
+// out; the rest moves into the replica core (docs/architecture.md, "Known gaps"),
+// leaving this module an action runner. The sections below keep the jobs apart.
 
 import path from 'node:path';
 import crypto from 'node:crypto';
@@ -29,24 +23,18 @@ import { BlockmirrorError } from '../lib/errors.js';
 import type { Logger } from '../lib/log.js';
 import { MirrorSource, type DiskState, type PeerStatus, type SourceAction } from '../core/mirror-source.js';
 import { encodeEntryFrame, encodeFrame, type PeerMessage } from '../protocol/peer/frames.js';
-import { DirtyBitmap } from '../storage/dirty-bitmap.js';
+import type { DirtyBitmap } from '../core/dirty-bitmap.js';
+import { MirrorLedger, encodeMirrorRecord, parseMirrorRecord, type LedgerAction } from '../core/mirror-ledger.js';
 import { EntryType } from '../protocol/log-entry.js';
 import type { LocalVolume, MirrorGate } from '../storage/local-volume.js';
 import type { WriteLog } from '../storage/write-log.js';
 import { WriteIntent } from '../storage/write-intent.js';
 import type { DurableFiles } from '../storage/durable-files.js';
 import { ResyncController } from '../core/resync-controller.js';
-import { ResyncRun } from '../core/resync-run.js';
 import { OnlineVerify, type VerifyReport } from './online-verify.js';
 import { connectAsSource, PeerLink } from './peer-link.js';
 
 type Frame = Buffer[];
-
-interface MirrorState {
-  cleanStopSeq: number | null;
-  resyncNeeded: string[];
-  divergedAfter: Record<string, number>;
-}
 
 /** One peer's connection array and reconnect schedule. */
 interface PeerLinks {
@@ -59,18 +47,12 @@ interface PeerLinks {
   attempts: number;
   timer: NodeJS.Timeout | null;
   lastProblem: string;
-  /** Regions the peer may lack, written to `bitmapFile` at every consistency point. */
-  bitmap: DirtyBitmap;
-  bitmapFile: string;
-  bitmapChanged: boolean;
   /** Wakes a resync waiting for the peer to make regions durable. */
   progress: (() => void) | null;
   /** The resync under way: when it started and how much it had to send. */
   resyncStart: { atMs: number; bytes: number } | null;
   /** Bytes the peer named (DIVERGED) since the RESET just sent. */
   divergedReported: number;
-  /** Its bitmap file holds marks of entries it had not made durable (rewritten until it does). */
-  unsyncedOnDisk: boolean;
 }
 
 export interface MirrorPeerStatus extends PeerStatus {
@@ -86,17 +68,11 @@ export class MirrorEngine implements MirrorGate {
   private readonly waiters = new Map<number, { resolve: () => void; reject: (error: Error) => void }>();
   private nextToken = 1;
   private readonly stateFile: string;
-  private state: MirrorState;
+  /** What each peer may lack, and the state file. */
+  private readonly ledger: MirrorLedger;
   private stopped = false;
   private readonly secret: Buffer;
   private verifyRun: OnlineVerify | null = null;
-  /**
-   * Regions of the entries placed in each stretch between two bitmap writes (`upTo`: the
-   * last entry of the stretch), until every peer in sync has made them durable; and the
-   * stretch being written now.
-   */
-  private unsyncedGenerations: { upTo: number; regions: DirtyBitmap }[] = [];
-  private openGeneration: DirtyBitmap;
   private readonly intent: WriteIntent;
   /** Without resync.rateMax: how many regions a resync may have in flight, from client latency. */
   private readonly resyncControl = new ResyncController({
@@ -140,19 +116,22 @@ export class MirrorEngine implements MirrorGate {
     assert(volume.mode !== 'local');
     this.secret = Buffer.from(cluster.secret, 'utf8');
     this.stateFile = path.join(local.dataDir, 'mirror', `${volume.name}.json`);
-    const previous = readState(files, this.stateFile);
     const peerIds = volume.replicas.filter((id) => id !== local.id);
-    const clean = previous === null ? lastSeq === 0 : previous.cleanStopSeq === lastSeq;
-    const resyncNeeded = clean ? (previous?.resyncNeeded ?? []) : peerIds;
-    if (!clean) {
-      log.warn('volume did not stop cleanly: its peers need a resync before they count again', { peers: peerIds.join(',') });
-    }
-    const divergedAfter: Record<string, number> = { ...(previous?.divergedAfter ?? {}) };
-    if (!clean) for (const id of peerIds) divergedAfter[id] = Math.min(divergedAfter[id] ?? recoveredSeq, recoveredSeq);
-    this.state = { cleanStopSeq: null, resyncNeeded: [...resyncNeeded], divergedAfter };
-    // Durable before the first write: a crash from now on is an unclean stop.
-    files.makeDir(path.dirname(this.stateFile), 'mirror-state');
-    this.saveState();
+    const stateData = files.read(this.stateFile);
+    const intentFile = path.join(local.dataDir, 'mirror', `${volume.name}.intent`);
+    this.ledger = new MirrorLedger({
+      peers: peerIds,
+      sizeBytes: volume.sizeBytes,
+      regionBytes: cluster.resync.regionBytes,
+      lastSeq,
+      recoveredSeq,
+      record: stateData === null ? null : parseMirrorRecord(stateData),
+      bitmaps: new Map(peerIds.map((id) => [id, files.read(this.bitmapFile(id))])),
+      replayed,
+      intent: WriteIntent.load(files, intentFile, volume.sizeBytes, constants.writeIntentExtentBytes),
+      unsyncedGenerationsMax: constants.unsyncedGenerationsMax,
+    });
+    for (const { message, fields } of this.ledger.warnings) log.warn(message, fields);
     this.core = new MirrorSource<Frame>({
       mode: volume.mode,
       strict: volume.strict,
@@ -162,17 +141,13 @@ export class MirrorEngine implements MirrorGate {
       windowBytesMax: constants.mirrorWindowBytesMax,
       catchUpBytesMax: constants.mirrorCatchUpBytesMax,
       resync: true,
-      resyncNeeded,
-      divergedAfter,
+      resyncNeeded: [...this.ledger.resyncNeeded],
+      divergedAfter: { ...this.ledger.divergedAfter },
       logCatchUp: cluster.log.retentionBytesMax > 0,
     });
     for (const id of peerIds) {
       const node = cluster.nodes.find((candidate) => candidate.id === id);
       assert(node !== undefined, `replica ${id} is not a node`);
-      const bitmapFile = path.join(local.dataDir, 'mirror', `${volume.name}.${id}.bitmap`);
-      const bitmap = this.loadBitmap(bitmapFile, resyncNeeded.includes(id));
-      // After a crash, the entries replayed here may differ from what the peer holds.
-      if (!clean && replayed !== null) bitmap.include(replayed);
       this.peers.set(id, {
         node,
         links: [],
@@ -182,65 +157,36 @@ export class MirrorEngine implements MirrorGate {
         attempts: 0,
         timer: null,
         lastProblem: '',
-        bitmap,
-        bitmapFile,
-        bitmapChanged: true,
         progress: null,
         resyncStart: null,
         divergedReported: 0,
-        unsyncedOnDisk: false,
       });
     }
-    this.openGeneration = new DirtyBitmap(volume.sizeBytes, cluster.resync.regionBytes);
-    // After a crash, the volume file may hold writes whose entries the log lost anywhere the
-    // write-intent record names: those extents count as out of sync for every peer.
-    const intentFile = path.join(local.dataDir, 'mirror', `${volume.name}.intent`);
-    const previousIntent = WriteIntent.load(files, intentFile, volume.sizeBytes, constants.writeIntentExtentBytes);
-    if (!clean && previousIntent !== null) {
-      if (!previousIntent.readable) log.warn('write-intent record unreadable: every region counts as out of sync', { file: intentFile });
-      for (const peer of this.peers.values()) {
-        for (let extent = previousIntent.extents.nextDirty(0); extent !== -1; extent = previousIntent.extents.nextDirty(extent + 1)) {
-          const offset = extent * constants.writeIntentExtentBytes;
-          this.markLacking(peer, offset, Math.min(constants.writeIntentExtentBytes, volume.sizeBytes - offset));
-        }
-      }
-    }
-    this.persistBitmaps();
-    // Only now (the marks durable) may the record start afresh.
+    // Durable before the first write: the record (a crash from now on is an unclean stop)
+    // and the bitmaps; only then may the write-intent record start afresh.
+    files.makeDir(path.dirname(this.stateFile), 'mirror-state');
+    this.apply(this.ledger.attach(this.core));
     this.intent = new WriteIntent(files, intentFile, volume.sizeBytes, constants.writeIntentExtentBytes);
+  }
+
+  private bitmapFile(peer: string): string {
+    return path.join(this.local.dataDir, 'mirror', `${this.volume.name}.${peer}.bitmap`);
+  }
+
+  /** Writes what the ledger asks for, at once and in order (atomically and durably). */
+  private apply(actions: LedgerAction[]): void {
+    for (const action of actions) {
+      if (action.kind === 'write-record') this.files.replaceFile(this.stateFile, encodeMirrorRecord(action.record), 'mirror-state');
+      else this.files.replaceFile(this.bitmapFile(action.peer), action.bitmap.encode(), 'bitmap');
+    }
   }
 
   private resyncProgress(peer: PeerLinks | undefined): MirrorPeerStatus['resync'] {
     if (peer?.resyncStart == null) return null;
-    const remainingBytes = peer.bitmap.dirtyBytes;
+    const remainingBytes = this.ledger.dirtyBytes(peer.node.id);
     const elapsedSeconds = Math.max(0.001, (Date.now() - peer.resyncStart.atMs) / 1000);
     const rateBytesPerSec = Math.max(0, Math.round((peer.resyncStart.bytes - remainingBytes) / elapsedSeconds));
     return { remainingBytes, rateBytesPerSec, etaSeconds: rateBytesPerSec > 0 ? Math.ceil(remainingBytes / rateBytesPerSec) : null };
-  }
-
-  private divergedAfterState(): Record<string, number> {
-    const out: Record<string, number> = {};
-    for (const id of this.peers.keys()) {
-      const seq = this.core.divergedAfter(id);
-      if (seq !== null) out[id] = seq;
-    }
-    return out;
-  }
-
-  /** Writes the state file (atomically and durably). */
-  private saveState(): void {
-    this.files.replaceFile(this.stateFile, JSON.stringify(this.state, null, 2) + '\n', 'mirror-state');
-  }
-
-  private loadBitmap(file: string, resyncNeeded: boolean): DirtyBitmap {
-    const empty = new DirtyBitmap(this.volume.sizeBytes, this.cluster.resync.regionBytes);
-    const data = this.files.read(file);
-    const loaded = data === null ? null : DirtyBitmap.decode(data, this.volume.sizeBytes, this.cluster.resync.regionBytes);
-    if (loaded !== null) return loaded;
-    // No usable record of what the peer lacks: a peer that needs a resync needs all of it.
-    if (data !== null) this.log.warn('dirty bitmap unreadable: every region counts as out of sync', { file });
-    if (data !== null || resyncNeeded) empty.markAll();
-    return empty;
   }
 
   /**
@@ -248,51 +194,13 @@ export class MirrorEngine implements MirrorGate {
    * before it is recorded: marks for entries the CP covers must not depend on the log.
    */
   persistBitmaps(): void {
-    this.closeUnsyncedGeneration();
     // Extents whose writes are all durable in the log (or covered by a CP) leave the
     // write-intent record (during construction there is none yet).
     if (this.intent !== undefined) {
       const log = this.entries.status();
       this.intent.cool(Math.max(log.durableSeq, log.cpSeq));
     }
-    for (const peer of this.peers.values()) {
-      const status = this.core.peerStatus(peer.node.id);
-      // A peer in sync may lack, should this node crash, the entries it has not made durable
-      // (those a CP covers are not replayed here after a crash): the file marks them too.
-      const durable = Math.max(status.durableSeq, status.syncedSeq);
-      const unsynced = this.core.isInSync(peer.node.id) ? this.unsyncedGenerations.filter((generation) => generation.upTo > durable) : [];
-      if (!peer.bitmapChanged && unsynced.length === 0 && !peer.unsyncedOnDisk) continue;
-      let written = peer.bitmap;
-      if (unsynced.length > 0) {
-        written = peer.bitmap.clone();
-        for (const generation of unsynced) written.include(generation.regions);
-      }
-      this.files.replaceFile(peer.bitmapFile, written.encode(), 'bitmap');
-      peer.bitmapChanged = false;
-      peer.unsyncedOnDisk = unsynced.length > 0;
-    }
-  }
-
-  /**
-   * Closes the generation of regions written since the last one (at every bitmap write),
-   * and lets go of those every peer in sync has made durable. At most
-   * `unsyncedGenerationsMax` are kept: the oldest merge.
-   */
-  private closeUnsyncedGeneration(): void {
-    const closed = this.openGeneration;
-    this.openGeneration = new DirtyBitmap(this.volume.sizeBytes, this.cluster.resync.regionBytes);
-    if (closed.dirtyRegions > 0) this.unsyncedGenerations.push({ upTo: this.core.lastSeq, regions: closed });
-    const inSync = [...this.peers.keys()].filter((id) => this.core.isInSync(id));
-    const durable = Math.min(...inSync.map((id) => Math.max(this.core.peerStatus(id).durableSeq, this.core.peerStatus(id).syncedSeq)));
-    // Peers not in sync have their own marks (written while away, or lacking at their drop).
-    while (this.unsyncedGenerations.length > 0 && (inSync.length === 0 || (this.unsyncedGenerations[0]?.upTo ?? 0) <= durable)) {
-      this.unsyncedGenerations.shift();
-    }
-    while (this.unsyncedGenerations.length > constants.unsyncedGenerationsMax) {
-      const oldest = this.unsyncedGenerations.shift();
-      const next = this.unsyncedGenerations[0];
-      if (oldest !== undefined && next !== undefined) next.regions.include(oldest.regions);
-    }
+    this.apply(this.ledger.persist());
   }
 
   /**
@@ -304,24 +212,24 @@ export class MirrorEngine implements MirrorGate {
    */
   private async resync(peer: PeerLinks, session: number): Promise<void> {
     const id = peer.node.id;
-    const regionBytes = peer.bitmap.regionBytes;
+    const regionBytes = this.cluster.resync.regionBytes;
     // Consecutive dirty regions go out as one entry, up to this many.
     const runRegionsMax = Math.max(1, Math.floor(Math.min(constants.resyncEntryBytesMax, this.entries.entryPayloadBytesMax) / regionBytes));
-    const plan = new ResyncRun(peer.bitmap);
+    const plan = this.ledger.resyncPlan(id);
     const startedMs = Date.now();
-    const startBytes = peer.bitmap.dirtyBytes;
+    const startBytes = this.ledger.dirtyBytes(id);
     const rateMax = this.cluster.resync.rateBytesPerSecMax;
     let sentBytes = 0;
     const live = (): boolean =>
       !this.stopped && peer.up && peer.session === session && this.core.peerStatus(id).replication === 'resyncing';
-    this.log.info('resync started', { peer: id, regions: peer.bitmap.dirtyRegions, bytes: startBytes });
+    this.log.info('resync started', { peer: id, regions: this.ledger.bitmap(id).dirtyRegions, bytes: startBytes });
     peer.resyncStart ??= { atMs: startedMs, bytes: startBytes };
     while (live()) {
       if (rateMax === 0 && Date.now() - this.resyncControlTickMs >= constants.resyncControlIntervalMs) {
         this.resyncControlTickMs = Date.now();
         this.resyncControl.tick();
       }
-      if (plan.durableThrough(this.core.peerStatus(id).durableSeq) > 0) peer.bitmapChanged = true;
+      plan.durableThrough(this.core.peerStatus(id).durableSeq);
       const runs = plan.plan({
         // Capped by the rate, or by the controller that keeps client requests responsive.
         inflightMax: rateMax > 0 ? constants.resyncRegionsInflightMax : this.resyncControl.limit,
@@ -356,9 +264,7 @@ export class MirrorEngine implements MirrorGate {
       if (idle === 'again') continue;
       if (idle === 'done') {
         this.core.resyncDone(id);
-        this.state.resyncNeeded = this.state.resyncNeeded.filter((other) => other !== id);
-        this.saveState();
-        this.persistBitmaps();
+        this.apply(this.ledger.resyncDone(id));
         this.log.info('resync done', { peer: id, bytes: startBytes, ms: Date.now() - startedMs });
         peer.resyncStart = null;
         return;
@@ -378,7 +284,7 @@ export class MirrorEngine implements MirrorGate {
       peer.progress = null;
     }
     peer.resyncStart = null;
-    this.log.warn('resync interrupted', { peer: id, bytesLeft: peer.bitmap.dirtyBytes });
+    this.log.warn('resync interrupted', { peer: id, bytesLeft: this.ledger.dirtyBytes(id) });
   }
 
   /**
@@ -448,7 +354,7 @@ export class MirrorEngine implements MirrorGate {
     try {
       await this.entries.syncTo(toSeq);
       for await (const entry of this.entries.readRange(fromSeq, toSeq)) {
-        if (entry.fields.type !== EntryType.CONSISTENCY_POINT) this.markLacking(peer, entry.fields.offset, entry.fields.lengthBytes);
+        if (entry.fields.type !== EntryType.CONSISTENCY_POINT) this.ledger.lacks(peer.node.id, entry.fields.offset, entry.fields.lengthBytes);
       }
     } catch (error) {
       this.log.warn('entries a dropped peer had not made durable cannot be read back: every region counts as out of sync for it', {
@@ -457,7 +363,7 @@ export class MirrorEngine implements MirrorGate {
         toSeq,
         error: String(error),
       });
-      this.markAllLacking(peer);
+      this.ledger.lacksAll(peer.node.id);
     } finally {
       this.readPins.delete(pin);
     }
@@ -468,27 +374,6 @@ export class MirrorEngine implements MirrorGate {
     const peer = this.peers.get(id);
     assert(peer !== undefined, `unknown peer ${id}`);
     return peer;
-  }
-
-  /** Nothing about the peer's copy can be trusted: every region is to be resent. */
-  private markAllLacking(peer: PeerLinks): void {
-    peer.bitmap.markAll();
-    peer.bitmapChanged = true;
-  }
-
-  private markLacking(peer: PeerLinks, offset: number, lengthBytes: number): void {
-    if (lengthBytes <= 0) return;
-    peer.bitmap.mark(offset, lengthBytes);
-    peer.bitmapChanged = true;
-  }
-
-  /** A peer that streams and is up to date lacks nothing. */
-  private clearIfCurrent(peer: PeerLinks): void {
-    if (peer.bitmap.dirtyRegions === 0) return;
-    const status = this.core.peerStatus(peer.node.id);
-    if (status.replication !== 'streaming' || status.disk !== 'up-to-date') return;
-    peer.bitmap.clearAll();
-    peer.bitmapChanged = true;
   }
 
   start(): void {
@@ -539,12 +424,7 @@ export class MirrorEngine implements MirrorGate {
     const marker = fields.type === EntryType.CONSISTENCY_POINT;
     const offset = marker ? 0 : fields.offset;
     const lengthBytes = marker ? 0 : fields.lengthBytes;
-    // A peer that does not get this entry now will lack its regions; one that does lacks
-    // them, should this node crash, until it has made the entry durable.
-    for (const peer of this.peers.values()) {
-      if (!this.core.isInSync(peer.node.id)) this.markLacking(peer, offset, lengthBytes);
-    }
-    this.openGeneration.mark(offset, lengthBytes);
+    this.ledger.placed(offset, lengthBytes);
     this.run(this.core.appended({ seq, bytes, offset, lengthBytes, frame }));
   }
 
@@ -613,7 +493,7 @@ export class MirrorEngine implements MirrorGate {
   status(): MirrorPeerStatus[] {
     return this.core.status().map((peer) => ({
       ...peer,
-      outOfSyncBytes: peer.disk === 'up-to-date' ? 0 : (this.peers.get(peer.peer)?.bitmap.dirtyBytes ?? this.volume.sizeBytes),
+      outOfSyncBytes: peer.disk === 'up-to-date' ? 0 : this.ledger.dirtyBytes(peer.peer),
       resync: this.resyncProgress(this.peers.get(peer.peer)),
       connections: (this.peers.get(peer.peer)?.links ?? []).map((link) => ({ state: link.state, lastHeartbeatMs: link.lastHeartbeatMs })),
     }));
@@ -630,9 +510,6 @@ export class MirrorEngine implements MirrorGate {
         await new Promise((resolve) => setTimeout(resolve, 10));
       }
     }
-    // The peers have taken the final CP: the bitmap files no longer need to mark what they
-    // had not made durable.
-    if (finalSeq !== null) this.persistBitmaps();
     this.stopped = true;
     for (const peer of this.peers.values()) {
       if (peer.timer !== null) clearTimeout(peer.timer);
@@ -640,13 +517,10 @@ export class MirrorEngine implements MirrorGate {
     }
     for (const waiter of this.waiters.values()) waiter.reject(new BlockmirrorError('ERR_VOLUME_IO', 'node stopping'));
     this.waiters.clear();
+    // The peers have taken the final CP: the bitmap files no longer need to mark what they
+    // had not made durable, and the record names the clean stop.
     if (finalSeq !== null) {
-      this.state = {
-        cleanStopSeq: finalSeq,
-        resyncNeeded: this.core.status().filter((peer) => peer.resyncNeeded).map((peer) => peer.peer),
-        divergedAfter: this.divergedAfterState(),
-      };
-      this.saveState();
+      this.apply(this.ledger.cleanStop(finalSeq, this.core.status().filter((peer) => peer.resyncNeeded).map((peer) => peer.peer)));
     }
   }
 
@@ -671,20 +545,15 @@ export class MirrorEngine implements MirrorGate {
         whileHeld: (offset, lengthBytes, use) => this.regions.whileHeld(offset, lengthBytes, use),
         askDigest: (node, seq, offset, lengthBytes) => this.askDigest(node, seq, offset, lengthBytes),
         markOutOfSync: (node, offset, lengthBytes) => {
-          const peer = this.peerLinks(node);
+          this.peerLinks(node);
           this.core.outOfSync(node);
-          this.markLacking(peer, offset, lengthBytes);
-          this.persistBitmaps();
-          if (!this.state.resyncNeeded.includes(node)) {
-            this.state.resyncNeeded.push(node);
-            this.saveState();
-          }
+          this.apply(this.ledger.outOfSync(node, offset, lengthBytes));
         },
         repair: async (node) => {
           const peer = this.peers.get(node);
           if (peer === undefined || !peer.up || !this.core.repair(node)) return false;
-          this.log.warn('repairing the regions verify found different', { peer: node, bytes: peer.bitmap.dirtyBytes });
-          peer.resyncStart = { atMs: Date.now(), bytes: peer.bitmap.dirtyBytes };
+          this.log.warn('repairing the regions verify found different', { peer: node, bytes: this.ledger.dirtyBytes(node) });
+          peer.resyncStart = { atMs: Date.now(), bytes: this.ledger.dirtyBytes(node) };
           await this.resync(peer, peer.session);
           return this.core.peerStatus(node).disk === 'up-to-date';
         },
@@ -808,7 +677,7 @@ export class MirrorEngine implements MirrorGate {
       if (replication === 'streaming' || replication === 'catching-up') {
         this.log.info(replication === 'streaming' ? 'peer streaming' : 'peer catching up', { peer: peer.node.id, fromSeq: ready.lastSeq + 1 });
       }
-      this.clearIfCurrent(peer);
+      this.ledger.clearIfCurrent(peer.node.id);
     });
   }
 
@@ -846,7 +715,7 @@ export class MirrorEngine implements MirrorGate {
     switch (message.type) {
       case 'ack':
         this.run(this.core.acked(id, message.seq, message.status));
-        this.clearIfCurrent(peer);
+        this.ledger.clearIfCurrent(id);
         peer.progress?.();
         return;
       case 'flushed':
@@ -877,20 +746,15 @@ export class MirrorEngine implements MirrorGate {
           link.close('protocol error: DIVERGED');
           return;
         }
-        if (message.all) this.markAllLacking(peer);
-        for (const extent of message.extents) this.markLacking(peer, extent.offset, extent.lengthBytes);
-        peer.divergedReported += message.all ? this.volume.sizeBytes : message.extents.reduce((sum, extent) => sum + extent.lengthBytes, 0);
+        peer.divergedReported += this.ledger.diverged(id, message.all, message.extents);
         return;
       }
       case 'reset-done': {
         // What it named is durable here before this node forgets where its history was cut.
-        this.persistBitmaps();
+        this.apply(this.ledger.beforeResetDone());
         const reported = peer.divergedReported;
         this.run(this.core.resetDone(id, message.seq, message.status));
-        if (this.state.divergedAfter[id] !== undefined && this.core.divergedAfter(id) === null) {
-          this.state.divergedAfter = this.divergedAfterState();
-          this.saveState();
-        }
+        this.apply(this.ledger.afterResetDone(id));
         if (reported > 0) this.log.warn('peer held writes this node lost in a crash; their regions are resent', { peer: id, bytes: reported });
         if (!this.core.isInSync(id)) return;
         void this.resync(peer, peer.session);
@@ -927,11 +791,7 @@ export class MirrorEngine implements MirrorGate {
         case 'peer-dropped': {
           const peer = this.peerLinks(action.peer);
           // What it may lack: entries in flight or queued for it, or everything.
-          if (action.full) this.markAllLacking(peer);
-          for (const entry of action.lost) this.markLacking(peer, entry.offset, entry.lengthBytes ?? 0);
-          // At once, not at the next CP: a CP already under way may cover these entries, and
-          // after a crash the log would no longer replay (and so mark) them.
-          this.persistBitmaps();
+          this.apply(this.ledger.peerDropped(action.peer, action.full, action.lost.map((entry) => ({ offset: entry.offset, lengthBytes: entry.lengthBytes ?? 0 }))));
           if (action.unsynced !== null) void this.markUnsynced(peer, action.unsynced.fromSeq, action.unsynced.toSeq);
           this.dropped(action.peer, action.disk, action.reason);
           break;
@@ -946,20 +806,13 @@ export class MirrorEngine implements MirrorGate {
         }
         case 'reset-peer': {
           const peer = this.peerLinks(action.peer);
-          if (action.full) {
-            this.markAllLacking(peer);
-            this.persistBitmaps();
-          }
-          if (!this.state.resyncNeeded.includes(action.peer)) {
-            this.state.resyncNeeded.push(action.peer);
-            this.saveState();
-          }
+          this.apply(this.ledger.resetPeer(action.peer, action.full));
           this.log.warn('peer needs a resync: it restarts its log here and is sent the regions it lacks', {
             peer: action.peer,
             fromSeq: action.seq,
-            bytes: peer.bitmap.dirtyBytes,
+            bytes: this.ledger.dirtyBytes(action.peer),
           });
-          peer.resyncStart = { atMs: Date.now(), bytes: peer.bitmap.dirtyBytes };
+          peer.resyncStart = { atMs: Date.now(), bytes: this.ledger.dirtyBytes(action.peer) };
           peer.divergedReported = 0;
           peer.links[0]?.send(encodeFrame({ type: 'reset', seq: action.seq, reportAfter: action.reportAfter }));
           break;
@@ -970,12 +823,7 @@ export class MirrorEngine implements MirrorGate {
 
   private dropped(id: string, disk: DiskState, reason: string): void {
     const peer = this.peerLinks(id);
-    const needsResync = this.core.peerStatus(id).resyncNeeded;
     this.log.error('replica no longer counts for this volume', { peer: id, disk, reason, strict: this.volume.strict });
-    if (needsResync && !this.state.resyncNeeded.includes(id)) {
-      this.state.resyncNeeded.push(id);
-      this.saveState();
-    }
     // A drop while the links are up comes from the core (a bad reply, or a peer that
     // cannot be taken back); a drop because the links went down is linkLost's to handle.
     if (!peer.up) return;
@@ -984,26 +832,6 @@ export class MirrorEngine implements MirrorGate {
     peer.links = [];
     this.failDigests(id, `dropped: ${reason}`);
     this.retry(peer, reason);
-  }
-}
-
-function readState(files: DurableFiles, file: string): MirrorState | null {
-  const data = files.read(file);
-  if (data === null) return null;
-  try {
-    const parsed = JSON.parse(data.toString('utf8')) as Partial<MirrorState>;
-    const divergedAfter: Record<string, number> = {};
-    if (typeof parsed.divergedAfter === 'object' && parsed.divergedAfter !== null) {
-      for (const [id, seq] of Object.entries(parsed.divergedAfter)) if (Number.isSafeInteger(seq) && seq >= 0) divergedAfter[id] = seq;
-    }
-    return {
-      cleanStopSeq: typeof parsed.cleanStopSeq === 'number' ? parsed.cleanStopSeq : null,
-      resyncNeeded: Array.isArray(parsed.resyncNeeded) ? parsed.resyncNeeded.filter((id): id is string => typeof id === 'string') : [],
-      divergedAfter,
-    };
-  } catch {
-    // An unreadable state file says nothing about a clean stop: treat it as unclean.
-    return { cleanStopSeq: null, resyncNeeded: [], divergedAfter: {} };
   }
 }
 

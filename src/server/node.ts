@@ -13,7 +13,7 @@ import type { ExportLookup } from '../protocol/nbd/negotiation.js';
 import { IoActivity } from '../io/file-io.js';
 import { holdBusyPoll } from '../io/busy-poll.js';
 import type { LocalVolume } from '../storage/local-volume.js';
-import { DirtyBitmap } from '../storage/dirty-bitmap.js';
+import { DirtyBitmap } from '../core/dirty-bitmap.js';
 import { DurableFiles } from '../storage/durable-files.js';
 import { openVolumeStorage, restartReplicaLog } from '../storage/volume-store.js';
 import { AdminServer } from './admin.js';

@@ -21,7 +21,7 @@ import type { Logger } from '../lib/log.js';
 import { FileDisk } from '../io/file-disk.js';
 import type { IoActivity } from '../io/file-io.js';
 import type { DurableFiles } from './durable-files.js';
-import type { DirtyBitmap } from './dirty-bitmap.js';
+import type { DirtyBitmap } from '../core/dirty-bitmap.js';
 import { EntryType } from '../protocol/log-entry.js';
 import { applyEntry, LocalVolume } from './local-volume.js';
 import { ReplicaTrail } from './replica-trail.js';

@@ -12,10 +12,10 @@
 // before and every entry written there is durable in the log (so recovery would replay,
 // and mark, it) or covered by a consistency point.
 //
-// File `<dataDir>/mirror/<volume>.intent`: a DirtyBitmap (dirty-bitmap.ts) with one bit
+// File `<dataDir>/mirror/<volume>.intent`: a DirtyBitmap (src/core/dirty-bitmap.ts) with one bit
 // per extent, replaced atomically.
 
-import { DirtyBitmap } from './dirty-bitmap.js';
+import { DirtyBitmap } from '../core/dirty-bitmap.js';
 import type { DurableFiles } from './durable-files.js';
 
 export class WriteIntent {

@@ -16,7 +16,7 @@ import { killAll, makeTempDir, runOk, sleep, startClusterNode, writeClusterConfi
 import { NftPartition } from '../helpers/nft-partition.js';
 import { assertConverged } from '../helpers/mirror-checks.js';
 import { Prng } from '../unit/prng.js';
-import { DirtyBitmap } from '../../src/storage/dirty-bitmap.js';
+import { DirtyBitmap } from '../../src/core/dirty-bitmap.js';
 
 const MiB = 1024 * 1024;
 const dirs: string[] = [];

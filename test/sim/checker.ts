@@ -52,9 +52,9 @@
 // acknowledged and then lost, a crashed peer still reported up to date, entries kept for
 // a peer refused when it came back — are fixed; sim.test.ts replays the seeds that
 // showed them and their reproductions on the core.) Primary crashes found four more,
-// not fixed in src/ (config.ts SrcFix): runs with primary crashes fail on them unless
-// their fixes are modelled (--fix), and still fail on anything else. A violation throws
-// SimFailure; the runner prints the seed that replays it.
+// since fixed in src/; the deliberate faults of config.ts put each back, and
+// sim.test.ts shows that seeds catch them. A violation throws SimFailure; the runner
+// prints the seed that replays it.
 
 import type { MirrorSource } from '../../src/core/mirror-source.js';
 import type { MirrorTarget } from '../../src/core/mirror-target.js';

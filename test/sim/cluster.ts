@@ -14,31 +14,31 @@
 // later, or never; a crash kills a secondary (it keeps only what was durable), the source
 // notices some time later, and the secondary restarts and reconnects with what its
 // recovery found. When it comes back the source decides: catch up from the entries it
-// kept, or (config.resync) a bitmap resync as src/server/mirror-engine.ts runs one —
-// the primary keeps per peer the regions it may lack in a DirtyBitmap (entries appended
-// while it was out, entries the source reports lost when it drops it, everything for a
-// full resync), and after the peer's RESET runs the engine's plan (src/core/resync-run.ts):
-// runs of dirty regions logged with their current contents, each region cleared once the
-// peer has made its entry durable; then it tells the source resyncDone. Without resync
-// such a peer stays out.
+// kept, or (config.resync) a bitmap resync. What each peer may lack, and the state file,
+// are the shipped MirrorLedger's (src/core/mirror-ledger.ts), whose actions write the
+// primary's simulated files (`files`); after the peer's RESET the sim runs the ledger's
+// resync plan (src/core/resync-run.ts) as MirrorEngine.resync does: runs of dirty regions
+// logged with their current contents, each region cleared once the peer has made its
+// entry durable; then it tells the source resyncDone. Without resync such a peer stays
+// out.
 //
-// The primary can crash too (config.primaryCrashes), as src/server/mirror-engine.ts and
-// src/storage/write-log.ts behave: every request in flight is dropped unanswered, every
-// link closes, and its log keeps what was durable (and maybe some written entries past
-// it); what it had sent to peers and not made durable is gone from it, though peers may
-// hold it. Its volume file may keep lost writes in blocks the replay does not touch. At
-// its restart it replays the log up to the recovered entry N, takes a consistency point
-// (a marker at N+1 when it replayed anything), and starts a new MirrorSource from there,
-// numbering new entries after it (reusing the numbers of lost ones). The start was not
-// clean: every peer needs a resync, divergedAfter is kept per peer (the lower of the
-// previous one and the new last entry, cleared once that peer's RESET_DONE is in), and
-// each peer's dirty bitmap is what was last persisted (at consistency points and when a
-// peer drops) plus the regions of the entries replayed. Clients reconnect and go on.
+// The primary can crash too (config.primaryCrashes), as src/storage/write-log.ts behaves:
+// every request in flight is dropped unanswered, every link closes, and its log keeps
+// what was durable (and maybe some written entries past it); what it had sent to peers
+// and not made durable is gone from it, though peers may hold it. Its volume file may
+// keep lost writes in blocks the replay does not touch; its write-intent record names
+// the regions of the entries since its last consistency point (the record keeps each
+// extent until a CP covers it). At its restart it replays the log up to the recovered
+// entry N, takes a consistency point (a marker at N+1 when it replayed anything), and
+// opens a new MirrorLedger from its files (as MirrorEngine's constructor does) and a new
+// MirrorSource from there, numbering new entries after it (reusing the numbers of lost
+// ones). Clients reconnect and go on.
 
 import { MirrorSource, type DiskState, type SourceAction } from '../../src/core/mirror-source.js';
-import { ResyncRun } from '../../src/core/resync-run.js';
+import { MirrorLedger, type LedgerAction, type LedgerOpening, type MirrorRecord } from '../../src/core/mirror-ledger.js';
+import type { ResyncRun } from '../../src/core/resync-run.js';
 import { constants } from '../../src/constants.js';
-import { DirtyBitmap } from '../../src/storage/dirty-bitmap.js';
+import { DirtyBitmap } from '../../src/core/dirty-bitmap.js';
 import { Prng } from '../unit/prng.js';
 import { Checker, SimFailure, type CheckedCluster } from './checker.js';
 import type { Crash, PrimaryCrash, SimConfig, UsRange } from './config.js';
@@ -121,13 +121,15 @@ export function emptyPrimaryTally(): PrimaryTally {
   return { crashes: 0, lostEntries: 0, keptInImage: 0, droppedRequests: 0, startMarkers: 0, peersAhead: 0, divergedReports: 0, divergedEntries: 0, resyncsDone: 0 };
 }
 
-/** The primary's record of what one peer may lack, and the resync under way. */
+/** One peer's resync under way on the primary. */
 interface ResyncState {
-  /** Dirty regions (of config.resyncRegionBlocks blocks), in memory: the engine's DirtyBitmap. */
-  dirty: DirtyBitmap;
-  /** What the bitmap file holds: written at consistency points, drops, resets and resync ends. */
-  persisted: DirtyBitmap;
   run: SimResync | null;
+}
+
+/** The primary's files the ledger writes: the state file and each peer's bitmap file. */
+interface LedgerFiles {
+  record: MirrorRecord | null;
+  bitmaps: Map<string, Buffer>;
 }
 
 interface SimResync {
@@ -143,6 +145,9 @@ export class Cluster implements CheckedCluster {
   readonly queue = new EventQueue();
   /** The primary's mirror core (a new one at each restart). */
   source: MirrorSource<Frame>;
+  /** What each peer may lack (a new one at each restart, from `files`). */
+  private ledger: MirrorLedger;
+  private readonly files: LedgerFiles = { record: null, bitmaps: new Map() };
   /** The primary is running (false from a crash to its restart). */
   primaryUp = true;
   /** Counts the primary's crashes: what it had under way dies with it. */
@@ -161,8 +166,6 @@ export class Cluster implements CheckedCluster {
   /** The peer whose drop the sim itself is causing (a disconnect, or a connect the source refuses). */
   private expectedDrop: string | null = null;
   private checkpointRunning = false;
-  /** The target of the last consistency point whose bitmaps were written (it may not be recorded yet). */
-  private cpPersistSeq = 0;
   /** When the primary's last log write completes (they complete in sequence order). */
   private primaryLogUs = 0;
   private lastMarkerSeq = 0;
@@ -183,8 +186,6 @@ export class Cluster implements CheckedCluster {
   private readonly lost: Set<number>[];
   /** Every write the primary ever logged -> its place in the order they were logged. */
   private readonly ordinals = new Map<number, number>();
-  /** The state file's divergedAfter (MirrorEngine): per peer, where its history may part from ours. */
-  private divergedAfterState: Record<string, number> = {};
   private readonly primaryTally: PrimaryTally = emptyPrimaryTally();
 
   constructor(
@@ -193,7 +194,9 @@ export class Cluster implements CheckedCluster {
   ) {
     this.prng = new Prng((config.seed ^ 0x5bd1e995) >>> 0);
     const { mode, windowBytesMax, lagBytesMax, catchUpBytesMax, resync } = config;
+    this.ledger = this.openLedger(0, 0, null, null);
     this.source = new MirrorSource<Frame>({ mode, strict: false, peers: config.peers, lastSeq: 0, lagBytesMax, windowBytesMax, catchUpBytesMax, resync });
+    this.applyLedger(this.ledger.attach(this.source));
     this.primary = new Replica('primary', config.blocks, config.blockBytes);
     this.checker = new Checker(this);
     const cluster = this;
@@ -218,7 +221,7 @@ export class Cluster implements CheckedCluster {
     for (const id of config.peers) {
       this.peers.push(new Secondary(id, context));
       this.partitions.set(id, 0);
-      this.resyncs.set(id, { dirty: this.newBitmap(), persisted: this.newBitmap(), run: null });
+      this.resyncs.set(id, { run: null });
     }
     this.versionSeqs = Array.from({ length: config.blocks }, () => []);
     this.versionIndex = Array.from({ length: config.blocks }, () => new Map());
@@ -371,10 +374,8 @@ export class Cluster implements CheckedCluster {
   private onPeerDropped(id: string, disk: DiskState, reason: string, lost: readonly { frame: Frame }[], full: boolean): void {
     this.drops.push(`${id} (${disk}) at ${this.queue.now}us: ${reason}`);
     const peer = this.peer(id);
-    // What it may lack, as the mirror engine records it.
-    const resync = this.resyncOf(id);
-    if (full) this.markAll(resync);
-    for (const entry of lost) this.mark(resync, entry.frame);
+    // What it may lack: the ledger marks it and has it written at once.
+    this.applyLedger(this.ledger.peerDropped(id, full, lost.map(({ frame }) => this.extentOf(frame))));
     // A peer that is away may be given up on when it misses more than the source keeps for it.
     const givenUpWhileAway = !peer.inSync && reason.includes('while away');
     if (this.expectedDrop !== id && !givenUpWhileAway) throw new SimFailure(`the source dropped ${id} (${disk}) unexpectedly: ${reason}`);
@@ -393,55 +394,73 @@ export class Cluster implements CheckedCluster {
     return state;
   }
 
+  /** The bytes of the volume an entry changes (a CP marker: none). */
+  private extentOf(frame: Frame): { offset: number; lengthBytes: number } {
+    if (frame.kind === 'cp') return { offset: 0, lengthBytes: 0 };
+    return { offset: frame.firstBlock * this.config.blockBytes, lengthBytes: frame.blockCount * this.config.blockBytes };
+  }
+
   /** A bitmap of the volume in regions of config.resyncRegionBlocks blocks, nothing marked. */
   private newBitmap(): DirtyBitmap {
     const { blocks, blockBytes, resyncRegionBlocks } = this.config;
     return new DirtyBitmap(blocks * blockBytes, resyncRegionBlocks * blockBytes);
   }
 
-  private mark(state: ResyncState, frame: Frame, bitmap: DirtyBitmap = state.dirty): void {
-    if (frame.kind === 'cp') return;
-    bitmap.mark(frame.firstBlock * this.config.blockBytes, frame.blockCount * this.config.blockBytes);
+  /**
+   * As MirrorEngine's constructor opens the ledger: from the files a previous run left.
+   * The deliberate faults of the ledger (config.ts) patch what it is given, or the ledger.
+   */
+  private openLedger(lastSeq: number, recoveredSeq: number, replayed: DirtyBitmap | null, intent: DirtyBitmap | null): MirrorLedger {
+    const { blocks, blockBytes, resyncRegionBlocks, peers, fault } = this.config;
+    const opening: LedgerOpening = {
+      peers,
+      sizeBytes: blocks * blockBytes,
+      regionBytes: resyncRegionBlocks * blockBytes,
+      lastSeq,
+      recoveredSeq,
+      record: this.files.record,
+      bitmaps: new Map(peers.map((id) => [id, this.files.bitmaps.get(id) ?? null])),
+      replayed,
+      intent: intent === null ? null : { extents: intent, readable: true },
+      unsyncedGenerationsMax: constants.unsyncedGenerationsMax,
+    };
+    if (fault === 'ledger-diverged-after-last' && recoveredSeq !== lastSeq) {
+      this.fault.injected = true;
+      opening.recoveredSeq = lastSeq;
+    }
+    // Faults the write-intent record would hide go without it (it marks every lost entry's regions).
+    if (fault !== null && withoutIntent.includes(fault) && intent !== null) {
+      if (fault === 'ledger-ignores-intent' && intent.dirtyRegions > 0) this.fault.injected = true;
+      opening.intent = null;
+    }
+    if (fault === 'ledger-forgets-unsynced') return new ForgetfulLedger(opening, this.fault);
+    return new MirrorLedger(opening);
   }
 
-  private markAll(state: ResyncState): void {
-    state.dirty.markAll();
-  }
-
-  /** MirrorEngine.persistBitmaps: the bitmap files now hold what is in memory. */
-  private persistBitmaps(): void {
-    for (const [id, state] of this.resyncs) {
-      state.persisted = state.dirty.clone();
-      if (!this.config.fixes.includes('mark-unsynced-at-cp') || !this.primaryUp || !this.source.isInSync(id)) continue;
-      // The modelled fix: the file also marks the entries up to the last consistency point
-      // that a peer in sync has not made durable (one that dropped had them marked then).
-      const status = this.source.peerStatus(id);
-      const through = Math.min(Math.max(this.cpPersistSeq, this.lastCpSeq), this.primary.lastSeq);
-      for (let seq = Math.max(status.durableSeq, status.syncedSeq) + 1; seq <= through; seq += 1) {
-        const frame = this.primary.record(seq).frame;
-        this.mark(state, frame, state.persisted);
-      }
+  /** MirrorEngine.apply: the files now hold what the ledger asked for. */
+  private applyLedger(actions: LedgerAction[]): void {
+    for (const action of actions) {
+      if (action.kind === 'write-record') this.files.record = structuredClone(action.record);
+      else this.files.bitmaps.set(action.peer, action.bitmap.encode());
     }
   }
 
-  /** MirrorEngine.clearIfCurrent: a peer that streams and is up to date lacks nothing. */
+  /** MirrorEngine.persistBitmaps. */
+  private persistBitmaps(): void {
+    this.applyLedger(this.ledger.persist());
+  }
+
+  /** A peer that streams and is up to date lacks nothing. */
   private clearIfCurrent(id: string): void {
-    if (!this.primaryUp) return;
-    const state = this.resyncOf(id);
-    if (state.dirty.dirtyRegions === 0) return;
-    const status = this.source.peerStatus(id);
-    if (status.replication === 'streaming' && status.disk === 'up-to-date') state.dirty.clearAll();
+    if (this.primaryUp) this.ledger.clearIfCurrent(id);
   }
 
   /** The source's reset-peer: the peer is told to restart its log (and to name what it holds past `reportAfter`). */
   private resetPeer(id: string, seq: number, reportAfter: number, full: boolean): void {
     const peer = this.peer(id);
-    if (full) {
-      this.markAll(this.resyncOf(id));
-      this.persistBitmaps();
-    }
+    this.applyLedger(this.ledger.resetPeer(id, full));
     this.resyncCounts.started += 1;
-    this.trace?.(`${this.queue.now}us the source resets ${id} at ${seq}${full ? ' (full)' : ''}, ${this.resyncOf(id).dirty.dirtyRegions} regions dirty`);
+    this.trace?.(`${this.queue.now}us the source resets ${id} at ${seq}${full ? ' (full)' : ''}, ${this.ledger.bitmap(id).dirtyRegions} regions dirty`);
     peer.links.send('to-peer', 0, `reset ${seq}`, () => peer.reset(seq, reportAfter));
   }
 
@@ -451,33 +470,26 @@ export class Cluster implements CheckedCluster {
     if (this.source.isInSync(id) || status.replication !== 'resyncing') throw new SimFailure(`${id} sent DIVERGED out of turn (${status.replication})`);
     this.primaryTally.divergedReports += 1;
     this.primaryTally.divergedEntries += blocks.length;
-    const state = this.resyncOf(id);
+    const extents = blocks.map((range) => this.extentOf({ kind: 'resync', ...range, ids: [], data: Buffer.alloc(0) }));
     if (this.config.fault === 'primary-ignores-diverged') {
       // Injected when it leaves out a region that was not dirty anyway.
-      const probe = state.dirty.clone();
-      for (const range of blocks) this.mark(state, { kind: 'resync', ...range, ids: [], data: Buffer.alloc(0) }, probe);
-      if (probe.dirtyRegions > state.dirty.dirtyRegions) this.fault.injected = true;
+      const probe = this.ledger.bitmap(id).clone();
+      for (const { offset, lengthBytes } of extents) probe.mark(offset, lengthBytes);
+      if (probe.dirtyRegions > this.ledger.bitmap(id).dirtyRegions) this.fault.injected = true;
       return;
     }
-    for (const range of blocks) this.mark(state, { kind: 'resync', ...range, ids: [], data: Buffer.alloc(0) });
+    this.ledger.diverged(id, false, extents);
   }
 
   private resetDone(id: string, seq: number, status: number): void {
     // What it named is durable here before this node forgets where its history was cut.
-    this.persistBitmaps();
+    this.applyLedger(this.ledger.beforeResetDone());
     this.onSource(this.source.resetDone(id, seq, status));
-    if (this.divergedAfterState[id] !== undefined && this.source.divergedAfter(id) === null) {
-      const state: Record<string, number> = {};
-      for (const other of this.config.peers) {
-        const after = this.source.divergedAfter(other);
-        if (after !== null) state[other] = after;
-      }
-      this.divergedAfterState = state;
-    }
+    this.applyLedger(this.ledger.afterResetDone(id));
     if (!this.source.isInSync(id)) return;
     const peer = this.peer(id);
     const state = this.resyncOf(id);
-    state.run = { session: peer.links.sessionId, plan: new ResyncRun(state.dirty), step: 0 };
+    state.run = { session: peer.links.sessionId, plan: this.ledger.resyncPlan(id), step: 0 };
     this.resyncStep(peer, state, state.run);
   }
 
@@ -524,9 +536,9 @@ export class Cluster implements CheckedCluster {
         state.run = null;
         this.resyncCounts.done += 1;
         if (this.primaryTally.crashes > 0) this.primaryTally.resyncsDone += 1;
-        this.persistBitmaps();
         this.trace?.(`${this.queue.now}us resync of ${peer.id} done`);
         this.source.resyncDone(peer.id);
+        this.applyLedger(this.ledger.resyncDone(peer.id));
         return;
       }
       break;
@@ -629,8 +641,9 @@ export class Cluster implements CheckedCluster {
         seqs.push(seq);
       }
     }
-    // A peer that does not get this entry now will lack its regions (MirrorEngine.placed).
-    for (const peer of this.peers) if (!this.source.isInSync(peer.id)) this.mark(this.resyncOf(peer.id), frame);
+    // MirrorEngine.placed: the ledger marks it for peers that do not get it now.
+    const extent = this.extentOf(frame);
+    this.ledger.placed(extent.offset, extent.lengthBytes);
     const bytes = entryBytes(frame);
     this.cumulativeBytes.push(this.bytesThrough(seq - 1) + bytes);
     // A CP marker's offset field is a sequence number: it is routed like offset 0.
@@ -693,7 +706,6 @@ export class Cluster implements CheckedCluster {
     this.primarySync(() => {
       const targetSeq = this.primary.durablePrefix;
       // The volume is durable: the bitmaps are written before the CP is recorded.
-      this.cpPersistSeq = targetSeq;
       this.persistBitmaps();
       const markerSeq = this.append({ kind: 'cp', targetSeq });
       this.lastMarkerSeq = markerSeq;
@@ -750,23 +762,25 @@ export class Cluster implements CheckedCluster {
     const recovered = losesFrom === null ? this.primary.crash(keep) : this.primary.crashTo(losesFrom - 1);
     this.primaryTally.lostEntries += before - recovered;
     this.cumulativeBytes.length = recovered + 1;
-    // Blocks the replay rewrites, and the regions it marks dirty for every peer.
+    // Blocks the replay rewrites, and the regions of the entries replayed (for the ledger).
     const replayedBlocks = new Set<number>();
-    const replayedRegions = new Set<number>();
+    const replayed = this.newBitmap();
     for (const { seq, frame } of entries) {
       if (seq > recovered || frame.kind === 'cp') continue;
-      for (let block = frame.firstBlock; block < frame.firstBlock + frame.blockCount; block += 1) {
-        replayedBlocks.add(block);
-        replayedRegions.add(Math.floor(block / this.config.resyncRegionBlocks));
-      }
+      for (let block = frame.firstBlock; block < frame.firstBlock + frame.blockCount; block += 1) replayedBlocks.add(block);
+      const { offset, lengthBytes } = this.extentOf(frame);
+      replayed.mark(offset, lengthBytes);
     }
+    // The write-intent record: at least the regions of every write since the last CP that
+    // the crash lost (their extents were in it before the volume file was written there).
+    const intent = this.newBitmap();
     // Lost writes leave the primary's history of each block.
     const lostWrites = new Map<number, WriteFrame[]>();
     for (const { seq, frame } of entries) {
       if (seq <= recovered || frame.kind !== 'write') continue;
+      const { offset, lengthBytes } = this.extentOf(frame);
+      intent.mark(offset, lengthBytes);
       for (let block = frame.firstBlock; block < frame.firstBlock + frame.blockCount; block += 1) {
-        // The modelled fix: a write-intent record holds the regions of every entry since the CP.
-        if (this.config.fixes.includes('write-intent')) replayedRegions.add(Math.floor(block / this.config.resyncRegionBlocks));
         this.versionIndex[block]?.delete(frame.writeId);
         this.lost[block]?.add(frame.writeId);
         lostWrites.set(block, [...(lostWrites.get(block) ?? []), frame]);
@@ -799,15 +813,16 @@ export class Cluster implements CheckedCluster {
         (kept.size > 0 ? `; its image keeps lost writes ${[...kept].join(',')}` : ''),
     );
     this.checker.primaryCrashed();
-    this.queue.after(crash.restartAfterUs, 'primary restarts', () => this.restartPrimary(recovered, replayedRegions));
+    this.queue.after(crash.restartAfterUs, 'primary restarts', () => this.restartPrimary(recovered, replayed, intent));
   }
 
   /**
    * As the node starts a volume that did not stop cleanly: a consistency point after the
    * replay (a marker when it replayed anything, placed before the mirror exists), then a
-   * mirror engine whose peers all need a resync.
+   * ledger opened from the files and a mirror core from what it decided (every peer
+   * needs a resync: the stop was not clean).
    */
-  private restartPrimary(recovered: number, replayedRegions: Set<number>): void {
+  private restartPrimary(recovered: number, replayed: DirtyBitmap, intent: DirtyBitmap): void {
     let lastSeq = recovered;
     if (recovered > this.lastCpSeq) {
       lastSeq = recovered + 1;
@@ -818,21 +833,9 @@ export class Cluster implements CheckedCluster {
       this.primaryTally.startMarkers += 1;
     }
     this.lastCpSeq = lastSeq;
-    this.cpPersistSeq = lastSeq;
     this.lastMarkerSeq = lastSeq;
-    // The engine is made after the start's consistency point: it takes the log's last
-    // entry, the marker, for where the histories may part (unless modelling the fix).
-    const partsAfter = this.config.fixes.includes('diverged-after-recovered') ? recovered : lastSeq;
-    for (const id of this.config.peers) {
-      this.divergedAfterState[id] = Math.min(this.divergedAfterState[id] ?? partsAfter, partsAfter);
-      const state = this.resyncOf(id);
-      // Bits set in place: a plan of an earlier resync holds this bitmap, and it is done with.
-      state.dirty.clearAll();
-      state.dirty.include(state.persisted);
-      for (const region of replayedRegions) state.dirty.mark(region * this.config.resyncRegionBlocks * this.config.blockBytes, 1);
-      state.run = null;
-    }
-    this.persistBitmaps();
+    for (const state of this.resyncs.values()) state.run = null;
+    this.ledger = this.openLedger(lastSeq, recovered, replayed, intent);
     const { mode, peers, windowBytesMax, lagBytesMax, catchUpBytesMax } = this.config;
     this.source = new MirrorSource<Frame>({
       mode,
@@ -843,11 +846,12 @@ export class Cluster implements CheckedCluster {
       windowBytesMax,
       catchUpBytesMax,
       resync: true,
-      resyncNeeded: peers,
-      divergedAfter: { ...this.divergedAfterState },
+      resyncNeeded: [...this.ledger.resyncNeeded],
+      divergedAfter: { ...this.ledger.divergedAfter },
     });
+    this.applyLedger(this.ledger.attach(this.source));
     this.primaryUp = true;
-    this.trace?.(`${this.queue.now}us primary restarted at entry ${lastSeq}; diverged after ${JSON.stringify(this.divergedAfterState)}`);
+    this.trace?.(`${this.queue.now}us primary restarted at entry ${lastSeq}; diverged after ${JSON.stringify(this.ledger.divergedAfter)}`);
     for (const peer of this.peers) this.reconnect(peer);
     for (const client of this.clients) this.scheduleClient(client);
     this.scheduleCheckpoint();
@@ -885,10 +889,12 @@ export class Cluster implements CheckedCluster {
           this.onPeerDropped(action.peer, action.disk, action.reason, action.lost, action.full);
           // Entries it had not made durable that are no longer queued: the engine reads them back from its log.
           if (action.unsynced !== null) {
-            for (let seq = action.unsynced.fromSeq; seq <= action.unsynced.toSeq; seq += 1) this.mark(this.resyncOf(action.peer), this.primary.record(seq).frame);
+            for (let seq = action.unsynced.fromSeq; seq <= action.unsynced.toSeq; seq += 1) {
+              const { offset, lengthBytes } = this.extentOf(this.primary.record(seq).frame);
+              this.ledger.lacks(action.peer, offset, lengthBytes);
+            }
+            this.persistBitmaps();
           }
-          // At once, not at the next consistency point.
-          this.persistBitmaps();
           break;
         case 'reset-peer':
           this.resetPeer(action.peer, action.seq, action.reportAfter, action.full);
@@ -944,6 +950,25 @@ export class Cluster implements CheckedCluster {
         durableSeq: peer.replica.durablePrefix,
       })),
     };
+  }
+}
+
+const withoutIntent: readonly string[] = ['ledger-ignores-intent', 'primary-ignores-diverged', 'ledger-diverged-after-last', 'target-forgets-named'];
+
+/** The deliberate fault ledger-forgets-unsynced: the bitmap files never mark what peers in sync have not made durable. */
+class ForgetfulLedger extends MirrorLedger {
+  constructor(
+    opening: LedgerOpening,
+    private readonly fault: { injected: boolean },
+  ) {
+    super(opening);
+  }
+
+  protected override closeUnsyncedGeneration(): void {
+    super.closeUnsyncedGeneration();
+    if (this.unsyncedGenerations.length === 0) return;
+    this.fault.injected = true;
+    this.unsyncedGenerations = [];
   }
 }
 

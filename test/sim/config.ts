@@ -12,7 +12,8 @@ import type { DelayRange } from './network.js';
 export type SimMode = 'sync' | 'async';
 
 /**
- * Deliberate faults, to show that the checker catches what it claims to:
+ * Deliberate faults, to show that the checker catches what it claims to. Of the
+ * simulated parts:
  * - drop-store-data: one secondary acknowledges one write without writing it to its image;
  * - lying-log-sync: one secondary reports its log synced without making anything durable;
  * - reorder-same-block: one secondary lets a store overtake an earlier one to the same blocks;
@@ -20,45 +21,43 @@ export type SimMode = 'sync' | 'async';
  * - primary-loses-durable: a crash of the primary loses, with what follows it, a write
  *   it had answered a FUA for (its log recovers to just before it);
  * - primary-ignores-diverged: the restarted primary marks nothing for the regions a
- *   peer names in DIVERGED.
- * The last two force the seed's primary crashes on, and keep its cuts and crashes.
+ *   peer names in DIVERGED (and has no write-intent record, which marks most of them
+ *   anyway);
+ * - target-forgets-named: a secondary forgets, at its log restart, the regions it named
+ *   in DIVERGED, so a primary that crashes again before RESET_DONE never hears of them.
+ * And a broken shipped core (src/core/mirror-ledger.ts), patched here, each the bug a
+ * seed once found in src/ (the seed in brackets, with --primary-crash on):
+ * - ledger-forgets-unsynced: the bitmap files do not mark the entries a peer in sync has
+ *   not made durable (19);
+ * - ledger-diverged-after-last: after an unclean start, divergedAfter is the log's last
+ *   entry (the start's CP marker) instead of the last one recovered (2);
+ * - ledger-ignores-intent: the ledger ignores the write-intent record at an unclean start (21).
+ * Every one but the first four forces the seed's primary crashes on.
  */
-export type Fault = 'drop-store-data' | 'lying-log-sync' | 'reorder-same-block' | 'duplicate-entry' | 'primary-loses-durable' | 'primary-ignores-diverged';
-export const faults: readonly Fault[] = ['drop-store-data', 'lying-log-sync', 'reorder-same-block', 'duplicate-entry', 'primary-loses-durable', 'primary-ignores-diverged'];
-export const primaryFaults: readonly Fault[] = ['primary-loses-durable', 'primary-ignores-diverged'];
-
-/**
- * Fixes of src/ for problems the simulation found there (each named with the seed that
- * showed it). All four are in src/ now and on in every run (`srcFixed`); the names stay
- * so that --fix keeps working.
- * - diverged-after-recovered (mirror-engine.ts, node.ts): after an unclean start,
- *   divergedAfter is the last entry the log recovered (N), not the log's last entry once
- *   the start's consistency point has appended its marker (N+1). Without it, a peer
- *   holding the entry N+1 that the crash lost never names it, and keeps that write
- *   (seed 2 with --primary-crash on).
- * - mark-unsynced-at-cp (mirror-engine.ts): the bitmap files also mark, for each peer in
- *   sync, the entries up to the last consistency point that it has not made durable.
- *   Without it, a peer in sync but behind when the primary crashed lacks entries up to
- *   the primary's last CP, which the restarted primary neither replays nor has marked
- *   (seed 19 with --primary-crash on).
- * - target-keeps-named (replica-target.ts, replica-trail.ts): a target keeps the regions
- *   it named in DIVERGED past its log restart, and names them again at every RESET until
- *   it takes a consistency point of the primary. Without it, a primary that crashes
- *   again between DIVERGED and RESET_DONE (it writes the marks to its bitmap files only
- *   at RESET_DONE) loses them, while the target's trail went with its log restart
- *   (seed 163 with --primary-crash on).
- * - write-intent (local-volume.ts, mirror-engine.ts): the regions a write changes are in
- *   the bitmap files (a write-intent record) before the volume file is written, so an
- *   unclean start marks for every peer the regions of the entries its log lost too.
- *   Without it, the volume file, written alongside the log rather than after it, may keep
- *   a write whose log entry the crash lost, in a block that no replayed entry rewrites:
- *   a peer that never got that entry is resynced without the region (seed 21 with
- *   --primary-crash on).
- */
-export type SrcFix = 'diverged-after-recovered' | 'mark-unsynced-at-cp' | 'target-keeps-named' | 'write-intent';
-export const srcFixes: readonly SrcFix[] = ['diverged-after-recovered', 'mark-unsynced-at-cp', 'target-keeps-named', 'write-intent'];
-/** The fixes src/ has: always modelled. */
-export const srcFixed: readonly SrcFix[] = srcFixes;
+export type Fault =
+  | 'drop-store-data'
+  | 'lying-log-sync'
+  | 'reorder-same-block'
+  | 'duplicate-entry'
+  | 'primary-loses-durable'
+  | 'primary-ignores-diverged'
+  | 'target-forgets-named'
+  | 'ledger-forgets-unsynced'
+  | 'ledger-diverged-after-last'
+  | 'ledger-ignores-intent';
+export const faults: readonly Fault[] = [
+  'drop-store-data',
+  'lying-log-sync',
+  'reorder-same-block',
+  'duplicate-entry',
+  'primary-loses-durable',
+  'primary-ignores-diverged',
+  'target-forgets-named',
+  'ledger-forgets-unsynced',
+  'ledger-diverged-after-last',
+  'ledger-ignores-intent',
+];
+export const primaryFaults: readonly Fault[] = faults.slice(4);
 
 export interface UsRange {
   minUs: number;
@@ -149,8 +148,6 @@ export interface SimConfig {
   /** Consecutive dirty regions one resync entry may carry (the engine's runs). */
   resyncRunRegionsMax: number;
   fault: Fault | null;
-  /** Fixes of src/ the simulation models (none: it does what src/ does). */
-  fixes: readonly SrcFix[];
   /** A run that has not gone quiet after this many events is a failure (a livelock). */
   eventsMax: number;
 }
@@ -167,10 +164,6 @@ export interface ConfigChoices {
    * off, which leaves them out) or off. Drawn per seed when not given.
    */
   primaryCrashes?: boolean;
-  /** Fixes of src/ to model (see SrcFix). */
-  fixes?: readonly SrcFix[];
-  /** Fixes of src/ to leave out (a deliberate fault one of them would hide). */
-  withoutFixes?: readonly SrcFix[];
 }
 
 export function configFromSeed(seed: number, choices: ConfigChoices = {}): SimConfig {
@@ -248,7 +241,6 @@ export function configFromSeed(seed: number, choices: ConfigChoices = {}): SimCo
     resyncInflightMax,
     resyncRunRegionsMax: 1,
     fault: choices.fault ?? null,
-    fixes: [...new Set([...srcFixed.filter((fix) => !(choices.withoutFixes ?? []).includes(fix)), ...(choices.fixes ?? [])])],
     eventsMax: 1_000_000,
   };
   // Drawn after everything above (the object's fields included), so that adding them left
@@ -308,6 +300,5 @@ export function describeConfig(config: SimConfig): string {
       ? `resync (regions of ${config.resyncRegionBlocks} blocks, ${config.resyncInflightMax} in flight, up to ${config.resyncRunRegionsMax} a run)`
       : 'no resync',
     ...(config.fault === null ? [] : [`fault ${config.fault}`]),
-    ...(config.fixes.length === 0 ? [] : [`modelled fixes ${config.fixes.join(',')}`]),
   ].join('; ');
 }

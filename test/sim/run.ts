@@ -1,7 +1,7 @@
 // The simulator's command line (`npm run sim -- ...`):
 //
 //   node dist/test/sim/run.js [--seed N | --seeds A..B] [--runs K] [--base B] [--mode sync|async] [--fault F]
-//                             [--no-crash] [--resync on|off] [--primary-crash on|off] [--fix F,...|all] [--trace] [--keep-going]
+//                             [--no-crash] [--resync on|off] [--primary-crash on|off] [--trace] [--keep-going]
 //
 // With --seed it replays exactly that run and prints a short summary (--trace: every
 // event as well). Without it, it runs K seeds (default 200) from a base seed and stops
@@ -10,13 +10,13 @@
 // resyncs peers, are drawn from each seed unless --mode / --resync force them;
 // --no-crash leaves out the seed's secondary crashes; --primary-crash on|off forces the
 // seed's primary crashes in or out (drawn per seed otherwise; on brings resync with it,
-// as a real primary always resyncs its peers after a crash); --fix models fixes of the
-// mirror engine (config.ts SrcFix) for problems the simulation found in it. Any
-// broken invariant of checker.ts fails the run.
+// as a real primary always resyncs its peers after a crash); --fault injects a deliberate
+// fault (config.ts Fault), in a simulated part or in the shipped core. Any broken
+// invariant of checker.ts fails the run.
 
 import { pathToFileURL } from 'node:url';
 import { emptyPrimaryTally, runCluster, type PrimaryTally, type RunSummary } from './cluster.js';
-import { configFromSeed, describeConfig, srcFixes, faults, type ConfigChoices, type SrcFix, type Fault, type SimMode } from './config.js';
+import { configFromSeed, describeConfig, faults, type ConfigChoices, type Fault, type SimMode } from './config.js';
 
 export const defaultBaseSeed = 0x51d0;
 
@@ -33,8 +33,7 @@ export function replayCommand(seed: number, choices: ConfigChoices): string {
   const crash = choices.crashes === false ? ' --no-crash' : '';
   const resync = choices.resync === undefined ? '' : ` --resync ${choices.resync ? 'on' : 'off'}`;
   const primary = choices.primaryCrashes === undefined ? '' : ` --primary-crash ${choices.primaryCrashes ? 'on' : 'off'}`;
-  const fixes = choices.fixes === undefined || choices.fixes.length === 0 ? '' : ` --fix ${choices.fixes.join(',')}`;
-  return `npm run sim -- --seed ${seed}${mode}${fault}${crash}${resync}${primary}${fixes}`;
+  return `npm run sim -- --seed ${seed}${mode}${fault}${crash}${resync}${primary}`;
 }
 
 /** Runs one seed and reports, rather than throws, what went wrong. */
@@ -136,13 +135,6 @@ function parseArguments(argv: readonly string[]): Arguments {
         const crash = value();
         if (crash !== 'on' && crash !== 'off') throw new Error(`--primary-crash must be on or off, got "${crash}"`);
         parsed.choices.primaryCrashes = crash === 'on';
-        break;
-      }
-      case '--fix': {
-        const text = value();
-        const fixes = text === 'all' ? [...srcFixes] : text.split(',');
-        for (const fix of fixes) if (!srcFixes.includes(fix as SrcFix)) throw new Error(`--fix takes all or some of ${srcFixes.join(',')}, got "${fix}"`);
-        parsed.choices.fixes = fixes as SrcFix[];
         break;
       }
       case '--mode': {

@@ -57,8 +57,8 @@ export class Secondary implements CheckedPeer {
   /** A RESET is being carried out. */
   resetting = false;
   /**
-   * With the modelled fix target-keeps-named: what it named at its last RESET, named again
-   * at any RESET until it takes a consistency point of the primary.
+   * What it named at its last RESET, named again at any RESET until it takes a
+   * consistency point of the primary (as ReplicaTarget keeps them).
    */
   private named: { firstBlock: number; blockCount: number }[] = [];
   readonly replica: Replica;
@@ -161,8 +161,11 @@ export class Secondary implements CheckedPeer {
         this.resetting = false;
         return;
       }
-      const keepsNamed = config.fixes.includes('target-keeps-named');
-      const held: { firstBlock: number; blockCount: number }[] = keepsNamed ? [...this.named] : [];
+      // As ReplicaTarget does: the regions named at an earlier RESET are named again until
+      // a consistency point of the primary is taken (the deliberate fault forgets them).
+      const forgets = config.fault === 'target-forgets-named';
+      if (forgets && this.named.length > 0) this.context.fault.injected = true;
+      const held: { firstBlock: number; blockCount: number }[] = forgets ? [] : [...this.named];
       for (let at = Math.max(reportAfter, this.replica.base) + 1; at <= this.replica.lastSeq; at += 1) {
         const frame = this.replica.record(at).frame;
         if (frame.kind !== 'cp') held.push({ firstBlock: frame.firstBlock, blockCount: frame.blockCount });
@@ -171,7 +174,7 @@ export class Secondary implements CheckedPeer {
       queue.after(this.draw(config.diskSyncUs), `${this.id} log restarted after ${seq}`, () => {
         if (this.incarnation !== incarnation) return;
         this.replica.resetLog(seq);
-        if (keepsNamed) this.named = held;
+        if (!forgets) this.named = held;
         this.target = new MirrorTarget<Frame>({ mode: config.mode, lastSeq: seq, windowBytesMax: config.windowBytesMax });
         this.cpSeq = seq;
         this.resetting = false;

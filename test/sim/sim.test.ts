@@ -4,10 +4,12 @@
 // throughout. A failure names the seed and the command that replays it;
 // BLOCKMIRROR_SEED moves the base seed.
 //
-// Primary crashes found four ways in which src/ let a replica end up different from the
-// primary while reported up to date (config.ts SrcFix, each with the seed that showed
-// it); src/ has fixed them all, and every run models the fixes. The seeds that showed
-// them (2, 19, 163, 21) run as ordinary tests.
+// The primary's record of what each peer lacks is the shipped MirrorLedger
+// (src/core/mirror-ledger.ts). Primary crashes found four ways in which src/ let a
+// replica end up different from the primary while reported up to date; src/ has fixed
+// them all. Each is put back as a broken core (config.ts Fault: ledger-forgets-unsynced,
+// ledger-diverged-after-last, ledger-ignores-intent, and target-forgets-named in the
+// simulated secondary), and named seeds must catch each one.
 //
 // The checker is shown not to be vacuous: with a deliberate fault injected (a secondary
 // that loses a write, lies about a log sync, reorders writes to a block, or a network that
@@ -193,8 +195,40 @@ describe('primary crashes', () => {
   });
 });
 
+describe('a broken core is caught', () => {
+  // Each the bug a seed once found in src/ (seeds 19, 21, 2 and 163), put back. The seeds
+  // keep every invariant with the shipped code and fail with the broken one. Faults that
+  // run without the write-intent record (it would hide them) must also keep every
+  // invariant with only that record ignored, so that the failure is the fault's own.
+  const cases: { fault: Fault; seeds: Record<SimMode, number[]>; withoutIntent: boolean }[] = [
+    { fault: 'ledger-forgets-unsynced', seeds: { sync: [20, 35, 69], async: [19, 20, 49] }, withoutIntent: false },
+    { fault: 'ledger-ignores-intent', seeds: { sync: [21, 39, 54], async: [48, 54, 57] }, withoutIntent: false },
+    { fault: 'ledger-diverged-after-last', seeds: { sync: [2, 34, 116], async: [106, 144, 175] }, withoutIntent: true },
+    { fault: 'target-forgets-named', seeds: { sync: [79, 184, 395], async: [163, 347, 590] }, withoutIntent: true },
+  ];
+  for (const { fault, seeds, withoutIntent } of cases) {
+    for (const mode of ['sync', 'async'] as const) {
+      test(`${fault} (${mode}): seeds ${seeds[mode].join(', ')}`, () => {
+        for (const seed of seeds[mode]) {
+          const shipped = runSeed(seed, { mode, primaryCrashes: true });
+          assert.notEqual(shipped.summary, null, failureText(shipped));
+          if (withoutIntent) {
+            const intentIgnored = runSeed(seed, { mode, fault: 'ledger-ignores-intent' });
+            assert.notEqual(intentIgnored.summary, null, failureText(intentIgnored));
+          }
+          const broken = runSeed(seed, { mode, fault });
+          assert.equal(broken.summary, null, `seed ${seed} (${mode}) keeps every invariant with ${fault}`);
+          assert.match(broken.error ?? '', /^\(g\) .* is reported up to date .* but its block \d+ holds /, failureText(broken));
+          assert.ok(broken.replay.endsWith(`--seed ${seed} --mode ${mode} --fault ${fault}`), broken.replay);
+        }
+      });
+    }
+  }
+});
+
 describe('the checker catches deliberate faults', () => {
-  const cases: { fault: Fault; mode: SimMode; reason: RegExp; choices?: ConfigChoices; always?: false }[] = [
+  // `baseline`: how the seed runs without the fault (it must keep every invariant so).
+  const cases: { fault: Fault; mode: SimMode; reason: RegExp; baseline?: ConfigChoices; always?: false }[] = [
     // The source reports b up to date while it lacks the write, or in sync mode the reply
     // to the write is wrong, unless a later write to the block lands first.
     { fault: 'drop-store-data', mode: 'sync', reason: /^\((g\) .*\bb is reported up to date .*block \d+ holds|a\) .*answered: b's block \d+ holds|d\) .*\bb wrote write)/ },
@@ -208,24 +242,24 @@ describe('the checker catches deliberate faults', () => {
     { fault: 'primary-loses-durable', mode: 'sync', reason: /^\(i\) .*after its crash, primary's durable block \d+ holds .*was acknowledged durable/ },
     { fault: 'primary-loses-durable', mode: 'async', reason: /^\(i\) .*after its crash, primary's durable block \d+ holds .*was acknowledged durable/ },
     // A peer keeps a write the primary lost, and is reported up to date. Not every time:
-    // a later write to the block may replace it first. (The write-intent fix marks those
-    // regions anyway, so it is left out.)
+    // a later write to the block may replace it first. (It runs without the write-intent
+    // record, which marks those regions anyway.)
     {
       fault: 'primary-ignores-diverged',
       mode: 'sync',
       reason: /^\((g|c)\) .*(a write the primary lost in a crash|lost by the primary in a crash)/,
-      choices: { withoutFixes: ['write-intent'] },
+      baseline: { fault: 'ledger-ignores-intent' },
       always: false,
     },
     {
       fault: 'primary-ignores-diverged',
       mode: 'async',
       reason: /^\((g|c)\) .*(a write the primary lost in a crash|lost by the primary in a crash)/,
-      choices: { withoutFixes: ['write-intent'] },
+      baseline: { fault: 'ledger-ignores-intent' },
       always: false,
     },
   ];
-  for (const { fault, mode, reason, choices = {}, always = true } of cases) {
+  for (const { fault, mode, reason, baseline = {}, always = true } of cases) {
     test(`${fault} (${mode})`, () => {
       let caught = 0;
       const primary = fault.startsWith('primary-');
@@ -233,14 +267,14 @@ describe('the checker catches deliberate faults', () => {
       for (let run = 0; run < (always ? 60 : 200) && caught < 8; run += 1) {
         const seed = (base + run) >>> 0;
         // The same seed without the fault keeps every invariant (a fault of a secondary runs with no primary crash).
-        if (runSeed(seed, { mode, ...choices, primaryCrashes: primary }).summary === null) continue;
-        const faulty = runSeed(seed, { mode, ...choices, fault });
+        if (runSeed(seed, { mode, primaryCrashes: primary, ...baseline }).summary === null) continue;
+        const faulty = runSeed(seed, { mode, fault });
         if (faulty.summary !== null) {
           if (always) assert.equal(faulty.summary.faultInjected, false, `seed ${seed}: ${fault} was injected and the checker saw nothing (${faulty.replay})`);
           continue;
         }
         assert.match(faulty.error ?? '', reason, failureText(faulty));
-        assert.match(failureText(faulty), new RegExp(`^FAILED seed ${seed}: .*\\nreplay: npm run sim -- --seed ${seed} --mode ${mode} --fault ${fault}( --fix \\S+)?$`, 's'));
+        assert.match(failureText(faulty), new RegExp(`^FAILED seed ${seed}: .*\\nreplay: npm run sim -- --seed ${seed} --mode ${mode} --fault ${fault}$`, 's'));
         caught += 1;
       }
       assert.ok(caught >= 8, `${fault} was caught in only ${caught} runs`);

@@ -20,7 +20,7 @@ import { parseClusterConfig, type ClusterConfig } from '../../src/control/config
 import { IoActivity } from '../../src/io/file-io.js';
 import { MemoryFileSystem } from '../../src/io/memory-file-system.js';
 import { Logger } from '../../src/lib/log.js';
-import { DirtyBitmap } from '../../src/storage/dirty-bitmap.js';
+import { DirtyBitmap } from '../../src/core/dirty-bitmap.js';
 import { DurableFiles } from '../../src/storage/durable-files.js';
 import { decodeEntryHeader, EntryType, encodeEntryHeader, type EntryHeader } from '../../src/protocol/log-entry.js';
 import { openVolumeStorage, restartReplicaLog, type OpenedVolume, type VolumeStorageOptions } from '../../src/storage/volume-store.js';

@@ -5,7 +5,7 @@
 
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { DirtyBitmap } from '../../src/storage/dirty-bitmap.js';
+import { DirtyBitmap } from '../../src/core/dirty-bitmap.js';
 import { baseSeed, Prng } from './prng.js';
 
 const KiB = 1024;

@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { ResyncRun, type ResyncLimits } from '../../src/core/resync-run.js';
-import { DirtyBitmap } from '../../src/storage/dirty-bitmap.js';
+import { DirtyBitmap } from '../../src/core/dirty-bitmap.js';
 import { baseSeed, Prng } from './prng.js';
 
 const REGION = 4096;
