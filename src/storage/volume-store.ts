@@ -24,7 +24,7 @@ import type { DurableFiles } from './durable-files.js';
 import type { DirtyBitmap } from '../core/dirty-bitmap.js';
 import { EntryType } from '../protocol/log-entry.js';
 import { applyEntry, LocalVolume } from './local-volume.js';
-import { ReplicaTrail } from './replica-trail.js';
+import { ReplicaTrail } from '../core/replica-trail.js';
 import { prepareVolumeFiles, type VolumePaths, type VolumeIdentity } from './volume-files.js';
 import { LogCorruptError, WriteLog, type LogGeometry, type LogOptions, type RecoveryReport } from './write-log.js';
 

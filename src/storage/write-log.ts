@@ -13,7 +13,7 @@
 //                       g mod partitions; every entry records its generation, so entries
 //                       left from an earlier turn are never mistaken for new ones.
 //   trail               (a replica's log only) where the entries since the primary's
-//                       last CP landed: replica-trail.ts
+//                       last CP landed: src/core/replica-trail.ts
 //
 // The directory is made whole, by DurableFiles.installDirectory: the files are written
 // in `<dir>.new` (the superblock last) and the directory is swapped into place, so a
@@ -61,7 +61,7 @@ import type { Logger } from '../lib/log.js';
 import { IoActivity, readFullyAt, writevAt } from '../io/file-io.js';
 import { native, type SyncerHandle } from '../io/native.js';
 import { DurableFiles, isMissing } from './durable-files.js';
-import { ReplicaTrail, TRAIL_FILE, type TrailExtent } from './replica-trail.js';
+import { ReplicaTrail, TRAIL_FILE, type TrailExtent } from '../core/replica-trail.js';
 import {
   alignedEntryBytes,
   decodeEntryHeader,
@@ -348,7 +348,7 @@ export class WriteLog {
     this.tail = { generation: -1, blockStart: 0, bytes: Buffer.alloc(0) };
     this.files = filesOf(options);
     this.needsFullResync = superblock.needsFullResync === true;
-    this.trail = options.replica === undefined ? null : ReplicaTrail.load(this.files, path.join(options.dir, TRAIL_FILE));
+    this.trail = options.replica === undefined ? null : ReplicaTrail.decode(this.files.read(path.join(options.dir, TRAIL_FILE)));
   }
 
   /**
@@ -1140,7 +1140,7 @@ export class WriteLog {
     }
     const cpTimeMs = Date.now();
     // The entries this CP lets go of may still have to be named to the primary.
-    this.trail?.save(this.files, path.join(this.options.dir, TRAIL_FILE));
+    if (this.trail !== null) this.saveTrail(this.trail);
     // Sessions whose entries may lie after the CP: this one, and earlier ones with entries
     // beyond it (a logship replica applies, and so covers, only up to the primary's CP).
     const logIds = this.logIds.filter((id) => id === this.logId || (this.sessionLastSeq.get(id) ?? 0) > cpSeq);
@@ -1190,7 +1190,12 @@ export class WriteLog {
   keepNamed(named: TrailExtent[] | null, volumeBytes: number): void {
     assert(this.trail !== null, 'not a replica log');
     this.trail.resetTo(named, volumeBytes);
-    this.trail.save(this.files, path.join(this.options.dir, TRAIL_FILE));
+    this.saveTrail(this.trail);
+  }
+
+  /** Writes the replica trail durably (atomically replaced). */
+  private saveTrail(trail: ReplicaTrail): void {
+    this.files.replaceFile(path.join(this.options.dir, TRAIL_FILE), trail.encode(), 'trail');
   }
 
   /** A retainer may have changed its mind: partitions it held may be free now. */

@@ -9,7 +9,11 @@
 // store, sync and checkpoint under way is lost with the process, and a fresh target is
 // made from the recovered log when it restarts (restart()), as the node does at start.
 // A source's RESET (a resync) restarts its log once the target is idle, as
-// ReplicaTarget.reset does, and is answered with RESET_DONE. A primary that crashes
+// ReplicaTarget.reset does, and is answered with RESET_DONE. What it names in DIVERGED
+// first comes from the shipped ReplicaTrail (src/core/replica-trail.ts), kept as the
+// node keeps it: entries added as they are stored, trimmed at each consistency point of
+// the primary taken here, written at each consistency point and at a reset, and after a
+// crash read back from what was written, plus the entries recovery finds. A primary that crashes
 // closes every link: the secondary goes on with the stores it had issued and is reset
 // by the restarted primary like any peer that needs a resync.
 //
@@ -18,6 +22,7 @@
 
 import type { MirrorSource, PeerReady, SourceAction } from '../../src/core/mirror-source.js';
 import { MirrorTarget, type TargetAction } from '../../src/core/mirror-target.js';
+import { ReplicaTrail } from '../../src/core/replica-trail.js';
 import type { Prng } from '../unit/prng.js';
 import { SimFailure, type Checker, type CheckedPeer } from './checker.js';
 import type { SimConfig, UsRange } from './config.js';
@@ -56,11 +61,10 @@ export class Secondary implements CheckedPeer {
   cpSeq = 0;
   /** A RESET is being carried out. */
   resetting = false;
-  /**
-   * What it named at its last RESET, named again at any RESET until it takes a
-   * consistency point of the primary (as ReplicaTarget keeps them).
-   */
-  private named: { firstBlock: number; blockCount: number }[] = [];
+  /** Where its entries since the primary's last consistency point landed (WriteLog's trail). */
+  private trail = new ReplicaTrail();
+  /** The trail file: what the trail was when last written. */
+  private trailFile: Buffer | null = null;
   readonly replica: Replica;
   target: MirrorTarget<Frame>;
   readonly links: PeerLinks;
@@ -114,6 +118,11 @@ export class Secondary implements CheckedPeer {
     const keep = durable + Math.floor(keepFraction * (this.replica.storedPrefix() - durable));
     const last = this.replica.crash(keep);
     this.busyUntilUs.fill(0);
+    // At its start the log reads the trail file back and adds every entry it replays
+    // (those after its last consistency point), and its start's consistency point writes it.
+    this.trail = ReplicaTrail.decode(this.trailFile);
+    for (let seq = Math.max(this.cpSeq, this.replica.base) + 1; seq <= last; seq += 1) this.addToTrail(seq, this.replica.record(seq).frame);
+    this.trailFile = this.trail.encode();
     // What a restart will find (made now: nothing happens to it while the node is down).
     this.target = new MirrorTarget<Frame>({ mode: this.context.config.mode, lastSeq: last, windowBytesMax: this.context.config.windowBytesMax });
     return last;
@@ -161,20 +170,24 @@ export class Secondary implements CheckedPeer {
         this.resetting = false;
         return;
       }
-      // As ReplicaTarget does: the regions named at an earlier RESET are named again until
-      // a consistency point of the primary is taken (the deliberate fault forgets them).
-      const forgets = config.fault === 'target-forgets-named';
-      if (forgets && this.named.length > 0) this.context.fault.injected = true;
-      const held: { firstBlock: number; blockCount: number }[] = forgets ? [] : [...this.named];
-      for (let at = Math.max(reportAfter, this.replica.base) + 1; at <= this.replica.lastSeq; at += 1) {
-        const frame = this.replica.record(at).frame;
-        if (frame.kind !== 'cp') held.push({ firstBlock: frame.firstBlock, blockCount: frame.blockCount });
+      // As ReplicaTarget does: the trail names the regions of entries past reportAfter, and
+      // those named at an earlier RESET until a consistency point of the primary is taken.
+      const { blockBytes, blocks } = config;
+      const extents = this.trail.extentsAfter(reportAfter) ?? [{ offset: 0, lengthBytes: blocks * blockBytes }];
+      // Kept, durably, before they are named (WriteLog.keepNamed): the log about to be made
+      // anew no longer holds them. The deliberate fault forgets them.
+      if (config.fault === 'target-forgets-named') {
+        if (this.trail.extentsAfter(Number.MAX_SAFE_INTEGER)?.length !== 0) this.context.fault.injected = true;
+        this.trail.resetTo([], blocks * blockBytes);
+      } else {
+        this.trail.resetTo(extents, blocks * blockBytes);
       }
+      this.trailFile = this.trail.encode();
+      const held = extents.map(({ offset, lengthBytes }) => ({ firstBlock: offset / blockBytes, blockCount: lengthBytes / blockBytes }));
       if (held.length > 0) this.links.send('to-source', 0, `diverged (${held.length} entries)`, () => this.context.onDiverged(this.id, held));
       queue.after(this.draw(config.diskSyncUs), `${this.id} log restarted after ${seq}`, () => {
         if (this.incarnation !== incarnation) return;
         this.replica.resetLog(seq);
-        if (!forgets) this.named = held;
         this.target = new MirrorTarget<Frame>({ mode: config.mode, lastSeq: seq, windowBytesMax: config.windowBytesMax });
         this.cpSeq = seq;
         this.resetting = false;
@@ -243,8 +256,10 @@ export class Secondary implements CheckedPeer {
             if (this.incarnation !== incarnation) return;
             this.replica.syncThrough(cpSeq);
             this.cpSeq = Math.max(this.cpSeq, cpSeq);
-            // The primary wrote its bitmaps before this CP (and after the RESET_DONE that followed the names).
-            this.named = [];
+            // ReplicaTarget.checkpoint: the primary wrote its bitmaps before this CP (and after
+            // the RESET_DONE that followed the names), so the trail lets go of what it covers.
+            this.trail.trimThrough(cpSeq);
+            this.trailFile = this.trail.encode();
             this.perform(this.target.checkpointDone(cpSeq, null));
           });
           break;
@@ -255,10 +270,15 @@ export class Secondary implements CheckedPeer {
     }
   }
 
+  private addToTrail(seq: number, frame: Frame): void {
+    if (frame.kind !== 'cp') this.trail.add(seq, frame.firstBlock * this.context.config.blockBytes, frame.blockCount * this.context.config.blockBytes);
+  }
+
   /** Appends to the per-source log now, and writes the image when the store completes. */
   private store(seq: number, frame: Frame): void {
     const { config, queue, checker, fault } = this.context;
     const record = this.replica.append(seq, frame);
+    this.addToTrail(seq, frame);
     const blocks: number[] = [];
     if (frame.kind !== 'cp') for (let block = frame.firstBlock; block < frame.firstBlock + frame.blockCount; block += 1) blocks.push(block);
     const faulty = this.faulty && !fault.injected;

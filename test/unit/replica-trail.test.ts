@@ -1,5 +1,5 @@
 // A replica's record of where its entries since the primary's last consistency point
-// landed (src/storage/replica-trail.ts): what it names for a primary that lost entries,
+// landed (src/core/replica-trail.ts): what it names for a primary that lost entries,
 // how the primary's consistency points shorten it, and how it survives a restart — or,
 // when its file is damaged or it grew past its bound, that it names every region rather
 // than too few.
@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, test } from 'node:test';
-import { ReplicaTrail, trailEntriesMax } from '../../src/storage/replica-trail.js';
+import { ReplicaTrail, trailEntriesMax } from '../../src/core/replica-trail.js';
 import { DurableFiles } from '../../src/storage/durable-files.js';
 
 const files = new DurableFiles();
@@ -53,28 +53,28 @@ test("the primary's consistency point drops the entries up to it", () => {
 
 test('saved and loaded, it names the same regions; a missing file is an empty record', () => {
   const file = path.join(dir, 'trail-1');
-  filled().save(files, file);
-  assert.deepEqual(ReplicaTrail.load(files, file).extentsAfter(2), filled().extentsAfter(2));
-  assert.deepEqual(ReplicaTrail.load(files, path.join(dir, 'none')).extentsAfter(0), []);
+  files.replaceFile(file, filled().encode(), 'trail');
+  assert.deepEqual(ReplicaTrail.decode(files.read(file)).extentsAfter(2), filled().extentsAfter(2));
+  assert.deepEqual(ReplicaTrail.decode(files.read(path.join(dir, 'none'))).extentsAfter(0), []);
 });
 
 test('a damaged or truncated file, or more entries than the bound, name every region (null)', () => {
   const file = path.join(dir, 'trail-2');
-  filled().save(files, file);
+  files.replaceFile(file, filled().encode(), 'trail');
   const bytes = fs.readFileSync(file);
   for (const at of [0, 9, 20, bytes.length - 1]) {
     const damaged = Buffer.from(bytes);
     damaged[at] = (damaged[at] ?? 0) ^ 0x10;
     fs.writeFileSync(file, damaged);
-    assert.equal(ReplicaTrail.load(files, file).extentsAfter(0), null, `byte ${at} flipped`);
+    assert.equal(ReplicaTrail.decode(files.read(file)).extentsAfter(0), null, `byte ${at} flipped`);
   }
   fs.writeFileSync(file, bytes.subarray(0, bytes.length - 24));
-  assert.equal(ReplicaTrail.load(files, file).extentsAfter(0), null, 'truncated');
+  assert.equal(ReplicaTrail.decode(files.read(file)).extentsAfter(0), null, 'truncated');
   const big = new ReplicaTrail();
   for (let seq = 1; seq <= trailEntriesMax + 1; seq += 1) big.add(seq, 0, 4096);
   assert.equal(big.extentsAfter(0), null);
-  big.save(files, file);
-  assert.equal(ReplicaTrail.load(files, file).extentsAfter(0), null, 'the overflow is remembered');
+  files.replaceFile(file, big.encode(), 'trail');
+  assert.equal(ReplicaTrail.decode(files.read(file)).extentsAfter(0), null, 'the overflow is remembered');
 });
 
 test("names kept across a reset are named at every later reset, until the primary's next consistency point", () => {
@@ -85,8 +85,8 @@ test("names kept across a reset are named at every later reset, until the primar
   assert.deepEqual(trail.extentsAfter(19), [...(named ?? []), { offset: 1 << 24, lengthBytes: 4096 }]);
   assert.deepEqual(trail.extentsAfter(25), named, 'kept names whatever the sequence number asked about');
   const file = path.join(dir, 'trail-3');
-  trail.save(files, file);
-  assert.deepEqual(ReplicaTrail.load(files, file).extentsAfter(25), named);
+  files.replaceFile(file, trail.encode(), 'trail');
+  assert.deepEqual(ReplicaTrail.decode(files.read(file)).extentsAfter(25), named);
   trail.trimThrough(20);
   assert.deepEqual(trail.extentsAfter(0), []);
   // A reset after an overflow keeps "every region" as one name.

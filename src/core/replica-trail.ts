@@ -16,12 +16,14 @@
 // point: if the primary crashed again before it had made the names durable, they would
 // otherwise be lost with the old log.
 //
+// Pure: the write log (src/storage/write-log.ts) writes the file and reads it back; the
+// simulator (test/sim) keeps its bytes in memory.
+//
 // Bounded: past `trailEntriesMax` entries it stops listing and says "everything" (the
 // whole volume would then be resent), which only a primary that never takes a
 // consistency point could cause.
 
 import { crc32c } from '../lib/crc32c.js';
-import type { DurableFiles } from './durable-files.js';
 
 export const TRAIL_FILE = 'trail';
 const TRAIL_MAGIC = 0x424d5452; // 'BMTR'
@@ -134,18 +136,12 @@ export class ReplicaTrail {
     return body;
   }
 
-  /** Writes the record durably (atomically replaced). */
-  save(files: DurableFiles, file: string): void {
-    files.replaceFile(file, this.encode(), 'trail');
-  }
-
   /**
-   * Reads the record written at the last consistency point. A missing file is an empty
-   * record (a log that never had one); an unreadable one counts as "every region".
+   * Reads the record written at the last consistency point. A missing file (null) is an
+   * empty record (a log that never had one); an unreadable one counts as "every region".
    */
-  static load(files: DurableFiles, file: string): ReplicaTrail {
+  static decode(data: Buffer | null): ReplicaTrail {
     const trail = new ReplicaTrail();
-    const data = files.read(file);
     if (data === null) return trail;
     const count = data.length >= HEADER_BYTES ? data.readUInt32BE(8) : -1;
     const valid =
