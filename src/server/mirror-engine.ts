@@ -1,18 +1,17 @@
 // The mirror engine of one volume on its primary node (docs/architecture.md): it taps
 // the volume's write log, sends every entry to each peer over that peer's connections,
 // and holds a client's reply until the peers have what the volume's mode requires.
-// The decisions are MirrorSource's (src/core/mirror-source.ts): who streams, catches up
-// or resyncs, and when a reply may leave; and MirrorLedger's (src/core/mirror-ledger.ts):
-// what each peer may lack (the dirty bitmaps) and how the last run ended (the state file
-// `<dataDir>/mirror/<volume>.json`). This module does the I/O they call for: sockets, the
-// reconnect timer, and the files.
+// The decisions are PrimaryCore's (src/core/primary-core.ts): who streams, catches up or
+// resyncs, and when a reply may leave (MirrorSource); what each peer may lack and how the
+// last run ended (MirrorLedger: the dirty bitmaps and the state file
+// `<dataDir>/mirror/<volume>.json`); and which regions a resync sends next. This module
+// carries out its actions: sockets, the reconnect timer, the files, reading the log.
 //
-// Why one file of this size: it performs MirrorSource's and MirrorLedger's actions and
-// also still makes decisions of its own that belong in a pure core (links and reconnect
-// back-off, catch-up from the log, the resync loop's pacing, verify plumbing). The resync
-// plan (src/core/resync-run.ts) and the bitmaps (src/core/mirror-ledger.ts) have moved
-// out; the rest moves into the replica core (docs/architecture.md, "Known gaps"),
-// leaving this module an action runner. The sections below keep the jobs apart.
+// Why one file of this size: besides carrying out PrimaryCore's actions it still makes
+// decisions of its own that belong in a pure core (links and reconnect back-off, the
+// window of a catch-up from the log, the resync's pacing, verify plumbing); they move
+// into the core next (docs/architecture.md, "Known gaps"), leaving this module an action
+// runner. The sections below keep the jobs apart.
 
 import path from 'node:path';
 import crypto from 'node:crypto';
@@ -21,10 +20,11 @@ import type { ClusterConfig, NodeConfig, VolumeConfig } from '../control/config.
 import { assert } from '../lib/assert.js';
 import { BlockmirrorError } from '../lib/errors.js';
 import type { Logger } from '../lib/log.js';
-import { MirrorSource, type DiskState, type PeerStatus, type SourceAction } from '../core/mirror-source.js';
+import type { DiskState, PeerStatus } from '../core/mirror-source.js';
+import { PrimaryCore, type PrimaryAction } from '../core/primary-core.js';
 import { encodeEntryFrame, encodeFrame, type PeerMessage } from '../protocol/peer/frames.js';
 import type { DirtyBitmap } from '../core/dirty-bitmap.js';
-import { MirrorLedger, encodeMirrorRecord, parseMirrorRecord, type LedgerAction } from '../core/mirror-ledger.js';
+import { MirrorLedger, encodeMirrorRecord, parseMirrorRecord } from '../core/mirror-ledger.js';
 import { EntryType } from '../protocol/log-entry.js';
 import type { LocalVolume, MirrorGate } from '../storage/local-volume.js';
 import type { WriteLog } from '../storage/write-log.js';
@@ -51,8 +51,6 @@ interface PeerLinks {
   progress: (() => void) | null;
   /** The resync under way: when it started and how much it had to send. */
   resyncStart: { atMs: number; bytes: number } | null;
-  /** Bytes the peer named (DIVERGED) since the RESET just sent. */
-  divergedReported: number;
 }
 
 export interface MirrorPeerStatus extends PeerStatus {
@@ -63,13 +61,11 @@ export interface MirrorPeerStatus extends PeerStatus {
 }
 
 export class MirrorEngine implements MirrorGate {
-  private readonly core: MirrorSource<Frame>;
+  private readonly core: PrimaryCore<Frame>;
   private readonly peers = new Map<string, PeerLinks>();
   private readonly waiters = new Map<number, { resolve: () => void; reject: (error: Error) => void }>();
   private nextToken = 1;
   private readonly stateFile: string;
-  /** What each peer may lack, and the state file. */
-  private readonly ledger: MirrorLedger;
   private stopped = false;
   private readonly secret: Buffer;
   private verifyRun: OnlineVerify | null = null;
@@ -119,7 +115,7 @@ export class MirrorEngine implements MirrorGate {
     const peerIds = volume.replicas.filter((id) => id !== local.id);
     const stateData = files.read(this.stateFile);
     const intentFile = path.join(local.dataDir, 'mirror', `${volume.name}.intent`);
-    this.ledger = new MirrorLedger({
+    const ledger = new MirrorLedger({
       peers: peerIds,
       sizeBytes: volume.sizeBytes,
       regionBytes: cluster.resync.regionBytes,
@@ -131,20 +127,22 @@ export class MirrorEngine implements MirrorGate {
       intent: WriteIntent.load(files, intentFile, volume.sizeBytes, constants.writeIntentExtentBytes),
       unsyncedGenerationsMax: constants.unsyncedGenerationsMax,
     });
-    for (const { message, fields } of this.ledger.warnings) log.warn(message, fields);
-    this.core = new MirrorSource<Frame>({
-      mode: volume.mode,
-      strict: volume.strict,
-      peers: peerIds,
-      lastSeq,
-      lagBytesMax: constants.asyncLagBytesMax,
-      windowBytesMax: constants.mirrorWindowBytesMax,
-      catchUpBytesMax: constants.mirrorCatchUpBytesMax,
-      resync: true,
-      resyncNeeded: [...this.ledger.resyncNeeded],
-      divergedAfter: { ...this.ledger.divergedAfter },
-      logCatchUp: cluster.log.retentionBytesMax > 0,
-    });
+    for (const { message, fields } of ledger.warnings) log.warn(message, fields);
+    this.core = new PrimaryCore<Frame>(
+      {
+        mode: volume.mode,
+        strict: volume.strict,
+        peers: peerIds,
+        lastSeq,
+        lagBytesMax: constants.asyncLagBytesMax,
+        windowBytesMax: constants.mirrorWindowBytesMax,
+        catchUpBytesMax: constants.mirrorCatchUpBytesMax,
+        resync: true,
+        logCatchUp: cluster.log.retentionBytesMax > 0,
+        sizeBytes: volume.sizeBytes,
+      },
+      ledger,
+    );
     for (const id of peerIds) {
       const node = cluster.nodes.find((candidate) => candidate.id === id);
       assert(node !== undefined, `replica ${id} is not a node`);
@@ -159,13 +157,12 @@ export class MirrorEngine implements MirrorGate {
         lastProblem: '',
         progress: null,
         resyncStart: null,
-        divergedReported: 0,
       });
     }
     // Durable before the first write: the record (a crash from now on is an unclean stop)
     // and the bitmaps; only then may the write-intent record start afresh.
     files.makeDir(path.dirname(this.stateFile), 'mirror-state');
-    this.apply(this.ledger.attach(this.core));
+    this.run(this.core.open());
     this.intent = new WriteIntent(files, intentFile, volume.sizeBytes, constants.writeIntentExtentBytes);
   }
 
@@ -173,17 +170,9 @@ export class MirrorEngine implements MirrorGate {
     return path.join(this.local.dataDir, 'mirror', `${this.volume.name}.${peer}.bitmap`);
   }
 
-  /** Writes what the ledger asks for, at once and in order (atomically and durably). */
-  private apply(actions: LedgerAction[]): void {
-    for (const action of actions) {
-      if (action.kind === 'write-record') this.files.replaceFile(this.stateFile, encodeMirrorRecord(action.record), 'mirror-state');
-      else this.files.replaceFile(this.bitmapFile(action.peer), action.bitmap.encode(), 'bitmap');
-    }
-  }
-
   private resyncProgress(peer: PeerLinks | undefined): MirrorPeerStatus['resync'] {
     if (peer?.resyncStart == null) return null;
-    const remainingBytes = this.ledger.dirtyBytes(peer.node.id);
+    const remainingBytes = this.core.dirtyBytes(peer.node.id);
     const elapsedSeconds = Math.max(0.001, (Date.now() - peer.resyncStart.atMs) / 1000);
     const rateBytesPerSec = Math.max(0, Math.round((peer.resyncStart.bytes - remainingBytes) / elapsedSeconds));
     return { remainingBytes, rateBytesPerSec, etaSeconds: rateBytesPerSec > 0 ? Math.ceil(remainingBytes / rateBytesPerSec) : null };
@@ -200,7 +189,7 @@ export class MirrorEngine implements MirrorGate {
       const log = this.entries.status();
       this.intent.cool(Math.max(log.durableSeq, log.cpSeq));
     }
-    this.apply(this.ledger.persist());
+    this.run(this.core.persist());
   }
 
   /**
@@ -215,22 +204,19 @@ export class MirrorEngine implements MirrorGate {
     const regionBytes = this.cluster.resync.regionBytes;
     // Consecutive dirty regions go out as one entry, up to this many.
     const runRegionsMax = Math.max(1, Math.floor(Math.min(constants.resyncEntryBytesMax, this.entries.entryPayloadBytesMax) / regionBytes));
-    const plan = this.ledger.resyncPlan(id);
     const startedMs = Date.now();
-    const startBytes = this.ledger.dirtyBytes(id);
+    const startBytes = this.core.dirtyBytes(id);
     const rateMax = this.cluster.resync.rateBytesPerSecMax;
     let sentBytes = 0;
-    const live = (): boolean =>
-      !this.stopped && peer.up && peer.session === session && this.core.peerStatus(id).replication === 'resyncing';
-    this.log.info('resync started', { peer: id, regions: this.ledger.bitmap(id).dirtyRegions, bytes: startBytes });
+    const live = (): boolean => !this.stopped && peer.up && peer.session === session;
+    this.log.info('resync started', { peer: id, regions: this.core.bitmap(id).dirtyRegions, bytes: startBytes });
     peer.resyncStart ??= { atMs: startedMs, bytes: startBytes };
     while (live()) {
       if (rateMax === 0 && Date.now() - this.resyncControlTickMs >= constants.resyncControlIntervalMs) {
         this.resyncControlTickMs = Date.now();
         this.resyncControl.tick();
       }
-      plan.durableThrough(this.core.peerStatus(id).durableSeq);
-      const runs = plan.plan({
+      const step = this.core.resyncNext(id, {
         // Capped by the rate, or by the controller that keeps client requests responsive.
         inflightMax: rateMax > 0 ? constants.resyncRegionsInflightMax : this.resyncControl.limit,
         runsMax: constants.resyncReadsParallelMax,
@@ -238,7 +224,9 @@ export class MirrorEngine implements MirrorGate {
         // Paced, a batch is at most a tenth of a second's worth, so bursts stay small.
         batchRegionsMax: rateMax > 0 ? Math.max(1, Math.floor(rateMax / 10 / regionBytes)) : Number.POSITIVE_INFINITY,
       });
-      if (runs.length > 0) {
+      if (step.kind === 'stopped') break;
+      if (step.kind === 'log') {
+        const { runs } = step;
         if (rateMax > 0) {
           // Paced: the regions sent so far may not run ahead of the allowed rate.
           const dueMs = startedMs + (sentBytes / rateMax) * 1000;
@@ -253,27 +241,22 @@ export class MirrorEngine implements MirrorGate {
             return this.regions.logCurrent(offset, Math.min(run.length * regionBytes, this.volume.sizeBytes - offset));
           }),
         );
-        logged.forEach(({ seq, written }, index) => {
-          // A failed log write fails the volume; the loop then ends with the peer's links.
-          written.catch(() => undefined);
-          plan.logged(seq, runs[index] ?? []);
-        });
+        // A failed log write fails the volume; the loop then ends with the peer's links.
+        for (const { written } of logged) written.catch(() => undefined);
+        // A later session has a plan of its own: these entries are not its.
+        if (!live()) break;
+        logged.forEach(({ seq }, index) => this.core.resyncLogged(id, seq, runs[index] ?? []));
         continue;
       }
-      const idle = plan.idle();
-      if (idle === 'again') continue;
-      if (idle === 'done') {
-        this.core.resyncDone(id);
-        this.apply(this.ledger.resyncDone(id));
+      this.run(step.actions);
+      if (step.kind === 'done') {
         this.log.info('resync done', { peer: id, bytes: startBytes, ms: Date.now() - startedMs });
         peer.resyncStart = null;
         return;
       }
       // Wait for the peer to make what was sent durable (bounded: a FLUSHED or 100 ms).
-      // It is asked for what it has stored so far, so that regions are cleared (and new
+      // It was asked for what it has stored so far, so that regions are cleared (and new
       // ones sent) while the rest is still on its way, rather than in lockstep batches.
-      const { ackedSeq, durableSeq } = this.core.peerStatus(id);
-      this.run(this.core.askDurable(id, plan.flushTarget(ackedSeq, durableSeq)));
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, 100);
         peer.progress = () => {
@@ -284,7 +267,7 @@ export class MirrorEngine implements MirrorGate {
       peer.progress = null;
     }
     peer.resyncStart = null;
-    this.log.warn('resync interrupted', { peer: id, bytesLeft: this.ledger.dirtyBytes(id) });
+    this.log.warn('resync interrupted', { peer: id, bytesLeft: this.core.dirtyBytes(id) });
   }
 
   /**
@@ -351,10 +334,11 @@ export class MirrorEngine implements MirrorGate {
     // The log keeps them while they are read (see retains()).
     const pin = { fromSeq };
     this.readPins.add(pin);
+    let extents: { offset: number; lengthBytes: number }[] | null = [];
     try {
       await this.entries.syncTo(toSeq);
       for await (const entry of this.entries.readRange(fromSeq, toSeq)) {
-        if (entry.fields.type !== EntryType.CONSISTENCY_POINT) this.ledger.lacks(peer.node.id, entry.fields.offset, entry.fields.lengthBytes);
+        if (entry.fields.type !== EntryType.CONSISTENCY_POINT) extents.push({ offset: entry.fields.offset, lengthBytes: entry.fields.lengthBytes });
       }
     } catch (error) {
       this.log.warn('entries a dropped peer had not made durable cannot be read back: every region counts as out of sync for it', {
@@ -363,11 +347,11 @@ export class MirrorEngine implements MirrorGate {
         toSeq,
         error: String(error),
       });
-      this.ledger.lacksAll(peer.node.id);
+      extents = null;
     } finally {
       this.readPins.delete(pin);
     }
-    if (!this.stopped) this.persistBitmaps();
+    if (!this.stopped) this.run(this.core.unsyncedRead(peer.node.id, extents));
   }
 
   private peerLinks(id: string): PeerLinks {
@@ -424,8 +408,7 @@ export class MirrorEngine implements MirrorGate {
     const marker = fields.type === EntryType.CONSISTENCY_POINT;
     const offset = marker ? 0 : fields.offset;
     const lengthBytes = marker ? 0 : fields.lengthBytes;
-    this.ledger.placed(offset, lengthBytes);
-    this.run(this.core.appended({ seq, bytes, offset, lengthBytes, frame }));
+    this.run(this.core.placed({ seq, bytes, offset, lengthBytes, frame }));
   }
 
   get lastSeq(): number {
@@ -493,7 +476,7 @@ export class MirrorEngine implements MirrorGate {
   status(): MirrorPeerStatus[] {
     return this.core.status().map((peer) => ({
       ...peer,
-      outOfSyncBytes: peer.disk === 'up-to-date' ? 0 : this.ledger.dirtyBytes(peer.peer),
+      outOfSyncBytes: peer.disk === 'up-to-date' ? 0 : this.core.dirtyBytes(peer.peer),
       resync: this.resyncProgress(this.peers.get(peer.peer)),
       connections: (this.peers.get(peer.peer)?.links ?? []).map((link) => ({ state: link.state, lastHeartbeatMs: link.lastHeartbeatMs })),
     }));
@@ -520,7 +503,7 @@ export class MirrorEngine implements MirrorGate {
     // The peers have taken the final CP: the bitmap files no longer need to mark what they
     // had not made durable, and the record names the clean stop.
     if (finalSeq !== null) {
-      this.apply(this.ledger.cleanStop(finalSeq, this.core.status().filter((peer) => peer.resyncNeeded).map((peer) => peer.peer)));
+      this.run(this.core.cleanStop(finalSeq));
     }
   }
 
@@ -546,14 +529,13 @@ export class MirrorEngine implements MirrorGate {
         askDigest: (node, seq, offset, lengthBytes) => this.askDigest(node, seq, offset, lengthBytes),
         markOutOfSync: (node, offset, lengthBytes) => {
           this.peerLinks(node);
-          this.core.outOfSync(node);
-          this.apply(this.ledger.outOfSync(node, offset, lengthBytes));
+          this.run(this.core.outOfSync(node, offset, lengthBytes));
         },
         repair: async (node) => {
           const peer = this.peers.get(node);
           if (peer === undefined || !peer.up || !this.core.repair(node)) return false;
-          this.log.warn('repairing the regions verify found different', { peer: node, bytes: this.ledger.dirtyBytes(node) });
-          peer.resyncStart = { atMs: Date.now(), bytes: this.ledger.dirtyBytes(node) };
+          this.log.warn('repairing the regions verify found different', { peer: node, bytes: this.core.dirtyBytes(node) });
+          peer.resyncStart = { atMs: Date.now(), bytes: this.core.dirtyBytes(node) };
           await this.resync(peer, peer.session);
           return this.core.peerStatus(node).disk === 'up-to-date';
         },
@@ -677,7 +659,6 @@ export class MirrorEngine implements MirrorGate {
       if (replication === 'streaming' || replication === 'catching-up') {
         this.log.info(replication === 'streaming' ? 'peer streaming' : 'peer catching up', { peer: peer.node.id, fromSeq: ready.lastSeq + 1 });
       }
-      this.ledger.clearIfCurrent(peer.node.id);
     });
   }
 
@@ -715,7 +696,6 @@ export class MirrorEngine implements MirrorGate {
     switch (message.type) {
       case 'ack':
         this.run(this.core.acked(id, message.seq, message.status));
-        this.ledger.clearIfCurrent(id);
         peer.progress?.();
         return;
       case 'flushed':
@@ -736,30 +716,10 @@ export class MirrorEngine implements MirrorGate {
         else waiter.reject(new Error(`the peer could not compute it (status ${message.status})`));
         return;
       }
-      case 'diverged': {
-        // Only between RESET and RESET_DONE, and only inside the volume.
-        const awaited = !this.core.isInSync(id) && this.core.peerStatus(id).replication === 'resyncing';
-        const outside = message.extents.find((extent) => extent.offset + extent.lengthBytes > this.volume.sizeBytes);
-        if (!awaited || outside !== undefined) {
-          this.counters.peerProtocolErrors += 1;
-          this.log.error('protocol error from the peer', { peer: id, reason: awaited ? 'DIVERGED extent outside the volume' : 'DIVERGED out of turn' });
-          link.close('protocol error: DIVERGED');
-          return;
-        }
-        peer.divergedReported += this.ledger.diverged(id, message.all, message.extents);
-        return;
-      }
-      case 'reset-done': {
-        // What it named is durable here before this node forgets where its history was cut.
-        this.apply(this.ledger.beforeResetDone());
-        const reported = peer.divergedReported;
-        this.run(this.core.resetDone(id, message.seq, message.status));
-        this.apply(this.ledger.afterResetDone(id));
-        if (reported > 0) this.log.warn('peer held writes this node lost in a crash; their regions are resent', { peer: id, bytes: reported });
-        if (!this.core.isInSync(id)) return;
-        void this.resync(peer, peer.session);
-        return;
-      }
+      case 'diverged':
+        return this.run(this.core.diverged(id, message.all, message.extents));
+      case 'reset-done':
+        return this.run(this.core.resetDone(id, message.seq, message.status));
       default:
         this.counters.peerProtocolErrors += 1;
         link.close(`unexpected ${message.type} from the target`);
@@ -768,7 +728,7 @@ export class MirrorEngine implements MirrorGate {
 
   // ---- actions ------------------------------------------------------------------------------
 
-  private run(actions: SourceAction<Frame>[]): void {
+  private run(actions: PrimaryAction<Frame>[]): void {
     for (const action of actions) {
       switch (action.kind) {
         case 'send-entry':
@@ -788,14 +748,19 @@ export class MirrorEngine implements MirrorGate {
           else waiter.reject(new BlockmirrorError('ERR_REPLICA_UNAVAILABLE', action.error));
           break;
         }
-        case 'peer-dropped': {
-          const peer = this.peerLinks(action.peer);
-          // What it may lack: entries in flight or queued for it, or everything.
-          this.apply(this.ledger.peerDropped(action.peer, action.full, action.lost.map((entry) => ({ offset: entry.offset, lengthBytes: entry.lengthBytes ?? 0 }))));
-          if (action.unsynced !== null) void this.markUnsynced(peer, action.unsynced.fromSeq, action.unsynced.toSeq);
+        // Written at once, in order, atomically and durably.
+        case 'write-record':
+          this.files.replaceFile(this.stateFile, encodeMirrorRecord(action.record), 'mirror-state');
+          break;
+        case 'write-bitmap':
+          this.files.replaceFile(this.bitmapFile(action.peer), action.bitmap.encode(), 'bitmap');
+          break;
+        case 'read-unsynced':
+          void this.markUnsynced(this.peerLinks(action.peer), action.fromSeq, action.toSeq);
+          break;
+        case 'peer-dropped':
           this.dropped(action.peer, action.disk, action.reason);
           break;
-        }
         case 'release':
           this.release();
           break;
@@ -804,17 +769,25 @@ export class MirrorEngine implements MirrorGate {
           void this.catchUpFromLog(peer, peer.session, action.fromSeq, action.toSeq);
           break;
         }
-        case 'reset-peer': {
+        case 'send-reset': {
           const peer = this.peerLinks(action.peer);
-          this.apply(this.ledger.resetPeer(action.peer, action.full));
-          this.log.warn('peer needs a resync: it restarts its log here and is sent the regions it lacks', {
-            peer: action.peer,
-            fromSeq: action.seq,
-            bytes: this.ledger.dirtyBytes(action.peer),
-          });
-          peer.resyncStart = { atMs: Date.now(), bytes: this.ledger.dirtyBytes(action.peer) };
-          peer.divergedReported = 0;
+          const bytes = this.core.dirtyBytes(action.peer);
+          this.log.warn('peer needs a resync: it restarts its log here and is sent the regions it lacks', { peer: action.peer, fromSeq: action.seq, bytes });
+          peer.resyncStart = { atMs: Date.now(), bytes };
           peer.links[0]?.send(encodeFrame({ type: 'reset', seq: action.seq, reportAfter: action.reportAfter }));
+          break;
+        }
+        case 'resync': {
+          const peer = this.peerLinks(action.peer);
+          if (action.namedBytes > 0) this.log.warn('peer held writes this node lost in a crash; their regions are resent', { peer: action.peer, bytes: action.namedBytes });
+          void this.resync(peer, peer.session);
+          break;
+        }
+        case 'protocol-error': {
+          const peer = this.peerLinks(action.peer);
+          this.counters.peerProtocolErrors += 1;
+          this.log.error('protocol error from the peer', { peer: action.peer, reason: action.reason });
+          for (const link of peer.links) link.close(`protocol error: ${action.reason}`);
           break;
         }
       }

@@ -13,14 +13,14 @@
 // Faults: a partition cuts a secondary's links (the source is told at once) and heals
 // later, or never; a crash kills a secondary (it keeps only what was durable), the source
 // notices some time later, and the secondary restarts and reconnects with what its
-// recovery found. When it comes back the source decides: catch up from the entries it
-// kept, or (config.resync) a bitmap resync. What each peer may lack, and the state file,
-// are the shipped MirrorLedger's (src/core/mirror-ledger.ts), whose actions write the
-// primary's simulated files (`files`); after the peer's RESET the sim runs the ledger's
-// resync plan (src/core/resync-run.ts) as MirrorEngine.resync does: runs of dirty regions
-// logged with their current contents, each region cleared once the peer has made its
-// entry durable; then it tells the source resyncDone. Without resync such a peer stays
-// out.
+// recovery found. The primary is the shipped PrimaryCore (src/core/primary-core.ts:
+// MirrorSource, MirrorLedger and the resync plans), whose actions the sim carries out
+// as MirrorEngine does: messages over the simulated links, the ledger's files kept in
+// `files`, entries read back from the log. When a peer comes back the core decides:
+// catch up from the entries it kept, or (config.resync) a bitmap resync, which the sim
+// runs as MirrorEngine.resync does: it logs the runs of regions resyncNext gives with
+// their current contents, and waits for the peer when told to. Without resync such a
+// peer stays out.
 //
 // The primary can crash too (config.primaryCrashes), as src/storage/write-log.ts behaves:
 // every request in flight is dropped unanswered, every link closes, and its log keeps
@@ -34,9 +34,9 @@
 // MirrorSource from there, numbering new entries after it (reusing the numbers of lost
 // ones). Clients reconnect and go on.
 
-import { MirrorSource, type DiskState, type SourceAction } from '../../src/core/mirror-source.js';
-import { MirrorLedger, type LedgerAction, type LedgerOpening, type MirrorRecord } from '../../src/core/mirror-ledger.js';
-import type { ResyncRun } from '../../src/core/resync-run.js';
+import type { DiskState, MirrorSource } from '../../src/core/mirror-source.js';
+import { MirrorLedger, type LedgerOpening, type MirrorRecord } from '../../src/core/mirror-ledger.js';
+import { PrimaryCore, type PrimaryAction } from '../../src/core/primary-core.js';
 import { constants } from '../../src/constants.js';
 import { DirtyBitmap } from '../../src/core/dirty-bitmap.js';
 import { Prng } from '../unit/prng.js';
@@ -135,18 +135,14 @@ interface LedgerFiles {
 interface SimResync {
   /** The links session it belongs to: it ends with it. */
   session: number;
-  /** The plan MirrorEngine.resync runs (src/core/resync-run.ts). */
-  plan: ResyncRun;
   /** Only the latest scheduled step runs. */
   step: number;
 }
 
 export class Cluster implements CheckedCluster {
   readonly queue = new EventQueue();
-  /** The primary's mirror core (a new one at each restart). */
-  source: MirrorSource<Frame>;
-  /** What each peer may lack (a new one at each restart, from `files`). */
-  private ledger: MirrorLedger;
+  /** The primary's core (a new one at each restart, its ledger opened from `files`). */
+  core: PrimaryCore<Frame>;
   private readonly files: LedgerFiles = { record: null, bitmaps: new Map() };
   /** The primary is running (false from a crash to its restart). */
   primaryUp = true;
@@ -194,9 +190,9 @@ export class Cluster implements CheckedCluster {
   ) {
     this.prng = new Prng((config.seed ^ 0x5bd1e995) >>> 0);
     const { mode, windowBytesMax, lagBytesMax, catchUpBytesMax, resync } = config;
-    this.ledger = this.openLedger(0, 0, null, null);
-    this.source = new MirrorSource<Frame>({ mode, strict: false, peers: config.peers, lastSeq: 0, lagBytesMax, windowBytesMax, catchUpBytesMax, resync });
-    this.applyLedger(this.ledger.attach(this.source));
+    const sizeBytes = config.blocks * config.blockBytes;
+    this.core = new PrimaryCore<Frame>({ mode, strict: false, peers: config.peers, lastSeq: 0, lagBytesMax, windowBytesMax, catchUpBytesMax, resync, sizeBytes }, this.openLedger(0, 0, null, null));
+    this.onSource(this.core.open());
     this.primary = new Replica('primary', config.blocks, config.blockBytes);
     this.checker = new Checker(this);
     const cluster = this;
@@ -205,14 +201,10 @@ export class Cluster implements CheckedCluster {
       queue: this.queue,
       prng: this.prng,
       checker: this.checker,
-      get source(): MirrorSource<Frame> {
-        return cluster.source;
+      get core(): PrimaryCore<Frame> {
+        return cluster.core;
       },
-      // A reply from a peer; an ACK may leave it streaming and up to date (MirrorEngine.clearIfCurrent).
-      onSource: (actions: SourceAction<Frame>[]): void => {
-        this.onSource(actions);
-        for (const peer of this.peers) this.clearIfCurrent(peer.id);
-      },
+      onSource: (actions: PrimaryAction<Frame>[]): void => this.onSource(actions),
       onResetDone: (peer: string, seq: number, status: number): void => this.resetDone(peer, seq, status),
       onDiverged: (peer: string, blocks: { firstBlock: number; blockCount: number }[]): void => this.diverged(peer, blocks),
       onFlushed: (peer: string): void => this.wakeResync(peer),
@@ -227,6 +219,11 @@ export class Cluster implements CheckedCluster {
     this.versionIndex = Array.from({ length: config.blocks }, () => new Map());
     this.lost = Array.from({ length: config.blocks }, () => new Set());
     for (let id = 1; id <= config.clients; id += 1) this.clients.push({ id, opsLeft: config.opsPerClient, inFlight: 0, timerSet: false, lastArrivalUs: 0 });
+  }
+
+  /** The primary's MirrorSource, which the checker reads. */
+  get source(): MirrorSource<Frame> {
+    return this.core.source;
   }
 
   nowUs(): number {
@@ -324,9 +321,8 @@ export class Cluster implements CheckedCluster {
     peer.inSync = true;
     const ready = peer.ready();
     this.expectedDrop = peer.id;
-    this.onSource(this.source.connected(peer.id, ready));
+    this.onSource(this.core.connected(peer.id, ready, () => false));
     this.expectedDrop = null;
-    this.clearIfCurrent(peer.id);
   }
 
   /** The peer's links go down: what is in flight is lost, and the target's session ends. */
@@ -334,7 +330,7 @@ export class Cluster implements CheckedCluster {
     if (!peer.inSync) return;
     peer.cut();
     this.expectedDrop = peer.id;
-    this.onSource(this.source.disconnected(peer.id, reason));
+    this.onSource(this.core.disconnected(peer.id, reason));
     this.expectedDrop = null;
   }
 
@@ -346,7 +342,7 @@ export class Cluster implements CheckedCluster {
       this.queue.after(200, `reconnect ${peer.id} (target busy)`, () => this.reconnect(peer));
       return;
     }
-    this.source.connecting(peer.id);
+    this.core.connecting(peer.id);
     this.connect(peer);
   }
 
@@ -371,11 +367,10 @@ export class Cluster implements CheckedCluster {
     });
   }
 
-  private onPeerDropped(id: string, disk: DiskState, reason: string, lost: readonly { frame: Frame }[], full: boolean): void {
+  /** The core dropped the peer (its ledger has marked what it may lack). */
+  private onPeerDropped(id: string, disk: DiskState, reason: string): void {
     this.drops.push(`${id} (${disk}) at ${this.queue.now}us: ${reason}`);
     const peer = this.peer(id);
-    // What it may lack: the ledger marks it and has it written at once.
-    this.applyLedger(this.ledger.peerDropped(id, full, lost.map(({ frame }) => this.extentOf(frame))));
     // A peer that is away may be given up on when it misses more than the source keeps for it.
     const givenUpWhileAway = !peer.inSync && reason.includes('while away');
     if (this.expectedDrop !== id && !givenUpWhileAway) throw new SimFailure(`the source dropped ${id} (${disk}) unexpectedly: ${reason}`);
@@ -437,59 +432,38 @@ export class Cluster implements CheckedCluster {
     return new MirrorLedger(opening);
   }
 
-  /** MirrorEngine.apply: the files now hold what the ledger asked for. */
-  private applyLedger(actions: LedgerAction[]): void {
-    for (const action of actions) {
-      if (action.kind === 'write-record') this.files.record = structuredClone(action.record);
-      else this.files.bitmaps.set(action.peer, action.bitmap.encode());
-    }
-  }
-
-  /** MirrorEngine.persistBitmaps. */
-  private persistBitmaps(): void {
-    this.applyLedger(this.ledger.persist());
-  }
-
-  /** A peer that streams and is up to date lacks nothing. */
-  private clearIfCurrent(id: string): void {
-    if (this.primaryUp) this.ledger.clearIfCurrent(id);
-  }
-
-  /** The source's reset-peer: the peer is told to restart its log (and to name what it holds past `reportAfter`). */
+  /** The core's send-reset: the peer is told to restart its log (and to name what it holds past `reportAfter`). */
   private resetPeer(id: string, seq: number, reportAfter: number, full: boolean): void {
     const peer = this.peer(id);
-    this.applyLedger(this.ledger.resetPeer(id, full));
     this.resyncCounts.started += 1;
-    this.trace?.(`${this.queue.now}us the source resets ${id} at ${seq}${full ? ' (full)' : ''}, ${this.ledger.bitmap(id).dirtyRegions} regions dirty`);
+    this.trace?.(`${this.queue.now}us the source resets ${id} at ${seq}${full ? ' (full)' : ''}, ${this.core.bitmap(id).dirtyRegions} regions dirty`);
     peer.links.send('to-peer', 0, `reset ${seq}`, () => peer.reset(seq, reportAfter));
   }
 
   /** DIVERGED: blocks of entries the peer holds past what the source asked about; only between RESET and RESET_DONE. */
   private diverged(id: string, blocks: { firstBlock: number; blockCount: number }[]): void {
-    const status = this.source.peerStatus(id);
-    if (this.source.isInSync(id) || status.replication !== 'resyncing') throw new SimFailure(`${id} sent DIVERGED out of turn (${status.replication})`);
     this.primaryTally.divergedReports += 1;
     this.primaryTally.divergedEntries += blocks.length;
     const extents = blocks.map((range) => this.extentOf({ kind: 'resync', ...range, ids: [], data: Buffer.alloc(0) }));
     if (this.config.fault === 'primary-ignores-diverged') {
       // Injected when it leaves out a region that was not dirty anyway.
-      const probe = this.ledger.bitmap(id).clone();
+      const probe = this.core.bitmap(id).clone();
       for (const { offset, lengthBytes } of extents) probe.mark(offset, lengthBytes);
-      if (probe.dirtyRegions > this.ledger.bitmap(id).dirtyRegions) this.fault.injected = true;
+      if (probe.dirtyRegions > this.core.bitmap(id).dirtyRegions) this.fault.injected = true;
       return;
     }
-    this.ledger.diverged(id, false, extents);
+    this.onSource(this.core.diverged(id, false, extents));
   }
 
   private resetDone(id: string, seq: number, status: number): void {
-    // What it named is durable here before this node forgets where its history was cut.
-    this.applyLedger(this.ledger.beforeResetDone());
-    this.onSource(this.source.resetDone(id, seq, status));
-    this.applyLedger(this.ledger.afterResetDone(id));
-    if (!this.source.isInSync(id)) return;
+    this.onSource(this.core.resetDone(id, seq, status));
+  }
+
+  /** The core's resync action: the peer streams again and is sent the regions it lacks. */
+  private startResync(id: string): void {
     const peer = this.peer(id);
     const state = this.resyncOf(id);
-    state.run = { session: peer.links.sessionId, plan: this.ledger.resyncPlan(id), step: 0 };
+    state.run = { session: peer.links.sessionId, step: 0 };
     this.resyncStep(peer, state, state.run);
   }
 
@@ -505,47 +479,45 @@ export class Cluster implements CheckedCluster {
     });
   }
 
-  /** One turn of MirrorEngine.resync(), on its plan: clear what is durable, log more regions, or finish. */
+  /** One turn of MirrorEngine.resync(): log the runs the core gives, wait for the peer, or finish. */
   private resyncStep(peer: Secondary, state: ResyncState, run: SimResync): void {
     if (state.run !== run) return;
-    const live = peer.inSync && peer.links.sessionId === run.session && this.source.peerStatus(peer.id).replication === 'resyncing';
-    if (!live) {
-      state.run = null;
-      return;
-    }
     const { blocks, resyncRegionBlocks: regionBlocks, resyncInflightMax: inflightMax, resyncRunRegionsMax: runRegionsMax } = this.config;
+    // The engine's limits, but for the window: the sim draws it (resyncInflightMax).
+    const limits = { inflightMax, runsMax: constants.resyncReadsParallelMax, runRegionsMax, batchRegionsMax: Number.POSITIVE_INFINITY };
     for (let turn = 0; ; turn += 1) {
       if (turn > blocks + 2) throw new SimFailure(`the resync of ${peer.id} plans without end`);
-      run.plan.durableThrough(this.source.peerStatus(peer.id).durableSeq);
-      // The engine's limits, but for the window: the sim draws it (resyncInflightMax).
-      const runs = run.plan.plan({ inflightMax, runsMax: constants.resyncReadsParallelMax, runRegionsMax, batchRegionsMax: Number.POSITIVE_INFINITY });
-      for (const regions of runs) {
-        // LocalVolume.logCurrent: the regions' current contents, logged in order with live writes.
-        const firstBlock = (regions[0] ?? 0) * regionBlocks;
-        const seq = this.append(this.primary.image.resyncFrame(firstBlock, Math.min(regions.length * regionBlocks, blocks - firstBlock)));
-        this.primaryWrite(seq, () => undefined);
-        run.plan.logged(seq, regions);
-        this.resyncCounts.regions += regions.length;
-        // Appending may have changed the peer's state (it is never dropped by an append while streaming).
-        if (state.run !== run) return;
+      if (!peer.inSync || peer.links.sessionId !== run.session) {
+        state.run = null;
+        return;
       }
-      if (runs.length > 0) continue;
-      const idle = run.plan.idle();
-      if (idle === 'again') continue;
-      if (idle === 'done') {
+      const step = this.core.resyncNext(peer.id, limits);
+      if (step.kind === 'stopped') {
+        state.run = null;
+        return;
+      }
+      if (step.kind === 'log') {
+        for (const regions of step.runs) {
+          // LocalVolume.logCurrent: the regions' current contents, logged in order with live writes.
+          const firstBlock = (regions[0] ?? 0) * regionBlocks;
+          const seq = this.append(this.primary.image.resyncFrame(firstBlock, Math.min(regions.length * regionBlocks, blocks - firstBlock)));
+          this.primaryWrite(seq, () => undefined);
+          this.core.resyncLogged(peer.id, seq, regions);
+          this.resyncCounts.regions += regions.length;
+        }
+        continue;
+      }
+      this.onSource(step.actions);
+      if (step.kind === 'done') {
         state.run = null;
         this.resyncCounts.done += 1;
         if (this.primaryTally.crashes > 0) this.primaryTally.resyncsDone += 1;
         this.trace?.(`${this.queue.now}us resync of ${peer.id} done`);
-        this.source.resyncDone(peer.id);
-        this.applyLedger(this.ledger.resyncDone(peer.id));
         return;
       }
       break;
     }
-    // Ask the peer to make durable what it has stored so far, and look again on FLUSHED or later.
-    const { ackedSeq, durableSeq } = this.source.peerStatus(peer.id);
-    this.onSource(this.source.askDurable(peer.id, run.plan.flushTarget(ackedSeq, durableSeq)));
+    // The peer was asked to make durable what it has stored so far: look again on FLUSHED or later.
     if (state.run !== run) return;
     run.step += 1;
     const step = run.step;
@@ -615,23 +587,23 @@ export class Cluster implements CheckedCluster {
     if (request.incarnation !== this.primaryIncarnation) return;
     const { token, frame } = request;
     if (frame === null) {
-      request.seq = this.source.lastSeq;
-      this.onSource(this.source.request(token, request.seq, true));
-      this.primarySync(() => this.onSource(this.source.localDone(token, null)));
+      request.seq = this.core.lastSeq;
+      this.onSource(this.core.request(token, request.seq, true));
+      this.primarySync(() => this.onSource(this.core.localDone(token, null)));
       return;
     }
     request.seq = this.append(frame);
     this.primary.image.write(frame);
-    this.onSource(this.source.request(token, request.seq, request.kind === 'fua'));
+    this.onSource(this.core.request(token, request.seq, request.kind === 'fua'));
     this.primaryWrite(request.seq, () => {
-      if (request.kind === 'fua') this.primarySync(() => this.onSource(this.source.localDone(token, null)));
-      else this.onSource(this.source.localDone(token, null));
+      if (request.kind === 'fua') this.primarySync(() => this.onSource(this.core.localDone(token, null)));
+      else this.onSource(this.core.localDone(token, null));
     });
   }
 
   /** Appends an entry to the primary's log and hands it to the mirror. */
   private append(frame: Frame): number {
-    const seq = this.source.lastSeq + 1;
+    const seq = this.core.lastSeq + 1;
     this.primary.append(seq, frame);
     if (frame.kind === 'write') {
       this.ordinals.set(frame.writeId, this.ordinals.size);
@@ -641,14 +613,11 @@ export class Cluster implements CheckedCluster {
         seqs.push(seq);
       }
     }
-    // MirrorEngine.placed: the ledger marks it for peers that do not get it now.
-    const extent = this.extentOf(frame);
-    this.ledger.placed(extent.offset, extent.lengthBytes);
     const bytes = entryBytes(frame);
     this.cumulativeBytes.push(this.bytesThrough(seq - 1) + bytes);
     // A CP marker's offset field is a sequence number: it is routed like offset 0.
     const offset = frame.kind === 'write' ? frame.firstBlock * this.config.blockBytes : 0;
-    this.onSource(this.source.appended({ seq, bytes, offset, frame }));
+    this.onSource(this.core.placed({ seq, bytes, offset, lengthBytes: this.extentOf(frame).lengthBytes, frame }));
     return seq;
   }
 
@@ -701,12 +670,12 @@ export class Cluster implements CheckedCluster {
 
   private takeCheckpoint(): void {
     if (this.checkpointRunning) return;
-    if (this.source.status().some((peer) => peer.replication === 'streaming' && peer.ackedSeq < this.lastMarkerSeq)) return;
+    if (this.core.status().some((peer) => peer.replication === 'streaming' && peer.ackedSeq < this.lastMarkerSeq)) return;
     this.checkpointRunning = true;
     this.primarySync(() => {
       const targetSeq = this.primary.durablePrefix;
       // The volume is durable: the bitmaps are written before the CP is recorded.
-      this.persistBitmaps();
+      this.onSource(this.core.persist());
       const markerSeq = this.append({ kind: 'cp', targetSeq });
       this.lastMarkerSeq = markerSeq;
       this.primaryWrite(markerSeq, () => {
@@ -716,7 +685,7 @@ export class Cluster implements CheckedCluster {
         if (cpSeq <= this.lastCpSeq) return;
         this.lastCpSeq = cpSeq;
         this.checkpoints += 1;
-        this.onSource(this.source.checkpoint(cpSeq));
+        this.onSource(this.core.checkpoint(cpSeq));
       });
     });
   }
@@ -835,29 +804,19 @@ export class Cluster implements CheckedCluster {
     this.lastCpSeq = lastSeq;
     this.lastMarkerSeq = lastSeq;
     for (const state of this.resyncs.values()) state.run = null;
-    this.ledger = this.openLedger(lastSeq, recovered, replayed, intent);
-    const { mode, peers, windowBytesMax, lagBytesMax, catchUpBytesMax } = this.config;
-    this.source = new MirrorSource<Frame>({
-      mode,
-      strict: false,
-      peers,
-      lastSeq,
-      lagBytesMax,
-      windowBytesMax,
-      catchUpBytesMax,
-      resync: true,
-      resyncNeeded: [...this.ledger.resyncNeeded],
-      divergedAfter: { ...this.ledger.divergedAfter },
-    });
-    this.applyLedger(this.ledger.attach(this.source));
+    const { mode, peers, windowBytesMax, lagBytesMax, catchUpBytesMax, blocks, blockBytes } = this.config;
+    const ledger = this.openLedger(lastSeq, recovered, replayed, intent);
+    this.core = new PrimaryCore<Frame>({ mode, strict: false, peers, lastSeq, lagBytesMax, windowBytesMax, catchUpBytesMax, resync: true, sizeBytes: blocks * blockBytes }, ledger);
+    this.onSource(this.core.open());
     this.primaryUp = true;
-    this.trace?.(`${this.queue.now}us primary restarted at entry ${lastSeq}; diverged after ${JSON.stringify(this.ledger.divergedAfter)}`);
+    this.trace?.(`${this.queue.now}us primary restarted at entry ${lastSeq}; diverged after ${JSON.stringify(ledger.divergedAfter)}`);
     for (const peer of this.peers) this.reconnect(peer);
     for (const client of this.clients) this.scheduleClient(client);
     this.scheduleCheckpoint();
   }
 
-  private onSource(actions: SourceAction<Frame>[]): void {
+  /** As MirrorEngine.run carries out the core's actions. */
+  private onSource(actions: PrimaryAction<Frame>[]): void {
     for (const action of actions) {
       switch (action.kind) {
         case 'send-entry': {
@@ -885,20 +844,32 @@ export class Cluster implements CheckedCluster {
         case 'complete':
           this.completed(action.token, action.error);
           break;
-        case 'peer-dropped':
-          this.onPeerDropped(action.peer, action.disk, action.reason, action.lost, action.full);
-          // Entries it had not made durable that are no longer queued: the engine reads them back from its log.
-          if (action.unsynced !== null) {
-            for (let seq = action.unsynced.fromSeq; seq <= action.unsynced.toSeq; seq += 1) {
-              const { offset, lengthBytes } = this.extentOf(this.primary.record(seq).frame);
-              this.ledger.lacks(action.peer, offset, lengthBytes);
-            }
-            this.persistBitmaps();
-          }
+        case 'write-record':
+          this.files.record = structuredClone(action.record);
           break;
-        case 'reset-peer':
+        case 'write-bitmap':
+          this.files.bitmaps.set(action.peer, action.bitmap.encode());
+          break;
+        case 'read-unsynced': {
+          // Entries it had not made durable that are no longer queued, read back from the log.
+          const extents: { offset: number; lengthBytes: number }[] = [];
+          for (let seq = action.fromSeq; seq <= action.toSeq; seq += 1) extents.push(this.extentOf(this.primary.record(seq).frame));
+          this.onSource(this.core.unsyncedRead(action.peer, extents));
+          break;
+        }
+        case 'peer-dropped':
+          this.onPeerDropped(action.peer, action.disk, action.reason);
+          break;
+        case 'send-reset':
           this.resetPeer(action.peer, action.seq, action.reportAfter, action.full);
           break;
+        case 'resync':
+          this.startResync(action.peer);
+          break;
+        case 'protocol-error':
+          throw new SimFailure(`${action.peer} broke the protocol: ${action.reason}`);
+        case 'catch-up-from-log':
+          throw new SimFailure(`the source asked to catch ${action.peer} up from the log, which the simulated one does not keep`);
         case 'release':
           break;
       }

@@ -20,7 +20,8 @@
 // Deliberate faults (config.ts) are injected here, on the first peer only, so that the
 // checker can be shown to catch them. It never reads a real clock or Math.random().
 
-import type { MirrorSource, PeerReady, SourceAction } from '../../src/core/mirror-source.js';
+import type { PeerReady } from '../../src/core/mirror-source.js';
+import type { PrimaryAction, PrimaryCore } from '../../src/core/primary-core.js';
 import { MirrorTarget, type TargetAction } from '../../src/core/mirror-target.js';
 import { ReplicaTrail } from '../../src/core/replica-trail.js';
 import type { Prng } from '../unit/prng.js';
@@ -36,10 +37,10 @@ export interface SecondaryContext {
   queue: EventQueue;
   prng: Prng;
   checker: Checker;
-  /** The primary's mirror core now (a new one after each of its restarts). */
-  readonly source: MirrorSource<Frame>;
-  /** Performs the source's actions (a reply from this peer was delivered). */
-  onSource(actions: SourceAction<Frame>[]): void;
+  /** The primary's core now (a new one after each of its restarts). */
+  readonly core: PrimaryCore<Frame>;
+  /** Performs the core's actions (a reply from this peer was delivered). */
+  onSource(actions: PrimaryAction<Frame>[]): void;
   /** RESET_DONE from this peer was delivered. */
   onResetDone(peer: string, seq: number, status: number): void;
   /** DIVERGED from this peer was delivered: the blocks of entries it held past the RESET's reportAfter. */
@@ -205,7 +206,7 @@ export class Secondary implements CheckedPeer {
     return this.context.prng.between(range.minUs, range.maxUs);
   }
 
-  private reply(what: 'ack' | 'flushed' | 'synced', seq: number, status: number, deliver: () => SourceAction<Frame>[]): void {
+  private reply(what: 'ack' | 'flushed' | 'synced', seq: number, status: number, deliver: () => PrimaryAction<Frame>[]): void {
     if (status === 0) this.context.checker.replied(this.id, this.replica, what, seq);
     this.links.send('to-source', 0, `${what} ${seq}`, () => this.context.onSource(deliver()));
   }
@@ -220,13 +221,13 @@ export class Secondary implements CheckedPeer {
           break;
         case 'send-ack': {
           const { seq, status } = action;
-          this.reply('ack', seq, status, () => this.context.source.acked(this.id, seq, status));
+          this.reply('ack', seq, status, () => this.context.core.acked(this.id, seq, status));
           break;
         }
         case 'send-flushed': {
           const { seq, status } = action;
           this.reply('flushed', seq, status, () => {
-            const after = this.context.source.flushed(this.id, seq, status);
+            const after = this.context.core.flushed(this.id, seq, status);
             this.context.onFlushed(this.id);
             return after;
           });
@@ -234,7 +235,7 @@ export class Secondary implements CheckedPeer {
         }
         case 'send-synced': {
           const { cpSeq, status } = action;
-          this.reply('synced', cpSeq, status, () => this.context.source.synced(this.id, cpSeq, status));
+          this.reply('synced', cpSeq, status, () => this.context.core.synced(this.id, cpSeq, status));
           break;
         }
         case 'sync-log': {

@@ -204,7 +204,7 @@ describe('a broken core is caught', () => {
     { fault: 'ledger-forgets-unsynced', seeds: { sync: [20, 35, 69], async: [19, 20, 49] }, withoutIntent: false },
     { fault: 'ledger-ignores-intent', seeds: { sync: [21, 39, 54], async: [48, 54, 57] }, withoutIntent: false },
     { fault: 'ledger-diverged-after-last', seeds: { sync: [2, 34, 116], async: [106, 144, 175] }, withoutIntent: true },
-    { fault: 'target-forgets-named', seeds: { sync: [79, 184, 395], async: [163, 347, 590] }, withoutIntent: true },
+    { fault: 'target-forgets-named', seeds: { sync: [184, 395, 472], async: [163, 347, 590] }, withoutIntent: true },
   ];
   for (const { fault, seeds, withoutIntent } of cases) {
     for (const mode of ['sync', 'async'] as const) {
