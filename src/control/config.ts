@@ -5,6 +5,11 @@
 // whose message starts with the path of the field to fix (`volumes[0].size: ...`), and
 // the first mistake found stops the parse. What comes out has passed every rule, so the
 // rest of the program can trust it without checking again.
+//
+// Why one file of this size: it is one format. Each section's reader sits beside the
+// others, so that the rules that tie fields together (a volume's replicas are nodes, no
+// two nodes share an address) are checked in one place; most of its length is one
+// reader per field, each with the message that names it.
 
 import { readFileSync } from 'node:fs';
 import { isIPv4, isIPv6 } from 'node:net';

@@ -17,6 +17,10 @@
 //     syncs bypass this model: a crash keeps their bytes as they were at the crash.
 // A crash therefore has 2^n outcomes for n changes not yet durable; afterCrash() builds
 // the one the caller picks, as a new file system in which everything is durable.
+//
+// Why one file of this size: it is one model. Every call reads and changes the same inode
+// table and the same list of changes not yet durable, and a crash is built from both;
+// split across files, each part would have to expose them to the others.
 
 import path from 'node:path';
 import fs from 'node:fs';

@@ -415,14 +415,27 @@ export class MirrorEngine implements MirrorGate {
     return this.core.lastSeq;
   }
 
-  mirrored(seq: number, durable: boolean): Promise<void> {
+  mirrored(seq: number, durable: boolean, local: Promise<void> | null): Promise<void> {
     const token = this.nextToken;
     this.nextToken += 1;
     return new Promise<void>((resolve, reject) => {
-      this.waiters.set(token, { resolve, reject });
+      // A failed local part fails the request with its own error (the client's errno comes from it).
+      let localError: unknown = null;
+      this.waiters.set(token, { resolve, reject: (error) => reject(localError ?? error) });
       this.run(this.core.request(token, seq, durable));
-      // The local part is the caller's and is done by the time it asks.
-      if (this.waiters.has(token)) this.run(this.core.localDone(token, null));
+      if (local === null) {
+        if (this.waiters.has(token)) this.run(this.core.localDone(token, null));
+        return;
+      }
+      local.then(
+        () => {
+          if (this.waiters.has(token)) this.run(this.core.localDone(token, null));
+        },
+        (error: unknown) => {
+          localError = error;
+          if (this.waiters.has(token)) this.run(this.core.localDone(token, String(error)));
+        },
+      );
     });
   }
 

@@ -14,7 +14,10 @@ import { assert } from '../lib/assert.js';
 import { BlockmirrorError } from '../lib/errors.js';
 import type { Disk, DiskExtent } from '../io/disk.js';
 import { EntryFlag, EntryType, type EntryHeader } from '../protocol/log-entry.js';
-import { LogCorruptError, type WriteLog } from './write-log.js';
+import { FlushPredictor } from '../core/flush-predictor.js';
+import { RangeOrder } from '../core/range-order.js';
+import { applyEntry, slicePayload, zeroRange } from './apply-entry.js';
+import type { WriteLog } from './write-log.js';
 
 export interface ZeroOptions {
   /** The range must stay allocated (NBD_CMD_FLAG_NO_HOLE). */
@@ -35,115 +38,6 @@ export interface VolumeStats {
   errors: number;
 }
 
-/**
- * Whether a FLUSH is likely to follow the write just done: true once the last two writes
- * were each followed by a flush before the next write (a client that makes every write
- * durable, as a database's log or `fio --fsync=1` does). The volume then starts the log's
- * fdatasync as soon as the write's reply has left (LocalVolume.replied), so that it runs
- * while the client takes the reply and sends the flush (40 to 60 µs on this machine's
- * loopback) instead of after. When that write is the only request on the node the sync
- * runs inline on the event loop: a hand-off to the log's syncer thread costs two thread
- * wake-ups, each an interprocessor interrupt on a virtual machine, and that thread competes
- * for a core with the client that is taking the reply. A mirrored volume starts it on the
- * syncer thread as soon as the write is logged instead: its reply waits for the peers,
- * and the sync runs during that wait.
- */
-export class FlushPredictor {
-  private followed = 0;
-  private writeSinceFlush = false;
-
-  get likely(): boolean {
-    return this.followed >= 2;
-  }
-
-  wrote(): void {
-    // Two writes without a flush between them: the pattern is broken.
-    if (this.writeSinceFlush) this.followed = 0;
-    this.writeSinceFlush = true;
-  }
-
-  flushed(): void {
-    if (this.writeSinceFlush) this.followed = Math.min(this.followed + 1, 2);
-    this.writeSinceFlush = false;
-  }
-}
-
-/** Runs operations on byte ranges so that overlapping ones run in the order they came. */
-export class RangeOrder {
-  private readonly inflight: { start: number; end: number; done: Promise<void> }[] = [];
-
-  run<T>(start: number, end: number, operation: () => Promise<T>): Promise<T> {
-    const before = this.inflight.filter((other) => other.start < end && start < other.end).map((other) => other.done);
-    let finish: () => void = () => undefined;
-    const entry = { start, end, done: new Promise<void>((resolve) => (finish = resolve)) };
-    this.inflight.push(entry);
-    const result = before.length === 0 ? operation() : Promise.all(before).then(operation);
-    const settle = (): void => {
-      this.inflight.splice(this.inflight.indexOf(entry), 1);
-      finish();
-    };
-    result.then(settle, settle);
-    return result;
-  }
-
-  get size(): number {
-    return this.inflight.length;
-  }
-}
-
-/** The slices of `payload` covering bytes [start, start + length). */
-export function slicePayload(payload: readonly Buffer[], start: number, length: number): Buffer[] {
-  const out: Buffer[] = [];
-  let skip = start;
-  let left = length;
-  for (const slice of payload) {
-    if (left === 0) break;
-    if (skip >= slice.length) {
-      skip -= slice.length;
-      continue;
-    }
-    const take = Math.min(slice.length - skip, left);
-    out.push(slice.subarray(skip, skip + take));
-    left -= take;
-    skip = 0;
-  }
-  assert(left === 0, 'payload shorter than its length');
-  return out;
-}
-
-/**
- * Zeroes a range: a hole, or with `noHole` an allocated zeroed range, or (when the file
- * system can do neither) written zeroes. Returns false when it had to write zeroes.
- */
-async function zeroRange(disk: Disk, offset: number, lengthBytes: number, noHole: boolean, chunkBytes: number): Promise<boolean> {
-  const done = noHole ? await disk.zeroRange(offset, lengthBytes) : await disk.punchHole(offset, lengthBytes);
-  if (done) return true;
-  const zeroes = Buffer.alloc(Math.min(chunkBytes, lengthBytes));
-  const end = offset + lengthBytes;
-  for (let at = offset; at < end; at += zeroes.length) {
-    await disk.write(zeroes.subarray(0, Math.min(zeroes.length, end - at)), at);
-  }
-  return false;
-}
-
-/** Applies one entry found in the log at recovery (in sequence order, one at a time). */
-export async function applyEntry(disk: Disk, header: EntryHeader, payload: Buffer | readonly Buffer[], zeroChunkBytes: number): Promise<void> {
-  if (header.type === EntryType.CONSISTENCY_POINT) return;
-  if (header.offset + header.lengthBytes > disk.sizeBytes) {
-    throw new LogCorruptError(`log entry ${header.seq} reaches past the end of the volume (${disk.sizeBytes} bytes)`);
-  }
-  switch (header.type) {
-    case EntryType.WRITE:
-      return Buffer.isBuffer(payload) ? disk.write(payload, header.offset) : disk.writev(payload, header.offset);
-    case EntryType.ZEROES:
-      await zeroRange(disk, header.offset, header.lengthBytes, (header.flags & EntryFlag.NO_HOLE) !== 0, zeroChunkBytes);
-      return;
-    case EntryType.TRIM:
-      await disk.punchHole(header.offset, header.lengthBytes);
-      return;
-  }
-}
-
 export class VolumeFailedError extends BlockmirrorError {
   override name = 'VolumeFailedError';
   constructor(volume: string, cause: unknown) {
@@ -156,8 +50,13 @@ export class VolumeFailedError extends BlockmirrorError {
  * its entries as the volume's mode requires (a FUA write or FLUSH: durably).
  */
 export interface MirrorGate {
-  /** Resolves when the peers have entries through `seq`; rejects when the request must fail (a strict volume). */
-  mirrored(seq: number, durable: boolean): Promise<void>;
+  /**
+   * The request's wait (the mirror's core decides it): resolves once its local part
+   * (`local`: the log durable through `seq`, or null when it asked for no durability) is
+   * done and the peers have entries through `seq` as the mode promises. Rejects with the
+   * local part's error, or when the request must fail (a strict volume lacking a replica).
+   */
+  mirrored(seq: number, durable: boolean, local: Promise<void> | null): Promise<void>;
   /** The last entry handed to the mirror: a FLUSH covers everything up to it. */
   readonly lastSeq: number;
   /** Why a change must be refused before it is made (a strict volume missing a replica), or null. */
@@ -301,7 +200,7 @@ export class LocalVolume {
     this.flushExpected.flushed();
     this.syncAfterReply = 0;
     const local = this.logDurable(this.log.lastSeq);
-    await this.counted<unknown>(this.gate === null ? local : Promise.all([local, this.gate.mirrored(this.gate.lastSeq, true)]));
+    await this.counted(this.gate === null ? local : this.gate.mirrored(this.gate.lastSeq, true, local));
   }
 
   /**
@@ -423,7 +322,7 @@ export class LocalVolume {
       if (local !== null) await this.counted(local);
       return;
     }
-    await this.counted<unknown>(local === null ? this.gate.mirrored(seq, durable) : Promise.all([local, this.gate.mirrored(seq, durable)]));
+    await this.counted(this.gate.mirrored(seq, durable, local));
     this.gate.changeDone(performance.now() - startedMs);
   }
 

@@ -110,3 +110,17 @@ test('the layer map knows every file it checks (the check is not empty)', () => 
   const edges = [...graph.values()].reduce((sum, targets) => sum + targets.length, 0);
   assert.ok(edges > 100, `${edges} imports read`);
 });
+
+// A file over this many lines says at its top (in its opening comment) why it is one file.
+const linesWithoutReasonMax = 500;
+
+test(`a file in src/ over ${linesWithoutReasonMax} lines says at its top why it is one file`, () => {
+  const silent: string[] = [];
+  for (const file of files) {
+    const lines = fs.readFileSync(file, 'utf8').split('\n');
+    if (lines.length <= linesWithoutReasonMax) continue;
+    const opening = lines.slice(0, lines.findIndex((line) => !line.startsWith('//')));
+    if (!opening.some((line) => line.startsWith('// Why one file'))) silent.push(`${path.relative(srcDir, file)} (${lines.length} lines)`);
+  }
+  assert.deepEqual(silent, [], 'add "// Why one file ..." to the opening comment, or split the file');
+});

@@ -17,7 +17,9 @@ import { MemoryDisk } from '../../src/io/memory-disk.js';
 import { AssertionError } from '../../src/lib/assert.js';
 import { Logger } from '../../src/lib/log.js';
 import { alignedEntryBytes, encodeEntryHeader, decodeEntryHeader, EntryFlag, EntryType, type EntryHeader } from '../../src/protocol/log-entry.js';
-import { applyEntry, LocalVolume, RangeOrder, slicePayload, VolumeFailedError, type MirrorGate } from '../../src/storage/local-volume.js';
+import { applyEntry, slicePayload } from '../../src/storage/apply-entry.js';
+import { RangeOrder } from '../../src/core/range-order.js';
+import { LocalVolume, VolumeFailedError, type MirrorGate } from '../../src/storage/local-volume.js';
 import { LogCorruptError, WriteLog, type LogGeometry } from '../../src/storage/write-log.js';
 import { baseSeed, Prng } from './prng.js';
 import { pattern, scratchDirs } from '../helpers/test-data.js';
@@ -353,9 +355,9 @@ describe('LocalVolume', () => {
       let lastSeq = 0;
       const asked: { seq: number; durable: boolean }[] = [];
       const gate: MirrorGate = {
-        mirrored: (seq, durable) => {
+        mirrored: (seq, durable, local) => {
           asked.push({ seq, durable });
-          return Promise.resolve();
+          return local ?? Promise.resolve();
         },
         get lastSeq() {
           return lastSeq;

@@ -14,7 +14,8 @@ import { IoActivity } from '../../src/io/file-io.js';
 import { MemoryDisk } from '../../src/io/memory-disk.js';
 import { Logger } from '../../src/lib/log.js';
 import { decodeEntryHeader, EntryFlag, EntryType, type EntryHeader } from '../../src/protocol/log-entry.js';
-import { applyEntry, LocalVolume } from '../../src/storage/local-volume.js';
+import { applyEntry } from '../../src/storage/apply-entry.js';
+import { LocalVolume } from '../../src/storage/local-volume.js';
 import { WriteLog } from '../../src/storage/write-log.js';
 import { baseSeed, Prng } from './prng.js';
 

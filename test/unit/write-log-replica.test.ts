@@ -22,7 +22,8 @@ import { IoActivity } from '../../src/io/file-io.js';
 import { MemoryDisk } from '../../src/io/memory-disk.js';
 import { AssertionError } from '../../src/lib/assert.js';
 import { Logger } from '../../src/lib/log.js';
-import { applyEntry, LocalVolume } from '../../src/storage/local-volume.js';
+import { applyEntry } from '../../src/storage/apply-entry.js';
+import { LocalVolume } from '../../src/storage/local-volume.js';
 import {
   decodeEntryHeader,
   encodeEntryHeader,
