@@ -4,7 +4,7 @@
 import { assert } from '../lib/assert.js';
 import type { Disk } from '../io/disk.js';
 import { EntryFlag, EntryType, type EntryHeader } from '../protocol/log-entry.js';
-import { LogCorruptError } from './write-log.js';
+import { LogCorruptError } from './log-scan.js';
 
 /** The slices of `payload` covering bytes [start, start + length). */
 export function slicePayload(payload: readonly Buffer[], start: number, length: number): Buffer[] {

@@ -43,12 +43,12 @@
 // This module owns the log files. It never touches the volume file: the caller applies
 // entries and reports them applied, and passes the volume's sync to checkpoint().
 //
-// Why one file of this size: the layout, recovery, the appender, the syncer hand-off and
-// consistency points all work on the same partition table (which generation each file
-// holds, its first and last entry) and the same marks (appended, applied, durable, CP).
-// That is more than one job, and splitting it into layout, recovery over buffers (so it
-// can be fuzzed), appender and syncer is planned with the replica core
-// (docs/architecture.md, "Known gaps"); until then the sections below keep the jobs apart.
+// Why one file of this size: the layout, the appender, the syncer hand-off and consistency
+// points all work on the same partition table (which generation each file holds, its
+// first and last entry) and the same marks (appended, applied, durable, CP). Reading the
+// log at recovery is log-scan.ts, over a LogImage, so that it is fuzzed over buffers;
+// splitting the rest into layout, appender and syncer is planned (docs/architecture.md,
+// "Known gaps"); until then the sections below keep the jobs apart.
 
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -56,16 +56,15 @@ import path from 'node:path';
 import { constants } from '../constants.js';
 import { assert } from '../lib/assert.js';
 import { crc32c } from '../lib/crc32c.js';
-import { BlockmirrorError } from '../lib/errors.js';
 import type { Logger } from '../lib/log.js';
 import { IoActivity, readFullyAt, writevAt } from '../io/file-io.js';
 import { native, type SyncerHandle } from '../io/native.js';
 import { DurableFiles, isMissing } from './durable-files.js';
 import { ReplicaTrail, TRAIL_FILE, type TrailExtent } from '../core/replica-trail.js';
+import { LogCorruptError, scanLog, type LogImage } from './log-scan.js';
 import {
   alignedEntryBytes,
   decodeEntryHeader,
-  ENTRY_ALIGN_BYTES,
   ENTRY_HEADER_BYTES,
   encodeEntryHeader,
   EntryType,
@@ -73,12 +72,7 @@ import {
   type EntryHeader,
 } from '../protocol/log-entry.js';
 
-export class LogCorruptError extends BlockmirrorError {
-  override name = 'LogCorruptError';
-  constructor(message: string) {
-    super('ERR_LOG_CORRUPT', message);
-  }
-}
+export { LogCorruptError };
 
 export interface LogGeometry {
   partitionBytes: number;
@@ -476,31 +470,6 @@ export class WriteLog {
     return count === length ? buffer : buffer.subarray(0, count);
   }
 
-  /**
-   * A header at (generation, offset) of this log and generation, written by a session at
-   * or after `sessionIndex` in logIds, or null.
-   */
-  private headerAt(
-    generation: number,
-    offset: number,
-    sessionIndex: number,
-    chunk?: { buffer: Buffer; start: number },
-  ): EntryHeader | null {
-    if (offset + ENTRY_HEADER_BYTES > this.geometry.partitionBytes) return null;
-    const bytes =
-      chunk !== undefined && offset >= chunk.start && offset + ENTRY_HEADER_BYTES <= chunk.start + chunk.buffer.length
-        ? chunk.buffer.subarray(offset - chunk.start, offset - chunk.start + ENTRY_HEADER_BYTES)
-        : this.readAt(generation, offset, ENTRY_HEADER_BYTES);
-    if (bytes.length < ENTRY_HEADER_BYTES) return null;
-    const header = decodeEntryHeader(bytes);
-    if (typeof header === 'string') return null;
-    if (this.logIds.indexOf(header.logId) < sessionIndex || header.generation !== generation || header.volumeId !== this.options.volumeId) {
-      return null;
-    }
-    if (alignedEntryBytes(header.payloadBytes) > this.geometry.partitionBytes - offset) return null;
-    return header;
-  }
-
   private async recover(apply: ApplyEntry): Promise<RecoveryReport> {
     const report: RecoveryReport = {
       cpSeq: this.cpSeq,
@@ -510,58 +479,43 @@ export class WriteLog {
       tornBytes: 0,
       created: false,
     };
-    let generation = this.activeGeneration;
-    let offset = this.writeOffset;
-    let expected = this.cpSeq + 1;
-    let session = 0;
-    let chunk: { buffer: Buffer; start: number } | undefined;
-    for (;;) {
-      const header = this.headerAt(generation, offset, session, chunk);
-      if (header !== null && header.seq !== expected) {
-        throw new LogCorruptError(
-          `${this.where(generation, offset)}: sequence gap: expected entry ${expected}, found ${header.seq}`,
-        );
-      }
-      let payload: Buffer | null = null;
-      if (header !== null) {
-        const start = offset + ENTRY_HEADER_BYTES;
-        if (chunk === undefined || start < chunk.start || start + header.payloadBytes > chunk.start + chunk.buffer.length) {
-          chunk = { buffer: this.readAt(generation, start, Math.max(SCAN_CHUNK_BYTES, header.payloadBytes)), start };
-        }
-        payload = chunk.buffer.subarray(start - chunk.start, start - chunk.start + header.payloadBytes);
-        if (!payloadMatches(header, payload)) payload = null;
-      }
-      if (header !== null && payload !== null) {
-        session = this.logIds.indexOf(header.logId);
-        this.sessionLastSeq.set(header.logId, header.seq);
-        if (header.type !== EntryType.CONSISTENCY_POINT) this.trail?.add(header.seq, header.offset, header.lengthBytes);
-        if (this.options.replica?.deferApply === true) this.positions.set(header.seq, { generation, offset });
-        else await apply(header, payload);
-        this.recordPlaced(generation, header.seq);
-        report.replayedEntries += 1;
-        report.replayedBytes += header.lengthBytes;
-        report.lastSeq = header.seq;
-        expected += 1;
-        offset += alignedEntryBytes(header.payloadBytes);
-        continue;
-      }
-      // No valid entry here. Either the writer moved to the next partition (this one's
-      // tail was too short for the next entry), or the log ends here.
-      const next = this.headerAt(generation + 1, 0, session);
-      if (next !== null && next.seq === expected) {
-        generation += 1;
-        offset = 0;
-        chunk = undefined;
-        continue;
-      }
-      if (next !== null && next.seq > expected && next.durableSeq >= expected) {
-        throw new LogCorruptError(
-          `${this.where(generation, offset)}: entry ${expected} is damaged, but entry ${next.seq} ` +
-            `(${this.where(generation + 1, 0)}) shows it had been made durable`,
-        );
-      }
-      report.tornBytes = this.checkTail(generation, offset, expected, session, header);
-      break;
+    const image: LogImage = { readAt: (generation, offset, length) => this.readAt(generation, offset, length) };
+    const scan = scanLog(image, {
+      generation: this.activeGeneration,
+      offset: this.writeOffset,
+      expected: this.cpSeq + 1,
+      logIds: this.logIds,
+      volumeId: this.options.volumeId,
+      partitionBytes: this.geometry.partitionBytes,
+      entryPayloadBytesMax: this.entryPayloadBytesMax,
+      chunkBytes: SCAN_CHUNK_BYTES,
+      where: (generation, offset) => this.where(generation, offset),
+    });
+    let step = scan.next();
+    while (step.done !== true) {
+      const { generation, offset, header, payload } = step.value;
+      if (header.type !== EntryType.CONSISTENCY_POINT) this.trail?.add(header.seq, header.offset, header.lengthBytes);
+      if (this.options.replica?.deferApply === true) this.positions.set(header.seq, { generation, offset });
+      else await apply(header, payload);
+      this.recordPlaced(generation, header.seq);
+      report.replayedEntries += 1;
+      report.replayedBytes += header.lengthBytes;
+      report.lastSeq = header.seq;
+      step = scan.next();
+    }
+    const { generation, offset, expected, sessionLastSeq, tornBytes, laterEntries } = step.value;
+    for (const [id, seq] of sessionLastSeq) this.sessionLastSeq.set(id, seq);
+    report.tornBytes = tornBytes;
+    if (tornBytes > 0 || laterEntries) {
+      // The discarded entries carry this session's predecessors' ids: entries of the
+      // session now starting come after them in the superblock's list, so a later
+      // recovery that has read a new entry never goes back to them.
+      this.options.log.warn('log: discarded a torn tail at the end of the log', {
+        at: this.where(generation, offset),
+        tornBytes,
+        discardedLaterEntries: laterEntries,
+        nextSeq: expected,
+      });
     }
     this.activeGeneration = generation;
     this.writeOffset = offset;
@@ -606,75 +560,6 @@ export class WriteLog {
       slot.firstSeq = seq;
     }
     slot.lastSeq = seq;
-  }
-
-  /**
-   * The log ends at (generation, offset). Anything after it in this partition that is a
-   * valid entry of this log, and that was appended when entry `expected` was already
-   * durable, proves damage to durable entries: that is corruption, not a torn tail.
-   * Valid later entries that were never durable, and a torn entry, are discarded.
-   * Returns how many bytes of a torn entry there were.
-   */
-  private checkTail(
-    generation: number,
-    offset: number,
-    expected: number,
-    session: number,
-    tornHeader: EntryHeader | null,
-  ): number {
-    const { partitionBytes } = this.geometry;
-    let laterEntries = false;
-    // Read in large chunks: a header may start at every ENTRY_ALIGN_BYTES of the rest of
-    // the partition, and one read each would make a start on a fresh log take seconds.
-    let chunk: { buffer: Buffer; start: number } | undefined;
-    for (let at = offset + ENTRY_ALIGN_BYTES; at + ENTRY_HEADER_BYTES <= partitionBytes; at += ENTRY_ALIGN_BYTES) {
-      if (chunk === undefined || at + ENTRY_HEADER_BYTES > chunk.start + chunk.buffer.length) {
-        chunk = { buffer: this.readAt(generation, at, Math.min(SCAN_CHUNK_BYTES, partitionBytes - at)), start: at };
-      }
-      const later = this.headerAt(generation, at, session, chunk);
-      if (later === null) continue;
-      if (later.seq > expected && later.durableSeq >= expected) {
-        throw new LogCorruptError(
-          `${this.where(generation, offset)}: entry ${expected} is damaged, but entry ${later.seq} ` +
-            `(${this.where(generation, at)}) shows it had been made durable`,
-        );
-      }
-      laterEntries = true;
-    }
-    // A torn entry is one whose header this log wrote (valid, or starting with the entry
-    // magic) but that is incomplete. Anything else here is data left from an earlier turn
-    // through this partition file, which the generation check already ignores.
-    let torn = 0;
-    if (tornHeader !== null) {
-      torn = Math.min(alignedEntryBytes(tornHeader.payloadBytes), partitionBytes - offset);
-    } else if (offset + ENTRY_HEADER_BYTES <= partitionBytes) {
-      const head = this.readAt(generation, offset, ENTRY_HEADER_BYTES);
-      const problem = decodeEntryHeader(head);
-      const ours =
-        typeof problem === 'string'
-          ? problem !== 'magic'
-          : this.logIds.indexOf(problem.logId) >= session && problem.generation === generation;
-      if (ours) {
-        const limit = Math.min(partitionBytes - offset, alignedEntryBytes(this.entryPayloadBytesMax));
-        while (torn < limit) {
-          const block = this.readAt(generation, offset + torn, Math.min(ENTRY_ALIGN_BYTES, limit - torn));
-          if (block.every((byte) => byte === 0)) break;
-          torn += block.length;
-        }
-      }
-    }
-    if (torn > 0 || laterEntries) {
-      // The discarded entries carry this session's predecessors' ids: entries of the
-      // session now starting come after them in the superblock's list, so a later
-      // recovery that has read a new entry never goes back to them.
-      this.options.log.warn('log: discarded a torn tail at the end of the log', {
-        at: this.where(generation, offset),
-        tornBytes: torn,
-        discardedLaterEntries: laterEntries,
-        nextSeq: expected,
-      });
-    }
-    return torn;
   }
 
   private where(generation: number, offset: number): string {
