@@ -189,7 +189,8 @@ export class Cluster implements CheckedCluster {
     private readonly trace: ((line: string) => void) | null = null,
   ) {
     this.prng = new Prng((config.seed ^ 0x5bd1e995) >>> 0);
-    const { mode, windowBytesMax, lagBytesMax, catchUpBytesMax, resync } = config;
+    const { mode, catchUpBytesMax, resync } = config;
+    const { windowBytesMax, lagBytesMax } = this.sourceLimits();
     const sizeBytes = config.blocks * config.blockBytes;
     this.core = new PrimaryCore<Frame>({ mode, strict: false, peers: config.peers, lastSeq: 0, lagBytesMax, windowBytesMax, catchUpBytesMax, resync, sizeBytes }, this.openLedger(0, 0, null, null));
     this.onSource(this.core.open());
@@ -219,6 +220,19 @@ export class Cluster implements CheckedCluster {
     this.versionIndex = Array.from({ length: config.blocks }, () => new Map());
     this.lost = Array.from({ length: config.blocks }, () => new Set());
     for (let id = 1; id <= config.clients; id += 1) this.clients.push({ id, opsLeft: config.opsPerClient, inFlight: 0, timerSet: false, lastArrivalUs: 0 });
+  }
+
+  /**
+   * The window and lag bound the primary's core is given: the configured ones, which the
+   * checker holds it to, or (deliberate faults) four and sixteen times them.
+   */
+  private sourceLimits(): { windowBytesMax: number; lagBytesMax: number } {
+    const { fault, windowBytesMax, lagBytesMax } = this.config;
+    if (fault === 'source-overruns-window' || fault === 'source-ignores-lag') this.fault.injected = true;
+    return {
+      windowBytesMax: fault === 'source-overruns-window' ? 4 * windowBytesMax : windowBytesMax,
+      lagBytesMax: fault === 'source-ignores-lag' ? 16 * lagBytesMax : lagBytesMax,
+    };
   }
 
   /** The primary's MirrorSource, which the checker reads. */
@@ -370,6 +384,7 @@ export class Cluster implements CheckedCluster {
   /** The core dropped the peer (its ledger has marked what it may lack). */
   private onPeerDropped(id: string, disk: DiskState, reason: string): void {
     this.drops.push(`${id} (${disk}) at ${this.queue.now}us: ${reason}`);
+    this.trace?.(`${this.queue.now}us the source drops ${id} (${disk}): ${reason}`);
     const peer = this.peer(id);
     // A peer that is away may be given up on when it misses more than the source keeps for it.
     const givenUpWhileAway = !peer.inSync && reason.includes('while away');
@@ -804,7 +819,8 @@ export class Cluster implements CheckedCluster {
     this.lastCpSeq = lastSeq;
     this.lastMarkerSeq = lastSeq;
     for (const state of this.resyncs.values()) state.run = null;
-    const { mode, peers, windowBytesMax, lagBytesMax, catchUpBytesMax, blocks, blockBytes } = this.config;
+    const { mode, peers, catchUpBytesMax, blocks, blockBytes } = this.config;
+    const { windowBytesMax, lagBytesMax } = this.sourceLimits();
     const ledger = this.openLedger(lastSeq, recovered, replayed, intent);
     this.core = new PrimaryCore<Frame>({ mode, strict: false, peers, lastSeq, lagBytesMax, windowBytesMax, catchUpBytesMax, resync: true, sizeBytes: blocks * blockBytes }, ledger);
     this.onSource(this.core.open());

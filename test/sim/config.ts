@@ -18,6 +18,12 @@ export type SimMode = 'sync' | 'async';
  * - lying-log-sync: one secondary reports its log synced without making anything durable;
  * - reorder-same-block: one secondary lets a store overtake an earlier one to the same blocks;
  * - duplicate-entry: the network delivers one entry twice;
+ * - source-overruns-window: the primary's core is given four times the window the
+ *   checker holds it to;
+ * - source-ignores-lag: in async mode, the primary's core is given sixteen times the lag
+ *   bound the checker holds it to;
+ * - secondary-loses-durable: after a crash, the recovery of the first secondary loses the
+ *   last entry it had made durable (its crashes stay on);
  * - primary-loses-durable: a crash of the primary loses, with what follows it, a write
  *   it had answered a FUA for (its log recovers to just before it);
  * - primary-ignores-diverged: the restarted primary marks nothing for the regions a
@@ -32,13 +38,16 @@ export type SimMode = 'sync' | 'async';
  * - ledger-diverged-after-last: after an unclean start, divergedAfter is the log's last
  *   entry (the start's CP marker) instead of the last one recovered (2);
  * - ledger-ignores-intent: the ledger ignores the write-intent record at an unclean start (21).
- * Every one but the first four forces the seed's primary crashes on.
+ * Every one from primary-loses-durable on forces the seed's primary crashes on.
  */
 export type Fault =
   | 'drop-store-data'
   | 'lying-log-sync'
   | 'reorder-same-block'
   | 'duplicate-entry'
+  | 'source-overruns-window'
+  | 'source-ignores-lag'
+  | 'secondary-loses-durable'
   | 'primary-loses-durable'
   | 'primary-ignores-diverged'
   | 'target-forgets-named'
@@ -50,6 +59,9 @@ export const faults: readonly Fault[] = [
   'lying-log-sync',
   'reorder-same-block',
   'duplicate-entry',
+  'source-overruns-window',
+  'source-ignores-lag',
+  'secondary-loses-durable',
   'primary-loses-durable',
   'primary-ignores-diverged',
   'target-forgets-named',
@@ -57,7 +69,7 @@ export const faults: readonly Fault[] = [
   'ledger-diverged-after-last',
   'ledger-ignores-intent',
 ];
-export const primaryFaults: readonly Fault[] = faults.slice(4);
+export const primaryFaults: readonly Fault[] = faults.slice(faults.indexOf('primary-loses-durable'));
 
 export interface UsRange {
   minUs: number;
@@ -206,7 +218,7 @@ export function configFromSeed(seed: number, choices: ConfigChoices = {}): SimCo
   const resyncInflightMax = prng.pick([1, 4, 16]);
   const primaryFault = choices.fault != null && primaryFaults.includes(choices.fault);
   // A deliberate fault of a secondary must be caught on one that stays in sync.
-  const noFault = (choices.fault ?? null) === null || primaryFault;
+  const noFault = (choices.fault ?? null) === null || primaryFault || choices.fault === 'secondary-loses-durable';
   const config: SimConfig = {
     seed,
     mode: choices.mode ?? drawnMode,
@@ -260,7 +272,8 @@ export function configFromSeed(seed: number, choices: ConfigChoices = {}): SimCo
   config.resyncRunRegionsMax = prng.pick([1, 2, 4]);
   // A forced choice of primary crashes brings resync with it (the real primary always resyncs).
   if ((choices.primaryCrashes === true || primaryFault) && choices.resync === undefined) config.resync = true;
-  const wanted = primaryFault || (choices.primaryCrashes ?? primaryDrawn);
+  // A secondary's fault runs without primary crashes (its crashes are what it needs).
+  const wanted = primaryFault || (choices.primaryCrashes ?? (choices.fault === 'secondary-loses-durable' ? false : primaryDrawn));
   if (wanted && config.resync && noFault) config.primaryCrashes = primaryCrashes;
   return config;
 }

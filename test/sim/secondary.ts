@@ -117,7 +117,12 @@ export class Secondary implements CheckedPeer {
     this.links.close();
     const durable = this.replica.durablePrefix;
     const keep = durable + Math.floor(keepFraction * (this.replica.storedPrefix() - durable));
-    const last = this.replica.crash(keep);
+    // The deliberate fault: its recovery loses the last entry it had made durable.
+    const losesDurable = this.faulty && this.context.config.fault === 'secondary-loses-durable' && this.replica.base === 0 && durable > 0;
+    if (losesDurable) this.context.fault.injected = true;
+    const last = losesDurable ? this.replica.crashTo(durable - 1) : this.replica.crash(keep);
+    // (What it lost went with its consistency point, if that was among it.)
+    if (losesDurable) this.cpSeq = Math.min(this.cpSeq, last);
     this.busyUntilUs.fill(0);
     // At its start the log reads the trail file back and adds every entry it replays
     // (those after its last consistency point), and its start's consistency point writes it.

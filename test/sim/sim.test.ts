@@ -12,10 +12,17 @@
 // simulated secondary), and named seeds must catch each one.
 //
 // The checker is shown not to be vacuous: with a deliberate fault injected (a secondary
-// that loses a write, lies about a log sync, reorders writes to a block, or a network that
-// delivers an entry twice) every run where the fault took effect must fail, for the
-// right reason; and the runs must actually go through crashes, catch-ups, peers given
-// up on while away and completed resyncs. Last, what the simulator found in the cores
+// that loses a write, lies about a log sync, reorders writes to a block, or loses what it
+// had made durable; a network that delivers an entry twice; a primary core given a
+// larger window or lag bound than it is held to) every run where the fault took effect
+// must fail, or enough runs must fail, for the right reason; and the runs must actually
+// go through crashes, catch-ups, peers given up on while away and completed resyncs.
+// Each invariant of checker.ts has a fault that seeds catch by it: (a) drop-store-data,
+// (b) lying-log-sync, (d) reorder-same-block, (e) source-overruns-window, (f)
+// source-ignores-lag, (g) the ledger faults, (h) secondary-loses-durable, (i)
+// primary-loses-durable. (c), the images equal when quiet, is checked too, but every
+// fault that breaks it breaks (g) first: a peer whose image differs is reported up to
+// date before the run goes quiet. Last, what the simulator found in the cores
 // (all since fixed; the checker fails on any of it): the seeds that showed it, each of
 // which must now pass, and the smallest reproductions on the core — a resync that
 // missed entries a crashed peer had acknowledged and then lost (seed 9), a crashed peer
@@ -238,6 +245,15 @@ describe('the checker catches deliberate faults', () => {
     { fault: 'reorder-same-block', mode: 'sync', reason: /^\(d\) .*\bb wrote write \d+ as version/ },
     { fault: 'reorder-same-block', mode: 'async', reason: /^\(d\) .*\bb wrote write \d+ as version/ },
     { fault: 'duplicate-entry', mode: 'sync', reason: /protocol error: protocol violation: entry \d+ again/ },
+    // The core given a larger window or lag bound than the checker holds it to: the bytes
+    // in flight (e) or a reply's lag (f) go past it. Not in every run: traffic may stay
+    // within the real bound.
+    { fault: 'source-overruns-window', mode: 'sync', reason: /^\(e\) .* in flight to [bc], more than the window \d+$/, always: false },
+    { fault: 'source-overruns-window', mode: 'async', reason: /^\(e\) .* in flight to [bc], more than the window \d+$/, always: false },
+    { fault: 'source-ignores-lag', mode: 'async', reason: /^\(f\) .* answered while [bc] has stored only through \d+, \d+ bytes behind \(lagBytesMax \d+\)$/, always: false },
+    // A secondary whose recovery loses what it had made durable: a durable promise broken
+    // (h), or it is taken back up to date without it (g).
+    { fault: 'secondary-loses-durable', mode: 'sync', reason: /^\((h\) .*after its crash, b's durable block \d+ holds|g\) .*\bb is reported up to date)/, always: false },
     // What a FUA was answered for is gone after the primary's crash.
     { fault: 'primary-loses-durable', mode: 'sync', reason: /^\(i\) .*after its crash, primary's durable block \d+ holds .*was acknowledged durable/ },
     { fault: 'primary-loses-durable', mode: 'async', reason: /^\(i\) .*after its crash, primary's durable block \d+ holds .*was acknowledged durable/ },
