@@ -27,7 +27,8 @@
 // appended, a request, an ACK, a connect, a drop, a reset) reads and changes the same
 // per-peer record (sent, acknowledged, durable, held, resync state), and the invariants
 // between those fields are checked in one place; split across files, each part would
-// have to expose that record to the others.
+// have to expose that record to the others. A peer's replication and disk state change
+// only through `enter`, which asserts the transition against one table.
 
 import type { DiskState } from '../protocol/disk-state.js';
 import { assert } from '../lib/assert.js';
@@ -35,6 +36,16 @@ import { IndexedQueue } from '../lib/indexed-queue.js';
 
 export type MirrorMode = 'sync' | 'async' | 'logship';
 export type ReplicationState = 'connecting' | 'streaming' | 'disconnected' | 'catching-up' | 'resyncing';
+
+/** Which replication states may follow which (see MirrorSource.enter). */
+const transitions: Record<ReplicationState, readonly ReplicationState[]> = {
+  // A READY decides: stream, catch up, reset, or refuse.
+  connecting: ['connecting', 'streaming', 'catching-up', 'resyncing', 'disconnected'],
+  disconnected: ['disconnected', 'connecting', 'streaming', 'catching-up', 'resyncing'],
+  streaming: ['streaming', 'resyncing', 'disconnected'],
+  'catching-up': ['catching-up', 'streaming', 'disconnected'],
+  resyncing: ['resyncing', 'streaming', 'disconnected'],
+};
 export type { DiskState };
 
 /** One log entry as the mirror sees it; `frame` is opaque here (the encoded entry). */
@@ -254,7 +265,7 @@ export class MirrorSource<Frame> {
     const actions: SourceAction<Frame>[] = [];
     for (const peer of this.peers.values()) {
       if (peer.inSync) this.pump(peer, actions);
-      else if (peer.disk === 'up-to-date') peer.disk = 'outdated';
+      else if (peer.disk === 'up-to-date') this.enter(peer, peer.replication, 'outdated');
       if (peer.holding && this.appendedBytes - this.bytesThrough(peer.heldAfter) > (this.options.catchUpBytesMax ?? 0)) {
         peer.holding = false;
         // Restarting its log for a resync: these entries' regions are the node's to
@@ -371,8 +382,7 @@ export class MirrorSource<Frame> {
       // A resync: the peer restarts its log here, and what follows is kept for it until
       // it has done so. What it lacks from before is the node's to send, by region.
       peer.resyncNeeded = true;
-      peer.replication = 'resyncing';
-      peer.disk = 'inconsistent';
+      this.enter(peer, 'resyncing', 'inconsistent');
       peer.resetSeq = this.appendedSeq;
       peer.ackedSeq = this.appendedSeq;
       peer.holding = true;
@@ -386,8 +396,7 @@ export class MirrorSource<Frame> {
     }
     if (problem !== null) {
       peer.resyncNeeded = true;
-      peer.replication = 'disconnected';
-      peer.disk = ready.disk === 'failed' ? 'failed' : 'outdated';
+      this.enter(peer, 'disconnected', ready.disk === 'failed' ? 'failed' : 'outdated');
       // A copy that is not up to date, or a history that went another way, tells nothing
       // about which regions differ; entries it missed while away were noted then.
       const full = !sane || ready.disk !== 'up-to-date' || ready.lastSeq > this.appendedSeq;
@@ -400,8 +409,7 @@ export class MirrorSource<Frame> {
       // What it lacks is in the log files (logHolds said so): the node sends those first,
       // while what is queued from here on is kept for it.
       const to = this.queueFirstSeq - 1;
-      peer.replication = 'catching-up';
-      peer.disk = 'inconsistent';
+      this.enter(peer, 'catching-up', 'inconsistent');
       peer.logPhase = { to };
       peer.ackedSeq = ready.lastSeq;
       peer.sentSeq = ready.lastSeq;
@@ -449,8 +457,7 @@ export class MirrorSource<Frame> {
     peer.logPhase = null;
     peer.holding = false;
     peer.resyncNeeded = true;
-    peer.replication = 'disconnected';
-    peer.disk = 'outdated';
+    this.enter(peer, 'disconnected', 'outdated');
     const actions: SourceAction<Frame>[] = [{ kind: 'peer-dropped', peer: id, disk: peer.disk, reason: `catching up from the log failed: ${reason}; it needs a resync`, lost: [], unsynced: null, full: false }];
     this.afterPeerChange(actions);
     return actions;
@@ -487,8 +494,8 @@ export class MirrorSource<Frame> {
     const ready = { lastSeq, durableSeq, cpSeq };
     // Entries it lacks come first; until it has them all its copy is inconsistent.
     const behind = ready.lastSeq < this.appendedSeq;
-    peer.replication = behind ? 'catching-up' : 'streaming';
-    peer.disk = behind ? 'inconsistent' : 'up-to-date';
+    if (behind) this.enter(peer, 'catching-up', 'inconsistent');
+    else this.enter(peer, 'streaming', 'up-to-date');
     peer.catchUpTo = this.appendedSeq;
     peer.inSync = true;
     peer.sentSeq = ready.lastSeq;
@@ -551,8 +558,7 @@ export class MirrorSource<Frame> {
   resyncDone(id: string): void {
     const peer = this.peer(id);
     assert(peer.inSync && peer.replication === 'resyncing', `peer ${id} is not resyncing`);
-    peer.replication = 'streaming';
-    peer.disk = 'up-to-date';
+    this.enter(peer, 'streaming', 'up-to-date');
     peer.resyncNeeded = false;
   }
 
@@ -564,7 +570,7 @@ export class MirrorSource<Frame> {
   outOfSync(id: string): void {
     const peer = this.peer(id);
     if (!peer.inSync) return;
-    peer.disk = 'inconsistent';
+    this.enter(peer, peer.replication, 'inconsistent');
     peer.resyncNeeded = true;
   }
 
@@ -572,8 +578,7 @@ export class MirrorSource<Frame> {
   repair(id: string): boolean {
     const peer = this.peer(id);
     if (!peer.inSync || peer.replication !== 'streaming') return false;
-    peer.replication = 'resyncing';
-    peer.disk = 'inconsistent';
+    this.enter(peer, 'resyncing', 'inconsistent');
     peer.resyncNeeded = true;
     return true;
   }
@@ -601,9 +606,8 @@ export class MirrorSource<Frame> {
     const wasCatchingUp = peer.logPhase !== null;
     peer.inSync = false;
     peer.logPhase = null;
-    peer.replication = 'disconnected';
     // A lost link may be its crash: what it had not made durable may be gone.
-    if (peer.disk !== 'failed' && durableThrough(peer) < this.appendedSeq) peer.disk = 'outdated';
+    this.enter(peer, 'disconnected', peer.disk !== 'failed' && durableThrough(peer) < this.appendedSeq ? 'outdated' : peer.disk);
     // What it lacks stays queued (bounded) so that it can catch up when it is back, and
     // in the log (within its retention) past that, from the first entry it may have lost.
     peer.holding = wasInSync && !peer.resyncNeeded && (this.options.catchUpBytesMax ?? 0) > 0;
@@ -620,7 +624,7 @@ export class MirrorSource<Frame> {
   /** The peer is being connected to again. */
   connecting(id: string): void {
     const peer = this.peer(id);
-    if (!peer.inSync) peer.replication = 'connecting';
+    if (!peer.inSync) this.enter(peer, 'connecting', peer.disk);
   }
 
   /** ACK from a peer: status 0 means every entry up to `seq` is stored there. */
@@ -644,8 +648,7 @@ export class MirrorSource<Frame> {
     if (status !== 0) return this.failPeer(peer, `could not store entry ${seq} (error ${status})`);
     peer.ackedSeq = seq;
     if (peer.replication === 'catching-up' && seq >= peer.catchUpTo) {
-      peer.replication = 'streaming';
-      peer.disk = 'up-to-date';
+      this.enter(peer, 'streaming', 'up-to-date');
     }
     this.pump(peer, actions);
     this.trim();
@@ -719,6 +722,19 @@ export class MirrorSource<Frame> {
   }
 
   // ---- internals ----------------------------------------------------------------------
+
+  /**
+   * Every change of a peer's replication or disk state goes through here. A transition
+   * the table does not list, or a state a replica may not be in (catching up or
+   * resyncing but not reported inconsistent; reported up to date while catching up or
+   * resyncing), is a bug: the assertion stops the node rather than report a copy wrongly.
+   */
+  private enter(peer: Peer, replication: ReplicationState, disk: DiskState): void {
+    assert(transitions[peer.replication].includes(replication), `peer ${peer.id}: ${peer.replication} -> ${replication}`);
+    assert(!(replication === 'catching-up' || replication === 'resyncing') || disk === 'inconsistent', `peer ${peer.id}: ${replication} but ${disk}`);
+    peer.replication = replication;
+    peer.disk = disk;
+  }
 
   private peer(id: string): Peer {
     const peer = this.peers.get(id);
@@ -848,8 +864,7 @@ export class MirrorSource<Frame> {
     peer.holding = false;
     peer.logFrom = null;
     peer.resyncNeeded = true;
-    peer.disk = 'failed';
-    peer.replication = 'disconnected';
+    this.enter(peer, 'disconnected', 'failed');
     actions.push({ kind: 'peer-dropped', peer: peer.id, disk: peer.disk, reason, lost: this.unacknowledged(peer.id), unsynced: null, full: true });
     this.afterPeerChange(actions);
     return actions;
@@ -862,8 +877,7 @@ export class MirrorSource<Frame> {
     peer.inSync = false;
     peer.logPhase = null;
     peer.holding = false;
-    peer.replication = 'disconnected';
-    if (peer.disk === 'up-to-date' && durableThrough(peer) < this.appendedSeq) peer.disk = 'outdated';
+    this.enter(peer, 'disconnected', peer.disk === 'up-to-date' && durableThrough(peer) < this.appendedSeq ? 'outdated' : peer.disk);
     actions.push({ kind: 'peer-dropped', peer: peer.id, disk: peer.disk, reason: `protocol violation: ${what}`, ...lacking, full: false });
     this.afterPeerChange(actions);
     return actions;

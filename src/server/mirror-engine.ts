@@ -33,6 +33,7 @@ import type { DurableFiles } from '../storage/durable-files.js';
 import { ResyncController } from '../core/resync-controller.js';
 import { OnlineVerify, type VerifyReport } from './online-verify.js';
 import { connectAsSource, PeerLink } from './peer-link.js';
+import { systemClock, type Clock, type Timer } from '../io/clock.js';
 
 type Frame = Buffer[];
 
@@ -45,7 +46,7 @@ interface PeerLinks {
   /** Connections being set up. */
   connecting: boolean;
   attempts: number;
-  timer: NodeJS.Timeout | null;
+  timer: Timer | null;
   lastProblem: string;
   /** Wakes a resync waiting for the peer to make regions durable. */
   progress: (() => void) | null;
@@ -58,6 +59,36 @@ export interface MirrorPeerStatus extends PeerStatus {
   /** While resyncing: bytes left, the rate so far, and the time left at that rate. */
   resync: { remainingBytes: number; rateBytesPerSec: number; etaSeconds: number | null } | null;
   connections: { state: string; lastHeartbeatMs: number }[];
+}
+
+/** What a MirrorEngine is made of: the configuration, what this start found, and the node's parts it uses. */
+export interface MirrorEngineParts {
+  cluster: ClusterConfig;
+  local: NodeConfig;
+  volume: VolumeConfig;
+  /** The log's last entry now (after the start's own consistency point). */
+  lastSeq: number;
+  /**
+   * The last entry recovery found at this start (before the start's own consistency
+   * point, whose marker may follow it): a crash lost whatever came after it.
+   */
+  recoveredSeq: number;
+  /** Regions of the entries replayed at this start (after a crash), or null. */
+  replayed: DirtyBitmap | null;
+  /** Log partitions that peers held may be free now. */
+  release: () => void;
+  log: Logger;
+  counters: { peerProtocolErrors: number };
+  /** Whether the failure detector currently trusts the peer (heartbeats). */
+  available: (peer: string) => boolean;
+  /** The volume's region holds: LocalVolume.logCurrent (resync) and whileHeld (verify). */
+  regions: Pick<LocalVolume, 'logCurrent' | 'whileHeld'>;
+  /** The volume's log: entries a peer that was away lacks are read back from it. */
+  entries: Pick<WriteLog, 'readRange' | 'syncTo' | 'holdsFrom' | 'entryPayloadBytesMax' | 'status'>;
+  /** The node's durable files: the state file, the bitmaps and the write-intent record. */
+  files: DurableFiles;
+  /** Time for pacing, waits and reconnects (the system clock unless a test gives another). */
+  clock?: Clock;
 }
 
 export class MirrorEngine implements MirrorGate {
@@ -85,30 +116,31 @@ export class MirrorEngine implements MirrorGate {
   private readonly digestWaiters = new Map<number, { peer: string; resolve: (digest: Buffer) => void; reject: (error: Error) => void }>();
   private nextVerifyToken = 1;
 
-  constructor(
-    private readonly cluster: ClusterConfig,
-    private readonly local: NodeConfig,
-    private readonly volume: VolumeConfig,
-    lastSeq: number,
-    private readonly release: () => void,
-    private readonly log: Logger,
-    private readonly counters: { peerProtocolErrors: number },
-    /** Whether the failure detector currently trusts the peer (heartbeats). */
-    private readonly available: (peer: string) => boolean,
-    /** Regions of the entries replayed at this start (after a crash), or null. */
-    replayed: DirtyBitmap | null,
-    /**
-     * The last entry recovery found at this start (before the start's own consistency
-     * point, whose marker may follow it): a crash lost whatever came after it.
-     */
-    recoveredSeq: number,
-    /** The volume's region holds: LocalVolume.logCurrent (resync) and whileHeld (verify). */
-    private readonly regions: Pick<LocalVolume, 'logCurrent' | 'whileHeld'>,
-    /** The volume's log: entries a peer that was away lacks are read back from it. */
-    private readonly entries: Pick<WriteLog, 'readRange' | 'syncTo' | 'holdsFrom' | 'entryPayloadBytesMax' | 'status'>,
-    /** The node's durable files: the state file, the bitmaps and the write-intent record. */
-    private readonly files: DurableFiles,
-  ) {
+  private readonly cluster: ClusterConfig;
+  private readonly local: NodeConfig;
+  private readonly volume: VolumeConfig;
+  private readonly release: () => void;
+  private readonly log: Logger;
+  private readonly counters: { peerProtocolErrors: number };
+  private readonly available: (peer: string) => boolean;
+  private readonly regions: MirrorEngineParts['regions'];
+  private readonly entries: MirrorEngineParts['entries'];
+  private readonly files: DurableFiles;
+  private readonly clock: Clock;
+
+  constructor(parts: MirrorEngineParts) {
+    const { cluster, local, volume, lastSeq, recoveredSeq, replayed, log, files } = parts;
+    this.cluster = cluster;
+    this.local = local;
+    this.volume = volume;
+    this.release = parts.release;
+    this.log = log;
+    this.counters = parts.counters;
+    this.available = parts.available;
+    this.regions = parts.regions;
+    this.entries = parts.entries;
+    this.files = files;
+    this.clock = parts.clock ?? systemClock;
     assert(volume.mode !== 'local');
     this.secret = Buffer.from(cluster.secret, 'utf8');
     this.stateFile = path.join(local.dataDir, 'mirror', `${volume.name}.json`);
@@ -173,7 +205,7 @@ export class MirrorEngine implements MirrorGate {
   private resyncProgress(peer: PeerLinks | undefined): MirrorPeerStatus['resync'] {
     if (peer?.resyncStart == null) return null;
     const remainingBytes = this.core.dirtyBytes(peer.node.id);
-    const elapsedSeconds = Math.max(0.001, (Date.now() - peer.resyncStart.atMs) / 1000);
+    const elapsedSeconds = Math.max(0.001, (this.clock.nowMs() - peer.resyncStart.atMs) / 1000);
     const rateBytesPerSec = Math.max(0, Math.round((peer.resyncStart.bytes - remainingBytes) / elapsedSeconds));
     return { remainingBytes, rateBytesPerSec, etaSeconds: rateBytesPerSec > 0 ? Math.ceil(remainingBytes / rateBytesPerSec) : null };
   }
@@ -192,6 +224,19 @@ export class MirrorEngine implements MirrorGate {
     this.run(this.core.persist());
   }
 
+  /** Resolves on the peer's next ACK or FLUSHED, or after 100 ms (a wait that is bounded). */
+  private progressOf(peer: PeerLinks): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const done = (): void => {
+        timer.cancel();
+        if (peer.progress === done) peer.progress = null;
+        resolve();
+      };
+      const timer = this.clock.after(100, done);
+      peer.progress = done;
+    });
+  }
+
   /**
    * Sends a resyncing peer every region its bitmap marks, as entries that carry the
    * regions' current contents (logged in order with live writes, so a live write is
@@ -204,7 +249,7 @@ export class MirrorEngine implements MirrorGate {
     const regionBytes = this.cluster.resync.regionBytes;
     // Consecutive dirty regions go out as one entry, up to this many.
     const runRegionsMax = Math.max(1, Math.floor(Math.min(constants.resyncEntryBytesMax, this.entries.entryPayloadBytesMax) / regionBytes));
-    const startedMs = Date.now();
+    const startedMs = this.clock.nowMs();
     const startBytes = this.core.dirtyBytes(id);
     const rateMax = this.cluster.resync.rateBytesPerSecMax;
     let sentBytes = 0;
@@ -212,8 +257,8 @@ export class MirrorEngine implements MirrorGate {
     this.log.info('resync started', { peer: id, regions: this.core.bitmap(id).dirtyRegions, bytes: startBytes });
     peer.resyncStart ??= { atMs: startedMs, bytes: startBytes };
     while (live()) {
-      if (rateMax === 0 && Date.now() - this.resyncControlTickMs >= constants.resyncControlIntervalMs) {
-        this.resyncControlTickMs = Date.now();
+      if (rateMax === 0 && this.clock.nowMs() - this.resyncControlTickMs >= constants.resyncControlIntervalMs) {
+        this.resyncControlTickMs = this.clock.nowMs();
         this.resyncControl.tick();
       }
       const step = this.core.resyncNext(id, {
@@ -230,7 +275,7 @@ export class MirrorEngine implements MirrorGate {
         if (rateMax > 0) {
           // Paced: the regions sent so far may not run ahead of the allowed rate.
           const dueMs = startedMs + (sentBytes / rateMax) * 1000;
-          if (dueMs > Date.now()) await new Promise((resolve) => setTimeout(resolve, dueMs - Date.now()));
+          if (dueMs > this.clock.nowMs()) await this.clock.sleep(dueMs - this.clock.nowMs());
           if (!live()) break;
         }
         sentBytes += runs.reduce((sum, run) => sum + run.length, 0) * regionBytes;
@@ -250,21 +295,14 @@ export class MirrorEngine implements MirrorGate {
       }
       this.run(step.actions);
       if (step.kind === 'done') {
-        this.log.info('resync done', { peer: id, bytes: startBytes, ms: Date.now() - startedMs });
+        this.log.info('resync done', { peer: id, bytes: startBytes, ms: this.clock.nowMs() - startedMs });
         peer.resyncStart = null;
         return;
       }
       // Wait for the peer to make what was sent durable (bounded: a FLUSHED or 100 ms).
       // It was asked for what it has stored so far, so that regions are cleared (and new
       // ones sent) while the rest is still on its way, rather than in lockstep batches.
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, 100);
-        peer.progress = () => {
-          clearTimeout(timer);
-          resolve();
-        };
-      });
-      peer.progress = null;
+      await this.progressOf(peer);
     }
     peer.resyncStart = null;
     this.log.warn('resync interrupted', { peer: id, bytesLeft: this.core.dirtyBytes(id) });
@@ -278,17 +316,8 @@ export class MirrorEngine implements MirrorGate {
   private async catchUpFromLog(peer: PeerLinks, session: number, fromSeq: number, toSeq: number): Promise<void> {
     const id = peer.node.id;
     const live = (): boolean => !this.stopped && peer.up && peer.session === session;
-    const startedMs = Date.now();
-    const waitProgress = (): Promise<void> =>
-      new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, 100);
-        peer.progress = () => {
-          clearTimeout(timer);
-          resolve();
-        };
-      }).then(() => {
-        peer.progress = null;
-      });
+    const startedMs = this.clock.nowMs();
+    const waitProgress = (): Promise<void> => this.progressOf(peer);
     this.log.info('peer catching up from the log', { peer: id, fromSeq, toSeq });
     let bytes = 0;
     try {
@@ -316,7 +345,7 @@ export class MirrorEngine implements MirrorGate {
       }
       while (live() && this.core.peerStatus(id).ackedSeq < toSeq) await waitProgress();
       if (!live()) return;
-      this.log.info('peer caught up from the log', { peer: id, toSeq, bytes, ms: Date.now() - startedMs });
+      this.log.info('peer caught up from the log', { peer: id, toSeq, bytes, ms: this.clock.nowMs() - startedMs });
       this.run(this.core.loggedCaughtUp(id, toSeq));
     } catch (error) {
       if (!live()) return;
@@ -370,7 +399,7 @@ export class MirrorEngine implements MirrorGate {
   peerUp(id: string): void {
     const peer = this.peers.get(id);
     if (peer === undefined || peer.up || peer.connecting) return;
-    if (peer.timer !== null) clearTimeout(peer.timer);
+    peer.timer?.cancel();
     peer.timer = null;
     peer.attempts = 0;
     this.connect(peer);
@@ -380,7 +409,7 @@ export class MirrorEngine implements MirrorGate {
   peerDown(id: string, reason: string): void {
     const peer = this.peers.get(id);
     if (peer === undefined) return;
-    if (peer.timer !== null) clearTimeout(peer.timer);
+    peer.timer?.cancel();
     peer.timer = null;
     for (const link of peer.links) link.close(`peer down: ${reason}`);
   }
@@ -501,14 +530,14 @@ export class MirrorEngine implements MirrorGate {
    */
   async stop(finalSeq: number | null): Promise<void> {
     if (finalSeq !== null) {
-      const deadline = Date.now() + constants.peerDrainTimeoutMs;
-      while (Date.now() < deadline && this.core.status().some((peer) => peer.replication === 'streaming' && peer.syncedSeq < finalSeq)) {
-        await new Promise((resolve) => setTimeout(resolve, 10));
+      const deadline = this.clock.nowMs() + constants.peerDrainTimeoutMs;
+      while (this.clock.nowMs() < deadline && this.core.status().some((peer) => peer.replication === 'streaming' && peer.syncedSeq < finalSeq)) {
+        await this.clock.sleep(10);
       }
     }
     this.stopped = true;
     for (const peer of this.peers.values()) {
-      if (peer.timer !== null) clearTimeout(peer.timer);
+      peer.timer?.cancel();
       for (const link of peer.links) link.close('node stopping');
     }
     for (const waiter of this.waiters.values()) waiter.reject(new BlockmirrorError('ERR_VOLUME_IO', 'node stopping'));
@@ -548,7 +577,7 @@ export class MirrorEngine implements MirrorGate {
           const peer = this.peers.get(node);
           if (peer === undefined || !peer.up || !this.core.repair(node)) return false;
           this.log.warn('repairing the regions verify found different', { peer: node, bytes: this.core.dirtyBytes(node) });
-          peer.resyncStart = { atMs: Date.now(), bytes: this.core.dirtyBytes(node) };
+          peer.resyncStart = { atMs: this.clock.nowMs(), bytes: this.core.dirtyBytes(node) };
           await this.resync(peer, peer.session);
           return this.core.peerStatus(node).disk === 'up-to-date';
         },
@@ -585,18 +614,18 @@ export class MirrorEngine implements MirrorGate {
     const token = this.nextVerifyToken;
     this.nextVerifyToken = (this.nextVerifyToken % 0xffff_fffe) + 1;
     return new Promise<Buffer>((resolve, reject) => {
-      const timer = setTimeout(() => {
+      const timer = this.clock.after(constants.verifyReplyTimeoutMs, () => {
         this.digestWaiters.delete(token);
         reject(new Error(`no answer within ${constants.verifyReplyTimeoutMs} ms`));
-      }, constants.verifyReplyTimeoutMs);
+      });
       this.digestWaiters.set(token, {
         peer: node,
         resolve: (digest) => {
-          clearTimeout(timer);
+          timer.cancel();
           resolve(digest);
         },
         reject: (error) => {
-          clearTimeout(timer);
+          timer.cancel();
           reject(error);
         },
       });
@@ -685,10 +714,10 @@ export class MirrorEngine implements MirrorGate {
     peer.attempts = Math.min(peer.attempts + 1, 16);
     // A peer the heartbeats call down is connected to again when they call it up.
     if (!this.available(peer.node.id)) return;
-    peer.timer = setTimeout(() => {
+    peer.timer = this.clock.after(delayMs, () => {
       peer.timer = null;
       if (this.available(peer.node.id)) this.connect(peer);
-    }, delayMs);
+    });
   }
 
   private linkLost(peer: PeerLinks, session: number, reason: string): void {
@@ -786,7 +815,7 @@ export class MirrorEngine implements MirrorGate {
           const peer = this.peerLinks(action.peer);
           const bytes = this.core.dirtyBytes(action.peer);
           this.log.warn('peer needs a resync: it restarts its log here and is sent the regions it lacks', { peer: action.peer, fromSeq: action.seq, bytes });
-          peer.resyncStart = { atMs: Date.now(), bytes };
+          peer.resyncStart = { atMs: this.clock.nowMs(), bytes };
           peer.links[0]?.send(encodeFrame({ type: 'reset', seq: action.seq, reportAfter: action.reportAfter }));
           break;
         }

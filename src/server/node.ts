@@ -139,21 +139,21 @@ export class BlockmirrorNode implements NodeView {
     if (mirrored) {
       const mirrorLog = volume.log;
       const primary = volume;
-      engine = new MirrorEngine(
-        this.config,
-        this.node,
-        config,
-        mirrorLog.lastSeq,
-        () => mirrorLog.retainersChanged(),
-        log,
-        this.peerCounters,
-        (peer) => this.heartbeats?.mayConnect(peer) === true,
+      engine = new MirrorEngine({
+        cluster: this.config,
+        local: this.node,
+        volume: config,
+        lastSeq: mirrorLog.lastSeq,
+        recoveredSeq: recovery.lastSeq,
         replayed,
-        recovery.lastSeq,
-        primary,
-        mirrorLog,
-        this.files,
-      );
+        release: () => mirrorLog.retainersChanged(),
+        log,
+        counters: this.peerCounters,
+        available: (peer) => this.heartbeats?.mayConnect(peer) === true,
+        regions: primary,
+        entries: mirrorLog,
+        files: this.files,
+      });
       const mirror = engine;
       mirrorLog.addRetainer((partition) => mirror.retains(partition));
       volume.attachMirror(mirror);

@@ -540,21 +540,21 @@ async function openMirrored(fs: MemoryFileSystem): Promise<{ opened: Opened; eng
   const opened = await openVolumeStorage({ ...options, replayed, onPlaced: (...args) => engine?.placed(...args) });
   const log = opened.volume.log;
   try {
-    engine = new MirrorEngine(
+    engine = new MirrorEngine({
       cluster,
-      cluster.nodes[0]!,
-      volumeConfig,
-      log.lastSeq,
-      () => log.retainersChanged(),
-      options.log,
-      { peerProtocolErrors: 0 },
-      () => false,
+      local: cluster.nodes[0]!,
+      volume: volumeConfig,
+      lastSeq: log.lastSeq,
+      recoveredSeq: opened.recovery.lastSeq,
       replayed,
-      opened.recovery.lastSeq,
-      opened.volume,
-      log,
-      options.files,
-    );
+      release: () => log.retainersChanged(),
+      log: options.log,
+      counters: { peerProtocolErrors: 0 },
+      available: () => false,
+      regions: opened.volume,
+      entries: log,
+      files: options.files,
+    });
   } catch (error) {
     await opened.volume.close();
     throw error;
