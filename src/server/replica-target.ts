@@ -1,7 +1,8 @@
 // One volume on a secondary node: the destination of its primary's mirror links. Entries
-// arrive on the session's n connections; MirrorTarget (src/core/mirror-target.ts) puts
-// them back in sequence order and says when to store, acknowledge, flush and take the
-// primary's consistency points; this module does the I/O. Storing an entry appends it
+// arrive on the session's n connections; SecondaryCore (src/core/secondary-core.ts, around
+// MirrorTarget) puts them back in sequence order and says when to store, acknowledge,
+// flush and take the primary's consistency points, when READY may go out and how a RESET
+// runs; this module does the I/O. Storing an entry appends it
 // to the per-source log `<dataDir>/peers/<primary>/<volume>/` under the primary's
 // sequence number and, except in logship mode, writes it to the image.
 //
@@ -14,7 +15,8 @@ import crypto from 'node:crypto';
 import { constants } from '../constants.js';
 import type { VolumeConfig } from '../control/config.js';
 import type { Logger } from '../lib/log.js';
-import { MirrorTarget, type TargetAction } from '../core/mirror-target.js';
+import type { MirrorTarget } from '../core/mirror-target.js';
+import { SecondaryCore, type SecondaryAction } from '../core/secondary-core.js';
 import { encodeFrame, PEER_DIVERGED_EXTENTS_MAX, type PeerMessage } from '../protocol/peer/frames.js';
 import { EntryType } from '../protocol/log-entry.js';
 import type { LocalVolume } from '../storage/local-volume.js';
@@ -30,10 +32,10 @@ interface Session {
 }
 
 export class ReplicaTarget {
-  private core: MirrorTarget<EntryMessage>;
-  private resetting = false;
+  private core: SecondaryCore<EntryMessage>;
   private session: Session | null = null;
-  private idleWaiters: (() => void)[] = [];
+  /** The last `name-and-keep` failed (its error): the `restart-log` after it fails too. */
+  private namingFailed: string | null = null;
   private closed = false;
   private ackPending: number | null = null;
   /** VERIFY requests waiting for the entries before them to be stored. */
@@ -52,13 +54,9 @@ export class ReplicaTarget {
     private readonly resetLog: (seq: number) => Promise<void>,
   ) {
     this.source = config.primary ?? '';
-    this.core = this.newCore(volume.log.lastSeq);
-  }
-
-  private newCore(lastSeq: number): MirrorTarget<EntryMessage> {
-    return new MirrorTarget<EntryMessage>({
-      mode: this.config.mode === 'logship' ? 'logship' : this.config.mode === 'async' ? 'async' : 'sync',
-      lastSeq,
+    this.core = new SecondaryCore<EntryMessage>({
+      mode: config.mode === 'logship' ? 'logship' : config.mode === 'async' ? 'async' : 'sync',
+      lastSeq: volume.log.lastSeq,
       windowBytesMax: constants.mirrorWindowBytesMax,
     });
   }
@@ -84,7 +82,7 @@ export class ReplicaTarget {
       if (this.session === session) this.endSession(reason);
     });
     link.receive((message) => this.onMessage(session, link, message));
-    if (session.links.every((candidate) => candidate !== undefined)) void this.sendReady(session);
+    if (session.links.every((candidate) => candidate !== undefined)) this.run(this.core.sessionStarted(session.id));
   }
 
   status(): { source: string; session: boolean } & ReturnType<MirrorTarget<EntryMessage>['status']> {
@@ -106,17 +104,18 @@ export class ReplicaTarget {
     for (const link of this.session?.links ?? []) if (link !== undefined) link.lastHeartbeatMs = nowMs;
   }
 
-  private async sendReady(session: Session): Promise<void> {
-    await this.idle();
-    if (this.session !== session) return;
+  /** READY on every connection of the session (the core says when: nothing of the last one under way). */
+  private sendReady(lastSeq: number): void {
+    const session = this.session;
+    if (session === null) return;
     const logStatus = this.volume.log.status();
     const ready = encodeFrame({
       type: 'ready',
       epoch: 0,
       // A copy whose log was made anew at start (LogStatus.needsFullResync) asks for all of it.
       disk: this.volume.failed || this.core.status().failed ? 'failed' : logStatus.needsFullResync ? 'inconsistent' : 'up-to-date',
-      lastSeq: this.core.ready().lastSeq,
-      durableSeq: Math.min(logStatus.durableSeq, this.core.ready().lastSeq),
+      lastSeq,
+      durableSeq: Math.min(logStatus.durableSeq, lastSeq),
       cpSeq: logStatus.cpSeq,
     });
     session.ready = true;
@@ -124,12 +123,7 @@ export class ReplicaTarget {
       if (link !== undefined) link.state = 'up';
       link?.send(ready);
     }
-    this.log.info('source connected', { source: this.source, lastSeq: this.core.ready().lastSeq, connections: session.links.length });
-  }
-
-  private idle(): Promise<void> {
-    if (this.core.ready().idle) return Promise.resolve();
-    return new Promise((resolve) => this.idleWaiters.push(resolve));
+    this.log.info('source connected', { source: this.source, lastSeq, connections: session.links.length });
   }
 
   private endSession(reason: string): void {
@@ -137,7 +131,7 @@ export class ReplicaTarget {
     if (session === null) return;
     this.session = null;
     for (const link of session.links) link?.close(reason);
-    this.core.reset();
+    this.core.sessionEnded();
     this.verifies = [];
     if (session.ready) this.log.warn('source disconnected', { source: this.source, reason });
   }
@@ -167,50 +161,46 @@ export class ReplicaTarget {
         return;
       }
       case 'reset':
-        if (this.resetting) return this.protocolError(link, 'RESET during a reset');
-        void this.reset(session, message.seq, message.reportAfter);
-        return;
+        return this.run(this.core.resetAsked(session.id, message.seq, message.reportAfter));
       default:
         return this.protocolError(link, `unexpected ${message.type} from the source`);
     }
   }
 
   /**
-   * The source's RESET: once idle, the regions of the entries held past `reportAfter` are
-   * named (DIVERGED), the log restarts after `seq`, and RESET_DONE says how it went.
+   * The core's `name-and-keep`: the regions of the entries held past `reportAfter` are kept
+   * durably (the log about to be made anew no longer holds them) and named (DIVERGED).
    */
-  private async reset(session: Session, seq: number, reportAfter: number): Promise<void> {
-    this.resetting = true;
-    let status = 0;
-    try {
-      await this.idle();
-      if (this.session !== session) return;
-      const extents = this.volume.log.entriesAfter(reportAfter);
-      // Durable before they are named: the log about to be made anew no longer holds them.
-      this.volume.log.keepNamed(extents, this.volume.sizeBytes);
-      if (extents === null) this.send(encodeFrame({ type: 'diverged', all: true, extents: [] }));
-      for (let at = 0; extents !== null && at < extents.length; at += PEER_DIVERGED_EXTENTS_MAX) {
-        this.send(encodeFrame({ type: 'diverged', all: false, extents: extents.slice(at, at + PEER_DIVERGED_EXTENTS_MAX) }));
-      }
-      if (extents === null || extents.length > 0) {
-        this.log.warn('naming to the source the regions of entries it may have lost', {
-          source: this.source,
-          afterSeq: reportAfter,
-          extents: extents === null ? 'all' : extents.length,
-        });
-      }
-      this.log.info('restarting the per-source log for a resync', { source: this.source, fromSeq: this.volume.log.lastSeq, toSeq: seq });
-      const startedMs = Date.now();
-      await this.resetLog(seq);
-      this.core = this.newCore(seq);
-      this.log.info('per-source log restarted', { source: this.source, seq, ms: Date.now() - startedMs });
-    } catch (error) {
-      status = 1;
-      this.log.error('could not restart the per-source log for a resync', { source: this.source, error: String(error) });
-    } finally {
-      this.resetting = false;
+  private nameDiverged(reportAfter: number): void {
+    const extents = this.volume.log.entriesAfter(reportAfter);
+    this.volume.log.keepNamed(extents, this.volume.sizeBytes);
+    if (extents === null) this.send(encodeFrame({ type: 'diverged', all: true, extents: [] }));
+    for (let at = 0; extents !== null && at < extents.length; at += PEER_DIVERGED_EXTENTS_MAX) {
+      this.send(encodeFrame({ type: 'diverged', all: false, extents: extents.slice(at, at + PEER_DIVERGED_EXTENTS_MAX) }));
     }
-    if (this.session === session) this.send(encodeFrame({ type: 'reset-done', seq, status }));
+    if (extents === null || extents.length > 0) {
+      this.log.warn('naming to the source the regions of entries it may have lost', {
+        source: this.source,
+        afterSeq: reportAfter,
+        extents: extents === null ? 'all' : extents.length,
+      });
+    }
+  }
+
+  /** The core's `restart-log`: the per-source log restarts after `seq` for a resync. */
+  private restartLog(seq: number): void {
+    this.log.info('restarting the per-source log for a resync', { source: this.source, fromSeq: this.volume.log.lastSeq, toSeq: seq });
+    const startedMs = Date.now();
+    this.resetLog(seq).then(
+      () => {
+        this.log.info('per-source log restarted', { source: this.source, seq, ms: Date.now() - startedMs });
+        this.after(this.core.logRestarted(seq, null));
+      },
+      (error: unknown) => {
+        this.log.error('could not restart the per-source log for a resync', { source: this.source, error: String(error) });
+        this.after(this.core.logRestarted(seq, String(error)));
+      },
+    );
   }
 
   /** An entry that passed its checksums but cannot belong to this volume. */
@@ -242,7 +232,7 @@ export class ReplicaTarget {
     link?.send(frame);
   }
 
-  private run(actions: TargetAction<EntryMessage>[]): void {
+  private run(actions: SecondaryAction<EntryMessage>[]): void {
     for (const action of actions) {
       switch (action.kind) {
         case 'store': {
@@ -295,6 +285,31 @@ export class ReplicaTarget {
         case 'protocol-error':
           this.protocolError(null, action.reason);
           break;
+        case 'send-ready':
+          if (this.session?.id === action.session) this.sendReady(action.lastSeq);
+          break;
+        case 'name-and-keep':
+          try {
+            this.nameDiverged(action.reportAfter);
+            this.namingFailed = null;
+          } catch (error) {
+            this.namingFailed = String(error);
+          }
+          break;
+        case 'restart-log':
+          // Names that could not be kept must not go with the old log: the reset fails instead.
+          if (this.namingFailed !== null) {
+            this.log.error('could not keep the regions named to the source; the log is not restarted', { source: this.source, error: this.namingFailed });
+            const error = this.namingFailed;
+            this.namingFailed = null;
+            queueMicrotask(() => this.after(this.core.logRestarted(action.seq, error)));
+          } else {
+            this.restartLog(action.seq);
+          }
+          break;
+        case 'send-reset-done':
+          if (this.session?.id === action.session) this.send(encodeFrame({ type: 'reset-done', seq: action.seq, status: action.status }));
+          break;
       }
     }
   }
@@ -325,13 +340,10 @@ export class ReplicaTarget {
     }
   }
 
-  /** After a completion: its actions, then anyone waiting for the target to go idle. */
-  private after(actions: TargetAction<EntryMessage>[]): void {
+  /** After a completion: its actions, then the VERIFY requests it may have made answerable. */
+  private after(actions: SecondaryAction<EntryMessage>[]): void {
     this.run(actions);
     if (this.verifies.length > 0) this.answerVerifies();
-    if (this.idleWaiters.length > 0 && this.core.ready().idle) {
-      for (const resolve of this.idleWaiters.splice(0)) resolve();
-    }
   }
 
   /** The source's consistency point: logship entries applied first, then the image durable and the log released. */

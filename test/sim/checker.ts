@@ -75,7 +75,7 @@ export interface CheckedPeer {
   readonly up: boolean;
   readonly links: PeerLinks;
   readonly replica: Replica;
-  readonly target: MirrorTarget<Frame>;
+  readonly target: Pick<MirrorTarget<Frame>, 'status' | 'ready'>;
 }
 
 export interface CheckedCluster {

@@ -1,5 +1,6 @@
-// One simulated secondary: a MirrorTarget with the disk and links around it, playing the
-// part of src/server/replica-target.ts. It performs the target's actions — stores with a
+// One simulated secondary: the shipped SecondaryCore (src/core/secondary-core.ts, around
+// MirrorTarget) with the disk and links around it, playing the part of
+// src/server/replica-target.ts. It performs the core's actions — stores with a
 // random disk delay, log syncs, checkpoints, replies to the source on connection 0 — and
 // reports their completions back. A store writes the secondary's image when it
 // completes; stores to overlapping blocks complete in the order they were issued (the
@@ -8,8 +9,8 @@
 // A secondary can crash (crash()): its disk keeps what was durable (volume.ts), every
 // store, sync and checkpoint under way is lost with the process, and a fresh target is
 // made from the recovered log when it restarts (restart()), as the node does at start.
-// A source's RESET (a resync) restarts its log once the target is idle, as
-// ReplicaTarget.reset does, and is answered with RESET_DONE. What it names in DIVERGED
+// A source's RESET (a resync) restarts its log once the core says so (it is idle), as
+// ReplicaTarget does, and is answered with RESET_DONE. What it names in DIVERGED
 // first comes from the shipped ReplicaTrail (src/core/replica-trail.ts), kept as the
 // node keeps it: entries added as they are stored, trimmed at each consistency point of
 // the primary taken here, written at each consistency point and at a reset, and after a
@@ -22,7 +23,7 @@
 
 import type { PeerReady } from '../../src/core/mirror-source.js';
 import type { PrimaryAction, PrimaryCore } from '../../src/core/primary-core.js';
-import { MirrorTarget, type TargetAction } from '../../src/core/mirror-target.js';
+import { SecondaryCore, type SecondaryAction } from '../../src/core/secondary-core.js';
 import { ReplicaTrail } from '../../src/core/replica-trail.js';
 import type { Prng } from '../unit/prng.js';
 import { SimFailure, type Checker, type CheckedPeer } from './checker.js';
@@ -60,14 +61,12 @@ export class Secondary implements CheckedPeer {
   incarnation = 0;
   /** The last consistency point taken here (recorded durably, so it survives a crash). */
   cpSeq = 0;
-  /** A RESET is being carried out. */
-  resetting = false;
   /** Where its entries since the primary's last consistency point landed (WriteLog's trail). */
   private trail = new ReplicaTrail();
   /** The trail file: what the trail was when last written. */
   private trailFile: Buffer | null = null;
   readonly replica: Replica;
-  target: MirrorTarget<Frame>;
+  target: SecondaryCore<Frame>;
   readonly links: PeerLinks;
   /** Per block: when the last store issued to it completes. */
   private readonly busyUntilUs: number[];
@@ -80,29 +79,32 @@ export class Secondary implements CheckedPeer {
   ) {
     const { config } = context;
     this.replica = new Replica(id, config.blocks, config.blockBytes);
-    this.target = new MirrorTarget<Frame>({ mode: config.mode, lastSeq: 0, windowBytesMax: config.windowBytesMax });
+    this.target = new SecondaryCore<Frame>({ mode: config.mode, lastSeq: 0, windowBytesMax: config.windowBytesMax });
     this.links = new PeerLinks(id, config.connections, context.queue, context.prng, config.network);
     this.busyUntilUs = new Array<number>(config.blocks).fill(0);
     this.faulty = config.fault !== null && id === config.peers[0];
   }
 
-  /** What the node reports in its READY, once the target is idle. */
+  /** The session's READY, as the node sends it (the sim connects only when the core is idle, so it comes at once). */
   ready(): PeerReady {
-    const { lastSeq } = this.target.ready();
+    const actions = this.target.sessionStarted(this.links.sessionId);
+    const action = actions[0];
+    if (actions.length !== 1 || action?.kind !== 'send-ready') throw new SimFailure(`${this.id}: no READY at once for a session begun while idle`);
+    const { lastSeq } = action;
     if (lastSeq !== this.replica.lastSeq) throw new SimFailure(`${this.id}: the target issued through ${lastSeq}, the log ends at ${this.replica.lastSeq}`);
     return { lastSeq, durableSeq: Math.min(this.replica.durablePrefix, lastSeq), cpSeq: this.cpSeq, disk: 'up-to-date' };
   }
 
   /** A new session may be answered with READY: nothing of the last one is under way. */
   get idle(): boolean {
-    return this.up && !this.resetting && this.target.ready().idle;
+    return this.up && this.target.idle;
   }
 
   /** The session ends: links closed (what is in flight is lost) and the target reset. */
   cut(): void {
     this.inSync = false;
     this.links.close();
-    this.target.reset();
+    this.target.sessionEnded();
   }
 
   /**
@@ -113,7 +115,6 @@ export class Secondary implements CheckedPeer {
   crash(keepFraction: number): number {
     this.up = false;
     this.incarnation += 1;
-    this.resetting = false;
     this.links.close();
     const durable = this.replica.durablePrefix;
     const keep = durable + Math.floor(keepFraction * (this.replica.storedPrefix() - durable));
@@ -130,7 +131,7 @@ export class Secondary implements CheckedPeer {
     for (let seq = Math.max(this.cpSeq, this.replica.base) + 1; seq <= last; seq += 1) this.addToTrail(seq, this.replica.record(seq).frame);
     this.trailFile = this.trail.encode();
     // What a restart will find (made now: nothing happens to it while the node is down).
-    this.target = new MirrorTarget<Frame>({ mode: this.context.config.mode, lastSeq: last, windowBytesMax: this.context.config.windowBytesMax });
+    this.target = new SecondaryCore<Frame>({ mode: this.context.config.mode, lastSeq: last, windowBytesMax: this.context.config.windowBytesMax });
     return last;
   }
 
@@ -152,57 +153,31 @@ export class Secondary implements CheckedPeer {
     this.perform(this.target.sync(cpSeq));
   }
 
-  /**
-   * The source's RESET, as ReplicaTarget.reset: once idle (and only if the session that
-   * asked is still there), the blocks of entries held past `reportAfter` are named
-   * (DIVERGED: the replica trail, entries since the primary's last consistency point it
-   * took, which its own checkpoints do not drop), then what was stored is made durable and
-   * the log restarts after `seq` (the trail with it), and RESET_DONE follows.
-   */
+  /** The source's RESET: the core carries it out once idle (a RESET during one breaks the protocol). */
   reset(seq: number, reportAfter: number): void {
-    if (this.resetting) throw new SimFailure(`${this.id}: RESET during a reset`);
-    this.resetting = true;
-    const { queue, config } = this.context;
-    const incarnation = this.incarnation;
-    const session = this.links.sessionId;
-    const attempt = (): void => {
-      if (this.incarnation !== incarnation) return;
-      if (!this.target.ready().idle) {
-        queue.after(100, `${this.id} reset waits for its stores`, attempt);
-        return;
-      }
-      // The session ended while it waited: nothing is reset (a new one sends its own RESET).
-      if (this.links.sessionId !== session) {
-        this.resetting = false;
-        return;
-      }
-      // As ReplicaTarget does: the trail names the regions of entries past reportAfter, and
-      // those named at an earlier RESET until a consistency point of the primary is taken.
-      const { blockBytes, blocks } = config;
-      const extents = this.trail.extentsAfter(reportAfter) ?? [{ offset: 0, lengthBytes: blocks * blockBytes }];
-      // Kept, durably, before they are named (WriteLog.keepNamed): the log about to be made
-      // anew no longer holds them. The deliberate fault forgets them.
-      if (config.fault === 'target-forgets-named') {
-        if (this.trail.extentsAfter(Number.MAX_SAFE_INTEGER)?.length !== 0) this.context.fault.injected = true;
-        this.trail.resetTo([], blocks * blockBytes);
-      } else {
-        this.trail.resetTo(extents, blocks * blockBytes);
-      }
-      this.trailFile = this.trail.encode();
-      const held = extents.map(({ offset, lengthBytes }) => ({ firstBlock: offset / blockBytes, blockCount: lengthBytes / blockBytes }));
-      if (held.length > 0) this.links.send('to-source', 0, `diverged (${held.length} entries)`, () => this.context.onDiverged(this.id, held));
-      queue.after(this.draw(config.diskSyncUs), `${this.id} log restarted after ${seq}`, () => {
-        if (this.incarnation !== incarnation) return;
-        this.replica.resetLog(seq);
-        this.target = new MirrorTarget<Frame>({ mode: config.mode, lastSeq: seq, windowBytesMax: config.windowBytesMax });
-        this.cpSeq = seq;
-        this.resetting = false;
-        // Only to the session that asked: a later one had its READY (which waited for this).
-        if (this.links.sessionId !== session) return;
-        this.links.send('to-source', 0, `reset-done ${seq}`, () => this.context.onResetDone(this.id, seq, 0));
-      });
-    };
-    attempt();
+    this.perform(this.target.resetAsked(this.links.sessionId, seq, reportAfter));
+  }
+
+  /**
+   * The core's name-and-keep, as ReplicaTarget does it: the trail names the regions of
+   * entries past reportAfter, and those named at an earlier RESET until a consistency
+   * point of the primary is taken (the trail: entries since the primary's last CP it took,
+   * which its own checkpoints do not drop). Kept, durably, before they are named
+   * (WriteLog.keepNamed): the log about to be made anew no longer holds them. The
+   * deliberate fault forgets them.
+   */
+  private nameDiverged(reportAfter: number): void {
+    const { blockBytes, blocks, fault } = this.context.config;
+    const extents = this.trail.extentsAfter(reportAfter) ?? [{ offset: 0, lengthBytes: blocks * blockBytes }];
+    if (fault === 'target-forgets-named') {
+      if (this.trail.extentsAfter(Number.MAX_SAFE_INTEGER)?.length !== 0) this.context.fault.injected = true;
+      this.trail.resetTo([], blocks * blockBytes);
+    } else {
+      this.trail.resetTo(extents, blocks * blockBytes);
+    }
+    this.trailFile = this.trail.encode();
+    const held = extents.map(({ offset, lengthBytes }) => ({ firstBlock: offset / blockBytes, blockCount: lengthBytes / blockBytes }));
+    if (held.length > 0) this.links.send('to-source', 0, `diverged (${held.length} entries)`, () => this.context.onDiverged(this.id, held));
   }
 
   // ---- the target's actions -----------------------------------------------------------
@@ -216,7 +191,7 @@ export class Secondary implements CheckedPeer {
     this.links.send('to-source', 0, `${what} ${seq}`, () => this.context.onSource(deliver()));
   }
 
-  private perform(actions: TargetAction<Frame>[]): void {
+  private perform(actions: SecondaryAction<Frame>[]): void {
     const { config, queue, checker } = this.context;
     const incarnation = this.incarnation;
     for (const action of actions) {
@@ -272,6 +247,28 @@ export class Secondary implements CheckedPeer {
         }
         case 'protocol-error':
           throw new SimFailure(`${this.id} reports a protocol error: ${action.reason}`);
+        case 'send-ready':
+          throw new SimFailure(`${this.id}: a READY owed past its session's start`);
+        case 'name-and-keep':
+          this.nameDiverged(action.reportAfter);
+          break;
+        case 'restart-log': {
+          // What was stored is made durable, then the log restarts after seq (the trail with it).
+          const { seq } = action;
+          queue.after(this.draw(config.diskSyncUs), `${this.id} log restarted after ${seq}`, () => {
+            if (this.incarnation !== incarnation) return;
+            this.replica.resetLog(seq);
+            this.cpSeq = seq;
+            this.perform(this.target.logRestarted(seq, null));
+          });
+          break;
+        }
+        case 'send-reset-done': {
+          // Only to the session that asked (the core checks; its links are this session's).
+          const { seq, status } = action;
+          if (this.links.sessionId === action.session) this.links.send('to-source', 0, `reset-done ${seq}`, () => this.context.onResetDone(this.id, seq, status));
+          break;
+        }
       }
     }
   }
