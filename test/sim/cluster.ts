@@ -93,6 +93,8 @@ export interface RunSummary {
   resyncs: { started: number; done: number; regions: number };
   /** Replies that counted a resyncing peer which did not hold their write yet. */
   countedLacking: number;
+  /** Crash recoveries (of any replica) whose log scan discarded a torn entry. */
+  tornTails: number;
   peers: { id: string; inSync: boolean; disk: DiskState; storedSeq: number; durableSeq: number }[];
   primary: PrimaryTally;
 }
@@ -928,6 +930,7 @@ export class Cluster implements CheckedCluster {
       crashes: this.crashCount,
       resyncs: { ...this.resyncCounts },
       countedLacking: this.checker.countedLacking,
+      tornTails: this.primary.tornTails + this.peers.reduce((sum, peer) => sum + peer.replica.tornTails, 0),
       primary: { ...this.primaryTally },
       peers: this.peers.map((peer) => ({
         id: peer.id,

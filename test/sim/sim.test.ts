@@ -45,6 +45,7 @@ interface Tally {
   answered: number;
   crashes: number;
   resyncsDone: number;
+  tornTails: number;
   givenUpWhileAway: number;
   refused: number;
   /** Peers in sync at the end that had been away (a catch-up or a resync brought them back). */
@@ -59,6 +60,7 @@ function runSeeds(choices: ConfigChoices, count: number, from = base): Tally {
     answered: 0,
     crashes: 0,
     resyncsDone: 0,
+    tornTails: 0,
     givenUpWhileAway: 0,
     refused: 0,
     back: 0,
@@ -74,6 +76,7 @@ function runSeeds(choices: ConfigChoices, count: number, from = base): Tally {
     tally.answered += summary.answered.write + summary.answered.fua + summary.answered.flush;
     tally.crashes += summary.crashes;
     tally.resyncsDone += summary.resyncs.done;
+    tally.tornTails += summary.tornTails;
     tally.givenUpWhileAway += summary.drops.filter((drop) => drop.includes('while away')).length;
     tally.refused += summary.drops.filter((drop) => drop.includes('needs a resync') && !drop.includes('while away')).length;
     tally.back += summary.peers.filter((peer) => peer.inSync && summary.drops.some((drop) => drop.startsWith(`${peer.id} `))).length;
@@ -90,7 +93,8 @@ function runSeeds(choices: ConfigChoices, count: number, from = base): Tally {
 describe('simulated mirrored volume', () => {
   test('1000 seeds in sync mode keep every invariant', () => {
     const tally = runSeeds({ mode: 'sync', primaryCrashes: false }, 1000);
-    assert.ok(tally.crashes > 500 && tally.resyncsDone > 200 && tally.givenUpWhileAway > 100 && tally.back > 500, JSON.stringify(tally));
+    // Every crash is recovered by the shipped log scan (log-bytes.ts); some cut an entry short.
+    assert.ok(tally.crashes > 500 && tally.tornTails > 100 && tally.resyncsDone > 200 && tally.givenUpWhileAway > 100 && tally.back > 500, JSON.stringify(tally));
   });
   test('500 seeds in async mode keep every invariant', () => {
     const tally = runSeeds({ mode: 'async', primaryCrashes: false }, 500);

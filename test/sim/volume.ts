@@ -10,6 +10,7 @@
 // sequence number, as a secondary does when a resync begins.
 
 import { ENTRY_HEADER_BYTES } from '../../src/protocol/log-entry.js';
+import { LogBytes } from './log-bytes.js';
 
 export interface WriteFrame {
   kind: 'write';
@@ -143,14 +144,20 @@ export class Replica {
   durablePrefix = 0;
   /** Times the log was restarted for a resync: the image's history then skips versions. */
   resets = 0;
+  /** The log's bytes, which a crash's recovery reads with the shipped scan. */
+  private log: LogBytes;
+  private crashes = 0;
+  /** Recoveries whose scan discarded a torn entry at the end of the log. */
+  tornTails = 0;
 
   constructor(
     readonly name: string,
     blocks: number,
-    blockBytes: number,
+    private readonly blockBytes: number,
   ) {
     this.image = new BlockImage(blocks, blockBytes);
     this.durableImage = new BlockImage(blocks, blockBytes);
+    this.log = new LogBytes(0, blockBytes);
   }
 
   get lastSeq(): number {
@@ -167,6 +174,7 @@ export class Replica {
     if (seq !== this.lastSeq + 1) throw new Error(`${this.name}: entry ${seq} appended after ${this.lastSeq} (the log has a gap or a repeat)`);
     const record: LogRecord = { seq, frame, bytes: entryBytes(frame), stored: false, durable: false };
     this.records.push(record);
+    this.log.append(seq, frame, this.durablePrefix);
     return record;
   }
 
@@ -194,11 +202,13 @@ export class Replica {
   /**
    * A crash: the log keeps its durable entries and, if `keep` says so, stored entries
    * past them that reached the disk anyway (a prefix: recovery stops at the first entry
-   * it cannot read); the rest is gone. The image is what recovery makes of it: the
+   * it cannot read); the rest is gone. The shipped log scan, run over the log's bytes
+   * (log-bytes.ts), must find exactly that prefix. The image is what recovery makes of it: the
    * durable image with the kept entries replayed. Returns the log's last entry.
    */
   crash(keep: number): number {
     const last = Math.max(this.durablePrefix, Math.min(keep, this.storedPrefix()));
+    this.recoverLog(last);
     for (let seq = this.durablePrefix + 1; seq <= last; seq += 1) this.markDurable(seq);
     this.records.length = last - this.base;
     for (const record of this.records) record.durable = true;
@@ -212,6 +222,7 @@ export class Replica {
    */
   crashTo(last: number): number {
     if (this.base !== 0 || last > this.durablePrefix) throw new Error(`${this.name}: crashTo(${last}) with base ${this.base}, durable ${this.durablePrefix}`);
+    this.recoverLog(last);
     const rebuilt = new BlockImage(this.image.blocks, this.image.blockBytes);
     for (const record of this.records.slice(0, last)) if (record.frame.kind !== 'cp') rebuilt.write(record.frame);
     this.records.length = last;
@@ -232,6 +243,20 @@ export class Replica {
     this.base = seq;
     this.durablePrefix = seq;
     this.resets += 1;
+    this.log = new LogBytes(seq, this.blockBytes);
+  }
+
+  /**
+   * The crash leaves the log's bytes through entry `last` and a torn piece of the next;
+   * the shipped scan must find exactly `last` (the model of recovery and the code agree).
+   */
+  private recoverLog(last: number): void {
+    this.crashes += 1;
+    const tornBytes = (last * 2_654_435_761 + this.crashes * 40_503) % 5_000;
+    this.log.crash(last, tornBytes);
+    const found = this.log.recover();
+    if (found.lastSeq !== last) throw new Error(`${this.name}: the log scan recovers through ${found.lastSeq}, the crash kept through ${last}`);
+    if (found.tornBytes > 0) this.tornTails += 1;
   }
 
   /** Marks every stored entry up to `seq` durable (what an fdatasync covers). */
