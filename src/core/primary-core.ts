@@ -33,12 +33,31 @@ export type PrimaryAction<Frame> =
   /** The peer broke the protocol: close its connection. */
   | { kind: 'protocol-error'; peer: string; reason: string };
 
-/** One turn of a resync: regions to log now, or wait for the peer (after carrying out `actions`), or it is over. */
+/** One turn of a resync: regions to log now, or later (paced), or wait for the peer (after carrying out `actions`), or it is over. */
 export type ResyncStep<Frame> =
   | { kind: 'log'; runs: number[][] }
+  /** Paced: the regions sent so far may not run ahead of the rate; ask again at `untilMs`. */
+  | { kind: 'pause'; untilMs: number }
   | { kind: 'wait'; actions: PrimaryAction<Frame>[] }
   | { kind: 'done'; actions: PrimaryAction<Frame>[] }
   | { kind: 'stopped' };
+
+/** The limits of one resync turn, and its pace. */
+export interface ResyncPace extends ResyncLimits {
+  /** Bytes per second the resync may send at most (0: no limit). */
+  rateBytesPerSecMax: number;
+  regionBytes: number;
+}
+
+interface ResyncState {
+  plan: ResyncRun;
+  /** When the first turn ran, and the bytes logged since: the pace is measured from there. */
+  startedMs: number | null;
+  sentBytes: number;
+  regionBytes: number;
+  /** Runs planned in a turn that had to pause for the pace: they go out first. */
+  planned: number[][] | null;
+}
 
 export type PrimaryCoreOptions = Omit<MirrorSourceOptions, 'resyncNeeded' | 'divergedAfter'> & {
   /** The volume's size: extents named in DIVERGED must lie inside it. */
@@ -48,7 +67,7 @@ export type PrimaryCoreOptions = Omit<MirrorSourceOptions, 'resyncNeeded' | 'div
 export class PrimaryCore<Frame> {
   readonly source: MirrorSource<Frame>;
   /** Per peer: the resync under way, and the bytes it named since its last RESET. */
-  private readonly resyncs = new Map<string, ResyncRun>();
+  private readonly resyncs = new Map<string, ResyncState>();
   private readonly named = new Map<string, number>();
 
   constructor(
@@ -174,7 +193,7 @@ export class PrimaryCore<Frame> {
     actions.push(...this.translate(this.source.resetDone(id, seq, status)));
     actions.push(...this.ledger.afterResetDone(id));
     if (this.source.isInSync(id) && this.source.peerStatus(id).replication === 'resyncing') {
-      this.resyncs.set(id, this.ledger.resyncPlan(id));
+      this.resyncs.set(id, this.newResync(id));
       actions.push({ kind: 'resync', peer: id, namedBytes: this.named.get(id) ?? 0 });
       this.named.delete(id);
     }
@@ -213,30 +232,47 @@ export class PrimaryCore<Frame> {
   /** Starts resyncing a streaming peer verify found different; false when it cannot be now. */
   repair(id: string): boolean {
     if (!this.source.repair(id)) return false;
-    this.resyncs.set(id, this.ledger.resyncPlan(id));
+    this.resyncs.set(id, this.newResync(id));
     return true;
   }
 
   // ---- the resync loop ----------------------------------------------------------------------
 
+  private newResync(id: string): ResyncState {
+    return { plan: this.ledger.resyncPlan(id), startedMs: null, sentBytes: 0, regionBytes: 0, planned: null };
+  }
+
   /**
-   * One turn of the peer's resync: regions cleared once the peer has made their entries
-   * durable, then the runs to log next within `limits`; or, with none to log, a wait for
-   * the peer (asked to make what it stored durable) or the end (the core, the record and
-   * the bitmap say it is up to date). Stopped once the peer no longer resyncs.
+   * One turn of the peer's resync at `nowMs`: regions cleared once the peer has made their
+   * entries durable, then the runs to log next within the limits, or a pause when the pace
+   * says they may not go yet; or, with none to log, a wait for the peer (asked to make
+   * what it stored durable) or the end (the core, the record and the bitmap say it is up
+   * to date). Stopped once the peer no longer resyncs.
    */
-  resyncNext(id: string, limits: ResyncLimits): ResyncStep<Frame> {
-    const plan = this.resyncs.get(id);
-    const live = plan !== undefined && this.source.isInSync(id) && this.source.peerStatus(id).replication === 'resyncing';
+  resyncNext(id: string, pace: ResyncPace, nowMs: number): ResyncStep<Frame> {
+    const state = this.resyncs.get(id);
+    const live = state !== undefined && this.source.isInSync(id) && this.source.peerStatus(id).replication === 'resyncing';
     if (!live) {
       this.resyncs.delete(id);
       return { kind: 'stopped' };
     }
+    const { plan } = state;
+    state.startedMs ??= nowMs;
+    state.regionBytes = pace.regionBytes;
     // After 'again' (the plan starts over, nothing in flight) the next plan() finds a run.
     for (let turn = 0; turn < 3; turn += 1) {
       plan.durableThrough(this.source.peerStatus(id).durableSeq);
-      const runs = plan.plan(limits);
-      if (runs.length > 0) return { kind: 'log', runs };
+      const runs = state.planned ?? plan.plan(pace);
+      state.planned = null;
+      if (runs.length > 0) {
+        // Paced: what was sent so far may not run ahead of the allowed rate.
+        const dueMs = pace.rateBytesPerSecMax > 0 ? state.startedMs + (state.sentBytes / pace.rateBytesPerSecMax) * 1000 : nowMs;
+        if (dueMs > nowMs) {
+          state.planned = runs;
+          return { kind: 'pause', untilMs: dueMs };
+        }
+        return { kind: 'log', runs };
+      }
       const idle = plan.idle();
       if (idle === 'again') continue;
       if (idle === 'done') {
@@ -252,7 +288,10 @@ export class PrimaryCore<Frame> {
 
   /** A run of `resyncNext` was logged as entry `seq`. */
   resyncLogged(id: string, seq: number, regions: readonly number[]): void {
-    this.resyncs.get(id)?.logged(seq, regions);
+    const state = this.resyncs.get(id);
+    if (state === undefined) return;
+    state.plan.logged(seq, regions);
+    state.sentBytes += regions.length * state.regionBytes;
   }
 
   /**

@@ -252,7 +252,6 @@ export class MirrorEngine implements MirrorGate {
     const startedMs = this.clock.nowMs();
     const startBytes = this.core.dirtyBytes(id);
     const rateMax = this.cluster.resync.rateBytesPerSecMax;
-    let sentBytes = 0;
     const live = (): boolean => !this.stopped && peer.up && peer.session === session;
     this.log.info('resync started', { peer: id, regions: this.core.bitmap(id).dirtyRegions, bytes: startBytes });
     peer.resyncStart ??= { atMs: startedMs, bytes: startBytes };
@@ -261,24 +260,27 @@ export class MirrorEngine implements MirrorGate {
         this.resyncControlTickMs = this.clock.nowMs();
         this.resyncControl.tick();
       }
-      const step = this.core.resyncNext(id, {
-        // Capped by the rate, or by the controller that keeps client requests responsive.
-        inflightMax: rateMax > 0 ? constants.resyncRegionsInflightMax : this.resyncControl.limit,
-        runsMax: constants.resyncReadsParallelMax,
-        runRegionsMax,
-        // Paced, a batch is at most a tenth of a second's worth, so bursts stay small.
-        batchRegionsMax: rateMax > 0 ? Math.max(1, Math.floor(rateMax / 10 / regionBytes)) : Number.POSITIVE_INFINITY,
-      });
+      const step = this.core.resyncNext(
+        id,
+        {
+          // Capped by the rate, or by the controller that keeps client requests responsive.
+          inflightMax: rateMax > 0 ? constants.resyncRegionsInflightMax : this.resyncControl.limit,
+          runsMax: constants.resyncReadsParallelMax,
+          runRegionsMax,
+          // Paced, a batch is at most a tenth of a second's worth, so bursts stay small.
+          batchRegionsMax: rateMax > 0 ? Math.max(1, Math.floor(rateMax / 10 / regionBytes)) : Number.POSITIVE_INFINITY,
+          rateBytesPerSecMax: rateMax,
+          regionBytes,
+        },
+        this.clock.nowMs(),
+      );
       if (step.kind === 'stopped') break;
+      if (step.kind === 'pause') {
+        await this.clock.sleep(step.untilMs - this.clock.nowMs());
+        continue;
+      }
       if (step.kind === 'log') {
         const { runs } = step;
-        if (rateMax > 0) {
-          // Paced: the regions sent so far may not run ahead of the allowed rate.
-          const dueMs = startedMs + (sentBytes / rateMax) * 1000;
-          if (dueMs > this.clock.nowMs()) await this.clock.sleep(dueMs - this.clock.nowMs());
-          if (!live()) break;
-        }
-        sentBytes += runs.reduce((sum, run) => sum + run.length, 0) * regionBytes;
         // Several runs are read at once (distinct regions: their order does not matter).
         const logged = await Promise.all(
           runs.map((run) => {

@@ -501,18 +501,27 @@ export class Cluster implements CheckedCluster {
     if (state.run !== run) return;
     const { blocks, resyncRegionBlocks: regionBlocks, resyncInflightMax: inflightMax, resyncRunRegionsMax: runRegionsMax } = this.config;
     // The engine's limits, but for the window: the sim draws it (resyncInflightMax).
-    const limits = { inflightMax, runsMax: constants.resyncReadsParallelMax, runRegionsMax, batchRegionsMax: Number.POSITIVE_INFINITY };
+    const pace = {
+      inflightMax,
+      runsMax: constants.resyncReadsParallelMax,
+      runRegionsMax,
+      batchRegionsMax: Number.POSITIVE_INFINITY,
+      // Unpaced, as a node without resync.rateMax runs it.
+      rateBytesPerSecMax: 0,
+      regionBytes: regionBlocks * this.config.blockBytes,
+    };
     for (let turn = 0; ; turn += 1) {
       if (turn > blocks + 2) throw new SimFailure(`the resync of ${peer.id} plans without end`);
       if (!peer.inSync || peer.links.sessionId !== run.session) {
         state.run = null;
         return;
       }
-      const step = this.core.resyncNext(peer.id, limits);
+      const step = this.core.resyncNext(peer.id, pace, this.queue.now / 1000);
       if (step.kind === 'stopped') {
         state.run = null;
         return;
       }
+      if (step.kind === 'pause') throw new SimFailure(`the resync of ${peer.id} paused, unpaced`);
       if (step.kind === 'log') {
         for (const regions of step.runs) {
           // LocalVolume.logCurrent: the regions' current contents, logged in order with live writes.

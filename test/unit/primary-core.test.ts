@@ -9,12 +9,12 @@ import { describe, test } from 'node:test';
 import { DirtyBitmap } from '../../src/core/dirty-bitmap.js';
 import { MirrorLedger, type MirrorRecord } from '../../src/core/mirror-ledger.js';
 import type { PeerReady } from '../../src/core/mirror-source.js';
-import { PrimaryCore, type PrimaryAction } from '../../src/core/primary-core.js';
-import type { ResyncLimits } from '../../src/core/resync-run.js';
+import { PrimaryCore, type PrimaryAction, type ResyncPace } from '../../src/core/primary-core.js';
+
 
 const sizeBytes = 64 * 1024;
 const regionBytes = 4096;
-const limits: ResyncLimits = { inflightMax: 4, runsMax: 2, runRegionsMax: 2, batchRegionsMax: 100 };
+const limits: ResyncPace = { inflightMax: 4, runsMax: 2, runRegionsMax: 2, batchRegionsMax: 100, rateBytesPerSecMax: 0, regionBytes };
 const behind: PeerReady = { lastSeq: 0, durableSeq: 0, cpSeq: 0, disk: 'outdated' };
 
 function bitmapOf(...regions: number[]): Buffer {
@@ -77,7 +77,7 @@ describe('PrimaryCore', () => {
   test('a resync: runs of the dirty regions are logged, the peer is asked to make them durable, and it ends up to date with the files saying so', () => {
     const core = resyncingB(bitmapOf(2, 3, 9));
     assert.equal(core.peerStatus('b').replication, 'resyncing');
-    const first = core.resyncNext('b', limits);
+    const first = core.resyncNext('b', limits, 0);
     assert.deepEqual(first, { kind: 'log', runs: [[2, 3], [9]] });
     // The runs are logged as entries 1 and 2 (with live writes, through placed()).
     for (const [index, run] of [[2, 3], [9]].entries()) {
@@ -85,17 +85,17 @@ describe('PrimaryCore', () => {
       assert.deepEqual(kinds(core.placed({ seq, bytes: 100, offset: (run[0] ?? 0) * regionBytes, lengthBytes: run.length * regionBytes, frame: `r${seq}` })), [`send-entry b ${seq}`, `send-entry c ${seq}`]);
       core.resyncLogged('b', seq, run);
     }
-    const wait = core.resyncNext('b', limits);
+    const wait = core.resyncNext('b', limits, 0);
     assert.equal(wait.kind, 'wait');
     assert.deepEqual(wait.kind === 'wait' ? wait.actions : [], [{ kind: 'send-flush', peer: 'b', seq: 2 }], 'asked for the last entry sent');
     core.acked('b', 2, 0);
     core.flushed('b', 1, 0);
     // Entry 1 durable: regions 2 and 3 clear; 9 still in flight.
-    assert.equal(core.resyncNext('b', limits).kind, 'wait');
+    assert.equal(core.resyncNext('b', limits, 0).kind, 'wait');
     assert.deepEqual(core.bitmap('b').isDirty(2) || core.bitmap('b').isDirty(3), false);
     assert.equal(core.bitmap('b').isDirty(9), true);
     core.flushed('b', 2, 0);
-    const done = core.resyncNext('b', limits);
+    const done = core.resyncNext('b', limits, 0);
     assert.equal(done.kind, 'done');
     const actions = done.kind === 'done' ? done.actions : [];
     assert.deepEqual(
@@ -109,15 +109,46 @@ describe('PrimaryCore', () => {
       "b's file is written empty",
     );
     assert.deepEqual({ replication: core.peerStatus('b').replication, disk: core.peerStatus('b').disk }, { replication: 'streaming', disk: 'up-to-date' });
-    assert.deepEqual(core.resyncNext('b', limits), { kind: 'stopped' }, 'nothing more to do');
+    assert.deepEqual(core.resyncNext('b', limits, 0), { kind: 'stopped' }, 'nothing more to do');
+  });
+
+  test('a paced resync sends no faster than its rate: runs planned early wait for their time, and go first', () => {
+    const core = resyncingB(bitmapOf(1, 2, 3, 4));
+    // 4096-byte regions at 8192 bytes per second: one region every half second, a run at a time.
+    const pace: ResyncPace = { ...limits, runsMax: 1, runRegionsMax: 1, rateBytesPerSecMax: 8192 };
+    const logged: { atMs: number; run: number[] }[] = [];
+    let seq = 0;
+    for (let nowMs = 1000; nowMs <= 3000 && logged.length < 4; nowMs += 100) {
+      const step = core.resyncNext('b', pace, nowMs);
+      if (step.kind === 'pause') {
+        assert.ok(step.untilMs > nowMs);
+        continue;
+      }
+      assert.equal(step.kind, 'log', JSON.stringify(step));
+      for (const run of step.kind === 'log' ? step.runs : []) {
+        seq += 1;
+        core.placed({ seq, bytes: 100, offset: (run[0] ?? 0) * regionBytes, lengthBytes: run.length * regionBytes, frame: `r${seq}` });
+        core.resyncLogged('b', seq, run);
+        logged.push({ atMs: nowMs, run });
+      }
+    }
+    assert.deepEqual(
+      logged.map((entry) => entry.run),
+      [[1], [2], [3], [4]],
+    );
+    assert.deepEqual(
+      logged.map((entry) => entry.atMs),
+      [1000, 1500, 2000, 2500],
+      'one region (4096 bytes) per half second from the first turn',
+    );
   });
 
   test('a resync whose peer goes away stops, and its late entries are not taken for a new one', () => {
     const core = resyncingB(bitmapOf(4));
-    assert.equal(core.resyncNext('b', limits).kind, 'log');
+    assert.equal(core.resyncNext('b', limits, 0).kind, 'log');
     core.disconnected('b', 'links cut');
     core.resyncLogged('b', 1, [4]);
-    assert.deepEqual(core.resyncNext('b', limits), { kind: 'stopped' });
+    assert.deepEqual(core.resyncNext('b', limits, 0), { kind: 'stopped' });
     assert.equal(core.bitmap('b').isDirty(4), true, 'the region stays dirty: nothing was made durable');
   });
 
@@ -167,7 +198,7 @@ describe('PrimaryCore', () => {
     assert.deepEqual(kinds(actions), ['write-bitmap b', 'write-record']);
     assert.equal(core.peerStatus('b').disk, 'inconsistent');
     assert.equal(core.repair('b'), true);
-    assert.deepEqual(core.resyncNext('b', limits), { kind: 'log', runs: [[6]] });
+    assert.deepEqual(core.resyncNext('b', limits, 0), { kind: 'log', runs: [[6]] });
     assert.equal(core.repair('c'), false, 'c is not streaming');
   });
 
