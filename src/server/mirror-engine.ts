@@ -22,6 +22,7 @@ import { BlockmirrorError } from '../lib/errors.js';
 import type { Logger } from '../lib/log.js';
 import type { DiskState, PeerStatus } from '../core/mirror-source.js';
 import { PrimaryCore, type PrimaryAction } from '../core/primary-core.js';
+import { SendWindow } from '../core/send-window.js';
 import { encodeEntryFrame, encodeFrame, type PeerMessage } from '../protocol/peer/frames.js';
 import type { DirtyBitmap } from '../core/dirty-bitmap.js';
 import { MirrorLedger, encodeMirrorRecord, parseMirrorRecord } from '../core/mirror-ledger.js';
@@ -326,23 +327,20 @@ export class MirrorEngine implements MirrorGate {
       // Written to the log files before they are read back (they were sent to the
       // in-sync peers as they were placed).
       await this.entries.syncTo(toSeq);
-      const inflight: { seq: number; bytes: number }[] = [];
-      let inflightBytes = 0;
+      const window = new SendWindow(constants.mirrorWindowBytesMax);
       for await (const entry of this.entries.readRange(fromSeq, toSeq)) {
         const frame = encodeEntryFrame(entry.header, entry.payload.length === 0 ? [] : [entry.payload]);
         const frameBytes = entry.header.length + entry.payload.length;
         for (;;) {
           if (!live()) return;
-          const acked = this.core.peerStatus(id).ackedSeq;
-          while (inflight.length > 0 && (inflight[0]?.seq ?? 0) <= acked) inflightBytes -= inflight.shift()?.bytes ?? 0;
-          if (inflightBytes === 0 || inflightBytes + frameBytes <= constants.mirrorWindowBytesMax) break;
+          window.acked(this.core.peerStatus(id).ackedSeq);
+          if (window.fits(frameBytes)) break;
           await waitProgress();
         }
         const marker = entry.fields.type === EntryType.CONSISTENCY_POINT;
         const offset = marker ? 0 : entry.fields.offset;
         linkFor(peer, offset)?.send(frame);
-        inflight.push({ seq: entry.seq, bytes: frameBytes });
-        inflightBytes += frameBytes;
+        window.sent(entry.seq, frameBytes);
         bytes += frameBytes;
       }
       while (live() && this.core.peerStatus(id).ackedSeq < toSeq) await waitProgress();
