@@ -7,11 +7,11 @@
 // `<dataDir>/mirror/<volume>.json`); and which regions a resync sends next. This module
 // carries out its actions: sockets, the reconnect timer, the files, reading the log.
 //
-// Why one file of this size: besides carrying out PrimaryCore's actions it still makes
-// decisions of its own that belong in a pure core (links and reconnect back-off, the
-// window of a catch-up from the log, the resync's pacing, verify plumbing); they move
-// into the core next (docs/architecture.md, "Known gaps"), leaving this module an action
-// runner. The sections below keep the jobs apart.
+// Why one file of this size: besides carrying out PrimaryCore's actions it runs the links
+// (connect, retry on a Backoff, heartbeat verdicts), the loops that read the log (resync,
+// catch-up within a SendWindow, entries read back) and the online-verify plumbing. What
+// they decide is the cores'; the sockets are still its own, until a stream-link port
+// (docs/architecture.md, "Known gaps"). The sections below keep the jobs apart.
 
 import path from 'node:path';
 import crypto from 'node:crypto';
@@ -23,6 +23,7 @@ import type { Logger } from '../lib/log.js';
 import type { DiskState, PeerStatus } from '../core/mirror-source.js';
 import { PrimaryCore, type PrimaryAction } from '../core/primary-core.js';
 import { SendWindow } from '../core/send-window.js';
+import { Backoff } from '../core/backoff.js';
 import { encodeEntryFrame, encodeFrame, type PeerMessage } from '../protocol/peer/frames.js';
 import type { DirtyBitmap } from '../core/dirty-bitmap.js';
 import { MirrorLedger, encodeMirrorRecord, parseMirrorRecord } from '../core/mirror-ledger.js';
@@ -46,7 +47,8 @@ interface PeerLinks {
   up: boolean;
   /** Connections being set up. */
   connecting: boolean;
-  attempts: number;
+  /** The delay before the next connection attempt. */
+  backoff: Backoff;
   timer: Timer | null;
   lastProblem: string;
   /** Wakes a resync waiting for the peer to make regions durable. */
@@ -185,7 +187,7 @@ export class MirrorEngine implements MirrorGate {
         session: 0,
         up: false,
         connecting: false,
-        attempts: 0,
+        backoff: new Backoff(constants.peerReconnectDelayMsMin, constants.peerReconnectDelayMsMax),
         timer: null,
         lastProblem: '',
         progress: null,
@@ -401,7 +403,7 @@ export class MirrorEngine implements MirrorGate {
     if (peer === undefined || peer.up || peer.connecting) return;
     peer.timer?.cancel();
     peer.timer = null;
-    peer.attempts = 0;
+    peer.backoff.reset();
     this.connect(peer);
   }
 
@@ -682,7 +684,7 @@ export class MirrorEngine implements MirrorGate {
       }
       peer.links = links;
       peer.up = true;
-      peer.attempts = 0;
+      peer.backoff.reset();
       peer.lastProblem = '';
       for (const link of links) {
         link.receive((message) => this.onMessage(peer, link, message));
@@ -710,8 +712,7 @@ export class MirrorEngine implements MirrorGate {
       this.log.warn('peer connection failed', { peer: peer.node.id, problem });
       peer.lastProblem = problem;
     }
-    const delayMs = Math.min(constants.peerReconnectDelayMsMax, constants.peerReconnectDelayMsMin * 2 ** peer.attempts);
-    peer.attempts = Math.min(peer.attempts + 1, 16);
+    const delayMs = peer.backoff.next();
     // A peer the heartbeats call down is connected to again when they call it up.
     if (!this.available(peer.node.id)) return;
     peer.timer = this.clock.after(delayMs, () => {
