@@ -10,9 +10,9 @@
 //   exact;
 // - a RESET waits for the same; then the regions of the entries held past `reportAfter`
 //   are named (DIVERGED) and kept until the primary's next consistency point
-//   (`name-and-keep`), the per-source log restarts after `seq` (`restart-log`), and
-//   RESET_DONE answers, to the session that asked only; a RESET while one runs breaks the
-//   protocol.
+//   (`name-and-keep`); once they are kept, the per-source log restarts after `seq`
+//   (`restart-log`; names that could not be kept fail the reset instead), and RESET_DONE
+//   answers, to the session that asked only; a RESET while one runs breaks the protocol.
 //
 // Pure: the caller carries out the actions in order and reports completions.
 
@@ -23,7 +23,7 @@ export type SecondaryAction<Frame> =
   | TargetAction<Frame>
   /** Send READY with this last sequence number (the caller adds its disk state, durable entry and CP). */
   | { kind: 'send-ready'; session: number; lastSeq: number }
-  /** Name to the source (DIVERGED) the regions of entries held past `reportAfter`, and keep them durably until its next CP. */
+  /** Keep durably (until the source's next CP) and name to it (DIVERGED) the regions of entries held past `reportAfter`; report named(). */
   | { kind: 'name-and-keep'; reportAfter: number }
   /** Restart the per-source log after `seq` (what was stored made durable first); report logRestarted(). */
   | { kind: 'restart-log'; seq: number }
@@ -41,6 +41,8 @@ interface PendingReset {
   seq: number;
   reportAfter: number;
   started: boolean;
+  /** The names are kept: the log may restart. */
+  named: boolean;
 }
 
 export class SecondaryCore<Frame> {
@@ -109,7 +111,7 @@ export class SecondaryCore<Frame> {
   /** RESET from the session: restart the log after `seq`, naming first what is held past `reportAfter`. */
   resetAsked(session: number, seq: number, reportAfter: number): SecondaryAction<Frame>[] {
     if (this.reset !== null) return [{ kind: 'protocol-error', reason: 'RESET during a reset' }];
-    this.reset = { session, seq, reportAfter, started: false };
+    this.reset = { session, seq, reportAfter, started: false, named: false };
     return this.whenIdle();
   }
 
@@ -127,14 +129,30 @@ export class SecondaryCore<Frame> {
     return [...this.target.checkpointDone(cpSeq, error), ...this.whenIdle()];
   }
 
+  /**
+   * The names of a `name-and-keep` are kept (error: they could not be, and the reset fails
+   * without restarting the log, which still holds what they name).
+   */
+  named(error: string | null): SecondaryAction<Frame>[] {
+    const reset = this.reset;
+    if (reset === null || !reset.started || reset.named) return [{ kind: 'protocol-error', reason: 'regions named, which no reset asked' }];
+    if (error !== null) return this.endReset(reset, error);
+    reset.named = true;
+    return [{ kind: 'restart-log', seq: reset.seq }];
+  }
+
   /** The log restarted after `seq` (error: it could not). RESET_DONE goes to the session that asked, if it is still there. */
   logRestarted(seq: number, error: string | null): SecondaryAction<Frame>[] {
     const reset = this.reset;
-    if (reset === null || !reset.started || reset.seq !== seq) return [{ kind: 'protocol-error', reason: `log restarted after ${seq}, which no reset asked` }];
-    this.reset = null;
+    if (reset === null || !reset.named || reset.seq !== seq) return [{ kind: 'protocol-error', reason: `log restarted after ${seq}, which no reset asked` }];
     if (error === null) this.target = new MirrorTarget<Frame>({ ...this.options, lastSeq: seq });
+    return this.endReset(reset, error);
+  }
+
+  private endReset(reset: PendingReset, error: string | null): SecondaryAction<Frame>[] {
+    this.reset = null;
     const actions: SecondaryAction<Frame>[] = [];
-    if (this.session === reset.session) actions.push({ kind: 'send-reset-done', session: reset.session, seq, status: error === null ? 0 : 1 });
+    if (this.session === reset.session) actions.push({ kind: 'send-reset-done', session: reset.session, seq: reset.seq, status: error === null ? 0 : 1 });
     actions.push(...this.whenIdle());
     return actions;
   }
@@ -146,10 +164,7 @@ export class SecondaryCore<Frame> {
     if (reset !== null) {
       if (reset.started) return [];
       reset.started = true;
-      return [
-        { kind: 'name-and-keep', reportAfter: reset.reportAfter },
-        { kind: 'restart-log', seq: reset.seq },
-      ];
+      return [{ kind: 'name-and-keep', reportAfter: reset.reportAfter }];
     }
     if (this.readyOwed && this.session !== null) {
       this.readyOwed = false;

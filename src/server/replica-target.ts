@@ -34,8 +34,6 @@ interface Session {
 export class ReplicaTarget {
   private core: SecondaryCore<EntryMessage>;
   private session: Session | null = null;
-  /** The last `name-and-keep` failed (its error): the `restart-log` after it fails too. */
-  private namingFailed: string | null = null;
   private closed = false;
   private ackPending: number | null = null;
   /** VERIFY requests waiting for the entries before them to be stored. */
@@ -288,24 +286,19 @@ export class ReplicaTarget {
         case 'send-ready':
           if (this.session?.id === action.session) this.sendReady(action.lastSeq);
           break;
-        case 'name-and-keep':
+        case 'name-and-keep': {
+          let error: string | null = null;
           try {
             this.nameDiverged(action.reportAfter);
-            this.namingFailed = null;
-          } catch (error) {
-            this.namingFailed = String(error);
+          } catch (caught) {
+            error = String(caught);
+            this.log.error('could not keep the regions named to the source; the log is not restarted', { source: this.source, error });
           }
+          this.run(this.core.named(error));
           break;
+        }
         case 'restart-log':
-          // Names that could not be kept must not go with the old log: the reset fails instead.
-          if (this.namingFailed !== null) {
-            this.log.error('could not keep the regions named to the source; the log is not restarted', { source: this.source, error: this.namingFailed });
-            const error = this.namingFailed;
-            this.namingFailed = null;
-            queueMicrotask(() => this.after(this.core.logRestarted(action.seq, error)));
-          } else {
-            this.restartLog(action.seq);
-          }
+          this.restartLog(action.seq);
           break;
         case 'send-reset-done':
           if (this.session?.id === action.session) this.send(encodeFrame({ type: 'reset-done', seq: action.seq, status: action.status }));

@@ -251,6 +251,7 @@ export class Secondary implements CheckedPeer {
           throw new SimFailure(`${this.id}: a READY owed past its session's start`);
         case 'name-and-keep':
           this.nameDiverged(action.reportAfter);
+          this.perform(this.target.named(null));
           break;
         case 'restart-log': {
           // What was stored is made durable, then the log restarts after seq (the trail with it).

@@ -39,11 +39,11 @@ describe('SecondaryCore', () => {
     const started = core.stored(1, null);
     assert.deepEqual(
       started.filter((action) => action.kind === 'name-and-keep' || action.kind === 'restart-log'),
-      [
-        { kind: 'name-and-keep', reportAfter: 0 },
-        { kind: 'restart-log', seq: 5 },
-      ],
+      [{ kind: 'name-and-keep', reportAfter: 0 }],
+      'the log restarts only once the names are kept',
     );
+    assert.deepEqual(core.logRestarted(5, null), [{ kind: 'protocol-error', reason: 'log restarted after 5, which no reset asked' }]);
+    assert.deepEqual(core.named(null), [{ kind: 'restart-log', seq: 5 }]);
     assert.deepEqual(core.resetAsked(1, 6, 0), [{ kind: 'protocol-error', reason: 'RESET during a reset' }]);
     assert.deepEqual(core.logRestarted(5, null), [{ kind: 'send-reset-done', session: 1, seq: 5, status: 0 }]);
     assert.equal(core.ready().lastSeq, 5, 'the log now follows the primary from entry 5');
@@ -64,16 +64,27 @@ describe('SecondaryCore', () => {
   test('a new session during a reset gets READY only after it, from where the log restarted; RESET_DONE is not sent to it', () => {
     const core = makeCore(3);
     core.sessionStarted(1);
-    assert.deepEqual(kinds(core.resetAsked(1, 9, 3)), ['name-and-keep', 'restart-log']);
+    assert.deepEqual(kinds(core.resetAsked(1, 9, 3)), ['name-and-keep']);
+    assert.deepEqual(kinds(core.named(null)), ['restart-log']);
     core.sessionEnded();
     assert.deepEqual(core.sessionStarted(2), [], 'the reset is still running');
     assert.deepEqual(core.logRestarted(9, null), [{ kind: 'send-ready', session: 2, lastSeq: 9 }]);
+  });
+
+  test('names that could not be kept fail the reset without restarting the log', () => {
+    const core = makeCore(3);
+    core.sessionStarted(1);
+    core.resetAsked(1, 9, 3);
+    assert.deepEqual(core.named('ENOSPC'), [{ kind: 'send-reset-done', session: 1, seq: 9, status: 1 }]);
+    assert.equal(core.ready().lastSeq, 3);
+    assert.equal(core.idle, true);
   });
 
   test('a log that could not restart answers RESET_DONE with status 1 and keeps the old log', () => {
     const core = makeCore(3);
     core.sessionStarted(1);
     core.resetAsked(1, 9, 3);
+    core.named(null);
     assert.deepEqual(core.logRestarted(9, 'ENOSPC'), [{ kind: 'send-reset-done', session: 1, seq: 9, status: 1 }]);
     assert.equal(core.ready().lastSeq, 3);
     assert.deepEqual(core.logRestarted(9, null), [{ kind: 'protocol-error', reason: 'log restarted after 9, which no reset asked' }]);
