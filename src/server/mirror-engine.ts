@@ -9,7 +9,8 @@
 //
 // Why one file of this size: besides carrying out PrimaryCore's actions it runs the links
 // (connect, retry on a Backoff, heartbeat verdicts), the loops that read the log (resync,
-// catch-up within a SendWindow, entries read back) and the online-verify plumbing. What
+// catch-up within a SendWindow, entries read back) and starts online verifies (the
+// requests waiting for a digest are DigestRequests). What
 // they decide is the cores'; the sockets are still its own, until a stream-link port
 // (docs/architecture.md, "Known gaps"). The sections below keep the jobs apart.
 
@@ -23,6 +24,7 @@ import type { Logger } from '../lib/log.js';
 import type { DiskState, PeerStatus } from '../core/mirror-source.js';
 import { PrimaryCore, type PrimaryAction } from '../core/primary-core.js';
 import { SendWindow } from '../core/send-window.js';
+import { DigestRequests } from './digest-requests.js';
 import { Backoff } from '../core/backoff.js';
 import { encodeEntryFrame, encodeFrame, type PeerMessage } from '../protocol/peer/frames.js';
 import type { DirtyBitmap } from '../core/dirty-bitmap.js';
@@ -116,8 +118,7 @@ export class MirrorEngine implements MirrorGate {
   /** Entries being read back from the log (markUnsynced): their partitions stay. */
   private readonly readPins = new Set<{ fromSeq: number }>();
   /** VERIFY requests waiting for their VERIFIED, by token. */
-  private readonly digestWaiters = new Map<number, { peer: string; resolve: (digest: Buffer) => void; reject: (error: Error) => void }>();
-  private nextVerifyToken = 1;
+  private readonly digests: DigestRequests;
 
   private readonly cluster: ClusterConfig;
   private readonly local: NodeConfig;
@@ -144,6 +145,7 @@ export class MirrorEngine implements MirrorGate {
     this.entries = parts.entries;
     this.files = files;
     this.clock = parts.clock ?? systemClock;
+    this.digests = new DigestRequests(this.clock, constants.verifyReplyTimeoutMs);
     assert(volume.mode !== 'local');
     this.secret = Buffer.from(cluster.secret, 'utf8');
     this.stateFile = path.join(local.dataDir, 'mirror', `${volume.name}.json`);
@@ -613,35 +615,7 @@ export class MirrorEngine implements MirrorGate {
     // On the connection the region's entries travel on, after them.
     const link = peer === undefined ? undefined : linkFor(peer, offset);
     if (peer === undefined || !peer.up || link === undefined) return Promise.reject(new Error('peer disconnected'));
-    const token = this.nextVerifyToken;
-    this.nextVerifyToken = (this.nextVerifyToken % 0xffff_fffe) + 1;
-    return new Promise<Buffer>((resolve, reject) => {
-      const timer = this.clock.after(constants.verifyReplyTimeoutMs, () => {
-        this.digestWaiters.delete(token);
-        reject(new Error(`no answer within ${constants.verifyReplyTimeoutMs} ms`));
-      });
-      this.digestWaiters.set(token, {
-        peer: node,
-        resolve: (digest) => {
-          timer.cancel();
-          resolve(digest);
-        },
-        reject: (error) => {
-          timer.cancel();
-          reject(error);
-        },
-      });
-      link.send(encodeFrame({ type: 'verify', token, seq, offset, lengthBytes }));
-    });
-  }
-
-  /** The peer's links went down: its digests will not come. */
-  private failDigests(node: string, reason: string): void {
-    for (const [token, waiter] of this.digestWaiters) {
-      if (waiter.peer !== node) continue;
-      this.digestWaiters.delete(token);
-      waiter.reject(new Error(reason));
-    }
+    return this.digests.ask(node, (token) => link.send(encodeFrame({ type: 'verify', token, seq, offset, lengthBytes })));
   }
 
   // ---- links --------------------------------------------------------------------------------
@@ -727,7 +701,7 @@ export class MirrorEngine implements MirrorGate {
     peer.resyncStart = null;
     for (const link of peer.links) link.close(reason);
     peer.links = [];
-    this.failDigests(peer.node.id, `connection lost: ${reason}`);
+    this.digests.failPeer(peer.node.id, `connection lost: ${reason}`);
     if (this.stopped) return;
     this.log.warn('peer connection lost', { peer: peer.node.id, reason });
     this.run(this.core.disconnected(peer.node.id, reason));
@@ -747,18 +721,12 @@ export class MirrorEngine implements MirrorGate {
         return;
       case 'synced':
         return this.run(this.core.synced(id, message.cpSeq, message.status));
-      case 'verified': {
-        const waiter = this.digestWaiters.get(message.token);
-        if (waiter === undefined || waiter.peer !== id) {
+      case 'verified':
+        if (!this.digests.answered(id, message.token, message.status, message.digest)) {
           this.counters.peerProtocolErrors += 1;
           link.close('VERIFIED for no VERIFY');
-          return;
         }
-        this.digestWaiters.delete(message.token);
-        if (message.status === 0) waiter.resolve(message.digest);
-        else waiter.reject(new Error(`the peer could not compute it (status ${message.status})`));
         return;
-      }
       case 'diverged':
         return this.run(this.core.diverged(id, message.all, message.extents));
       case 'reset-done':
@@ -846,7 +814,7 @@ export class MirrorEngine implements MirrorGate {
     peer.up = false;
     for (const link of peer.links) link.close(`dropped: ${reason}`);
     peer.links = [];
-    this.failDigests(id, `dropped: ${reason}`);
+    this.digests.failPeer(id, `dropped: ${reason}`);
     this.retry(peer, reason);
   }
 }
