@@ -10,9 +10,9 @@
 // Why one file of this size: besides carrying out PrimaryCore's actions it runs the links
 // (connect, retry on a Backoff, heartbeat verdicts), the loops that read the log (resync,
 // catch-up within a SendWindow, entries read back) and starts online verifies (the
-// requests waiting for a digest are DigestRequests). What
-// they decide is the cores'; the sockets are still its own, until a stream-link port
-// (docs/architecture.md, "Known gaps"). The sections below keep the jobs apart.
+// requests waiting for a digest are DigestRequests). What they decide is the cores'; the
+// sockets are still its own, until a stream-link port (docs/architecture.md, "Known
+// gaps"). The sections below keep the jobs apart.
 
 import path from 'node:path';
 import crypto from 'node:crypto';
