@@ -8,19 +8,21 @@
 // silent peer look alive.
 //
 // Heartbeats use their own socket and timers, never a mirror connection, so a link busy
-// with bulk data does not make its peer look dead.
+// with bulk data does not make its peer look dead. The socket comes from a datagram link
+// and the time from a clock (src/io), so a test can run several nodes' heartbeats in one
+// process on a MemoryNetwork and a ManualClock.
 
-import dgram from 'node:dgram';
-import net from 'node:net';
 import path from 'node:path';
 import type { Address, ClusterConfig, NodeConfig } from '../control/config.js';
 import { FailureDetector, type DetectorAction } from '../core/failure-detector.js';
 import type { DiskState } from '../core/mirror-source.js';
-import { BlockmirrorError } from '../lib/errors.js';
+import { BlockmirrorError, errnoCode } from '../lib/errors.js';
 import { hmacSha256 } from '../lib/hmac.js';
 import type { Logger } from '../lib/log.js';
 import { decodeHeartbeat, encodeHeartbeat } from '../protocol/heartbeat/datagram.js';
 import type { DurableFiles } from '../storage/durable-files.js';
+import { systemClock, type Clock, type Timer } from '../io/clock.js';
+import { udpDatagramLink, type DatagramLink, type DatagramSocket } from '../io/datagram-link.js';
 
 export interface HeartbeatCounters {
   heartbeatsSent: number;
@@ -68,9 +70,9 @@ export function nextIncarnation(files: DurableFiles, dataDir: string, nowMs: num
 }
 
 export class Heartbeats {
-  private socket: dgram.Socket | null = null;
-  private sendTimer: NodeJS.Timeout | null = null;
-  private tickTimer: NodeJS.Timeout | null = null;
+  private socket: DatagramSocket | null = null;
+  private sendTimer: Timer | null = null;
+  private tickTimer: Timer | null = null;
   private counter = 0;
   private readonly detector: FailureDetector;
   private readonly peers: NodeConfig[];
@@ -86,6 +88,7 @@ export class Heartbeats {
     private readonly listener: HeartbeatListener,
     private readonly log: Logger,
     readonly counters: HeartbeatCounters,
+    private readonly ports: { datagrams: DatagramLink; clock: Clock } = { datagrams: udpDatagramLink, clock: systemClock },
   ) {
     this.peers = watchedPeers(cluster, local.id);
     this.secret = Buffer.from(cluster.secret, 'utf8');
@@ -99,35 +102,38 @@ export class Heartbeats {
   /** Binds the UDP socket on the replication address's host and `port` (the TCP listener's). */
   async start(port: number): Promise<void> {
     const host = this.local.replication.host;
-    const socket = dgram.createSocket({ type: net.isIPv6(host) ? 'udp6' : 'udp4' });
-    this.socket = socket;
-    socket.on('message', (datagram, from) => this.onDatagram(datagram, from));
-    socket.on('error', (error) => this.log.warn('heartbeat socket error', { error: error.message }));
-    await new Promise<void>((resolve, reject) => {
-      const onError = (error: NodeJS.ErrnoException): void => {
-        reject(
-          error.code === 'EADDRINUSE'
-            ? new BlockmirrorError('ERR_ADDRESS_IN_USE', `replication address ${host}:${port} (UDP, for heartbeats) is already in use`)
-            : error,
-        );
-      };
-      socket.once('error', onError);
-      socket.bind({ address: host, port }, () => {
-        socket.off('error', onError);
-        resolve();
-      });
-    });
+    try {
+      this.socket = await this.ports.datagrams.bind(
+        { host, port },
+        (datagram, from) => this.onDatagram(datagram, from),
+        (error) => this.log.warn('heartbeat socket error', { error: error.message }),
+      );
+    } catch (error) {
+      if (errnoCode(error) === 'EADDRINUSE') {
+        throw new BlockmirrorError('ERR_ADDRESS_IN_USE', `replication address ${host}:${port} (UDP, for heartbeats) is already in use`);
+      }
+      throw error;
+    }
     const { intervalMs, timeoutMs } = this.cluster.heartbeat;
-    this.sendTimer = setInterval(() => this.sendAll(), intervalMs);
+    const clock = this.ports.clock;
+    const sendLoop = (): void => {
+      this.sendAll();
+      this.sendTimer = clock.after(intervalMs, sendLoop);
+    };
     // Checked several times per timeout, so a silent peer is declared down promptly.
     // The detector's time is monotonic: a wall clock stepped back must not look like silence.
-    this.tickTimer = setInterval(() => this.run(this.detector.tick(performance.now())), Math.max(10, Math.min(intervalMs, Math.floor(timeoutMs / 4))));
-    this.sendAll();
+    const tickMs = Math.max(10, Math.min(intervalMs, Math.floor(timeoutMs / 4)));
+    const tickLoop = (): void => {
+      this.tickTimer = clock.after(tickMs, tickLoop);
+      this.run(this.detector.tick(clock.nowMs()));
+    };
+    this.tickTimer = clock.after(tickMs, tickLoop);
+    sendLoop();
   }
 
   stop(): void {
-    if (this.sendTimer !== null) clearInterval(this.sendTimer);
-    if (this.tickTimer !== null) clearInterval(this.tickTimer);
+    this.sendTimer?.cancel();
+    this.tickTimer?.cancel();
     this.sendTimer = null;
     this.tickTimer = null;
     this.socket?.close();
@@ -147,7 +153,7 @@ export class Heartbeats {
 
   /** Each watched peer: its state and how long ago it was last heard (-1: never). */
   status(): { peer: string; state: string; lastHeardAgoMs: number; incarnation: number }[] {
-    const nowMs = performance.now();
+    const nowMs = this.ports.clock.nowMs();
     return this.detector.status().map((peer) => ({
       peer: peer.peer,
       state: peer.state,
@@ -172,20 +178,19 @@ export class Heartbeats {
         toNode: peer.id,
         volumes,
       });
-      socket.send(datagram, address.port, address.host, (error) => {
-        if (error === null) this.counters.heartbeatsSent += 1;
+      socket.send(datagram, address, (ok) => {
+        if (ok) this.counters.heartbeatsSent += 1;
       });
     }
   }
 
-  private onDatagram(datagram: Buffer, from: dgram.RemoteInfo): void {
+  private onDatagram(datagram: Buffer, sender: string): void {
     const decoded = decodeHeartbeat(hmacSha256, this.secret, datagram);
     const drop = (reason: string): void => {
       this.counters.heartbeatsDropped += 1;
-      this.log.debug('heartbeat dropped', { from: `${from.address}:${from.port}`, reason });
+      this.log.debug('heartbeat dropped', { from: sender, reason });
     };
     if (!decoded.ok) {
-      const sender = `${from.address}:${from.port}`;
       if (decoded.reason === 'mac' && !this.reported.has(sender) && this.reported.size < 64) {
         this.reported.add(sender);
         this.log.warn('heartbeat failed authentication (a different cluster secret?)', { from: sender });
@@ -194,7 +199,7 @@ export class Heartbeats {
     }
     const { heartbeat } = decoded;
     if (heartbeat.cluster !== this.cluster.cluster || heartbeat.toNode !== this.local.id) return drop('foreign');
-    const result = this.detector.heard(heartbeat.fromNode, heartbeat.incarnation, heartbeat.counter, performance.now());
+    const result = this.detector.heard(heartbeat.fromNode, heartbeat.incarnation, heartbeat.counter, this.ports.clock.nowMs());
     if (!result.accepted) return drop(result.reason);
     this.counters.heartbeatsReceived += 1;
     this.listener.peerHeard(heartbeat.fromNode, Date.now());

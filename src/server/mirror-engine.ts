@@ -38,6 +38,7 @@ import { ResyncController } from '../core/resync-controller.js';
 import { OnlineVerify, type VerifyReport } from './online-verify.js';
 import { connectAsSource, PeerLink } from './peer-link.js';
 import { systemClock, type Clock, type Timer } from '../io/clock.js';
+import { tcpStreamLink, type StreamLink } from '../io/stream-link.js';
 
 type Frame = Buffer[];
 
@@ -94,6 +95,8 @@ export interface MirrorEngineParts {
   files: DurableFiles;
   /** Time for pacing, waits and reconnects (the system clock unless a test gives another). */
   clock?: Clock;
+  /** Where the connections to the peers come from (TCP unless a test gives another). */
+  streams?: StreamLink;
 }
 
 export class MirrorEngine implements MirrorGate {
@@ -131,6 +134,7 @@ export class MirrorEngine implements MirrorGate {
   private readonly entries: MirrorEngineParts['entries'];
   private readonly files: DurableFiles;
   private readonly clock: Clock;
+  private readonly streams: StreamLink;
 
   constructor(parts: MirrorEngineParts) {
     const { cluster, local, volume, lastSeq, recoveredSeq, replayed, log, files } = parts;
@@ -145,6 +149,7 @@ export class MirrorEngine implements MirrorGate {
     this.entries = parts.entries;
     this.files = files;
     this.clock = parts.clock ?? systemClock;
+    this.streams = parts.streams ?? tcpStreamLink;
     this.digests = new DigestRequests(this.clock, constants.verifyReplyTimeoutMs);
     assert(volume.mode !== 'local');
     this.secret = Buffer.from(cluster.secret, 'utf8');
@@ -630,6 +635,7 @@ export class MirrorEngine implements MirrorGate {
     this.core.connecting(peer.node.id);
     const attempts = Array.from({ length: count }, (_, index) =>
       connectAsSource(
+        this.streams,
         this.local.replication,
         peer.node.replication,
         {

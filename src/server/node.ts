@@ -11,6 +11,9 @@ import { BlockmirrorError, ConfigError } from '../lib/errors.js';
 import type { Logger } from '../lib/log.js';
 import type { ExportLookup } from '../protocol/nbd/negotiation.js';
 import { IoActivity } from '../io/file-io.js';
+import { systemClock, type Clock } from '../io/clock.js';
+import { udpDatagramLink, type DatagramLink } from '../io/datagram-link.js';
+import { tcpStreamLink, type StreamLink } from '../io/stream-link.js';
 import { holdBusyPoll } from '../io/busy-poll.js';
 import type { LocalVolume } from '../storage/local-volume.js';
 import { DirtyBitmap } from '../core/dirty-bitmap.js';
@@ -24,6 +27,18 @@ import { PeerServer } from './peer-server.js';
 import { ReplicaTarget } from './replica-target.js';
 import { closeServer, listen } from './listen.js';
 import { diskState, type NodeView, type ServedVolume } from './served-volume.js';
+
+/** What a node reaches its peers and time through: the real network and clock unless a test gives twins. */
+export interface NodePorts {
+  /** The mirror links. */
+  streams: StreamLink;
+  /** The heartbeats. */
+  datagrams: DatagramLink;
+  /** The heartbeats' and mirror engines' time. */
+  clock: Clock;
+}
+
+export const systemPorts: NodePorts = { streams: tcpStreamLink, datagrams: udpDatagramLink, clock: systemClock };
 
 export class BlockmirrorNode implements NodeView {
   readonly node: NodeConfig;
@@ -54,6 +69,7 @@ export class BlockmirrorNode implements NodeView {
     private readonly log: Logger,
     /** Every change to the node's durable files goes through here. */
     private readonly files: DurableFiles = new DurableFiles(),
+    private readonly ports: NodePorts = systemPorts,
   ) {
     checkConstants();
     const node = config.nodes.find((candidate) => candidate.id === nodeId);
@@ -74,7 +90,7 @@ export class BlockmirrorNode implements NodeView {
       if (!config.replicas.includes(this.node.id)) continue;
       await this.openVolume(config);
     }
-    this.peerServer = new PeerServer(this.config, this.node, this.targets, this.log, this.peerCounters);
+    this.peerServer = new PeerServer(this.config, this.node, this.targets, this.log, this.peerCounters, this.ports.streams);
     this.replicationAddress = await this.peerServer.start();
     const heartbeats = new Heartbeats(
       this.config,
@@ -84,6 +100,7 @@ export class BlockmirrorNode implements NodeView {
       this.heartbeatListener,
       this.log,
       this.heartbeatCounters,
+      this.ports,
     );
     this.heartbeats = heartbeats;
     await heartbeats.start(this.replicationAddress.port);
@@ -153,6 +170,8 @@ export class BlockmirrorNode implements NodeView {
         regions: primary,
         entries: mirrorLog,
         files: this.files,
+        clock: this.ports.clock,
+        streams: this.ports.streams,
       });
       const mirror = engine;
       mirrorLog.addRetainer((partition) => mirror.retains(partition));

@@ -1,4 +1,4 @@
-// One authenticated TCP connection between two nodes, for one volume: an element of the
+// One authenticated connection between two nodes, for one volume: an element of the
 // peer's connection array (socket, state, time of the last sign of life).
 //
 // Both ends run the same handshake, in opposite roles. The source connects and sends
@@ -12,11 +12,11 @@
 // After the handshake the link only moves frames: a frame that fails its checksum or
 // limits closes the connection (and is counted by the caller).
 
-import net from 'node:net';
 import { constants } from '../constants.js';
 import type { Address } from '../control/config.js';
 import { hmacSha256, macEquals, randomNonce } from '../lib/hmac.js';
 import type { Logger } from '../lib/log.js';
+import type { ByteStream, StreamLink } from '../io/stream-link.js';
 import { encodeFrame, PEER_PROTOCOL_VERSION, PeerFrameDecoder, RefuseCode, type PeerMessage } from '../protocol/peer/frames.js';
 import { sourceProof, targetProof } from '../protocol/peer/handshake.js';
 
@@ -42,13 +42,11 @@ export class PeerLink {
   private corked = false;
 
   constructor(
-    readonly socket: net.Socket,
+    readonly stream: ByteStream,
     readonly counters: { peerProtocolErrors: number },
   ) {
-    socket.setNoDelay(true);
-    socket.on('data', (chunk: Buffer) => this.onData(chunk));
-    socket.on('error', (error) => this.close(`socket error: ${error.message}`));
-    socket.on('close', () => this.close('connection closed by the peer'));
+    stream.onData((chunk) => this.onData(chunk));
+    stream.onClose((error) => this.close(error === null ? 'connection closed by the peer' : `socket error: ${error.message}`));
   }
 
   /** Messages go to `handler` from now on, starting with any held ones. */
@@ -101,20 +99,20 @@ export class PeerLink {
     if (this.state === 'closed') return;
     if (!this.corked) {
       this.corked = true;
-      this.socket.cork();
+      this.stream.cork();
       setImmediate(() => {
         this.corked = false;
-        this.socket.uncork();
+        this.stream.uncork();
       });
     }
-    if (Buffer.isBuffer(frame)) this.socket.write(frame);
-    else for (const part of frame) this.socket.write(part);
+    if (Buffer.isBuffer(frame)) this.stream.write(frame);
+    else for (const part of frame) this.stream.write(part);
   }
 
   /** Sends a last frame (a refusal) and closes once it has left, or after a moment at most. */
   finish(frame: Buffer, reason: string): void {
     if (this.state === 'closed') return;
-    this.socket.end(frame);
+    this.stream.end(frame);
     setTimeout(() => this.close(reason), 100).unref();
   }
 
@@ -123,7 +121,7 @@ export class PeerLink {
     this.state = 'closed';
     this.closeReason = reason;
     this.clearDeadline();
-    this.socket.destroy();
+    this.stream.destroy();
     for (const handler of this.closeHandlers.splice(0)) handler(reason);
   }
 
@@ -219,16 +217,16 @@ function handshakeOutcome<T>(link: PeerLink, resolve: (value: T) => void, reject
  * (and closes) on refusal, bad proof, or timeout.
  */
 export function connectAsSource(
+  streams: StreamLink,
   from: Address,
   address: Address,
   hello: SourceHandshake,
   counters: { peerProtocolErrors: number },
 ): Promise<{ link: PeerLink; ready: ReadyMessage }> {
   return new Promise((resolve, reject) => {
-    // A wildcard listen address names no link, and a host name may stand for several: the kernel chooses.
-    const bind = net.isIP(from.host) !== 0 && from.host !== '0.0.0.0' && from.host !== '::';
-    const socket = net.connect({ host: address.host, port: address.port, ...(bind ? { localAddress: from.host } : {}) });
-    const link = new PeerLink(socket, counters);
+    // A wildcard listen address names no link, and a host name may stand for several: the
+    // stream link binds only an address of this machine's, else the kernel chooses.
+    const link = new PeerLink(streams.connect(address, from), counters);
     const outcome = handshakeOutcome(link, resolve, reject);
     const helloMessage: HelloMessage = {
       type: 'hello',
@@ -243,7 +241,7 @@ export function connectAsSource(
       volume: hello.volume,
     };
     link.onClose((reason) => outcome.fail(new Error(reason)));
-    socket.once('connect', () => {
+    link.stream.onOpen(() => {
       link.state = 'handshake';
       link.send(encodeFrame(helloMessage));
     });
@@ -295,7 +293,7 @@ export function acceptAsTarget(link: PeerLink, expect: TargetExpectations, log: 
     let hello: HelloMessage | null = null;
     let nonce: Buffer | null = null;
     const refuse = (code: RefuseCode, message: string): void => {
-      log.warn('peer connection refused', { remote: link.socket.remoteAddress ?? '?', from: hello?.fromNode ?? '?', reason: message });
+      log.warn('peer connection refused', { remote: link.stream.remote, from: hello?.fromNode ?? '?', reason: message });
       outcome.refuse(code, message, new HandshakeRefused(message, code));
     };
     link.onClose((reason) => outcome.fail(new Error(reason)));
@@ -322,7 +320,7 @@ export function acceptAsTarget(link: PeerLink, expect: TargetExpectations, log: 
         }
         outcome.succeed(hello);
       } else if (message.type === 'refuse' && hello !== null) {
-        log.warn('peer connection refused', { remote: link.socket.remoteAddress ?? '?', from: hello.fromNode, reason: message.message });
+        log.warn('peer connection refused', { remote: link.stream.remote, from: hello.fromNode, reason: message.message });
         outcome.fail(new HandshakeRefused(message.message, message.code));
       } else {
         link.counters.peerProtocolErrors += 1;

@@ -4,17 +4,17 @@
 // this cluster, for a volume this node mirrors from that node, is refused with a reason
 // and a log line before any volume data can move.
 
-import net from 'node:net';
 import { constants } from '../constants.js';
-import type { Address, ClusterConfig, NodeConfig } from '../control/config.js';
+import { formatAddress, type Address, type ClusterConfig, type NodeConfig } from '../control/config.js';
+import { BlockmirrorError, errnoCode } from '../lib/errors.js';
 import type { Logger } from '../lib/log.js';
+import type { ByteStream, StreamLink, StreamListener } from '../io/stream-link.js';
 import { RefuseCode } from '../protocol/peer/frames.js';
-import { closeServer, listen } from './listen.js';
 import { acceptAsTarget, PeerLink, type HelloMessage } from './peer-link.js';
 import type { ReplicaTarget } from './replica-target.js';
 
 export class PeerServer {
-  private server: net.Server | null = null;
+  private listener: StreamListener | null = null;
   private readonly links = new Set<PeerLink>();
   private readonly secret: Buffer;
 
@@ -24,27 +24,36 @@ export class PeerServer {
     private readonly targets: ReadonlyMap<string, ReplicaTarget>,
     private readonly log: Logger,
     private readonly counters: { peerProtocolErrors: number; peerRefusals: number },
+    private readonly streams: StreamLink,
   ) {
     this.secret = Buffer.from(cluster.secret, 'utf8');
   }
 
   async start(): Promise<Address> {
-    this.server = net.createServer({ noDelay: true }, (socket) => this.onConnection(socket));
-    this.server.maxConnections = constants.peerConnectionsMax * Math.max(1, this.cluster.volumes.length) * this.cluster.nodes.length;
-    return listen(this.server, this.local.replication, 'replication');
+    const address = this.local.replication;
+    const connectionsMax = constants.peerConnectionsMax * Math.max(1, this.cluster.volumes.length) * this.cluster.nodes.length;
+    try {
+      this.listener = await this.streams.listen(address, connectionsMax, (stream) => this.onConnection(stream));
+    } catch (error) {
+      if (errnoCode(error) === 'EADDRINUSE') {
+        throw new BlockmirrorError('ERR_ADDRESS_IN_USE', `replication address ${formatAddress(address)} is already in use`);
+      }
+      throw error;
+    }
+    return this.listener.address;
   }
 
   async stop(): Promise<void> {
-    const closed = this.server === null ? Promise.resolve() : closeServer(this.server);
+    const closed = this.listener === null ? Promise.resolve() : this.listener.close();
     for (const link of this.links) link.close('node stopping');
     await closed;
   }
 
-  private onConnection(socket: net.Socket): void {
-    const link = new PeerLink(socket, this.counters);
+  private onConnection(stream: ByteStream): void {
+    const link = new PeerLink(stream, this.counters);
     this.links.add(link);
     link.onClose(() => this.links.delete(link));
-    const log = this.log.child({ remote: `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}` });
+    const log = this.log.child({ remote: stream.remote });
     acceptAsTarget(link, { cluster: this.cluster.cluster, secret: this.secret, localNode: this.local.id, check: (hello) => this.check(hello) }, log).then(
       (hello) => {
         const target = this.targets.get(hello.volume);
