@@ -4,7 +4,7 @@
 //
 // What a start accepts of what a crash (or a damaged disk) left:
 //   - the volume's image and identity half made: made again or finished (volume-files.ts);
-//   - a log directory whose replacement was interrupted: finished or undone (WriteLog.settle);
+//   - a log directory whose replacement was interrupted: finished or undone (settleLogDirectory, log-layout.ts);
 //   - a torn tail in the log: discarded (WriteLog's recovery);
 //   - a replica's per-source log that is damaged, half made or missing: it holds nothing
 //     the primary cannot send again, so it is set aside as `<dir>.damaged` (replacing an
@@ -28,6 +28,7 @@ import { LocalVolume } from './local-volume.js';
 import { ReplicaTrail } from '../core/replica-trail.js';
 import { prepareVolumeFiles, type VolumePaths, type VolumeIdentity } from './volume-files.js';
 import { LogCorruptError, WriteLog, type LogGeometry, type LogOptions, type RecoveryReport } from './write-log.js';
+import { installLogDirectory, recreateLogDirectory, settleLogDirectory } from './log-layout.js';
 
 export interface VolumeStorageOptions {
   files: DurableFiles;
@@ -121,7 +122,7 @@ export async function openVolumeStorage(options: VolumeStorageOptions): Promise<
       // Everything is covered by the CP just taken, so the files can be made anew.
       const status = opened.log.status();
       opened.log.close();
-      WriteLog.recreate(logOptions, status.cpSeq, { needsFullResync: status.needsFullResync });
+      recreateLogDirectory(logOptions, status.cpSeq, { needsFullResync: status.needsFullResync });
       const reopened = await WriteLog.open(logOptions, nothingToReplay('after a consistency point'));
       volume = new LocalVolume(config.name, disk, reopened.log, constants.zeroWriteChunkBytes);
       log.info('log geometry changed', { ...logOptions.geometry });
@@ -159,7 +160,7 @@ async function openReplicaLog(
   apply: (header: Parameters<typeof applyEntry>[1], payload: Buffer) => Promise<void>,
   imageCreated: boolean,
 ): Promise<{ opened: { log: WriteLog; recovery: RecoveryReport }; setAside: string | null }> {
-  WriteLog.settle(options);
+  settleLogDirectory(options);
   if (files.kind(options.dir) === null && !imageCreated) {
     // The image was written before (by an earlier start), so its log must have been too.
     options.log.warn('per-source log missing: starting a new one and asking the primary for a full resync', { dir: options.dir });
@@ -183,7 +184,7 @@ async function openReplicaLog(
 
 /** A new per-source log that knows nothing of what the copy holds: every region is named to the primary. */
 function startAfresh(options: LogOptions): void {
-  WriteLog.install(options, 'log-create', { cpSeq: 0, needsFullResync: true, trail: ReplicaTrail.everything().encode() });
+  installLogDirectory(options, 'log-create', { cpSeq: 0, needsFullResync: true, trail: ReplicaTrail.everything().encode() });
 }
 
 function nothingToReplay(where: string): () => Promise<void> {
@@ -200,7 +201,7 @@ export async function restartReplicaLog(volume: LocalVolume, options: LogOptions
   if (logship) await volume.applyLoggedThrough(volume.log.lastSeq);
   await volume.checkpoint();
   volume.log.close();
-  WriteLog.recreate(options, seq, { needsFullResync: false });
+  recreateLogDirectory(options, seq, { needsFullResync: false });
   const restarted = await WriteLog.open(options, nothingToReplay('after a reset'));
   volume.replaceLog(restarted.log);
 }

@@ -4,37 +4,13 @@
 // sequential fdatasync shared by every waiter); the volume file is made durable at
 // consistency points (CPs), after which the log before the CP is no longer needed.
 //
-// Layout of `<dataDir>/log/<volume>/`:
-//   superblock.json     geometry, log id, and the last CP: its sequence number and where
-//                       the first entry after it lies; replaced atomically
-//   partition-<i>.log   `partitions` files of `partitionBytes` each, zero-filled when
-//                       created and then reused in turn, so an fdatasync never has to
-//                       write file metadata. Partition generation g lives in file
-//                       g mod partitions; every entry records its generation, so entries
-//                       left from an earlier turn are never mistaken for new ones.
-//   trail               (a replica's log only) where the entries since the primary's
-//                       last CP landed: src/core/replica-trail.ts
-//
-// The directory is made whole, by DurableFiles.installDirectory: the files are written
-// in `<dir>.new` (the superblock last) and the directory is swapped into place, so a
-// crash leaves the old log or the new one (open() settles an interrupted swap first).
-// The superblock is replaced atomically. Nothing in this module changes a file but
-// through DurableFiles, except the appends, which write into the partitions in place.
-//
-// Every open of the log starts a session with a new random log id, added to the
-// superblock's list before anything is appended; a consistency point resets the list to
-// the current session. Recovery accepts only entries of listed sessions, in the order
-// they are listed, so entries that an earlier session wrote and a crash left behind
-// (after a torn tail, or ahead in other partitions) are never replayed, whatever
-// sequence number they carry.
-//
-// Appends are written by one writer at a time, each write covering every entry queued
-// since the last one, and always whole file-system blocks: it starts with the bytes
-// already in the block where the log ends (kept in memory) and ends with zeroes to the
-// next block boundary. A write that covers part of a block makes ext4 prepare the whole
-// block, which costs ten times a whole-block write; with 64-byte entry alignment almost
-// every entry would do that. Rewriting the already written start of a block is harmless
-// even if torn: those bytes are rewritten with the same values.
+// Its layout on disk, the sessions and the making of a whole new log directory are
+// log-layout.ts; reading it back at recovery is log-scan.ts (over a LogImage, so that it
+// is fuzzed over buffers); writing placed entries in whole blocks is log-writer.ts; the
+// hand-off to the syncer thread and the durable mark are log-durability.ts. This module
+// assigns sequence numbers, places entries in partitions, keeps the partition table
+// (which generation each file holds, its first and last entry) and the marks (appended,
+// applied, CP), takes consistency points and frees partitions, and reads entries back.
 //
 // Memory is bounded: the log holds per-partition counters, one block of tail bytes, the
 // entries queued for the writer (bounded by requests in flight) and, for entries
@@ -43,25 +19,38 @@
 // This module owns the log files. It never touches the volume file: the caller applies
 // entries and reports them applied, and passes the volume's sync to checkpoint().
 //
-// Why one file of this size: the layout, the appender, the syncer hand-off and consistency
-// points all work on the same partition table (which generation each file holds, its
-// first and last entry) and the same marks (appended, applied, durable, CP). Reading the
-// log at recovery is log-scan.ts, over a LogImage, so that it is fuzzed over buffers;
-// splitting the rest into layout, appender and syncer is planned (docs/architecture.md,
-// "Known gaps"); until then the sections below keep the jobs apart.
+// Why one file of this size: placement, consistency points, release and reading back all
+// work on the one partition table and the same marks; each of the other jobs is a module
+// of its own (above).
 
-import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { constants } from '../constants.js';
 import { assert } from '../lib/assert.js';
-import { crc32c } from '../lib/crc32c.js';
-import type { Logger } from '../lib/log.js';
-import { IoActivity, readFullyAt, writevAt } from '../io/file-io.js';
-import { native, type SyncerHandle } from '../io/native.js';
-import { DurableFiles, isMissing } from './durable-files.js';
+import { IoActivity, readFullyAt } from '../io/file-io.js';
+import type { DurableFiles } from './durable-files.js';
 import { ReplicaTrail, TRAIL_FILE, type TrailExtent } from '../core/replica-trail.js';
 import { LogCorruptError, scanLog, type LogImage } from './log-scan.js';
+import {
+  filesOf,
+  installLogDirectory,
+  LOG_BLOCK_BYTES,
+  LOG_IDS_MAX,
+  newLogId,
+  openPartitions,
+  partitionFile,
+  readSuperblock,
+  settleLogDirectory,
+  SUPERBLOCK_FILE,
+  superblockText,
+  type LogGeometry,
+  type LogPlace,
+  type NewLogState,
+  type Partition,
+  type Position,
+  type Superblock,
+} from './log-layout.js';
+import { LogWriter } from './log-writer.js';
+import { LogDurability } from './log-durability.js';
 import {
   alignedEntryBytes,
   decodeEntryHeader,
@@ -72,24 +61,13 @@ import {
   type EntryHeader,
 } from '../protocol/log-entry.js';
 
-export { LogCorruptError };
+export { LogCorruptError, LOG_BLOCK_BYTES, type LogGeometry, type NewLogState };
 
-export interface LogGeometry {
-  partitionBytes: number;
-  partitions: number;
-}
-
-export interface LogOptions {
-  dir: string;
-  /** Where the log's files are changed (the real file system unless a test says otherwise). */
-  files?: DurableFiles;
-  geometry: LogGeometry;
-  volumeUuid: string;
+export interface LogOptions extends LogPlace {
   volumeId: number;
   activity: IoActivity;
   /** Appends up to this size are written inline on the event loop (see IoActivity). */
   inlineWriteBytesMax: number;
-  log: Logger;
   /** Called when the log wants a consistency point (a partition filled up). */
   onCheckpointWanted: () => void;
   /**
@@ -146,128 +124,10 @@ export interface LogStatus {
   needsFullResync: boolean;
 }
 
-/** What a new log directory starts with (see WriteLog.install). */
-export interface NewLogState {
-  cpSeq: number;
-  needsFullResync: boolean;
-  /** The replica trail file to carry over, if any. */
-  trail: Buffer | null;
-}
-
-interface Superblock {
-  format: 1;
-  /**
-   * Ids of the sessions whose entries may lie after the CP, oldest first: along the log,
-   * an entry of one session is never followed by an entry of an earlier one.
-   */
-  logIds: number[];
-  volumeUuid: string;
-  partitionBytes: number;
-  partitions: number;
-  cpSeq: number;
-  cpTimeMs: number;
-  /** Where the first entry after the CP is (or will be) written. */
-  replayGeneration: number;
-  replayOffset: number;
-  /** See LogStatus.needsFullResync (absent in logs written before it existed: false). */
-  needsFullResync?: boolean;
-}
-
-interface Partition {
-  fd: number;
-  /** The generation held by this file, or -1 when it holds nothing that is needed. */
-  generation: number;
-  firstSeq: number;
-  lastSeq: number;
-}
-
-interface Position {
-  generation: number;
-  offset: number;
-}
-
 /** Decides whether a partition that the CP no longer needs may be reused. */
 export type Retainer = (partition: { generation: number; firstSeq: number; lastSeq: number; activeGeneration: number }) => boolean;
 
-const SUPERBLOCK = 'superblock.json';
-/** Sessions a superblock may list: each open adds one, each consistency point resets it. */
-const LOG_IDS_MAX = 16;
 const SCAN_CHUNK_BYTES = 4 * 1024 * 1024;
-/** Log writes cover whole blocks of this size (the file system's block). */
-export const LOG_BLOCK_BYTES = 4096;
-/** One log write carries at most this many bytes of queued entries (one entry may be larger). */
-const WRITE_BYTES_MAX = 4 * 1024 * 1024;
-/** ...and at most this many buffers (Linux's IOV_MAX is 1024). */
-const WRITE_BUFFERS_MAX = 1000;
-
-interface QueuedEntry {
-  position: Position;
-  buffers: Buffer[];
-  bytes: number;
-  seq: number;
-  resolve: () => void;
-  reject: (error: Error) => void;
-}
-
-/** Where a log's files are changed: the options', or the real file system. */
-function filesOf(options: LogOptions): DurableFiles {
-  return options.files ?? new DurableFiles();
-}
-
-function partitionFile(dir: string, slot: number): string {
-  return path.join(dir, `partition-${slot}.log`);
-}
-
-function superblockText(superblock: Superblock): string {
-  const body = JSON.stringify(superblock);
-  return JSON.stringify({ ...superblock, crc: crc32c(Buffer.from(body)) }, null, 2) + '\n';
-}
-
-function readSuperblock(files: DurableFiles, file: string): Superblock {
-  const data = files.read(file);
-  if (data === null) throw new LogCorruptError(`${file} is missing`);
-  let parsed: Superblock & { crc: number };
-  try {
-    parsed = JSON.parse(data.toString('utf8')) as Superblock & { crc: number };
-  } catch (error) {
-    throw new LogCorruptError(`${file}: unreadable superblock (${(error as Error).message})`);
-  }
-  const { crc, ...superblock } = parsed;
-  if (
-    superblock.format !== 1 ||
-    crc32c(Buffer.from(JSON.stringify(superblock))) !== crc ||
-    !Array.isArray(superblock.logIds) ||
-    superblock.logIds.length === 0 ||
-    !Number.isSafeInteger(superblock.partitions) ||
-    superblock.partitions < 2 ||
-    !Number.isSafeInteger(superblock.partitionBytes) ||
-    superblock.partitionBytes % LOG_BLOCK_BYTES !== 0
-  ) {
-    throw new LogCorruptError(`${file}: superblock checksum or format mismatch`);
-  }
-  return superblock;
-}
-
-/** A copy of the `count` bytes that end `skipFromEnd` bytes before the end of `buffers`. */
-function lastBytes(buffers: readonly Buffer[], skipFromEnd: number, count: number): Buffer {
-  const out = Buffer.alloc(count);
-  let need = count;
-  let skip = skipFromEnd;
-  for (let index = buffers.length - 1; index >= 0 && need > 0; index -= 1) {
-    const buffer = buffers[index];
-    assert(buffer !== undefined);
-    if (skip >= buffer.length) {
-      skip -= buffer.length;
-      continue;
-    }
-    const take = Math.min(need, buffer.length - skip);
-    buffer.copy(out, need - take, buffer.length - skip - take, buffer.length - skip);
-    need -= take;
-    skip = 0;
-  }
-  assert(need === 0, 'fewer bytes than the tail block needs');
-  return out;
-}
 
 export class WriteLog {
   private readonly slots: Partition[];
@@ -283,26 +143,13 @@ export class WriteLog {
   private nextSeq: number;
   private appendedSeq: number;
   private appliedSeq: number;
-  private durableSeq: number;
   private readonly appendedAhead = new Set<number>();
   private readonly appliedAhead = new Set<number>();
   /** Positions of entries placed but not yet applied: bounded by requests in flight. */
   private readonly positions = new Map<number, Position>();
   private readonly placeQueue: { bytes: number; seq: number; place: (position: Position) => void }[] = [];
-  private readonly syncWaiters: { seq: number; resolve: () => void; reject: (error: Error) => void }[] = [];
-  /** Entries placed and waiting for the writer, in position order. */
-  private readonly writeQueue: QueuedEntry[] = [];
-  private writing = false;
-  /** The bytes of the block where the log currently ends, up to its end (the write point). */
-  private tail: { generation: number; blockStart: number; bytes: Buffer };
-  /** Makes the partitions durable, on a thread of its own (from the session's start until close). */
-  private syncer: SyncerHandle | null = null;
-  /** The highest seq somebody waits for (or a sync ahead asked for). */
-  private wantedSeq: number;
-  /** Whether this log counts in IoActivity.pending (see updateSyncPending). */
-  private syncPending = false;
-  /** The first failed fdatasync: the log cannot be made durable any more. */
-  private syncFailure: Error | null = null;
+  private readonly writer: LogWriter;
+  private readonly durability: LogDurability;
   private checkpointing: Promise<void> | null = null;
   private readonly retainers: Retainer[] = [];
   private cpSeq: number;
@@ -312,9 +159,6 @@ export class WriteLog {
   private stallMs = 0;
   private stallStartedMs: number | null = null;
   private lastCheckpointMs = 0;
-  /** Syncs done, as of the syncer's close (status() asks a running syncer). */
-  private syncs = 0;
-  private syncsAhead = 0;
   private closed = false;
   /** A replica's record of its entries since the primary's last CP (null for a primary's log). */
   private readonly trail: ReplicaTrail | null;
@@ -329,7 +173,7 @@ export class WriteLog {
     this.geometry = { partitionBytes: superblock.partitionBytes, partitions: superblock.partitions };
     this.slots = slots;
     this.logIds = superblock.logIds;
-    this.logId = WriteLog.newLogId(superblock.logIds);
+    this.logId = newLogId(superblock.logIds);
     this.cpSeq = superblock.cpSeq;
     this.cpTimeMs = superblock.cpTimeMs;
     this.activeGeneration = superblock.replayGeneration;
@@ -337,9 +181,15 @@ export class WriteLog {
     this.nextSeq = superblock.cpSeq + 1;
     this.appendedSeq = superblock.cpSeq;
     this.appliedSeq = superblock.cpSeq;
-    this.durableSeq = superblock.cpSeq;
-    this.wantedSeq = superblock.cpSeq;
-    this.tail = { generation: -1, blockStart: 0, bytes: Buffer.alloc(0) };
+    this.durability = new LogDurability(options.dir, options.activity, () => this.appendedSeq, superblock.cpSeq);
+    this.writer = new LogWriter(this.geometry.partitionBytes, options.activity, options.inlineWriteBytesMax, {
+      fdOf: (generation) => this.slotOf(generation).fd,
+      written: (run, fd) => {
+        for (const entry of run) this.advance(this.appendedAhead, entry.seq, 'appended');
+        this.durability.written(fd, this.appendedSeq);
+      },
+      settled: () => this.durability.resume(),
+    });
     this.files = filesOf(options);
     this.needsFullResync = superblock.needsFullResync === true;
     this.trail = options.replica === undefined ? null : ReplicaTrail.decode(this.files.read(path.join(options.dir, TRAIL_FILE)));
@@ -355,11 +205,11 @@ export class WriteLog {
     const files = filesOf(options);
     assert(geometry.partitions >= 2, 'the log needs at least two partitions');
     assert(geometry.partitionBytes % LOG_BLOCK_BYTES === 0, 'log partitions are whole blocks');
-    WriteLog.settle(options);
-    const superblockPath = path.join(dir, SUPERBLOCK);
+    settleLogDirectory(options);
+    const superblockPath = path.join(dir, SUPERBLOCK_FILE);
     let created = false;
     if (files.kind(dir) === null) {
-      WriteLog.install(options, 'log-create', { cpSeq: 0, needsFullResync: false, trail: null });
+      installLogDirectory(options, 'log-create', { cpSeq: 0, needsFullResync: false, trail: null });
       created = true;
     } else if (files.kind(dir) !== 'directory') {
       throw new LogCorruptError(`${dir} is not a directory`);
@@ -368,7 +218,7 @@ export class WriteLog {
     if (superblock.volumeUuid !== options.volumeUuid) {
       throw new LogCorruptError(`${superblockPath}: log of volume ${superblock.volumeUuid}, not ${options.volumeUuid}`);
     }
-    const slots = WriteLog.openSlots(files, dir, superblock);
+    const slots = openPartitions(files, dir, superblock);
     const log = new WriteLog(options, superblock, slots);
     try {
       const recovery = await log.recover(apply);
@@ -379,81 +229,6 @@ export class WriteLog {
       log.close();
       throw error;
     }
-  }
-
-  private static newLogId(avoid: readonly number[]): number {
-    for (;;) {
-      const id = crypto.randomBytes(4).readUInt32BE(0);
-      if (!avoid.includes(id)) return id;
-    }
-  }
-
-  /**
-   * Finishes or undoes a replacement of the log directory that a crash interrupted (see
-   * DurableFiles.installDirectory); a new copy is complete once it has its superblock.
-   */
-  static settle(options: LogOptions): void {
-    const files = filesOf(options);
-    const outcome = files.settleDirectory(options.dir, 'log-tidy', (staging) => files.kind(path.join(staging, SUPERBLOCK)) === 'file');
-    if (outcome !== 'nothing') options.log.warn('log: a change of the log directory was interrupted', { dir: options.dir, outcome });
-  }
-
-  /**
-   * Puts a new, empty log in `options.dir` (replacing what is there) whose sequence
-   * numbers continue after `state.cpSeq`: the partitions zero-filled and synced, the
-   * superblock last, then the whole directory swapped into place.
-   */
-  static install(options: LogOptions, operation: 'log-create' | 'log-recreate', state: NewLogState): void {
-    const { geometry } = options;
-    const files = filesOf(options);
-    files.makeDir(path.dirname(options.dir), operation);
-    files.installDirectory(options.dir, operation, (staging) => {
-      // Written in 64 KiB pieces, so that the page cache holds the partitions in folios no
-      // larger (see constants.diskWritePieceBytes): each append writes into them.
-      for (let slot = 0; slot < geometry.partitions; slot += 1) {
-        const contents = { zeroesBytes: geometry.partitionBytes, pieceBytes: constants.diskWritePieceBytes };
-        files.writeNewFile(partitionFile(staging, slot), contents, operation);
-      }
-      if (state.trail !== null) files.writeNewFile(path.join(staging, TRAIL_FILE), state.trail, operation);
-      const superblock: Superblock = {
-        format: 1,
-        logIds: [crypto.randomBytes(4).readUInt32BE(0)],
-        volumeUuid: options.volumeUuid,
-        partitionBytes: geometry.partitionBytes,
-        partitions: geometry.partitions,
-        cpSeq: state.cpSeq,
-        cpTimeMs: Date.now(),
-        replayGeneration: 0,
-        replayOffset: 0,
-        ...(state.needsFullResync ? { needsFullResync: true } : {}),
-      };
-      files.writeNewFile(path.join(staging, SUPERBLOCK), Buffer.from(superblockText(superblock)), operation);
-    });
-  }
-
-  private static openSlots(files: DurableFiles, dir: string, superblock: Superblock): Partition[] {
-    const slots: Partition[] = [];
-    const fail = (problem: string): never => {
-      for (const open of slots) files.closeData(open.fd);
-      throw new LogCorruptError(problem);
-    };
-    for (let slot = 0; slot < superblock.partitions; slot += 1) {
-      const file = partitionFile(dir, slot);
-      let fd: number;
-      try {
-        fd = files.openData(file, true);
-      } catch (error) {
-        if (isMissing(error)) fail(`${file} is missing (the superblock names ${superblock.partitions} partitions)`);
-        throw error;
-      }
-      const size = fs.fstatSync(fd).size;
-      if (size !== superblock.partitionBytes) {
-        files.closeData(fd);
-        fail(`${file} is ${size} bytes, the superblock says ${superblock.partitionBytes}`);
-      }
-      slots.push({ fd, generation: -1, firstSeq: 0, lastSeq: 0 });
-    }
-    return slots;
   }
 
   // ---- recovery ----------------------------------------------------------------------
@@ -520,12 +295,11 @@ export class WriteLog {
     this.activeGeneration = generation;
     this.writeOffset = offset;
     const blockStart = offset - (offset % LOG_BLOCK_BYTES);
-    this.tail = { generation, blockStart, bytes: this.readAt(generation, blockStart, offset - blockStart) };
+    this.writer.startAt(generation, blockStart, this.readAt(generation, blockStart, offset - blockStart));
     this.nextSeq = expected;
     this.appendedSeq = expected - 1;
     // A logship replica's entries after the CP are in its log only, not in its volume.
     this.appliedSeq = this.options.replica?.deferApply === true ? this.cpSeq : expected - 1;
-    this.durableSeq = expected - 1;
     return report;
   }
 
@@ -540,17 +314,14 @@ export class WriteLog {
     this.logIds = this.logIds.filter((id) => this.sessionLastSeq.has(id));
     if (this.logIds.length >= LOG_IDS_MAX) {
       throw new LogCorruptError(
-        `${path.join(this.options.dir, SUPERBLOCK)}: ${this.logIds.length} sessions since the last consistency point; ` +
+        `${path.join(this.options.dir, SUPERBLOCK_FILE)}: ${this.logIds.length} sessions since the last consistency point; ` +
           'the node has crashed repeatedly before completing one',
       );
     }
     this.logIds = [...this.logIds, this.logId];
-    this.files.replaceFile(path.join(this.options.dir, SUPERBLOCK), superblockText({ ...superblock, logIds: this.logIds }), 'log-superblock');
-    this.wantedSeq = this.durableSeq;
-    this.syncer = native.syncerOpen(this.geometry.partitions, this.durableSeq, (durableSeq, _syncs, error) => {
-      if (error !== null) this.syncFailed(error);
-      else this.madeDurable(durableSeq);
-    });
+    this.files.replaceFile(path.join(this.options.dir, SUPERBLOCK_FILE), superblockText({ ...superblock, logIds: this.logIds }), 'log-superblock');
+    // Every entry recovery found was durable: it was read back from the files.
+    this.durability.start(this.geometry.partitions, this.appendedSeq);
   }
 
   private recordPlaced(generation: number, seq: number): void {
@@ -621,7 +392,7 @@ export class WriteLog {
           logId: this.logId,
           volumeId: this.options.volumeId,
           seq,
-          durableSeq: this.durableSeq,
+          durableSeq: this.durability.durableSeq,
           offset: fields.offset,
           lengthBytes: fields.lengthBytes,
           generation: position.generation,
@@ -633,10 +404,7 @@ export class WriteLog {
       this.options.onPlaced?.(seq, header, payload, { type, offset: fields.offset, lengthBytes: fields.lengthBytes });
       const padding = bytes - ENTRY_HEADER_BYTES - payloadBytes;
       const buffers = padding > 0 ? [header, ...payload, Buffer.alloc(padding)] : [header, ...payload];
-      return new Promise<void>((resolve, reject) => {
-        this.writeQueue.push({ position, buffers, bytes, seq, resolve, reject });
-        this.startWrite();
-      });
+      return new Promise<void>((resolve, reject) => this.writer.enqueue({ position, buffers, bytes, seq, resolve, reject }));
     });
     return { seq, written };
   }
@@ -739,63 +507,6 @@ export class WriteLog {
     return this.appliedSeq;
   }
 
-  /**
-   * Writes the queued entries that follow each other in one partition, as one write of
-   * whole blocks; one write at a time, so the block where the log ends is never written
-   * by two writes at once.
-   */
-  private startWrite(): void {
-    if (this.writing || this.writeQueue.length === 0) return;
-    const first = this.writeQueue[0];
-    assert(first !== undefined);
-    const { generation } = first.position;
-    const start = first.position.offset;
-    let end = start;
-    let count = 0;
-    let buffers = 0;
-    for (const entry of this.writeQueue) {
-      if (entry.position.generation !== generation || entry.position.offset !== end) break;
-      if (count > 0 && (end - start + entry.bytes > WRITE_BYTES_MAX || buffers + entry.buffers.length > WRITE_BUFFERS_MAX)) break;
-      end += entry.bytes;
-      buffers += entry.buffers.length;
-      count += 1;
-    }
-    const run = this.writeQueue.splice(0, count);
-    const blockStart = start - (start % LOG_BLOCK_BYTES);
-    const out: Buffer[] = [];
-    if (blockStart < start) {
-      assert(
-        this.tail.generation === generation && this.tail.blockStart === blockStart && this.tail.bytes.length === start - blockStart,
-        `log tail block not known at ${start}`,
-      );
-      out.push(this.tail.bytes);
-    }
-    for (const entry of run) out.push(...entry.buffers);
-    const blockEnd = Math.min(Math.ceil(end / LOG_BLOCK_BYTES) * LOG_BLOCK_BYTES, this.geometry.partitionBytes);
-    if (blockEnd > end) out.push(Buffer.alloc(blockEnd - end));
-    this.tail = { generation, blockStart: end - (end % LOG_BLOCK_BYTES), bytes: lastBytes(out, blockEnd - end, end % LOG_BLOCK_BYTES) };
-    this.writing = true;
-    const slot = this.slotOf(generation);
-    writevAt(slot.fd, out, blockStart, this.options.activity, this.options.inlineWriteBytesMax).then(
-      () => {
-        this.writing = false;
-        for (const entry of run) this.advance(this.appendedAhead, entry.seq, 'appended');
-        if (this.syncer !== null) native.syncerNote(this.syncer, slot.fd, this.appendedSeq);
-        // The entries queued meanwhile are written first: written inline, they are noted
-        // before this run's FUA writes and flushes ask for a sync, which then covers them
-        // too instead of leaving them to a second sync.
-        this.startWrite();
-        for (const entry of run) entry.resolve();
-        if (this.wantedSeq > this.durableSeq) this.requestSync(this.wantedSeq, true);
-      },
-      (error: Error) => {
-        this.writing = false;
-        for (const entry of run) entry.reject(error);
-        this.startWrite();
-      },
-    );
-  }
-
   /** Reports that entry `seq` has been applied to the volume (or needs no applying). */
   applied(seq: number): void {
     this.positions.delete(seq);
@@ -875,12 +586,7 @@ export class WriteLog {
 
   /** Resolves once every entry up to `seq` is durable in the log. */
   syncTo(seq: number): Promise<void> {
-    if (seq <= this.durableSeq) return Promise.resolve();
-    if (this.syncFailure !== null) return Promise.reject(this.syncFailure);
-    return new Promise((resolve, reject) => {
-      this.syncWaiters.push({ seq, resolve, reject });
-      this.requestSync(seq, true);
-    });
+    return this.durability.syncTo(seq);
   }
 
   /**
@@ -891,85 +597,12 @@ export class WriteLog {
    * happens if `seq` is durable or the log is closed.
    */
   syncAhead(seq: number, inlineAllowed: boolean): void {
-    if (this.closed || this.syncFailure !== null || seq <= this.durableSeq || seq > this.appendedSeq) return;
-    this.syncsAhead += 1;
-    this.requestSync(seq, inlineAllowed);
-  }
-
-  /**
-   * Asks for the log to be durable through `seq`. The syncer thread syncs one time after
-   * another while anything wanted is not durable, each sync covering every entry written
-   * before it started (group commit). When nothing else is in flight on the node and the
-   * entry is written, the sync runs here instead: a hand-off to the thread and back costs
-   * two wake-ups, and the event loop has nothing else to do meanwhile.
-   */
-  private requestSync(seq: number, inlineAllowed: boolean): void {
-    const syncer = this.syncer;
-    if (syncer === null || this.syncFailure !== null || seq <= this.durableSeq) return;
-    if (seq > this.wantedSeq) this.wantedSeq = seq;
-    if (inlineAllowed && seq <= this.appendedSeq && this.options.activity.alone) {
-      let durableSeq: number;
-      try {
-        durableSeq = native.syncerSyncNow(syncer);
-      } catch (error) {
-        this.syncFailed(error as Error);
-        return;
-      }
-      if (durableSeq >= 0) {
-        this.madeDurable(durableSeq);
-        if (this.wantedSeq <= this.durableSeq) return;
-      }
-    }
-    this.updateSyncPending();
-    native.syncerWant(syncer, this.wantedSeq);
-  }
-
-  /** A sync returned: entries through `seq` are durable. */
-  private madeDurable(seq: number): void {
-    if (seq > this.durableSeq) {
-      this.durableSeq = seq;
-      this.settleWaiters(null);
-    }
-    this.updateSyncPending();
-  }
-
-  /**
-   * Not retried: after a failed fdatasync Linux may have dropped the dirty pages it
-   * could not write and marked them clean, so a later fdatasync can succeed without
-   * them on disk. Every later sync fails with this error instead.
-   */
-  private syncFailed(error: Error): void {
-    if (this.syncFailure === null) this.syncFailure = error;
-    this.updateSyncPending();
-    this.settleWaiters(this.syncFailure);
-  }
-
-  /**
-   * A sync somebody waits for on the syncer thread counts as I/O in flight (IoActivity.alone):
-   * from a want that is not durable yet until it is, the log fails, or it closes.
-   */
-  private updateSyncPending(): void {
-    const pending = this.syncer !== null && this.syncFailure === null && this.wantedSeq > this.durableSeq;
-    if (pending === this.syncPending) return;
-    this.syncPending = pending;
-    this.options.activity.pending += pending ? 1 : -1;
+    if (!this.closed) this.durability.syncAhead(seq, inlineAllowed);
   }
 
   /** Fault injection for tests: the log's next sync fails with `errno`, as a failing disk would make it. */
   failNextSync(errno: number): void {
-    assert(this.syncer !== null, 'the log has no syncer yet');
-    native.syncerFailNext(this.syncer, errno);
-  }
-
-  private settleWaiters(error: Error | null): void {
-    const remaining: typeof this.syncWaiters = [];
-    for (const waiter of this.syncWaiters) {
-      if (error !== null) waiter.reject(error);
-      else if (waiter.seq <= this.durableSeq) waiter.resolve();
-      else remaining.push(waiter);
-    }
-    this.syncWaiters.length = 0;
-    this.syncWaiters.push(...remaining);
+    this.durability.failNext(errno);
   }
 
   // ---- consistency points -------------------------------------------------------------
@@ -1042,7 +675,7 @@ export class WriteLog {
       replayOffset: resume.offset,
       ...(this.needsFullResync ? { needsFullResync: true } : {}),
     };
-    this.files.replaceFile(path.join(this.options.dir, SUPERBLOCK), superblockText(superblock), 'log-superblock');
+    this.files.replaceFile(path.join(this.options.dir, SUPERBLOCK_FILE), superblockText(superblock), 'log-superblock');
     this.logIds = logIds;
     this.cpSeq = cpSeq;
     this.cpTimeMs = cpTimeMs;
@@ -1108,15 +741,15 @@ export class WriteLog {
     }
     return {
       lastSeq: this.lastSeq,
-      durableSeq: this.durableSeq,
+      durableSeq: this.durability.durableSeq,
       cpSeq: this.cpSeq,
       cpTimeMs: this.cpTimeMs,
       bytesUsed,
       partitionBytes: this.geometry.partitionBytes,
       partitions: this.geometry.partitions,
       checkpoints: this.checkpoints,
-      syncs: this.syncer === null ? this.syncs : native.syncerState(this.syncer)[1],
-      syncsAhead: this.syncsAhead,
+      syncs: this.durability.syncs(),
+      syncsAhead: this.durability.syncsAhead,
       stalls: this.stalls,
       stallMs: Math.round(this.stallMs + (this.stallStartedMs === null ? 0 : performance.now() - this.stallStartedMs)),
       lastCheckpointMs: this.lastCheckpointMs,
@@ -1132,29 +765,8 @@ export class WriteLog {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    if (this.syncer !== null) {
-      // Waits for a sync that runs: the partitions' descriptors are closed next.
-      native.syncerClose(this.syncer);
-      const [durableSeq, syncs, error] = native.syncerState(this.syncer);
-      this.syncer = null;
-      this.syncs = syncs;
-      if (error !== null) this.syncFailed(error);
-      else this.madeDurable(durableSeq);
-      this.settleWaiters(new Error(`write log ${this.options.dir} closed before entry ${this.wantedSeq} was durable`));
-    }
+    // Waits for a sync that runs: the partitions' descriptors are closed next.
+    this.durability.close();
     for (const slot of this.slots) this.files.closeData(slot.fd);
-  }
-
-  /**
-   * Replaces the log with an empty one (of `options.geometry`) whose sequence numbers
-   * continue after `cpSeq`: after a CP that covers every entry (at start, when the
-   * geometry changed), or on a replica restarting its log for a resync. A replica's
-   * trail is carried over: what it records is still to be named to the primary. The
-   * caller says whether the new log still needs a full resync (see LogStatus).
-   */
-  static recreate(options: LogOptions, cpSeq: number, state: { needsFullResync: boolean }): void {
-    const files = filesOf(options);
-    const trail = options.replica === undefined ? null : files.read(path.join(options.dir, TRAIL_FILE));
-    WriteLog.install(options, 'log-recreate', { cpSeq, needsFullResync: state.needsFullResync, trail });
   }
 }

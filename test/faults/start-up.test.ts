@@ -1,6 +1,6 @@
 // Start-up problems with real processes (docs/operations.md, "Start-up problems").
 //
-// The secondary killed exactly inside the restart of its per-source log (WriteLog.recreate,
+// The secondary killed exactly inside the restart of its per-source log (recreateLogDirectory,
 // run when the primary resets it for a resync), at each step that matters: with the new
 // log half built, built but not synced, the old one moved away and the new one not yet in
 // place, the new one in place, and the old one half removed. The crash point comes from
@@ -33,7 +33,7 @@ const upToDate = (status: NodeStatusJson): boolean => {
   return peer?.replication === 'streaming' && peer.disk === 'up-to-date';
 };
 
-// The changes WriteLog.install makes on b, in order (DurableFiles.installDirectory): make
+// The changes installLogDirectory makes on b, in order (DurableFiles.installDirectory): make
 // v1.new; per partition, create it, write 1 MiB of zeroes in 64 KiB pieces, sync it; the
 // trail (create, write, sync) and the superblock (the same); sync v1.new; rename v1 to
 // v1.old; rename v1.new to v1; sync the parent; remove v1.old (four files, the directory,
