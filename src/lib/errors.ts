@@ -12,7 +12,8 @@ export type ErrorCode =
   | 'ERR_PEER_PROTOCOL'
   | 'ERR_REPLICA_UNAVAILABLE'
   | 'ERR_VERIFY_REFUSED'
-  | 'ERR_ADMIN_UNREACHABLE';
+  | 'ERR_ADMIN_UNREACHABLE'
+  | 'ERR_NOT_PRIMARY';
 
 export class BlockmirrorError extends Error {
   override name = 'BlockmirrorError';

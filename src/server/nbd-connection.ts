@@ -48,6 +48,7 @@ export function errnoForDiskError(error: unknown): Errno {
       return Errno.ENOSPC;
     case 'EROFS':
     case 'EPERM':
+    case 'ERR_NOT_PRIMARY':
     case 'EACCES':
       return Errno.EPERM;
     default:

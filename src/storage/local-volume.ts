@@ -4,9 +4,12 @@
 // volume file, which consistency points make durable. Every connection to the volume
 // shares this object, so a flush covers writes completed on any of them (multi-conn).
 //
-// Changes to overlapping ranges are applied to the file in sequence order (RangeOrder),
-// so the file always matches what replaying the log would produce, and a later mirror
-// applies the same writes in the same order. Errors are the disk's own (Node system
+// What the volume takes, the sequence number of each entry, the order of changes and
+// reads on overlapping ranges, and the holds on ranges are decided by its VolumeCore
+// (src/core/volume-core.ts); this class carries them out on the log and the disk.
+// Changes to overlapping ranges are applied to the file in sequence order, so the file
+// always matches what replaying the log would produce, and a later mirror applies the
+// same writes in the same order. Errors are the disk's own (Node system
 // errors); the NBD edge turns them into errno values. A failed apply fails the volume:
 // from then on every request gets an error rather than a possibly stale answer.
 
@@ -15,9 +18,9 @@ import { BlockmirrorError } from '../lib/errors.js';
 import type { Disk, DiskExtent } from '../io/disk.js';
 import { EntryFlag, EntryType, type EntryHeader } from '../protocol/log-entry.js';
 import { FlushPredictor } from '../core/flush-predictor.js';
-import { RangeOrder } from '../core/range-order.js';
+import { VolumeCore, type VolumeRole } from '../core/volume-core.js';
 import { applyEntry, slicePayload, zeroRange } from './apply-entry.js';
-import type { WriteLog } from './write-log.js';
+import type { EntryStamp, WriteLog } from './write-log.js';
 
 export interface ZeroOptions {
   /** The range must stay allocated (NBD_CMD_FLAG_NO_HOLE). */
@@ -72,13 +75,15 @@ export interface MirrorGate {
 }
 
 export class LocalVolume {
-  private readonly order = new RangeOrder();
+  private readonly core: VolumeCore;
+  /** Operations the core holds back, started when it says they may run. */
+  private readonly waiting = new Map<number, () => void>();
   private readonly flushExpected = new FlushPredictor();
   /** The write whose log sync starts once its reply has left (a flush is expected), or 0. */
   private syncAfterReply = 0;
   private gate: MirrorGate | null = null;
-  /** Ranges whose new changes wait before they are logged (a resync reading them). */
-  private readonly holds: { start: number; end: number; released: Promise<void> }[] = [];
+  /** The core's holds (a resync or verify reading a range): released when they end. */
+  private readonly holds = new Map<number, Promise<void>>();
   private failure: VolumeFailedError | null = null;
   readonly stats: VolumeStats = {
     readOps: 0,
@@ -96,7 +101,10 @@ export class LocalVolume {
     private readonly disk: Disk,
     private currentLog: WriteLog,
     private readonly zeroChunkBytes: number,
-  ) {}
+    role: VolumeRole,
+  ) {
+    this.core = new VolumeCore({ lastSeq: currentLog.lastSeq, role, epoch: 0 });
+  }
 
   get log(): WriteLog {
     return this.currentLog;
@@ -107,7 +115,7 @@ export class LocalVolume {
    * resync), which the caller has closed. Nothing may be in flight.
    */
   replaceLog(log: WriteLog): void {
-    assert(this.order.size === 0, 'log replaced with changes in flight');
+    this.core.restartAt(log.lastSeq);
     this.currentLog = log;
   }
 
@@ -229,11 +237,12 @@ export class LocalVolume {
     // A failed volume answers with a rejection (the source is told); an entry out of
     // order is a bug, and the log's assertion throws.
     if (this.failure !== null) return Promise.reject(this.failure);
+    this.core.acceptSeq(header.seq);
     if (!apply) {
       return this.counted(this.log.appendReplica(header, payload).written);
     }
     const { seq, written } = this.log.appendReplica(header, payload);
-    const applied = this.order.run(header.offset, header.offset + header.lengthBytes, () =>
+    const applied = this.inOrder(header.offset, header.offset + header.lengthBytes, () =>
       applyEntry(this.disk, header, payload, this.zeroChunkBytes),
     );
     return this.counted(
@@ -259,7 +268,7 @@ export class LocalVolume {
     this.checkHealthy();
     assert(lengthBytes > 0 && lengthBytes <= this.log.entryPayloadBytesMax, 'resync range larger than a log entry');
     return this.whileHeld(offset, lengthBytes, async (data) => {
-      const { seq, written } = this.log.append(EntryType.WRITE, { offset, lengthBytes, flags: EntryFlag.RESYNC }, [data]);
+      const { seq, written } = this.log.append(this.stamp(), EntryType.WRITE, { offset, lengthBytes, flags: EntryFlag.RESYNC }, [data]);
       // Placed (and so ordered) now: later changes to the range may be logged while it is
       // written. The volume already holds these bytes, so written means applied.
       return { seq, written: this.counted(written).then(() => this.log.applied(seq)) };
@@ -279,14 +288,15 @@ export class LocalVolume {
     const end = offset + lengthBytes;
     for (let other = this.holdOn(offset, end); other !== null; other = this.holdOn(offset, end)) await other;
     let release: () => void = () => undefined;
-    const hold = { start: offset, end, released: new Promise<void>((resolve) => (release = resolve)) };
-    this.holds.push(hold);
+    const hold = this.core.hold(offset, end);
+    this.holds.set(hold, new Promise<void>((resolve) => (release = resolve)));
     try {
       const data = Buffer.allocUnsafe(lengthBytes);
-      await this.counted(this.order.run(offset, end, () => this.disk.read(data, offset)));
+      await this.counted(this.inOrder(offset, end, () => this.disk.read(data, offset)));
       return await use(data, this.log.lastSeq);
     } finally {
-      this.holds.splice(this.holds.indexOf(hold), 1);
+      this.core.release(hold);
+      this.holds.delete(hold);
       release();
     }
   }
@@ -297,7 +307,36 @@ export class LocalVolume {
    * begin between the check and the logging.
    */
   private holdOn(start: number, end: number): Promise<void> | null {
-    return this.holds.find((candidate) => candidate.start < end && start < candidate.end)?.released ?? null;
+    const hold = this.core.heldBy(start, end);
+    return hold === null ? null : (this.holds.get(hold) ?? null);
+  }
+
+  /**
+   * Runs `operation` on [start, end) when the core says it may: after every operation
+   * entered before it on an overlapping range has finished (done or failed).
+   */
+  private inOrder<T>(start: number, end: number, operation: () => Promise<T>): Promise<T> {
+    const { id, ready } = this.core.enter(start, end);
+    const run = (): Promise<T> => {
+      let result: Promise<T>;
+      try {
+        result = operation();
+      } catch (error) {
+        result = Promise.reject(error);
+      }
+      const finished = (): void => {
+        for (const next of this.core.finished(id)) {
+          const start = this.waiting.get(next);
+          assert(start !== undefined, `operation ${next} is not waiting`);
+          this.waiting.delete(next);
+          start();
+        }
+      };
+      result.then(finished, finished);
+      return result;
+    };
+    if (ready) return run();
+    return new Promise<T>((resolve, reject) => this.waiting.set(id, () => void run().then(resolve, reject)));
   }
 
   /** Applies logged entries up to `seq` that were stored without applying (logship), in order. */
@@ -334,7 +373,7 @@ export class LocalVolume {
 
   /** A consistency point: the volume file durable, the log before it released. */
   checkpoint(): Promise<void> {
-    return this.log.checkpoint(async () => {
+    return this.log.checkpoint(() => this.stamp(), async () => {
       try {
         await this.disk.sync();
       } catch (error) {
@@ -395,10 +434,10 @@ export class LocalVolume {
     apply: () => Promise<void>,
     done: Promise<void>[],
   ): number {
-    const { seq, written } = this.log.append(type, { offset, lengthBytes, flags }, payload);
+    const { seq, written } = this.log.append(this.stamp(), type, { offset, lengthBytes, flags }, payload);
     // A mirrored volume's file is written only where the write-intent record says so.
     const intent = this.gate?.intend(offset, lengthBytes, seq) ?? null;
-    const applied = this.order.run(offset, offset + lengthBytes, intent === null ? apply : () => intent.then(apply));
+    const applied = this.inOrder(offset, offset + lengthBytes, intent === null ? apply : () => intent.then(apply));
     done.push(
       Promise.all([written, applied]).then(
         () => this.log.applied(seq),
@@ -409,6 +448,11 @@ export class LocalVolume {
       ),
     );
     return seq;
+  }
+
+  /** The sequence number and epoch of the next entry this node appends. */
+  private stamp(): EntryStamp {
+    return { seq: this.core.assignSeq(), epoch: this.core.epoch };
   }
 
   private async applyZeroes(offset: number, lengthBytes: number, noHole: boolean): Promise<void> {
@@ -423,9 +467,14 @@ export class LocalVolume {
     if (this.failure !== null) throw this.failure;
   }
 
-  /** Before a change: the volume is healthy and the mirror takes it. */
+  /** Before a change: the volume is healthy, this node takes changes, and the mirror takes it. */
   private checkWritable(): void {
     this.checkHealthy();
+    const notTaken = this.core.refusal();
+    if (notTaken !== null) {
+      this.stats.errors += 1;
+      throw new BlockmirrorError('ERR_NOT_PRIMARY', `volume ${this.name}: ${notTaken}`);
+    }
     const refusal = this.gate?.refusal() ?? null;
     if (refusal !== null) {
       this.stats.errors += 1;

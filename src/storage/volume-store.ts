@@ -115,7 +115,7 @@ export async function openVolumeStorage(options: VolumeStorageOptions): Promise<
     await disk.close();
     throw error;
   }
-  let volume = new LocalVolume(config.name, disk, opened.log, constants.zeroWriteChunkBytes);
+  let volume = new LocalVolume(config.name, disk, opened.log, constants.zeroWriteChunkBytes, role);
   try {
     await volume.checkpoint();
     if (opened.log.geometryDiffers(logOptions.geometry)) {
@@ -124,7 +124,7 @@ export async function openVolumeStorage(options: VolumeStorageOptions): Promise<
       opened.log.close();
       recreateLogDirectory(logOptions, status.cpSeq, { needsFullResync: status.needsFullResync });
       const reopened = await WriteLog.open(logOptions, nothingToReplay('after a consistency point'));
-      volume = new LocalVolume(config.name, disk, reopened.log, constants.zeroWriteChunkBytes);
+      volume = new LocalVolume(config.name, disk, reopened.log, constants.zeroWriteChunkBytes, role);
       log.info('log geometry changed', { ...logOptions.geometry });
     }
   } catch (error) {

@@ -81,6 +81,12 @@ export interface LogOptions extends LogPlace {
   onPlaced?: (seq: number, header: Buffer, payload: readonly Buffer[], fields: { type: EntryType; offset: number; lengthBytes: number }) => void;
 }
 
+/** An entry's sequence number and epoch, as the volume's core (src/core/volume-core.ts) gives them. */
+export interface EntryStamp {
+  seq: number;
+  epoch: number;
+}
+
 /** The fields of an entry a caller chooses (the log adds the rest). */
 export interface EntryFields {
   offset: number;
@@ -349,12 +355,14 @@ export class WriteLog {
   }
 
   /**
-   * Appends an entry. The sequence number is assigned now (so the caller's order is the
-   * log's order); `written` resolves once the entry is in the log file (not yet durable).
+   * Appends an entry under `stamp`: the sequence number and epoch the volume's core gave
+   * it, which must be the next number here (so the caller's order is the log's order).
+   * `written` resolves once the entry is in the log file (not yet durable).
    */
-  append(type: EntryType, fields: EntryFields, payload: readonly Buffer[]): { seq: number; written: Promise<void> } {
+  append(stamp: EntryStamp, type: EntryType, fields: EntryFields, payload: readonly Buffer[]): { seq: number; written: Promise<void> } {
     assert(this.options.replica === undefined || type === EntryType.CONSISTENCY_POINT, 'a replica log takes entries from its primary');
-    return this.appendAs(this.nextSeq, type, fields, 0, payload);
+    assert(stamp.seq === this.nextSeq, `entry ${stamp.seq} appended after ${this.nextSeq - 1}`);
+    return this.appendAs(stamp.seq, type, fields, stamp.epoch, payload);
   }
 
   /**
@@ -614,13 +622,14 @@ export class WriteLog {
 
   /**
    * Takes a consistency point: makes the volume durable (`syncVolume`) up to every entry
-   * applied so far, records it in the superblock, appends a CP entry, and frees the
-   * partitions it covers. One runs at a time; a call during one waits for it and runs again.
+   * applied so far, records it in the superblock, appends a CP entry (a primary's log,
+   * stamped by `nextStamp`), and frees the partitions it covers. One runs at a time; a
+   * call during one waits for it and runs again.
    */
-  checkpoint(syncVolume: () => Promise<void>): Promise<void> {
+  checkpoint(nextStamp: () => EntryStamp, syncVolume: () => Promise<void>): Promise<void> {
     // A failed CP is reported to its caller only; the next one starts afresh.
     const previous = this.checkpointing ?? Promise.resolve();
-    const next = previous.then(() => this.checkpointOnce(syncVolume));
+    const next = previous.then(() => this.checkpointOnce(nextStamp, syncVolume));
     const settled: Promise<void> = next.then(
       () => undefined,
       () => undefined,
@@ -632,7 +641,7 @@ export class WriteLog {
     return next;
   }
 
-  private async checkpointOnce(syncVolume: () => Promise<void>): Promise<void> {
+  private async checkpointOnce(nextStamp: () => EntryStamp, syncVolume: () => Promise<void>): Promise<void> {
     const target = this.appliedSeq;
     if (target === this.cpSeq && this.placeQueue.length === 0) return;
     // Where entry target+1 is, taken now: it is not applied yet, so its position is still
@@ -646,7 +655,7 @@ export class WriteLog {
     // must never wait for log space, since freeing log space is what it is for.
     let cpSeq = target;
     if (this.options.replica === undefined && this.canPlaceNow(alignedEntryBytes(0))) {
-      const marker = this.append(EntryType.CONSISTENCY_POINT, { offset: target, lengthBytes: 0, flags: 0 }, []);
+      const marker = this.append(nextStamp(), EntryType.CONSISTENCY_POINT, { offset: target, lengthBytes: 0, flags: 0 }, []);
       // Placed synchronously by append(): what follows the marker goes here.
       const afterMarker = this.placementPoint();
       await marker.written;

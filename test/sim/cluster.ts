@@ -37,6 +37,7 @@
 import type { DiskState, MirrorSource } from '../../src/core/mirror-source.js';
 import { MirrorLedger, type LedgerOpening, type MirrorRecord } from '../../src/core/mirror-ledger.js';
 import { PrimaryCore, type PrimaryAction } from '../../src/core/primary-core.js';
+import { VolumeCore } from '../../src/core/volume-core.js';
 import { constants } from '../../src/constants.js';
 import { DirtyBitmap } from '../../src/core/dirty-bitmap.js';
 import { Prng } from '../unit/prng.js';
@@ -145,6 +146,8 @@ export class Cluster implements CheckedCluster {
   readonly queue = new EventQueue();
   /** The primary's core (a new one at each restart, its ledger opened from `files`). */
   core: PrimaryCore<Frame>;
+  /** The primary volume's local side: it numbers the primary's entries, as LocalVolume's does. */
+  private volume = new VolumeCore({ lastSeq: 0, role: 'primary', epoch: 0 });
   private readonly files: LedgerFiles = { record: null, bitmaps: new Map() };
   /** The primary is running (false from a crash to its restart). */
   primaryUp = true;
@@ -613,7 +616,7 @@ export class Cluster implements CheckedCluster {
     if (request.incarnation !== this.primaryIncarnation) return;
     const { token, frame } = request;
     if (frame === null) {
-      request.seq = this.core.lastSeq;
+      request.seq = this.volume.lastSeq;
       this.onSource(this.core.request(token, request.seq, true));
       this.primarySync(() => this.onSource(this.core.localDone(token, null)));
       return;
@@ -629,7 +632,7 @@ export class Cluster implements CheckedCluster {
 
   /** Appends an entry to the primary's log and hands it to the mirror. */
   private append(frame: Frame): number {
-    const seq = this.core.lastSeq + 1;
+    const seq = this.volume.assignSeq();
     this.primary.append(seq, frame);
     if (frame.kind === 'write') {
       this.ordinals.set(frame.writeId, this.ordinals.size);
@@ -818,9 +821,10 @@ export class Cluster implements CheckedCluster {
    * needs a resync: the stop was not clean).
    */
   private restartPrimary(recovered: number, replayed: DirtyBitmap, intent: DirtyBitmap): void {
+    this.volume = new VolumeCore({ lastSeq: recovered, role: 'primary', epoch: 0 });
     let lastSeq = recovered;
     if (recovered > this.lastCpSeq) {
-      lastSeq = recovered + 1;
+      lastSeq = this.volume.assignSeq();
       const marker: Frame = { kind: 'cp', targetSeq: recovered };
       this.primary.append(lastSeq, marker).stored = true;
       this.primary.markDurable(lastSeq);

@@ -5,7 +5,8 @@
 // flushes costs, that overlapping writes land in the order they were sent even when the
 // disk finishes them out of order, that the log makes room through consistency points,
 // that a disk error fails the volume, and that replaying the log rebuilds the same bytes.
-// Then the pieces LocalVolume is built from: slicePayload, RangeOrder and applyEntry.
+// Then the pieces LocalVolume is built from: slicePayload and applyEntry (its VolumeCore
+// has its own test, volume-core.test.ts).
 
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -18,7 +19,6 @@ import { AssertionError } from '../../src/lib/assert.js';
 import { Logger } from '../../src/lib/log.js';
 import { alignedEntryBytes, encodeEntryHeader, decodeEntryHeader, EntryFlag, EntryType, type EntryHeader } from '../../src/protocol/log-entry.js';
 import { applyEntry, slicePayload } from '../../src/storage/apply-entry.js';
-import { RangeOrder } from '../../src/core/range-order.js';
 import { LocalVolume, VolumeFailedError, type MirrorGate } from '../../src/storage/local-volume.js';
 import { LogCorruptError, WriteLog, type LogGeometry } from '../../src/storage/write-log.js';
 import { baseSeed, Prng } from './prng.js';
@@ -179,7 +179,7 @@ async function openVolume<D extends Disk>(disk: D, choices: VolumeChoices = {}):
     },
     (header, payload) => applyEntry(disk, header, payload, ZERO_CHUNK_BYTES),
   );
-  volume = new LocalVolume('vol0', disk, log, ZERO_CHUNK_BYTES);
+  volume = new LocalVolume('vol0', disk, log, ZERO_CHUNK_BYTES, 'primary');
   return { volume, log, disk, dir, lines, checkpointsWanted, checkpointsRunning, checkpointErrors };
 }
 
@@ -739,104 +739,6 @@ describe('slicePayload', () => {
       assert.ok(Buffer.concat(slices).equals(whole.subarray(start, start + length)), `seed ${SEED + 4} round ${round}`);
       assert.ok(slices.every((slice) => slice.length > 0), 'no empty slices');
     }
-  });
-});
-
-describe('RangeOrder', () => {
-  function deferred<T = void>(): { promise: Promise<T>; resolve: (value: T) => void; reject: (error: Error) => void } {
-    let resolve: (value: T) => void = () => undefined;
-    let reject: (error: Error) => void = () => undefined;
-    const promise = new Promise<T>((ok, fail) => {
-      resolve = ok;
-      reject = fail;
-    });
-    return { promise, resolve, reject };
-  }
-
-  test('ranges that do not overlap run at once, side by side', async () => {
-    const order = new RangeOrder();
-    const started: string[] = [];
-    const a = deferred();
-    const b = deferred();
-    const first = order.run(0, 10, () => (started.push('a'), a.promise));
-    const second = order.run(10, 20, () => (started.push('b'), b.promise));
-    assert.deepStrictEqual(started, ['a', 'b'], 'adjacent ranges do not overlap');
-    assert.equal(order.size, 2);
-    b.resolve();
-    a.resolve();
-    await Promise.all([first, second]);
-    await nextTurn();
-    assert.equal(order.size, 0);
-  });
-
-  test('an overlapping range waits for every earlier one it overlaps, in order', async () => {
-    const order = new RangeOrder();
-    const events: string[] = [];
-    const gates = [deferred(), deferred(), deferred(), deferred()];
-    const run = (name: string, start: number, end: number, index: number): Promise<string> =>
-      order.run(start, end, async () => {
-        events.push(`start ${name}`);
-        await gates[index]?.promise;
-        events.push(`end ${name}`);
-        return name;
-      });
-    const a = run('a', 0, 100, 0);
-    const b = run('b', 50, 150, 1); // overlaps a
-    const c = run('c', 140, 200, 2); // overlaps b only
-    const d = run('d', 300, 400, 3); // overlaps nothing
-    await nextTurn();
-    assert.deepStrictEqual(events, ['start a', 'start d']);
-    gates[2]?.resolve();
-    gates[1]?.resolve();
-    await nextTurn();
-    assert.deepStrictEqual(events, ['start a', 'start d'], 'b and c wait for a even when their own work could finish');
-    gates[0]?.resolve();
-    assert.deepStrictEqual(await Promise.all([a, b, c]), ['a', 'b', 'c']);
-    assert.deepStrictEqual(events, ['start a', 'start d', 'end a', 'start b', 'end b', 'start c', 'end c']);
-    gates[3]?.resolve();
-    assert.equal(await d, 'd');
-    await nextTurn();
-    assert.equal(order.size, 0);
-  });
-
-  test('a failed operation is reported to its caller and does not block the ones behind it', async () => {
-    const order = new RangeOrder();
-    const failing = deferred();
-    const first = order.run(0, 10, () => failing.promise);
-    let secondRan = false;
-    const second = order.run(5, 6, async () => {
-      secondRan = true;
-      return 42;
-    });
-    failing.reject(new Error('EIO'));
-    await assert.rejects(first, /EIO/);
-    assert.equal(await second, 42);
-    assert.equal(secondRan, true);
-    await nextTurn();
-    assert.equal(order.size, 0);
-  });
-
-  test('writes to the same range land in call order on a model (seeded)', async () => {
-    const random = new Prng(SEED + 5);
-    const order = new RangeOrder();
-    const size = 256;
-    const landed = Buffer.alloc(size);
-    const expected = Buffer.alloc(size);
-    const running: Promise<void>[] = [];
-    for (let index = 1; index <= 60; index += 1) {
-      const start = random.below(size);
-      const end = random.between(start + 1, Math.min(size, start + 64));
-      expected.fill(index, start, end);
-      const delayMs = random.below(4);
-      running.push(
-        order.run(start, end, async () => {
-          await sleep(delayMs);
-          landed.fill(index, start, end);
-        }),
-      );
-    }
-    await Promise.all(running);
-    assert.ok(landed.equals(expected), `seed ${SEED + 5}`);
   });
 });
 

@@ -81,7 +81,7 @@ async function open(disk: MemoryDisk): Promise<{ volume: LocalVolume; entries: M
     },
     () => Promise.resolve(),
   );
-  return { volume: new LocalVolume('v', disk, log, 16 * KiB), entries };
+  return { volume: new LocalVolume('v', disk, log, 16 * KiB, 'primary'), entries };
 }
 
 /** The volume as replaying entries 1..throughSeq of the log onto zeroes gives it. */

@@ -25,7 +25,12 @@ import {
   EntryType,
   type EntryHeader,
 } from '../../src/protocol/log-entry.js';
-import { LOG_BLOCK_BYTES, LogCorruptError, WriteLog, type LogGeometry, type RecoveryReport } from '../../src/storage/write-log.js';
+import { LOG_BLOCK_BYTES, LogCorruptError, WriteLog, type EntryStamp, type LogGeometry, type RecoveryReport } from '../../src/storage/write-log.js';
+
+/** The next entry's stamp, as a primary's core would give it (these tests drive the log alone). */
+function nextStamp(log: WriteLog): EntryStamp {
+  return { seq: log.lastSeq + 1, epoch: 0 };
+}
 import { baseSeed, Prng } from './prng.js';
 import { pattern, scratchDirs } from '../helpers/test-data.js';
 
@@ -91,10 +96,10 @@ function expectedEntry(op: Op, seq: number): Replayed {
 async function append(log: WriteLog, op: Op): Promise<number> {
   const appended =
     op.type === 'write'
-      ? log.append(EntryType.WRITE, { offset: op.offset, lengthBytes: op.payload.length, flags: 0 }, [op.payload])
+      ? log.append(nextStamp(log), EntryType.WRITE, { offset: op.offset, lengthBytes: op.payload.length, flags: 0 }, [op.payload])
       : op.type === 'zeroes'
-        ? log.append(EntryType.ZEROES, { offset: op.offset, lengthBytes: op.lengthBytes, flags: op.noHole ? EntryFlag.NO_HOLE : 0 }, [])
-        : log.append(EntryType.TRIM, { offset: op.offset, lengthBytes: op.lengthBytes, flags: 0 }, []);
+        ? log.append(nextStamp(log), EntryType.ZEROES, { offset: op.offset, lengthBytes: op.lengthBytes, flags: op.noHole ? EntryFlag.NO_HOLE : 0 }, [])
+        : log.append(nextStamp(log), EntryType.TRIM, { offset: op.offset, lengthBytes: op.lengthBytes, flags: 0 }, []);
   await appended.written;
   return appended.seq;
 }
@@ -275,7 +280,8 @@ async function buildLappedLog(dir: string): Promise<Map<number, Op>> {
     onCheckpointWanted: () => {
       checkpointsInFlight += 1;
       setImmediate(() => {
-        const running = current?.checkpoint(() => Promise.resolve()) ?? Promise.resolve();
+        const open = current;
+        const running = open === undefined ? Promise.resolve() : open.checkpoint(() => nextStamp(open), () => Promise.resolve());
         running.catch((error: unknown) => checkpointErrors.push(error)).finally(() => (checkpointsInFlight -= 1));
       });
     },
@@ -520,7 +526,7 @@ describe('write log recovery', () => {
     let nextSeq = 0;
     try {
       assert.deepStrictEqual(seqs(first.replayed), [1, 2]);
-      await first.log.checkpoint(() => Promise.resolve());
+      await first.log.checkpoint(() => nextStamp(first.log), () => Promise.resolve());
       assert.equal(alignedEntryBytes(0) + alignedEntryBytes(192), alignedEntryBytes(200));
       nextSeq = await append(first.log, next);
       await first.log.syncTo(nextSeq);
@@ -539,7 +545,7 @@ describe('write log recovery', () => {
     const max = log.entryPayloadBytesMax;
     const ops = Array.from({ length: 5 }, (_, index) => write(index * max, pattern(max, 50 + index)));
     const appended = ops.map((op) =>
-      log.append(EntryType.WRITE, { offset: op.offset, lengthBytes: max, flags: 0 }, op.type === 'write' ? [op.payload] : []),
+      log.append(nextStamp(log), EntryType.WRITE, { offset: op.offset, lengthBytes: max, flags: 0 }, op.type === 'write' ? [op.payload] : []),
     );
     let fifthWritten = false;
     void appended[4]?.written.then(() => (fifthWritten = true));
@@ -619,7 +625,7 @@ describe('write log recovery', () => {
     let volumeSyncs = 0;
     try {
       for (const op of before) log.applied(await append(log, op));
-      await log.checkpoint(() => {
+      await log.checkpoint(() => nextStamp(log), () => {
         volumeSyncs += 1;
         return Promise.resolve();
       });
@@ -645,7 +651,7 @@ describe('write log recovery', () => {
     try {
       for (const op of mixedOps) log.applied(await append(log, op));
       await log.syncTo(log.lastSeq);
-      await log.checkpoint(() => Promise.resolve());
+      await log.checkpoint(() => nextStamp(log), () => Promise.resolve());
       cpSeq = log.status().cpSeq;
       assert.equal(cpSeq, log.lastSeq, 'with nothing in flight the CP covers its own entry');
     } finally {
@@ -720,6 +726,7 @@ describe('write log recovery', () => {
       let syncStarted: () => void = () => undefined;
       const started = new Promise<void>((resolve) => (syncStarted = resolve));
       const checkpoint = log.checkpoint(
+        () => nextStamp(log),
         () =>
           new Promise<void>((resolve) => {
             finishSync = resolve;
@@ -889,7 +896,7 @@ describe('write log group commit', () => {
       const { log } = await openLog(dir, { inlineWriteBytesMax });
       try {
         const appended = Array.from({ length: 100 }, (_, index) =>
-          log.append(EntryType.WRITE, { offset: index * 512, lengthBytes: 512, flags: 0 }, [pattern(512, index)]),
+          log.append(nextStamp(log), EntryType.WRITE, { offset: index * 512, lengthBytes: 512, flags: 0 }, [pattern(512, index)]),
         );
         assert.deepStrictEqual(appended.map((entry) => entry.seq), Array.from({ length: 100 }, (_, index) => index + 1));
         const order: number[] = [];
@@ -913,7 +920,7 @@ describe('write log group commit', () => {
 
   test('a syncTo still waiting when the log closes is rejected, not left hanging', async () => {
     const { log } = await openLog(freshDir(), { inlineWriteBytesMax: 0 });
-    const entry = log.append(EntryType.WRITE, { offset: 0, lengthBytes: 512, flags: 0 }, [pattern(512, 1)]);
+    const entry = log.append(nextStamp(log), EntryType.WRITE, { offset: 0, lengthBytes: 512, flags: 0 }, [pattern(512, 1)]);
     // The entry's write is still on the thread pool: nothing can be synced yet.
     const waiting = log.syncTo(entry.seq);
     log.close();

@@ -32,7 +32,12 @@ import {
   payloadMatches,
   type EntryHeader,
 } from '../../src/protocol/log-entry.js';
-import { WriteLog, type LogGeometry, type LogOptions, type RecoveryReport } from '../../src/storage/write-log.js';
+import { WriteLog, type EntryStamp, type LogGeometry, type LogOptions, type RecoveryReport } from '../../src/storage/write-log.js';
+
+/** The next entry's stamp, as a primary's core would give it (these tests drive the log alone). */
+function nextStamp(log: WriteLog): EntryStamp {
+  return { seq: log.lastSeq + 1, epoch: 0 };
+}
 import { baseSeed, Prng } from './prng.js';
 import { pattern, scratchDirs } from '../helpers/test-data.js';
 
@@ -189,7 +194,7 @@ async function openReplica(dir: string, disk: DurableDisk, deferApply: boolean):
       await applyEntry(disk, header, payload, ZERO_CHUNK_BYTES);
     },
   );
-  return { dir, disk, log, volume: new LocalVolume('v1', disk, log, ZERO_CHUNK_BYTES), recovery, replayed };
+  return { dir, disk, log, volume: new LocalVolume('v1', disk, log, ZERO_CHUNK_BYTES, 'secondary'), recovery, replayed };
 }
 
 /** Stores entries as a replica target does: in sequence order, without waiting between them. */
@@ -241,10 +246,16 @@ describe('replica write log', () => {
       assert.ok(again !== undefined);
       assert.throws(() => replica.log.appendReplica(again.header, again.payload), AssertionError, 'an entry twice');
       assert.throws(
-        () => replica.log.append(EntryType.WRITE, { offset: 0, lengthBytes: 512, flags: 0 }, [pattern(512, 9)]),
+        () => replica.log.append(nextStamp(replica.log), EntryType.WRITE, { offset: 0, lengthBytes: 512, flags: 0 }, [pattern(512, 9)]),
         AssertionError,
         'a replica never makes entries of its own',
       );
+      await assert.rejects(
+        replica.volume.write([pattern(512, 9)], 0, true),
+        (error: unknown) => (error as { code?: string }).code === 'ERR_NOT_PRIMARY',
+        "a client's write to a secondary's copy is refused",
+      );
+      assertSameBytes(await readAll(replica.disk), model(entries), 'volume after the refusals');
       assert.equal(replica.log.lastSeq, 3, 'refused entries take no sequence number');
       // And the next one in sequence is still taken, under its own number.
       const next = sourceEntry(4, { type: 'write', offset: 12 * KiB, payload: pattern(4 * KiB, 4) });
@@ -543,7 +554,8 @@ describe('onPlaced tap of a primary log', () => {
       { partitionBytes: 64 * KiB, partitions: 2 },
       () => {
         setImmediate(() => {
-          if (log !== null) checkpoints.push(log.checkpoint(() => Promise.resolve()));
+          const open: WriteLog | null = log;
+          if (open !== null) checkpoints.push(open.checkpoint(() => nextStamp(open), () => Promise.resolve()));
         });
       },
       (seq, header, payload, { offset, type, lengthBytes }) => {
@@ -560,7 +572,7 @@ describe('onPlaced tap of a primary log', () => {
       const written: Promise<void>[] = [];
       const appendOne = (type: EntryType, offset: number, lengthBytes: number, payload: Buffer[]): void => {
         assert.ok(log !== null);
-        const entry = log.append(type, { offset, lengthBytes, flags: 0 }, payload);
+        const entry = log.append(nextStamp(log), type, { offset, lengthBytes, flags: 0 }, payload);
         appended.set(entry.seq, { type, offset, payload: Buffer.concat(payload) });
         const current = log;
         written.push(entry.written.then(() => current.applied(entry.seq)));
@@ -579,7 +591,7 @@ describe('onPlaced tap of a primary log', () => {
         }
         await Promise.all(written);
         // A CP between rounds: its marker goes through the tap too.
-        await log.checkpoint(() => Promise.resolve());
+        await log.checkpoint(() => nextStamp(log), () => Promise.resolve());
       }
       await Promise.all(written);
       await Promise.all(checkpoints);
@@ -630,7 +642,11 @@ describe('reading entries back from a primary log (catch-up of a peer that was a
     let keepFrom = 1;
     const options = primaryLogOptions(
       { partitionBytes: 64 * KiB, partitions: 4 },
-      () => setImmediate(() => void log?.checkpoint(() => Promise.resolve()).catch(() => undefined)),
+      () =>
+        setImmediate(() => {
+          const open: WriteLog | null = log;
+          if (open !== null) void open.checkpoint(() => nextStamp(open), () => Promise.resolve()).catch(() => undefined);
+        }),
       (seq, header, payload) => placed.set(seq, { header: Buffer.from(header), payload: Buffer.concat(payload) }),
     );
     const opened = await WriteLog.open(options, () => Promise.resolve());
@@ -642,11 +658,11 @@ describe('reading entries back from a primary log (catch-up of a peer that was a
         const written: Promise<void>[] = [];
         for (let index = 0; index < count; index += 1) {
           const data = random.bytes(random.between(1, 8) * 512);
-          const entry = current.append(EntryType.WRITE, { offset: random.below(256) * 512, lengthBytes: data.length, flags: 0 }, [data]);
+          const entry = current.append(nextStamp(current), EntryType.WRITE, { offset: random.below(256) * 512, lengthBytes: data.length, flags: 0 }, [data]);
           written.push(entry.written.then(() => current.applied(entry.seq)));
         }
         await Promise.all(written);
-        await current.checkpoint(() => Promise.resolve());
+        await current.checkpoint(() => nextStamp(current), () => Promise.resolve());
       };
       await appendSome(30);
       keepFrom = current.lastSeq - 5;

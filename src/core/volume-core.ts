@@ -1,0 +1,133 @@
+// The local side of one volume on one node (docs/architecture.md, "Where each decision
+// lives"): whether it takes changes from clients (its role, and the epoch its entries
+// carry), the sequence number each entry gets, the order in which changes and reads of
+// overlapping ranges run, and the holds that a resync or a verify puts on a range so that
+// new changes to it wait. Pure: LocalVolume (src/storage/local-volume.ts) carries out its
+// answers, and the write log checks that the numbers it is given follow each other.
+//
+// The order: an operation entered on [start, end) runs after every operation entered
+// earlier on an overlapping range has finished, and at once when there is none. Changes
+// are entered in sequence order, so the image always matches what replaying the log in
+// sequence order would produce, and a mirror applying the same entries ends the same.
+
+import { assert } from '../lib/assert.js';
+
+export type VolumeRole = 'primary' | 'secondary';
+
+interface Operation {
+  start: number;
+  end: number;
+  /** Earlier overlapping operations not finished yet. */
+  waitingFor: number;
+  /** Later overlapping operations waiting for this one. */
+  followers: number[];
+}
+
+export class VolumeCore {
+  private lastAssigned: number;
+  /** Operations entered and not finished, in the order they were entered. */
+  private readonly operations = new Map<number, Operation>();
+  private nextOperation = 1;
+  private readonly holds = new Map<number, { start: number; end: number }>();
+  private nextHold = 1;
+  readonly role: VolumeRole;
+  /** The epoch this node's entries carry (0 until promotions exist). */
+  readonly epoch: number;
+
+  constructor(options: { lastSeq: number; role: VolumeRole; epoch: number }) {
+    assert(Number.isSafeInteger(options.lastSeq) && options.lastSeq >= 0, 'last sequence number');
+    this.lastAssigned = options.lastSeq;
+    this.role = options.role;
+    this.epoch = options.epoch;
+  }
+
+  /** The last sequence number given out (or accepted from the primary). */
+  get lastSeq(): number {
+    return this.lastAssigned;
+  }
+
+  /** Why a client's change is refused here, or null when it is taken. */
+  refusal(): string | null {
+    return this.role === 'primary' ? null : 'this node holds a secondary copy of the volume; changes go to the primary';
+  }
+
+  /** The number of the next entry this node appends: a client's change, a resync's copy, or a CP marker. */
+  assignSeq(): number {
+    assert(this.role === 'primary', 'only a primary numbers entries');
+    this.lastAssigned += 1;
+    return this.lastAssigned;
+  }
+
+  /** A secondary's entry carries its primary's number, which must be the next one. */
+  acceptSeq(seq: number): void {
+    assert(this.role === 'secondary', "only a secondary takes its primary's numbers");
+    assert(seq === this.lastAssigned + 1, `entry ${seq} accepted after ${this.lastAssigned}`);
+    this.lastAssigned = seq;
+  }
+
+  /** The log was made anew after `seq` (a secondary restarting its log for a resync); nothing may be running. */
+  restartAt(seq: number): void {
+    assert(this.operations.size === 0, 'log restarted with operations running');
+    this.lastAssigned = seq;
+  }
+
+  /**
+   * Enters an operation on [start, end): the image write of a change (entered in sequence
+   * order), or a read that must see every change entered before it. `ready` says whether
+   * it may run now; otherwise finished() names it once it may.
+   */
+  enter(start: number, end: number): { id: number; ready: boolean } {
+    assert(start >= 0 && end >= start, 'range');
+    const id = this.nextOperation;
+    this.nextOperation += 1;
+    let waitingFor = 0;
+    for (const other of this.operations.values()) {
+      if (other.start < end && start < other.end) {
+        other.followers.push(id);
+        waitingFor += 1;
+      }
+    }
+    this.operations.set(id, { start, end, waitingFor, followers: [] });
+    return { id, ready: waitingFor === 0 };
+  }
+
+  /** Operation `id` finished (done or failed): the operations that may run now, in the order entered. */
+  finished(id: number): number[] {
+    const operation = this.operations.get(id);
+    assert(operation !== undefined, `operation ${id} finished twice or never entered`);
+    assert(operation.waitingFor === 0, `operation ${id} finished before it could run`);
+    this.operations.delete(id);
+    const ready: number[] = [];
+    for (const followerId of operation.followers) {
+      const follower = this.operations.get(followerId);
+      assert(follower !== undefined && follower.waitingFor > 0);
+      follower.waitingFor -= 1;
+      if (follower.waitingFor === 0) ready.push(followerId);
+    }
+    return ready;
+  }
+
+  /** Operations entered and not finished. */
+  get running(): number {
+    return this.operations.size;
+  }
+
+  /** A hold on part of [start, end) that a new change there must wait for, or null. */
+  heldBy(start: number, end: number): number | null {
+    for (const [id, hold] of this.holds) if (hold.start < end && start < hold.end) return id;
+    return null;
+  }
+
+  /** Holds [start, end): new changes to it wait until release(). Holds never overlap (ask heldBy first). */
+  hold(start: number, end: number): number {
+    assert(this.heldBy(start, end) === null, 'overlapping holds');
+    const id = this.nextHold;
+    this.nextHold += 1;
+    this.holds.set(id, { start, end });
+    return id;
+  }
+
+  release(id: number): void {
+    assert(this.holds.delete(id), `hold ${id} released twice`);
+  }
+}
