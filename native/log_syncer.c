@@ -125,10 +125,12 @@ static int sync_noted(Syncer *s) {
 
 /*
  * On the event loop's thread, with the lock held: keeps the loop alive while somebody waits
- * for a sync, and only then (an idle syncer does not keep the process from exiting).
+ * for a sync or its report is queued, and only then (an idle syncer does not keep the
+ * process from exiting). A report queued by a sync that made everything wanted durable
+ * must still arrive: its waiters are resolved only by it.
  */
 static void update_ref(napi_env env, Syncer *s) {
-  bool waiting = s->err == 0 && s->wanted > s->durable;
+  bool waiting = s->notify_queued || (s->err == 0 && s->wanted > s->durable);
   if (waiting == s->referenced || s->tsfn == NULL) return;
   s->referenced = waiting;
   if (waiting) napi_ref_threadsafe_function(env, s->tsfn);

@@ -33,7 +33,8 @@ export function nodeStatus(node: NodeView): NodeStatus {
     },
     nodes: node.heartbeatStatus().map((peer) => ({ node: peer.peer, state: peer.state, lastHeardAgoMs: peer.lastHeardAgoMs, incarnation: peer.incarnation })),
     volumes: [...node.volumes.values()].map((served) => {
-      const { config, identity, volume, role, mirror, target } = served;
+      const { config, identity, volume, role, target } = served;
+      const mirror = served.mirrored?.engine ?? null;
       const source = target === null ? null : target.status();
       return {
         name: config.name,
@@ -260,7 +261,7 @@ export class AdminServer {
     const refuse = (code: number, message: string): void => answer(code, { error: { code: 'ERR_VERIFY_REFUSED', message } });
     const served = this.node.volumes.get(name);
     if (served === undefined) return refuse(404, `no volume ${name} on node ${this.node.node.id}`);
-    const mirror = served.mirror;
+    const mirror = served.mirrored?.engine ?? null;
     if (mirror === null) {
       return refuse(409, served.role === 'secondary' ? `node ${this.node.node.id} is not the primary of ${name} (${served.config.primary ?? '?'} is)` : `volume ${name} is not mirrored`);
     }

@@ -30,7 +30,7 @@ import { encodeEntryFrame, encodeFrame, type PeerMessage } from '../protocol/pee
 import type { DirtyBitmap } from '../core/dirty-bitmap.js';
 import { MirrorLedger, encodeMirrorRecord, parseMirrorRecord } from '../core/mirror-ledger.js';
 import { EntryType } from '../protocol/log-entry.js';
-import type { LocalVolume, MirrorGate } from '../storage/local-volume.js';
+import type { LocalVolume } from '../storage/local-volume.js';
 import type { WriteLog } from '../storage/write-log.js';
 import { WriteIntent } from '../storage/write-intent.js';
 import type { DurableFiles } from '../storage/durable-files.js';
@@ -99,7 +99,7 @@ export interface MirrorEngineParts {
   streams?: StreamLink;
 }
 
-export class MirrorEngine implements MirrorGate {
+export class MirrorEngine {
   private readonly core: PrimaryCore<Frame>;
   private readonly peers = new Map<string, PeerLinks>();
   private readonly waiters = new Map<number, { resolve: () => void; reject: (error: Error) => void }>();
@@ -481,13 +481,14 @@ export class MirrorEngine implements MirrorGate {
     this.resyncControl.clientDone(latencyMs);
   }
 
-  intend(offset: number, lengthBytes: number, seq: number): Promise<void> | null {
-    return this.intent.intend(offset, lengthBytes, seq);
+  /** The write-intent record: a change writes the image only where it holds the range. */
+  get intentRecord(): WriteIntent {
+    return this.intent;
   }
 
-  refusal(): Error | null {
-    const missing = this.core.strictMissing();
-    return missing === null ? null : new BlockmirrorError('ERR_REPLICA_UNAVAILABLE', missing);
+  /** Why a `strict` volume must refuse changes now (a replica is not streaming), or null. */
+  strictMissing(): string | null {
+    return this.core.strictMissing();
   }
 
   /** A consistency point was taken here: peers take it too, and then may release their logs. */

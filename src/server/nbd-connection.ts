@@ -27,10 +27,10 @@ import { HandshakeDecoder } from '../protocol/nbd/handshake-decoder.js';
 import { Negotiation, type ExportCatalog, type TransmissionParams } from '../protocol/nbd/negotiation.js';
 import { RequestDecoder, type NbdRequest } from '../protocol/nbd/request-decoder.js';
 import { checkRequest, type RequestContext } from '../protocol/nbd/validate.js';
-import type { LocalVolume } from '../storage/local-volume.js';
+import type { ClientVolume } from './mirrored-volume.js';
 
 export interface VolumeCatalog extends ExportCatalog {
-  volume(name: string): LocalVolume;
+  volume(name: string): ClientVolume;
 }
 
 export interface ConnectionCounters {
@@ -73,7 +73,7 @@ export class NbdConnection {
   private readonly negotiation: Negotiation;
   private requestDecoder: RequestDecoder | null = null;
   private params: TransmissionParams | null = null;
-  private volume: LocalVolume | null = null;
+  private volume: ClientVolume | null = null;
   private context: RequestContext | null = null;
   private handshakeTimer: NodeJS.Timeout | null = null;
 

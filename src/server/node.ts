@@ -15,13 +15,12 @@ import { systemClock, type Clock } from '../io/clock.js';
 import { udpDatagramLink, type DatagramLink } from '../io/datagram-link.js';
 import { tcpStreamLink, type StreamLink } from '../io/stream-link.js';
 import { holdBusyPoll } from '../io/busy-poll.js';
-import type { LocalVolume } from '../storage/local-volume.js';
 import { DirtyBitmap } from '../core/dirty-bitmap.js';
 import { DurableFiles } from '../storage/durable-files.js';
 import { openVolumeStorage, restartReplicaLog } from '../storage/volume-store.js';
 import { AdminServer } from './admin.js';
 import { Heartbeats, nextIncarnation, type HeartbeatListener, type VolumeView } from './heartbeats.js';
-import { MirrorEngine } from './mirror-engine.js';
+import { mirrorPrimary, type ClientVolume } from './mirrored-volume.js';
 import { NbdConnection, type ConnectionCounters, type VolumeCatalog } from './nbd-connection.js';
 import { PeerServer } from './peer-server.js';
 import { ReplicaTarget } from './replica-target.js';
@@ -104,7 +103,7 @@ export class BlockmirrorNode implements NodeView {
     );
     this.heartbeats = heartbeats;
     await heartbeats.start(this.replicationAddress.port);
-    for (const served of this.volumes.values()) served.mirror?.start();
+    for (const served of this.volumes.values()) served.mirrored?.engine.start();
     this.checkpointTimer = setInterval(() => {
       for (const served of this.volumes.values()) this.checkpoint(served);
     }, this.config.log.cpIntervalMs);
@@ -132,10 +131,6 @@ export class BlockmirrorNode implements NodeView {
     const log = this.log.child({ volume: config.name });
     const role = config.mode === 'local' || config.primary === this.node.id ? 'primary' : 'secondary';
     const mirrored = role === 'primary' && config.mode !== 'local' && config.replicas.length > 1;
-    // The primary's entries reach its mirror engine as the log places them; the engine
-    // exists once the log is open and recovered (nothing is placed before that but the
-    // start's consistency point marker, which the engine's start sequence number covers).
-    let engine: MirrorEngine | null = null;
     // Regions the log replays at this start: after a crash the peers may hold other data there.
     const replayed = mirrored ? new DirtyBitmap(config.sizeBytes, this.config.resync.regionBytes) : null;
     const started = Date.now();
@@ -150,41 +145,30 @@ export class BlockmirrorNode implements NodeView {
       log,
       onCheckpointWanted: () => this.checkpointSoon(config.name),
       replayed,
-      ...(mirrored ? { onPlaced: (...args: Parameters<MirrorEngine['placed']>) => engine?.placed(...args) } : {}),
     });
     let target: ReplicaTarget | null = null;
-    if (mirrored) {
-      const mirrorLog = volume.log;
-      const primary = volume;
-      engine = new MirrorEngine({
-        cluster: this.config,
-        local: this.node,
-        volume: config,
-        lastSeq: mirrorLog.lastSeq,
-        recoveredSeq: recovery.lastSeq,
-        replayed,
-        release: () => mirrorLog.retainersChanged(),
-        log,
-        counters: this.peerCounters,
-        available: (peer) => this.heartbeats?.mayConnect(peer) === true,
-        regions: primary,
-        entries: mirrorLog,
-        files: this.files,
-        clock: this.ports.clock,
-        streams: this.ports.streams,
-      });
-      const mirror = engine;
-      mirrorLog.addRetainer((partition) => mirror.retains(partition));
-      volume.attachMirror(mirror);
-      volume.beforeCheckpointRecorded = () => mirror.persistBitmaps();
-    } else if (role === 'secondary') {
+    const parts = {
+      cluster: this.config,
+      local: this.node,
+      volume: config,
+      recoveredSeq: recovery.lastSeq,
+      replayed,
+      log,
+      counters: this.peerCounters,
+      available: (peer: string) => this.heartbeats?.mayConnect(peer) === true,
+      files: this.files,
+      clock: this.ports.clock,
+      streams: this.ports.streams,
+    };
+    const mirroredVolume = mirrored ? mirrorPrimary(volume, parts) : null;
+    if (role === 'secondary') {
       const replica = volume;
       target = new ReplicaTarget(config, replica, log, this.peerCounters, (seq) =>
         restartReplicaLog(replica, logOptions, seq, config.mode === 'logship'),
       );
       this.targets.set(config.name, target);
     }
-    this.volumes.set(config.name, { config, identity, volume, role, mirror: engine, target });
+    this.volumes.set(config.name, { config, identity, volume, role, mirrored: mirroredVolume, target });
     log.info(created ? 'volume created' : 'volume opened', {
       uuid: identity.uuid,
       sizeBytes: identity.sizeBytes,
@@ -211,7 +195,7 @@ export class BlockmirrorNode implements NodeView {
 
   private checkpoint(served: ServedVolume): void {
     if (served.volume.failed) return;
-    served.volume.checkpoint().then(() => served.mirror?.checkpointTaken(served.volume.log.status().cpSeq), (error: unknown) => {
+    (served.mirrored?.checkpoint() ?? served.volume.checkpoint()).catch((error: unknown) => {
       this.log.error('consistency point failed', { volume: served.config.name, error: String(error) });
     });
   }
@@ -229,22 +213,19 @@ export class BlockmirrorNode implements NodeView {
     await Promise.all([...this.connections].map((connection) => connection.shutdown(constants.shutdownDrainMs)));
     await serverClosed;
     if (this.checkpointTimer !== null) clearInterval(this.checkpointTimer);
-    for (const { volume, config, mirror, target } of this.volumes.values()) {
+    for (const { volume, config, mirrored, target } of this.volumes.values()) {
       target?.close();
       let clean = false;
       try {
         // A final CP: the next start has nothing to replay, here or on the peers.
         if (!volume.failed) {
-          await volume.checkpoint();
+          await (mirrored?.checkpoint() ?? volume.checkpoint());
           clean = true;
         }
       } catch (error) {
         this.log.error('consistency point failed at shutdown', { volume: config.name, error: String(error) });
       }
-      if (mirror !== null) {
-        if (clean) mirror.checkpointTaken(volume.log.status().cpSeq);
-        await mirror.stop(clean ? volume.log.lastSeq : null);
-      }
+      await mirrored?.engine.stop(clean ? volume.log.lastSeq : null);
       await volume.close();
     }
     await this.peerServer?.stop();
@@ -266,20 +247,20 @@ export class BlockmirrorNode implements NodeView {
   /** The failure detector's verdicts, passed to every mirror engine and replica target that involves the peer. */
   private readonly heartbeatListener: HeartbeatListener = {
     peerUp: (peer) => {
-      for (const served of this.volumes.values()) served.mirror?.peerUp(peer);
+      for (const served of this.volumes.values()) served.mirrored?.engine.peerUp(peer);
     },
     peerDown: (peer, reason) => {
       for (const served of this.volumes.values()) {
-        served.mirror?.peerDown(peer, reason);
+        served.mirrored?.engine.peerDown(peer, reason);
         if (served.target?.source === peer) served.target.sourceDown(reason);
       }
     },
     peerRestarted: (peer) => {
-      for (const served of this.volumes.values()) served.mirror?.peerRestarted(peer);
+      for (const served of this.volumes.values()) served.mirrored?.engine.peerRestarted(peer);
     },
     peerHeard: (peer, nowMs) => {
       for (const served of this.volumes.values()) {
-        served.mirror?.peerHeard(peer, nowMs);
+        served.mirrored?.engine.peerHeard(peer, nowMs);
         if (served.target?.source === peer) served.target.sourceHeard(nowMs);
       }
     },
@@ -331,10 +312,10 @@ export class BlockmirrorNode implements NodeView {
       };
     },
     list: () => [...this.volumes.values()].map(({ config }) => ({ name: config.name, description: config.description })),
-    volume: (name: string): LocalVolume => {
+    volume: (name: string): ClientVolume => {
       const served = this.volumes.get(name);
       if (served === undefined) throw new BlockmirrorError('ERR_VOLUME_IO', `volume ${name} is not served here`);
-      return served.volume;
+      return served.mirrored ?? served.volume;
     },
   };
 

@@ -7,7 +7,7 @@ import type { IoActivity } from '../io/file-io.js';
 import type { LocalVolume } from '../storage/local-volume.js';
 import type { VolumeIdentity } from '../storage/volume-files.js';
 import type { Heartbeats } from './heartbeats.js';
-import type { MirrorEngine } from './mirror-engine.js';
+import type { MirroredVolume } from './mirrored-volume.js';
 import type { ConnectionCounters } from './nbd-connection.js';
 import type { ReplicaTarget } from './replica-target.js';
 
@@ -17,8 +17,8 @@ export interface ServedVolume {
   volume: LocalVolume;
   /** `primary` takes client writes (a local volume is always its own primary). */
   role: 'primary' | 'secondary';
-  /** The primary's mirror engine (mirrored volumes only). */
-  mirror: MirrorEngine | null;
+  /** On a mirrored volume's primary: the volume its clients see, with its mirror engine. */
+  mirrored: MirroredVolume | null;
   /** The secondary's end of the primary's links. */
   target: ReplicaTarget | null;
 }

@@ -21,6 +21,7 @@ import { FlushPredictor } from '../core/flush-predictor.js';
 import { VolumeCore, type VolumeRole } from '../core/volume-core.js';
 import { applyEntry, slicePayload, zeroRange } from './apply-entry.js';
 import type { EntryStamp, WriteLog } from './write-log.js';
+import type { WriteIntent } from './write-intent.js';
 
 export interface ZeroOptions {
   /** The range must stay allocated (NBD_CMD_FLAG_NO_HOLE). */
@@ -48,40 +49,18 @@ export class VolumeFailedError extends BlockmirrorError {
   }
 }
 
-/**
- * The mirror engine's say in a request: a request is answered only when the peers hold
- * its entries as the volume's mode requires (a FUA write or FLUSH: durably).
- */
-export interface MirrorGate {
-  /**
-   * The request's wait (the mirror's core decides it): resolves once its local part
-   * (`local`: the log durable through `seq`, or null when it asked for no durability) is
-   * done and the peers have entries through `seq` as the mode promises. Rejects with the
-   * local part's error, or when the request must fail (a strict volume lacking a replica).
-   */
-  mirrored(seq: number, durable: boolean, local: Promise<void> | null): Promise<void>;
-  /** The last entry handed to the mirror: a FLUSH covers everything up to it. */
-  readonly lastSeq: number;
-  /** Why a change must be refused before it is made (a strict volume missing a replica), or null. */
-  refusal(): Error | null;
-  /**
-   * Entry `seq` will change [offset, offset + lengthBytes) in the volume file: resolves
-   * when the file may be written there (the write-intent record holds the range), or null
-   * when it may be at once.
-   */
-  intend(offset: number, lengthBytes: number, seq: number): Promise<void> | null;
-  /** A client's change was answered `latencyMs` after it arrived (the resync controller watches these). */
-  changeDone(latencyMs: number): void;
-}
+/** Where a mirrored primary's writes may be in flight (WriteIntent): the image is written only once the record holds the range. */
+export type IntentRecord = Pick<WriteIntent, 'intend'>;
 
 export class LocalVolume {
   private readonly core: VolumeCore;
   /** Operations the core holds back, started when it says they may run. */
   private readonly waiting = new Map<number, () => void>();
   private readonly flushExpected = new FlushPredictor();
+  /** Set once a mirror takes this volume's entries: every change must then go through the write-intent record. */
+  private intentRequired = false;
   /** The write whose log sync starts once its reply has left (a flush is expected), or 0. */
   private syncAfterReply = 0;
-  private gate: MirrorGate | null = null;
   /** The core's holds (a resync or verify reading a range): released when they end. */
   private readonly holds = new Map<number, Promise<void>>();
   private failure: VolumeFailedError | null = null;
@@ -141,9 +120,18 @@ export class LocalVolume {
     this.stats.readBytes += buffer.length;
   }
 
-  /** Writes `payload` (slices written back to back) at `offset`. */
+  /** Writes `payload` (slices written back to back) at `offset`; with `fua`, durably. */
   async write(payload: readonly Buffer[], offset: number, fua: boolean): Promise<void> {
-    const startedMs = performance.now();
+    const seq = await this.writeLogged(payload, offset, fua, null);
+    if (fua) await this.counted(this.logDurable(seq));
+  }
+
+  /**
+   * The local part of a write: logged and applied, not yet durable. Returns the last
+   * sequence number it logged. A mirrored primary (src/server/mirrored-volume.ts) passes
+   * its write-intent record and then waits for the peers and the durability itself.
+   */
+  async writeLogged(payload: readonly Buffer[], offset: number, fua: boolean, intent: IntentRecord | null): Promise<number> {
     this.checkWritable();
     const total = payload.reduce((sum, slice) => sum + slice.length, 0);
     for (let hold = this.holdOn(offset, offset + total); hold !== null; hold = this.holdOn(offset, offset + total)) await hold;
@@ -155,7 +143,7 @@ export class LocalVolume {
       const length = Math.min(pieceMax, total - start);
       const piece = total <= pieceMax ? [...payload] : slicePayload(payload, start, length);
       const at = offset + start;
-      lastSeq = this.logged(EntryType.WRITE, at, length, 0, piece, () => this.disk.writev(piece, at), done);
+      lastSeq = this.logged(EntryType.WRITE, at, length, 0, piece, () => this.disk.writev(piece, at), done, intent);
     }
     await this.counted(Promise.all(done));
     this.stats.writeOps += 1;
@@ -165,15 +153,22 @@ export class LocalVolume {
     if (!fua && this.flushExpected.likely) {
       // A mirrored write is answered only once the peers have it: its sync starts now, on
       // the log's syncer thread, and overlaps that wait.
-      if (this.gate === null) this.syncAfterReply = lastSeq;
+      if (intent === null) this.syncAfterReply = lastSeq;
       else this.log.syncAhead(lastSeq, false);
     }
-    await this.finish(lastSeq, fua, startedMs);
+    return lastSeq;
   }
 
   /** Zeroes a range. Returns 'slow' when `fast` was asked and only writing zeroes would do. */
   async writeZeroes(offset: number, lengthBytes: number, options: ZeroOptions): Promise<'done' | 'slow'> {
-    const startedMs = performance.now();
+    const seq = await this.writeZeroesLogged(offset, lengthBytes, options, null);
+    if (seq === 'slow') return 'slow';
+    if (options.fua) await this.counted(this.logDurable(seq));
+    return 'done';
+  }
+
+  /** The local part of writeZeroes (see writeLogged): its sequence number, or 'slow'. */
+  async writeZeroesLogged(offset: number, lengthBytes: number, options: ZeroOptions, intent: IntentRecord | null): Promise<number | 'slow'> {
     this.checkWritable();
     // Asked before anything is logged, so a refused FAST_ZERO changes nothing.
     if (options.fast && !this.disk.canZeroFast(options.noHole)) return 'slow';
@@ -181,14 +176,18 @@ export class LocalVolume {
     this.stats.zeroOps += 1;
     const flags = options.noHole ? EntryFlag.NO_HOLE : 0;
     const done: Promise<void>[] = [];
-    const seq = this.logged(EntryType.ZEROES, offset, lengthBytes, flags, [], () => this.applyZeroes(offset, lengthBytes, options.noHole), done);
+    const seq = this.logged(EntryType.ZEROES, offset, lengthBytes, flags, [], () => this.applyZeroes(offset, lengthBytes, options.noHole), done, intent);
     await this.counted(Promise.all(done));
-    await this.finish(seq, options.fua, startedMs);
-    return 'done';
+    return seq;
   }
 
   async trim(offset: number, lengthBytes: number, fua: boolean): Promise<void> {
-    const startedMs = performance.now();
+    const seq = await this.trimLogged(offset, lengthBytes, null);
+    if (fua) await this.counted(this.logDurable(seq));
+  }
+
+  /** The local part of trim (see writeLogged): its sequence number. */
+  async trimLogged(offset: number, lengthBytes: number, intent: IntentRecord | null): Promise<number> {
     this.checkWritable();
     for (let hold = this.holdOn(offset, offset + lengthBytes); hold !== null; hold = this.holdOn(offset, offset + lengthBytes)) await hold;
     this.stats.trimOps += 1;
@@ -196,19 +195,23 @@ export class LocalVolume {
     // TRIM is a hint: a disk that cannot punch holes keeps the data, which is allowed.
     const seq = this.logged(EntryType.TRIM, offset, lengthBytes, 0, [], async () => {
       await this.disk.punchHole(offset, lengthBytes);
-    }, done);
+    }, done, intent);
     await this.counted(Promise.all(done));
-    await this.finish(seq, fua, startedMs);
+    return seq;
   }
 
-  /** Makes every change replied to so far durable (in the log, and on the peers that count). */
+  /** Makes every change replied to so far durable in the log. */
   async flush(): Promise<void> {
+    await this.counted(this.flushLocal());
+  }
+
+  /** A flush's bookkeeping and its local part: resolves once the log is durable through every entry so far. */
+  flushLocal(): Promise<void> {
     this.checkHealthy();
     this.stats.flushOps += 1;
     this.flushExpected.flushed();
     this.syncAfterReply = 0;
-    const local = this.logDurable(this.log.lastSeq);
-    await this.counted(this.gate === null ? local : this.gate.mirrored(this.gate.lastSeq, true, local));
+    return this.logDurable(this.log.lastSeq);
   }
 
   /**
@@ -220,12 +223,6 @@ export class LocalVolume {
     if (seq === 0) return;
     this.syncAfterReply = 0;
     if (this.failure === null) this.log.syncAhead(seq, true);
-  }
-
-  /** Routes every later request through the mirror engine (the node's primary volumes). */
-  attachMirror(gate: MirrorGate): void {
-    assert(this.gate === null, 'mirror attached twice');
-    this.gate = gate;
   }
 
   /**
@@ -354,25 +351,12 @@ export class LocalVolume {
     }
   }
 
-  /** After the local part of a change that arrived at `startedMs`: its durability, and the peers' part. */
-  private async finish(seq: number, durable: boolean, startedMs: number): Promise<void> {
-    const local = durable ? this.logDurable(seq) : null;
-    if (this.gate === null) {
-      if (local !== null) await this.counted(local);
-      return;
-    }
-    await this.counted(this.gate.mirrored(seq, durable, local));
-    this.gate.changeDone(performance.now() - startedMs);
-  }
-
   /**
-   * Runs as part of every consistency point, after the volume file is durable and before
-   * the CP is recorded (what must be durable before the log entries it covers are gone).
+   * A consistency point: the volume file durable, the log before it released.
+   * `beforeRecorded` runs after the volume file is durable and before the CP is recorded
+   * (what must be durable before the log entries it covers are gone: a mirror's bitmaps).
    */
-  beforeCheckpointRecorded: (() => void) | null = null;
-
-  /** A consistency point: the volume file durable, the log before it released. */
-  checkpoint(): Promise<void> {
+  checkpoint(beforeRecorded: (() => void) | null = null): Promise<void> {
     return this.log.checkpoint(() => this.stamp(), async () => {
       try {
         await this.disk.sync();
@@ -382,7 +366,7 @@ export class LocalVolume {
         this.fail(error);
         throw error;
       }
-      this.beforeCheckpointRecorded?.();
+      beforeRecorded?.();
     });
   }
 
@@ -391,7 +375,7 @@ export class LocalVolume {
    * the log cannot promise durability any more (WriteLog.syncTo), so nothing more is
    * served from it.
    */
-  private logDurable(seq: number): Promise<void> {
+  logDurable(seq: number): Promise<void> {
     return this.log.syncTo(seq).catch((error: unknown) => {
       this.fail(error);
       throw error;
@@ -433,10 +417,12 @@ export class LocalVolume {
     payload: readonly Buffer[],
     apply: () => Promise<void>,
     done: Promise<void>[],
+    intentRecord: IntentRecord | null,
   ): number {
     const { seq, written } = this.log.append(this.stamp(), type, { offset, lengthBytes, flags }, payload);
     // A mirrored volume's file is written only where the write-intent record says so.
-    const intent = this.gate?.intend(offset, lengthBytes, seq) ?? null;
+    assert(intentRecord !== null || !this.intentRequired, 'a mirrored volume changed without its write-intent record');
+    const intent = intentRecord?.intend(offset, lengthBytes, seq) ?? null;
     const applied = this.inOrder(offset, offset + lengthBytes, intent === null ? apply : () => intent.then(apply));
     done.push(
       Promise.all([written, applied]).then(
@@ -467,22 +453,26 @@ export class LocalVolume {
     if (this.failure !== null) throw this.failure;
   }
 
-  /** Before a change: the volume is healthy, this node takes changes, and the mirror takes it. */
-  private checkWritable(): void {
+  /**
+   * From now on every change must name the write-intent record (a mirrored primary's
+   * volume, written through src/server/mirrored-volume.ts): a change that does not is a bug.
+   */
+  requireIntent(): void {
+    this.intentRequired = true;
+  }
+
+  /** Before a change: the volume is healthy and this node takes changes. */
+  checkWritable(): void {
     this.checkHealthy();
     const notTaken = this.core.refusal();
     if (notTaken !== null) {
       this.stats.errors += 1;
       throw new BlockmirrorError('ERR_NOT_PRIMARY', `volume ${this.name}: ${notTaken}`);
     }
-    const refusal = this.gate?.refusal() ?? null;
-    if (refusal !== null) {
-      this.stats.errors += 1;
-      throw refusal;
-    }
   }
 
-  private async counted<T>(operation: Promise<T>): Promise<T> {
+  /** `operation`, with its failure counted in the volume's errors. */
+  async counted<T>(operation: Promise<T>): Promise<T> {
     try {
       return await operation;
     } catch (error) {

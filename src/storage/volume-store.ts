@@ -41,8 +41,6 @@ export interface VolumeStorageOptions {
   activity: IoActivity;
   log: Logger;
   onCheckpointWanted: () => void;
-  /** The primary's mirror tap (LogOptions.onPlaced). */
-  onPlaced?: LogOptions['onPlaced'];
   /** Marked with the regions of the entries the log replays (a mirrored primary's). */
   replayed?: DirtyBitmap | null;
 }
@@ -97,7 +95,6 @@ export async function openVolumeStorage(options: VolumeStorageOptions): Promise<
     log,
     onCheckpointWanted: options.onCheckpointWanted,
     ...(role === 'secondary' ? { replica: { deferApply: config.mode === 'logship' } } : {}),
-    ...(options.onPlaced === undefined ? {} : { onPlaced: options.onPlaced }),
   };
   const apply = (header: Parameters<typeof applyEntry>[1], payload: Buffer): Promise<void> => {
     if (header.type !== EntryType.CONSISTENCY_POINT) options.replayed?.mark(header.offset, header.lengthBytes);

@@ -77,9 +77,10 @@ export interface LogOptions extends LogPlace {
    * does not apply them, and readEntry() reads them back.
    */
   replica?: { deferApply: boolean };
-  /** Every entry as it is placed, in sequence order: its encoded header and payload (the mirror's tap). */
-  onPlaced?: (seq: number, header: Buffer, payload: readonly Buffer[], fields: { type: EntryType; offset: number; lengthBytes: number }) => void;
 }
+
+/** Hears of every entry as it is placed, in sequence order: its encoded header and payload (the mirror's tap). */
+export type PlacedListener = (seq: number, header: Buffer, payload: readonly Buffer[], fields: { type: EntryType; offset: number; lengthBytes: number }) => void;
 
 /** An entry's sequence number and epoch, as the volume's core (src/core/volume-core.ts) gives them. */
 export interface EntryStamp {
@@ -155,6 +156,8 @@ export class WriteLog {
   private readonly positions = new Map<number, Position>();
   private readonly placeQueue: { bytes: number; seq: number; place: (position: Position) => void }[] = [];
   private readonly writer: LogWriter;
+  /** The mirror's tap, once there is one (see tap). */
+  private placedListener: PlacedListener | null = null;
   private readonly durability: LogDurability;
   private checkpointing: Promise<void> | null = null;
   private readonly retainers: Retainer[] = [];
@@ -409,7 +412,7 @@ export class WriteLog {
         payload,
         knownPayloadCrc,
       );
-      this.options.onPlaced?.(seq, header, payload, { type, offset: fields.offset, lengthBytes: fields.lengthBytes });
+      this.placedListener?.(seq, header, payload, { type, offset: fields.offset, lengthBytes: fields.lengthBytes });
       const padding = bytes - ENTRY_HEADER_BYTES - payloadBytes;
       const buffers = padding > 0 ? [header, ...payload, Buffer.alloc(padding)] : [header, ...payload];
       return new Promise<void>((resolve, reject) => this.writer.enqueue({ position, buffers, bytes, seq, resolve, reject }));
@@ -614,6 +617,15 @@ export class WriteLog {
   }
 
   // ---- consistency points -------------------------------------------------------------
+
+  /**
+   * From now on every entry placed goes to `listener` too, in sequence order, as it is
+   * placed (a primary's mirror engine). One listener per log.
+   */
+  tap(listener: PlacedListener): void {
+    assert(this.placedListener === null, 'the log is tapped already');
+    this.placedListener = listener;
+  }
 
   /** Registers a check that may keep a partition from being reused (the mirror's peers). */
   addRetainer(retainer: Retainer): void {

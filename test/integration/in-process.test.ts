@@ -42,7 +42,7 @@ function served(node: BlockmirrorNode): ServedVolume {
 }
 
 function replication(node: BlockmirrorNode): string {
-  return served(node).mirror?.status()[0]?.replication ?? 'none';
+  return served(node).mirrored?.engine.status()[0]?.replication ?? 'none';
 }
 
 test('two nodes in one process mirror every write through a cut and a reset of their link', async () => {
@@ -79,7 +79,8 @@ volumes:
   /** Writes 32 KiB blocks across the volume, each stamped with the round, and remembers them. */
   const writeRound = async (blocks: number): Promise<void> => {
     round += 1;
-    const volume = served(a).volume;
+    const volume = served(a).mirrored;
+    assert.ok(volume !== null, 'a is the mirrored primary');
     const writes: Promise<void>[] = [];
     for (let i = 0; i < blocks; i += 1) {
       const offset = ((i * 37 + round * 11) % (VOLUME_BYTES / (32 * KiB))) * 32 * KiB;
@@ -114,7 +115,7 @@ volumes:
     await until('a connects again', () => logged('a', 'peer connected') === connected + 1);
     await until('a streams to b after the reset', () => replication(a) === 'streaming');
     await writeRound(64);
-    const peer = served(a).mirror?.status()[0];
+    const peer = served(a).mirrored?.engine.status()[0];
     assert.ok(peer !== undefined && peer.ackedSeq === served(a).volume.log.lastSeq, `b acknowledged everything: ${JSON.stringify(peer)}`);
   } finally {
     await a.stop();

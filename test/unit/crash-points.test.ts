@@ -25,7 +25,8 @@ import { DurableFiles } from '../../src/storage/durable-files.js';
 import { decodeEntryHeader, EntryType, encodeEntryHeader, type EntryHeader } from '../../src/protocol/log-entry.js';
 import { openVolumeStorage, restartReplicaLog, type OpenedVolume, type VolumeStorageOptions } from '../../src/storage/volume-store.js';
 import { LogCorruptError, type LogGeometry } from '../../src/storage/write-log.js';
-import { MirrorEngine } from '../../src/server/mirror-engine.js';
+import type { MirrorEngine } from '../../src/server/mirror-engine.js';
+import { mirrorPrimary, type MirroredVolume } from '../../src/server/mirrored-volume.js';
 import { nextIncarnation } from '../../src/server/heartbeats.js';
 import { exploreCrashes as explore, releasing, type CrashExploration, type ExplorationReport } from '../helpers/crash-explorer.js';
 import { pattern } from '../helpers/test-data.js';
@@ -359,22 +360,22 @@ describe('crash at every mutation point', () => {
       randomOutcomes: 2,
       operation: async (fs) => {
         acknowledged = new Map();
-        const { opened, engine } = await openMirrored(fs);
+        const { opened, engine, mirrored } = await openMirrored(fs);
         await releasing(async () => {
           for (let round = 0; round < 2; round += 1) {
             for (let index = 0; index < 3; index += 1) {
               const offset = (round * 5 + index * 2) * REGION + BLOCK;
               const bytes = pattern(BLOCK, 700 + round * 10 + index);
-              await opened.volume.write([bytes], offset, index === 2);
+              await mirrored.write([bytes], offset, index === 2);
               if (!fs.crashed && index === 2) for (let at = 0; at <= index; at += 1) {
                 const earlier = (round * 5 + at * 2) * REGION + BLOCK;
                 acknowledged.set(earlier, pattern(BLOCK, 700 + round * 10 + at));
               }
             }
-            await opened.volume.checkpoint();
+            await mirrored.checkpoint();
           }
           // A clean stop: final consistency point, then the state file says so.
-          await opened.volume.checkpoint();
+          await mirrored.checkpoint();
           await engine.stop(opened.volume.log.lastSeq);
         }, async () => {
           await engine.stop(null).catch(() => undefined);
@@ -532,38 +533,29 @@ function entryHeader(seq: number, offset: number, payload: Buffer): EntryHeader 
 }
 
 /** A mirrored primary as the node composes it (the engine not started: its peer stays away). */
-async function openMirrored(fs: MemoryFileSystem): Promise<{ opened: Opened; engine: MirrorEngine }> {
+async function openMirrored(fs: MemoryFileSystem): Promise<{ opened: Opened; engine: MirrorEngine; mirrored: MirroredVolume }> {
   const replayed = new DirtyBitmap(SIZE, REGION);
-  let engine: MirrorEngine | null = null;
   const lines: string[] = [];
   const options = storageOptions(fs, 'primary', GEOMETRY, lines);
-  const opened = await openVolumeStorage({ ...options, replayed, onPlaced: (...args) => engine?.placed(...args) });
-  const log = opened.volume.log;
+  const opened = await openVolumeStorage({ ...options, replayed });
+  let mirrored: MirroredVolume;
   try {
-    engine = new MirrorEngine({
+    mirrored = mirrorPrimary(opened.volume, {
       cluster,
       local: cluster.nodes[0]!,
       volume: volumeConfig,
-      lastSeq: log.lastSeq,
       recoveredSeq: opened.recovery.lastSeq,
       replayed,
-      release: () => log.retainersChanged(),
       log: options.log,
       counters: { peerProtocolErrors: 0 },
       available: () => false,
-      regions: opened.volume,
-      entries: log,
       files: options.files,
     });
   } catch (error) {
     await opened.volume.close();
     throw error;
   }
-  const mirror = engine;
-  log.addRetainer((partition) => mirror.retains(partition));
-  opened.volume.attachMirror(mirror);
-  opened.volume.beforeCheckpointRecorded = () => mirror.persistBitmaps();
-  return { opened: { ...opened, warnings: [] }, engine: mirror };
+  return { opened: { ...opened, warnings: [] }, engine: mirrored.engine, mirrored };
 }
 
 function rewrite(fs: MemoryFileSystem, file: string, contents: Buffer): void {

@@ -19,7 +19,7 @@ import { AssertionError } from '../../src/lib/assert.js';
 import { Logger } from '../../src/lib/log.js';
 import { alignedEntryBytes, encodeEntryHeader, decodeEntryHeader, EntryFlag, EntryType, type EntryHeader } from '../../src/protocol/log-entry.js';
 import { applyEntry, slicePayload } from '../../src/storage/apply-entry.js';
-import { LocalVolume, VolumeFailedError, type MirrorGate } from '../../src/storage/local-volume.js';
+import { LocalVolume, VolumeFailedError, type IntentRecord } from '../../src/storage/local-volume.js';
 import { LogCorruptError, WriteLog, type LogGeometry } from '../../src/storage/write-log.js';
 import { baseSeed, Prng } from './prng.js';
 import { pattern, scratchDirs } from '../helpers/test-data.js';
@@ -350,36 +350,38 @@ describe('LocalVolume', () => {
     });
   });
 
-  test('a mirrored volume starts the expected sync as each write is logged, before its reply', async () => {
+  test('the local part of a mirrored write starts its expected sync as it is logged, before its reply', async () => {
     await withVolume(new MemoryDisk(256 * KiB), {}, async ({ volume, log }) => {
-      let lastSeq = 0;
-      const asked: { seq: number; durable: boolean }[] = [];
-      const gate: MirrorGate = {
-        mirrored: (seq, durable, local) => {
-          asked.push({ seq, durable });
-          return local ?? Promise.resolve();
-        },
-        get lastSeq() {
-          return lastSeq;
-        },
-        refusal: () => null,
+      const intended: number[] = [];
+      const intent: IntentRecord = {
         intend: (_offset, _length, seq) => {
-          lastSeq = seq;
+          intended.push(seq);
           return null;
         },
-        changeDone: () => undefined,
       };
-      volume.attachMirror(gate);
       await learnFlushPattern(volume, log);
-      // The reply waits for the peers: the sync is already under way when write() returns.
-      await volume.write([pattern(4096, 2)], 2 * 4096, false);
+      // The reply waits for the peers: the sync is already under way when the local part ends.
+      const seq = await volume.writeLogged([pattern(4096, 2)], 2 * 4096, false, intent);
+      assert.deepEqual(intended, [seq], 'the write-intent record was asked for the write');
       assert.equal(log.status().syncsAhead, 1);
       volume.replied();
       assert.equal(log.status().syncsAhead, 1, 'the reply started a second sync');
-      await volume.flush();
+      await volume.flushLocal();
       assert.equal(log.status().durableSeq, log.lastSeq);
-      assert.deepEqual(asked.at(-1), { seq: log.lastSeq, durable: true }, 'the flush asked the peers for durability');
       assert.ok((await volume.read(2 * 4096, 4096)).equals(pattern(4096, 2)));
+    });
+  });
+
+  test('a mirrored write reaches the image only once the write-intent record holds its range', async () => {
+    await withVolume(new MemoryDisk(256 * KiB), {}, async ({ volume }) => {
+      let recorded: () => void = () => undefined;
+      const intent: IntentRecord = { intend: () => new Promise<void>((resolve) => (recorded = resolve)) };
+      const writing = volume.writeLogged([pattern(4096, 3)], 4096, false, intent);
+      for (let turn = 0; turn < 5; turn += 1) await nextTurn();
+      assert.ok(isZero(await volume.read(4096, 4096)), 'the image is untouched while the record is being written');
+      recorded();
+      await writing;
+      assert.ok((await volume.read(4096, 4096)).equals(pattern(4096, 3)));
     });
   });
 

@@ -3,7 +3,7 @@
 // entries noted while it synced with the next sync, syncs on the caller's thread when
 // asked and idle, keeps the first failure for good (a failed fdatasync is never retried),
 // refuses bad arguments without changing anything, and neither keeps an idle process
-// alive nor calls back after close.
+// alive nor lets it exit before a queued report arrives, nor calls back after close.
 
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -230,6 +230,27 @@ describe('log syncer', () => {
     assert.equal(child.status, 0, child.stderr);
     assert.equal(child.stdout.trim(), 'durable 4');
     assert.ok(Date.now() - started < 10_000);
+  });
+
+  test('a sync whose report is queued keeps the process alive until the report arrives, though the want that follows it is met already', () => {
+    const addon = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../build/Release/blockmirror_native.node');
+    const file = path.join(freshDir(), 'f');
+    // The thread syncs 4 and queues its report; before the report runs, the same seq is
+    // wanted again (a flush after a sync ahead): met already, so nothing more is asked of
+    // the thread, but the report must still come, with nothing else keeping the loop alive.
+    const script = `
+      const native = require(${JSON.stringify(addon)});
+      const fd = require('node:fs').openSync(${JSON.stringify(file)}, 'w+');
+      const syncer = native.syncerOpen(1, 0, (durable) => console.log('durable', durable));
+      native.syncerNote(syncer, fd, 4);
+      native.syncerWant(syncer, 4);
+      const deadline = Date.now() + 10000;
+      while (native.syncerState(syncer)[0] < 4 && Date.now() < deadline) {}
+      native.syncerWant(syncer, 4);
+    `;
+    const child = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 20_000 });
+    assert.equal(child.status, 0, child.stderr);
+    assert.equal(child.stdout.trim(), 'durable 4', 'the queued report arrived');
   });
 
   test('after close a wanted sync is not reported', async () => {

@@ -73,14 +73,14 @@ async function open(disk: MemoryDisk): Promise<{ volume: LocalVolume; entries: M
       inlineWriteBytesMax: 64 * KiB,
       log: new Logger({ write: () => undefined }, 'error'),
       onCheckpointWanted: () => undefined,
-      onPlaced: (seq, header, payload) => {
-        const decoded = decodeEntryHeader(header);
-        assert.ok(typeof decoded !== 'string');
-        entries.set(seq, { header: decoded, payload: Buffer.concat(payload) });
-      },
     },
     () => Promise.resolve(),
   );
+  log.tap((seq, header, payload) => {
+    const decoded = decodeEntryHeader(header);
+    assert.ok(typeof decoded !== 'string');
+    entries.set(seq, { header: decoded, payload: Buffer.concat(payload) });
+  });
   return { volume: new LocalVolume('v', disk, log, 16 * KiB, 'primary'), entries };
 }
 

@@ -528,8 +528,8 @@ test(
 
 // ---------------------------------------------------------------------------------------
 
-/** A primary's log (no replica mode) in a fresh directory, with the tap and CP requests given. */
-function primaryLogOptions(geometry: LogGeometry, onCheckpointWanted: () => void, onPlaced: NonNullable<LogOptions['onPlaced']>): LogOptions {
+/** A primary's log (no replica mode) in a fresh directory, with the CP requests given. */
+function primaryLogOptions(geometry: LogGeometry, onCheckpointWanted: () => void): LogOptions {
   return {
     dir: freshDir(),
     geometry,
@@ -539,34 +539,31 @@ function primaryLogOptions(geometry: LogGeometry, onCheckpointWanted: () => void
     inlineWriteBytesMax: 64 * KiB,
     log: new Logger({ write: () => undefined }, 'debug'),
     onCheckpointWanted,
-    onPlaced,
   };
 }
 
-describe('onPlaced tap of a primary log', () => {
+describe('the tap of a primary log', () => {
   test('reports every entry once, in sequence order, with a header that decodes to it and its payload (through partition wraps and CPs)', async () => {
     const random = new Prng(SEED + 2);
     const placed: { seq: number; header: Buffer; payload: Buffer; offset: number; type: EntryType }[] = [];
     const checkpoints: Promise<void>[] = [];
     let log: WriteLog | null = null;
     // Small partitions, so the appends below go round the log several times and wait for CPs.
-    const options = primaryLogOptions(
-      { partitionBytes: 64 * KiB, partitions: 2 },
-      () => {
-        setImmediate(() => {
-          const open: WriteLog | null = log;
-          if (open !== null) checkpoints.push(open.checkpoint(() => nextStamp(open), () => Promise.resolve()));
-        });
-      },
-      (seq, header, payload, { offset, type, lengthBytes }) => {
-        // The header and payload are the caller's buffers: keep copies.
-        placed.push({ seq, header: Buffer.from(header), payload: Buffer.concat(payload), offset, type });
-        const decoded = decodeEntryHeader(header);
-        assert.ok(typeof decoded !== 'string' && decoded.lengthBytes === lengthBytes, 'the tap reports the entry\'s length');
-      },
-    );
+    const options = primaryLogOptions({ partitionBytes: 64 * KiB, partitions: 2 }, () => {
+      setImmediate(() => {
+        const open: WriteLog | null = log;
+        if (open !== null) checkpoints.push(open.checkpoint(() => nextStamp(open), () => Promise.resolve()));
+      });
+    });
     const opened = await WriteLog.open(options, () => Promise.resolve());
     log = opened.log;
+    log.tap((seq, header, payload, { offset, type, lengthBytes }) => {
+      // The header and payload are the caller's buffers: keep copies.
+      placed.push({ seq, header: Buffer.from(header), payload: Buffer.concat(payload), offset, type });
+      const decoded = decodeEntryHeader(header);
+      assert.ok(typeof decoded !== 'string' && decoded.lengthBytes === lengthBytes, 'the tap reports the entry\'s length');
+    });
+    assert.throws(() => opened.log.tap(() => undefined), AssertionError, 'one tap per log');
     try {
       const appended = new Map<number, { type: EntryType; offset: number; payload: Buffer }>();
       const written: Promise<void>[] = [];
@@ -647,11 +644,11 @@ describe('reading entries back from a primary log (catch-up of a peer that was a
           const open: WriteLog | null = log;
           if (open !== null) void open.checkpoint(() => nextStamp(open), () => Promise.resolve()).catch(() => undefined);
         }),
-      (seq, header, payload) => placed.set(seq, { header: Buffer.from(header), payload: Buffer.concat(payload) }),
     );
     const opened = await WriteLog.open(options, () => Promise.resolve());
     log = opened.log;
     const current = log;
+    current.tap((seq, header, payload) => placed.set(seq, { header: Buffer.from(header), payload: Buffer.concat(payload) }));
     current.addRetainer((partition) => partition.lastSeq >= keepFrom && partition.activeGeneration - partition.generation <= 2);
     try {
       const appendSome = async (count: number): Promise<void> => {
