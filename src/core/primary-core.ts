@@ -111,11 +111,31 @@ export class PrimaryCore<Frame> {
     return this.source.strictMissing();
   }
 
-  /** Whether a log partition whose last entry is `lastSeq` must stay for a peer. */
-  retains(lastSeq: number): boolean {
-    return this.source.retains(lastSeq);
+  /**
+   * Whether the log must keep a partition whose last entry is `partition.lastSeq`, lying
+   * `partition.behind` partitions before the one it writes in (the log's retainer): while
+   * an in-sync peer has not taken a CP covering it, while entries from `pinnedFromSeq` on
+   * are being read back from the log, or while a peer that is away (or catching up from
+   * the log) lacks entries in it and it lies within `retentionPartitions`. `released`
+   * names the peers that lack entries in it beyond the retention: each needs a resync,
+   * which logReleased says once the log has let the partition go.
+   */
+  retention(partition: { lastSeq: number; behind: number }, pinnedFromSeq: number | null, retentionPartitions: number): { keep: boolean; released: string[] } {
+    if (this.source.retains(partition.lastSeq)) return { keep: true, released: [] };
+    if (pinnedFromSeq !== null && partition.lastSeq >= pinnedFromSeq) return { keep: true, released: [] };
+    const within = partition.behind <= retentionPartitions;
+    let keep = false;
+    const released: string[] = [];
+    for (const { peer } of this.source.status()) {
+      const need = this.source.logNeed(peer);
+      if (need === null || partition.lastSeq < need) continue;
+      if (within) keep = true;
+      else released.push(peer);
+    }
+    return { keep, released };
   }
 
+  /** The first entry `id` still needs from the log (away, or catching up from it), or null. */
   logNeed(id: string): number | null {
     return this.source.logNeed(id);
   }

@@ -497,24 +497,20 @@ export class MirrorEngine {
   }
 
   /**
-   * The log's retainer: a partition stays while an in-sync peer has not taken a CP
-   * covering it, or while a peer that is away (or catching up from the log) lacks
-   * entries in it and it is within the retention (`log.retentionMax`: partitions before
-   * the active one, newest first). A peer whose entries fall out of the retention needs a
-   * resync; its regions are in its bitmap.
+   * The log's retainer: PrimaryCore.retention decides, given the partitions this engine
+   * is reading entries back from (readPins) and the retention (`log.retentionMax`). A
+   * peer whose entries fall out of the retention needs a resync; its regions are in its
+   * bitmap.
    */
   retains(partition: { generation: number; lastSeq: number; activeGeneration: number }): boolean {
-    if (this.core.retains(partition.lastSeq)) return true;
-    for (const pin of this.readPins) if (partition.lastSeq >= pin.fromSeq) return true;
-    const within = partition.activeGeneration - partition.generation <= Math.floor(this.cluster.log.retentionBytesMax / this.cluster.log.partitionBytes);
-    let kept = false;
-    for (const id of this.peers.keys()) {
-      const need = this.core.logNeed(id);
-      if (need === null || partition.lastSeq < need) continue;
-      if (within) {
-        kept = true;
-        continue;
-      }
+    let pinnedFromSeq: number | null = null;
+    for (const pin of this.readPins) pinnedFromSeq = Math.min(pinnedFromSeq ?? pin.fromSeq, pin.fromSeq);
+    const { keep, released } = this.core.retention(
+      { lastSeq: partition.lastSeq, behind: partition.activeGeneration - partition.generation },
+      pinnedFromSeq,
+      Math.floor(this.cluster.log.retentionBytesMax / this.cluster.log.partitionBytes),
+    );
+    for (const id of released) {
       // Called while the log releases partitions: the peer is told after that.
       setImmediate(() => {
         if (this.stopped || this.core.logNeed(id) === null) return;
@@ -522,7 +518,7 @@ export class MirrorEngine {
         this.run(this.core.logReleased(id));
       });
     }
-    return kept;
+    return keep;
   }
 
   status(): MirrorPeerStatus[] {

@@ -210,3 +210,58 @@ describe('PrimaryCore', () => {
     assert.deepEqual(last?.kind === 'write-record' ? last.record : null, { cleanStopSeq: 0, resyncNeeded: ['b'], divergedAfter: {} });
   });
 });
+
+describe('PrimaryCore: log retention', () => {
+  test('a partition stays while an in-sync peer has no CP covering it, while it is read back, and for a peer away only within the retention', () => {
+    const ledger = new MirrorLedger({
+      peers: ['b', 'c'],
+      sizeBytes,
+      regionBytes,
+      lastSeq: 0,
+      recoveredSeq: 0,
+      record: { cleanStopSeq: 0, resyncNeeded: [], divergedAfter: {} },
+      bitmaps: new Map(),
+      replayed: null,
+      intent: null,
+      unsyncedGenerationsMax: 4,
+    });
+    const core = new PrimaryCore<string>(
+      { mode: 'sync', strict: false, peers: ['b', 'c'], lastSeq: 0, lagBytesMax: 1 << 20, windowBytesMax: 1 << 20, catchUpBytesMax: 1 << 20, resync: true, sizeBytes, logCatchUp: true },
+      ledger,
+    );
+    core.open();
+    for (const id of ['b', 'c']) {
+      core.connecting(id);
+      core.connected(id, { ...behind, disk: 'up-to-date' }, () => false);
+    }
+    const place = (from: number, to: number): void => {
+      for (let seq = from; seq <= to; seq += 1) core.placed({ seq, bytes: 100, offset: 0, lengthBytes: 512, frame: `e${seq}` });
+    };
+    place(1, 10);
+    const first = { lastSeq: 10, behind: 1 };
+    assert.deepEqual(core.retention(first, null, 2), { keep: true, released: [] }, 'no peer has taken a CP covering it');
+    for (const id of ['b', 'c']) {
+      core.acked(id, 10, 0);
+      core.flushed(id, 10, 0);
+    }
+    core.checkpoint(10);
+    core.synced('b', 10, 0);
+    assert.deepEqual(core.retention(first, null, 2), { keep: true, released: [] }, 'c has not taken the CP yet');
+    core.synced('c', 10, 0);
+    assert.deepEqual(core.retention(first, null, 2), { keep: false, released: [] }, 'both peers took a CP covering it');
+    assert.deepEqual(core.retention(first, 7, 2), { keep: true, released: [] }, 'entries from 7 on are being read back');
+    assert.deepEqual(core.retention(first, 11, 2), { keep: false, released: [] }, 'a read-back of later entries does not need it');
+
+    // b goes away: what it lacks from 11 on stays in the log as long as the retention allows.
+    core.disconnected('b', 'link lost');
+    assert.equal(core.logNeed('b'), 11);
+    assert.equal(core.logNeed('c'), null, 'c is in sync');
+    place(11, 20);
+    core.checkpoint(20);
+    core.synced('c', 20, 0);
+    const second = { lastSeq: 20, behind: 2 };
+    assert.deepEqual(core.retention(second, null, 2), { keep: true, released: [] }, 'b lacks it, within the retention');
+    assert.deepEqual(core.retention({ ...second, behind: 3 }, null, 2), { keep: false, released: ['b'] }, 'beyond the retention: b needs a resync');
+    assert.deepEqual(core.retention({ lastSeq: 10, behind: 3 }, null, 2), { keep: false, released: [] }, 'b has every entry through 10');
+  });
+});
