@@ -5,14 +5,16 @@
 // resyncs, and when a reply may leave (MirrorSource); what each peer may lack and how the
 // last run ended (MirrorLedger: the dirty bitmaps and the state file
 // `<dataDir>/mirror/<volume>.json`); and which regions a resync sends next. This module
-// carries out its actions: sockets, the reconnect timer, the files, reading the log.
+// carries out its actions: frames on the links, the reconnect timer, the files; the long
+// transfers (a resync, a catch-up from the log, entries read back for a dropped peer) are
+// peer-transfers.ts, which it starts and gives what they act through.
 //
 // Why one file of this size: besides carrying out PrimaryCore's actions it runs the links
-// (connect, retry on a Backoff, heartbeat verdicts), the loops that read the log (resync,
-// catch-up within a SendWindow, entries read back) and starts online verifies (the
-// requests waiting for a digest are DigestRequests). What they decide is the cores'; the
-// sockets are still its own, until a stream-link port (docs/architecture.md, "Known
-// gaps"). The sections below keep the jobs apart.
+// (connect through the StreamLink port, retry on a Backoff, heartbeat verdicts), the write
+// path's side of the mirror (the tap, the reply's wait, the write-intent record) and
+// starts online verifies (the requests waiting for a digest are DigestRequests), all over
+// the same peers' links and sessions. What they decide is the cores'. The sections below
+// keep the jobs apart.
 
 import path from 'node:path';
 import crypto from 'node:crypto';
@@ -22,8 +24,7 @@ import { assert } from '../lib/assert.js';
 import { BlockmirrorError } from '../lib/errors.js';
 import type { Logger } from '../lib/log.js';
 import type { DiskState, PeerStatus } from '../core/mirror-source.js';
-import { PrimaryCore, type PrimaryAction } from '../core/primary-core.js';
-import { SendWindow } from '../core/send-window.js';
+import { PrimaryCore, type PrimaryAction, type ResyncPace } from '../core/primary-core.js';
 import { DigestRequests } from './digest-requests.js';
 import { Backoff } from '../core/backoff.js';
 import { encodeEntryFrame, encodeFrame, type PeerMessage } from '../protocol/peer/frames.js';
@@ -36,6 +37,7 @@ import { WriteIntent } from '../storage/write-intent.js';
 import type { DurableFiles } from '../storage/durable-files.js';
 import { ResyncController } from '../core/resync-controller.js';
 import { OnlineVerify, type VerifyReport } from './online-verify.js';
+import { catchUpFromLog, readUnsynced, runResync, type TransferPeer, type TransferPorts } from './peer-transfers.js';
 import { connectAsSource, PeerLink } from './peer-link.js';
 import { systemClock, type Clock, type Timer } from '../io/clock.js';
 import { tcpStreamLink, type StreamLink } from '../io/stream-link.js';
@@ -122,6 +124,8 @@ export class MirrorEngine {
   private readonly readPins = new Set<{ fromSeq: number }>();
   /** VERIFY requests waiting for their VERIFIED, by token. */
   private readonly digests: DigestRequests;
+  /** What resyncs and catch-ups act through (peer-transfers.ts). */
+  private readonly transfers: TransferPorts;
 
   private readonly cluster: ClusterConfig;
   private readonly local: NodeConfig;
@@ -185,6 +189,7 @@ export class MirrorEngine {
       },
       ledger,
     );
+    this.transfers = { core: this.core, clock: this.clock, log, regions: this.regions, entries: this.entries, run: (actions) => this.run(actions) };
     for (const id of peerIds) {
       const node = cluster.nodes.find((candidate) => candidate.id === id);
       assert(node !== undefined, `replica ${id} is not a node`);
@@ -247,149 +252,60 @@ export class MirrorEngine {
     });
   }
 
-  /**
-   * Sends a resyncing peer every region its bitmap marks, as entries that carry the
-   * regions' current contents (logged in order with live writes, so a live write is
-   * never overwritten by older resync data), a few at a time. A region's bit is cleared
-   * once the peer has made its entry durable; so a resync that is interrupted (links, or
-   * either node crashing) resumes from the bitmap. Ends when no bit is left.
-   */
+  /** A resync of `peer`'s marked regions, for this session of its links (see runResync). */
   private async resync(peer: PeerLinks, session: number): Promise<void> {
-    const id = peer.node.id;
-    const regionBytes = this.cluster.resync.regionBytes;
-    // Consecutive dirty regions go out as one entry, up to this many.
-    const runRegionsMax = Math.max(1, Math.floor(Math.min(constants.resyncEntryBytesMax, this.entries.entryPayloadBytesMax) / regionBytes));
-    const startedMs = this.clock.nowMs();
-    const startBytes = this.core.dirtyBytes(id);
-    const rateMax = this.cluster.resync.rateBytesPerSecMax;
-    const live = (): boolean => !this.stopped && peer.up && peer.session === session;
-    this.log.info('resync started', { peer: id, regions: this.core.bitmap(id).dirtyRegions, bytes: startBytes });
-    peer.resyncStart ??= { atMs: startedMs, bytes: startBytes };
-    while (live()) {
-      if (rateMax === 0 && this.clock.nowMs() - this.resyncControlTickMs >= constants.resyncControlIntervalMs) {
-        this.resyncControlTickMs = this.clock.nowMs();
-        this.resyncControl.tick();
-      }
-      const step = this.core.resyncNext(
-        id,
-        {
-          // Capped by the rate, or by the controller that keeps client requests responsive.
-          inflightMax: rateMax > 0 ? constants.resyncRegionsInflightMax : this.resyncControl.limit,
-          runsMax: constants.resyncReadsParallelMax,
-          runRegionsMax,
-          // Paced, a batch is at most a tenth of a second's worth, so bursts stay small.
-          batchRegionsMax: rateMax > 0 ? Math.max(1, Math.floor(rateMax / 10 / regionBytes)) : Number.POSITIVE_INFINITY,
-          rateBytesPerSecMax: rateMax,
-          regionBytes,
-        },
-        this.clock.nowMs(),
-      );
-      if (step.kind === 'stopped') break;
-      if (step.kind === 'pause') {
-        await this.clock.sleep(step.untilMs - this.clock.nowMs());
-        continue;
-      }
-      if (step.kind === 'log') {
-        const { runs } = step;
-        // Several runs are read at once (distinct regions: their order does not matter).
-        const logged = await Promise.all(
-          runs.map((run) => {
-            const offset = (run[0] ?? 0) * regionBytes;
-            return this.regions.logCurrent(offset, Math.min(run.length * regionBytes, this.volume.sizeBytes - offset));
-          }),
-        );
-        // A failed log write fails the volume; the loop then ends with the peer's links.
-        for (const { written } of logged) written.catch(() => undefined);
-        // A later session has a plan of its own: these entries are not its.
-        if (!live()) break;
-        logged.forEach(({ seq }, index) => this.core.resyncLogged(id, seq, runs[index] ?? []));
-        continue;
-      }
-      this.run(step.actions);
-      if (step.kind === 'done') {
-        this.log.info('resync done', { peer: id, bytes: startBytes, ms: this.clock.nowMs() - startedMs });
-        peer.resyncStart = null;
-        return;
-      }
-      // Wait for the peer to make what was sent durable (bounded: a FLUSHED or 100 ms).
-      // It was asked for what it has stored so far, so that regions are cleared (and new
-      // ones sent) while the rest is still on its way, rather than in lockstep batches.
-      await this.progressOf(peer);
-    }
+    peer.resyncStart ??= { atMs: this.clock.nowMs(), bytes: this.core.dirtyBytes(peer.node.id) };
+    await runResync(this.transfers, this.transferPeer(peer, session), this.volume.sizeBytes, () => this.resyncPace());
     peer.resyncStart = null;
-    this.log.warn('resync interrupted', { peer: id, bytesLeft: this.core.dirtyBytes(id) });
   }
 
   /**
-   * Sends a peer that was away the entries it lacks that are no longer in memory, read
-   * back from the log files in order, at most a window's worth unacknowledged at a time;
-   * then the core has it catch up on the rest from the queue.
+   * The limits of a resync's next turn: capped by `resync.rateMax`, or without one by the
+   * controller that keeps client requests responsive (ticked here, for every peer's resync).
    */
-  private async catchUpFromLog(peer: PeerLinks, session: number, fromSeq: number, toSeq: number): Promise<void> {
-    const id = peer.node.id;
-    const live = (): boolean => !this.stopped && peer.up && peer.session === session;
-    const startedMs = this.clock.nowMs();
-    const waitProgress = (): Promise<void> => this.progressOf(peer);
-    this.log.info('peer catching up from the log', { peer: id, fromSeq, toSeq });
-    let bytes = 0;
-    try {
-      // Written to the log files before they are read back (they were sent to the
-      // in-sync peers as they were placed).
-      await this.entries.syncTo(toSeq);
-      const window = new SendWindow(constants.mirrorWindowBytesMax);
-      for await (const entry of this.entries.readRange(fromSeq, toSeq)) {
-        const frame = encodeEntryFrame(entry.header, entry.payload.length === 0 ? [] : [entry.payload]);
-        const frameBytes = entry.header.length + entry.payload.length;
-        for (;;) {
-          if (!live()) return;
-          window.acked(this.core.peerStatus(id).ackedSeq);
-          if (window.fits(frameBytes)) break;
-          await waitProgress();
-        }
-        const marker = entry.fields.type === EntryType.CONSISTENCY_POINT;
-        const offset = marker ? 0 : entry.fields.offset;
-        linkFor(peer, offset)?.send(frame);
-        window.sent(entry.seq, frameBytes);
-        bytes += frameBytes;
-      }
-      while (live() && this.core.peerStatus(id).ackedSeq < toSeq) await waitProgress();
-      if (!live()) return;
-      this.log.info('peer caught up from the log', { peer: id, toSeq, bytes, ms: this.clock.nowMs() - startedMs });
-      this.run(this.core.loggedCaughtUp(id, toSeq));
-    } catch (error) {
-      if (!live()) return;
-      this.log.warn('catching up from the log failed', { peer: id, error: String(error) });
-      this.run(this.core.logCatchUpFailed(id, String(error instanceof Error ? error.message : error)));
+  private resyncPace(): ResyncPace {
+    const regionBytes = this.cluster.resync.regionBytes;
+    const rateMax = this.cluster.resync.rateBytesPerSecMax;
+    if (rateMax === 0 && this.clock.nowMs() - this.resyncControlTickMs >= constants.resyncControlIntervalMs) {
+      this.resyncControlTickMs = this.clock.nowMs();
+      this.resyncControl.tick();
     }
+    return {
+      inflightMax: rateMax > 0 ? constants.resyncRegionsInflightMax : this.resyncControl.limit,
+      runsMax: constants.resyncReadsParallelMax,
+      // Consecutive dirty regions go out as one entry, up to this many.
+      runRegionsMax: Math.max(1, Math.floor(Math.min(constants.resyncEntryBytesMax, this.entries.entryPayloadBytesMax) / regionBytes)),
+      // Paced, a batch is at most a tenth of a second's worth, so bursts stay small.
+      batchRegionsMax: rateMax > 0 ? Math.max(1, Math.floor(rateMax / 10 / regionBytes)) : Number.POSITIVE_INFINITY,
+      rateBytesPerSecMax: rateMax,
+      regionBytes,
+    };
+  }
+
+  /** `peer` as a transfer sees it: live while this session is up and the engine runs. */
+  private transferPeer(peer: PeerLinks, session: number): TransferPeer {
+    return {
+      id: peer.node.id,
+      live: () => !this.stopped && peer.up && peer.session === session,
+      progress: () => this.progressOf(peer),
+      send: (offset, frame) => linkFor(peer, offset)?.send(frame),
+    };
   }
 
   /**
-   * Marks the regions of entries `fromSeq`..`toSeq`, which the peer acknowledged but had
-   * not made durable when it dropped (it may have crashed and lost them), read back from
-   * the log (the retainer keeps them for it). If they cannot be read, every region counts.
+   * Marks the regions of entries `fromSeq`..`toSeq` that a dropped peer had not made
+   * durable (see readUnsynced); the log keeps them while they are read (see retains()).
    */
-  private async markUnsynced(peer: PeerLinks, fromSeq: number, toSeq: number): Promise<void> {
-    // The log keeps them while they are read (see retains()).
+  private async markUnsynced(id: string, fromSeq: number, toSeq: number): Promise<void> {
     const pin = { fromSeq };
     this.readPins.add(pin);
-    let extents: { offset: number; lengthBytes: number }[] | null = [];
+    let extents: { offset: number; lengthBytes: number }[] | null;
     try {
-      await this.entries.syncTo(toSeq);
-      for await (const entry of this.entries.readRange(fromSeq, toSeq)) {
-        if (entry.fields.type !== EntryType.CONSISTENCY_POINT) extents.push({ offset: entry.fields.offset, lengthBytes: entry.fields.lengthBytes });
-      }
-    } catch (error) {
-      this.log.warn('entries a dropped peer had not made durable cannot be read back: every region counts as out of sync for it', {
-        peer: peer.node.id,
-        fromSeq,
-        toSeq,
-        error: String(error),
-      });
-      extents = null;
+      extents = await readUnsynced(this.transfers, id, fromSeq, toSeq);
     } finally {
       this.readPins.delete(pin);
     }
-    if (!this.stopped) this.run(this.core.unsyncedRead(peer.node.id, extents));
+    if (!this.stopped) this.run(this.core.unsyncedRead(id, extents));
   }
 
   private peerLinks(id: string): PeerLinks {
@@ -770,7 +686,7 @@ export class MirrorEngine {
           this.files.replaceFile(this.bitmapFile(action.peer), action.bitmap.encode(), 'bitmap');
           break;
         case 'read-unsynced':
-          void this.markUnsynced(this.peerLinks(action.peer), action.fromSeq, action.toSeq);
+          void this.markUnsynced(action.peer, action.fromSeq, action.toSeq);
           break;
         case 'peer-dropped':
           this.dropped(action.peer, action.disk, action.reason);
@@ -780,7 +696,7 @@ export class MirrorEngine {
           break;
         case 'catch-up-from-log': {
           const peer = this.peerLinks(action.peer);
-          void this.catchUpFromLog(peer, peer.session, action.fromSeq, action.toSeq);
+          void catchUpFromLog(this.transfers, this.transferPeer(peer, peer.session), action.fromSeq, action.toSeq);
           break;
         }
         case 'send-reset': {
