@@ -4,6 +4,7 @@
 // overlapping ranges run, and the holds that a resync or a verify puts on a range so that
 // new changes to it wait. Pure: LocalVolume (src/storage/local-volume.ts) carries out its
 // answers, and the write log checks that the numbers it is given follow each other.
+// copyState says what the copy is (the disk state a node reports).
 //
 // The order: an operation entered on [start, end) runs after every operation entered
 // earlier on an overlapping range has finished, and at once when there is none. Changes
@@ -11,8 +12,34 @@
 // sequence order would produce, and a mirror applying the same entries ends the same.
 
 import { assert } from '../lib/assert.js';
+import type { DiskState } from '../protocol/disk-state.js';
 
 export type VolumeRole = 'primary' | 'secondary';
+
+/** What a node knows of its copy of a volume, from which copyState says what the copy is. */
+export interface CopyFacts {
+  /** The volume's disk or log failed here (or the secondary's end of the link says so). */
+  failed: boolean;
+  /** The log was made anew knowing nothing of what the copy holds (damaged or missing at start). */
+  needsFullResync: boolean;
+  /**
+   * On a secondary: whether its primary streams to it now. Null where that is not in
+   * question: a primary's own copy, or a secondary's READY (which names its last entry).
+   */
+  streaming: boolean | null;
+}
+
+/**
+ * What this node's copy of a volume is (src/protocol/disk-state.ts): failed; inconsistent
+ * while a copy whose log was made anew waits for the full resync its primary gives it; a
+ * primary's copy is up to date; a secondary's only while its primary streams to it (it
+ * knows it is current only then), outdated otherwise.
+ */
+export function copyState(facts: CopyFacts): DiskState {
+  if (facts.failed) return 'failed';
+  if (facts.needsFullResync) return 'inconsistent';
+  return facts.streaming === null || facts.streaming ? 'up-to-date' : 'outdated';
+}
 
 interface Operation {
   start: number;

@@ -17,6 +17,7 @@ import type { VolumeConfig } from '../control/config.js';
 import type { Logger } from '../lib/log.js';
 import type { MirrorTarget } from '../core/mirror-target.js';
 import { SecondaryCore, type SecondaryAction } from '../core/secondary-core.js';
+import { copyState } from '../core/volume-core.js';
 import { encodeFrame, PEER_DIVERGED_EXTENTS_MAX, type PeerMessage } from '../protocol/peer/frames.js';
 import { EntryType } from '../protocol/log-entry.js';
 import type { LocalVolume } from '../storage/local-volume.js';
@@ -111,7 +112,7 @@ export class ReplicaTarget {
       type: 'ready',
       epoch: 0,
       // A copy whose log was made anew at start (LogStatus.needsFullResync) asks for all of it.
-      disk: this.volume.failed || this.core.status().failed ? 'failed' : logStatus.needsFullResync ? 'inconsistent' : 'up-to-date',
+      disk: copyState({ failed: this.volume.failed || this.core.status().failed, needsFullResync: logStatus.needsFullResync, streaming: null }),
       lastSeq,
       durableSeq: Math.min(logStatus.durableSeq, lastSeq),
       cpSeq: logStatus.cpSeq,

@@ -3,6 +3,7 @@
 
 import type { ClusterConfig, NodeConfig, VolumeConfig, Address } from '../control/config.js';
 import type { DiskState } from '../protocol/disk-state.js';
+import { copyState } from '../core/volume-core.js';
 import type { IoActivity } from '../io/file-io.js';
 import type { LocalVolume } from '../storage/local-volume.js';
 import type { VolumeIdentity } from '../storage/volume-files.js';
@@ -38,13 +39,12 @@ export interface NodeView {
   heartbeatStatus(): ReturnType<Heartbeats['status']>;
 }
 
-/**
- * This node's copy of a volume. A secondary knows it is current only while its primary
- * streams to it; a primary's own copy is current unless its disk failed.
- */
+/** This node's copy of a volume, as copyState (src/core/volume-core.ts) says from what the node knows of it. */
 export function diskState({ volume, target }: ServedVolume): DiskState {
-  if (volume.failed || target?.status().failed === true) return 'failed';
-  // A replica whose log was made anew at start until the primary resets it for a full resync.
-  if (volume.log.status().needsFullResync) return 'inconsistent';
-  return target === null || target.status().session ? 'up-to-date' : 'outdated';
+  const source = target?.status() ?? null;
+  return copyState({
+    failed: volume.failed || source?.failed === true,
+    needsFullResync: volume.log.status().needsFullResync,
+    streaming: source === null ? null : source.session,
+  });
 }

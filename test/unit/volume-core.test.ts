@@ -6,7 +6,7 @@
 
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { VolumeCore } from '../../src/core/volume-core.js';
+import { copyState, VolumeCore } from '../../src/core/volume-core.js';
 import { AssertionError } from '../../src/lib/assert.js';
 import { baseSeed, Prng } from './prng.js';
 
@@ -137,5 +137,16 @@ describe('VolumeCore: holds', () => {
     assert.equal(core.heldBy(4096, 8193), other);
     assert.throws(() => core.release(hold), AssertionError, 'released twice');
     core.release(other);
+  });
+});
+
+describe('copyState: what a node says its copy is', () => {
+  test('failed first, then inconsistent while a log made anew waits for its full resync, then current or outdated', () => {
+    assert.equal(copyState({ failed: true, needsFullResync: true, streaming: true }), 'failed');
+    assert.equal(copyState({ failed: false, needsFullResync: true, streaming: true }), 'inconsistent');
+    assert.equal(copyState({ failed: false, needsFullResync: true, streaming: null }), 'inconsistent');
+    assert.equal(copyState({ failed: false, needsFullResync: false, streaming: null }), 'up-to-date', "a primary's own copy");
+    assert.equal(copyState({ failed: false, needsFullResync: false, streaming: true }), 'up-to-date', 'a secondary its primary streams to');
+    assert.equal(copyState({ failed: false, needsFullResync: false, streaming: false }), 'outdated', 'a secondary without its primary');
   });
 });
