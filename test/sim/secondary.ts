@@ -25,6 +25,7 @@ import type { PeerReady } from '../../src/core/mirror-source.js';
 import type { PrimaryAction, PrimaryCore } from '../../src/core/primary-core.js';
 import { SecondaryCore, type SecondaryAction } from '../../src/core/secondary-core.js';
 import { ReplicaTrail } from '../../src/core/replica-trail.js';
+import { copyState } from '../../src/core/volume-core.js';
 import type { Prng } from '../unit/prng.js';
 import { SimFailure, type Checker, type CheckedPeer } from './checker.js';
 import type { SimConfig, UsRange } from './config.js';
@@ -92,7 +93,9 @@ export class Secondary implements CheckedPeer {
     if (actions.length !== 1 || action?.kind !== 'send-ready') throw new SimFailure(`${this.id}: no READY at once for a session begun while idle`);
     const { lastSeq } = action;
     if (lastSeq !== this.replica.lastSeq) throw new SimFailure(`${this.id}: the target issued through ${lastSeq}, the log ends at ${this.replica.lastSeq}`);
-    return { lastSeq, durableSeq: Math.min(this.replica.durablePrefix, lastSeq), cpSeq: this.cpSeq, disk: 'up-to-date' };
+    // Its log is never made anew here (no damaged log): copyState says up to date.
+    const disk = copyState({ failed: false, needsFullResync: false, streaming: null });
+    return { lastSeq, durableSeq: Math.min(this.replica.durablePrefix, lastSeq), cpSeq: this.cpSeq, disk };
   }
 
   /** A new session may be answered with READY: nothing of the last one is under way. */
