@@ -24,7 +24,7 @@ function bitmapOf(...regions: number[]): Buffer {
 }
 
 /** A core for peers b and c, opened after a clean stop at entry 0 with `record` and b's bitmap file. */
-function makeCore(record: MirrorRecord, bBitmap: Buffer | null = null, catchUpBytesMax = 1 << 20): PrimaryCore<string> {
+function makeCore(record: MirrorRecord, bBitmap: Buffer | null = null, catchUpBytesMax = 1 << 20, logCatchUp = false): PrimaryCore<string> {
   const ledger = new MirrorLedger({
     peers: ['b', 'c'],
     sizeBytes,
@@ -38,7 +38,7 @@ function makeCore(record: MirrorRecord, bBitmap: Buffer | null = null, catchUpBy
     unsyncedGenerationsMax: 4,
   });
   const core = new PrimaryCore<string>(
-    { mode: 'sync', strict: false, peers: ['b', 'c'], lastSeq: 0, lagBytesMax: 1 << 20, windowBytesMax: 1 << 20, catchUpBytesMax, resync: true, sizeBytes },
+    { mode: 'sync', strict: false, peers: ['b', 'c'], lastSeq: 0, lagBytesMax: 1 << 20, windowBytesMax: 1 << 20, catchUpBytesMax, resync: true, sizeBytes, logCatchUp },
     ledger,
   );
   core.open();
@@ -213,23 +213,8 @@ describe('PrimaryCore', () => {
 
 describe('PrimaryCore: log retention', () => {
   test('a partition stays while an in-sync peer has no CP covering it, while it is read back, and for a peer away only within the retention', () => {
-    const ledger = new MirrorLedger({
-      peers: ['b', 'c'],
-      sizeBytes,
-      regionBytes,
-      lastSeq: 0,
-      recoveredSeq: 0,
-      record: { cleanStopSeq: 0, resyncNeeded: [], divergedAfter: {} },
-      bitmaps: new Map(),
-      replayed: null,
-      intent: null,
-      unsyncedGenerationsMax: 4,
-    });
-    const core = new PrimaryCore<string>(
-      { mode: 'sync', strict: false, peers: ['b', 'c'], lastSeq: 0, lagBytesMax: 1 << 20, windowBytesMax: 1 << 20, catchUpBytesMax: 1 << 20, resync: true, sizeBytes, logCatchUp: true },
-      ledger,
-    );
-    core.open();
+    // Entries a peer lacks may be read back from the log files (log.retentionMax > 0).
+    const core = makeCore({ cleanStopSeq: 0, resyncNeeded: [], divergedAfter: {} }, null, 1 << 20, true);
     for (const id of ['b', 'c']) {
       core.connecting(id);
       core.connected(id, { ...behind, disk: 'up-to-date' }, () => false);
