@@ -1,7 +1,7 @@
 // Exponential back-off between attempts (docs/architecture.md, "Where each decision
 // lives"): the first retry after `minMs`, each next one twice as long, never longer than
 // `maxMs`, and back to `minMs` after a success. Pure: the caller schedules the delay on
-// its clock. MirrorEngine uses one per peer to reconnect.
+// its clock. Each PeerConnector (peer-connector.ts) keeps one to reconnect to its peer.
 
 import { assert } from '../lib/assert.js';
 

@@ -10,7 +10,7 @@
 // peer-transfers.ts, which it starts and gives what they act through.
 //
 // Why one file of this size: besides carrying out PrimaryCore's actions it runs the links
-// (connect through the StreamLink port, retry on a Backoff, heartbeat verdicts), the write
+// (connect through the StreamLink port, reconnect as its PeerConnector says), the write
 // path's side of the mirror (the tap, the reply's wait, the write-intent record) and
 // starts online verifies (the requests waiting for a digest are DigestRequests), all over
 // the same peers' links and sessions. What they decide is the cores'. The sections below
@@ -26,7 +26,7 @@ import type { Logger } from '../lib/log.js';
 import type { DiskState, PeerStatus } from '../core/mirror-source.js';
 import { PrimaryCore, type PrimaryAction, type ResyncPace } from '../core/primary-core.js';
 import { DigestRequests } from './digest-requests.js';
-import { Backoff } from '../core/backoff.js';
+import { PeerConnector, type ConnectorAction } from '../core/peer-connector.js';
 import { encodeEntryFrame, encodeFrame, type PeerMessage } from '../protocol/peer/frames.js';
 import type { DirtyBitmap } from '../core/dirty-bitmap.js';
 import { MirrorLedger, encodeMirrorRecord, parseMirrorRecord } from '../core/mirror-ledger.js';
@@ -50,12 +50,10 @@ interface PeerLinks {
   links: PeerLink[];
   session: number;
   up: boolean;
-  /** Connections being set up. */
-  connecting: boolean;
-  /** The delay before the next connection attempt. */
-  backoff: Backoff;
+  /** When to connect again (PeerConnector's decisions). */
+  connector: PeerConnector;
+  /** The connector's wait, while one is set. */
   timer: Timer | null;
-  lastProblem: string;
   /** Wakes a resync waiting for the peer to make regions durable. */
   progress: (() => void) | null;
   /** The resync under way: when it started and how much it had to send. */
@@ -198,10 +196,8 @@ export class MirrorEngine {
         links: [],
         session: 0,
         up: false,
-        connecting: false,
-        backoff: new Backoff(constants.peerReconnectDelayMsMin, constants.peerReconnectDelayMsMax),
+        connector: new PeerConnector(constants.peerReconnectDelayMsMin, constants.peerReconnectDelayMsMax),
         timer: null,
-        lastProblem: '',
         progress: null,
         resyncStart: null,
       });
@@ -315,7 +311,7 @@ export class MirrorEngine {
   }
 
   start(): void {
-    for (const peer of this.peers.values()) if (this.available(peer.node.id)) this.connect(peer);
+    for (const peer of this.peers.values()) this.reconnect(peer, peer.connector.start(this.available(peer.node.id)));
   }
 
   // ---- the failure detector's verdicts --------------------------------------------------------
@@ -323,19 +319,14 @@ export class MirrorEngine {
   /** Heartbeats say the peer is up (first contact, or after its probation): connect. */
   peerUp(id: string): void {
     const peer = this.peers.get(id);
-    if (peer === undefined || peer.up || peer.connecting) return;
-    peer.timer?.cancel();
-    peer.timer = null;
-    peer.backoff.reset();
-    this.connect(peer);
+    if (peer !== undefined) this.reconnect(peer, peer.connector.heartbeatUp());
   }
 
   /** The peer went silent: its connections are closed and it is not retried until it is up again. */
   peerDown(id: string, reason: string): void {
     const peer = this.peers.get(id);
     if (peer === undefined) return;
-    peer.timer?.cancel();
-    peer.timer = null;
+    this.reconnect(peer, peer.connector.heartbeatDown());
     for (const link of peer.links) link.close(`peer down: ${reason}`);
   }
 
@@ -538,10 +529,32 @@ export class MirrorEngine {
 
   // ---- links --------------------------------------------------------------------------------
 
+  /** Carries out the peer's connector's actions. */
+  private reconnect(peer: PeerLinks, actions: ConnectorAction[]): void {
+    for (const action of actions) {
+      if (this.stopped) return;
+      switch (action.kind) {
+        case 'connect':
+          this.connect(peer);
+          break;
+        case 'wait':
+          peer.timer = this.clock.after(action.delayMs, () => {
+            peer.timer = null;
+            this.reconnect(peer, peer.connector.timerFired(this.available(peer.node.id)));
+          });
+          break;
+        case 'cancel-wait':
+          peer.timer?.cancel();
+          peer.timer = null;
+          break;
+        case 'report':
+          this.log.warn('peer connection failed', { peer: peer.node.id, problem: action.problem });
+          break;
+      }
+    }
+  }
+
   private connect(peer: PeerLinks): void {
-    if (this.stopped || peer.connecting) return;
-    peer.connecting = true;
-    peer.timer = null;
     peer.session = crypto.randomBytes(4).readUInt32BE(0);
     const session = peer.session;
     const count = this.cluster.connections;
@@ -565,7 +578,6 @@ export class MirrorEngine {
       ),
     );
     void Promise.allSettled(attempts).then((results) => {
-      peer.connecting = false;
       const links = results.flatMap((result) => (result.status === 'fulfilled' ? [result.value.link] : []));
       const failure = results.find((result): result is PromiseRejectedResult => result.status === 'rejected');
       const last = results[results.length - 1];
@@ -577,8 +589,7 @@ export class MirrorEngine {
       }
       peer.links = links;
       peer.up = true;
-      peer.backoff.reset();
-      peer.lastProblem = '';
+      peer.connector.connected();
       for (const link of links) {
         link.receive((message) => this.onMessage(peer, link, message));
         link.onClose((reason) => this.linkLost(peer, session, reason));
@@ -599,19 +610,10 @@ export class MirrorEngine {
     });
   }
 
+  /** The session failed, was lost or dropped: the connector says when to try again. */
   private retry(peer: PeerLinks, problem: string): void {
-    if (this.stopped || peer.timer !== null) return;
-    if (problem !== peer.lastProblem) {
-      this.log.warn('peer connection failed', { peer: peer.node.id, problem });
-      peer.lastProblem = problem;
-    }
-    const delayMs = peer.backoff.next();
-    // A peer the heartbeats call down is connected to again when they call it up.
-    if (!this.available(peer.node.id)) return;
-    peer.timer = this.clock.after(delayMs, () => {
-      peer.timer = null;
-      if (this.available(peer.node.id)) this.connect(peer);
-    });
+    if (this.stopped) return;
+    this.reconnect(peer, peer.connector.failed(problem, this.available(peer.node.id)));
   }
 
   private linkLost(peer: PeerLinks, session: number, reason: string): void {
