@@ -8,7 +8,8 @@
 // clearly above it (`factor` times, and at least `slackMs` more) halves the number of
 // regions the resync may have in flight, anything else adds `stepRegions`. An interval without client
 // requests lets the resync run at its maximum. Pure: the caller reports completions and
-// calls tick() once per interval.
+// asks limitAt(nowMs) for the limit, which ends an interval once `intervalMs` has passed
+// (or calls tick() itself at the end of each interval).
 
 import { assert } from '../lib/assert.js';
 
@@ -20,6 +21,8 @@ export interface ResyncControllerOptions {
   slackMs: number;
   /** How many times the baseline counts as slowed by the resync. */
   factor: number;
+  /** The length of an interval, for limitAt. */
+  intervalMs: number;
 }
 
 export class ResyncController {
@@ -27,6 +30,8 @@ export class ResyncController {
   private sumMs = 0;
   private count = 0;
   private baselineMs: number | null = null;
+  /** When limitAt last ended an interval (null: never asked). */
+  private intervalStartMs: number | null = null;
 
   constructor(private readonly options: ResyncControllerOptions) {
     assert(options.minRegions >= 1 && options.maxRegions >= options.minRegions && options.stepRegions >= 1 && options.factor > 1);
@@ -61,6 +66,16 @@ export class ResyncController {
   }
 
   get limit(): number {
+    return this.regions;
+  }
+
+  /** The limit at `nowMs`: an interval that has lasted `intervalMs` ends first (tick). */
+  limitAt(nowMs: number): number {
+    if (this.intervalStartMs === null) this.intervalStartMs = nowMs;
+    else if (nowMs - this.intervalStartMs >= this.options.intervalMs) {
+      this.intervalStartMs = nowMs;
+      this.tick();
+    }
     return this.regions;
   }
 }

@@ -116,8 +116,8 @@ export class MirrorEngine {
     stepRegions: constants.resyncRegionsInflightStep,
     slackMs: constants.resyncLatencySlackMs,
     factor: constants.resyncLatencyFactor,
+    intervalMs: constants.resyncControlIntervalMs,
   });
-  private resyncControlTickMs = 0;
   /** Entries being read back from the log (markUnsynced): their partitions stay. */
   private readonly readPins = new Set<{ fromSeq: number }>();
   /** VERIFY requests waiting for their VERIFIED, by token. */
@@ -257,17 +257,13 @@ export class MirrorEngine {
 
   /**
    * The limits of a resync's next turn: capped by `resync.rateMax`, or without one by the
-   * controller that keeps client requests responsive (ticked here, for every peer's resync).
+   * controller that keeps client requests responsive (one for every peer's resync).
    */
   private resyncPace(): ResyncPace {
     const regionBytes = this.cluster.resync.regionBytes;
     const rateMax = this.cluster.resync.rateBytesPerSecMax;
-    if (rateMax === 0 && this.clock.nowMs() - this.resyncControlTickMs >= constants.resyncControlIntervalMs) {
-      this.resyncControlTickMs = this.clock.nowMs();
-      this.resyncControl.tick();
-    }
     return {
-      inflightMax: rateMax > 0 ? constants.resyncRegionsInflightMax : this.resyncControl.limit,
+      inflightMax: rateMax > 0 ? constants.resyncRegionsInflightMax : this.resyncControl.limitAt(this.clock.nowMs()),
       runsMax: constants.resyncReadsParallelMax,
       // Consecutive dirty regions go out as one entry, up to this many.
       runRegionsMax: Math.max(1, Math.floor(Math.min(constants.resyncEntryBytesMax, this.entries.entryPayloadBytesMax) / regionBytes)),

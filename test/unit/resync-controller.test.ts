@@ -7,7 +7,7 @@ import { test } from 'node:test';
 import { ResyncController } from '../../src/core/resync-controller.js';
 
 function controller(): ResyncController {
-  return new ResyncController({ minRegions: 4, maxRegions: 256, stepRegions: 8, slackMs: 1, factor: 2 });
+  return new ResyncController({ minRegions: 4, maxRegions: 256, stepRegions: 8, slackMs: 1, factor: 2, intervalMs: 500 });
 }
 
 function interval(c: ResyncController, latencyMs: number, requests = 10): number {
@@ -53,4 +53,18 @@ test('the baseline follows a workload that became slower for good', () => {
   const before = c.limit;
   const after = interval(c, 6);
   assert.equal(after, Math.min(256, before + 8));
+});
+
+test('limitAt ends an interval once it has lasted intervalMs, not before, timed from the first question', () => {
+  const c = controller();
+  assert.equal(c.limitAt(10_000), 256, 'the first question starts the first interval');
+  for (let index = 0; index < 10; index += 1) c.clientDone(1);
+  assert.equal(c.limitAt(10_499), 256, 'still the first interval');
+  for (let index = 0; index < 10; index += 1) c.clientDone(5);
+  // The interval ends at 10,500: its mean is 3 ms, the first baseline; the limit grows (at its maximum already).
+  assert.equal(c.limitAt(10_500), 256);
+  for (let index = 0; index < 10; index += 1) c.clientDone(20);
+  assert.equal(c.limitAt(10_999), 256, 'not yet');
+  assert.equal(c.limitAt(11_000), 128, 'an interval of 20 ms against a baseline of 3 ms halves it');
+  assert.equal(c.limitAt(11_100), 128, 'within the next interval it stays');
 });
