@@ -18,9 +18,9 @@
 // as MirrorEngine does: messages over the simulated links, the ledger's files kept in
 // `files`, entries read back from the log. When a peer comes back the core decides:
 // catch up from the entries it kept, or (config.resync) a bitmap resync, which the sim
-// runs as MirrorEngine.resync does: it logs the runs of regions resyncNext gives with
-// their current contents, and waits for the peer when told to. Without resync such a
-// peer stays out.
+// runs as runResync (src/server/peer-transfers.ts) does: it logs the runs of regions
+// resyncNext gives with their current contents, and waits for the peer when told to.
+// Without resync such a peer stays out.
 //
 // The primary can crash too (config.primaryCrashes), as src/storage/write-log.ts behaves:
 // every request in flight is dropped unanswered, every link closes, and its log keeps
@@ -499,7 +499,7 @@ export class Cluster implements CheckedCluster {
     });
   }
 
-  /** One turn of MirrorEngine.resync(): log the runs the core gives, wait for the peer, or finish. */
+  /** One turn of runResync (src/server/peer-transfers.ts): log the runs the core gives, wait for the peer, or finish. */
   private resyncStep(peer: Secondary, state: ResyncState, run: SimResync): void {
     if (state.run !== run) return;
     const { blocks, resyncRegionBlocks: regionBlocks, resyncInflightMax: inflightMax, resyncRunRegionsMax: runRegionsMax } = this.config;
