@@ -197,8 +197,11 @@ function nothingToReplay(where: string): () => Promise<void> {
 export async function restartReplicaLog(volume: LocalVolume, options: LogOptions, seq: number, logship: boolean): Promise<void> {
   if (logship) await volume.applyLoggedThrough(volume.log.lastSeq);
   await volume.checkpoint();
-  volume.log.close();
+  // The new log is made whole beside the old one, which stays in service until the new
+  // one is in place (nothing runs in between: the making is synchronous). A failure to
+  // make it, a full disk say, fails the reset and leaves the old log as it was.
   recreateLogDirectory(options, seq, { needsFullResync: false });
+  volume.log.close();
   const restarted = await WriteLog.open(options, nothingToReplay('after a reset'));
   volume.replaceLog(restarted.log);
 }

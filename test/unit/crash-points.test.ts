@@ -269,6 +269,53 @@ describe('crash at every mutation point', () => {
     before.dispose();
   });
 
+  test("a replica's log that cannot be made anew (a full disk) stays in service: the reset fails, nothing is lost, and a later reset succeeds", async () => {
+    /** The node's files, with a disk that fills up while `full` is set: every new file of a log being made anew fails. */
+    class FillingFiles extends DurableFiles {
+      full = false;
+      override writeNewFile(file: string, contents: Parameters<DurableFiles['writeNewFile']>[1], operation: Parameters<DurableFiles['writeNewFile']>[2]): void {
+        if (this.full && operation === 'log-recreate') throw Object.assign(new Error(`ENOSPC: no space left on device, write '${file}'`), { code: 'ENOSPC' });
+        super.writeNewFile(file, contents, operation);
+      }
+    }
+    const fs = new MemoryFileSystem();
+    const files = new FillingFiles(fs);
+    const lines: string[] = [];
+    const received = new Map<number, Buffer>();
+    const store = async (volume: OpenedVolume['volume'], seq: number): Promise<void> => {
+      const bytes = pattern(BLOCK, 900 + seq);
+      const offset = (seq % 7) * 3 * BLOCK;
+      await volume.replicate(entryHeader(seq, offset, bytes), bytes, true);
+      received.set(offset, bytes);
+    };
+    const opened = await openVolumeStorage({ ...storageOptions(fs, 'secondary', GEOMETRY, lines), files });
+    try {
+      for (let seq = 1; seq <= 6; seq += 1) await store(opened.volume, seq);
+      files.full = true;
+      await assert.rejects(restartReplicaLog(opened.volume, opened.logOptions, 40, false), /ENOSPC/);
+      // The old log goes on: the next entry in sequence is stored, and every block reads back.
+      assert.equal(opened.volume.log.lastSeq, 6);
+      await store(opened.volume, 7);
+      await opened.volume.log.syncTo(7);
+      await checkBlocks(opened, received, 'after the failed reset');
+      files.full = false;
+      await restartReplicaLog(opened.volume, opened.logOptions, 40, false);
+      assert.equal(opened.volume.log.lastSeq, 40);
+      await store(opened.volume, 41);
+      await opened.volume.log.syncTo(41);
+    } finally {
+      await opened.volume.close();
+    }
+    const again = await open(fs, 'secondary');
+    try {
+      assert.equal(again.volume.log.lastSeq, 41);
+      assert.equal(again.volume.log.status().needsFullResync, false);
+      await checkBlocks(again, received, 'after a restart');
+    } finally {
+      await again.volume.close();
+    }
+  });
+
   test('a replica\'s log restarted for a resync: it resumes where it was or where the reset put it, names what it named, never needs a full resync', async () => {
     const received = new Map<number, Buffer>();
     const before = await stateAfter(async (fs) => {
