@@ -1,8 +1,9 @@
 // How much may be on its way to a peer and not yet acknowledged (docs/architecture.md,
 // "Where each decision lives"): a catch-up from the log files sends entries only while
 // the bytes unacknowledged stay within the window, as MirrorSource does for entries in
-// memory. One entry larger than the window goes alone. Pure: MirrorEngine reports what it
-// sent and what the peer acknowledged, and waits while fits() says no.
+// memory. One entry larger than the window goes alone. Pure: catchUpFromLog
+// (src/server/peer-transfers.ts) reports what it sent and what the peer acknowledged, and
+// waits while fits() says no.
 
 import { assert } from '../lib/assert.js';
 

@@ -17,6 +17,8 @@ import type { ByteStream, NetAddress, StreamLink, StreamListener } from './strea
 const FIRST_EPHEMERAL_PORT = 40_000;
 /** Bytes a stream may hold unsent (a test that floods a cut link fails rather than grows). */
 const STREAM_HELD_BYTES_MAX = 256 * 1024 * 1024;
+/** Connection attempts that may wait for a cut to heal (a runaway reconnect loop fails rather than grows). */
+const WAITING_CONNECTS_MAX = 10_000;
 
 function errorWithCode(code: string, message: string): Error {
   return Object.assign(new Error(`${message} (${code})`), { code });
@@ -226,6 +228,7 @@ export class MemoryNetwork {
     this.track(client);
     const attempt = (): void => {
       if (this.isCut(localHost, to.host)) {
+        assert(this.waitingConnects.length < WAITING_CONNECTS_MAX, 'too many connection attempts wait for a cut to heal');
         this.waitingConnects.push(attempt);
         return;
       }

@@ -56,7 +56,7 @@ export interface StreamLink {
 }
 
 /** Whether `host` is one address of this machine's (not a wildcard, not a name). */
-export function isBindableHost(host: string): boolean {
+function isBindableHost(host: string): boolean {
   return net.isIP(host) !== 0 && host !== '0.0.0.0' && host !== '::';
 }
 

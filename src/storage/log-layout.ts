@@ -174,7 +174,7 @@ export function installLogDirectory(options: LogPlace, operation: 'log-create' |
     if (state.trail !== null) files.writeNewFile(path.join(staging, TRAIL_FILE), state.trail, operation);
     const superblock: Superblock = {
       format: 1,
-      logIds: [crypto.randomBytes(4).readUInt32BE(0)],
+      logIds: [newLogId([])],
       volumeUuid: options.volumeUuid,
       partitionBytes: geometry.partitionBytes,
       partitions: geometry.partitions,

@@ -28,3 +28,15 @@ export function scratchDirs(prefix: string): () => string {
     return path.join(root, `log-${count}`);
   };
 }
+
+/**
+ * Waits, polling every few milliseconds, until `check` holds; fails naming `what` after
+ * `limitMs` (a bound, not a sleep: the test goes on the moment the state is reached).
+ */
+export async function until(what: string, check: () => boolean, limitMs: number): Promise<void> {
+  const deadline = Date.now() + limitMs;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${limitMs} ms waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 2));
+  }
+}

@@ -19,6 +19,10 @@ import { BlockmirrorNode } from '../../src/server/node.js';
 import type { ServedVolume } from '../../src/server/served-volume.js';
 import { DurableFiles } from '../../src/storage/durable-files.js';
 import { volumePaths } from '../../src/storage/volume-files.js';
+import { until } from '../helpers/test-data.js';
+
+/** The longest a test waits for a state it expects (a bound, not a pace). */
+const WAIT_MS = 20_000;
 
 const KiB = 1024;
 const VOLUME_BYTES = 8 * 1024 * KiB;
@@ -26,15 +30,6 @@ const dirs: string[] = [];
 after(() => {
   for (const dir of dirs) fs.rmSync(dir, { recursive: true, force: true });
 });
-
-/** Waits for `check` to hold, polling, for at most `limitMs`; says what it waited for when it gives up. */
-async function until(what: string, check: () => boolean, limitMs = 20_000): Promise<void> {
-  const deadline = Date.now() + limitMs;
-  while (!check()) {
-    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 5));
-  }
-}
 
 function served(node: BlockmirrorNode): ServedVolume {
   const volume = node.volumes.get('v');
@@ -121,25 +116,25 @@ test('two nodes in one process mirror every write through a cut and a reset of t
   try {
     await b.start();
     await a.start();
-    await until('a streams to b', () => replication(a) === 'streaming');
+    await until('a streams to b', () => replication(a) === 'streaming', WAIT_MS);
     await pair.writeRound(a, 64);
     assert.equal(replication(a), 'streaming');
 
     // A cut link: the heartbeats call b down, a goes on alone, and catches b up after the heal.
     network.cut('10.0.0.1', '10.0.0.2');
-    await until('a notices the cut', () => replication(a) !== 'streaming');
+    await until('a notices the cut', () => replication(a) !== 'streaming', WAIT_MS);
     await pair.writeRound(a, 64);
     assert.notEqual(replication(a), 'streaming', 'the writes during the cut completed without b');
     network.heal('10.0.0.1', '10.0.0.2');
-    await until('a streams to b again', () => replication(a) === 'streaming');
+    await until('a streams to b again', () => replication(a) === 'streaming', WAIT_MS);
     await pair.writeRound(a, 64);
 
     // A reset link: the connections break at once, the heartbeats go on, and a reconnects.
     const connected = logged('a', 'peer connected');
     network.reset('10.0.0.1', '10.0.0.2');
-    await until('a notices the reset', () => logged('a', 'peer connection lost', 'ECONNRESET') === 1);
-    await until('a connects again', () => logged('a', 'peer connected') === connected + 1);
-    await until('a streams to b after the reset', () => replication(a) === 'streaming');
+    await until('a notices the reset', () => logged('a', 'peer connection lost', 'ECONNRESET') === 1, WAIT_MS);
+    await until('a connects again', () => logged('a', 'peer connected') === connected + 1, WAIT_MS);
+    await until('a streams to b after the reset', () => replication(a) === 'streaming', WAIT_MS);
     await pair.writeRound(a, 64);
     const peer = served(a).mirrored?.engine.status()[0];
     assert.ok(peer !== undefined && peer.ackedSeq === served(a).volume.log.lastSeq, `b acknowledged everything: ${JSON.stringify(peer)}`);
@@ -159,16 +154,16 @@ for (const mode of ['sync', 'async'] as const) {
     try {
       await b.start();
       await a.start();
-      await until('a streams to b', () => replication(a) === 'streaming');
+      await until('a streams to b', () => replication(a) === 'streaming', WAIT_MS);
       await pair.writeRound(a, 64);
       await b.stop();
-      await until('a notices b is gone', () => replication(a) !== 'streaming');
-      await until('the heartbeats call b down', () => pair.logged('a', 'peer down: no heartbeat') === 1);
+      await until('a notices b is gone', () => replication(a) !== 'streaming', WAIT_MS);
+      await until('the heartbeats call b down', () => pair.logged('a', 'peer down: no heartbeat') === 1, WAIT_MS);
       // 20 MiB while b is away: a keeps them in memory for it, and b catches up on them.
       for (let round = 0; round < 10; round += 1) await pair.writeRound(a, 64);
       b = pair.node('b');
       await b.start();
-      await until('a streams to the restarted b', () => replication(a) === 'streaming');
+      await until('a streams to the restarted b', () => replication(a) === 'streaming', WAIT_MS);
       assert.equal(pair.logged('a', 'peer up'), 2, 'the heartbeats took b back (after its probation)');
       assert.equal(pair.logged('a', 'peer catching up'), 1, 'b caught up on what it missed (no resync)');
       assert.equal(pair.logged('a', 'resync started'), 0);

@@ -10,15 +10,10 @@ import type { DatagramLink } from '../../src/io/datagram-link.js';
 import { udpDatagramLink } from '../../src/io/datagram-link.js';
 import { MemoryNetwork } from '../../src/io/memory-network.js';
 import { tcpStreamLink, type ByteStream, type StreamLink } from '../../src/io/stream-link.js';
+import { until } from '../helpers/test-data.js';
 
-/** Waits for `check` to hold, a turn at a time, for at most `limitMs`. */
-async function until(what: string, check: () => boolean, limitMs = 5000): Promise<void> {
-  const deadline = Date.now() + limitMs;
-  while (!check()) {
-    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 2));
-  }
-}
+/** The longest a test waits for a state it expects (a bound, not a pace). */
+const WAIT_MS = 5_000;
 
 /** What one end of a stream saw. */
 function watch(stream: ByteStream): { opened: boolean; bytes: Buffer[]; closed: Error | null | undefined; received(): Buffer } {
@@ -64,7 +59,7 @@ async function pair(twin: Twin): Promise<{ client: ByteStream; server: ByteStrea
   assert.ok(listener.address.port > 0, 'a port was picked');
   const client = twin.streams.connect(listener.address, { host: twin.host, port: 0 });
   const seen = watch(client);
-  await until('connection', () => seen.opened && server !== null);
+  await until('connection', () => seen.opened && server !== null, WAIT_MS);
   return { client, server: server as unknown as ByteStream, close: () => listener.close() };
 }
 
@@ -80,11 +75,11 @@ for (const twin of twins) {
       for (let offset = 0; offset < payload.length; offset += 65_521) client.write(payload.subarray(offset, offset + 65_521));
       client.uncork();
       server.write(Buffer.from('reply'));
-      await until('every byte', () => toServer.received().length === payload.length && toClient.received().length === 5);
+      await until('every byte', () => toServer.received().length === payload.length && toClient.received().length === 5, WAIT_MS);
       assert.ok(toServer.received().equals(payload), 'the bytes arrived as sent');
       assert.equal(toClient.received().toString(), 'reply');
       client.destroy();
-      await until('both ends closed', () => toServer.closed !== undefined && toClient.closed !== undefined);
+      await until('both ends closed', () => toServer.closed !== undefined && toClient.closed !== undefined, WAIT_MS);
       await close();
     });
 
@@ -93,7 +88,7 @@ for (const twin of twins) {
       const atClient = watch(client);
       const atServer = watch(server);
       server.end(Buffer.from('refused: wrong secret'));
-      await until('both closed', () => atClient.closed !== undefined && atServer.closed !== undefined);
+      await until('both closed', () => atClient.closed !== undefined && atServer.closed !== undefined, WAIT_MS);
       assert.equal(atClient.received().toString(), 'refused: wrong secret');
       assert.equal(atClient.closed, null);
       server.write(Buffer.from('after the end'));
@@ -106,7 +101,7 @@ for (const twin of twins) {
       const address = listener.address;
       await listener.close();
       const seen = watch(twin.streams.connect(address, null));
-      await until('refusal', () => seen.closed !== undefined);
+      await until('refusal', () => seen.closed !== undefined, WAIT_MS);
       assert.equal(seen.opened, false);
       assert.equal(code(seen.closed), 'ECONNREFUSED');
     });
@@ -129,17 +124,17 @@ for (const twin of twins) {
       const sender = await twin.datagrams.bind({ host: twin.host, port: 0 }, () => undefined, () => undefined);
       const sent: boolean[] = [];
       for (let i = 0; i < 5; i += 1) sender.send(Buffer.from(`heartbeat ${i}`), receiver.address, (ok) => sent.push(ok));
-      await until('five datagrams', () => received.length === 5);
+      await until('five datagrams', () => received.length === 5, WAIT_MS);
       assert.deepEqual(received.map((one) => one.datagram.toString()).sort(), [0, 1, 2, 3, 4].map((i) => `heartbeat ${i}`));
       assert.ok(received.every((one) => one.from === `${twin.host}:${sender.address.port}`), 'the sender is named');
-      await until('send callbacks', () => sent.length === 5);
+      await until('send callbacks', () => sent.length === 5, WAIT_MS);
       assert.deepEqual(sent, [true, true, true, true, true]);
       receiver.close();
       sender.send(Buffer.from('to nobody'), receiver.address);
       sender.close();
       const late: boolean[] = [];
       sender.send(Buffer.from('from a closed socket'), receiver.address, (ok) => late.push(ok));
-      await until('the closed socket says so', () => late.length === 1);
+      await until('the closed socket says so', () => late.length === 1, WAIT_MS);
       assert.deepEqual(late, [false]);
       assert.equal(received.length, 5);
     });
@@ -153,10 +148,10 @@ describe('MemoryNetwork: cuts', () => {
     const listener = await network.streams.listen({ host: '10.0.0.2', port: 7000 }, 4, (stream) => (server = stream));
     const client = network.streams.connect(listener.address, { host: '10.0.0.1', port: 0 });
     const atClient = watch(client);
-    await until('open', () => atClient.opened && server !== null);
+    await until('open', () => atClient.opened && server !== null, WAIT_MS);
     const atServer = watch(server as unknown as ByteStream);
     client.write(Buffer.from('before '));
-    await until('first bytes', () => atServer.received().length === 7);
+    await until('first bytes', () => atServer.received().length === 7, WAIT_MS);
 
     network.cut('10.0.0.2', '10.0.0.1');
     client.write(Buffer.from('during '));
@@ -172,14 +167,14 @@ describe('MemoryNetwork: cuts', () => {
 
     client.write(Buffer.from('after'));
     network.heal('10.0.0.1', '10.0.0.2');
-    await until('held bytes', () => atServer.received().length === 19 && blocked.opened);
+    await until('held bytes', () => atServer.received().length === 19 && blocked.opened, WAIT_MS);
     assert.equal(atServer.received().toString(), 'before during after');
     a.send(Buffer.from('heard'), b.address);
-    await until('datagram', () => heard.length === 1);
+    await until('datagram', () => heard.length === 1, WAIT_MS);
     assert.deepEqual(heard, ['heard']);
 
     network.reset('10.0.0.1', '10.0.0.2');
-    await until('reset', () => atClient.closed !== undefined && atServer.closed !== undefined);
+    await until('reset', () => atClient.closed !== undefined && atServer.closed !== undefined, WAIT_MS);
     assert.equal(code(atClient.closed), 'ECONNRESET');
     a.close();
     b.close();
