@@ -8,13 +8,16 @@
 // calls into changes that are, and every change to durable state goes through it. The
 // data path (the volume image and the log partitions) reads and writes through
 // descriptors opened here with open(file, true), by positioned calls of its own
-// (src/io/file-io.ts); FileDisk also makes and removes a scratch file beside the image
+// (src/io/file-io.ts), and the write log makes its partitions durable through the syncer
+// this file system opens (`openSyncer`, the LogSyncer port of log-syncer.ts); FileDisk
+// also makes and removes a scratch file beside the image
 // (its probe of what fallocate can do), which is not durable state.
 //
 // Errors are Node's system errors, or for the twin errors that carry the same `code`
 // (ENOENT, EEXIST, ENOTEMPTY, ENOTDIR, EISDIR).
 
 import fs from 'node:fs';
+import { openNativeSyncer, type LogSyncer, type SyncReport } from './log-syncer.js';
 
 export type FileKind = 'file' | 'directory';
 
@@ -48,6 +51,8 @@ export interface FileSystem {
   /** fsync of a directory: the names in it are durable on return. A mutation (of durability). */
   syncDir(dir: string): void;
   syncDirAsync(dir: string): Promise<void>;
+  /** A write log's syncer for partitions opened here (see log-syncer.ts). */
+  openSyncer(fdsMax: number, durableSeq: number, onSynced: SyncReport): LogSyncer;
 }
 
 /** The real file system, through node:fs. */
@@ -124,6 +129,10 @@ export class NodeFileSystem implements FileSystem {
     } finally {
       fs.closeSync(fd);
     }
+  }
+
+  openSyncer(fdsMax: number, durableSeq: number, onSynced: SyncReport): LogSyncer {
+    return openNativeSyncer(fdsMax, durableSeq, onSynced);
   }
 
   async syncDirAsync(dir: string): Promise<void> {

@@ -14,7 +14,10 @@
 //     subset of the name changes not yet durable, applied in their order, each one only
 //     if it still fits the state the kept ones before it made;
 //   - files opened writable through open() belong to the data path, whose writes and
-//     syncs bypass this model: a crash keeps their bytes as they were at the crash.
+//     syncs bypass this model: a crash keeps their bytes as they were at the crash;
+//     except the write log's partitions once its syncer (openSyncer, memory-log-syncer.ts)
+//     is told of a write to them: their bytes are durable as of the syncer's last sync
+//     of them, like any other file's.
 // A crash therefore has 2^n outcomes for n changes not yet durable; afterCrash() builds
 // the one the caller picks, as a new file system in which everything is durable.
 //
@@ -27,6 +30,8 @@ import fs from 'node:fs';
 import { assert } from '../lib/assert.js';
 import type { FileKind, FileSystem } from './file-system.js';
 import { native } from './native.js';
+import type { LogSyncer, SyncReport } from './log-syncer.js';
+import { MemoryLogSyncer } from './memory-log-syncer.js';
 
 /** Thrown by every call after the world stopped (see stopAfter). */
 export class SimulatedCrash extends Error {
@@ -355,6 +360,17 @@ export class MemoryFileSystem implements FileSystem {
 
   syncDirAsync(dir: string): Promise<void> {
     return settled(() => this.syncDir(dir));
+  }
+
+  openSyncer(fdsMax: number, durableSeq: number, onSynced: SyncReport): LogSyncer {
+    return new MemoryLogSyncer(fdsMax, durableSeq, onSynced, {
+      track: (fd) => {
+        const inode = this.inode(this.openInode(fd));
+        assert(inode.kind === 'file');
+        inode.external = false;
+      },
+      sync: (fd) => this.syncData(fd),
+    });
   }
 
   // ---- internals ----------------------------------------------------------------------

@@ -1,13 +1,14 @@
 // When a write log's entries are durable: the hand-off between the log and its syncer
-// thread (native/log_syncer.c), which fdatasyncs the partitions written to, one sync after
-// another while anything wanted is not durable yet, each covering every entry written
-// before it started (group commit). WriteLog (write-log.ts) reports what its writer has
+// (the LogSyncer port, src/io/log-syncer.ts: the native thread, or the simulated file
+// system's twin), which makes the partitions written to durable, one sync after another
+// while anything wanted is not durable yet, each covering every entry written before it
+// started (group commit). WriteLog (write-log.ts) reports what its writer has
 // written (`written`) and asks for durability (`syncTo`, `syncAhead`); this module keeps
 // the durable mark, the waiters, and the first failure, which is final.
 
 import { assert } from '../lib/assert.js';
 import type { IoActivity } from '../io/file-io.js';
-import { native, type SyncerHandle } from '../io/native.js';
+import type { LogSyncer, OpenSyncer } from '../io/log-syncer.js';
 
 export class LogDurability {
   /** Every entry through this one is durable in the log. */
@@ -15,8 +16,8 @@ export class LogDurability {
   /** Syncs started ahead of a flush (syncAhead), for status. */
   syncsAhead = 0;
   private readonly waiters: { seq: number; resolve: () => void; reject: (error: Error) => void }[] = [];
-  /** Makes the partitions durable, on a thread of its own (from start() until close()). */
-  private syncer: SyncerHandle | null = null;
+  /** Makes the partitions durable (from start() until close()). */
+  private syncer: LogSyncer | null = null;
   /** The highest seq somebody waits for (or a sync ahead asked for). */
   private wantedSeq: number;
   /** Whether this log counts in IoActivity.pending (see updatePending). */
@@ -30,6 +31,8 @@ export class LogDurability {
     /** The log's directory, for the error a waiter gets when the log closes first. */
     private readonly dir: string,
     private readonly activity: IoActivity,
+    /** The syncer of the file system that holds the partitions. */
+    private readonly openSyncer: OpenSyncer,
     /** The last entry the writer has written, with every one before it. */
     private readonly appendedSeq: () => number,
     durableSeq: number,
@@ -38,12 +41,12 @@ export class LogDurability {
     this.wantedSeq = durableSeq;
   }
 
-  /** Starts the syncer thread for `partitions` files, with entries through `durableSeq` durable. */
+  /** Starts the syncer for `partitions` files, with entries through `durableSeq` durable. */
   start(partitions: number, durableSeq: number): void {
     assert(this.syncer === null, 'the syncer runs already');
     this.durableSeq = durableSeq;
     this.wantedSeq = durableSeq;
-    this.syncer = native.syncerOpen(partitions, durableSeq, (synced, _syncs, error) => {
+    this.syncer = this.openSyncer(partitions, durableSeq, (synced, _syncs, error) => {
       if (error !== null) this.failed(error);
       else this.madeDurable(synced);
     });
@@ -54,7 +57,7 @@ export class LogDurability {
    * sync covers them. Call `resume` once whatever else the write completes has run.
    */
   written(fd: number, seq: number): void {
-    if (this.syncer !== null) native.syncerNote(this.syncer, fd, seq);
+    this.syncer?.note(fd, seq);
   }
 
   /** After a write: a sync somebody waits for and that the write made possible starts now. */
@@ -92,7 +95,7 @@ export class LogDurability {
     if (inlineAllowed && seq <= this.appendedSeq() && this.activity.alone) {
       let durableSeq: number;
       try {
-        durableSeq = native.syncerSyncNow(syncer);
+        durableSeq = syncer.syncNow();
       } catch (error) {
         this.failed(error as Error);
         return;
@@ -103,7 +106,7 @@ export class LogDurability {
       }
     }
     this.updatePending();
-    native.syncerWant(syncer, this.wantedSeq);
+    syncer.want(this.wantedSeq);
   }
 
   /** A sync returned: entries through `seq` are durable. */
@@ -127,7 +130,7 @@ export class LogDurability {
   }
 
   /**
-   * A sync somebody waits for on the syncer thread counts as I/O in flight (IoActivity.alone):
+   * A sync somebody waits for on the syncer counts as I/O in flight (IoActivity.alone):
    * from a want that is not durable yet until it is, the log fails, or it closes.
    */
   private updatePending(): void {
@@ -140,12 +143,12 @@ export class LogDurability {
   /** Fault injection for tests: the next sync fails with `errno`, as a failing disk would make it. */
   failNext(errno: number): void {
     assert(this.syncer !== null, 'the log has no syncer yet');
-    native.syncerFailNext(this.syncer, errno);
+    this.syncer.failNext(errno);
   }
 
   /** Syncs done so far. */
   syncs(): number {
-    return this.syncer === null ? this.syncsAtClose : native.syncerState(this.syncer)[1];
+    return this.syncer === null ? this.syncsAtClose : this.syncer.state().syncs;
   }
 
   private settleWaiters(error: Error | null): void {
@@ -166,8 +169,8 @@ export class LogDurability {
   close(): void {
     const syncer = this.syncer;
     if (syncer === null) return;
-    native.syncerClose(syncer);
-    const [durableSeq, syncs, error] = native.syncerState(syncer);
+    syncer.close();
+    const { durableSeq, syncs, error } = syncer.state();
     this.syncer = null;
     this.syncsAtClose = syncs;
     if (error !== null) this.failed(error);

@@ -190,7 +190,13 @@ export class WriteLog {
     this.nextSeq = superblock.cpSeq + 1;
     this.appendedSeq = superblock.cpSeq;
     this.appliedSeq = superblock.cpSeq;
-    this.durability = new LogDurability(options.dir, options.activity, () => this.appendedSeq, superblock.cpSeq);
+    this.durability = new LogDurability(
+      options.dir,
+      options.activity,
+      (fdsMax, durableSeq, onSynced) => this.files.fs.openSyncer(fdsMax, durableSeq, onSynced),
+      () => this.appendedSeq,
+      superblock.cpSeq,
+    );
     this.writer = new LogWriter(this.geometry.partitionBytes, options.activity, options.inlineWriteBytesMax, {
       fdOf: (generation) => this.slotOf(generation).fd,
       written: (run, fd) => {

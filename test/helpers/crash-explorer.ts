@@ -27,6 +27,8 @@ export interface ExplorationReport {
   states: number;
   /** The most changes left pending at one crash point. */
   mostPending: number;
+  /** Every change some crash point left to chance, described (crashChanges()). */
+  changesSeen: Set<string>;
 }
 
 /** Runs the exploration; a failed check throws with the crash point and the outcome in its message. */
@@ -40,6 +42,7 @@ export async function exploreCrashes(exploration: CrashExploration): Promise<Exp
   whole.dispose();
   let states = 0;
   let mostPending = 0;
+  const changesSeen = new Set<string>();
   try {
     await exploration.check(completed, `after the operation completed (${mutations} mutations)`);
     states += 1;
@@ -58,6 +61,7 @@ export async function exploreCrashes(exploration: CrashExploration): Promise<Exp
       if (!run.crashed) continue;
       const changes = run.crashChanges();
       mostPending = Math.max(mostPending, changes.length);
+      for (const change of changes) changesSeen.add(change);
       const outcomes = new Map<string, boolean[]>();
       const add = (keep: boolean[]): void => void outcomes.set(keep.map((kept) => (kept ? '1' : '0')).join(''), keep);
       add(changes.map(() => false));
@@ -82,7 +86,7 @@ export async function exploreCrashes(exploration: CrashExploration): Promise<Exp
       run.dispose();
     }
   }
-  return { mutations, states, mostPending };
+  return { mutations, states, mostPending, changesSeen };
 }
 
 /** Runs `body`, then `release` whatever happened, keeping the body's error (the release's is dropped after a crash). */

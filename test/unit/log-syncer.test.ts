@@ -1,9 +1,15 @@
-// The write log's syncer thread (native/log_syncer.c), driven directly: it makes what was
+// The LogSyncer port (src/io/log-syncer.ts), driven directly, with one suite for both of
+// its implementations: the native syncer thread (native/log_syncer.c) over real files and
+// its twin over the simulated file system (memory-log-syncer.ts). Each makes what was
 // noted durable when somebody wants it, reports each sync on the event loop, covers
-// entries noted while it synced with the next sync, syncs on the caller's thread when
-// asked and idle, keeps the first failure for good (a failed fdatasync is never retried),
-// refuses bad arguments without changing anything, and neither keeps an idle process
-// alive nor lets it exit before a queued report arrives, nor calls back after close.
+// entries noted while it synced with the next sync, syncs on the caller's turn when asked
+// and idle, keeps the first failure for good (a failed fdatasync is never retried), and
+// reports nothing after close.
+//
+// Then what only the thread has (a real fdatasync failing, its argument checks, keeping
+// an idle process from exiting but not a busy one), and what only the twin has: the
+// simulated file system loses a partition's bytes written since the syncer's last sync of
+// it when it crashes, and a sync is a mutation at which a test can stop the world.
 
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -11,7 +17,10 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { describe, test } from 'node:test';
+import { after, describe, test } from 'node:test';
+import { NodeFileSystem, type FileSystem } from '../../src/io/file-system.js';
+import { MemoryFileSystem, SimulatedCrash } from '../../src/io/memory-file-system.js';
+import type { LogSyncer } from '../../src/io/log-syncer.js';
 import { native, type SyncerHandle } from '../../src/io/native.js';
 import { scratchDirs } from '../helpers/test-data.js';
 
@@ -29,11 +38,56 @@ interface Report {
   error: Error | null;
 }
 
+/** A file system to hold partitions: a real directory, or the simulated file system. */
+interface Place {
+  fs: FileSystem;
+  /** A new partition file of 4 KiB, opened for the data path. */
+  partition(name: string): number;
+  close(fd: number): void;
+}
+
+const places: { name: string; make: () => Place }[] = [
+  {
+    name: 'native thread over NodeFileSystem',
+    make: () => {
+      const dir = freshDir();
+      const system = new NodeFileSystem();
+      return {
+        fs: system,
+        partition: (name) => {
+          const fd = fs.openSync(path.join(dir, name), 'w+');
+          fs.writeSync(fd, Buffer.alloc(4096, 7), 0, 4096, 0);
+          return fd;
+        },
+        close: (fd) => fs.closeSync(fd),
+      };
+    },
+  },
+  {
+    name: 'twin over MemoryFileSystem',
+    make: () => {
+      const memory = new MemoryFileSystem();
+      after(() => memory.dispose());
+      return { fs: memory, partition: (name) => memoryPartition(memory, `/${name}`), close: (fd) => memory.close(fd) };
+    },
+  },
+];
+
+/** A 4 KiB partition in the simulated file system, durable with its name, opened as the log opens one. */
+function memoryPartition(memory: MemoryFileSystem, file: string): number {
+  const made = memory.create(file);
+  memory.write(made, Buffer.alloc(4096, 7), 0);
+  memory.syncData(made);
+  memory.close(made);
+  memory.syncDir('/');
+  return memory.open(file, true);
+}
+
 /** A syncer whose reports are queued; `next()` waits for the next one. */
-function openSyncer(fdsMax = 4, durableSeq = 0): { syncer: SyncerHandle; next: () => Promise<Report>; reports: Report[] } {
+function openSyncer(system: FileSystem, fdsMax = 4, durableSeq = 0): { syncer: LogSyncer; next: () => Promise<Report>; reports: Report[] } {
   const reports: Report[] = [];
   let wake: (() => void) | null = null;
-  const syncer = native.syncerOpen(fdsMax, durableSeq, (durable, syncs, error) => {
+  const syncer = system.openSyncer(fdsMax, durableSeq, (durable, syncs, error) => {
     reports.push({ durableSeq: durable, syncs, error });
     wake?.();
   });
@@ -49,12 +103,6 @@ function openSyncer(fdsMax = 4, durableSeq = 0): { syncer: SyncerHandle; next: (
   return { syncer, next, reports };
 }
 
-function fileFd(name: string): number {
-  const fd = fs.openSync(path.join(freshDir(), name), 'w+');
-  fs.writeSync(fd, Buffer.alloc(4096, 7), 0, 4096, 0);
-  return fd;
-}
-
 /** Waits until `seq` is reported durable (reports may merge several syncs). */
 async function durableThrough(next: () => Promise<Report>, seq: number): Promise<Report> {
   for (;;) {
@@ -64,123 +112,158 @@ async function durableThrough(next: () => Promise<Report>, seq: number): Promise
   }
 }
 
-describe('log syncer', () => {
-  test('a wanted seq that was noted becomes durable, and the report says so', async () => {
-    const fd = fileFd('a');
-    const { syncer, next } = openSyncer(4, 10);
-    try {
-      assert.deepEqual(native.syncerState(syncer), [10, 0, null]);
-      native.syncerNote(syncer, fd, 13);
-      // Noted but not wanted: nothing to do yet.
-      assert.deepEqual(native.syncerState(syncer), [10, 0, null]);
-      native.syncerWant(syncer, 13);
-      const report = await next();
-      assert.deepEqual(report, { durableSeq: 13, syncs: 1, error: null });
-      assert.deepEqual(native.syncerState(syncer), [13, 1, null]);
-    } finally {
-      native.syncerClose(syncer);
-      fs.closeSync(fd);
-    }
-  });
-
-  test('a sync covers only what was noted before it; what is noted later goes with the next one', async () => {
-    const fds = [fileFd('a'), fileFd('b')];
-    const { syncer, next } = openSyncer(2);
-    try {
-      native.syncerNote(syncer, fds[0]!, 1);
-      // Wanted beyond what is written: the sync covers seq 1 only.
-      native.syncerWant(syncer, 3);
-      const first = await durableThrough(next, 1);
-      assert.equal(first.durableSeq, 1);
-      // Written across both partitions, then wanted again.
-      native.syncerNote(syncer, fds[0]!, 2);
-      native.syncerNote(syncer, fds[1]!, 3);
-      native.syncerWant(syncer, 3);
-      const second = await durableThrough(next, 3);
-      assert.equal(second.durableSeq, 3);
-      assert.ok(second.syncs >= 2 && second.syncs <= 3, `${second.syncs} syncs`);
-    } finally {
-      native.syncerClose(syncer);
-      for (const fd of fds) fs.closeSync(fd);
-    }
-  });
-
-  test('many wants while the thread syncs are served by few syncs (group commit)', async () => {
-    const fd = fileFd('a');
-    const { syncer, next } = openSyncer();
-    try {
-      for (let seq = 1; seq <= 200; seq += 1) {
-        fs.writeSync(fd, Buffer.alloc(512, seq), 0, 512, (seq % 8) * 512);
-        native.syncerNote(syncer, fd, seq);
-        native.syncerWant(syncer, seq);
+for (const place of places) {
+  describe(`log syncer: ${place.name}`, () => {
+    test('a wanted seq that was noted becomes durable, and the report says so', async () => {
+      const at = place.make();
+      const fd = at.partition('a');
+      const { syncer, next } = openSyncer(at.fs, 4, 10);
+      try {
+        assert.deepEqual(stateOf(syncer), [10, 0, null]);
+        syncer.note(fd, 13);
+        // Noted but not wanted: nothing to do yet.
+        assert.deepEqual(stateOf(syncer), [10, 0, null]);
+        syncer.want(13);
+        const report = await next();
+        assert.deepEqual(report, { durableSeq: 13, syncs: 1, error: null });
+        assert.deepEqual(stateOf(syncer), [13, 1, null]);
+      } finally {
+        syncer.close();
+        at.close(fd);
       }
-      const report = await durableThrough(next, 200);
-      assert.equal(report.durableSeq, 200);
-      // Each sync takes tens of microseconds; the 200 wants above take far less.
-      assert.ok(report.syncs < 100, `${report.syncs} syncs for 200 wants`);
-    } finally {
-      native.syncerClose(syncer);
-      fs.closeSync(fd);
-    }
-  });
+    });
 
-  test('syncNow syncs on the calling thread when the syncer is idle', () => {
-    const fd = fileFd('a');
-    const { syncer, reports } = openSyncer();
-    try {
-      assert.equal(native.syncerSyncNow(syncer), 0, 'nothing noted: durable as it was, no sync');
-      assert.equal(native.syncerState(syncer)[1], 0);
-      native.syncerNote(syncer, fd, 5);
-      assert.equal(native.syncerSyncNow(syncer), 5);
-      assert.deepEqual(native.syncerState(syncer), [5, 1, null]);
-      assert.equal(reports.length, 0, 'an inline sync is returned, not reported');
-    } finally {
-      native.syncerClose(syncer);
-      fs.closeSync(fd);
-    }
-  });
+    test('a sync covers only what was noted before it; what is noted later goes with the next one', async () => {
+      const at = place.make();
+      const fds = [at.partition('a'), at.partition('b')];
+      const { syncer, next } = openSyncer(at.fs, 2);
+      try {
+        syncer.note(fds[0]!, 1);
+        // Wanted beyond what is written: the sync covers seq 1 only.
+        syncer.want(3);
+        const first = await durableThrough(next, 1);
+        assert.equal(first.durableSeq, 1);
+        // Written across both partitions, then wanted again.
+        syncer.note(fds[0]!, 2);
+        syncer.note(fds[1]!, 3);
+        syncer.want(3);
+        const second = await durableThrough(next, 3);
+        assert.equal(second.durableSeq, 3);
+        assert.ok(second.syncs >= 2 && second.syncs <= 3, `${second.syncs} syncs`);
+      } finally {
+        syncer.close();
+        for (const fd of fds) at.close(fd);
+      }
+    });
 
-  test('a failed sync is reported, kept, and never retried', async () => {
-    const fd = fileFd('a');
-    const { syncer, next } = openSyncer();
-    try {
-      native.syncerNote(syncer, fd, 1);
-      native.syncerWant(syncer, 1);
-      await durableThrough(next, 1);
-      native.syncerFailNext(syncer, os.constants.errno.EIO);
-      native.syncerNote(syncer, fd, 2);
-      native.syncerWant(syncer, 2);
-      const failed = await next();
-      assert.equal(failed.durableSeq, 1, 'durability claimed by a failed sync');
-      assert.equal(failed.syncs, 2);
-      assert.ok(failed.error !== null);
-      assert.equal((failed.error as NodeJS.ErrnoException).code, 'EIO');
-      assert.equal((failed.error as NodeJS.ErrnoException).syscall, 'fdatasync');
-      // Later wants start no sync, and an inline one throws the same error.
-      native.syncerNote(syncer, fd, 3);
-      native.syncerWant(syncer, 3);
-      assert.throws(() => native.syncerSyncNow(syncer), { code: 'EIO', syscall: 'fdatasync' });
-      const [durableSeq, syncs, error] = native.syncerState(syncer);
-      assert.equal(durableSeq, 1);
-      assert.equal(syncs, 2);
-      assert.match(String(error), /EIO/);
-    } finally {
-      native.syncerClose(syncer);
-      fs.closeSync(fd);
-    }
-  });
+    test('many wants while a sync runs are served by few syncs (group commit)', async () => {
+      const at = place.make();
+      const fd = at.partition('a');
+      const { syncer, next } = openSyncer(at.fs);
+      try {
+        for (let seq = 1; seq <= 200; seq += 1) {
+          fs.writeSync(fd, Buffer.alloc(512, seq), 0, 512, (seq % 8) * 512);
+          syncer.note(fd, seq);
+          syncer.want(seq);
+        }
+        const report = await durableThrough(next, 200);
+        assert.equal(report.durableSeq, 200);
+        // Each sync takes tens of microseconds; the 200 wants above take far less.
+        assert.ok(report.syncs < 100, `${report.syncs} syncs for 200 wants`);
+      } finally {
+        syncer.close();
+        at.close(fd);
+      }
+    });
 
+    test('syncNow syncs on the caller\'s turn when no sync runs', () => {
+      const at = place.make();
+      const fd = at.partition('a');
+      const { syncer, reports } = openSyncer(at.fs);
+      try {
+        assert.equal(syncer.syncNow(), 0, 'nothing noted: durable as it was, no sync');
+        assert.equal(stateOf(syncer)[1], 0);
+        syncer.note(fd, 5);
+        assert.equal(syncer.syncNow(), 5);
+        assert.deepEqual(stateOf(syncer), [5, 1, null]);
+        assert.equal(reports.length, 0, 'an inline sync is returned, not reported');
+      } finally {
+        syncer.close();
+        at.close(fd);
+      }
+    });
+
+    test('a failed sync is reported, kept, and never retried', async () => {
+      const at = place.make();
+      const fd = at.partition('a');
+      const { syncer, next } = openSyncer(at.fs);
+      try {
+        syncer.note(fd, 1);
+        syncer.want(1);
+        await durableThrough(next, 1);
+        syncer.failNext(os.constants.errno.EIO);
+        syncer.note(fd, 2);
+        syncer.want(2);
+        const failed = await next();
+        assert.equal(failed.durableSeq, 1, 'durability claimed by a failed sync');
+        assert.equal(failed.syncs, 2);
+        assert.ok(failed.error !== null);
+        assert.equal((failed.error as NodeJS.ErrnoException).code, 'EIO');
+        assert.equal((failed.error as NodeJS.ErrnoException).syscall, 'fdatasync');
+        // Later wants start no sync, and an inline one throws the same error.
+        syncer.note(fd, 3);
+        syncer.want(3);
+        assert.throws(() => syncer.syncNow(), { code: 'EIO', syscall: 'fdatasync' });
+        const [durableSeq, syncs, error] = stateOf(syncer);
+        assert.equal(durableSeq, 1);
+        assert.equal(syncs, 2);
+        assert.match(String(error), /EIO/);
+      } finally {
+        syncer.close();
+        at.close(fd);
+      }
+    });
+
+    test('after close a wanted sync is not reported', async () => {
+      const at = place.make();
+      const fd = at.partition('a');
+      const { syncer, reports } = openSyncer(at.fs);
+      syncer.note(fd, 1);
+      syncer.want(1);
+      syncer.close();
+      const [durableSeq] = stateOf(syncer);
+      assert.ok(durableSeq === 0 || durableSeq === 1);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      assert.equal(reports.length, 0);
+      at.close(fd);
+    });
+  });
+}
+
+/** [durableSeq, syncs, error]: the state as one value to compare. */
+function stateOf(syncer: LogSyncer): [number, number, Error | null] {
+  const { durableSeq, syncs, error } = syncer.state();
+  return [durableSeq, syncs, error];
+}
+
+function fileFd(name: string): number {
+  const fd = fs.openSync(path.join(freshDir(), name), 'w+');
+  fs.writeSync(fd, Buffer.alloc(4096, 7), 0, 4096, 0);
+  return fd;
+}
+
+describe('log syncer: only the native thread', () => {
   test('fdatasync failing for real (a pipe cannot be synced) fails the same way', async () => {
     const [readEnd, writeEnd] = pipeFds();
-    const { syncer, next } = openSyncer();
+    const { syncer, next } = openSyncer(new NodeFileSystem());
     try {
-      native.syncerNote(syncer, writeEnd, 1);
-      native.syncerWant(syncer, 1);
+      syncer.note(writeEnd, 1);
+      syncer.want(1);
       const report = await next();
       assert.equal(report.durableSeq, 0);
       assert.equal((report.error as NodeJS.ErrnoException | null)?.code, 'EINVAL');
     } finally {
-      native.syncerClose(syncer);
+      syncer.close();
       fs.closeSync(readEnd);
       fs.closeSync(writeEnd);
     }
@@ -189,7 +272,7 @@ describe('log syncer', () => {
   test('bad arguments are refused and change nothing', () => {
     const fd = fileFd('a');
     const fd2 = fileFd('b');
-    const { syncer } = openSyncer(1);
+    const syncer = native.syncerOpen(1, 0, () => undefined);
     try {
       const noop = (): void => undefined;
       assert.throws(() => native.syncerOpen(0, 0, noop), TypeError);
@@ -253,17 +336,92 @@ describe('log syncer', () => {
     assert.equal(child.stdout.trim(), 'durable 4', 'the queued report arrived');
   });
 
-  test('after close a wanted sync is not reported', async () => {
-    const fd = fileFd('a');
-    const { syncer, reports } = openSyncer();
-    native.syncerNote(syncer, fd, 1);
-    native.syncerWant(syncer, 1);
-    native.syncerClose(syncer);
-    const [durableSeq] = native.syncerState(syncer);
-    assert.ok(durableSeq === 0 || durableSeq === 1);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-    assert.equal(reports.length, 0);
-    fs.closeSync(fd);
+});
+
+describe('log syncer: only the twin', () => {
+  test('a crash loses what the log wrote to a partition since the last sync of it, and keeps what a sync made durable', async () => {
+    const memory = new MemoryFileSystem();
+    try {
+      const fd = memoryPartition(memory, '/part-0');
+      const { syncer, next } = openSyncer(memory);
+      fs.writeSync(fd, Buffer.alloc(512, 1), 0, 512, 0);
+      syncer.note(fd, 1);
+      assert.deepEqual(memory.crashChanges(), ['bytes of /part-0']);
+      const lost = memory.afterCrash(() => false);
+      const kept = memory.afterCrash(() => true);
+      assert.ok(lost.readFile('/part-0').equals(Buffer.alloc(4096, 7)), 'unsynced bytes survived a crash that lost them');
+      assert.equal(kept.readFile('/part-0')[0], 1);
+      lost.dispose();
+      kept.dispose();
+      syncer.want(1);
+      await durableThrough(next, 1);
+      assert.deepEqual(memory.crashChanges(), [], 'nothing left to chance after the sync');
+      const after = memory.afterCrash(() => false);
+      assert.equal(after.readFile('/part-0')[0], 1, 'synced bytes lost');
+      after.dispose();
+      syncer.close();
+      memory.close(fd);
+    } finally {
+      memory.dispose();
+    }
+  });
+
+  test('a file opened for the data path and never noted keeps its bytes as they are (the volume image)', () => {
+    const memory = new MemoryFileSystem();
+    try {
+      const fd = memoryPartition(memory, '/image');
+      fs.writeSync(fd, Buffer.alloc(512, 3), 0, 512, 0);
+      assert.deepEqual(memory.crashChanges(), []);
+      const after = memory.afterCrash(() => false);
+      assert.equal(after.readFile('/image')[0], 3);
+      after.dispose();
+      memory.close(fd);
+    } finally {
+      memory.dispose();
+    }
+  });
+
+  test('a sync is a mutation: the world stopped at it fails the sync, and the report carries the crash', async () => {
+    const memory = new MemoryFileSystem();
+    try {
+      const fd = memoryPartition(memory, '/part-0');
+      const { syncer, next } = openSyncer(memory);
+      fs.writeSync(fd, Buffer.alloc(512, 1), 0, 512, 0);
+      syncer.note(fd, 1);
+      memory.stopAfter(memory.mutations + 1);
+      syncer.want(1);
+      const report = await next();
+      assert.ok(report.error instanceof SimulatedCrash, String(report.error));
+      assert.equal(report.durableSeq, 0);
+      assert.ok(memory.crashed);
+      syncer.close();
+      memory.close(fd);
+    } finally {
+      memory.dispose();
+    }
+  });
+
+  test('bad arguments are refused as the thread refuses them', () => {
+    const memory = new MemoryFileSystem();
+    try {
+      const noop = (): void => undefined;
+      assert.throws(() => memory.openSyncer(0, 0, noop), TypeError);
+      assert.throws(() => memory.openSyncer(2, -1, noop), TypeError);
+      assert.throws(() => memory.openSyncer(2, 0.5, noop), TypeError);
+      const syncer = memory.openSyncer(1, 0, noop);
+      assert.throws(() => syncer.failNext(0), TypeError);
+      const first = memoryPartition(memory, '/a');
+      const second = memoryPartition(memory, '/b');
+      syncer.note(first, 1);
+      assert.throws(() => syncer.note(second, 2), RangeError);
+      assert.equal(syncer.syncNow(), 1);
+      assert.deepEqual(stateOf(syncer), [1, 1, null]);
+      syncer.close();
+      memory.close(first);
+      memory.close(second);
+    } finally {
+      memory.dispose();
+    }
   });
 });
 
