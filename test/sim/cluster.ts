@@ -13,7 +13,10 @@
 // Faults: a partition cuts a secondary's links (the source is told at once) and heals
 // later, or never; a crash kills a secondary (it keeps only what was durable), the source
 // notices some time later, and the secondary restarts and reconnects with what its
-// recovery found. The primary is the shipped PrimaryCore (src/core/primary-core.ts:
+// recovery found. When the primary connects to a peer again is the shipped
+// PeerConnector's decision (src/core/peer-connector.ts), one per peer as MirrorEngine
+// keeps them, told by a failure detector that is always right: the peer is down while it
+// is cut or crashed, up again the moment it heals or restarts. The primary is the shipped PrimaryCore (src/core/primary-core.ts:
 // MirrorSource, MirrorLedger and the resync plans), whose actions the sim carries out
 // as MirrorEngine does: messages over the simulated links, the ledger's files kept in
 // `files`, entries read back from the log. When a peer comes back the core decides:
@@ -38,6 +41,7 @@ import type { DiskState, MirrorSource } from '../../src/core/mirror-source.js';
 import { MirrorLedger, type LedgerOpening, type MirrorRecord } from '../../src/core/mirror-ledger.js';
 import { PrimaryCore, type PrimaryAction } from '../../src/core/primary-core.js';
 import { VolumeCore } from '../../src/core/volume-core.js';
+import { PeerConnector, type ConnectorAction } from '../../src/core/peer-connector.js';
 import { constants } from '../../src/constants.js';
 import { DirtyBitmap } from '../../src/core/dirty-bitmap.js';
 import { Prng } from '../unit/prng.js';
@@ -48,6 +52,10 @@ import { Secondary } from './secondary.js';
 import { Replica, entryBytes, writeFrame, type Frame, type WriteFrame } from './volume.js';
 
 export type { SimConfig } from './config.js';
+
+/** The primary's back-off between attempts to reach a peer, on the sim's clock (the node's is 200 ms to 5 s). */
+const RECONNECT_DELAY_US_MIN = 1000;
+const RECONNECT_DELAY_US_MAX = 16_000;
 
 export interface ClientRequest {
   token: number;
@@ -188,6 +196,11 @@ export class Cluster implements CheckedCluster {
   /** Every write the primary ever logged -> its place in the order they were logged. */
   private readonly ordinals = new Map<number, number>();
   private readonly primaryTally: PrimaryTally = emptyPrimaryTally();
+  /** Per peer, the primary's reconnect schedule (a new one at each start of the primary). */
+  private connectors = new Map<string, PeerConnector>();
+  /** Per peer, the connector's wait that is set (a later one, or a cancel, makes it stale). */
+  private readonly waits = new Map<string, number>();
+  private nextWait = 1;
 
   constructor(
     readonly config: SimConfig,
@@ -296,20 +309,20 @@ export class Cluster implements CheckedCluster {
   }
 
   run(): RunSummary {
-    for (const peer of this.peers) this.connect(peer);
+    this.startConnectors();
     for (const client of this.clients) this.scheduleClient(client);
     this.scheduleCheckpoint();
     for (const cut of this.config.cuts) {
       const peer = this.peer(cut.peer);
       this.queue.at(cut.atUs, `cut ${peer.id}`, () => {
         this.partitions.set(peer.id, (this.partitions.get(peer.id) ?? 0) + 1);
-        this.disconnect(peer, 'links cut by the simulator');
+        this.lose(peer, 'links cut by the simulator');
       });
       const after = cut.reconnectAfterUs;
       if (after !== null) {
         this.queue.at(cut.atUs + after, `heal ${peer.id}`, () => {
           this.partitions.set(peer.id, (this.partitions.get(peer.id) ?? 1) - 1);
-          this.reconnect(peer);
+          this.heartbeatUp(peer);
         });
       }
     }
@@ -353,16 +366,85 @@ export class Cluster implements CheckedCluster {
     this.expectedDrop = null;
   }
 
-  /** As the node does: once the target is idle, a new session with its READY. */
-  reconnect(peer: Secondary): void {
-    // A primary that is down connects to no one; it connects to every peer it can at its restart.
-    if (!this.primaryUp || peer.inSync || !this.reachable(peer)) return;
+  // ---- reconnects, as MirrorEngine carries out its PeerConnector's actions -------------
+
+  /** The primary (re)starts: a new connector per peer, each connecting if the peer is up. */
+  private startConnectors(): void {
+    this.connectors = new Map(this.peers.map((peer) => [peer.id, new PeerConnector(RECONNECT_DELAY_US_MIN / 1000, RECONNECT_DELAY_US_MAX / 1000)]));
+    this.waits.clear();
+    for (const peer of this.peers) this.onConnector(peer, this.connectorOf(peer).start(this.reachable(peer)));
+  }
+
+  private connectorOf(peer: Secondary): PeerConnector {
+    const connector = this.connectors.get(peer.id);
+    if (connector === undefined) throw new Error(`no connector for ${peer.id}`);
+    return connector;
+  }
+
+  /** The failure detector calls the peer up (healed, restarted). */
+  private heartbeatUp(peer: Secondary): void {
+    if (this.primaryUp) this.onConnector(peer, this.connectorOf(peer).heartbeatUp());
+  }
+
+  /**
+   * The peer's links go down because it is cut off or crashed: the source is told, and the
+   * connector hears of the lost session while the failure detector calls the peer down.
+   */
+  private lose(peer: Secondary, reason: string): void {
+    if (!peer.inSync) return;
+    this.disconnect(peer, reason);
+    this.retry(peer, reason, false);
+  }
+
+  /** The session failed or was lost or dropped: the connector says when to try again. */
+  private retry(peer: Secondary, problem: string, available: boolean): void {
+    if (this.primaryUp) this.onConnector(peer, this.connectorOf(peer).failed(problem, available));
+  }
+
+  private onConnector(peer: Secondary, actions: ConnectorAction[]): void {
+    const connector = this.connectorOf(peer);
+    for (const action of actions) {
+      switch (action.kind) {
+        case 'connect':
+          this.reconnect(peer);
+          break;
+        case 'wait': {
+          const wait = this.nextWait++;
+          this.waits.set(peer.id, wait);
+          this.queue.after(action.delayMs * 1000, `reconnect ${peer.id} after the back-off`, () => {
+            if (this.waits.get(peer.id) !== wait || this.connectors.get(peer.id) !== connector) return;
+            this.waits.delete(peer.id);
+            this.onConnector(peer, connector.timerFired(this.reachable(peer)));
+          });
+          break;
+        }
+        case 'cancel-wait':
+          this.waits.delete(peer.id);
+          break;
+        case 'report':
+          this.trace?.(`${this.queue.now}us cannot reach ${peer.id}: ${action.problem}`);
+          break;
+      }
+    }
+  }
+
+  /**
+   * A connection attempt, as the node makes one: a session with the target's READY, which
+   * a target sends only once nothing of its last session is under way (it waits here).
+   */
+  private reconnect(peer: Secondary): void {
+    if (!this.primaryUp || peer.inSync) return;
+    if (!this.reachable(peer)) {
+      this.retry(peer, 'the peer cannot be reached', false);
+      return;
+    }
     if (!peer.idle) {
       this.queue.after(200, `reconnect ${peer.id} (target busy)`, () => this.reconnect(peer));
       return;
     }
     this.core.connecting(peer.id);
     this.connect(peer);
+    if (peer.inSync) this.connectorOf(peer).connected();
   }
 
   /**
@@ -377,12 +459,12 @@ export class Cluster implements CheckedCluster {
     this.checker.crashed(peer);
     const incarnation = peer.incarnation;
     this.queue.after(Math.min(crash.detectAfterUs, crash.restartAfterUs), `${peer.id}'s crash noticed`, () => {
-      if (peer.incarnation === incarnation) this.disconnect(peer, 'peer crashed');
+      if (peer.incarnation === incarnation) this.lose(peer, 'peer crashed');
     });
     this.queue.after(crash.restartAfterUs, `${peer.id} restarts`, () => {
-      this.disconnect(peer, 'peer restarted');
+      this.lose(peer, 'peer restarted');
       peer.restart();
-      this.reconnect(peer);
+      this.heartbeatUp(peer);
     });
   }
 
@@ -397,7 +479,8 @@ export class Cluster implements CheckedCluster {
     if (peer.inSync) {
       peer.cut();
       // The engine closes the links of a peer dropped while they were up, and retries.
-      if (this.config.resync) this.queue.after(1000, `reconnect ${peer.id} after its drop`, () => this.reconnect(peer));
+      // Without resync the core drops it again at each retry: the sim stops retrying.
+      this.retry(peer, reason, this.config.resync);
     }
   }
 
@@ -841,7 +924,7 @@ export class Cluster implements CheckedCluster {
     this.onSource(this.core.open());
     this.primaryUp = true;
     this.trace?.(`${this.queue.now}us primary restarted at entry ${lastSeq}; diverged after ${JSON.stringify(ledger.divergedAfter)}`);
-    for (const peer of this.peers) this.reconnect(peer);
+    this.startConnectors();
     for (const client of this.clients) this.scheduleClient(client);
     this.scheduleCheckpoint();
   }
