@@ -5,19 +5,18 @@
 // resyncs, and when a reply may leave (MirrorSource); what each peer may lack and how the
 // last run ended (MirrorLedger: the dirty bitmaps and the state file
 // `<dataDir>/mirror/<volume>.json`); and which regions a resync sends next. This module
-// carries out its actions: frames on the links, the reconnect timer, the files; the long
-// transfers (a resync, a catch-up from the log, entries read back for a dropped peer) are
-// peer-transfers.ts, which it starts and gives what they act through.
+// carries out its actions: frames on the sessions' links, the files; the sessions
+// themselves (connections, reconnects, the frames that arrive) are peer-sessions.ts, and
+// the long transfers (a resync, a catch-up from the log, entries read back for a dropped
+// peer) are peer-transfers.ts, which it starts and gives what they act through.
 //
-// Why one file of this size: besides carrying out PrimaryCore's actions it runs the links
-// (connect through the StreamLink port, reconnect as its PeerConnector says), the write
-// path's side of the mirror (the tap, the reply's wait, the write-intent record) and
-// starts online verifies (the requests waiting for a digest are DigestRequests), all over
-// the same peers' links and sessions. What they decide is the cores'. The sections below
-// keep the jobs apart.
+// Why one file of this size: besides carrying out PrimaryCore's actions (`run`) it is the
+// write path's side of the mirror (the tap, the reply's wait, the write-intent record,
+// the log's retainer) and starts online verifies (the requests waiting for a digest are
+// DigestRequests), and each of the three acts on the same core, sessions and files. What
+// they decide is the cores'. The sections below keep the jobs apart.
 
 import path from 'node:path';
-import crypto from 'node:crypto';
 import { constants } from '../constants.js';
 import type { ClusterConfig, NodeConfig, VolumeConfig } from '../control/config.js';
 import { assert } from '../lib/assert.js';
@@ -26,7 +25,6 @@ import type { Logger } from '../lib/log.js';
 import type { DiskState, PeerStatus } from '../core/mirror-source.js';
 import { PrimaryCore, type PrimaryAction, type ResyncPace } from '../core/primary-core.js';
 import { DigestRequests } from './digest-requests.js';
-import { PeerConnector, type ConnectorAction } from '../core/peer-connector.js';
 import { encodeEntryFrame, encodeFrame, type PeerMessage } from '../protocol/peer/frames.js';
 import type { DirtyBitmap } from '../core/dirty-bitmap.js';
 import { MirrorLedger, encodeMirrorRecord, parseMirrorRecord } from '../core/mirror-ledger.js';
@@ -38,27 +36,12 @@ import type { DurableFiles } from '../storage/durable-files.js';
 import { ResyncController } from '../core/resync-controller.js';
 import { OnlineVerify, type VerifyReport } from './online-verify.js';
 import { catchUpFromLog, readUnsynced, runResync, type TransferPeer, type TransferPorts } from './peer-transfers.js';
-import { connectAsSource, PeerLink } from './peer-link.js';
-import { systemClock, type Clock, type Timer } from '../io/clock.js';
+import type { PeerLink, ReadyMessage } from './peer-link.js';
+import { linkFor, PeerSessions, type PeerSession } from './peer-sessions.js';
+import { systemClock, type Clock } from '../io/clock.js';
 import { tcpStreamLink, type StreamLink } from '../io/stream-link.js';
 
 type Frame = Buffer[];
-
-/** One peer's connection array and reconnect schedule. */
-interface PeerLinks {
-  node: NodeConfig;
-  links: PeerLink[];
-  session: number;
-  up: boolean;
-  /** When to connect again (PeerConnector's decisions). */
-  connector: PeerConnector;
-  /** The connector's wait, while one is set. */
-  timer: Timer | null;
-  /** Wakes a resync waiting for the peer to make regions durable. */
-  progress: (() => void) | null;
-  /** The resync under way: when it started and how much it had to send. */
-  resyncStart: { atMs: number; bytes: number } | null;
-}
 
 export interface MirrorPeerStatus extends PeerStatus {
   outOfSyncBytes: number;
@@ -101,12 +84,11 @@ export interface MirrorEngineParts {
 
 export class MirrorEngine {
   private readonly core: PrimaryCore<Frame>;
-  private readonly peers = new Map<string, PeerLinks>();
+  private readonly sessions: PeerSessions;
   private readonly waiters = new Map<number, { resolve: () => void; reject: (error: Error) => void }>();
   private nextToken = 1;
   private readonly stateFile: string;
   private stopped = false;
-  private readonly secret: Buffer;
   private verifyRun: OnlineVerify | null = null;
   private readonly intent: WriteIntent;
   /** Without resync.rateMax: how many regions a resync may have in flight, from client latency. */
@@ -131,12 +113,10 @@ export class MirrorEngine {
   private readonly release: () => void;
   private readonly log: Logger;
   private readonly counters: { peerProtocolErrors: number };
-  private readonly available: (peer: string) => boolean;
   private readonly regions: MirrorEngineParts['regions'];
   private readonly entries: MirrorEngineParts['entries'];
   private readonly files: DurableFiles;
   private readonly clock: Clock;
-  private readonly streams: StreamLink;
 
   constructor(parts: MirrorEngineParts) {
     const { cluster, local, volume, lastSeq, recoveredSeq, replayed, log, files } = parts;
@@ -146,15 +126,12 @@ export class MirrorEngine {
     this.release = parts.release;
     this.log = log;
     this.counters = parts.counters;
-    this.available = parts.available;
     this.regions = parts.regions;
     this.entries = parts.entries;
     this.files = files;
     this.clock = parts.clock ?? systemClock;
-    this.streams = parts.streams ?? tcpStreamLink;
     this.digests = new DigestRequests(this.clock, constants.verifyReplyTimeoutMs);
     assert(volume.mode !== 'local');
-    this.secret = Buffer.from(cluster.secret, 'utf8');
     this.stateFile = path.join(local.dataDir, 'mirror', `${volume.name}.json`);
     const peerIds = volume.replicas.filter((id) => id !== local.id);
     const stateData = files.read(this.stateFile);
@@ -188,20 +165,33 @@ export class MirrorEngine {
       ledger,
     );
     this.transfers = { core: this.core, clock: this.clock, log, regions: this.regions, entries: this.entries, run: (actions) => this.run(actions) };
-    for (const id of peerIds) {
-      const node = cluster.nodes.find((candidate) => candidate.id === id);
-      assert(node !== undefined, `replica ${id} is not a node`);
-      this.peers.set(id, {
-        node,
-        links: [],
-        session: 0,
-        up: false,
-        connector: new PeerConnector(constants.peerReconnectDelayMsMin, constants.peerReconnectDelayMsMax),
-        timer: null,
-        progress: null,
-        resyncStart: null,
-      });
-    }
+    this.sessions = new PeerSessions({
+      clusterName: cluster.cluster,
+      secret: Buffer.from(cluster.secret, 'utf8'),
+      local,
+      peers: peerIds.map((id) => {
+        const node = cluster.nodes.find((candidate) => candidate.id === id);
+        assert(node !== undefined, `replica ${id} is not a node`);
+        return node;
+      }),
+      volume: volume.name,
+      connections: cluster.connections,
+      streams: parts.streams ?? tcpStreamLink,
+      clock: this.clock,
+      log,
+      counters: this.counters,
+      available: parts.available,
+      events: {
+        connecting: (peer) => this.core.connecting(peer.node.id),
+        ready: (peer, ready) => this.sessionReady(peer, ready),
+        message: (peer, link, message) => this.onMessage(peer, link, message),
+        lost: (peer, reason, stopping) => {
+          peer.resyncStart = null;
+          this.digests.failPeer(peer.node.id, `connection lost: ${reason}`);
+          if (!stopping) this.run(this.core.disconnected(peer.node.id, reason));
+        },
+      },
+    });
     // Durable before the first write: the record (a crash from now on is an unclean stop)
     // and the bitmaps; only then may the write-intent record start afresh.
     files.makeDir(path.dirname(this.stateFile), 'mirror-state');
@@ -213,7 +203,7 @@ export class MirrorEngine {
     return path.join(this.local.dataDir, 'mirror', `${this.volume.name}.${peer}.bitmap`);
   }
 
-  private resyncProgress(peer: PeerLinks | undefined): MirrorPeerStatus['resync'] {
+  private resyncProgress(peer: PeerSession | undefined): MirrorPeerStatus['resync'] {
     if (peer?.resyncStart == null) return null;
     const remainingBytes = this.core.dirtyBytes(peer.node.id);
     const elapsedSeconds = Math.max(0.001, (this.clock.nowMs() - peer.resyncStart.atMs) / 1000);
@@ -236,7 +226,7 @@ export class MirrorEngine {
   }
 
   /** Resolves on the peer's next ACK or FLUSHED, or after 100 ms (a wait that is bounded). */
-  private progressOf(peer: PeerLinks): Promise<void> {
+  private progressOf(peer: PeerSession): Promise<void> {
     return new Promise<void>((resolve) => {
       const done = (): void => {
         timer.cancel();
@@ -249,7 +239,7 @@ export class MirrorEngine {
   }
 
   /** A resync of `peer`'s marked regions, for this session of its links (see runResync). */
-  private async resync(peer: PeerLinks, session: number): Promise<void> {
+  private async resync(peer: PeerSession, session: number): Promise<void> {
     peer.resyncStart ??= { atMs: this.clock.nowMs(), bytes: this.core.dirtyBytes(peer.node.id) };
     await runResync(this.transfers, this.transferPeer(peer, session), this.volume.sizeBytes, () => this.resyncPace());
     peer.resyncStart = null;
@@ -275,7 +265,7 @@ export class MirrorEngine {
   }
 
   /** `peer` as a transfer sees it: live while this session is up and the engine runs. */
-  private transferPeer(peer: PeerLinks, session: number): TransferPeer {
+  private transferPeer(peer: PeerSession, session: number): TransferPeer {
     return {
       id: peer.node.id,
       live: () => !this.stopped && peer.up && peer.session === session,
@@ -300,43 +290,30 @@ export class MirrorEngine {
     if (!this.stopped) this.run(this.core.unsyncedRead(id, extents));
   }
 
-  private peerLinks(id: string): PeerLinks {
-    const peer = this.peers.get(id);
-    assert(peer !== undefined, `unknown peer ${id}`);
-    return peer;
-  }
-
   start(): void {
-    for (const peer of this.peers.values()) this.reconnect(peer, peer.connector.start(this.available(peer.node.id)));
+    this.sessions.start();
   }
 
   // ---- the failure detector's verdicts --------------------------------------------------------
 
   /** Heartbeats say the peer is up (first contact, or after its probation): connect. */
   peerUp(id: string): void {
-    const peer = this.peers.get(id);
-    if (peer !== undefined) this.reconnect(peer, peer.connector.heartbeatUp());
+    this.sessions.peerUp(id);
   }
 
   /** The peer went silent: its connections are closed and it is not retried until it is up again. */
   peerDown(id: string, reason: string): void {
-    const peer = this.peers.get(id);
-    if (peer === undefined) return;
-    this.reconnect(peer, peer.connector.heartbeatDown());
-    for (const link of peer.links) link.close(`peer down: ${reason}`);
+    this.sessions.peerDown(id, reason);
   }
 
   /** The peer restarted: connections to its earlier run are dead; set them up anew. */
   peerRestarted(id: string): void {
-    const peer = this.peers.get(id);
-    if (peer === undefined) return;
-    for (const link of peer.links) link.close('peer restarted');
-    this.peerUp(id);
+    this.sessions.peerRestarted(id);
   }
 
   /** A heartbeat from the peer: the time goes into every element of its connection array. */
   peerHeard(id: string, nowMs: number): void {
-    for (const link of this.peers.get(id)?.links ?? []) link.lastHeartbeatMs = nowMs;
+    this.sessions.peerHeard(id, nowMs);
   }
 
   // ---- the write path ---------------------------------------------------------------------
@@ -428,8 +405,8 @@ export class MirrorEngine {
     return this.core.status().map((peer) => ({
       ...peer,
       outOfSyncBytes: peer.disk === 'up-to-date' ? 0 : this.core.dirtyBytes(peer.peer),
-      resync: this.resyncProgress(this.peers.get(peer.peer)),
-      connections: (this.peers.get(peer.peer)?.links ?? []).map((link) => ({ state: link.state, lastHeartbeatMs: link.lastHeartbeatMs })),
+      resync: this.resyncProgress(this.sessions.get(peer.peer)),
+      connections: (this.sessions.get(peer.peer)?.links ?? []).map((link) => ({ state: link.state, lastHeartbeatMs: link.lastHeartbeatMs })),
     }));
   }
 
@@ -445,10 +422,7 @@ export class MirrorEngine {
       }
     }
     this.stopped = true;
-    for (const peer of this.peers.values()) {
-      peer.timer?.cancel();
-      for (const link of peer.links) link.close('node stopping');
-    }
+    this.sessions.stop();
     for (const waiter of this.waiters.values()) waiter.reject(new BlockmirrorError('ERR_VOLUME_IO', 'node stopping'));
     this.waiters.clear();
     // The peers have taken the final CP: the bitmap files no longer need to mark what they
@@ -472,18 +446,18 @@ export class MirrorEngine {
         sizeBytes: this.volume.sizeBytes,
         regionBytes: this.cluster.resync.regionBytes,
         peers: () =>
-          [...this.peers.values()].map((peer) => {
+          this.sessions.all().map((peer) => {
             const { replication, disk } = this.core.peerStatus(peer.node.id);
             return { node: peer.node.id, unavailable: peer.up && replication === 'streaming' ? null : `not compared: ${replication}, ${disk}` };
           }),
         whileHeld: (offset, lengthBytes, use) => this.regions.whileHeld(offset, lengthBytes, use),
         askDigest: (node, seq, offset, lengthBytes) => this.askDigest(node, seq, offset, lengthBytes),
         markOutOfSync: (node, offset, lengthBytes) => {
-          this.peerLinks(node);
+          this.sessions.of(node);
           this.run(this.core.outOfSync(node, offset, lengthBytes));
         },
         repair: async (node) => {
-          const peer = this.peers.get(node);
+          const peer = this.sessions.get(node);
           if (peer === undefined || !peer.up || !this.core.repair(node)) return false;
           this.log.warn('repairing the regions verify found different', { peer: node, bytes: this.core.dirtyBytes(node) });
           peer.resyncStart = { atMs: this.clock.nowMs(), bytes: this.core.dirtyBytes(node) };
@@ -516,116 +490,32 @@ export class MirrorEngine {
   }
 
   private askDigest(node: string, seq: number, offset: number, lengthBytes: number): Promise<Buffer> {
-    const peer = this.peers.get(node);
+    const peer = this.sessions.get(node);
     // On the connection the region's entries travel on, after them.
     const link = peer === undefined ? undefined : linkFor(peer, offset);
     if (peer === undefined || !peer.up || link === undefined) return Promise.reject(new Error('peer disconnected'));
     return this.digests.ask(node, (token) => link.send(encodeFrame({ type: 'verify', token, seq, offset, lengthBytes })));
   }
 
-  // ---- links --------------------------------------------------------------------------------
+  // ---- sessions ---------------------------------------------------------------------------
 
-  /** Carries out the peer's connector's actions. */
-  private reconnect(peer: PeerLinks, actions: ConnectorAction[]): void {
-    for (const action of actions) {
-      if (this.stopped) return;
-      switch (action.kind) {
-        case 'connect':
-          this.connect(peer);
-          break;
-        case 'wait':
-          peer.timer = this.clock.after(action.delayMs, () => {
-            peer.timer = null;
-            this.reconnect(peer, peer.connector.timerFired(this.available(peer.node.id)));
-          });
-          break;
-        case 'cancel-wait':
-          peer.timer?.cancel();
-          peer.timer = null;
-          break;
-        case 'report':
-          this.log.warn('peer connection failed', { peer: peer.node.id, problem: action.problem });
-          break;
-      }
+  /** A session is up: the core decides from the target's READY whether it streams, catches up or resyncs. */
+  private sessionReady(peer: PeerSession, ready: ReadyMessage): void {
+    this.log.info('peer connected', { peer: peer.node.id, connections: peer.links.length, lastSeq: ready.lastSeq, disk: ready.disk });
+    this.run(
+      this.core.connected(
+        peer.node.id,
+        { lastSeq: ready.lastSeq, durableSeq: ready.durableSeq, cpSeq: ready.cpSeq, disk: ready.disk },
+        (seq) => this.entries.holdsFrom(seq),
+      ),
+    );
+    const replication = this.core.peerStatus(peer.node.id).replication;
+    if (replication === 'streaming' || replication === 'catching-up') {
+      this.log.info(replication === 'streaming' ? 'peer streaming' : 'peer catching up', { peer: peer.node.id, fromSeq: ready.lastSeq + 1 });
     }
   }
 
-  private connect(peer: PeerLinks): void {
-    peer.session = crypto.randomBytes(4).readUInt32BE(0);
-    const session = peer.session;
-    const count = this.cluster.connections;
-    this.core.connecting(peer.node.id);
-    const attempts = Array.from({ length: count }, (_, index) =>
-      connectAsSource(
-        this.streams,
-        this.local.replication,
-        peer.node.replication,
-        {
-          cluster: this.cluster.cluster,
-          secret: this.secret,
-          fromNode: this.local.id,
-          toNode: peer.node.id,
-          volume: this.volume.name,
-          session,
-          connectionIndex: index,
-          connections: count,
-        },
-        this.counters,
-      ),
-    );
-    void Promise.allSettled(attempts).then((results) => {
-      const links = results.flatMap((result) => (result.status === 'fulfilled' ? [result.value.link] : []));
-      const failure = results.find((result): result is PromiseRejectedResult => result.status === 'rejected');
-      const last = results[results.length - 1];
-      if (this.stopped || failure !== undefined || last === undefined || last.status !== 'fulfilled') {
-        for (const link of links) link.close('session incomplete');
-        const problem = failure === undefined ? 'node stopping' : String((failure.reason as Error).message);
-        this.retry(peer, problem);
-        return;
-      }
-      peer.links = links;
-      peer.up = true;
-      peer.connector.connected();
-      for (const link of links) {
-        link.receive((message) => this.onMessage(peer, link, message));
-        link.onClose((reason) => this.linkLost(peer, session, reason));
-      }
-      const ready = last.value.ready;
-      this.log.info('peer connected', { peer: peer.node.id, connections: links.length, lastSeq: ready.lastSeq, disk: ready.disk });
-      this.run(
-        this.core.connected(
-          peer.node.id,
-          { lastSeq: ready.lastSeq, durableSeq: ready.durableSeq, cpSeq: ready.cpSeq, disk: ready.disk },
-          (seq) => this.entries.holdsFrom(seq),
-        ),
-      );
-      const replication = this.core.peerStatus(peer.node.id).replication;
-      if (replication === 'streaming' || replication === 'catching-up') {
-        this.log.info(replication === 'streaming' ? 'peer streaming' : 'peer catching up', { peer: peer.node.id, fromSeq: ready.lastSeq + 1 });
-      }
-    });
-  }
-
-  /** The session failed, was lost or dropped: the connector says when to try again. */
-  private retry(peer: PeerLinks, problem: string): void {
-    if (this.stopped) return;
-    this.reconnect(peer, peer.connector.failed(problem, this.available(peer.node.id)));
-  }
-
-  private linkLost(peer: PeerLinks, session: number, reason: string): void {
-    if (peer.session !== session || !peer.up) return;
-    peer.up = false;
-    peer.resyncStart = null;
-    for (const link of peer.links) link.close(reason);
-    peer.links = [];
-    this.digests.failPeer(peer.node.id, `connection lost: ${reason}`);
-    if (this.stopped) return;
-    this.log.warn('peer connection lost', { peer: peer.node.id, reason });
-    this.run(this.core.disconnected(peer.node.id, reason));
-    this.retry(peer, reason);
-  }
-
-  private onMessage(peer: PeerLinks, link: PeerLink, message: PeerMessage): void {
+  private onMessage(peer: PeerSession, link: PeerLink, message: PeerMessage): void {
     const id = peer.node.id;
     switch (message.type) {
       case 'ack':
@@ -660,13 +550,13 @@ export class MirrorEngine {
     for (const action of actions) {
       switch (action.kind) {
         case 'send-entry':
-          linkFor(this.peerLinks(action.peer), action.entry.offset)?.send(action.entry.frame);
+          linkFor(this.sessions.of(action.peer), action.entry.offset)?.send(action.entry.frame);
           break;
         case 'send-flush':
-          this.peers.get(action.peer)?.links[0]?.send(encodeFrame({ type: 'flush', seq: action.seq }));
+          this.sessions.get(action.peer)?.links[0]?.send(encodeFrame({ type: 'flush', seq: action.seq }));
           break;
         case 'send-sync':
-          this.peers.get(action.peer)?.links[0]?.send(encodeFrame({ type: 'sync', cpSeq: action.cpSeq }));
+          this.sessions.get(action.peer)?.links[0]?.send(encodeFrame({ type: 'sync', cpSeq: action.cpSeq }));
           break;
         case 'complete': {
           const waiter = this.waiters.get(action.token);
@@ -693,12 +583,12 @@ export class MirrorEngine {
           this.release();
           break;
         case 'catch-up-from-log': {
-          const peer = this.peerLinks(action.peer);
+          const peer = this.sessions.of(action.peer);
           void catchUpFromLog(this.transfers, this.transferPeer(peer, peer.session), action.fromSeq, action.toSeq);
           break;
         }
         case 'send-reset': {
-          const peer = this.peerLinks(action.peer);
+          const peer = this.sessions.of(action.peer);
           const bytes = this.core.dirtyBytes(action.peer);
           this.log.warn('peer needs a resync: it restarts its log here and is sent the regions it lacks', { peer: action.peer, fromSeq: action.seq, bytes });
           peer.resyncStart = { atMs: this.clock.nowMs(), bytes };
@@ -706,13 +596,13 @@ export class MirrorEngine {
           break;
         }
         case 'resync': {
-          const peer = this.peerLinks(action.peer);
+          const peer = this.sessions.of(action.peer);
           if (action.namedBytes > 0) this.log.warn('peer held writes this node lost in a crash; their regions are resent', { peer: action.peer, bytes: action.namedBytes });
           void this.resync(peer, peer.session);
           break;
         }
         case 'protocol-error': {
-          const peer = this.peerLinks(action.peer);
+          const peer = this.sessions.of(action.peer);
           this.counters.peerProtocolErrors += 1;
           this.log.error('protocol error from the peer', { peer: action.peer, reason: action.reason });
           for (const link of peer.links) link.close(`protocol error: ${action.reason}`);
@@ -723,23 +613,11 @@ export class MirrorEngine {
   }
 
   private dropped(id: string, disk: DiskState, reason: string): void {
-    const peer = this.peerLinks(id);
     this.log.error('replica no longer counts for this volume', { peer: id, disk, reason, strict: this.volume.strict });
     // A drop while the links are up comes from the core (a bad reply, or a peer that
-    // cannot be taken back); a drop because the links went down is linkLost's to handle.
-    if (!peer.up) return;
-    peer.up = false;
-    for (const link of peer.links) link.close(`dropped: ${reason}`);
-    peer.links = [];
+    // cannot be taken back); a drop because the links went down is the lost session's.
+    if (!this.sessions.of(id).up) return;
     this.digests.failPeer(id, `dropped: ${reason}`);
-    this.retry(peer, reason);
+    this.sessions.drop(id, reason);
   }
-}
-
-/**
- * The connection that carries the entries of the region `offset` falls in: always the same
- * one, so that per-block order holds while the connections share the load.
- */
-function linkFor(peer: PeerLinks, offset: number): PeerLink | undefined {
-  return peer.links[Math.floor(offset / constants.mirrorRegionBytes) % Math.max(1, peer.links.length)];
 }
