@@ -2,7 +2,7 @@
 // lives"): at start and whenever the heartbeats call the peer up, at once; after a failed
 // attempt, a lost or dropped session, after a back-off (Backoff) that doubles with each
 // failure, but only while the heartbeats do not call the peer down (then it waits for them
-// to call it up); a problem is reported once until it changes. Pure: MirrorEngine carries
+// to call it up); a problem is reported once until it changes. Pure: PeerSessions carries
 // out the actions on its clock and its links, one PeerConnector per peer.
 
 import { Backoff } from './backoff.js';
