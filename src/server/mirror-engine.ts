@@ -23,13 +23,13 @@ import { assert } from '../lib/assert.js';
 import { BlockmirrorError } from '../lib/errors.js';
 import type { Logger } from '../lib/log.js';
 import type { DiskState, PeerStatus } from '../core/mirror-source.js';
-import { PrimaryCore, type PrimaryAction, type ResyncPace } from '../core/primary-core.js';
+import type { PrimaryAction, PrimaryCore, ResyncPace } from '../core/primary-core.js';
 import { DigestRequests } from './digest-requests.js';
 import { encodeEntryFrame, encodeFrame, type PeerMessage } from '../protocol/peer/frames.js';
 import type { DirtyBitmap } from '../core/dirty-bitmap.js';
 import { MirrorLedger, encodeMirrorRecord, parseMirrorRecord } from '../core/mirror-ledger.js';
 import { EntryType } from '../protocol/log-entry.js';
-import type { LocalVolume } from '../storage/local-volume.js';
+import type { LocalVolume, VolumeReplicaCore } from '../storage/local-volume.js';
 import type { WriteLog } from '../storage/write-log.js';
 import { WriteIntent } from '../storage/write-intent.js';
 import type { DurableFiles } from '../storage/durable-files.js';
@@ -55,6 +55,8 @@ export interface MirrorEngineParts {
   cluster: ClusterConfig;
   local: NodeConfig;
   volume: VolumeConfig;
+  /** The volume's replica core: the engine carries out the primary's side it starts (`mirror`). */
+  replica: VolumeReplicaCore;
   /** The log's last entry now (after the start's own consistency point). */
   lastSeq: number;
   /**
@@ -149,7 +151,7 @@ export class MirrorEngine {
       unsyncedGenerationsMax: constants.unsyncedGenerationsMax,
     });
     for (const { message, fields } of ledger.warnings) log.warn(message, fields);
-    this.core = new PrimaryCore<Frame>(
+    this.core = parts.replica.mirror(
       {
         mode: volume.mode,
         strict: volume.strict,
@@ -364,11 +366,6 @@ export class MirrorEngine {
   /** The write-intent record: a change writes the image only where it holds the range. */
   get intentRecord(): WriteIntent {
     return this.intent;
-  }
-
-  /** Why a `strict` volume must refuse changes now (a replica is not streaming), or null. */
-  strictMissing(): string | null {
-    return this.core.strictMissing();
   }
 
   /** A consistency point was taken here: peers take it too, and then may release their logs. */

@@ -1,12 +1,11 @@
 // A mirrored volume as its primary serves it to clients: the local volume (storage) and the
 // mirror engine joined here, in the server layer, so that storage never calls up into the
-// mirror. A change is refused while a `strict` volume lacks a replica
-// (PrimaryCore.strictMissing); its local part runs in LocalVolume (logged, applied where
+// mirror. Whether a change is taken is the volume's ReplicaCore's (`refusal`: a strict
+// volume refuses changes while it lacks a replica); its local part runs in LocalVolume (logged, applied where
 // the write-intent record allows); its reply waits, in MirrorSource, for the log and the
 // peers to hold it as the volume's mode promises; and its latency goes to the resync
 // controller. `mirrorPrimary` composes one (node.ts, and the crash-point tests).
 
-import { BlockmirrorError } from '../lib/errors.js';
 import type { DiskExtent } from '../io/disk.js';
 import type { LocalVolume, ZeroOptions } from '../storage/local-volume.js';
 import { MirrorEngine, type MirrorEngineParts } from './mirror-engine.js';
@@ -81,14 +80,9 @@ export class MirroredVolume implements ClientVolume {
     this.engine.checkpointTaken(this.volume.log.status().cpSeq);
   }
 
-  /** Before a change: the volume takes it, and a strict volume has every replica. */
+  /** Before a change: the volume takes it (its replica core's refusal covers a strict volume's missing replica). */
   private admit(): void {
     this.volume.checkWritable();
-    const missing = this.engine.strictMissing();
-    if (missing !== null) {
-      this.volume.stats.errors += 1;
-      throw new BlockmirrorError('ERR_REPLICA_UNAVAILABLE', missing);
-    }
   }
 
   /** After the local part of a change that arrived at `startedMs`: its durability, and the peers' part. */
@@ -105,9 +99,16 @@ export class MirroredVolume implements ClientVolume {
  * still need. Nothing has been placed since the log opened but the start's consistency
  * point marker, which the engine's start (`lastSeq`) covers.
  */
-export function mirrorPrimary(volume: LocalVolume, parts: Omit<MirrorEngineParts, 'lastSeq' | 'release' | 'regions' | 'entries'>): MirroredVolume {
+export function mirrorPrimary(volume: LocalVolume, parts: Omit<MirrorEngineParts, 'replica' | 'lastSeq' | 'release' | 'regions' | 'entries'>): MirroredVolume {
   const log = volume.log;
-  const engine = new MirrorEngine({ ...parts, lastSeq: log.lastSeq, release: () => log.retainersChanged(), regions: volume, entries: log });
+  const engine = new MirrorEngine({
+    ...parts,
+    replica: volume.replica,
+    lastSeq: log.lastSeq,
+    release: () => log.retainersChanged(),
+    regions: volume,
+    entries: log,
+  });
   log.tap((seq, header, payload, fields) => engine.placed(seq, header, payload, fields));
   log.addRetainer((partition) => engine.retains(partition));
   volume.requireIntent();

@@ -1,6 +1,7 @@
 // One volume on a secondary node: the destination of its primary's mirror links. Entries
 // arrive on the session's n connections; SecondaryCore (src/core/secondary-core.ts, around
-// MirrorTarget) puts them back in sequence order and says when to store, acknowledge,
+// MirrorTarget; the secondary's part of the volume's ReplicaCore, started here with
+// `follow`) puts them back in sequence order and says when to store, acknowledge,
 // flush and take the primary's consistency points, when READY may go out and how a RESET
 // runs; this module does the I/O. Storing an entry appends it
 // to the per-source log `<dataDir>/peers/<primary>/<volume>/` under the primary's
@@ -16,7 +17,7 @@ import { constants } from '../constants.js';
 import type { VolumeConfig } from '../control/config.js';
 import type { Logger } from '../lib/log.js';
 import type { MirrorTarget } from '../core/mirror-target.js';
-import { SecondaryCore, type SecondaryAction } from '../core/secondary-core.js';
+import type { SecondaryAction, SecondaryCore } from '../core/secondary-core.js';
 import { copyState } from '../core/volume-core.js';
 import { encodeFrame, PEER_DIVERGED_EXTENTS_MAX, type PeerMessage } from '../protocol/peer/frames.js';
 import { EntryType } from '../protocol/log-entry.js';
@@ -33,7 +34,7 @@ interface Session {
 }
 
 export class ReplicaTarget {
-  private core: SecondaryCore<EntryMessage>;
+  private readonly core: SecondaryCore<EntryMessage>;
   private session: Session | null = null;
   private closed = false;
   private ackPending: number | null = null;
@@ -53,7 +54,7 @@ export class ReplicaTarget {
     private readonly resetLog: (seq: number) => Promise<void>,
   ) {
     this.source = config.primary ?? '';
-    this.core = new SecondaryCore<EntryMessage>({
+    this.core = volume.replica.follow({
       mode: config.mode === 'logship' ? 'logship' : config.mode === 'async' ? 'async' : 'sync',
       lastSeq: volume.log.lastSeq,
       windowBytesMax: constants.mirrorWindowBytesMax,

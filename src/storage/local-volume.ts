@@ -5,8 +5,10 @@
 // shares this object, so a flush covers writes completed on any of them (multi-conn).
 //
 // What the volume takes, the sequence number of each entry, the order of changes and
-// reads on overlapping ranges, and the holds on ranges are decided by its VolumeCore
-// (src/core/volume-core.ts); this class carries them out on the log and the disk.
+// reads on overlapping ranges, and the holds on ranges are decided by the volume's
+// ReplicaCore (src/core/replica-core.ts), which this class owns: its local side
+// (VolumeCore) is carried out here on the log and the disk; its mirror part is the
+// MirrorEngine's or the ReplicaTarget's to carry out (src/server).
 // Changes to overlapping ranges are applied to the file in sequence order, so the file
 // always matches what replaying the log would produce, and a later mirror applies the
 // same writes in the same order. Errors are the disk's own (Node system
@@ -18,7 +20,9 @@ import { BlockmirrorError } from '../lib/errors.js';
 import type { Disk, DiskExtent } from '../io/disk.js';
 import { EntryFlag, EntryType, type EntryHeader } from '../protocol/log-entry.js';
 import { FlushPredictor } from '../core/flush-predictor.js';
-import { VolumeCore, type VolumeRole } from '../core/volume-core.js';
+import type { VolumeCore, VolumeRole } from '../core/volume-core.js';
+import { ReplicaCore } from '../core/replica-core.js';
+import type { PeerEntry } from '../protocol/peer/messages.js';
 import { applyEntry, slicePayload, zeroRange } from './apply-entry.js';
 import type { EntryStamp, WriteLog } from './write-log.js';
 import type { WriteIntent } from './write-intent.js';
@@ -52,7 +56,13 @@ export class VolumeFailedError extends BlockmirrorError {
 /** Where a mirrored primary's writes may be in flight (WriteIntent): the image is written only once the record holds the range. */
 export type IntentRecord = Pick<WriteIntent, 'intend'>;
 
+/** A volume's replica core as a node runs it: mirror frames are buffers, a secondary's entries arrive as ENTRY messages. */
+export type VolumeReplicaCore = ReplicaCore<Buffer[], PeerEntry>;
+
 export class LocalVolume {
+  /** Every decision about this volume (see replica-core.ts). */
+  readonly replica: VolumeReplicaCore;
+  /** Its local side, which this class carries out. */
   private readonly core: VolumeCore;
   /** Operations the core holds back, started when it says they may run. */
   private readonly waiting = new Map<number, () => void>();
@@ -82,7 +92,8 @@ export class LocalVolume {
     private readonly zeroChunkBytes: number,
     role: VolumeRole,
   ) {
-    this.core = new VolumeCore({ lastSeq: currentLog.lastSeq, role, epoch: 0 });
+    this.replica = new ReplicaCore({ lastSeq: currentLog.lastSeq, role, epoch: 0 });
+    this.core = this.replica.local;
   }
 
   get log(): WriteLog {
@@ -461,13 +472,13 @@ export class LocalVolume {
     this.intentRequired = true;
   }
 
-  /** Before a change: the volume is healthy and this node takes changes. */
+  /** Before a change: the volume is healthy and its replica core takes changes now. */
   checkWritable(): void {
     this.checkHealthy();
-    const notTaken = this.core.refusal();
-    if (notTaken !== null) {
+    const refusal = this.replica.refusal();
+    if (refusal !== null) {
       this.stats.errors += 1;
-      throw new BlockmirrorError('ERR_NOT_PRIMARY', `volume ${this.name}: ${notTaken}`);
+      throw new BlockmirrorError(refusal.code, `volume ${this.name}: ${refusal.reason}`);
     }
   }
 

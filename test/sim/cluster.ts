@@ -14,10 +14,12 @@
 // later, or never; a crash kills a secondary (it keeps only what was durable), the source
 // notices some time later, and the secondary restarts and reconnects with what its
 // recovery found. When the primary connects to a peer again is the shipped
-// PeerConnector's decision (src/core/peer-connector.ts), one per peer as MirrorEngine
+// PeerConnector's decision (src/core/peer-connector.ts), one per peer as PeerSessions
 // keeps them, told by a failure detector that is always right: the peer is down while it
-// is cut or crashed, up again the moment it heals or restarts. The primary is the shipped PrimaryCore (src/core/primary-core.ts:
-// MirrorSource, MirrorLedger and the resync plans), whose actions the sim carries out
+// is cut or crashed, up again the moment it heals or restarts.
+//
+// The primary is the shipped PrimaryCore (src/core/primary-core.ts: MirrorSource,
+// MirrorLedger and the resync plans), whose actions the sim carries out
 // as MirrorEngine does: messages over the simulated links, the ledger's files kept in
 // `files`, entries read back from the log. When a peer comes back the core decides:
 // catch up from the entries it kept, or (config.resync) a bitmap resync, which the sim
@@ -39,8 +41,8 @@
 
 import type { DiskState, MirrorSource } from '../../src/core/mirror-source.js';
 import { MirrorLedger, type LedgerOpening, type MirrorRecord } from '../../src/core/mirror-ledger.js';
-import { PrimaryCore, type PrimaryAction } from '../../src/core/primary-core.js';
-import { VolumeCore } from '../../src/core/volume-core.js';
+import type { PrimaryAction, PrimaryCore } from '../../src/core/primary-core.js';
+import { ReplicaCore } from '../../src/core/replica-core.js';
 import { PeerConnector, type ConnectorAction } from '../../src/core/peer-connector.js';
 import { constants } from '../../src/constants.js';
 import { DirtyBitmap } from '../../src/core/dirty-bitmap.js';
@@ -152,10 +154,10 @@ interface SimResync {
 
 export class Cluster implements CheckedCluster {
   readonly queue = new EventQueue();
-  /** The primary's core (a new one at each restart, its ledger opened from `files`). */
+  /** The primary's replica core, as LocalVolume owns one (a new one at each restart). */
+  private replica = new ReplicaCore<Frame>({ lastSeq: 0, role: 'primary', epoch: 0 });
+  /** Its mirror part (`replica.mirror`, its ledger opened from `files`). */
   core: PrimaryCore<Frame>;
-  /** The primary volume's local side: it numbers the primary's entries, as LocalVolume's does. */
-  private volume = new VolumeCore({ lastSeq: 0, role: 'primary', epoch: 0 });
   private readonly files: LedgerFiles = { record: null, bitmaps: new Map() };
   /** The primary is running (false from a crash to its restart). */
   primaryUp = true;
@@ -210,7 +212,7 @@ export class Cluster implements CheckedCluster {
     const { mode, catchUpBytesMax, resync } = config;
     const { windowBytesMax, lagBytesMax } = this.sourceLimits();
     const sizeBytes = config.blocks * config.blockBytes;
-    this.core = new PrimaryCore<Frame>({ mode, strict: false, peers: config.peers, lastSeq: 0, lagBytesMax, windowBytesMax, catchUpBytesMax, resync, sizeBytes }, this.openLedger(0, 0, null, null));
+    this.core = this.replica.mirror({ mode, strict: false, peers: config.peers, lastSeq: 0, lagBytesMax, windowBytesMax, catchUpBytesMax, resync, sizeBytes }, this.openLedger(0, 0, null, null));
     this.onSource(this.core.open());
     this.primary = new Replica('primary', config.blocks, config.blockBytes);
     this.checker = new Checker(this);
@@ -366,7 +368,7 @@ export class Cluster implements CheckedCluster {
     this.expectedDrop = null;
   }
 
-  // ---- reconnects, as MirrorEngine carries out its PeerConnector's actions -------------
+  // ---- reconnects, as PeerSessions carries out its PeerConnector's actions -------------
 
   /** The primary (re)starts: a new connector per peer, each connecting if the peer is up. */
   private startConnectors(): void {
@@ -698,8 +700,10 @@ export class Cluster implements CheckedCluster {
     // Its connection died with the primary it was sent to.
     if (request.incarnation !== this.primaryIncarnation) return;
     const { token, frame } = request;
+    const refusal = this.replica.refusal();
+    if (refusal !== null) throw new SimFailure(`the primary refused a client's request: ${refusal.reason}`);
     if (frame === null) {
-      request.seq = this.volume.lastSeq;
+      request.seq = this.replica.local.lastSeq;
       this.onSource(this.core.request(token, request.seq, true));
       this.primarySync(() => this.onSource(this.core.localDone(token, null)));
       return;
@@ -715,7 +719,7 @@ export class Cluster implements CheckedCluster {
 
   /** Appends an entry to the primary's log and hands it to the mirror. */
   private append(frame: Frame): number {
-    const seq = this.volume.assignSeq();
+    const seq = this.replica.local.assignSeq();
     this.primary.append(seq, frame);
     if (frame.kind === 'write') {
       this.ordinals.set(frame.writeId, this.ordinals.size);
@@ -904,10 +908,10 @@ export class Cluster implements CheckedCluster {
    * needs a resync: the stop was not clean).
    */
   private restartPrimary(recovered: number, replayed: DirtyBitmap, intent: DirtyBitmap): void {
-    this.volume = new VolumeCore({ lastSeq: recovered, role: 'primary', epoch: 0 });
+    this.replica = new ReplicaCore<Frame>({ lastSeq: recovered, role: 'primary', epoch: 0 });
     let lastSeq = recovered;
     if (recovered > this.lastCpSeq) {
-      lastSeq = this.volume.assignSeq();
+      lastSeq = this.replica.local.assignSeq();
       const marker: Frame = { kind: 'cp', targetSeq: recovered };
       this.primary.append(lastSeq, marker).stored = true;
       this.primary.markDurable(lastSeq);
@@ -920,7 +924,7 @@ export class Cluster implements CheckedCluster {
     const { mode, peers, catchUpBytesMax, blocks, blockBytes } = this.config;
     const { windowBytesMax, lagBytesMax } = this.sourceLimits();
     const ledger = this.openLedger(lastSeq, recovered, replayed, intent);
-    this.core = new PrimaryCore<Frame>({ mode, strict: false, peers, lastSeq, lagBytesMax, windowBytesMax, catchUpBytesMax, resync: true, sizeBytes: blocks * blockBytes }, ledger);
+    this.core = this.replica.mirror({ mode, strict: false, peers, lastSeq, lagBytesMax, windowBytesMax, catchUpBytesMax, resync: true, sizeBytes: blocks * blockBytes }, ledger);
     this.onSource(this.core.open());
     this.primaryUp = true;
     this.trace?.(`${this.queue.now}us primary restarted at entry ${lastSeq}; diverged after ${JSON.stringify(ledger.divergedAfter)}`);

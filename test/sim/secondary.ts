@@ -23,7 +23,8 @@
 
 import type { PeerReady } from '../../src/core/mirror-source.js';
 import type { PrimaryAction, PrimaryCore } from '../../src/core/primary-core.js';
-import { SecondaryCore, type SecondaryAction } from '../../src/core/secondary-core.js';
+import type { SecondaryAction, SecondaryCore } from '../../src/core/secondary-core.js';
+import { ReplicaCore } from '../../src/core/replica-core.js';
 import { ReplicaTrail } from '../../src/core/replica-trail.js';
 import { copyState } from '../../src/core/volume-core.js';
 import type { Prng } from '../unit/prng.js';
@@ -80,7 +81,7 @@ export class Secondary implements CheckedPeer {
   ) {
     const { config } = context;
     this.replica = new Replica(id, config.blocks, config.blockBytes);
-    this.target = new SecondaryCore<Frame>({ mode: config.mode, lastSeq: 0, windowBytesMax: config.windowBytesMax });
+    this.target = this.follow(0);
     this.links = new PeerLinks(id, config.connections, context.queue, context.prng, config.network);
     this.busyUntilUs = new Array<number>(config.blocks).fill(0);
     this.faulty = config.fault !== null && id === config.peers[0];
@@ -134,8 +135,14 @@ export class Secondary implements CheckedPeer {
     for (let seq = Math.max(this.cpSeq, this.replica.base) + 1; seq <= last; seq += 1) this.addToTrail(seq, this.replica.record(seq).frame);
     this.trailFile = this.trail.encode();
     // What a restart will find (made now: nothing happens to it while the node is down).
-    this.target = new SecondaryCore<Frame>({ mode: this.context.config.mode, lastSeq: last, windowBytesMax: this.context.config.windowBytesMax });
+    this.target = this.follow(last);
     return last;
+  }
+
+  /** The node's replica core for the volume, as LocalVolume makes one at start, following the primary from `lastSeq`. */
+  private follow(lastSeq: number): SecondaryCore<Frame> {
+    const { mode, windowBytesMax } = this.context.config;
+    return new ReplicaCore<Frame>({ lastSeq, role: 'secondary', epoch: 0 }).follow({ mode, lastSeq, windowBytesMax });
   }
 
   restart(): void {

@@ -1,0 +1,84 @@
+// One volume on one node, whatever its role (docs/architecture.md, "Where each decision
+// lives"): the one object through which the node and the simulator reach every decision
+// about the volume. It owns the volume's role and epoch and the parts that decide, each a
+// pure state machine of its own:
+//   - the local side, VolumeCore: whether clients' changes are taken here, the number and
+//     epoch of each entry, the order of operations on overlapping ranges, the holds;
+//   - on the primary of a mirrored volume, the primary's side of the mirror, PrimaryCore
+//     (MirrorSource, MirrorLedger, the resync plans): who streams, catches up or
+//     resyncs, when a reply may leave, what each peer may lack, what the log retains;
+//   - on a secondary, the secondary's side of its primary's sessions, SecondaryCore.
+// Decisions that need more than one part are made here: whether a client's change is
+// taken at all (`refusal`: a secondary refuses it, and so does a strict volume's primary
+// while a replica is missing). The role's mirror part starts once the executor has what
+// it needs (`mirror`, with the ledger its files gave; `follow`).
+//
+// Executors carry out the parts' actions: LocalVolume (src/storage/local-volume.ts) owns
+// the ReplicaCore of its volume and carries out the local side; MirrorEngine and
+// ReplicaTarget (src/server) take the mirror part from it. The simulator (test/sim) runs
+// the same object for its primary and each secondary.
+
+import { assert } from '../lib/assert.js';
+import type { MirrorLedger } from './mirror-ledger.js';
+import { PrimaryCore, type PrimaryCoreOptions } from './primary-core.js';
+import { SecondaryCore, type SecondaryCoreOptions } from './secondary-core.js';
+import { VolumeCore, type VolumeRole } from './volume-core.js';
+
+/** Why a client's change is not taken, with the error code a client is given. */
+export interface Refusal {
+  code: 'ERR_NOT_PRIMARY' | 'ERR_REPLICA_UNAVAILABLE';
+  reason: string;
+}
+
+export class ReplicaCore<Frame, Entry = Frame> {
+  readonly local: VolumeCore;
+  private primaryPart: PrimaryCore<Frame> | null = null;
+  private secondaryPart: SecondaryCore<Entry> | null = null;
+
+  constructor(options: { lastSeq: number; role: VolumeRole; epoch: number }) {
+    this.local = new VolumeCore(options);
+  }
+
+  get role(): VolumeRole {
+    return this.local.role;
+  }
+
+  /** The epoch this node's entries carry. */
+  get epoch(): number {
+    return this.local.epoch;
+  }
+
+  /** The primary's side of the mirror, once this node mirrors the volume (else null). */
+  get primary(): PrimaryCore<Frame> | null {
+    return this.primaryPart;
+  }
+
+  /** The secondary's side, once this node follows a primary (else null). */
+  get secondary(): SecondaryCore<Entry> | null {
+    return this.secondaryPart;
+  }
+
+  /** This node mirrors the volume as its primary, from the ledger its files gave. */
+  mirror(options: PrimaryCoreOptions, ledger: MirrorLedger): PrimaryCore<Frame> {
+    assert(this.role === 'primary', 'only a primary mirrors the volume');
+    assert(this.primaryPart === null, 'the volume is mirrored already');
+    this.primaryPart = new PrimaryCore<Frame>(options, ledger);
+    return this.primaryPart;
+  }
+
+  /** This node follows the volume's primary as a secondary. */
+  follow(options: SecondaryCoreOptions): SecondaryCore<Entry> {
+    assert(this.role === 'secondary', 'only a secondary follows a primary');
+    assert(this.secondaryPart === null, 'the volume follows its primary already');
+    this.secondaryPart = new SecondaryCore<Entry>(options);
+    return this.secondaryPart;
+  }
+
+  /** Why a client's change must be refused now, or null when it is taken. */
+  refusal(): Refusal | null {
+    const notPrimary = this.local.refusal();
+    if (notPrimary !== null) return { code: 'ERR_NOT_PRIMARY', reason: notPrimary };
+    const missing = this.primaryPart?.strictMissing() ?? null;
+    return missing === null ? null : { code: 'ERR_REPLICA_UNAVAILABLE', reason: missing };
+  }
+}
