@@ -112,26 +112,40 @@ async function durableThrough(next: () => Promise<Report>, seq: number): Promise
   }
 }
 
+/** Runs `body` with one partition in `place` and a syncer over it (opened with `durableSeq`), then closes both. */
+async function withSyncer(
+  place: { make: () => Place },
+  body: (fd: number, opened: ReturnType<typeof openSyncer>) => Promise<void> | void,
+  durableSeq = 0,
+): Promise<void> {
+  const at = place.make();
+  const fd = at.partition('a');
+  const opened = openSyncer(at.fs, 4, durableSeq);
+  try {
+    await body(fd, opened);
+  } finally {
+    opened.syncer.close();
+    at.close(fd);
+  }
+}
+
 for (const place of places) {
   describe(`log syncer: ${place.name}`, () => {
-    test('a wanted seq that was noted becomes durable, and the report says so', async () => {
-      const at = place.make();
-      const fd = at.partition('a');
-      const { syncer, next } = openSyncer(at.fs, 4, 10);
-      try {
-        assert.deepEqual(stateOf(syncer), [10, 0, null]);
-        syncer.note(fd, 13);
-        // Noted but not wanted: nothing to do yet.
-        assert.deepEqual(stateOf(syncer), [10, 0, null]);
-        syncer.want(13);
-        const report = await next();
-        assert.deepEqual(report, { durableSeq: 13, syncs: 1, error: null });
-        assert.deepEqual(stateOf(syncer), [13, 1, null]);
-      } finally {
-        syncer.close();
-        at.close(fd);
-      }
-    });
+    test('a wanted seq that was noted becomes durable, and the report says so', () =>
+      withSyncer(
+        place,
+        async (fd, { syncer, next }) => {
+          assert.deepEqual(stateOf(syncer), [10, 0, null]);
+          syncer.note(fd, 13);
+          // Noted but not wanted: nothing to do yet.
+          assert.deepEqual(stateOf(syncer), [10, 0, null]);
+          syncer.want(13);
+          const report = await next();
+          assert.deepEqual(report, { durableSeq: 13, syncs: 1, error: null });
+          assert.deepEqual(stateOf(syncer), [13, 1, null]);
+        },
+        10,
+      ));
 
     test('a sync covers only what was noted before it; what is noted later goes with the next one', async () => {
       const at = place.make();
@@ -156,73 +170,61 @@ for (const place of places) {
       }
     });
 
-    test('many wants while a sync runs are served by few syncs (group commit)', async () => {
-      const at = place.make();
-      const fd = at.partition('a');
-      const { syncer, next } = openSyncer(at.fs);
-      try {
-        for (let seq = 1; seq <= 200; seq += 1) {
-          fs.writeSync(fd, Buffer.alloc(512, seq), 0, 512, (seq % 8) * 512);
-          syncer.note(fd, seq);
-          syncer.want(seq);
-        }
-        const report = await durableThrough(next, 200);
-        assert.equal(report.durableSeq, 200);
-        // Each sync takes tens of microseconds; the 200 wants above take far less.
-        assert.ok(report.syncs < 100, `${report.syncs} syncs for 200 wants`);
-      } finally {
-        syncer.close();
-        at.close(fd);
-      }
-    });
+    test('many wants while a sync runs are served by few syncs (group commit)', () =>
+      withSyncer(
+        place,
+        async (fd, { syncer, next }) => {
+          for (let seq = 1; seq <= 200; seq += 1) {
+            fs.writeSync(fd, Buffer.alloc(512, seq), 0, 512, (seq % 8) * 512);
+            syncer.note(fd, seq);
+            syncer.want(seq);
+          }
+          const report = await durableThrough(next, 200);
+          assert.equal(report.durableSeq, 200);
+          // Each sync takes tens of microseconds; the 200 wants above take far less.
+          assert.ok(report.syncs < 100, `${report.syncs} syncs for 200 wants`);
+        },
+      ));
 
-    test('syncNow syncs on the caller\'s turn when no sync runs', () => {
-      const at = place.make();
-      const fd = at.partition('a');
-      const { syncer, reports } = openSyncer(at.fs);
-      try {
-        assert.equal(syncer.syncNow(), 0, 'nothing noted: durable as it was, no sync');
-        assert.equal(stateOf(syncer)[1], 0);
-        syncer.note(fd, 5);
-        assert.equal(syncer.syncNow(), 5);
-        assert.deepEqual(stateOf(syncer), [5, 1, null]);
-        assert.equal(reports.length, 0, 'an inline sync is returned, not reported');
-      } finally {
-        syncer.close();
-        at.close(fd);
-      }
-    });
+    test('syncNow syncs on the caller\'s turn when no sync runs', () =>
+      withSyncer(
+        place,
+        async (fd, { syncer, reports }) => {
+          assert.equal(syncer.syncNow(), 0, 'nothing noted: durable as it was, no sync');
+          assert.equal(stateOf(syncer)[1], 0);
+          syncer.note(fd, 5);
+          assert.equal(syncer.syncNow(), 5);
+          assert.deepEqual(stateOf(syncer), [5, 1, null]);
+          assert.equal(reports.length, 0, 'an inline sync is returned, not reported');
+        },
+      ));
 
-    test('a failed sync is reported, kept, and never retried', async () => {
-      const at = place.make();
-      const fd = at.partition('a');
-      const { syncer, next } = openSyncer(at.fs);
-      try {
-        syncer.note(fd, 1);
-        syncer.want(1);
-        await durableThrough(next, 1);
-        syncer.failNext(os.constants.errno.EIO);
-        syncer.note(fd, 2);
-        syncer.want(2);
-        const failed = await next();
-        assert.equal(failed.durableSeq, 1, 'durability claimed by a failed sync');
-        assert.equal(failed.syncs, 2);
-        assert.ok(failed.error !== null);
-        assert.equal((failed.error as NodeJS.ErrnoException).code, 'EIO');
-        assert.equal((failed.error as NodeJS.ErrnoException).syscall, 'fdatasync');
-        // Later wants start no sync, and an inline one throws the same error.
-        syncer.note(fd, 3);
-        syncer.want(3);
-        assert.throws(() => syncer.syncNow(), { code: 'EIO', syscall: 'fdatasync' });
-        const [durableSeq, syncs, error] = stateOf(syncer);
-        assert.equal(durableSeq, 1);
-        assert.equal(syncs, 2);
-        assert.match(String(error), /EIO/);
-      } finally {
-        syncer.close();
-        at.close(fd);
-      }
-    });
+    test('a failed sync is reported, kept, and never retried', () =>
+      withSyncer(
+        place,
+        async (fd, { syncer, next }) => {
+          syncer.note(fd, 1);
+          syncer.want(1);
+          await durableThrough(next, 1);
+          syncer.failNext(os.constants.errno.EIO);
+          syncer.note(fd, 2);
+          syncer.want(2);
+          const failed = await next();
+          assert.equal(failed.durableSeq, 1, 'durability claimed by a failed sync');
+          assert.equal(failed.syncs, 2);
+          assert.ok(failed.error !== null);
+          assert.equal((failed.error as NodeJS.ErrnoException).code, 'EIO');
+          assert.equal((failed.error as NodeJS.ErrnoException).syscall, 'fdatasync');
+          // Later wants start no sync, and an inline one throws the same error.
+          syncer.note(fd, 3);
+          syncer.want(3);
+          assert.throws(() => syncer.syncNow(), { code: 'EIO', syscall: 'fdatasync' });
+          const [durableSeq, syncs, error] = stateOf(syncer);
+          assert.equal(durableSeq, 1);
+          assert.equal(syncs, 2);
+          assert.match(String(error), /EIO/);
+        },
+      ));
 
     test('after close a wanted sync is not reported', async () => {
       const at = place.make();
@@ -338,10 +340,19 @@ describe('log syncer: only the native thread', () => {
 
 });
 
+/** Runs `body` over a new simulated file system, then disposes of it. */
+async function inMemory(body: (memory: MemoryFileSystem) => Promise<void> | void): Promise<void> {
+  const memory = new MemoryFileSystem();
+  try {
+    await body(memory);
+  } finally {
+    memory.dispose();
+  }
+}
+
 describe('log syncer: only the twin', () => {
-  test('a crash loses what the log wrote to a partition since the last sync of it, and keeps what a sync made durable', async () => {
-    const memory = new MemoryFileSystem();
-    try {
+  test('a crash loses what the log wrote to a partition since the last sync of it, and keeps what a sync made durable', () =>
+    inMemory(async (memory) => {
       const fd = memoryPartition(memory, '/part-0');
       const { syncer, next } = openSyncer(memory);
       fs.writeSync(fd, Buffer.alloc(512, 1), 0, 512, 0);
@@ -361,14 +372,10 @@ describe('log syncer: only the twin', () => {
       after.dispose();
       syncer.close();
       memory.close(fd);
-    } finally {
-      memory.dispose();
-    }
-  });
+    }));
 
-  test('a file opened for the data path and never noted keeps its bytes as they are (the volume image)', () => {
-    const memory = new MemoryFileSystem();
-    try {
+  test('a file opened for the data path and never noted keeps its bytes as they are (the volume image)', () =>
+    inMemory((memory) => {
       const fd = memoryPartition(memory, '/image');
       fs.writeSync(fd, Buffer.alloc(512, 3), 0, 512, 0);
       assert.deepEqual(memory.crashChanges(), []);
@@ -376,14 +383,10 @@ describe('log syncer: only the twin', () => {
       assert.equal(after.readFile('/image')[0], 3);
       after.dispose();
       memory.close(fd);
-    } finally {
-      memory.dispose();
-    }
-  });
+    }));
 
-  test('a sync is a mutation: the world stopped at it fails the sync, and the report carries the crash', async () => {
-    const memory = new MemoryFileSystem();
-    try {
+  test('a sync is a mutation: the world stopped at it fails the sync, and the report carries the crash', () =>
+    inMemory(async (memory) => {
       const fd = memoryPartition(memory, '/part-0');
       const { syncer, next } = openSyncer(memory);
       fs.writeSync(fd, Buffer.alloc(512, 1), 0, 512, 0);
@@ -396,14 +399,10 @@ describe('log syncer: only the twin', () => {
       assert.ok(memory.crashed);
       syncer.close();
       memory.close(fd);
-    } finally {
-      memory.dispose();
-    }
-  });
+    }));
 
-  test('bad arguments are refused as the thread refuses them', () => {
-    const memory = new MemoryFileSystem();
-    try {
+  test('bad arguments are refused as the thread refuses them', () =>
+    inMemory((memory) => {
       const noop = (): void => undefined;
       assert.throws(() => memory.openSyncer(0, 0, noop), TypeError);
       assert.throws(() => memory.openSyncer(2, -1, noop), TypeError);
@@ -419,10 +418,7 @@ describe('log syncer: only the twin', () => {
       syncer.close();
       memory.close(first);
       memory.close(second);
-    } finally {
-      memory.dispose();
-    }
-  });
+    }));
 });
 
 function pipeFds(): [number, number] {
