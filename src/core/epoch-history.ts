@@ -1,0 +1,150 @@
+// A volume's epoch history (docs/architecture.md, "Where each decision lives"): which node
+// was the volume's primary in each epoch, and the first sequence number it gave out in it,
+// like raft's terms or DRBD's generation identifiers. Epoch 0 belongs to the cluster file's
+// `primary:`; each promotion begins the next epoch. Every entry carries the epoch it was
+// numbered in, and one primary numbers the entries of an epoch, so two copies that hold an
+// entry with the same number in the same epoch hold the same entry. That is what makes the
+// histories enough to find where two copies part (`compareCopies`).
+//
+// Pure: the history is a value, changed by `begin` into a new one. Each replica keeps its
+// own durably (its text is `encodeEpochHistory`; `parseEpochHistory` refuses a damaged or
+// impossible one, naming what is wrong).
+
+import { assert } from '../lib/assert.js';
+
+/** An epoch begins: `primary` numbers the volume's entries from `firstSeq` on. */
+export interface EpochStart {
+  epoch: number;
+  primary: string;
+  firstSeq: number;
+}
+
+/** What a history may hold: epochs in increasing order, each starting at or after the one before. */
+function problemWith(starts: readonly EpochStart[]): string | null {
+  if (starts.length === 0) return 'it names no epoch';
+  for (let index = 0; index < starts.length; index += 1) {
+    const start = starts[index];
+    assert(start !== undefined);
+    if (!Number.isSafeInteger(start.epoch) || start.epoch < 0 || start.epoch > 0xffff_ffff) return `epoch ${String(start.epoch)} is not a number from 0 to 2^32-1`;
+    if (typeof start.primary !== 'string' || start.primary === '') return `epoch ${start.epoch} names no primary`;
+    if (!Number.isSafeInteger(start.firstSeq) || start.firstSeq < 1) return `epoch ${start.epoch} starts at ${String(start.firstSeq)}, not at an entry`;
+    const before = starts[index - 1];
+    if (before !== undefined && start.epoch <= before.epoch) return `epoch ${start.epoch} follows epoch ${before.epoch}`;
+    if (before !== undefined && start.firstSeq < before.firstSeq) return `epoch ${start.epoch} starts at ${start.firstSeq}, before epoch ${before.epoch} (${before.firstSeq})`;
+  }
+  return null;
+}
+
+export class EpochHistory {
+  private constructor(readonly starts: readonly EpochStart[]) {}
+
+  /** The history of a new volume: epoch 0, `primary` numbering from entry 1. */
+  static initial(primary: string): EpochHistory {
+    return EpochHistory.of([{ epoch: 0, primary, firstSeq: 1 }]);
+  }
+
+  /** A history from its epochs; an impossible one is a bug here (a file's text goes through parseEpochHistory). */
+  static of(starts: readonly EpochStart[]): EpochHistory {
+    const problem = problemWith(starts);
+    assert(problem === null, `epoch history: ${problem ?? ''}`);
+    return new EpochHistory(starts.map((start) => ({ ...start })));
+  }
+
+  /** The epoch in force, and its primary. */
+  get current(): EpochStart {
+    const last = this.starts[this.starts.length - 1];
+    assert(last !== undefined);
+    return last;
+  }
+
+  /** The epoch entry `seq` was numbered in (the last to start at or before it). */
+  epochOf(seq: number): EpochStart {
+    let found = this.starts[0];
+    assert(found !== undefined);
+    for (const start of this.starts) {
+      if (start.firstSeq > seq) break;
+      found = start;
+    }
+    return found;
+  }
+
+  /** The next epoch begins: `primary` numbers from `firstSeq` (the entry after the last its copy holds). */
+  begin(primary: string, firstSeq: number): EpochHistory {
+    assert(firstSeq >= this.current.firstSeq, `epoch ${this.current.epoch + 1} would start at ${firstSeq}, before epoch ${this.current.epoch} (${this.current.firstSeq})`);
+    return EpochHistory.of([...this.starts, { epoch: this.current.epoch + 1, primary, firstSeq }]);
+  }
+
+  /** Whether `other` is this history or a later one: it holds every epoch of this one, unchanged. */
+  isPrefixOf(other: EpochHistory): boolean {
+    if (other.starts.length < this.starts.length) return false;
+    return this.starts.every((start, index) => {
+      const theirs = other.starts[index];
+      return theirs !== undefined && sameStart(start, theirs);
+    });
+  }
+}
+
+/** One copy of a volume, as far as comparing it with another goes. */
+export interface CopyPosition {
+  history: EpochHistory;
+  /** The last entry the copy holds. */
+  lastSeq: number;
+}
+
+/** Where two copies part: the last entry both hold, and how many each holds past it. */
+export interface CopyComparison {
+  /** Every entry through this one is the same on both. */
+  sharedSeq: number;
+  /** Entries `a` holds past sharedSeq (which `b` lacks or holds differently). */
+  aPast: number;
+  bPast: number;
+}
+
+function sameStart(a: EpochStart, b: EpochStart): boolean {
+  return a.epoch === b.epoch && a.primary === b.primary && a.firstSeq === b.firstSeq;
+}
+
+/**
+ * Compares two copies from their histories and last entries. Entry s is the same on both
+ * when both hold it and both histories put it in the same epoch (the same epoch number,
+ * primary and start: two nodes promoted to one number without a coordinator to stop them
+ * did not number the same entries); the histories are step
+ * functions of the sequence number, so the first entry where they differ is one where an
+ * epoch starts on one side, and every entry from there on may differ.
+ */
+export function compareCopies(a: CopyPosition, b: CopyPosition): CopyComparison {
+  let partsAt = Number.POSITIVE_INFINITY;
+  const boundaries = [...new Set([...a.history.starts, ...b.history.starts].map((start) => start.firstSeq))].sort((x, y) => x - y);
+  for (const seq of boundaries) {
+    if (!sameStart(a.history.epochOf(seq), b.history.epochOf(seq))) {
+      partsAt = seq;
+      break;
+    }
+  }
+  const sharedSeq = Math.min(partsAt - 1, a.lastSeq, b.lastSeq);
+  return { sharedSeq, aPast: a.lastSeq - sharedSeq, bPast: b.lastSeq - sharedSeq };
+}
+
+/** The history's text in its file. */
+export function encodeEpochHistory(history: EpochHistory): string {
+  return JSON.stringify({ epochs: history.starts }, null, 2) + '\n';
+}
+
+/** A history file's text, or the reason it cannot be one (a damaged file is never guessed at). */
+export function parseEpochHistory(data: Buffer): EpochHistory | { problem: string } {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(data.toString('utf8'));
+  } catch (error) {
+    return { problem: `it is not JSON (${(error as Error).message})` };
+  }
+  const epochs = (parsed as { epochs?: unknown } | null)?.epochs;
+  if (!Array.isArray(epochs)) return { problem: 'it has no list of epochs' };
+  const starts: EpochStart[] = [];
+  for (const item of epochs as unknown[]) {
+    const { epoch, primary, firstSeq } = (item ?? {}) as Record<string, unknown>;
+    starts.push({ epoch: epoch as number, primary: primary as string, firstSeq: firstSeq as number });
+  }
+  const problem = problemWith(starts);
+  return problem === null ? EpochHistory.of(starts) : { problem };
+}

@@ -1,0 +1,114 @@
+// EpochHistory (src/core/epoch-history.ts): which node was the volume's primary in each
+// epoch, from which entry on. Checked here: how a history grows and what it refuses; where
+// two copies part (compareCopies) in the cases failover meets (a copy behind, an old
+// primary that went on after a promotion, a follower of the new primary, two nodes
+// promoted to the same epoch number), then against the entries themselves over seeded
+// random forks, promotions and writes; and the file's text, a damaged one refused with
+// what is wrong with it.
+
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { AssertionError } from '../../src/lib/assert.js';
+import { compareCopies, EpochHistory, encodeEpochHistory, parseEpochHistory, type EpochStart } from '../../src/core/epoch-history.js';
+import { baseSeed, Prng } from './prng.js';
+
+const SEED = baseSeed(0xe90c_0016);
+
+describe('EpochHistory', () => {
+  test('a volume starts in epoch 0 with the cluster file\'s primary; each promotion begins the next epoch', () => {
+    const first = EpochHistory.initial('a');
+    assert.deepEqual(first.current, { epoch: 0, primary: 'a', firstSeq: 1 });
+    const second = first.begin('b', 101);
+    assert.deepEqual(second.current, { epoch: 1, primary: 'b', firstSeq: 101 });
+    assert.deepEqual(first.current, { epoch: 0, primary: 'a', firstSeq: 1 }, 'begin makes a new history');
+    assert.equal(second.epochOf(100).epoch, 0);
+    assert.equal(second.epochOf(101).epoch, 1);
+    assert.equal(second.epochOf(5000).primary, 'b');
+    // A promotion right after another: an epoch with no entries.
+    const third = second.begin('c', 101);
+    assert.equal(third.epochOf(101).primary, 'c');
+    assert.ok(first.isPrefixOf(third) && second.isPrefixOf(third) && !third.isPrefixOf(second));
+    assert.throws(() => third.begin('a', 100), AssertionError, 'an epoch cannot start before the one in force');
+  });
+
+  test('where two copies part', () => {
+    const atStart = EpochHistory.initial('a');
+    const promoted = atStart.begin('b', 101);
+    // One history, one copy behind the other: it lacks entries, holds none differently.
+    assert.deepEqual(compareCopies({ history: atStart, lastSeq: 80 }, { history: atStart, lastSeq: 100 }), { sharedSeq: 80, aPast: 0, bPast: 20 });
+    // The old primary went on to 150 in epoch 0 after b began epoch 1 at 101 and wrote to 130.
+    assert.deepEqual(compareCopies({ history: atStart, lastSeq: 150 }, { history: promoted, lastSeq: 130 }), { sharedSeq: 100, aPast: 50, bPast: 30 });
+    // The old primary had stopped at 100: it only lacks the new epoch's entries.
+    assert.deepEqual(compareCopies({ history: atStart, lastSeq: 100 }, { history: promoted, lastSeq: 130 }), { sharedSeq: 100, aPast: 0, bPast: 30 });
+    // A follower of the new primary holds its history: behind it, nothing differs.
+    assert.deepEqual(compareCopies({ history: promoted, lastSeq: 120 }, { history: promoted, lastSeq: 130 }), { sharedSeq: 120, aPast: 0, bPast: 10 });
+    // Two nodes each promoted to epoch 1 (no coordinator stopped them): their entries from 101 differ.
+    const otherPromotion = atStart.begin('c', 101);
+    assert.deepEqual(compareCopies({ history: otherPromotion, lastSeq: 140 }, { history: promoted, lastSeq: 130 }), { sharedSeq: 100, aPast: 40, bPast: 30 });
+    // The same, with the second promotion later than the first.
+    const laterPromotion = atStart.begin('c', 111);
+    assert.deepEqual(compareCopies({ history: laterPromotion, lastSeq: 140 }, { history: promoted, lastSeq: 130 }), { sharedSeq: 100, aPast: 40, bPast: 30 });
+  });
+
+  test('compareCopies agrees with the entries themselves over seeded random forks, promotions and writes', () => {
+    const random = new Prng(SEED);
+    let parted = 0;
+    for (let scenario = 0; scenario < 400; scenario += 1) {
+      // A copy is its history and its entries, each entry named by the epoch it was numbered in.
+      interface Copy {
+        node: string;
+        history: EpochHistory;
+        entries: string[];
+      }
+      const key = (start: EpochStart): string => `${start.epoch}/${start.primary}/${start.firstSeq}`;
+      const copies: Copy[] = [{ node: 'n0', history: EpochHistory.initial('n0'), entries: [] }];
+      for (let step = 0; step < 12; step += 1) {
+        const copy = random.pick(copies);
+        const choice = random.below(3);
+        if (choice === 0 && copies.length < 5) {
+          // A new copy that received a prefix of this one (its history as far as that goes).
+          const kept = random.below(copy.entries.length + 1);
+          const starts = copy.history.starts.filter((start) => start.firstSeq <= Math.max(kept, 1));
+          copies.push({ node: `n${copies.length}`, history: EpochHistory.of(starts), entries: copy.entries.slice(0, kept) });
+        } else if (choice === 1) {
+          copy.history = copy.history.begin(copy.node, copy.entries.length + 1);
+        } else if (copy.history.current.primary === copy.node) {
+          const epoch = key(copy.history.current);
+          for (let count = random.between(1, 20); count > 0; count -= 1) copy.entries.push(epoch);
+        }
+      }
+      for (const a of copies) {
+        for (const b of copies) {
+          let shared = 0;
+          while (shared < a.entries.length && shared < b.entries.length && a.entries[shared] === b.entries[shared]) shared += 1;
+          const compared = compareCopies({ history: a.history, lastSeq: a.entries.length }, { history: b.history, lastSeq: b.entries.length });
+          const where = `seed ${SEED} scenario ${scenario}: ${a.node} (${JSON.stringify(a.history.starts)}, ${a.entries.length}) against ${b.node} (${JSON.stringify(b.history.starts)}, ${b.entries.length})`;
+          assert.deepEqual(compared, { sharedSeq: shared, aPast: a.entries.length - shared, bPast: b.entries.length - shared }, where);
+          if (compared.aPast > 0 && compared.bPast > 0) parted += 1;
+        }
+      }
+    }
+    assert.ok(parted > 100, `only ${parted} pairs had parted: the scenarios do not reach the interesting case`);
+  });
+
+  test('the file: its text reads back; a damaged or impossible one is refused with what is wrong', () => {
+    const history = EpochHistory.initial('a').begin('b', 101).begin('a', 250);
+    const back = parseEpochHistory(Buffer.from(encodeEpochHistory(history)));
+    assert.ok(back instanceof EpochHistory);
+    assert.deepEqual(back.starts, history.starts);
+    const problem = (text: string): string => {
+      const parsed = parseEpochHistory(Buffer.from(text));
+      assert.ok(!(parsed instanceof EpochHistory), `${text} was taken`);
+      return parsed.problem;
+    };
+    assert.match(problem('{"epochs": [{"epoch": 0, "primary": "a", "firstSeq": 1}'), /not JSON/);
+    assert.match(problem('{"epoch": 0}'), /no list of epochs/);
+    assert.match(problem('{"epochs": []}'), /names no epoch/);
+    assert.match(problem('{"epochs": [{"epoch": 0, "primary": "", "firstSeq": 1}]}'), /epoch 0 names no primary/);
+    assert.match(problem('{"epochs": [{"epoch": 0, "primary": "a", "firstSeq": 0}]}'), /epoch 0 starts at 0/);
+    assert.match(problem('{"epochs": [{"epoch": -1, "primary": "a", "firstSeq": 1}]}'), /epoch -1 is not a number/);
+    assert.match(problem('{"epochs": [{"epoch": 1, "primary": "a", "firstSeq": 1}, {"epoch": 1, "primary": "b", "firstSeq": 5}]}'), /epoch 1 follows epoch 1/);
+    assert.match(problem('{"epochs": [{"epoch": 0, "primary": "a", "firstSeq": 9}, {"epoch": 1, "primary": "b", "firstSeq": 5}]}'), /epoch 1 starts at 5, before epoch 0 \(9\)/);
+    assert.match(problem('{"epochs": [null]}'), /epoch undefined is not a number/);
+  });
+});
