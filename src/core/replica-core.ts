@@ -10,8 +10,10 @@
 //   - on a secondary, the secondary's side of its primary's sessions, SecondaryCore.
 // Decisions that need more than one part are made here: whether a client's change is
 // taken at all (`refusal`: a secondary refuses it, and so does a strict volume's primary
-// while a replica is missing). The role's mirror part starts once the executor has what
-// it needs (`mirror`, with the ledger its files gave; `follow`).
+// while a replica is missing), and how an epoch met on the wire stands to the one this
+// copy knows (`epochVerdict`: an older one is refused). The role's mirror part starts
+// once the executor has what it needs (`mirror`, with the ledger its files gave;
+// `follow`); a role change (`promote`, `demote`) ends it, with nothing under way.
 //
 // Executors carry out the parts' actions: LocalVolume (src/storage/local-volume.ts) owns
 // the ReplicaCore of its volume and carries out the local side; MirrorEngine and
@@ -72,6 +74,35 @@ export class ReplicaCore<Frame, Entry = Frame> {
     assert(this.secondaryPart === null, 'the volume follows its primary already');
     this.secondaryPart = new SecondaryCore<Entry>(options);
     return this.secondaryPart;
+  }
+
+  /**
+   * This secondary becomes the primary in `epoch` (newer than the one it knows): its
+   * secondary part ends, which must have nothing under way; the mirror part comes with
+   * `mirror`. Its entries are numbered from the last it holds.
+   */
+  promote(epoch: number): void {
+    assert(this.role === 'secondary', 'only a secondary is promoted');
+    assert(epoch > this.epoch, `promotion to epoch ${epoch}, which is not newer than ${this.epoch}`);
+    assert(this.secondaryPart === null || this.secondaryPart.idle, 'promoted while its primary\'s session is under way');
+    this.secondaryPart = null;
+    this.local.changeRole('primary', epoch);
+  }
+
+  /**
+   * This primary becomes a secondary (by command, or fenced by a newer epoch it met): its
+   * mirror part ends. Nothing may be running (the executor lets requests finish first and
+   * refuses new ones); `follow` starts the secondary part.
+   */
+  demote(epoch: number): void {
+    assert(this.role === 'primary', 'only a primary is demoted');
+    this.primaryPart = null;
+    this.local.changeRole('secondary', epoch);
+  }
+
+  /** How an epoch a peer claims stands to the one this copy knows. */
+  epochVerdict(epoch: number): 'older' | 'current' | 'newer' {
+    return epoch < this.epoch ? 'older' : epoch === this.epoch ? 'current' : 'newer';
   }
 
   /** Why a client's change must be refused now, or null when it is taken. */

@@ -57,15 +57,35 @@ export class VolumeCore {
   private nextOperation = 1;
   private readonly holds = new Map<number, { start: number; end: number }>();
   private nextHold = 1;
-  readonly role: VolumeRole;
-  /** The epoch this node's entries carry (0 until promotions exist). */
-  readonly epoch: number;
+  private currentRole: VolumeRole;
+  /** The epoch this node's entries carry (a secondary: the epoch it knows). */
+  private currentEpoch: number;
 
   constructor(options: { lastSeq: number; role: VolumeRole; epoch: number }) {
     assert(Number.isSafeInteger(options.lastSeq) && options.lastSeq >= 0, 'last sequence number');
     this.lastAssigned = options.lastSeq;
-    this.role = options.role;
-    this.epoch = options.epoch;
+    this.currentRole = options.role;
+    this.currentEpoch = options.epoch;
+  }
+
+  get role(): VolumeRole {
+    return this.currentRole;
+  }
+
+  get epoch(): number {
+    return this.currentEpoch;
+  }
+
+  /**
+   * The volume changes role (a promotion or a demotion) or learns a newer epoch: only with
+   * nothing running, and never back to an older epoch. Numbering goes on from the last
+   * entry this copy holds.
+   */
+  changeRole(role: VolumeRole, epoch: number): void {
+    assert(this.operations.size === 0, 'role changed with operations running');
+    assert(epoch >= this.currentEpoch, `epoch ${epoch} is older than ${this.currentEpoch}`);
+    this.currentRole = role;
+    this.currentEpoch = epoch;
   }
 
   /** The last sequence number given out (or accepted from the primary). */

@@ -1,7 +1,9 @@
 // ReplicaCore (src/core/replica-core.ts): one volume on one node, whatever its role. These
 // tests check what it decides itself (whether a client's change is taken: a secondary
-// refuses it, a strict volume's primary refuses it while a replica does not stream) and
-// that each role starts only its own mirror part, once.
+// refuses it, a strict volume's primary refuses it while a replica does not stream; how an
+// epoch met on the wire stands to its own), that each role starts only its own mirror
+// part, once, and the role changes: a promotion to a newer epoch with nothing of the old
+// primary's session under way, a demotion with nothing running.
 
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
@@ -74,5 +76,52 @@ describe('ReplicaCore', () => {
     const follower = secondary.follow({ mode: 'sync', lastSeq: 0, windowBytesMax: 1 << 20 });
     assert.equal(secondary.secondary, follower);
     assert.throws(() => secondary.follow({ mode: 'sync', lastSeq: 0, windowBytesMax: 1 << 20 }), AssertionError);
+  });
+
+  test('a promotion: to a newer epoch only, once the secondary has nothing under way; numbering goes on from its last entry', () => {
+    const core = new ReplicaCore<string>({ lastSeq: 0, role: 'secondary', epoch: 0 });
+    const follower = core.follow({ mode: 'sync', lastSeq: 0, windowBytesMax: 1 << 20 });
+    follower.sessionStarted(1);
+    assert.deepEqual(
+      follower.entry(1, 100, 'e1').map((action) => action.kind),
+      ['store'],
+    );
+    core.local.acceptSeq(1);
+    assert.throws(() => core.promote(1), AssertionError, 'a store of the old primary\'s session is under way');
+    follower.stored(1, null);
+    follower.sessionEnded();
+    assert.throws(() => core.promote(0), AssertionError, 'not a newer epoch');
+    core.promote(1);
+    assert.equal(core.role, 'primary');
+    assert.equal(core.epoch, 1);
+    assert.equal(core.secondary, null);
+    assert.equal(core.refusal(), null);
+    assert.equal(core.local.assignSeq(), 2);
+    assert.throws(() => core.promote(2), AssertionError, 'a primary is not promoted');
+    core.mirror(primaryOptions(false), ledger());
+    assert.notEqual(core.primary, null);
+  });
+
+  test('a demotion: with nothing running, never to an older epoch; the copy then refuses clients and follows', () => {
+    const core = new ReplicaCore<string>({ lastSeq: 10, role: 'primary', epoch: 2 });
+    core.mirror(primaryOptions(false), ledger());
+    const write = core.local.enter(0, 4096);
+    assert.throws(() => core.demote(3), AssertionError, 'a write is running');
+    core.local.finished(write.id);
+    assert.throws(() => core.demote(1), AssertionError, 'an older epoch');
+    core.demote(3);
+    assert.equal(core.role, 'secondary');
+    assert.equal(core.epoch, 3);
+    assert.equal(core.primary, null);
+    assert.equal(core.refusal()?.code, 'ERR_NOT_PRIMARY');
+    core.follow({ mode: 'sync', lastSeq: 10, windowBytesMax: 1 << 20 });
+    core.local.acceptSeq(11);
+  });
+
+  test('an epoch met on the wire is older, current or newer than the one the copy knows', () => {
+    const core = new ReplicaCore<string>({ lastSeq: 0, role: 'secondary', epoch: 4 });
+    assert.equal(core.epochVerdict(3), 'older');
+    assert.equal(core.epochVerdict(4), 'current');
+    assert.equal(core.epochVerdict(5), 'newer');
   });
 });
