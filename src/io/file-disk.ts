@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import { assert } from '../lib/assert.js';
 import type { Disk, DiskExtent } from './disk.js';
-import { IoActivity, readFullyAt, syncData, writevAt } from './file-io.js';
+import { IoActivity, readFullyAt, writevAt } from './file-io.js';
 import { NodeFileSystem, type FileSystem } from './file-system.js';
 import { native } from './native.js';
 
@@ -129,9 +129,12 @@ export class FileDisk implements Disk {
     return writevAt(this.fd, buffers, offset, activity, inlineWriteBytesMax);
   }
 
-  /** fdatasync of the whole volume file, at consistency points: always on the pool. */
+  /**
+   * fdatasync of the whole volume file, at consistency points: through the file system
+   * that opened it, so that the simulated one knows what of the image is durable.
+   */
   sync(): Promise<void> {
-    return syncData(this.fd, this.options.activity);
+    return this.pooled((done) => this.fileSystem.syncDataAsync(this.fd).then(() => done(null), done));
   }
 
   private pooled(start: (done: (error: Error | null) => void) => void): Promise<void> {

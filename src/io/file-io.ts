@@ -152,7 +152,3 @@ export function writevAt(
   });
 }
 
-/** fdatasync on the thread pool (a volume image's; a log's has its own thread, native/log_syncer.c). */
-export function syncData(fd: number, activity: IoActivity): Promise<void> {
-  return activity.pooled((done) => fs.fdatasync(fd, done));
-}

@@ -13,11 +13,12 @@
 //     synced (a file's own sync does not make its name durable); a crash keeps any
 //     subset of the name changes not yet durable, applied in their order, each one only
 //     if it still fits the state the kept ones before it made;
-//   - files opened writable through open() belong to the data path, whose writes and
-//     syncs bypass this model: a crash keeps their bytes as they were at the crash;
-//     except the write log's partitions once its syncer (openSyncer, memory-log-syncer.ts)
-//     is told of a write to them: their bytes are durable as of the syncer's last sync
-//     of them, like any other file's.
+//   - files opened writable through open() belong to the data path, whose writes bypass
+//     this model: a crash keeps their bytes as they were at the crash, until the data
+//     path makes the file durable through this file system (the volume image's sync at
+//     a consistency point) or the write log's syncer (openSyncer, memory-log-syncer.ts)
+//     is told of a write to it. From then on its bytes are durable as of its last sync,
+//     like any other file's.
 // A crash therefore has 2^n outcomes for n changes not yet durable; afterCrash() builds
 // the one the caller picks, as a new file system in which everything is durable.
 //
@@ -263,6 +264,7 @@ export class MemoryFileSystem implements FileSystem {
       const inode = this.inode(this.openInode(fd));
       assert(inode.kind === 'file');
       inode.durable = readAll(inode.memfd);
+      inode.external = false;
     });
   }
 

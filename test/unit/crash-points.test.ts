@@ -242,12 +242,15 @@ describe('crash at every mutation point', () => {
       check: (fs, where) => checkStarts(fs, 'primary', acknowledged, where).then(() => undefined),
     });
     before.dispose();
-    // The log's syncer is the simulated file system's: crashes before a sync of a
-    // partition lose the entries written to it since the last one.
-    assert.ok(
-      [...report.changesSeen].some((change) => change.startsWith(`bytes of ${DATA_A}/log/`)),
-      `no crash left a log partition's unsynced bytes to chance: ${[...report.changesSeen].join('; ')}`,
-    );
+    // The log's syncer and the image's sync are the simulated file system's: crashes
+    // before a sync of a partition lose the entries written to it since the last one, and
+    // crashes before a consistency point's sync of the image lose what was applied to it.
+    for (const file of [`${DATA_A}/log/`, `${DATA_A}/volumes/v1.img`]) {
+      assert.ok(
+        [...report.changesSeen].some((change) => change.startsWith(`bytes of ${file}`)),
+        `no crash left the unsynced bytes of ${file} to chance: ${[...report.changesSeen].join('; ')}`,
+      );
+    }
   });
 
   test('a change of log geometry at start: the log is made anew in one step, its sequence continues', async () => {

@@ -5,7 +5,8 @@
 //
 // Then the twin's crash model: what survives a crash at a given moment (synced bytes,
 // names made durable by a directory sync, either outcome for the rest), stopping the
-// world after the Nth mutation, and the data path's files, whose bytes survive as they are.
+// world after the Nth mutation, and the data path's files, whose bytes survive as they are
+// until the data path syncs them through the file system.
 
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -247,7 +248,7 @@ describe('MemoryFileSystem: what a crash leaves', () => {
     for (const memoryFs of [memory, after]) memoryFs.dispose();
   });
 
-  test('the data path\'s files keep the bytes they had at the crash', () => {
+  test('the data path\'s files keep the bytes they had at the crash, until they are synced through the file system', () => {
     const memory = fresh();
     writeFile(memory, '/d/image', 'zzzz');
     memory.syncDir('/d');
@@ -256,8 +257,17 @@ describe('MemoryFileSystem: what a crash leaves', () => {
     assert.deepEqual(memory.crashChanges(), [], 'the data path\'s bytes are not a choice');
     const after = memory.afterCrash(none);
     assert.equal(after.readFile('/d/image').toString(), 'abzz');
+    // Once the data path makes the file durable through the file system (the image at a
+    // consistency point), what it writes after is a choice again, until the next sync.
+    memory.syncData(fd);
+    fs.writeSync(fd, Buffer.from('cd'), 0, 2, 2);
+    assert.deepEqual(memory.crashChanges(), ['bytes of /d/image']);
+    const lost = memory.afterCrash(none);
+    const kept = memory.afterCrash(all);
+    assert.equal(lost.readFile('/d/image').toString(), 'abzz');
+    assert.equal(kept.readFile('/d/image').toString(), 'abcd');
     memory.close(fd);
-    for (const memoryFs of [memory, after]) memoryFs.dispose();
+    for (const memoryFs of [memory, after, lost, kept]) memoryFs.dispose();
   });
 
   test('the world stops right after the Nth mutation: the state is the one after it, every later call throws', () => {
