@@ -36,6 +36,7 @@ export const fileOperations = [
   'intent',
   'mirror-state',
   'volume-create',
+  'volume-epochs',
   'incarnation',
   'config',
 ] as const;

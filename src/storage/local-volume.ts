@@ -91,8 +91,10 @@ export class LocalVolume {
     private currentLog: WriteLog,
     private readonly zeroChunkBytes: number,
     role: VolumeRole,
+    /** The epoch the volume's history is in (see volume-files.ts). */
+    epoch = 0,
   ) {
-    this.replica = new ReplicaCore({ lastSeq: currentLog.lastSeq, role, epoch: 0 });
+    this.replica = new ReplicaCore({ lastSeq: currentLog.lastSeq, role, epoch });
     this.core = this.replica.local;
   }
 

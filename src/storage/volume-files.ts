@@ -1,7 +1,10 @@
 // The files of one volume on a node: `<dataDir>/volumes/<name>.img`, the raw volume
-// byte for byte (created sparse), and `<name>.identity.json` beside it with the
-// volume's uuid, size and block size. The identity decides: a config that names another
-// size is refused, never met by truncating or growing the image.
+// byte for byte (created sparse), `<name>.identity.json` beside it with the
+// volume's uuid, size and block size, and `<name>.epochs.json`, the volume's epoch
+// history as this replica knows it (src/core/epoch-history.ts). The identity decides: a
+// config that names another size is refused, never met by truncating or growing the
+// image. The epoch history decides which node is the primary: the cluster file's
+// `primary:` is only the first one.
 //
 // First creation is crash-safe: the image is made as `<name>.img.new`, synced, the
 // identity is written atomically (DurableFiles.replaceFile), and only then is the image
@@ -13,6 +16,7 @@ import path from 'node:path';
 import { VolumeMismatchError } from '../lib/errors.js';
 import { formatBytes } from '../lib/size.js';
 import type { DurableFiles } from './durable-files.js';
+import { EpochHistory, encodeEpochHistory, parseEpochHistory } from '../core/epoch-history.js';
 
 export interface VolumeIdentity {
   format: 1;
@@ -28,6 +32,7 @@ export interface VolumePaths {
   image: string;
   imageNew: string;
   identity: string;
+  epochs: string;
 }
 
 export function volumePaths(dataDir: string, name: string): VolumePaths {
@@ -37,6 +42,7 @@ export function volumePaths(dataDir: string, name: string): VolumePaths {
     image: path.join(dir, `${name}.img`),
     imageNew: path.join(dir, `${name}.img.new`),
     identity: path.join(dir, `${name}.identity.json`),
+    epochs: path.join(dir, `${name}.epochs.json`),
   };
 }
 
@@ -124,3 +130,28 @@ export function prepareVolumeFiles(
   }
   return { identity, paths, created: false };
 }
+
+/**
+ * The volume's epoch history on this replica: read, or written as epoch 0 under
+ * `initialPrimary` when there is none (a first start, or a volume made before epoch
+ * histories were kept: no promotion can have happened). A damaged history is refused,
+ * never guessed at.
+ */
+export function prepareEpochHistory(files: DurableFiles, paths: VolumePaths, name: string, initialPrimary: string): EpochHistory {
+  const data = files.read(paths.epochs);
+  if (data === null) {
+    const history = EpochHistory.initial(initialPrimary);
+    files.replaceFile(paths.epochs, encodeEpochHistory(history), 'volume-epochs');
+    return history;
+  }
+  const parsed = parseEpochHistory(data);
+  if (!(parsed instanceof EpochHistory)) {
+    throw new VolumeMismatchError(
+      `volume ${name}: ${paths.epochs} is damaged (${parsed.problem}); it says which node is the volume's primary, ` +
+        'so the node does not start without it: restore it from a backup of this node, or, if the volume was never ' +
+        "promoted, remove it (it is made again with the cluster file's primary in epoch 0)",
+    );
+  }
+  return parsed;
+}
+

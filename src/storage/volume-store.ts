@@ -26,7 +26,9 @@ import { EntryType } from '../protocol/log-entry.js';
 import { applyEntry } from './apply-entry.js';
 import { LocalVolume } from './local-volume.js';
 import { ReplicaTrail } from '../core/replica-trail.js';
-import { prepareVolumeFiles, type VolumePaths, type VolumeIdentity } from './volume-files.js';
+import { prepareEpochHistory, prepareVolumeFiles, type VolumePaths, type VolumeIdentity } from './volume-files.js';
+import type { EpochHistory } from '../core/epoch-history.js';
+import { VolumeMismatchError } from '../lib/errors.js';
 import { LogCorruptError, WriteLog, type LogGeometry, type LogOptions, type RecoveryReport } from './write-log.js';
 import { installLogDirectory, recreateLogDirectory, settleLogDirectory } from './log-layout.js';
 
@@ -50,6 +52,8 @@ export interface OpenedVolume {
   paths: VolumePaths;
   /** The image was made at this start. */
   created: boolean;
+  /** The volume's epoch history on this node (its role and epoch come from it). */
+  history: EpochHistory;
   volume: LocalVolume;
   recovery: RecoveryReport;
   /** The options the log was opened with (a replica restarts it with them). */
@@ -77,6 +81,15 @@ export async function openVolumeStorage(options: VolumeStorageOptions): Promise<
     config.sizeBytes,
     constants.nbdBlockSizePreferredBytes,
   );
+  const history = prepareEpochHistory(files, paths, config.name, config.primary ?? options.nodeId);
+  const { epoch, primary, firstSeq } = history.current;
+  if (config.primary !== null && primary !== config.primary) {
+    throw new VolumeMismatchError(
+      `volume ${config.name}: the cluster file names ${config.primary} as its primary, but its epoch history ` +
+        `(${paths.epochs}) says ${primary} is, since epoch ${epoch} (entry ${firstSeq}); the cluster file's primary ` +
+        'is only the first one: name it there again',
+    );
+  }
   const disk = await FileDisk.openProbed(paths.image, identity.sizeBytes, {
     inlineReadBytesMax: constants.diskInlineReadBytesMax,
     inlineWriteBytesMax: constants.diskInlineWriteBytesMax,
@@ -112,7 +125,7 @@ export async function openVolumeStorage(options: VolumeStorageOptions): Promise<
     await disk.close();
     throw error;
   }
-  let volume = new LocalVolume(config.name, disk, opened.log, constants.zeroWriteChunkBytes, role);
+  let volume = new LocalVolume(config.name, disk, opened.log, constants.zeroWriteChunkBytes, role, epoch);
   try {
     await volume.checkpoint();
     if (opened.log.geometryDiffers(logOptions.geometry)) {
@@ -121,14 +134,14 @@ export async function openVolumeStorage(options: VolumeStorageOptions): Promise<
       opened.log.close();
       recreateLogDirectory(logOptions, status.cpSeq, { needsFullResync: status.needsFullResync });
       const reopened = await WriteLog.open(logOptions, nothingToReplay('after a consistency point'));
-      volume = new LocalVolume(config.name, disk, reopened.log, constants.zeroWriteChunkBytes, role);
+      volume = new LocalVolume(config.name, disk, reopened.log, constants.zeroWriteChunkBytes, role, epoch);
       log.info('log geometry changed', { ...logOptions.geometry });
     }
   } catch (error) {
     await volume.close().catch(() => undefined);
     throw error;
   }
-  return { identity, paths, created, volume, recovery: opened.recovery, logOptions, setAside };
+  return { identity, paths, created, history, volume, recovery: opened.recovery, logOptions, setAside };
 }
 
 /** A primary's own log: damage stops the start, with what to do about it. */

@@ -117,6 +117,30 @@ test('restarting with another size is refused and the image is left as it was', 
   }
 });
 
+test('a damaged epoch history stops the start, exit 1, naming the file and what is wrong; the image is left as it was', async () => {
+  const node = await startNode({ volumes: [{ name: 'vol0', size: '16MiB' }] });
+  dirs.push(node.dir);
+  await runOk('qemu-io', ['-f', 'raw', node.uri('vol0'), '-c', 'write -P 0x43 0 64k']);
+  assert.deepEqual(await node.stop('SIGTERM'), { code: 0, signal: null });
+  const epochs = path.join(node.dataDir, 'volumes', 'vol0.epochs.json');
+  const good = fs.readFileSync(epochs);
+  assert.deepEqual(JSON.parse(good.toString()), { epochs: [{ epoch: 0, primary: 'a', firstSeq: 1 }] });
+  const before = fs.readFileSync(node.imagePath('vol0'));
+  fs.writeFileSync(epochs, '{"epochs": [{"epoch": 0, "primary": "a"}]}\n');
+  const configPath = writeConfig(node.dir, [{ name: 'vol0', size: '16MiB' }]);
+  const result = await cli(['serve', '--config', configPath, '--node', 'a']);
+  assert.equal(result.code, 1, result.stderr);
+  assert.match(result.stderr, /volume vol0: .*vol0\.epochs\.json is damaged \(epoch 0 starts at undefined, not at an entry\)/);
+  assert.ok(fs.readFileSync(node.imagePath('vol0')).equals(before), 'image bytes changed');
+  fs.writeFileSync(epochs, good);
+  const again = await startNode({ dir: node.dir, volumes: [{ name: 'vol0', size: '16MiB' }] });
+  try {
+    await runOk('qemu-io', ['-f', 'raw', again.uri('vol0'), '-c', 'read -P 0x43 0 64k']);
+  } finally {
+    assert.deepEqual(await again.stop('SIGINT'), { code: 0, signal: null });
+  }
+});
+
 test('an NBD address already in use is reported, exit 1', async () => {
   const blocker = net.createServer();
   await new Promise<void>((resolve) => blocker.listen(0, '127.0.0.1', resolve));

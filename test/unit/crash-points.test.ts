@@ -12,7 +12,8 @@
 //
 // Then start-up problems no crash makes but a damaged disk can: a replica's damaged log
 // is set aside and replaced (it asks for a full resync), a primary's stops the start with
-// ERR_LOG_CORRUPT and changes nothing.
+// ERR_LOG_CORRUPT and changes nothing, and so does a damaged epoch history or one that
+// names another primary than the cluster file.
 
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
@@ -23,6 +24,7 @@ import { Logger } from '../../src/lib/log.js';
 import { DirtyBitmap } from '../../src/core/dirty-bitmap.js';
 import { DurableFiles } from '../../src/storage/durable-files.js';
 import { decodeEntryHeader, EntryType, encodeEntryHeader, type EntryHeader } from '../../src/protocol/log-entry.js';
+import { VolumeMismatchError } from '../../src/lib/errors.js';
 import { openVolumeStorage, restartReplicaLog, type OpenedVolume, type VolumeStorageOptions } from '../../src/storage/volume-store.js';
 import { LogCorruptError, type LogGeometry } from '../../src/storage/write-log.js';
 import type { MirrorEngine } from '../../src/server/mirror-engine.js';
@@ -576,6 +578,44 @@ describe('start-up problems a damaged disk leaves', () => {
       return true;
     });
     assert.deepEqual(tree(fs, '/'), treeBefore, 'nothing on disk changed');
+    fs.dispose();
+  });
+
+  test("the epoch history: made at the first start, made again for a volume that has none, a damaged one or one naming another primary stops the start and changes nothing", async () => {
+    const fs = await stateAfter(async (built) => {
+      const opened = await open(built, 'primary');
+      assert.deepEqual(opened.history.current, { epoch: 0, primary: 'a', firstSeq: 1 });
+      await writeDurably(opened, 2, 5);
+      await opened.volume.close();
+    });
+    const epochs = `${DATA_A}/volumes/v1.epochs.json`;
+    assert.deepEqual(JSON.parse(fs.readFile(epochs).toString()), { epochs: [{ epoch: 0, primary: 'a', firstSeq: 1 }] });
+    // A volume made before epoch histories were kept: no promotion can have happened.
+    fs.unlink(epochs);
+    fs.syncDir(`${DATA_A}/volumes`);
+    const again = await open(fs, 'primary');
+    assert.equal(again.history.current.primary, 'a');
+    assert.equal(again.volume.replica.epoch, 0);
+    await again.volume.close();
+    assert.deepEqual(JSON.parse(fs.readFile(epochs).toString()).epochs, [{ epoch: 0, primary: 'a', firstSeq: 1 }]);
+
+    const refused = async (contents: string, why: RegExp): Promise<void> => {
+      rewrite(fs, epochs, Buffer.from(contents));
+      const treeBefore = tree(fs, '/');
+      await assert.rejects(open(fs, 'primary'), (error: unknown) => {
+        assert.ok(error instanceof VolumeMismatchError, String(error));
+        assert.equal(error.code, 'ERR_VOLUME_MISMATCH');
+        assert.match(error.message, why);
+        return true;
+      });
+      assert.deepEqual(tree(fs, '/'), treeBefore, 'nothing on disk changed');
+    };
+    await refused('{"epochs": [', /v1\.epochs\.json is damaged \(it is not JSON .*restore it from a backup of this node, or, if the volume was never promoted, remove it/);
+    await refused('{"epochs": [{"epoch": 1, "primary": "a", "firstSeq": 1}, {"epoch": 0, "primary": "b", "firstSeq": 9}]}', /is damaged \(epoch 0 follows epoch 1\)/);
+    await refused(
+      '{"epochs": [{"epoch": 0, "primary": "a", "firstSeq": 1}, {"epoch": 1, "primary": "b", "firstSeq": 9}]}',
+      /the cluster file names a as its primary, but its epoch history \(\/data-a\/volumes\/v1\.epochs\.json\) says b is, since epoch 1 \(entry 9\)/,
+    );
     fs.dispose();
   });
 });
