@@ -294,7 +294,7 @@ function progressLine(totalBytes: number, resync: { remainingBytes: number; rate
 }
 
 function statusTable(results: StatusResult[]): string {
-  const rows: string[][] = [['NODE', 'VOLUME', 'SIZE', 'MODE', 'ROLE', 'DISK', 'WRITES', 'READS', 'LAST SEQ', 'PEER', 'REPLICATION', 'PEER DISK', 'ACKED SEQ', 'LAG', 'OUT OF SYNC']];
+  const rows: string[][] = [['NODE', 'VOLUME', 'SIZE', 'MODE', 'ROLE', 'EPOCH', 'DISK', 'WRITES', 'READS', 'LAST SEQ', 'PEER', 'REPLICATION', 'PEER DISK', 'ACKED SEQ', 'LAG', 'OUT OF SYNC']];
   for (const result of results) {
     if (!('status' in result)) {
       rows.push([result.url, '-', '-', '-', 'unreachable']);
@@ -307,6 +307,7 @@ function statusTable(results: StatusResult[]): string {
         formatBytes(volume.sizeBytes),
         volume.mode,
         volume.role,
+        String(volume.epoch),
         volume.disk,
         String(volume.stats['writeOps'] ?? 0),
         String(volume.stats['readOps'] ?? 0),

@@ -42,6 +42,7 @@ export function nodeStatus(node: NodeView): NodeStatus {
         sizeBytes: identity.sizeBytes,
         mode: config.mode,
         role,
+        epoch: volume.replica.epoch,
         disk: diskState(served),
         readOnly: config.readOnly,
         primary: config.mode === 'local' ? node.node.id : config.primary,
@@ -173,6 +174,12 @@ function metrics(status: NodeStatus): string {
   perPeer('blockmirror_peer_acked_seq', 'Every log entry up to this sequence number is stored on the peer.', (peer) => peer.ackedSeq);
   perPeer('blockmirror_peer_lag_bytes', 'Bytes of log entries the peer has not acknowledged.', (peer) => peer.lagBytes);
   perPeer('blockmirror_peer_out_of_sync_bytes', 'Bytes of the volume the peer may lack.', (peer) => peer.outOfSyncBytes);
+  metric(
+    'blockmirror_volume_epoch',
+    'gauge',
+    'The epoch of the volume\'s history this node is in (a promotion begins the next one).',
+    status.volumes.map((volume) => [`${labels},volume="${volume.name}"`, volume.epoch]),
+  );
   metric(
     'blockmirror_volume_size_bytes',
     'gauge',

@@ -10,6 +10,8 @@ export interface VolumeStatus {
   sizeBytes: number;
   mode: string;
   role: 'primary' | 'secondary';
+  /** The epoch of the volume's history this node is in (see docs/operations.md, "Data layout"). */
+  epoch: number;
   disk: DiskState;
   readOnly: boolean;
   /** The node that takes this volume's writes. */

@@ -118,7 +118,7 @@ test('two-way sync over a dedicated replication address: qemu-io and nbdcopy wri
 
   // The status command shows the pair as a table, and --watch redraws it until Ctrl-C.
   const table = await runOk(process.execPath, [path.resolve('bin/blockmirror.cjs'), 'status', '--admin', `http://127.0.0.1:${a.adminPort}`]);
-  assert.match(table.stdout, /a\s+v1\s+64MiB\s+sync\s+primary\s+up-to-date.*-> b\s+streaming\s+up-to-date/);
+  assert.match(table.stdout, /a\s+v1\s+64MiB\s+sync\s+primary\s+0\s+up-to-date.*-> b\s+streaming\s+up-to-date/);
   const watching = spawn(process.execPath, [path.resolve('bin/blockmirror.cjs'), 'status', '--watch', '--admin', `http://127.0.0.1:${a.adminPort}`], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });

@@ -194,13 +194,14 @@ test('admin API: status JSON, Prometheus metrics, dashboard, and blockmirror sta
     const base = `http://127.0.0.1:${node.adminPort}`;
     const status = (await (await fetch(`${base}/api/v1/status`)).json()) as {
       node: string;
-      volumes: { name: string; sizeBytes: number; role: string; disk: string; stats: Record<string, number> }[];
+      volumes: { name: string; sizeBytes: number; role: string; epoch: number; disk: string; stats: Record<string, number> }[];
     };
     assert.equal(status.node, 'a');
     const vol0 = status.volumes.find((volume) => volume.name === 'vol0');
     assert.ok(vol0 !== undefined);
     assert.equal(vol0.sizeBytes, 16 * 1024 * 1024);
     assert.equal(vol0.role, 'primary');
+    assert.equal(vol0.epoch, 0);
     assert.equal(vol0.disk, 'up-to-date');
     assert.equal(vol0.stats['writeOps'], 2);
     assert.equal(vol0.stats['writeBytes'], 8192);
@@ -208,11 +209,12 @@ test('admin API: status JSON, Prometheus metrics, dashboard, and blockmirror sta
     const metrics = await (await fetch(`${base}/metrics`)).text();
     assert.match(metrics, /^blockmirror_volume_write_ops_total\{node="a",volume="vol0"\} 2$/m);
     assert.match(metrics, /^blockmirror_volume_size_bytes\{node="a",volume="vol1"\} 8388608$/m);
+    assert.match(metrics, /^blockmirror_volume_epoch\{node="a",volume="vol0"\} 0$/m);
     assert.match(await (await fetch(`${base}/`)).text(), /blockmirror node a/);
     assert.equal((await fetch(`${base}/nope`)).status, 404);
 
     const table = await runOk(process.execPath, [cliPath, 'status', '--admin', base]);
-    assert.match(table.stdout, /^a\s+vol0\s+16MiB\s+local\s+primary\s+up-to-date\s+2\s+/m);
+    assert.match(table.stdout, /^a\s+vol0\s+16MiB\s+local\s+primary\s+0\s+up-to-date\s+2\s+/m);
     const json = JSON.parse((await runOk(process.execPath, [cliPath, 'status', '--admin', base, '--json'])).stdout) as {
       nodes: { status: { volumes: unknown[] } }[];
     };
