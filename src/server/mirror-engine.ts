@@ -178,6 +178,7 @@ export class MirrorEngine {
       }),
       volume: volume.name,
       connections: cluster.connections,
+      epoch: () => parts.replica.epoch,
       streams: parts.streams ?? tcpStreamLink,
       clock: this.clock,
       log,

@@ -161,6 +161,8 @@ export interface SourceHandshake {
   session: number;
   connectionIndex: number;
   connections: number;
+  /** The epoch the source is primary in. */
+  epoch: number;
 }
 
 /** Thrown (as the rejection) when the peer refuses us or fails to authenticate. */
@@ -239,6 +241,7 @@ export function connectAsSource(
       fromNode: hello.fromNode,
       toNode: hello.toNode,
       volume: hello.volume,
+      epoch: hello.epoch,
     };
     link.onClose((reason) => outcome.fail(new Error(reason)));
     link.stream.onOpen(() => {

@@ -85,9 +85,18 @@ export class PeerServer {
     if (volume.primary !== hello.fromNode) {
       return { code: RefuseCode.ROLE, message: `node ${hello.fromNode} is not the primary of volume ${volume.name} (${volume.primary ?? 'none'} is)` };
     }
-    if (!this.targets.has(volume.name)) {
+    const target = this.targets.get(volume.name);
+    if (target === undefined) {
       return { code: RefuseCode.STATE, message: `volume ${volume.name} is not open on node ${this.local.id}` };
     }
-    return null;
+    const known = target.volume.replica.epoch;
+    switch (target.volume.replica.epochVerdict(hello.epoch)) {
+      case 'older':
+        return { code: RefuseCode.EPOCH, message: `volume ${volume.name}: node ${hello.fromNode} is primary in epoch ${hello.epoch}, but node ${this.local.id} knows epoch ${known}` };
+      case 'newer':
+        return { code: RefuseCode.EPOCH, message: `volume ${volume.name}: node ${hello.fromNode} claims epoch ${hello.epoch}, newer than epoch ${known} that node ${this.local.id} knows` };
+      case 'current':
+        return null;
+    }
   }
 }

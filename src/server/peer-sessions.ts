@@ -54,6 +54,8 @@ export interface SessionParts {
   volume: string;
   /** Connections per session (the connection array). */
   connections: number;
+  /** The epoch this node is the volume's primary in, which HELLO names. */
+  epoch: () => number;
   streams: StreamLink;
   clock: Clock;
   log: Logger;
@@ -194,6 +196,7 @@ export class PeerSessions {
           session,
           connectionIndex: index,
           connections,
+          epoch: this.parts.epoch(),
         },
         this.parts.counters,
       ),

@@ -111,7 +111,7 @@ export class ReplicaTarget {
     const logStatus = this.volume.log.status();
     const ready = encodeFrame({
       type: 'ready',
-      epoch: 0,
+      epoch: this.volume.replica.epoch,
       // A copy whose log was made anew at start (LogStatus.needsFullResync) asks for all of it.
       disk: copyState({ failed: this.volume.failed || this.core.status().failed, needsFullResync: logStatus.needsFullResync, streaming: null }),
       lastSeq,
@@ -216,6 +216,8 @@ export class ReplicaTarget {
       return `entry ${header.seq} carries ${payloadBytes} payload bytes for a length of ${header.lengthBytes}`;
     }
     if (payloadBytes > this.volume.log.entryPayloadBytesMax) return `entry ${header.seq} is larger than this node's log takes`;
+    // The session's HELLO named the epoch this node knows; no entry can be numbered in a later one.
+    if (this.volume.replica.epochVerdict(header.epoch) === 'newer') return `entry ${header.seq} carries epoch ${header.epoch}, newer than the session's ${this.volume.replica.epoch}`;
     return null;
   }
 

@@ -16,6 +16,7 @@ import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
+import path from 'node:path';
 import { constants } from '../../src/constants.js';
 import { hmacSha256, macEquals, randomNonce } from '../../src/lib/hmac.js';
 import {
@@ -59,7 +60,8 @@ interface Secondary {
  * Writes a cluster of a, b and c (c holds no volume) with v1 mirrored from a to b in
  * sync mode, and starts only b.
  */
-async function startSecondary(): Promise<Secondary> {
+/** Starts b, the secondary of v1 (primary a); `epochs` is v1's epoch history file on b beforehand. */
+async function startSecondary(epochs: string | null = null): Promise<Secondary> {
   const dir = makeTempDir('blockmirror-peer-protocol-');
   dirs.push(dir);
   const config = await writeClusterConfig(dir, {
@@ -67,6 +69,10 @@ async function startSecondary(): Promise<Secondary> {
     volumes: [{ name: 'v1', size: '16MiB', replicas: ['a', 'b'], primary: 'a', mode: 'sync' }],
     secret: SECRET,
   });
+  if (epochs !== null) {
+    fs.mkdirSync(path.join(dir, 'data-b', 'volumes'), { recursive: true });
+    fs.writeFileSync(path.join(dir, 'data-b', 'volumes', 'v1.epochs.json'), epochs);
+  }
   const match = /- id: b\n {4}nbd: [^\n]+\n {4}replication: 127\.0\.0\.1:(\d+)\n/.exec(fs.readFileSync(config, 'utf8'));
   assert.ok(match?.[1] !== undefined, 'b\'s replication port in the cluster file');
   const b = await startClusterNode(dir, config, 'b');
@@ -189,6 +195,7 @@ interface HelloChoices {
   session?: number;
   connectionIndex?: number;
   connections?: number;
+  epoch?: number;
 }
 
 function hello(choices: HelloChoices = {}): PeerHello {
@@ -203,6 +210,7 @@ function hello(choices: HelloChoices = {}): PeerHello {
     fromNode: choices.fromNode ?? 'a',
     toNode: choices.toNode ?? 'b',
     volume: choices.volume ?? 'v1',
+    epoch: choices.epoch ?? 0,
   };
 }
 
@@ -221,12 +229,12 @@ interface Session {
 }
 
 /** A whole session of `connections` authenticated connections, each answered READY. */
-async function openSession(port: number, connections: number, session: number): Promise<Session> {
+async function openSession(port: number, connections: number, session: number, epoch = 0): Promise<Session> {
   const clients: PeerClient[] = [];
   for (let index = 0; index < connections; index += 1) {
     const client = await PeerClient.connect(port);
     clients.push(client);
-    await authenticate(client, hello({ session, connectionIndex: index, connections }));
+    await authenticate(client, hello({ session, connectionIndex: index, connections, epoch }));
   }
   let ready: Extract<PeerMessage, { type: 'ready' }> | undefined;
   for (const client of clients) ready = await client.next('ready');
@@ -251,7 +259,7 @@ function closeSession(session: Session): void {
 }
 
 /** Entry `seq` as a's log would send it: a WRITE of `payload` at `offset`. */
-function entryParts(seq: number, offset: number, payload: Buffer): { header: Buffer; frame: Buffer[] } {
+function entryParts(seq: number, offset: number, payload: Buffer, epoch = 0): { header: Buffer; frame: Buffer[] } {
   const header = encodeEntryHeader(
     {
       type: EntryType.WRITE,
@@ -263,7 +271,7 @@ function entryParts(seq: number, offset: number, payload: Buffer): { header: Buf
       offset,
       lengthBytes: payload.length,
       generation: 0,
-      epoch: 0,
+      epoch,
     },
     [payload],
   );
@@ -618,6 +626,40 @@ test('HELLOs b must refuse get REFUSE with the reason, and store nothing', async
   assert.ok(isZero(image), 'b\'s image holds nothing');
   const logged = b.records().filter((record) => record['msg'] === 'peer connection refused').map((record) => String(record['reason']));
   assert.ok(logged.some((reason) => reason === 'node c is not the primary of volume v1 (a is)'), `b's log says why: ${JSON.stringify(logged)}`);
+});
+
+test('epochs: b refuses a HELLO from an epoch older or newer than the one it knows, says its own in READY, and closes a session whose ENTRY carries a newer one', async () => {
+  // b's history of v1: a is primary again in epoch 3.
+  const { b, replicationPort } = await startSecondary(
+    JSON.stringify({ epochs: [{ epoch: 0, primary: 'a', firstSeq: 1 }, { epoch: 3, primary: 'a', firstSeq: 1 }] }),
+  );
+  assert.equal(volumeOf(await b.status()).epoch, 3);
+  const refusalsBefore = counter(await b.status(), 'peerRefusals');
+  const cases: { epoch: number; message: RegExp }[] = [
+    { epoch: 0, message: /^volume v1: node a is primary in epoch 0, but node b knows epoch 3$/ },
+    { epoch: 4, message: /^volume v1: node a claims epoch 4, newer than epoch 3 that node b knows$/ },
+  ];
+  for (const refused of cases) {
+    const client = await PeerClient.connect(replicationPort);
+    client.send([encodeFrame(hello({ epoch: refused.epoch })), ...entryFrame(1, 0, pattern(4 * KiB, 13))]);
+    const refusal = await client.next('refuse');
+    assert.equal(refusal.code, RefuseCode.EPOCH, `epoch ${refused.epoch}: refusal code`);
+    assert.match(refusal.message, refused.message);
+    await client.waitClosed();
+    assert.equal(client.take('challenge'), undefined, `epoch ${refused.epoch}: no CHALLENGE`);
+  }
+  assert.equal(counter(await b.status(), 'peerRefusals'), refusalsBefore + cases.length);
+
+  const errorsBefore = counter(await b.status(), 'peerProtocolErrors');
+  const session = await openSession(replicationPort, 1, 0x0a01, 3);
+  assert.equal(session.ready.epoch, 3, 'READY names the epoch b knows');
+  session.clients[0]?.send(entryParts(1, 0, pattern(4 * KiB, 14), 4).frame);
+  await session.clients[0]?.waitClosed();
+  assert.equal(session.clients[0]?.take('ack'), undefined);
+  await protocolErrorCounted(b, errorsBefore);
+  await assertNothingStored(b);
+  const image = await stopAndReadImage(b);
+  assert.ok(isZero(image), 'b\'s image holds nothing');
 });
 
 test('a connection that never finishes its handshake is closed by b after peerHandshakeTimeoutMs', async () => {

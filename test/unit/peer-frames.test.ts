@@ -48,12 +48,13 @@ const hello: PeerControlMessage = {
   fromNode: 'node-a',
   toNode: 'x'.repeat(255),
   volume: 'vol-日本',
+  epoch: 0xffff_ffff,
 };
 
 /** One of every control message, with values at the edges of their ranges. */
 const controlMessages: PeerControlMessage[] = [
   hello,
-  { ...hello, connectionIndex: 0, connections: 1, session: 0, cluster: 'c', fromNode: 'a', toNode: 'b', volume: 'v' },
+  { ...hello, connectionIndex: 0, connections: 1, session: 0, cluster: 'c', fromNode: 'a', toNode: 'b', volume: 'v', epoch: 0 },
   { type: 'challenge', nonce: nonce(0x11), mac: nonce(0x22) },
   { type: 'auth', mac: nonce(0x33) },
   ...PEER_DISK_STATES.map((disk, index): PeerControlMessage => ({
@@ -137,11 +138,13 @@ function text(value: Buffer | string): Buffer {
 /** A HELLO body from parts, so single fields can be made illegal. */
 function helloBody(parts: { connectionIndex?: number; connections?: number; names?: Buffer[] } = {}): Buffer {
   const fixed = Buffer.alloc(40);
-  fixed.writeUInt16BE(1, 0);
+  fixed.writeUInt16BE(2, 0);
   fixed.writeUInt8(parts.connectionIndex ?? 0, 2);
   fixed.writeUInt8(parts.connections ?? 1, 3);
   const names = parts.names ?? ['c', 'a', 'b', 'v'].map((name) => text(name));
-  return Buffer.concat([fixed, ...names]);
+  const epoch = Buffer.alloc(4);
+  epoch.writeUInt32BE(7, 0);
+  return Buffer.concat([fixed, ...names, epoch]);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -391,8 +394,12 @@ describe('peer frames: damage and illegal frames', () => {
     assertRefused(frameOf(PeerFrameType.HELLO, helloBody({ connections: 2, connectionIndex: 2 })), /out of range/);
     assertRefused(frameOf(PeerFrameType.HELLO, Buffer.concat([helloBody(), Buffer.alloc(1)])), /extra bytes/);
     assertRefused(frameOf(PeerFrameType.HELLO, helloBody().subarray(0, 45)), /ends early/);
+    // Without the epoch that follows the names (a version 1 HELLO's length).
+    assertRefused(frameOf(PeerFrameType.HELLO, helloBody().subarray(0, helloBody().length - 4)), /ends early/);
     // The well-formed body these cases were made from is accepted.
-    assert.equal(decodeAll([frameOf(PeerFrameType.HELLO, helloBody())])[0]?.['volume'], 'v');
+    const decoded = decodeAll([frameOf(PeerFrameType.HELLO, helloBody())])[0];
+    assert.equal(decoded?.['volume'], 'v');
+    assert.equal(decoded?.['epoch'], 7);
   });
 
   test('READY with an unknown disk state', () => {
@@ -435,7 +442,7 @@ describe('peer frames: damage and illegal frames', () => {
 
   test('REFUSE with an unknown code or an overlong message', () => {
     assertRefused(frameOf(PeerFrameType.REFUSE, Buffer.concat([u16(0), text('x')])), /code 0/);
-    assertRefused(frameOf(PeerFrameType.REFUSE, Buffer.concat([u16(9), text('x')])), /code 9/);
+    assertRefused(frameOf(PeerFrameType.REFUSE, Buffer.concat([u16(10), text('x')])), /code 10/);
     assertRefused(frameOf(PeerFrameType.REFUSE, Buffer.concat([u16(RefuseCode.ROLE), text('m'.repeat(1025))])), /1025/);
   });
 

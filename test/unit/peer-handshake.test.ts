@@ -23,6 +23,7 @@ function baseHello(): HelloTranscript {
     fromNode: 'node-a',
     toNode: 'node-b',
     volume: 'vol-1',
+    epoch: 0x0a0b_0c0d,
   };
 }
 
@@ -50,6 +51,7 @@ function expectedTranscript(label: string, hello: HelloTranscript, nonce: Buffer
     field(Buffer.from(hello.fromNode, 'utf8')),
     field(Buffer.from(hello.toNode, 'utf8')),
     field(Buffer.from(hello.volume, 'utf8')),
+    field(Buffer.from('0a0b0c0d', 'hex')),
     field(nonce),
   ]);
 }
@@ -101,6 +103,7 @@ describe('peer handshake proofs', () => {
       ['fromNode', { ...base, fromNode: 'node-c' }, targetNonce, secret],
       ['toNode', { ...base, toNode: 'node-c' }, targetNonce, secret],
       ['volume', { ...base, volume: 'vol-2' }, targetNonce, secret],
+      ['epoch', { ...base, epoch: base.epoch + 1 }, targetNonce, secret],
       ['nodes swapped', { ...base, fromNode: base.toNode, toNode: base.fromNode }, targetNonce, secret],
       // Without length prefixes these two would be the same bytes.
       ['boundary moved', { ...base, cluster: 'prodn', fromNode: 'ode-a' }, targetNonce, secret],

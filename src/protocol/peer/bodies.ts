@@ -59,8 +59,9 @@ export function encodeControlBody(message: PeerControlMessage): Buffer {
       assert(Number.isInteger(message.connectionIndex) && message.connectionIndex >= 0 && message.connectionIndex < message.connections, 'connectionIndex out of range');
       assertUint(message.session, 0xffffffff, 'session');
       assert(message.nonce.length === PEER_NONCE_BYTES, 'nonce must be 32 bytes');
+      assertUint(message.epoch, 0xffffffff, 'epoch');
       const names = [message.cluster, message.fromNode, message.toNode, message.volume].map((name) => nameBytes(name, PEER_NAME_BYTES_MAX));
-      const out = Buffer.alloc(8 + PEER_NONCE_BYTES + names.reduce((sum, name) => sum + 2 + name.length, 0));
+      const out = Buffer.alloc(8 + PEER_NONCE_BYTES + names.reduce((sum, name) => sum + 2 + name.length, 0) + 4);
       out.writeUInt16BE(message.version, 0);
       out.writeUInt8(message.connectionIndex, 2);
       out.writeUInt8(message.connections, 3);
@@ -72,6 +73,7 @@ export function encodeControlBody(message: PeerControlMessage): Buffer {
         name.copy(out, at + 2);
         at += 2 + name.length;
       }
+      out.writeUInt32BE(message.epoch, at);
       return out;
     }
     case 'challenge':
@@ -276,7 +278,8 @@ function decodeControlBody(type: Exclude<PeerFrameType, typeof PeerFrameType.ENT
       const fromNode = reader.text('fromNode', PEER_NAME_BYTES_MAX);
       const toNode = reader.text('toNode', PEER_NAME_BYTES_MAX);
       const volume = reader.text('volume', PEER_NAME_BYTES_MAX);
-      return { type: 'hello', version, connectionIndex, connections, session, nonce, cluster, fromNode, toNode, volume };
+      const epoch = reader.u32();
+      return { type: 'hello', version, connectionIndex, connections, session, nonce, cluster, fromNode, toNode, volume, epoch };
     }
     case PeerFrameType.CHALLENGE:
       return { type: 'challenge', nonce: reader.bytes(PEER_NONCE_BYTES), mac: reader.bytes(PEER_MAC_BYTES) };

@@ -17,7 +17,7 @@ export type Mac = (key: Buffer, data: Buffer) => Buffer;
 /** The HELLO fields a proof covers; a decoded or about-to-be-sent HELLO both fit. */
 export type HelloTranscript = Pick<
   PeerHello,
-  'version' | 'connectionIndex' | 'connections' | 'session' | 'nonce' | 'cluster' | 'fromNode' | 'toNode' | 'volume'
+  'version' | 'connectionIndex' | 'connections' | 'session' | 'nonce' | 'cluster' | 'fromNode' | 'toNode' | 'volume' | 'epoch'
 >;
 
 // Distinct labels, so the target's proof is never a valid source proof (the transcript
@@ -70,6 +70,7 @@ function transcript(label: Buffer, hello: HelloTranscript, targetNonce: Buffer):
     Buffer.from(hello.fromNode, 'utf8'),
     Buffer.from(hello.toNode, 'utf8'),
     Buffer.from(hello.volume, 'utf8'),
+    uint(hello.epoch, 4),
     targetNonce,
   ];
   const parts: Buffer[] = [label];

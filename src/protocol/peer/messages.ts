@@ -9,7 +9,7 @@ import type { EntryHeader } from '../log-entry.js';
 
 export const PEER_FRAME_MAGIC = 0x424d5046; // 'BMPF'
 export const PEER_FRAME_HEADER_BYTES = 16;
-export const PEER_PROTOCOL_VERSION = 1;
+export const PEER_PROTOCOL_VERSION = 2;
 export const PEER_NONCE_BYTES = 32;
 export const PEER_MAC_BYTES = 32;
 /** A session's connections: the cluster file's `connections` is bounded by the same limit. */
@@ -56,6 +56,8 @@ export const RefuseCode = {
   ROLE: 6,
   STATE: 7,
   BUSY: 8,
+  /** The source's epoch is not the one the target knows (an old primary, or a promotion the target has not heard of). */
+  EPOCH: 9,
 } as const;
 export type RefuseCode = (typeof RefuseCode)[keyof typeof RefuseCode];
 
@@ -82,6 +84,8 @@ export interface PeerHello {
   fromNode: string;
   toNode: string;
   volume: string;
+  /** The epoch of the volume's history the source is primary in. */
+  epoch: number;
 }
 export interface PeerChallenge { type: 'challenge'; nonce: Buffer; mac: Buffer }
 export interface PeerAuth { type: 'auth'; mac: Buffer }
