@@ -282,6 +282,19 @@ function entryFrame(seq: number, offset: number, payload: Buffer): Buffer[] {
   return entryParts(seq, offset, payload).frame;
 }
 
+/**
+ * The session's first connection, having sent a bad ENTRY, is closed by b with no ACK; b
+ * counts one protocol error, stores nothing, and its image is all zeroes (b is stopped).
+ */
+async function assertEntryRejected(b: TestNode, session: Session, errorsBefore: number, why: string): Promise<void> {
+  await session.clients[0]?.waitClosed();
+  assert.equal(session.clients[0]?.take('ack'), undefined);
+  await protocolErrorCounted(b, errorsBefore);
+  await assertNothingStored(b);
+  const image = await stopAndReadImage(b);
+  assert.ok(isZero(image), why);
+}
+
 /** Waits until b has counted one more protocol error than `before`. */
 async function protocolErrorCounted(b: TestNode, before: number): Promise<void> {
   await b.waitStatus('the protocol error counted', (status) => counter(status, 'peerProtocolErrors') >= before + 1, REPLY_TIMEOUT_MS);
@@ -484,12 +497,7 @@ test('an ENTRY whose frame CRC is right but whose entry payload CRC is wrong is 
   // encodeEntryFrame checksums the frame over the damaged bytes; the entry header still
   // carries the CRC of the original payload.
   session.clients[0]?.send(encodeEntryFrame(header, [damaged]));
-  await session.clients[0]?.waitClosed();
-  assert.equal(session.clients[0]?.take('ack'), undefined);
-  await protocolErrorCounted(b, errorsBefore);
-  await assertNothingStored(b);
-  const image = await stopAndReadImage(b);
-  assert.ok(isZero(image), 'b\'s image holds nothing');
+  await assertEntryRejected(b, session, errorsBefore, 'b\'s image holds nothing');
 });
 
 test('an ENTRY reaching past the end of the volume (valid checksums) closes the connection and writes nothing', async () => {
@@ -497,12 +505,7 @@ test('an ENTRY reaching past the end of the volume (valid checksums) closes the 
   const errorsBefore = counter(await b.status(), 'peerProtocolErrors');
   const session = await openSession(replicationPort, 1, 0x0401);
   session.clients[0]?.send(entryFrame(1, VOLUME_BYTES - 2 * KiB, pattern(4 * KiB, 5)));
-  await session.clients[0]?.waitClosed();
-  assert.equal(session.clients[0]?.take('ack'), undefined);
-  await protocolErrorCounted(b, errorsBefore);
-  await assertNothingStored(b);
-  const image = await stopAndReadImage(b);
-  assert.ok(isZero(image), 'b\'s image holds nothing, not even the part inside the volume');
+  await assertEntryRejected(b, session, errorsBefore, 'b\'s image holds nothing, not even the part inside the volume');
 });
 
 test('an ENTRY far beyond the window, or a repeated sequence number, closes the connection; the stored entry stays as it was', async () => {
@@ -654,12 +657,7 @@ test('epochs: b refuses a HELLO from an epoch older or newer than the one it kno
   const session = await openSession(replicationPort, 1, 0x0a01, 3);
   assert.equal(session.ready.epoch, 3, 'READY names the epoch b knows');
   session.clients[0]?.send(entryParts(1, 0, pattern(4 * KiB, 14), 4).frame);
-  await session.clients[0]?.waitClosed();
-  assert.equal(session.clients[0]?.take('ack'), undefined);
-  await protocolErrorCounted(b, errorsBefore);
-  await assertNothingStored(b);
-  const image = await stopAndReadImage(b);
-  assert.ok(isZero(image), 'b\'s image holds nothing');
+  await assertEntryRejected(b, session, errorsBefore, 'b\'s image holds nothing');
 });
 
 test('a connection that never finishes its handshake is closed by b after peerHandshakeTimeoutMs', async () => {
