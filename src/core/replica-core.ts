@@ -11,7 +11,8 @@
 // Decisions that need more than one part are made here: whether a client's change is
 // taken at all (`refusal`: a secondary refuses it, and so does a strict volume's primary
 // while a replica is missing), and how an epoch met on the wire stands to the one this
-// copy knows (`epochVerdict`: an older one is refused). The role's mirror part starts
+// copy knows (`epochVerdict`, by which a secondary refuses a HELLO in any epoch but its
+// own, and an entry numbered in a later one). The role's mirror part starts
 // once the executor has what it needs (`mirror`, with the ledger its files gave;
 // `follow`); a role change (`promote`, `demote`) ends it, with nothing under way.
 //

@@ -1,10 +1,11 @@
 // A mirrored volume as its primary serves it to clients: the local volume (storage) and the
 // mirror engine joined here, in the server layer, so that storage never calls up into the
 // mirror. Whether a change is taken is the volume's ReplicaCore's (`refusal`: a strict
-// volume refuses changes while it lacks a replica); its local part runs in LocalVolume (logged, applied where
-// the write-intent record allows); its reply waits, in MirrorSource, for the log and the
-// peers to hold it as the volume's mode promises; and its latency goes to the resync
-// controller. `mirrorPrimary` composes one (node.ts, and the crash-point tests).
+// volume refuses changes while it lacks a replica); its local part runs in LocalVolume
+// (logged, applied where the write-intent record allows); its reply waits, in
+// MirrorSource, for the log and the peers to hold it as the volume's mode promises; and
+// its latency goes to the resync controller. `mirrorPrimary` composes one (node.ts, and
+// the crash-point tests).
 
 import type { DiskExtent } from '../io/disk.js';
 import type { LocalVolume, ZeroOptions } from '../storage/local-volume.js';
