@@ -10,11 +10,14 @@
 // the long transfers (a resync, a catch-up from the log, entries read back for a dropped
 // peer) are peer-transfers.ts, which it starts and gives what they act through.
 //
-// Why one file of this size: besides carrying out PrimaryCore's actions (`run`) it is the
-// write path's side of the mirror (the tap, the reply's wait, the write-intent record,
-// the log's retainer) and starts online verifies (the requests waiting for a digest are
-// DigestRequests), and each of the three acts on the same core, sessions and files. What
-// they decide is the cores'. The sections below keep the jobs apart.
+// Why one file of this size: it has one job, to run one volume's PrimaryCore, and the
+// sections below are that job's inputs and outputs. Events come in from the write path
+// (the tap, a reply's wait, the log's retainer), from the sessions (READY, the peers'
+// replies, a lost link) and from online verify (a region found different, a repair);
+// actions go out to the sessions' links, the state and bitmap files, the write-intent
+// record and the transfers (`run`). Each section reads and changes the same core,
+// sessions and files; split up, each part would need all of them. What they decide is
+// the cores' (PrimaryCore, ResyncController), save whether a verify may start at all.
 
 import path from 'node:path';
 import { constants } from '../constants.js';
