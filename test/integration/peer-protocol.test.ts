@@ -579,14 +579,15 @@ test(
       encodeFrame({ type: 'auth', mac: sourceProof(hmacSha256, Buffer.from(SECRET), sent, challenge.nonce) }),
       ...entryFrame(1, 0, pattern(4 * KiB, 11)),
     ]);
-    await sleep(500);
-    const status = await b.status();
-    const closed = client.closed;
+    // b closes the connection for it (whether or not READY went out first), and counts it.
+    await client.waitClosed();
     const readyArrived = client.take('ready') !== undefined;
+    assert.equal(client.closed, true, `b closed the connection for it (READY ${readyArrived ? 'was' : 'was not'} sent)`);
+    await protocolErrorCounted(b, errorsBefore);
+    const status = await b.status();
     const image = await stopAndReadImage(b);
     assert.equal(volumeOf(status).log.lastSeq, 0, 'the early entry is not stored');
     assert.ok(isZero(image), 'b\'s image holds nothing');
-    assert.equal(closed, true, `b closed the connection for it (READY ${readyArrived ? 'was' : 'was not'} sent)`);
     assert.equal(counter(status, 'peerProtocolErrors'), errorsBefore + 1, 'the early entry is a protocol error');
   },
 );

@@ -171,7 +171,8 @@ test('SIGTERM while a client writes: the node drains and exits 0, and restarts c
   );
   const fioExited = new Promise<void>((resolve) => fio.once('exit', () => resolve()));
   try {
-    await sleep(1500);
+    // Stopped while fio's writes are under way, not before they begin.
+    await node.waitStatus('fio writing', (status) => (status.volumes[0]?.stats['writeOps'] ?? 0) >= 200, 15_000);
     const started = Date.now();
     const exit = await node.stop('SIGTERM');
     assert.deepEqual(exit, { code: 0, signal: null });
