@@ -84,6 +84,8 @@ export interface Partition {
   /** The generation held by this file, or -1 when it holds nothing that is needed. */
   generation: number;
   firstSeq: number;
+  /** Where firstSeq begins in the file (0 unless the entries before it there are an earlier run's, not recovered). */
+  firstOffset: number;
   lastSeq: number;
 }
 
@@ -160,7 +162,7 @@ export function settleLogDirectory(options: LogPlace): void {
  * numbers continue after `state.cpSeq`: the partitions zero-filled and synced, the
  * superblock last, then the whole directory swapped into place.
  */
-export function installLogDirectory(options: LogPlace, operation: 'log-create' | 'log-recreate', state: NewLogState): void {
+export function installLogDirectory(options: LogPlace, operation: 'log-create' | 'log-recreate' | 'role-change', state: NewLogState): void {
   const { geometry } = options;
   const files = filesOf(options);
   files.makeDir(path.dirname(options.dir), operation);
@@ -209,7 +211,7 @@ export function openPartitions(files: DurableFiles, dir: string, superblock: Sup
       files.closeData(fd);
       fail(`${file} is ${size} bytes, the superblock says ${superblock.partitionBytes}`);
     }
-    slots.push({ fd, generation: -1, firstSeq: 0, lastSeq: 0 });
+    slots.push({ fd, generation: -1, firstSeq: 0, firstOffset: 0, lastSeq: 0 });
   }
   return slots;
 }

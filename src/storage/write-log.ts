@@ -287,7 +287,7 @@ export class WriteLog {
       if (header.type !== EntryType.CONSISTENCY_POINT) this.trail?.add(header.seq, header.offset, header.lengthBytes);
       if (this.options.replica?.deferApply === true) this.positions.set(header.seq, { generation, offset });
       else await apply(header, payload);
-      this.recordPlaced(generation, header.seq);
+      this.recordPlaced(generation, header.seq, offset);
       report.replayedEntries += 1;
       report.replayedBytes += header.lengthBytes;
       report.lastSeq = header.seq;
@@ -339,11 +339,12 @@ export class WriteLog {
     this.durability.start(this.geometry.partitions, this.appendedSeq);
   }
 
-  private recordPlaced(generation: number, seq: number): void {
+  private recordPlaced(generation: number, seq: number, offset: number): void {
     const slot = this.slotOf(generation);
     if (slot.generation !== generation) {
       slot.generation = generation;
       slot.firstSeq = seq;
+      slot.firstOffset = offset;
     }
     slot.lastSeq = seq;
   }
@@ -475,7 +476,8 @@ export class WriteLog {
     const slot = this.slotHolding(fromSeq);
     if (slot === undefined) throw new LogCorruptError(`entry ${fromSeq} is no longer in ${this.options.dir}`);
     let generation = slot.generation;
-    let offset = 0;
+    // Recovery and a start after it place entries from the middle of a partition; what is before them there is not read.
+    let offset = slot.firstOffset;
     let expected = slot.firstSeq;
     let chunk: { buffer: Buffer; start: number } = { buffer: Buffer.alloc(0), start: 0 };
     const fail = (what: string): never => {
@@ -492,7 +494,7 @@ export class WriteLog {
       if (expected > current.lastSeq) {
         // The rest is in the next partition, from its start.
         generation += 1;
-        offset = 0;
+        offset = this.slotOf(generation).firstOffset;
         chunk = { buffer: Buffer.alloc(0), start: 0 };
         continue;
       }
@@ -594,7 +596,7 @@ export class WriteLog {
       // Claimed now, not when the write starts: the next placement must see this
       // partition as taken.
       this.positions.set(next.seq, position);
-      this.recordPlaced(position.generation, next.seq);
+      this.recordPlaced(position.generation, next.seq, position.offset);
       next.place(position);
     }
   }
@@ -735,6 +737,27 @@ export class WriteLog {
   keepNamed(named: TrailExtent[] | null, volumeBytes: number): void {
     assert(this.trail !== null, 'not a replica log');
     this.trail.resetTo(named, volumeBytes);
+    this.saveTrail(this.trail);
+  }
+
+  /** A replica's log: entries up to this one are no longer named (the primary's consistency points trimmed them). */
+  get namedAfter(): number {
+    assert(this.trail !== null, 'not a replica log');
+    return this.trail.trimmedThrough;
+  }
+
+  /**
+   * A replica's log: entries it holds after this one are not of the history it follows
+   * (see ReplicaTrail.divergedAfter), or null. Its READY names it.
+   */
+  get divergedAfter(): number | null {
+    return this.trail?.divergedAfter ?? null;
+  }
+
+  /** A replica's log: it now follows a history that holds none of its entries after `seq`; written durably at once. */
+  divergesAfter(seq: number): void {
+    assert(this.trail !== null, 'not a replica log');
+    this.trail.divergesAfter(seq);
     this.saveTrail(this.trail);
   }
 

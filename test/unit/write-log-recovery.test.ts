@@ -644,6 +644,39 @@ describe('write log recovery', () => {
     assert.deepStrictEqual(replayed, afterCp.map((op, index) => expectedEntry(op, cpSeq + 1 + index)));
   });
 
+  test('entries replayed after a checkpoint in the middle of a partition, and those appended after the restart, read back (readRange)', async () => {
+    const dir = freshDir();
+    const before = [write(0, pattern(4096, 21)), write(8192, pattern(4096, 22)), write(16384, pattern(4096, 23))];
+    const afterCp = [write(4096, pattern(4096, 24)), write(12288, pattern(4096, 25))];
+    const { log } = await openLog(dir);
+    try {
+      for (const op of before) log.applied(await append(log, op));
+      await log.checkpoint(() => nextStamp(log), () => Promise.resolve());
+      for (const op of afterCp) await append(log, op);
+      await log.syncTo(log.lastSeq);
+    } finally {
+      log.close();
+    }
+    // The replay point is in the middle of partition 0, after entries that are not replayed.
+    const { log: reopened, recovery } = await openLog(dir);
+    try {
+      const later = write(20480, pattern(4096, 26));
+      const laterSeq = await append(reopened, later);
+      await reopened.syncTo(laterSeq);
+      const firstReplayed = recovery.cpSeq + 1;
+      assert.ok(reopened.holdsFrom(firstReplayed));
+      const read: { seq: number; offset: number; payload: Buffer }[] = [];
+      for await (const entry of reopened.readRange(firstReplayed, laterSeq)) read.push({ seq: entry.seq, offset: entry.fields.offset, payload: entry.payload });
+      assert.deepEqual(
+        read.map((entry) => [entry.seq, entry.offset]),
+        [...afterCp, later].map((op, index) => [firstReplayed + index, op.type === 'write' ? op.offset : -1]),
+      );
+      assert.deepEqual(read.map((entry) => entry.payload), [...afterCp, later].map((op) => (op.type === 'write' ? op.payload : Buffer.alloc(0))));
+    } finally {
+      reopened.close();
+    }
+  });
+
   test('a checkpoint covering everything leaves nothing to replay, however often the log is reopened', async () => {
     const dir = freshDir();
     const { log } = await openLog(dir);
