@@ -15,6 +15,8 @@ import { DurableFiles, parseCrashPoint, type CrashPoint } from '../storage/durab
 import { NodeFileSystem } from '../io/file-system.js';
 import type { NodeStatus } from '../server/status.js';
 import type { VerifyReport } from '../server/online-verify.js';
+import { parseFlags, required, type Flags } from './flags.js';
+import { changeRole } from './role-commands.js';
 import { formatBytes } from '../lib/size.js';
 
 const usage = `blockmirror — replicated block storage served over NBD
@@ -31,6 +33,14 @@ Usage:
                                                        resyncs the regions that differ. Exit 0:
                                                        identical, 1: regions differ, 3: could not
                                                        compare every replica
+  blockmirror promote VOLUME --node N (--config FILE | --admin URL) [--force] [--json]
+                                                       make node N's copy of VOLUME its primary in
+                                                       a new epoch; refused when N may lack writes
+                                                       the primary acknowledged, unless --force
+  blockmirror demote VOLUME --node N (--config FILE | --admin URL) [--json]
+                                                       node N, VOLUME's primary, steps down: its
+                                                       clients drain and are refused until another
+                                                       node is promoted
   blockmirror check-config --config FILE               validate a cluster file and exit
   blockmirror --help | --version
 
@@ -38,36 +48,6 @@ Environment:
   BLOCKMIRROR_LOG_LEVEL   debug | info | warn | error (default info); logs are JSON lines on stderr
 
 Documentation: README.md, docs/configuration.md, docs/operations.md`;
-
-interface Flags {
-  values: Map<string, string>;
-  switches: Set<string>;
-}
-
-function parseFlags(args: string[], valueFlags: string[], switchFlags: string[]): Flags {
-  const values = new Map<string, string>();
-  const switches = new Set<string>();
-  for (let index = 0; index < args.length; index += 1) {
-    const arg = args[index] ?? '';
-    const [name, inline] = arg.includes('=') ? [arg.slice(0, arg.indexOf('=')), arg.slice(arg.indexOf('=') + 1)] : [arg, undefined];
-    if (valueFlags.includes(name)) {
-      const value = inline ?? args[++index];
-      if (value === undefined) throw new BlockmirrorError('ERR_USAGE', `${name} needs a value`);
-      values.set(name, value);
-    } else if (switchFlags.includes(name) && inline === undefined) {
-      switches.add(name);
-    } else {
-      throw new BlockmirrorError('ERR_USAGE', `unknown argument "${arg}" (see blockmirror --help)`);
-    }
-  }
-  return { values, switches };
-}
-
-function required(flags: Flags, name: string): string {
-  const value = flags.values.get(name);
-  if (value === undefined) throw new BlockmirrorError('ERR_USAGE', `${name} is required`);
-  return value;
-}
 
 function packageVersion(): string {
   let dir = path.dirname(fileURLToPath(import.meta.url));
@@ -444,6 +424,9 @@ async function main(argv: string[]): Promise<number> {
       return checkConfig(rest);
     case 'verify':
       return verify(rest);
+    case 'promote':
+    case 'demote':
+      return changeRole(command, rest);
     default:
       throw new BlockmirrorError('ERR_USAGE', `unknown command "${command}" (see blockmirror --help)`);
   }

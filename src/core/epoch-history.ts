@@ -36,7 +36,11 @@ function problemWith(starts: readonly EpochStart[]): string | null {
 }
 
 export class EpochHistory {
-  private constructor(readonly starts: readonly EpochStart[]) {}
+  private constructor(
+    readonly starts: readonly EpochStart[],
+    /** The current epoch's primary stepped down (`demote`): no node takes writes until the next promotion. */
+    readonly ended: boolean,
+  ) {}
 
   /** The history of a new volume: epoch 0, `primary` numbering from entry 1. */
   static initial(primary: string): EpochHistory {
@@ -44,10 +48,31 @@ export class EpochHistory {
   }
 
   /** A history from its epochs; an impossible one is a bug here (a file's text goes through parseEpochHistory). */
-  static of(starts: readonly EpochStart[]): EpochHistory {
+  static of(starts: readonly EpochStart[], ended = false): EpochHistory {
     const problem = problemWith(starts);
     assert(problem === null, `epoch history: ${problem ?? ''}`);
-    return new EpochHistory(starts.map((start) => ({ ...start })));
+    return new EpochHistory(starts.map((start) => ({ ...start })), ended);
+  }
+
+  /** A history a peer sent, or the reason it cannot be one. */
+  static from(starts: readonly EpochStart[]): EpochHistory | { problem: string } {
+    const problem = problemWith(starts);
+    return problem === null ? EpochHistory.of(starts) : { problem };
+  }
+
+  /** The last `count` epochs at most (what a frame carries). */
+  last(count: number): EpochStart[] {
+    return this.starts.slice(-count).map((start) => ({ ...start }));
+  }
+
+  /** The node that takes the volume's writes in this history: the current epoch's primary, unless it stepped down. */
+  get primaryNow(): string | null {
+    return this.ended ? null : this.current.primary;
+  }
+
+  /** The current epoch's primary steps down (a demotion by command): the same epochs, ended. */
+  stepDown(): EpochHistory {
+    return new EpochHistory(this.starts, true);
   }
 
   /** The epoch in force, and its primary. */
@@ -72,6 +97,23 @@ export class EpochHistory {
   begin(primary: string, firstSeq: number): EpochHistory {
     assert(firstSeq >= this.current.firstSeq, `epoch ${this.current.epoch + 1} would start at ${firstSeq}, before epoch ${this.current.epoch} (${this.current.firstSeq})`);
     return EpochHistory.of([...this.starts, { epoch: this.current.epoch + 1, primary, firstSeq }]);
+  }
+
+  /**
+   * A newer history from the wire (only its last epochs), joined to the epochs this one
+   * holds before the first of them.
+   */
+  joinedWith(newer: EpochHistory): EpochHistory {
+    const first = newer.starts[0];
+    assert(first !== undefined);
+    const before = this.starts.filter((start) => start.epoch < first.epoch && start.firstSeq <= first.firstSeq);
+    return EpochHistory.of([...before, ...newer.starts], newer.ended);
+  }
+
+  /** Whether `other` holds the epoch this one is in, unchanged (it is this history, or one that went on from it). */
+  knowsEpochOf(other: EpochHistory): boolean {
+    const mine = this.current;
+    return other.starts.some((start) => sameStart(start, mine));
   }
 
   /** Whether `other` is this history or a later one: it holds every epoch of this one, unchanged. */
@@ -127,7 +169,7 @@ export function compareCopies(a: CopyPosition, b: CopyPosition): CopyComparison 
 
 /** The history's text in its file. */
 export function encodeEpochHistory(history: EpochHistory): string {
-  return JSON.stringify({ epochs: history.starts }, null, 2) + '\n';
+  return JSON.stringify({ epochs: history.starts, ...(history.ended ? { ended: true } : {}) }, null, 2) + '\n';
 }
 
 /** A history file's text, or the reason it cannot be one (a damaged file is never guessed at). */
@@ -140,11 +182,13 @@ export function parseEpochHistory(data: Buffer): EpochHistory | { problem: strin
   }
   const epochs = (parsed as { epochs?: unknown } | null)?.epochs;
   if (!Array.isArray(epochs)) return { problem: 'it has no list of epochs' };
+  const ended = (parsed as { ended?: unknown }).ended ?? false;
+  if (typeof ended !== 'boolean') return { problem: '"ended" is not true or false' };
   const starts: EpochStart[] = [];
   for (const item of epochs as unknown[]) {
     const { epoch, primary, firstSeq } = (item ?? {}) as Record<string, unknown>;
     starts.push({ epoch: epoch as number, primary: primary as string, firstSeq: firstSeq as number });
   }
   const problem = problemWith(starts);
-  return problem === null ? EpochHistory.of(starts) : { problem };
+  return problem === null ? EpochHistory.of(starts, ended) : { problem };
 }

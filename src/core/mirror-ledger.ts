@@ -40,6 +40,11 @@ export interface MirrorRecord {
   resyncNeeded: string[];
   /** Per peer: the last entry its history surely shares with ours (after an unclean start). */
   divergedAfter: Record<string, number>;
+  /**
+   * Per peer: its bitmap names what it lacks only if it holds every entry up to this one
+   * (written by a promotion: see MirrorSourceOptions.bitmapFrom). Absent: always.
+   */
+  bitmapFrom?: Record<string, number>;
 }
 
 /** What the ledger asks of the mirror's core (MirrorSource is one). */
@@ -48,6 +53,7 @@ export interface LedgerSource {
   isInSync(id: string): boolean;
   peerStatus(id: string): Pick<PeerStatus, 'durableSeq' | 'syncedSeq' | 'replication' | 'disk' | 'resyncNeeded'>;
   divergedAfter(id: string): number | null;
+  bitmapFrom(id: string): number | null;
 }
 
 export type LedgerAction = { kind: 'write-record'; record: MirrorRecord } | { kind: 'write-bitmap'; peer: string; bitmap: DirtyBitmap };
@@ -101,7 +107,7 @@ export class MirrorLedger {
       this.warnings.push({ message: 'volume did not stop cleanly: its peers need a resync before they count again', fields: { peers: peers.join(',') } });
       for (const id of peers) divergedAfter[id] = Math.min(divergedAfter[id] ?? recoveredSeq, recoveredSeq);
     }
-    this.record = { cleanStopSeq: null, resyncNeeded, divergedAfter };
+    this.record = { cleanStopSeq: null, resyncNeeded, divergedAfter, bitmapFrom: { ...(record?.bitmapFrom ?? {}) } };
     for (const id of peers) {
       const data = opening.bitmaps.get(id) ?? null;
       let bitmap = data === null ? null : DirtyBitmap.decode(data, sizeBytes, regionBytes);
@@ -133,6 +139,11 @@ export class MirrorLedger {
     return this.record.resyncNeeded;
   }
 
+  /** From which entry on each peer's bitmap covers what it lacks (for the MirrorSource). */
+  get bitmapFrom(): Readonly<Record<string, number>> {
+    return this.record.bitmapFrom ?? {};
+  }
+
   /** Where each peer's history may part from ours (for the MirrorSource). */
   get divergedAfter(): Readonly<Record<string, number>> {
     return this.record.divergedAfter;
@@ -161,7 +172,10 @@ export class MirrorLedger {
   }
 
   private writeRecord(): LedgerAction {
-    return { kind: 'write-record', record: { cleanStopSeq: this.record.cleanStopSeq, resyncNeeded: [...this.record.resyncNeeded], divergedAfter: { ...this.record.divergedAfter } } };
+    const { cleanStopSeq, resyncNeeded, divergedAfter, bitmapFrom } = this.record;
+    const record: MirrorRecord = { cleanStopSeq, resyncNeeded: [...resyncNeeded], divergedAfter: { ...divergedAfter } };
+    if (bitmapFrom !== undefined && Object.keys(bitmapFrom).length > 0) record.bitmapFrom = { ...bitmapFrom };
+    return { kind: 'write-record', record };
   }
 
   /** The regions the peer may lack (read only: change them through the ledger). */
@@ -302,14 +316,23 @@ export class MirrorLedger {
 
   /** After the core took RESET_DONE: the record forgets divergedAfter for the peer once the core has. */
   afterResetDone(id: string): LedgerAction[] {
-    if (this.record.divergedAfter[id] === undefined || this.core.divergedAfter(id) !== null) return [];
-    const divergedAfter: Record<string, number> = {};
-    for (const other of this.peers.keys()) {
-      const seq = this.core.divergedAfter(other);
-      if (seq !== null) divergedAfter[other] = seq;
-    }
-    this.record.divergedAfter = divergedAfter;
+    const forgets =
+      (this.record.divergedAfter[id] !== undefined && this.core.divergedAfter(id) === null) ||
+      (this.record.bitmapFrom?.[id] !== undefined && this.core.bitmapFrom(id) === null);
+    if (!forgets) return [];
+    this.record.divergedAfter = this.fromCore((other) => this.core.divergedAfter(other));
+    this.record.bitmapFrom = this.fromCore((other) => this.core.bitmapFrom(other));
     return [this.writeRecord()];
+  }
+
+  /** A per-peer number as the core has it now (peers without one left out). */
+  private fromCore(get: (id: string) => number | null): Record<string, number> {
+    const found: Record<string, number> = {};
+    for (const id of this.peers.keys()) {
+      const seq = get(id);
+      if (seq !== null) found[id] = seq;
+    }
+    return found;
   }
 
   /** The plan of a resync of the peer over its bitmap; a bit it clears is written at the next persist. */
@@ -355,13 +378,10 @@ export class MirrorLedger {
    * names the stop.
    */
   cleanStop(finalSeq: number, resyncNeeded: readonly string[]): LedgerAction[] {
-    const divergedAfter: Record<string, number> = {};
-    for (const id of this.peers.keys()) {
-      const seq = this.core.divergedAfter(id);
-      if (seq !== null) divergedAfter[id] = seq;
-    }
+    const divergedAfter = this.fromCore((id) => this.core.divergedAfter(id));
+    const bitmapFrom = this.fromCore((id) => this.core.bitmapFrom(id));
     const actions = this.persist();
-    this.record = { cleanStopSeq: finalSeq, resyncNeeded: [...resyncNeeded], divergedAfter };
+    this.record = { cleanStopSeq: finalSeq, resyncNeeded: [...resyncNeeded], divergedAfter, bitmapFrom };
     actions.push(this.writeRecord());
     return actions;
   }
@@ -375,10 +395,15 @@ export function parseMirrorRecord(data: Buffer): MirrorRecord {
     if (typeof parsed.divergedAfter === 'object' && parsed.divergedAfter !== null) {
       for (const [id, seq] of Object.entries(parsed.divergedAfter)) if (Number.isSafeInteger(seq) && seq >= 0) divergedAfter[id] = seq;
     }
+    const bitmapFrom: Record<string, number> = {};
+    if (typeof parsed.bitmapFrom === 'object' && parsed.bitmapFrom !== null) {
+      for (const [id, seq] of Object.entries(parsed.bitmapFrom)) if (Number.isSafeInteger(seq) && seq >= 0) bitmapFrom[id] = seq;
+    }
     return {
       cleanStopSeq: typeof parsed.cleanStopSeq === 'number' ? parsed.cleanStopSeq : null,
       resyncNeeded: Array.isArray(parsed.resyncNeeded) ? parsed.resyncNeeded.filter((id): id is string => typeof id === 'string') : [],
       divergedAfter,
+      ...(Object.keys(bitmapFrom).length > 0 ? { bitmapFrom } : {}),
     };
   } catch {
     return { cleanStopSeq: null, resyncNeeded: [], divergedAfter: {} };

@@ -103,6 +103,14 @@ export interface PeerReady {
   durableSeq: number;
   cpSeq: number;
   disk: DiskState;
+  /**
+   * The last entry its history shares with this node's (compareCopies: an entry is the
+   * same on both when both put it in the same epoch); entries it holds past it are not
+   * this node's, whatever their numbers. Left out: every entry it holds up to ours.
+   */
+  sharedSeq?: number;
+  /** It holds writes that are not of this node's history (named at its reset), even at or before sharedSeq's entries. */
+  diverged?: boolean;
 }
 
 export interface PeerStatus {
@@ -151,6 +159,12 @@ export interface MirrorSourceOptions {
    */
   divergedAfter?: Readonly<Record<string, number>>;
   /**
+   * Peers whose bitmap names every region they lack only if they hold every entry up to
+   * this one (a promoted node knows the regions of the entries since its old primary's
+   * last consistency point, not of those before): one further behind is resynced in full.
+   */
+  bitmapFrom?: Readonly<Record<string, number>>;
+  /**
    * The node's log keeps the entries a peer that is away lacks (within its retention), so
    * a peer that missed more than `catchUpBytesMax` catches up from the log files instead
    * of needing a resync. See logNeed(), logReleased().
@@ -177,6 +191,8 @@ interface Peer {
   resyncNeeded: boolean;
   /** Its entries past this may not be ours (see MirrorSourceOptions.divergedAfter), or null. */
   divergedAfter: number | null;
+  /** Its bitmap covers what it lacks only from this entry on (see MirrorSourceOptions.bitmapFrom), or null. */
+  bitmapFrom: number | null;
   sentSeq: number;
   ackedSeq: number;
   durableSeq: number;
@@ -234,6 +250,7 @@ export class MirrorSource<Frame> {
         resetSeq: 0,
         resyncNeeded: options.resyncNeeded?.includes(id) === true,
         divergedAfter: options.divergedAfter?.[id] ?? null,
+        bitmapFrom: options.bitmapFrom?.[id] ?? null,
         sentSeq: 0,
         ackedSeq: 0,
         durableSeq: 0,
@@ -364,15 +381,21 @@ export class MirrorSource<Frame> {
     const sane =
       [ready.lastSeq, ready.durableSeq, ready.cpSeq].every((value) => Number.isSafeInteger(value) && value >= 0) &&
       ready.durableSeq <= ready.lastSeq &&
-      ready.cpSeq <= ready.lastSeq;
+      ready.cpSeq <= ready.lastSeq &&
+      (ready.sharedSeq === undefined || (Number.isSafeInteger(ready.sharedSeq) && ready.sharedSeq >= 0 && ready.sharedSeq <= ready.lastSeq));
+    // Entries it holds past what its history shares with ours are not ours (a primary
+    // before a promotion numbered them): they are named and resent like a crash's.
+    const shared = Math.min(ready.sharedSeq ?? ready.lastSeq, this.appendedSeq);
     const problem = !sane
-      ? `its state is impossible (last ${ready.lastSeq}, durable ${ready.durableSeq}, consistency point ${ready.cpSeq})`
+      ? `its state is impossible (last ${ready.lastSeq}, durable ${ready.durableSeq}, consistency point ${ready.cpSeq}, shared ${String(ready.sharedSeq)})`
       : ready.disk !== 'up-to-date'
         ? `its copy is ${ready.disk}`
         : peer.resyncNeeded
           ? 'it missed writes while it was away, or this node did not stop cleanly; it needs a resync'
           : ready.lastSeq > this.appendedSeq
           ? `it holds entries up to ${ready.lastSeq}, beyond this node's ${this.appendedSeq}: the histories diverged`
+          : ready.lastSeq > shared || ready.diverged === true
+          ? `it holds writes after entry ${shared} of another epoch than this node's: the histories diverged`
           : from < this.queueFirstSeq && !(this.options.logCatchUp === true && logHolds(from))
             ? `it lacks entries ${from}..${this.appendedSeq}, which this node no longer holds; it needs a resync`
             : null;
@@ -389,8 +412,12 @@ export class MirrorSource<Frame> {
       peer.heldAfter = this.appendedSeq;
       // Entries it holds beyond ours are named by the peer when this node knows where
       // its own history may have been cut; otherwise nothing about them is known.
-      const reportAfter = Math.min(peer.divergedAfter ?? this.appendedSeq, this.appendedSeq);
-      const full = ready.disk !== 'up-to-date' || (ready.lastSeq > this.appendedSeq && peer.divergedAfter === null);
+      const knownShared = ready.sharedSeq !== undefined;
+      const reportAfter = Math.min(peer.divergedAfter ?? this.appendedSeq, knownShared ? shared : this.appendedSeq);
+      const full =
+        ready.disk !== 'up-to-date' ||
+        (ready.lastSeq > this.appendedSeq && peer.divergedAfter === null && !knownShared) ||
+        (peer.bitmapFrom !== null && shared < peer.bitmapFrom);
       actions.push({ kind: 'reset-peer', peer: id, seq: this.appendedSeq, reportAfter, full });
       return actions;
     }
@@ -399,7 +426,7 @@ export class MirrorSource<Frame> {
       this.enter(peer, 'disconnected', ready.disk === 'failed' ? 'failed' : 'outdated');
       // A copy that is not up to date, or a history that went another way, tells nothing
       // about which regions differ; entries it missed while away were noted then.
-      const full = !sane || ready.disk !== 'up-to-date' || ready.lastSeq > this.appendedSeq;
+      const full = !sane || ready.disk !== 'up-to-date' || ready.lastSeq > shared || ready.diverged === true;
       actions.push({ kind: 'peer-dropped', peer: id, disk: peer.disk, reason: problem, lost: [], unsynced: null, full });
       // What was kept for it may go.
       this.trim();
@@ -525,8 +552,10 @@ export class MirrorSource<Frame> {
     if (peer.replication !== 'resyncing' || peer.inSync) return actions;
     if (seq !== peer.resetSeq) return this.violation(peer, `reset to ${seq}, asked ${peer.resetSeq}`);
     if (status !== 0) return this.failPeer(peer, `could not restart its log for a resync (error ${status})`);
-    // It named what it held beyond our history; its log now follows ours.
+    // It named what it held beyond our history; its log now follows ours, and what it
+    // lacks from before is in its bitmap (or it is resent in full).
     peer.divergedAfter = null;
+    peer.bitmapFrom = null;
     if (!peer.holding) {
       // More was written meanwhile than is kept for it (those regions count as lacking):
       // it restarts its log again, at the entry appended last.
@@ -584,6 +613,11 @@ export class MirrorSource<Frame> {
   }
 
   /** Its entries past the returned sequence number may not be ours (null: none). */
+  /** From which entry on its bitmap covers what it lacks (see MirrorSourceOptions.bitmapFrom), or null. */
+  bitmapFrom(id: string): number | null {
+    return this.peer(id).bitmapFrom;
+  }
+
   divergedAfter(id: string): number | null {
     return this.peer(id).divergedAfter;
   }

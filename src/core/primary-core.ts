@@ -59,7 +59,7 @@ interface ResyncState {
   planned: number[][] | null;
 }
 
-export type PrimaryCoreOptions = Omit<MirrorSourceOptions, 'resyncNeeded' | 'divergedAfter'> & {
+export type PrimaryCoreOptions = Omit<MirrorSourceOptions, 'resyncNeeded' | 'divergedAfter' | 'bitmapFrom'> & {
   /** The volume's size: extents named in DIVERGED must lie inside it. */
   sizeBytes: number;
 };
@@ -74,7 +74,7 @@ export class PrimaryCore<Frame> {
     private readonly options: PrimaryCoreOptions,
     readonly ledger: MirrorLedger,
   ) {
-    this.source = new MirrorSource<Frame>({ ...options, resyncNeeded: [...ledger.resyncNeeded], divergedAfter: { ...ledger.divergedAfter } });
+    this.source = new MirrorSource<Frame>({ ...options, resyncNeeded: [...ledger.resyncNeeded], divergedAfter: { ...ledger.divergedAfter }, bitmapFrom: { ...ledger.bitmapFrom } });
   }
 
   /** What must be durable before the first write (see MirrorLedger.attach). */

@@ -22,6 +22,7 @@
 // the same object for its primary and each secondary.
 
 import { assert } from '../lib/assert.js';
+import type { EpochHistory } from './epoch-history.js';
 import type { MirrorLedger } from './mirror-ledger.js';
 import { PrimaryCore, type PrimaryCoreOptions } from './primary-core.js';
 import { SecondaryCore, type SecondaryCoreOptions } from './secondary-core.js';
@@ -37,9 +38,16 @@ export class ReplicaCore<Frame, Entry = Frame> {
   readonly local: VolumeCore;
   private primaryPart: PrimaryCore<Frame> | null = null;
   private secondaryPart: SecondaryCore<Entry> | null = null;
+  private currentHistory: EpochHistory;
 
-  constructor(options: { lastSeq: number; role: VolumeRole; epoch: number }) {
-    this.local = new VolumeCore(options);
+  constructor(options: { lastSeq: number; role: VolumeRole; history: EpochHistory }) {
+    this.currentHistory = options.history;
+    this.local = new VolumeCore({ lastSeq: options.lastSeq, role: options.role, epoch: options.history.current.epoch });
+  }
+
+  /** The volume's epoch history as this copy knows it (its file holds the same). */
+  get history(): EpochHistory {
+    return this.currentHistory;
   }
 
   get role(): VolumeRole {
@@ -78,27 +86,55 @@ export class ReplicaCore<Frame, Entry = Frame> {
   }
 
   /**
-   * This secondary becomes the primary in `epoch` (newer than the one it knows): its
-   * secondary part ends, which must have nothing under way; the mirror part comes with
-   * `mirror`. Its entries are numbered from the last it holds.
+   * The history a promotion of this secondary to `node` would give: the next epoch,
+   * numbered from the entry after the last this copy holds. The executor makes it durable
+   * before `promote`, so that no entry of the new epoch exists where its history does not.
    */
-  promote(epoch: number): void {
+  promotion(node: string): EpochHistory {
     assert(this.role === 'secondary', 'only a secondary is promoted');
-    assert(epoch > this.epoch, `promotion to epoch ${epoch}, which is not newer than ${this.epoch}`);
-    assert(this.secondaryPart === null || this.secondaryPart.idle, 'promoted while its primary\'s session is under way');
-    this.secondaryPart = null;
-    this.local.changeRole('primary', epoch);
+    return this.currentHistory.begin(node, this.local.lastSeq + 1);
   }
 
   /**
-   * This primary becomes a secondary (by command, or fenced by a newer epoch it met): its
-   * mirror part ends. Nothing may be running (the executor lets requests finish first and
-   * refuses new ones); `follow` starts the secondary part.
+   * This secondary becomes the primary of `history`'s last epoch (`promotion` gave it):
+   * its secondary part ends, which must have nothing under way; the mirror part comes
+   * with `mirror`. Its entries are numbered from the last it holds.
    */
-  demote(epoch: number): void {
+  promote(history: EpochHistory): void {
+    assert(this.role === 'secondary', 'only a secondary is promoted');
+    assert(history.current.epoch > this.epoch, `promotion to epoch ${history.current.epoch}, which is not newer than ${this.epoch}`);
+    assert(this.currentHistory.isPrefixOf(history), 'a promotion keeps the history it extends');
+    assert(history.current.firstSeq === this.local.lastSeq + 1, `epoch ${history.current.epoch} must start after entry ${this.local.lastSeq}`);
+    assert(this.secondaryPart === null || this.secondaryPart.idle, 'promoted while its primary\'s session is under way');
+    this.secondaryPart = null;
+    this.currentHistory = history;
+    this.local.changeRole('primary', history.current.epoch);
+  }
+
+  /**
+   * This primary becomes a secondary: by command (in its own epoch, `history` unchanged)
+   * or fenced by a newer history it met. Its mirror part ends. Nothing may be running (the
+   * executor lets requests finish first and refuses new ones); `follow` starts the
+   * secondary part.
+   */
+  demote(history: EpochHistory = this.currentHistory): void {
     assert(this.role === 'primary', 'only a primary is demoted');
+    assert(history.current.epoch >= this.epoch, `demoted to epoch ${history.current.epoch}, older than ${this.epoch}`);
     this.primaryPart = null;
-    this.local.changeRole('secondary', epoch);
+    this.currentHistory = history;
+    this.local.changeRole('secondary', history.current.epoch);
+  }
+
+  /**
+   * This secondary follows a newer history (a promotion elsewhere, learned from the new
+   * primary's HELLO once it authenticated), with nothing of a session under way.
+   */
+  learn(history: EpochHistory): void {
+    assert(this.role === 'secondary', 'only a secondary learns a newer history');
+    assert(history.current.epoch > this.epoch, `epoch ${history.current.epoch} is not newer than ${this.epoch}`);
+    assert(this.secondaryPart === null || this.secondaryPart.idle, 'learned a history while a session is under way');
+    this.currentHistory = history;
+    this.local.changeRole('secondary', history.current.epoch);
   }
 
   /** How an epoch a peer claims stands to the one this copy knows. */

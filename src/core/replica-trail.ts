@@ -16,6 +16,14 @@
 // point: if the primary crashed again before it had made the names durable, they would
 // otherwise be lost with the old log.
 //
+// Two marks go with the list. `trimmedThrough`: the entries up to it are no longer listed
+// (a consistency point of the primary trimmed them), so a primary asking for the entries
+// after an earlier one is told "every region". `divergedAfter`: the replica followed a
+// primary of a newer epoch while it held entries past this one that the new primary's
+// history does not hold (they came from the old primary, or it was the old primary); its
+// READY says so, the new primary asks for them by name at its reset, and the reset
+// clears the mark.
+//
 // Pure: the write log (src/storage/write-log.ts) writes the file and reads it back; the
 // simulator (test/sim) keeps its bytes in memory.
 //
@@ -26,8 +34,10 @@
 import { crc32c } from '../lib/crc32c.js';
 
 export const TRAIL_FILE = 'trail';
-const TRAIL_MAGIC = 0x424d5452; // 'BMTR'
-const HEADER_BYTES = 16;
+const TRAIL_MAGIC = 0x424d5432; // 'BMT2'
+const HEADER_BYTES = 32;
+/** divergedAfter in the file when there is none. */
+const NONE = 0xffff_ffff_ffff_ffffn;
 const RECORD_BYTES = 24;
 export const trailEntriesMax = 262_144;
 
@@ -42,6 +52,10 @@ export class ReplicaTrail {
   private lengths: number[] = [];
   /** Too many entries to list: every region counts. */
   private overflow = false;
+  /** Entries up to this one are no longer listed (the primary's consistency points trimmed them). */
+  trimmedThrough = 0;
+  /** The replica holds entries past this one that the history it follows does not (null: none). */
+  divergedAfter: number | null = null;
 
   /** A record that names every region (a log made anew with nothing known of what came before). */
   static everything(): ReplicaTrail {
@@ -73,6 +87,9 @@ export class ReplicaTrail {
   resetTo(named: TrailExtent[] | null, volumeBytes: number): void {
     const kept = named ?? [{ offset: 0, lengthBytes: volumeBytes }];
     this.overflow = false;
+    // The new log follows the primary that asked for the names: nothing before it is listed, nothing diverges.
+    this.trimmedThrough = 0;
+    this.divergedAfter = null;
     this.seqs = kept.map(() => 0);
     this.offsets = kept.map((extent) => extent.offset);
     this.lengths = kept.map((extent) => extent.lengthBytes);
@@ -83,6 +100,7 @@ export class ReplicaTrail {
    * longer be lost, and names kept from a reset are durable there too.
    */
   trimThrough(cpSeq: number): void {
+    this.trimmedThrough = Math.max(this.trimmedThrough, cpSeq);
     let keepFrom = 0;
     while (keepFrom < this.seqs.length && (this.seqs[keepFrom] ?? 0) <= cpSeq) keepFrom += 1;
     if (keepFrom === 0) return;
@@ -93,10 +111,11 @@ export class ReplicaTrail {
 
   /**
    * The regions of every entry after `seq` (and the names kept from a reset), merged where
-   * they touch and sorted; null when the record overflowed (every region).
+   * they touch and sorted; null when the record overflowed or no longer lists every entry
+   * after `seq` (every region).
    */
   extentsAfter(seq: number): TrailExtent[] | null {
-    if (this.overflow) return null;
+    if (this.overflow || seq < this.trimmedThrough) return null;
     const found: TrailExtent[] = [];
     for (let index = 0; index < this.seqs.length; index += 1) {
       const recorded = this.seqs[index] ?? 0;
@@ -119,12 +138,32 @@ export class ReplicaTrail {
     return this.seqs.length;
   }
 
+  /**
+   * A record of the entries of a primary's own log after `sharedSeq` (read back from it),
+   * for the per-source log it becomes when that primary follows a newer epoch: entries
+   * before are not listed, and any listed diverge.
+   */
+  static ofOwnEntries(sharedSeq: number, entries: readonly { seq: number; offset: number; lengthBytes: number }[], lastSeq: number): ReplicaTrail {
+    const trail = new ReplicaTrail();
+    trail.trimmedThrough = sharedSeq;
+    for (const entry of entries) trail.add(entry.seq, entry.offset, entry.lengthBytes);
+    if (lastSeq > sharedSeq) trail.divergedAfter = sharedSeq;
+    return trail;
+  }
+
+  /** The replica now follows a history that holds none of its entries after `seq` (see divergedAfter). */
+  divergesAfter(seq: number): void {
+    this.divergedAfter = Math.min(this.divergedAfter ?? seq, seq);
+  }
+
   /** The record as written to its file. */
   encode(): Buffer {
     const body = Buffer.alloc(HEADER_BYTES + this.seqs.length * RECORD_BYTES);
     body.writeUInt32BE(TRAIL_MAGIC, 0);
     body.writeUInt32BE(this.overflow ? 1 : 0, 4);
     body.writeUInt32BE(this.seqs.length, 8);
+    body.writeBigUInt64BE(BigInt(this.trimmedThrough), 16);
+    body.writeBigUInt64BE(this.divergedAfter === null ? NONE : BigInt(this.divergedAfter), 24);
     for (let index = 0; index < this.seqs.length; index += 1) {
       const at = HEADER_BYTES + index * RECORD_BYTES;
       body.writeBigUInt64BE(BigInt(this.seqs[index] ?? 0), at);
@@ -138,7 +177,8 @@ export class ReplicaTrail {
 
   /**
    * Reads the record written at the last consistency point. A missing file (null) is an
-   * empty record (a log that never had one); an unreadable one counts as "every region".
+   * empty record (a log that never had one); an unreadable one (or one of the earlier
+   * format, without the marks) counts as "every region".
    */
   static decode(data: Buffer | null): ReplicaTrail {
     const trail = new ReplicaTrail();
@@ -149,7 +189,18 @@ export class ReplicaTrail {
       data.readUInt32BE(0) === TRAIL_MAGIC &&
       data.length === HEADER_BYTES + count * RECORD_BYTES &&
       data.readUInt32BE(12) === crc32c(Buffer.concat([data.subarray(0, 12), Buffer.alloc(4), data.subarray(16)])) >>> 0;
-    if (!valid || data.readUInt32BE(4) !== 0) {
+    const trimmed = valid ? data.readBigUInt64BE(16) : 0n;
+    const diverged = valid ? data.readBigUInt64BE(24) : NONE;
+    const marksValid = trimmed <= BigInt(Number.MAX_SAFE_INTEGER) && (diverged === NONE || diverged <= BigInt(Number.MAX_SAFE_INTEGER));
+    if (!valid || !marksValid) {
+      // Nothing of it can be trusted, the divergence mark included: every region, diverged from the start.
+      trail.overflow = true;
+      trail.divergedAfter = 0;
+      return trail;
+    }
+    trail.trimmedThrough = Number(trimmed);
+    trail.divergedAfter = diverged === NONE ? null : Number(diverged);
+    if (data.readUInt32BE(4) !== 0) {
       trail.overflow = true;
       return trail;
     }

@@ -88,6 +88,11 @@ export class VolumeCore {
     this.currentEpoch = epoch;
   }
 
+  /** Nothing entered is unfinished, and nothing is held. */
+  get idle(): boolean {
+    return this.operations.size === 0 && this.holds.size === 0;
+  }
+
   /** The last sequence number given out (or accepted from the primary). */
   get lastSeq(): number {
     return this.lastAssigned;

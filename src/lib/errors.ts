@@ -13,7 +13,10 @@ export type ErrorCode =
   | 'ERR_REPLICA_UNAVAILABLE'
   | 'ERR_VERIFY_REFUSED'
   | 'ERR_ADMIN_UNREACHABLE'
-  | 'ERR_NOT_PRIMARY';
+  | 'ERR_NOT_PRIMARY'
+  | 'ERR_UNKNOWN_VOLUME'
+  | 'ERR_ROLE_REFUSED'
+  | 'ERR_MAY_LOSE_WRITES';
 
 export class BlockmirrorError extends Error {
   override name = 'BlockmirrorError';

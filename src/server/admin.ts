@@ -1,17 +1,22 @@
 // The node's admin HTTP API: GET /api/v1/status (JSON), GET /metrics (Prometheus text),
-// GET / (a small dashboard page), and online verify of a volume this node is primary of:
+// GET / (a small dashboard page), online verify of a volume this node is primary of:
 // POST /api/v1/volumes/<name>/verify (body `{"repair": true}` to repair too) starts one
-// and answers 202 with its report; GET on the same path returns the report as it goes.
+// and answers 202 with its report; GET on the same path returns the report as it goes;
+// and the role changes: POST /api/v1/volumes/<name>/promote (body `{"force": true}` to
+// promote a copy that may lack acknowledged writes) and POST .../demote, each answering
+// 200 with what it did, or an error with its code (404 unknown volume, 409 refused).
 
 import http from 'node:http';
 import { constants } from '../constants.js';
 import { busyPollStats } from '../io/busy-poll.js';
 import type { Address } from '../control/config.js';
+import { BlockmirrorError } from '../lib/errors.js';
 import type { Logger } from '../lib/log.js';
 import type { LogStatus } from '../storage/write-log.js';
 import type { NodeStatus, PeerReplicationStatus, VolumeStatus } from './status.js';
 import { closeServer, listen } from './listen.js';
 import { diskState, type NodeView } from './served-volume.js';
+import { mayLack } from './source-contact.js';
 
 export function nodeStatus(node: NodeView): NodeStatus {
   const poll = busyPollStats();
@@ -45,7 +50,8 @@ export function nodeStatus(node: NodeView): NodeStatus {
         epoch: volume.replica.epoch,
         disk: diskState(served),
         readOnly: config.readOnly,
-        primary: config.mode === 'local' ? node.node.id : config.primary,
+        primary: config.mode === 'local' ? node.node.id : volume.replica.history.primaryNow,
+        changing: served.changing,
         stats: { ...volume.stats },
         log: volume.log.status(),
         peers: (mirror?.status() ?? []).map((peer) => ({
@@ -64,7 +70,14 @@ export function nodeStatus(node: NodeView): NodeStatus {
         source:
           source === null
             ? null
-            : { node: source.source, connected: source.session, storedSeq: source.storedSeq, syncedCpSeq: source.syncedCpSeq },
+            : {
+                node: source.source,
+                connected: source.session,
+                storedSeq: source.storedSeq,
+                syncedCpSeq: source.syncedCpSeq,
+                // Whether a promotion of this copy can lose acknowledged writes (VolumeRoles.promote says why).
+                promotable: mayLack(config, target?.contact ?? null, node.node.id) === null,
+              },
       };
     }),
   };
@@ -181,6 +194,18 @@ function metrics(status: NodeStatus): string {
     status.volumes.map((volume) => [`${labels},volume="${volume.name}"`, volume.epoch]),
   );
   metric(
+    'blockmirror_volume_primary',
+    'gauge',
+    '1 while this node is the volume\'s primary (takes its writes).',
+    status.volumes.map((volume) => [`${labels},volume="${volume.name}"`, volume.role === 'primary' ? 1 : 0]),
+  );
+  metric(
+    'blockmirror_volume_promotable',
+    'gauge',
+    'On a secondary: 1 while a promotion of its copy cannot lose writes the primary acknowledged (it was in sync at its last contact).',
+    status.volumes.flatMap((volume): [string, number][] => (volume.source === null ? [] : [[`${labels},volume="${volume.name}"`, volume.source.promotable ? 1 : 0]])),
+  );
+  metric(
     'blockmirror_volume_size_bytes',
     'gauge',
     'Volume size.',
@@ -244,6 +269,11 @@ export class AdminServer {
       this.verify(decodeURIComponent(verify[1] ?? ''), request, response);
       return;
     }
+    const roleChange = /^\/api\/v1\/volumes\/([^/?]+)\/(promote|demote)$/.exec(url);
+    if (roleChange !== null) {
+      this.changeRole(decodeURIComponent(roleChange[1] ?? ''), roleChange[2] === 'promote' ? 'promote' : 'demote', request, response);
+      return;
+    }
     if (request.method !== 'GET') {
       response.writeHead(405, { 'content-type': 'text/plain', allow: 'GET' }).end('method not allowed\n');
       return;
@@ -261,6 +291,38 @@ export class AdminServer {
     }
   }
 
+  /** POST .../promote (`{"force": true}` allowed) or .../demote. */
+  private changeRole(name: string, change: 'promote' | 'demote', request: http.IncomingMessage, response: http.ServerResponse): void {
+    const answer = (code: number, body: unknown): void => {
+      response.writeHead(code, { 'content-type': 'application/json' }).end(JSON.stringify(body, null, 2) + '\n');
+    };
+    if (request.method !== 'POST') {
+      response.writeHead(405, { 'content-type': 'text/plain', allow: 'POST' }).end('method not allowed\n');
+      return;
+    }
+    readSmallBody(request, (body) => {
+      let force = false;
+      try {
+        const parsed = body.trim() === '' ? {} : (JSON.parse(body) as Record<string, unknown>);
+        for (const key of Object.keys(parsed)) if (change === 'demote' || key !== 'force') throw new Error(`unknown field "${key}"`);
+        if (parsed['force'] !== undefined && typeof parsed['force'] !== 'boolean') throw new Error('"force" must be true or false');
+        force = parsed['force'] === true;
+      } catch (error) {
+        return answer(400, { error: { code: 'ERR_USAGE', message: `bad request body: ${(error as Error).message}` } });
+      }
+      const done = change === 'promote' ? this.node.promote(name, force) : this.node.demote(name);
+      done.then(
+        (result) => answer(200, result),
+        (error: unknown) => {
+          const code = error instanceof BlockmirrorError ? error.code : 'ERR_INTERNAL';
+          const status = code === 'ERR_UNKNOWN_VOLUME' ? 404 : code === 'ERR_ROLE_REFUSED' || code === 'ERR_MAY_LOSE_WRITES' ? 409 : 500;
+          this.log.warn(`${change} refused`, { volume: name, code, reason: String((error as Error).message) });
+          answer(status, { error: { code, message: (error as Error).message } });
+        },
+      );
+    });
+  }
+
   private verify(name: string, request: http.IncomingMessage, response: http.ServerResponse): void {
     const answer = (code: number, body: unknown): void => {
       response.writeHead(code, { 'content-type': 'application/json' }).end(JSON.stringify(body, null, 2) + '\n');
@@ -270,7 +332,7 @@ export class AdminServer {
     if (served === undefined) return refuse(404, `no volume ${name} on node ${this.node.node.id}`);
     const mirror = served.mirrored?.engine ?? null;
     if (mirror === null) {
-      return refuse(409, served.role === 'secondary' ? `node ${this.node.node.id} is not the primary of ${name} (${served.config.primary ?? '?'} is)` : `volume ${name} is not mirrored`);
+      return refuse(409, served.role === 'secondary' ? `node ${this.node.node.id} is not the primary of ${name} (${served.volume.replica.history.primaryNow ?? 'none'} is)` : `volume ${name} is not mirrored`);
     }
     if (request.method === 'GET') {
       const report = mirror.verifyReport();
@@ -280,14 +342,7 @@ export class AdminServer {
       response.writeHead(405, { 'content-type': 'text/plain', allow: 'GET, POST' }).end('method not allowed\n');
       return;
     }
-    // A small JSON body, bounded.
-    let body = '';
-    request.setEncoding('utf8');
-    request.on('data', (chunk: string) => {
-      body += chunk;
-      if (body.length > 1024) request.destroy();
-    });
-    request.on('end', () => {
+    readSmallBody(request, (body) => {
       let repair = false;
       try {
         const parsed = body.trim() === '' ? {} : (JSON.parse(body) as { repair?: unknown });
@@ -303,4 +358,15 @@ export class AdminServer {
       }
     });
   }
+}
+
+/** A small JSON body (at most 1 KiB: a larger one closes the request), then `use`. */
+function readSmallBody(request: http.IncomingMessage, use: (body: string) => void): void {
+  let body = '';
+  request.setEncoding('utf8');
+  request.on('data', (chunk: string) => {
+    body += chunk;
+    if (body.length > 1024) request.destroy();
+  });
+  request.on('end', () => use(body));
 }

@@ -34,8 +34,8 @@ export interface HeartbeatListener {
   peerUp(peer: string): void;
   peerDown(peer: string, reason: string): void;
   peerRestarted(peer: string): void;
-  /** Every accepted heartbeat of `peer` (its connections' last sign of life). */
-  peerHeard(peer: string, nowMs: number): void;
+  /** Every accepted heartbeat of `peer` (its connections' last sign of life), with what it says of its volumes. */
+  peerHeard(peer: string, nowMs: number, volumes: readonly VolumeView[]): void;
 }
 
 export interface VolumeView {
@@ -202,7 +202,7 @@ export class Heartbeats {
     const result = this.detector.heard(heartbeat.fromNode, heartbeat.incarnation, heartbeat.counter, this.ports.clock.nowMs());
     if (!result.accepted) return drop(result.reason);
     this.counters.heartbeatsReceived += 1;
-    this.listener.peerHeard(heartbeat.fromNode, Date.now());
+    this.listener.peerHeard(heartbeat.fromNode, Date.now(), heartbeat.volumes);
     this.run(result.actions);
   }
 

@@ -28,8 +28,9 @@ import type { Logger } from '../lib/log.js';
 import type { DiskState, PeerStatus } from '../core/mirror-source.js';
 import type { PrimaryAction, PrimaryCore, ResyncPace } from '../core/primary-core.js';
 import { DigestRequests } from './digest-requests.js';
-import { encodeEntryFrame, encodeFrame, type PeerMessage } from '../protocol/peer/frames.js';
+import { encodeEntryFrame, encodeFrame, PEER_HISTORY_EPOCHS_MAX, type PeerMessage } from '../protocol/peer/frames.js';
 import type { DirtyBitmap } from '../core/dirty-bitmap.js';
+import { compareCopies, EpochHistory } from '../core/epoch-history.js';
 import { MirrorLedger, encodeMirrorRecord, parseMirrorRecord } from '../core/mirror-ledger.js';
 import { EntryType } from '../protocol/log-entry.js';
 import type { LocalVolume, VolumeReplicaCore } from '../storage/local-volume.js';
@@ -85,6 +86,8 @@ export interface MirrorEngineParts {
   clock?: Clock;
   /** Where the connections to the peers come from (TCP unless a test gives another). */
   streams?: StreamLink;
+  /** A peer refused this node's session because it knows a newer epoch: this node is no longer the primary. */
+  stale?: (peer: string, message: string) => void;
 }
 
 export class MirrorEngine {
@@ -122,6 +125,7 @@ export class MirrorEngine {
   private readonly entries: MirrorEngineParts['entries'];
   private readonly files: DurableFiles;
   private readonly clock: Clock;
+  private readonly replica: VolumeReplicaCore;
 
   constructor(parts: MirrorEngineParts) {
     const { cluster, local, volume, lastSeq, recoveredSeq, replayed, log, files } = parts;
@@ -181,7 +185,7 @@ export class MirrorEngine {
       }),
       volume: volume.name,
       connections: cluster.connections,
-      epoch: () => parts.replica.epoch,
+      history: () => parts.replica.history.last(PEER_HISTORY_EPOCHS_MAX),
       streams: parts.streams ?? tcpStreamLink,
       clock: this.clock,
       log,
@@ -196,8 +200,13 @@ export class MirrorEngine {
           this.digests.failPeer(peer.node.id, `connection lost: ${reason}`);
           if (!stopping) this.run(this.core.disconnected(peer.node.id, reason));
         },
+        stale: (peer, message) => {
+          this.log.error('a peer knows a newer epoch of the volume: this node is no longer its primary', { peer: peer.node.id, reason: message });
+          parts.stale?.(peer.node.id, message);
+        },
       },
     });
+    this.replica = parts.replica;
     // Durable before the first write: the record (a crash from now on is an unclean stop)
     // and the bitmaps; only then may the write-intent record start afresh.
     files.makeDir(path.dirname(this.stateFile), 'mirror-state');
@@ -249,6 +258,7 @@ export class MirrorEngine {
     peer.resyncStart ??= { atMs: this.clock.nowMs(), bytes: this.core.dirtyBytes(peer.node.id) };
     await runResync(this.transfers, this.transferPeer(peer, session), this.volume.sizeBytes, () => this.resyncPace());
     peer.resyncStart = null;
+    if (peer.session === session) this.tellInSync(peer);
   }
 
   /**
@@ -502,11 +512,24 @@ export class MirrorEngine {
 
   /** A session is up: the core decides from the target's READY whether it streams, catches up or resyncs. */
   private sessionReady(peer: PeerSession, ready: ReadyMessage): void {
-    this.log.info('peer connected', { peer: peer.node.id, connections: peer.links.length, lastSeq: ready.lastSeq, disk: ready.disk });
+    const theirs = EpochHistory.from(ready.history);
+    if (ready.epoch !== this.replica.epoch || !(theirs instanceof EpochHistory)) {
+      // The target follows the epoch the HELLO named, or refuses it.
+      this.counters.peerProtocolErrors += 1;
+      const problem = theirs instanceof EpochHistory ? `READY names epoch ${ready.epoch}, not ${this.replica.epoch}` : `READY's history is impossible (${theirs.problem})`;
+      this.log.error('protocol error from the peer', { peer: peer.node.id, reason: problem });
+      for (const link of peer.links) link.close(`protocol error: ${problem}`);
+      return;
+    }
+    // Where the copies part: entries it holds past it are another epoch's, not this node's.
+    // (What it held before it followed this history is not of it: READY's divergedAfter.)
+    const compared = compareCopies({ history: this.replica.history, lastSeq: this.lastSeq }, { history: theirs, lastSeq: ready.lastSeq }).sharedSeq;
+    const sharedSeq = ready.diverged ? Math.min(compared, ready.divergedAfter) : compared;
+    this.log.info('peer connected', { peer: peer.node.id, connections: peer.links.length, lastSeq: ready.lastSeq, sharedSeq, disk: ready.disk });
     this.run(
       this.core.connected(
         peer.node.id,
-        { lastSeq: ready.lastSeq, durableSeq: ready.durableSeq, cpSeq: ready.cpSeq, disk: ready.disk },
+        { lastSeq: ready.lastSeq, durableSeq: ready.durableSeq, cpSeq: ready.cpSeq, disk: ready.disk, sharedSeq, diverged: ready.diverged },
         (seq) => this.entries.holdsFrom(seq),
       ),
     );
@@ -514,6 +537,21 @@ export class MirrorEngine {
     if (replication === 'streaming' || replication === 'catching-up') {
       this.log.info(replication === 'streaming' ? 'peer streaming' : 'peer catching up', { peer: peer.node.id, fromSeq: ready.lastSeq + 1 });
     }
+    this.tellInSync(peer);
+  }
+
+  /**
+   * IN_SYNC, once per session, when the peer streams up to date: its acknowledgements
+   * count from now on, so a promotion of it loses nothing this node acknowledges while
+   * the session lasts (it records that; see ReplicaTarget's contact record).
+   */
+  private tellInSync(peer: PeerSession): void {
+    if (peer.toldInSync || !peer.up) return;
+    const status = this.core.peerStatus(peer.node.id);
+    if (status.replication !== 'streaming' || status.disk !== 'up-to-date') return;
+    peer.toldInSync = true;
+    peer.links[0]?.send(encodeFrame({ type: 'in-sync', seq: status.ackedSeq }));
+    this.log.info('peer in sync', { peer: peer.node.id, seq: status.ackedSeq });
   }
 
   private onMessage(peer: PeerSession, link: PeerLink, message: PeerMessage): void {
@@ -522,13 +560,17 @@ export class MirrorEngine {
       case 'ack':
         this.run(this.core.acked(id, message.seq, message.status));
         peer.progress?.();
+        if (!peer.toldInSync) this.tellInSync(peer);
         return;
       case 'flushed':
         this.run(this.core.flushed(id, message.seq, message.status));
         peer.progress?.();
+        if (!peer.toldInSync) this.tellInSync(peer);
         return;
       case 'synced':
-        return this.run(this.core.synced(id, message.cpSeq, message.status));
+        this.run(this.core.synced(id, message.cpSeq, message.status));
+        if (!peer.toldInSync) this.tellInSync(peer);
+        return;
       case 'verified':
         if (!this.digests.answered(id, message.token, message.status, message.digest)) {
           this.counters.peerProtocolErrors += 1;

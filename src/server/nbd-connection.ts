@@ -118,6 +118,11 @@ export class NbdConnection {
     this.socket.write(encodeGreeting());
   }
 
+  /** The export this connection is attached to (null during the handshake). */
+  get exportName(): string | null {
+    return this.params?.export.name ?? null;
+  }
+
   /** Stops taking requests, lets in-flight ones finish (bounded), then closes. */
   async shutdown(drainMs: number): Promise<void> {
     if (this.phase === 'closed') return;

@@ -17,13 +17,14 @@ import { tcpStreamLink, type StreamLink } from '../io/stream-link.js';
 import { holdBusyPoll } from '../io/busy-poll.js';
 import { DirtyBitmap } from '../core/dirty-bitmap.js';
 import { DurableFiles } from '../storage/durable-files.js';
-import { openVolumeStorage, restartReplicaLog } from '../storage/volume-store.js';
+import { openVolumeStorage } from '../storage/volume-store.js';
 import { AdminServer } from './admin.js';
 import { Heartbeats, nextIncarnation, type HeartbeatListener, type VolumeView } from './heartbeats.js';
-import { mirrorPrimary, type ClientVolume } from './mirrored-volume.js';
+import type { ClientVolume } from './mirrored-volume.js';
 import { NbdConnection, type ConnectionCounters, type VolumeCatalog } from './nbd-connection.js';
 import { PeerServer } from './peer-server.js';
-import { ReplicaTarget } from './replica-target.js';
+import { VolumeRoles } from './volume-roles.js';
+import type { DemotionResult, PromotionResult } from './status.js';
 import { closeServer, listen } from './listen.js';
 import { diskState, type NodeView, type ServedVolume } from './served-volume.js';
 
@@ -44,7 +45,7 @@ export class BlockmirrorNode implements NodeView {
   readonly volumes = new Map<string, ServedVolume>();
   readonly counters: ConnectionCounters = { requests: 0, errorReplies: 0, protocolErrors: 0 };
   readonly peerCounters = { peerProtocolErrors: 0, peerRefusals: 0 };
-  private readonly targets = new Map<string, ReplicaTarget>();
+  private readonly roles: VolumeRoles;
   private peerServer: PeerServer | null = null;
   private heartbeats: Heartbeats | null = null;
   readonly heartbeatCounters = { heartbeatsSent: 0, heartbeatsReceived: 0, heartbeatsDropped: 0 };
@@ -74,6 +75,21 @@ export class BlockmirrorNode implements NodeView {
     const node = config.nodes.find((candidate) => candidate.id === nodeId);
     if (node === undefined) throw new ConfigError('--node', `no node "${nodeId}" in the cluster file`);
     this.node = node;
+    this.roles = new VolumeRoles(
+      {
+        cluster: config,
+        node,
+        files,
+        streams: ports.streams,
+        clock: ports.clock,
+        log,
+        counters: this.peerCounters,
+        available: (peer) => this.heartbeats?.mayConnect(peer) === true,
+        checkpointSoon: (name) => this.checkpointSoon(name),
+        closeClients: (name) => this.closeClients(name),
+      },
+      this.volumes,
+    );
     config.volumes.forEach((volume, index) => {
       if (volume.replicas.includes(nodeId) && volume.mode !== 'local' && volume.multiPrimary) {
         throw new ConfigError(
@@ -89,7 +105,7 @@ export class BlockmirrorNode implements NodeView {
       if (!config.replicas.includes(this.node.id)) continue;
       await this.openVolume(config);
     }
-    this.peerServer = new PeerServer(this.config, this.node, this.targets, this.log, this.peerCounters, this.ports.streams);
+    this.peerServer = new PeerServer(this.config, this.node, this.roles, this.log, this.peerCounters, this.ports.streams);
     this.replicationAddress = await this.peerServer.start();
     const heartbeats = new Heartbeats(
       this.config,
@@ -129,46 +145,22 @@ export class BlockmirrorNode implements NodeView {
    */
   private async openVolume(config: VolumeConfig): Promise<void> {
     const log = this.log.child({ volume: config.name });
-    const role = config.mode === 'local' || config.primary === this.node.id ? 'primary' : 'secondary';
-    const mirrored = role === 'primary' && config.mode !== 'local' && config.replicas.length > 1;
     // Regions the log replays at this start: after a crash the peers may hold other data there.
-    const replayed = mirrored ? new DirtyBitmap(config.sizeBytes, this.config.resync.regionBytes) : null;
+    const replayed = config.mode !== 'local' && config.replicas.length > 1 ? new DirtyBitmap(config.sizeBytes, this.config.resync.regionBytes) : null;
     const started = Date.now();
-    const { identity, paths, created, volume, recovery, logOptions } = await openVolumeStorage({
+    const opened = await openVolumeStorage({
       files: this.files,
       dataDir: this.node.dataDir,
       nodeId: this.node.id,
       config,
-      role,
       geometry: { partitionBytes: this.config.log.partitionBytes, partitions: this.config.log.partitions },
       activity: this.ioActivity,
       log,
       onCheckpointWanted: () => this.checkpointSoon(config.name),
       replayed,
     });
-    let target: ReplicaTarget | null = null;
-    const parts = {
-      cluster: this.config,
-      local: this.node,
-      volume: config,
-      recoveredSeq: recovery.lastSeq,
-      replayed,
-      log,
-      counters: this.peerCounters,
-      available: (peer: string) => this.heartbeats?.mayConnect(peer) === true,
-      files: this.files,
-      clock: this.ports.clock,
-      streams: this.ports.streams,
-    };
-    const mirroredVolume = mirrored ? mirrorPrimary(volume, parts) : null;
-    if (role === 'secondary') {
-      const replica = volume;
-      target = new ReplicaTarget(config, replica, log, this.peerCounters, (seq) =>
-        restartReplicaLog(replica, logOptions, seq, config.mode === 'logship'),
-      );
-      this.targets.set(config.name, target);
-    }
-    this.volumes.set(config.name, { config, identity, volume, role, mirrored: mirroredVolume, target });
+    const { identity, paths, created, recovery } = opened;
+    this.volumes.set(config.name, this.roles.serve(config, opened, replayed));
     log.info(created ? 'volume created' : 'volume opened', {
       uuid: identity.uuid,
       sizeBytes: identity.sizeBytes,
@@ -178,6 +170,8 @@ export class BlockmirrorNode implements NodeView {
       replayedBytes: recovery.replayedBytes,
       tornBytes: recovery.tornBytes,
       lastSeq: recovery.lastSeq,
+      role: opened.role,
+      epoch: opened.history.current.epoch,
       recoveryMs: Date.now() - started,
     });
   }
@@ -194,7 +188,7 @@ export class BlockmirrorNode implements NodeView {
   }
 
   private checkpoint(served: ServedVolume): void {
-    if (served.volume.failed) return;
+    if (served.volume.failed || served.changing !== null || !VolumeRoles.active(served)) return;
     (served.mirrored?.checkpoint() ?? served.volume.checkpoint()).catch((error: unknown) => {
       this.log.error('consistency point failed', { volume: served.config.name, error: String(error) });
     });
@@ -213,12 +207,13 @@ export class BlockmirrorNode implements NodeView {
     await Promise.all([...this.connections].map((connection) => connection.shutdown(constants.shutdownDrainMs)));
     await serverClosed;
     if (this.checkpointTimer !== null) clearInterval(this.checkpointTimer);
-    for (const { volume, config, mirrored, target } of this.volumes.values()) {
+    for (const served of this.volumes.values()) {
+      const { volume, config, mirrored, target } = served;
       target?.close();
       let clean = false;
       try {
         // A final CP: the next start has nothing to replay, here or on the peers.
-        if (!volume.failed) {
+        if (!volume.failed && VolumeRoles.active(served)) {
           await (mirrored?.checkpoint() ?? volume.checkpoint());
           clean = true;
         }
@@ -258,13 +253,29 @@ export class BlockmirrorNode implements NodeView {
     peerRestarted: (peer) => {
       for (const served of this.volumes.values()) served.mirrored?.engine.peerRestarted(peer);
     },
-    peerHeard: (peer, nowMs) => {
+    peerHeard: (peer, nowMs, views) => {
       for (const served of this.volumes.values()) {
         served.mirrored?.engine.peerHeard(peer, nowMs);
-        if (served.target?.source === peer) served.target.sourceHeard(nowMs);
+        if (served.target?.source === peer) served.target.sourceHeard(nowMs, views.find((view) => view.name === served.config.name)?.lastSeq ?? null);
       }
     },
   };
+
+  /** Makes this node's copy of `name` the primary in the next epoch (see VolumeRoles.promote). */
+  promote(name: string, force: boolean): Promise<PromotionResult> {
+    return this.roles.promote(name, force);
+  }
+
+  /** This node, the primary of `name`, steps down (see VolumeRoles.demote). */
+  demote(name: string): Promise<DemotionResult> {
+    return this.roles.demote(name);
+  }
+
+  /** Drains the NBD connections of a volume and closes them (a demotion). */
+  private async closeClients(name: string): Promise<void> {
+    const attached = [...this.connections].filter((connection) => connection.exportName === name);
+    await Promise.all(attached.map((connection) => connection.shutdown(constants.shutdownDrainMs)));
+  }
 
   heartbeatStatus(): ReturnType<Heartbeats['status']> {
     return this.heartbeats?.status() ?? [];
@@ -291,7 +302,7 @@ export class BlockmirrorNode implements NodeView {
       const served = this.resolve(name);
       if (served === undefined) return { kind: 'unknown' };
       if (served.role === 'secondary') {
-        const primary = served.config.primary ?? '?';
+        const primary = served.volume.replica.history.primaryNow ?? '?';
         const where = this.config.nodes.find((node) => node.id === primary);
         const at = where === undefined ? '' : ` at ${formatAddress(where.nbd)}`;
         if (!served.config.allowSecondaryReads) {

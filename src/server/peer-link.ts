@@ -17,7 +17,7 @@ import type { Address } from '../control/config.js';
 import { hmacSha256, macEquals, randomNonce } from '../lib/hmac.js';
 import type { Logger } from '../lib/log.js';
 import type { ByteStream, StreamLink } from '../io/stream-link.js';
-import { encodeFrame, PEER_PROTOCOL_VERSION, PeerFrameDecoder, RefuseCode, type PeerMessage } from '../protocol/peer/frames.js';
+import { encodeFrame, PEER_PROTOCOL_VERSION, PeerFrameDecoder, RefuseCode, type PeerEpochStart, type PeerMessage } from '../protocol/peer/frames.js';
 import { sourceProof, targetProof } from '../protocol/peer/handshake.js';
 
 const HELD_MESSAGES_MAX = 1024;
@@ -161,8 +161,8 @@ export interface SourceHandshake {
   session: number;
   connectionIndex: number;
   connections: number;
-  /** The epoch the source is primary in. */
-  epoch: number;
+  /** The source's epoch history (its last epoch is the one it is primary in), cut to what the wire carries. */
+  history: PeerEpochStart[];
 }
 
 /** Thrown (as the rejection) when the peer refuses us or fails to authenticate. */
@@ -241,7 +241,8 @@ export function connectAsSource(
       fromNode: hello.fromNode,
       toNode: hello.toNode,
       volume: hello.volume,
-      epoch: hello.epoch,
+      epoch: hello.history[hello.history.length - 1]?.epoch ?? 0,
+      history: hello.history,
     };
     link.onClose((reason) => outcome.fail(new Error(reason)));
     link.stream.onOpen(() => {

@@ -1,8 +1,9 @@
 // The node's listener on its `replication` address: accepts mirror connections from the
-// primaries of the volumes this node holds as a secondary, authenticates them, and hands
-// each to that volume's ReplicaTarget. A connection that is not from a known node of
-// this cluster, for a volume this node mirrors from that node, is refused with a reason
-// and a log line before any volume data can move.
+// primaries of the volumes this node holds, authenticates them, and hands each to the
+// volume (its ReplicaTarget, through VolumeRoles). A connection that is not from a known
+// node of this cluster, for a mirrored volume this node holds, from the primary of an
+// epoch this copy can follow (VolumeRoles.check), is refused with a reason and a log line
+// before any volume data can move.
 
 import { constants } from '../constants.js';
 import { formatAddress, type Address, type ClusterConfig, type NodeConfig } from '../control/config.js';
@@ -11,7 +12,14 @@ import type { Logger } from '../lib/log.js';
 import type { ByteStream, StreamLink, StreamListener } from '../io/stream-link.js';
 import { RefuseCode } from '../protocol/peer/frames.js';
 import { acceptAsTarget, PeerLink, type HelloMessage } from './peer-link.js';
-import type { ReplicaTarget } from './replica-target.js';
+
+/** The volumes this node holds, as the peer server asks about them (VolumeRoles). */
+export interface PeerVolumes {
+  /** Why a HELLO for the volume cannot go on, or null (see VolumeRoles.check). */
+  check(name: string, hello: HelloMessage): { code: RefuseCode; message: string } | null;
+  /** An authenticated connection of the volume's source. */
+  attach(name: string, hello: HelloMessage, link: PeerLink): void;
+}
 
 export class PeerServer {
   private listener: StreamListener | null = null;
@@ -21,7 +29,7 @@ export class PeerServer {
   constructor(
     private readonly cluster: ClusterConfig,
     private readonly local: NodeConfig,
-    private readonly targets: ReadonlyMap<string, ReplicaTarget>,
+    private readonly volumes: PeerVolumes,
     private readonly log: Logger,
     private readonly counters: { peerProtocolErrors: number; peerRefusals: number },
     private readonly streams: StreamLink,
@@ -55,14 +63,7 @@ export class PeerServer {
     link.onClose(() => this.links.delete(link));
     const log = this.log.child({ remote: stream.remote });
     acceptAsTarget(link, { cluster: this.cluster.cluster, secret: this.secret, localNode: this.local.id, check: (hello) => this.check(hello) }, log).then(
-      (hello) => {
-        const target = this.targets.get(hello.volume);
-        if (target === undefined) {
-          link.close('volume went away');
-          return;
-        }
-        target.attach(hello, link);
-      },
+      (hello) => this.volumes.attach(hello.volume, hello, link),
       () => {
         this.counters.peerRefusals += 1;
       },
@@ -82,21 +83,9 @@ export class PeerServer {
     if (volume.mode === 'local') {
       return { code: RefuseCode.ROLE, message: `volume ${volume.name} is local (not mirrored)` };
     }
-    if (volume.primary !== hello.fromNode) {
-      return { code: RefuseCode.ROLE, message: `node ${hello.fromNode} is not the primary of volume ${volume.name} (${volume.primary ?? 'none'} is)` };
+    if (!volume.replicas.includes(hello.fromNode)) {
+      return { code: RefuseCode.ROLE, message: `node ${hello.fromNode} holds no copy of volume ${volume.name}` };
     }
-    const target = this.targets.get(volume.name);
-    if (target === undefined) {
-      return { code: RefuseCode.STATE, message: `volume ${volume.name} is not open on node ${this.local.id}` };
-    }
-    const known = target.volume.replica.epoch;
-    switch (target.volume.replica.epochVerdict(hello.epoch)) {
-      case 'older':
-        return { code: RefuseCode.EPOCH, message: `volume ${volume.name}: node ${hello.fromNode} is primary in epoch ${hello.epoch}, but node ${this.local.id} knows epoch ${known}` };
-      case 'newer':
-        return { code: RefuseCode.EPOCH, message: `volume ${volume.name}: node ${hello.fromNode} claims epoch ${hello.epoch}, newer than epoch ${known} that node ${this.local.id} knows` };
-      case 'current':
-        return null;
-    }
+    return this.volumes.check(volume.name, hello);
   }
 }

@@ -12,10 +12,11 @@ import type { NodeConfig } from '../control/config.js';
 import { assert } from '../lib/assert.js';
 import type { Logger } from '../lib/log.js';
 import { PeerConnector, type ConnectorAction } from '../core/peer-connector.js';
-import type { PeerMessage } from '../protocol/peer/frames.js';
+import type { PeerEpochStart, PeerMessage } from '../protocol/peer/frames.js';
 import type { Clock, Timer } from '../io/clock.js';
 import type { StreamLink } from '../io/stream-link.js';
-import { connectAsSource, type PeerLink, type ReadyMessage } from './peer-link.js';
+import { RefuseCode } from '../protocol/peer/frames.js';
+import { connectAsSource, HandshakeRefused, type PeerLink, type ReadyMessage } from './peer-link.js';
 
 /** One peer's connection array, its session and its reconnect schedule. */
 export interface PeerSession {
@@ -32,6 +33,8 @@ export interface PeerSession {
   progress: (() => void) | null;
   /** The resync under way: when it started and how much it had to send. */
   resyncStart: { atMs: number; bytes: number } | null;
+  /** IN_SYNC went out in this session. */
+  toldInSync: boolean;
 }
 
 /** What the mirror engine hears of its sessions. */
@@ -44,6 +47,8 @@ export interface SessionEvents {
   message(peer: PeerSession, link: PeerLink, message: PeerMessage): void;
   /** The session's links went down (they are closed already); `stopping` once the mirror stops. */
   lost(peer: PeerSession, reason: string, stopping: boolean): void;
+  /** The peer refused the session: it knows a newer epoch, in which this node is not the primary. */
+  stale(peer: PeerSession, message: string): void;
 }
 
 export interface SessionParts {
@@ -54,8 +59,8 @@ export interface SessionParts {
   volume: string;
   /** Connections per session (the connection array). */
   connections: number;
-  /** The epoch this node is the volume's primary in, which HELLO names. */
-  epoch: () => number;
+  /** This node's history of the volume, whose last epoch (the one it is primary in) HELLO names. */
+  history: () => PeerEpochStart[];
   streams: StreamLink;
   clock: Clock;
   log: Logger;
@@ -80,6 +85,7 @@ export class PeerSessions {
         timer: null,
         progress: null,
         resyncStart: null,
+        toldInSync: false,
       });
     }
   }
@@ -196,7 +202,7 @@ export class PeerSessions {
           session,
           connectionIndex: index,
           connections,
-          epoch: this.parts.epoch(),
+          history: this.parts.history(),
         },
         this.parts.counters,
       ),
@@ -207,12 +213,18 @@ export class PeerSessions {
       const last = results[results.length - 1];
       if (this.stopped || failure !== undefined || last === undefined || last.status !== 'fulfilled') {
         for (const link of links) link.close('session incomplete');
+        const reason: unknown = failure?.reason;
+        if (!this.stopped && reason instanceof HandshakeRefused && reason.code === RefuseCode.STALE_EPOCH) {
+          this.parts.events.stale(peer, reason.message);
+          return;
+        }
         const problem = failure === undefined ? 'node stopping' : String((failure.reason as Error).message);
         this.retry(peer, problem);
         return;
       }
       peer.links = links;
       peer.up = true;
+      peer.toldInSync = false;
       peer.connector.connected();
       for (const link of links) {
         link.receive((message) => this.parts.events.message(peer, link, message));

@@ -14,15 +14,17 @@
 
 import crypto from 'node:crypto';
 import { constants } from '../constants.js';
+import { EpochHistory } from '../core/epoch-history.js';
 import type { VolumeConfig } from '../control/config.js';
 import type { Logger } from '../lib/log.js';
 import type { MirrorTarget } from '../core/mirror-target.js';
 import type { SecondaryAction, SecondaryCore } from '../core/secondary-core.js';
 import { copyState } from '../core/volume-core.js';
-import { encodeFrame, PEER_DIVERGED_EXTENTS_MAX, type PeerMessage } from '../protocol/peer/frames.js';
+import { encodeFrame, PEER_DIVERGED_EXTENTS_MAX, PEER_HISTORY_EPOCHS_MAX, type PeerMessage } from '../protocol/peer/frames.js';
 import { EntryType } from '../protocol/log-entry.js';
 import type { LocalVolume } from '../storage/local-volume.js';
 import type { HelloMessage, PeerLink } from './peer-link.js';
+import type { ContactRecord, SourceContact } from './source-contact.js';
 
 type EntryMessage = Extract<PeerMessage, { type: 'entry' }>;
 type VerifyMessage = Extract<PeerMessage, { type: 'verify' }>;
@@ -33,6 +35,17 @@ interface Session {
   ready: boolean;
 }
 
+/** What the node lends a replica target: its durable files, and the change of log a newer history asks for. */
+export interface ReplicaTargetParts {
+  /** The record of this copy's last contact with its primary. */
+  contact: ContactRecord;
+  /**
+   * The copy follows `history`, newer than its own (a promotion elsewhere): its log moves
+   * to the new primary's per-source directory, the history is made durable, and the
+   * volume's core learns it. Nothing of a session is under way.
+   */
+  follow(history: EpochHistory): Promise<void>;
+}
 export class ReplicaTarget {
   private readonly core: SecondaryCore<EntryMessage>;
   private session: Session | null = null;
@@ -40,7 +53,10 @@ export class ReplicaTarget {
   private ackPending: number | null = null;
   /** VERIFY requests waiting for the entries before them to be stored. */
   private verifies: { session: Session; link: PeerLink; message: VerifyMessage }[] = [];
-  readonly source: string;
+  /** A newer history being taken on (the log moving), which sessions wait for. */
+  private following: Promise<void> | null = null;
+  /** Called once nothing of a session is under way. */
+  private idleWaiters: (() => void)[] = [];
 
   constructor(
     readonly config: VolumeConfig,
@@ -52,8 +68,8 @@ export class ReplicaTarget {
      * made durable first. The regions the copy lacks arrive afterwards as entries.
      */
     private readonly resetLog: (seq: number) => Promise<void>,
+    private readonly parts: ReplicaTargetParts,
   ) {
-    this.source = config.primary ?? '';
     this.core = volume.replica.follow({
       mode: config.mode === 'logship' ? 'logship' : config.mode === 'async' ? 'async' : 'sync',
       lastSeq: volume.log.lastSeq,
@@ -61,10 +77,36 @@ export class ReplicaTarget {
     });
   }
 
-  /** An authenticated connection of the source; READY goes out once its whole session is here. */
+  /** The volume's primary, which this copy follows (its history's). */
+  get source(): string {
+    return this.volume.replica.history.current.primary;
+  }
+
+  /** What this copy knew of its primary at their last contact (null: none since it was made). */
+  get contact(): SourceContact | null {
+    return this.parts.contact.current;
+  }
+
+  /**
+   * An authenticated connection of the source; READY goes out once its whole session is
+   * here. A source in a newer epoch (its HELLO's history, checked by the peer server) is
+   * followed first: the session of the old one ends and the log moves.
+   */
   attach(hello: HelloMessage, link: PeerLink): void {
     if (this.closed) {
       link.close('node stopping');
+      return;
+    }
+    if (this.following !== null || hello.epoch > this.volume.replica.epoch) {
+      this.following ??= this.followNewer(hello);
+      this.following.then(
+        () => this.attach(hello, link),
+        (error: unknown) => link.close(`could not follow epoch ${hello.epoch}: ${String(error)}`),
+      );
+      return;
+    }
+    if (hello.epoch !== this.volume.replica.epoch || hello.fromNode !== this.source) {
+      link.close(`node ${hello.fromNode} in epoch ${hello.epoch} is not the primary this copy follows (${this.source}, epoch ${this.volume.replica.epoch})`);
       return;
     }
     if (this.session === null || this.session.id !== hello.session) {
@@ -94,14 +136,50 @@ export class ReplicaTarget {
     this.endSession('node stopping');
   }
 
+  /**
+   * Ends the session (a promotion of this copy): resolves once nothing of it is under way.
+   * Later connections are refused.
+   */
+  async retire(reason: string): Promise<void> {
+    this.closed = true;
+    this.endSession(reason);
+    await this.idle();
+  }
+
   /** The source went silent (heartbeats): its connections are closed. */
   sourceDown(reason: string): void {
     this.endSession(`source down: ${reason}`);
   }
 
-  /** A heartbeat from the source: the time goes into every element of the session's connection array. */
-  sourceHeard(nowMs: number): void {
+  /**
+   * A heartbeat from the source: the time goes into every element of the session's
+   * connection array, and the last entry it names for the volume into the contact record.
+   */
+  sourceHeard(nowMs: number, sourceLastSeq: number | null): void {
     for (const link of this.session?.links ?? []) if (link !== undefined) link.lastHeartbeatMs = nowMs;
+    if (sourceLastSeq !== null) this.parts.contact.heard(sourceLastSeq);
+  }
+
+  /** Resolves once nothing of a session is under way (no store, sync, checkpoint or reset). */
+  private idle(): Promise<void> {
+    if (this.core.idle) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  /** The source's history is newer than this copy's: the old session ends, and the log moves to the new primary's directory. */
+  private async followNewer(hello: HelloMessage): Promise<void> {
+    try {
+      const history = EpochHistory.from(hello.history);
+      if (!(history instanceof EpochHistory)) throw new Error(`its history is impossible (${history.problem})`);
+      const from = this.source;
+      this.endSession(`node ${hello.fromNode} is primary in epoch ${hello.epoch}`);
+      await this.idle();
+      await this.parts.follow(this.volume.replica.history.joinedWith(history));
+      this.parts.contact.forget();
+      this.log.warn('following a new primary', { from, to: this.source, epoch: this.volume.replica.epoch, firstSeq: this.volume.replica.history.current.firstSeq });
+    } finally {
+      this.following = null;
+    }
   }
 
   /** READY on every connection of the session (the core says when: nothing of the last one under way). */
@@ -112,17 +190,22 @@ export class ReplicaTarget {
     const ready = encodeFrame({
       type: 'ready',
       epoch: this.volume.replica.epoch,
+      history: this.volume.replica.history.last(PEER_HISTORY_EPOCHS_MAX),
       // A copy whose log was made anew at start (LogStatus.needsFullResync) asks for all of it.
       disk: copyState({ failed: this.volume.failed || this.core.status().failed, needsFullResync: logStatus.needsFullResync, streaming: null }),
       lastSeq,
       durableSeq: Math.min(logStatus.durableSeq, lastSeq),
       cpSeq: logStatus.cpSeq,
+      diverged: this.volume.log.divergedAfter !== null,
+      divergedAfter: Math.min(this.volume.log.divergedAfter ?? lastSeq, lastSeq),
     });
     session.ready = true;
     for (const link of session.links) {
       if (link !== undefined) link.state = 'up';
       link?.send(ready);
     }
+    // Not in sync until the source says so (IN_SYNC); written before anything of the session is stored.
+    this.parts.contact.started(this.source, this.volume.replica.epoch, lastSeq);
     this.log.info('source connected', { source: this.source, lastSeq, connections: session.links.length });
   }
 
@@ -133,7 +216,21 @@ export class ReplicaTarget {
     for (const link of session.links) link?.close(reason);
     this.core.sessionEnded();
     this.verifies = [];
-    if (session.ready) this.log.warn('source disconnected', { source: this.source, reason });
+    if (session.ready) {
+      this.log.warn('source disconnected', { source: this.source, reason });
+      // A session this node ended (it stops, or leaves the role) says nothing of what the
+      // source acknowledged after it: only a source that went away leaves it in sync.
+      this.parts.contact.ended(this.core.status().storedSeq, reason, !this.closed);
+    }
+    this.settleIdle();
+  }
+
+  /** Wakes what waits for the session's work to end, once it has. */
+  private settleIdle(): void {
+    if (this.idleWaiters.length === 0 || !this.core.idle) return;
+    const waiters = this.idleWaiters;
+    this.idleWaiters = [];
+    for (const waiter of waiters) waiter();
   }
 
   private onMessage(session: Session, link: PeerLink, message: PeerMessage): void {
@@ -162,6 +259,9 @@ export class ReplicaTarget {
       }
       case 'reset':
         return this.run(this.core.resetAsked(session.id, message.seq, message.reportAfter));
+      case 'in-sync':
+        this.parts.contact.inSync(message.seq);
+        return;
       default:
         return this.protocolError(link, `unexpected ${message.type} from the source`);
     }
@@ -341,6 +441,7 @@ export class ReplicaTarget {
   private after(actions: SecondaryAction<EntryMessage>[]): void {
     this.run(actions);
     if (this.verifies.length > 0) this.answerVerifies();
+    this.settleIdle();
   }
 
   /** The source's consistency point: logship entries applied first, then the image durable and the log released. */

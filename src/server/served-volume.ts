@@ -6,11 +6,13 @@ import type { DiskState } from '../protocol/disk-state.js';
 import { copyState } from '../core/volume-core.js';
 import type { IoActivity } from '../io/file-io.js';
 import type { LocalVolume } from '../storage/local-volume.js';
-import type { VolumeIdentity } from '../storage/volume-files.js';
+import type { VolumeIdentity, VolumePaths } from '../storage/volume-files.js';
+import type { LogOptions } from '../storage/write-log.js';
 import type { Heartbeats } from './heartbeats.js';
 import type { MirroredVolume } from './mirrored-volume.js';
 import type { ConnectionCounters } from './nbd-connection.js';
 import type { ReplicaTarget } from './replica-target.js';
+import type { DemotionResult, PromotionResult } from './status.js';
 
 export interface ServedVolume {
   config: VolumeConfig;
@@ -20,8 +22,14 @@ export interface ServedVolume {
   role: 'primary' | 'secondary';
   /** On a mirrored volume's primary: the volume its clients see, with its mirror engine. */
   mirrored: MirroredVolume | null;
-  /** The secondary's end of the primary's links. */
+  /** The secondary's end of the primary's links (null on a primary, and on one that stepped down). */
   target: ReplicaTarget | null;
+  /** The options the volume's log was opened with (its role decides where it lives). */
+  logOptions: LogOptions;
+  /** The volume's files (its epoch history among them). */
+  paths: VolumePaths;
+  /** A role change under way ('promotion', 'demotion', 'following'), or null. */
+  changing: string | null;
 }
 
 /** What the admin API reads of a running node (BlockmirrorNode is one). */
@@ -37,6 +45,9 @@ export interface NodeView {
   readonly heartbeatCounters: Record<string, number>;
   readonly ioActivity: IoActivity;
   heartbeatStatus(): ReturnType<Heartbeats['status']>;
+  /** Role changes (docs/operations.md, "Failover"). */
+  promote(name: string, force: boolean): Promise<PromotionResult>;
+  demote(name: string): Promise<DemotionResult>;
 }
 
 /** This node's copy of a volume, as copyState (src/core/volume-core.ts) says from what the node knows of it. */

@@ -14,14 +14,23 @@ export interface VolumeStatus {
   epoch: number;
   disk: DiskState;
   readOnly: boolean;
-  /** The node that takes this volume's writes. */
+  /** The node that takes this volume's writes, as this node's epoch history says (null: its primary stepped down). */
   primary: string | null;
+  /** A role change under way here ('promotion', 'demotion', 'following'), or null. */
+  changing: string | null;
   stats: Record<string, number>;
   log: LogStatus;
   /** On the primary: each peer it mirrors to. */
   peers: PeerReplicationStatus[];
   /** On a secondary: the primary's links. */
-  source: { node: string; connected: boolean; storedSeq: number; syncedCpSeq: number } | null;
+  source: {
+    node: string;
+    connected: boolean;
+    storedSeq: number;
+    syncedCpSeq: number;
+    /** A promotion of this copy cannot lose writes the primary acknowledged (it was in sync at its last contact). */
+    promotable: boolean;
+  } | null;
 }
 
 export interface PeerReplicationStatus {
@@ -50,4 +59,29 @@ export interface NodeStatus {
   /** What the failure detector thinks of each peer node. */
   nodes: { node: string; state: string; lastHeardAgoMs: number; incarnation: number }[];
   volumes: VolumeStatus[];
+}
+
+// The answers of POST /api/v1/volumes/<name>/promote and .../demote (VolumeRoles).
+
+/** What `promote` did. */
+export interface PromotionResult {
+  volume: string;
+  node: string;
+  epoch: number;
+  /** The epoch's first entry. */
+  firstSeq: number;
+  previousPrimary: string;
+  /** Entries of the per-source log applied to the image at the promotion (a logship copy's held entries). */
+  appliedEntries: number;
+  appliedBytes: number;
+  /** With --force: what the promoted copy may lack, in words; null when nothing acknowledged can be lost. */
+  mayLack: string | null;
+}
+
+/** What `demote` did. */
+export interface DemotionResult {
+  volume: string;
+  node: string;
+  epoch: number;
+  lastSeq: number;
 }

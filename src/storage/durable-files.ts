@@ -37,6 +37,8 @@ export const fileOperations = [
   'mirror-state',
   'volume-create',
   'volume-epochs',
+  'role-change',
+  'contact',
   'incarnation',
   'config',
 ] as const;

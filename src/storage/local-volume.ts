@@ -22,6 +22,7 @@ import { EntryFlag, EntryType, type EntryHeader } from '../protocol/log-entry.js
 import { FlushPredictor } from '../core/flush-predictor.js';
 import type { VolumeCore, VolumeRole } from '../core/volume-core.js';
 import { ReplicaCore } from '../core/replica-core.js';
+import { EpochHistory } from '../core/epoch-history.js';
 import type { PeerEntry } from '../protocol/peer/messages.js';
 import { applyEntry, slicePayload, zeroRange } from './apply-entry.js';
 import type { EntryStamp, WriteLog } from './write-log.js';
@@ -91,10 +92,10 @@ export class LocalVolume {
     private currentLog: WriteLog,
     private readonly zeroChunkBytes: number,
     role: VolumeRole,
-    /** The epoch the volume's history is in (see volume-files.ts). */
-    epoch = 0,
+    /** Its epoch history here (volume-files.ts); a new volume's has only epoch 0. */
+    history: EpochHistory = EpochHistory.initial(role === 'primary' ? 'this node' : 'its primary'),
   ) {
-    this.replica = new ReplicaCore({ lastSeq: currentLog.lastSeq, role, epoch });
+    this.replica = new ReplicaCore({ lastSeq: currentLog.lastSeq, role, history });
     this.core = this.replica.local;
   }
 
@@ -102,10 +103,7 @@ export class LocalVolume {
     return this.currentLog;
   }
 
-  /**
-   * Puts a new log in place of the current one (a replica restarting its log for a
-   * resync), which the caller has closed. Nothing may be in flight.
-   */
+  /** Puts a new log, the caller having closed the old one (a resync, a role change), with nothing in flight. */
   replaceLog(log: WriteLog): void {
     this.core.restartAt(log.lastSeq);
     this.currentLog = log;
@@ -349,11 +347,14 @@ export class LocalVolume {
     return new Promise<T>((resolve, reject) => this.waiting.set(id, () => void run().then(resolve, reject)));
   }
 
-  /** Applies logged entries up to `seq` that were stored without applying (logship), in order. */
-  async applyLoggedThrough(seq: number): Promise<void> {
+  /** Applies logged entries up to `seq` that were stored without applying (logship), in order; says how many and their bytes. */
+  async applyLoggedThrough(seq: number): Promise<{ entries: number; bytes: number }> {
     this.checkHealthy();
+    const applied = { entries: 0, bytes: 0 };
     for (let next = this.log.appliedThrough + 1; next <= seq; next += 1) {
       const { header, payload } = await this.counted(this.log.readEntry(next));
+      if (header.type !== EntryType.CONSISTENCY_POINT) applied.entries += 1;
+      applied.bytes += header.lengthBytes;
       try {
         await applyEntry(this.disk, header, payload, this.zeroChunkBytes);
       } catch (error) {
@@ -362,6 +363,7 @@ export class LocalVolume {
       }
       this.log.applied(next);
     }
+    return applied;
   }
 
   /**

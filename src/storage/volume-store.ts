@@ -25,20 +25,18 @@ import type { DirtyBitmap } from '../core/dirty-bitmap.js';
 import { EntryType } from '../protocol/log-entry.js';
 import { applyEntry } from './apply-entry.js';
 import { LocalVolume } from './local-volume.js';
-import { ReplicaTrail } from '../core/replica-trail.js';
+import { ReplicaTrail, TRAIL_FILE } from '../core/replica-trail.js';
 import { prepareEpochHistory, prepareVolumeFiles, type VolumePaths, type VolumeIdentity } from './volume-files.js';
 import type { EpochHistory } from '../core/epoch-history.js';
-import { VolumeMismatchError } from '../lib/errors.js';
 import { LogCorruptError, WriteLog, type LogGeometry, type LogOptions, type RecoveryReport } from './write-log.js';
 import { installLogDirectory, recreateLogDirectory, settleLogDirectory } from './log-layout.js';
 
 export interface VolumeStorageOptions {
   files: DurableFiles;
   dataDir: string;
-  /** This node's id (the role decides which log the volume has here). */
+  /** This node's id (the volume's epoch history says which role and log it has here). */
   nodeId: string;
   config: Pick<VolumeConfig, 'name' | 'sizeBytes' | 'mode' | 'primary'>;
-  role: 'primary' | 'secondary';
   geometry: LogGeometry;
   activity: IoActivity;
   log: Logger;
@@ -54,6 +52,8 @@ export interface OpenedVolume {
   created: boolean;
   /** The volume's epoch history on this node (its role and epoch come from it). */
   history: EpochHistory;
+  /** `primary` when the history names this node as the one that takes writes (a local volume always). */
+  role: 'primary' | 'secondary';
   volume: LocalVolume;
   recovery: RecoveryReport;
   /** The options the log was opened with (a replica restarts it with them). */
@@ -62,9 +62,20 @@ export interface OpenedVolume {
   setAside: string | null;
 }
 
-/** The directory of a volume's log on this node: its own, or the per-source log of its primary's entries. */
-export function logDir(dataDir: string, config: Pick<VolumeConfig, 'name' | 'primary'>, role: 'primary' | 'secondary'): string {
-  return role === 'primary' ? path.join(dataDir, 'log', config.name) : path.join(dataDir, 'peers', config.primary ?? '', config.name);
+/**
+ * The directory of a volume's log on `nodeId`: its own (`log/<name>`) while its history
+ * names it as the last primary (stepped down or not), else the per-source log of the
+ * entries of that primary (`peers/<primary>/<name>`).
+ */
+export function logDir(dataDir: string, name: string, history: EpochHistory, nodeId: string): string {
+  const source = history.current.primary;
+  return source === nodeId ? path.join(dataDir, 'log', name) : path.join(dataDir, 'peers', source, name);
+}
+
+/** The options of the log in `dir`: a replica's per-source log (`replica`), or a primary's own. */
+export function logOptionsAt(base: LogOptions, dir: string, replica: { deferApply: boolean } | null): LogOptions {
+  const { replica: _previous, ...rest } = base;
+  return { ...rest, dir, ...(replica === null ? {} : { replica }) };
 }
 
 /**
@@ -73,7 +84,7 @@ export function logDir(dataDir: string, config: Pick<VolumeConfig, 'name' | 'pri
  * served. A log whose geometry differs from `geometry` is then made anew.
  */
 export async function openVolumeStorage(options: VolumeStorageOptions): Promise<OpenedVolume> {
-  const { files, config, role, log } = options;
+  const { files, config, log } = options;
   const { identity, paths, created } = prepareVolumeFiles(
     files,
     options.dataDir,
@@ -81,15 +92,12 @@ export async function openVolumeStorage(options: VolumeStorageOptions): Promise<
     config.sizeBytes,
     constants.nbdBlockSizePreferredBytes,
   );
+  // The cluster file's primary is the first one; from then on the history says.
   const history = prepareEpochHistory(files, paths, config.name, config.primary ?? options.nodeId);
-  const { epoch, primary, firstSeq } = history.current;
-  if (config.primary !== null && primary !== config.primary) {
-    throw new VolumeMismatchError(
-      `volume ${config.name}: the cluster file names ${config.primary} as its primary, but its epoch history ` +
-        `(${paths.epochs}) says ${primary} is, since epoch ${epoch} (entry ${firstSeq}); the cluster file's primary ` +
-        'is only the first one: name it there again',
-    );
-  }
+  const ownLog = config.mode === 'local' || history.current.primary === options.nodeId;
+  // A primary that stepped down opens as it stopped (its own log, its start's consistency
+  // point numbered by it) and steps down again before anything is served.
+  const role = ownLog ? 'primary' : 'secondary';
   const disk = await FileDisk.openProbed(paths.image, identity.sizeBytes, {
     inlineReadBytesMax: constants.diskInlineReadBytesMax,
     inlineWriteBytesMax: constants.diskInlineWriteBytesMax,
@@ -98,7 +106,7 @@ export async function openVolumeStorage(options: VolumeStorageOptions): Promise<
     fileSystem: files.fs,
   });
   const logOptions: LogOptions = {
-    dir: logDir(options.dataDir, config, role),
+    dir: config.mode === 'local' ? path.join(options.dataDir, 'log', config.name) : logDir(options.dataDir, config.name, history, options.nodeId),
     files,
     geometry: options.geometry,
     volumeUuid: identity.uuid,
@@ -125,7 +133,7 @@ export async function openVolumeStorage(options: VolumeStorageOptions): Promise<
     await disk.close();
     throw error;
   }
-  let volume = new LocalVolume(config.name, disk, opened.log, constants.zeroWriteChunkBytes, role, epoch);
+  let volume = new LocalVolume(config.name, disk, opened.log, constants.zeroWriteChunkBytes, role, history);
   try {
     await volume.checkpoint();
     if (opened.log.geometryDiffers(logOptions.geometry)) {
@@ -134,14 +142,15 @@ export async function openVolumeStorage(options: VolumeStorageOptions): Promise<
       opened.log.close();
       recreateLogDirectory(logOptions, status.cpSeq, { needsFullResync: status.needsFullResync });
       const reopened = await WriteLog.open(logOptions, nothingToReplay('after a consistency point'));
-      volume = new LocalVolume(config.name, disk, reopened.log, constants.zeroWriteChunkBytes, role, epoch);
+      volume = new LocalVolume(config.name, disk, reopened.log, constants.zeroWriteChunkBytes, role, history);
       log.info('log geometry changed', { ...logOptions.geometry });
     }
   } catch (error) {
     await volume.close().catch(() => undefined);
     throw error;
   }
-  return { identity, paths, created, history, volume, recovery: opened.recovery, logOptions, setAside };
+  if (history.ended && volume.replica.role === 'primary' && config.mode !== 'local') volume.replica.demote(history);
+  return { identity, paths, created, history, role: volume.replica.role, volume, recovery: opened.recovery, logOptions, setAside };
 }
 
 /** A primary's own log: damage stops the start, with what to do about it. */
@@ -217,4 +226,124 @@ export async function restartReplicaLog(volume: LocalVolume, options: LogOptions
   volume.log.close();
   const restarted = await WriteLog.open(options, nothingToReplay('after a reset'));
   volume.replaceLog(restarted.log);
+}
+
+// ---- role changes ----------------------------------------------------------------------
+//
+// Each moves the volume's log to where its new role keeps it (see logDir): the new
+// directory is made whole beside the old one, `commit` then makes the volume's new epoch
+// history durable (from that moment a start opens the new directory), and only then does
+// the volume switch logs and the old directory go. A crash before `commit` leaves the old
+// role and log in place (the new directory is replaced when the change is made again); a
+// crash after it finds the new log, which continues after the last entry the image holds.
+
+/** What a promotion applied of the per-source log before it took writes. */
+export interface PromotionReport {
+  /** Entries applied to the image at the promotion (a logship copy's held entries). */
+  appliedEntries: number;
+  appliedBytes: number;
+  /** The last entry of the copy: the new epoch starts after it. */
+  lastSeq: number;
+}
+
+/**
+ * A secondary becomes the primary: every entry its per-source log holds is applied to
+ * the image in sequence order (a logship copy applies them only at its primary's
+ * consistency points, so it may hold many) and made durable by a consistency point; its
+ * own log (`own`) continues after the last one.
+ */
+export async function promoteStorage(files: DurableFiles, volume: LocalVolume, own: LogOptions, from: LogOptions, commit: () => void): Promise<PromotionReport> {
+  const applied = await volume.applyLoggedThrough(volume.log.lastSeq);
+  await volume.checkpoint();
+  const lastSeq = volume.log.lastSeq;
+  installLogDirectory(own, 'role-change', { cpSeq: lastSeq, needsFullResync: false, trail: null });
+  commit();
+  volume.log.close();
+  volume.replaceLog((await WriteLog.open(own, nothingToReplay('in a promoted copy\'s new log'))).log);
+  files.remove(from.dir, 'role-change');
+  return { appliedEntries: applied.entries, appliedBytes: applied.bytes, lastSeq };
+}
+
+/**
+ * A primary that stepped down (or was fenced by a newer epoch) becomes a secondary of the
+ * new history's primary: its own log (`own`, whose last entry the image holds: the
+ * demotion took a consistency point) gives way to a per-source log (`to`) that continues
+ * after it, whose trail names the regions of every entry after `sharedSeq`, the last
+ * entry the new primary holds too, and the regions its mirror ledger said the new primary
+ * may lack (`mayDiffer`: writes in its image whose entries a crash lost, entries placed
+ * while that node was away; null when unknown: every region), so that they can be named
+ * to the new primary and resent.
+ */
+export async function demoteStorage(
+  files: DurableFiles,
+  volume: LocalVolume,
+  own: LogOptions,
+  to: LogOptions,
+  sharedSeq: number,
+  mayDiffer: DirtyBitmap | null,
+  commit: () => void,
+): Promise<void> {
+  const trail = await trailAfter(volume.log, sharedSeq, mayDiffer);
+  const lastSeq = volume.log.lastSeq;
+  installLogDirectory(to, 'role-change', { cpSeq: lastSeq, needsFullResync: false, trail: trail.encode() });
+  commit();
+  volume.log.close();
+  volume.replaceLog((await WriteLog.open(to, nothingToReplay('in a demoted copy\'s new log'))).log);
+  files.remove(own.dir, 'role-change');
+}
+
+/**
+ * A secondary follows a new primary (it learned a newer epoch): its per-source log moves
+ * from the old primary's directory (`from`) to the new one's (`to`). What it holds is
+ * applied and made durable first; the trail and the need for a full resync go with it,
+ * and the entries it holds past `sharedSeq` (the last the new history holds) are marked
+ * as diverged.
+ */
+export async function moveReplicaLog(files: DurableFiles, volume: LocalVolume, from: LogOptions, to: LogOptions, sharedSeq: number, commit: () => void): Promise<void> {
+  await volume.applyLoggedThrough(volume.log.lastSeq);
+  await volume.checkpoint();
+  const status = volume.log.status();
+  // The trail as the consistency point wrote it, marked: entries past the new history's
+  // start came from the old primary, and are named at the new one's reset.
+  const trail = ReplicaTrail.decode(files.read(path.join(from.dir, TRAIL_FILE)));
+  if (volume.log.lastSeq > sharedSeq) trail.divergesAfter(sharedSeq);
+  installLogDirectory(to, 'role-change', { cpSeq: volume.log.lastSeq, needsFullResync: status.needsFullResync, trail: trail.encode() });
+  commit();
+  volume.log.close();
+  volume.replaceLog((await WriteLog.open(to, nothingToReplay('in a moved per-source log'))).log);
+  files.remove(from.dir, 'role-change');
+}
+
+/**
+ * What a primary's own log names of the entries after `seq` (the last the new primary
+ * shares): each one's region, read back, or "every region" when it no longer holds them all.
+ */
+async function trailAfter(log: WriteLog, seq: number, mayDiffer: DirtyBitmap | null): Promise<ReplicaTrail> {
+  const entries: { seq: number; offset: number; lengthBytes: number }[] = [];
+  if (mayDiffer === null) return everything();
+  // Named as if written by an entry right after the shared one (before the entries read back).
+  for (let region = mayDiffer.nextDirty(0); region !== -1; region = mayDiffer.nextDirty(region + 1)) {
+    const offset = region * mayDiffer.regionBytes;
+    entries.push({ seq: seq + 1, offset, lengthBytes: Math.min(mayDiffer.regionBytes, mayDiffer.sizeBytes - offset) });
+  }
+  if (seq < log.lastSeq) {
+    if (!log.holdsFrom(seq + 1)) return everything();
+    try {
+      for await (const { fields } of log.readRange(seq + 1, log.lastSeq)) {
+        if (fields.type !== EntryType.CONSISTENCY_POINT) entries.push({ seq: fields.seq, offset: fields.offset, lengthBytes: fields.lengthBytes });
+      }
+    } catch (error) {
+      // Entries it cannot read back are regions it cannot name: every region counts.
+      if (!(error instanceof LogCorruptError)) throw error;
+      return everything();
+    }
+  }
+  // Regions it names make it diverge even when it holds no entry past the shared one.
+  return ReplicaTrail.ofOwnEntries(seq, entries, entries.length > 0 ? Math.max(log.lastSeq, seq + 1) : log.lastSeq);
+
+  function everything(): ReplicaTrail {
+    const trail = ReplicaTrail.everything();
+    trail.divergesAfter(seq);
+    return trail;
+  }
 }

@@ -25,6 +25,7 @@ import {
   PEER_PROTOCOL_VERSION,
   PeerFrameDecoder,
   RefuseCode,
+  type PeerEpochStart,
   type PeerHello,
   type PeerMessage,
 } from '../../src/protocol/peer/frames.js';
@@ -196,6 +197,8 @@ interface HelloChoices {
   connectionIndex?: number;
   connections?: number;
   epoch?: number;
+  /** Default: the one epoch named, its primary the sender, from entry 1. */
+  history?: PeerEpochStart[];
 }
 
 function hello(choices: HelloChoices = {}): PeerHello {
@@ -211,6 +214,7 @@ function hello(choices: HelloChoices = {}): PeerHello {
     toNode: choices.toNode ?? 'b',
     volume: choices.volume ?? 'v1',
     epoch: choices.epoch ?? 0,
+    history: choices.history ?? [{ epoch: choices.epoch ?? 0, primary: choices.fromNode ?? 'a', firstSeq: 1 }],
   };
 }
 
@@ -229,12 +233,12 @@ interface Session {
 }
 
 /** A whole session of `connections` authenticated connections, each answered READY. */
-async function openSession(port: number, connections: number, session: number, epoch = 0): Promise<Session> {
+async function openSession(port: number, connections: number, session: number, epochs: Pick<HelloChoices, 'epoch' | 'history'> = {}): Promise<Session> {
   const clients: PeerClient[] = [];
   for (let index = 0; index < connections; index += 1) {
     const client = await PeerClient.connect(port);
     clients.push(client);
-    await authenticate(client, hello({ session, connectionIndex: index, connections, epoch }));
+    await authenticate(client, hello({ session, connectionIndex: index, connections, ...epochs }));
   }
   let ready: Extract<PeerMessage, { type: 'ready' }> | undefined;
   for (const client of clients) ready = await client.next('ready');
@@ -596,7 +600,7 @@ test('HELLOs b must refuse get REFUSE with the reason, and store nothing', async
   const { b, replicationPort } = await startSecondary();
   const refusalsBefore = counter(await b.status(), 'peerRefusals');
   const cases: { what: string; hello: HelloChoices; code: number; message: RegExp }[] = [
-    { what: 'node c, which is not v1\'s primary', hello: { fromNode: 'c' }, code: RefuseCode.ROLE, message: /^node c is not the primary of volume v1 \(a is\)$/ },
+    { what: 'node c, which holds no copy of v1', hello: { fromNode: 'c' }, code: RefuseCode.ROLE, message: /^node c holds no copy of volume v1$/ },
     { what: 'a node outside the cluster', hello: { fromNode: 'z' }, code: RefuseCode.UNKNOWN_NODE, message: /^"z" is not a node of cluster test$/ },
     { what: 'an unknown volume', hello: { volume: 'v9' }, code: RefuseCode.VOLUME, message: /^node b holds no volume "v9"$/ },
     { what: 'another cluster', hello: { cluster: 'prod' }, code: RefuseCode.CLUSTER, message: /^node a belongs to cluster "prod", this node to "test"$/ },
@@ -629,36 +633,82 @@ test('HELLOs b must refuse get REFUSE with the reason, and store nothing', async
   const image = await stopAndReadImage(b);
   assert.ok(isZero(image), 'b\'s image holds nothing');
   const logged = b.records().filter((record) => record['msg'] === 'peer connection refused').map((record) => String(record['reason']));
-  assert.ok(logged.some((reason) => reason === 'node c is not the primary of volume v1 (a is)'), `b's log says why: ${JSON.stringify(logged)}`);
+  assert.ok(logged.some((reason) => reason === 'node c holds no copy of volume v1'), `b's log says why: ${JSON.stringify(logged)}`);
 });
 
-test('epochs: b refuses a HELLO from an epoch older or newer than the one it knows, says its own in READY, and closes a session whose ENTRY carries a newer one', async () => {
+test('epochs: b tells an older epoch\'s primary it is stale, refuses a newer epoch that does not hold its own, says its epoch in READY, closes a session whose ENTRY carries a newer one', async () => {
   // b's history of v1: a is primary again in epoch 3.
   const { b, replicationPort } = await startSecondary(
     JSON.stringify({ epochs: [{ epoch: 0, primary: 'a', firstSeq: 1 }, { epoch: 3, primary: 'a', firstSeq: 1 }] }),
   );
   assert.equal(volumeOf(await b.status()).epoch, 3);
   const refusalsBefore = counter(await b.status(), 'peerRefusals');
-  const cases: { epoch: number; message: RegExp }[] = [
-    { epoch: 0, message: /^volume v1: node a is primary in epoch 0, but node b knows epoch 3$/ },
-    { epoch: 4, message: /^volume v1: node a claims epoch 4, newer than epoch 3 that node b knows$/ },
+  const cases: { what: string; hello: HelloChoices; code: number; message: RegExp }[] = [
+    {
+      what: 'epoch 0, older',
+      hello: { epoch: 0 },
+      code: RefuseCode.STALE_EPOCH,
+      message: /^volume v1: node a is primary in epoch 0, but node b knows epoch 3 \(primary a from entry 1\)$/,
+    },
+    {
+      what: 'epoch 4, whose history does not hold b\'s epoch 3',
+      hello: { epoch: 4, history: [{ epoch: 0, primary: 'a', firstSeq: 1 }, { epoch: 4, primary: 'a', firstSeq: 1 }] },
+      code: RefuseCode.EPOCH,
+      message: /^volume v1: node a's history \(epoch 4\) does not hold epoch 3 that node b is in \(primary a from entry 1\): the copies went separate ways$/,
+    },
+    {
+      what: 'epoch 4, whose history names b as its primary',
+      hello: { epoch: 4, history: [{ epoch: 3, primary: 'a', firstSeq: 1 }, { epoch: 4, primary: 'b', firstSeq: 1 }] },
+      code: RefuseCode.EPOCH,
+      message: /^volume v1: node a claims epoch 4, whose primary its own history says is b$/,
+    },
   ];
   for (const refused of cases) {
     const client = await PeerClient.connect(replicationPort);
-    client.send([encodeFrame(hello({ epoch: refused.epoch })), ...entryFrame(1, 0, pattern(4 * KiB, 13))]);
+    client.send([encodeFrame(hello(refused.hello)), ...entryFrame(1, 0, pattern(4 * KiB, 13))]);
     const refusal = await client.next('refuse');
-    assert.equal(refusal.code, RefuseCode.EPOCH, `epoch ${refused.epoch}: refusal code`);
-    assert.match(refusal.message, refused.message);
+    assert.equal(refusal.code, refused.code, `${refused.what}: refusal code`);
+    assert.match(refusal.message, refused.message, `${refused.what}: refusal text`);
     await client.waitClosed();
-    assert.equal(client.take('challenge'), undefined, `epoch ${refused.epoch}: no CHALLENGE`);
+    assert.equal(client.take('challenge'), undefined, `${refused.what}: no CHALLENGE`);
   }
   assert.equal(counter(await b.status(), 'peerRefusals'), refusalsBefore + cases.length);
+  assert.equal(volumeOf(await b.status()).epoch, 3, 'no refused HELLO changed b\'s epoch');
 
   const errorsBefore = counter(await b.status(), 'peerProtocolErrors');
-  const session = await openSession(replicationPort, 1, 0x0a01, 3);
+  const session = await openSession(replicationPort, 1, 0x0a01, { epoch: 3, history: [{ epoch: 0, primary: 'a', firstSeq: 1 }, { epoch: 3, primary: 'a', firstSeq: 1 }] });
   assert.equal(session.ready.epoch, 3, 'READY names the epoch b knows');
+  assert.deepEqual(session.ready.history, [{ epoch: 0, primary: 'a', firstSeq: 1 }, { epoch: 3, primary: 'a', firstSeq: 1 }], 'and b\'s history');
   session.clients[0]?.send(entryParts(1, 0, pattern(4 * KiB, 14), 4).frame);
   await assertEntryRejected(b, session, errorsBefore, 'b\'s image holds nothing');
+});
+
+test('epochs: b follows a newer epoch whose history holds its own, from then on refuses the older one, and keeps the new history on disk', async () => {
+  const { b, replicationPort } = await startSecondary(
+    JSON.stringify({ epochs: [{ epoch: 0, primary: 'a', firstSeq: 1 }, { epoch: 3, primary: 'a', firstSeq: 1 }] }),
+  );
+  const newer = [{ epoch: 3, primary: 'a', firstSeq: 1 }, { epoch: 5, primary: 'a', firstSeq: 1 }];
+  const session = await openSession(replicationPort, 1, 0x0b01, { epoch: 5, history: newer });
+  assert.equal(session.ready.epoch, 5, 'READY names the epoch b now follows');
+  assert.deepEqual(session.ready.history, [{ epoch: 0, primary: 'a', firstSeq: 1 }, ...newer], 'b joined the epochs it knew before to the newer ones');
+  session.clients[0]?.send(entryParts(1, 0, pattern(4 * KiB, 15), 5).frame);
+  for (let waited = 0; volumeOf(await b.status()).log.lastSeq !== 1; waited += 20) {
+    assert.ok(waited < REPLY_TIMEOUT_MS, 'entry 1 stored in time');
+    await sleep(20);
+  }
+  for (const client of session.clients) client.destroy();
+
+  const stale = await PeerClient.connect(replicationPort);
+  stale.send(encodeFrame(hello({ epoch: 3, history: [{ epoch: 3, primary: 'a', firstSeq: 1 }] })));
+  const refusal = await stale.next('refuse');
+  assert.equal(refusal.code, RefuseCode.STALE_EPOCH);
+  assert.match(refusal.message, /^volume v1: node a is primary in epoch 3, but node b knows epoch 5 \(primary a from entry 1\)$/);
+  await stale.waitClosed();
+
+  const image = await stopAndReadImage(b);
+  assert.deepEqual(image.subarray(0, 4 * KiB), pattern(4 * KiB, 15), 'the entry of epoch 5 is in b\'s image');
+  const epochs = JSON.parse(fs.readFileSync(path.join(b.dataDir, 'volumes', 'v1.epochs.json'), 'utf8')) as { epochs: unknown[] };
+  assert.deepEqual(epochs.epochs, [{ epoch: 0, primary: 'a', firstSeq: 1 }, ...newer], 'the history on disk');
 });
 
 test('a connection that never finishes its handshake is closed by b after peerHandshakeTimeoutMs', async () => {

@@ -43,6 +43,7 @@ import type { DiskState, MirrorSource } from '../../src/core/mirror-source.js';
 import { MirrorLedger, type LedgerOpening, type MirrorRecord } from '../../src/core/mirror-ledger.js';
 import type { PrimaryAction, PrimaryCore } from '../../src/core/primary-core.js';
 import { ReplicaCore } from '../../src/core/replica-core.js';
+import { EpochHistory } from '../../src/core/epoch-history.js';
 import { PeerConnector, type ConnectorAction } from '../../src/core/peer-connector.js';
 import { constants } from '../../src/constants.js';
 import { DirtyBitmap } from '../../src/core/dirty-bitmap.js';
@@ -155,7 +156,7 @@ interface SimResync {
 export class Cluster implements CheckedCluster {
   readonly queue = new EventQueue();
   /** The primary's replica core, as LocalVolume owns one (a new one at each restart). */
-  private replica = new ReplicaCore<Frame>({ lastSeq: 0, role: 'primary', epoch: 0 });
+  private replica = new ReplicaCore<Frame>({ lastSeq: 0, role: 'primary', history: EpochHistory.initial('p') });
   /** Its mirror part (`replica.mirror`, its ledger opened from `files`). */
   core: PrimaryCore<Frame>;
   private readonly files: LedgerFiles = { record: null, bitmaps: new Map() };
@@ -908,7 +909,7 @@ export class Cluster implements CheckedCluster {
    * needs a resync: the stop was not clean).
    */
   private restartPrimary(recovered: number, replayed: DirtyBitmap, intent: DirtyBitmap): void {
-    this.replica = new ReplicaCore<Frame>({ lastSeq: recovered, role: 'primary', epoch: 0 });
+    this.replica = new ReplicaCore<Frame>({ lastSeq: recovered, role: 'primary', history: EpochHistory.initial('p') });
     let lastSeq = recovered;
     if (recovered > this.lastCpSeq) {
       lastSeq = this.replica.local.assignSeq();

@@ -25,6 +25,7 @@ import type { PeerReady } from '../../src/core/mirror-source.js';
 import type { PrimaryAction, PrimaryCore } from '../../src/core/primary-core.js';
 import type { SecondaryAction, SecondaryCore } from '../../src/core/secondary-core.js';
 import { ReplicaCore } from '../../src/core/replica-core.js';
+import { EpochHistory } from '../../src/core/epoch-history.js';
 import { ReplicaTrail } from '../../src/core/replica-trail.js';
 import { copyState } from '../../src/core/volume-core.js';
 import type { Prng } from '../unit/prng.js';
@@ -142,7 +143,7 @@ export class Secondary implements CheckedPeer {
   /** The node's replica core for the volume, as LocalVolume makes one at start, following the primary from `lastSeq`. */
   private follow(lastSeq: number): SecondaryCore<Frame> {
     const { mode, windowBytesMax } = this.context.config;
-    return new ReplicaCore<Frame>({ lastSeq, role: 'secondary', epoch: 0 }).follow({ mode, lastSeq, windowBytesMax });
+    return new ReplicaCore<Frame>({ lastSeq, role: 'secondary', history: EpochHistory.initial('p') }).follow({ mode, lastSeq, windowBytesMax });
   }
 
   restart(): void {

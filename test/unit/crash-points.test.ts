@@ -71,7 +71,6 @@ function storageOptions(fs: MemoryFileSystem, role: Role, geometry: LogGeometry,
     dataDir: role === 'primary' ? DATA_A : DATA_B,
     nodeId: role === 'primary' ? 'a' : 'b',
     config: volumeConfig,
-    role,
     geometry,
     activity: new IoActivity(),
     log: new Logger({ write: (line) => lines.push(line) }, 'warn'),
@@ -581,11 +580,12 @@ describe('start-up problems a damaged disk leaves', () => {
     fs.dispose();
   });
 
-  test("the epoch history: made at the first start, made again for a volume that has none, a damaged one or one naming another primary stops the start and changes nothing", async () => {
+  test("the epoch history: made at the first start, made again for a volume that has none, a damaged one stops the start and changes nothing, and the history, not the cluster file, says the role", async () => {
+    let written = new Map<number, Buffer>();
     const fs = await stateAfter(async (built) => {
       const opened = await open(built, 'primary');
       assert.deepEqual(opened.history.current, { epoch: 0, primary: 'a', firstSeq: 1 });
-      await writeDurably(opened, 2, 5);
+      written = await writeDurably(opened, 2, 5);
       await opened.volume.close();
     });
     const epochs = `${DATA_A}/volumes/v1.epochs.json`;
@@ -612,10 +612,26 @@ describe('start-up problems a damaged disk leaves', () => {
     };
     await refused('{"epochs": [', /v1\.epochs\.json is damaged \(it is not JSON .*restore it from a backup of this node, or, if the volume was never promoted, remove it/);
     await refused('{"epochs": [{"epoch": 1, "primary": "a", "firstSeq": 1}, {"epoch": 0, "primary": "b", "firstSeq": 9}]}', /is damaged \(epoch 0 follows epoch 1\)/);
-    await refused(
-      '{"epochs": [{"epoch": 0, "primary": "a", "firstSeq": 1}, {"epoch": 1, "primary": "b", "firstSeq": 9}]}',
-      /the cluster file names a as its primary, but its epoch history \(\/data-a\/volumes\/v1\.epochs\.json\) says b is, since epoch 1 \(entry 9\)/,
-    );
+    await refused('{"epochs": [{"epoch": 0, "primary": "a", "firstSeq": 1}], "ended": "yes"}', /is damaged \("ended" is not true or false\)/);
+
+    // a stepped down in epoch 0: it opens its own log as it stopped, and does not take writes.
+    rewrite(fs, epochs, Buffer.from('{"epochs": [{"epoch": 0, "primary": "a", "firstSeq": 1}], "ended": true}'));
+    const steppedDown = await open(fs, 'primary');
+    assert.equal(steppedDown.role, 'secondary');
+    assert.equal(steppedDown.volume.replica.role, 'secondary');
+    assert.equal(steppedDown.logOptions.dir, `${DATA_A}/log/v1`);
+    assert.equal(steppedDown.logOptions.replica, undefined, 'its own log, not a per-source one');
+    await checkBlocks(steppedDown, written, 'a stepped-down copy keeps its blocks');
+    await steppedDown.volume.close();
+
+    // b was promoted in epoch 1, whatever the cluster file says: a follows it, from a per-source log of b's entries.
+    rewrite(fs, epochs, Buffer.from('{"epochs": [{"epoch": 0, "primary": "a", "firstSeq": 1}, {"epoch": 1, "primary": "b", "firstSeq": 9}]}'));
+    const follower = await open(fs, 'primary');
+    assert.equal(follower.role, 'secondary');
+    assert.equal(follower.volume.replica.epoch, 1);
+    assert.equal(follower.logOptions.dir, `${DATA_A}/peers/b/v1`);
+    assert.deepEqual(follower.logOptions.replica, { deferApply: false });
+    await follower.volume.close();
     fs.dispose();
   });
 });

@@ -17,13 +17,13 @@ type Status = Pick<PeerStatus, 'durableSeq' | 'syncedSeq' | 'replication' | 'dis
 /** A view of the mirror's core whose answers the test sets. */
 class FakeSource implements LedgerSource {
   lastSeq = 0;
-  readonly statuses = new Map<string, Status & { inSync: boolean; divergedAfter: number | null }>();
+  readonly statuses = new Map<string, Status & { inSync: boolean; divergedAfter: number | null; bitmapFrom: number | null }>();
 
   constructor(peers: string[]) {
-    for (const id of peers) this.statuses.set(id, { durableSeq: 0, syncedSeq: 0, replication: 'streaming', disk: 'up-to-date', resyncNeeded: false, inSync: true, divergedAfter: null });
+    for (const id of peers) this.statuses.set(id, { durableSeq: 0, syncedSeq: 0, replication: 'streaming', disk: 'up-to-date', resyncNeeded: false, inSync: true, divergedAfter: null, bitmapFrom: null });
   }
 
-  set(id: string, change: Partial<Status & { inSync: boolean; divergedAfter: number | null }>): void {
+  set(id: string, change: Partial<Status & { inSync: boolean; divergedAfter: number | null; bitmapFrom: number | null }>): void {
     const status = this.statuses.get(id);
     assert.ok(status !== undefined);
     Object.assign(status, change);
@@ -41,6 +41,10 @@ class FakeSource implements LedgerSource {
 
   divergedAfter(id: string): number | null {
     return this.statuses.get(id)?.divergedAfter ?? null;
+  }
+
+  bitmapFrom(id: string): number | null {
+    return this.statuses.get(id)?.bitmapFrom ?? null;
   }
 }
 

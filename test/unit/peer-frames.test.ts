@@ -5,6 +5,20 @@
 // which the decoder refuses everything. Frames that encoders cannot produce are built by
 // hand here (frameOf), with the checksum recomputed so that the check under test is the
 // one that must catch them.
+//
+// The epoch history HELLO and READY carry gets its own section: the encoder lays it out
+// as documented (u16 count, then per epoch u32 epoch, u64 first entry, u16 + UTF-8
+// primary), up to 16 epochs with 255-byte names come back intact, and the decoder refuses
+// a history a correct node cannot have (no epochs or more than 16, epochs not increasing,
+// a first entry of 0 or going back, a last epoch other than the frame's, a body that ends
+// early or runs on) with an error that names the problem. IN_SYNC and REFUSE STALE_EPOCH
+// are covered with the other fixed frames.
+//
+// READY's divergedAfter (u64 at offset 32, after cpSeq, making a 40-byte fixed part before
+// the history): it comes back whether below lastSeq or equal to it (no divergence), the
+// encoder lays it out there, the decoder refuses one past lastSeq or above 2^53-1 (and a
+// READY of the layout before it, whose history would be read as the field), and the
+// encoder asserts rather than send one past lastSeq.
 
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
@@ -14,12 +28,15 @@ import { PeerProtocolError } from '../../src/protocol/peer/errors.js';
 import {
   encodeEntryFrame,
   encodeFrame,
+  PEER_CONTROL_BODY_BYTES_MAX,
   PEER_DISK_STATES,
   PEER_FRAME_MAGIC,
   PeerFrameDecoder,
   PeerFrameType,
   RefuseCode,
   type PeerControlMessage,
+  type PeerEpochStart,
+  type PeerHello,
   type PeerMessage,
 } from '../../src/protocol/peer/frames.js';
 import { encodeEntryHeader, EntryType } from '../../src/protocol/log-entry.js';
@@ -37,7 +54,26 @@ function nonce(fill: number): Buffer {
   return Buffer.alloc(32, fill);
 }
 
-const hello: PeerControlMessage = {
+/** A 255-byte name of two- and one-byte characters, distinct per `index`. */
+function longName(index: number): string {
+  const name = 'é'.repeat(126) + String(index).padStart(3, '0');
+  assert.equal(Buffer.byteLength(name), 255);
+  return name;
+}
+
+/**
+ * A history of `count` epochs ending with `last`, with first entries at the edges (1, an
+ * epoch without entries, beyond 2^32, MAX_SAFE) and names as `primary` gives them.
+ */
+function historyOf(last: number, count: number, primary = (index: number): string => (index % 2 === 0 ? 'node-a' : 'node-b')): PeerEpochStart[] {
+  return Array.from({ length: count }, (_, index) => ({
+    epoch: last - (count - 1 - index),
+    primary: primary(index),
+    firstSeq: index === 0 ? 1 : index === count - 1 ? MAX_SAFE : 2 ** 32 + Math.floor(index / 2),
+  }));
+}
+
+const hello: PeerHello = {
   type: 'hello',
   version: 1,
   connectionIndex: 2,
@@ -49,14 +85,40 @@ const hello: PeerControlMessage = {
   toNode: 'x'.repeat(255),
   volume: 'vol-日本',
   epoch: 0xffff_ffff,
+  history: historyOf(0xffff_ffff, 3),
+};
+
+/** The largest legal HELLO: every name 255 bytes, 16 epochs of history. */
+const largestHello: PeerHello = {
+  ...hello,
+  cluster: longName(900),
+  fromNode: longName(901),
+  toNode: longName(902),
+  volume: longName(903),
+  history: historyOf(0xffff_ffff, 16, longName),
 };
 
 /** One of every control message, with values at the edges of their ranges. */
 const controlMessages: PeerControlMessage[] = [
   hello,
-  { ...hello, connectionIndex: 0, connections: 1, session: 0, cluster: 'c', fromNode: 'a', toNode: 'b', volume: 'v', epoch: 0 },
+  {
+    ...hello, connectionIndex: 0, connections: 1, session: 0, cluster: 'c', fromNode: 'a', toNode: 'b', volume: 'v', epoch: 0,
+    history: [{ epoch: 0, primary: 'a', firstSeq: 1 }],
+  },
+  // One epoch with a 255-byte primary; epochs with gaps, some without entries.
+  { ...hello, epoch: 9, history: [{ epoch: 9, primary: 'p'.repeat(255), firstSeq: MAX_SAFE }] },
+  {
+    ...hello, epoch: 40, history: [
+      { epoch: 2, primary: 'node-b', firstSeq: 5 },
+      { epoch: 3, primary: 'node-a', firstSeq: 5 },
+      { epoch: 17, primary: 'nœud-ç', firstSeq: 5 },
+      { epoch: 40, primary: 'node-b', firstSeq: 2 ** 40 },
+    ],
+  },
   { type: 'challenge', nonce: nonce(0x11), mac: nonce(0x22) },
   { type: 'auth', mac: nonce(0x33) },
+  // Histories of 1 to 4 epochs (index 0 has one epoch, 0xffff_ffff); divergedAfter equal
+  // to lastSeq (none), 0, beyond 2^32 and just below lastSeq.
   ...PEER_DISK_STATES.map((disk, index): PeerControlMessage => ({
     type: 'ready',
     epoch: index === 0 ? 0xffff_ffff : index,
@@ -64,9 +126,16 @@ const controlMessages: PeerControlMessage[] = [
     lastSeq: MAX_SAFE,
     durableSeq: 2 ** 32 + index,
     cpSeq: 0,
+    diverged: index % 4 !== 0,
+    divergedAfter: [MAX_SAFE, 0, 2 ** 40 + 3, MAX_SAFE - 1][index % 4] ?? MAX_SAFE,
+    history: historyOf(index === 0 ? 0xffff_ffff : index, Math.max(index, 1)),
   })),
+  { type: 'ready', epoch: 0, disk: 'up-to-date', lastSeq: 0, durableSeq: 0, cpSeq: 0, diverged: false, divergedAfter: 0, history: [{ epoch: 0, primary: 'q'.repeat(255), firstSeq: 1 }] },
+  // Diverged with nothing past its last entry: only regions to name.
+  { type: 'ready', epoch: 3, disk: 'up-to-date', lastSeq: 12, durableSeq: 12, cpSeq: 12, diverged: true, divergedAfter: 12, history: historyOf(3, 2) },
   { type: 'refuse', code: RefuseCode.AUTH, message: 'wrong secret for node "b"' },
   { type: 'refuse', code: RefuseCode.BUSY, message: '' },
+  { type: 'refuse', code: RefuseCode.STALE_EPOCH, message: 'epoch 7 is over: node-b is primary in epoch 9' },
   { type: 'ack', seq: MAX_SAFE, status: 0xffff },
   { type: 'ack', seq: 0, status: 0 },
   { type: 'flush', seq: 2 ** 40 + 7 },
@@ -79,6 +148,17 @@ const controlMessages: PeerControlMessage[] = [
   { type: 'diverged', all: true, extents: [] },
   { type: 'verify', token: 0xffff_ffff, seq: MAX_SAFE, offset: 2 ** 40, lengthBytes: 4 * 1024 * 1024 },
   { type: 'verified', token: 7, status: 0, digest: Buffer.alloc(32, 0xab) },
+  { type: 'in-sync', seq: MAX_SAFE },
+  { type: 'in-sync', seq: 0 },
+];
+
+/**
+ * The largest HELLO and READY, kept out of controlMessages so that splitting the chunking
+ * stream at every byte stays quick; they are fed a byte at a time on their own.
+ */
+const largeControlMessages: PeerControlMessage[] = [
+  largestHello,
+  { type: 'ready', epoch: 16, disk: 'outdated', lastSeq: 3, durableSeq: 2, cpSeq: 1, diverged: true, divergedAfter: 2, history: historyOf(16, 16, longName) },
 ];
 
 /** A WRITE entry header and its payload, split into slices as a client write would be. */
@@ -135,16 +215,62 @@ function text(value: Buffer | string): Buffer {
   return Buffer.concat([u16(bytes.length), bytes]);
 }
 
+function u32(value: number): Buffer {
+  const out = Buffer.alloc(4);
+  out.writeUInt32BE(value, 0);
+  return out;
+}
+
+function u64(value: number | bigint): Buffer {
+  const out = Buffer.alloc(8);
+  out.writeBigUInt64BE(BigInt(value), 0);
+  return out;
+}
+
+/** One epoch of a history as bytes; any value, legal or not. */
+interface RawEpochStart {
+  epoch: number;
+  firstSeq: number | bigint;
+  primary: string | Buffer;
+}
+
+/** A history laid out by hand: u16 count (the number of epochs unless given), then the epochs. */
+function historyBytes(starts: readonly RawEpochStart[], count = starts.length): Buffer {
+  return Buffer.concat([u16(count), ...starts.flatMap((start) => [u32(start.epoch), u64(start.firstSeq), text(start.primary)])]);
+}
+
+/** The history of the hand-built HELLO and READY bodies: two epochs, the last one 7. */
+const HISTORY_7: RawEpochStart[] = [
+  { epoch: 3, firstSeq: 1, primary: 'b' },
+  { epoch: 7, firstSeq: 100, primary: 'a' },
+];
+
 /** A HELLO body from parts, so single fields can be made illegal. */
-function helloBody(parts: { connectionIndex?: number; connections?: number; names?: Buffer[] } = {}): Buffer {
+function helloBody(parts: { connectionIndex?: number; connections?: number; names?: Buffer[]; epoch?: number; history?: Buffer } = {}): Buffer {
   const fixed = Buffer.alloc(40);
   fixed.writeUInt16BE(2, 0);
   fixed.writeUInt8(parts.connectionIndex ?? 0, 2);
   fixed.writeUInt8(parts.connections ?? 1, 3);
   const names = parts.names ?? ['c', 'a', 'b', 'v'].map((name) => text(name));
-  const epoch = Buffer.alloc(4);
-  epoch.writeUInt32BE(7, 0);
-  return Buffer.concat([fixed, ...names, epoch]);
+  return Buffer.concat([fixed, ...names, u32(parts.epoch ?? 7), parts.history ?? historyBytes(HISTORY_7)]);
+}
+
+/**
+ * A READY body from parts (disk 'up-to-date', lastSeq 9, durableSeq 8, cpSeq 5,
+ * divergedAfter 6 unless given or changed after): every u64 differs, so a field written
+ * in another's place shows.
+ */
+function readyBody(parts: { epoch?: number; lastSeq?: number | bigint; divergedAfter?: number | bigint; history?: Buffer } = {}): Buffer {
+  const fixed = Buffer.alloc(40);
+  fixed.writeUInt32BE(parts.epoch ?? 7, 0);
+  fixed.writeUInt8(PEER_DISK_STATES.indexOf('up-to-date'), 4);
+  // DIVERGED unless divergedAfter is lastSeq.
+  fixed.writeUInt8(BigInt(parts.divergedAfter ?? 6) === BigInt(parts.lastSeq ?? 9) ? 0 : 1, 5);
+  u64(parts.lastSeq ?? 9).copy(fixed, 8);
+  u64(8).copy(fixed, 16);
+  u64(5).copy(fixed, 24);
+  u64(parts.divergedAfter ?? 6).copy(fixed, 32);
+  return Buffer.concat([fixed, parts.history ?? historyBytes(HISTORY_7)]);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -169,14 +295,17 @@ function decodeAll(pieces: readonly Buffer[]): Record<string, unknown>[] {
   return messages;
 }
 
-/** Feeds `bytes`, then enough zeroes to complete any frame a damaged length announced. */
+/**
+ * Feeds `bytes`, then enough zeroes to complete any frame a damaged length announced (up
+ * to the control limit for HELLO and READY, whose bodies vary in length).
+ */
 function assertRefused(bytes: Buffer, pattern?: RegExp): void {
   const decoder = new PeerFrameDecoder({ entryBodyBytesMax: ENTRY_BODY_MAX });
   const returned: PeerMessage[] = [];
   const thrown = (() => {
     try {
       returned.push(...decoder.push(bytes));
-      returned.push(...decoder.push(Buffer.alloc(ENTRY_BODY_MAX + 16)));
+      returned.push(...decoder.push(Buffer.alloc(Math.max(ENTRY_BODY_MAX, PEER_CONTROL_BODY_BYTES_MAX) + 16)));
     } catch (error) {
       return error;
     }
@@ -192,7 +321,7 @@ function assertRefused(bytes: Buffer, pattern?: RegExp): void {
 
 describe('peer frames: round trip', () => {
   test('every control message comes back as it was encoded', () => {
-    for (const message of controlMessages) {
+    for (const message of [...controlMessages, ...largeControlMessages]) {
       assert.deepEqual(decodeAll([encodeFrame(message)]), [plain(message)], message.type);
     }
   });
@@ -202,6 +331,91 @@ describe('peer frames: round trip', () => {
     assert.equal(frame.toString('hex', 0, 12), '424d5046' + '11' + '000000' + '0000000c');
     assert.equal(frame.toString('hex', 16), '00000001' + '00000002' + '0003' + '0000');
     assert.equal(frame.readUInt32BE(12), crc32c(Buffer.concat([frame.subarray(0, 12), frame.subarray(16)])));
+  });
+
+  test('IN_SYNC is type 27 with the seq as its 8-byte body; STALE_EPOCH is refusal code 10', () => {
+    const inSync = encodeFrame({ type: 'in-sync', seq: 0x1_0000_0002 });
+    assert.equal(inSync.toString('hex', 0, 12), '424d5046' + '1b' + '000000' + '00000008');
+    assert.equal(inSync.toString('hex', 16), '00000001' + '00000002');
+    const refuse = encodeFrame({ type: 'refuse', code: RefuseCode.STALE_EPOCH, message: 'old' });
+    assert.equal(refuse.toString('hex', 16), '000a' + '0003' + Buffer.from('old').toString('hex'));
+    // A peer's bytes decode to the same codes.
+    assert.deepEqual(decodeAll([frameOf(27, u64(MAX_SAFE))]), [{ type: 'in-sync', seq: MAX_SAFE }]);
+    assert.deepEqual(decodeAll([frameOf(PeerFrameType.REFUSE, Buffer.concat([u16(10), text('')]))]), [{ type: 'refuse', code: RefuseCode.STALE_EPOCH, message: '' }]);
+  });
+
+  test('HELLO and READY carry their history in the documented layout', () => {
+    const history = HISTORY_7.map((start) => ({ epoch: start.epoch, firstSeq: Number(start.firstSeq), primary: String(start.primary) }));
+    const helloFrame = encodeFrame({
+      type: 'hello', version: 2, connectionIndex: 0, connections: 1, session: 0, nonce: Buffer.alloc(32),
+      cluster: 'c', fromNode: 'a', toNode: 'b', volume: 'v', epoch: 7, history,
+    });
+    assert.equal(helloFrame.subarray(16).toString('hex'), helloBody().toString('hex'));
+    const readyFrame = encodeFrame({ type: 'ready', epoch: 7, disk: 'up-to-date', lastSeq: 9, durableSeq: 8, cpSeq: 5, diverged: true, divergedAfter: 6, history });
+    assert.equal(readyFrame.subarray(16).toString('hex'), readyBody().toString('hex'));
+    // Spelled out once more for a first entry beyond 2^32 and a multi-byte name.
+    const wide = encodeFrame({ type: 'ready', epoch: 0x0102_0304, disk: 'up-to-date', lastSeq: 0, durableSeq: 0, cpSeq: 0, diverged: false, divergedAfter: 0, history: [{ epoch: 0x0102_0304, primary: 'é', firstSeq: 2 ** 40 + 3 }] });
+    assert.equal(wide.toString('hex', 16 + 40), '0001' + '01020304' + '0000010000000003' + '0002' + 'c3a9');
+  });
+
+  test("READY's fixed part is 40 bytes: the DIVERGED flag in byte 5, divergedAfter the u64 at offset 32 after cpSeq", () => {
+    const history = [{ epoch: 7, primary: 'a', firstSeq: 1 }];
+    const body = encodeFrame({
+      type: 'ready', epoch: 7, disk: 'outdated', lastSeq: 2 ** 40 + 9, durableSeq: 2 ** 40 + 8, cpSeq: 2 ** 40 + 5, diverged: true, divergedAfter: 2 ** 40 + 6, history,
+    }).subarray(16);
+    assert.equal(body.length, 40 + 2 + 14 + 1);
+    assert.equal(
+      body.toString('hex', 0, 40),
+      '00000007' + PEER_DISK_STATES.indexOf('outdated').toString(16).padStart(2, '0') + '010000' + '0000010000000009' + '0000010000000008' + '0000010000000005' + '0000010000000006',
+    );
+    assert.equal(body.toString('hex', 40), '0001' + '00000007' + '0000000000000001' + '0001' + '61');
+    // No divergence: no flag, and the field repeats lastSeq.
+    const none = encodeFrame({ type: 'ready', epoch: 7, disk: 'outdated', lastSeq: MAX_SAFE, durableSeq: 0, cpSeq: 0, diverged: false, divergedAfter: MAX_SAFE, history }).subarray(16);
+    assert.equal(none.toString('hex', 5, 8), '000000');
+    assert.equal(none.toString('hex', 32, 40), '001fffffffffffff');
+  });
+
+  test('READY: unknown flags, and divergedAfter below lastSeq without DIVERGED, are refused', () => {
+    for (const flags of [2, 0x80, 0xff]) {
+      const body = readyBody();
+      body.writeUInt8(flags, 5);
+      assert.throws(() => decodeAll([frameOf(PeerFrameType.READY, body)]), new RegExp(`READY flags ${flags} are unknown`));
+    }
+    const undeclared = readyBody();
+    undeclared.writeUInt8(0, 5);
+    assert.throws(() => decodeAll([frameOf(PeerFrameType.READY, undeclared)]), /READY divergedAfter 6 without DIVERGED must be its last entry 9/);
+    const history = [{ epoch: 7, primary: 'a', firstSeq: 1 }];
+    assert.throws(() => encodeFrame({ type: 'ready', epoch: 7, disk: 'up-to-date', lastSeq: 9, durableSeq: 0, cpSeq: 0, diverged: false, divergedAfter: 6, history }), AssertionError);
+  });
+
+  test('READY divergedAfter comes back below lastSeq, equal to it, and at 0', () => {
+    const history = [{ epoch: 7, primary: 'a', firstSeq: 1 }];
+    for (const [lastSeq, divergedAfter] of [[9, 6], [9, 9], [9, 0], [0, 0], [MAX_SAFE, MAX_SAFE - 1], [MAX_SAFE, MAX_SAFE], [2 ** 40, 2 ** 32]] as const) {
+      const message: PeerControlMessage = { type: 'ready', epoch: 7, disk: 'up-to-date', lastSeq, durableSeq: 0, cpSeq: 0, diverged: divergedAfter !== lastSeq, divergedAfter, history };
+      const [decoded] = decodeAll([encodeFrame(message)]);
+      assert.deepEqual(decoded, plain(message), `lastSeq ${lastSeq}, divergedAfter ${divergedAfter}`);
+      assert.equal(decoded?.['divergedAfter'], divergedAfter);
+    }
+    // And from bytes a peer built.
+    assert.equal(decodeAll([frameOf(PeerFrameType.READY, readyBody({ divergedAfter: 9 }))])[0]?.['divergedAfter'], 9);
+    assert.equal(decodeAll([frameOf(PeerFrameType.READY, readyBody({ divergedAfter: 0 }))])[0]?.['divergedAfter'], 0);
+  });
+
+  test('the largest legal HELLO (255-byte names, 16 epochs) fits a control frame and comes back whole', () => {
+    const frame = encodeFrame(largestHello);
+    // 8 fixed + 32 nonce + 4 × (2 + 255) names + 4 epoch + 2 count + 16 × (4 + 8 + 2 + 255).
+    assert.equal(frame.length - 16, 8 + 32 + 4 * 257 + 4 + 2 + 16 * 269);
+    assert.ok(frame.length - 16 <= 8192);
+    const [decoded] = decodeAll([frame]);
+    assert.deepEqual(decoded, plain(largestHello));
+    const history = decoded?.['history'] as PeerEpochStart[];
+    assert.equal(history.length, 16);
+    assert.deepEqual(history.map((start) => start.primary), Array.from({ length: 16 }, (_, index) => longName(index)));
+    // Both large frames fed a byte at a time, so each history is cut at every offset once.
+    const stream = Buffer.concat(largeControlMessages.map(encodeFrame));
+    const bytes: Buffer[] = [];
+    for (let at = 0; at < stream.length; at += 1) bytes.push(stream.subarray(at, at + 1));
+    assert.deepEqual(decodeAll(bytes), largeControlMessages.map(plain));
   });
 
   test('an ENTRY frame carries the header and payload without copying them, on either side', () => {
@@ -256,8 +470,37 @@ describe('peer frames: round trip', () => {
     assert.throws(() => encodeFrame({ ...hello, cluster: '' } as PeerControlMessage), AssertionError);
     assert.throws(() => encodeFrame({ ...hello, connectionIndex: 4 } as PeerControlMessage), AssertionError);
     assert.throws(() => encodeFrame({ type: 'flush', seq: MAX_SAFE + 1 }), AssertionError);
+    assert.throws(() => encodeFrame({ type: 'in-sync', seq: MAX_SAFE + 1 }), AssertionError);
+    const ready: PeerControlMessage = { type: 'ready', epoch: 7, disk: 'up-to-date', lastSeq: 9, durableSeq: 8, cpSeq: 5, diverged: true, divergedAfter: 9, history: historyOf(7, 1) };
+    assert.doesNotThrow(() => encodeFrame(ready));
+    assert.throws(() => encodeFrame({ ...ready, divergedAfter: 10 }), AssertionError, 'divergedAfter past lastSeq');
+    assert.throws(() => encodeFrame({ ...ready, lastSeq: 0, divergedAfter: 1 }), AssertionError, 'divergedAfter past lastSeq 0');
+    assert.throws(() => encodeFrame({ ...ready, lastSeq: MAX_SAFE, divergedAfter: MAX_SAFE + 1 }), AssertionError, 'divergedAfter beyond 2^53-1');
+    assert.throws(() => encodeFrame({ ...ready, divergedAfter: -1 }), AssertionError, 'negative divergedAfter');
+    assert.throws(() => encodeFrame({ ...ready, divergedAfter: 1.5 }), AssertionError, 'fractional divergedAfter');
     const { header, payload } = writeEntry(new Prng(SEED), 100);
     assert.throws(() => encodeEntryFrame(header, payload.slice(0, 1).concat(Buffer.alloc(1))), AssertionError);
+  });
+
+  test('encoders assert on a history this node must never send', () => {
+    const ready: PeerControlMessage = { type: 'ready', epoch: 7, disk: 'up-to-date', lastSeq: 0, durableSeq: 0, cpSeq: 0, diverged: false, divergedAfter: 0, history: historyOf(7, 2) };
+    for (const message of [{ ...hello, epoch: 7, history: historyOf(7, 2) }, ready]) {
+      assert.doesNotThrow(() => encodeFrame(message), message.type);
+      const bad: [string, PeerEpochStart[]][] = [
+        ['empty', []],
+        ['17 epochs', historyOf(7 + 17, 17)],
+        ['last epoch is older', historyOf(6, 2)],
+        ['last epoch is newer', historyOf(8, 2)],
+        ['the epoch is not last', [{ epoch: 7, primary: 'a', firstSeq: 1 }, { epoch: 8, primary: 'b', firstSeq: 2 }]],
+        ['primary of 256 bytes', [{ epoch: 7, primary: 'p'.repeat(256), firstSeq: 1 }]],
+        ['empty primary', [{ epoch: 7, primary: '', firstSeq: 1 }]],
+        ['firstSeq beyond 2^53-1', [{ epoch: 7, primary: 'a', firstSeq: MAX_SAFE + 1 }]],
+      ];
+      for (const [name, history] of bad) {
+        const epoch = name === '17 epochs' ? 7 + 17 : 7;
+        assert.throws(() => encodeFrame({ ...message, epoch, history }), AssertionError, `${message.type}: ${name}`);
+      }
+    }
   });
 });
 
@@ -310,7 +553,7 @@ describe('peer frames: damage and illegal frames', () => {
   const ackFrame = encodeFrame({ type: 'ack', seq: 5, status: 0 });
 
   test('any flipped byte of any frame is refused', () => {
-    for (const frame of [...controlMessages.map(encodeFrame), entryFrame]) {
+    for (const frame of [...controlMessages.map(encodeFrame), ...largeControlMessages.map(encodeFrame), entryFrame]) {
       for (let index = 0; index < frame.length; index += 1) {
         const damaged = Buffer.from(frame);
         damaged[index] = (damaged[index] ?? 0) ^ random.between(1, 255);
@@ -340,7 +583,7 @@ describe('peer frames: damage and illegal frames', () => {
   });
 
   test('unknown frame types', () => {
-    for (const type of [0, 6, 15, 27, 255]) assertRefused(frameOf(type, Buffer.alloc(8)), /unknown peer frame type/);
+    for (const type of [0, 6, 15, 28, 255]) assertRefused(frameOf(type, Buffer.alloc(8)), /unknown peer frame type/);
   });
 
   test('nonzero reserved header bytes', () => {
@@ -356,7 +599,7 @@ describe('peer frames: damage and illegal frames', () => {
       body.writeUInt16BE(1, 10);
       assertRefused(frameOf(type, body), /reserved/);
     }
-    const ready = Buffer.alloc(32);
+    const ready = readyBody();
     ready.writeUInt8(1, 6);
     assertRefused(frameOf(PeerFrameType.READY, ready), /reserved/);
   });
@@ -365,10 +608,12 @@ describe('peer frames: damage and illegal frames', () => {
     const cases: [number, number][] = [
       [PeerFrameType.ENTRY, ENTRY_BODY_MAX + 1],
       [PeerFrameType.ENTRY, 0xffff_ffff],
-      [PeerFrameType.HELLO, 2049],
+      [PeerFrameType.HELLO, 8193],
+      [PeerFrameType.READY, 8193],
       [PeerFrameType.REFUSE, 0xffff_ffff],
       [PeerFrameType.ACK, 13],
       [PeerFrameType.AUTH, 31],
+      [PeerFrameType.IN_SYNC, 9],
       [PeerFrameType.ENTRY, 63],
     ];
     for (const [type, bodyBytes] of cases) {
@@ -377,7 +622,7 @@ describe('peer frames: damage and illegal frames', () => {
       assert.throws(() => decoder.push(header), PeerProtocolError, `type ${type} body ${bodyBytes}`);
     }
     // At the limit, the header is accepted and the decoder waits for the body.
-    for (const [type, bodyBytes] of [[PeerFrameType.ENTRY, ENTRY_BODY_MAX], [PeerFrameType.HELLO, 2048]] as const) {
+    for (const [type, bodyBytes] of [[PeerFrameType.ENTRY, ENTRY_BODY_MAX], [PeerFrameType.HELLO, 8192], [PeerFrameType.READY, 8192]] as const) {
       const decoder = new PeerFrameDecoder({ entryBodyBytesMax: ENTRY_BODY_MAX });
       assert.deepEqual(decoder.push(frameOf(type, Buffer.alloc(0), undefined, bodyBytes)), []);
     }
@@ -394,20 +639,93 @@ describe('peer frames: damage and illegal frames', () => {
     assertRefused(frameOf(PeerFrameType.HELLO, helloBody({ connections: 2, connectionIndex: 2 })), /out of range/);
     assertRefused(frameOf(PeerFrameType.HELLO, Buffer.concat([helloBody(), Buffer.alloc(1)])), /extra bytes/);
     assertRefused(frameOf(PeerFrameType.HELLO, helloBody().subarray(0, 45)), /ends early/);
-    // Without the epoch that follows the names (a version 1 HELLO's length).
-    assertRefused(frameOf(PeerFrameType.HELLO, helloBody().subarray(0, helloBody().length - 4)), /ends early/);
+    // Without the epoch that follows the names (a version 1 HELLO's length), and without
+    // the history that follows the epoch (an earlier version 2 HELLO's).
+    const names = ['c', 'a', 'b', 'v'].map((name) => text(name));
+    assertRefused(frameOf(PeerFrameType.HELLO, Buffer.concat([helloBody().subarray(0, 40), ...names])), /HELLO body ends early/);
+    assertRefused(frameOf(PeerFrameType.HELLO, Buffer.concat([helloBody().subarray(0, 40), ...names, u32(7)])), /HELLO body ends early/);
     // The well-formed body these cases were made from is accepted.
     const decoded = decodeAll([frameOf(PeerFrameType.HELLO, helloBody())])[0];
     assert.equal(decoded?.['volume'], 'v');
     assert.equal(decoded?.['epoch'], 7);
   });
 
-  test('READY with an unknown disk state', () => {
+  test('READY with an unknown disk state, without its history, or with bytes after it', () => {
     for (const disk of [5, 255]) {
-      const body = Buffer.alloc(32);
+      const body = readyBody();
       body.writeUInt8(disk, 4);
       assertRefused(frameOf(PeerFrameType.READY, body), /disk state/);
     }
+    // The fixed part alone (the READY of before histories), and the fixed part without
+    // divergedAfter (the READY of before it, 32 bytes).
+    assertRefused(frameOf(PeerFrameType.READY, readyBody().subarray(0, 40)), /READY body ends early/);
+    assertRefused(frameOf(PeerFrameType.READY, readyBody().subarray(0, 32)), /READY body ends early/);
+    assertRefused(frameOf(PeerFrameType.READY, Buffer.concat([readyBody(), Buffer.alloc(1)])), /READY body has 1 extra bytes/);
+    assertRefused(frameOf(PeerFrameType.READY, Buffer.concat([readyBody(), historyBytes(HISTORY_7)])), /READY body has \d+ extra bytes/);
+    // The well-formed body these were made from is accepted.
+    assert.deepEqual(decodeAll([frameOf(PeerFrameType.READY, readyBody())]), [{
+      type: 'ready', epoch: 7, disk: 'up-to-date', lastSeq: 9, durableSeq: 8, cpSeq: 5, diverged: true, divergedAfter: 6,
+      history: [{ epoch: 3, firstSeq: 1, primary: 'b' }, { epoch: 7, firstSeq: 100, primary: 'a' }],
+    }]);
+  });
+
+  test('READY divergedAfter past its last entry or above 2^53-1', () => {
+    assertRefused(frameOf(PeerFrameType.READY, readyBody({ divergedAfter: 10 })), /^READY divergedAfter 10 is past its last entry 9$/);
+    assertRefused(frameOf(PeerFrameType.READY, readyBody({ lastSeq: 0, divergedAfter: 1 })), /READY divergedAfter 1 is past its last entry 0/);
+    assertRefused(frameOf(PeerFrameType.READY, readyBody({ lastSeq: MAX_SAFE - 1, divergedAfter: MAX_SAFE })), /READY divergedAfter 9007199254740991 is past its last entry 9007199254740990/);
+    for (const divergedAfter of [2n ** 53n, 2n ** 64n - 1n]) {
+      assertRefused(frameOf(PeerFrameType.READY, readyBody({ lastSeq: MAX_SAFE, divergedAfter })), /READY divergedAfter exceeds 2\^53-1/);
+    }
+    // A READY of the layout before divergedAfter: the history's first bytes are read as
+    // the field, which lies past lastSeq.
+    assertRefused(frameOf(PeerFrameType.READY, Buffer.concat([readyBody().subarray(0, 32), historyBytes(HISTORY_7)])), /READY divergedAfter \d+ is past its last entry 9/);
+    // The edges are accepted.
+    assert.equal(decodeAll([frameOf(PeerFrameType.READY, readyBody({ lastSeq: MAX_SAFE, divergedAfter: MAX_SAFE }))])[0]?.['divergedAfter'], MAX_SAFE);
+  });
+
+  describe('a history a correct node cannot have', () => {
+    const frames = [
+      ['HELLO', (epoch: number, history: Buffer) => frameOf(PeerFrameType.HELLO, helloBody({ epoch, history }))],
+      ['READY', (epoch: number, history: Buffer) => frameOf(PeerFrameType.READY, readyBody({ epoch, history }))],
+    ] as const;
+    const seventeen = Array.from({ length: 17 }, (_, index): RawEpochStart => ({ epoch: index + 1, firstSeq: index + 1, primary: 'a' }));
+    const cases: [string, number, Buffer, RegExp][] = [
+      ['no epochs', 7, historyBytes([]), /history of 0 epochs outside 1\.\.16/],
+      ['17 epochs', 17, historyBytes(seventeen), /history of 17 epochs outside 1\.\.16/],
+      ['a count of 65535 (with one epoch)', 7, historyBytes([{ epoch: 7, firstSeq: 1, primary: 'a' }], 0xffff), /history of 65535 epochs/],
+      ['an epoch repeated', 7, historyBytes([{ epoch: 3, firstSeq: 1, primary: 'b' }, { epoch: 3, firstSeq: 5, primary: 'a' }, { epoch: 7, firstSeq: 9, primary: 'a' }]), /history epoch 3 \(from entry 5\) does not follow/],
+      ['epochs going back', 7, historyBytes([{ epoch: 5, firstSeq: 1, primary: 'b' }, { epoch: 4, firstSeq: 2, primary: 'a' }, { epoch: 7, firstSeq: 3, primary: 'a' }]), /history epoch 4 \(from entry 2\) does not follow/],
+      ['first entries going back', 7, historyBytes([{ epoch: 3, firstSeq: 10, primary: 'b' }, { epoch: 7, firstSeq: 9, primary: 'a' }]), /history epoch 7 \(from entry 9\) does not follow/],
+      ['a first entry of 0 in the first epoch', 7, historyBytes([{ epoch: 3, firstSeq: 0, primary: 'b' }, { epoch: 7, firstSeq: 1, primary: 'a' }]), /history epoch 3 starts at entry 0, not at an entry/],
+      ['a first entry of 0 in the only epoch', 7, historyBytes([{ epoch: 7, firstSeq: 0, primary: 'a' }]), /history epoch 7 starts at entry 0, not at an entry/],
+      ['a last epoch older than the frame\'s', 7, historyBytes([{ epoch: 3, firstSeq: 1, primary: 'b' }, { epoch: 6, firstSeq: 2, primary: 'a' }]), /history ends with epoch 6, not 7/],
+      ['a last epoch newer than the frame\'s', 7, historyBytes([{ epoch: 7, firstSeq: 1, primary: 'b' }, { epoch: 8, firstSeq: 2, primary: 'a' }]), /history ends with epoch 8, not 7/],
+      ['a first entry beyond 2^53-1', 7, historyBytes([{ epoch: 7, firstSeq: 2n ** 53n, primary: 'a' }]), /firstSeq exceeds 2\^53-1/],
+      ['an empty primary', 7, historyBytes([{ epoch: 7, firstSeq: 1, primary: '' }]), /primary length 0 outside 1\.\.255/],
+      ['a primary of 256 bytes', 7, historyBytes([{ epoch: 7, firstSeq: 1, primary: 'p'.repeat(256) }]), /primary length 256 outside 1\.\.255/],
+      ['a primary that is not UTF-8', 7, historyBytes([{ epoch: 7, firstSeq: 1, primary: Buffer.from([0x61, 0xc3]) }]), /primary is not valid UTF-8/],
+      ['fewer epochs than counted', 7, historyBytes(HISTORY_7, 3), /body ends early/],
+      ['a body cut inside the last primary', 7, historyBytes(HISTORY_7).subarray(0, historyBytes(HISTORY_7).length - 1), /body ends early/],
+    ];
+    for (const [frameName, frame] of frames) {
+      for (const [name, epoch, history, pattern] of cases) {
+        test(`${frameName}: ${name}`, () => assertRefused(frame(epoch, history), pattern));
+      }
+      test(`${frameName}: the edges are accepted (16 epochs, equal first entries, a 255-byte primary)`, () => {
+        const sixteen = seventeen.slice(1).map((start, index) => ({ ...start, firstSeq: 1 + Math.floor(index / 3), primary: index === 15 ? 'p'.repeat(255) : 'a' }));
+        const [decoded] = decodeAll([frame(17, historyBytes(sixteen))]);
+        assert.deepEqual(decoded?.['history'], sixteen);
+        const [single] = decodeAll([frame(7, historyBytes([{ epoch: 7, firstSeq: MAX_SAFE, primary: 'é' }]))]);
+        assert.deepEqual(single?.['history'], [{ epoch: 7, firstSeq: MAX_SAFE, primary: 'é' }]);
+      });
+    }
+  });
+
+  test('IN_SYNC of another length than 8 bytes, or a seq above 2^53-1', () => {
+    for (const bytes of [0, 7, 9, 16]) {
+      assertRefused(frameOf(PeerFrameType.IN_SYNC, Buffer.alloc(bytes)), new RegExp(`IN_SYNC body of ${bytes} bytes, expected 8`));
+    }
+    assertRefused(frameOf(PeerFrameType.IN_SYNC, u64(2n ** 53n)), /IN_SYNC seq exceeds 2\^53-1/);
   });
 
   test('DIVERGED, VERIFY and VERIFIED out of range', () => {
@@ -442,7 +760,7 @@ describe('peer frames: damage and illegal frames', () => {
 
   test('REFUSE with an unknown code or an overlong message', () => {
     assertRefused(frameOf(PeerFrameType.REFUSE, Buffer.concat([u16(0), text('x')])), /code 0/);
-    assertRefused(frameOf(PeerFrameType.REFUSE, Buffer.concat([u16(10), text('x')])), /code 10/);
+    assertRefused(frameOf(PeerFrameType.REFUSE, Buffer.concat([u16(11), text('x')])), /code 11/);
     assertRefused(frameOf(PeerFrameType.REFUSE, Buffer.concat([u16(RefuseCode.ROLE), text('m'.repeat(1025))])), /1025/);
   });
 
@@ -465,9 +783,12 @@ describe('peer frames: damage and illegal frames', () => {
     seq.writeUInt32BE(0x0020_0000, 0); // 2^53
     assertRefused(frameOf(PeerFrameType.FLUSH, seq), /exceeds 2\^53-1/);
     assertRefused(frameOf(PeerFrameType.SYNCED, Buffer.concat([seq, Buffer.alloc(4)])), /cpSeq exceeds/);
-    const ready = Buffer.alloc(32);
+    const ready = readyBody();
     ready.writeUInt32BE(0xffff_ffff, 16);
     assertRefused(frameOf(PeerFrameType.READY, ready), /durableSeq exceeds/);
+    const diverged = readyBody();
+    diverged.writeUInt32BE(0x0020_0000, 32);
+    assertRefused(frameOf(PeerFrameType.READY, diverged), /divergedAfter exceeds/);
   });
 
   test('a decoder that refused once refuses everything after', () => {

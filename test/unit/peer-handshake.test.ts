@@ -1,12 +1,16 @@
 // The handshake proofs and the MAC helpers under them. What the handshake relies on: a
 // proof binds the secret, the direction and every field both sides said, so a proof made
-// for one connection, pair of nodes, volume or direction is worthless for any other; the
-// same inputs always give the same proof, so both nodes compute it alike; and proofs are
-// compared without leaking where they differ.
+// for one connection, pair of nodes, volume or direction is worthless for any other; that
+// includes the epoch history HELLO carries, so a history changed on the way (an epoch, a
+// first entry, a primary, an epoch dropped or added) changes both proofs; the same inputs
+// always give the same proof, so both nodes compute it alike, the target from the HELLO
+// it decoded and the source from the one it sent; and proofs are compared without
+// leaking where they differ.
 
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { hmacSha256, macEquals, randomNonce } from '../../src/lib/hmac.js';
+import { encodeFrame, PeerFrameDecoder, type PeerEpochStart } from '../../src/protocol/peer/frames.js';
 import { proofsEqual, sourceProof, targetProof, type HelloTranscript } from '../../src/protocol/peer/handshake.js';
 
 const secret = Buffer.from('change-me', 'utf8');
@@ -24,7 +28,21 @@ function baseHello(): HelloTranscript {
     toNode: 'node-b',
     volume: 'vol-1',
     epoch: 0x0a0b_0c0d,
+    history: [
+      { epoch: 3, primary: 'node-b', firstSeq: 1 },
+      { epoch: 0x0a0b_0c0d, primary: 'node-a', firstSeq: 2 ** 40 + 5 },
+    ],
   };
+}
+
+/** The base HELLO with another history. */
+function withHistory(history: PeerEpochStart[]): HelloTranscript {
+  return { ...baseHello(), history };
+}
+
+/** The base HELLO with epoch `index` of its history changed. */
+function withEpoch(index: number, change: Partial<PeerEpochStart>): HelloTranscript {
+  return withHistory(baseHello().history.map((start, at) => (at === index ? { ...start, ...change } : start)));
 }
 
 function flipped(buffer: Buffer, index: number): Buffer {
@@ -52,6 +70,15 @@ function expectedTranscript(label: string, hello: HelloTranscript, nonce: Buffer
     field(Buffer.from(hello.toNode, 'utf8')),
     field(Buffer.from(hello.volume, 'utf8')),
     field(Buffer.from('0a0b0c0d', 'hex')),
+    // The history: its length as a u16, then per epoch the epoch as a u32, the first
+    // entry in decimal and the primary, each a field of its own.
+    field(Buffer.from('0002', 'hex')),
+    field(Buffer.from('00000003', 'hex')),
+    field(Buffer.from('1', 'utf8')),
+    field(Buffer.from('node-b', 'utf8')),
+    field(Buffer.from('0a0b0c0d', 'hex')),
+    field(Buffer.from('1099511627781', 'utf8')),
+    field(Buffer.from('node-a', 'utf8')),
     field(nonce),
   ]);
 }
@@ -109,6 +136,19 @@ describe('peer handshake proofs', () => {
       ['boundary moved', { ...base, cluster: 'prodn', fromNode: 'ode-a' }, targetNonce, secret],
       ['target nonce', base, flipped(targetNonce, 0), secret],
       ['secret', base, targetNonce, Buffer.from('change-me!', 'utf8')],
+      ['history: first epoch', withEpoch(0, { epoch: 4 }), targetNonce, secret],
+      ['history: last epoch (with the HELLO epoch)', { ...withEpoch(1, { epoch: base.epoch + 1 }), epoch: base.epoch + 1 }, targetNonce, secret],
+      ['history: first epoch\'s firstSeq', withEpoch(0, { firstSeq: 2 }), targetNonce, secret],
+      ['history: last epoch\'s firstSeq', withEpoch(1, { firstSeq: 2 ** 40 + 6 }), targetNonce, secret],
+      ['history: first epoch\'s primary', withEpoch(0, { primary: 'node-c' }), targetNonce, secret],
+      ['history: last epoch\'s primary', withEpoch(1, { primary: 'node-c' }), targetNonce, secret],
+      ['history: primaries swapped', withHistory(base.history.map((start, at) => ({ ...start, primary: at === 0 ? 'node-a' : 'node-b' }))), targetNonce, secret],
+      ['history: first epoch dropped', withHistory(base.history.slice(1)), targetNonce, secret],
+      ['history: an epoch added in front', withHistory([{ epoch: 1, primary: 'node-a', firstSeq: 1 }, ...base.history]), targetNonce, secret],
+      ['history: an epoch added between', withHistory([...base.history.slice(0, 1), { epoch: 5, primary: 'node-a', firstSeq: 7 }, ...base.history.slice(1)]), targetNonce, secret],
+      // Without length prefixes these two would be the same bytes ("12" + "x", "1" + "2x").
+      ['history: firstSeq/primary boundary moved (1)', withEpoch(0, { firstSeq: 12, primary: 'x' }), targetNonce, secret],
+      ['history: firstSeq/primary boundary moved (2)', withEpoch(0, { firstSeq: 1, primary: '2x' }), targetNonce, secret],
     ];
     for (const proof of [targetProof, sourceProof]) {
       const reference = proof(hmacSha256, secret, base, targetNonce);
@@ -119,6 +159,25 @@ describe('peer handshake proofs', () => {
         seen.add(changed);
       }
     }
+  });
+});
+
+describe('peer handshake proofs over the wire', () => {
+  test('a HELLO decoded by the target gives the proofs the source computes from the one it sent', () => {
+    const sent = {
+      type: 'hello' as const,
+      ...baseHello(),
+      epoch: 0xffff_ffff,
+      history: Array.from({ length: 16 }, (_, index): PeerEpochStart => ({
+        epoch: 0xffff_fff0 + index,
+        primary: `nœud-${index}-` + 'é'.repeat(index * 8),
+        firstSeq: index === 15 ? Number.MAX_SAFE_INTEGER : 2 ** 32 + index * 3,
+      })),
+    };
+    const [received] = new PeerFrameDecoder({ entryBodyBytesMax: 64 }).push(encodeFrame(sent));
+    assert.ok(received?.type === 'hello');
+    assert.deepEqual(targetProof(hmacSha256, secret, received, targetNonce), targetProof(hmacSha256, secret, sent, targetNonce));
+    assert.deepEqual(sourceProof(hmacSha256, secret, received, targetNonce), sourceProof(hmacSha256, secret, sent, targetNonce));
   });
 });
 

@@ -11,6 +11,16 @@ import { AssertionError } from '../../src/lib/assert.js';
 import { MirrorLedger } from '../../src/core/mirror-ledger.js';
 import type { PrimaryCoreOptions } from '../../src/core/primary-core.js';
 import { ReplicaCore } from '../../src/core/replica-core.js';
+import { EpochHistory } from '../../src/core/epoch-history.js';
+
+const initial = EpochHistory.initial('a');
+
+/** A history in `epoch`, its primaries a, b, a, ... from entries 1, 11, 21, ... */
+function inEpoch(epoch: number): EpochHistory {
+  let history = initial;
+  for (let next = 1; next <= epoch; next += 1) history = history.begin(next % 2 === 1 ? 'b' : 'a', next * 10 + 1);
+  return history;
+}
 
 const sizeBytes = 64 * 1024;
 
@@ -35,7 +45,7 @@ function primaryOptions(strict: boolean): PrimaryCoreOptions {
 
 describe('ReplicaCore', () => {
   test('a secondary refuses clients\' changes with ERR_NOT_PRIMARY, and numbers nothing itself', () => {
-    const core = new ReplicaCore<string>({ lastSeq: 5, role: 'secondary', epoch: 0 });
+    const core = new ReplicaCore<string>({ lastSeq: 5, role: 'secondary', history: initial });
     assert.equal(core.refusal()?.code, 'ERR_NOT_PRIMARY');
     assert.match(core.refusal()?.reason ?? '', /secondary/);
     assert.throws(() => core.local.assignSeq(), AssertionError);
@@ -44,12 +54,12 @@ describe('ReplicaCore', () => {
   });
 
   test('a primary takes changes; mirrored and strict, it refuses them while its replica does not stream, and takes them again once it does', () => {
-    const plain = new ReplicaCore<string>({ lastSeq: 0, role: 'primary', epoch: 0 });
+    const plain = new ReplicaCore<string>({ lastSeq: 0, role: 'primary', history: initial });
     assert.equal(plain.refusal(), null, 'a local volume');
     plain.mirror(primaryOptions(false), ledger()).open();
     assert.equal(plain.refusal(), null, 'not strict: a missing replica does not stop writes');
 
-    const strict = new ReplicaCore<string>({ lastSeq: 0, role: 'primary', epoch: 0 });
+    const strict = new ReplicaCore<string>({ lastSeq: 0, role: 'primary', history: initial });
     const mirror = strict.mirror(primaryOptions(true), ledger());
     mirror.open();
     const refusal = strict.refusal();
@@ -64,22 +74,22 @@ describe('ReplicaCore', () => {
   });
 
   test('each role starts only its own mirror part, and only once', () => {
-    const primary = new ReplicaCore<string>({ lastSeq: 0, role: 'primary', epoch: 0 });
+    const primary = new ReplicaCore<string>({ lastSeq: 0, role: 'primary', history: initial });
     assert.equal(primary.primary, null);
     assert.throws(() => primary.follow({ mode: 'sync', lastSeq: 0, windowBytesMax: 1 << 20 }), AssertionError);
     const part = primary.mirror(primaryOptions(false), ledger());
     assert.equal(primary.primary, part);
     assert.throws(() => primary.mirror(primaryOptions(false), ledger()), AssertionError);
 
-    const secondary = new ReplicaCore<string>({ lastSeq: 0, role: 'secondary', epoch: 0 });
+    const secondary = new ReplicaCore<string>({ lastSeq: 0, role: 'secondary', history: initial });
     assert.throws(() => secondary.mirror(primaryOptions(false), ledger()), AssertionError);
     const follower = secondary.follow({ mode: 'sync', lastSeq: 0, windowBytesMax: 1 << 20 });
     assert.equal(secondary.secondary, follower);
     assert.throws(() => secondary.follow({ mode: 'sync', lastSeq: 0, windowBytesMax: 1 << 20 }), AssertionError);
   });
 
-  test('a promotion: to a newer epoch only, once the secondary has nothing under way; numbering goes on from its last entry', () => {
-    const core = new ReplicaCore<string>({ lastSeq: 0, role: 'secondary', epoch: 0 });
+  test('a promotion: the next epoch, from the entry after the copy\'s last, once the secondary has nothing under way', () => {
+    const core = new ReplicaCore<string>({ lastSeq: 0, role: 'secondary', history: initial });
     const follower = core.follow({ mode: 'sync', lastSeq: 0, windowBytesMax: 1 << 20 });
     follower.sessionStarted(1);
     assert.deepEqual(
@@ -87,39 +97,68 @@ describe('ReplicaCore', () => {
       ['store'],
     );
     core.local.acceptSeq(1);
-    assert.throws(() => core.promote(1), AssertionError, 'a store of the old primary\'s session is under way');
+    const promoted = core.promotion('b');
+    assert.deepEqual(promoted.current, { epoch: 1, primary: 'b', firstSeq: 2 });
+    assert.equal(core.epoch, 0, 'promotion() only says what the history would be');
+    assert.throws(() => core.promote(promoted), AssertionError, 'a store of the old primary\'s session is under way');
     follower.stored(1, null);
     follower.sessionEnded();
-    assert.throws(() => core.promote(0), AssertionError, 'not a newer epoch');
-    core.promote(1);
+    assert.throws(() => core.promote(initial), AssertionError, 'not a newer epoch');
+    assert.throws(() => core.promote(initial.begin('b', 5)), AssertionError, 'not from the entry after its last');
+    assert.throws(() => core.promote(EpochHistory.initial('c').begin('b', 2)), AssertionError, 'a history that does not extend its own');
+    core.promote(promoted);
     assert.equal(core.role, 'primary');
     assert.equal(core.epoch, 1);
+    assert.equal(core.history, promoted);
     assert.equal(core.secondary, null);
     assert.equal(core.refusal(), null);
     assert.equal(core.local.assignSeq(), 2);
-    assert.throws(() => core.promote(2), AssertionError, 'a primary is not promoted');
+    assert.throws(() => core.promotion('b'), AssertionError, 'a primary is not promoted');
     core.mirror(primaryOptions(false), ledger());
     assert.notEqual(core.primary, null);
   });
 
-  test('a demotion: with nothing running, never to an older epoch; the copy then refuses clients and follows', () => {
-    const core = new ReplicaCore<string>({ lastSeq: 10, role: 'primary', epoch: 2 });
+  test('a demotion: with nothing running, in its own epoch or fenced by a newer one; the copy then refuses clients and follows', () => {
+    const core = new ReplicaCore<string>({ lastSeq: 10, role: 'primary', history: inEpoch(2) });
     core.mirror(primaryOptions(false), ledger());
     const write = core.local.enter(0, 4096);
-    assert.throws(() => core.demote(3), AssertionError, 'a write is running');
+    assert.throws(() => core.demote(), AssertionError, 'a write is running');
     core.local.finished(write.id);
-    assert.throws(() => core.demote(1), AssertionError, 'an older epoch');
-    core.demote(3);
+    assert.throws(() => core.demote(inEpoch(1)), AssertionError, 'an older epoch');
+    core.demote(inEpoch(3));
     assert.equal(core.role, 'secondary');
     assert.equal(core.epoch, 3);
     assert.equal(core.primary, null);
     assert.equal(core.refusal()?.code, 'ERR_NOT_PRIMARY');
     core.follow({ mode: 'sync', lastSeq: 10, windowBytesMax: 1 << 20 });
     core.local.acceptSeq(11);
+
+    const byCommand = new ReplicaCore<string>({ lastSeq: 4, role: 'primary', history: inEpoch(2) });
+    byCommand.demote();
+    assert.equal(byCommand.epoch, 2, 'a demotion by command keeps the epoch');
+    assert.equal(byCommand.role, 'secondary');
+  });
+
+  test('a secondary learns a newer history only, with nothing of a session under way', () => {
+    const core = new ReplicaCore<string>({ lastSeq: 3, role: 'secondary', history: inEpoch(1) });
+    const follower = core.follow({ mode: 'sync', lastSeq: 3, windowBytesMax: 1 << 20 });
+    follower.sessionStarted(1);
+    follower.entry(4, 100, 'e4');
+    core.local.acceptSeq(4);
+    assert.throws(() => core.learn(inEpoch(2)), AssertionError, 'a store is under way');
+    follower.stored(4, null);
+    follower.sessionEnded();
+    assert.throws(() => core.learn(inEpoch(1)), AssertionError, 'not newer');
+    core.learn(inEpoch(2));
+    assert.equal(core.epoch, 2);
+    assert.equal(core.role, 'secondary');
+    assert.equal(core.history.current.primary, 'a');
+    const primary = new ReplicaCore<string>({ lastSeq: 0, role: 'primary', history: initial });
+    assert.throws(() => primary.learn(inEpoch(1)), AssertionError, 'a primary is fenced by demote, not taught');
   });
 
   test('an epoch met on the wire is older, current or newer than the one the copy knows', () => {
-    const core = new ReplicaCore<string>({ lastSeq: 0, role: 'secondary', epoch: 4 });
+    const core = new ReplicaCore<string>({ lastSeq: 0, role: 'secondary', history: inEpoch(4) });
     assert.equal(core.epochVerdict(3), 'older');
     assert.equal(core.epochVerdict(4), 'current');
     assert.equal(core.epochVerdict(5), 'newer');

@@ -12,6 +12,7 @@ import {
   PEER_DIGEST_BYTES,
   PEER_DISK_STATES,
   PEER_DIVERGED_EXTENTS_MAX,
+  PEER_HISTORY_EPOCHS_MAX,
   PEER_VERIFY_BYTES_MAX,
   PEER_MAC_BYTES,
   PEER_NAME_BYTES_MAX,
@@ -21,18 +22,20 @@ import {
   peerFrameName,
   RefuseCode,
   type PeerControlMessage,
+  type PeerEpochStart,
   type PeerEntry,
   type PeerMessage,
 } from './messages.js';
 import { nameBytes, readU64, writeU64 } from '../../lib/wire.js';
 
 const KNOWN_REFUSE_CODES = new Set<number>(Object.values(RefuseCode));
+/** READY's flags byte: the target diverged (see PeerReady.diverged). */
+const READY_DIVERGED = 1;
 
 /** Body sizes of the fixed-layout frames; the frame decoder refuses any other length up front. */
 export const FIXED_BODY_BYTES: ReadonlyMap<number, number> = new Map<number, number>([
   [PeerFrameType.CHALLENGE, PEER_NONCE_BYTES + PEER_MAC_BYTES],
   [PeerFrameType.AUTH, PEER_MAC_BYTES],
-  [PeerFrameType.READY, 32],
   [PeerFrameType.ACK, 12],
   [PeerFrameType.FLUSH, 8],
   [PeerFrameType.FLUSHED, 12],
@@ -40,6 +43,7 @@ export const FIXED_BODY_BYTES: ReadonlyMap<number, number> = new Map<number, num
   [PeerFrameType.SYNCED, 12],
   [PeerFrameType.RESET, 16],
   [PeerFrameType.RESET_DONE, 12],
+  [PeerFrameType.IN_SYNC, 8],
   [PeerFrameType.VERIFY, 32],
   [PeerFrameType.VERIFIED, 8 + PEER_DIGEST_BYTES],
 ]);
@@ -60,8 +64,10 @@ export function encodeControlBody(message: PeerControlMessage): Buffer {
       assertUint(message.session, 0xffffffff, 'session');
       assert(message.nonce.length === PEER_NONCE_BYTES, 'nonce must be 32 bytes');
       assertUint(message.epoch, 0xffffffff, 'epoch');
+      assert(message.history[message.history.length - 1]?.epoch === message.epoch, 'HELLO history must end with its epoch');
       const names = [message.cluster, message.fromNode, message.toNode, message.volume].map((name) => nameBytes(name, PEER_NAME_BYTES_MAX));
-      const out = Buffer.alloc(8 + PEER_NONCE_BYTES + names.reduce((sum, name) => sum + 2 + name.length, 0) + 4);
+      const history = encodeHistory(message.history);
+      const out = Buffer.alloc(8 + PEER_NONCE_BYTES + names.reduce((sum, name) => sum + 2 + name.length, 0) + 4 + history.length);
       out.writeUInt16BE(message.version, 0);
       out.writeUInt8(message.connectionIndex, 2);
       out.writeUInt8(message.connections, 3);
@@ -74,6 +80,7 @@ export function encodeControlBody(message: PeerControlMessage): Buffer {
         at += 2 + name.length;
       }
       out.writeUInt32BE(message.epoch, at);
+      history.copy(out, at + 4);
       return out;
     }
     case 'challenge':
@@ -84,14 +91,21 @@ export function encodeControlBody(message: PeerControlMessage): Buffer {
       return Buffer.from(message.mac);
     case 'ready': {
       assertUint(message.epoch, 0xffffffff, 'epoch');
+      assert(message.history[message.history.length - 1]?.epoch === message.epoch, 'READY history must end with its epoch');
       const disk = PEER_DISK_STATES.indexOf(message.disk);
       assert(disk >= 0, 'unknown disk state');
-      const out = Buffer.alloc(32);
+      assert(message.divergedAfter <= message.lastSeq, 'READY divergedAfter past its last entry');
+      assert(message.diverged || message.divergedAfter === message.lastSeq, 'READY divergedAfter without DIVERGED');
+      const history = encodeHistory(message.history);
+      const out = Buffer.alloc(40 + history.length);
       out.writeUInt32BE(message.epoch, 0);
       out.writeUInt8(disk, 4);
+      out.writeUInt8(message.diverged ? READY_DIVERGED : 0, 5);
       writeU64(out, 8, message.lastSeq);
       writeU64(out, 16, message.durableSeq);
       writeU64(out, 24, message.cpSeq);
+      writeU64(out, 32, message.divergedAfter);
+      history.copy(out, 40);
       return out;
     }
     case 'refuse': {
@@ -112,6 +126,11 @@ export function encodeControlBody(message: PeerControlMessage): Buffer {
       return seqStatus(message.cpSeq, message.status);
     case 'reset-done':
       return seqStatus(message.seq, message.status);
+    case 'in-sync': {
+      const out = Buffer.alloc(8);
+      writeU64(out, 0, message.seq);
+      return out;
+    }
     case 'reset': {
       const out = Buffer.alloc(16);
       writeU64(out, 0, message.seq);
@@ -279,7 +298,8 @@ function decodeControlBody(type: Exclude<PeerFrameType, typeof PeerFrameType.ENT
       const toNode = reader.text('toNode', PEER_NAME_BYTES_MAX);
       const volume = reader.text('volume', PEER_NAME_BYTES_MAX);
       const epoch = reader.u32();
-      return { type: 'hello', version, connectionIndex, connections, session, nonce, cluster, fromNode, toNode, volume, epoch };
+      const history = readHistory(reader, epoch);
+      return { type: 'hello', version, connectionIndex, connections, session, nonce, cluster, fromNode, toNode, volume, epoch, history };
     }
     case PeerFrameType.CHALLENGE:
       return { type: 'challenge', nonce: reader.bytes(PEER_NONCE_BYTES), mac: reader.bytes(PEER_MAC_BYTES) };
@@ -290,11 +310,18 @@ function decodeControlBody(type: Exclude<PeerFrameType, typeof PeerFrameType.ENT
       const diskCode = reader.u8();
       const disk = PEER_DISK_STATES[diskCode];
       if (disk === undefined) throw new PeerProtocolError(`READY disk state ${diskCode} is unknown`);
-      reader.zeroes(3);
+      const flags = reader.u8();
+      if ((flags & ~READY_DIVERGED) !== 0) throw new PeerProtocolError(`READY flags ${flags} are unknown`);
+      reader.zeroes(2);
       const lastSeq = reader.u64('lastSeq');
       const durableSeq = reader.u64('durableSeq');
       const cpSeq = reader.u64('cpSeq');
-      return { type: 'ready', epoch, disk, lastSeq, durableSeq, cpSeq };
+      const divergedAfter = reader.u64('divergedAfter');
+      if (divergedAfter > lastSeq) throw new PeerProtocolError(`READY divergedAfter ${divergedAfter} is past its last entry ${lastSeq}`);
+      const diverged = (flags & READY_DIVERGED) !== 0;
+      if (!diverged && divergedAfter !== lastSeq) throw new PeerProtocolError(`READY divergedAfter ${divergedAfter} without DIVERGED must be its last entry ${lastSeq}`);
+      const history = readHistory(reader, epoch);
+      return { type: 'ready', epoch, disk, lastSeq, durableSeq, cpSeq, diverged, divergedAfter, history };
     }
     case PeerFrameType.REFUSE: {
       const code = reader.u16();
@@ -315,6 +342,8 @@ function decodeControlBody(type: Exclude<PeerFrameType, typeof PeerFrameType.ENT
       return { type: 'flush', seq: reader.u64('seq') };
     case PeerFrameType.SYNC:
       return { type: 'sync', cpSeq: reader.u64('cpSeq') };
+    case PeerFrameType.IN_SYNC:
+      return { type: 'in-sync', seq: reader.u64('seq') };
     case PeerFrameType.RESET:
       return { type: 'reset', seq: reader.u64('seq'), reportAfter: reader.u64('reportAfter') };
     case PeerFrameType.DIVERGED: {
@@ -351,6 +380,51 @@ function decodeControlBody(type: Exclude<PeerFrameType, typeof PeerFrameType.ENT
       return { type: 'reset-done', seq, status };
     }
   }
+}
+
+/**
+ * A history's epochs: u16 count (1..PEER_HISTORY_EPOCHS_MAX), then per epoch u32 epoch,
+ * u64 first entry and the primary's name (u16 length + UTF-8).
+ */
+function encodeHistory(history: readonly PeerEpochStart[]): Buffer {
+  // The caller gives the last epochs of its history (the handshake's proofs cover what is sent).
+  const cut = history;
+  assert(cut.length > 0 && cut.length <= PEER_HISTORY_EPOCHS_MAX, 'a history on the wire names 1..PEER_HISTORY_EPOCHS_MAX epochs');
+  cut.forEach((start, index) => {
+    const before = cut[index - 1];
+    assert(Number.isSafeInteger(start.firstSeq) && start.firstSeq >= 1, 'a history epoch starts at an entry');
+    assert(before === undefined || (start.epoch > before.epoch && start.firstSeq >= before.firstSeq), 'a history goes forward');
+  });
+  const parts: Buffer[] = [Buffer.alloc(2)];
+  parts[0]?.writeUInt16BE(cut.length, 0);
+  for (const start of cut) {
+    assertUint(start.epoch, 0xffffffff, 'history epoch');
+    const name = nameBytes(start.primary, PEER_NAME_BYTES_MAX);
+    const fixed = Buffer.alloc(14);
+    fixed.writeUInt32BE(start.epoch, 0);
+    writeU64(fixed, 4, start.firstSeq);
+    fixed.writeUInt16BE(name.length, 12);
+    parts.push(fixed, name);
+  }
+  return Buffer.concat(parts);
+}
+
+/** A history as encodeHistory lays it out, which must end with `epoch` and go forward. */
+function readHistory(reader: BodyReader, epoch: number): PeerEpochStart[] {
+  const count = reader.u16();
+  if (count < 1 || count > PEER_HISTORY_EPOCHS_MAX) throw new PeerProtocolError(`history of ${count} epochs outside 1..${PEER_HISTORY_EPOCHS_MAX}`);
+  const history: PeerEpochStart[] = [];
+  for (let index = 0; index < count; index += 1) {
+    const start = { epoch: reader.u32(), firstSeq: reader.u64('firstSeq'), primary: reader.text('primary', PEER_NAME_BYTES_MAX) };
+    const before = history[index - 1];
+    if (start.firstSeq < 1) throw new PeerProtocolError(`history epoch ${start.epoch} starts at entry ${start.firstSeq}, not at an entry`);
+    if (before !== undefined && (start.epoch <= before.epoch || start.firstSeq < before.firstSeq)) {
+      throw new PeerProtocolError(`history epoch ${start.epoch} (from entry ${start.firstSeq}) does not follow the one before`);
+    }
+    history.push(start);
+  }
+  if (history[count - 1]?.epoch !== epoch) throw new PeerProtocolError(`history ends with epoch ${history[count - 1]?.epoch ?? '?'}, not ${epoch}`);
+  return history;
 }
 
 /**

@@ -49,6 +49,7 @@ const TYPE_CODES: Record<PeerMessage['type'], PeerFrameType> = {
   diverged: PeerFrameType.DIVERGED,
   verify: PeerFrameType.VERIFY,
   verified: PeerFrameType.VERIFIED,
+  'in-sync': PeerFrameType.IN_SYNC,
 };
 const KNOWN_TYPES = new Set<number>(Object.values(PeerFrameType));
 

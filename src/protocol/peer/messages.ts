@@ -16,8 +16,10 @@ export const PEER_MAC_BYTES = 32;
 export const PEER_CONNECTIONS_MAX = constants.peerConnectionsMax;
 export const PEER_NAME_BYTES_MAX = 255;
 export const PEER_REFUSE_MESSAGE_BYTES_MAX = 1024;
-/** Every frame but ENTRY; the largest legal one (HELLO) is 1068 bytes. */
-export const PEER_CONTROL_BODY_BYTES_MAX = 2048;
+/** Epochs a HELLO or READY carries at most: the last ones of the sender's history. */
+export const PEER_HISTORY_EPOCHS_MAX = 16;
+/** Every frame but ENTRY; the largest legal one (HELLO with a full history) is 5378 bytes. */
+export const PEER_CONTROL_BODY_BYTES_MAX = 8192;
 /** Extents in one DIVERGED frame (8 + 64 × 16 bytes). */
 export const PEER_DIVERGED_EXTENTS_MAX = 64;
 /** The largest region one VERIFY may ask about. */
@@ -44,6 +46,11 @@ export const PeerFrameType = {
   /** Online verify: the digest of a region as of entry `seq`, and the answer. */
   VERIFY: 25,
   VERIFIED: 26,
+  /**
+   * The target is up to date from entry `seq` on: its acknowledgements count for clients'
+   * replies (sync mode) until the session ends. Sent when it starts to stream.
+   */
+  IN_SYNC: 27,
 } as const;
 export type PeerFrameType = (typeof PeerFrameType)[keyof typeof PeerFrameType];
 
@@ -56,8 +63,10 @@ export const RefuseCode = {
   ROLE: 6,
   STATE: 7,
   BUSY: 8,
-  /** The source's epoch is not the one the target knows (an old primary, or a promotion the target has not heard of). */
+  /** The source's epoch cannot be followed (its history and the target's went separate ways). */
   EPOCH: 9,
+  /** The target knows a newer epoch than the one the source claims: the source is no longer the primary. */
+  STALE_EPOCH: 10,
 } as const;
 export type RefuseCode = (typeof RefuseCode)[keyof typeof RefuseCode];
 
@@ -71,6 +80,18 @@ export function peerFrameName(type: number): string {
 /** READY's disk byte is the index in this list. */
 export const PEER_DISK_STATES = DISK_STATES;
 export type PeerDiskState = DiskState;
+
+/**
+ * An epoch of a volume's history as the wire carries it: `primary` numbered the entries
+ * from `firstSeq` on. A history on the wire is the last PEER_HISTORY_EPOCHS_MAX epochs at
+ * most; a copy compared against a cut history looks different from where the cut begins,
+ * which costs a larger resync, never a missed difference.
+ */
+export interface PeerEpochStart {
+  epoch: number;
+  primary: string;
+  firstSeq: number;
+}
 
 export interface PeerHello {
   type: 'hello';
@@ -86,6 +107,8 @@ export interface PeerHello {
   volume: string;
   /** The epoch of the volume's history the source is primary in. */
   epoch: number;
+  /** The source's history, ending with that epoch (a target that knows an older one learns it). */
+  history: PeerEpochStart[];
 }
 export interface PeerChallenge { type: 'challenge'; nonce: Buffer; mac: Buffer }
 export interface PeerAuth { type: 'auth'; mac: Buffer }
@@ -96,6 +119,15 @@ export interface PeerReady {
   lastSeq: number;
   durableSeq: number;
   cpSeq: number;
+  /**
+   * The target holds entries after `divergedAfter` that are not of the history it sends,
+   * or regions of writes that are not (it held them before it followed a newer epoch):
+   * the source resets it and has it name them. Without it, `divergedAfter` is `lastSeq`.
+   */
+  diverged: boolean;
+  divergedAfter: number;
+  /** The target's history, ending with `epoch` (the source finds from it where the copies part). */
+  history: PeerEpochStart[];
 }
 export interface PeerRefuse { type: 'refuse'; code: RefuseCode; message: string }
 export interface PeerEntry {
@@ -125,10 +157,11 @@ export interface PeerDiverged { type: 'diverged'; all: boolean; extents: { offse
 /** The SHA-256 of [offset, offset+lengthBytes) once every entry up to `seq` is in the image. */
 export interface PeerVerify { type: 'verify'; token: number; seq: number; offset: number; lengthBytes: number }
 export interface PeerVerified { type: 'verified'; token: number; status: number; digest: Buffer }
+export interface PeerInSync { type: 'in-sync'; seq: number }
 
 export type PeerMessage =
   | PeerHello | PeerChallenge | PeerAuth | PeerReady | PeerRefuse | PeerEntry
   | PeerAck | PeerFlush | PeerFlushed | PeerSync | PeerSynced | PeerReset | PeerResetDone
-  | PeerDiverged | PeerVerify | PeerVerified;
+  | PeerDiverged | PeerVerify | PeerVerified | PeerInSync;
 /** Everything `encodeFrame` encodes: ENTRY has its own zero-copy encoder. */
 export type PeerControlMessage = Exclude<PeerMessage, PeerEntry>;
