@@ -15,7 +15,11 @@
 // dirty volume, the catch-up from memory of a secondary frozen past the heartbeat timeout,
 // and 4k random write IOPS while a resync runs against those without (see benchResync).
 //
-// Environment: BENCH_SECTIONS (comma list of servers, recovery, resync; default all three),
+// The failover section measures, on a two-node sync volume, the time from SIGKILL of the
+// primary to the first write acknowledged by the secondary promoted at once (see
+// benchFailover), over BENCH_FAILOVER_RUNS runs (default 10).
+//
+// Environment: BENCH_SECTIONS (comma list of servers, recovery, resync, failover; default all),
 // BENCH_RUNTIME_S (default 10), BENCH_SIZE (default 1G), BENCH_SERVERS
 // (comma list, default blockmirror,blockmirror-sync,blockmirror-async,nbdkit,qemu-nbd),
 // BENCH_WORKLOADS (comma list of names, including fua-4k-qd1 and fua-4k-qd32),
@@ -1209,7 +1213,7 @@ function table(runs: ServerRun[]): string {
 }
 
 /** The parts of a run, all by default; BENCH_SECTIONS (a comma list) picks some. */
-const sectionNames = ['servers', 'recovery', 'resync'] as const;
+const sectionNames = ['servers', 'recovery', 'resync', 'failover'] as const;
 type Section = (typeof sectionNames)[number];
 
 function selectedSections(): Section[] {
@@ -1260,6 +1264,8 @@ function resyncText(figures: ResyncFigures): string {
 
 /** Marks where docs/benchmarks.md's resync part starts: each part is rewritten only by a run of its sections. */
 const resyncDocMarker = '<!-- npm run bench: the resync section writes what follows, the servers section what comes before. -->';
+/** And where the failover part starts (after the resync part). */
+const failoverDocMarker = '<!-- npm run bench: the failover section writes what follows. -->';
 
 function serversDoc(summary: { date: string; machine: { cpus: number; cpuModel: string; memoryGiB: number; kernel: string } }, text: string): string {
   return `# Benchmarks
@@ -1284,7 +1290,7 @@ ${fuaSeconds} s. Raw fio JSON for every run is written to \`bench/results/\` on 
 ${text}
 
 Run it yourself with \`npm run bench\` (\`BENCH_RUNTIME_S\`, \`BENCH_SIZE\`, \`BENCH_SERVERS\` and
-\`BENCH_WORKLOADS\` narrow it; \`BENCH_SECTIONS\` picks among \`servers\`, \`recovery\` and \`resync\`). The machine has two cores shared by fio and the server, so figures move by
+\`BENCH_WORKLOADS\` narrow it; \`BENCH_SECTIONS\` picks among \`servers\`, \`recovery\`, \`resync\` and \`failover\`). The machine has two cores shared by fio and the server, so figures move by
 ±10–20% between runs; compare ratios from the same run. What the write log costs, and what was measured
 and changed because of it, is in [performance.md](performance.md).
 `;
@@ -1360,9 +1366,12 @@ function withRecoveryLine(doc: string, line: string): string {
  * Rewrites docs/benchmarks.md: the part of each section that ran, and what was there for the
  * others. The recovery line lives in the servers' part and is kept or replaced on its own.
  */
-function writeDoc(servers: string | null, recovery: string | null, resync: string | null): void {
+function writeDoc(servers: string | null, recovery: string | null, resync: string | null, failover: string | null): void {
   const file = path.join(root, 'docs/benchmarks.md');
-  const existing = fs.existsSync(file) ? fs.readFileSync(file, 'utf8') : '';
+  const whole = fs.existsSync(file) ? fs.readFileSync(file, 'utf8') : '';
+  const failoverAt = whole.indexOf(failoverDocMarker);
+  const existing = failoverAt === -1 ? whole : whole.slice(0, failoverAt);
+  const oldFailover = failoverAt === -1 ? '' : whole.slice(failoverAt + failoverDocMarker.length);
   const at = existing.indexOf(resyncDocMarker);
   const oldServers = at === -1 ? existing : existing.slice(0, at);
   const oldResync = at === -1 ? '' : existing.slice(at + resyncDocMarker.length);
@@ -1372,7 +1381,123 @@ function writeDoc(servers: string | null, recovery: string | null, resync: strin
   const parts = [serversPart];
   const resyncPart = (resync ?? oldResync).trim();
   if (resyncPart !== '') parts.push(`${resyncDocMarker}\n\n${resyncPart}`);
+  const failoverPart = (failover ?? oldFailover).trim();
+  if (failoverPart !== '') parts.push(`${failoverDocMarker}\n\n${failoverPart}`);
   fs.writeFileSync(file, parts.filter((part) => part !== '').join('\n\n') + '\n');
+}
+
+// ---- failover ------------------------------------------------------------------------------
+
+const failoverRuns = Math.max(1, Math.floor(envSeconds('BENCH_FAILOVER_RUNS', 10)));
+
+interface FailoverRun {
+  /** From SIGKILL of node a until node b's status shows its session with a gone. */
+  detectMs: number;
+  /** The promote call on node b's admin API (its answer: b is the primary). */
+  promoteMs: number;
+  /** qemu-io connecting to node b and writing 4 KiB with FUA. */
+  firstWriteMs: number;
+  /** From SIGKILL to the first write's acknowledgement. */
+  totalMs: number;
+}
+
+interface FailoverFigures {
+  runs: FailoverRun[];
+  volumeBytes: number;
+}
+
+/**
+ * One failover: a two-node sync volume, 16 MiB written through node a, node b in sync;
+ * node a SIGKILLed, node b promoted by its admin API as soon as it saw its session end,
+ * and a first 4 KiB FUA write through node b (qemu-io, connection included).
+ */
+async function failoverOnce(run: number): Promise<FailoverRun> {
+  const dir = path.join(workDir, `failover-${run}`);
+  fs.rmSync(dir, { recursive: true, force: true });
+  fs.mkdirSync(dir, { recursive: true });
+  const config = await writeMirrorConfig(dir, 'sync');
+  const b = spawnNode(config, 'b');
+  let a: MirrorNode | null = null;
+  try {
+    const bReady = await waitNodeReady(b, 120_000);
+    a = spawnNode(config, 'a');
+    const aReady = await waitNodeReady(a, 120_000);
+    const mirror: Mirror = { primary: a, secondary: b, adminUrl: `http://${aReady.admin}` };
+    await waitMirror(mirror, 'node a streaming to node b', streaming, 60_000);
+    await runTool('qemu-io', ['-f', 'raw', '-t', 'none', `nbd://${aReady.nbd}/vol0`, '-c', 'write -P 0x5a 0 16M', '-c', 'flush'], 60_000);
+    const bAdmin = `http://${bReady.admin}`;
+    const bVolume = async (): Promise<MirrorVolumeStatus> => mirrorVolume({ adminUrl: bAdmin });
+    await pollUntil('node b in sync', () => bVolume().then((volume) => volume.source?.promotable === true), 30_000);
+    const killedAt = performance.now();
+    a.child.kill('SIGKILL');
+    await pollUntil('node b sees node a gone', () => bVolume().then((volume) => volume.source?.connected === false), 30_000, 1);
+    const detectedAt = performance.now();
+    const response = await fetch(`${bAdmin}/api/v1/volumes/vol0/promote`, { method: 'POST', body: '{}', signal: AbortSignal.timeout(60_000) });
+    if (!response.ok) throw new Error(`promote of node b answered ${response.status}: ${await response.text()}`);
+    const promotedAt = performance.now();
+    await runTool('qemu-io', ['-f', 'raw', '-t', 'none', `nbd://${bReady.nbd}/vol0`, '-c', 'write -P 0x6b -f 0 4k'], 60_000);
+    const writtenAt = performance.now();
+    return {
+      detectMs: Math.round(detectedAt - killedAt),
+      promoteMs: Math.round(promotedAt - detectedAt),
+      firstWriteMs: Math.round(writtenAt - promotedAt),
+      totalMs: Math.round(writtenAt - killedAt),
+    };
+  } finally {
+    if (a !== null) await stopServer(a.child);
+    await stopServer(b.child);
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** Polls `check` every `everyMs` until it holds (bounded by `timeoutMs`). */
+async function pollUntil(what: string, check: () => Promise<boolean>, timeoutMs: number, everyMs = 20): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms`);
+    await sleep(everyMs);
+  }
+}
+
+async function benchFailover(): Promise<FailoverFigures> {
+  const runs: FailoverRun[] = [];
+  for (let run = 0; run < failoverRuns; run += 1) {
+    runs.push(await failoverOnce(run));
+    process.stderr.write(`  failover ${run + 1}/${failoverRuns}: ${JSON.stringify(runs[runs.length - 1])}\n`);
+  }
+  return { runs, volumeBytes: sizeBytes };
+}
+
+function failoverText(figures: FailoverFigures): string {
+  const row = (name: string, pick: (run: FailoverRun) => number): string => {
+    const values = figures.runs.map(pick).sort((x, y) => x - y);
+    const p50 = values[Math.floor((values.length - 1) / 2)] ?? 0;
+    return `| ${name} | ${p50} ms | ${values[0] ?? 0} ms | ${values[values.length - 1] ?? 0} ms |`;
+  };
+  return [
+    `| failover of a two-node sync volume (${figures.runs.length} runs) | p50 | min | max |`,
+    '|---|---|---|---|',
+    row('SIGKILL of the primary → the secondary sees its session end', (run) => run.detectMs),
+    row('promote (admin API call) → primary', (run) => run.promoteMs),
+    row('first 4 KiB FUA write through the new primary (qemu-io, connection included)', (run) => run.firstWriteMs),
+    row('**SIGKILL → first write acknowledged by the promoted node**', (run) => run.totalMs),
+  ].join('\n');
+}
+
+function failoverDoc(summary: { date: string; machine: { cpus: number; cpuModel: string; memoryGiB: number; kernel: string } }, figures: FailoverFigures): string {
+  return `## Failover
+
+Latest run of the failover section, ${summary.date.slice(0, 10)} (\`BENCH_SECTIONS=failover npm run bench\` runs it alone): ${summary.machine.cpus} cores (${summary.machine.cpuModel}),
+${summary.machine.memoryGiB} GiB, Linux ${summary.machine.kernel}. Each run starts a \`mode: sync\` volume of ${sizeText} mirrored from node a to
+node b as for blockmirror-sync above, writes 16 MiB through node a and waits until node b says it may be promoted
+(in sync at its last contact); then node a is SIGKILLed, node b's status is polled every millisecond until its
+session with node a is gone, \`POST /api/v1/volumes/vol0/promote\` goes to node b at once, and \`qemu-io\` connects
+to node b and writes 4 KiB with FUA. Failover is by command (nothing promotes on its own yet), so the time a
+person or a cluster manager takes to decide is not in these figures. Most of the promotion is making the new
+primary's own log, whose partitions (\`log:\` here: ${process.env['BENCH_LOG'] ?? 'the default 4 × 64 MiB'}) are written as zeroes and
+synced, so it grows with the log's size.
+
+${failoverText(figures)}`;
 }
 
 async function main(): Promise<void> {
@@ -1401,9 +1526,14 @@ async function main(): Promise<void> {
     process.stderr.write(`measuring resync and catch-up of a ${sizeText} two-node sync volume\n`);
     resync = await benchResync(stamp);
   }
+  let failover: FailoverFigures | null = null;
+  if (sections.includes('failover')) {
+    process.stderr.write(`measuring failover of a two-node sync volume, ${failoverRuns} runs\n`);
+    failover = await benchFailover();
+  }
   const text = runs.length > 0 ? table(runs).trim() : '';
   const recoveryText = recovery === null ? null : recoveryLine(recovery, new Date().toISOString());
-  const printed = [text, recoveryText ?? '', resync === null ? '' : resyncText(resync)].filter((part) => part !== '').join('\n\n');
+  const printed = [text, recoveryText ?? '', resync === null ? '' : resyncText(resync), failover === null ? '' : failoverText(failover)].filter((part) => part !== '').join('\n\n');
   process.stdout.write(printed + '\n');
   const summary = {
     date: new Date().toISOString(),
@@ -1414,9 +1544,15 @@ async function main(): Promise<void> {
     runs,
     recovery,
     resync,
+    failover,
   };
   fs.writeFileSync(path.join(resultsDir, `${stamp}-summary.json`), JSON.stringify(summary, null, 2) + '\n');
-  writeDoc(runs.length > 0 ? serversDoc(summary, text) : null, recoveryText, resync === null ? null : resyncDoc(summary, resync));
+  writeDoc(
+    runs.length > 0 ? serversDoc(summary, text) : null,
+    recoveryText,
+    resync === null ? null : resyncDoc(summary, resync),
+    failover === null ? null : failoverDoc(summary, failover),
+  );
 }
 
 main().catch((error: unknown) => {

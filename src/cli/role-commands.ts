@@ -48,6 +48,7 @@ export async function changeRole(change: 'promote' | 'demote', args: string[]): 
     const result = body as PromotionResult;
     const lines = [`node ${result.node} is the primary of ${result.volume} in epoch ${result.epoch} (entries from ${result.firstSeq}; node ${result.previousPrimary} was)`];
     if (result.appliedEntries > 0) lines.push(`applied ${result.appliedEntries} entries (${formatBytes(result.appliedBytes)}) of its per-source log first`);
+    if (result.sourceLogDamage !== null) lines.push(`its per-source log was damaged: ${result.sourceLogDamage}`);
     if (result.mayLack !== null) lines.push(`forced: ${result.mayLack}`);
     process.stdout.write(lines.join('\n') + '\n');
   } else {

@@ -87,12 +87,15 @@ export class ReplicaCore<Frame, Entry = Frame> {
 
   /**
    * The history a promotion of this secondary to `node` would give: the next epoch,
-   * numbered from the entry after the last this copy holds. The executor makes it durable
-   * before `promote`, so that no entry of the new epoch exists where its history does not.
+   * numbered from the entry after the last this copy holds (or after `lastSeq`, the last
+   * it could read back of a damaged log, which its log then restarts after). The executor
+   * makes it durable before `promote`, so that no entry of the new epoch exists where its
+   * history does not.
    */
-  promotion(node: string): EpochHistory {
+  promotion(node: string, lastSeq = this.local.lastSeq): EpochHistory {
     assert(this.role === 'secondary', 'only a secondary is promoted');
-    return this.currentHistory.begin(node, this.local.lastSeq + 1);
+    assert(lastSeq <= this.local.lastSeq, `a promotion after entry ${lastSeq}, which this copy does not hold`);
+    return this.currentHistory.begin(node, lastSeq + 1);
   }
 
   /**

@@ -74,6 +74,8 @@ export interface PromotionResult {
   /** Entries of the per-source log applied to the image at the promotion (a logship copy's held entries). */
   appliedEntries: number;
   appliedBytes: number;
+  /** The per-source log was damaged: where the promotion stopped and what was lost, in words; else null. */
+  sourceLogDamage: string | null;
   /** With --force: what the promoted copy may lack, in words; null when nothing acknowledged can be lost. */
   mayLack: string | null;
 }

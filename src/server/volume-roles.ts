@@ -191,13 +191,14 @@ export class VolumeRoles {
       const from = served.logOptions;
       const own = logOptionsAt(from, path.join(this.parts.node.dataDir, 'log', name), null);
       let history: EpochHistory | null = null;
-      const report = await promoteStorage(this.parts.files, volume, own, from, () => {
-        history = volume.replica.promotion(this.parts.node.id);
+      const report = await promoteStorage(this.parts.files, volume, own, from, (lastSeq) => {
+        history = volume.replica.promotion(this.parts.node.id, lastSeq);
         // The new primary's record: a clean start at its last entry, every peer's bitmap
         // naming the regions of the entries it may lack, and where their histories may part.
-        this.writeMirrorStart(served, history.current.firstSeq - 1, lacking, coveredFrom);
+        this.writeMirrorStart(served, lastSeq, lastSeq < volume.log.lastSeq ? null : lacking, coveredFrom);
         this.saveHistory(served, history);
       });
+      if (report.damage !== null) log.error('the per-source log is damaged: promoted as of the last entry it could read', { lastSeq: report.lastSeq, lostEntries: report.damage.lostEntries, problem: report.damage.problem });
       assert(history !== null);
       const promoted: EpochHistory = history;
       served.logOptions = own;
@@ -215,9 +216,10 @@ export class VolumeRoles {
         previousPrimary: previous.current.primary,
         appliedEntries: report.appliedEntries,
         appliedBytes: report.appliedBytes,
+        sourceLogDamage: report.damage === null ? null : `${report.damage.problem}; the ${report.damage.lostEntries} entries from ${report.lastSeq + 1} on are lost`,
         mayLack: lack,
       };
-      log.warn('promoted to primary', { ...result, mayLack: lack ?? 'nothing' });
+      log.warn('promoted to primary', { ...result, mayLack: lack ?? 'nothing', sourceLogDamage: result.sourceLogDamage ?? 'none' });
       return result;
     } finally {
       served.changing = null;

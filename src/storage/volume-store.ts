@@ -244,24 +244,41 @@ export interface PromotionReport {
   appliedBytes: number;
   /** The last entry of the copy: the new epoch starts after it. */
   lastSeq: number;
+  /** The per-source log was damaged: why the promotion stopped at lastSeq, and how many entries it held past it. */
+  damage: { problem: string; lostEntries: number } | null;
 }
 
 /**
  * A secondary becomes the primary: every entry its per-source log holds is applied to
  * the image in sequence order (a logship copy applies them only at its primary's
  * consistency points, so it may hold many) and made durable by a consistency point; its
- * own log (`own`) continues after the last one.
+ * own log (`own`) continues after the last one. An entry that cannot be read back (the
+ * log was damaged) ends it: the copy is the primary as of the entry before, and the
+ * report says so. `commit` gets that last entry.
  */
-export async function promoteStorage(files: DurableFiles, volume: LocalVolume, own: LogOptions, from: LogOptions, commit: () => void): Promise<PromotionReport> {
-  const applied = await volume.applyLoggedThrough(volume.log.lastSeq);
+export async function promoteStorage(files: DurableFiles, volume: LocalVolume, own: LogOptions, from: LogOptions, commit: (lastSeq: number) => void): Promise<PromotionReport> {
+  const held = volume.log.lastSeq;
+  const report: PromotionReport = { appliedEntries: 0, appliedBytes: 0, lastSeq: held, damage: null };
+  for (let seq = volume.log.appliedThrough + 1; seq <= held; seq += 1) {
+    try {
+      const applied = await volume.applyLoggedThrough(seq);
+      report.appliedEntries += applied.entries;
+      report.appliedBytes += applied.bytes;
+    } catch (error) {
+      if (!(error instanceof LogCorruptError)) throw error;
+      report.lastSeq = seq - 1;
+      report.damage = { problem: error.message, lostEntries: held - report.lastSeq };
+      break;
+    }
+  }
   await volume.checkpoint();
-  const lastSeq = volume.log.lastSeq;
+  const lastSeq = report.lastSeq;
   installLogDirectory(own, 'role-change', { cpSeq: lastSeq, needsFullResync: false, trail: null });
-  commit();
+  commit(lastSeq);
   volume.log.close();
   volume.replaceLog((await WriteLog.open(own, nothingToReplay('in a promoted copy\'s new log'))).log);
   files.remove(from.dir, 'role-change');
-  return { appliedEntries: applied.entries, appliedBytes: applied.bytes, lastSeq };
+  return report;
 }
 
 /**

@@ -10,9 +10,15 @@
 //
 // A second test is the planned switchover: demote a (its client's connection drains and
 // closes), then promote b without --force, and a follows b; and the refusals, each a
-// clear error that changes nothing: promoting a copy that was not in sync, a node that is
-// the primary already, a volume a node does not hold; demoting a node that is not the
-// primary.
+// clear error that changes nothing: promoting a node that is the primary already or one
+// still streaming from it, a volume or node the cluster file does not have; demoting a
+// node that is not the primary.
+//
+// The last two are disaster recovery from a logship copy's per-source log: a killed
+// before a consistency point, b promoted (with --force: a logship copy may always lack
+// writes) applies every entry it held and reads back every write; with an entry of that
+// log damaged, the promotion stops at the entry before it, says so, and the image holds
+// exactly the entries before.
 
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -20,6 +26,7 @@ import path from 'node:path';
 import { after, test } from 'node:test';
 import { cliPath, killAll, makeTempDir, run, startClusterNode, writeClusterConfig, type NodeStatusJson, type TestNode } from '../helpers/node-process.js';
 import { checkImage, dumpVolume, seed, waitFor, Writer } from './workload.js';
+import { decodeEntryHeader, ENTRY_ALIGN_BYTES, ENTRY_HEADER_BYTES, EntryType, type EntryHeader } from '../../src/protocol/log-entry.js';
 
 const MiB = 1024 * 1024;
 const fastHeartbeat = { intervalMs: 100, timeoutMs: 600, probationMs: 600 };
@@ -207,4 +214,113 @@ test('switchover: demote a (its client drains), promote b without --force, a fol
   assert.equal(report.failure_count, 0, `seed ${seed}: ${report.failures.join('; ')}`);
   for (const node of [a, b, c]) assert.equal((await node.stop()).code, 0);
   assertSameImages([a, b, c]);
+});
+
+/** Every entry header in the partition files of the log in `dir`, newest generation first for a repeated number. */
+function logEntries(dir: string): Map<number, { file: string; offset: number; header: EntryHeader }> {
+  const found = new Map<number, { file: string; offset: number; header: EntryHeader }>();
+  for (const name of fs.readdirSync(dir).filter((file) => file.startsWith('partition-'))) {
+    const file = path.join(dir, name);
+    const bytes = fs.readFileSync(file);
+    for (let offset = 0; offset + ENTRY_HEADER_BYTES <= bytes.length; offset += ENTRY_ALIGN_BYTES) {
+      const header = decodeEntryHeader(bytes, offset);
+      if (typeof header === 'string') continue;
+      const known = found.get(header.seq);
+      if (known === undefined || header.generation > known.header.generation) found.set(header.seq, { file, offset, header });
+    }
+  }
+  return found;
+}
+
+/**
+ * Two nodes, vol0 in logship mode with no consistency point in reach: a client writes
+ * through a, b acknowledges every entry (held in its per-source log, not yet in its
+ * image), and a is SIGKILLed. Returns the history of the client's writes.
+ */
+async function logshipThenKill(prefix: string): Promise<{ dir: string; a: TestNode; b: TestNode; history: string; held: number }> {
+  const dir = makeTempDir(prefix);
+  dirs.push(dir);
+  const config = await writeClusterConfig(dir, {
+    nodes: [{ id: 'a' }, { id: 'b' }],
+    volumes: [{ name: 'vol0', size: '64MiB', replicas: ['a', 'b'], primary: 'a', mode: 'logship' }],
+    heartbeat: fastHeartbeat,
+    log: { partitionSize: '16MiB', partitions: 3, cpIntervalMs: 600_000 },
+  });
+  const b = await start(dir, config, 'b');
+  const a = await start(dir, config, 'a');
+  await a.waitStatus('b streaming', (status) => upToDate(status, 'b'));
+  const writer = new Writer(a.uri('vol0'), 1, 10_000_000, ['--max-writes', '600']);
+  assert.equal((await writer.finish(60_000)).code, 0, `writer: ${writer.stderr}`);
+  const history = path.join(dir, 'history.txt');
+  fs.writeFileSync(history, writer.output);
+  const held = vol0(await a.status()).log.lastSeq;
+  // b has acknowledged every entry a holds; none is in its image yet.
+  await b.waitStatus('b holds every entry', (status) => vol0(status).source?.storedSeq === held);
+  assert.equal(vol0(await b.status()).log.cpSeq < held, true, 'no consistency point of a covered the writes');
+  await a.stop('SIGKILL');
+  await b.waitStatus('b sees a gone', (status) => vol0(status).source?.connected === false);
+  return { dir, a, b, history, held };
+}
+
+test('disaster recovery of a logship copy: a SIGKILLed before a consistency point, b promoted applies every entry it held and reads back every write', async () => {
+  const { dir, b, history, held } = await logshipThenKill('blockmirror-logship-dr-');
+  const refused = await cli(b, 'promote', 'vol0', '--node', 'b');
+  assert.equal(refused.code, 1);
+  assert.match(refused.stderr, /promote refused \(ERR_MAY_LOSE_WRITES\): volume vol0 mirrors in logship mode, so node b may lack writes a acknowledged/);
+  const promoted = await cli(b, 'promote', 'vol0', '--node', 'b', '--force', '--json');
+  assert.equal(promoted.code, 0, `promote: ${promoted.stdout}${promoted.stderr}`);
+  const result = JSON.parse(promoted.stdout) as { appliedEntries: number; appliedBytes: number; firstSeq: number; sourceLogDamage: string | null; mayLack: string };
+  assert.equal(result.sourceLogDamage, null);
+  assert.ok(result.appliedEntries >= 600, `every write's entry applied at the promotion: ${result.appliedEntries}`);
+  assert.equal(result.appliedBytes, result.appliedEntries * 4096);
+  assert.equal(result.firstSeq, held + 1);
+  assert.match(result.mayLack, /logship mode/);
+  const dumped = path.join(dir, 'b.img');
+  await dumpVolume(b, dumped);
+  const report = await checkImage(null, dumped, [history], { acknowledged: 'replied' });
+  assert.equal(report.failure_count, 0, `seed ${seed}: ${report.failures.join('; ')}`);
+  assert.ok(report.written_blocks > 0);
+});
+
+test('disaster recovery from a damaged per-source log: the promotion stops at the last entry it can read, says so, and the image holds exactly the entries before', async () => {
+  const { dir, b, held } = await logshipThenKill('blockmirror-logship-damaged-');
+  const logDir = path.join(b.dataDir, 'peers', 'a', 'vol0');
+  const entries = logEntries(logDir);
+  // A payload byte of an entry in the middle of what b holds.
+  const damagedSeq = [...entries.keys()].filter((seq) => entries.get(seq)?.header.type === EntryType.WRITE && seq > held / 2).sort((x, y) => x - y)[0];
+  assert.ok(damagedSeq !== undefined);
+  const damaged = entries.get(damagedSeq);
+  assert.ok(damaged !== undefined);
+  // What b's volume must read once promoted: the entries before the damaged one, applied in order over zeroes.
+  const expected = Buffer.alloc(64 * MiB);
+  for (let seq = 1; seq < damagedSeq; seq += 1) {
+    const entry = entries.get(seq);
+    if (entry === undefined || entry.header.type !== EntryType.WRITE) continue;
+    const bytes = fs.readFileSync(entry.file);
+    bytes.copy(expected, entry.header.offset, entry.offset + ENTRY_HEADER_BYTES, entry.offset + ENTRY_HEADER_BYTES + entry.header.lengthBytes);
+  }
+  const fd = fs.openSync(damaged.file, 'r+');
+  try {
+    const at = damaged.offset + ENTRY_HEADER_BYTES + 100;
+    const byte = Buffer.alloc(1);
+    fs.readSync(fd, byte, 0, 1, at);
+    byte[0] = (byte[0] ?? 0) ^ 0xff;
+    fs.writeSync(fd, byte, 0, 1, at);
+  } finally {
+    fs.closeSync(fd);
+  }
+  const promoted = await cli(b, 'promote', 'vol0', '--node', 'b', '--force', '--json');
+  assert.equal(promoted.code, 0, `promote: ${promoted.stdout}${promoted.stderr}`);
+  const result = JSON.parse(promoted.stdout) as { firstSeq: number; sourceLogDamage: string | null };
+  assert.equal(result.firstSeq, damagedSeq, 'the new epoch starts at the entry it could not read');
+  assert.match(result.sourceLogDamage ?? '', new RegExp(`the ${held - damagedSeq + 1} entries from ${damagedSeq} on are lost`));
+  assert.ok(b.records().some((record) => record['msg'] === 'the per-source log is damaged: promoted as of the last entry it could read' && record['lastSeq'] === damagedSeq - 1));
+  const dumped = path.join(dir, 'b.img');
+  await dumpVolume(b, dumped);
+  const image = fs.readFileSync(dumped);
+  if (!image.equals(expected)) {
+    let at = 0;
+    while (image[at] === expected[at]) at += 1;
+    assert.fail(`seed ${seed}: b's volume differs from the entries before ${damagedSeq} first at byte ${at}`);
+  }
 });
