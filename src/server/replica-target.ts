@@ -146,6 +146,11 @@ export class ReplicaTarget {
     await this.idle();
   }
 
+  /** After `retire`, when the change it was for did not happen: sessions are taken again. */
+  resume(): void {
+    this.closed = false;
+  }
+
   /** The source went silent (heartbeats): its connections are closed. */
   sourceDown(reason: string): void {
     this.endSession(`source down: ${reason}`);

@@ -182,6 +182,7 @@ export class VolumeRoles {
     }
     served.changing = 'promotion';
     const log = this.volumeLog(served);
+    let committed = false;
     try {
       await target.retire(`promoted to primary of ${name}`);
       // What the per-source trail names (the entries since its old primary's last
@@ -197,6 +198,7 @@ export class VolumeRoles {
         // naming the regions of the entries it may lack, and where their histories may part.
         this.writeMirrorStart(served, lastSeq, lastSeq < volume.log.lastSeq ? null : lacking, coveredFrom);
         this.saveHistory(served, history);
+        committed = true;
       });
       if (report.damage !== null) log.error('the per-source log is damaged: promoted as of the last entry it could read', { lastSeq: report.lastSeq, lostEntries: report.damage.lostEntries, problem: report.damage.problem });
       assert(history !== null);
@@ -221,6 +223,15 @@ export class VolumeRoles {
       };
       log.warn('promoted to primary', { ...result, mayLack: lack ?? 'nothing', sourceLogDamage: result.sourceLogDamage ?? 'none' });
       return result;
+    } catch (error) {
+      if (!committed) {
+        // Nothing changed on disk that a start would read: the copy goes on as a secondary.
+        target.resume();
+        log.error('promotion failed; still a secondary', { error: String(error) });
+        throw error;
+      }
+      log.error('promotion failed after its epoch was written: restart the node, which starts as the primary', { error: String(error) });
+      throw new BlockmirrorError('ERR_VOLUME_IO', `promotion of ${name} failed after its new epoch was written (${String(error)}): restart node ${this.parts.node.id}, which starts as the primary`);
     } finally {
       served.changing = null;
     }
@@ -251,7 +262,7 @@ export class VolumeRoles {
   /** The primary of `name` steps down by command (see `stepDown`). */
   async demote(name: string): Promise<DemotionResult> {
     const served = this.served(name);
-    if (served.role !== 'primary') {
+    if (served.volume.replica.role !== 'primary') {
       const primary = served.volume.replica.history.primaryNow;
       throw new BlockmirrorError('ERR_ROLE_REFUSED', `node ${this.parts.node.id} is not the primary of ${name} (${primary === null ? 'no node is, since its primary stepped down' : `${primary} is`})`);
     }
@@ -267,28 +278,31 @@ export class VolumeRoles {
   async stepDown(name: string, reason: string): Promise<DemotionResult> {
     const served = this.volumes.get(name);
     assert(served !== undefined);
-    if (served.role !== 'primary' || served.changing !== null) return { volume: name, node: this.parts.node.id, epoch: served.volume.replica.epoch, lastSeq: served.volume.log.lastSeq };
-    served.changing = 'demotion';
     const { volume } = served;
+    if (volume.replica.role !== 'primary' || served.changing !== null) return { volume: name, node: this.parts.node.id, epoch: volume.replica.epoch, lastSeq: volume.log.lastSeq };
+    served.changing = 'demotion';
     const log = this.volumeLog(served);
     log.warn('stepping down as the primary', { reason });
     try {
       // No new clients (the catalog refuses a secondary's export), and the connected ones
-      // drain: their in-flight requests finish before they close.
+      // drain: their in-flight requests finish before they close. A step down that failed
+      // part way (see waitUntil) is taken up again from where it stopped.
       served.role = 'secondary';
       await this.parts.closeClients(name);
       const mirrored = served.mirrored;
-      let clean = false;
-      try {
-        if (!volume.failed) {
-          await (mirrored?.checkpoint() ?? volume.checkpoint());
-          clean = true;
+      if (mirrored !== null) {
+        let clean = false;
+        try {
+          if (!volume.failed) {
+            await mirrored.checkpoint();
+            clean = true;
+          }
+        } catch (error) {
+          log.error('consistency point failed while stepping down', { error: String(error) });
         }
-      } catch (error) {
-        log.error('consistency point failed while stepping down', { error: String(error) });
+        await mirrored.engine.stop(clean ? volume.log.lastSeq : null);
+        served.mirrored = null;
       }
-      await mirrored?.engine.stop(clean ? volume.log.lastSeq : null);
-      served.mirrored = null;
       await waitUntil(() => volume.replica.local.idle, 10_000, `the running operations of ${name} to end`);
       const history = volume.replica.history.stepDown();
       this.saveHistory(served, history);
@@ -308,7 +322,7 @@ export class VolumeRoles {
    * shares with it, so that they are resent from there.
    */
   private async follow(served: ServedVolume, history: EpochHistory): Promise<void> {
-    if (served.role === 'primary') await this.stepDown(served.config.name, `node ${history.current.primary} is primary in epoch ${history.current.epoch}`);
+    if (served.volume.replica.role === 'primary') await this.stepDown(served.config.name, `node ${history.current.primary} is primary in epoch ${history.current.epoch}`);
     const { volume, config } = served;
     const mine = volume.replica.history;
     // The new primary's epoch started after the last entry it held: nothing of this copy past it is the new primary's.

@@ -16,16 +16,28 @@
 // names another primary than the cluster file.
 
 import assert from 'node:assert/strict';
+import { isDeepStrictEqual } from 'node:util';
 import { describe, test } from 'node:test';
 import { parseClusterConfig, type ClusterConfig } from '../../src/control/config.js';
 import { IoActivity } from '../../src/io/file-io.js';
 import { MemoryFileSystem } from '../../src/io/memory-file-system.js';
 import { Logger } from '../../src/lib/log.js';
 import { DirtyBitmap } from '../../src/core/dirty-bitmap.js';
+import { compareCopies, encodeEpochHistory, EpochHistory, parseEpochHistory } from '../../src/core/epoch-history.js';
 import { DurableFiles } from '../../src/storage/durable-files.js';
 import { decodeEntryHeader, EntryType, encodeEntryHeader, type EntryHeader } from '../../src/protocol/log-entry.js';
 import { VolumeMismatchError } from '../../src/lib/errors.js';
-import { openVolumeStorage, restartReplicaLog, type OpenedVolume, type VolumeStorageOptions } from '../../src/storage/volume-store.js';
+import {
+  demoteStorage,
+  logDir,
+  logOptionsAt,
+  moveReplicaLog,
+  openVolumeStorage,
+  promoteStorage,
+  restartReplicaLog,
+  type OpenedVolume,
+  type VolumeStorageOptions,
+} from '../../src/storage/volume-store.js';
 import { LogCorruptError, type LogGeometry } from '../../src/storage/write-log.js';
 import type { MirrorEngine } from '../../src/server/mirror-engine.js';
 import { mirrorPrimary, type MirroredVolume } from '../../src/server/mirrored-volume.js';
@@ -481,6 +493,165 @@ describe('crash at every mutation point', () => {
     });
     before.dispose();
   });
+  // ---- role changes (volume-store.ts, "role changes") ----------------------------------
+  // Each one is explored from a start (as the node opens the volume) through the change to
+  // a clean close. Every state is opened as the node opens it at start: before the new
+  // history is durable it must start in its old role from its old log, after it in its new
+  // role from its new log, never a mix, with every block it held. A state in the old role
+  // then makes the change again (it replaces whatever the crash left of the new log
+  // directory); a state in the new role starts a second time.
+
+  for (const [index, mode] of (['sync', 'logship'] as const).entries()) {
+    test(`a promotion (${mode}): a crash leaves the secondary of a on its per-source log, or the primary of epoch 1 on its own log continuing after entry 12`, async () => {
+      const { before, held } = await replicaWithEntries(mode, 12);
+      const promoted = EpochHistory.of([{ epoch: 0, primary: 'a', firstSeq: 1 }, { epoch: 1, primary: 'b', firstSeq: 13 }]);
+      await exploreRoleChange({
+        before,
+        seed: SEED + 9 + index,
+        node: NODE_B,
+        mode,
+        held,
+        old: { role: 'secondary', history: EpochHistory.initial('a'), dir: `${DATA_B}/peers/a/v1`, replicaLog: true, lastSeq: 12 },
+        new: { role: 'primary', history: promoted, dir: `${DATA_B}/log/v1`, replicaLog: false, lastSeq: 12 },
+        change: async (fs) => {
+          const opened = await openAt(fs, NODE_B, mode);
+          const files = new DurableFiles(fs);
+          await releasing(async () => {
+            const from = opened.logOptions;
+            const own = logOptionsAt(from, logDir(DATA_B, 'v1', promoted, 'b'), null);
+            const made: { history?: EpochHistory } = {};
+            // What VolumeRoles.promote commits: the next epoch, starting after the last entry, made durable.
+            const report = await promoteStorage(files, opened.volume, own, from, (lastSeq) => {
+              made.history = opened.volume.replica.promotion('b', lastSeq);
+              files.replaceFile(opened.paths.epochs, encodeEpochHistory(made.history), 'volume-epochs');
+            });
+            assert.equal(report.lastSeq, 12);
+            assert.equal(report.damage, null);
+            assert.ok(made.history !== undefined);
+            opened.volume.replica.promote(made.history);
+          }, () => opened.volume.close());
+        },
+        goesOn: async (fs, where) => {
+          // The new primary's first write is the first entry of its epoch, and it is kept.
+          const bytes = pattern(BLOCK, 77);
+          const opened = await openAt(fs, NODE_B, mode);
+          await releasing(async () => {
+            await opened.volume.write([bytes], SIZE - BLOCK, true);
+            assert.equal(opened.volume.log.lastSeq, promoted.current.firstSeq, `${where}: the first write of epoch 1 is not entry ${promoted.current.firstSeq}`);
+          }, () => opened.volume.close());
+          const again = await openAt(fs, NODE_B, mode);
+          await releasing(() => checkBlocks(again, new Map([[SIZE - BLOCK, bytes]]), `${where} (the new primary's write)`), () => again.volume.close());
+        },
+      });
+      before.dispose();
+    });
+
+    test(`a demotion (${mode}): a crash leaves the stepped-down primary on its own log, or a secondary of b in epoch 1 whose per-source log names what b may lack`, async () => {
+      // a wrote entries 1..10 (then its step-down's consistency point); b holds 1..6 and was promoted.
+      const written = new Map<number, Buffer>();
+      const seqs = new Map<number, number>();
+      let lastSeq = 0;
+      const before = await stateAfter(async (fs) => {
+        const opened = await openAt(fs, NODE_A, mode);
+        for (let entry = 0; entry < 10; entry += 1) {
+          const offset = (entry * 5 + 1) * BLOCK;
+          const bytes = pattern(BLOCK, 800 + entry);
+          await opened.volume.write([bytes], offset, true);
+          written.set(offset, bytes);
+          seqs.set(opened.volume.log.lastSeq, offset);
+        }
+        // What VolumeRoles.stepDown does: a last consistency point, then the history says it stepped down.
+        await opened.volume.checkpoint();
+        new DurableFiles(fs).replaceFile(opened.paths.epochs, encodeEpochHistory(opened.history.stepDown()), 'volume-epochs');
+        lastSeq = opened.volume.log.lastSeq;
+        await opened.volume.close();
+      });
+      const sharedSeq = 6;
+      const following = EpochHistory.of([{ epoch: 0, primary: 'a', firstSeq: 1 }, { epoch: 1, primary: 'b', firstSeq: sharedSeq + 1 }]);
+      // The mirror ledger's word on a region b may lack (a write whose entry a crash lost, say).
+      const ledgerRegion = 12;
+      await exploreRoleChange({
+        before,
+        seed: SEED + 11 + index,
+        node: NODE_A,
+        mode,
+        held: written,
+        old: { role: 'secondary', history: EpochHistory.initial('a').stepDown(), dir: `${DATA_A}/log/v1`, replicaLog: false, lastSeq },
+        new: { role: 'secondary', history: following, dir: `${DATA_A}/peers/b/v1`, replicaLog: true, lastSeq },
+        change: async (fs) => {
+          const opened = await openAt(fs, NODE_A, mode);
+          const files = new DurableFiles(fs);
+          await releasing(async () => {
+            // What VolumeRoles.follow does for a copy that stepped down.
+            const volume = opened.volume;
+            const { sharedSeq: shared } = compareCopies({ history: volume.replica.history, lastSeq: volume.log.lastSeq }, { history: following, lastSeq: following.current.firstSeq - 1 });
+            assert.equal(shared, sharedSeq);
+            const to = logOptionsAt(opened.logOptions, logDir(DATA_A, 'v1', following, 'a'), { deferApply: mode === 'logship' });
+            const mayDiffer = new DirtyBitmap(SIZE, REGION);
+            mayDiffer.mark(ledgerRegion * REGION, BLOCK);
+            await demoteStorage(files, volume, opened.logOptions, to, shared, mayDiffer, () => {
+              files.replaceFile(opened.paths.epochs, encodeEpochHistory(following), 'volume-epochs');
+              volume.replica.learn(following);
+            });
+          }, () => opened.volume.close());
+        },
+        also: (opened, standing, where) => {
+          if (standing === 'old') return;
+          const log = opened.volume.log;
+          assert.equal(log.divergedAfter, sharedSeq, `${where}: the per-source log does not say its entries after ${sharedSeq} are not b's`);
+          const named = log.entriesAfter(sharedSeq);
+          if (named === null) return;
+          const must = [...seqs].filter(([seq]) => seq > sharedSeq).map(([, offset]) => ({ offset, lengthBytes: BLOCK }));
+          must.push({ offset: ledgerRegion * REGION, lengthBytes: BLOCK });
+          for (const extent of must) assert.ok(covers(named, extent), `${where}: the region at ${extent.offset}, which b may lack, is not named to it`);
+        },
+      });
+      before.dispose();
+    });
+
+    test(`a change of primary on a secondary (${mode}): a crash leaves its per-source log of a, or one of c in epoch 1 that says its entries after 10 are not c's`, async () => {
+      const { before, held, offsets } = await replicaWithEntries(mode, 12);
+      const sharedSeq = 10;
+      // c (a node the cluster file need not name: the history says) was promoted after entry 10.
+      const following = EpochHistory.of([{ epoch: 0, primary: 'a', firstSeq: 1 }, { epoch: 1, primary: 'c', firstSeq: sharedSeq + 1 }]);
+      await exploreRoleChange({
+        before,
+        seed: SEED + 13 + index,
+        node: NODE_B,
+        mode,
+        held,
+        old: { role: 'secondary', history: EpochHistory.initial('a'), dir: `${DATA_B}/peers/a/v1`, replicaLog: true, lastSeq: 12 },
+        new: { role: 'secondary', history: following, dir: `${DATA_B}/peers/c/v1`, replicaLog: true, lastSeq: 12 },
+        change: async (fs) => {
+          const opened = await openAt(fs, NODE_B, mode);
+          const files = new DurableFiles(fs);
+          await releasing(async () => {
+            // What ReplicaTarget's follow (VolumeRoles.target) does for a primary of a newer epoch.
+            const volume = opened.volume;
+            const { sharedSeq: shared } = compareCopies({ history: volume.replica.history, lastSeq: volume.log.lastSeq }, { history: following, lastSeq: following.current.firstSeq - 1 });
+            assert.equal(shared, sharedSeq);
+            const to = logOptionsAt(opened.logOptions, logDir(DATA_B, 'v1', following, 'b'), opened.logOptions.replica ?? null);
+            await moveReplicaLog(files, volume, opened.logOptions, to, shared, () => {
+              files.replaceFile(opened.paths.epochs, encodeEpochHistory(following), 'volume-epochs');
+              volume.replica.learn(following);
+            });
+          }, () => opened.volume.close());
+        },
+        also: (opened, standing, where) => {
+          const log = opened.volume.log;
+          assert.equal(log.divergedAfter, standing === 'old' ? null : sharedSeq, `${where}: what the log says of its entries after ${sharedSeq}`);
+          // Either way it names the regions of the entries past the shared one (to a's reset, or to c's).
+          const named = log.entriesAfter(sharedSeq);
+          if (named === null) return;
+          for (const [seq, offset] of offsets) {
+            if (seq > sharedSeq) assert.ok(covers(named, { offset, lengthBytes: BLOCK }), `${where}: entry ${seq}'s region at ${offset} is no longer named`);
+          }
+        },
+      });
+      before.dispose();
+    });
+  }
+
 });
 
 describe('start-up problems a damaged disk leaves', () => {
@@ -686,4 +857,195 @@ function tree(fs: MemoryFileSystem, dir: string): Record<string, string> {
     else out[full] = fs.readFile(full).toString('base64');
   }
   return out;
+}
+
+// ---- role changes ------------------------------------------------------------------------
+
+type Mode = 'sync' | 'logship';
+
+interface NodeAt {
+  id: string;
+  dataDir: string;
+}
+
+const NODE_A: NodeAt = { id: 'a', dataDir: DATA_A };
+const NODE_B: NodeAt = { id: 'b', dataDir: DATA_B };
+
+/** The volume opened as node `node` opens it at start, in `mode`. */
+async function openAt(fs: MemoryFileSystem, node: NodeAt, mode: Mode): Promise<Opened> {
+  const lines: string[] = [];
+  const opened = await openVolumeStorage({
+    ...storageOptions(fs, 'primary', GEOMETRY, lines),
+    dataDir: node.dataDir,
+    nodeId: node.id,
+    config: { ...volumeConfig, mode },
+  });
+  return { ...opened, warnings: lines.map((line) => JSON.parse(line) as Record<string, unknown>) };
+}
+
+/**
+ * b, a secondary of a, that received entries 1..count (each to a block of its own, held
+ * in its log only when logship) and made them durable in its log, then stopped.
+ */
+async function replicaWithEntries(mode: Mode, count: number): Promise<{ before: MemoryFileSystem; held: Map<number, Buffer>; offsets: Map<number, number> }> {
+  const held = new Map<number, Buffer>();
+  const offsets = new Map<number, number>();
+  const before = await stateAfter(async (fs) => {
+    const opened = await openAt(fs, NODE_B, mode);
+    for (let seq = 1; seq <= count; seq += 1) {
+      const bytes = pattern(BLOCK, 600 + seq);
+      const offset = seq * 3 * BLOCK;
+      await opened.volume.replicate(entryHeader(seq, offset, bytes), bytes, mode !== 'logship');
+      held.set(offset, bytes);
+      offsets.set(seq, offset);
+    }
+    await opened.volume.log.syncTo(count);
+    await opened.volume.close();
+  });
+  return { before, held, offsets };
+}
+
+/** How a volume stands on a node: its role, its history, the log it has and the last entry there. */
+interface Standing {
+  role: Role;
+  history: EpochHistory;
+  dir: string;
+  /** A per-source log (a replica's), not its own. */
+  replicaLog: boolean;
+  lastSeq: number;
+}
+
+interface RoleChangeExploration {
+  before: MemoryFileSystem;
+  seed: number;
+  node: NodeAt;
+  mode: Mode;
+  /** Every block the volume held before the change. */
+  held: Map<number, Buffer>;
+  old: Standing;
+  new: Standing;
+  /** A start, the change as VolumeRoles makes it (its commit writing the new history), a clean close. */
+  change: (fs: MemoryFileSystem) => Promise<void>;
+  /** What else the volume must show, started in either standing. */
+  also?: (opened: Opened, standing: 'old' | 'new', where: string) => void;
+  /** In the new standing: the volume goes on working. */
+  goesOn?: (fs: MemoryFileSystem, where: string) => Promise<void>;
+}
+
+/** What a start found, in terms a Standing gives. */
+function standingFound(opened: OpenedVolume): Record<string, unknown> {
+  return {
+    role: opened.role,
+    volumeRole: opened.volume.replica.role,
+    epoch: opened.volume.replica.epoch,
+    history: historyText(opened.history),
+    volumeHistory: historyText(opened.volume.replica.history),
+    dir: opened.logOptions.dir,
+    replicaLog: opened.logOptions.replica !== undefined,
+    lastSeq: opened.volume.log.lastSeq,
+  };
+}
+
+function standingExpected(standing: Standing): Record<string, unknown> {
+  return {
+    role: standing.role,
+    volumeRole: standing.role,
+    epoch: standing.history.current.epoch,
+    history: historyText(standing.history),
+    volumeHistory: historyText(standing.history),
+    dir: standing.dir,
+    replicaLog: standing.replicaLog,
+    lastSeq: standing.lastSeq,
+  };
+}
+
+function historyText(history: EpochHistory): string {
+  return JSON.stringify({ epochs: history.starts, ended: history.ended });
+}
+
+/** A log directory, with what an interrupted install may leave beside it, as it is on disk. */
+function leftOf(fs: MemoryFileSystem, dir: string): string {
+  const found: Record<string, unknown> = {};
+  for (const at of [dir, `${dir}.new`, `${dir}.old`]) {
+    const kind = fs.stat(at)?.kind;
+    if (kind !== undefined) found[at] = kind === 'directory' ? tree(fs, at) : fs.readFile(at).toString('base64');
+  }
+  return JSON.stringify(found);
+}
+
+/**
+ * Starts the node from a state a crash of the change left, checks how the volume stands
+ * (the old way or the new, whole, never a mix) and closes it; says which.
+ */
+async function checkRoleStart(fs: MemoryFileSystem, spec: RoleChangeExploration, where: string): Promise<'old' | 'new'> {
+  const epochsFile = `${spec.node.dataDir}/volumes/v1.epochs.json`;
+  const otherBefore = { old: leftOf(fs, spec.new.dir), new: leftOf(fs, spec.old.dir) };
+  let opened: Opened;
+  try {
+    opened = await openAt(fs, spec.node, spec.mode);
+  } catch (error) {
+    throw new Error(`${where}: the node does not start: ${String(error)}`);
+  }
+  return releasing(async () => {
+    const found = standingFound(opened);
+    const standing = isDeepStrictEqual(found, standingExpected(spec.old)) ? 'old' : isDeepStrictEqual(found, standingExpected(spec.new)) ? 'new' : null;
+    assert.ok(
+      standing !== null,
+      `${where}: the volume started as ${JSON.stringify(found)}, neither as before the change (${JSON.stringify(standingExpected(spec.old))}) nor as after it (${JSON.stringify(standingExpected(spec.new))})`,
+    );
+    assert.equal(historyText(parseHistoryFile(fs.readFile(epochsFile))), historyText(opened.history), `${where}: the start's history is not the file's`);
+    assert.equal(opened.logOptions.dir, logDir(spec.node.dataDir, 'v1', opened.history, spec.node.id), `${where}: the log opened is not the one the history names`);
+    assert.equal(opened.setAside, null, `${where}: a log was set aside`);
+    assert.equal(opened.volume.log.status().needsFullResync, false, `${where}: a crash during a role change must not cost a full resync`);
+    for (const beside of [`${opened.logOptions.dir}.new`, `${opened.logOptions.dir}.old`]) assert.equal(fs.stat(beside), null, `${where}: ${beside} is left after the start`);
+    // The other standing's log directory, if any is left, is neither read nor changed by the start.
+    const other = standing === 'old' ? spec.new.dir : spec.old.dir;
+    assert.equal(leftOf(fs, other), otherBefore[standing], `${where}: the start changed ${other}, the log of the standing it is not in`);
+    // A logship copy's held entries are in its log, not its image: applied here as a promotion would.
+    if (opened.logOptions.replica?.deferApply === true) await opened.volume.applyLoggedThrough(opened.volume.log.lastSeq);
+    await checkBlocks(opened, spec.held, `${where} (${standing} standing)`);
+    spec.also?.(opened, standing, where);
+    return standing;
+  }, () => opened.volume.close());
+}
+
+function parseHistoryFile(data: Buffer): EpochHistory {
+  const parsed = parseEpochHistory(data);
+  assert.ok(parsed instanceof EpochHistory, `the epoch history file is damaged: ${JSON.stringify(parsed)}`);
+  return parsed;
+}
+
+/** Explores the crashes of a role change (see RoleChangeExploration); every state's start is checked by checkRoleStart. */
+async function exploreRoleChange(spec: RoleChangeExploration): Promise<void> {
+  const seen = { old: 0, new: 0, leftOver: 0 };
+  const report = await exploreCrashes({
+    before: spec.before,
+    seed: spec.seed,
+    operation: spec.change,
+    check: async (fs, where) => {
+      const other = [leftOf(fs, spec.new.dir), leftOf(fs, spec.old.dir)];
+      const standing = await checkRoleStart(fs, spec, where);
+      seen[standing] += 1;
+      if ((standing === 'old' ? other[0] : other[1]) !== '{}') seen.leftOver += 1;
+      if (standing === 'old') {
+        // Made again from here, the change replaces what the crash left of the new log.
+        try {
+          await spec.change(fs);
+        } catch (error) {
+          throw new Error(`${where}: the change made again from the old standing fails: ${String(error)}`);
+        }
+      }
+      const again = standing === 'old' ? `${where} (the change made again)` : `${where} (second start)`;
+      assert.equal(await checkRoleStart(fs, spec, again), 'new', `${again}: not in the new standing`);
+      await spec.goesOn?.(fs, again);
+    },
+  });
+  console.log(`  ${seen.old} states in the old standing (each then made the change again), ${seen.new} in the new one; ${seen.leftOver} with the other standing's log directory left`);
+  assert.equal(seen.old + seen.new, report.states);
+  assert.ok(seen.old > 0 && seen.new > 1, 'crashes fall both before and after the commit');
+}
+
+/** Whether `named` holds all of `extent`. */
+function covers(named: readonly { offset: number; lengthBytes: number }[], extent: { offset: number; lengthBytes: number }): boolean {
+  return named.some((have) => have.offset <= extent.offset && extent.offset + extent.lengthBytes <= have.offset + have.lengthBytes);
 }
