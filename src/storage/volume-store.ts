@@ -300,7 +300,10 @@ export async function demoteStorage(
   mayDiffer: DirtyBitmap | null,
   commit: () => void,
 ): Promise<void> {
-  const trail = await trailAfter(volume.log, sharedSeq, mayDiffer);
+  // The image is durable through the last consistency point (the step down takes one, but
+  // it may have failed): entries after it are named too, so that a crash, which the new
+  // log would not replay them after, cannot leave the image without them unnoticed.
+  const trail = await trailAfter(volume.log, Math.min(sharedSeq, volume.log.status().cpSeq), mayDiffer);
   const lastSeq = volume.log.lastSeq;
   installLogDirectory(to, 'role-change', { cpSeq: lastSeq, needsFullResync: false, trail: trail.encode() });
   commit();
