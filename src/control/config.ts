@@ -35,6 +35,8 @@ export interface NodeConfig {
   admin: Address;
   /** Absolute; a relative path in the file is resolved against the file's directory. */
   dataDir: string;
+  /** Stores no data: takes part in heartbeats and counts toward the quorum of `quorum: majority` volumes. */
+  witness: boolean;
 }
 
 export interface VolumeConfig {
@@ -48,6 +50,10 @@ export interface VolumeConfig {
   allowSecondaryReads: boolean;
   readOnly: boolean;
   description: string;
+  /** `majority`: the primary acknowledges writes, and a node is promoted, only with a majority of the replicas and witnesses. */
+  quorum: 'off' | 'majority';
+  /** Without quorum, writes wait (`suspend`) or fail with EIO (`io-error`). */
+  onNoQuorum: 'suspend' | 'io-error';
 }
 
 export interface HeartbeatConfig {
@@ -88,10 +94,10 @@ const topKeys = ['cluster', 'secret', 'secretFile', 'heartbeat', 'resync', 'conn
 const resyncKeys = ['regionSize', 'rateMax'];
 const logKeys = ['partitionSize', 'partitions', 'cpIntervalMs', 'retentionMax'];
 const heartbeatKeys = ['intervalMs', 'timeoutMs', 'probationMs'];
-const nodeKeys = ['id', 'nbd', 'replication', 'admin', 'dataDir'];
+const nodeKeys = ['id', 'nbd', 'replication', 'admin', 'dataDir', 'witness'];
 const volumeKeys = [
   'name', 'size', 'replicas', 'primary', 'multiPrimary', 'mode',
-  'strict', 'allowSecondaryReads', 'readOnly', 'description',
+  'strict', 'allowSecondaryReads', 'readOnly', 'description', 'quorum', 'onNoQuorum',
 ];
 const volumeModes: readonly VolumeMode[] = ['sync', 'async', 'logship', 'local'];
 
@@ -364,7 +370,9 @@ function readNode(value: unknown, path: string, baseDir: string): NodeConfig {
   const admin = readAddress(fields.required('admin'), fields.field('admin'));
   const dataDirText = readString(fields.required('dataDir'), fields.field('dataDir'), 'a directory path', true);
   if (dataDirText === '') throw new ConfigError(fields.field('dataDir'), 'must not be empty');
-  return { id, nbd, replication, admin, dataDir: resolve(baseDir, dataDirText) };
+  const witnessValue = fields.optional('witness');
+  const witness = witnessValue === undefined ? false : readBoolean(witnessValue, fields.field('witness'));
+  return { id, nbd, replication, admin, dataDir: resolve(baseDir, dataDirText), witness };
 }
 
 function checkNodesDistinct(nodes: readonly NodeConfig[]): void {
@@ -438,7 +446,28 @@ function readVolume(value: unknown, path: string, nodes: readonly NodeConfig[]):
   const readOnly = flag('readOnly');
   const descriptionValue = fields.optional('description');
   const description = descriptionValue === undefined ? '' : readString(descriptionValue, fields.field('description'), 'a string', true);
-  return { name, sizeBytes, replicas, primary, multiPrimary, mode, strict, allowSecondaryReads, readOnly, description };
+  const quorum = readChoice(fields.optional('quorum'), fields.field('quorum'), ['off', 'majority'] as const, 'off');
+  const onNoQuorum = readChoice(fields.optional('onNoQuorum'), fields.field('onNoQuorum'), ['suspend', 'io-error'] as const, 'suspend');
+  if (quorum === 'majority' && mode === 'local') {
+    throw new ConfigError(fields.field('quorum'), 'majority needs a mirrored volume (mode sync, async or logship); a local volume has one copy');
+  }
+  replicas.forEach((id, index) => {
+    if (nodes.find((node) => node.id === id)?.witness === true) {
+      throw new ConfigError(`${fields.field('replicas')}[${index}]`, `${quote(id)} is a witness: it stores no data (it only counts toward quorum)`);
+    }
+  });
+  return { name, sizeBytes, replicas, primary, multiPrimary, mode, strict, allowSecondaryReads, readOnly, description, quorum, onNoQuorum };
+}
+
+/** One of `choices`, or `fallback` when the key is absent. */
+function readChoice<T extends string>(value: unknown, field: string, choices: readonly T[], fallback: T): T {
+  if (value === undefined) return fallback;
+  const choice = choices.find((candidate) => candidate === value);
+  if (choice === undefined) {
+    const got = typeof value === 'string' ? quote(value) : kindOf(value);
+    throw new ConfigError(field, `expected one of ${choices.join(', ')}, got ${got}`);
+  }
+  return choice;
 }
 
 function readSize(value: unknown, field: string): number {
@@ -585,4 +614,9 @@ function describeFsError(error: unknown): string {
   assert(error instanceof Error, 'file system errors are Errors');
   const match = /^([A-Z0-9]+): (.*?), \w+ '.*'$/s.exec(error.message);
   return match === null ? error.message : `${match[2]} (${match[1]})`;
+}
+
+/** The members of a volume's quorum: its replicas and every witness of the cluster. */
+export function quorumMembers(cluster: Pick<ClusterConfig, 'nodes'>, volume: Pick<VolumeConfig, 'replicas'>): string[] {
+  return [...volume.replicas, ...cluster.nodes.filter((node) => node.witness).map((node) => node.id)];
 }

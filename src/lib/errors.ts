@@ -16,7 +16,8 @@ export type ErrorCode =
   | 'ERR_NOT_PRIMARY'
   | 'ERR_UNKNOWN_VOLUME'
   | 'ERR_ROLE_REFUSED'
-  | 'ERR_MAY_LOSE_WRITES';
+  | 'ERR_MAY_LOSE_WRITES'
+  | 'ERR_NO_QUORUM';
 
 export class BlockmirrorError extends Error {
   override name = 'BlockmirrorError';

@@ -15,7 +15,7 @@ import type { Logger } from '../lib/log.js';
 import type { LogStatus } from '../storage/write-log.js';
 import type { NodeStatus, PeerReplicationStatus, VolumeStatus } from './status.js';
 import { closeServer, listen } from './listen.js';
-import { diskState, type NodeView } from './served-volume.js';
+import { diskState, type NodeView, type ServedVolume } from './served-volume.js';
 import { mayLack } from './source-contact.js';
 
 export function nodeStatus(node: NodeView): NodeStatus {
@@ -52,6 +52,7 @@ export function nodeStatus(node: NodeView): NodeStatus {
         readOnly: config.readOnly,
         primary: config.mode === 'local' ? node.node.id : volume.replica.history.primaryNow,
         changing: served.changing,
+        quorum: quorumStatus(node, served),
         stats: { ...volume.stats },
         log: volume.log.status(),
         peers: (mirror?.status() ?? []).map((peer) => ({
@@ -192,6 +193,12 @@ function metrics(status: NodeStatus): string {
     'gauge',
     'The epoch of the volume\'s history this node is in (a promotion begins the next one).',
     status.volumes.map((volume) => [`${labels},volume="${volume.name}"`, volume.epoch]),
+  );
+  metric(
+    'blockmirror_volume_quorum',
+    'gauge',
+    'For quorum: majority: 1 while this node has a majority (on the primary: its writes are acknowledged; on a secondary: it may be promoted).',
+    status.volumes.flatMap((volume): [string, number][] => (volume.quorum === null ? [] : [[`${labels},volume="${volume.name}"`, volume.quorum.ok ? 1 : 0]])),
   );
   metric(
     'blockmirror_volume_primary',
@@ -369,4 +376,11 @@ function readSmallBody(request: http.IncomingMessage, use: (body: string) => voi
     if (body.length > 1024) request.destroy();
   });
   request.on('end', () => use(body));
+}
+
+/** A `quorum: majority` volume's quorum on this node, as the status reports it. */
+function quorumStatus(node: NodeView, served: ServedVolume): VolumeStatus['quorum'] {
+  const quorum = node.quorumOf(served);
+  if (quorum === null) return null;
+  return { onNoQuorum: served.config.onNoQuorum, have: quorum.have, need: quorum.need, ok: quorum.ok, counted: quorum.counted, reason: quorum.reason };
 }

@@ -13,13 +13,13 @@
 // process on a MemoryNetwork and a ManualClock.
 
 import path from 'node:path';
-import type { Address, ClusterConfig, NodeConfig } from '../control/config.js';
+import { quorumMembers, type Address, type ClusterConfig, type NodeConfig } from '../control/config.js';
 import { FailureDetector, type DetectorAction } from '../core/failure-detector.js';
-import type { DiskState } from '../core/mirror-source.js';
+import type { MemberView } from '../core/quorum.js';
 import { BlockmirrorError, errnoCode } from '../lib/errors.js';
 import { hmacSha256 } from '../lib/hmac.js';
 import type { Logger } from '../lib/log.js';
-import { decodeHeartbeat, encodeHeartbeat } from '../protocol/heartbeat/datagram.js';
+import { decodeHeartbeat, encodeHeartbeat, type HeartbeatVolume } from '../protocol/heartbeat/datagram.js';
 import type { DurableFiles } from '../storage/durable-files.js';
 import { systemClock, type Clock, type Timer } from '../io/clock.js';
 import { udpDatagramLink, type DatagramLink, type DatagramSocket } from '../io/datagram-link.js';
@@ -38,19 +38,21 @@ export interface HeartbeatListener {
   peerHeard(peer: string, nowMs: number, volumes: readonly VolumeView[]): void;
 }
 
-export interface VolumeView {
-  name: string;
-  role: 'primary' | 'secondary';
-  disk: DiskState;
-  lastSeq: number;
-}
+/** What a node's heartbeats say of one volume it holds (or, a witness, counts toward the quorum of). */
+export type VolumeView = HeartbeatVolume;
 
-/** The peers a node watches: every other node that holds a volume with it. */
+/**
+ * The peers a node watches: every other node that holds a mirrored volume with it, and for
+ * a `quorum: majority` volume every other member of its quorum (the witnesses too; a
+ * witness watches the replicas of every such volume).
+ */
 export function watchedPeers(cluster: ClusterConfig, local: string): NodeConfig[] {
   const ids = new Set<string>();
   for (const volume of cluster.volumes) {
-    if (!volume.replicas.includes(local) || volume.mode === 'local') continue;
-    for (const id of volume.replicas) if (id !== local) ids.add(id);
+    if (volume.mode === 'local') continue;
+    const members = volume.quorum === 'majority' ? quorumMembers(cluster, volume) : volume.replicas;
+    if (!members.includes(local)) continue;
+    for (const id of members) if (id !== local) ids.add(id);
   }
   return cluster.nodes.filter((node) => ids.has(node.id));
 }
@@ -79,6 +81,8 @@ export class Heartbeats {
   private readonly secret: Buffer;
   /** Senders whose datagrams failed authentication, already reported (bounded). */
   private readonly reported = new Set<string>();
+  /** What each peer's last accepted heartbeat said it hears, and when it came (this clock). */
+  private readonly heard = new Map<string, { atMs: number; hears: string[]; volumes: HeartbeatVolume[] }>();
 
   constructor(
     private readonly cluster: ClusterConfig,
@@ -151,6 +155,27 @@ export class Heartbeats {
     return state === 'up' || state === 'unknown';
   }
 
+  /** Whether the failure detector trusts `peer` now (it is up). */
+  hears(peer: string): boolean {
+    return this.detector.state(peer) === 'up';
+  }
+
+  /** What the heartbeats say of each watched peer and of `volume` there, for its quorum (src/core/quorum.ts). */
+  memberViews(volume: string): MemberView[] {
+    const nowMs = this.ports.clock.nowMs();
+    return this.peers.map((peer) => {
+      const last = this.heard.get(peer.id);
+      const view = last?.volumes.find((candidate) => candidate.name === volume);
+      return { node: peer.id, heardAgoMs: last === undefined ? null : nowMs - last.atMs, hears: last?.hears ?? [], epoch: view?.epoch ?? null, role: view?.role ?? null, synced: view?.synced ?? null };
+    });
+  }
+
+  /** How recent a member's heartbeat must be to count toward a quorum: well inside the timeout. */
+  get quorumFreshMs(): number {
+    const { intervalMs, timeoutMs } = this.cluster.heartbeat;
+    return Math.min(2 * intervalMs, Math.floor(timeoutMs / 2));
+  }
+
   /** Each watched peer: its state and how long ago it was last heard (-1: never). */
   status(): { peer: string; state: string; lastHeardAgoMs: number; incarnation: number }[] {
     const nowMs = this.ports.clock.nowMs();
@@ -166,6 +191,7 @@ export class Heartbeats {
     const socket = this.socket;
     if (socket === null) return;
     const volumes = this.volumes();
+    const hears = this.detector.status().filter((peer) => peer.state === 'up').map((peer) => peer.peer);
     for (const peer of this.peers) {
       const address: Address = peer.replication;
       if (address.port === 0) continue;
@@ -177,6 +203,7 @@ export class Heartbeats {
         fromNode: this.local.id,
         toNode: peer.id,
         volumes,
+        hears,
       });
       socket.send(datagram, address, (ok) => {
         if (ok) this.counters.heartbeatsSent += 1;
@@ -202,6 +229,7 @@ export class Heartbeats {
     const result = this.detector.heard(heartbeat.fromNode, heartbeat.incarnation, heartbeat.counter, this.ports.clock.nowMs());
     if (!result.accepted) return drop(result.reason);
     this.counters.heartbeatsReceived += 1;
+    this.heard.set(heartbeat.fromNode, { atMs: this.ports.clock.nowMs(), hears: heartbeat.hears, volumes: heartbeat.volumes });
     this.listener.peerHeard(heartbeat.fromNode, Date.now(), heartbeat.volumes);
     this.run(result.actions);
   }

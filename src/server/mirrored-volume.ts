@@ -10,6 +10,7 @@
 import type { DiskExtent } from '../io/disk.js';
 import type { LocalVolume, ZeroOptions } from '../storage/local-volume.js';
 import { MirrorEngine, type MirrorEngineParts } from './mirror-engine.js';
+import type { QuorumGate } from './quorum-gate.js';
 
 /** What an NBD connection asks of a volume (LocalVolume is one; MirroredVolume another). */
 export interface ClientVolume {
@@ -28,6 +29,8 @@ export class MirroredVolume implements ClientVolume {
   constructor(
     readonly volume: LocalVolume,
     readonly engine: MirrorEngine,
+    /** A `quorum: majority` volume's gate: no reply leaves without a quorum. */
+    readonly quorum: QuorumGate | null = null,
   ) {}
 
   readInto(buffer: Buffer, offset: number): Promise<void> {
@@ -61,6 +64,7 @@ export class MirroredVolume implements ClientVolume {
   async flush(): Promise<void> {
     const local = this.volume.flushLocal();
     await this.volume.counted(this.engine.mirrored(this.engine.lastSeq, true, local));
+    await this.quorum?.pass();
   }
 
   replied(): void {
@@ -91,6 +95,7 @@ export class MirroredVolume implements ClientVolume {
     const local = durable ? this.volume.logDurable(seq) : null;
     await this.volume.counted(this.engine.mirrored(seq, durable, local));
     this.engine.changeDone(performance.now() - startedMs);
+    await this.quorum?.pass();
   }
 }
 
@@ -100,7 +105,11 @@ export class MirroredVolume implements ClientVolume {
  * still need. Nothing has been placed since the log opened but the start's consistency
  * point marker, which the engine's start (`lastSeq`) covers.
  */
-export function mirrorPrimary(volume: LocalVolume, parts: Omit<MirrorEngineParts, 'replica' | 'lastSeq' | 'release' | 'regions' | 'entries'>): MirroredVolume {
+export function mirrorPrimary(
+  volume: LocalVolume,
+  parts: Omit<MirrorEngineParts, 'replica' | 'lastSeq' | 'release' | 'regions' | 'entries'>,
+  quorum: QuorumGate | null = null,
+): MirroredVolume {
   const log = volume.log;
   const engine = new MirrorEngine({
     ...parts,
@@ -113,5 +122,5 @@ export function mirrorPrimary(volume: LocalVolume, parts: Omit<MirrorEngineParts
   log.tap((seq, header, payload, fields) => engine.placed(seq, header, payload, fields));
   log.addRetainer((partition) => engine.retains(partition));
   volume.requireIntent();
-  return new MirroredVolume(volume, engine);
+  return new MirroredVolume(volume, engine, quorum);
 }

@@ -24,6 +24,7 @@ import type { ClientVolume } from './mirrored-volume.js';
 import { NbdConnection, type ConnectionCounters, type VolumeCatalog } from './nbd-connection.js';
 import { PeerServer } from './peer-server.js';
 import { VolumeRoles } from './volume-roles.js';
+import { WitnessRecord } from './witness.js';
 import type { DemotionResult, PromotionResult } from './status.js';
 import { closeServer, listen } from './listen.js';
 import { diskState, type NodeView, type ServedVolume } from './served-volume.js';
@@ -46,6 +47,8 @@ export class BlockmirrorNode implements NodeView {
   readonly counters: ConnectionCounters = { requests: 0, errorReplies: 0, protocolErrors: 0 };
   readonly peerCounters = { peerProtocolErrors: 0, peerRefusals: 0 };
   private readonly roles: VolumeRoles;
+  /** On a witness node: the epochs it knows of the quorum volumes. */
+  private readonly witness: WitnessRecord | null;
   private peerServer: PeerServer | null = null;
   private heartbeats: Heartbeats | null = null;
   readonly heartbeatCounters = { heartbeatsSent: 0, heartbeatsReceived: 0, heartbeatsDropped: 0 };
@@ -87,9 +90,11 @@ export class BlockmirrorNode implements NodeView {
         available: (peer) => this.heartbeats?.mayConnect(peer) === true,
         checkpointSoon: (name) => this.checkpointSoon(name),
         closeClients: (name) => this.closeClients(name),
+        heartbeats: () => this.heartbeats,
       },
       this.volumes,
     );
+    this.witness = node.witness ? new WitnessRecord(files, node.dataDir, config, log.child({ node: node.id })) : null;
     config.volumes.forEach((volume, index) => {
       if (volume.replicas.includes(nodeId) && volume.mode !== 'local' && volume.multiPrimary) {
         throw new ConfigError(
@@ -204,6 +209,8 @@ export class BlockmirrorNode implements NodeView {
     this.log.info('node stopping', { connections: this.connections.size });
     this.releaseBusyPoll?.();
     const serverClosed = this.nbdServer === null ? Promise.resolve() : closeServer(this.nbdServer);
+    // Replies a quorum gate holds fail now, so that their connections drain.
+    for (const served of this.volumes.values()) served.mirrored?.quorum?.close('the node is stopping');
     await Promise.all([...this.connections].map((connection) => connection.shutdown(constants.shutdownDrainMs)));
     await serverClosed;
     if (this.checkpointTimer !== null) clearInterval(this.checkpointTimer);
@@ -229,14 +236,17 @@ export class BlockmirrorNode implements NodeView {
     this.log.info('node stopped', { node: this.node.id });
   }
 
-  /** What this node's heartbeats say about its volumes. */
+  /** What this node's heartbeats say about its volumes (a witness: the epochs it knows). */
   private volumeViews(): VolumeView[] {
-    return [...this.volumes.values()].map((served) => ({
+    const views: VolumeView[] = [...this.volumes.values()].map((served) => ({
       name: served.config.name,
       role: served.role,
       disk: diskState(served),
+      epoch: served.volume.replica.epoch,
       lastSeq: served.volume.log.lastSeq,
+      synced: served.config.quorum === 'majority' ? this.roles.quorum.synced(served) : [],
     }));
+    return this.witness === null ? views : [...views, ...this.witness.views()];
   }
 
   /** The failure detector's verdicts, passed to every mirror engine and replica target that involves the peer. */
@@ -256,8 +266,17 @@ export class BlockmirrorNode implements NodeView {
     peerHeard: (peer, nowMs, views) => {
       for (const served of this.volumes.values()) {
         served.mirrored?.engine.peerHeard(peer, nowMs);
-        if (served.target?.source === peer) served.target.sourceHeard(nowMs, views.find((view) => view.name === served.config.name)?.lastSeq ?? null);
+        const view = views.find((candidate) => candidate.name === served.config.name);
+        if (served.target?.source === peer) served.target.sourceHeard(nowMs, view?.lastSeq ?? null);
+        if (view?.role === 'primary') this.roles.quorum.heardSynced(served, peer, view.epoch, view.synced);
+        // A primary of a newer epoch: this node is no longer the primary (fenced).
+        if (view?.role === 'primary' && view.epoch > served.volume.replica.epoch && served.volume.replica.role === 'primary') {
+          void this.roles.stepDown(served.config.name, `node ${peer} is primary in epoch ${view.epoch}`).catch((error: unknown) => {
+            this.log.error('could not step down', { volume: served.config.name, error: String(error) });
+          });
+        }
       }
+      this.witness?.heard(peer, views);
     },
   };
 
@@ -269,6 +288,11 @@ export class BlockmirrorNode implements NodeView {
   /** This node, the primary of `name`, steps down (see VolumeRoles.demote). */
   demote(name: string): Promise<DemotionResult> {
     return this.roles.demote(name);
+  }
+
+  /** A `quorum: majority` volume's quorum here (VolumeQuorum.of), or null. */
+  quorumOf(served: ServedVolume): ReturnType<VolumeRoles['quorum']['of']> {
+    return this.roles.quorum.of(served);
   }
 
   /** Drains the NBD connections of a volume and closes them (a demotion). */

@@ -48,6 +48,8 @@ export interface NodeView {
   /** Role changes (docs/operations.md, "Failover"). */
   promote(name: string, force: boolean): Promise<PromotionResult>;
   demote(name: string): Promise<DemotionResult>;
+  /** A `quorum: majority` volume's quorum on this node, or null. */
+  quorumOf(served: ServedVolume): { have: number; need: number; ok: boolean; counted: string[]; reason: string | null } | null;
 }
 
 /** This node's copy of a volume, as copyState (src/core/volume-core.ts) says from what the node knows of it. */

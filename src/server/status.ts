@@ -18,6 +18,12 @@ export interface VolumeStatus {
   primary: string | null;
   /** A role change under way here ('promotion', 'demotion', 'following'), or null. */
   changing: string | null;
+  /**
+   * For `quorum: majority`: on the primary, whether its writes are acknowledged (it and the
+   * members that reach it); on a secondary, whether it may be promoted (the members that
+   * vote for it, and what is missing). Null otherwise.
+   */
+  quorum: { onNoQuorum: string; have: number; need: number; ok: boolean; counted: string[]; reason: string | null } | null;
   stats: Record<string, number>;
   log: LogStatus;
   /** On the primary: each peer it mirrors to. */

@@ -29,6 +29,8 @@ import { RefuseCode } from '../protocol/peer/frames.js';
 import type { DurableFiles } from '../storage/durable-files.js';
 import type { OpenedVolume } from '../storage/volume-store.js';
 import { demoteStorage, logDir, logOptionsAt, moveReplicaLog, promoteStorage, restartReplicaLog } from '../storage/volume-store.js';
+import type { Heartbeats } from './heartbeats.js';
+import { VolumeQuorum } from './volume-quorum.js';
 import { mirrorPrimary } from './mirrored-volume.js';
 import type { HelloMessage, PeerLink } from './peer-link.js';
 import { ReplicaTarget } from './replica-target.js';
@@ -50,13 +52,20 @@ export interface RoleParts {
   checkpointSoon: (name: string) => void;
   /** Drains the NBD connections of a volume (in-flight requests finish) and closes them. */
   closeClients: (name: string) => Promise<void>;
+  /** The heartbeats, once they run (quorum). */
+  heartbeats: () => Heartbeats | null;
 }
 
 export class VolumeRoles {
+  /** The quorum of the `quorum: majority` volumes here. */
+  readonly quorum: VolumeQuorum;
+
   constructor(
     private readonly parts: RoleParts,
     private readonly volumes: Map<string, ServedVolume>,
-  ) {}
+  ) {
+    this.quorum = new VolumeQuorum(parts.cluster, parts.node, parts.heartbeats);
+  }
 
   /** The volume as served here, just opened: the mirror engine or the replica target its role asks for. */
   serve(config: VolumeConfig, opened: OpenedVolume, replayed: DirtyBitmap | null): ServedVolume {
@@ -90,6 +99,7 @@ export class VolumeRoles {
 
   private mirror(served: ServedVolume, recoveredSeq: number, replayed: DirtyBitmap | null): NonNullable<ServedVolume['mirrored']> {
     const { cluster, node, files, clock, streams, counters } = this.parts;
+    const gate = this.quorum.gate(served, clock, this.volumeLog(served));
     return mirrorPrimary(served.volume, {
       cluster,
       local: node,
@@ -103,7 +113,7 @@ export class VolumeRoles {
       clock,
       streams,
       stale: (peer, message) => void this.stepDown(served.config.name, `node ${peer} refused it: ${message}`).catch(() => undefined),
-    });
+    }, gate);
   }
 
   private target(served: ServedVolume): ReplicaTarget {
@@ -179,6 +189,10 @@ export class VolumeRoles {
     const lack = mayLack(config, target.contact, this.parts.node.id);
     if (lack !== null && !force) {
       throw new BlockmirrorError('ERR_MAY_LOSE_WRITES', `${lack}; --force promotes it anyway, and those writes are lost`);
+    }
+    const quorum = this.quorum.of(served);
+    if (quorum !== null && !quorum.ok && !force) {
+      throw new BlockmirrorError('ERR_NO_QUORUM', `volume ${name} has quorum: majority, and node ${this.parts.node.id} has no majority to be promoted with: ${quorum.reason ?? ''}; --force promotes it anyway (two primaries may then take writes)`);
     }
     served.changing = 'promotion';
     const log = this.volumeLog(served);
@@ -285,9 +299,11 @@ export class VolumeRoles {
     log.warn('stepping down as the primary', { reason });
     try {
       // No new clients (the catalog refuses a secondary's export), and the connected ones
-      // drain: their in-flight requests finish before they close. A step down that failed
-      // part way (see waitUntil) is taken up again from where it stopped.
+      // drain: their in-flight requests finish before they close (those a quorum gate
+      // holds fail). A step down that failed part way (see waitUntil) is taken up again
+      // from where it stopped.
       served.role = 'secondary';
+      served.mirrored?.quorum?.close('its primary stepped down');
       await this.parts.closeClients(name);
       const mirrored = served.mirrored;
       if (mirrored !== null) {

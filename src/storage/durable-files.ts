@@ -39,6 +39,7 @@ export const fileOperations = [
   'volume-epochs',
   'role-change',
   'contact',
+  'witness',
   'incarnation',
   'config',
 ] as const;

@@ -261,6 +261,8 @@ export interface ClusterNodeSpec {
   host?: string;
   /** Loopback address of the replication link (default: `host`, the same network). */
   replicationHost?: string;
+  /** Stores no data, counts toward quorum. */
+  witness?: boolean;
 }
 
 export interface ClusterVolumeSpec {
@@ -271,6 +273,8 @@ export interface ClusterVolumeSpec {
   mode: 'sync' | 'async' | 'logship' | 'local';
   strict?: boolean;
   allowSecondaryReads?: boolean;
+  quorum?: 'off' | 'majority';
+  onNoQuorum?: 'suspend' | 'io-error';
 }
 
 export interface ClusterSpec {
@@ -298,7 +302,7 @@ export async function writeClusterConfig(dir: string, spec: ClusterSpec, name = 
     nbd: ${host}:0
     replication: ${replicationHost}:${await freePort(replicationHost)}
     admin: ${host}:0
-    dataDir: ./data-${node.id}`);
+    dataDir: ./data-${node.id}${node.witness === true ? '\n    witness: true' : ''}`);
   }
   const volumes = spec.volumes.map(
     (volume) => `  - name: ${volume.name}
@@ -307,7 +311,7 @@ export async function writeClusterConfig(dir: string, spec: ClusterSpec, name = 
     primary: ${volume.primary}
     mode: ${volume.mode}
     strict: ${volume.strict === true}
-    allowSecondaryReads: ${volume.allowSecondaryReads === true}`,
+    allowSecondaryReads: ${volume.allowSecondaryReads === true}${volume.quorum === undefined ? '' : `\n    quorum: ${volume.quorum}`}${volume.onNoQuorum === undefined ? '' : `\n    onNoQuorum: ${volume.onNoQuorum}`}`,
   );
   const heartbeat = spec.heartbeat === undefined ? '' : `heartbeat: { intervalMs: ${spec.heartbeat.intervalMs}, timeoutMs: ${spec.heartbeat.timeoutMs}, probationMs: ${spec.heartbeat.probationMs} }\n`;
   const resyncKeys = Object.entries(spec.resync ?? {}).map(([key, value]) => `${key}: ${value}`);

@@ -13,6 +13,7 @@ import {
   formatAddress,
   loadClusterConfig,
   parseClusterConfig,
+  quorumMembers,
   type ClusterConfig,
 } from '../../src/control/config.js';
 import { ConfigError } from '../../src/lib/errors.js';
@@ -129,6 +130,7 @@ describe('cluster file: valid input', () => {
           replication: { host: '127.0.0.1', port: 7701 },
           admin: { host: '127.0.0.1', port: 9701 },
           dataDir: '/etc/blockmirror/data/a',
+          witness: false,
         },
         {
           id: 'b',
@@ -136,6 +138,7 @@ describe('cluster file: valid input', () => {
           replication: { host: '127.0.0.1', port: 7702 },
           admin: { host: '127.0.0.1', port: 9702 },
           dataDir: '/etc/blockmirror/data/b',
+          witness: false,
         },
       ],
       volumes: [
@@ -150,6 +153,8 @@ describe('cluster file: valid input', () => {
           allowSecondaryReads: false,
           readOnly: false,
           description: '',
+          quorum: 'off',
+          onNoQuorum: 'suspend',
         },
       ],
     });
@@ -178,6 +183,7 @@ describe('cluster file: valid input', () => {
         {
           name: 'db.primary-1', size: 512 * 1024 * 1024, replicas: ['b', 'a'], multiPrimary: true, mode: 'async',
           strict: true, allowSecondaryReads: true, readOnly: true, description: 'database',
+          quorum: 'off', onNoQuorum: 'io-error',
         },
         { name: 'scratch', size: '4KiB', replicas: ['b'], primary: 'b', mode: 'local' },
       ];
@@ -188,6 +194,7 @@ describe('cluster file: valid input', () => {
     assert.deepEqual(db, {
       name: 'db.primary-1', sizeBytes: 512 * 1024 * 1024, replicas: ['b', 'a'], primary: null, multiPrimary: true,
       mode: 'async', strict: true, allowSecondaryReads: true, readOnly: true, description: 'database',
+      quorum: 'off', onNoQuorum: 'io-error',
     });
     assert.equal(scratch?.sizeBytes, 4096);
     assert.equal(scratch?.mode, 'local');
@@ -254,9 +261,9 @@ describe('cluster file: syntax and shape', () => {
   test('unknown keys name their path and the keys that are allowed', () => {
     rejects((raw) => { raw.secrets = 'x'; }, 'secrets', 'unknown key (expected one of: cluster, secret, secretFile,');
     rejects((raw) => { raw.heartbeat = { intervalMS: 100 }; }, 'heartbeat.intervalMS', 'unknown key (expected one of: intervalMs, timeoutMs, probationMs)');
-    rejects((raw) => { at(raw.nodes, 1).datadir = '/x'; }, 'nodes[1].datadir', 'unknown key (expected one of: id, nbd, replication, admin, dataDir)');
+    rejects((raw) => { at(raw.nodes, 1).datadir = '/x'; }, 'nodes[1].datadir', 'unknown key (expected one of: id, nbd, replication, admin, dataDir, witness)');
     const error = rejects((raw) => { at(raw.volumes, 0).sizee = '1GiB'; }, 'volumes[0].sizee', 'unknown key (expected one of: name, size, ');
-    assert.ok(error.message.includes('description)'));
+    assert.ok(error.message.includes('description, quorum, onNoQuorum)'), error.message);
   });
 
   test('wrong types name the field and the type found', () => {
@@ -497,5 +504,117 @@ describe('cluster file: volume rules', () => {
       raw.volumes.push({ name: 'vol0', size: '1GiB', replicas: ['b'], primary: 'b' });
     }, 'volumes[2].name', 'duplicate volume name');
     assert.equal(error.message, 'volumes[2].name: duplicate volume name "vol0" (also volumes[0].name)');
+  });
+});
+
+describe('cluster file: witnesses and quorum', () => {
+  const witnessNode = (id: string, port: number): RawMap => ({
+    id, nbd: `127.0.0.1:${10800 + port}`, replication: `127.0.0.1:${7700 + port}`, admin: `127.0.0.1:${9700 + port}`, dataDir: `./data/${id}`, witness: true,
+  });
+
+  test('witness defaults to false; quorum to off and onNoQuorum to suspend', () => {
+    const config = parseClusterConfig(designExample, { baseDir });
+    assert.deepEqual(config.nodes.map((node) => node.witness), [false, false]);
+    assert.equal(config.volumes[0]?.quorum, 'off');
+    assert.equal(config.volumes[0]?.onNoQuorum, 'suspend');
+    // `key:` alone means the default too.
+    const empty = parseRaw((raw) => {
+      at(raw.nodes, 0).witness = null;
+      at(raw.volumes, 0).quorum = null;
+      at(raw.volumes, 0).onNoQuorum = null;
+    });
+    assert.equal(at(empty.nodes, 0).witness, false);
+    assert.equal(empty.volumes[0]?.quorum, 'off');
+    assert.equal(empty.volumes[0]?.onNoQuorum, 'suspend');
+  });
+
+  test('a witness node, a majority volume and every value of quorum and onNoQuorum read back as written', () => {
+    const config = parseRaw((raw) => {
+      raw.nodes.push(witnessNode('w', 3));
+      at(raw.nodes, 1).witness = false;
+      raw.volumes = [
+        { name: 'q', size: '1GiB', replicas: ['a', 'b'], primary: 'a', quorum: 'majority', onNoQuorum: 'io-error' },
+        { name: 'qs', size: '1GiB', replicas: ['b', 'a'], primary: 'b', mode: 'async', quorum: 'majority', onNoQuorum: 'suspend' },
+        { name: 'plain', size: '1GiB', replicas: ['a', 'b'], primary: 'a', quorum: 'off', onNoQuorum: 'io-error' },
+        { name: 'alone', size: '1GiB', replicas: ['a'], primary: 'a', mode: 'local', quorum: 'off' },
+      ];
+    });
+    assert.deepEqual(config.nodes.map((node) => [node.id, node.witness]), [['a', false], ['b', false], ['w', true]]);
+    const w = findNode(config, 'w');
+    assert.deepEqual(w.replication, { host: '127.0.0.1', port: 7703 });
+    assert.equal(w.dataDir, '/etc/blockmirror/data/w');
+    assert.deepEqual(
+      config.volumes.map((volume) => [volume.name, volume.quorum, volume.onNoQuorum]),
+      [['q', 'majority', 'io-error'], ['qs', 'majority', 'suspend'], ['plain', 'off', 'io-error'], ['alone', 'off', 'suspend']],
+    );
+  });
+
+  test('a witness listed among a volume\'s replicas', () => {
+    const error = rejects((raw) => {
+      raw.nodes.push(witnessNode('w', 3));
+      at(raw.volumes, 0).replicas = ['a', 'w'];
+    }, 'volumes[0].replicas[1]', 'is a witness');
+    assert.equal(error.message, 'volumes[0].replicas[1]: "w" is a witness: it stores no data (it only counts toward quorum)');
+    // As the primary too, on a majority volume, and on a local one: the replica is what is wrong.
+    rejects((raw) => {
+      raw.nodes.push(witnessNode('w', 3));
+      raw.volumes = [{ name: 'vol0', size: '1GiB', replicas: ['w', 'a'], primary: 'w', quorum: 'majority' }];
+    }, 'volumes[0].replicas[0]', '"w" is a witness');
+    rejects((raw) => {
+      raw.nodes.push(witnessNode('w', 3));
+      raw.volumes.push({ name: 'vol1', size: '1GiB', replicas: ['w'], primary: 'w', mode: 'local' });
+    }, 'volumes[1].replicas[0]', '"w" is a witness');
+    // A node that says witness: false is an ordinary replica.
+    assert.deepEqual(parseRaw((raw) => { at(raw.nodes, 1).witness = false; }).volumes[0]?.replicas, ['a', 'b']);
+  });
+
+  test('quorum: majority on a local volume', () => {
+    const error = rejects((raw) => {
+      raw.volumes = [{ name: 'vol0', size: '1GiB', replicas: ['a'], primary: 'a', mode: 'local', quorum: 'majority' }];
+    }, 'volumes[0].quorum', 'majority needs a mirrored volume');
+    assert.match(error.message, /local volume has one copy/);
+  });
+
+  test('quorum and onNoQuorum values outside their lists', () => {
+    const error = rejects((raw) => { at(raw.volumes, 0).quorum = 'x'; }, 'volumes[0].quorum', 'expected one of off, majority, got "x"');
+    assert.equal(error.message, 'volumes[0].quorum: expected one of off, majority, got "x"');
+    rejects((raw) => { at(raw.volumes, 0).quorum = 'Majority'; }, 'volumes[0].quorum', 'got "Majority"');
+    rejects((raw) => { at(raw.volumes, 0).quorum = true; }, 'volumes[0].quorum', 'expected one of off, majority, got boolean');
+    rejects((raw) => { at(raw.volumes, 0).quorum = 2; }, 'volumes[0].quorum', 'got number');
+    rejects((raw) => { at(raw.volumes, 0).onNoQuorum = 'panic'; }, 'volumes[0].onNoQuorum', 'expected one of suspend, io-error, got "panic"');
+    rejects((raw) => { at(raw.volumes, 0).onNoQuorum = ['suspend']; }, 'volumes[0].onNoQuorum', 'expected one of suspend, io-error, got list');
+  });
+
+  test('witness must be true or false', () => {
+    rejects((raw) => { at(raw.nodes, 1).witness = 'yes'; }, 'nodes[1].witness', 'expected true or false, got string (YAML 1.2 reads "yes" as a string');
+    rejects((raw) => { at(raw.nodes, 0).witness = 1; }, 'nodes[0].witness', 'expected true or false, got number');
+    rejects((raw) => { at(raw.nodes, 0).witness = 'true'; }, 'nodes[0].witness', 'got string');
+  });
+
+  test('witness belongs to a node and quorum to a volume, not the other way round', () => {
+    rejects((raw) => { at(raw.volumes, 0).witness = true; }, 'volumes[0].witness', 'unknown key');
+    rejects((raw) => { at(raw.nodes, 0).quorum = 'majority'; }, 'nodes[0].quorum', 'unknown key');
+  });
+
+  test('quorumMembers: the replicas in their order, then every witness in node order', () => {
+    const config = parseRaw((raw) => {
+      raw.nodes.splice(1, 0, witnessNode('w1', 3));
+      raw.nodes.push(witnessNode('w0', 4));
+      raw.nodes.push({ id: 'c', nbd: '127.0.0.1:10815', replication: '127.0.0.1:7705', admin: '127.0.0.1:9705', dataDir: './data/c' });
+      raw.volumes = [
+        { name: 'q', size: '1GiB', replicas: ['b', 'a'], primary: 'a', quorum: 'majority' },
+        { name: 'r', size: '1GiB', replicas: ['c', 'a', 'b'], primary: 'c' },
+      ];
+    });
+    assert.deepEqual(quorumMembers(config, at(config.volumes, 0)), ['b', 'a', 'w1', 'w0']);
+    assert.deepEqual(quorumMembers(config, at(config.volumes, 1)), ['c', 'a', 'b', 'w1', 'w0']);
+    // Without witnesses, the replicas alone.
+    const plain = parseClusterConfig(designExample, { baseDir });
+    assert.deepEqual(quorumMembers(plain, at(plain.volumes, 0)), ['a', 'b']);
+    // It takes plain values too, and returns a fresh list.
+    const volume = { replicas: ['x'] };
+    const members = quorumMembers({ nodes: [] }, volume);
+    members.push('y');
+    assert.deepEqual(volume.replicas, ['x']);
   });
 });

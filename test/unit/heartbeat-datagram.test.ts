@@ -1,9 +1,11 @@
 // The heartbeat datagram codec. What a node relies on: a heartbeat comes back exactly as
-// it was sent; the layout on the wire is the documented one, MAC included; any damage,
-// truncation, extra byte, wrong secret or random garbage is refused with a reason and
-// never throws; and a datagram no correct sender would produce is refused even when its
-// MAC is right (such datagrams are built by hand here and re-signed, so the check under
-// test is the one that must catch them).
+// it was sent, each volume's synced set included (its own on every volume); the layout on
+// the wire is the documented one, MAC included, with a volume's synced set right after its
+// lastSeq; any damage, truncation, extra byte, wrong secret or random garbage is refused
+// with a reason and never throws; and a datagram no correct sender would produce (a synced
+// set of more than 64 ids, a bad or repeated id in one) is refused even when its MAC is
+// right (such datagrams are built by hand here and re-signed, so the check under test is
+// the one that must catch them), while the encoder asserts rather than send one.
 
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
@@ -14,7 +16,10 @@ import {
   encodeHeartbeat,
   HEARTBEAT_BYTES_MAX,
   HEARTBEAT_DISK_STATES,
+  HEARTBEAT_HEARS_MAX,
   HEARTBEAT_MAGIC,
+  HEARTBEAT_ROLES,
+  HEARTBEAT_VERSION,
   type Heartbeat,
 } from '../../src/protocol/heartbeat/datagram.js';
 import { baseSeed, Prng } from './prng.js';
@@ -24,7 +29,7 @@ const secret = Buffer.from('cluster-secret', 'utf8');
 const LABEL = Buffer.from('blockmirror-heartbeat-v1', 'ascii');
 const REASONS = new Set(['short', 'magic', 'version', 'malformed', 'mac']);
 
-function heartbeat(volumeCount: number): Heartbeat {
+function heartbeat(volumeCount: number, hearsCount = 2): Heartbeat {
   return {
     incarnation: 1_700_000_000_123,
     counter: 42,
@@ -33,10 +38,14 @@ function heartbeat(volumeCount: number): Heartbeat {
     toNode: 'node-b',
     volumes: Array.from({ length: volumeCount }, (_, index) => ({
       name: `vol-${index}`,
-      role: index % 2 === 0 ? ('primary' as const) : ('secondary' as const),
+      role: HEARTBEAT_ROLES[index % HEARTBEAT_ROLES.length] ?? 'primary',
       disk: HEARTBEAT_DISK_STATES[index % HEARTBEAT_DISK_STATES.length] ?? 'up-to-date',
+      epoch: index === 0 ? 0xffff_ffff : index === 1 ? 0 : index * 7,
       lastSeq: index === 0 ? Number.MAX_SAFE_INTEGER : index * 1_000_003,
+      // Sets of 0 to 3 ids, different from one volume to the next.
+      synced: ['node-a', 'node-b', `node-${index}`].slice(0, index % 4),
     })),
+    hears: Array.from({ length: hearsCount }, (_, index) => `node-${index}`),
   };
 }
 
@@ -64,13 +73,110 @@ describe('heartbeat datagram', () => {
       heartbeat(1),
       heartbeat(64),
       { ...heartbeat(0), incarnation: 0, counter: Number.MAX_SAFE_INTEGER, cluster: 'c', fromNode: 'x'.repeat(255), toNode: '日本\u{1f600}' },
-      { ...heartbeat(0), volumes: [{ name: '\ufeffv'.padEnd(100, 'z'), role: 'secondary', disk: 'diskless', lastSeq: 0 }] },
+      { ...heartbeat(0), volumes: [{ name: '\ufeffv'.padEnd(100, 'z'), role: 'secondary', disk: 'diskless', epoch: 3, lastSeq: 0, synced: [] }] },
     ];
     for (const value of cases) {
       const datagram = encode(value);
       assert.ok(datagram.length <= HEARTBEAT_BYTES_MAX);
       assert.deepEqual(decode(datagram), { ok: true, heartbeat: value });
     }
+  });
+
+  test('round trip of epochs at their edges and of every role, the witness too', () => {
+    assert.deepEqual([...HEARTBEAT_ROLES], ['primary', 'secondary', 'witness']);
+    const value: Heartbeat = {
+      ...heartbeat(0),
+      volumes: [
+        { name: 'lowest', role: 'primary', disk: 'up-to-date', epoch: 0, lastSeq: 5, synced: ['node-a', 'node-b'] },
+        { name: 'highest', role: 'secondary', disk: 'outdated', epoch: 0xffff_ffff, lastSeq: 6, synced: [] },
+        { name: 'witnessed', role: 'witness', disk: 'diskless', epoch: 2 ** 31, lastSeq: 0, synced: ['node-a'] },
+      ],
+    };
+    assert.deepEqual(decode(encode(value)), { ok: true, heartbeat: value });
+  });
+
+  test('round trip of hears with 0, 1 and 64 node ids, ids at their edges', () => {
+    const cases: Heartbeat[] = [
+      heartbeat(1, 0),
+      heartbeat(1, 1),
+      heartbeat(2, HEARTBEAT_HEARS_MAX),
+      { ...heartbeat(0), hears: ['x'.repeat(255), '日本\u{1f600}', '\ufeffz', 'a'] },
+      // The sender's own id and ids of nodes it watches are just ids: the codec does not judge them.
+      { ...heartbeat(0), hears: ['node-a', 'node-b'] },
+    ];
+    assert.equal(HEARTBEAT_HEARS_MAX, 64);
+    for (const value of cases) {
+      const datagram = encode(value);
+      const decoded = decode(datagram);
+      assert.deepEqual(decoded, { ok: true, heartbeat: value });
+      if (decoded.ok) assert.equal(decoded.heartbeat.hears.length, value.hears.length);
+    }
+    // Where hears sits: right before the mac, a u16 count then each id.
+    const one = encode({ ...heartbeat(0), hears: ['q'] });
+    const macAt = one.length - 32;
+    assert.deepEqual(one.subarray(macAt - 5, macAt), Buffer.from('0001000171', 'hex'));
+    const none = encode({ ...heartbeat(0), hears: [] });
+    assert.deepEqual(none.subarray(none.length - 34, none.length - 32), Buffer.from('0000', 'hex'));
+  });
+
+  test('round trip of synced sets with 0, 1 and 64 node ids, a different set on each volume', () => {
+    const view = { role: 'primary' as const, disk: 'up-to-date' as const, epoch: 3, lastSeq: 9 };
+    const sixtyFour = Array.from({ length: HEARTBEAT_HEARS_MAX }, (_, index) => `node-${index}`);
+    const cases: Heartbeat[] = [
+      { ...heartbeat(0), volumes: [{ ...view, name: 'none', synced: [] }] },
+      { ...heartbeat(0), volumes: [{ ...view, name: 'one', synced: ['node-a'] }] },
+      { ...heartbeat(0), volumes: [{ ...view, name: 'full', synced: sixtyFour }] },
+      // One heartbeat, a different set on each volume: each comes back on its own volume.
+      {
+        ...heartbeat(0),
+        volumes: [
+          { ...view, name: 'p', synced: ['node-a', 'node-b'] },
+          { ...view, name: 'q', role: 'secondary', synced: [] },
+          { ...view, name: 'r', role: 'witness', disk: 'diskless', synced: ['node-c'] },
+          { ...view, name: 's', synced: sixtyFour },
+          { ...view, name: 't', synced: [...sixtyFour].reverse() },
+        ],
+      },
+      // Ids at their edges; the order is the sender's, kept as it was.
+      { ...heartbeat(0), volumes: [{ ...view, name: 'v', synced: ['x'.repeat(255), '日本\u{1f600}', '\ufeffz', 'b', 'a'] }] },
+      // Repeats are refused only within one set: the same id on two volumes, in hears, or
+      // naming a volume is just an id.
+      {
+        ...heartbeat(0),
+        volumes: [
+          { ...view, name: 'node-a', synced: ['node-a', 'node-b'] },
+          { ...view, name: 'w', synced: ['node-a', 'node-b'] },
+        ],
+        hears: ['node-a', 'node-b'],
+      },
+    ];
+    for (const value of cases) {
+      const datagram = encode(value);
+      assert.ok(datagram.length <= HEARTBEAT_BYTES_MAX);
+      const decoded = decode(datagram);
+      assert.deepEqual(decoded, { ok: true, heartbeat: value });
+      if (decoded.ok) {
+        assert.deepEqual(decoded.heartbeat.volumes.map((volume) => volume.synced), value.volumes.map((volume) => volume.synced));
+      }
+    }
+  });
+
+  test('a volume\'s synced set sits right after its lastSeq: a u16 count, then each id', () => {
+    const view = { role: 'primary' as const, disk: 'up-to-date' as const, epoch: 1, lastSeq: 0x0a0b };
+    // Before the hears count: ..., lastSeq, synced count 1, id 'q' (length 1), hears count 0, mac.
+    const one = encode({ ...heartbeat(0), volumes: [{ ...view, name: 'v', synced: ['q'] }], hears: [] });
+    const macAt = one.length - 32;
+    assert.deepEqual(one.subarray(macAt - 15, macAt), Buffer.from('0000000000000a0b' + '0001' + '000171' + '0000', 'hex'));
+    // An empty set is its count alone.
+    const none = encode({ ...heartbeat(0), volumes: [{ ...view, name: 'v', synced: [] }], hears: [] });
+    assert.deepEqual(none.subarray(none.length - 32 - 12, none.length - 32), Buffer.from('0000000000000a0b' + '0000' + '0000', 'hex'));
+    assert.equal(one.length - none.length, 3);
+    // Before the next volume's name: v's set ('q', 'rs'), then w's name, fixed fields and set.
+    const two = encode({ ...heartbeat(0), volumes: [{ ...view, name: 'v', synced: ['q', 'rs'] }, { ...view, name: 'w', synced: [] }], hears: [] });
+    const at = two.indexOf('000176', 0, 'hex') + 3 + 16; // after v's name and fixed bytes
+    assert.deepEqual(two.subarray(at - 8, at), Buffer.from('0000000000000a0b', 'hex'));
+    assert.deepEqual(two.subarray(at, at + 2 + 3 + 4 + 3), Buffer.from('0002' + '000171' + '00027273' + '000177', 'hex'));
+    assert.deepEqual(two.subarray(at + 12 + 16, two.length - 32), Buffer.from('0000' + '0000', 'hex'));
   });
 
   test('the layout on the wire is the documented one', () => {
@@ -80,16 +186,28 @@ describe('heartbeat datagram', () => {
       cluster: 'c',
       fromNode: 'ab',
       toNode: 'd',
-      volumes: [{ name: 'v', role: 'secondary', disk: 'failed', lastSeq: 2 ** 33 + 1 }],
+      volumes: [{ name: 'v', role: 'secondary', disk: 'failed', epoch: 0x0102_0304, lastSeq: 2 ** 33 + 1, synced: ['s', 'tu'] }],
+      hears: ['e', 'fg'],
     };
     const body = Buffer.from(
-      '424d4842' + '01' + '00' + '0000' + '0000010000000007' + '0000000000000009' +
-        '000163' + '00026162' + '000164' + '0001' + '000176' + '01' + '03' + '0000' + '0000000200000001',
+      '424d4842' + '02' + '00' + '0000' + '0000010000000007' + '0000000000000009' +
+        '000163' + '00026162' + '000164' +
+        // one volume: name, role, disk, reserved u16, epoch u32, lastSeq u64,
+        '0001' + '000176' + '01' + '03' + '0000' + '01020304' + '0000000200000001' +
+        // then its synced set: count, then each id
+        '0002' + '000173' + '00027475' +
+        // hears: count, then each id
+        '0002' + '000165' + '00026667',
       'hex',
     );
     const mac = hmacSha256(secret, Buffer.concat([LABEL, body]));
     assert.deepEqual(encode(value), Buffer.concat([body, mac]));
     assert.equal(body.readUInt32BE(0), HEARTBEAT_MAGIC);
+    assert.equal(body.readUInt8(4), HEARTBEAT_VERSION);
+    assert.equal(HEARTBEAT_VERSION, 2);
+    // The witness role is byte 2.
+    const witness = encode({ ...value, volumes: value.volumes.map((view) => ({ ...view, role: 'witness' as const })) });
+    assert.equal(witness.readUInt8(body.indexOf('000176', 0, 'hex') + 3), 2);
   });
 
   test('every single-byte change anywhere is refused and never throws', () => {
@@ -118,7 +236,7 @@ describe('heartbeat datagram', () => {
 
   test('random garbage of random lengths never throws and is refused', () => {
     const prng = new Prng(SEED);
-    const header = Buffer.from('424d484201000000', 'hex');
+    const header = Buffer.from('424d484202000000', 'hex');
     for (let round = 0; round < 3000; round += 1) {
       const garbage = prng.bytes(prng.below(round % 10 === 0 ? HEARTBEAT_BYTES_MAX + 64 : 400));
       // Half of them carry a valid header, so the walk past it is exercised too.
@@ -132,48 +250,126 @@ describe('heartbeat datagram', () => {
     const badMagic = Buffer.from(datagram);
     badMagic.writeUInt32BE(0x424d5046, 0);
     assert.equal(rejects(resigned(badMagic)), 'magic');
-    const badVersion = Buffer.from(datagram);
-    badVersion.writeUInt8(2, 4);
-    assert.equal(rejects(resigned(badVersion)), 'version');
+    for (const version of [0, 1, 3, 0xff]) {
+      const badVersion = Buffer.from(datagram);
+      badVersion.writeUInt8(version, 4);
+      assert.equal(rejects(resigned(badVersion)), 'version', `version ${version}`);
+    }
     assert.equal(rejects(Buffer.alloc(HEARTBEAT_BYTES_MAX + 1)), 'malformed');
     assert.equal(rejects(Buffer.alloc(0)), 'short');
   });
 
+  test('a version-1 datagram (no epoch, no hears) is refused as version', () => {
+    // Version 1's layout: volumes of role, disk, reserved u16, lastSeq u64 and nothing after them.
+    const body = Buffer.from(
+      '424d4842' + '01' + '00' + '0000' + '0000010000000007' + '0000000000000009' +
+        '000163' + '00026162' + '000164' + '0001' + '000176' + '01' + '03' + '0000' + '0000000200000001',
+      'hex',
+    );
+    const v1 = Buffer.concat([body, hmacSha256(secret, Buffer.concat([LABEL, body]))]);
+    assert.deepEqual(decode(v1), { ok: false, reason: 'version' });
+  });
+
   test('what no correct sender produces is refused even with a valid mac', () => {
-    const base = encode({ ...heartbeat(0), cluster: 'c', fromNode: 'f', toNode: 't', volumes: [{ name: 'v', role: 'primary', disk: 'outdated', lastSeq: 1 }] });
+    const volume = { name: 'v', role: 'primary' as const, disk: 'outdated' as const, epoch: 1, lastSeq: 1, synced: ['s'] };
+    const base = encode({ ...heartbeat(0), cluster: 'c', fromNode: 'f', toNode: 't', volumes: [volume], hears: ['h'] });
     // Offsets: names at 24 (c), 27 (f), 30 (t); count at 33; volume name at 35, role 38,
-    // disk 39, reserved 40..41, lastSeq 42..49; mac at 50.
-    assert.equal(base.length, 82);
+    // disk 39, reserved 40..41, epoch 42..45, lastSeq 46..53; synced count at 54, its one
+    // id at 56 (length) and 58 (the byte); hears count at 59, its one id at 61 (length)
+    // and 63 (the byte); mac at 64.
+    assert.equal(base.length, 96);
+    assert.equal(base.readUInt32BE(42), 1);
+    assert.equal(base.readUInt16BE(54), 1);
+    assert.equal(base.toString('latin1', 58, 59), 's');
+    assert.equal(base.readUInt16BE(59), 1);
+    assert.equal(base.toString('latin1', 63, 64), 'h');
     const edits: [string, (bytes: Buffer) => void][] = [
       ['reserved u8', (bytes) => bytes.writeUInt8(1, 5)],
       ['reserved u16', (bytes) => bytes.writeUInt16BE(0x100, 6)],
       ['unsafe incarnation', (bytes) => bytes.writeUInt32BE(2 ** 21, 8)],
       ['unsafe counter', (bytes) => bytes.writeUInt32BE(0xffffffff, 16)],
       ['invalid UTF-8 name', (bytes) => bytes.writeUInt8(0xff, 26)],
-      ['role 2', (bytes) => bytes.writeUInt8(2, 38)],
+      ['role 3', (bytes) => bytes.writeUInt8(3, 38)],
+      ['role 255', (bytes) => bytes.writeUInt8(0xff, 38)],
       ['disk 5', (bytes) => bytes.writeUInt8(5, 39)],
       ['volume reserved', (bytes) => bytes.writeUInt16BE(1, 40)],
-      ['unsafe lastSeq', (bytes) => bytes.writeUInt32BE(2 ** 21, 42)],
+      ['unsafe lastSeq', (bytes) => bytes.writeUInt32BE(2 ** 21, 46)],
       ['empty name', (bytes) => bytes.writeUInt16BE(0, 24)],
       ['volume count 65', (bytes) => bytes.writeUInt16BE(65, 33)],
+      ['synced count 65', (bytes) => bytes.writeUInt16BE(65, 54)],
+      ['synced count 0xffff', (bytes) => bytes.writeUInt16BE(0xffff, 54)],
+      ['empty synced id', (bytes) => bytes.writeUInt16BE(0, 56)],
+      ['invalid UTF-8 synced id', (bytes) => bytes.writeUInt8(0xff, 58)],
+      ['lead byte without its continuation in synced id', (bytes) => bytes.writeUInt8(0xc3, 58)],
+      ['hears count 65', (bytes) => bytes.writeUInt16BE(65, 59)],
+      ['hears count 0xffff', (bytes) => bytes.writeUInt16BE(0xffff, 59)],
+      ['empty hears id', (bytes) => bytes.writeUInt16BE(0, 61)],
+      ['invalid UTF-8 hears id', (bytes) => bytes.writeUInt8(0xff, 63)],
+      ['lead byte without its continuation in hears id', (bytes) => bytes.writeUInt8(0xc3, 63)],
     ];
     for (const [what, edit] of edits) {
       const bytes = Buffer.from(base);
       edit(bytes);
       assert.equal(rejects(resigned(bytes)), 'malformed', what);
     }
-    const twice = encode({ ...heartbeat(0), volumes: [{ name: 'v', role: 'primary', disk: 'outdated', lastSeq: 1 }, { name: 'w', role: 'primary', disk: 'outdated', lastSeq: 2 }] });
+    // Every epoch is valid, role 2 is the witness, and a synced id equal to the hears id is
+    // just an id: the same edits there are accepted.
+    const accepted: [string, (bytes: Buffer) => void, (value: Heartbeat) => boolean][] = [
+      ['role 2', (bytes) => bytes.writeUInt8(2, 38), (value) => value.volumes[0]?.role === 'witness'],
+      ['epoch 2^32-1', (bytes) => bytes.writeUInt32BE(0xffff_ffff, 42), (value) => value.volumes[0]?.epoch === 0xffff_ffff],
+      ['synced id h', (bytes) => bytes.write('h', 58, 'latin1'), (value) => value.volumes[0]?.synced.join() === 'h' && value.hears.join() === 'h'],
+    ];
+    for (const [what, edit, check] of accepted) {
+      const bytes = Buffer.from(base);
+      edit(bytes);
+      const result = decode(resigned(bytes));
+      assert.ok(result.ok && check(result.heartbeat), what);
+    }
+    const twice = encode({ ...heartbeat(0), volumes: [volume, { ...volume, name: 'w', lastSeq: 2 }] });
     const duplicate = Buffer.from(twice);
     duplicate.write('v', duplicate.indexOf('w', 0, 'ascii'), 'ascii');
     assert.equal(rejects(resigned(duplicate)), 'malformed', 'duplicate volume');
+    // A node id twice in hears: ids 'h' and 'i' at 63 and 66, then 'i' made 'h'.
+    const heardTwice = Buffer.from(encode({ ...heartbeat(0), cluster: 'c', fromNode: 'f', toNode: 't', volumes: [volume], hears: ['h', 'i'] }));
+    assert.equal(heardTwice.toString('latin1', 63, 67), 'h\x00\x01i');
+    heardTwice.write('h', 66, 'latin1');
+    assert.equal(rejects(resigned(heardTwice)), 'malformed', 'duplicate hears id');
+    // A node id twice in one volume's synced set: ids 's' and 't' at 58 and 61, then 't' made 's'.
+    const syncedTwice = Buffer.from(encode({ ...heartbeat(0), cluster: 'c', fromNode: 'f', toNode: 't', volumes: [{ ...volume, synced: ['s', 't'] }], hears: ['h'] }));
+    assert.equal(syncedTwice.toString('latin1', 58, 62), 's\x00\x01t');
+    syncedTwice.write('s', 61, 'latin1');
+    assert.equal(rejects(resigned(syncedTwice)), 'malformed', 'duplicate synced id');
+    // The same id in the sets of two volumes is no repeat: v's and w's sets, then w's 't' made 's'.
+    const twoSets = Buffer.from(encode({ ...heartbeat(0), volumes: [volume, { ...volume, name: 'w', synced: ['t'] }] }));
+    const tAt = twoSets.indexOf('0001000174', twoSets.indexOf('000177', 0, 'hex'), 'hex') + 4;
+    assert.equal(twoSets.toString('latin1', tAt, tAt + 1), 't');
+    twoSets.write('s', tAt, 'latin1');
+    const acrossVolumes = decode(resigned(twoSets));
+    assert.ok(acrossVolumes.ok, 'the same synced id on two volumes');
+    if (acrossVolumes.ok) assert.deepEqual(acrossVolumes.heartbeat.volumes.map((view) => view.synced), [['s'], ['s']]);
     // A name longer than 255 bytes, with the datagram long enough to hold it.
     const long = Buffer.concat([base.subarray(0, 24), Buffer.from([0x01, 0x00]), Buffer.alloc(256, 0x61), base.subarray(27)]);
     assert.equal(rejects(resigned(long)), 'malformed', 'name of 256 bytes');
+    const longSynced = Buffer.concat([base.subarray(0, 56), Buffer.from([0x01, 0x00]), Buffer.alloc(256, 0x61), base.subarray(59)]);
+    assert.equal(rejects(resigned(longSynced)), 'malformed', 'synced id of 256 bytes');
+    const longHeard = Buffer.concat([base.subarray(0, 61), Buffer.from([0x01, 0x00]), Buffer.alloc(256, 0x61), base.subarray(64)]);
+    assert.equal(rejects(resigned(longHeard)), 'malformed', 'hears id of 256 bytes');
+    // 65 well-formed ids after a count of 65: the count alone refuses it (64 are fine).
+    const ids = (count: number): Buffer[] =>
+      Array.from({ length: count }, (_, index) => Buffer.concat([Buffer.from([0x00, 0x02]), Buffer.from(`${index}`.padStart(2, '0'), 'ascii')]));
+    const many = Buffer.concat([base.subarray(0, 59), Buffer.from([0x00, 65]), ...ids(65), base.subarray(64)]);
+    assert.equal(rejects(resigned(many)), 'malformed', '65 hears ids');
+    const syncedOf = (count: number): Buffer => Buffer.concat([base.subarray(0, 54), Buffer.from([0x00, count]), ...ids(count), base.subarray(59)]);
+    assert.equal(rejects(resigned(syncedOf(65))), 'malformed', '65 synced ids');
+    const sixtyFour = decode(resigned(syncedOf(64)));
+    assert.ok(sixtyFour.ok, '64 synced ids');
+    if (sixtyFour.ok) assert.equal(sixtyFour.heartbeat.volumes[0]?.synced.length, 64);
   });
 
   test('the encoder asserts on what it must never send', () => {
     const fits = (value: Heartbeat): void => void encode(value);
-    const volume = { name: 'v', role: 'primary' as const, disk: 'up-to-date' as const, lastSeq: 0 };
+    const volume = { name: 'v', role: 'primary' as const, disk: 'up-to-date' as const, epoch: 0, lastSeq: 0, synced: [] };
+    const ids = (count: number, bytes = 6): string[] => Array.from({ length: count }, (_, index) => `${index}`.padEnd(bytes, '-'));
     const bad: [string, Heartbeat][] = [
       ['65 volumes', heartbeat(65)],
       ['cluster of 256 bytes', { ...heartbeat(0), cluster: 'x'.repeat(256) }],
@@ -181,12 +377,36 @@ describe('heartbeat datagram', () => {
       ['lone surrogate', { ...heartbeat(0), fromNode: 'a\ud800' }],
       ['volume name of 256 bytes', { ...heartbeat(0), volumes: [{ ...volume, name: 'é'.repeat(128) }] }],
       ['duplicate volume', { ...heartbeat(0), volumes: [volume, volume] }],
+      ['unknown role', { ...heartbeat(0), volumes: [{ ...volume, role: 'arbiter' as unknown as 'primary' }] }],
       ['unsafe counter', { ...heartbeat(0), counter: 2 ** 53 }],
       ['negative incarnation', { ...heartbeat(0), incarnation: -1 }],
       ['fractional lastSeq', { ...heartbeat(0), volumes: [{ ...volume, lastSeq: 1.5 }] }],
+      ['negative epoch', { ...heartbeat(0), volumes: [{ ...volume, epoch: -1 }] }],
+      ['epoch 2^32', { ...heartbeat(0), volumes: [{ ...volume, epoch: 2 ** 32 }] }],
+      ['fractional epoch', { ...heartbeat(0), volumes: [{ ...volume, epoch: 0.5 }] }],
+      ['NaN epoch', { ...heartbeat(0), volumes: [{ ...volume, epoch: Number.NaN }] }],
+      ['65 hears', heartbeat(0, HEARTBEAT_HEARS_MAX + 1)],
+      ['empty hears id', { ...heartbeat(0), hears: [''] }],
+      ['hears id of 256 bytes', { ...heartbeat(0), hears: ['é'.repeat(128)] }],
+      ['lone surrogate in hears', { ...heartbeat(0), hears: ['\udc00'] }],
       ['over 8192 bytes', { ...heartbeat(0), volumes: Array.from({ length: 64 }, (_, index) => ({ ...volume, name: `${index}`.padEnd(200, '-') })) }],
+      ['over 8192 bytes of hears', { ...heartbeat(0), hears: Array.from({ length: 64 }, (_, index) => `${index}`.padEnd(200, '-')) }],
+      ['65 synced ids', { ...heartbeat(0), volumes: [{ ...volume, synced: ids(HEARTBEAT_HEARS_MAX + 1) }] }],
+      ['65 synced ids on the second volume', { ...heartbeat(0), volumes: [volume, { ...volume, name: 'w', synced: ids(65) }] }],
+      ['repeated synced id', { ...heartbeat(0), volumes: [{ ...volume, synced: ['a', 'b', 'a'] }] }],
+      ['repeated synced id among 64', { ...heartbeat(0), volumes: [{ ...volume, synced: [...ids(63), '0-----'] }] }],
+      ['empty synced id', { ...heartbeat(0), volumes: [{ ...volume, synced: [''] }] }],
+      ['synced id of 256 bytes', { ...heartbeat(0), volumes: [{ ...volume, synced: ['é'.repeat(128)] }] }],
+      ['lone surrogate in synced', { ...heartbeat(0), volumes: [{ ...volume, synced: ['\ud800'] }] }],
+      ['over 8192 bytes of synced', { ...heartbeat(0), volumes: [volume, { ...volume, name: 'w' }].map((view) => ({ ...view, synced: ids(64, 70) })) }],
     ];
     for (const [what, value] of bad) assert.throws(() => fits(value), AssertionError, what);
     assert.throws(() => encodeHeartbeat(hmacSha256, Buffer.alloc(0), heartbeat(0)), AssertionError);
+    // At the edges they are fine.
+    assert.doesNotThrow(() => fits(heartbeat(0, HEARTBEAT_HEARS_MAX)));
+    assert.doesNotThrow(() => fits({ ...heartbeat(0), volumes: [{ ...volume, epoch: 0xffff_ffff }] }));
+    assert.doesNotThrow(() => fits({ ...heartbeat(0), volumes: [{ ...volume, synced: ids(HEARTBEAT_HEARS_MAX) }] }));
+    assert.doesNotThrow(() => fits({ ...heartbeat(0), volumes: [{ ...volume, synced: ['x'.repeat(255)] }] }));
+    assert.doesNotThrow(() => fits({ ...heartbeat(0), volumes: [volume, { ...volume, name: 'w' }].map((view) => ({ ...view, synced: ['a', 'b'] })) }));
   });
 });

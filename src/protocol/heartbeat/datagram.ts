@@ -13,7 +13,9 @@
 //
 //   0 magic u32 'BMHB'  4 version u8  5 reserved u8  6 reserved u16
 //   8 incarnation u64  16 counter u64  24 cluster, fromNode, toNode (u16 length + UTF-8)
-//   volume count u16, per volume: name, role u8, disk u8, reserved u16, lastSeq u64
+//   volume count u16, per volume: name, role u8, disk u8, reserved u16, epoch u32, lastSeq u64,
+//     synced count u16 and node ids (u16 length + UTF-8)
+//   hears count u16, per node the sender's failure detector trusts now: its id (u16 length + UTF-8)
 //   mac 32 bytes = mac(secret, 'blockmirror-heartbeat-v1' || every byte before the mac)
 
 import { DISK_STATES, type DiskState } from '../disk-state.js';
@@ -22,14 +24,16 @@ import { proofsEqual, type Mac } from '../peer/handshake.js';
 import { nameBytes, readU64, writeU64 } from '../../lib/wire.js';
 
 export const HEARTBEAT_MAGIC = 0x424d4842; // 'BMHB'
-export const HEARTBEAT_VERSION = 1;
+export const HEARTBEAT_VERSION = 2;
 export const HEARTBEAT_BYTES_MAX = 8192;
 export const HEARTBEAT_VOLUMES_MAX = 64;
+/** Node ids in `hears` at most. */
+export const HEARTBEAT_HEARS_MAX = 64;
 export const HEARTBEAT_NAME_BYTES_MAX = 255;
 export const HEARTBEAT_MAC_BYTES = 32;
 
 /** The role byte and the disk byte are indexes in these lists. */
-export const HEARTBEAT_ROLES = ['primary', 'secondary'] as const;
+export const HEARTBEAT_ROLES = ['primary', 'secondary', 'witness'] as const;
 export const HEARTBEAT_DISK_STATES = DISK_STATES;
 
 export type HeartbeatRole = (typeof HEARTBEAT_ROLES)[number];
@@ -38,7 +42,15 @@ export interface HeartbeatVolume {
   name: string;
   role: HeartbeatRole;
   disk: DiskState;
+  /** The epoch of the volume's history the sender knows (a witness: the newest it heard claimed). */
+  epoch: number;
   lastSeq: number;
+  /**
+   * The nodes that hold every write the primary acknowledges: the primary's own word (it
+   * and the replicas streaming in sync), or what another node last heard it say (empty:
+   * nothing heard). See src/core/quorum.ts.
+   */
+  synced: string[];
 }
 
 export interface Heartbeat {
@@ -50,6 +62,8 @@ export interface Heartbeat {
   fromNode: string;
   toNode: string;
   volumes: HeartbeatVolume[];
+  /** The nodes the sender's failure detector trusts now (they count toward quorum only while they hear each other). */
+  hears: string[];
 }
 
 export type HeartbeatRejectReason = 'short' | 'magic' | 'version' | 'malformed' | 'mac';
@@ -57,7 +71,7 @@ export type HeartbeatDecodeResult = { ok: true; heartbeat: Heartbeat } | { ok: f
 
 const LABEL = Buffer.from('blockmirror-heartbeat-v1', 'ascii');
 const HEADER_BYTES = 8;
-const VOLUME_FIXED_BYTES = 12; // role, disk, reserved u16, lastSeq u64 (after the name)
+const VOLUME_FIXED_BYTES = 16; // role, disk, reserved u16, epoch u32, lastSeq u64 (after the name)
 
 // fatal: invalid UTF-8 is refused rather than becoming U+FFFD; ignoreBOM: a leading
 // U+FEFF is part of the name.
@@ -71,11 +85,20 @@ export function encodeHeartbeat(mac: Mac, secret: Buffer, heartbeat: Heartbeat):
   assert(heartbeat.volumes.length <= HEARTBEAT_VOLUMES_MAX, `at most ${HEARTBEAT_VOLUMES_MAX} volumes per heartbeat`);
   const names = [heartbeat.cluster, heartbeat.fromNode, heartbeat.toNode].map((name) => nameBytes(name, HEARTBEAT_NAME_BYTES_MAX));
   const volumeNames = heartbeat.volumes.map((volume) => nameBytes(volume.name, HEARTBEAT_NAME_BYTES_MAX));
+  assert(heartbeat.hears.length <= HEARTBEAT_HEARS_MAX, `at most ${HEARTBEAT_HEARS_MAX} nodes heard per heartbeat`);
+  const heardNames = heartbeat.hears.map((id) => nameBytes(id, HEARTBEAT_NAME_BYTES_MAX));
+  const syncedNames = heartbeat.volumes.map((volume) => {
+    assert(volume.synced.length <= HEARTBEAT_HEARS_MAX, `at most ${HEARTBEAT_HEARS_MAX} synced nodes per volume`);
+    assert(new Set(volume.synced).size === volume.synced.length, 'synced nodes repeat');
+    return volume.synced.map((id) => nameBytes(id, HEARTBEAT_NAME_BYTES_MAX));
+  });
   assert(new Set(heartbeat.volumes.map((volume) => volume.name)).size === heartbeat.volumes.length, 'heartbeat volume names repeat');
 
   const bodyBytes =
     HEADER_BYTES + 16 + names.reduce((sum, name) => sum + 2 + name.length, 0) + 2 +
-    volumeNames.reduce((sum, name) => sum + 2 + name.length + VOLUME_FIXED_BYTES, 0);
+    volumeNames.reduce((sum, name) => sum + 2 + name.length + VOLUME_FIXED_BYTES, 0) +
+    syncedNames.reduce((sum, ids) => sum + 2 + ids.reduce((total, id) => total + 2 + id.length, 0), 0) + 2 +
+    heardNames.reduce((sum, name) => sum + 2 + name.length, 0);
   assert(bodyBytes + HEARTBEAT_MAC_BYTES <= HEARTBEAT_BYTES_MAX, `heartbeat of ${bodyBytes + HEARTBEAT_MAC_BYTES} bytes exceeds ${HEARTBEAT_BYTES_MAX}`);
 
   const out = Buffer.alloc(bodyBytes + HEARTBEAT_MAC_BYTES);
@@ -93,10 +116,19 @@ export function encodeHeartbeat(mac: Mac, secret: Buffer, heartbeat: Heartbeat):
     assert(role >= 0, `unknown role ${String(volume.role)}`);
     assert(disk >= 0, `unknown disk state ${String(volume.disk)}`);
     at = writeName(out, at, volumeNames[index] ?? Buffer.alloc(0));
+    assert(Number.isInteger(volume.epoch) && volume.epoch >= 0 && volume.epoch <= 0xffff_ffff, 'heartbeat epoch');
     out.writeUInt8(role, at);
     out.writeUInt8(disk, at + 1);
-    at = writeU64(out, at + 4, volume.lastSeq);
+    out.writeUInt32BE(volume.epoch, at + 4);
+    at = writeU64(out, at + 8, volume.lastSeq);
+    const synced = syncedNames[index] ?? [];
+    out.writeUInt16BE(synced.length, at);
+    at += 2;
+    for (const id of synced) at = writeName(out, at, id);
   });
+  out.writeUInt16BE(heardNames.length, at);
+  at += 2;
+  for (const name of heardNames) at = writeName(out, at, name);
   assert(at === bodyBytes, 'heartbeat layout size mismatch');
   sign(mac, secret, out.subarray(0, at)).copy(out, at);
   return out;
@@ -154,6 +186,10 @@ class Reader {
     return this.take(2).readUInt16BE(0);
   }
 
+  u32(): number {
+    return this.take(4).readUInt32BE(0);
+  }
+
   /** A u64 as a number, or undefined when it is not a safe integer. */
   u64(): number | undefined {
     return readU64(this.take(8), 0);
@@ -194,11 +230,28 @@ export function decodeHeartbeat(mac: Mac, secret: Buffer, datagram: Buffer): Hea
   }
   const count = reader.u16();
   if (count > HEARTBEAT_VOLUMES_MAX) return { ok: false, reason: 'malformed' };
-  const rawVolumes: { name: Buffer; role: number; disk: number; reserved: number; lastSeq: number | undefined }[] = [];
+  const rawVolumes: { name: Buffer; role: number; disk: number; reserved: number; epoch: number; lastSeq: number | undefined; synced: Buffer[] }[] = [];
   for (let index = 0; index < count && !reader.short; index += 1) {
     const name = reader.name();
     if (name === undefined) return { ok: false, reason: 'malformed' };
-    rawVolumes.push({ name, role: reader.u8(), disk: reader.u8(), reserved: reader.u16(), lastSeq: reader.u64() });
+    const fixed = { name, role: reader.u8(), disk: reader.u8(), reserved: reader.u16(), epoch: reader.u32(), lastSeq: reader.u64() };
+    const syncedCount = reader.u16();
+    if (syncedCount > HEARTBEAT_HEARS_MAX) return { ok: false, reason: 'malformed' };
+    const synced: Buffer[] = [];
+    for (let id = 0; id < syncedCount && !reader.short; id += 1) {
+      const bytes = reader.name();
+      if (bytes === undefined) return { ok: false, reason: 'malformed' };
+      synced.push(bytes);
+    }
+    rawVolumes.push({ ...fixed, synced });
+  }
+  const heardCount = reader.u16();
+  if (heardCount > HEARTBEAT_HEARS_MAX) return { ok: false, reason: 'malformed' };
+  const rawHeard: Buffer[] = [];
+  for (let index = 0; index < heardCount && !reader.short; index += 1) {
+    const name = reader.name();
+    if (name === undefined) return { ok: false, reason: 'malformed' };
+    rawHeard.push(name);
   }
   const macAt = reader.offset;
   reader.take(HEARTBEAT_MAC_BYTES);
@@ -221,8 +274,17 @@ export function decodeHeartbeat(mac: Mac, secret: Buffer, datagram: Buffer): Hea
     const role = HEARTBEAT_ROLES[raw.role];
     const disk = HEARTBEAT_DISK_STATES[raw.disk];
     if (name === undefined || role === undefined || disk === undefined || raw.reserved !== 0 || raw.lastSeq === undefined) return malformed;
-    volumes.push({ name, role, disk, lastSeq: raw.lastSeq });
+    const synced = raw.synced.map(text);
+    if (synced.some((id) => id === undefined) || new Set(synced).size !== synced.length) return malformed;
+    volumes.push({ name, role, disk, epoch: raw.epoch, lastSeq: raw.lastSeq, synced: synced as string[] });
   }
   if (new Set(volumes.map((volume) => volume.name)).size !== volumes.length) return malformed;
-  return { ok: true, heartbeat: { incarnation, counter, cluster, fromNode, toNode, volumes } };
+  const hears: string[] = [];
+  for (const raw of rawHeard) {
+    const id = text(raw);
+    if (id === undefined) return malformed;
+    hears.push(id);
+  }
+  if (new Set(hears).size !== hears.length) return malformed;
+  return { ok: true, heartbeat: { incarnation, counter, cluster, fromNode, toNode, volumes, hears } };
 }

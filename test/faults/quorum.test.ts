@@ -1,0 +1,159 @@
+// Quorum with a witness, with real processes and real partitions (nftables: a table of
+// this process's own, removed after; see helpers/nft-partition.ts). Nodes a and b hold
+// vol0 in sync mode with `quorum: majority`; w is a witness (no data). Every wait is for a
+// state the nodes report, never for a time.
+//
+// 1. a cut off from b and w at once: a stops acknowledging (a write through it is held),
+//    b is promoted without --force (it and w are a majority, w no longer hears a), and
+//    when the partition heals a learns the newer epoch, steps down (the held write fails,
+//    never acknowledged) and follows b; every write a acknowledged before reads back
+//    through b, and the two images end the same.
+// 2. a cut off from b only: a keeps acknowledging with w, after w has heard that b dropped
+//    out; b's promotion is refused while w hears a, and still refused once a is cut off
+//    from w too, since w knows b lacks writes a acknowledged. Healed, b catches up from a
+//    and holds them.
+
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { after, test } from 'node:test';
+import { cliPath, killAll, makeTempDir, run, startClusterNode, writeClusterConfig, type NodeStatusJson, type TestNode } from '../helpers/node-process.js';
+import { NftPartition } from '../helpers/nft-partition.js';
+import { checkImage, dumpVolume, seed, Writer } from './workload.js';
+
+const fast = { intervalMs: 100, timeoutMs: 600, probationMs: 600 };
+const LINK = { a: '127.0.0.31', b: '127.0.0.32', w: '127.0.0.33' };
+
+const started: TestNode[] = [];
+const dirs: string[] = [];
+const partitions: NftPartition[] = [];
+after(async () => {
+  for (const partition of partitions) await partition.remove();
+  killAll();
+  for (const node of started) await node.stop('SIGKILL');
+  for (const dir of dirs) fs.rmSync(dir, { recursive: true, force: true });
+});
+
+function vol0(status: NodeStatusJson): NodeStatusJson['volumes'][number] {
+  const volume = status.volumes.find((candidate) => candidate.name === 'vol0');
+  assert.ok(volume !== undefined, `${status.node} lists vol0`);
+  return volume;
+}
+
+function partition(x: keyof typeof LINK, y: keyof typeof LINK): NftPartition {
+  const cut = new NftPartition(LINK[x], LINK[y], `quorum_${x}${y}_${partitions.length}`);
+  partitions.push(cut);
+  return cut;
+}
+
+async function cluster(prefix: string): Promise<{ dir: string; a: TestNode; b: TestNode; w: TestNode }> {
+  const dir = makeTempDir(prefix);
+  dirs.push(dir);
+  const config = await writeClusterConfig(dir, {
+    nodes: [
+      { id: 'a', replicationHost: LINK.a },
+      { id: 'b', replicationHost: LINK.b },
+      { id: 'w', replicationHost: LINK.w, witness: true },
+    ],
+    volumes: [{ name: 'vol0', size: '64MiB', replicas: ['a', 'b'], primary: 'a', mode: 'sync', quorum: 'majority' }],
+    heartbeat: fast,
+    log: { partitionSize: '4MiB', partitions: 3, cpIntervalMs: 200 },
+  });
+  const start = async (id: string): Promise<TestNode> => {
+    const node = await startClusterNode(dir, config, id);
+    started.push(node);
+    return node;
+  };
+  const w = await start('w');
+  const b = await start('b');
+  const a = await start('a');
+  await a.waitStatus('b streaming and a quorum of 3', (status) => {
+    const volume = vol0(status);
+    return volume.peers[0]?.replication === 'streaming' && volume.quorum?.have === 3;
+  });
+  await b.waitStatus('b knows it is in sync', (status) => vol0(status).source?.promotable === true);
+  return { dir, a, b, w };
+}
+
+function cli(node: TestNode, ...args: string[]): ReturnType<typeof run> {
+  return run(process.execPath, [cliPath, ...args, '--admin', `http://127.0.0.1:${node.adminPort}`], { timeoutMs: 60_000 });
+}
+
+/** qemu-io writing 4 KiB of `byte` at `offset` through `node`, with FUA. */
+function writeBlock(node: TestNode, byte: number, offset: number): ReturnType<typeof run> {
+  return run('qemu-io', ['-f', 'raw', '-t', 'none', node.uri('vol0'), '-c', `write -f -P 0x${byte.toString(16)} ${offset} 4k`], { timeoutMs: 60_000 });
+}
+
+async function readBlock(node: TestNode, offset: number): Promise<Buffer> {
+  const file = path.join(node.dir, `read-${offset}.bin`);
+  const result = await run('qemu-img', ['dd', '-f', 'raw', '-O', 'raw', `if=${node.uri('vol0')}`, `of=${file}`, 'bs=4096', `skip=${offset / 4096}`, 'count=1'], { timeoutMs: 30_000 });
+  assert.equal(result.code, 0, result.stderr);
+  return fs.readFileSync(file);
+}
+
+test('the primary cut off from b and the witness stops acknowledging; b is promoted with the witness; healed, a steps down and follows b with nothing lost', async () => {
+  const { dir, a, b } = await cluster('blockmirror-quorum-');
+  const writer = new Writer(a.uri('vol0'), 1, 10_000_000, ['--max-writes', '300']);
+  assert.equal((await writer.finish(60_000)).code, 0, writer.stderr);
+  const history = path.join(dir, 'history.txt');
+  fs.writeFileSync(history, writer.output);
+
+  const ab = partition('a', 'b');
+  const aw = partition('a', 'w');
+  await Promise.all([ab.cut(), aw.cut()]);
+  await a.waitStatus('a without quorum', (status) => vol0(status).quorum?.ok === false);
+  // A write a takes now is held, never acknowledged.
+  const held = writeBlock(a, 0x42, 61 * 1024 * 1024);
+  await b.waitStatus('b may be promoted with w', (status) => vol0(status).quorum?.ok === true && vol0(status).source?.connected === false);
+  const promoted = await cli(b, 'promote', 'vol0', '--node', 'b');
+  assert.equal(promoted.code, 0, `promote: ${promoted.stdout}${promoted.stderr}`);
+  await b.waitStatus('b primary with a quorum', (status) => vol0(status).role === 'primary' && vol0(status).quorum?.ok === true);
+  // Every write a acknowledged reads back through b.
+  const dumped = path.join(dir, 'b.img');
+  await dumpVolume(b, dumped);
+  const report = await checkImage(null, dumped, [history], { acknowledged: 'replied' });
+  assert.equal(report.failure_count, 0, `seed ${seed}: ${report.failures.join('; ')}`);
+  // b takes writes (b and w are a majority).
+  assert.equal((await writeBlock(b, 0x51, 62 * 1024 * 1024)).code, 0);
+
+  await Promise.all([ab.heal(), aw.heal()]);
+  const outcome = await held;
+  assert.notEqual(outcome.code, 0, 'the write a held was never acknowledged');
+  await a.waitStatus('a follows b', (status) => vol0(status).role === 'secondary' && vol0(status).epoch === 1 && vol0(status).source?.node === 'b', 30_000);
+  await b.waitStatus('a streaming from b', (status) => vol0(status).peers[0]?.replication === 'streaming' && vol0(status).peers[0]?.disk === 'up-to-date', 60_000);
+  await dumpVolume(b, dumped);
+  const image = fs.readFileSync(dumped);
+  assert.ok(image.subarray(61 * 1024 * 1024, 61 * 1024 * 1024 + 4096).every((byte) => byte === 0), 'the held write is nowhere');
+  assert.ok(image.subarray(62 * 1024 * 1024, 62 * 1024 * 1024 + 4096).every((byte) => byte === 0x51), 'b\'s own write is there');
+  for (const node of [a, b]) assert.equal((await node.stop()).code, 0);
+  assert.ok(fs.readFileSync(a.imagePath('vol0')).equals(fs.readFileSync(b.imagePath('vol0'))), 'a and b hold the same image');
+});
+
+test('the primary cut off from b only keeps acknowledging with the witness; b, left behind, is never promoted, and catches up once healed', async () => {
+  const { a, b } = await cluster('blockmirror-quorum-left-');
+  const ab = partition('a', 'b');
+  await ab.cut();
+  await a.waitStatus('a dropped b and keeps a quorum with w', (status) => vol0(status).peers[0]?.replication !== 'streaming' && vol0(status).quorum?.ok === true);
+  assert.equal((await writeBlock(a, 0x41, 60 * 1024 * 1024)).code, 0, 'a acknowledges with w');
+  await b.waitStatus('b sees a gone', (status) => vol0(status).source?.connected === false);
+  const whileHeard = await cli(b, 'promote', 'vol0', '--node', 'b');
+  assert.equal(whileHeard.code, 1);
+  assert.match(whileHeard.stderr, /promote refused \(ERR_NO_QUORUM\): volume vol0 has quorum: majority, and node b has no majority to be promoted with: node w still hears the primary, node a/);
+
+  const aw = partition('a', 'w');
+  await aw.cut();
+  await a.waitStatus('a without quorum', (status) => vol0(status).quorum?.ok === false);
+  await b.waitStatus('w no longer hears a', (status) => /last heard that node b does not hold every acknowledged write/.test(vol0(status).quorum?.reason ?? ''));
+  const leftBehind = await cli(b, 'promote', 'vol0', '--node', 'b');
+  assert.equal(leftBehind.code, 1);
+  assert.match(leftBehind.stderr, /node w last heard that node b does not hold every acknowledged write/);
+  assert.equal(vol0(await b.status()).role, 'secondary');
+
+  await Promise.all([ab.heal(), aw.heal()]);
+  await a.waitStatus('b back in sync', (status) => vol0(status).peers[0]?.replication === 'streaming' && vol0(status).peers[0]?.disk === 'up-to-date' && vol0(status).quorum?.have === 3, 60_000);
+  assert.ok((await readBlock(a, 60 * 1024 * 1024)).every((byte) => byte === 0x41));
+  for (const node of [a, b]) assert.equal((await node.stop()).code, 0);
+  const offset = 60 * 1024 * 1024;
+  assert.ok(fs.readFileSync(b.imagePath('vol0')).subarray(offset, offset + 4096).every((byte) => byte === 0x41), 'b holds the write a acknowledged while it was away');
+  assert.ok(fs.readFileSync(a.imagePath('vol0')).equals(fs.readFileSync(b.imagePath('vol0'))));
+});

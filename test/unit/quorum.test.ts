@@ -1,0 +1,219 @@
+// Quorum (src/core/quorum.ts) and the primary's quorum gate (src/server/quorum-gate.ts).
+// The rules: a member counts for the primary only while it is heard freshly, hears the
+// primary, is in the primary's epoch, and echoes no node outside the primary's synced set;
+// a member votes for a promotion only while it is heard freshly, is in the candidate's
+// epoch, does not hear the primary (unless the primary says it stepped down) and echoes a
+// synced set that names the candidate; any member (the candidate included) that still
+// hears the primary stops the promotion. Then the gate: a reply passes with a quorum;
+// without one it waits (suspend) until the quorum is back or fails (io-error, after a
+// settling time); a closed gate fails what it holds, even if the quorum is back. And a
+// seeded check of the properties the rules are for: a primary cut off from a majority has
+// stopped acknowledging before that majority can vote for another node, and a replica
+// the primary left behind is never voted for by a majority while the primary acknowledges.
+
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { majorityOf, promotionQuorum, writeQuorum, type MemberView } from '../../src/core/quorum.js';
+import { ManualClock } from '../../src/io/clock.js';
+import { BlockmirrorError } from '../../src/lib/errors.js';
+import { Logger } from '../../src/lib/log.js';
+import { QuorumGate } from '../../src/server/quorum-gate.js';
+import { Prng } from './prng.js';
+
+const FRESH_MS = 200;
+const members = ['a', 'b', 'w'];
+
+function view(node: string, heardAgoMs: number | null, hears: string[], epoch: number | null = 0, synced: string[] | null = ['a', 'b'], role: string | null = 'secondary'): MemberView {
+  return { node, heardAgoMs, hears, epoch, role, synced };
+}
+
+const SYNCED = ['a', 'b'];
+
+describe('quorum rules', () => {
+  test('majorities: 2 of 2 or 3, 3 of 4 or 5', () => {
+    assert.deepEqual([1, 2, 3, 4, 5].map((count) => majorityOf(Array.from({ length: count }, (_, index) => String(index)))), [1, 2, 2, 3, 3]);
+  });
+
+  test('the primary counts a member only while it is heard freshly, hears the primary and is in its epoch', () => {
+    const all = [view('b', 50, ['a', 'w']), view('w', 100, ['a', 'b'])];
+    assert.deepEqual(writeQuorum('a', 0, SYNCED, members, all, FRESH_MS), { counted: ['a', 'b', 'w'], have: 3, need: 2, ok: true });
+    const cases: [string, MemberView[], boolean][] = [
+      ['w heard too long ago, b still counts', [view('b', 50, ['a']), view('w', FRESH_MS + 1, ['a'])], true],
+      ['neither heard freshly', [view('b', FRESH_MS + 1, ['a']), view('w', 5_000, ['a'])], false],
+      ['never heard', [view('b', null, []), view('w', null, [])], false],
+      ['heard, but they do not hear a', [view('b', 10, ['w']), view('w', 10, ['b'])], false],
+      ['they hear a, but know a newer epoch', [view('b', 10, ['a'], 1), view('w', 10, ['a'], 1)], false],
+      ['they name no epoch of the volume', [view('b', 10, ['a'], null), view('w', 10, ['a'], null)], false],
+      ['one of them right', [view('b', 10, ['a'], 1), view('w', 10, ['a'], 0)], true],
+    ];
+    for (const [what, views, ok] of cases) {
+      const count = writeQuorum('a', 0, SYNCED, members, views, FRESH_MS);
+      assert.equal(count.ok, ok, what);
+      assert.equal(count.counted[0], 'a', `${what}: the primary counts itself`);
+    }
+  });
+
+  test('the synced set: when a replica drops out, no member counts until it echoes the smaller set; a larger set counts at once', () => {
+    // b dropped out: a's set is {a}. The witness still echoes {a, b}: it does not count.
+    const stale = [view('b', null, []), view('w', 10, ['a'], 0, ['a', 'b'])];
+    assert.equal(writeQuorum('a', 0, ['a'], members, stale, FRESH_MS).ok, false);
+    const heard = [view('b', null, []), view('w', 10, ['a'], 0, ['a'])];
+    assert.deepEqual(writeQuorum('a', 0, ['a'], members, heard, FRESH_MS).counted, ['a', 'w']);
+    // b back in sync: a's set grows to {a, b}; an echo of the smaller set still counts, and so does none.
+    assert.equal(writeQuorum('a', 0, ['a', 'b'], members, heard, FRESH_MS).ok, true);
+    assert.equal(writeQuorum('a', 0, ['a'], members, [view('w', 10, ['a'], 0, null)], FRESH_MS).ok, true, 'a member that heard nothing votes for no one');
+    assert.equal(writeQuorum('a', 0, ['a'], members, [view('w', 10, ['a'], 0, [])], FRESH_MS).ok, true);
+  });
+
+  test('a promotion needs a majority in its epoch that does not hear the primary and knows the candidate holds every acknowledged write', () => {
+    const voted = promotionQuorum('b', 0, members, [view('a', null, []), view('w', 20, ['b'])], FRESH_MS, 'a', false, SYNCED);
+    assert.deepEqual({ ...voted }, { counted: ['b', 'w'], have: 2, need: 2, ok: true, reason: null });
+    // Left behind: the witness heard that b dropped out.
+    const left = promotionQuorum('b', 0, members, [view('a', null, []), view('w', 20, ['b'], 0, ['a'])], FRESH_MS, 'a', false, SYNCED);
+    assert.equal(left.ok, false);
+    assert.match(left.reason ?? '', /^only 1 of the 3 members \(b\) vote for it, and a majority is 2; node w last heard that node b does not hold every acknowledged write$/);
+    // b itself heard it.
+    const self = promotionQuorum('b', 0, members, [view('a', null, []), view('w', 20, ['b'])], FRESH_MS, 'a', false, ['a']);
+    assert.equal(self.ok, false);
+    assert.match(self.reason ?? '', /node b last heard that node b does not hold every acknowledged write/);
+    // A primary that says it stepped down, in this epoch, is heard without harm (a switchover).
+    const switchover = promotionQuorum('b', 0, members, [view('a', 10, ['b', 'w'], 0, ['a', 'b'], 'secondary'), view('w', 20, ['a', 'b'])], FRESH_MS, 'a', true, SYNCED);
+    assert.equal(switchover.ok, true, switchover.reason ?? '');
+    const stillPrimary = promotionQuorum('b', 0, members, [view('a', 10, ['b', 'w'], 0, ['a', 'b'], 'primary'), view('w', 20, ['a', 'b'])], FRESH_MS, 'a', true, SYNCED);
+    assert.equal(stillPrimary.ok, false);
+    const refused: [string, MemberView[], boolean, RegExp][] = [
+      ['the witness still hears a', [view('w', 20, ['a', 'b'])], false, /^node w still hears the primary, node a$/],
+      ['b itself still hears a', [view('w', 20, ['b'])], true, /^node b still hears the primary, node a$/],
+      ['the witness is not heard freshly', [view('w', FRESH_MS + 1, ['b'])], false, /^only 1 of the 3 members \(b\) vote for it, and a majority is 2$/],
+      ['the witness knows a newer epoch', [view('w', 20, ['b'], 1)], false, /^only 1 of the 3 members/],
+      ['the witness was never heard', [view('w', null, [])], false, /^only 1 of the 3 members/],
+    ];
+    for (const [what, views, selfHears, reason] of refused) {
+      const count = promotionQuorum('b', 0, members, [view('a', null, []), ...views], FRESH_MS, 'a', selfHears, SYNCED);
+      assert.equal(count.ok, false, what);
+      assert.match(count.reason ?? '', reason, what);
+    }
+    // The primary's own views never vote, whatever they say.
+    assert.equal(promotionQuorum('b', 0, members, [view('a', 1, ['b'])], FRESH_MS, 'a', false, SYNCED).ok, false);
+    // Five members: three votes are needed.
+    const five = ['a', 'b', 'c', 'd', 'w'];
+    assert.equal(promotionQuorum('b', 0, five, [view('c', 1, []), view('d', 1, [])], FRESH_MS, 'a', false, SYNCED).ok, true);
+    assert.equal(promotionQuorum('b', 0, five, [view('c', 1, [])], FRESH_MS, 'a', false, SYNCED).ok, false);
+  });
+
+  test('seeded partitions: whenever a majority could vote for another node, the old primary has stopped acknowledging, and no left-behind replica is voted for', () => {
+    // Heartbeats every 100 ms, judged down after 600 ms, fresh for 200 ms; at time 0 a link
+    // set (seeded) is cut. Each member's heartbeat to another arrives if their link is up;
+    // "hears" is what its detector says (up unless silent for 600 ms). The primary a's
+    // synced set is itself and the replicas it still reaches once it has dropped the others
+    // (at 600 ms); every member echoes the set it last heard from a.
+    const intervalMs = 100;
+    const timeoutMs = 600;
+    for (let seed = 1; seed <= 300; seed += 1) {
+      const rng = new Prng(seed);
+      const nodes = ['a', 'b', 'c', 'w', 'x'].slice(0, rng.between(3, 5));
+      const witnesses = new Set<string>(nodes.filter((node) => node === 'w' || node === 'x'));
+      const cut = new Set<string>();
+      for (let i = 0; i < nodes.length; i += 1) {
+        for (let j = i + 1; j < nodes.length; j += 1) if (rng.between(0, 2) === 0) cut.add(`${nodes[i]}-${nodes[j]}`);
+      }
+      const linked = (x: string, y: string): boolean => !cut.has(`${x}-${y}`) && !cut.has(`${y}-${x}`);
+      const replicas = nodes.filter((node) => !witnesses.has(node));
+      // a's synced set at time t: every replica before the drop, then those it reaches.
+      const syncedAt = (t: number): string[] => (t < timeoutMs ? replicas : replicas.filter((node) => node === 'a' || linked('a', node)));
+      // The last heartbeat from x that y received, sent at time t - ago.
+      const agoAt = (x: string, y: string, t: number): number => (linked(x, y) ? t % intervalMs : t);
+      const hears = (x: string, t: number): string[] => nodes.filter((y) => y !== x && agoAt(y, x, t) < timeoutMs);
+      // What x echoes at time t: the set a named in the last heartbeat x got from it.
+      const echo = (x: string, t: number): string[] => (x === 'a' ? syncedAt(t) : syncedAt(Math.max(0, t - agoAt('a', x, t))));
+      for (let t = 0; t <= 2_000; t += 10) {
+        const views = (self: string): MemberView[] =>
+          nodes
+            .filter((y) => y !== self)
+            .map((y) => {
+              const ago = agoAt(y, self, t);
+              return view(y, ago, hears(y, t - ago), 0, echo(y, t - ago), y === 'a' ? 'primary' : 'secondary');
+            });
+        const primaryAcks = writeQuorum('a', 0, syncedAt(t), nodes, views('a'), 2 * intervalMs).ok;
+        for (const candidate of replicas.filter((node) => node !== 'a')) {
+          const promotable = promotionQuorum(candidate, 0, nodes, views(candidate), 2 * intervalMs, 'a', hears(candidate, t).includes('a'), echo(candidate, t)).ok;
+          const where = `seed ${seed}, t ${t} ms, cut ${[...cut].join(' ')}`;
+          assert.ok(!(promotable && primaryAcks), `${where}: ${candidate} could be promoted while a still acknowledges`);
+          // A replica a left behind (not in its set) while a acknowledged is never promotable later.
+          if (promotable) assert.ok(syncedAt(t).includes(candidate) || !everAckedWithout(candidate), `${where}: ${candidate}, left behind, could be promoted`);
+        }
+      }
+      // Whether a ever acknowledged with `node` outside its synced set (checked over all t).
+      function everAckedWithout(node: string): boolean {
+        for (let t = 0; t <= 2_000; t += 10) {
+          const views = nodes.filter((y) => y !== 'a').map((y) => view(y, agoAt(y, 'a', t), hears(y, t - agoAt(y, 'a', t)), 0, echo(y, t - agoAt(y, 'a', t))));
+          if (!syncedAt(t).includes(node) && writeQuorum('a', 0, syncedAt(t), nodes, views, 2 * intervalMs).ok) return true;
+        }
+        return false;
+      }
+    }
+  });
+});
+
+describe('QuorumGate', () => {
+  const quiet = new Logger({ write: () => undefined }, 'error');
+  const count = (ok: boolean) => ({ counted: ok ? ['a', 'w'] : ['a'], have: ok ? 2 : 1, need: 2, ok });
+
+  test('with a quorum a reply passes at once', async () => {
+    const gate = new QuorumGate('v', () => count(true), 'suspend', new ManualClock(), 25, 100, quiet);
+    await gate.pass();
+  });
+
+  test('io-error: without a quorum the reply fails with ERR_NO_QUORUM after the settling time, naming what reaches it', async () => {
+    const clock = new ManualClock();
+    const gate = new QuorumGate('v', () => count(false), 'io-error', clock, 25, 100, quiet);
+    let settled = false;
+    const failed = gate.pass();
+    failed.then(
+      () => (settled = true),
+      () => (settled = true),
+    );
+    for (let step = 0; step < 3; step += 1) {
+      clock.advance(25);
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    assert.equal(settled, false, 'still settling at 75 ms');
+    for (let step = 0; step < 3 && !settled; step += 1) {
+      clock.advance(25);
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    await assert.rejects(failed, (error: unknown) => error instanceof BlockmirrorError && error.code === 'ERR_NO_QUORUM' && /volume v has no quorum \(1 of the 2 members needed reach it: a\)/.test(error.message));
+  });
+
+  test('suspend: the reply waits while the quorum is lost and passes once it is back', async () => {
+    const clock = new ManualClock();
+    let ok = false;
+    const gate = new QuorumGate('v', () => count(ok), 'suspend', clock, 25, 100, quiet);
+    let passed = false;
+    const held = gate.pass().then(() => (passed = true));
+    for (let step = 0; step < 10; step += 1) {
+      clock.advance(25);
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    assert.equal(passed, false, 'held while there is no quorum');
+    ok = true;
+    for (let step = 0; step < 3 && !passed; step += 1) {
+      clock.advance(25);
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    await held;
+    assert.equal(passed, true);
+  });
+
+  test('closed (the primary steps down): what it holds fails, and nothing passes any more, quorum or not', async () => {
+    const clock = new ManualClock();
+    let ok = false;
+    const gate = new QuorumGate('v', () => count(ok), 'suspend', clock, 25, 100, quiet);
+    const held = gate.pass();
+    gate.close('its primary stepped down');
+    ok = true;
+    clock.advance(25);
+    await assert.rejects(held, /volume v: its primary stepped down; the change was not acknowledged/);
+    await assert.rejects(gate.pass(), /its primary stepped down/);
+  });
+});
