@@ -195,6 +195,19 @@ class Reader {
     return readU64(this.take(8), 0);
   }
 
+  /** A list of node ids (u16 count, at most HEARTBEAT_HEARS_MAX, then names), or undefined when the layout is lost. */
+  ids(): Buffer[] | undefined {
+    const count = this.u16();
+    if (count > HEARTBEAT_HEARS_MAX) return undefined;
+    const ids: Buffer[] = [];
+    for (let index = 0; index < count && !this.short; index += 1) {
+      const id = this.name();
+      if (id === undefined) return undefined;
+      ids.push(id);
+    }
+    return ids;
+  }
+
   /** A name's bytes, or undefined when its length is out of range and the layout is lost. */
   name(): Buffer | undefined {
     const length = this.u16();
@@ -235,24 +248,12 @@ export function decodeHeartbeat(mac: Mac, secret: Buffer, datagram: Buffer): Hea
     const name = reader.name();
     if (name === undefined) return { ok: false, reason: 'malformed' };
     const fixed = { name, role: reader.u8(), disk: reader.u8(), reserved: reader.u16(), epoch: reader.u32(), lastSeq: reader.u64() };
-    const syncedCount = reader.u16();
-    if (syncedCount > HEARTBEAT_HEARS_MAX) return { ok: false, reason: 'malformed' };
-    const synced: Buffer[] = [];
-    for (let id = 0; id < syncedCount && !reader.short; id += 1) {
-      const bytes = reader.name();
-      if (bytes === undefined) return { ok: false, reason: 'malformed' };
-      synced.push(bytes);
-    }
+    const synced = reader.ids();
+    if (synced === undefined) return { ok: false, reason: 'malformed' };
     rawVolumes.push({ ...fixed, synced });
   }
-  const heardCount = reader.u16();
-  if (heardCount > HEARTBEAT_HEARS_MAX) return { ok: false, reason: 'malformed' };
-  const rawHeard: Buffer[] = [];
-  for (let index = 0; index < heardCount && !reader.short; index += 1) {
-    const name = reader.name();
-    if (name === undefined) return { ok: false, reason: 'malformed' };
-    rawHeard.push(name);
-  }
+  const rawHeard = reader.ids();
+  if (rawHeard === undefined) return { ok: false, reason: 'malformed' };
   const macAt = reader.offset;
   reader.take(HEARTBEAT_MAC_BYTES);
   if (reader.short) return { ok: false, reason: 'short' };
