@@ -16,6 +16,7 @@ import { isIPv4, isIPv6 } from 'node:net';
 import { dirname, resolve } from 'node:path';
 import { LineCounter, parseDocument, visit, type Document } from 'yaml';
 import { constants } from '../constants.js';
+import { HEARTBEAT_BYTES_MAX, HEARTBEAT_MAC_BYTES, HEARTBEAT_VOLUMES_MAX } from '../protocol/heartbeat/datagram.js';
 import { assert } from '../lib/assert.js';
 import { ConfigError } from '../lib/errors.js';
 import { formatBytes, parseSizeBytes } from '../lib/size.js';
@@ -146,6 +147,7 @@ export function parseClusterConfig(text: string, options: { baseDir: string }): 
   if (!Array.isArray(volumesValue)) throw new ConfigError('volumes', `expected a list of volumes, got ${kindOf(volumesValue)}`);
   const volumes = volumesValue.map((value: unknown, index) => readVolume(value, `volumes[${index}]`, nodes));
   checkVolumesDistinct(volumes);
+  checkHeartbeatSize(cluster, nodes, volumes);
 
   return { cluster, secret, heartbeat, resync, connections, busyPollMicros, log, nodes, volumes };
 }
@@ -619,4 +621,29 @@ function describeFsError(error: unknown): string {
 /** The members of a volume's quorum: its replicas and every witness of the cluster. */
 export function quorumMembers(cluster: Pick<ClusterConfig, 'nodes'>, volume: Pick<VolumeConfig, 'replicas'>): string[] {
   return [...volume.replicas, ...cluster.nodes.filter((node) => node.witness).map((node) => node.id)];
+}
+
+/**
+ * Every node's heartbeat must fit in one datagram (HEARTBEAT_BYTES_MAX, at most
+ * HEARTBEAT_VOLUMES_MAX volumes): its volumes with their names and, for a quorum volume,
+ * its synced set, and the peers it hears (counted as every other node, the most it can be).
+ */
+function checkHeartbeatSize(cluster: string, nodes: readonly NodeConfig[], volumes: readonly VolumeConfig[]): void {
+  const utf8Bytes = (text: string): number => Buffer.byteLength(text, 'utf8');
+  const longestId = Math.max(...nodes.map((node) => utf8Bytes(node.id)));
+  nodes.forEach((node, index) => {
+    const sent = volumes.filter((volume) => volume.replicas.includes(node.id) || (node.witness && volume.quorum === 'majority'));
+    if (sent.length > HEARTBEAT_VOLUMES_MAX) {
+      throw new ConfigError(`nodes[${index}]`, `${quote(node.id)} would name ${sent.length} volumes in its heartbeats, more than the ${HEARTBEAT_VOLUMES_MAX} one heartbeat carries; spread the volumes over more nodes`);
+    }
+    const volumeBytes = sent.reduce((sum, volume) => {
+      const synced = volume.quorum === 'majority' ? volume.replicas.reduce((ids, id) => ids + 2 + utf8Bytes(id), 0) : 0;
+      return sum + 2 + utf8Bytes(volume.name) + 16 + 2 + synced;
+    }, 0);
+    const hears = nodes.reduce((sum, other) => sum + (other.id === node.id ? 0 : 2 + utf8Bytes(other.id)), 0);
+    const bytes = 24 + 2 + utf8Bytes(cluster) + 2 + utf8Bytes(node.id) + 2 + longestId + 2 + volumeBytes + 2 + hears + HEARTBEAT_MAC_BYTES;
+    if (bytes > HEARTBEAT_BYTES_MAX) {
+      throw new ConfigError(`nodes[${index}]`, `${quote(node.id)}'s heartbeats would take up to ${bytes} bytes, more than the ${HEARTBEAT_BYTES_MAX} of one datagram; spread its ${sent.length} volumes over more nodes, or shorten their names`);
+    }
+  });
 }

@@ -618,3 +618,39 @@ describe('cluster file: witnesses and quorum', () => {
     assert.deepEqual(volume.replicas, ['x']);
   });
 });
+
+describe('cluster file: every node\'s heartbeat fits one datagram', () => {
+  const volume = (index: number, name: string, quorum: 'off' | 'majority'): RawMap => ({ name, size: '1GiB', replicas: ['a', 'b'], primary: 'a', mode: 'sync', quorum, description: String(index) });
+
+  test('64 volumes with quorum fit; a 65th volume is refused, naming the node', () => {
+    const sixtyFour = parseRaw((raw) => {
+      raw.volumes = Array.from({ length: 64 }, (_, index) => volume(index, `v${index}`, 'majority'));
+    });
+    assert.equal(sixtyFour.volumes.length, 64);
+    rejects(
+      (raw) => {
+        raw.volumes = Array.from({ length: 65 }, (_, index) => volume(index, `v${index}`, 'off'));
+      },
+      'nodes[0]',
+      /^nodes\[0\]: "a" would name 65 volumes in its heartbeats, more than the 64 one heartbeat carries; spread the volumes over more nodes$/,
+    );
+  });
+
+  test('volumes whose names and synced sets would overflow a datagram are refused with the size', () => {
+    // 64 volumes of 64-character names with quorum, on nodes of 32-character ids: each
+    // volume takes 2 + 64 + 16 + 2 + 2 × (2 + 32) = 152 bytes, 9728 in all.
+    const renamed: Record<string, string> = { a: 'a'.repeat(32), b: 'b'.repeat(32) };
+    rejects(
+      (raw) => {
+        raw.nodes = raw.nodes.map((node) => ({ ...node, id: renamed[String(node['id'])] ?? node['id'] }));
+        raw.volumes = Array.from({ length: 64 }, (_, index) => ({
+          ...volume(index, `${String(index).padStart(2, '0')}${'x'.repeat(62)}`, 'majority'),
+          replicas: [renamed['a'], renamed['b']],
+          primary: renamed['a'],
+        }));
+      },
+      'nodes[0]',
+      /^nodes\[0\]: "a{32}"'s heartbeats would take up to \d+ bytes, more than the 8192 of one datagram; spread its 64 volumes over more nodes, or shorten their names$/,
+    );
+  });
+});
