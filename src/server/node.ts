@@ -210,7 +210,7 @@ export class BlockmirrorNode implements NodeView {
     this.releaseBusyPoll?.();
     const serverClosed = this.nbdServer === null ? Promise.resolve() : closeServer(this.nbdServer);
     // Replies a quorum gate holds fail now, so that their connections drain.
-    for (const served of this.volumes.values()) served.mirrored?.quorum?.close('the node is stopping');
+    for (const served of this.volumes.values()) served.mirrored?.quorum?.stopping('the node is stopping');
     await Promise.all([...this.connections].map((connection) => connection.shutdown(constants.shutdownDrainMs)));
     await serverClosed;
     if (this.checkpointTimer !== null) clearInterval(this.checkpointTimer);

@@ -3,7 +3,9 @@
 // (src/core/quorum.ts, writeQuorum). Without one, `onNoQuorum: suspend` holds the reply
 // until the quorum is back, and `io-error` fails it (EIO). The change is in the log either
 // way; a reply that never left means it was never acknowledged, and a primary that steps
-// down (fenced by the majority's new primary) closes the gate, failing what it held.
+// down (fenced by the majority's new primary) closes the gate, failing what it held. A
+// node that stops lets replies with a quorum pass and fails those without at once, so
+// that its clients' connections drain.
 
 import { BlockmirrorError } from '../lib/errors.js';
 import type { Logger } from '../lib/log.js';
@@ -12,6 +14,8 @@ import type { Clock } from '../io/clock.js';
 
 export class QuorumGate {
   private closedBy: string | null = null;
+  /** The node stops: a reply with a quorum still passes, one without fails instead of waiting. */
+  private stoppingBy: string | null = null;
   private lost = false;
 
   constructor(
@@ -44,6 +48,7 @@ export class QuorumGate {
         this.note(state);
         return;
       }
+      if (this.stoppingBy !== null) throw new BlockmirrorError('ERR_NO_QUORUM', `volume ${this.volume}: ${this.stoppingBy} without a quorum; the change was not acknowledged`);
       if (this.onNoQuorum === 'io-error' && this.clock.nowMs() >= giveUpMs) {
         this.note(state);
         throw new BlockmirrorError('ERR_NO_QUORUM', `volume ${this.volume} has no quorum (${state.have} of the ${state.need} members needed reach it: ${state.counted.join(', ')})`);
@@ -53,9 +58,14 @@ export class QuorumGate {
     }
   }
 
-  /** No reply passes any more (the node steps down or stops); those held fail. */
+  /** No reply passes any more (the primary steps down: a newer epoch may exist); those held fail. */
   close(reason: string): void {
     this.closedBy ??= reason;
+  }
+
+  /** The node stops: replies without a quorum fail at once (those held too), so that their connections drain. */
+  stopping(reason: string): void {
+    this.stoppingBy ??= reason;
   }
 
   /** Logs the loss and the return of the quorum, once each. */

@@ -6,7 +6,8 @@
 // synced set that names the candidate; any member (the candidate included) that still
 // hears the primary stops the promotion. Then the gate: a reply passes with a quorum;
 // without one it waits (suspend) until the quorum is back or fails (io-error, after a
-// settling time); a closed gate fails what it holds, even if the quorum is back. And a
+// settling time); a closed gate fails what it holds, even if the quorum is back; a stopping
+// node's gate passes a reply with a quorum and fails one without at once. And a
 // seeded check of the properties the rules are for: a primary cut off from a majority has
 // stopped acknowledging before that majority can vote for another node, and a replica
 // the primary left behind is never voted for by a majority while the primary acknowledges.
@@ -215,5 +216,19 @@ describe('QuorumGate', () => {
     clock.advance(25);
     await assert.rejects(held, /volume v: its primary stepped down; the change was not acknowledged/);
     await assert.rejects(gate.pass(), /its primary stepped down/);
+  });
+
+  test('stopping (the node stops): a reply with a quorum still passes; one without fails at once, held or new', async () => {
+    const clock = new ManualClock();
+    let ok = false;
+    const gate = new QuorumGate('v', () => count(ok), 'suspend', clock, 25, 100, quiet);
+    const held = gate.pass();
+    held.catch(() => undefined);
+    gate.stopping('the node is stopping');
+    clock.advance(25);
+    await assert.rejects(held, /volume v: the node is stopping without a quorum; the change was not acknowledged/);
+    await assert.rejects(gate.pass(), /the node is stopping without a quorum/);
+    ok = true;
+    await gate.pass();
   });
 });
