@@ -22,7 +22,7 @@
 // the same object for its primary and each secondary.
 
 import { assert } from '../lib/assert.js';
-import type { EpochHistory } from './epoch-history.js';
+import { EpochHistory, type EpochStart } from './epoch-history.js';
 import type { MirrorLedger } from './mirror-ledger.js';
 import { PrimaryCore, type PrimaryCoreOptions } from './primary-core.js';
 import { SecondaryCore, type SecondaryCoreOptions } from './secondary-core.js';
@@ -33,6 +33,22 @@ export interface Refusal {
   code: 'ERR_NOT_PRIMARY' | 'ERR_REPLICA_UNAVAILABLE';
   reason: string;
 }
+
+/**
+ * How a source's claim (a HELLO: the node and its history) stands to this copy, from
+ * `judgeSource`: `current`, a session of the primary it follows; `newer`, a newer epoch
+ * that holds this copy's, to follow (the history joined to what this copy knows before the
+ * epochs the wire carried); every other kind is a refusal.
+ */
+export type SourceVerdict =
+  | { kind: 'current' }
+  | { kind: 'newer'; history: EpochHistory }
+  | { kind: 'impossible'; problem: string }
+  | { kind: 'names-another'; primary: string }
+  | { kind: 'stale'; known: EpochStart }
+  | { kind: 'not-its-primary'; known: EpochStart }
+  | { kind: 'primary-here'; known: EpochStart }
+  | { kind: 'separate-ways'; known: EpochStart };
 
 export class ReplicaCore<Frame, Entry = Frame> {
   readonly local: VolumeCore;
@@ -138,6 +154,29 @@ export class ReplicaCore<Frame, Entry = Frame> {
     assert(this.secondaryPart === null || this.secondaryPart.idle, 'learned a history while a session is under way');
     this.currentHistory = history;
     this.local.changeRole('secondary', history.current.epoch);
+  }
+
+  /**
+   * Whether `node`, claiming to be the primary of the last epoch of `starts` (its history
+   * as the wire carries it), may mirror to this copy: the primary this copy follows, in
+   * its epoch; or the primary of a newer epoch whose history holds this copy's unchanged
+   * (a promotion elsewhere), which this copy then follows. An older epoch's primary is
+   * stale (it steps down when told); a newer history without this copy's epoch went
+   * separate ways.
+   */
+  judgeSource(node: string, starts: readonly EpochStart[]): SourceVerdict {
+    const theirs = EpochHistory.from(starts);
+    if (!(theirs instanceof EpochHistory)) return { kind: 'impossible', problem: theirs.problem };
+    if (theirs.current.primary !== node) return { kind: 'names-another', primary: theirs.current.primary };
+    const known = this.currentHistory.current;
+    if (theirs.current.epoch < known.epoch) return { kind: 'stale', known };
+    if (theirs.current.epoch === known.epoch) {
+      if (node !== known.primary || theirs.current.firstSeq !== known.firstSeq) return { kind: 'not-its-primary', known };
+      // A copy that is (or was, and stepped down as) the primary follows no one in its own epoch.
+      return this.secondaryPart === null ? { kind: 'primary-here', known } : { kind: 'current' };
+    }
+    if (!this.currentHistory.knowsEpochOf(theirs)) return { kind: 'separate-ways', known };
+    return { kind: 'newer', history: this.currentHistory.joinedWith(theirs) };
   }
 
   /** How an epoch a peer claims stands to the one this copy knows. */

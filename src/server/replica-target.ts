@@ -174,12 +174,12 @@ export class ReplicaTarget {
   /** The source's history is newer than this copy's: the old session ends, and the log moves to the new primary's directory. */
   private async followNewer(hello: HelloMessage): Promise<void> {
     try {
-      const history = EpochHistory.from(hello.history);
-      if (!(history instanceof EpochHistory)) throw new Error(`its history is impossible (${history.problem})`);
+      const verdict = this.volume.replica.judgeSource(hello.fromNode, hello.history);
+      if (verdict.kind !== 'newer') throw new Error(`node ${hello.fromNode} is not a newer epoch's primary to follow (${verdict.kind})`);
       const from = this.source;
       this.endSession(`node ${hello.fromNode} is primary in epoch ${hello.epoch}`);
       await this.idle();
-      await this.parts.follow(this.volume.replica.history.joinedWith(history));
+      await this.parts.follow(verdict.history);
       this.parts.contact.forget();
       this.log.warn('following a new primary', { from, to: this.source, epoch: this.volume.replica.epoch, firstSeq: this.volume.replica.history.current.firstSeq });
     } finally {

@@ -376,35 +376,32 @@ export class VolumeRoles {
     if (served === undefined || served.changing !== null && served.changing !== 'following') {
       return { code: RefuseCode.STATE, message: `volume ${name} is not open on node ${this.parts.node.id}${served?.changing == null ? '' : ` (its ${served.changing} is under way)`}` };
     }
-    const mine = served.volume.replica.history;
-    const known = mine.current;
-    const theirs = EpochHistory.from(hello.history);
-    if (!(theirs instanceof EpochHistory)) return { code: RefuseCode.EPOCH, message: `volume ${name}: node ${hello.fromNode} sent an impossible history (${theirs.problem})` };
-    if (theirs.current.primary !== hello.fromNode) {
-      return { code: RefuseCode.EPOCH, message: `volume ${name}: node ${hello.fromNode} claims epoch ${hello.epoch}, whose primary its own history says is ${theirs.current.primary}` };
-    }
-    if (hello.epoch < known.epoch) {
-      return {
-        code: RefuseCode.STALE_EPOCH,
-        message: `volume ${name}: node ${hello.fromNode} is primary in epoch ${hello.epoch}, but node ${this.parts.node.id} knows epoch ${known.epoch} (primary ${known.primary} from entry ${known.firstSeq})`,
-      };
-    }
-    if (hello.epoch === known.epoch) {
-      if (hello.fromNode !== known.primary || theirs.current.firstSeq !== known.firstSeq) {
-        return { code: RefuseCode.EPOCH, message: `volume ${name}: node ${hello.fromNode} is not the primary of epoch ${known.epoch}, node ${known.primary} is` };
+    const verdict = served.volume.replica.judgeSource(hello.fromNode, hello.history);
+    const here = this.parts.node.id;
+    switch (verdict.kind) {
+      case 'current':
+      case 'newer':
+        return null;
+      case 'impossible':
+        return { code: RefuseCode.EPOCH, message: `volume ${name}: node ${hello.fromNode} sent an impossible history (${verdict.problem})` };
+      case 'names-another':
+        return { code: RefuseCode.EPOCH, message: `volume ${name}: node ${hello.fromNode} claims epoch ${hello.epoch}, whose primary its own history says is ${verdict.primary}` };
+      case 'stale': {
+        const { epoch, primary, firstSeq } = verdict.known;
+        return { code: RefuseCode.STALE_EPOCH, message: `volume ${name}: node ${hello.fromNode} is primary in epoch ${hello.epoch}, but node ${here} knows epoch ${epoch} (primary ${primary} from entry ${firstSeq})` };
       }
-      if (served.target === null) return { code: RefuseCode.ROLE, message: `node ${this.parts.node.id} does not follow a primary of ${name}: it is its primary in epoch ${known.epoch}` };
-      return null;
+      case 'not-its-primary':
+        return { code: RefuseCode.EPOCH, message: `volume ${name}: node ${hello.fromNode} is not the primary of epoch ${verdict.known.epoch}, node ${verdict.known.primary} is` };
+      case 'primary-here':
+        return { code: RefuseCode.ROLE, message: `node ${here} does not follow a primary of ${name}: it is its primary in epoch ${verdict.known.epoch}` };
+      case 'separate-ways': {
+        const { epoch, primary, firstSeq } = verdict.known;
+        return {
+          code: RefuseCode.EPOCH,
+          message: `volume ${name}: node ${hello.fromNode}'s history (epoch ${hello.epoch}) does not hold epoch ${epoch} that node ${here} is in (primary ${primary} from entry ${firstSeq}): the copies went separate ways`,
+        };
+      }
     }
-    if (!mine.knowsEpochOf(theirs)) {
-      return {
-        code: RefuseCode.EPOCH,
-        message:
-          `volume ${name}: node ${hello.fromNode}'s history (epoch ${hello.epoch}) does not hold epoch ${known.epoch} that node ${this.parts.node.id} is in ` +
-          `(primary ${known.primary} from entry ${known.firstSeq}): the copies went separate ways`,
-      };
-    }
-    return null;
   }
 
   /**
@@ -421,13 +418,12 @@ export class VolumeRoles {
       served.target.attach(hello, link);
       return;
     }
-    const history = EpochHistory.from(hello.history);
-    if (!(history instanceof EpochHistory) || hello.epoch <= served.volume.replica.epoch || served.changing !== null) {
+    const verdict = served.volume.replica.judgeSource(hello.fromNode, hello.history);
+    if (verdict.kind !== 'newer' || served.changing !== null) {
       link.close(`node ${this.parts.node.id} cannot follow node ${hello.fromNode} in epoch ${hello.epoch} now`);
       return;
     }
-    const joined = served.volume.replica.history.joinedWith(history);
-    this.follow(served, joined).then(
+    this.follow(served, verdict.history).then(
       () => {
         if (served.target !== null) served.target.attach(hello, link);
         else link.close('could not become a secondary');

@@ -3,7 +3,8 @@
 // refuses it, a strict volume's primary refuses it while a replica does not stream; how an
 // epoch met on the wire stands to its own), that each role starts only its own mirror
 // part, once, and the role changes: a promotion to a newer epoch with nothing of the old
-// primary's session under way, a demotion with nothing running.
+// primary's session under way, a demotion with nothing running; and how a source's claim
+// to be the primary of an epoch is judged (followed, current, or refused with why).
 
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
@@ -162,5 +163,30 @@ describe('ReplicaCore', () => {
     assert.equal(core.epochVerdict(3), 'older');
     assert.equal(core.epochVerdict(4), 'current');
     assert.equal(core.epochVerdict(5), 'newer');
+  });
+
+  test('judging a source: its own epoch\'s primary is current, a newer epoch that holds this copy\'s is followed, everything else is refused with why', () => {
+    // b follows a in epoch 1 (a promoted again at entry 11).
+    const history = inEpoch(1).begin('a', 21);
+    const follower = new ReplicaCore<string>({ lastSeq: 25, role: 'secondary', history });
+    follower.follow({ mode: 'sync', lastSeq: 25, windowBytesMax: 1 << 20 });
+    const wire = (starts: EpochHistory): { epoch: number; primary: string; firstSeq: number }[] => starts.last(16);
+    assert.deepEqual(follower.judgeSource('a', wire(history)), { kind: 'current' });
+    const newer = history.begin('c', 31);
+    const followed = follower.judgeSource('c', newer.last(2));
+    assert.equal(followed.kind, 'newer');
+    assert.deepEqual(followed.kind === 'newer' ? followed.history.starts : null, newer.starts, 'a history cut on the wire is joined to what the copy knew');
+    const known = history.current;
+    assert.deepEqual(follower.judgeSource('b', wire(inEpoch(1))), { kind: 'stale', known });
+    assert.deepEqual(follower.judgeSource('c', wire(inEpoch(1).begin('c', 21))), { kind: 'not-its-primary', known });
+    assert.deepEqual(follower.judgeSource('a', wire(inEpoch(1).begin('a', 22))), { kind: 'not-its-primary', known }, 'same epoch and primary, another start: not the same epoch');
+    assert.deepEqual(follower.judgeSource('c', wire(inEpoch(1).begin('c', 21).begin('c', 30))), { kind: 'separate-ways', known });
+    assert.deepEqual(follower.judgeSource('c', wire(newer).slice(0, 1).concat({ epoch: 9, primary: 'a', firstSeq: 40 })), { kind: 'names-another', primary: 'a' });
+    const impossible = follower.judgeSource('c', [{ epoch: 3, primary: 'c', firstSeq: 5 }, { epoch: 2, primary: 'c', firstSeq: 9 }]);
+    assert.equal(impossible.kind, 'impossible');
+    // A copy that is the primary (or stepped down as it) follows no one in its own epoch.
+    const primary = new ReplicaCore<string>({ lastSeq: 25, role: 'primary', history });
+    assert.deepEqual(primary.judgeSource('a', wire(history)), { kind: 'primary-here', known });
+    assert.equal(primary.judgeSource('c', newer.last(16)).kind, 'newer', 'a newer epoch fences it');
   });
 });
