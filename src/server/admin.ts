@@ -16,7 +16,7 @@ import type { LogStatus } from '../storage/write-log.js';
 import type { NodeStatus, PeerReplicationStatus, VolumeStatus } from './status.js';
 import { closeServer, listen } from './listen.js';
 import { diskState, type NodeView, type ServedVolume } from './served-volume.js';
-import { mayLack } from './source-contact.js';
+import { mayLack } from '../core/promotion.js';
 
 export function nodeStatus(node: NodeView): NodeStatus {
   const poll = busyPollStats();

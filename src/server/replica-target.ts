@@ -24,7 +24,8 @@ import { encodeFrame, PEER_DIVERGED_EXTENTS_MAX, PEER_HISTORY_EPOCHS_MAX, type P
 import { EntryType } from '../protocol/log-entry.js';
 import type { LocalVolume } from '../storage/local-volume.js';
 import type { HelloMessage, PeerLink } from './peer-link.js';
-import type { ContactRecord, SourceContact } from './source-contact.js';
+import type { SourceContact } from '../core/promotion.js';
+import type { ContactRecord } from './source-contact.js';
 
 type EntryMessage = Extract<PeerMessage, { type: 'entry' }>;
 type VerifyMessage = Extract<PeerMessage, { type: 'verify' }>;

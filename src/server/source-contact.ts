@@ -1,29 +1,14 @@
-// What a secondary knew of its primary when they were last in touch, and whether that
-// lets it be promoted without losing a write the primary acknowledged (`mayLack`;
-// docs/operations.md, "Failover"). The ReplicaTarget tells the record when a session is
+// What a secondary knew of its primary when they were last in touch (whether that lets it
+// be promoted without losing a write the primary acknowledged is src/core/promotion.ts's
+// `mayLack`; docs/operations.md, "Failover"). The ReplicaTarget tells the record when a session is
 // up (READY sent: not in sync yet), when the primary says it is in sync (IN_SYNC), what
 // the primary's heartbeats name as its last entry, and when the session ends and why. It
 // is kept in `<dataDir>/volumes/<name>.contact.json`, written at each change (a few per
 // session), so that a node restarted after its primary died can still be promoted.
 
-import type { VolumeConfig } from '../control/config.js';
 import type { Logger } from '../lib/log.js';
+import type { SourceContact } from '../core/promotion.js';
 import type { DurableFiles } from '../storage/durable-files.js';
-
-export interface SourceContact {
-  source: string;
-  epoch: number;
-  /** The primary said this copy was up to date (IN_SYNC), and nothing since said otherwise. */
-  inSync: boolean;
-  /** The last entry this copy held then. */
-  lastSeq: number;
-  /** The primary's last entry as its last heartbeat named it, or null. */
-  sourceLastSeq: number | null;
-  /** When the session ended (ISO time), or null while it runs. */
-  endedAt: string | null;
-  /** Why it ended, or null. */
-  endedBy: string | null;
-}
 
 export class ContactRecord {
   private record: SourceContact | null;
@@ -104,23 +89,4 @@ function readContact(files: DurableFiles, file: string): SourceContact | null {
   } catch {
     return null;
   }
-}
-
-/**
- * Why a promotion of this copy may lose writes the primary acknowledged, or null when it
- * cannot: a sync copy that its primary said was in sync, and that was still in sync when
- * the primary went away (not when this node stopped or restarted, after which the primary
- * may have gone on without it).
- */
-export function mayLack(config: VolumeConfig, contact: SourceContact | null, node: string): string | null {
-  const name = config.name;
-  if (contact === null) return `node ${node} has had no contact with a primary of ${name} since it started following it, so it may lack writes the primary acknowledged`;
-  const since = `at its last contact with ${contact.source} (${contact.endedAt ?? 'now'}${contact.endedBy === null ? '' : `: ${contact.endedBy}`})`;
-  const lag =
-    contact.sourceLastSeq === null
-      ? 'how far behind it was is not known'
-      : `the primary's last heartbeat named entry ${contact.sourceLastSeq}, ${Math.max(0, contact.sourceLastSeq - contact.lastSeq)} entries past the ${contact.lastSeq} it held`;
-  if (config.mode !== 'sync') return `volume ${name} mirrors in ${config.mode} mode, so node ${node} may lack writes ${contact.source} acknowledged: ${since} ${lag}`;
-  if (!contact.inSync) return `node ${node} may lack writes ${contact.source} acknowledged: ${since} it was not in sync (it held entry ${contact.lastSeq}; ${lag})`;
-  return null;
 }

@@ -34,7 +34,8 @@ import { VolumeQuorum } from './volume-quorum.js';
 import { mirrorPrimary } from './mirrored-volume.js';
 import type { HelloMessage, PeerLink } from './peer-link.js';
 import { ReplicaTarget } from './replica-target.js';
-import { ContactRecord, mayLack } from './source-contact.js';
+import { mayLack } from '../core/promotion.js';
+import { ContactRecord } from './source-contact.js';
 import type { ServedVolume } from './served-volume.js';
 import type { DemotionResult, PromotionResult } from './status.js';
 
