@@ -281,13 +281,10 @@ export class AdminServer {
       this.changeRole(decodeURIComponent(roleChange[1] ?? ''), roleChange[2] === 'promote' ? 'promote' : 'demote', request, response);
       return;
     }
-    if (request.method !== 'GET') {
-      response.writeHead(405, { 'content-type': 'text/plain', allow: 'GET' }).end('method not allowed\n');
-      return;
-    }
+    if (request.method !== 'GET') return methodNotAllowed(response, 'GET');
     const status = nodeStatus(this.node);
     if (url === '/api/v1/status') {
-      response.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(status, null, 2) + '\n');
+      answerJson(response, 200, status);
     } else if (url === '/metrics') {
       response.writeHead(200, { 'content-type': 'text/plain; version=0.0.4' }).end(metrics(status));
     } else if (url === '/') {
@@ -300,20 +297,12 @@ export class AdminServer {
 
   /** POST .../promote (`{"force": true}` allowed) or .../demote. */
   private changeRole(name: string, change: 'promote' | 'demote', request: http.IncomingMessage, response: http.ServerResponse): void {
-    const answer = (code: number, body: unknown): void => {
-      response.writeHead(code, { 'content-type': 'application/json' }).end(JSON.stringify(body, null, 2) + '\n');
-    };
-    if (request.method !== 'POST') {
-      response.writeHead(405, { 'content-type': 'text/plain', allow: 'POST' }).end('method not allowed\n');
-      return;
-    }
+    const answer = (code: number, body: unknown): void => answerJson(response, code, body);
+    if (request.method !== 'POST') return methodNotAllowed(response, 'POST');
     readSmallBody(request, (body) => {
       let force = false;
       try {
-        const parsed = body.trim() === '' ? {} : (JSON.parse(body) as Record<string, unknown>);
-        for (const key of Object.keys(parsed)) if (change === 'demote' || key !== 'force') throw new Error(`unknown field "${key}"`);
-        if (parsed['force'] !== undefined && typeof parsed['force'] !== 'boolean') throw new Error('"force" must be true or false');
-        force = parsed['force'] === true;
+        force = booleanFields(body, change === 'promote' ? ['force'] : [])['force'] === true;
       } catch (error) {
         return answer(400, { error: { code: 'ERR_USAGE', message: `bad request body: ${(error as Error).message}` } });
       }
@@ -322,7 +311,7 @@ export class AdminServer {
         (result) => answer(200, result),
         (error: unknown) => {
           const code = error instanceof BlockmirrorError ? error.code : 'ERR_INTERNAL';
-          const status = code === 'ERR_UNKNOWN_VOLUME' ? 404 : code === 'ERR_ROLE_REFUSED' || code === 'ERR_MAY_LOSE_WRITES' ? 409 : 500;
+          const status = code === 'ERR_UNKNOWN_VOLUME' ? 404 : code === 'ERR_ROLE_REFUSED' || code === 'ERR_MAY_LOSE_WRITES' || code === 'ERR_NO_QUORUM' ? 409 : 500;
           this.log.warn(`${change} refused`, { volume: name, code, reason: String((error as Error).message) });
           answer(status, { error: { code, message: (error as Error).message } });
         },
@@ -331,9 +320,7 @@ export class AdminServer {
   }
 
   private verify(name: string, request: http.IncomingMessage, response: http.ServerResponse): void {
-    const answer = (code: number, body: unknown): void => {
-      response.writeHead(code, { 'content-type': 'application/json' }).end(JSON.stringify(body, null, 2) + '\n');
-    };
+    const answer = (code: number, body: unknown): void => answerJson(response, code, body);
     const refuse = (code: number, message: string): void => answer(code, { error: { code: 'ERR_VERIFY_REFUSED', message } });
     const served = this.node.volumes.get(name);
     if (served === undefined) return refuse(404, `no volume ${name} on node ${this.node.node.id}`);
@@ -345,16 +332,11 @@ export class AdminServer {
       const report = mirror.verifyReport();
       return report === null ? refuse(404, `no verify of ${name} has run since the node started`) : answer(200, report);
     }
-    if (request.method !== 'POST') {
-      response.writeHead(405, { 'content-type': 'text/plain', allow: 'GET, POST' }).end('method not allowed\n');
-      return;
-    }
+    if (request.method !== 'POST') return methodNotAllowed(response, 'GET, POST');
     readSmallBody(request, (body) => {
       let repair = false;
       try {
-        const parsed = body.trim() === '' ? {} : (JSON.parse(body) as { repair?: unknown });
-        if (parsed.repair !== undefined && typeof parsed.repair !== 'boolean') throw new Error('"repair" must be true or false');
-        repair = parsed.repair === true;
+        repair = booleanFields(body, ['repair'])['repair'] === true;
       } catch (error) {
         return refuse(400, `bad request body: ${(error as Error).message}`);
       }
@@ -365,6 +347,27 @@ export class AdminServer {
       }
     });
   }
+}
+
+function answerJson(response: http.ServerResponse, code: number, body: unknown): void {
+  response.writeHead(code, { 'content-type': 'application/json' }).end(JSON.stringify(body, null, 2) + '\n');
+}
+
+function methodNotAllowed(response: http.ServerResponse, allow: string): void {
+  response.writeHead(405, { 'content-type': 'text/plain', allow }).end('method not allowed\n');
+}
+
+/** A request body of boolean fields among `allowed` (empty: `{}`); anything else throws, naming it. */
+function booleanFields(body: string, allowed: readonly string[]): Record<string, boolean> {
+  const parsed: unknown = body.trim() === '' ? {} : JSON.parse(body);
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new Error('expected a JSON object');
+  const fields: Record<string, boolean> = {};
+  for (const [key, value] of Object.entries(parsed)) {
+    if (!allowed.includes(key)) throw new Error(`unknown field "${key}"`);
+    if (typeof value !== 'boolean') throw new Error(`"${key}" must be true or false`);
+    fields[key] = value;
+  }
+  return fields;
 }
 
 /** A small JSON body (at most 1 KiB: a larger one closes the request), then `use`. */

@@ -88,7 +88,6 @@ export class BlockmirrorNode implements NodeView {
         log,
         counters: this.peerCounters,
         available: (peer) => this.heartbeats?.mayConnect(peer) === true,
-        checkpointSoon: (name) => this.checkpointSoon(name),
         closeClients: (name) => this.closeClients(name),
         heartbeats: () => this.heartbeats,
       },

@@ -33,11 +33,6 @@ export class QuorumGate {
     private readonly log: Logger,
   ) {}
 
-  /** The quorum as it stands. */
-  get state(): QuorumCount {
-    return this.count();
-  }
-
   /** Resolves once a reply may leave; rejects (ERR_NO_QUORUM) when it must not. */
   async pass(): Promise<void> {
     const giveUpMs = this.clock.nowMs() + this.settleMs;

@@ -50,7 +50,6 @@ export interface RoleParts {
   counters: { peerProtocolErrors: number };
   /** Whether the failure detector trusts the peer now (heartbeats). */
   available: (peer: string) => boolean;
-  checkpointSoon: (name: string) => void;
   /** Drains the NBD connections of a volume (in-flight requests finish) and closes them. */
   closeClients: (name: string) => Promise<void>;
   /** The heartbeats, once they run (quorum). */

@@ -139,6 +139,9 @@ test('the primary cut off from b only keeps acknowledging with the witness; b, l
   const whileHeard = await cli(b, 'promote', 'vol0', '--node', 'b');
   assert.equal(whileHeard.code, 1);
   assert.match(whileHeard.stderr, /promote refused \(ERR_NO_QUORUM\): volume vol0 has quorum: majority, and node b has no majority to be promoted with: node w still hears the primary, node a/);
+  const byApi = await fetch(`http://127.0.0.1:${b.adminPort}/api/v1/volumes/vol0/promote`, { method: 'POST', body: '{}' });
+  assert.equal(byApi.status, 409, 'a refusal, not a server error');
+  assert.equal(((await byApi.json()) as { error: { code: string } }).error.code, 'ERR_NO_QUORUM');
 
   const aw = partition('a', 'w');
   await aw.cut();
