@@ -201,6 +201,26 @@ interface HelloChoices {
   history?: PeerEpochStart[];
 }
 
+interface RefusedHello {
+  what: string;
+  hello: HelloChoices;
+  code: number;
+  message: RegExp;
+}
+
+/** Each HELLO, with an ENTRY right behind it (which must not get in either), gets REFUSE with its code and text, no CHALLENGE, and a closed connection. */
+async function assertHellosRefused(port: number, cases: readonly RefusedHello[], seed: number): Promise<void> {
+  for (const refused of cases) {
+    const client = await PeerClient.connect(port);
+    client.send([encodeFrame(hello(refused.hello)), ...entryFrame(1, 0, pattern(4 * KiB, seed))]);
+    const refusal = await client.next('refuse');
+    assert.equal(refusal.code, refused.code, `${refused.what}: refusal code`);
+    assert.match(refusal.message, refused.message, `${refused.what}: refusal text`);
+    await client.waitClosed();
+    assert.equal(client.take('challenge'), undefined, `${refused.what}: no CHALLENGE`);
+  }
+}
+
 function hello(choices: HelloChoices = {}): PeerHello {
   return {
     type: 'hello',
@@ -599,23 +619,14 @@ test(
 test('HELLOs b must refuse get REFUSE with the reason, and store nothing', async () => {
   const { b, replicationPort } = await startSecondary();
   const refusalsBefore = counter(await b.status(), 'peerRefusals');
-  const cases: { what: string; hello: HelloChoices; code: number; message: RegExp }[] = [
+  const cases: RefusedHello[] = [
     { what: 'node c, which holds no copy of v1', hello: { fromNode: 'c' }, code: RefuseCode.ROLE, message: /^node c holds no copy of volume v1$/ },
     { what: 'a node outside the cluster', hello: { fromNode: 'z' }, code: RefuseCode.UNKNOWN_NODE, message: /^"z" is not a node of cluster test$/ },
     { what: 'an unknown volume', hello: { volume: 'v9' }, code: RefuseCode.VOLUME, message: /^node b holds no volume "v9"$/ },
     { what: 'another cluster', hello: { cluster: 'prod' }, code: RefuseCode.CLUSTER, message: /^node a belongs to cluster "prod", this node to "test"$/ },
     { what: 'another node\'s connection', hello: { toNode: 'c' }, code: RefuseCode.UNKNOWN_NODE, message: /^connection meant for node "c" reached node "b"$/ },
   ];
-  for (const refused of cases) {
-    const client = await PeerClient.connect(replicationPort);
-    // The ENTRY right behind the HELLO must not get in either.
-    client.send([encodeFrame(hello(refused.hello)), ...entryFrame(1, 0, pattern(4 * KiB, 12))]);
-    const refusal = await client.next('refuse');
-    assert.equal(refusal.code, refused.code, `${refused.what}: refusal code`);
-    assert.match(refusal.message, refused.message, `${refused.what}: refusal text`);
-    await client.waitClosed();
-    assert.equal(client.take('challenge'), undefined, `${refused.what}: no CHALLENGE`);
-  }
+  await assertHellosRefused(replicationPort, cases, 12);
 
   // The wrong cluster secret: b's CHALLENGE is answered with a proof b cannot verify.
   const impostor = await PeerClient.connect(replicationPort);
@@ -643,7 +654,7 @@ test('epochs: b tells an older epoch\'s primary it is stale, refuses a newer epo
   );
   assert.equal(volumeOf(await b.status()).epoch, 3);
   const refusalsBefore = counter(await b.status(), 'peerRefusals');
-  const cases: { what: string; hello: HelloChoices; code: number; message: RegExp }[] = [
+  const cases: RefusedHello[] = [
     {
       what: 'epoch 0, older',
       hello: { epoch: 0 },
@@ -663,15 +674,7 @@ test('epochs: b tells an older epoch\'s primary it is stale, refuses a newer epo
       message: /^volume v1: node a claims epoch 4, whose primary its own history says is b$/,
     },
   ];
-  for (const refused of cases) {
-    const client = await PeerClient.connect(replicationPort);
-    client.send([encodeFrame(hello(refused.hello)), ...entryFrame(1, 0, pattern(4 * KiB, 13))]);
-    const refusal = await client.next('refuse');
-    assert.equal(refusal.code, refused.code, `${refused.what}: refusal code`);
-    assert.match(refusal.message, refused.message, `${refused.what}: refusal text`);
-    await client.waitClosed();
-    assert.equal(client.take('challenge'), undefined, `${refused.what}: no CHALLENGE`);
-  }
+  await assertHellosRefused(replicationPort, cases, 13);
   assert.equal(counter(await b.status(), 'peerRefusals'), refusalsBefore + cases.length);
   assert.equal(volumeOf(await b.status()).epoch, 3, 'no refused HELLO changed b\'s epoch');
 
