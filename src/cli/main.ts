@@ -16,7 +16,8 @@ import { NodeFileSystem } from '../io/file-system.js';
 import type { NodeStatus } from '../server/status.js';
 import type { VerifyReport } from '../server/online-verify.js';
 import { parseFlags, required, type Flags } from './flags.js';
-import { changeRole } from './role-commands.js';
+import { changeRole, resolve } from './role-commands.js';
+import { splitBrain } from './split-brain-commands.js';
 import { formatBytes } from '../lib/size.js';
 
 const usage = `blockmirror — replicated block storage served over NBD
@@ -41,6 +42,20 @@ Usage:
                                                        node N, VOLUME's primary, steps down: its
                                                        clients drain and are refused until another
                                                        node is promoted
+  blockmirror resolve VOLUME --discard N (--config FILE | --admin URL --winner-admin URL) [--json]
+                                                       end a split brain: node N's copy saves its
+                                                       writes since the split, discards them and
+                                                       follows the other copy, which becomes (or
+                                                       stays) the primary
+  blockmirror split-brain show FILE [--json]           show what a copy that lost a split brain
+                                                       saved of its writes (FILE, under
+                                                       <dataDir>/split-brain/): who lost and won,
+                                                       the epoch, and each record's offset and
+                                                       length; every record is checked
+  blockmirror split-brain extract FILE --to PATH [--json]
+                                                       write each saved record at its offset into
+                                                       PATH (created 0600 if absent, never
+                                                       truncated); a damaged FILE writes nothing
   blockmirror check-config --config FILE               validate a cluster file and exit
   blockmirror --help | --version
 
@@ -427,6 +442,10 @@ async function main(argv: string[]): Promise<number> {
     case 'promote':
     case 'demote':
       return changeRole(command, rest);
+    case 'resolve':
+      return resolve(rest);
+    case 'split-brain':
+      return splitBrain(rest);
     default:
       throw new BlockmirrorError('ERR_USAGE', `unknown command "${command}" (see blockmirror --help)`);
   }

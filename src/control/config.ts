@@ -55,6 +55,8 @@ export interface VolumeConfig {
   quorum: 'off' | 'majority';
   /** Without quorum, writes wait (`suspend`) or fail with EIO (`io-error`). */
   onNoQuorum: 'suspend' | 'io-error';
+  /** What a split brain found with another copy does (src/core/split-brain.ts decides with it). */
+  afterSplitBrain: (typeof AFTER_SPLIT_BRAIN_POLICIES)[number];
 }
 
 export interface HeartbeatConfig {
@@ -98,7 +100,7 @@ const heartbeatKeys = ['intervalMs', 'timeoutMs', 'probationMs'];
 const nodeKeys = ['id', 'nbd', 'replication', 'admin', 'dataDir', 'witness'];
 const volumeKeys = [
   'name', 'size', 'replicas', 'primary', 'multiPrimary', 'mode',
-  'strict', 'allowSecondaryReads', 'readOnly', 'description', 'quorum', 'onNoQuorum',
+  'strict', 'allowSecondaryReads', 'readOnly', 'description', 'quorum', 'onNoQuorum', 'afterSplitBrain',
 ];
 const volumeModes: readonly VolumeMode[] = ['sync', 'async', 'logship', 'local'];
 
@@ -450,6 +452,7 @@ function readVolume(value: unknown, path: string, nodes: readonly NodeConfig[]):
   const description = descriptionValue === undefined ? '' : readString(descriptionValue, fields.field('description'), 'a string', true);
   const quorum = readChoice(fields.optional('quorum'), fields.field('quorum'), ['off', 'majority'] as const, 'off');
   const onNoQuorum = readChoice(fields.optional('onNoQuorum'), fields.field('onNoQuorum'), ['suspend', 'io-error'] as const, 'suspend');
+  const afterSplitBrain = readChoice(fields.optional('afterSplitBrain'), fields.field('afterSplitBrain'), AFTER_SPLIT_BRAIN_POLICIES, 'disconnect');
   if (quorum === 'majority' && mode === 'local') {
     throw new ConfigError(fields.field('quorum'), 'majority needs a mirrored volume (mode sync, async or logship); a local volume has one copy');
   }
@@ -458,10 +461,13 @@ function readVolume(value: unknown, path: string, nodes: readonly NodeConfig[]):
       throw new ConfigError(`${fields.field('replicas')}[${index}]`, `${quote(id)} is a witness: it stores no data (it only counts toward quorum)`);
     }
   });
-  return { name, sizeBytes, replicas, primary, multiPrimary, mode, strict, allowSecondaryReads, readOnly, description, quorum, onNoQuorum };
+  return { name, sizeBytes, replicas, primary, multiPrimary, mode, strict, allowSecondaryReads, readOnly, description, quorum, onNoQuorum, afterSplitBrain };
 }
 
 /** One of `choices`, or `fallback` when the key is absent. */
+/** The policies of `afterSplitBrain` (docs/operations.md, "Split brain"). */
+export const AFTER_SPLIT_BRAIN_POLICIES = ['disconnect', 'discard-zero-changes', 'discard-younger-primary', 'discard-least-changes'] as const;
+
 function readChoice<T extends string>(value: unknown, field: string, choices: readonly T[], fallback: T): T {
   if (value === undefined) return fallback;
   const choice = choices.find((candidate) => candidate === value);

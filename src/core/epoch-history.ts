@@ -93,10 +93,15 @@ export class EpochHistory {
     return found;
   }
 
-  /** The next epoch begins: `primary` numbers from `firstSeq` (the entry after the last its copy holds). */
-  begin(primary: string, firstSeq: number): EpochHistory {
-    assert(firstSeq >= this.current.firstSeq, `epoch ${this.current.epoch + 1} would start at ${firstSeq}, before epoch ${this.current.epoch} (${this.current.firstSeq})`);
-    return EpochHistory.of([...this.starts, { epoch: this.current.epoch + 1, primary, firstSeq }]);
+  /**
+   * The next epoch begins: `primary` numbers from `firstSeq` (the entry after the last its
+   * copy holds). Its number is the next one, or the one after `above` when a copy that went
+   * separate ways knows a higher one (a split brain's winner must fence its loser's line).
+   */
+  begin(primary: string, firstSeq: number, above = this.current.epoch): EpochHistory {
+    const epoch = Math.max(this.current.epoch, above) + 1;
+    assert(firstSeq >= this.current.firstSeq, `epoch ${epoch} would start at ${firstSeq}, before epoch ${this.current.epoch} (${this.current.firstSeq})`);
+    return EpochHistory.of([...this.starts, { epoch, primary, firstSeq }]);
   }
 
   /**

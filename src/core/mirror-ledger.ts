@@ -26,6 +26,9 @@
 //   DIVERGED has the regions marked; the bitmaps are written at once.
 // - A peer that streams and is up to date lacks nothing: its bitmap is cleared. A resync
 //   clears a region once the peer has made its entry durable (ResyncRun).
+// - A reply that leaves while a peer is not in sync is recorded first (`ackedAlone`: the
+//   first entry the peer may lack, the one after its last durable); the mark goes once
+//   the peer is up to date again. A reply held back (a quorum gate) marks nothing.
 
 import { assert } from '../lib/assert.js';
 import { DirtyBitmap } from './dirty-bitmap.js';
@@ -45,6 +48,12 @@ export interface MirrorRecord {
    * (written by a promotion: see MirrorSourceOptions.bitmapFrom). Absent: always.
    */
   bitmapFrom?: Record<string, number>;
+  /**
+   * Per peer: the first entry this node may have acknowledged to a client without the
+   * peer holding it (written before the first such reply; gone once the peer is up to
+   * date again). A split brain is found from it (src/core/split-brain.ts). Absent: never.
+   */
+  ackedAlone?: Record<string, number>;
 }
 
 /** What the ledger asks of the mirror's core (MirrorSource is one). */
@@ -107,7 +116,7 @@ export class MirrorLedger {
       this.warnings.push({ message: 'volume did not stop cleanly: its peers need a resync before they count again', fields: { peers: peers.join(',') } });
       for (const id of peers) divergedAfter[id] = Math.min(divergedAfter[id] ?? recoveredSeq, recoveredSeq);
     }
-    this.record = { cleanStopSeq: null, resyncNeeded, divergedAfter, bitmapFrom: { ...(record?.bitmapFrom ?? {}) } };
+    this.record = { cleanStopSeq: null, resyncNeeded, divergedAfter, bitmapFrom: { ...(record?.bitmapFrom ?? {}) }, ackedAlone: { ...(record?.ackedAlone ?? {}) } };
     for (const id of peers) {
       const data = opening.bitmaps.get(id) ?? null;
       let bitmap = data === null ? null : DirtyBitmap.decode(data, sizeBytes, regionBytes);
@@ -160,6 +169,33 @@ export class MirrorLedger {
     return [this.writeRecord(), ...this.persist()];
   }
 
+  /**
+   * A reply to a client is about to leave (sync mode): for each peer not in sync, the
+   * first entry it may lack (the one after its last durable) is recorded, unless an
+   * earlier one is; the record is written before the reply leaves.
+   */
+  replying(): LedgerAction[] {
+    let marked = false;
+    for (const id of this.peers.keys()) {
+      if (this.core.isInSync(id)) continue;
+      if (this.ackedAloneFrom(id, this.core.peerStatus(id).durableSeq + 1)) marked = true;
+    }
+    return marked ? [this.writeRecord()] : [];
+  }
+
+  /** From which entry on this node may have acknowledged writes without the peer holding them, or null. */
+  ackedAlone(id: string): number | null {
+    return this.record.ackedAlone?.[id] ?? null;
+  }
+
+  private ackedAloneFrom(id: string, seq: number): boolean {
+    const marks = (this.record.ackedAlone ??= {});
+    const before = marks[id];
+    if (before !== undefined && before <= seq) return false;
+    marks[id] = seq;
+    return true;
+  }
+
   private get core(): LedgerSource {
     assert(this.source !== null, 'the ledger follows no source yet');
     return this.source;
@@ -172,9 +208,10 @@ export class MirrorLedger {
   }
 
   private writeRecord(): LedgerAction {
-    const { cleanStopSeq, resyncNeeded, divergedAfter, bitmapFrom } = this.record;
+    const { cleanStopSeq, resyncNeeded, divergedAfter, bitmapFrom, ackedAlone } = this.record;
     const record: MirrorRecord = { cleanStopSeq, resyncNeeded: [...resyncNeeded], divergedAfter: { ...divergedAfter } };
     if (bitmapFrom !== undefined && Object.keys(bitmapFrom).length > 0) record.bitmapFrom = { ...bitmapFrom };
+    if (ackedAlone !== undefined && Object.keys(ackedAlone).length > 0) record.ackedAlone = { ...ackedAlone };
     return { kind: 'write-record', record };
   }
 
@@ -214,14 +251,24 @@ export class MirrorLedger {
     peer.changed = true;
   }
 
-  /** A peer that streams and is up to date lacks nothing. Call after every change of its state. */
-  clearIfCurrent(id: string): void {
+  /**
+   * A peer that streams and is up to date lacks nothing, and from now on no reply leaves
+   * without it: its bitmap is cleared, and its `ackedAlone` mark goes (the record is
+   * written). Call after every change of its state.
+   */
+  clearIfCurrent(id: string): LedgerAction[] {
     const peer = this.peer(id);
-    if (peer.bitmap.dirtyRegions === 0) return;
+    const marked = this.record.ackedAlone?.[id] !== undefined;
+    if (peer.bitmap.dirtyRegions === 0 && !marked) return [];
     const status = this.core.peerStatus(id);
-    if (status.replication !== 'streaming' || status.disk !== 'up-to-date') return;
-    peer.bitmap.clearAll();
-    peer.changed = true;
+    if (status.replication !== 'streaming' || status.disk !== 'up-to-date') return [];
+    if (peer.bitmap.dirtyRegions > 0) {
+      peer.bitmap.clearAll();
+      peer.changed = true;
+    }
+    if (!marked) return [];
+    delete this.record.ackedAlone?.[id];
+    return [this.writeRecord()];
   }
 
   /**
@@ -381,7 +428,7 @@ export class MirrorLedger {
     const divergedAfter = this.fromCore((id) => this.core.divergedAfter(id));
     const bitmapFrom = this.fromCore((id) => this.core.bitmapFrom(id));
     const actions = this.persist();
-    this.record = { cleanStopSeq: finalSeq, resyncNeeded: [...resyncNeeded], divergedAfter, bitmapFrom };
+    this.record = { cleanStopSeq: finalSeq, resyncNeeded: [...resyncNeeded], divergedAfter, bitmapFrom, ackedAlone: { ...(this.record.ackedAlone ?? {}) } };
     actions.push(this.writeRecord());
     return actions;
   }
@@ -395,19 +442,26 @@ export function parseMirrorRecord(data: Buffer): MirrorRecord {
     if (typeof parsed.divergedAfter === 'object' && parsed.divergedAfter !== null) {
       for (const [id, seq] of Object.entries(parsed.divergedAfter)) if (Number.isSafeInteger(seq) && seq >= 0) divergedAfter[id] = seq;
     }
-    const bitmapFrom: Record<string, number> = {};
-    if (typeof parsed.bitmapFrom === 'object' && parsed.bitmapFrom !== null) {
-      for (const [id, seq] of Object.entries(parsed.bitmapFrom)) if (Number.isSafeInteger(seq) && seq >= 0) bitmapFrom[id] = seq;
-    }
+    const bitmapFrom = seqsOf(parsed.bitmapFrom, 0);
+    const ackedAlone = seqsOf(parsed.ackedAlone, 1);
     return {
       cleanStopSeq: typeof parsed.cleanStopSeq === 'number' ? parsed.cleanStopSeq : null,
       resyncNeeded: Array.isArray(parsed.resyncNeeded) ? parsed.resyncNeeded.filter((id): id is string => typeof id === 'string') : [],
       divergedAfter,
       ...(Object.keys(bitmapFrom).length > 0 ? { bitmapFrom } : {}),
+      ...(Object.keys(ackedAlone).length > 0 ? { ackedAlone } : {}),
     };
   } catch {
     return { cleanStopSeq: null, resyncNeeded: [], divergedAfter: {} };
   }
+}
+
+/** A per-peer map of entry numbers from the state file (values that are not one left out). */
+function seqsOf(value: unknown, least: number): Record<string, number> {
+  const found: Record<string, number> = {};
+  if (typeof value !== 'object' || value === null) return found;
+  for (const [id, seq] of Object.entries(value)) if (Number.isSafeInteger(seq) && (seq as number) >= least) found[id] = seq as number;
+  return found;
 }
 
 /** The state file's text. */

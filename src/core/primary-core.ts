@@ -161,6 +161,11 @@ export class PrimaryCore<Frame> {
     return this.translate(this.source.checkpoint(cpSeq));
   }
 
+  /** A reply to a client is about to leave (sync mode): what must be recorded first (see MirrorLedger.replying). */
+  replying(): PrimaryAction<Frame>[] {
+    return this.ledger.replying();
+  }
+
   /** The bitmaps are to be durable now (in every consistency point, before it is recorded). */
   persist(): PrimaryAction<Frame>[] {
     return this.ledger.persist();
@@ -173,7 +178,7 @@ export class PrimaryCore<Frame> {
   /** The peer's READY: stream, catch up or reset it. */
   connected(id: string, ready: PeerReady, logHolds: (seq: number) => boolean): PrimaryAction<Frame>[] {
     const actions = this.translate(this.source.connected(id, ready, logHolds));
-    this.ledger.clearIfCurrent(id);
+    actions.push(...this.ledger.clearIfCurrent(id));
     return actions;
   }
 
@@ -184,7 +189,7 @@ export class PrimaryCore<Frame> {
 
   acked(id: string, seq: number, status: number): PrimaryAction<Frame>[] {
     const actions = this.translate(this.source.acked(id, seq, status));
-    this.ledger.clearIfCurrent(id);
+    actions.push(...this.ledger.clearIfCurrent(id));
     return actions;
   }
 

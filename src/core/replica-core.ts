@@ -108,10 +108,10 @@ export class ReplicaCore<Frame, Entry = Frame> {
    * makes it durable before `promote`, so that no entry of the new epoch exists where its
    * history does not.
    */
-  promotion(node: string, lastSeq = this.local.lastSeq): EpochHistory {
+  promotion(node: string, lastSeq = this.local.lastSeq, aboveEpoch = this.epoch): EpochHistory {
     assert(this.role === 'secondary', 'only a secondary is promoted');
     assert(lastSeq <= this.local.lastSeq, `a promotion after entry ${lastSeq}, which this copy does not hold`);
-    return this.currentHistory.begin(node, lastSeq + 1);
+    return this.currentHistory.begin(node, lastSeq + 1, aboveEpoch);
   }
 
   /**
@@ -146,11 +146,13 @@ export class ReplicaCore<Frame, Entry = Frame> {
 
   /**
    * This secondary follows a newer history (a promotion elsewhere, learned from the new
-   * primary's HELLO once it authenticated), with nothing of a session under way.
+   * primary's HELLO once it authenticated), or, `discarding` its writes after a split
+   * brain, its winner's; with nothing of a session under way.
    */
-  learn(history: EpochHistory): void {
+  learn(history: EpochHistory, discarding = false): void {
     assert(this.role === 'secondary', 'only a secondary learns a newer history');
-    assert(history.current.epoch > this.epoch, `epoch ${history.current.epoch} is not newer than ${this.epoch}`);
+    // A copy that discards its writes after a split brain takes its winner's history, whatever its epoch.
+    assert(discarding || history.current.epoch > this.epoch, `epoch ${history.current.epoch} is not newer than ${this.epoch}`);
     assert(this.secondaryPart === null || this.secondaryPart.idle, 'learned a history while a session is under way');
     this.currentHistory = history;
     this.local.changeRole('secondary', history.current.epoch);

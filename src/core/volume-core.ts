@@ -83,7 +83,8 @@ export class VolumeCore {
    */
   changeRole(role: VolumeRole, epoch: number): void {
     assert(this.operations.size === 0, 'role changed with operations running');
-    assert(epoch >= this.currentEpoch, `epoch ${epoch} is older than ${this.currentEpoch}`);
+    // A primary never numbers in an older epoch; a secondary may follow one (a split brain's winner).
+    assert(role === 'secondary' || epoch >= this.currentEpoch, `epoch ${epoch} is older than ${this.currentEpoch}`);
     this.currentRole = role;
     this.currentEpoch = epoch;
   }

@@ -17,7 +17,8 @@ export type ErrorCode =
   | 'ERR_UNKNOWN_VOLUME'
   | 'ERR_ROLE_REFUSED'
   | 'ERR_MAY_LOSE_WRITES'
-  | 'ERR_NO_QUORUM';
+  | 'ERR_NO_QUORUM'
+  | 'ERR_BAD_FILE';
 
 export class BlockmirrorError extends Error {
   override name = 'BlockmirrorError';

@@ -4,7 +4,9 @@
 // and answers 202 with its report; GET on the same path returns the report as it goes;
 // and the role changes: POST /api/v1/volumes/<name>/promote (body `{"force": true}` to
 // promote a copy that may lack acknowledged writes) and POST .../demote, each answering
-// 200 with what it did, or an error with its code (404 unknown volume, 409 refused).
+// 200 with what it did, or an error with its code (404 unknown volume, 409 refused); and
+// POST .../resolve (body `{"discard": "<node>"}`), this node's part in resolving a split
+// brain (see VolumeRoles.resolve).
 
 import http from 'node:http';
 import { constants } from '../constants.js';
@@ -53,6 +55,7 @@ export function nodeStatus(node: NodeView): NodeStatus {
         primary: config.mode === 'local' ? node.node.id : volume.replica.history.primaryNow,
         changing: served.changing,
         quorum: quorumStatus(node, served),
+        splitBrain: served.splitBrain === null ? null : { ...served.splitBrain, here: { ...served.splitBrain.here }, other: { ...served.splitBrain.other } },
         stats: { ...volume.stats },
         log: volume.log.status(),
         peers: (mirror?.status() ?? []).map((peer) => ({
@@ -213,6 +216,12 @@ function metrics(status: NodeStatus): string {
     status.volumes.flatMap((volume): [string, number][] => (volume.source === null ? [] : [[`${labels},volume="${volume.name}"`, volume.source.promotable ? 1 : 0]])),
   );
   metric(
+    'blockmirror_volume_split_brain',
+    'gauge',
+    '1 while this copy and another went separate ways, each with writes the other lacks (status names the peer and what each holds); 0 otherwise.',
+    status.volumes.map((volume) => [`${labels},volume="${volume.name}"`, volume.splitBrain === null ? 0 : 1]),
+  );
+  metric(
     'blockmirror_volume_size_bytes',
     'gauge',
     'Volume size.',
@@ -276,9 +285,9 @@ export class AdminServer {
       this.verify(decodeURIComponent(verify[1] ?? ''), request, response);
       return;
     }
-    const roleChange = /^\/api\/v1\/volumes\/([^/?]+)\/(promote|demote)$/.exec(url);
+    const roleChange = /^\/api\/v1\/volumes\/([^/?]+)\/(promote|demote|resolve)$/.exec(url);
     if (roleChange !== null) {
-      this.changeRole(decodeURIComponent(roleChange[1] ?? ''), roleChange[2] === 'promote' ? 'promote' : 'demote', request, response);
+      this.changeRole(decodeURIComponent(roleChange[1] ?? ''), roleChange[2] as 'promote' | 'demote' | 'resolve', request, response);
       return;
     }
     if (request.method !== 'GET') return methodNotAllowed(response, 'GET');
@@ -295,18 +304,22 @@ export class AdminServer {
     }
   }
 
-  /** POST .../promote (`{"force": true}` allowed) or .../demote. */
-  private changeRole(name: string, change: 'promote' | 'demote', request: http.IncomingMessage, response: http.ServerResponse): void {
+  /** POST .../promote (`{"force": true}` allowed), .../demote, or .../resolve (`{"discard": "<node>"}`). */
+  private changeRole(name: string, change: 'promote' | 'demote' | 'resolve', request: http.IncomingMessage, response: http.ServerResponse): void {
     const answer = (code: number, body: unknown): void => answerJson(response, code, body);
     if (request.method !== 'POST') return methodNotAllowed(response, 'POST');
     readSmallBody(request, (body) => {
-      let force = false;
+      let done: Promise<unknown>;
       try {
-        force = booleanFields(body, change === 'promote' ? ['force'] : [])['force'] === true;
+        if (change === 'resolve') done = this.node.resolve(name, discardField(body));
+        else if (change === 'promote') done = this.node.promote(name, booleanFields(body, ['force'])['force'] === true);
+        else {
+          booleanFields(body, []);
+          done = this.node.demote(name);
+        }
       } catch (error) {
         return answer(400, { error: { code: 'ERR_USAGE', message: `bad request body: ${(error as Error).message}` } });
       }
-      const done = change === 'promote' ? this.node.promote(name, force) : this.node.demote(name);
       done.then(
         (result) => answer(200, result),
         (error: unknown) => {
@@ -368,6 +381,17 @@ function booleanFields(body: string, allowed: readonly string[]): Record<string,
     fields[key] = value;
   }
   return fields;
+}
+
+/** The body of POST .../resolve: `{"discard": "<node>"}`, nothing else. */
+function discardField(body: string): string {
+  const parsed: unknown = body.trim() === '' ? {} : JSON.parse(body);
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new Error('expected a JSON object');
+  const extra = Object.keys(parsed).find((key) => key !== 'discard');
+  if (extra !== undefined) throw new Error(`unknown field "${extra}"`);
+  const discard = (parsed as { discard?: unknown }).discard;
+  if (typeof discard !== 'string' || discard === '') throw new Error('"discard" must name the node whose writes are discarded');
+  return discard;
 }
 
 /** A small JSON body (at most 1 KiB: a larger one closes the request), then `use`. */

@@ -40,7 +40,7 @@ import type { DurableFiles } from '../storage/durable-files.js';
 import { ResyncController } from '../core/resync-controller.js';
 import { OnlineVerify, type VerifyReport } from './online-verify.js';
 import { catchUpFromLog, readUnsynced, runResync, type TransferPeer, type TransferPorts } from './peer-transfers.js';
-import type { PeerLink, ReadyMessage } from './peer-link.js';
+import type { PeerLink, ReadyMessage, SplitBrainMessage } from './peer-link.js';
 import { linkFor, PeerSessions, type PeerSession } from './peer-sessions.js';
 import { systemClock, type Clock } from '../io/clock.js';
 import { tcpStreamLink, type StreamLink } from '../io/stream-link.js';
@@ -88,6 +88,8 @@ export interface MirrorEngineParts {
   streams?: StreamLink;
   /** A peer refused this node's session because it knows a newer epoch: this node is no longer the primary. */
   stale?: (peer: string, message: string) => void;
+  /** A peer found the copies in split brain (SPLIT_BRAIN in place of READY); null once a session with it is up. */
+  splitBrain?: (peer: string, found: SplitBrainMessage | null) => void;
 }
 
 export class MirrorEngine {
@@ -127,8 +129,12 @@ export class MirrorEngine {
   private readonly clock: Clock;
   private readonly replica: VolumeReplicaCore;
 
+  /** What the engine's owner hears of split brains (MirrorEngineParts.splitBrain). */
+  private readonly splitBrainWith: (peer: string, found: SplitBrainMessage | null) => void;
+
   constructor(parts: MirrorEngineParts) {
     const { cluster, local, volume, lastSeq, recoveredSeq, replayed, log, files } = parts;
+    this.splitBrainWith = parts.splitBrain ?? (() => undefined);
     this.cluster = cluster;
     this.local = local;
     this.volume = volume;
@@ -186,6 +192,7 @@ export class MirrorEngine {
       volume: volume.name,
       connections: cluster.connections,
       history: () => parts.replica.history.last(PEER_HISTORY_EPOCHS_MAX),
+      lastSeq: () => parts.replica.local.lastSeq,
       streams: parts.streams ?? tcpStreamLink,
       clock: this.clock,
       log,
@@ -204,6 +211,7 @@ export class MirrorEngine {
           this.log.error('a peer knows a newer epoch of the volume: this node is no longer its primary', { peer: peer.node.id, reason: message });
           parts.stale?.(peer.node.id, message);
         },
+        splitBrain: (peer, found) => this.splitBrainWith(peer.node.id, found),
       },
     });
     this.replica = parts.replica;
@@ -373,6 +381,15 @@ export class MirrorEngine {
     });
   }
 
+  /**
+   * A client's change is about to be replied to: in sync mode, a reply that leaves while a
+   * peer is not in sync is recorded first (the ledger's `ackedAlone`, from which a split
+   * brain is found). Async and logship replies never wait for a peer: their mode says so.
+   */
+  replying(): void {
+    if (this.volume.mode === 'sync') this.run(this.core.replying());
+  }
+
   changeDone(latencyMs: number): void {
     this.resyncControl.clientDone(latencyMs);
   }
@@ -526,6 +543,7 @@ export class MirrorEngine {
     const compared = compareCopies({ history: this.replica.history, lastSeq: this.lastSeq }, { history: theirs, lastSeq: ready.lastSeq }).sharedSeq;
     const sharedSeq = ready.diverged ? Math.min(compared, ready.divergedAfter) : compared;
     this.log.info('peer connected', { peer: peer.node.id, connections: peer.links.length, lastSeq: ready.lastSeq, sharedSeq, disk: ready.disk });
+    this.splitBrainWith(peer.node.id, null);
     this.run(
       this.core.connected(
         peer.node.id,

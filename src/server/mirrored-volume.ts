@@ -31,6 +31,8 @@ export class MirroredVolume implements ClientVolume {
     readonly engine: MirrorEngine,
     /** A `quorum: majority` volume's gate: no reply leaves without a quorum. */
     readonly quorum: QuorumGate | null = null,
+    /** Lets go of the log once the engine stopped (its tap and retainer), so that another engine can mirror it later. */
+    readonly detach: () => void = () => undefined,
   ) {}
 
   readInto(buffer: Buffer, offset: number): Promise<void> {
@@ -96,6 +98,7 @@ export class MirroredVolume implements ClientVolume {
     await this.volume.counted(this.engine.mirrored(seq, durable, local));
     this.engine.changeDone(performance.now() - startedMs);
     await this.quorum?.pass();
+    this.engine.replying();
   }
 }
 
@@ -119,8 +122,10 @@ export function mirrorPrimary(
     regions: volume,
     entries: log,
   });
-  log.tap((seq, header, payload, fields) => engine.placed(seq, header, payload, fields));
-  log.addRetainer((partition) => engine.retains(partition));
+  const listener: Parameters<typeof log.tap>[0] = (seq, header, payload, fields) => engine.placed(seq, header, payload, fields);
+  const retainer: Parameters<typeof log.addRetainer>[0] = (partition) => engine.retains(partition);
+  log.tap(listener);
+  log.addRetainer(retainer);
   volume.requireIntent();
-  return new MirroredVolume(volume, engine, quorum);
+  return new MirroredVolume(volume, engine, quorum, () => log.untap(listener, retainer));
 }

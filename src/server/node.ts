@@ -25,7 +25,7 @@ import { NbdConnection, type ConnectionCounters, type VolumeCatalog } from './nb
 import { PeerServer } from './peer-server.js';
 import { VolumeRoles } from './volume-roles.js';
 import { WitnessRecord } from './witness.js';
-import type { DemotionResult, PromotionResult } from './status.js';
+import type { DemotionResult, PromotionResult, ResolveResult } from './status.js';
 import { closeServer, listen } from './listen.js';
 import { diskState, type NodeView, type ServedVolume } from './served-volume.js';
 
@@ -289,6 +289,10 @@ export class BlockmirrorNode implements NodeView {
     return this.roles.demote(name);
   }
 
+  resolve(name: string, discard: string): Promise<ResolveResult> {
+    return this.roles.resolve(name, discard);
+  }
+
   /** A `quorum: majority` volume's quorum here (VolumeQuorum.of), or null. */
   quorumOf(served: ServedVolume): ReturnType<VolumeRoles['quorum']['of']> {
     return this.roles.quorum.of(served);
@@ -322,7 +326,7 @@ export class BlockmirrorNode implements NodeView {
 
   private readonly catalog: VolumeCatalog = {
     lookup: (name: string): ExportLookup => {
-      const served = this.resolve(name);
+      const served = this.exportOf(name);
       if (served === undefined) return { kind: 'unknown' };
       if (served.role === 'secondary') {
         const primary = served.volume.replica.history.primaryNow ?? '?';
@@ -354,7 +358,7 @@ export class BlockmirrorNode implements NodeView {
   };
 
   /** '' (the default export of NBD clients given no name) is the first volume this node is primary of. */
-  private resolve(name: string): ServedVolume | undefined {
+  private exportOf(name: string): ServedVolume | undefined {
     if (name === '') return [...this.volumes.values()].find((served) => served.role === 'primary') ?? this.volumes.values().next().value;
     return this.volumes.get(name);
   }

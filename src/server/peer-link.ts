@@ -163,6 +163,8 @@ export interface SourceHandshake {
   connections: number;
   /** The source's epoch history (its last epoch is the one it is primary in), cut to what the wire carries. */
   history: PeerEpochStart[];
+  /** The last entry the source holds. */
+  lastSeq: number;
 }
 
 /** Thrown (as the rejection) when the peer refuses us or fails to authenticate. */
@@ -170,10 +172,14 @@ export class HandshakeRefused extends Error {
   constructor(
     message: string,
     readonly code: number | null,
+    /** The target found the copies in split brain (SPLIT_BRAIN in place of READY). */
+    readonly splitBrain: SplitBrainMessage | null = null,
   ) {
     super(message);
   }
 }
+
+export type SplitBrainMessage = Extract<PeerMessage, { type: 'split-brain' }>;
 
 /**
  * The single outcome of one handshake: the first of success, refusal or failure wins and
@@ -242,6 +248,7 @@ export function connectAsSource(
       toNode: hello.toNode,
       volume: hello.volume,
       epoch: hello.history[hello.history.length - 1]?.epoch ?? 0,
+      lastSeq: hello.lastSeq,
       history: hello.history,
     };
     link.onClose((reason) => outcome.fail(new Error(reason)));
@@ -267,6 +274,9 @@ export function connectAsSource(
       } else if (message.type === 'ready' && proven) {
         link.state = 'up';
         outcome.succeed({ link, ready: message });
+      } else if (message.type === 'split-brain' && proven) {
+        const text = `node ${hello.toNode} found the copies of ${hello.volume} in split brain: ${message.targetEntries} entries of its own and ${message.sourceEntries} of this node's past entry ${message.sharedSeq}`;
+        outcome.fail(new HandshakeRefused(text, null, message));
       } else if (message.type === 'refuse') {
         outcome.fail(new HandshakeRefused(`node ${hello.toNode} refused the connection: ${message.message}`, message.code));
       } else {

@@ -16,7 +16,7 @@ import type { PeerEpochStart, PeerMessage } from '../protocol/peer/frames.js';
 import type { Clock, Timer } from '../io/clock.js';
 import type { StreamLink } from '../io/stream-link.js';
 import { RefuseCode } from '../protocol/peer/frames.js';
-import { connectAsSource, HandshakeRefused, type PeerLink, type ReadyMessage } from './peer-link.js';
+import { connectAsSource, HandshakeRefused, type PeerLink, type ReadyMessage, type SplitBrainMessage } from './peer-link.js';
 
 /** One peer's connection array, its session and its reconnect schedule. */
 export interface PeerSession {
@@ -49,6 +49,8 @@ export interface SessionEvents {
   lost(peer: PeerSession, reason: string, stopping: boolean): void;
   /** The peer refused the session: it knows a newer epoch, in which this node is not the primary. */
   stale(peer: PeerSession, message: string): void;
+  /** The peer found the copies in split brain (it tries again later unless told to discard). */
+  splitBrain(peer: PeerSession, found: SplitBrainMessage): void;
 }
 
 export interface SessionParts {
@@ -61,6 +63,8 @@ export interface SessionParts {
   connections: number;
   /** This node's history of the volume, whose last epoch (the one it is primary in) HELLO names. */
   history: () => PeerEpochStart[];
+  /** The last entry this node's copy holds (HELLO names it). */
+  lastSeq: () => number;
   streams: StreamLink;
   clock: Clock;
   log: Logger;
@@ -203,6 +207,7 @@ export class PeerSessions {
           connectionIndex: index,
           connections,
           history: this.parts.history(),
+          lastSeq: this.parts.lastSeq(),
         },
         this.parts.counters,
       ),
@@ -218,6 +223,7 @@ export class PeerSessions {
           this.parts.events.stale(peer, reason.message);
           return;
         }
+        if (!this.stopped && reason instanceof HandshakeRefused && reason.splitBrain !== null) this.parts.events.splitBrain(peer, reason.splitBrain);
         const problem = failure === undefined ? 'node stopping' : String((failure.reason as Error).message);
         this.retry(peer, problem);
         return;

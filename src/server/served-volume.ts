@@ -12,7 +12,8 @@ import type { Heartbeats } from './heartbeats.js';
 import type { MirroredVolume } from './mirrored-volume.js';
 import type { ConnectionCounters } from './nbd-connection.js';
 import type { ReplicaTarget } from './replica-target.js';
-import type { DemotionResult, PromotionResult } from './status.js';
+import type { DiscardRecord, SplitBrainStatus } from './split-brain.js';
+import type { DemotionResult, PromotionResult, ResolveResult } from './status.js';
 
 export interface ServedVolume {
   config: VolumeConfig;
@@ -30,6 +31,10 @@ export interface ServedVolume {
   paths: VolumePaths;
   /** A role change under way ('promotion', 'demotion', 'following'), or null. */
   changing: string | null;
+  /** A split brain with another copy, as found here or told by it (docs/operations.md, "Split brain"), or null. */
+  splitBrain: SplitBrainStatus | null;
+  /** Whether this copy's writes are to be discarded in favour of another's (a mirrored volume's record; null otherwise). */
+  discard: DiscardRecord | null;
 }
 
 /** What the admin API reads of a running node (BlockmirrorNode is one). */
@@ -48,6 +53,8 @@ export interface NodeView {
   /** Role changes (docs/operations.md, "Failover"). */
   promote(name: string, force: boolean): Promise<PromotionResult>;
   demote(name: string): Promise<DemotionResult>;
+  /** `blockmirror resolve`: this node's part in resolving a split brain by discarding `discard`'s writes. */
+  resolve(name: string, discard: string): Promise<ResolveResult>;
   /** A `quorum: majority` volume's quorum on this node, or null. */
   quorumOf(served: ServedVolume): { have: number; need: number; ok: boolean; counted: string[]; reason: string | null } | null;
 }

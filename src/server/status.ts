@@ -3,6 +3,7 @@
 
 import type { DiskState } from '../protocol/disk-state.js';
 import type { LogStatus } from '../storage/write-log.js';
+import type { SplitBrainStatus } from './split-brain.js';
 
 export interface VolumeStatus {
   name: string;
@@ -24,6 +25,8 @@ export interface VolumeStatus {
    * vote for it, and what is missing). Null otherwise.
    */
   quorum: { onNoQuorum: string; have: number; need: number; ok: boolean; counted: string[]; reason: string | null } | null;
+  /** A split brain with another copy (docs/operations.md, "Split brain"), or null. */
+  splitBrain: SplitBrainStatus | null;
   stats: Record<string, number>;
   log: LogStatus;
   /** On the primary: each peer it mirrors to. */
@@ -84,6 +87,14 @@ export interface PromotionResult {
   sourceLogDamage: string | null;
   /** With --force: what the promoted copy may lack, in words; null when nothing acknowledged can be lost. */
   mayLack: string | null;
+}
+
+/** What `resolve` did on one node: this copy discards its writes (in favour of `winner`), or wins. */
+export interface ResolveResult {
+  volume: string;
+  node: string;
+  discards: boolean;
+  winner: string;
 }
 
 /** What `demote` did. */

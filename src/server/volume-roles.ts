@@ -10,10 +10,20 @@
 //     next primary. The same happens when a peer refuses it for a newer epoch (fenced).
 //   - a secondary that meets a primary of a newer epoch follows it (ReplicaTarget), and
 //     a primary that stepped down becomes its secondary (`attach`).
+//   - a split brain (docs/operations.md, "Split brain"): a copy that was a primary finds
+//     one when a source's copy went separate ways from it (`attach`), and the policy or
+//     `resolve` decides: the loser saves its writes and follows, the winner takes over
+//     as the primary (`takeOver`) if it is not.
 // Which epoch a HELLO may come from is decided here too (`check`), for the peer server.
-// The decisions about the volume itself are its ReplicaCore's (promotion, demote, learn);
-// the files of each change are volume-store.ts's (promoteStorage, demoteStorage,
-// moveReplicaLog), with the history made durable at the one point each change commits.
+// The decisions about the volume itself are its ReplicaCore's (promotion, demote, learn)
+// and the split brain's src/core/split-brain.ts's; the files of each change are
+// volume-store.ts's (promoteStorage, demoteStorage, moveReplicaLog), with the history
+// made durable at the one point each change commits.
+//
+// Why one file of this size: every change here moves a volume between the same three
+// shapes (mirror engine, replica target, neither) under one guard (`changing`), and the
+// split brain's outcomes are those same changes (follow, step down, take over); apart,
+// each piece would have to reach into the others' private steps.
 
 import path from 'node:path';
 import type { ClusterConfig, NodeConfig, VolumeConfig } from '../control/config.js';
@@ -22,22 +32,26 @@ import { BlockmirrorError } from '../lib/errors.js';
 import type { Logger } from '../lib/log.js';
 import { compareCopies, EpochHistory, encodeEpochHistory } from '../core/epoch-history.js';
 import { DirtyBitmap } from '../core/dirty-bitmap.js';
-import { encodeMirrorRecord, type MirrorRecord } from '../core/mirror-ledger.js';
+import { encodeMirrorRecord, parseMirrorRecord, type MirrorRecord } from '../core/mirror-ledger.js';
 import type { Clock } from '../io/clock.js';
 import type { StreamLink } from '../io/stream-link.js';
 import { RefuseCode } from '../protocol/peer/frames.js';
 import type { DurableFiles } from '../storage/durable-files.js';
 import type { OpenedVolume } from '../storage/volume-store.js';
-import { demoteStorage, logDir, logOptionsAt, moveReplicaLog, promoteStorage, restartReplicaLog } from '../storage/volume-store.js';
+import { changedSince, demoteStorage, logDir, logOptionsAt, moveReplicaLog, promoteStorage, restartReplicaLog } from '../storage/volume-store.js';
+import { splitBrainDir, splitBrainFileName, writeSplitBrainFile } from '../storage/split-brain-file.js';
+import { decideSplitBrain, splitBrainBetween, type SplitBrain } from '../core/split-brain.js';
+import { copyForSplitBrain, DiscardRecord, type SplitBrainStatus } from './split-brain.js';
 import type { Heartbeats } from './heartbeats.js';
 import { VolumeQuorum } from './volume-quorum.js';
 import { mirrorPrimary } from './mirrored-volume.js';
-import type { HelloMessage, PeerLink } from './peer-link.js';
+import type { HelloMessage, PeerLink, SplitBrainMessage } from './peer-link.js';
+import { encodeFrame, PEER_HISTORY_EPOCHS_MAX } from '../protocol/peer/frames.js';
 import { ReplicaTarget } from './replica-target.js';
 import { mayLack } from '../core/promotion.js';
 import { ContactRecord } from './source-contact.js';
 import type { ServedVolume } from './served-volume.js';
-import type { DemotionResult, PromotionResult } from './status.js';
+import type { DemotionResult, PromotionResult, ResolveResult } from './status.js';
 
 /** What the roles need of the node. */
 export interface RoleParts {
@@ -79,8 +93,17 @@ export class VolumeRoles {
       logOptions: opened.logOptions,
       paths: opened.paths,
       changing: null,
+      splitBrain: null,
+      discard: this.mirroredHere(config) ? new DiscardRecord(this.parts.files, this.parts.node.dataDir, config.name, this.parts.log.child({ volume: config.name })) : null,
     };
-    if (opened.role === 'primary' && this.mirroredHere(config)) {
+    if (opened.role === 'primary' && served.discard?.winner != null) {
+      // It lost a split brain and stopped before it stepped down: it takes no writes now.
+      const history = opened.volume.replica.history.stepDown();
+      this.saveHistory(served, history);
+      opened.volume.replica.demote(history);
+      served.role = 'secondary';
+      this.volumeLog(served).warn('this copy lost a split brain: it starts stepped down, and follows the winner once that connects', { winner: served.discard.winner });
+    } else if (opened.role === 'primary' && this.mirroredHere(config)) {
       served.mirrored = this.mirror(served, opened.recovery.lastSeq, replayed);
     } else if (opened.role === 'secondary' && opened.logOptions.replica !== undefined) {
       served.target = this.target(served);
@@ -113,6 +136,7 @@ export class VolumeRoles {
       clock,
       streams,
       stale: (peer, message) => void this.stepDown(served.config.name, `node ${peer} refused it: ${message}`).catch(() => undefined),
+      splitBrain: (peer, found) => this.toldSplitBrain(served, peer, found),
     }, gate);
   }
 
@@ -317,6 +341,7 @@ export class VolumeRoles {
           log.error('consistency point failed while stepping down', { error: String(error) });
         }
         await mirrored.engine.stop(clean ? volume.log.lastSeq : null);
+        mirrored.detach();
         served.mirrored = null;
       }
       await waitUntil(() => volume.replica.local.idle, 10_000, `the running operations of ${name} to end`);
@@ -335,32 +360,203 @@ export class VolumeRoles {
    * A copy that was the primary (stepped down, or fenced) becomes a secondary of the
    * primary of `history`, a newer epoch: its own log gives way to a per-source log whose
    * trail names the regions of every entry it holds past the last one the new primary
-   * shares with it, so that they are resent from there.
+   * shares with it, so that they are resent from there. A copy that discards its writes
+   * after a split brain (`discard`: where it parts from the winner) saves them first.
    */
-  private async follow(served: ServedVolume, history: EpochHistory): Promise<void> {
+  private async follow(served: ServedVolume, history: EpochHistory, discard: { sharedSeq: number } | null = null): Promise<void> {
     if (served.volume.replica.role === 'primary') await this.stepDown(served.config.name, `node ${history.current.primary} is primary in epoch ${history.current.epoch}`);
     const { volume, config } = served;
     const mine = volume.replica.history;
     // The new primary's epoch started after the last entry it held: nothing of this copy past it is the new primary's.
-    const { sharedSeq } = compareCopies({ history: mine, lastSeq: volume.log.lastSeq }, { history, lastSeq: history.current.firstSeq - 1 });
+    const sharedSeq = discard?.sharedSeq ?? compareCopies({ history: mine, lastSeq: volume.log.lastSeq }, { history, lastSeq: history.current.firstSeq - 1 }).sharedSeq;
     served.changing = 'following';
+    const log = this.volumeLog(served);
     try {
       const to = logOptionsAt(served.logOptions, logDir(this.parts.node.dataDir, config.name, history, this.parts.node.id), { deferApply: config.mode === 'logship' });
       // What its mirror ledger said the new primary may lack: writes in its image whose
       // entries a crash lost, entries placed while that node was away.
       const bitmap = this.parts.files.read(path.join(this.parts.node.dataDir, 'mirror', `${config.name}.${history.current.primary}.bitmap`));
       const mayDiffer = bitmap === null ? null : DirtyBitmap.decode(bitmap, config.sizeBytes, this.parts.cluster.resync.regionBytes);
+      if (discard !== null) await this.saveDiscarded(served, history.current.primary, sharedSeq, mayDiffer);
       await demoteStorage(this.parts.files, volume, served.logOptions, to, sharedSeq, mayDiffer, () => {
         this.saveHistory(served, history);
-        volume.replica.learn(history);
+        volume.replica.learn(history, discard !== null);
       });
       served.logOptions = to;
       // The core steps down into the history it now follows.
       served.target = this.target(served);
-      this.volumeLog(served).warn('following a new primary', { primary: history.current.primary, epoch: history.current.epoch, sharedSeq, lastSeq: volume.log.lastSeq });
+      if (discard !== null) {
+        served.discard?.clear();
+        log.warn('split brain resolved: this copy discarded its writes and follows the winner', { winner: history.current.primary, sharedSeq, saved: served.splitBrain?.saved ?? 'nothing' });
+        served.splitBrain = null;
+      }
+      log.warn('following a new primary', { primary: history.current.primary, epoch: history.current.epoch, sharedSeq, lastSeq: volume.log.lastSeq });
     } finally {
       served.changing = null;
     }
+  }
+
+  // ---- split brain ---------------------------------------------------------------------
+
+  /**
+   * Saves what this copy holds past `sharedSeq` (the regions its entries and its ledger's
+   * bitmap name, as they are in its image) to `<dataDir>/split-brain/<volume>-<epoch>.log`,
+   * before they are resynced from the winner.
+   */
+  private async saveDiscarded(served: ServedVolume, winner: string, sharedSeq: number, mayDiffer: DirtyBitmap | null): Promise<void> {
+    const { volume, config, identity } = served;
+    const regionBytes = this.parts.cluster.resync.regionBytes;
+    const changed = await changedSince(volume, sharedSeq, mayDiffer);
+    const regions = new DirtyBitmap(config.sizeBytes, regionBytes);
+    if (changed === null) regions.markAll();
+    for (const extent of changed ?? []) regions.mark(extent.offset, extent.lengthBytes);
+    const extents: { offset: number; lengthBytes: number }[] = [];
+    for (let region = regions.nextDirty(0); region !== -1; region = regions.nextDirty(region + 1)) {
+      const offset = region * regionBytes;
+      const last = extents[extents.length - 1];
+      const lengthBytes = Math.min(regionBytes, config.sizeBytes - offset);
+      if (last !== undefined && last.offset + last.lengthBytes === offset) last.lengthBytes += lengthBytes;
+      else extents.push({ offset, lengthBytes });
+    }
+    const epoch = splitEpoch(volume.replica.history, this.parts.node.id, sharedSeq);
+    const file = path.join(splitBrainDir(this.parts.node.dataDir), splitBrainFileName(config.name, epoch));
+    const saved = await writeSplitBrainFile(
+      this.parts.files,
+      file,
+      {
+        volume: config.name,
+        volumeId: Number.parseInt(identity.uuid.slice(0, 8), 16),
+        node: this.parts.node.id,
+        winner,
+        epoch,
+        sharedSeq,
+        lastSeq: volume.log.lastSeq,
+        savedAt: new Date().toISOString(),
+        what: changed === null
+          ? 'every region of the volume as this copy held it (it could not name the regions it changed)'
+          : 'the regions this copy changed after the entry it shares with the winner, as this copy held them',
+      },
+      extents,
+      (offset, lengthBytes) => volume.read(offset, lengthBytes),
+    );
+    if (served.splitBrain !== null) served.splitBrain.saved = saved.path;
+    this.volumeLog(served).warn('split brain: this copy\'s writes since the split are saved before they are discarded', { file: saved.path, records: saved.records, bytes: saved.bytes, winner });
+  }
+
+  /** What this copy is, for finding a split brain with another. */
+  private copyOf(served: ServedVolume): ReturnType<typeof copyForSplitBrain> {
+    return copyForSplitBrain(this.parts.node, served.config, served.volume.replica.history, served.volume.log.lastSeq, this.parts.files);
+  }
+
+  /** The split brain between this copy and a source's claim, or null. */
+  private splitWith(served: ServedVolume, hello: HelloMessage): { found: SplitBrain; theirs: EpochHistory } | null {
+    const theirs = EpochHistory.from(hello.history);
+    if (!(theirs instanceof EpochHistory)) return null;
+    const joined = served.volume.replica.history.knowsEpochOf(theirs) ? served.volume.replica.history.joinedWith(theirs) : theirs;
+    const found = splitBrainBetween(this.copyOf(served), { node: hello.fromNode, history: joined, lastSeq: hello.lastSeq });
+    return found === null ? null : { found, theirs: joined };
+  }
+
+  /** Notes a split brain with `peer` (a log line when it is new or changed), as `status` and the metrics show it. */
+  private noteSplitBrain(served: ServedVolume, next: Omit<SplitBrainStatus, 'since' | 'saved'>): void {
+    const before = served.splitBrain;
+    const same = before !== null && before.peer === next.peer && before.sharedSeq === next.sharedSeq && before.decision === next.decision && before.here.entries === next.here.entries && before.other.entries === next.other.entries;
+    if (same) return;
+    served.splitBrain = { ...next, since: before?.peer === next.peer ? before.since : new Date().toISOString(), saved: before?.saved ?? null };
+    this.volumeLog(served).error('split brain: the copies went separate ways, each with writes the other lacks', {
+      peer: next.peer,
+      sharedSeq: next.sharedSeq,
+      entriesHere: next.here.entries,
+      entriesThere: next.other.entries,
+      decision: next.decision,
+      by: next.by,
+    });
+  }
+
+  /** The source's side: a peer found a split brain (or, with null, took a session: none with it now). */
+  private toldSplitBrain(served: ServedVolume, peer: string, found: SplitBrainMessage | null): void {
+    if (found === null) {
+      if (served.splitBrain?.peer === peer) served.splitBrain = null;
+      return;
+    }
+    const decision = found.decision === 'discard-source' ? 'discard-here' : 'disconnect';
+    const { volume } = served;
+    const theirs = EpochHistory.from(found.history);
+    this.noteSplitBrain(served, {
+      peer,
+      sharedSeq: found.sharedSeq,
+      here: { entries: found.sourceEntries, bytes: null, epoch: splitEpoch(volume.replica.history, this.parts.node.id, found.sharedSeq) },
+      other: { entries: found.targetEntries, bytes: found.targetBytes, epoch: theirs instanceof EpochHistory ? theirs.epochOf(found.sharedSeq + 1).epoch : found.epoch },
+      peerEpoch: found.epoch,
+      decision,
+      by: decision === 'discard-here' ? `afterSplitBrain: ${served.config.afterSplitBrain}` : 'nobody yet',
+    });
+    if (decision !== 'discard-here' || served.discard === null || served.discard.winner === peer) return;
+    // The peer's copy wins: this one stops taking writes at once, and follows it (saving its own) once it connects.
+    served.discard.set(peer, `afterSplitBrain: ${served.config.afterSplitBrain}`, new Date());
+    void this.stepDown(served.config.name, `split brain with node ${peer}: its copy wins`).catch(() => undefined);
+  }
+
+  /**
+   * This copy wins a split brain over `peer`'s: if it is not the primary, it becomes the
+   * primary again in an epoch above every one it knows of (the loser's included), with
+   * the loser's entries past `sharedSeq` counted as diverged, so that the loser follows it.
+   */
+  private async takeOver(served: ServedVolume, peer: string, sharedSeq: number, aboveEpoch: number): Promise<void> {
+    const { volume, config } = served;
+    if (served.changing !== null) return;
+    if (volume.replica.role === 'primary') {
+      if (volume.replica.epoch > aboveEpoch) return;
+      // A primary in an epoch the loser's line has passed: it begins one above it.
+      await this.stepDown(config.name, `split brain with node ${peer}: this copy wins, in a new epoch`);
+    }
+    if (served.target !== null) throw new BlockmirrorError('ERR_ROLE_REFUSED', `node ${this.parts.node.id} follows ${served.target.source} for ${config.name}: promote it to win the split brain (blockmirror promote ${config.name} --node ${this.parts.node.id})`);
+    served.changing = 'promotion';
+    try {
+      const history = volume.replica.promotion(this.parts.node.id, volume.log.lastSeq, aboveEpoch);
+      const stateFile = path.join(this.parts.node.dataDir, 'mirror', `${config.name}.json`);
+      const data = this.parts.files.read(stateFile);
+      if (data !== null) {
+        // Its entries past the shared one are not the loser's: named at its reset.
+        const record = parseMirrorRecord(data);
+        record.divergedAfter[peer] = Math.min(record.divergedAfter[peer] ?? sharedSeq, sharedSeq);
+        this.parts.files.replaceFile(stateFile, encodeMirrorRecord(record), 'mirror-state');
+      }
+      this.saveHistory(served, history);
+      volume.replica.promote(history);
+      served.role = 'primary';
+      served.mirrored = this.mirror(served, volume.log.lastSeq, null);
+      served.mirrored?.engine.start();
+      this.volumeLog(served).warn('split brain: this copy wins, and takes writes again as the primary', { loser: peer, epoch: history.current.epoch, firstSeq: history.current.firstSeq });
+    } finally {
+      served.changing = null;
+    }
+  }
+
+  /**
+   * `blockmirror resolve VOLUME --discard NODE`, as each of the two nodes carries it out:
+   * on NODE, its copy's writes since the split are to be discarded (it steps down if it is
+   * the primary, and follows the winner, saving them, once that connects); on the winner,
+   * its copy becomes the primary if it is not.
+   */
+  async resolve(name: string, discard: string): Promise<ResolveResult> {
+    const served = this.served(name);
+    const split = served.splitBrain;
+    const here = this.parts.node.id;
+    if (split === null) throw new BlockmirrorError('ERR_ROLE_REFUSED', `node ${here} found no split brain of ${name}`);
+    if (discard !== here && discard !== split.peer) {
+      throw new BlockmirrorError('ERR_ROLE_REFUSED', `the split brain of ${name} on node ${here} is with node ${split.peer}, not ${discard}`);
+    }
+    const by = 'blockmirror resolve';
+    if (discard === here) {
+      served.discard?.set(split.peer, by, new Date());
+      served.splitBrain = { ...split, decision: 'discard-here', by };
+      if (served.volume.replica.role === 'primary') await this.stepDown(name, `split brain with node ${split.peer}: discarded by command`);
+      return { volume: name, node: here, discards: true, winner: split.peer };
+    }
+    served.splitBrain = { ...split, decision: 'discard-other', by };
+    await this.takeOver(served, split.peer, split.sharedSeq, split.peerEpoch);
+    return { volume: name, node: here, discards: false, winner: here };
   }
 
   // ---- the peer server's questions ------------------------------------------------------
@@ -369,7 +565,9 @@ export class VolumeRoles {
    * Whether a HELLO for `name` may go on to authentication: its source must be the
    * primary of the epoch it names, which may be the one this copy knows or a newer one
    * whose history holds this copy's epoch unchanged (a promotion elsewhere). A source in
-   * an older epoch is told it is stale (it steps down).
+   * an older epoch is told it is stale (it steps down). A source whose copy went separate
+   * ways goes on when this copy discards its writes in its favour, or when the two may be
+   * in split brain (found once it authenticated, in `attach`).
    */
   check(name: string, hello: HelloMessage): { code: RefuseCode; message: string } | null {
     const served = this.volumes.get(name);
@@ -378,6 +576,7 @@ export class VolumeRoles {
     }
     const verdict = served.volume.replica.judgeSource(hello.fromNode, hello.history);
     const here = this.parts.node.id;
+    const winner = served.target === null && served.discard?.winner === hello.fromNode;
     switch (verdict.kind) {
       case 'current':
       case 'newer':
@@ -387,14 +586,17 @@ export class VolumeRoles {
       case 'names-another':
         return { code: RefuseCode.EPOCH, message: `volume ${name}: node ${hello.fromNode} claims epoch ${hello.epoch}, whose primary its own history says is ${verdict.primary}` };
       case 'stale': {
+        if (winner) return null;
         const { epoch, primary, firstSeq } = verdict.known;
         return { code: RefuseCode.STALE_EPOCH, message: `volume ${name}: node ${hello.fromNode} is primary in epoch ${hello.epoch}, but node ${here} knows epoch ${epoch} (primary ${primary} from entry ${firstSeq})` };
       }
       case 'not-its-primary':
+        if (winner) return null;
         return { code: RefuseCode.EPOCH, message: `volume ${name}: node ${hello.fromNode} is not the primary of epoch ${verdict.known.epoch}, node ${verdict.known.primary} is` };
       case 'primary-here':
         return { code: RefuseCode.ROLE, message: `node ${here} does not follow a primary of ${name}: it is its primary in epoch ${verdict.known.epoch}` };
       case 'separate-ways': {
+        if (winner || (served.target === null && this.splitWith(served, hello) !== null)) return null;
         const { epoch, primary, firstSeq } = verdict.known;
         return {
           code: RefuseCode.EPOCH,
@@ -406,7 +608,11 @@ export class VolumeRoles {
 
   /**
    * An authenticated source's connection for `name` (check passed): to the replica target,
-   * after this copy stopped being a primary when the source is a newer epoch's.
+   * after this copy stopped being a primary when the source is a newer epoch's. A copy
+   * that was a primary first looks for a split brain with the source (its own writes past
+   * their shared entry that the source lacks and that may have been acknowledged): then
+   * the volume's policy decides; the source is told in SPLIT_BRAIN unless this copy is
+   * the one to discard, which it then does.
    */
   attach(name: string, hello: HelloMessage, link: PeerLink): void {
     const served = this.volumes.get(name);
@@ -415,15 +621,51 @@ export class VolumeRoles {
       return;
     }
     if (served.target !== null) {
+      if (served.splitBrain?.peer === hello.fromNode) served.splitBrain = null;
       served.target.attach(hello, link);
       return;
     }
     const verdict = served.volume.replica.judgeSource(hello.fromNode, hello.history);
-    if (verdict.kind !== 'newer' || served.changing !== null) {
+    const split = this.splitWith(served, hello);
+    let discard: { sharedSeq: number } | null = null;
+    let history = verdict.kind === 'newer' ? verdict.history : null;
+    if (split !== null && served.changing === null) {
+      const { found } = split;
+      const decision = served.discard?.winner === hello.fromNode ? 'discard-here' : decideSplitBrain(served.config.afterSplitBrain, found);
+      const by = served.discard?.winner === hello.fromNode ? served.discard.by : `afterSplitBrain: ${served.config.afterSplitBrain}`;
+      this.noteSplitBrain(served, {
+        peer: hello.fromNode,
+        sharedSeq: found.sharedSeq,
+        here: { entries: found.hereEntries, bytes: null, epoch: found.hereEpoch },
+        other: { entries: found.otherEntries, bytes: null, epoch: found.otherEpoch },
+        peerEpoch: hello.epoch,
+        decision: decision === 'disconnect' ? 'disconnect' : decision,
+        by: decision === 'disconnect' ? 'nobody yet' : by,
+      });
+      if (decision !== 'discard-here') {
+        void this.refuseSplit(served, hello, link, found, decision === 'discard-other');
+        // Left apart, a primary that met a newer epoch stops taking writes all the same (it is fenced).
+        if (decision === 'disconnect' && verdict.kind === 'newer' && served.volume.replica.role === 'primary') {
+          void this.stepDown(name, `node ${hello.fromNode} is primary in epoch ${hello.epoch}; the copies are in split brain`).catch(() => undefined);
+        }
+        return;
+      }
+      if (served.discard?.winner !== hello.fromNode) served.discard?.set(hello.fromNode, by, new Date());
+      discard = { sharedSeq: found.sharedSeq };
+      history = split.theirs;
+    } else if (served.discard?.winner === hello.fromNode && verdict.kind !== 'newer') {
+      // Decided before (a policy or resolve): the winner's history, whatever its epoch.
+      const theirs = EpochHistory.from(hello.history);
+      if (theirs instanceof EpochHistory) {
+        history = theirs;
+        discard = { sharedSeq: compareCopies({ history: served.volume.replica.history, lastSeq: served.volume.log.lastSeq }, { history: theirs, lastSeq: hello.lastSeq }).sharedSeq };
+      }
+    }
+    if (history === null || served.changing !== null) {
       link.close(`node ${this.parts.node.id} cannot follow node ${hello.fromNode} in epoch ${hello.epoch} now`);
       return;
     }
-    this.follow(served, verdict.history).then(
+    this.follow(served, history, discard).then(
       () => {
         if (served.target !== null) served.target.attach(hello, link);
         else link.close('could not become a secondary');
@@ -434,6 +676,51 @@ export class VolumeRoles {
       },
     );
   }
+
+  /**
+   * Tells the source what was found (SPLIT_BRAIN, with the bytes of the regions this copy
+   * changed) and closes; when the source's writes are to be discarded, this copy takes
+   * over as the primary.
+   */
+  private async refuseSplit(served: ServedVolume, hello: HelloMessage, link: PeerLink, found: SplitBrain, discardSource: boolean): Promise<void> {
+    let bytes = served.splitBrain?.here.bytes ?? null;
+    if (bytes === null) {
+      const bitmap = this.parts.files.read(path.join(this.parts.node.dataDir, 'mirror', `${served.config.name}.${hello.fromNode}.bitmap`));
+      const mayDiffer = bitmap === null ? null : DirtyBitmap.decode(bitmap, served.config.sizeBytes, this.parts.cluster.resync.regionBytes);
+      const changed = await changedSince(served.volume, found.sharedSeq, mayDiffer).catch(() => null);
+      const regions = new DirtyBitmap(served.config.sizeBytes, this.parts.cluster.resync.regionBytes);
+      if (changed === null) regions.markAll();
+      for (const extent of changed ?? []) regions.mark(extent.offset, extent.lengthBytes);
+      bytes = regions.dirtyBytes;
+      if (served.splitBrain !== null) served.splitBrain.here.bytes = bytes;
+    }
+    const history = served.volume.replica.history;
+    link.finish(
+      encodeFrame({
+        type: 'split-brain',
+        decision: discardSource ? 'discard-source' : 'disconnect',
+        sharedSeq: found.sharedSeq,
+        lastSeq: served.volume.log.lastSeq,
+        epoch: history.current.epoch,
+        history: history.last(PEER_HISTORY_EPOCHS_MAX),
+        targetEntries: found.hereEntries,
+        targetBytes: bytes,
+        sourceEntries: found.otherEntries,
+      }),
+      `split brain with node ${hello.fromNode}`,
+    );
+    if (discardSource) {
+      await this.takeOver(served, hello.fromNode, found.sharedSeq, hello.epoch).catch((error: unknown) => {
+        this.volumeLog(served).error('split brain: this copy wins, but could not take over as the primary', { error: String(error) });
+      });
+    }
+  }
+}
+
+/** The epoch in which this node numbered its first entry past `sharedSeq` (its writes since a split), or its current one. */
+function splitEpoch(history: EpochHistory, node: string, sharedSeq: number): number {
+  const start = history.epochOf(sharedSeq + 1);
+  return start.primary === node ? start.epoch : history.current.epoch;
 }
 
 /** The contact file of a volume (ReplicaTarget's record of its last contact with the primary). */

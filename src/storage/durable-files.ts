@@ -4,6 +4,8 @@
 //
 //   replaceFile       new content to `<file>.tmp`, fdatasync, rename over the file, fsync
 //                     of the directory: a crash leaves the old content or the new, whole.
+//   installFile       the same for a file too big to hold in memory, written piece by
+//                     piece.
 //   makeDir           each missing level made and its parent directory synced.
 //   writeNewFile      a file written and synced where no reader looks yet (in a directory
 //                     being built); its name is made durable by what installs it.
@@ -42,6 +44,7 @@ export const fileOperations = [
   'witness',
   'incarnation',
   'config',
+  'split-brain',
 ] as const;
 
 export type FileOperation = (typeof fileOperations)[number];
@@ -151,6 +154,43 @@ export class DurableFiles {
     this.step(operation, () => this.fs.rename(temporary, file));
     await this.fs.syncDirAsync(path.dirname(file));
     this.counted(operation);
+  }
+
+  /**
+   * replaceFileAsync for a file too big to hold in memory: `fill` appends its pieces in
+   * order to `<file>.tmp`, which is then synced and renamed over `file`. A crash leaves
+   * the old file (or none) or the new one, whole; the `.tmp` it may leave is emptied by
+   * the next install of that name. When `fill` or a write fails, the `.tmp` is removed
+   * and the error thrown. Returns the bytes written.
+   */
+  async installFile(file: string, operation: FileOperation, fill: (append: (piece: Buffer) => void) => Promise<void>): Promise<number> {
+    const temporary = `${file}.tmp`;
+    const fd = this.step(operation, () => this.fs.create(temporary));
+    let written = 0;
+    try {
+      try {
+        await fill((piece) => {
+          if (piece.length === 0) return;
+          this.step(operation, () => this.fs.write(fd, piece, written));
+          written += piece.length;
+        });
+        await this.fs.syncDataAsync(fd);
+        this.counted(operation);
+      } finally {
+        this.fs.close(fd);
+      }
+    } catch (error) {
+      try {
+        this.remove(temporary, operation);
+      } catch {
+        // The first failure is the one to report; the `.tmp` is emptied by the next install.
+      }
+      throw error;
+    }
+    this.step(operation, () => this.fs.rename(temporary, file));
+    await this.fs.syncDirAsync(path.dirname(file));
+    this.counted(operation);
+    return written;
   }
 
   /**

@@ -25,7 +25,7 @@ import type { DirtyBitmap } from '../core/dirty-bitmap.js';
 import { EntryType } from '../protocol/log-entry.js';
 import { applyEntry } from './apply-entry.js';
 import { LocalVolume } from './local-volume.js';
-import { ReplicaTrail, TRAIL_FILE } from '../core/replica-trail.js';
+import { ReplicaTrail, TRAIL_FILE, type TrailExtent } from '../core/replica-trail.js';
 import { prepareEpochHistory, prepareVolumeFiles, type VolumePaths, type VolumeIdentity } from './volume-files.js';
 import type { EpochHistory } from '../core/epoch-history.js';
 import { LogCorruptError, WriteLog, type LogGeometry, type LogOptions, type RecoveryReport } from './write-log.js';
@@ -332,6 +332,15 @@ export async function moveReplicaLog(files: DurableFiles, volume: LocalVolume, f
   volume.log.close();
   volume.replaceLog((await WriteLog.open(to, nothingToReplay('in a moved per-source log'))).log);
   files.remove(from.dir, 'role-change');
+}
+
+/**
+ * The extents of this copy that may differ from another's that shares every entry through
+ * `sharedSeq` with it: the regions of its own entries past it, and those `mayDiffer` marks
+ * (its ledger's bitmap for that copy); null when it cannot name them (every region).
+ */
+export async function changedSince(volume: LocalVolume, sharedSeq: number, mayDiffer: DirtyBitmap | null): Promise<TrailExtent[] | null> {
+  return (await trailAfter(volume.log, sharedSeq, mayDiffer)).extentsAfter(sharedSeq);
 }
 
 /**

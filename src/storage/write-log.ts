@@ -641,6 +641,16 @@ export class WriteLog {
   }
 
   /**
+   * The mirror engine that tapped the log and kept partitions for its peers stopped (its
+   * primary stepped down): its listener and retainer go, so that a later one can start.
+   */
+  untap(listener: PlacedListener, retainer: Retainer): void {
+    if (this.placedListener === listener) this.placedListener = null;
+    const index = this.retainers.indexOf(retainer);
+    if (index !== -1) this.retainers.splice(index, 1);
+  }
+
+  /**
    * Takes a consistency point: makes the volume durable (`syncVolume`) up to every entry
    * applied so far, records it in the superblock, appends a CP entry (a primary's log,
    * stamped by `nextStamp`), and frees the partitions it covers. One runs at a time; a

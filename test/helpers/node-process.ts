@@ -275,6 +275,7 @@ export interface ClusterVolumeSpec {
   allowSecondaryReads?: boolean;
   quorum?: 'off' | 'majority';
   onNoQuorum?: 'suspend' | 'io-error';
+  afterSplitBrain?: 'disconnect' | 'discard-zero-changes' | 'discard-younger-primary' | 'discard-least-changes';
 }
 
 export interface ClusterSpec {
@@ -311,7 +312,7 @@ export async function writeClusterConfig(dir: string, spec: ClusterSpec, name = 
     primary: ${volume.primary}
     mode: ${volume.mode}
     strict: ${volume.strict === true}
-    allowSecondaryReads: ${volume.allowSecondaryReads === true}${volume.quorum === undefined ? '' : `\n    quorum: ${volume.quorum}`}${volume.onNoQuorum === undefined ? '' : `\n    onNoQuorum: ${volume.onNoQuorum}`}`,
+    allowSecondaryReads: ${volume.allowSecondaryReads === true}${volume.quorum === undefined ? '' : `\n    quorum: ${volume.quorum}`}${volume.onNoQuorum === undefined ? '' : `\n    onNoQuorum: ${volume.onNoQuorum}`}${volume.afterSplitBrain === undefined ? '' : `\n    afterSplitBrain: ${volume.afterSplitBrain}`}`,
   );
   const heartbeat = spec.heartbeat === undefined ? '' : `heartbeat: { intervalMs: ${spec.heartbeat.intervalMs}, timeoutMs: ${spec.heartbeat.timeoutMs}, probationMs: ${spec.heartbeat.probationMs} }\n`;
   const resyncKeys = Object.entries(spec.resync ?? {}).map(([key, value]) => `${key}: ${value}`);

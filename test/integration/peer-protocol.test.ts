@@ -197,6 +197,8 @@ interface HelloChoices {
   connectionIndex?: number;
   connections?: number;
   epoch?: number;
+  /** The sender's last entry (default 0). */
+  lastSeq?: number;
   /** Default: the one epoch named, its primary the sender, from entry 1. */
   history?: PeerEpochStart[];
 }
@@ -234,6 +236,7 @@ function hello(choices: HelloChoices = {}): PeerHello {
     toNode: choices.toNode ?? 'b',
     volume: choices.volume ?? 'v1',
     epoch: choices.epoch ?? 0,
+    lastSeq: choices.lastSeq ?? 0,
     history: choices.history ?? [{ epoch: choices.epoch ?? 0, primary: choices.fromNode ?? 'a', firstSeq: 1 }],
   };
 }

@@ -155,6 +155,7 @@ describe('cluster file: valid input', () => {
           description: '',
           quorum: 'off',
           onNoQuorum: 'suspend',
+          afterSplitBrain: 'disconnect',
         },
       ],
     });
@@ -183,7 +184,7 @@ describe('cluster file: valid input', () => {
         {
           name: 'db.primary-1', size: 512 * 1024 * 1024, replicas: ['b', 'a'], multiPrimary: true, mode: 'async',
           strict: true, allowSecondaryReads: true, readOnly: true, description: 'database',
-          quorum: 'off', onNoQuorum: 'io-error',
+          quorum: 'off', onNoQuorum: 'io-error', afterSplitBrain: 'discard-younger-primary',
         },
         { name: 'scratch', size: '4KiB', replicas: ['b'], primary: 'b', mode: 'local' },
       ];
@@ -194,7 +195,7 @@ describe('cluster file: valid input', () => {
     assert.deepEqual(db, {
       name: 'db.primary-1', sizeBytes: 512 * 1024 * 1024, replicas: ['b', 'a'], primary: null, multiPrimary: true,
       mode: 'async', strict: true, allowSecondaryReads: true, readOnly: true, description: 'database',
-      quorum: 'off', onNoQuorum: 'io-error',
+      quorum: 'off', onNoQuorum: 'io-error', afterSplitBrain: 'discard-younger-primary',
     });
     assert.equal(scratch?.sizeBytes, 4096);
     assert.equal(scratch?.mode, 'local');
@@ -263,7 +264,7 @@ describe('cluster file: syntax and shape', () => {
     rejects((raw) => { raw.heartbeat = { intervalMS: 100 }; }, 'heartbeat.intervalMS', 'unknown key (expected one of: intervalMs, timeoutMs, probationMs)');
     rejects((raw) => { at(raw.nodes, 1).datadir = '/x'; }, 'nodes[1].datadir', 'unknown key (expected one of: id, nbd, replication, admin, dataDir, witness)');
     const error = rejects((raw) => { at(raw.volumes, 0).sizee = '1GiB'; }, 'volumes[0].sizee', 'unknown key (expected one of: name, size, ');
-    assert.ok(error.message.includes('description, quorum, onNoQuorum)'), error.message);
+    assert.ok(error.message.includes('description, quorum, onNoQuorum, afterSplitBrain)'), error.message);
   });
 
   test('wrong types name the field and the type found', () => {
@@ -547,6 +548,20 @@ describe('cluster file: witnesses and quorum', () => {
       config.volumes.map((volume) => [volume.name, volume.quorum, volume.onNoQuorum]),
       [['q', 'majority', 'io-error'], ['qs', 'majority', 'suspend'], ['plain', 'off', 'io-error'], ['alone', 'off', 'suspend']],
     );
+  });
+
+  test('afterSplitBrain defaults to disconnect, reads back every policy, and refuses another word naming the field', () => {
+    assert.equal(parseClusterConfig(designExample, { baseDir }).volumes[0]?.afterSplitBrain, 'disconnect');
+    for (const policy of ['disconnect', 'discard-zero-changes', 'discard-younger-primary', 'discard-least-changes']) {
+      const config = parseRaw((raw) => {
+        at(raw.volumes, 0).afterSplitBrain = policy;
+      });
+      assert.equal(config.volumes[0]?.afterSplitBrain, policy);
+    }
+    const error = rejects((raw) => {
+      at(raw.volumes, 0).afterSplitBrain = 'discard-older-primary';
+    }, 'volumes[0].afterSplitBrain', 'expected one of');
+    assert.equal(error.message, 'volumes[0].afterSplitBrain: expected one of disconnect, discard-zero-changes, discard-younger-primary, discard-least-changes, got "discard-older-primary"');
   });
 
   test('a witness listed among a volume\'s replicas', () => {

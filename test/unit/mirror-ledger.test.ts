@@ -87,6 +87,12 @@ function records(actions: LedgerAction[]): MirrorRecord[] {
   return actions.flatMap((action) => (action.kind === 'write-record' ? [action.record] : []));
 }
 
+/** The ledger follows `source`, whose peers that stream up to date then count as in sync (as their sessions' first ACK says). */
+function attach(ledger: MirrorLedger, source: FakeSource): void {
+  ledger.attach(source);
+  for (const id of source.statuses.keys()) ledger.clearIfCurrent(id);
+}
+
 describe('MirrorLedger', () => {
   test('a first start is clean: nothing to resync, nothing marked, the record and every bitmap written before the first write', () => {
     const ledger = new MirrorLedger(opening());
@@ -182,7 +188,7 @@ describe('MirrorLedger', () => {
   test('a dropped peer: what it lost or everything is marked and written at once, and the record says it needs a resync', () => {
     const source = new FakeSource(['b', 'c']);
     const ledger = new MirrorLedger(opening());
-    ledger.attach(source);
+    attach(ledger, source);
     source.set('b', { inSync: false, replication: 'disconnected', disk: 'outdated', resyncNeeded: true });
     const actions = ledger.peerDropped('b', false, [
       { offset: 0, lengthBytes: regionBytes + 1 },
@@ -196,6 +202,40 @@ describe('MirrorLedger', () => {
     const full = ledger.peerDropped('c', true, []);
     assert.equal(written(full).c?.length, sizeBytes / regionBytes);
     assert.deepEqual(records(full), [], 'c can catch up: no resync recorded');
+  });
+
+  test('a reply that leaves while a peer is not in sync is recorded first, from the entry after its last durable; the mark goes once it is up to date', () => {
+    const source = new FakeSource(['b', 'c']);
+    const ledger = new MirrorLedger(opening());
+    attach(ledger, source);
+    assert.deepEqual(ledger.replying(), [], 'every peer in sync: nothing to record');
+    source.set('b', { inSync: false, replication: 'disconnected', disk: 'outdated', durableSeq: 5 });
+    assert.deepEqual(records(ledger.replying()), [{ cleanStopSeq: null, resyncNeeded: [], divergedAfter: {}, ackedAlone: { b: 6 } }]);
+    assert.deepEqual(ledger.replying(), [], 'said once');
+    // b made more durable before it went: the earlier mark stays.
+    source.set('b', { durableSeq: 20 });
+    assert.deepEqual(ledger.replying(), []);
+    assert.equal(ledger.ackedAlone('b'), 6);
+    source.set('c', { inSync: false, replication: 'catching-up', disk: 'outdated', durableSeq: 9 });
+    assert.deepEqual(records(ledger.replying())[0]?.ackedAlone, { b: 6, c: 10 });
+    // b back up to date: its mark goes, written at once, once.
+    source.set('b', { inSync: true, replication: 'streaming', disk: 'up-to-date' });
+    assert.deepEqual(records(ledger.clearIfCurrent('b')), [{ cleanStopSeq: null, resyncNeeded: [], divergedAfter: {}, ackedAlone: { c: 10 } }]);
+    assert.equal(ledger.ackedAlone('b'), null);
+    assert.deepEqual(ledger.clearIfCurrent('b'), []);
+  });
+
+  test('the ackedAlone marks outlive an unclean stop and a clean one', () => {
+    const record: MirrorRecord = { cleanStopSeq: null, resyncNeeded: [], divergedAfter: {}, ackedAlone: { b: 12 } };
+    const ledger = new MirrorLedger(opening({ lastSeq: 31, recoveredSeq: 30, record }));
+    assert.equal(ledger.ackedAlone('b'), 12, 'an unclean stop keeps what was recorded: those replies left');
+    const source = new FakeSource(['b', 'c']);
+    source.lastSeq = 31;
+    assert.deepEqual(records(ledger.attach(source))[0]?.ackedAlone, { b: 12 });
+    const text = encodeMirrorRecord(records(ledger.cleanStop(31, []))[0] ?? assert.fail());
+    assert.deepEqual(parseMirrorRecord(Buffer.from(text)).ackedAlone, { b: 12 });
+    // A mark that is not an entry number is dropped.
+    assert.deepEqual(parseMirrorRecord(Buffer.from('{"cleanStopSeq":1,"resyncNeeded":[],"divergedAfter":{},"ackedAlone":{"b":0,"c":"x","d":3}}')).ackedAlone, { d: 3 });
   });
 
   test('a peer is cleared only once it streams and is up to date', () => {
@@ -254,7 +294,7 @@ describe('MirrorLedger', () => {
     assert.deepEqual(ledger.divergedAfter, { b: 8, c: 8 });
     source.set('b', { divergedAfter: 8 });
     source.set('c', { divergedAfter: 8 });
-    ledger.attach(source);
+    attach(ledger, source);
     assert.equal(ledger.diverged('b', false, [{ offset: 6 * regionBytes, lengthBytes: 10 }]), 10);
     assert.deepEqual(written(ledger.beforeResetDone()).b?.includes(6), true, "the named regions are durable before the core forgets where b's history was cut");
     source.set('b', { divergedAfter: null });
@@ -267,7 +307,7 @@ describe('MirrorLedger', () => {
   test('verify finding a region different marks it, writes it and records the resync', () => {
     const source = new FakeSource(['b']);
     const ledger = new MirrorLedger(opening({ peers: ['b'] }));
-    ledger.attach(source);
+    attach(ledger, source);
     source.set('b', { replication: 'resyncing', disk: 'inconsistent' });
     const actions = ledger.outOfSync('b', 5 * regionBytes, regionBytes);
     assert.deepEqual(written(actions), { b: [5] });
@@ -277,7 +317,7 @@ describe('MirrorLedger', () => {
   test('a clean stop is recorded last, and the next start at that entry is clean', () => {
     const source = new FakeSource(['b', 'c']);
     const ledger = new MirrorLedger(opening());
-    ledger.attach(source);
+    attach(ledger, source);
     source.lastSeq = 3;
     ledger.placed(0, regionBytes);
     ledger.persist();

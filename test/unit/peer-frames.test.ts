@@ -85,6 +85,7 @@ const hello: PeerHello = {
   toNode: 'x'.repeat(255),
   volume: 'vol-日本',
   epoch: 0xffff_ffff,
+  lastSeq: MAX_SAFE,
   history: historyOf(0xffff_ffff, 3),
 };
 
@@ -117,6 +118,8 @@ const controlMessages: PeerControlMessage[] = [
   },
   { type: 'challenge', nonce: nonce(0x11), mac: nonce(0x22) },
   { type: 'auth', mac: nonce(0x33) },
+  { type: 'split-brain', decision: 'disconnect', sharedSeq: 0, lastSeq: MAX_SAFE, epoch: 3, history: historyOf(3, 2), targetEntries: 1, targetBytes: 2 ** 40, sourceEntries: 0 },
+  { type: 'split-brain', decision: 'discard-source', sharedSeq: 2 ** 40, lastSeq: 2 ** 40 + 1, epoch: 0xffff_ffff, history: historyOf(0xffff_ffff, 1), targetEntries: MAX_SAFE, targetBytes: 0, sourceEntries: 5 },
   // Histories of 1 to 4 epochs (index 0 has one epoch, 0xffff_ffff); divergedAfter equal
   // to lastSeq (none), 0, beyond 2^32 and just below lastSeq.
   ...PEER_DISK_STATES.map((disk, index): PeerControlMessage => ({
@@ -246,13 +249,13 @@ const HISTORY_7: RawEpochStart[] = [
 ];
 
 /** A HELLO body from parts, so single fields can be made illegal. */
-function helloBody(parts: { connectionIndex?: number; connections?: number; names?: Buffer[]; epoch?: number; history?: Buffer } = {}): Buffer {
+function helloBody(parts: { connectionIndex?: number; connections?: number; names?: Buffer[]; epoch?: number; lastSeq?: number; history?: Buffer } = {}): Buffer {
   const fixed = Buffer.alloc(40);
   fixed.writeUInt16BE(2, 0);
   fixed.writeUInt8(parts.connectionIndex ?? 0, 2);
   fixed.writeUInt8(parts.connections ?? 1, 3);
   const names = parts.names ?? ['c', 'a', 'b', 'v'].map((name) => text(name));
-  return Buffer.concat([fixed, ...names, u32(parts.epoch ?? 7), parts.history ?? historyBytes(HISTORY_7)]);
+  return Buffer.concat([fixed, ...names, u32(parts.epoch ?? 7), u64(parts.lastSeq ?? 9), parts.history ?? historyBytes(HISTORY_7)]);
 }
 
 /**
@@ -333,6 +336,12 @@ describe('peer frames: round trip', () => {
     assert.equal(frame.readUInt32BE(12), crc32c(Buffer.concat([frame.subarray(0, 12), frame.subarray(16)])));
   });
 
+  test('SPLIT_BRAIN is type 6: decision byte, epoch at 4, then sharedSeq, lastSeq, targetEntries, targetBytes, sourceEntries and the history', () => {
+    const frame = encodeFrame({ type: 'split-brain', decision: 'discard-source', sharedSeq: 2, lastSeq: 9, epoch: 7, history: historyOf(7, 1), targetEntries: 3, targetBytes: 2 ** 40, sourceEntries: 4 });
+    assert.equal(frame.readUInt8(4), 6);
+    assert.equal(frame.toString('hex', 16, 16 + 48), '01000000' + '00000007' + '0000000000000002' + '0000000000000009' + '0000000000000003' + '0000010000000000' + '0000000000000004');
+  });
+
   test('IN_SYNC is type 27 with the seq as its 8-byte body; STALE_EPOCH is refusal code 10', () => {
     const inSync = encodeFrame({ type: 'in-sync', seq: 0x1_0000_0002 });
     assert.equal(inSync.toString('hex', 0, 12), '424d5046' + '1b' + '000000' + '00000008');
@@ -348,7 +357,7 @@ describe('peer frames: round trip', () => {
     const history = HISTORY_7.map((start) => ({ epoch: start.epoch, firstSeq: Number(start.firstSeq), primary: String(start.primary) }));
     const helloFrame = encodeFrame({
       type: 'hello', version: 2, connectionIndex: 0, connections: 1, session: 0, nonce: Buffer.alloc(32),
-      cluster: 'c', fromNode: 'a', toNode: 'b', volume: 'v', epoch: 7, history,
+      cluster: 'c', fromNode: 'a', toNode: 'b', volume: 'v', epoch: 7, lastSeq: 9, history,
     });
     assert.equal(helloFrame.subarray(16).toString('hex'), helloBody().toString('hex'));
     const readyFrame = encodeFrame({ type: 'ready', epoch: 7, disk: 'up-to-date', lastSeq: 9, durableSeq: 8, cpSeq: 5, diverged: true, divergedAfter: 6, history });
@@ -403,8 +412,8 @@ describe('peer frames: round trip', () => {
 
   test('the largest legal HELLO (255-byte names, 16 epochs) fits a control frame and comes back whole', () => {
     const frame = encodeFrame(largestHello);
-    // 8 fixed + 32 nonce + 4 × (2 + 255) names + 4 epoch + 2 count + 16 × (4 + 8 + 2 + 255).
-    assert.equal(frame.length - 16, 8 + 32 + 4 * 257 + 4 + 2 + 16 * 269);
+    // 8 fixed + 32 nonce + 4 × (2 + 255) names + 4 epoch + 8 lastSeq + 2 count + 16 × (4 + 8 + 2 + 255).
+    assert.equal(frame.length - 16, 8 + 32 + 4 * 257 + 4 + 8 + 2 + 16 * 269);
     assert.ok(frame.length - 16 <= 8192);
     const [decoded] = decodeAll([frame]);
     assert.deepEqual(decoded, plain(largestHello));
@@ -583,7 +592,7 @@ describe('peer frames: damage and illegal frames', () => {
   });
 
   test('unknown frame types', () => {
-    for (const type of [0, 6, 15, 28, 255]) assertRefused(frameOf(type, Buffer.alloc(8)), /unknown peer frame type/);
+    for (const type of [0, 7, 15, 28, 255]) assertRefused(frameOf(type, Buffer.alloc(8)), /unknown peer frame type/);
   });
 
   test('nonzero reserved header bytes', () => {
@@ -667,6 +676,23 @@ describe('peer frames: damage and illegal frames', () => {
       type: 'ready', epoch: 7, disk: 'up-to-date', lastSeq: 9, durableSeq: 8, cpSeq: 5, diverged: true, divergedAfter: 6,
       history: [{ epoch: 3, firstSeq: 1, primary: 'b' }, { epoch: 7, firstSeq: 100, primary: 'a' }],
     }]);
+  });
+
+  test('SPLIT_BRAIN with an unknown decision, reserved bytes set, or a shared entry not before the target\'s last', () => {
+    const body = (decision: number, reserved: number, shared: number, last: number): Buffer => {
+      const fixed = Buffer.alloc(48);
+      fixed.writeUInt8(decision, 0);
+      fixed.writeUInt8(reserved, 3);
+      fixed.writeUInt32BE(7, 4);
+      u64(shared).copy(fixed, 8);
+      u64(last).copy(fixed, 16);
+      return Buffer.concat([fixed, historyBytes(HISTORY_7)]);
+    };
+    assert.equal(decodeAll([frameOf(PeerFrameType.SPLIT_BRAIN, body(1, 0, 4, 5))])[0]?.['decision'], 'discard-source');
+    assertRefused(frameOf(PeerFrameType.SPLIT_BRAIN, body(2, 0, 4, 5)), /^SPLIT_BRAIN decision 2 is unknown$/);
+    assertRefused(frameOf(PeerFrameType.SPLIT_BRAIN, body(0, 1, 4, 5)), /reserved|zero/);
+    assertRefused(frameOf(PeerFrameType.SPLIT_BRAIN, body(0, 0, 5, 5)), /^SPLIT_BRAIN shared entry 5 is not before the target's last 5$/);
+    assert.throws(() => encodeFrame({ type: 'split-brain', decision: 'disconnect', sharedSeq: 5, lastSeq: 5, epoch: 7, history: historyOf(7, 1), targetEntries: 0, targetBytes: 0, sourceEntries: 0 }), AssertionError);
   });
 
   test('READY divergedAfter past its last entry or above 2^53-1', () => {

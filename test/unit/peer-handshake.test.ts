@@ -28,6 +28,7 @@ function baseHello(): HelloTranscript {
     toNode: 'node-b',
     volume: 'vol-1',
     epoch: 0x0a0b_0c0d,
+    lastSeq: 2 ** 40 + 9,
     history: [
       { epoch: 3, primary: 'node-b', firstSeq: 1 },
       { epoch: 0x0a0b_0c0d, primary: 'node-a', firstSeq: 2 ** 40 + 5 },
@@ -70,6 +71,8 @@ function expectedTranscript(label: string, hello: HelloTranscript, nonce: Buffer
     field(Buffer.from(hello.toNode, 'utf8')),
     field(Buffer.from(hello.volume, 'utf8')),
     field(Buffer.from('0a0b0c0d', 'hex')),
+    // The source's last entry, in decimal.
+    field(Buffer.from('1099511627785', 'utf8')),
     // The history: its length as a u16, then per epoch the epoch as a u32, the first
     // entry in decimal and the primary, each a field of its own.
     field(Buffer.from('0002', 'hex')),
@@ -131,6 +134,7 @@ describe('peer handshake proofs', () => {
       ['toNode', { ...base, toNode: 'node-c' }, targetNonce, secret],
       ['volume', { ...base, volume: 'vol-2' }, targetNonce, secret],
       ['epoch', { ...base, epoch: base.epoch + 1 }, targetNonce, secret],
+      ['lastSeq', { ...base, lastSeq: base.lastSeq + 1 }, targetNonce, secret],
       ['nodes swapped', { ...base, fromNode: base.toNode, toNode: base.fromNode }, targetNonce, secret],
       // Without length prefixes these two would be the same bytes.
       ['boundary moved', { ...base, cluster: 'prodn', fromNode: 'ode-a' }, targetNonce, secret],

@@ -180,6 +180,9 @@ describe('PrimaryCore', () => {
     const actions = core.acked('b', 5, 0);
     assert.deepEqual(kinds(actions), ['write-bitmap c', 'read-unsynced', 'peer-dropped', 'release'], 'c (away) has region 3 written; b is read back before it is dropped');
     assert.deepEqual(actions[1], { kind: 'read-unsynced', peer: 'b', fromSeq: 1, toSeq: 1 });
+    // The next reply leaves without b (and c, never connected): recorded first.
+    const replying = core.replying();
+    assert.deepEqual(replying.map((action) => (action.kind === 'write-record' ? action.record.ackedAlone : null)), [{ b: 1, c: 1 }]);
     assert.equal(core.bitmap('b').dirtyRegions, 0, 'not marked until read back');
     const read = core.unsyncedRead('b', [{ offset: 3 * regionBytes, lengthBytes: 512 }]);
     assert.deepEqual(

@@ -31,6 +31,8 @@ import { nameBytes, readU64, writeU64 } from '../../lib/wire.js';
 const KNOWN_REFUSE_CODES = new Set<number>(Object.values(RefuseCode));
 /** READY's flags byte: the target diverged (see PeerReady.diverged). */
 const READY_DIVERGED = 1;
+/** SPLIT_BRAIN's decision byte: 0 leaves the copies apart; this one discards the source's writes. */
+const SPLIT_BRAIN_DISCARD_SOURCE = 1;
 
 /** Body sizes of the fixed-layout frames; the frame decoder refuses any other length up front. */
 export const FIXED_BODY_BYTES: ReadonlyMap<number, number> = new Map<number, number>([
@@ -67,7 +69,7 @@ export function encodeControlBody(message: PeerControlMessage): Buffer {
       assert(message.history[message.history.length - 1]?.epoch === message.epoch, 'HELLO history must end with its epoch');
       const names = [message.cluster, message.fromNode, message.toNode, message.volume].map((name) => nameBytes(name, PEER_NAME_BYTES_MAX));
       const history = encodeHistory(message.history);
-      const out = Buffer.alloc(8 + PEER_NONCE_BYTES + names.reduce((sum, name) => sum + 2 + name.length, 0) + 4 + history.length);
+      const out = Buffer.alloc(8 + PEER_NONCE_BYTES + names.reduce((sum, name) => sum + 2 + name.length, 0) + 12 + history.length);
       out.writeUInt16BE(message.version, 0);
       out.writeUInt8(message.connectionIndex, 2);
       out.writeUInt8(message.connections, 3);
@@ -80,7 +82,8 @@ export function encodeControlBody(message: PeerControlMessage): Buffer {
         at += 2 + name.length;
       }
       out.writeUInt32BE(message.epoch, at);
-      history.copy(out, at + 4);
+      writeU64(out, at + 4, message.lastSeq);
+      history.copy(out, at + 12);
       return out;
     }
     case 'challenge':
@@ -117,6 +120,22 @@ export function encodeControlBody(message: PeerControlMessage): Buffer {
       out.writeUInt16BE(message.code, 0);
       out.writeUInt16BE(text.length, 2);
       text.copy(out, 4);
+      return out;
+    }
+    case 'split-brain': {
+      assertUint(message.epoch, 0xffffffff, 'epoch');
+      assert(message.history[message.history.length - 1]?.epoch === message.epoch, 'SPLIT_BRAIN history must end with its epoch');
+      assert(message.sharedSeq < message.lastSeq, 'a split brain holds entries past the shared one');
+      const history = encodeHistory(message.history);
+      const out = Buffer.alloc(48 + history.length);
+      out.writeUInt8(message.decision === 'discard-source' ? SPLIT_BRAIN_DISCARD_SOURCE : 0, 0);
+      out.writeUInt32BE(message.epoch, 4);
+      writeU64(out, 8, message.sharedSeq);
+      writeU64(out, 16, message.lastSeq);
+      writeU64(out, 24, message.targetEntries);
+      writeU64(out, 32, message.targetBytes);
+      writeU64(out, 40, message.sourceEntries);
+      history.copy(out, 48);
       return out;
     }
     case 'ack':
@@ -298,8 +317,9 @@ function decodeControlBody(type: Exclude<PeerFrameType, typeof PeerFrameType.ENT
       const toNode = reader.text('toNode', PEER_NAME_BYTES_MAX);
       const volume = reader.text('volume', PEER_NAME_BYTES_MAX);
       const epoch = reader.u32();
+      const lastSeq = reader.u64('lastSeq');
       const history = readHistory(reader, epoch);
-      return { type: 'hello', version, connectionIndex, connections, session, nonce, cluster, fromNode, toNode, volume, epoch, history };
+      return { type: 'hello', version, connectionIndex, connections, session, nonce, cluster, fromNode, toNode, volume, epoch, lastSeq, history };
     }
     case PeerFrameType.CHALLENGE:
       return { type: 'challenge', nonce: reader.bytes(PEER_NONCE_BYTES), mac: reader.bytes(PEER_MAC_BYTES) };
@@ -328,6 +348,20 @@ function decodeControlBody(type: Exclude<PeerFrameType, typeof PeerFrameType.ENT
       if (!KNOWN_REFUSE_CODES.has(code)) throw new PeerProtocolError(`REFUSE code ${code} is unknown`);
       const message = reader.text('message', PEER_REFUSE_MESSAGE_BYTES_MAX, true);
       return { type: 'refuse', code: code as RefuseCode, message };
+    }
+    case PeerFrameType.SPLIT_BRAIN: {
+      const decision = reader.u8();
+      if (decision !== 0 && decision !== SPLIT_BRAIN_DISCARD_SOURCE) throw new PeerProtocolError(`SPLIT_BRAIN decision ${decision} is unknown`);
+      reader.zeroes(3);
+      const epoch = reader.u32();
+      const sharedSeq = reader.u64('sharedSeq');
+      const lastSeq = reader.u64('lastSeq');
+      if (sharedSeq >= lastSeq) throw new PeerProtocolError(`SPLIT_BRAIN shared entry ${sharedSeq} is not before the target's last ${lastSeq}`);
+      const targetEntries = reader.u64('targetEntries');
+      const targetBytes = reader.u64('targetBytes');
+      const sourceEntries = reader.u64('sourceEntries');
+      const history = readHistory(reader, epoch);
+      return { type: 'split-brain', decision: decision === 0 ? 'disconnect' : 'discard-source', sharedSeq, lastSeq, epoch, history, targetEntries, targetBytes, sourceEntries };
     }
     case PeerFrameType.ACK:
     case PeerFrameType.FLUSHED:

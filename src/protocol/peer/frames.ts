@@ -38,6 +38,7 @@ const TYPE_CODES: Record<PeerMessage['type'], PeerFrameType> = {
   auth: PeerFrameType.AUTH,
   ready: PeerFrameType.READY,
   refuse: PeerFrameType.REFUSE,
+  'split-brain': PeerFrameType.SPLIT_BRAIN,
   entry: PeerFrameType.ENTRY,
   ack: PeerFrameType.ACK,
   flush: PeerFrameType.FLUSH,

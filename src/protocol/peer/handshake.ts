@@ -17,7 +17,7 @@ export type Mac = (key: Buffer, data: Buffer) => Buffer;
 /** The HELLO fields a proof covers; a decoded or about-to-be-sent HELLO both fit. */
 export type HelloTranscript = Pick<
   PeerHello,
-  'version' | 'connectionIndex' | 'connections' | 'session' | 'nonce' | 'cluster' | 'fromNode' | 'toNode' | 'volume' | 'epoch' | 'history'
+  'version' | 'connectionIndex' | 'connections' | 'session' | 'nonce' | 'cluster' | 'fromNode' | 'toNode' | 'volume' | 'epoch' | 'lastSeq' | 'history'
 >;
 
 // Distinct labels, so the target's proof is never a valid source proof (the transcript
@@ -71,6 +71,7 @@ function transcript(label: Buffer, hello: HelloTranscript, targetNonce: Buffer):
     Buffer.from(hello.toNode, 'utf8'),
     Buffer.from(hello.volume, 'utf8'),
     uint(hello.epoch, 4),
+    Buffer.from(String(hello.lastSeq), 'utf8'),
     uint(hello.history.length, 2),
     ...hello.history.flatMap((start) => [uint(start.epoch, 4), Buffer.from(String(start.firstSeq), 'utf8'), Buffer.from(start.primary, 'utf8')]),
     targetNonce,

@@ -18,7 +18,7 @@ export const PEER_NAME_BYTES_MAX = 255;
 export const PEER_REFUSE_MESSAGE_BYTES_MAX = 1024;
 /** Epochs a HELLO or READY carries at most: the last ones of the sender's history. */
 export const PEER_HISTORY_EPOCHS_MAX = 16;
-/** Every frame but ENTRY; the largest legal one (HELLO with a full history) is 5378 bytes. */
+/** Every frame but ENTRY; the largest legal one (HELLO with a full history) is 5386 bytes. */
 export const PEER_CONTROL_BODY_BYTES_MAX = 8192;
 /** Extents in one DIVERGED frame (8 + 64 × 16 bytes). */
 export const PEER_DIVERGED_EXTENTS_MAX = 64;
@@ -32,6 +32,12 @@ export const PeerFrameType = {
   AUTH: 3,
   READY: 4,
   REFUSE: 5,
+  /**
+   * The target's answer in place of READY when the copies are in split brain (each holds
+   * writes past the last entry they share that the other lacks): what it found and what
+   * its policy decided. The target closes the connection after it.
+   */
+  SPLIT_BRAIN: 6,
   ENTRY: 16,
   ACK: 17,
   FLUSH: 18,
@@ -107,6 +113,8 @@ export interface PeerHello {
   volume: string;
   /** The epoch of the volume's history the source is primary in. */
   epoch: number;
+  /** The last entry the source holds (a target finds from it how many the source holds past their shared one). */
+  lastSeq: number;
   /** The source's history, ending with that epoch (a target that knows an older one learns it). */
   history: PeerEpochStart[];
 }
@@ -130,6 +138,25 @@ export interface PeerReady {
   history: PeerEpochStart[];
 }
 export interface PeerRefuse { type: 'refuse'; code: RefuseCode; message: string }
+/**
+ * A split brain found by the target: the last entry both copies share, what each holds
+ * past it (the target's entries it may have acknowledged, and bytes of the regions they
+ * changed), and the decision: `disconnect` (nothing is discarded until an operator says
+ * which), or `discard-source` (the source's writes lose: it steps down, saves them, and
+ * follows the target once that is the primary of a newer epoch).
+ */
+export interface PeerSplitBrain {
+  type: 'split-brain';
+  decision: 'disconnect' | 'discard-source';
+  sharedSeq: number;
+  /** The target's last entry, and its epoch and history. */
+  lastSeq: number;
+  epoch: number;
+  history: PeerEpochStart[];
+  targetEntries: number;
+  targetBytes: number;
+  sourceEntries: number;
+}
 export interface PeerEntry {
   type: 'entry';
   header: EntryHeader;
@@ -160,7 +187,7 @@ export interface PeerVerified { type: 'verified'; token: number; status: number;
 export interface PeerInSync { type: 'in-sync'; seq: number }
 
 export type PeerMessage =
-  | PeerHello | PeerChallenge | PeerAuth | PeerReady | PeerRefuse | PeerEntry
+  | PeerHello | PeerChallenge | PeerAuth | PeerReady | PeerRefuse | PeerSplitBrain | PeerEntry
   | PeerAck | PeerFlush | PeerFlushed | PeerSync | PeerSynced | PeerReset | PeerResetDone
   | PeerDiverged | PeerVerify | PeerVerified | PeerInSync;
 /** Everything `encodeFrame` encodes: ENTRY has its own zero-copy encoder. */

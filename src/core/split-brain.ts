@@ -1,0 +1,112 @@
+// Split brain (docs/operations.md, "Split brain"): two copies of a volume that went
+// separate ways, each holding writes past the last entry they share that may have been
+// acknowledged to a client, by different primaries (a forced promotion during a
+// partition, or a volume without quorum). Following the other copy would overwrite
+// acknowledged writes, so it is never done silently: the copies stay apart until a
+// policy (`afterSplitBrain`) or an operator (`blockmirror resolve`) names the copy whose
+// writes are discarded, and that copy's writes are saved before they are overwritten.
+//
+// Pure: `splitBrainBetween` finds one from the two copies' histories and last entries and
+// from what this copy's mirror ledger recorded of writes it acknowledged without the
+// other; `decideSplitBrain` applies the volume's policy to what was found. The copy that
+// finds it (the target of a session) decides and tells the source; the figures do not
+// change when the winner begins a new epoch, so finding it again decides the same.
+
+import { compareCopies, type EpochHistory } from './epoch-history.js';
+
+/** What to do when a split brain is found (the volume's `afterSplitBrain`). */
+export type AfterSplitBrain = 'disconnect' | 'discard-zero-changes' | 'discard-younger-primary' | 'discard-least-changes';
+
+/** This copy, as far as finding a split brain with another goes. */
+export interface SplitBrainCopy {
+  node: string;
+  history: EpochHistory;
+  /** The last entry the copy holds. */
+  lastSeq: number;
+  /** The volume's mode: only in sync mode does a primary wait for its peers before it acknowledges. */
+  mode: 'sync' | 'async' | 'logship';
+  /**
+   * From which entry on this node, as a primary, may have acknowledged writes without
+   * `peer` holding them (its mirror ledger's record), or null when it never did.
+   */
+  ackedAloneFrom: (peer: string) => number | null;
+}
+
+/** The other copy: the node that claims to be the primary of the last epoch of its history. */
+export interface OtherCopy {
+  node: string;
+  history: EpochHistory;
+  lastSeq: number;
+}
+
+/** A split brain found: where the copies part, and the writes each holds past it. */
+export interface SplitBrain {
+  /** Every entry through this one is the same on both copies. */
+  sharedSeq: number;
+  /** Entries this copy holds past sharedSeq that it numbered as a primary and may have acknowledged. */
+  hereEntries: number;
+  /** Entries the other copy holds past sharedSeq. */
+  otherEntries: number;
+  /**
+   * The epoch in which each copy's line numbered its first entry past sharedSeq: which
+   * primary is the younger, the same figure however many epochs either began since.
+   */
+  hereEpoch: number;
+  otherEpoch: number;
+}
+
+/**
+ * Whether following `other` would discard writes this copy may have acknowledged: entries
+ * past the shared one that this node numbered as a primary, from the point where it began
+ * to acknowledge without the node that forked away (the primary of the other history's
+ * first epoch past the shared entry). In sync mode that point is the ledger's record; in
+ * async and logship modes every entry is acknowledged before the peers hold it.
+ */
+export function splitBrainBetween(here: SplitBrainCopy, other: OtherCopy): SplitBrain | null {
+  const { sharedSeq, bPast } = compareCopies({ history: here.history, lastSeq: here.lastSeq }, { history: other.history, lastSeq: other.lastSeq });
+  if (here.lastSeq <= sharedSeq) return null;
+  const forker = other.history.epochOf(sharedSeq + 1).primary;
+  const alone = here.mode === 'sync' ? here.ackedAloneFrom(forker) : 1;
+  if (alone === null) return null;
+  const from = Math.max(sharedSeq + 1, alone);
+  let hereEntries = 0;
+  let hereEpoch = -1;
+  const starts = here.history.starts;
+  starts.forEach((start, index) => {
+    if (start.primary !== here.node) return;
+    const next = starts[index + 1];
+    const first = Math.max(from, start.firstSeq);
+    const last = Math.min(here.lastSeq, next === undefined ? Number.POSITIVE_INFINITY : next.firstSeq - 1);
+    if (last < first) return;
+    hereEntries += last - first + 1;
+    if (hereEpoch === -1) hereEpoch = start.epoch;
+  });
+  if (hereEntries === 0) return null;
+  return { sharedSeq, hereEntries, otherEntries: bPast, hereEpoch, otherEpoch: other.history.epochOf(sharedSeq + 1).epoch };
+}
+
+/** Which copy's writes a policy discards: none (they stay apart), this one's, or the other's. */
+export type SplitBrainDecision = 'disconnect' | 'discard-here' | 'discard-other';
+
+/**
+ * The volume's policy applied to a split brain, the same on both sides:
+ *   - `disconnect`: nothing is discarded; an operator decides (`blockmirror resolve`);
+ *   - `discard-zero-changes`: the copy with no writes past the shared entry loses;
+ *   - `discard-younger-primary`: the copy whose primary was promoted later (the higher epoch) loses;
+ *   - `discard-least-changes`: the copy with fewer entries past the shared one loses.
+ * A tie, where the policy names neither, leaves them apart.
+ */
+export function decideSplitBrain(policy: AfterSplitBrain, found: SplitBrain): SplitBrainDecision {
+  const fewer = (here: number, other: number): SplitBrainDecision => (here < other ? 'discard-here' : other < here ? 'discard-other' : 'disconnect');
+  switch (policy) {
+    case 'disconnect':
+      return 'disconnect';
+    case 'discard-zero-changes':
+      return found.otherEntries === 0 ? 'discard-other' : found.hereEntries === 0 ? 'discard-here' : 'disconnect';
+    case 'discard-younger-primary':
+      // The younger primary is the one in the higher epoch: its writes lose.
+      return found.hereEpoch > found.otherEpoch ? 'discard-here' : found.otherEpoch > found.hereEpoch ? 'discard-other' : 'disconnect';
+    case 'discard-least-changes':
+      return fewer(found.hereEntries, found.otherEntries);
+  }
+}
