@@ -100,6 +100,10 @@ export const constants = {
   verifyRegionsInflightMax: 16,
   /** How long a verify waits for a peer's digest of one region. */
   verifyReplyTimeoutMs: 30_000,
+  /** READs a diskless primary has in flight to one peer at most (and a replica keeps waiting). */
+  peerReadsInflightMax: 64,
+  /** How long a diskless primary's read waits for a peer's answer before it tries another or fails. */
+  peerReadTimeoutMs: 10_000,
   /** Mismatching regions a verify report lists (it counts them all). */
   verifyMismatchesListedMax: 1000,
   /** Without resync.rateMax, the controller keeps a resync's regions in flight within these bounds. */

@@ -42,6 +42,11 @@ Usage:
                                                        node N, VOLUME's primary, steps down: its
                                                        clients drain and are refused until another
                                                        node is promoted
+  blockmirror attach VOLUME --node N (--config FILE | --admin URL) [--json]
+                                                       node N, serving VOLUME from its peers since
+                                                       its disk failed, takes a replaced (empty)
+                                                       disk: its image is filled from a peer while
+                                                       clients go on
   blockmirror resolve VOLUME --discard N (--config FILE | --admin URL --winner-admin URL) [--json]
                                                        end a split brain: node N's copy saves its
                                                        writes since the split, discards them and
@@ -441,6 +446,7 @@ async function main(argv: string[]): Promise<number> {
       return verify(rest);
     case 'promote':
     case 'demote':
+    case 'attach':
       return changeRole(command, rest);
     case 'resolve':
       return resolve(rest);

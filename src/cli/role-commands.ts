@@ -1,19 +1,20 @@
-// `blockmirror promote`, `blockmirror demote` and `blockmirror resolve` (docs/operations.md,
-// "Failover" and "Split brain"): the role changes, asked of the nodes' admin APIs.
+// `blockmirror promote`, `blockmirror demote`, `blockmirror resolve` and `blockmirror
+// attach` (docs/operations.md, "Failover", "Split brain" and "A failed disk"): the role
+// changes and a replaced disk, asked of the nodes' admin APIs.
 
 import { formatAddress, loadClusterConfig } from '../control/config.js';
 import { assert } from '../lib/assert.js';
 import { BlockmirrorError } from '../lib/errors.js';
 import { formatBytes } from '../lib/size.js';
 import type { ClusterConfig } from '../control/config.js';
-import type { DemotionResult, NodeStatus, PromotionResult, ResolveResult } from '../server/status.js';
+import type { AttachResult, DemotionResult, NodeStatus, PromotionResult, ResolveResult } from '../server/status.js';
 import { parseFlags, required } from './flags.js';
 
 /**
  * `promote` and `demote`: asked of node N's admin API (its address from the cluster file,
  * or --admin). Exit 0 when done; 1 when refused, with the reason.
  */
-export async function changeRole(change: 'promote' | 'demote', args: string[]): Promise<number> {
+export async function changeRole(change: 'promote' | 'demote' | 'attach', args: string[]): Promise<number> {
   const [volume, ...rest] = args;
   if (volume === undefined || volume.startsWith('-')) throw new BlockmirrorError('ERR_USAGE', `${change} needs a VOLUME (see blockmirror --help)`);
   const flags = parseFlags(rest, ['--config', '--admin', '--node'], change === 'promote' ? ['--force', '--json'] : ['--json']);
@@ -36,6 +37,9 @@ export async function changeRole(change: 'promote' | 'demote', args: string[]): 
     if (result.sourceLogDamage !== null) lines.push(`its per-source log was damaged: ${result.sourceLogDamage}`);
     if (result.mayLack !== null) lines.push(`forced: ${result.mayLack}`);
     process.stdout.write(lines.join('\n') + '\n');
+  } else if (change === 'attach') {
+    const result = body as AttachResult;
+    process.stdout.write(`a new disk is attached for ${result.volume} on node ${result.node}: its ${formatBytes(result.totalBytes)} are being filled from the peers while clients go on (blockmirror status shows how far)\n`);
   } else {
     const result = body as DemotionResult;
     process.stdout.write(`node ${result.node} stepped down as the primary of ${result.volume} in epoch ${result.epoch} at entry ${result.lastSeq}; promote another copy to take writes\n`);

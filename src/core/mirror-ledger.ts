@@ -318,6 +318,15 @@ export class MirrorLedger {
     }
   }
 
+  /**
+   * The record and every bitmap, written again whole (a replaced disk lost the files:
+   * `blockmirror attach`).
+   */
+  rewriteAll(): LedgerAction[] {
+    for (const peer of this.peers.values()) peer.changed = true;
+    return [this.writeRecord(), ...this.persist()];
+  }
+
   /** The peer can only come back through a resync: the record says so. */
   needsResync(id: string): LedgerAction[] {
     if (this.record.resyncNeeded.includes(id)) return [];

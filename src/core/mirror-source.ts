@@ -111,6 +111,10 @@ export interface PeerReady {
   sharedSeq?: number;
   /** It holds writes that are not of this node's history (named at its reset), even at or before sharedSeq's entries. */
   diverged?: boolean;
+  /** Its image is empty, made at its last start (a replaced disk): it lacks everything unless `bitmapCoversAll`. */
+  empty?: boolean;
+  /** This node's records of what the peer lacks name every write since entry 1 (it never held any). */
+  bitmapCoversAll?: boolean;
 }
 
 export interface PeerStatus {
@@ -416,6 +420,7 @@ export class MirrorSource<Frame> {
       const reportAfter = Math.min(peer.divergedAfter ?? this.appendedSeq, knownShared ? shared : this.appendedSeq);
       const full =
         ready.disk !== 'up-to-date' ||
+        (ready.empty === true && ready.bitmapCoversAll !== true) ||
         (ready.lastSeq > this.appendedSeq && peer.divergedAfter === null && !knownShared) ||
         (peer.bitmapFrom !== null && shared < peer.bitmapFrom);
       actions.push({ kind: 'reset-peer', peer: id, seq: this.appendedSeq, reportAfter, full });

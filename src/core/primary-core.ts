@@ -166,6 +166,11 @@ export class PrimaryCore<Frame> {
     return this.ledger.replying();
   }
 
+  /** The state file and every bitmap written again whole (a replaced disk: see MirrorLedger.rewriteAll). */
+  rewriteFiles(): PrimaryAction<Frame>[] {
+    return this.ledger.rewriteAll();
+  }
+
   /** The bitmaps are to be durable now (in every consistency point, before it is recorded). */
   persist(): PrimaryAction<Frame>[] {
     return this.ledger.persist();
@@ -177,7 +182,9 @@ export class PrimaryCore<Frame> {
 
   /** The peer's READY: stream, catch up or reset it. */
   connected(id: string, ready: PeerReady, logHolds: (seq: number) => boolean): PrimaryAction<Frame>[] {
-    const actions = this.translate(this.source.connected(id, ready, logHolds));
+    // An empty copy lacks all the volume, unless every write since entry 1 was marked for it (it never held one).
+    const bitmapCoversAll = ready.empty === true && this.ledger.ackedAlone(id) === 1;
+    const actions = this.translate(this.source.connected(id, { ...ready, bitmapCoversAll }, logHolds));
     actions.push(...this.ledger.clearIfCurrent(id));
     return actions;
   }

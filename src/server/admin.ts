@@ -56,6 +56,8 @@ export function nodeStatus(node: NodeView): NodeStatus {
         changing: served.changing,
         quorum: quorumStatus(node, served),
         splitBrain: served.splitBrain === null ? null : { ...served.splitBrain, here: { ...served.splitBrain.here }, other: { ...served.splitBrain.other } },
+        diskless: served.mirrored?.engine.diskless ?? null,
+        attach: served.mirrored?.attaching === null || served.mirrored === null ? null : { ...served.mirrored.attaching },
         stats: { ...volume.stats },
         log: volume.log.status(),
         peers: (mirror?.status() ?? []).map((peer) => ({
@@ -216,6 +218,12 @@ function metrics(status: NodeStatus): string {
     status.volumes.flatMap((volume): [string, number][] => (volume.source === null ? [] : [[`${labels},volume="${volume.name}"`, volume.source.promotable ? 1 : 0]])),
   );
   metric(
+    'blockmirror_volume_diskless',
+    'gauge',
+    'On a primary: 1 while its own disk has failed and the volume is served from its peers (reads over the peer link, writes acknowledged once a peer holds them).',
+    status.volumes.map((volume) => [`${labels},volume="${volume.name}"`, volume.diskless === null ? 0 : 1]),
+  );
+  metric(
     'blockmirror_volume_split_brain',
     'gauge',
     '1 while this copy and another went separate ways, each with writes the other lacks (status names the peer and what each holds); 0 otherwise.',
@@ -285,9 +293,9 @@ export class AdminServer {
       this.verify(decodeURIComponent(verify[1] ?? ''), request, response);
       return;
     }
-    const roleChange = /^\/api\/v1\/volumes\/([^/?]+)\/(promote|demote|resolve)$/.exec(url);
+    const roleChange = /^\/api\/v1\/volumes\/([^/?]+)\/(promote|demote|resolve|attach)$/.exec(url);
     if (roleChange !== null) {
-      this.changeRole(decodeURIComponent(roleChange[1] ?? ''), roleChange[2] as 'promote' | 'demote' | 'resolve', request, response);
+      this.changeRole(decodeURIComponent(roleChange[1] ?? ''), roleChange[2] as 'promote' | 'demote' | 'resolve' | 'attach', request, response);
       return;
     }
     if (request.method !== 'GET') return methodNotAllowed(response, 'GET');
@@ -305,7 +313,7 @@ export class AdminServer {
   }
 
   /** POST .../promote (`{"force": true}` allowed), .../demote, or .../resolve (`{"discard": "<node>"}`). */
-  private changeRole(name: string, change: 'promote' | 'demote' | 'resolve', request: http.IncomingMessage, response: http.ServerResponse): void {
+  private changeRole(name: string, change: 'promote' | 'demote' | 'resolve' | 'attach', request: http.IncomingMessage, response: http.ServerResponse): void {
     const answer = (code: number, body: unknown): void => answerJson(response, code, body);
     if (request.method !== 'POST') return methodNotAllowed(response, 'POST');
     readSmallBody(request, (body) => {
@@ -315,7 +323,7 @@ export class AdminServer {
         else if (change === 'promote') done = this.node.promote(name, booleanFields(body, ['force'])['force'] === true);
         else {
           booleanFields(body, []);
-          done = this.node.demote(name);
+          done = change === 'attach' ? this.node.attach(name) : this.node.demote(name);
         }
       } catch (error) {
         return answer(400, { error: { code: 'ERR_USAGE', message: `bad request body: ${(error as Error).message}` } });

@@ -32,7 +32,7 @@ import { encodeEntryFrame, encodeFrame, PEER_HISTORY_EPOCHS_MAX, type PeerMessag
 import type { DirtyBitmap } from '../core/dirty-bitmap.js';
 import { compareCopies, EpochHistory } from '../core/epoch-history.js';
 import { MirrorLedger, encodeMirrorRecord, parseMirrorRecord } from '../core/mirror-ledger.js';
-import { EntryType } from '../protocol/log-entry.js';
+import { encodeEntryHeader, EntryType } from '../protocol/log-entry.js';
 import type { LocalVolume, VolumeReplicaCore } from '../storage/local-volume.js';
 import type { WriteLog } from '../storage/write-log.js';
 import { WriteIntent } from '../storage/write-intent.js';
@@ -41,6 +41,7 @@ import { ResyncController } from '../core/resync-controller.js';
 import { OnlineVerify, type VerifyReport } from './online-verify.js';
 import { catchUpFromLog, readUnsynced, runResync, type TransferPeer, type TransferPorts } from './peer-transfers.js';
 import type { PeerLink, ReadyMessage, SplitBrainMessage } from './peer-link.js';
+import { PeerReads } from './peer-reads.js';
 import { linkFor, PeerSessions, type PeerSession } from './peer-sessions.js';
 import { systemClock, type Clock } from '../io/clock.js';
 import { tcpStreamLink, type StreamLink } from '../io/stream-link.js';
@@ -100,7 +101,8 @@ export class MirrorEngine {
   private readonly stateFile: string;
   private stopped = false;
   private verifyRun: OnlineVerify | null = null;
-  private readonly intent: WriteIntent;
+  private intent: WriteIntent;
+  private readonly intentFile: string;
   /** Without resync.rateMax: how many regions a resync may have in flight, from client latency. */
   private readonly resyncControl = new ResyncController({
     minRegions: constants.resyncRegionsInflightMin,
@@ -131,6 +133,10 @@ export class MirrorEngine {
 
   /** What the engine's owner hears of split brains (MirrorEngineParts.splitBrain). */
   private readonly splitBrainWith: (peer: string, found: SplitBrainMessage | null) => void;
+  /** Reads asked of the peers once this node's disk failed (diskless). */
+  private readonly reads: PeerReads;
+  /** Since when this node's own disk failed and the volume is served from its peers (null: it has not). */
+  private disklessSince: { since: string; reason: string } | null = null;
 
   constructor(parts: MirrorEngineParts) {
     const { cluster, local, volume, lastSeq, recoveredSeq, replayed, log, files } = parts;
@@ -151,6 +157,7 @@ export class MirrorEngine {
     const peerIds = volume.replicas.filter((id) => id !== local.id);
     const stateData = files.read(this.stateFile);
     const intentFile = path.join(local.dataDir, 'mirror', `${volume.name}.intent`);
+    this.intentFile = intentFile;
     const ledger = new MirrorLedger({
       peers: peerIds,
       sizeBytes: volume.sizeBytes,
@@ -205,6 +212,7 @@ export class MirrorEngine {
         lost: (peer, reason, stopping) => {
           peer.resyncStart = null;
           this.digests.failPeer(peer.node.id, `connection lost: ${reason}`);
+          this.reads.failPeer(peer.node.id, `connection lost: ${reason}`);
           if (!stopping) this.run(this.core.disconnected(peer.node.id, reason));
         },
         stale: (peer, message) => {
@@ -215,6 +223,18 @@ export class MirrorEngine {
       },
     });
     this.replica = parts.replica;
+    this.reads = new PeerReads({
+      clock: this.clock,
+      candidates: () => this.upToDatePeers(),
+      send: (peer, frame) => {
+        const link = this.sessions.get(peer)?.links[0];
+        if (link === undefined || link.state !== 'up') return false;
+        link.send(frame);
+        return true;
+      },
+      lastSeq: () => this.core.lastSeq,
+      pieceBytesMax: this.entries.entryPayloadBytesMax,
+    });
     // Durable before the first write: the record (a crash from now on is an unclean stop)
     // and the bitmaps; only then may the write-intent record start afresh.
     files.makeDir(path.dirname(this.stateFile), 'mirror-state');
@@ -241,7 +261,7 @@ export class MirrorEngine {
   persistBitmaps(): void {
     // Extents whose writes are all durable in the log (or covered by a CP) leave the
     // write-intent record (during construction there is none yet).
-    if (this.intent !== undefined) {
+    if (this.intent !== undefined && this.disklessSince === null) {
       const log = this.entries.status();
       this.intent.cool(Math.max(log.durableSeq, log.cpSeq));
     }
@@ -357,6 +377,75 @@ export class MirrorEngine {
     return this.core.lastSeq;
   }
 
+  // ---- diskless: this node's own disk failed ------------------------------------------------
+
+  /** Peers a diskless primary may read from and count on: streaming, up to date, in sync. */
+  upToDatePeers(): string[] {
+    return this.sessions
+      .all()
+      .filter((peer) => peer.up && this.core.isInSync(peer.node.id) && this.core.peerStatus(peer.node.id).disk === 'up-to-date')
+      .map((peer) => peer.node.id);
+  }
+
+  /** The volume's mode (a diskless primary needs `sync`: only then do its peers hold what it acknowledged). */
+  get mode(): VolumeConfig['mode'] {
+    return this.volume.mode;
+  }
+
+  /** Since when the volume is served from its peers (its disk failed), or null. */
+  get diskless(): { since: string; reason: string } | null {
+    return this.disklessSince;
+  }
+
+  /**
+   * This node's disk failed: from now on the volume's entries exist only on its peers. No
+   * file of this node's is written again; reads go to the peers (`readFromPeer`) and
+   * changes are numbered here and sent (`placeDiskless`).
+   */
+  goDiskless(reason: string): void {
+    if (this.disklessSince !== null) return;
+    this.disklessSince = { since: new Date().toISOString(), reason };
+  }
+
+  /**
+   * A replaced disk is attached (`blockmirror attach`): this node keeps its files again,
+   * written anew (the state file, the bitmaps, a fresh write-intent record).
+   */
+  leaveDiskless(): void {
+    if (this.disklessSince === null) return;
+    this.disklessSince = null;
+    this.files.makeDir(path.dirname(this.stateFile), 'mirror-state');
+    this.intent = new WriteIntent(this.files, this.intentFile, this.volume.sizeBytes, constants.writeIntentExtentBytes);
+    this.run(this.core.rewriteFiles());
+  }
+
+  /** A diskless primary's read: the bytes from an up-to-date peer. */
+  readFromPeer(buffer: Buffer, offset: number): Promise<void> {
+    return this.reads.read(buffer, offset);
+  }
+
+  /**
+   * A diskless primary's change: numbered by the replica core as the log would have, and
+   * sent to the peers as an entry; returns its sequence number.
+   */
+  placeDiskless(type: EntryType, offset: number, lengthBytes: number, flags: number, payload: readonly Buffer[]): number {
+    assert(this.disklessSince !== null, 'a change placed without the log while the disk works');
+    const local = this.replica.local;
+    const seq = local.assignSeq();
+    const fields = { type, flags, logId: 0, volumeId: 0, seq, durableSeq: 0, offset, lengthBytes, generation: 0, epoch: local.epoch };
+    this.placed(seq, encodeEntryHeader(fields, payload), payload, fields);
+    return seq;
+  }
+
+  /**
+   * After a diskless change's wait: at least one peer must hold entry `seq` durably, since
+   * this node holds nothing; else the change fails (no up-to-date copy is left).
+   */
+  requireHeld(seq: number): void {
+    const held = this.core.status().some((peer) => peer.durableSeq >= seq || peer.syncedSeq >= seq);
+    if (!held) throw new BlockmirrorError('ERR_VOLUME_IO', `volume ${this.volume.name}: this node's disk failed and no peer holds the change (no up-to-date copy is left)`);
+  }
+
   mirrored(seq: number, durable: boolean, local: Promise<void> | null): Promise<void> {
     const token = this.nextToken;
     this.nextToken += 1;
@@ -450,6 +539,7 @@ export class MirrorEngine {
       }
     }
     this.stopped = true;
+    this.reads.failAll('node stopping');
     this.sessions.stop();
     for (const waiter of this.waiters.values()) waiter.reject(new BlockmirrorError('ERR_VOLUME_IO', 'node stopping'));
     this.waiters.clear();
@@ -547,7 +637,7 @@ export class MirrorEngine {
     this.run(
       this.core.connected(
         peer.node.id,
-        { lastSeq: ready.lastSeq, durableSeq: ready.durableSeq, cpSeq: ready.cpSeq, disk: ready.disk, sharedSeq, diverged: ready.diverged },
+        { lastSeq: ready.lastSeq, durableSeq: ready.durableSeq, cpSeq: ready.cpSeq, disk: ready.disk, sharedSeq, diverged: ready.diverged, empty: ready.empty },
         (seq) => this.entries.holdsFrom(seq),
       ),
     );
@@ -589,6 +679,13 @@ export class MirrorEngine {
         this.run(this.core.synced(id, message.cpSeq, message.status));
         if (!peer.toldInSync) this.tellInSync(peer);
         return;
+      case 'read-data':
+      case 'read-failed':
+        if (!this.reads.answered(id, message)) {
+          this.counters.peerProtocolErrors += 1;
+          link.close(`${message.type} for no READ of this node's`);
+        }
+        return;
       case 'verified':
         if (!this.digests.answered(id, message.token, message.status, message.digest)) {
           this.counters.peerProtocolErrors += 1;
@@ -627,14 +724,16 @@ export class MirrorEngine {
           else waiter.reject(new BlockmirrorError('ERR_REPLICA_UNAVAILABLE', action.error));
           break;
         }
-        // Written at once, in order, atomically and durably.
+        // Written at once, in order, atomically and durably; not on a disk that failed (the
+        // node keeps no state of its own then: a new disk is brought back in full).
         case 'write-record':
-          this.files.replaceFile(this.stateFile, encodeMirrorRecord(action.record), 'mirror-state');
+          if (this.disklessSince === null) this.files.replaceFile(this.stateFile, encodeMirrorRecord(action.record), 'mirror-state');
           break;
         case 'write-bitmap':
-          this.files.replaceFile(this.bitmapFile(action.peer), action.bitmap.encode(), 'bitmap');
+          if (this.disklessSince === null) this.files.replaceFile(this.bitmapFile(action.peer), action.bitmap.encode(), 'bitmap');
           break;
         case 'read-unsynced':
+          if (this.cannotServe(action.peer)) break;
           void this.markUnsynced(action.peer, action.fromSeq, action.toSeq);
           break;
         case 'peer-dropped':
@@ -644,6 +743,7 @@ export class MirrorEngine {
           this.release();
           break;
         case 'catch-up-from-log': {
+          if (this.cannotServe(action.peer)) break;
           const peer = this.sessions.of(action.peer);
           void catchUpFromLog(this.transfers, this.transferPeer(peer, peer.session), action.fromSeq, action.toSeq);
           break;
@@ -657,6 +757,7 @@ export class MirrorEngine {
           break;
         }
         case 'resync': {
+          if (this.cannotServe(action.peer)) break;
           const peer = this.sessions.of(action.peer);
           if (action.namedBytes > 0) this.log.warn('peer held writes this node lost in a crash; their regions are resent', { peer: action.peer, bytes: action.namedBytes });
           void this.resync(peer, peer.session);
@@ -671,6 +772,17 @@ export class MirrorEngine {
         }
       }
     }
+  }
+
+  /**
+   * Diskless, this node holds nothing to bring a peer up to date from (no log to read
+   * back, no image to resync from): such a peer's session ends, and it stays out.
+   */
+  private cannotServe(id: string): boolean {
+    if (this.disklessSince === null) return false;
+    this.log.error('this node\'s disk failed: a peer that is not up to date cannot be brought back', { peer: id });
+    if (this.sessions.of(id).up) this.sessions.drop(id, 'the primary\'s disk failed: it cannot bring this copy up to date');
+    return true;
   }
 
   private dropped(id: string, disk: DiskState, reason: string): void {

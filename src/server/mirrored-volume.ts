@@ -7,7 +7,13 @@
 // its latency goes to the resync controller. `mirrorPrimary` composes one (node.ts, and
 // the crash-point tests).
 
-import type { DiskExtent } from '../io/disk.js';
+import type { Disk, DiskExtent } from '../io/disk.js';
+import { assert } from '../lib/assert.js';
+import { DirtyBitmap } from '../core/dirty-bitmap.js';
+import type { WriteLog } from '../storage/write-log.js';
+import { BlockmirrorError } from '../lib/errors.js';
+import { EntryFlag, EntryType } from '../protocol/log-entry.js';
+import { slicePayload } from '../storage/apply-entry.js';
 import type { LocalVolume, ZeroOptions } from '../storage/local-volume.js';
 import { MirrorEngine, type MirrorEngineParts } from './mirror-engine.js';
 import type { QuorumGate } from './quorum-gate.js';
@@ -33,56 +39,197 @@ export class MirroredVolume implements ClientVolume {
     readonly quorum: QuorumGate | null = null,
     /** Lets go of the log once the engine stopped (its tap and retainer), so that another engine can mirror it later. */
     readonly detach: () => void = () => undefined,
+    /** Told once when the volume goes diskless (the node logs it). */
+    private readonly onDiskless: (reason: string, peers: string[]) => void = () => undefined,
+    /** Taps the volume's current log for the engine (again, once a replaced disk brought a new one). */
+    private readonly retap: () => void = () => undefined,
   ) {}
 
-  readInto(buffer: Buffer, offset: number): Promise<void> {
-    return this.volume.readInto(buffer, offset);
+  /** While a replaced disk's image is filled from a peer (`attach`): the regions it does not hold yet. */
+  private unfilled: DirtyBitmap | null = null;
+  /** While the replaced disk is swapped in: no change is numbered until it is. */
+  private swapping: Promise<void> | null = null;
+  /** What `attach` did and does, for status. */
+  attaching: { startedAt: string; totalBytes: number; filledBytes: number; error: string | null } | null = null;
+
+  /** Whether this node's disk failed and the volume is served from its peers. */
+  get diskless(): boolean {
+    return this.engine.diskless !== null;
+  }
+
+  /** Whether [offset, offset + lengthBytes) is not all in the image yet (a disk being attached). */
+  private notFilled(offset: number, lengthBytes: number): boolean {
+    const unfilled = this.unfilled;
+    if (unfilled === null) return false;
+    const last = Math.floor((offset + lengthBytes - 1) / unfilled.regionBytes);
+    for (let region = Math.floor(offset / unfilled.regionBytes); region <= last; region += 1) if (unfilled.isDirty(region)) return true;
+    return false;
+  }
+
+  async readInto(buffer: Buffer, offset: number): Promise<void> {
+    if (!this.diskless && !this.notFilled(offset, buffer.length)) {
+      try {
+        return await this.volume.readInto(buffer, offset);
+      } catch (error) {
+        if (!this.goDiskless(error)) throw error;
+      }
+    }
+    await this.volume.counted(this.engine.readFromPeer(buffer, offset));
+    this.volume.stats.readOps += 1;
+    this.volume.stats.readBytes += buffer.length;
   }
 
   async write(payload: readonly Buffer[], offset: number, fua: boolean): Promise<void> {
     const startedMs = performance.now();
-    this.admit();
-    const seq = await this.volume.writeLogged(payload, offset, fua, this.engine.intentRecord);
-    await this.finish(seq, fua, startedMs);
+    if (this.swapping !== null) await this.swapping;
+    if (!this.diskless) {
+      try {
+        this.admit();
+        const seq = await this.volume.writeLogged(payload, offset, fua, this.engine.intentRecord);
+        return await this.finish(seq, fua, startedMs);
+      } catch (error) {
+        if (!this.goDiskless(error)) throw error;
+      }
+    }
+    const total = payload.reduce((sum, slice) => sum + slice.length, 0);
+    const pieceMax = this.volume.log.entryPayloadBytesMax;
+    await this.changeDiskless(startedMs, () => {
+      let seq = 0;
+      for (let start = 0; start < total; start += pieceMax) {
+        const length = Math.min(pieceMax, total - start);
+        seq = this.engine.placeDiskless(EntryType.WRITE, offset + start, length, 0, total <= pieceMax ? payload : slicePayload(payload, start, length));
+      }
+      return seq;
+    });
+    this.volume.stats.writeOps += 1;
+    this.volume.stats.writeBytes += total;
   }
 
   async writeZeroes(offset: number, lengthBytes: number, options: ZeroOptions): Promise<'done' | 'slow'> {
     const startedMs = performance.now();
-    this.admit();
-    const seq = await this.volume.writeZeroesLogged(offset, lengthBytes, options, this.engine.intentRecord);
-    if (seq === 'slow') return 'slow';
-    await this.finish(seq, options.fua, startedMs);
+    if (this.swapping !== null) await this.swapping;
+    if (!this.diskless) {
+      try {
+        this.admit();
+        const seq = await this.volume.writeZeroesLogged(offset, lengthBytes, options, this.engine.intentRecord);
+        if (seq === 'slow') return 'slow';
+        await this.finish(seq, options.fua, startedMs);
+        return 'done';
+      } catch (error) {
+        if (!this.goDiskless(error)) throw error;
+      }
+    }
+    // Zeroes are an entry like any other for the peers: as fast as any change.
+    await this.changeDiskless(startedMs, () => this.engine.placeDiskless(EntryType.ZEROES, offset, lengthBytes, options.noHole ? EntryFlag.NO_HOLE : 0, []));
+    this.volume.stats.zeroOps += 1;
     return 'done';
   }
 
   async trim(offset: number, lengthBytes: number, fua: boolean): Promise<void> {
     const startedMs = performance.now();
-    this.admit();
-    const seq = await this.volume.trimLogged(offset, lengthBytes, this.engine.intentRecord);
-    await this.finish(seq, fua, startedMs);
+    if (this.swapping !== null) await this.swapping;
+    if (!this.diskless) {
+      try {
+        this.admit();
+        const seq = await this.volume.trimLogged(offset, lengthBytes, this.engine.intentRecord);
+        return await this.finish(seq, fua, startedMs);
+      } catch (error) {
+        if (!this.goDiskless(error)) throw error;
+      }
+    }
+    await this.changeDiskless(startedMs, () => this.engine.placeDiskless(EntryType.TRIM, offset, lengthBytes, 0, []));
+    this.volume.stats.trimOps += 1;
   }
 
   /** Every change replied to so far made durable, in the log and on the peers that count. */
   async flush(): Promise<void> {
-    const local = this.volume.flushLocal();
-    await this.volume.counted(this.engine.mirrored(this.engine.lastSeq, true, local));
-    await this.quorum?.pass();
+    if (this.swapping !== null) await this.swapping;
+    if (!this.diskless) {
+      try {
+        const local = this.volume.flushLocal();
+        await this.volume.counted(this.engine.mirrored(this.engine.lastSeq, true, local));
+        await this.quorum?.pass();
+        return;
+      } catch (error) {
+        if (!this.goDiskless(error)) throw error;
+      }
+    }
+    this.volume.stats.flushOps += 1;
+    await this.changeDiskless(performance.now(), () => this.engine.lastSeq);
   }
 
   replied(): void {
-    this.volume.replied();
+    if (!this.diskless) this.volume.replied();
   }
 
   prefetch(offset: number, lengthBytes: number, prefetchBytesMax: number): Promise<void> {
-    return this.volume.prefetch(offset, lengthBytes, prefetchBytesMax);
+    // Diskless, there is no cache of this node's to fill.
+    return this.diskless || this.notFilled(offset, lengthBytes) ? Promise.resolve() : this.volume.prefetch(offset, lengthBytes, prefetchBytesMax);
   }
 
   extents(offset: number, lengthBytes: number, extentsMax: number): Promise<DiskExtent[]> {
-    return this.volume.extents(offset, lengthBytes, extentsMax);
+    // Diskless, nothing is known of holes here: all of it may hold data.
+    return this.diskless || this.unfilled !== null ? Promise.resolve([{ lengthBytes, hole: false }]) : this.volume.extents(offset, lengthBytes, extentsMax);
   }
 
-  /** A consistency point: the bitmaps made durable before it is recorded, then the peers told. */
+  /**
+   * `blockmirror attach`: a replaced disk under this diskless primary. `open` makes the
+   * volume's files anew on it (a log numbering on after `lastSeq`); while it does, no
+   * change is numbered. From then on changes are logged and written here again, reads of
+   * what the image does not hold yet go to the peers, and every region is filled from an
+   * up-to-date peer (held, so that no change overtakes it); once all are, a consistency
+   * point makes the image durable and `whole` is called.
+   */
+  async attach(open: (lastSeq: number) => Promise<{ disk: Disk; log: WriteLog }>, regionBytes: number, whole: () => void): Promise<{ filled: Promise<void> }> {
+    assert(this.diskless && this.swapping === null, 'attach: the volume is not diskless');
+    const totalBytes = this.volume.sizeBytes;
+    let done: () => void = () => undefined;
+    this.swapping = new Promise<void>((resolve) => (done = resolve));
+    const unfilled = new DirtyBitmap(totalBytes, regionBytes);
+    unfilled.markAll();
+    try {
+      const { disk, log } = await open(this.volume.replica.local.lastSeq);
+      void this.volume.replaceDisk(disk, log).close().catch(() => undefined);
+      this.retap();
+      this.unfilled = unfilled;
+      this.attaching = { startedAt: new Date().toISOString(), totalBytes, filledBytes: 0, error: null };
+      this.engine.leaveDiskless();
+    } finally {
+      this.swapping = null;
+      done();
+    }
+    const attaching = this.attaching;
+    const fill = async (): Promise<void> => {
+      try {
+        for (let region = unfilled.nextDirty(0); region !== -1; region = unfilled.nextDirty(region + 1)) {
+          const offset = region * regionBytes;
+          const lengthBytes = Math.min(regionBytes, totalBytes - offset);
+          await this.volume.fillHeld(offset, lengthBytes, (data) => this.engine.readFromPeer(data, offset));
+          unfilled.clear(region);
+          if (attaching !== null) attaching.filledBytes += lengthBytes;
+        }
+        await this.checkpoint();
+        whole();
+        this.unfilled = null;
+      } catch (error) {
+        if (attaching !== null) attaching.error = error instanceof Error ? error.message : String(error);
+        throw error;
+      }
+    };
+    return { filled: fill() };
+  }
+
+  /** Whether the image is whole (no disk being attached is still filled). */
+  get filling(): boolean {
+    return this.unfilled !== null;
+  }
+
+  /**
+   * A consistency point: the bitmaps made durable before it is recorded, then the peers
+   * told. Diskless, only the peers take it (so that their logs are released).
+   */
   async checkpoint(): Promise<void> {
+    if (this.diskless) return this.engine.checkpointTaken(this.engine.lastSeq);
     await this.volume.checkpoint(() => this.engine.persistBitmaps());
     this.engine.checkpointTaken(this.volume.log.status().cpSeq);
   }
@@ -100,6 +247,46 @@ export class MirroredVolume implements ClientVolume {
     await this.quorum?.pass();
     this.engine.replying();
   }
+
+  /**
+   * The local part failed with `error`: when it is the disk's and a `sync` volume's peers
+   * hold an up-to-date copy, the volume goes diskless (true) and the change is made
+   * through the peers instead; otherwise the error stands (false). Entries numbered but
+   * never placed by the failed log would leave a gap no peer could fill: then too.
+   */
+  private goDiskless(error: unknown): boolean {
+    if (this.diskless) return true;
+    if (!isDiskError(error) && !this.volume.failed) return false;
+    if (this.engine.mode !== 'sync') return false;
+    if (this.volume.log.lastSeq !== this.volume.replica.local.lastSeq) return false;
+    const peers = this.engine.upToDatePeers();
+    if (peers.length === 0) return false;
+    this.volume.markFailed(error);
+    const reason = error instanceof Error ? error.message : String(error);
+    this.engine.goDiskless(reason);
+    this.onDiskless(reason, peers);
+    return true;
+  }
+
+  /**
+   * A change made through the peers alone: `place` numbers and sends it; the reply waits
+   * until they hold it durably, and fails when none does.
+   */
+  private async changeDiskless(startedMs: number, place: () => number): Promise<void> {
+    const refusal = this.volume.replica.refusal();
+    if (refusal !== null) throw new BlockmirrorError(refusal.code, `volume ${this.volume.name}: ${refusal.reason}`);
+    const seq = place();
+    await this.volume.counted(this.engine.mirrored(seq, true, null));
+    this.engine.requireHeld(seq);
+    this.engine.changeDone(performance.now() - startedMs);
+    await this.quorum?.pass();
+  }
+}
+
+/** An error of the disk itself (a system call's), as opposed to a refusal. */
+function isDiskError(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  return typeof code === 'string' && ['EIO', 'ENOSPC', 'EROFS', 'EDQUOT', 'ENXIO', 'ENODEV', 'EBADF'].includes(code);
 }
 
 /**
@@ -124,8 +311,21 @@ export function mirrorPrimary(
   });
   const listener: Parameters<typeof log.tap>[0] = (seq, header, payload, fields) => engine.placed(seq, header, payload, fields);
   const retainer: Parameters<typeof log.addRetainer>[0] = (partition) => engine.retains(partition);
-  log.tap(listener);
-  log.addRetainer(retainer);
+  let tapped = log;
+  tapped.tap(listener);
+  tapped.addRetainer(retainer);
   volume.requireIntent();
-  return new MirroredVolume(volume, engine, quorum, () => log.untap(listener, retainer));
+  return new MirroredVolume(
+    volume,
+    engine,
+    quorum,
+    () => tapped.untap(listener, retainer),
+    (reason, peers) => parts.log.error('local disk failed: the volume is served from its peers (diskless)', { reason, peers: peers.join(',') }),
+    () => {
+      tapped.untap(listener, retainer);
+      tapped = volume.log;
+      tapped.tap(listener);
+      tapped.addRetainer(retainer);
+    },
+  );
 }

@@ -25,7 +25,7 @@ import { NbdConnection, type ConnectionCounters, type VolumeCatalog } from './nb
 import { PeerServer } from './peer-server.js';
 import { VolumeRoles } from './volume-roles.js';
 import { WitnessRecord } from './witness.js';
-import type { DemotionResult, PromotionResult, ResolveResult } from './status.js';
+import type { DemotionResult, PromotionResult, ResolveResult, AttachResult } from './status.js';
 import { closeServer, listen } from './listen.js';
 import { diskState, type NodeView, type ServedVolume } from './served-volume.js';
 
@@ -90,6 +90,7 @@ export class BlockmirrorNode implements NodeView {
         available: (peer) => this.heartbeats?.mayConnect(peer) === true,
         closeClients: (name) => this.closeClients(name),
         heartbeats: () => this.heartbeats,
+        activity: this.ioActivity,
       },
       this.volumes,
     );
@@ -192,7 +193,8 @@ export class BlockmirrorNode implements NodeView {
   }
 
   private checkpoint(served: ServedVolume): void {
-    if (served.volume.failed || served.changing !== null || !VolumeRoles.active(served)) return;
+    // A diskless primary's consistency points are its peers' alone (their logs are released).
+    if ((served.volume.failed && served.mirrored?.diskless !== true) || served.changing !== null || !VolumeRoles.active(served)) return;
     (served.mirrored?.checkpoint() ?? served.volume.checkpoint()).catch((error: unknown) => {
       this.log.error('consistency point failed', { volume: served.config.name, error: String(error) });
     });
@@ -227,7 +229,7 @@ export class BlockmirrorNode implements NodeView {
         this.log.error('consistency point failed at shutdown', { volume: config.name, error: String(error) });
       }
       await mirrored?.engine.stop(clean ? volume.log.lastSeq : null);
-      await volume.close();
+      await volume.close().catch((error: unknown) => this.log.error('closing the volume failed', { volume: config.name, error: String(error) }));
     }
     await this.peerServer?.stop();
     this.heartbeats?.stop();
@@ -291,6 +293,10 @@ export class BlockmirrorNode implements NodeView {
 
   resolve(name: string, discard: string): Promise<ResolveResult> {
     return this.roles.resolve(name, discard);
+  }
+
+  attach(name: string): Promise<AttachResult> {
+    return this.roles.attachDisk(name);
   }
 
   /** A `quorum: majority` volume's quorum here (VolumeQuorum.of), or null. */

@@ -10,7 +10,14 @@
 // A session is the set of connections one source opened together (same session id in
 // HELLO). A new session replaces the old one; READY is sent on all of its connections
 // once every one has authenticated and the stores of the previous session are done, so
-// the last sequence number it reports is exact.
+// the last sequence number it reports is exact. The source may also ask about ranges of
+// the image as of an entry: VERIFY (a digest, online verify) and READ (the bytes, a
+// primary whose own disk failed); both wait until that entry is in the image.
+//
+// Why one file of this size: every part (stores, READY, RESET, VERIFY and READ answers,
+// following a newer epoch) acts on the same session and the same SecondaryCore, and the
+// order between them (nothing answered before its entries are stored, READY only once
+// the last session's work is done) is this file's to keep.
 
 import crypto from 'node:crypto';
 import { constants } from '../constants.js';
@@ -20,7 +27,7 @@ import type { Logger } from '../lib/log.js';
 import type { MirrorTarget } from '../core/mirror-target.js';
 import type { SecondaryAction, SecondaryCore } from '../core/secondary-core.js';
 import { copyState } from '../core/volume-core.js';
-import { encodeFrame, PEER_DIVERGED_EXTENTS_MAX, PEER_HISTORY_EPOCHS_MAX, type PeerMessage } from '../protocol/peer/frames.js';
+import { encodeFrame, encodeReadDataFrame, PEER_DIVERGED_EXTENTS_MAX, PEER_HISTORY_EPOCHS_MAX, type PeerMessage } from '../protocol/peer/frames.js';
 import { EntryType } from '../protocol/log-entry.js';
 import type { LocalVolume } from '../storage/local-volume.js';
 import type { HelloMessage, PeerLink } from './peer-link.js';
@@ -29,11 +36,14 @@ import type { ContactRecord } from './source-contact.js';
 
 type EntryMessage = Extract<PeerMessage, { type: 'entry' }>;
 type VerifyMessage = Extract<PeerMessage, { type: 'verify' }>;
+type ReadMessage = Extract<PeerMessage, { type: 'read' }>;
 
 interface Session {
   id: number;
   links: (PeerLink | undefined)[];
   ready: boolean;
+  /** The last entry the source holds (its HELLO). */
+  sourceLastSeq: number;
 }
 
 /** What the node lends a replica target: its durable files, and the change of log a newer history asks for. */
@@ -46,6 +56,11 @@ export interface ReplicaTargetParts {
    * volume's core learns it. Nothing of a session is under way.
    */
   follow(history: EpochHistory): Promise<void>;
+  /**
+   * The copy's image was made at this start (an empty disk: a new volume, or a replaced
+   * one): while it holds no entry, a source that holds some must send it all.
+   */
+  fresh: boolean;
 }
 export class ReplicaTarget {
   private readonly core: SecondaryCore<EntryMessage>;
@@ -53,7 +68,8 @@ export class ReplicaTarget {
   private closed = false;
   private ackPending: number | null = null;
   /** VERIFY requests waiting for the entries before them to be stored. */
-  private verifies: { session: Session; link: PeerLink; message: VerifyMessage }[] = [];
+  /** VERIFY and READ requests waiting until the entries they name are in the image. */
+  private verifies: { session: Session; link: PeerLink; message: VerifyMessage | ReadMessage }[] = [];
   /** A newer history being taken on (the log moving), which sessions wait for. */
   private following: Promise<void> | null = null;
   /** Called once nothing of a session is under way. */
@@ -112,7 +128,7 @@ export class ReplicaTarget {
     }
     if (this.session === null || this.session.id !== hello.session) {
       if (this.session !== null) this.endSession('replaced by a new session');
-      this.session = { id: hello.session, links: Array.from({ length: hello.connections }, () => undefined), ready: false };
+      this.session = { id: hello.session, links: Array.from({ length: hello.connections }, () => undefined), ready: false, sourceLastSeq: hello.lastSeq };
     }
     const session = this.session;
     if (session.links.length !== hello.connections || session.links[hello.connectionIndex] !== undefined) {
@@ -193,6 +209,10 @@ export class ReplicaTarget {
     const session = this.session;
     if (session === null) return;
     const logStatus = this.volume.log.status();
+    // An empty image made at this start (a replaced disk, or a copy that joins late) lacks
+    // whatever the source holds, which no record of the source's names: all of it is sent.
+    const empty = this.parts.fresh && lastSeq === 0 && session.sourceLastSeq > 0;
+    if (empty) this.log.warn('this copy is empty and its source holds entries: it lacks all it has not marked', { source: this.source, sourceLastSeq: session.sourceLastSeq });
     const ready = encodeFrame({
       type: 'ready',
       epoch: this.volume.replica.epoch,
@@ -204,6 +224,7 @@ export class ReplicaTarget {
       cpSeq: logStatus.cpSeq,
       diverged: this.volume.log.divergedAfter !== null,
       divergedAfter: Math.min(this.volume.log.divergedAfter ?? lastSeq, lastSeq),
+      empty,
     });
     session.ready = true;
     for (const link of session.links) {
@@ -258,7 +279,17 @@ export class ReplicaTarget {
         if (message.offset + message.lengthBytes > this.volume.sizeBytes) {
           return this.protocolError(link, `VERIFY reaches past the end of the volume (${message.offset}+${message.lengthBytes})`);
         }
-        if (this.verifies.length >= constants.verifyRegionsInflightMax) return this.protocolError(link, 'too many VERIFY requests waiting');
+        if (this.verifies.length >= constants.verifyRegionsInflightMax + constants.peerReadsInflightMax) return this.protocolError(link, 'too many VERIFY requests waiting');
+        this.verifies.push({ session, link, message });
+        this.answerVerifies();
+        return;
+      }
+      case 'read': {
+        // A diskless primary's read (its own disk failed): the range as of entry `seq`.
+        if (message.offset + message.lengthBytes > this.volume.sizeBytes) {
+          return this.protocolError(link, `READ reaches past the end of the volume (${message.offset}+${message.lengthBytes})`);
+        }
+        if (this.verifies.length >= constants.verifyRegionsInflightMax + constants.peerReadsInflightMax) return this.protocolError(link, 'too many READ requests waiting');
         this.verifies.push({ session, link, message });
         this.answerVerifies();
         return;
@@ -429,6 +460,10 @@ export class ReplicaTarget {
     if (ready.length === 0) return;
     this.verifies = this.verifies.filter((waiting) => !ready.includes(waiting));
     for (const { session, link, message } of ready) {
+      if (message.type === 'read') {
+        this.answerRead(session, link, message);
+        continue;
+      }
       const answer = (status: number, digest: Buffer): void => {
         if (this.session === session) link.send(encodeFrame({ type: 'verified', token: message.token, status, digest }));
       };
@@ -441,6 +476,24 @@ export class ReplicaTarget {
         () => answer(1, Buffer.alloc(32)),
       );
     }
+  }
+
+  /**
+   * Answers a READ whose entries are all in the image: the bytes as they are now (the
+   * source holds back changes to the range meanwhile). A logship copy's image lags until
+   * the primary's consistency point, and a failed one holds nothing to trust: status 2 and 1.
+   */
+  private answerRead(session: Session, link: PeerLink, message: ReadMessage): void {
+    const failed = (status: number): void => {
+      if (this.session === session) link.send(encodeFrame({ type: 'read-failed', token: message.token, status }));
+    };
+    if (this.config.mode === 'logship') return failed(2);
+    this.volume.read(message.offset, message.lengthBytes).then(
+      (data) => {
+        if (this.session === session) link.send(encodeReadDataFrame(message.token, message.offset, data));
+      },
+      () => failed(1),
+    );
   }
 
   /** After a completion: its actions, then the VERIFY requests it may have made answerable. */

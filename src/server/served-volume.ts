@@ -13,7 +13,7 @@ import type { MirroredVolume } from './mirrored-volume.js';
 import type { ConnectionCounters } from './nbd-connection.js';
 import type { ReplicaTarget } from './replica-target.js';
 import type { DiscardRecord, SplitBrainStatus } from './split-brain.js';
-import type { DemotionResult, PromotionResult, ResolveResult } from './status.js';
+import type { AttachResult, DemotionResult, PromotionResult, ResolveResult } from './status.js';
 
 export interface ServedVolume {
   config: VolumeConfig;
@@ -55,12 +55,18 @@ export interface NodeView {
   demote(name: string): Promise<DemotionResult>;
   /** `blockmirror resolve`: this node's part in resolving a split brain by discarding `discard`'s writes. */
   resolve(name: string, discard: string): Promise<ResolveResult>;
+  /** `blockmirror attach`: a replaced disk under this node's diskless copy. */
+  attach(name: string): Promise<AttachResult>;
   /** A `quorum: majority` volume's quorum on this node, or null. */
   quorumOf(served: ServedVolume): { have: number; need: number; ok: boolean; counted: string[]; reason: string | null } | null;
 }
 
 /** This node's copy of a volume, as copyState (src/core/volume-core.ts) says from what the node knows of it. */
-export function diskState({ volume, target }: ServedVolume): DiskState {
+export function diskState({ volume, target, mirrored }: ServedVolume): DiskState {
+  // A primary whose disk failed serves the volume from its peers.
+  if (mirrored?.diskless === true) return 'diskless';
+  // A replaced disk being filled from a peer (`attach`) does not hold the volume yet.
+  if (mirrored?.filling === true) return 'inconsistent';
   const source = target?.status() ?? null;
   return copyState({
     failed: volume.failed || source?.failed === true,

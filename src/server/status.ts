@@ -27,6 +27,13 @@ export interface VolumeStatus {
   quorum: { onNoQuorum: string; have: number; need: number; ok: boolean; counted: string[]; reason: string | null } | null;
   /** A split brain with another copy (docs/operations.md, "Split brain"), or null. */
   splitBrain: SplitBrainStatus | null;
+  /**
+   * On a primary: since when its own disk failed and the volume is served from its peers
+   * (`disk` is `diskless`), and why; else null.
+   */
+  diskless: { since: string; reason: string } | null;
+  /** A replaced disk being filled from a peer (`blockmirror attach`), or the last one filled; else null. */
+  attach: { startedAt: string; totalBytes: number; filledBytes: number; error: string | null } | null;
   stats: Record<string, number>;
   log: LogStatus;
   /** On the primary: each peer it mirrors to. */
@@ -87,6 +94,15 @@ export interface PromotionResult {
   sourceLogDamage: string | null;
   /** With --force: what the promoted copy may lack, in words; null when nothing acknowledged can be lost. */
   mayLack: string | null;
+}
+
+/** What `attach` did: the replaced disk is in, and being filled from a peer (status shows how far). */
+export interface AttachResult {
+  volume: string;
+  node: string;
+  totalBytes: number;
+  /** The entry after which the new disk's log numbers on. */
+  fromSeq: number;
 }
 
 /** What `resolve` did on one node: this copy discards its writes (in favour of `winner`), or wins. */

@@ -34,11 +34,12 @@ import { compareCopies, EpochHistory, encodeEpochHistory } from '../core/epoch-h
 import { DirtyBitmap } from '../core/dirty-bitmap.js';
 import { encodeMirrorRecord, parseMirrorRecord, type MirrorRecord } from '../core/mirror-ledger.js';
 import type { Clock } from '../io/clock.js';
+import type { IoActivity } from '../io/file-io.js';
 import type { StreamLink } from '../io/stream-link.js';
 import { RefuseCode } from '../protocol/peer/frames.js';
 import type { DurableFiles } from '../storage/durable-files.js';
 import type { OpenedVolume } from '../storage/volume-store.js';
-import { changedSince, demoteStorage, logDir, logOptionsAt, moveReplicaLog, promoteStorage, restartReplicaLog } from '../storage/volume-store.js';
+import { attached, attachStorage, changedSince, demoteStorage, logDir, logOptionsAt, moveReplicaLog, promoteStorage, restartReplicaLog } from '../storage/volume-store.js';
 import { splitBrainDir, splitBrainFileName, writeSplitBrainFile } from '../storage/split-brain-file.js';
 import { decideSplitBrain, splitBrainBetween, type SplitBrain } from '../core/split-brain.js';
 import { copyForSplitBrain, DiscardRecord, type SplitBrainStatus } from './split-brain.js';
@@ -51,7 +52,7 @@ import { ReplicaTarget } from './replica-target.js';
 import { mayLack } from '../core/promotion.js';
 import { ContactRecord } from './source-contact.js';
 import type { ServedVolume } from './served-volume.js';
-import type { DemotionResult, PromotionResult, ResolveResult } from './status.js';
+import type { AttachResult, DemotionResult, PromotionResult, ResolveResult } from './status.js';
 
 /** What the roles need of the node. */
 export interface RoleParts {
@@ -68,6 +69,8 @@ export interface RoleParts {
   closeClients: (name: string) => Promise<void>;
   /** The heartbeats, once they run (quorum). */
   heartbeats: () => Heartbeats | null;
+  /** The node's I/O activity (a replaced disk's image is opened with it). */
+  activity: IoActivity;
 }
 
 export class VolumeRoles {
@@ -106,7 +109,7 @@ export class VolumeRoles {
     } else if (opened.role === 'primary' && this.mirroredHere(config)) {
       served.mirrored = this.mirror(served, opened.recovery.lastSeq, replayed);
     } else if (opened.role === 'secondary' && opened.logOptions.replica !== undefined) {
-      served.target = this.target(served);
+      served.target = this.target(served, opened.created);
     }
     return served;
   }
@@ -140,7 +143,7 @@ export class VolumeRoles {
     }, gate);
   }
 
-  private target(served: ServedVolume): ReplicaTarget {
+  private target(served: ServedVolume, fresh = false): ReplicaTarget {
     const { config, volume } = served;
     return new ReplicaTarget(
       config,
@@ -150,6 +153,7 @@ export class VolumeRoles {
       (seq) => restartReplicaLog(volume, served.logOptions, seq, config.mode === 'logship'),
       {
         contact: new ContactRecord(this.parts.files, contactFile(served), this.volumeLog(served)),
+        fresh,
         follow: async (history) => {
           const commit = (): void => {
             this.saveHistory(served, history);
@@ -394,6 +398,44 @@ export class VolumeRoles {
     } finally {
       served.changing = null;
     }
+  }
+
+  // ---- a failed disk ------------------------------------------------------------------
+
+  /**
+   * `blockmirror attach VOLUME --node N`: a replaced disk under this node's copy, whose
+   * own disk failed while it was the primary (it serves the volume from its peers): the
+   * volume's files are made anew on it and its image is filled from an up-to-date peer
+   * while clients go on (MirroredVolume.attach). Answers once the disk is in; `status`
+   * shows the fill.
+   */
+  async attachDisk(name: string): Promise<AttachResult> {
+    const served = this.served(name);
+    const { volume, config } = served;
+    const mirrored = served.mirrored;
+    if (mirrored === null || !mirrored.diskless) {
+      const why = served.role === 'primary'
+        ? `its disk has not failed${mirrored?.filling === true ? ' (a disk attached before is still being filled)' : ''}`
+        : 'it is not the primary (a secondary whose disk failed is brought back by restarting the node on the new disk, which is then resynced in full)';
+      throw new BlockmirrorError('ERR_ROLE_REFUSED', `nothing to attach for ${name} on node ${this.parts.node.id}: ${why}`);
+    }
+    const log = this.volumeLog(served);
+    let fromSeq = 0;
+    const { filled } = await mirrored.attach(
+      (lastSeq) => {
+        fromSeq = lastSeq;
+        return attachStorage(this.parts.files, served.paths, served.identity, volume.replica.history, served.logOptions, lastSeq, this.parts.activity);
+      },
+      this.parts.cluster.resync.regionBytes,
+      () => attached(this.parts.files, served.paths),
+    );
+    log.warn('a replaced disk is attached: its image is filled from the peers while clients go on', { fromSeq, bytes: config.sizeBytes });
+    const startedMs = Date.now();
+    filled.then(
+      () => log.warn('the attached disk holds the volume: it is up to date again', { bytes: config.sizeBytes, ms: Date.now() - startedMs }),
+      (error: unknown) => log.error('filling the attached disk failed: reads of what it lacks still go to the peers', { error: String(error) }),
+    );
+    return { volume: name, node: this.parts.node.id, totalBytes: config.sizeBytes, fromSeq };
   }
 
   // ---- split brain ---------------------------------------------------------------------

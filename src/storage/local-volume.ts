@@ -13,7 +13,12 @@
 // always matches what replaying the log would produce, and a later mirror applies the
 // same writes in the same order. Errors are the disk's own (Node system
 // errors); the NBD edge turns them into errno values. A failed apply fails the volume:
-// from then on every request gets an error rather than a possibly stale answer.
+// from then on every request gets an error rather than a possibly stale answer (a
+// mirrored primary may then serve it from its peers, and `replaceDisk` brings it back).
+//
+// Why one file of this size: every operation here (changes, reads, replicas' stores,
+// resync and verify holds, a replaced disk's fill) goes through the same ordering of
+// overlapping ranges and the same holds of the core; apart, each would need them all.
 
 import { assert } from '../lib/assert.js';
 import { BlockmirrorError } from '../lib/errors.js';
@@ -88,7 +93,7 @@ export class LocalVolume {
 
   constructor(
     readonly name: string,
-    private readonly disk: Disk,
+    private disk: Disk,
     private currentLog: WriteLog,
     private readonly zeroChunkBytes: number,
     role: VolumeRole,
@@ -107,6 +112,50 @@ export class LocalVolume {
   replaceLog(log: WriteLog): void {
     this.core.restartAt(log.lastSeq);
     this.currentLog = log;
+  }
+
+  /**
+   * A replaced disk (`blockmirror attach`): the volume goes on with `disk` and `log` (whose
+   * numbers continue where the core's do) and is healthy again; what the new image lacks
+   * is filled by the caller (`fillHeld`) before it is read. Returns the failed disk, to close.
+   */
+  replaceDisk(disk: Disk, log: WriteLog): Disk {
+    assert(disk.sizeBytes === this.disk.sizeBytes, 'a replaced disk has the volume\'s size');
+    assert(log.lastSeq === this.core.lastSeq, `the new log continues after entry ${this.core.lastSeq}, not ${log.lastSeq}`);
+    const failed = this.disk;
+    this.disk = disk;
+    this.currentLog = log;
+    this.failure = null;
+    return failed;
+  }
+
+  /**
+   * Writes what `fetch` gives into [offset, offset + lengthBytes) of the image, held as a
+   * resync holds a range: changes to it wait before they are logged, and the fetch runs
+   * after every change to it logged so far is applied, so the bytes fetched (a peer's, as
+   * of the last entry) are the newest and nothing overwrites them with older ones.
+   */
+  async fillHeld(offset: number, lengthBytes: number, fetch: (data: Buffer) => Promise<void>): Promise<void> {
+    this.checkHealthy();
+    assert(lengthBytes > 0 && offset >= 0 && offset + lengthBytes <= this.disk.sizeBytes, 'filled range outside the volume');
+    const end = offset + lengthBytes;
+    for (let other = this.holdOn(offset, end); other !== null; other = this.holdOn(offset, end)) await other;
+    let release: () => void = () => undefined;
+    const hold = this.core.hold(offset, end);
+    this.holds.set(hold, new Promise<void>((resolve) => (release = resolve)));
+    try {
+      const data = Buffer.allocUnsafe(lengthBytes);
+      await this.counted(
+        this.inOrder(offset, end, async () => {
+          await fetch(data);
+          await this.disk.write(data, offset);
+        }),
+      );
+    } finally {
+      this.core.release(hold);
+      this.holds.delete(hold);
+      release();
+    }
   }
 
   get sizeBytes(): number {
@@ -462,6 +511,14 @@ export class LocalVolume {
 
   private fail(error: unknown): void {
     this.failure ??= new VolumeFailedError(this.name, error);
+  }
+
+  /**
+   * The disk returned an error to a caller that goes on without it (a mirrored primary
+   * serving from its peers): the volume is failed from now on, as if its own write had.
+   */
+  markFailed(error: unknown): void {
+    this.fail(error);
   }
 
   private checkHealthy(): void {

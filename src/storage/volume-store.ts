@@ -27,7 +27,7 @@ import { applyEntry } from './apply-entry.js';
 import { LocalVolume } from './local-volume.js';
 import { ReplicaTrail, TRAIL_FILE, type TrailExtent } from '../core/replica-trail.js';
 import { prepareEpochHistory, prepareVolumeFiles, type VolumePaths, type VolumeIdentity } from './volume-files.js';
-import type { EpochHistory } from '../core/epoch-history.js';
+import { encodeEpochHistory, type EpochHistory } from '../core/epoch-history.js';
 import { LogCorruptError, WriteLog, type LogGeometry, type LogOptions, type RecoveryReport } from './write-log.js';
 import { installLogDirectory, recreateLogDirectory, settleLogDirectory } from './log-layout.js';
 
@@ -150,6 +150,11 @@ export async function openVolumeStorage(options: VolumeStorageOptions): Promise<
     throw error;
   }
   if (history.ended && volume.replica.role === 'primary' && config.mode !== 'local') volume.replica.demote(history);
+  if (files.kind(attachingMarker(paths)) !== null) {
+    // A replaced disk whose image was never filled whole: nothing is read from it.
+    volume.markFailed(new Error(`the disk attached for ${config.name} was not filled from a peer before the node stopped: run blockmirror attach again`));
+    log.error('volume image incomplete: an attached disk was not filled before the node stopped', { volume: config.name });
+  }
   return { identity, paths, created, history, role: volume.replica.role, volume, recovery: opened.recovery, logOptions, setAside };
 }
 
@@ -332,6 +337,56 @@ export async function moveReplicaLog(files: DurableFiles, volume: LocalVolume, f
   volume.log.close();
   volume.replaceLog((await WriteLog.open(to, nothingToReplay('in a moved per-source log'))).log);
   files.remove(from.dir, 'role-change');
+}
+
+/** The marker that a volume's image is being filled from a peer (`blockmirror attach`): until it goes, the image is not whole. */
+export function attachingMarker(paths: VolumePaths): string {
+  return `${paths.image}.attaching`;
+}
+
+/**
+ * A replaced disk under a primary that serves its volume from its peers (`blockmirror
+ * attach`): the volume's files made anew in `paths` with the identity and history it has,
+ * a new sparse image and a new log whose numbers continue after `lastSeq`, the marker
+ * first (a start that finds it opens the volume failed: its image is not whole). Returns
+ * the opened disk and log; `attached` removes the marker once the image is whole.
+ */
+export async function attachStorage(
+  files: DurableFiles,
+  paths: VolumePaths,
+  identity: VolumeIdentity,
+  history: EpochHistory,
+  logOptions: LogOptions,
+  lastSeq: number,
+  activity: IoActivity,
+): Promise<{ disk: FileDisk; log: WriteLog }> {
+  files.makeDir(paths.dir, 'volume-create');
+  files.replaceFile(attachingMarker(paths), `${JSON.stringify({ since: new Date().toISOString(), lastSeq })}\n`, 'volume-create');
+  files.remove(paths.image, 'volume-create');
+  files.remove(paths.imageNew, 'volume-create');
+  files.writeNewFile(paths.imageNew, { sparseBytes: identity.sizeBytes }, 'volume-create');
+  files.rename(paths.imageNew, paths.image, 'volume-create');
+  files.replaceFile(paths.identity, JSON.stringify(identity, null, 2) + '\n', 'volume-create');
+  files.replaceFile(paths.epochs, encodeEpochHistory(history), 'volume-epochs');
+  installLogDirectory(logOptions, 'log-recreate', { cpSeq: lastSeq, needsFullResync: false, trail: null });
+  const disk = await FileDisk.openProbed(paths.image, identity.sizeBytes, {
+    inlineReadBytesMax: constants.diskInlineReadBytesMax,
+    inlineWriteBytesMax: constants.diskInlineWriteBytesMax,
+    writePieceBytes: constants.diskWritePieceBytes,
+    activity,
+    fileSystem: files.fs,
+  });
+  try {
+    return { disk, log: (await WriteLog.open(logOptions, nothingToReplay('in an attached disk\'s new log'))).log };
+  } catch (error) {
+    await disk.close();
+    throw error;
+  }
+}
+
+/** The attached image is whole (filled and made durable): the marker goes. */
+export function attached(files: DurableFiles, paths: VolumePaths): void {
+  files.remove(attachingMarker(paths), 'volume-create');
 }
 
 /**

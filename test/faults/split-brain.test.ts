@@ -12,6 +12,9 @@
 //    writes again in a new epoch, b saves its writes and follows a.
 // 3. `discard-least-changes`, b with more writes than a: a loses at once (it is the copy
 //    that finds the split brain) and follows b in the same session, its writes saved.
+// 4. `discard-zero-changes`, b promoted but never written to: b loses by itself.
+// 5. `disconnect`, then `resolve --discard b` (after refusals that change nothing): a,
+//    which had stepped down, wins and takes writes again in a new epoch.
 
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -215,4 +218,47 @@ test('discard-least-changes: a, with fewer writes, loses at once and follows b i
   assert.ok(image.equals(fs.readFileSync(a.imagePath('vol0'))), 'a and b hold the same image');
   assert.ok(bOffsets.every((offset) => filled(block(image, offset), 0xb2)), 'every write of b');
   assert.ok(filled(block(image, 1 * MiB), 0), 'a\'s write, discarded (it is in the saved file)');
+});
+
+test('discard-zero-changes: b, promoted but never written to, loses by itself; a takes writes again and b follows it', async () => {
+  const { a, b, cut } = await cluster('blockmirror-split-zero-', 'discard-zero-changes');
+  await diverge(a, b, cut, [1 * MiB], []);
+  await a.waitStatus('a primary again, in epoch 2', (status) => vol0(status).role === 'primary' && vol0(status).epoch === 2, 30_000);
+  await a.waitStatus('b streaming from a', (status) => vol0(status).peers[0]?.replication === 'streaming' && vol0(status).peers[0]?.disk === 'up-to-date', 60_000);
+  await b.waitStatus('b follows a', (status) => vol0(status).source?.node === 'a' && vol0(status).splitBrain === null);
+  for (const node of [a, b]) assert.equal((await node.stop()).code, 0);
+  const image = fs.readFileSync(a.imagePath('vol0'));
+  assert.ok(image.equals(fs.readFileSync(b.imagePath('vol0'))), 'a and b hold the same image');
+  assert.ok(filled(block(image, 1 * MiB), 0xa1), 'a\'s write, acknowledged alone, kept');
+});
+
+test('disconnect, then resolve --discard b: a, stepped down, wins and takes writes again in a new epoch; b saves its writes and follows it', async () => {
+  const { dir, a, b, cut } = await cluster('blockmirror-split-resolve-b-', 'disconnect');
+  await diverge(a, b, cut, [1 * MiB], [20 * MiB]);
+  await a.waitStatus('a reports the split brain', (status) => vol0(status).splitBrain !== null && vol0(status).role === 'secondary');
+  await b.waitStatus('b reports the split brain', (status) => vol0(status).splitBrain !== null);
+  // Refusals that change nothing: a name outside the split brain, and a bad body.
+  const other = await cli('resolve', 'vol0', '--discard', 'c', '--admin', `http://127.0.0.1:${a.adminPort}`, '--winner-admin', `http://127.0.0.1:${b.adminPort}`);
+  assert.equal(other.code, 1);
+  assert.match(other.stderr, /node c finds no split brain of vol0|the split brain of vol0 on node \w is with node \w, not c|cannot reach node c/);
+  const bad = await fetch(`http://127.0.0.1:${a.adminPort}/api/v1/volumes/vol0/resolve`, { method: 'POST', body: '{"discard": 3}' });
+  assert.equal(bad.status, 400);
+  const wrong = await fetch(`http://127.0.0.1:${a.adminPort}/api/v1/volumes/vol0/resolve`, { method: 'POST', body: '{"discard": "c"}' });
+  assert.equal(wrong.status, 409);
+  assert.match(((await wrong.json()) as { error: { message: string } }).error.message, /the split brain of vol0 on node a is with node b, not c/);
+  assert.equal(vol0(await a.status()).splitBrain?.decision, 'disconnect', 'nothing changed');
+
+  const resolved = await cli('resolve', 'vol0', '--discard', 'b', '--admin', `http://127.0.0.1:${b.adminPort}`, '--winner-admin', `http://127.0.0.1:${a.adminPort}`, '--json');
+  assert.equal(resolved.code, 0, `resolve: ${resolved.stdout}${resolved.stderr}`);
+  const done = (JSON.parse(resolved.stdout) as { done: { node: string; discards: boolean; winner: string }[] }).done;
+  assert.deepEqual(done.map((result) => [result.node, result.discards, result.winner]), [['b', true, 'a'], ['a', false, 'a']]);
+  await a.waitStatus('a primary again, in epoch 2', (status) => vol0(status).role === 'primary' && vol0(status).epoch === 2, 30_000);
+  await a.waitStatus('b streaming from a', (status) => vol0(status).peers[0]?.replication === 'streaming' && vol0(status).peers[0]?.disk === 'up-to-date', 60_000);
+  const [file] = savedFiles(b);
+  assert.ok(file !== undefined && path.basename(file) === 'vol0-1.log', `b saved its writes: ${savedFiles(b).join(', ')}`);
+  assert.ok(filled(block(await extracted(dir, file), 20 * MiB), 0xb2));
+  for (const node of [a, b]) assert.equal((await node.stop()).code, 0);
+  const image = fs.readFileSync(a.imagePath('vol0'));
+  assert.ok(image.equals(fs.readFileSync(b.imagePath('vol0'))), 'a and b hold the same image');
+  assert.ok(filled(block(image, 1 * MiB), 0xa1) && filled(block(image, 20 * MiB), 0), 'a\'s write kept, b\'s discarded');
 });

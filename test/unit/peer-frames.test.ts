@@ -28,6 +28,7 @@ import { PeerProtocolError } from '../../src/protocol/peer/errors.js';
 import {
   encodeEntryFrame,
   encodeFrame,
+  encodeReadDataFrame,
   PEER_CONTROL_BODY_BYTES_MAX,
   PEER_DISK_STATES,
   PEER_FRAME_MAGIC,
@@ -130,12 +131,12 @@ const controlMessages: PeerControlMessage[] = [
     durableSeq: 2 ** 32 + index,
     cpSeq: 0,
     diverged: index % 4 !== 0,
-    divergedAfter: [MAX_SAFE, 0, 2 ** 40 + 3, MAX_SAFE - 1][index % 4] ?? MAX_SAFE,
+    divergedAfter: [MAX_SAFE, 0, 2 ** 40 + 3, MAX_SAFE - 1][index % 4] ?? MAX_SAFE, empty: false,
     history: historyOf(index === 0 ? 0xffff_ffff : index, Math.max(index, 1)),
   })),
-  { type: 'ready', epoch: 0, disk: 'up-to-date', lastSeq: 0, durableSeq: 0, cpSeq: 0, diverged: false, divergedAfter: 0, history: [{ epoch: 0, primary: 'q'.repeat(255), firstSeq: 1 }] },
+  { type: 'ready', epoch: 0, disk: 'up-to-date', lastSeq: 0, durableSeq: 0, cpSeq: 0, diverged: false, divergedAfter: 0, empty: false, history: [{ epoch: 0, primary: 'q'.repeat(255), firstSeq: 1 }] },
   // Diverged with nothing past its last entry: only regions to name.
-  { type: 'ready', epoch: 3, disk: 'up-to-date', lastSeq: 12, durableSeq: 12, cpSeq: 12, diverged: true, divergedAfter: 12, history: historyOf(3, 2) },
+  { type: 'ready', epoch: 3, disk: 'up-to-date', lastSeq: 12, durableSeq: 12, cpSeq: 12, diverged: true, divergedAfter: 12, empty: false, history: historyOf(3, 2) },
   { type: 'refuse', code: RefuseCode.AUTH, message: 'wrong secret for node "b"' },
   { type: 'refuse', code: RefuseCode.BUSY, message: '' },
   { type: 'refuse', code: RefuseCode.STALE_EPOCH, message: 'epoch 7 is over: node-b is primary in epoch 9' },
@@ -150,6 +151,9 @@ const controlMessages: PeerControlMessage[] = [
   { type: 'diverged', all: false, extents: Array.from({ length: 64 }, (_, index) => ({ offset: index * 2 ** 20, lengthBytes: 4096 + index })) },
   { type: 'diverged', all: true, extents: [] },
   { type: 'verify', token: 0xffff_ffff, seq: MAX_SAFE, offset: 2 ** 40, lengthBytes: 4 * 1024 * 1024 },
+  { type: 'read', token: 0xffff_ffff, seq: MAX_SAFE, offset: 2 ** 40, lengthBytes: 4 * 1024 * 1024 },
+  { type: 'read', token: 0, seq: 0, offset: 0, lengthBytes: 1 },
+  { type: 'read-failed', token: 7, status: 0xffff },
   { type: 'verified', token: 7, status: 0, digest: Buffer.alloc(32, 0xab) },
   { type: 'in-sync', seq: MAX_SAFE },
   { type: 'in-sync', seq: 0 },
@@ -161,7 +165,7 @@ const controlMessages: PeerControlMessage[] = [
  */
 const largeControlMessages: PeerControlMessage[] = [
   largestHello,
-  { type: 'ready', epoch: 16, disk: 'outdated', lastSeq: 3, durableSeq: 2, cpSeq: 1, diverged: true, divergedAfter: 2, history: historyOf(16, 16, longName) },
+  { type: 'ready', epoch: 16, disk: 'outdated', lastSeq: 3, durableSeq: 2, cpSeq: 1, diverged: true, divergedAfter: 2, empty: false, history: historyOf(16, 16, longName) },
 ];
 
 /** A WRITE entry header and its payload, split into slices as a client write would be. */
@@ -336,6 +340,34 @@ describe('peer frames: round trip', () => {
     assert.equal(frame.readUInt32BE(12), crc32c(Buffer.concat([frame.subarray(0, 12), frame.subarray(16)])));
   });
 
+  test('READ is type 28 laid out as VERIFY; READ_DATA (29) is a WRITE entry whose seq is the token; READ_FAILED (30) is token and status', () => {
+    assert.equal(encodeFrame({ type: 'read', token: 5, seq: 9, offset: 4096, lengthBytes: 512 }).toString('hex', 16), '00000005' + '00000000' + '0000000000000009' + '0000000000001000' + '00000200' + '00000000');
+    const data = Buffer.alloc(700, 0x5a);
+    const frame = Buffer.concat(encodeReadDataFrame(0xffff_ffff, 2 ** 40, data));
+    assert.equal(frame.readUInt8(4), 29);
+    const [decoded] = decodeAll([frame]);
+    assert.equal(decoded?.['type'], 'read-data');
+    const header = decoded?.['header'] as { seq: number; offset: number; lengthBytes: number; type: number };
+    assert.deepEqual([header.seq, header.offset, header.lengthBytes, header.type], [0xffff_ffff, 2 ** 40, 700, EntryType.WRITE]);
+    assert.equal(decoded?.['payload'], data.toString('hex'));
+    assert.equal(encodeFrame({ type: 'read-failed', token: 3, status: 5 }).toString('hex', 16), '00000003' + '0005' + '0000');
+    // Out of range: refused when decoded, asserted when encoded.
+    const readBody = (lengthBytes: number): Buffer => {
+      const body = Buffer.alloc(32);
+      body.writeUInt32BE(lengthBytes, 24);
+      return body;
+    };
+    assertRefused(frameOf(PeerFrameType.READ, readBody(0)), /^READ length 0 outside 1\.\.4194304$/);
+    assertRefused(frameOf(PeerFrameType.READ, readBody(4 * 1024 * 1024 + 1)), /^READ length 4194305 outside/);
+    assertRefused(frameOf(PeerFrameType.READ_FAILED, Buffer.alloc(8)), /^READ_FAILED with status 0$/);
+    assert.throws(() => encodeFrame({ type: 'read', token: 1, seq: 1, offset: 0, lengthBytes: 0 }), AssertionError);
+    assert.throws(() => encodeReadDataFrame(1, 0, Buffer.alloc(0)), AssertionError);
+    // READ_DATA that is not a WRITE with bytes, or larger than the ENTRY body limit.
+    const zeroes = encodeEntryHeader({ type: EntryType.ZEROES, flags: 0, logId: 0, volumeId: 0, seq: 1, durableSeq: 0, offset: 0, lengthBytes: 4096, generation: 0, epoch: 0 }, []);
+    assertRefused(frameOf(PeerFrameType.READ_DATA, zeroes), /^READ_DATA must carry a WRITE entry with bytes$/);
+    assertRefused(Buffer.concat(encodeReadDataFrame(1, 0, Buffer.alloc(PAYLOAD_MAX + 1))), /READ_DATA body of \d+ bytes exceeds/);
+  });
+
   test('SPLIT_BRAIN is type 6: decision byte, epoch at 4, then sharedSeq, lastSeq, targetEntries, targetBytes, sourceEntries and the history', () => {
     const frame = encodeFrame({ type: 'split-brain', decision: 'discard-source', sharedSeq: 2, lastSeq: 9, epoch: 7, history: historyOf(7, 1), targetEntries: 3, targetBytes: 2 ** 40, sourceEntries: 4 });
     assert.equal(frame.readUInt8(4), 6);
@@ -360,17 +392,17 @@ describe('peer frames: round trip', () => {
       cluster: 'c', fromNode: 'a', toNode: 'b', volume: 'v', epoch: 7, lastSeq: 9, history,
     });
     assert.equal(helloFrame.subarray(16).toString('hex'), helloBody().toString('hex'));
-    const readyFrame = encodeFrame({ type: 'ready', epoch: 7, disk: 'up-to-date', lastSeq: 9, durableSeq: 8, cpSeq: 5, diverged: true, divergedAfter: 6, history });
+    const readyFrame = encodeFrame({ type: 'ready', epoch: 7, disk: 'up-to-date', lastSeq: 9, durableSeq: 8, cpSeq: 5, diverged: true, divergedAfter: 6, empty: false, history });
     assert.equal(readyFrame.subarray(16).toString('hex'), readyBody().toString('hex'));
     // Spelled out once more for a first entry beyond 2^32 and a multi-byte name.
-    const wide = encodeFrame({ type: 'ready', epoch: 0x0102_0304, disk: 'up-to-date', lastSeq: 0, durableSeq: 0, cpSeq: 0, diverged: false, divergedAfter: 0, history: [{ epoch: 0x0102_0304, primary: 'é', firstSeq: 2 ** 40 + 3 }] });
+    const wide = encodeFrame({ type: 'ready', epoch: 0x0102_0304, disk: 'up-to-date', lastSeq: 0, durableSeq: 0, cpSeq: 0, diverged: false, divergedAfter: 0, empty: false, history: [{ epoch: 0x0102_0304, primary: 'é', firstSeq: 2 ** 40 + 3 }] });
     assert.equal(wide.toString('hex', 16 + 40), '0001' + '01020304' + '0000010000000003' + '0002' + 'c3a9');
   });
 
   test("READY's fixed part is 40 bytes: the DIVERGED flag in byte 5, divergedAfter the u64 at offset 32 after cpSeq", () => {
     const history = [{ epoch: 7, primary: 'a', firstSeq: 1 }];
     const body = encodeFrame({
-      type: 'ready', epoch: 7, disk: 'outdated', lastSeq: 2 ** 40 + 9, durableSeq: 2 ** 40 + 8, cpSeq: 2 ** 40 + 5, diverged: true, divergedAfter: 2 ** 40 + 6, history,
+      type: 'ready', epoch: 7, disk: 'outdated', lastSeq: 2 ** 40 + 9, durableSeq: 2 ** 40 + 8, cpSeq: 2 ** 40 + 5, diverged: true, divergedAfter: 2 ** 40 + 6, empty: false, history,
     }).subarray(16);
     assert.equal(body.length, 40 + 2 + 14 + 1);
     assert.equal(
@@ -379,28 +411,35 @@ describe('peer frames: round trip', () => {
     );
     assert.equal(body.toString('hex', 40), '0001' + '00000007' + '0000000000000001' + '0001' + '61');
     // No divergence: no flag, and the field repeats lastSeq.
-    const none = encodeFrame({ type: 'ready', epoch: 7, disk: 'outdated', lastSeq: MAX_SAFE, durableSeq: 0, cpSeq: 0, diverged: false, divergedAfter: MAX_SAFE, history }).subarray(16);
+    const none = encodeFrame({ type: 'ready', epoch: 7, disk: 'outdated', lastSeq: MAX_SAFE, durableSeq: 0, cpSeq: 0, diverged: false, divergedAfter: MAX_SAFE, empty: false, history }).subarray(16);
     assert.equal(none.toString('hex', 5, 8), '000000');
     assert.equal(none.toString('hex', 32, 40), '001fffffffffffff');
   });
 
   test('READY: unknown flags, and divergedAfter below lastSeq without DIVERGED, are refused', () => {
-    for (const flags of [2, 0x80, 0xff]) {
+    for (const flags of [4, 0x80, 0xff]) {
       const body = readyBody();
       body.writeUInt8(flags, 5);
       assert.throws(() => decodeAll([frameOf(PeerFrameType.READY, body)]), new RegExp(`READY flags ${flags} are unknown`));
     }
+    // EMPTY (bit 1) only with no entry held.
+    const emptyWithEntries = readyBody();
+    emptyWithEntries.writeUInt8(3, 5);
+    assert.throws(() => decodeAll([frameOf(PeerFrameType.READY, emptyWithEntries)]), /READY says the copy is empty, yet it holds entries up to 9/);
+    const empty = readyBody({ lastSeq: 0, divergedAfter: 0 });
+    empty.writeUInt8(2, 5);
+    assert.equal(decodeAll([frameOf(PeerFrameType.READY, empty)])[0]?.['empty'], true);
     const undeclared = readyBody();
     undeclared.writeUInt8(0, 5);
     assert.throws(() => decodeAll([frameOf(PeerFrameType.READY, undeclared)]), /READY divergedAfter 6 without DIVERGED must be its last entry 9/);
     const history = [{ epoch: 7, primary: 'a', firstSeq: 1 }];
-    assert.throws(() => encodeFrame({ type: 'ready', epoch: 7, disk: 'up-to-date', lastSeq: 9, durableSeq: 0, cpSeq: 0, diverged: false, divergedAfter: 6, history }), AssertionError);
+    assert.throws(() => encodeFrame({ type: 'ready', epoch: 7, disk: 'up-to-date', lastSeq: 9, durableSeq: 0, cpSeq: 0, diverged: false, divergedAfter: 6, empty: false, history }), AssertionError);
   });
 
   test('READY divergedAfter comes back below lastSeq, equal to it, and at 0', () => {
     const history = [{ epoch: 7, primary: 'a', firstSeq: 1 }];
     for (const [lastSeq, divergedAfter] of [[9, 6], [9, 9], [9, 0], [0, 0], [MAX_SAFE, MAX_SAFE - 1], [MAX_SAFE, MAX_SAFE], [2 ** 40, 2 ** 32]] as const) {
-      const message: PeerControlMessage = { type: 'ready', epoch: 7, disk: 'up-to-date', lastSeq, durableSeq: 0, cpSeq: 0, diverged: divergedAfter !== lastSeq, divergedAfter, history };
+      const message: PeerControlMessage = { type: 'ready', epoch: 7, disk: 'up-to-date', lastSeq, durableSeq: 0, cpSeq: 0, diverged: divergedAfter !== lastSeq, empty: false, divergedAfter, history };
       const [decoded] = decodeAll([encodeFrame(message)]);
       assert.deepEqual(decoded, plain(message), `lastSeq ${lastSeq}, divergedAfter ${divergedAfter}`);
       assert.equal(decoded?.['divergedAfter'], divergedAfter);
@@ -480,7 +519,7 @@ describe('peer frames: round trip', () => {
     assert.throws(() => encodeFrame({ ...hello, connectionIndex: 4 } as PeerControlMessage), AssertionError);
     assert.throws(() => encodeFrame({ type: 'flush', seq: MAX_SAFE + 1 }), AssertionError);
     assert.throws(() => encodeFrame({ type: 'in-sync', seq: MAX_SAFE + 1 }), AssertionError);
-    const ready: PeerControlMessage = { type: 'ready', epoch: 7, disk: 'up-to-date', lastSeq: 9, durableSeq: 8, cpSeq: 5, diverged: true, divergedAfter: 9, history: historyOf(7, 1) };
+    const ready: PeerControlMessage = { type: 'ready', epoch: 7, disk: 'up-to-date', lastSeq: 9, durableSeq: 8, cpSeq: 5, diverged: true, divergedAfter: 9, empty: false, history: historyOf(7, 1) };
     assert.doesNotThrow(() => encodeFrame(ready));
     assert.throws(() => encodeFrame({ ...ready, divergedAfter: 10 }), AssertionError, 'divergedAfter past lastSeq');
     assert.throws(() => encodeFrame({ ...ready, lastSeq: 0, divergedAfter: 1 }), AssertionError, 'divergedAfter past lastSeq 0');
@@ -492,7 +531,7 @@ describe('peer frames: round trip', () => {
   });
 
   test('encoders assert on a history this node must never send', () => {
-    const ready: PeerControlMessage = { type: 'ready', epoch: 7, disk: 'up-to-date', lastSeq: 0, durableSeq: 0, cpSeq: 0, diverged: false, divergedAfter: 0, history: historyOf(7, 2) };
+    const ready: PeerControlMessage = { type: 'ready', epoch: 7, disk: 'up-to-date', lastSeq: 0, durableSeq: 0, cpSeq: 0, diverged: false, divergedAfter: 0, empty: false, history: historyOf(7, 2) };
     for (const message of [{ ...hello, epoch: 7, history: historyOf(7, 2) }, ready]) {
       assert.doesNotThrow(() => encodeFrame(message), message.type);
       const bad: [string, PeerEpochStart[]][] = [
@@ -592,7 +631,7 @@ describe('peer frames: damage and illegal frames', () => {
   });
 
   test('unknown frame types', () => {
-    for (const type of [0, 7, 15, 28, 255]) assertRefused(frameOf(type, Buffer.alloc(8)), /unknown peer frame type/);
+    for (const type of [0, 7, 15, 31, 255]) assertRefused(frameOf(type, Buffer.alloc(8)), /unknown peer frame type/);
   });
 
   test('nonzero reserved header bytes', () => {
@@ -673,7 +712,7 @@ describe('peer frames: damage and illegal frames', () => {
     assertRefused(frameOf(PeerFrameType.READY, Buffer.concat([readyBody(), historyBytes(HISTORY_7)])), /READY body has \d+ extra bytes/);
     // The well-formed body these were made from is accepted.
     assert.deepEqual(decodeAll([frameOf(PeerFrameType.READY, readyBody())]), [{
-      type: 'ready', epoch: 7, disk: 'up-to-date', lastSeq: 9, durableSeq: 8, cpSeq: 5, diverged: true, divergedAfter: 6,
+      type: 'ready', epoch: 7, disk: 'up-to-date', lastSeq: 9, durableSeq: 8, cpSeq: 5, diverged: true, divergedAfter: 6, empty: false,
       history: [{ epoch: 3, firstSeq: 1, primary: 'b' }, { epoch: 7, firstSeq: 100, primary: 'a' }],
     }]);
   });

@@ -205,6 +205,23 @@ describe('PrimaryCore', () => {
     assert.equal(core.repair('c'), false, 'c is not streaming');
   });
 
+  test('an empty copy (a replaced disk) is reset in full, unless every write since entry 1 was marked for it', () => {
+    // b was in sync until it went; its disk comes back empty, while the log no longer holds entry 1.
+    const replaced = makeCore({ cleanStopSeq: 0, resyncNeeded: [], divergedAfter: {} });
+    for (let seq = 1; seq <= 3; seq += 1) replaced.placed({ seq, bytes: 100, offset: 0, lengthBytes: 512, frame: `e${seq}` });
+    replaced.checkpoint(3);
+    replaced.connecting('b');
+    const reset = replaced.connected('b', { ...behind, disk: 'up-to-date', empty: true }, () => false).find((action) => action.kind === 'send-reset');
+    assert.deepEqual(reset, { kind: 'send-reset', peer: 'b', seq: 3, reportAfter: 3, full: true });
+    // b never held an entry: every write since the first was marked for it, which its bitmap names.
+    const late = makeCore({ cleanStopSeq: 0, resyncNeeded: [], divergedAfter: {}, ackedAlone: { b: 1 } }, bitmapOf(0));
+    for (let seq = 1; seq <= 3; seq += 1) late.placed({ seq, bytes: 100, offset: 0, lengthBytes: 512, frame: `e${seq}` });
+    late.checkpoint(3);
+    late.connecting('b');
+    const partial = late.connected('b', { ...behind, disk: 'up-to-date', empty: true }, () => false).find((action) => action.kind === 'send-reset');
+    assert.equal(partial?.kind === 'send-reset' ? partial.full : null, false);
+  });
+
   test('a clean stop writes the bitmaps, then the record naming the stop and the peers that still need a resync', () => {
     const core = makeCore({ cleanStopSeq: 0, resyncNeeded: ['b'], divergedAfter: {} }, bitmapOf(1));
     const actions = core.cleanStop(0);

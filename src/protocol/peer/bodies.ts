@@ -3,6 +3,10 @@
 // module sees one whole, checksummed body at a time. Encoders take this node's own values,
 // so a bad argument is a bug and asserts; decoders take the network's, so every problem
 // is a PeerProtocolError.
+//
+// Why one file of this size: it is the protocol's one table of layouts, an encoder and a
+// decoder case per frame side by side, so that a field changed on one side is seen to be
+// changed on the other.
 
 import { assert } from '../../lib/assert.js';
 import { decodeEntryHeader, ENTRY_HEADER_BYTES, payloadMatches } from '../log-entry.js';
@@ -14,6 +18,7 @@ import {
   PEER_DIVERGED_EXTENTS_MAX,
   PEER_HISTORY_EPOCHS_MAX,
   PEER_VERIFY_BYTES_MAX,
+  PEER_READ_BYTES_MAX,
   PEER_MAC_BYTES,
   PEER_NAME_BYTES_MAX,
   PEER_NONCE_BYTES,
@@ -31,6 +36,8 @@ import { nameBytes, readU64, writeU64 } from '../../lib/wire.js';
 const KNOWN_REFUSE_CODES = new Set<number>(Object.values(RefuseCode));
 /** READY's flags byte: the target diverged (see PeerReady.diverged). */
 const READY_DIVERGED = 1;
+/** READY's flags byte: the target's image is empty, made at its last start (see PeerReady.empty). */
+const READY_EMPTY = 2;
 /** SPLIT_BRAIN's decision byte: 0 leaves the copies apart; this one discards the source's writes. */
 const SPLIT_BRAIN_DISCARD_SOURCE = 1;
 
@@ -47,6 +54,8 @@ export const FIXED_BODY_BYTES: ReadonlyMap<number, number> = new Map<number, num
   [PeerFrameType.RESET_DONE, 12],
   [PeerFrameType.IN_SYNC, 8],
   [PeerFrameType.VERIFY, 32],
+  [PeerFrameType.READ, 32],
+  [PeerFrameType.READ_FAILED, 8],
   [PeerFrameType.VERIFIED, 8 + PEER_DIGEST_BYTES],
 ]);
 
@@ -103,7 +112,8 @@ export function encodeControlBody(message: PeerControlMessage): Buffer {
       const out = Buffer.alloc(40 + history.length);
       out.writeUInt32BE(message.epoch, 0);
       out.writeUInt8(disk, 4);
-      out.writeUInt8(message.diverged ? READY_DIVERGED : 0, 5);
+      assert(!message.empty || message.lastSeq === 0, 'READY empty with entries');
+      out.writeUInt8((message.diverged ? READY_DIVERGED : 0) | (message.empty ? READY_EMPTY : 0), 5);
       writeU64(out, 8, message.lastSeq);
       writeU64(out, 16, message.durableSeq);
       writeU64(out, 24, message.cpSeq);
@@ -175,6 +185,24 @@ export function encodeControlBody(message: PeerControlMessage): Buffer {
       writeU64(out, 8, message.seq);
       writeU64(out, 16, message.offset);
       out.writeUInt32BE(message.lengthBytes, 24);
+      return out;
+    }
+    case 'read': {
+      assertUint(message.token, 0xffffffff, 'token');
+      assert(message.lengthBytes >= 1 && message.lengthBytes <= PEER_READ_BYTES_MAX, 'READ length out of range');
+      const out = Buffer.alloc(32);
+      out.writeUInt32BE(message.token, 0);
+      writeU64(out, 8, message.seq);
+      writeU64(out, 16, message.offset);
+      out.writeUInt32BE(message.lengthBytes, 24);
+      return out;
+    }
+    case 'read-failed': {
+      assertUint(message.token, 0xffffffff, 'token');
+      assert(message.status >= 1 && message.status <= 0xffff, 'READ_FAILED status 1..65535');
+      const out = Buffer.alloc(8);
+      out.writeUInt32BE(message.token, 0);
+      out.writeUInt16BE(message.status, 4);
       return out;
     }
     case 'verified': {
@@ -294,14 +322,14 @@ class BodyReader {
 }
 
 /** Any frame body but ENTRY's (see decodeEntryBody). */
-export function decodeBody(type: Exclude<PeerFrameType, typeof PeerFrameType.ENTRY>, body: Buffer): PeerMessage {
+export function decodeBody(type: Exclude<PeerFrameType, typeof PeerFrameType.ENTRY | typeof PeerFrameType.READ_DATA>, body: Buffer): PeerMessage {
   const reader = new BodyReader(body, peerFrameName(type));
   const message = decodeControlBody(type, reader);
   reader.end();
   return message;
 }
 
-function decodeControlBody(type: Exclude<PeerFrameType, typeof PeerFrameType.ENTRY>, reader: BodyReader): PeerControlMessage {
+function decodeControlBody(type: Exclude<PeerFrameType, typeof PeerFrameType.ENTRY | typeof PeerFrameType.READ_DATA>, reader: BodyReader): PeerControlMessage {
   switch (type) {
     case PeerFrameType.HELLO: {
       const version = reader.u16();
@@ -331,7 +359,7 @@ function decodeControlBody(type: Exclude<PeerFrameType, typeof PeerFrameType.ENT
       const disk = PEER_DISK_STATES[diskCode];
       if (disk === undefined) throw new PeerProtocolError(`READY disk state ${diskCode} is unknown`);
       const flags = reader.u8();
-      if ((flags & ~READY_DIVERGED) !== 0) throw new PeerProtocolError(`READY flags ${flags} are unknown`);
+      if ((flags & ~(READY_DIVERGED | READY_EMPTY)) !== 0) throw new PeerProtocolError(`READY flags ${flags} are unknown`);
       reader.zeroes(2);
       const lastSeq = reader.u64('lastSeq');
       const durableSeq = reader.u64('durableSeq');
@@ -339,9 +367,11 @@ function decodeControlBody(type: Exclude<PeerFrameType, typeof PeerFrameType.ENT
       const divergedAfter = reader.u64('divergedAfter');
       if (divergedAfter > lastSeq) throw new PeerProtocolError(`READY divergedAfter ${divergedAfter} is past its last entry ${lastSeq}`);
       const diverged = (flags & READY_DIVERGED) !== 0;
+      const empty = (flags & READY_EMPTY) !== 0;
+      if (empty && lastSeq !== 0) throw new PeerProtocolError(`READY says the copy is empty, yet it holds entries up to ${lastSeq}`);
       if (!diverged && divergedAfter !== lastSeq) throw new PeerProtocolError(`READY divergedAfter ${divergedAfter} without DIVERGED must be its last entry ${lastSeq}`);
       const history = readHistory(reader, epoch);
-      return { type: 'ready', epoch, disk, lastSeq, durableSeq, cpSeq, diverged, divergedAfter, history };
+      return { type: 'ready', epoch, disk, lastSeq, durableSeq, cpSeq, diverged, divergedAfter, empty, history };
     }
     case PeerFrameType.REFUSE: {
       const code = reader.u16();
@@ -400,6 +430,23 @@ function decodeControlBody(type: Exclude<PeerFrameType, typeof PeerFrameType.ENT
       reader.zeroes(4);
       if (lengthBytes === 0 || lengthBytes > PEER_VERIFY_BYTES_MAX) throw new PeerProtocolError(`VERIFY length ${lengthBytes} outside 1..${PEER_VERIFY_BYTES_MAX}`);
       return { type: 'verify', token, seq, offset, lengthBytes };
+    }
+    case PeerFrameType.READ: {
+      const token = reader.u32();
+      reader.zeroes(4);
+      const seq = reader.u64('seq');
+      const offset = reader.u64('offset');
+      const lengthBytes = reader.u32();
+      reader.zeroes(4);
+      if (lengthBytes === 0 || lengthBytes > PEER_READ_BYTES_MAX) throw new PeerProtocolError(`READ length ${lengthBytes} outside 1..${PEER_READ_BYTES_MAX}`);
+      return { type: 'read', token, seq, offset, lengthBytes };
+    }
+    case PeerFrameType.READ_FAILED: {
+      const token = reader.u32();
+      const status = reader.u16();
+      reader.zeroes(2);
+      if (status === 0) throw new PeerProtocolError('READ_FAILED with status 0');
+      return { type: 'read-failed', token, status };
     }
     case PeerFrameType.VERIFIED: {
       const token = reader.u32();
@@ -465,13 +512,13 @@ function readHistory(reader: BodyReader, epoch: number): PeerEpochStart[] {
  * An ENTRY body given as its first 64 bytes (the entry header) and the rest as slices;
  * `bodyBytes` is the frame's body length. The body must be at least a header long.
  */
-export function decodeEntryBody(head: Buffer, payload: Buffer[], bodyBytes: number): PeerEntry {
-  if (bodyBytes < ENTRY_HEADER_BYTES) throw new PeerProtocolError(`ENTRY body of ${bodyBytes} bytes is shorter than its header`);
+export function decodeEntryBody(head: Buffer, payload: Buffer[], bodyBytes: number, name = 'ENTRY'): PeerEntry {
+  if (bodyBytes < ENTRY_HEADER_BYTES) throw new PeerProtocolError(`${name} body of ${bodyBytes} bytes is shorter than its header`);
   const header = decodeEntryHeader(head, 0);
-  if (typeof header === 'string') throw new PeerProtocolError(`ENTRY header is invalid (${header})`);
+  if (typeof header === 'string') throw new PeerProtocolError(`${name} header is invalid (${header})`);
   if (bodyBytes !== ENTRY_HEADER_BYTES + header.payloadBytes) {
-    throw new PeerProtocolError(`ENTRY body of ${bodyBytes} bytes does not match payload of ${header.payloadBytes}`);
+    throw new PeerProtocolError(`${name} body of ${bodyBytes} bytes does not match payload of ${header.payloadBytes}`);
   }
-  if (!payloadMatches(header, payload)) throw new PeerProtocolError(`ENTRY seq ${header.seq} payload checksum mismatch`);
+  if (!payloadMatches(header, payload)) throw new PeerProtocolError(`${name} seq ${header.seq} payload checksum mismatch`);
   return { type: 'entry', header, payload, bodyBytes };
 }

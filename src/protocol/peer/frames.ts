@@ -11,18 +11,20 @@
 //
 // An ENTRY frame's CRC covers its 64-byte log entry header only: that header carries the
 // CRC32C of the payload, which the decoder checks too. The payload is checksummed once
-// on each side instead of twice, which matters for large writes.
+// on each side instead of twice, which matters for large writes. READ_DATA is laid out
+// and checked the same way.
 
 import { assert } from '../../lib/assert.js';
 import { ByteQueue } from '../../lib/byte-queue.js';
 import { crc32c } from '../../lib/crc32c.js';
-import { decodeEntryHeader, ENTRY_HEADER_BYTES } from '../log-entry.js';
+import { decodeEntryHeader, encodeEntryHeader, ENTRY_HEADER_BYTES, EntryType } from '../log-entry.js';
 import { decodeBody, decodeEntryBody, encodeControlBody, FIXED_BODY_BYTES } from './bodies.js';
 import { PeerProtocolError } from './errors.js';
 import {
   PEER_CONTROL_BODY_BYTES_MAX,
   PEER_FRAME_HEADER_BYTES,
   PEER_FRAME_MAGIC,
+  PEER_READ_BYTES_MAX,
   PeerFrameType,
   peerFrameName,
   type PeerControlMessage,
@@ -51,6 +53,9 @@ const TYPE_CODES: Record<PeerMessage['type'], PeerFrameType> = {
   verify: PeerFrameType.VERIFY,
   verified: PeerFrameType.VERIFIED,
   'in-sync': PeerFrameType.IN_SYNC,
+  read: PeerFrameType.READ,
+  'read-data': PeerFrameType.READ_DATA,
+  'read-failed': PeerFrameType.READ_FAILED,
 };
 const KNOWN_TYPES = new Set<number>(Object.values(PeerFrameType));
 
@@ -84,7 +89,18 @@ export function encodeEntryFrame(entryHeader: Buffer, payload: readonly Buffer[]
   return [encodeFrameHeader(PeerFrameType.ENTRY, ENTRY_HEADER_BYTES + payloadBytes, [entryHeader]), entryHeader, ...payload];
 }
 
-/** Any frame but ENTRY, as one buffer. */
+/**
+ * A READ_DATA frame answering READ `token`: the bytes of the range at `offset`, as buffers
+ * to write in order (the data is not copied).
+ */
+export function encodeReadDataFrame(token: number, offset: number, data: Buffer): Buffer[] {
+  assert(Number.isInteger(token) && token >= 0 && token <= 0xffffffff, 'READ token out of range');
+  assert(data.length > 0 && data.length <= PEER_READ_BYTES_MAX, 'READ_DATA of 1..PEER_READ_BYTES_MAX bytes');
+  const entryHeader = encodeEntryHeader({ type: EntryType.WRITE, flags: 0, logId: 0, volumeId: 0, seq: token, durableSeq: 0, offset, lengthBytes: data.length, generation: 0, epoch: 0 }, [data]);
+  return [encodeFrameHeader(PeerFrameType.READ_DATA, ENTRY_HEADER_BYTES + data.length, [entryHeader]), entryHeader, data];
+}
+
+/** Any frame but ENTRY and READ_DATA, as one buffer. */
 export function encodeFrame(message: PeerControlMessage): Buffer {
   const body = encodeControlBody(message);
   return Buffer.concat([encodeFrameHeader(TYPE_CODES[message.type], body.length, [body]), body]);
@@ -143,14 +159,21 @@ export class PeerFrameDecoder {
         const frame = this.pending;
         if (this.queue.length < frame.bodyBytes) break;
         this.pending = undefined;
-        if (frame.type === PeerFrameType.ENTRY) {
+        if (frame.type === PeerFrameType.ENTRY || frame.type === PeerFrameType.READ_DATA) {
           // The entry header (decodeHeader made sure the body holds one) is copied if it
           // spans chunks; the payload never is: it stays slices of the received chunks
           // (its CRC is in the header, checked below).
           const head = this.queue.read(ENTRY_HEADER_BYTES);
           const payload = this.queue.readSlices(frame.bodyBytes - ENTRY_HEADER_BYTES);
-          if (crc32c([frame.prefix, head]) !== frame.crc) throw new PeerProtocolError('ENTRY frame checksum mismatch');
-          messages.push(decodeEntryBody(head, payload, frame.bodyBytes));
+          const name = peerFrameName(frame.type);
+          if (crc32c([frame.prefix, head]) !== frame.crc) throw new PeerProtocolError(`${name} frame checksum mismatch`);
+          const entry = decodeEntryBody(head, payload, frame.bodyBytes, name);
+          if (frame.type === PeerFrameType.ENTRY) {
+            messages.push(entry);
+            continue;
+          }
+          if (entry.header.type !== EntryType.WRITE || entry.header.lengthBytes === 0) throw new PeerProtocolError('READ_DATA must carry a WRITE entry with bytes');
+          messages.push({ type: 'read-data', header: entry.header, payload: entry.payload, bodyBytes: entry.bodyBytes });
           continue;
         }
         // Copies only when the body spans chunks, once, now that all of it is here.
@@ -186,10 +209,11 @@ export class PeerFrameDecoder {
     if (fixed !== undefined && bodyBytes !== fixed) {
       throw new PeerProtocolError(`${name} body of ${bodyBytes} bytes, expected ${fixed}`);
     }
-    const max = type === PeerFrameType.ENTRY ? this.entryBodyBytesMax : PEER_CONTROL_BODY_BYTES_MAX;
+    const entryLike = type === PeerFrameType.ENTRY || type === PeerFrameType.READ_DATA;
+    const max = entryLike ? this.entryBodyBytesMax : PEER_CONTROL_BODY_BYTES_MAX;
     if (bodyBytes > max) throw new PeerProtocolError(`${name} body of ${bodyBytes} bytes exceeds ${max}`);
-    if (type === PeerFrameType.ENTRY && bodyBytes < ENTRY_HEADER_BYTES) {
-      throw new PeerProtocolError(`ENTRY body of ${bodyBytes} bytes is shorter than an entry header`);
+    if (entryLike && bodyBytes < ENTRY_HEADER_BYTES) {
+      throw new PeerProtocolError(`${name} body of ${bodyBytes} bytes is shorter than an entry header`);
     }
     return { type: type as PeerFrameType, bodyBytes, crc: header.readUInt32BE(12), prefix: header.subarray(0, 12) };
   }

@@ -24,6 +24,8 @@ export const PEER_CONTROL_BODY_BYTES_MAX = 8192;
 export const PEER_DIVERGED_EXTENTS_MAX = 64;
 /** The largest region one VERIFY may ask about. */
 export const PEER_VERIFY_BYTES_MAX = 4 * 1024 * 1024;
+/** The largest range one READ may ask for (its answer must also fit the reader's ENTRY body limit). */
+export const PEER_READ_BYTES_MAX = 4 * 1024 * 1024;
 export const PEER_DIGEST_BYTES = 32;
 
 export const PeerFrameType = {
@@ -57,6 +59,14 @@ export const PeerFrameType = {
    * replies (sync mode) until the session ends. Sent when it starts to stream.
    */
   IN_SYNC: 27,
+  /**
+   * A primary whose own disk failed (diskless) reads from an up-to-date peer: READ asks
+   * for a range as of entry `seq`; READ_DATA (laid out as an ENTRY: a WRITE entry header,
+   * its `seq` the READ's token, then the bytes) answers it, or READ_FAILED with a status.
+   */
+  READ: 28,
+  READ_DATA: 29,
+  READ_FAILED: 30,
 } as const;
 export type PeerFrameType = (typeof PeerFrameType)[keyof typeof PeerFrameType];
 
@@ -134,6 +144,12 @@ export interface PeerReady {
    */
   diverged: boolean;
   divergedAfter: number;
+  /**
+   * The target's image was made empty at its last start (a new or replaced disk) and it
+   * holds no entry: it lacks whatever the source holds, unless the source's records say
+   * they name all of it.
+   */
+  empty: boolean;
   /** The target's history, ending with `epoch` (the source finds from it where the copies part). */
   history: PeerEpochStart[];
 }
@@ -185,10 +201,15 @@ export interface PeerDiverged { type: 'diverged'; all: boolean; extents: { offse
 export interface PeerVerify { type: 'verify'; token: number; seq: number; offset: number; lengthBytes: number }
 export interface PeerVerified { type: 'verified'; token: number; status: number; digest: Buffer }
 export interface PeerInSync { type: 'in-sync'; seq: number }
+/** The bytes of [offset, offset+lengthBytes) once every entry up to `seq` is in the image. */
+export interface PeerRead { type: 'read'; token: number; seq: number; offset: number; lengthBytes: number }
+/** READ's answer: `header.seq` is its token, `header.offset`/`lengthBytes` its range, the payload its bytes. */
+export interface PeerReadData { type: 'read-data'; header: EntryHeader; payload: Buffer[]; bodyBytes: number }
+export interface PeerReadFailed { type: 'read-failed'; token: number; status: number }
 
 export type PeerMessage =
   | PeerHello | PeerChallenge | PeerAuth | PeerReady | PeerRefuse | PeerSplitBrain | PeerEntry
   | PeerAck | PeerFlush | PeerFlushed | PeerSync | PeerSynced | PeerReset | PeerResetDone
-  | PeerDiverged | PeerVerify | PeerVerified | PeerInSync;
-/** Everything `encodeFrame` encodes: ENTRY has its own zero-copy encoder. */
-export type PeerControlMessage = Exclude<PeerMessage, PeerEntry>;
+  | PeerDiverged | PeerVerify | PeerVerified | PeerInSync | PeerRead | PeerReadData | PeerReadFailed;
+/** Everything `encodeFrame` encodes: ENTRY and READ_DATA have their own zero-copy encoders. */
+export type PeerControlMessage = Exclude<PeerMessage, PeerEntry | PeerReadData>;
