@@ -16,8 +16,9 @@
 // and 4k random write IOPS while a resync runs against those without (see benchResync).
 //
 // The failover section measures, on a two-node sync volume, the time from SIGKILL of the
-// primary to the first write acknowledged by the secondary promoted at once (see
-// benchFailover), over BENCH_FAILOVER_RUNS runs (default 10).
+// primary to the first write acknowledged by the secondary promoted at once, and what a
+// failed disk under the primary costs a client's writes (see benchFailover), each over
+// BENCH_FAILOVER_RUNS runs (default 10).
 //
 // Environment: BENCH_SECTIONS (comma list of servers, recovery, resync, failover; default all),
 // BENCH_RUNTIME_S (default 10), BENCH_SIZE (default 1G), BENCH_SERVERS
@@ -37,6 +38,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { VolumeStatus } from '../src/server/status.js';
+import { runCleanupSteps } from '../test/helpers/fuse.js';
+import { PoweredStack } from '../test/helpers/nbdkit-disk.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const cli = path.join(root, 'bin/blockmirror.cjs');
@@ -1404,6 +1407,20 @@ interface FailoverRun {
 interface FailoverFigures {
   runs: FailoverRun[];
   volumeBytes: number;
+  /** The failed-disk runs (empty when they could not run here: not root, or tools missing). */
+  disk: DiskFailureRun[];
+  diskSkipped: string | null;
+}
+
+interface DiskFailureRun {
+  /** The median latency of the client's writes before the disk failed. */
+  beforeP50Ms: number;
+  /** The slowest write under way between the failure and a second after the node went diskless. */
+  slowestMs: number;
+  /** From the failure (the error filter's trigger) to node a's status saying diskless. */
+  disklessMs: number;
+  /** The median latency of the client's writes a second after the node went diskless and later. */
+  afterP50Ms: number;
 }
 
 /**
@@ -1465,22 +1482,136 @@ async function benchFailover(): Promise<FailoverFigures> {
     runs.push(await failoverOnce(run));
     process.stderr.write(`  failover ${run + 1}/${failoverRuns}: ${JSON.stringify(runs[runs.length - 1])}\n`);
   }
-  return { runs, volumeBytes: sizeBytes };
+  const disk: DiskFailureRun[] = [];
+  const diskSkipped = process.getuid?.() === 0 ? null : 'not root (the failing disk is a mount of nbdfuse and a loop device)';
+  for (let run = 0; diskSkipped === null && run < failoverRuns; run += 1) {
+    disk.push(await diskFailureOnce(run));
+    process.stderr.write(`  failed disk ${run + 1}/${failoverRuns}: ${JSON.stringify(disk[disk.length - 1])}\n`);
+  }
+  return { runs, volumeBytes: sizeBytes, disk, diskSkipped };
+}
+
+/**
+ * A client's sequential 4 KiB FUA writes through libnbd, each timed: one line per write,
+ * `<start, ms since the epoch> <latency ms>`, until `count` writes are done.
+ */
+const timedWriter = `
+import sys, time, nbd
+uri, count = sys.argv[1], int(sys.argv[2])
+h = nbd.NBD()
+h.connect_uri(uri)
+buf = bytearray(b'\\x5a' * 4096)
+size = h.get_size()
+for i in range(count):
+    start = time.time()
+    t0 = time.perf_counter()
+    h.pwrite(buf, (i * 4096) % size, nbd.CMD_FLAG_FUA)
+    print('%.3f %.3f' % (start * 1000, (time.perf_counter() - t0) * 1000), flush=True)
+h.shutdown()
+`;
+
+/**
+ * One failed disk: a two-node sync volume whose node a keeps its data directory on ext4
+ * over nbdkit's error filter (as test/faults/failed-disk.test.ts); a client writes 4 KiB
+ * with FUA through node a, one at a time; after 500 writes the filter's trigger is
+ * created, node a goes diskless, and the client writes on. What the failure cost the
+ * client is the slowest write under way from the failure until a second after node a
+ * said it was diskless.
+ */
+async function diskFailureOnce(run: number): Promise<DiskFailureRun> {
+  const dir = path.join(workDir, `failed-disk-${run}`);
+  fs.rmSync(dir, { recursive: true, force: true });
+  fs.mkdirSync(dir, { recursive: true });
+  const config = await writeMirrorConfig(dir, 'sync');
+  const backing = path.join(dir, 'backing.img');
+  const trigger = path.join(dir, 'disk-fails');
+  execFileSync('truncate', ['-s', `${Math.max(256, Math.ceil((sizeBytes * 2) / 2 ** 20))}M`, backing]);
+  const { stack } = await PoweredStack.powerOn(backing, path.join(dir, 'fuse'), path.join(dir, 'data-a'), true, {
+    filters: ['error'],
+    params: ['error-rate=100%', `error-file=${trigger}`, 'error=EIO'],
+  });
+  const b = spawnNode(config, 'b');
+  let a: MirrorNode | null = null;
+  let client: ChildProcess | null = null;
+  try {
+    await waitNodeReady(b, 120_000);
+    a = spawnNode(config, 'a');
+    const aReady = await waitNodeReady(a, 120_000);
+    const adminUrl = `http://${aReady.admin}`;
+    await waitMirror({ primary: a, secondary: b, adminUrl }, 'node a streaming to node b', streaming, 60_000);
+    const lines: string[] = [];
+    const count = 3000;
+    // Debian's python3, which has libnbd's bindings (python3-libnbd), whatever else is on PATH.
+    const started = spawn('/usr/bin/python3', ['-c', timedWriter, `nbd://${aReady.nbd}/vol0`, String(count)], { stdio: ['ignore', 'pipe', 'pipe'] });
+    client = started;
+    let partial = '';
+    let stderr = '';
+    started.stdout?.setEncoding('utf8').on('data', (text: string) => {
+      const parts = (partial + text).split('\n');
+      partial = parts.pop() ?? '';
+      lines.push(...parts);
+    });
+    started.stderr?.setEncoding('utf8').on('data', (text: string) => (stderr += text));
+    const exited = new Promise<number | null>((resolve) => started.once('exit', (code) => resolve(code)));
+    await pollUntil('500 writes before the failure', async () => lines.length >= 500 || started.exitCode !== null, 60_000);
+    const failedAt = Date.now();
+    fs.writeFileSync(trigger, '');
+    const aNode = a;
+    await pollUntil('node a diskless', () => mirrorVolume({ adminUrl }).then((volume) => volume.disk === 'diskless'), 60_000, 5).catch((error: unknown) => {
+      throw new Error(`${String(error)}; the client: ${lines.length} writes, ${stderr.trim().slice(-300)}; node a's last lines:\n${aNode.tail.join('\n')}`);
+    });
+    const disklessAt = Date.now();
+    const code = await exited;
+    client = null;
+    if (code !== 0) throw new Error(`the timed writer failed (exit ${code}): ${stderr.trim().slice(-500)}`);
+    const writes = lines.map((line) => line.split(' ').map(Number)).map(([start, latency]) => ({ start: start ?? 0, latency: latency ?? 0 }));
+    const median = (values: number[]): number => {
+      const sorted = [...values].sort((x, y) => x - y);
+      return sorted[Math.floor((sorted.length - 1) / 2)] ?? 0;
+    };
+    const around = writes.filter((write) => write.start + write.latency >= failedAt && write.start <= disklessAt + 1000);
+    return {
+      beforeP50Ms: Number(median(writes.filter((write) => write.start + write.latency < failedAt).map((write) => write.latency)).toFixed(2)),
+      slowestMs: Number(Math.max(0, ...around.map((write) => write.latency)).toFixed(1)),
+      disklessMs: disklessAt - failedAt,
+      afterP50Ms: Number(median(writes.filter((write) => write.start > disklessAt + 1000).map((write) => write.latency)).toFixed(2)),
+    };
+  } finally {
+    client?.kill('SIGKILL');
+    if (a !== null) await stopServer(a.child);
+    await stopServer(b.child);
+    fs.rmSync(trigger, { force: true });
+    await runCleanupSteps(stack.cleanupSteps());
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 }
 
 function failoverText(figures: FailoverFigures): string {
-  const row = (name: string, pick: (run: FailoverRun) => number): string => {
-    const values = figures.runs.map(pick).sort((x, y) => x - y);
+  const row = <T>(runs: T[], name: string, pick: (run: T) => number): string => {
+    const values = runs.map(pick).sort((x, y) => x - y);
     const p50 = values[Math.floor((values.length - 1) / 2)] ?? 0;
     return `| ${name} | ${p50} ms | ${values[0] ?? 0} ms | ${values[values.length - 1] ?? 0} ms |`;
   };
+  const disk =
+    figures.disk.length === 0
+      ? [`(The failed-disk runs did not run: ${figures.diskSkipped ?? 'none asked for'}.)`]
+      : [
+          `| a failed disk under the primary (${figures.disk.length} runs) | p50 | min | max |`,
+          '|---|---|---|---|',
+          row(figures.disk, '4 KiB FUA write, before the failure (median of each run)', (run) => run.beforeP50Ms),
+          row(figures.disk, 'the failure → node a says diskless', (run) => run.disklessMs),
+          row(figures.disk, '**the slowest write around the failure**', (run) => run.slowestMs),
+          row(figures.disk, '4 KiB FUA write, diskless (median of each run)', (run) => run.afterP50Ms),
+        ];
   return [
     `| failover of a two-node sync volume (${figures.runs.length} runs) | p50 | min | max |`,
     '|---|---|---|---|',
-    row('SIGKILL of the primary → the secondary sees its session end', (run) => run.detectMs),
-    row('promote (admin API call) → primary', (run) => run.promoteMs),
-    row('first 4 KiB FUA write through the new primary (qemu-io, connection included)', (run) => run.firstWriteMs),
-    row('**SIGKILL → first write acknowledged by the promoted node**', (run) => run.totalMs),
+    row(figures.runs, 'SIGKILL of the primary → the secondary sees its session end', (run) => run.detectMs),
+    row(figures.runs, 'promote (admin API call) → primary', (run) => run.promoteMs),
+    row(figures.runs, 'first 4 KiB FUA write through the new primary (qemu-io, connection included)', (run) => run.firstWriteMs),
+    row(figures.runs, '**SIGKILL → first write acknowledged by the promoted node**', (run) => run.totalMs),
+    '',
+    ...disk,
   ].join('\n');
 }
 
@@ -1496,6 +1627,13 @@ to node b and writes 4 KiB with FUA. Failover is by command (nothing promotes on
 person or a cluster manager takes to decide is not in these figures. Most of the promotion is making the new
 primary's own log, whose partitions (\`log:\` here: ${process.env['BENCH_LOG'] ?? 'the default 4 × 64 MiB'}) are written as zeroes and
 synced, so it grows with the log's size.
+
+The failed-disk runs keep node a's data directory on ext4 over \`nbdfuse\` of \`nbdkit\` with its \`error\`
+filter (the stack of \`test/faults/failed-disk.test.ts\`); a client (libnbd) writes 4 KiB with FUA through node a,
+one write at a time, and after 500 writes the filter's trigger makes every request to the disk fail with EIO.
+Node a goes diskless (the write that met the error is made again through node b) and the client goes on; what
+the failure costs it is its slowest write from the failure until a second after node a's status said
+\`diskless\`. Diskless, every write is acknowledged once node b holds it durably, with no local log write.
 
 ${failoverText(figures)}`;
 }

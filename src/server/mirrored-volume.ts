@@ -49,6 +49,8 @@ export class MirroredVolume implements ClientVolume {
   private unfilled: DirtyBitmap | null = null;
   /** While the replaced disk is swapped in: no change is numbered until it is. */
   private swapping: Promise<void> | null = null;
+  /** Whether failing requests make the volume diskless (decided once for those that fail together). */
+  private disklessDecision: Promise<boolean> | null = null;
   /** What `attach` did and does, for status. */
   attaching: { startedAt: string; totalBytes: number; filledBytes: number; error: string | null } | null = null;
 
@@ -71,7 +73,7 @@ export class MirroredVolume implements ClientVolume {
       try {
         return await this.volume.readInto(buffer, offset);
       } catch (error) {
-        if (!this.goDiskless(error)) throw error;
+        if (!(await this.goDiskless(error))) throw error;
       }
     }
     await this.volume.counted(this.engine.readFromPeer(buffer, offset));
@@ -88,7 +90,7 @@ export class MirroredVolume implements ClientVolume {
         const seq = await this.volume.writeLogged(payload, offset, fua, this.engine.intentRecord);
         return await this.finish(seq, fua, startedMs);
       } catch (error) {
-        if (!this.goDiskless(error)) throw error;
+        if (!(await this.goDiskless(error))) throw error;
       }
     }
     const total = payload.reduce((sum, slice) => sum + slice.length, 0);
@@ -116,7 +118,7 @@ export class MirroredVolume implements ClientVolume {
         await this.finish(seq, options.fua, startedMs);
         return 'done';
       } catch (error) {
-        if (!this.goDiskless(error)) throw error;
+        if (!(await this.goDiskless(error))) throw error;
       }
     }
     // Zeroes are an entry like any other for the peers: as fast as any change.
@@ -134,7 +136,7 @@ export class MirroredVolume implements ClientVolume {
         const seq = await this.volume.trimLogged(offset, lengthBytes, this.engine.intentRecord);
         return await this.finish(seq, fua, startedMs);
       } catch (error) {
-        if (!this.goDiskless(error)) throw error;
+        if (!(await this.goDiskless(error))) throw error;
       }
     }
     await this.changeDiskless(startedMs, () => this.engine.placeDiskless(EntryType.TRIM, offset, lengthBytes, 0, []));
@@ -151,7 +153,7 @@ export class MirroredVolume implements ClientVolume {
         await this.quorum?.pass();
         return;
       } catch (error) {
-        if (!this.goDiskless(error)) throw error;
+        if (!(await this.goDiskless(error))) throw error;
       }
     }
     this.volume.stats.flushOps += 1;
@@ -189,11 +191,12 @@ export class MirroredVolume implements ClientVolume {
     unfilled.markAll();
     try {
       const { disk, log } = await open(this.volume.replica.local.lastSeq);
-      void this.volume.replaceDisk(disk, log).close().catch(() => undefined);
+      this.volume.replaceDisk(disk, log);
       this.retap();
       this.unfilled = unfilled;
       this.attaching = { startedAt: new Date().toISOString(), totalBytes, filledBytes: 0, error: null };
       this.engine.leaveDiskless();
+      this.disklessDecision = null;
     } finally {
       this.swapping = null;
       done();
@@ -251,17 +254,28 @@ export class MirroredVolume implements ClientVolume {
   /**
    * The local part failed with `error`: when it is the disk's and a `sync` volume's peers
    * hold an up-to-date copy, the volume goes diskless (true) and the change is made
-   * through the peers instead; otherwise the error stands (false). Entries numbered but
-   * never placed by the failed log would leave a gap no peer could fill: then too.
+   * through the peers instead; otherwise the error stands (false). Failing the volume
+   * gives up the entries that waited for log room, which still go to the peers; a turn
+   * later every entry numbered must have reached the mirror, else there is a gap no peer
+   * could fill, and the error stands too. Requests that fail together share one decision.
    */
-  private goDiskless(error: unknown): boolean {
-    if (this.diskless) return true;
+  private goDiskless(error: unknown): Promise<boolean> {
+    if (this.diskless) return Promise.resolve(true);
+    this.disklessDecision ??= this.decideDiskless(error).then((diskless) => {
+      if (!diskless) this.disklessDecision = null;
+      return diskless;
+    });
+    return this.disklessDecision;
+  }
+
+  private async decideDiskless(error: unknown): Promise<boolean> {
     if (!isDiskError(error) && !this.volume.failed) return false;
     if (this.engine.mode !== 'sync') return false;
-    if (this.volume.log.lastSeq !== this.volume.replica.local.lastSeq) return false;
+    this.volume.markFailed(error);
+    await new Promise((resolve) => setImmediate(resolve));
+    if (this.engine.lastSeq !== this.volume.replica.local.lastSeq) return false;
     const peers = this.engine.upToDatePeers();
     if (peers.length === 0) return false;
-    this.volume.markFailed(error);
     const reason = error instanceof Error ? error.message : String(error);
     this.engine.goDiskless(reason);
     this.onDiskless(reason, peers);

@@ -117,16 +117,22 @@ export class LocalVolume {
   /**
    * A replaced disk (`blockmirror attach`): the volume goes on with `disk` and `log` (whose
    * numbers continue where the core's do) and is healthy again; what the new image lacks
-   * is filled by the caller (`fillHeld`) before it is read. Returns the failed disk, to close.
+   * is filled by the caller (`fillHeld`) before it is read. The failed disk and log are
+   * closed (errors from them are of no interest now).
    */
-  replaceDisk(disk: Disk, log: WriteLog): Disk {
+  replaceDisk(disk: Disk, log: WriteLog): void {
     assert(disk.sizeBytes === this.disk.sizeBytes, 'a replaced disk has the volume\'s size');
     assert(log.lastSeq === this.core.lastSeq, `the new log continues after entry ${this.core.lastSeq}, not ${log.lastSeq}`);
-    const failed = this.disk;
+    const failed = { disk: this.disk, log: this.currentLog };
     this.disk = disk;
     this.currentLog = log;
     this.failure = null;
-    return failed;
+    try {
+      failed.log.close();
+    } catch {
+      // The failed log's files may not close cleanly; they are not used again.
+    }
+    void failed.disk.close().catch(() => undefined);
   }
 
   /**
@@ -421,7 +427,14 @@ export class LocalVolume {
    * (what must be durable before the log entries it covers are gone: a mirror's bitmaps).
    */
   checkpoint(beforeRecorded: (() => void) | null = null): Promise<void> {
-    return this.log.checkpoint(() => this.stamp(), async () => {
+    // A CP queued before the volume failed numbers nothing after it (a primary serving
+    // from its peers numbers its entries without this log).
+    const stamp = (): EntryStamp => {
+      this.checkHealthy();
+      return this.stamp();
+    };
+    return this.log.checkpoint(stamp, async () => {
+      this.checkHealthy();
       try {
         await this.disk.sync();
       } catch (error) {
@@ -510,7 +523,10 @@ export class LocalVolume {
   }
 
   private fail(error: unknown): void {
-    this.failure ??= new VolumeFailedError(this.name, error);
+    if (this.failure !== null) return;
+    this.failure = new VolumeFailedError(this.name, error);
+    // Entries waiting for log room would wait for a consistency point that cannot come.
+    this.currentLog.abandonQueued(this.failure);
   }
 
   /**

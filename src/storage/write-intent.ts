@@ -82,7 +82,8 @@ export class WriteIntent {
       if (this.scheduled) return;
       this.scheduled = true;
       // After the record write under way, if any: it may predate these extents.
-      setImmediate(() => void (this.saving ?? Promise.resolve()).then(() => this.flush()));
+      // A failed save under way fails its own waiters; these wait for the next one.
+      setImmediate(() => void (this.saving ?? Promise.resolve()).catch(() => undefined).then(() => this.flush()));
     });
   }
 

@@ -154,7 +154,7 @@ export class WriteLog {
   private readonly appliedAhead = new Set<number>();
   /** Positions of entries placed but not yet applied: bounded by requests in flight. */
   private readonly positions = new Map<number, Position>();
-  private readonly placeQueue: { bytes: number; seq: number; place: (position: Position) => void }[] = [];
+  private readonly placeQueue: { bytes: number; seq: number; place: (position: Position) => void; abandon: (error: Error) => void }[] = [];
   private readonly writer: LogWriter;
   /** The mirror's tap, once there is one (see tap). */
   private placedListener: PlacedListener | null = null;
@@ -402,8 +402,8 @@ export class WriteLog {
     const payloadBytes = payload.reduce((sum, slice) => sum + slice.length, 0);
     assert(payloadBytes <= this.entryPayloadBytesMax, 'entry larger than a log entry may be');
     const bytes = alignedEntryBytes(payloadBytes);
-    const written = this.place(bytes, seq).then((position) => {
-      const header = encodeEntryHeader(
+    const headerAt = (generation: number): Buffer =>
+      encodeEntryHeader(
         {
           type,
           flags: fields.flags,
@@ -413,17 +413,27 @@ export class WriteLog {
           durableSeq: this.durability.durableSeq,
           offset: fields.offset,
           lengthBytes: fields.lengthBytes,
-          generation: position.generation,
+          generation,
           epoch,
         },
         payload,
         knownPayloadCrc,
       );
-      this.placedListener?.(seq, header, payload, { type, offset: fields.offset, lengthBytes: fields.lengthBytes });
-      const padding = bytes - ENTRY_HEADER_BYTES - payloadBytes;
-      const buffers = padding > 0 ? [header, ...payload, Buffer.alloc(padding)] : [header, ...payload];
-      return new Promise<void>((resolve, reject) => this.writer.enqueue({ position, buffers, bytes, seq, resolve, reject }));
-    });
+    const tapped = { type, offset: fields.offset, lengthBytes: fields.lengthBytes };
+    const written = this.place(bytes, seq).then(
+      (position) => {
+        const header = headerAt(position.generation);
+        this.placedListener?.(seq, header, payload, tapped);
+        const padding = bytes - ENTRY_HEADER_BYTES - payloadBytes;
+        const buffers = padding > 0 ? [header, ...payload, Buffer.alloc(padding)] : [header, ...payload];
+        return new Promise<void>((resolve, reject) => this.writer.enqueue({ position, buffers, bytes, seq, resolve, reject }));
+      },
+      (error: unknown) => {
+        // Given up before it was placed (abandonQueued): the tap still gets it, in order.
+        this.placedListener?.(seq, headerAt(0), payload, tapped);
+        throw error;
+      },
+    );
     return { seq, written };
   }
 
@@ -557,10 +567,21 @@ export class WriteLog {
 
   /** Reserves room for an entry, in call order; waits when no partition is free. */
   private place(bytes: number, seq: number): Promise<Position> {
-    return new Promise((resolve) => {
-      this.placeQueue.push({ bytes, seq, place: resolve });
+    return new Promise((resolve, reject) => {
+      this.placeQueue.push({ bytes, seq, place: resolve, abandon: reject });
       this.drainPlaceQueue();
     });
+  }
+
+  /**
+   * The volume failed while entries wait for room (a full log whose consistency point
+   * cannot succeed): they are given up, in order. Each still goes to the tap (the peers
+   * get every entry numbered, so that a primary serving from them goes on without a
+   * gap), and its write fails with `error`.
+   */
+  abandonQueued(error: Error): void {
+    const queued = this.placeQueue.splice(0);
+    for (const entry of queued) entry.abandon(error);
   }
 
   private drainPlaceQueue(): void {

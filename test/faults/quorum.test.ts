@@ -17,7 +17,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, test } from 'node:test';
-import { cliPath, killAll, makeTempDir, run, startClusterNode, writeClusterConfig, type NodeStatusJson, type TestNode } from '../helpers/node-process.js';
+import { cliPath, killAll, makeTempDir, readVolumeRange, run, startClusterNode, writeClusterConfig, type NodeStatusJson, type TestNode } from '../helpers/node-process.js';
 import { NftPartition } from '../helpers/nft-partition.js';
 import { checkImage, dumpVolume, seed, Writer } from './workload.js';
 
@@ -84,11 +84,8 @@ function writeBlock(node: TestNode, byte: number, offset: number): ReturnType<ty
   return run('qemu-io', ['-f', 'raw', '-t', 'none', node.uri('vol0'), '-c', `write -f -P 0x${byte.toString(16)} ${offset} 4k`], { timeoutMs: 60_000 });
 }
 
-async function readBlock(node: TestNode, offset: number): Promise<Buffer> {
-  const file = path.join(node.dir, `read-${offset}.bin`);
-  const result = await run('qemu-img', ['dd', '-f', 'raw', '-O', 'raw', `if=${node.uri('vol0')}`, `of=${file}`, 'bs=4096', `skip=${offset / 4096}`, 'count=1'], { timeoutMs: 30_000 });
-  assert.equal(result.code, 0, result.stderr);
-  return fs.readFileSync(file);
+function readBlock(node: TestNode, offset: number): Promise<Buffer> {
+  return readVolumeRange(node, node.dir, offset);
 }
 
 test('the primary cut off from b and the witness stops acknowledging; b is promoted with the witness; healed, a steps down and follows b with nothing lost', async () => {

@@ -427,3 +427,20 @@ export async function runOk(command: string, args: string[], options: Parameters
 export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
+
+/**
+ * `size` bytes at `offset` of `volume`, read through `node` with qemu-img: a raw layer cut
+ * to that range over the NBD export (qemu-img dd's `skip`/`count` will not do: qemu 7.2
+ * counts `count` from the start, so `skip=N count=1` copies nothing). Fails unless all of
+ * it was read.
+ */
+export async function readVolumeRange(node: TestNode, work: string, offset: number, size = 4096, volume = 'vol0'): Promise<Buffer> {
+  const file = path.join(work, `read-${volume}-${offset}-${size}.bin`);
+  const nbd = { driver: 'nbd', server: { type: 'inet', host: node.nbdHost, port: String(node.nbdPort) }, export: volume };
+  const source = `json:${JSON.stringify({ driver: 'raw', offset, size, file: nbd })}`;
+  const result = await run('qemu-img', ['convert', '-O', 'raw', source, file], { timeoutMs: 30_000 });
+  if (result.code !== 0) throw new Error(`qemu-img convert of the ${size} bytes at ${offset} through ${node.uri(volume)}: ${result.stderr}`);
+  const data = fs.readFileSync(file);
+  if (data.length !== size) throw new Error(`qemu-img read ${data.length} of the ${size} bytes at ${offset} through ${node.uri(volume)}`);
+  return data;
+}
