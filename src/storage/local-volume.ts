@@ -142,27 +142,17 @@ export class LocalVolume {
    * of the last entry) are the newest and nothing overwrites them with older ones.
    */
   async fillHeld(offset: number, lengthBytes: number, fetch: (data: Buffer) => Promise<void>): Promise<void> {
-    this.checkHealthy();
-    assert(lengthBytes > 0 && offset >= 0 && offset + lengthBytes <= this.disk.sizeBytes, 'filled range outside the volume');
-    const end = offset + lengthBytes;
-    for (let other = this.holdOn(offset, end); other !== null; other = this.holdOn(offset, end)) await other;
-    let release: () => void = () => undefined;
-    const hold = this.core.hold(offset, end);
-    this.holds.set(hold, new Promise<void>((resolve) => (release = resolve)));
-    try {
-      const data = Buffer.allocUnsafe(lengthBytes);
+    const data = Buffer.allocUnsafe(lengthBytes);
+    await this.holding(offset, lengthBytes, async () => {
       await this.counted(
-        this.inOrder(offset, end, async () => {
+        this.inOrder(offset, offset + lengthBytes, async () => {
           await fetch(data);
           await this.disk.write(data, offset);
         }),
       );
-    } finally {
-      this.core.release(hold);
-      this.holds.delete(hold);
-      release();
-    }
+    });
   }
+
 
   get sizeBytes(): number {
     return this.disk.sizeBytes;
@@ -346,6 +336,15 @@ export class LocalVolume {
    * An online verify compares the range with the peers' copies this way.
    */
   async whileHeld<T>(offset: number, lengthBytes: number, use: (data: Buffer, seq: number) => Promise<T>): Promise<T> {
+    return this.holding(offset, lengthBytes, async () => {
+      const data = Buffer.allocUnsafe(lengthBytes);
+      await this.counted(this.inOrder(offset, offset + lengthBytes, () => this.disk.read(data, offset)));
+      return use(data, this.log.lastSeq);
+    });
+  }
+
+  /** Runs `run` holding [offset, offset + lengthBytes) (once no other hold covers part of it): changes to it wait meanwhile. */
+  private async holding<T>(offset: number, lengthBytes: number, run: () => Promise<T>): Promise<T> {
     this.checkHealthy();
     assert(lengthBytes > 0 && offset >= 0 && offset + lengthBytes <= this.disk.sizeBytes, 'held range outside the volume');
     const end = offset + lengthBytes;
@@ -354,15 +353,14 @@ export class LocalVolume {
     const hold = this.core.hold(offset, end);
     this.holds.set(hold, new Promise<void>((resolve) => (release = resolve)));
     try {
-      const data = Buffer.allocUnsafe(lengthBytes);
-      await this.counted(this.inOrder(offset, end, () => this.disk.read(data, offset)));
-      return await use(data, this.log.lastSeq);
+      return await run();
     } finally {
       this.core.release(hold);
       this.holds.delete(hold);
       release();
     }
   }
+
 
   /**
    * A resync hold on part of [start, end) to wait for, or null. Callers loop until null

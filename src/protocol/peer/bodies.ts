@@ -177,26 +177,12 @@ export function encodeControlBody(message: PeerControlMessage): Buffer {
       });
       return out;
     }
-    case 'verify': {
-      assertUint(message.token, 0xffffffff, 'token');
+    case 'verify':
       assertUint(message.lengthBytes, PEER_VERIFY_BYTES_MAX, 'lengthBytes');
-      const out = Buffer.alloc(32);
-      out.writeUInt32BE(message.token, 0);
-      writeU64(out, 8, message.seq);
-      writeU64(out, 16, message.offset);
-      out.writeUInt32BE(message.lengthBytes, 24);
-      return out;
-    }
-    case 'read': {
-      assertUint(message.token, 0xffffffff, 'token');
+      return rangeAsked(message);
+    case 'read':
       assert(message.lengthBytes >= 1 && message.lengthBytes <= PEER_READ_BYTES_MAX, 'READ length out of range');
-      const out = Buffer.alloc(32);
-      out.writeUInt32BE(message.token, 0);
-      writeU64(out, 8, message.seq);
-      writeU64(out, 16, message.offset);
-      out.writeUInt32BE(message.lengthBytes, 24);
-      return out;
-    }
+      return rangeAsked(message);
     case 'read-failed': {
       assertUint(message.token, 0xffffffff, 'token');
       assert(message.status >= 1 && message.status <= 0xffff, 'READ_FAILED status 1..65535');
@@ -421,26 +407,10 @@ function decodeControlBody(type: Exclude<PeerFrameType, typeof PeerFrameType.ENT
       }
       return { type: 'diverged', all: flag === 1, extents };
     }
-    case PeerFrameType.VERIFY: {
-      const token = reader.u32();
-      reader.zeroes(4);
-      const seq = reader.u64('seq');
-      const offset = reader.u64('offset');
-      const lengthBytes = reader.u32();
-      reader.zeroes(4);
-      if (lengthBytes === 0 || lengthBytes > PEER_VERIFY_BYTES_MAX) throw new PeerProtocolError(`VERIFY length ${lengthBytes} outside 1..${PEER_VERIFY_BYTES_MAX}`);
-      return { type: 'verify', token, seq, offset, lengthBytes };
-    }
-    case PeerFrameType.READ: {
-      const token = reader.u32();
-      reader.zeroes(4);
-      const seq = reader.u64('seq');
-      const offset = reader.u64('offset');
-      const lengthBytes = reader.u32();
-      reader.zeroes(4);
-      if (lengthBytes === 0 || lengthBytes > PEER_READ_BYTES_MAX) throw new PeerProtocolError(`READ length ${lengthBytes} outside 1..${PEER_READ_BYTES_MAX}`);
-      return { type: 'read', token, seq, offset, lengthBytes };
-    }
+    case PeerFrameType.VERIFY:
+      return { type: 'verify', ...readRangeAsked(reader, 'VERIFY', PEER_VERIFY_BYTES_MAX) };
+    case PeerFrameType.READ:
+      return { type: 'read', ...readRangeAsked(reader, 'READ', PEER_READ_BYTES_MAX) };
     case PeerFrameType.READ_FAILED: {
       const token = reader.u32();
       const status = reader.u16();
@@ -488,6 +458,29 @@ function encodeHistory(history: readonly PeerEpochStart[]): Buffer {
     parts.push(fixed, name);
   }
   return Buffer.concat(parts);
+}
+
+/** VERIFY's and READ's body, encoded (readRangeAsked decodes it). */
+function rangeAsked(message: { token: number; seq: number; offset: number; lengthBytes: number }): Buffer {
+  assertUint(message.token, 0xffffffff, 'token');
+  const out = Buffer.alloc(32);
+  out.writeUInt32BE(message.token, 0);
+  writeU64(out, 8, message.seq);
+  writeU64(out, 16, message.offset);
+  out.writeUInt32BE(message.lengthBytes, 24);
+  return out;
+}
+
+/** VERIFY's and READ's body: token, then the range asked for as of entry `seq` (1..`max` bytes). */
+function readRangeAsked(reader: BodyReader, name: string, max: number): { token: number; seq: number; offset: number; lengthBytes: number } {
+  const token = reader.u32();
+  reader.zeroes(4);
+  const seq = reader.u64('seq');
+  const offset = reader.u64('offset');
+  const lengthBytes = reader.u32();
+  reader.zeroes(4);
+  if (lengthBytes === 0 || lengthBytes > max) throw new PeerProtocolError(`${name} length ${lengthBytes} outside 1..${max}`);
+  return { token, seq, offset, lengthBytes };
 }
 
 /** A history as encodeHistory lays it out, which must end with `epoch` and go forward. */
