@@ -10,6 +10,7 @@
 import type { Disk, DiskExtent } from '../io/disk.js';
 import { assert } from '../lib/assert.js';
 import { DirtyBitmap } from '../core/dirty-bitmap.js';
+import { disklessRefusal } from '../core/diskless.js';
 import type { WriteLog } from '../storage/write-log.js';
 import { BlockmirrorError } from '../lib/errors.js';
 import { EntryFlag, EntryType } from '../protocol/log-entry.js';
@@ -39,8 +40,8 @@ export class MirroredVolume implements ClientVolume {
     readonly quorum: QuorumGate | null = null,
     /** Lets go of the log once the engine stopped (its tap and retainer), so that another engine can mirror it later. */
     readonly detach: () => void = () => undefined,
-    /** Told once when the volume goes diskless (the node logs it). */
-    private readonly onDiskless: (reason: string, peers: string[]) => void = () => undefined,
+    /** Told when the disk failed: the volume went diskless (`refusal` null) or could not, and why (the node logs it). */
+    private readonly onDiskless: (reason: string, peers: string[], refusal: string | null) => void = () => undefined,
     /** Taps the volume's current log for the engine (again, once a replaced disk brought a new one). */
     private readonly retap: () => void = () => undefined,
   ) {}
@@ -252,12 +253,11 @@ export class MirroredVolume implements ClientVolume {
   }
 
   /**
-   * The local part failed with `error`: when it is the disk's and a `sync` volume's peers
-   * hold an up-to-date copy, the volume goes diskless (true) and the change is made
-   * through the peers instead; otherwise the error stands (false). Failing the volume
-   * gives up the entries that waited for log room, which still go to the peers; a turn
-   * later every entry numbered must have reached the mirror, else there is a gap no peer
-   * could fill, and the error stands too. Requests that fail together share one decision.
+   * The local part failed with `error`: when it is the disk's, the volume fails, which
+   * gives up the entries that waited for log room (they still go to the peers); a turn
+   * later the core's rule (disklessRefusal) says whether the volume goes diskless (true:
+   * the change is made through the peers instead) or the error stands (false). Requests
+   * that fail together share one decision.
    */
   private goDiskless(error: unknown): Promise<boolean> {
     if (this.diskless) return Promise.resolve(true);
@@ -270,15 +270,14 @@ export class MirroredVolume implements ClientVolume {
 
   private async decideDiskless(error: unknown): Promise<boolean> {
     if (!isDiskError(error) && !this.volume.failed) return false;
-    if (this.engine.mode !== 'sync') return false;
     this.volume.markFailed(error);
     await new Promise((resolve) => setImmediate(resolve));
-    if (this.engine.lastSeq !== this.volume.replica.local.lastSeq) return false;
     const peers = this.engine.upToDatePeers();
-    if (peers.length === 0) return false;
     const reason = error instanceof Error ? error.message : String(error);
+    const refusal = disklessRefusal({ mode: this.engine.mode, numberedSeq: this.volume.replica.local.lastSeq, mirroredSeq: this.engine.lastSeq, upToDatePeers: peers.length });
+    this.onDiskless(reason, peers, refusal);
+    if (refusal !== null) return false;
     this.engine.goDiskless(reason);
-    this.onDiskless(reason, peers);
     return true;
   }
 
@@ -334,7 +333,10 @@ export function mirrorPrimary(
     engine,
     quorum,
     () => tapped.untap(listener, retainer),
-    (reason, peers) => parts.log.error('local disk failed: the volume is served from its peers (diskless)', { reason, peers: peers.join(',') }),
+    (reason, peers, refusal) =>
+      refusal === null
+        ? parts.log.error('local disk failed: the volume is served from its peers (diskless)', { reason, peers: peers.join(',') })
+        : parts.log.error('local disk failed, and the volume cannot be served from its peers: it fails', { reason, refusal }),
     () => {
       tapped.untap(listener, retainer);
       tapped = volume.log;

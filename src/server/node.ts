@@ -20,6 +20,7 @@ import { DurableFiles } from '../storage/durable-files.js';
 import { openVolumeStorage } from '../storage/volume-store.js';
 import { AdminServer } from './admin.js';
 import { Heartbeats, nextIncarnation, type HeartbeatListener, type VolumeView } from './heartbeats.js';
+import { attachDisk } from './attach-disk.js';
 import type { ClientVolume } from './mirrored-volume.js';
 import { NbdConnection, type ConnectionCounters, type VolumeCatalog } from './nbd-connection.js';
 import { PeerServer } from './peer-server.js';
@@ -90,7 +91,6 @@ export class BlockmirrorNode implements NodeView {
         available: (peer) => this.heartbeats?.mayConnect(peer) === true,
         closeClients: (name) => this.closeClients(name),
         heartbeats: () => this.heartbeats,
-        activity: this.ioActivity,
       },
       this.volumes,
     );
@@ -296,7 +296,7 @@ export class BlockmirrorNode implements NodeView {
   }
 
   attach(name: string): Promise<AttachResult> {
-    return this.roles.attachDisk(name);
+    return attachDisk(name, this.volumes.get(name), { cluster: this.config, node: this.node, files: this.files, activity: this.ioActivity, log: this.log });
   }
 
   /** A `quorum: majority` volume's quorum here (VolumeQuorum.of), or null. */

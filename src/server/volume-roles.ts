@@ -14,6 +14,7 @@
 //     one when a source's copy went separate ways from it (`attach`), and the policy or
 //     `resolve` decides: the loser saves its writes and follows, the winner takes over
 //     as the primary (`takeOver`) if it is not.
+// (A replaced disk under a copy served from its peers is attach-disk.ts's: no role changes.)
 // Which epoch a HELLO may come from is decided here too (`check`), for the peer server.
 // The decisions about the volume itself are its ReplicaCore's (promotion, demote, learn)
 // and the split brain's src/core/split-brain.ts's; the files of each change are
@@ -34,12 +35,11 @@ import { compareCopies, EpochHistory, encodeEpochHistory } from '../core/epoch-h
 import { DirtyBitmap } from '../core/dirty-bitmap.js';
 import { encodeMirrorRecord, parseMirrorRecord, type MirrorRecord } from '../core/mirror-ledger.js';
 import type { Clock } from '../io/clock.js';
-import type { IoActivity } from '../io/file-io.js';
 import type { StreamLink } from '../io/stream-link.js';
 import { RefuseCode } from '../protocol/peer/frames.js';
 import type { DurableFiles } from '../storage/durable-files.js';
 import type { OpenedVolume } from '../storage/volume-store.js';
-import { attached, attachStorage, changedSince, demoteStorage, logDir, logOptionsAt, moveReplicaLog, promoteStorage, restartReplicaLog } from '../storage/volume-store.js';
+import { changedSince, demoteStorage, logDir, logOptionsAt, moveReplicaLog, promoteStorage, restartReplicaLog } from '../storage/volume-store.js';
 import { splitBrainDir, splitBrainFileName, writeSplitBrainFile } from '../storage/split-brain-file.js';
 import { decideSplitBrain, splitBrainBetween, type SplitBrain } from '../core/split-brain.js';
 import { copyForSplitBrain, DiscardRecord, type SplitBrainStatus } from './split-brain.js';
@@ -52,7 +52,7 @@ import { ReplicaTarget } from './replica-target.js';
 import { mayLack } from '../core/promotion.js';
 import { ContactRecord } from './source-contact.js';
 import type { ServedVolume } from './served-volume.js';
-import type { AttachResult, DemotionResult, PromotionResult, ResolveResult } from './status.js';
+import type { DemotionResult, PromotionResult, ResolveResult } from './status.js';
 
 /** What the roles need of the node. */
 export interface RoleParts {
@@ -69,8 +69,6 @@ export interface RoleParts {
   closeClients: (name: string) => Promise<void>;
   /** The heartbeats, once they run (quorum). */
   heartbeats: () => Heartbeats | null;
-  /** The node's I/O activity (a replaced disk's image is opened with it). */
-  activity: IoActivity;
 }
 
 export class VolumeRoles {
@@ -379,8 +377,7 @@ export class VolumeRoles {
       const to = logOptionsAt(served.logOptions, logDir(this.parts.node.dataDir, config.name, history, this.parts.node.id), { deferApply: config.mode === 'logship' });
       // What its mirror ledger said the new primary may lack: writes in its image whose
       // entries a crash lost, entries placed while that node was away.
-      const bitmap = this.parts.files.read(path.join(this.parts.node.dataDir, 'mirror', `${config.name}.${history.current.primary}.bitmap`));
-      const mayDiffer = bitmap === null ? null : DirtyBitmap.decode(bitmap, config.sizeBytes, this.parts.cluster.resync.regionBytes);
+      const mayDiffer = this.peerBitmap(config, history.current.primary);
       if (discard !== null) await this.saveDiscarded(served, history.current.primary, sharedSeq, mayDiffer);
       await demoteStorage(this.parts.files, volume, served.logOptions, to, sharedSeq, mayDiffer, () => {
         this.saveHistory(served, history);
@@ -400,44 +397,6 @@ export class VolumeRoles {
     }
   }
 
-  // ---- a failed disk ------------------------------------------------------------------
-
-  /**
-   * `blockmirror attach VOLUME --node N`: a replaced disk under this node's copy, whose
-   * own disk failed while it was the primary (it serves the volume from its peers): the
-   * volume's files are made anew on it and its image is filled from an up-to-date peer
-   * while clients go on (MirroredVolume.attach). Answers once the disk is in; `status`
-   * shows the fill.
-   */
-  async attachDisk(name: string): Promise<AttachResult> {
-    const served = this.served(name);
-    const { volume, config } = served;
-    const mirrored = served.mirrored;
-    if (mirrored === null || !mirrored.diskless) {
-      const why = served.role === 'primary'
-        ? `its disk has not failed${mirrored?.filling === true ? ' (a disk attached before is still being filled)' : ''}`
-        : 'it is not the primary (a secondary whose disk failed is brought back by restarting the node on the new disk, which is then resynced in full)';
-      throw new BlockmirrorError('ERR_ROLE_REFUSED', `nothing to attach for ${name} on node ${this.parts.node.id}: ${why}`);
-    }
-    const log = this.volumeLog(served);
-    let fromSeq = 0;
-    const { filled } = await mirrored.attach(
-      (lastSeq) => {
-        fromSeq = lastSeq;
-        return attachStorage(this.parts.files, served.paths, served.identity, volume.replica.history, served.logOptions, lastSeq, this.parts.activity);
-      },
-      this.parts.cluster.resync.regionBytes,
-      () => attached(this.parts.files, served.paths),
-    );
-    log.warn('a replaced disk is attached: its image is filled from the peers while clients go on', { fromSeq, bytes: config.sizeBytes });
-    const startedMs = Date.now();
-    filled.then(
-      () => log.warn('the attached disk holds the volume: it is up to date again', { bytes: config.sizeBytes, ms: Date.now() - startedMs }),
-      (error: unknown) => log.error('filling the attached disk failed: reads of what it lacks still go to the peers', { error: String(error) }),
-    );
-    return { volume: name, node: this.parts.node.id, totalBytes: config.sizeBytes, fromSeq };
-  }
-
   // ---- split brain ---------------------------------------------------------------------
 
   /**
@@ -448,10 +407,7 @@ export class VolumeRoles {
   private async saveDiscarded(served: ServedVolume, winner: string, sharedSeq: number, mayDiffer: DirtyBitmap | null): Promise<void> {
     const { volume, config, identity } = served;
     const regionBytes = this.parts.cluster.resync.regionBytes;
-    const changed = await changedSince(volume, sharedSeq, mayDiffer);
-    const regions = new DirtyBitmap(config.sizeBytes, regionBytes);
-    if (changed === null) regions.markAll();
-    for (const extent of changed ?? []) regions.mark(extent.offset, extent.lengthBytes);
+    const regions = await this.changedRegions(served, sharedSeq, mayDiffer);
     const extents: { offset: number; lengthBytes: number }[] = [];
     for (let region = regions.nextDirty(0); region !== -1; region = regions.nextDirty(region + 1)) {
       const offset = region * regionBytes;
@@ -474,8 +430,8 @@ export class VolumeRoles {
         sharedSeq,
         lastSeq: volume.log.lastSeq,
         savedAt: new Date().toISOString(),
-        what: changed === null
-          ? 'every region of the volume as this copy held it (it could not name the regions it changed)'
+        what: regions.dirtyRegions === regions.regions
+          ? 'every region of the volume as this copy held it (it could not name fewer it may have changed)'
           : 'the regions this copy changed after the entry it shares with the winner, as this copy held them',
       },
       extents,
@@ -483,6 +439,21 @@ export class VolumeRoles {
     );
     if (served.splitBrain !== null) served.splitBrain.saved = saved.path;
     this.volumeLog(served).warn('split brain: this copy\'s writes since the split are saved before they are discarded', { file: saved.path, records: saved.records, bytes: saved.bytes, winner });
+  }
+
+  /** What this node's mirror ledger said `peer` may lack (its bitmap file), or null when there is none. */
+  private peerBitmap(config: VolumeConfig, peer: string): DirtyBitmap | null {
+    const bitmap = this.parts.files.read(path.join(this.parts.node.dataDir, 'mirror', `${config.name}.${peer}.bitmap`));
+    return bitmap === null ? null : DirtyBitmap.decode(bitmap, config.sizeBytes, this.parts.cluster.resync.regionBytes);
+  }
+
+  /** The regions this copy may hold differently from one that shares every entry through `sharedSeq` (all of them when it cannot name them). */
+  private async changedRegions(served: ServedVolume, sharedSeq: number, mayDiffer: DirtyBitmap | null): Promise<DirtyBitmap> {
+    const changed = await changedSince(served.volume, sharedSeq, mayDiffer);
+    const regions = new DirtyBitmap(served.config.sizeBytes, this.parts.cluster.resync.regionBytes);
+    if (changed === null) regions.markAll();
+    for (const extent of changed ?? []) regions.mark(extent.offset, extent.lengthBytes);
+    return regions;
   }
 
   /** What this copy is, for finding a split brain with another. */
@@ -681,7 +652,7 @@ export class VolumeRoles {
         here: { entries: found.hereEntries, bytes: null, epoch: found.hereEpoch },
         other: { entries: found.otherEntries, bytes: null, epoch: found.otherEpoch },
         peerEpoch: hello.epoch,
-        decision: decision === 'disconnect' ? 'disconnect' : decision,
+        decision,
         by: decision === 'disconnect' ? 'nobody yet' : by,
       });
       if (decision !== 'discard-here') {
@@ -727,13 +698,8 @@ export class VolumeRoles {
   private async refuseSplit(served: ServedVolume, hello: HelloMessage, link: PeerLink, found: SplitBrain, discardSource: boolean): Promise<void> {
     let bytes = served.splitBrain?.here.bytes ?? null;
     if (bytes === null) {
-      const bitmap = this.parts.files.read(path.join(this.parts.node.dataDir, 'mirror', `${served.config.name}.${hello.fromNode}.bitmap`));
-      const mayDiffer = bitmap === null ? null : DirtyBitmap.decode(bitmap, served.config.sizeBytes, this.parts.cluster.resync.regionBytes);
-      const changed = await changedSince(served.volume, found.sharedSeq, mayDiffer).catch(() => null);
-      const regions = new DirtyBitmap(served.config.sizeBytes, this.parts.cluster.resync.regionBytes);
-      if (changed === null) regions.markAll();
-      for (const extent of changed ?? []) regions.mark(extent.offset, extent.lengthBytes);
-      bytes = regions.dirtyBytes;
+      // Entries it cannot read back count as every region (see changedSince); a read that fails, as the volume's size.
+      bytes = (await this.changedRegions(served, found.sharedSeq, this.peerBitmap(served.config, hello.fromNode)).catch(() => null))?.dirtyBytes ?? served.config.sizeBytes;
       if (served.splitBrain !== null) served.splitBrain.here.bytes = bytes;
     }
     const history = served.volume.replica.history;
