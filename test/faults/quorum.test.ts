@@ -16,22 +16,18 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { after, test } from 'node:test';
-import { cliPath, killAll, makeTempDir, readVolumeRange, run, startClusterNode, writeClusterConfig, type NodeStatusJson, type TestNode } from '../helpers/node-process.js';
+import { test } from 'node:test';
+import { cliPath, makeTempDir, testResources, readVolumeRange, run, startClusterNode, writeClusterConfig, type NodeStatusJson, type TestNode } from '../helpers/node-process.js';
 import { NftPartition } from '../helpers/nft-partition.js';
 import { checkImage, dumpVolume, seed, Writer } from './workload.js';
 
 const fast = { intervalMs: 100, timeoutMs: 600, probationMs: 600 };
 const LINK = { a: '127.0.0.31', b: '127.0.0.32', w: '127.0.0.33' };
 
-const started: TestNode[] = [];
-const dirs: string[] = [];
+const { nodes: started, dirs, first } = testResources();
 const partitions: NftPartition[] = [];
-after(async () => {
+first.push(async () => {
   for (const partition of partitions) await partition.remove();
-  killAll();
-  for (const node of started) await node.stop('SIGKILL');
-  for (const dir of dirs) fs.rmSync(dir, { recursive: true, force: true });
 });
 
 function vol0(status: NodeStatusJson): NodeStatusJson['volumes'][number] {

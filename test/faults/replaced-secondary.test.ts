@@ -6,16 +6,10 @@
 
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import { after, test } from 'node:test';
-import { killAll, makeTempDir, run, startClusterNode, writeClusterConfig, type NodeStatusJson, type TestNode } from '../helpers/node-process.js';
+import { test } from 'node:test';
+import { makeTempDir, testResources, run, startClusterNode, writeClusterConfig, type NodeStatusJson, type TestNode } from '../helpers/node-process.js';
 
-const started: TestNode[] = [];
-const dirs: string[] = [];
-after(async () => {
-  killAll();
-  for (const node of started) await node.stop('SIGKILL');
-  for (const dir of dirs) fs.rmSync(dir, { recursive: true, force: true });
-});
+const { nodes: started, dirs } = testResources();
 
 function vol0(status: NodeStatusJson): NodeStatusJson['volumes'][number] {
   const volume = status.volumes.find((candidate) => candidate.name === 'vol0');

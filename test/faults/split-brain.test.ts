@@ -19,22 +19,18 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { after, test } from 'node:test';
-import { cliPath, killAll, makeTempDir, run, startClusterNode, writeClusterConfig, type NodeStatusJson, type TestNode } from '../helpers/node-process.js';
+import { test } from 'node:test';
+import { cliPath, makeTempDir, testResources, run, startClusterNode, writeClusterConfig, type NodeStatusJson, type TestNode } from '../helpers/node-process.js';
 import { NftPartition } from '../helpers/nft-partition.js';
 
 const fast = { intervalMs: 100, timeoutMs: 600, probationMs: 600 };
 const LINK = { a: '127.0.0.41', b: '127.0.0.42' };
 const MiB = 1024 * 1024;
 
-const started: TestNode[] = [];
-const dirs: string[] = [];
+const { nodes: started, dirs, first } = testResources();
 const partitions: NftPartition[] = [];
-after(async () => {
+first.push(async () => {
   for (const partition of partitions) await partition.remove();
-  killAll();
-  for (const node of started) await node.stop('SIGKILL');
-  for (const dir of dirs) fs.rmSync(dir, { recursive: true, force: true });
 });
 
 type Policy = 'disconnect' | 'discard-zero-changes' | 'discard-younger-primary' | 'discard-least-changes';

@@ -8,6 +8,7 @@ import dgram from 'node:dgram';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { after } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import type { NodeStatus } from '../../src/server/status.js';
 
@@ -39,6 +40,22 @@ process.on('exit', killLive);
 export function killAll(): void {
   killLive();
 }
+/**
+ * What a test file starts and makes, ended after its tests whatever happened: `first`
+ * (such as removing nftables rules) runs, then every process this harness started is
+ * killed by its PID, the nodes are reaped, and the directories removed.
+ */
+export function testResources(): { nodes: TestNode[]; dirs: string[]; first: (() => Promise<void>)[] } {
+  const resources = { nodes: [] as TestNode[], dirs: [] as string[], first: [] as (() => Promise<void>)[] };
+  after(async () => {
+    for (const step of resources.first) await step();
+    killAll();
+    for (const node of resources.nodes) await node.stop('SIGKILL');
+    for (const dir of resources.dirs) fs.rmSync(dir, { recursive: true, force: true });
+  });
+  return resources;
+}
+
 // A test run stopped from outside (a timeout, Ctrl-C) would otherwise skip 'exit'.
 for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) {
   process.once(signal, () => {
