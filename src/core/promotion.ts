@@ -38,3 +38,15 @@ export function mayLack(config: { name: string; mode: string }, contact: SourceC
   if (!contact.inSync) return `node ${node} may lack writes ${contact.source} acknowledged: ${since} it was not in sync (it held entry ${contact.lastSeq}; ${lag})`;
   return null;
 }
+
+/**
+ * The record after a heartbeat of its primary named `sourceLastSeq` as its last entry:
+ * during the session it is noted; after the session ended, a primary that names entries
+ * past those it had then went on without this copy (it may have acknowledged writes this
+ * copy lacks), so the copy is no longer in sync at its last contact.
+ */
+export function contactHeard(contact: SourceContact, sourceLastSeq: number): SourceContact {
+  if (contact.endedAt === null) return { ...contact, sourceLastSeq };
+  if (!contact.inSync || sourceLastSeq <= Math.max(contact.sourceLastSeq ?? 0, contact.lastSeq)) return contact;
+  return { ...contact, inSync: false, sourceLastSeq, endedBy: `${contact.endedBy ?? 'the session ended'}; the primary went on without it (entry ${sourceLastSeq})` };
+}

@@ -30,6 +30,12 @@ export interface SplitBrainCopy {
    * `peer` holding them (its mirror ledger's record), or null when it never did.
    */
   ackedAloneFrom: (peer: string) => number | null;
+  /**
+   * After which entry this copy's entries may differ from what `peer` holds under the same
+   * numbers (its mirror ledger's record: it restarted as a primary after a crash and
+   * numbered anew in the same epoch, entries the peer may hold otherwise), or null.
+   */
+  divergedAfter?: (peer: string) => number | null;
 }
 
 /** The other copy: the node that claims to be the primary of the last epoch of its history. */
@@ -63,9 +69,13 @@ export interface SplitBrain {
  * async and logship modes every entry is acknowledged before the peers hold it.
  */
 export function splitBrainBetween(here: SplitBrainCopy, other: OtherCopy): SplitBrain | null {
-  const { sharedSeq, bPast } = compareCopies({ history: here.history, lastSeq: here.lastSeq }, { history: other.history, lastSeq: other.lastSeq });
+  const compared = compareCopies({ history: here.history, lastSeq: here.lastSeq }, { history: other.history, lastSeq: other.lastSeq });
+  const forker = other.history.epochOf(compared.sharedSeq + 1).primary;
+  // A primary that restarted after a crash numbered anew after what it recovered, in the
+  // same epoch: entries past that point are not the same as the peer's under the same numbers.
+  const sharedSeq = Math.min(compared.sharedSeq, here.divergedAfter?.(other.node) ?? Number.POSITIVE_INFINITY);
+  const bPast = other.lastSeq - sharedSeq;
   if (here.lastSeq <= sharedSeq) return null;
-  const forker = other.history.epochOf(sharedSeq + 1).primary;
   const alone = here.mode === 'sync' ? here.ackedAloneFrom(forker) : 1;
   if (alone === null) return null;
   const from = Math.max(sharedSeq + 1, alone);
@@ -82,7 +92,7 @@ export function splitBrainBetween(here: SplitBrainCopy, other: OtherCopy): Split
     if (hereEpoch === -1) hereEpoch = start.epoch;
   });
   if (hereEntries === 0) return null;
-  return { sharedSeq, hereEntries, otherEntries: bPast, hereEpoch, otherEpoch: other.history.epochOf(sharedSeq + 1).epoch };
+  return { sharedSeq, hereEntries, otherEntries: bPast, hereEpoch, otherEpoch: other.history.epochOf(compared.sharedSeq + 1).epoch };
 }
 
 /** Which copy's writes a policy discards: none (they stay apart), this one's, or the other's. */

@@ -7,7 +7,7 @@
 // session), so that a node restarted after its primary died can still be promoted.
 
 import type { Logger } from '../lib/log.js';
-import type { SourceContact } from '../core/promotion.js';
+import { contactHeard, type SourceContact } from '../core/promotion.js';
 import type { DurableFiles } from '../storage/durable-files.js';
 
 export class ContactRecord {
@@ -36,9 +36,19 @@ export class ContactRecord {
     if (this.record !== null && this.record.endedAt === null) this.save({ ...this.record, inSync: true, lastSeq: seq });
   }
 
-  /** A heartbeat of the primary named its last entry (kept in memory: written with the next change). */
+  /**
+   * A heartbeat of the primary named its last entry: during the session kept in memory
+   * (written with the next change); after it, a primary that went on without this copy
+   * takes its "in sync" away, written at once (contactHeard).
+   */
   heard(sourceLastSeq: number): void {
-    if (this.record !== null && this.record.endedAt === null) this.record.sourceLastSeq = sourceLastSeq;
+    if (this.record === null) return;
+    const next = contactHeard(this.record, sourceLastSeq);
+    if (this.record.endedAt === null) this.record = next;
+    else if (next !== this.record) {
+      this.log.warn('the primary went on after this copy\'s session ended: a promotion of this copy will need --force', { source: next.source, lastSeq: next.lastSeq, sourceLastSeq });
+      this.save(next);
+    }
   }
 
   /** The session ended with `lastSeq` stored; `sourceWent`: the primary went away (else this node ended it). */

@@ -43,15 +43,15 @@ export function copyForSplitBrain(node: NodeConfig, config: VolumeConfig, histor
     history,
     lastSeq,
     mode: config.mode === 'local' ? 'sync' : config.mode,
-    ackedAloneFrom: (peer) => {
-      // What this node's mirror ledger recorded while it was a primary (kept when it stepped down).
-      if (record === null) {
-        const data = files.read(path.join(node.dataDir, 'mirror', `${config.name}.json`));
-        record = data === null ? { cleanStopSeq: null, resyncNeeded: [], divergedAfter: {} } : parseMirrorRecord(data);
-      }
-      return record.ackedAlone?.[peer] ?? null;
-    },
+    // What this node's mirror ledger recorded while it was a primary (kept when it stepped down).
+    ackedAloneFrom: (peer) => (record ??= readRecord()).ackedAlone?.[peer] ?? null,
+    divergedAfter: (peer) => (record ??= readRecord()).divergedAfter[peer] ?? null,
   };
+
+  function readRecord(): ReturnType<typeof parseMirrorRecord> {
+    const data = files.read(path.join(node.dataDir, 'mirror', `${config.name}.json`));
+    return data === null ? { cleanStopSeq: null, resyncNeeded: [], divergedAfter: {} } : parseMirrorRecord(data);
+  }
 }
 
 /**

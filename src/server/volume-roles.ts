@@ -604,7 +604,8 @@ export class VolumeRoles {
         return { code: RefuseCode.STALE_EPOCH, message: `volume ${name}: node ${hello.fromNode} is primary in epoch ${hello.epoch}, but node ${here} knows epoch ${epoch} (primary ${primary} from entry ${firstSeq})` };
       }
       case 'not-its-primary':
-        if (winner) return null;
+        // Two nodes promoted to one epoch number (forced, on both sides of a partition): a split brain like any other.
+        if (winner || (served.target === null && this.splitWith(served, hello) !== null)) return null;
         return { code: RefuseCode.EPOCH, message: `volume ${name}: node ${hello.fromNode} is not the primary of epoch ${verdict.known.epoch}, node ${verdict.known.primary} is` };
       case 'primary-here':
         return { code: RefuseCode.ROLE, message: `node ${here} does not follow a primary of ${name}: it is its primary in epoch ${verdict.known.epoch}` };
