@@ -95,13 +95,24 @@ export class EpochHistory {
 
   /**
    * The next epoch begins: `primary` numbers from `firstSeq` (the entry after the last its
-   * copy holds). Its number is the next one, or the one after `above` when a copy that went
-   * separate ways knows a higher one (a split brain's winner must fence its loser's line).
+   * copy holds; epochs that start after it are left out, see `upTo`). Its number is the
+   * next one, or the one after `above` when a copy that went separate ways knows a higher
+   * one (a split brain's winner must fence its loser's line).
    */
   begin(primary: string, firstSeq: number, above = this.current.epoch): EpochHistory {
     const epoch = Math.max(this.current.epoch, above) + 1;
-    assert(firstSeq >= this.current.firstSeq, `epoch ${epoch} would start at ${firstSeq}, before epoch ${this.current.epoch} (${this.current.firstSeq})`);
-    return EpochHistory.of([...this.starts, { epoch, primary, firstSeq }]);
+    return EpochHistory.of([...this.upTo(firstSeq).starts, { epoch, primary, firstSeq }]);
+  }
+
+  /**
+   * The epochs that start at or before entry `seq` (the first always stays): what a copy
+   * that holds entries only up to `seq - 1` can vouch for. A copy that learned a newer epoch
+   * but holds none of its entries, promoted, begins its own epoch before that one's start,
+   * so that epoch is not in its line (its number stays used: the new one is above it).
+   */
+  upTo(seq: number): EpochHistory {
+    const kept = this.starts.filter((start, index) => index === 0 || start.firstSeq <= seq);
+    return kept.length === this.starts.length ? this : EpochHistory.of(kept);
   }
 
   /**

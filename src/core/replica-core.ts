@@ -50,6 +50,31 @@ export type SourceVerdict =
   | { kind: 'primary-here'; known: EpochStart }
   | { kind: 'separate-ways'; known: EpochStart };
 
+/**
+ * Whether a source's claim, judged `verdict` by this copy, is taken (its session begins):
+ * its own primary or a newer epoch's; a stale one only as the winner of a split brain this
+ * copy lost (`winner`); another line (`separate-ways`, or `not-its-primary`: two nodes
+ * promoted to one epoch number without a coordinator) when it is that winner, or when this
+ * copy follows no primary (it is one, or stepped down) and finds a split brain with it
+ * (`splitFound`: then the policy decides). Every other claim is refused.
+ */
+export function admitsSource(verdict: SourceVerdict, copy: { following: boolean; winner: boolean; splitFound: () => boolean }): boolean {
+  switch (verdict.kind) {
+    case 'current':
+    case 'newer':
+      return true;
+    case 'stale':
+      return copy.winner;
+    case 'not-its-primary':
+    case 'separate-ways':
+      return copy.winner || (!copy.following && copy.splitFound());
+    case 'primary-here':
+    case 'names-another':
+    case 'impossible':
+      return false;
+  }
+}
+
 export class ReplicaCore<Frame, Entry = Frame> {
   readonly local: VolumeCore;
   private primaryPart: PrimaryCore<Frame> | null = null;
@@ -122,7 +147,7 @@ export class ReplicaCore<Frame, Entry = Frame> {
   promote(history: EpochHistory): void {
     assert(this.role === 'secondary', 'only a secondary is promoted');
     assert(history.current.epoch > this.epoch, `promotion to epoch ${history.current.epoch}, which is not newer than ${this.epoch}`);
-    assert(this.currentHistory.isPrefixOf(history), 'a promotion keeps the history it extends');
+    assert(this.currentHistory.upTo(history.current.firstSeq).isPrefixOf(history), 'a promotion keeps the history of what the copy holds');
     assert(history.current.firstSeq === this.local.lastSeq + 1, `epoch ${history.current.epoch} must start after entry ${this.local.lastSeq}`);
     assert(this.secondaryPart === null || this.secondaryPart.idle, 'promoted while its primary\'s session is under way');
     this.secondaryPart = null;

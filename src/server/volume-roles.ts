@@ -50,6 +50,7 @@ import type { HelloMessage, PeerLink, SplitBrainMessage } from './peer-link.js';
 import { encodeFrame, PEER_HISTORY_EPOCHS_MAX } from '../protocol/peer/frames.js';
 import { ReplicaTarget } from './replica-target.js';
 import { mayLack } from '../core/promotion.js';
+import { admitsSource } from '../core/replica-core.js';
 import { ContactRecord } from './source-contact.js';
 import type { ServedVolume } from './served-volume.js';
 import type { DemotionResult, PromotionResult, ResolveResult } from './status.js';
@@ -590,6 +591,7 @@ export class VolumeRoles {
     const verdict = served.volume.replica.judgeSource(hello.fromNode, hello.history);
     const here = this.parts.node.id;
     const winner = served.target === null && served.discard?.winner === hello.fromNode;
+    if (admitsSource(verdict, { following: served.target !== null, winner, splitFound: () => this.splitWith(served, hello) !== null })) return null;
     switch (verdict.kind) {
       case 'current':
       case 'newer':
@@ -599,18 +601,14 @@ export class VolumeRoles {
       case 'names-another':
         return { code: RefuseCode.EPOCH, message: `volume ${name}: node ${hello.fromNode} claims epoch ${hello.epoch}, whose primary its own history says is ${verdict.primary}` };
       case 'stale': {
-        if (winner) return null;
         const { epoch, primary, firstSeq } = verdict.known;
         return { code: RefuseCode.STALE_EPOCH, message: `volume ${name}: node ${hello.fromNode} is primary in epoch ${hello.epoch}, but node ${here} knows epoch ${epoch} (primary ${primary} from entry ${firstSeq})` };
       }
       case 'not-its-primary':
-        // Two nodes promoted to one epoch number (forced, on both sides of a partition): a split brain like any other.
-        if (winner || (served.target === null && this.splitWith(served, hello) !== null)) return null;
         return { code: RefuseCode.EPOCH, message: `volume ${name}: node ${hello.fromNode} is not the primary of epoch ${verdict.known.epoch}, node ${verdict.known.primary} is` };
       case 'primary-here':
         return { code: RefuseCode.ROLE, message: `node ${here} does not follow a primary of ${name}: it is its primary in epoch ${verdict.known.epoch}` };
       case 'separate-ways': {
-        if (winner || (served.target === null && this.splitWith(served, hello) !== null)) return null;
         const { epoch, primary, firstSeq } = verdict.known;
         return {
           code: RefuseCode.EPOCH,

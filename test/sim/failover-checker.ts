@@ -22,12 +22,15 @@
 //       was dropped, when a copy followed a line begun by a forced promotion (what --force
 //       warns may be lost), by a copy that had not acknowledged it alone;
 //   (d) split brain is always found: two copies that meet at the end, one of them a
-//       primary, each holding a write it acknowledged itself that the other lacks, were
-//       found in split brain at some point (a copy that only follows one of them is not
-//       asked to find it: the copies that acknowledged do);
+//       primary, each holding a write it acknowledged itself without the other that the
+//       other lacks (async mode: any; sync mode: those its ledger records as acknowledged
+//       without it), were found in split brain at some point (a copy that follows a third
+//       is not asked to find it: the copies that acknowledged do; a write the other
+//       once held was taken away only by a failed disk or --force);
 //   (q) a `quorum: majority` volume with no forced promotion never splits: no split brain
-//       with writes on both sides is ever found (one side may be empty: a new primary that
-//       died before any copy heard of its epoch, whose number another promotion took);
+//       is ever found where each side holds writes it acknowledged past the shared entry
+//       (one side may hold only entries it never acknowledged: a new primary cut off or
+//       dead before any copy heard of its epoch);
 //   (c) when the run ends with one primary, no split brain left apart and every node up,
 //       reachable and on a working disk, every copy that follows it holds its entries.
 
@@ -62,9 +65,12 @@ export class FailoverChecker {
   private readonly forcedEpochs = new Set<number>();
   forcedPromotions = 0;
   splitBrainsFound = 0;
-  private disksReplaced = 0;
+  /** Disks that failed in the run. */
+  disksFailed = 0;
   /** Acknowledged writes a copy dropped when it followed a line a forced promotion began (the loss --force warns of). */
   readonly lostToForce = new Set<number>();
+  /** Acknowledged writes a copy dropped when it followed a forced line (they live on only in the old line). */
+  private readonly leftByForce = new Set<number>();
   sharedEpochNumbers = 0;
   checks = 0;
 
@@ -141,6 +147,8 @@ export class FailoverChecker {
       const write = this.acked.get(entry.writeId);
       if (write === undefined || write.seq !== entry.seq) continue;
       if (saving) this.saved.add(write.writeId);
+      // A forced line lacks it: the copies of the old line that still hold it are all it has.
+      if (forcedLine && !(write.node === node && recordedAlone(write))) this.leftByForce.add(write.writeId);
       if (saving || this.saved.has(write.writeId) || heldElsewhere(write)) continue;
       if (forcedLine && !(write.node === node && recordedAlone(write))) {
         this.lostToForce.add(write.writeId);
@@ -157,12 +165,15 @@ export class FailoverChecker {
 
   /** A failed disk's log is replaced by an empty one: what only it held is gone. */
   diskReplaced(entries: readonly CheckedEntry[], heldElsewhere: (write: AckedWrite) => boolean): void {
-    this.disksReplaced += 1;
     for (const entry of entries) {
       const write = this.acked.get(entry.writeId);
       if (write === undefined || write.seq !== entry.seq || heldElsewhere(write) || this.saved.has(write.writeId) || this.lostToForce.has(write.writeId)) continue;
+      if (this.leftByForce.has(write.writeId)) {
+        this.lostToForce.add(write.writeId);
+        continue;
+      }
       // A second failed disk may take the last copy of anything (two failures, not a failover).
-      if (!write.alone && this.disksReplaced === 1) this.fail('l', `write ${write.writeId} was acknowledged with a peer counted, but only the failed disk held it`);
+      if (!write.alone && this.disksFailed === 1) this.fail('l', `write ${write.writeId} was acknowledged with a peer counted, but only the failed disk held it`);
       this.lostWithDisk.add(write.writeId);
     }
   }
@@ -171,7 +182,7 @@ export class FailoverChecker {
   private readonly everFound = new Set<string>();
   private readonly apart = new Set<string>();
 
-  /** `here` found a split brain with `other` (counted once until it is resolved). */
+  /** `here` found a split brain with `other` (counted once until it is resolved); `bothSides`: each holds writes it acknowledged past their shared entry. */
   splitBrain(here: string, other: string, bothSides: boolean): void {
     const pair = [here, other].sort().join('+');
     this.everFound.add(pair);
@@ -186,18 +197,25 @@ export class FailoverChecker {
   }
 
   /**
-   * (d) Two copies that meet, each holding writes it acknowledged that the other lacks, are
-   * in split brain: it must have been found.
+   * (d) Two copies that meet, each holding writes it acknowledged without the other (`alone`:
+   * in async mode every write; in sync mode those its ledger still records so) that the
+   * other lacks, are in split brain: it must have been found.
    */
-  detected(x: string, y: string, xHolds: (write: AckedWrite) => boolean, yHolds: (write: AckedWrite) => boolean): void {
+  detected(
+    x: string,
+    y: string,
+    xHolds: (write: AckedWrite) => boolean,
+    yHolds: (write: AckedWrite) => boolean,
+    alone: (write: AckedWrite) => boolean,
+  ): void {
     this.checks += 1;
     let onlyX: AckedWrite | null = null;
     let onlyY: AckedWrite | null = null;
     for (const write of this.acked.values()) {
       const inX = xHolds(write);
       const inY = yHolds(write);
-      if (inX && !inY && write.node === x) onlyX ??= write;
-      if (inY && !inX && write.node === y) onlyY ??= write;
+      if (inX && !inY && write.node === x && alone(write)) onlyX ??= write;
+      if (inY && !inX && write.node === y && alone(write)) onlyY ??= write;
     }
     if (onlyX === null || onlyY === null || this.everFound.has([x, y].sort().join('+'))) return;
     this.fail('d', `${x} holds acknowledged write ${onlyX.writeId} (entry ${onlyX.seq}) that ${y} lacks, and ${y} write ${onlyY.writeId} (entry ${onlyY.seq}) that ${x} lacks, but no split brain was found between them`);

@@ -52,6 +52,8 @@ export interface FailoverConfig {
   diskUs: { minUs: number; maxUs: number };
   /** How long the operator takes to answer a failure (a promotion after a crash of the primary). */
   operatorUs: { minUs: number; maxUs: number };
+  /** When the rules refuse every copy after a failure, the operator forces the promotion of the best one. */
+  operatorForces: boolean;
   /** A split brain left apart is resolved by the operator this long after it is found (null: never). */
   resolveAfterUs: number | null;
   steps: Step[];
@@ -88,7 +90,7 @@ export function failoverConfigFromSeed(seed: number, choices: FailoverChoices = 
     else steps.push({ kind: 'promote', node: prng.chance(0.5) ? null : prng.pick(nodes), force: prng.chance(0.5), atUs });
   }
   steps.sort((x, y) => x.atUs - y.atUs);
-  return {
+  const config: FailoverConfig = {
     seed,
     mode,
     nodes,
@@ -104,8 +106,12 @@ export function failoverConfigFromSeed(seed: number, choices: FailoverChoices = 
     operatorUs: { minUs: 200, maxUs: prng.pick([1000, 5000, 20_000]) },
     resolveAfterUs: prng.chance(0.7) ? prng.between(500, 10_000) : null,
     steps,
+    // Drawn last, so that adding it left the rest of each seed's shape as it was.
+    operatorForces: false,
     fault: choices.fault ?? null,
   };
+  config.operatorForces = prng.chance(0.3);
+  return config;
 }
 
 export function describeFailoverConfig(config: FailoverConfig): string {
@@ -130,6 +136,7 @@ export function describeFailoverConfig(config: FailoverConfig): string {
     `afterSplitBrain ${config.afterSplitBrain}`,
     `${config.clients} clients x ${config.opsPerClient} writes`,
     config.resolveAfterUs === null ? 'no resolve' : `resolve after ${config.resolveAfterUs}us`,
+    ...(config.operatorForces ? ['the operator forces a promotion the rules refuse'] : []),
     config.steps.map(step).join(', '),
     ...(config.fault === null ? [] : [`fault ${config.fault}`]),
   ].join('; ');

@@ -12,11 +12,13 @@
 // promotion (promotion, promote, demote, learn), whether a promotion may lose writes
 // (mayLack), the quorum for writes and promotions (writeQuorum, promotionQuorum), where two
 // copies part (compareCopies), whether they are in split brain and what the policy decides
-// (splitBrainBetween, decideSplitBrain), whether a primary may serve without its disk
-// (disklessRefusal). The node's side around them follows src/server/volume-roles.ts
-// (check, attach, follow, takeOver): a copy that is a primary, or stepped down, looks for a
-// split brain with a source of a newer or separate history; one that follows a primary
-// refuses another line.
+// (splitBrainBetween, decideSplitBrain), whether a source's claim is taken at all
+// (admitsSource), whether a primary may serve without its disk (disklessRefusal). The
+// node's side around them follows src/server/volume-roles.ts (attach, follow, takeOver): a
+// copy that is a primary, or stepped down, looks for a split brain with a source of a newer
+// or separate history; one that follows a primary refuses another line. The operator's part
+// without a quorum is the documented rule: promote by the rules only a copy that was
+// streaming from its primary when that primary went away, and only while it stays away.
 //
 // The data path is a model, smaller than cluster.ts's (which runs the shipped
 // MirrorSource and MirrorTarget): each node's log holds every entry (number, epoch, write)
@@ -34,7 +36,7 @@ import { compareCopies, EpochHistory, type EpochStart } from '../../src/core/epo
 import { disklessRefusal } from '../../src/core/diskless.js';
 import { contactHeard, mayLack, type SourceContact } from '../../src/core/promotion.js';
 import { promotionQuorum, writeQuorum, type MemberView } from '../../src/core/quorum.js';
-import { ReplicaCore } from '../../src/core/replica-core.js';
+import { admitsSource, ReplicaCore } from '../../src/core/replica-core.js';
 import { decideSplitBrain, splitBrainBetween, type SplitBrain, type SplitBrainDecision } from '../../src/core/split-brain.js';
 import { Prng } from '../unit/prng.js';
 import { SimFailure } from './checker.js';
@@ -43,6 +45,8 @@ import { FailoverChecker, type AckedWrite, type CheckedEntry } from './failover-
 import type { FailoverConfig, Step, Target } from './failover-config.js';
 
 const TICK_US = 500;
+/** How a session ends when its primary goes away (not a lost link, nor the copy's own end). */
+const wentAway: readonly string[] = ['source crashed', 'source failed', 'source stepped down'];
 const WITNESS = 'w';
 /** How fresh a heartbeat must be to count (the ideal detector makes every heard one fresh). */
 const FRESH_MS = 1;
@@ -112,6 +116,8 @@ class SimNode {
   readonly waiting: Request[] = [];
   draining = false;
   diskUs = 0;
+  /** When it last answered a client's write (what the operator sees in its log). */
+  lastAnswerUs = -1;
   /** Per peer, the highest entry it acknowledged to this node. */
   readonly knownAcked = new Map<string, number>();
 
@@ -157,15 +163,21 @@ class SimNode {
   writeAt(seq: number): number | null {
     return this.log[seq - 1]?.writeId ?? null;
   }
+
+  /** Its disk holds `write` at its entry (a failed disk holds nothing: a diskless primary's log is only its numbering). */
+  holds(write: { seq: number; writeId: number }): boolean {
+    return !this.diskFailed && this.writeAt(write.seq) === write.writeId;
+  }
 }
 
-export interface FailoverSummary {
-  config: FailoverConfig;
-  events: number;
-  virtualUs: number;
+/** What a run went through (summed over runs by failover-run.ts). */
+export interface FailoverCounts {
   acknowledged: number;
+  /** Client requests refused or dropped (the client tried another node). */
   refused: number;
-  promotions: { byRules: number; forced: number; refused: number };
+  byRules: number;
+  forced: number;
+  promoteRefused: number;
   switchovers: number;
   crashes: number;
   partitions: number;
@@ -178,10 +190,43 @@ export interface FailoverSummary {
   resolved: number;
   saved: number;
   lostWithDisk: number;
+  lostToForce: number;
   sharedEpochNumbers: number;
-  quorumHeld: number;
-  converged: boolean;
+  /** 1 when the run ended with every copy following one primary. */
+  converged: number;
+}
+
+export function emptyCounts(): FailoverCounts {
+  return {
+    acknowledged: 0,
+    refused: 0,
+    byRules: 0,
+    forced: 0,
+    promoteRefused: 0,
+    switchovers: 0,
+    crashes: 0,
+    partitions: 0,
+    diskFailures: 0,
+    disklessServed: 0,
+    disklessRefused: 0,
+    attached: 0,
+    fenced: 0,
+    splitBrains: 0,
+    resolved: 0,
+    saved: 0,
+    lostWithDisk: 0,
+    lostToForce: 0,
+    sharedEpochNumbers: 0,
+    converged: 0,
+  };
+}
+
+export interface FailoverSummary {
+  config: FailoverConfig;
+  events: number;
+  virtualUs: number;
   checks: number;
+  counts: FailoverCounts;
 }
 
 export class FailoverCluster {
@@ -201,23 +246,7 @@ export class FailoverCluster {
   private readonly echoes = new Map<string, string[]>();
   private readonly pendingSplits: PendingSplit[] = [];
   private horizonUs = 0;
-  private readonly tally = {
-    acknowledged: 0,
-    refused: 0,
-    byRules: 0,
-    forced: 0,
-    promoteRefused: 0,
-    switchovers: 0,
-    crashes: 0,
-    partitions: 0,
-    diskFailures: 0,
-    disklessServed: 0,
-    disklessRefused: 0,
-    attached: 0,
-    fenced: 0,
-    resolved: 0,
-    quorumHeld: 0,
-  };
+  private readonly tally = emptyCounts();
 
   constructor(
     readonly config: FailoverConfig,
@@ -264,31 +293,13 @@ export class FailoverCluster {
       this.trace?.(`${this.queue.now}us ${label}`);
       if (events > 2_000_000) throw new SimFailure('no quiet after 2,000,000 events (a livelock?)');
     }
-    const converged = this.final();
-    return {
-      config: this.config,
-      events,
-      virtualUs: this.queue.now,
-      acknowledged: this.tally.acknowledged,
-      refused: this.tally.refused,
-      promotions: { byRules: this.tally.byRules, forced: this.tally.forced, refused: this.tally.promoteRefused },
-      switchovers: this.tally.switchovers,
-      crashes: this.tally.crashes,
-      partitions: this.tally.partitions,
-      diskFailures: this.tally.diskFailures,
-      disklessServed: this.tally.disklessServed,
-      disklessRefused: this.tally.disklessRefused,
-      attached: this.tally.attached,
-      fenced: this.tally.fenced,
-      splitBrains: this.checker.splitBrainsFound,
-      resolved: this.tally.resolved,
-      saved: this.checker.saved.size,
-      lostWithDisk: this.checker.lostWithDisk.size,
-      sharedEpochNumbers: this.checker.sharedEpochNumbers,
-      quorumHeld: this.tally.quorumHeld,
-      converged,
-      checks: this.checker.checks,
-    };
+    this.tally.converged = this.final() ? 1 : 0;
+    this.tally.splitBrains = this.checker.splitBrainsFound;
+    this.tally.saved = this.checker.saved.size;
+    this.tally.lostWithDisk = this.checker.lostWithDisk.size;
+    this.tally.lostToForce = this.checker.lostToForce.size;
+    this.tally.sharedEpochNumbers = this.checker.sharedEpochNumbers;
+    return { config: this.config, events, virtualUs: this.queue.now, checks: this.checker.checks, counts: { ...this.tally } };
   }
 
   // ---- the steps of the schedule ------------------------------------------------------------
@@ -319,7 +330,7 @@ export class FailoverCluster {
         this.tally.partitions += 1;
         this.cut.set(node.id, (this.cut.get(node.id) ?? 0) + 1);
         this.note(`${node.id} cut off`);
-        this.linksDown(node.id);
+        this.linksDown(node.id, false);
         this.queue.after(step.healAfterUs, `${node.id} healed`, () => this.cut.set(node.id, (this.cut.get(node.id) ?? 1) - 1));
         // With a quorum the operator may promote a node while the old primary is only cut off.
         if (wasPrimary && this.config.quorum === 'majority') this.queue.after(this.draw(this.config.operatorUs), 'operator promotes', () => this.promote(null, false));
@@ -345,7 +356,7 @@ export class FailoverCluster {
     this.tally.crashes += 1;
     node.up = false;
     node.incarnation += 1;
-    this.linksDown(node.id);
+    this.linksDown(node.id, true);
     this.dropWaiting(node);
     node.draining = false;
     node.knownAcked.clear();
@@ -368,11 +379,11 @@ export class FailoverCluster {
     this.note(`${node.id} restarted`);
   }
 
-  /** Sessions to and from `id` end (its links went down). */
-  private linksDown(id: string): void {
+  /** Sessions to and from `id` end: it crashed, or its links were cut. */
+  private linksDown(id: string, crashed: boolean): void {
     for (const node of this.nodes) {
       for (const [peer, session] of [...node.sessions]) {
-        if (node.id === id || peer === id) this.endSession(node, this.node(peer), session.id, node.id === id ? 'source gone' : 'peer gone');
+        if (node.id === id || peer === id) this.endSession(node, this.node(peer), session.id, !crashed ? 'link lost' : node.id === id ? 'source crashed' : 'peer crashed');
       }
     }
   }
@@ -390,6 +401,7 @@ export class FailoverCluster {
 
   private diskFails(node: SimNode): void {
     this.tally.diskFailures += 1;
+    this.checker.disksFailed += 1;
     node.diskFailed = true;
     if (!node.serving && node.core.role !== 'primary') {
       // A secondary without its disk stops following.
@@ -420,7 +432,7 @@ export class FailoverCluster {
     node.ackedAlone.clear();
     node.divergedAfter.clear();
     node.contact = null;
-    this.checker.diskReplaced(dropped, (write) => this.nodes.some((other) => other !== node && other.writeAt(write.seq) === write.writeId));
+    this.checker.diskReplaced(dropped, (write) => this.nodes.some((other) => other !== node && other.holds(write)));
   }
 
   /** `blockmirror attach`: a new disk, filled from an up-to-date peer while serving, or empty to be resynced. */
@@ -431,7 +443,7 @@ export class FailoverCluster {
       return;
     }
     if (!node.diskFailed) return;
-    if (node.diskless) {
+    if (node.diskless && node.core.role === 'primary') {
       const source = [...node.sessions].find(([, session]) => session.inSync);
       if (source === undefined) {
         this.queue.after(1000, `attach on ${node.id} (no up-to-date peer)`, () => this.attach(node));
@@ -476,6 +488,8 @@ export class FailoverCluster {
       this.becomePrimary(node, history, force ? 'forced' : 'rules');
       return;
     }
+    // The rules refused every copy: this operator forces the best one (the one with the most entries).
+    if (id === null && !force && this.config.operatorForces) this.promote(null, true);
   }
 
   /** Why `node` may not be promoted now, or null. */
@@ -484,8 +498,17 @@ export class FailoverCluster {
     if (node.core.role !== 'secondary') return 'not a secondary';
     if (node.following !== null) return 'still streaming from a live primary';
     if (force) return null;
-    // Without a quorum, only a copy whose primary is down is promoted (the documented rule).
-    if (this.config.quorum === 'off' && primaryAlive) return 'the primary is alive';
+    // Without a quorum, the operator promotes by the rules only a copy that was streaming from
+    // its primary when that primary went away (crashed, failed or stepped down: the end its
+    // contact record names), and while no node takes writes (docs/operations.md, "Failover").
+    if (this.config.quorum === 'off') {
+      if (primaryAlive) return 'the primary is alive';
+      const ended = node.contact?.endedBy ?? null;
+      if (ended !== null && !wentAway.includes(ended)) return `its session with node ${node.contact?.source ?? '?'} ended by "${ended}", not with the primary going away`;
+      // ... for the last time: a primary that came back and took writes without it went on.
+      const source = this.nodes.find((other) => other.id === node.contact?.source);
+      if (source !== undefined && source.lastAnswerUs > Number(node.contact?.endedAt ?? Number.POSITIVE_INFINITY)) return `node ${source.id} took writes after its session with this copy ended`;
+    }
     if (this.config.fault !== 'promote-ignores-contact') {
       const lack = mayLack({ name: 'vol', mode: this.config.mode }, node.contact, node.id);
       if (lack !== null) return lack;
@@ -503,6 +526,7 @@ export class FailoverCluster {
   private becomePrimary(node: SimNode, history: EpochHistory, how: 'rules' | 'forced' | 'take-over'): void {
     // The promotion takes a consistency point: what the copy holds is durable.
     for (const entry of node.log) entry.durable = true;
+    const before = node.core.history;
     node.core.promote(history);
     node.draining = false;
     // Sessions of an earlier epoch end: the peers hear the new history in new ones.
@@ -510,10 +534,10 @@ export class FailoverCluster {
     if (how === 'forced') this.tally.forced += 1;
     else if (how === 'rules') this.tally.byRules += 1;
     this.note(`${node.id} promoted to epoch ${history.current.epoch} from entry ${history.current.firstSeq} (${how})`);
-    this.checker.promoted(node.id, history.current.epoch, how, (seq) => node.writeAt(seq), (write) => this.inLine(node.core.history, write));
+    this.checker.promoted(node.id, history.current.epoch, how, (seq) => node.writeAt(seq), (write) => this.inLine(before, write));
   }
 
-  /** The write's epoch (number and primary) is one of `history`'s, and its entry falls in it. */
+  /** The write's epoch (number and primary) is the one `history` (the copy's before its promotion) puts its entry in. */
   private inLine(history: EpochHistory, write: AckedWrite): boolean {
     const start = history.epochOf(write.seq);
     return start.epoch === write.epoch && start.primary === write.epochKey;
@@ -626,6 +650,7 @@ export class FailoverCluster {
     this.note(`${node.id} steps down: ${why}`);
     this.dropWaiting(node);
     node.draining = false;
+    node.diskless = false;
     node.core.demote();
     for (const [peer, session] of [...node.sessions]) this.endSession(node, this.node(peer), session.id, 'source stepped down');
   }
@@ -663,32 +688,21 @@ export class FailoverCluster {
     const winner = target.following === null && target.discardWinner === source.id;
     const theirs = EpochHistory.of(starts);
     const joined = target.core.history.knowsEpochOf(theirs) ? target.core.history.joinedWith(theirs) : theirs;
-    switch (verdict.kind) {
-      case 'current':
-        if (!winner) {
-          if (target.following !== null) this.endSession(this.node(target.following.node), target, target.following.session, 'a new session');
-          target.following = { node: source.id, session };
-          this.ready(target, source, session);
-          return;
-        }
-        break;
-      case 'newer':
-        break;
-      case 'stale':
-        if (winner) break;
-        this.send(target, source, 'stale-epoch', () => {
-          if (source.sessions.get(target.id)?.id !== session) return;
-          this.stepDown(source, `${target.id} knows epoch ${target.core.epoch}`);
-        });
-        return;
-      case 'not-its-primary':
-      case 'separate-ways':
-        if (winner || (target.following === null && this.splitWith(target, joined, sourceLastSeq) !== null)) break;
-        return this.refuse(target, source, session, verdict.kind);
-      case 'primary-here':
-      case 'names-another':
-      case 'impossible':
-        return this.refuse(target, source, session, verdict.kind);
+    // VolumeRoles.check: whether the claim is taken at all (the shipped admitsSource).
+    if (!admitsSource(verdict, { following: target.following !== null, winner, splitFound: () => this.splitWith(target, joined, sourceLastSeq) !== null })) {
+      if (verdict.kind !== 'stale') return this.refuse(target, source, session, verdict.kind);
+      this.send(target, source, 'stale-epoch', () => {
+        if (source.sessions.get(target.id)?.id !== session) return;
+        this.stepDown(source, `${target.id} knows epoch ${target.core.epoch}`);
+      });
+      return;
+    }
+    // ReplicaTarget.attach: the session of the primary it follows, in its epoch.
+    if (verdict.kind === 'current' && !winner) {
+      if (target.following !== null) this.endSession(this.node(target.following.node), target, target.following.session, 'a new session');
+      target.following = { node: source.id, session };
+      this.ready(target, source, session);
+      return;
     }
     // VolumeRoles.attach: a copy that is not following looks for a split brain first.
     let discard: number | null = null;
@@ -697,7 +711,7 @@ export class FailoverCluster {
     if (found !== null) {
       const decision: SplitBrainDecision = target.discardWinner === source.id ? 'discard-here' : decideSplitBrain(this.config.afterSplitBrain, found);
       this.note(`split brain found by ${target.id} with ${source.id}: ${found.hereEntries} entries here, ${found.otherEntries} there past ${found.sharedSeq}; ${decision}`);
-      this.checker.splitBrain(target.id, source.id, found.hereEntries > 0 && found.otherEntries > 0);
+      this.checker.splitBrain(target.id, source.id, this.ackedPast(target, found.sharedSeq) && this.ackedPast(source, found.sharedSeq));
       if (decision !== 'discard-here') {
         this.send(target, source, 'split-brain', () => {
           if (source.sessions.get(target.id)?.id !== session) return;
@@ -723,6 +737,11 @@ export class FailoverCluster {
     this.follow(target, source, history, discard);
     target.following = { node: source.id, session };
     this.ready(target, source, session);
+  }
+
+  /** `node` holds a write it acknowledged itself past entry `seq`. */
+  private ackedPast(node: SimNode, seq: number): boolean {
+    return node.log.slice(seq).some((entry) => this.checker.acked.get(entry.writeId)?.node === node.id);
   }
 
   /** The split brain `here` has with a source of history `theirs`, or null (the fault split-brain-unseen: never one). */
@@ -773,7 +792,7 @@ export class FailoverCluster {
       dropped,
       saving,
       why,
-      (write) => this.nodes.some((other) => other !== node && other.writeAt(write.seq) === write.writeId),
+      (write) => this.nodes.some((other) => other !== node && other.holds(write)),
       forcedLine,
       (write) => write.seq >= aloneFrom,
     );
@@ -836,6 +855,8 @@ export class FailoverCluster {
 
   private ready(target: SimNode, source: SimNode, session: number): void {
     const lastSeq = target.lastSeq;
+    // ContactRecord.started: a session is up, not in sync until the primary says so.
+    target.contact = { source: source.id, epoch: source.core.epoch, inSync: false, lastSeq, sourceLastSeq: null, endedAt: null, endedBy: null };
     this.send(target, source, 'ready', () => {
       const out = source.sessions.get(target.id);
       if (out?.id !== session || out.phase !== 'hello') return;
@@ -853,7 +874,7 @@ export class FailoverCluster {
   private started(target: SimNode, source: SimNode, session: number, from: number, epoch: number): void {
     if (target.following?.session !== session) return;
     this.truncate(target, from, false, `START from ${source.id}`);
-    target.contact = { source: source.id, epoch, inSync: false, lastSeq: from, sourceLastSeq: null, endedAt: null, endedBy: null };
+    if (target.contact?.source === source.id && target.contact.endedAt === null) target.contact = { ...target.contact, epoch, lastSeq: from };
     this.acknowledge(target);
   }
 
@@ -980,11 +1001,7 @@ export class FailoverCluster {
     const sessions = [...node.sessions.values()].filter((session) => session.phase === 'streaming');
     if (this.config.mode === 'sync' && sessions.some((session) => session.acked < request.seq)) return false;
     if (node.diskless && !sessions.some((session) => session.inSync && session.acked >= request.seq)) return false;
-    if (!this.quorumOk(node)) {
-      this.tally.quorumHeld += 1;
-      return false;
-    }
-    return true;
+    return this.quorumOk(node);
   }
 
   private answer(node: SimNode, request: Request): void {
@@ -998,6 +1015,7 @@ export class FailoverCluster {
       else if (this.config.mode === 'sync' && !node.ackedAlone.has(peer.id)) node.ackedAlone.set(peer.id, (node.knownAcked.get(peer.id) ?? 0) + 1);
     }
     this.tally.acknowledged += 1;
+    node.lastAnswerUs = this.queue.now;
     const start = node.core.history.epochOf(request.seq);
     this.checker.acknowledged({ writeId: request.writeId, node: node.id, epoch: request.epoch, epochKey: start.primary, seq: request.seq, block: request.block, alone: alone || this.config.mode === 'async' });
     request.client.opsLeft -= 1;
@@ -1008,12 +1026,19 @@ export class FailoverCluster {
   // ---- the end --------------------------------------------------------------------------------
 
   private final(): boolean {
-    this.checker.final((write) => this.nodes.some((node) => node.writeAt(write.seq) === write.writeId));
+    this.checker.final((write) => this.nodes.some((node) => node.holds(write)));
     // Two copies that can reach each other, one of them a primary, each holding acknowledged writes the other lacks, were found.
     for (const x of this.nodes) {
       for (const y of this.nodes) {
         if (x.id >= y.id || !this.reachable(x.id, y.id) || !(x.serving || y.serving)) continue;
-        this.checker.detected(x.id, y.id, (write) => x.writeAt(write.seq) === write.writeId, (write) => y.writeAt(write.seq) === write.writeId);
+        // A copy that follows a third one is that one's to defend (it holds that line now).
+        if ((x.following !== null && x.following.node !== y.id) || (y.following !== null && y.following.node !== x.id)) continue;
+        const alone = (write: AckedWrite): boolean => {
+          if (this.config.mode === 'async') return true;
+          const acker = write.node === x.id ? x : y;
+          return (acker.ackedAlone.get(acker === x ? y.id : x.id) ?? Number.POSITIVE_INFINITY) <= write.seq;
+        };
+        this.checker.detected(x.id, y.id, (write) => x.holds(write), (write) => y.holds(write), alone);
       }
     }
     const primaries = this.nodes.filter((node) => node.serving);

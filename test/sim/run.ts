@@ -16,16 +16,12 @@
 
 import { pathToFileURL } from 'node:url';
 import { emptyPrimaryTally, runCluster, type PrimaryTally, type RunSummary } from './cluster.js';
+import { runCaught, type SeedOutcome } from './seed-result.js';
 import { configFromSeed, describeConfig, faults, type ConfigChoices, type Fault, type SimMode } from './config.js';
 
 export const defaultBaseSeed = 0x51d0;
 
-export interface SeedResult {
-  seed: number;
-  summary: RunSummary | null;
-  error: string | null;
-  replay: string;
-}
+export type SeedResult = SeedOutcome<RunSummary>;
 
 export function replayCommand(seed: number, choices: ConfigChoices): string {
   const mode = choices.mode === undefined ? '' : ` --mode ${choices.mode}`;
@@ -38,13 +34,7 @@ export function replayCommand(seed: number, choices: ConfigChoices): string {
 
 /** Runs one seed and reports, rather than throws, what went wrong. */
 export function runSeed(seed: number, choices: ConfigChoices = {}, trace: ((line: string) => void) | null = null): SeedResult {
-  const replay = replayCommand(seed, choices);
-  try {
-    return { seed, summary: runCluster(configFromSeed(seed, choices), trace), error: null, replay };
-  } catch (error) {
-    const message = error instanceof Error ? `${error.name === 'SimFailure' ? '' : `${error.name}: `}${error.message}` : String(error);
-    return { seed, summary: null, error: message, replay };
-  }
+  return runCaught(seed, replayCommand(seed, choices), () => runCluster(configFromSeed(seed, choices), trace));
 }
 
 export function failureText(result: SeedResult): string {
