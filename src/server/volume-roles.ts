@@ -15,7 +15,8 @@
 //     `resolve` decides: the loser saves its writes and follows, the winner takes over
 //     as the primary (`takeOver`) if it is not.
 // (A replaced disk under a copy served from its peers is attach-disk.ts's: no role changes.)
-// Which epoch a HELLO may come from is decided here too (`check`), for the peer server.
+// Whether a HELLO's claim is taken is the core's (`admitsSource`); `check` asks it, for
+// the peer server, and words the refusal.
 // The decisions about the volume itself are its ReplicaCore's (promotion, demote, learn)
 // and the split brain's src/core/split-brain.ts's; the files of each change are
 // volume-store.ts's (promoteStorage, demoteStorage, moveReplicaLog), with the history
