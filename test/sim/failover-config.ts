@@ -16,10 +16,14 @@ export type FailoverMode = 'sync' | 'async';
  *   a copy that was left behind can be promoted without --force;
  * - split-brain-unseen: a copy never finds a split brain (it follows the other line and
  *   drops its own acknowledged writes without saving them);
- * - no-write-quorum: a quorum volume's primary acknowledges without a majority.
+ * - no-write-quorum: a quorum volume's primary acknowledges without a majority;
+ * - passive-votes: a quorum volume's candidate is promoted on the votes its members would
+ *   give, without their promises (a member that voted still counts for the old primary);
+ * - forgets-epoch: a member replaced on an empty disk counts at once, for whichever
+ *   primary claims its (first) epoch.
  */
-export type FailoverFault = 'promote-ignores-contact' | 'split-brain-unseen' | 'no-write-quorum';
-export const failoverFaults: readonly FailoverFault[] = ['promote-ignores-contact', 'split-brain-unseen', 'no-write-quorum'];
+export type FailoverFault = 'promote-ignores-contact' | 'split-brain-unseen' | 'no-write-quorum' | 'passive-votes' | 'forgets-epoch';
+export const failoverFaults: readonly FailoverFault[] = ['promote-ignores-contact', 'split-brain-unseen', 'no-write-quorum', 'passive-votes', 'forgets-epoch'];
 
 export type Step =
   /** The node's process dies (what its disk had not made durable is lost); it restarts later. */

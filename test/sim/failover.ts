@@ -35,7 +35,7 @@ import { assert } from '../../src/lib/assert.js';
 import { compareCopies, EpochHistory, type EpochStart } from '../../src/core/epoch-history.js';
 import { disklessRefusal } from '../../src/core/diskless.js';
 import { contactHeard, mayLack, type SourceContact } from '../../src/core/promotion.js';
-import { promotionQuorum, writeQuorum, type MemberView } from '../../src/core/quorum.js';
+import { grantsPromise, learnedFloor, LEARNING, nextCandidacy, promiseFences, promotionQuorum, writeQuorum, type EpochPromise, type MemberView } from '../../src/core/quorum.js';
 import { admitsSource, ReplicaCore } from '../../src/core/replica-core.js';
 import { decideSplitBrain, splitBrainBetween, type SplitBrain, type SplitBrainDecision } from '../../src/core/split-brain.js';
 import { Prng } from '../unit/prng.js';
@@ -50,6 +50,8 @@ const wentAway: readonly string[] = ['source crashed', 'source failed', 'source 
 const WITNESS = 'w';
 /** How fresh a heartbeat must be to count (the ideal detector makes every heard one fresh). */
 const FRESH_MS = 1;
+/** How long a candidate waits for its promises before its promotion is refused: a few heartbeats. */
+const CANDIDACY_US = 5 * TICK_US;
 
 interface Entry {
   seq: number;
@@ -110,6 +112,12 @@ class SimNode {
   contact: SourceContact | null = null;
   /** Durable: a split brain's decision that this copy discards its writes and follows `winner`. */
   discardWinner: string | null = null;
+  /** Durable (with the data directory): its newest promise of an epoch to a candidate. */
+  promise: EpochPromise | null = null;
+  /** Started on an empty data directory (a replaced disk), it has not yet learned the newest epoch (durable). */
+  learning = false;
+  /** The epoch it stands for as a candidate, until when (lost at a crash). */
+  candidacy: { epoch: number; untilUs: number; incarnation: number; force: boolean } | null = null;
   // What the process holds (lost at a crash):
   readonly sessions = new Map<string, OutSession>();
   following: { node: string; session: number } | null = null;
@@ -242,6 +250,10 @@ export class FailoverCluster {
   private readonly lastDelivery = new Map<string, number>();
   /** The witness's epoch: the newest it heard in a heartbeat. */
   private witnessEpoch = 0;
+  /** The witness's newest promise (durable). */
+  private witnessPromise: EpochPromise | null = null;
+  /** The primary of the witness's epoch. */
+  private witnessPrimary: string | null;
   /** Per member: the synced set its last heartbeat echoed. */
   private readonly echoes = new Map<string, string[]>();
   private readonly pendingSplits: PendingSplit[] = [];
@@ -254,6 +266,7 @@ export class FailoverCluster {
   ) {
     this.prng = new Prng((config.seed ^ 0x7e11fa) >>> 0);
     const primary = config.nodes[0] ?? 'a';
+    this.witnessPrimary = primary;
     this.nodes = config.nodes.map((id) => new SimNode(id, primary, config.mode));
     for (const id of [...config.nodes, WITNESS]) this.cut.set(id, 0);
     this.checker = new FailoverChecker(() => this.queue.now, config.quorum === 'majority');
@@ -359,6 +372,7 @@ export class FailoverCluster {
     this.linksDown(node.id, true);
     this.dropWaiting(node);
     node.draining = false;
+    node.candidacy = null;
     node.knownAcked.clear();
     if (node.diskFailed) {
       // Its disk had failed: nothing of the volume is readable at its start (until attach).
@@ -432,6 +446,7 @@ export class FailoverCluster {
     node.ackedAlone.clear();
     node.divergedAfter.clear();
     node.contact = null;
+    node.promise = null;
     this.checker.diskReplaced(dropped, (write) => this.nodes.some((other) => other !== node && other.holds(write)));
   }
 
@@ -464,6 +479,7 @@ export class FailoverCluster {
     const fresh = EpochHistory.initial(this.config.nodes[0] ?? 'a');
     node.core = node.open(0, fresh.current.primary === node.id ? fresh.stepDown() : fresh);
     node.diskFailed = false;
+    node.learning = this.config.fault !== 'forgets-epoch';
     this.dropWaiting(node);
     this.tally.attached += 1;
     this.note(`${node.id} attached an empty disk`);
@@ -484,16 +500,51 @@ export class FailoverCluster {
         this.note(`promote ${node.id}${force ? ' --force' : ''} refused: ${refusal}`);
         continue;
       }
-      const history = node.core.promotion(node.id);
-      this.becomePrimary(node, history, force ? 'forced' : 'rules');
+      if (this.config.quorum === 'majority' && !force && this.config.fault !== 'passive-votes') {
+        this.stand(node);
+        return;
+      }
+      // Forced, a quorum volume's copy takes an epoch past every promise it hears of.
+      const above = this.config.quorum === 'majority' ? nextCandidacy(node.core.epoch, node.promise, this.views(node.id)) - 1 : node.core.epoch;
+      this.becomePrimary(node, node.core.promotion(node.id, node.lastSeq, above), force ? 'forced' : 'rules');
       return;
     }
     // The rules refused every copy: this operator forces the best one (the one with the most entries).
     if (id === null && !force && this.config.operatorForces) this.promote(null, true);
   }
 
-  /** Why `node` may not be promoted now, or null. */
-  private promotionRefusal(node: SimNode, force: boolean, primaryAlive: boolean): string | null {
+  /** A quorum volume's copy the rules allow stands as the candidate for the next epoch: promoted once a majority promised it. */
+  private stand(node: SimNode): void {
+    const epoch = nextCandidacy(node.core.epoch, node.promise, this.views(node.id));
+    node.promise = { epoch, to: node.id };
+    node.candidacy = { epoch, untilUs: this.queue.now + CANDIDACY_US, incarnation: node.incarnation, force: false };
+    this.note(`${node.id} stands for epoch ${epoch}`);
+  }
+
+  /** Each tick, a candidate counts its promises: promoted with a majority, refused when its time is up. */
+  private candidacyTick(node: SimNode): void {
+    const candidacy = node.candidacy;
+    if (candidacy === null) return;
+    if (!node.up || node.incarnation !== candidacy.incarnation || node.core.role !== 'secondary') {
+      node.candidacy = null;
+      return;
+    }
+    const primaryAlive = this.nodes.some((other) => other.serving);
+    const refusal = this.promotionRefusal(node, false, primaryAlive, candidacy.epoch);
+    if (refusal === null) {
+      node.candidacy = null;
+      this.becomePrimary(node, node.core.promotion(node.id, node.lastSeq, candidacy.epoch - 1), 'rules');
+      return;
+    }
+    if (this.queue.now < candidacy.untilUs) return;
+    node.candidacy = null;
+    this.tally.promoteRefused += 1;
+    this.note(`promote ${node.id} refused: ${refusal}`);
+    if (this.config.operatorForces) this.promote(null, true);
+  }
+
+  /** Why `node` may not be promoted now (standing for `candidacy`, when it does), or null. */
+  private promotionRefusal(node: SimNode, force: boolean, primaryAlive: boolean, candidacy: number | null = null): string | null {
     if (!node.up || node.diskFailed) return 'not running with a disk';
     if (node.core.role !== 'secondary') return 'not a secondary';
     if (node.following !== null) return 'still streaming from a live primary';
@@ -516,7 +567,7 @@ export class FailoverCluster {
     if (this.config.quorum === 'majority') {
       const primary = node.core.history.primaryNow;
       const hears = primary !== null && this.reachable(node.id, primary);
-      const check = promotionQuorum(node.id, node.core.epoch, this.members(), this.views(node.id), FRESH_MS, primary, hears, this.echoes.get(node.id) ?? []);
+      const check = promotionQuorum(node.id, node.core.epoch, this.members(), this.views(node.id), FRESH_MS, primary, hears, this.echoes.get(node.id) ?? [], candidacy);
       if (!check.ok) return check.reason ?? 'no quorum';
     }
     return null;
@@ -582,8 +633,9 @@ export class FailoverCluster {
           heardAgoMs: 0,
           hears: this.members().filter((other) => this.reachable(member, other)),
           epoch: node === null ? this.witnessEpoch : node.core.epoch,
-          role: node === null ? 'witness' : node.core.role,
+          role: node === null ? 'witness' : node.learning ? LEARNING : node.core.role,
           synced: this.echoes.get(member) ?? null,
+          promise: node === null ? this.witnessPromise : node.promise,
         };
       });
   }
@@ -609,11 +661,44 @@ export class FailoverCluster {
       for (const member of this.members()) {
         if (!this.reachable(node.id, member)) continue;
         const epoch = member === WITNESS ? this.witnessEpoch : this.node(member).core.epoch;
+        // A member that promised a newer epoch ignores what an older one's primary claims.
+        if (((member === WITNESS ? this.witnessPromise : this.node(member).promise)?.epoch ?? 0) > node.core.epoch) continue;
         if (epoch !== node.core.epoch) {
-          if (member === WITNESS && node.core.epoch > this.witnessEpoch) this.witnessEpoch = node.core.epoch;
-          else continue;
+          if (member === WITNESS && node.core.epoch > this.witnessEpoch) {
+            this.witnessEpoch = node.core.epoch;
+            this.witnessPrimary = node.id;
+          } else continue;
         }
         this.echoes.set(member, synced);
+      }
+    }
+    // Each member judges the candidates it hears, and records its promise before its heartbeats name it.
+    for (const member of this.members()) {
+      const node = member === WITNESS ? null : this.node(member);
+      if (node !== null && (!node.up || node.diskFailed)) continue;
+      if (node?.learning === true) {
+        const floor = learnedFloor(member, this.members(), this.views(member), FRESH_MS);
+        if (floor === null) continue;
+        node.learning = false;
+        if (floor > Math.max(node.core.epoch, node.promise?.epoch ?? 0)) node.promise = { epoch: floor, to: '' };
+        this.note(`${member} learned epoch ${floor}`);
+      }
+      const epoch = node === null ? this.witnessEpoch : node.core.epoch;
+      const promise = node === null ? this.witnessPromise : node.promise;
+      const primary = node === null ? this.witnessPrimary : node.core.history.primaryNow;
+      const stands = (id: string): boolean => this.node(id).candidacy !== null || this.node(id).serving;
+      const hearsLivePrimary =
+        (primary !== null && primary !== member && this.reachable(member, primary) && this.node(primary).core.role === 'primary') ||
+        (promise !== null && promise.to !== member && promise.to !== '' && this.reachable(member, promise.to) && stands(promise.to));
+      const state = { self: member, epoch, role: node === null ? 'witness' : node.learning ? LEARNING : node.core.role, promise, hearsLivePrimary, echo: this.echoes.get(member) ?? [] };
+      for (const view of this.views(member)) {
+        const granted = grantsPromise(state, view);
+        if (granted === null) continue;
+        const next = { epoch: granted, to: view.node };
+        if (node === null) this.witnessPromise = next;
+        else node.promise = next;
+        this.note(`${member} promises epoch ${granted} to ${view.node}`);
+        break;
       }
     }
   }
@@ -627,12 +712,19 @@ export class FailoverCluster {
 
   private tick(): void {
     this.heartbeats();
+    for (const node of this.nodes) this.candidacyTick(node);
     for (const node of this.nodes) {
       if (!node.serving && !(node.up && node.core.role === 'primary' && node.draining)) continue;
       // A primary that hears a newer epoch's primary steps down at once (fenced).
       const newer = this.nodes.find((other) => other.up && other.core.role === 'primary' && other.core.epoch > node.core.epoch && this.reachable(node.id, other.id));
       if (newer !== undefined) {
         this.stepDown(node, `heard ${newer.id}, primary of epoch ${newer.core.epoch}`);
+        continue;
+      }
+      // ... and so does one that hears of a member's promise of a newer epoch.
+      const promised = this.config.quorum === 'majority' ? promiseFences(node.core.epoch, this.views(node.id), FRESH_MS) : null;
+      if (promised !== null) {
+        this.stepDown(node, `${promised.node} promised epoch ${promised.promise?.epoch ?? '?'} to ${promised.promise?.to ?? '?'}`);
         continue;
       }
       for (const peer of this.nodes) {
@@ -687,6 +779,14 @@ export class FailoverCluster {
     const verdict = target.core.judgeSource(source.id, starts);
     const winner = target.following === null && target.discardWinner === source.id;
     const theirs = EpochHistory.of(starts);
+    // A copy that promised a newer epoch refuses an older one's primary, as stale (VolumeRoles.check).
+    if (!winner && (target.promise?.epoch ?? 0) > theirs.current.epoch) {
+      this.send(target, source, 'stale-epoch', () => {
+        if (source.sessions.get(target.id)?.id !== session) return;
+        this.stepDown(source, `${target.id} promised epoch ${target.promise?.epoch ?? '?'}`);
+      });
+      return;
+    }
     const joined = target.core.history.knowsEpochOf(theirs) ? target.core.history.joinedWith(theirs) : theirs;
     // VolumeRoles.check: whether the claim is taken at all (the shipped admitsSource).
     if (!admitsSource(verdict, { following: target.following !== null, winner, splitFound: () => this.splitWith(target, joined, sourceLastSeq) !== null })) {

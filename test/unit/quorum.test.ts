@@ -11,10 +11,13 @@
 // seeded check of the properties the rules are for: a primary cut off from a majority has
 // stopped acknowledging before that majority can vote for another node, and a replica
 // the primary left behind is never voted for by a majority while the primary acknowledges.
+// Votes bind: a candidate stands for the next epoch, members promise it their vote, it is
+// promoted only on a majority of promises; a member that promised a newer epoch counts for
+// no older primary and fences it; a member started empty learns the newest epoch first.
 
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { majorityOf, promotionQuorum, writeQuorum, type MemberView } from '../../src/core/quorum.js';
+import { candidacyOf, grantsPromise, learnedFloor, LEARNING, majorityOf, nextCandidacy, promiseFences, promotionQuorum, writeQuorum, type MemberState, type MemberView } from '../../src/core/quorum.js';
 import { ManualClock } from '../../src/io/clock.js';
 import { BlockmirrorError } from '../../src/lib/errors.js';
 import { Logger } from '../../src/lib/log.js';
@@ -153,6 +156,62 @@ describe('quorum rules', () => {
         return false;
       }
     }
+  });
+});
+
+describe('promises', () => {
+  const promised = (epoch: number, to: string, v: MemberView): MemberView => ({ ...v, promise: { epoch, to } });
+  const member = (overrides: Partial<MemberState> = {}): MemberState => ({ self: 'w', epoch: 0, role: 'witness', promise: null, hearsLivePrimary: false, echo: ['a', 'b'], ...overrides });
+
+  test('a candidate is a member whose promise of a newer epoch names itself; it stands past every promise it knows of', () => {
+    assert.equal(candidacyOf(promised(1, 'b', view('b', 10, []))), 1);
+    assert.equal(candidacyOf(promised(1, 'c', view('b', 10, []))), null, 'a promise to another node is a vote, not a candidacy');
+    assert.equal(candidacyOf(promised(0, 'b', view('b', 10, []))), null, 'not newer than its own epoch');
+    assert.equal(nextCandidacy(0, null, [view('a', 10, []), promised(3, 'c', view('w', 10, []))]), 4);
+    assert.equal(nextCandidacy(2, { epoch: 5, to: 'b' }, [view('a', 10, [])]), 6);
+  });
+
+  test('a member promises a candidate of its epoch that it would vote for, and only a newer epoch than any it promised', () => {
+    const candidate = promised(1, 'b', view('b', 10, []));
+    assert.equal(grantsPromise(member(), candidate), 1);
+    assert.equal(grantsPromise(member({ hearsLivePrimary: true }), candidate), null, 'it still hears the primary');
+    assert.equal(grantsPromise(member({ echo: ['a'] }), candidate), null, 'its echo says b lacks acknowledged writes');
+    assert.equal(grantsPromise(member({ role: 'primary' }), candidate), null, 'a primary never promises');
+    assert.equal(grantsPromise(member({ role: LEARNING }), candidate), null, 'a member still learning never promises');
+    assert.equal(grantsPromise(member({ promise: { epoch: 1, to: 'c' } }), candidate), null, 'epoch 1 is promised to c already');
+    assert.equal(grantsPromise(member({ epoch: 1 }), candidate), null, 'b is not in its epoch');
+    assert.equal(grantsPromise(member(), view('b', 10, [])), null, 'b stands for nothing');
+  });
+
+  test('standing for an epoch, the candidate counts only the members that promised it that epoch', () => {
+    const others = [view('a', null, []), promised(1, 'b', view('w', 20, ['b']))];
+    assert.equal(promotionQuorum('b', 0, members, others, FRESH_MS, 'a', false, SYNCED, 1).ok, true);
+    const notYet = promotionQuorum('b', 0, members, [view('a', null, []), view('w', 20, ['b'])], FRESH_MS, 'a', false, SYNCED, 1);
+    assert.equal(notYet.ok, false);
+    assert.match(notYet.reason ?? '', /node w did not promise epoch 1 to it/);
+    assert.equal(promotionQuorum('b', 0, members, [view('a', null, []), promised(1, 'c', view('w', 20, ['b']))], FRESH_MS, 'a', false, SYNCED, 1).ok, false, 'promised to another candidate');
+    assert.equal(promotionQuorum('b', 0, members, [view('a', null, []), view('w', 20, ['b'])], FRESH_MS, 'a', false, SYNCED).ok, true, 'without a candidacy: who would vote');
+  });
+
+  test('a member that promised a newer epoch counts for no primary of an older one, and fences it', () => {
+    const w = promised(1, 'b', view('w', 20, ['a', 'b']));
+    assert.deepEqual(writeQuorum('a', 0, SYNCED, members, [view('b', null, []), w], FRESH_MS).counted, ['a']);
+    assert.equal(promiseFences(0, [view('b', null, []), w], FRESH_MS)?.node, 'w');
+    assert.equal(promiseFences(1, [w], FRESH_MS), null, 'not newer than the primary of epoch 1');
+    assert.equal(promiseFences(0, [{ ...w, heardAgoMs: FRESH_MS + 1 }], FRESH_MS), null, 'a stale heartbeat fences no one');
+  });
+
+  test('a member started empty counts for no one until it heard more members than a majority leaves out; then it knows the newest epoch', () => {
+    const learning = view('w', 20, ['a', 'b'], 0, [], LEARNING);
+    assert.deepEqual(writeQuorum('a', 0, SYNCED, members, [view('b', null, []), learning], FRESH_MS).counted, ['a']);
+    assert.equal(promotionQuorum('b', 0, members, [view('a', null, []), learning], FRESH_MS, 'a', false, SYNCED).ok, false);
+    assert.equal(learnedFloor('w', members, [view('a', 20, [], 0)], FRESH_MS), null, 'one of three members heard: a majority may be the other two');
+    assert.equal(learnedFloor('w', members, [view('a', 20, [], 0), view('b', 20, [], 2)], FRESH_MS), 2);
+    assert.equal(learnedFloor('w', members, [view('a', 20, [], 0), promised(3, 'c', view('b', 20, [], 2))], FRESH_MS), 3, 'a promise counts as the epoch it names');
+    assert.equal(learnedFloor('w', members, [view('a', 20, [], 0), view('b', FRESH_MS + 1, [], 2)], FRESH_MS), null, 'b is not heard freshly');
+    const five = ['a', 'b', 'c', 'd', 'w'];
+    assert.equal(learnedFloor('w', five, [view('a', 1, [], 0), view('b', 1, [], 1)], FRESH_MS), null);
+    assert.equal(learnedFloor('w', five, [view('a', 1, [], 0), view('b', 1, [], 1), view('c', 1, [], 4)], FRESH_MS), 4);
   });
 });
 
