@@ -215,3 +215,31 @@ export function learnedFloor(self: string, members: readonly string[], views: re
   if (heard.length < members.length - majorityOf(members) + 1) return null;
   return Math.max(0, ...heard.map((view) => Math.max(view.epoch ?? 0, view.promise?.epoch ?? 0)));
 }
+
+/** What a member keeps durably for a quorum volume: its newest promise, and whether it is still learning. */
+export interface MemberRecord {
+  promise: EpochPromise | null;
+  learning: boolean;
+}
+
+/**
+ * What a member's record becomes on a heartbeat, or null when it stays: a member still
+ * learning learns the newest epoch once enough members are heard (`learnedFloor`); one
+ * that has learned promises the first candidate it would vote for (`grantsPromise`).
+ * `change` says what happened, for the log. The caller makes the record durable before
+ * its heartbeats name it.
+ */
+export function memberHeard(record: MemberRecord, member: Omit<MemberState, 'promise'>, members: readonly string[], views: readonly MemberView[], freshMs: number): { record: MemberRecord; change: string } | null {
+  if (record.learning) {
+    const floor = learnedFloor(member.self, members, views, freshMs);
+    if (floor === null) return null;
+    const promise = floor > Math.max(member.epoch, record.promise?.epoch ?? 0) ? { epoch: floor, to: '' } : record.promise;
+    return { record: { promise, learning: false }, change: `learned the newest epoch: ${floor}` };
+  }
+  for (const view of views) {
+    if (!fresh(view, freshMs)) continue;
+    const granted = grantsPromise({ ...member, promise: record.promise }, view);
+    if (granted !== null) return { record: { promise: { epoch: granted, to: view.node }, learning: false }, change: `promised epoch ${granted} to node ${view.node}` };
+  }
+  return null;
+}

@@ -417,5 +417,6 @@ function readSmallBody(request: http.IncomingMessage, use: (body: string) => voi
 function quorumStatus(node: NodeView, served: ServedVolume): VolumeStatus['quorum'] {
   const quorum = node.quorumOf(served);
   if (quorum === null) return null;
-  return { onNoQuorum: served.config.onNoQuorum, have: quorum.have, need: quorum.need, ok: quorum.ok, counted: quorum.counted, reason: quorum.reason };
+  const { have, need, ok, counted, reason, promise, learning } = quorum;
+  return { onNoQuorum: served.config.onNoQuorum, have, need, ok, counted, reason, promise, learning };
 }

@@ -166,7 +166,7 @@ export class Heartbeats {
     return this.peers.map((peer) => {
       const last = this.heard.get(peer.id);
       const view = last?.volumes.find((candidate) => candidate.name === volume);
-      return { node: peer.id, heardAgoMs: last === undefined ? null : nowMs - last.atMs, hears: last?.hears ?? [], epoch: view?.epoch ?? null, role: view?.role ?? null, synced: view?.synced ?? null };
+      return { node: peer.id, heardAgoMs: last === undefined ? null : nowMs - last.atMs, hears: last?.hears ?? [], epoch: view?.epoch ?? null, role: view?.role ?? null, synced: view?.synced ?? null, promise: view?.promise ?? null };
     });
   }
 

@@ -94,7 +94,7 @@ export class BlockmirrorNode implements NodeView {
       },
       this.volumes,
     );
-    this.witness = node.witness ? new WitnessRecord(files, node.dataDir, config, log.child({ node: node.id })) : null;
+    this.witness = node.witness ? new WitnessRecord(files, node.dataDir, config, node.id, log.child({ node: node.id })) : null;
     config.volumes.forEach((volume, index) => {
       if (volume.replicas.includes(nodeId) && volume.mode !== 'local' && volume.multiPrimary) {
         throw new ConfigError(
@@ -241,7 +241,7 @@ export class BlockmirrorNode implements NodeView {
   private volumeViews(): VolumeView[] {
     const views: VolumeView[] = [...this.volumes.values()].map((served) => ({
       name: served.config.name,
-      role: served.role,
+      ...this.roles.quorum.view(served),
       disk: diskState(served),
       epoch: served.volume.replica.epoch,
       lastSeq: served.volume.log.lastSeq,
@@ -270,14 +270,22 @@ export class BlockmirrorNode implements NodeView {
         const view = views.find((candidate) => candidate.name === served.config.name);
         if (served.target?.source === peer) served.target.sourceHeard(nowMs, view?.lastSeq ?? null);
         if (view?.role === 'primary') this.roles.quorum.heardSynced(served, peer, view.epoch, view.synced);
-        // A primary of a newer epoch: this node is no longer the primary (fenced).
-        if (view?.role === 'primary' && view.epoch > served.volume.replica.epoch && served.volume.replica.role === 'primary') {
-          void this.roles.stepDown(served.config.name, `node ${peer} is primary in epoch ${view.epoch}`).catch((error: unknown) => {
+        this.roles.quorum.heard(served);
+        // A primary of a newer epoch, or a member's promise of one: this node is no longer the primary (fenced).
+        const promised = this.roles.quorum.fence(served);
+        const fencedBy =
+          view?.role === 'primary' && view.epoch > served.volume.replica.epoch && served.volume.replica.role === 'primary'
+            ? `node ${peer} is primary in epoch ${view.epoch}`
+            : promised !== null
+              ? `node ${promised.node} promised epoch ${promised.promise?.epoch ?? '?'} to ${promised.promise?.to ? `node ${promised.promise.to}` : 'no one (it learned it)'}`
+              : null;
+        if (fencedBy !== null) {
+          void this.roles.stepDown(served.config.name, fencedBy).catch((error: unknown) => {
             this.log.error('could not step down', { volume: served.config.name, error: String(error) });
           });
         }
       }
-      this.witness?.heard(peer, views);
+      this.witness?.heard(peer, views, this.heartbeats);
     },
   };
 
@@ -300,8 +308,11 @@ export class BlockmirrorNode implements NodeView {
   }
 
   /** A `quorum: majority` volume's quorum here (VolumeQuorum.of), or null. */
-  quorumOf(served: ServedVolume): ReturnType<VolumeRoles['quorum']['of']> {
-    return this.roles.quorum.of(served);
+  quorumOf(served: ServedVolume): ReturnType<NodeView['quorumOf']> {
+    const count = this.roles.quorum.of(served);
+    if (count === null) return null;
+    const record = this.roles.quorum.record(served.config.name);
+    return { ...count, promise: record?.promise ?? null, learning: record?.learning ?? false };
   }
 
   /** Drains the NBD connections of a volume and closes them (a demotion). */

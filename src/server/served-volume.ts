@@ -58,7 +58,7 @@ export interface NodeView {
   /** `blockmirror attach`: a replaced disk under this node's diskless copy. */
   attach(name: string): Promise<AttachResult>;
   /** A `quorum: majority` volume's quorum on this node, or null. */
-  quorumOf(served: ServedVolume): { have: number; need: number; ok: boolean; counted: string[]; reason: string | null } | null;
+  quorumOf(served: ServedVolume): { have: number; need: number; ok: boolean; counted: string[]; reason: string | null; promise: { epoch: number; to: string } | null; learning: boolean } | null;
 }
 
 /** This node's copy of a volume, as copyState (src/core/volume-core.ts) says from what the node knows of it. */

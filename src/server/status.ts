@@ -22,9 +22,21 @@ export interface VolumeStatus {
   /**
    * For `quorum: majority`: on the primary, whether its writes are acknowledged (it and the
    * members that reach it); on a secondary, whether it may be promoted (the members that
-   * vote for it, and what is missing). Null otherwise.
+   * vote for it, and what is missing). `promise`: the newest epoch this copy promised, and
+   * to which node ('' for none: learned on an empty data directory); `learning`: it started
+   * on an empty data directory and counts for no one until it has learned the newest epoch.
+   * Null otherwise.
    */
-  quorum: { onNoQuorum: string; have: number; need: number; ok: boolean; counted: string[]; reason: string | null } | null;
+  quorum: {
+    onNoQuorum: string;
+    have: number;
+    need: number;
+    ok: boolean;
+    counted: string[];
+    reason: string | null;
+    promise: { epoch: number; to: string } | null;
+    learning: boolean;
+  } | null;
   /** A split brain with another copy (docs/operations.md, "Split brain"), or null. */
   splitBrain: SplitBrainStatus | null;
   /**

@@ -81,7 +81,7 @@ export class VolumeRoles {
     private readonly parts: RoleParts,
     private readonly volumes: Map<string, ServedVolume>,
   ) {
-    this.quorum = new VolumeQuorum(parts.cluster, parts.node, parts.heartbeats);
+    this.quorum = new VolumeQuorum(parts.cluster, parts.node, parts.heartbeats, parts.files, parts.log);
   }
 
   /** The volume as served here, just opened: the mirror engine or the replica target its role asks for. */
@@ -99,6 +99,7 @@ export class VolumeRoles {
       splitBrain: null,
       discard: this.mirroredHere(config) ? new DiscardRecord(this.parts.files, this.parts.node.dataDir, config.name, this.parts.log.child({ volume: config.name })) : null,
     };
+    this.quorum.open(served);
     if (opened.role === 'primary' && served.discard?.winner != null) {
       // It lost a split brain and stopped before it stepped down: it takes no writes now.
       const history = opened.volume.replica.history.stepDown();
@@ -225,6 +226,14 @@ export class VolumeRoles {
     served.changing = 'promotion';
     const log = this.volumeLog(served);
     let committed = false;
+    let candidacy: number;
+    try {
+      // A quorum volume's copy is promoted to the epoch a majority promised it; forced, past every promise it knows of.
+      candidacy = quorum === null ? volume.replica.epoch + 1 : force ? this.quorum.forcedEpoch(served) : await this.quorum.stand(served, this.parts.clock);
+    } catch (error) {
+      served.changing = null;
+      throw error;
+    }
     try {
       await target.retire(`promoted to primary of ${name}`);
       // What the per-source trail names (the entries since its old primary's last
@@ -235,7 +244,7 @@ export class VolumeRoles {
       const own = logOptionsAt(from, path.join(this.parts.node.dataDir, 'log', name), null);
       let history: EpochHistory | null = null;
       const report = await promoteStorage(this.parts.files, volume, own, from, (lastSeq) => {
-        history = volume.replica.promotion(this.parts.node.id, lastSeq);
+        history = volume.replica.promotion(this.parts.node.id, lastSeq, candidacy - 1);
         // The new primary's record: a clean start at its last entry, every peer's bitmap
         // naming the regions of the entries it may lack, and where their histories may part.
         this.writeMirrorStart(served, lastSeq, lastSeq < volume.log.lastSeq ? null : lacking, coveredFrom);
@@ -592,6 +601,12 @@ export class VolumeRoles {
     const verdict = served.volume.replica.judgeSource(hello.fromNode, hello.history);
     const here = this.parts.node.id;
     const winner = served.target === null && served.discard?.winner === hello.fromNode;
+    // A copy that promised a newer epoch takes no session of an older one's primary (src/core/quorum.ts).
+    const promised = this.quorum.promisedPast(served, hello.epoch);
+    if (promised !== null && !winner) {
+      const to = promised.to === '' ? 'learned on its empty data directory' : `promised to node ${promised.to}`;
+      return { code: RefuseCode.STALE_EPOCH, message: `volume ${name}: node ${hello.fromNode} is primary in epoch ${hello.epoch}, but node ${here} knows of epoch ${promised.epoch} (${to})` };
+    }
     if (admitsSource(verdict, { following: served.target !== null, winner, splitFound: () => this.splitWith(served, hello) !== null })) return null;
     switch (verdict.kind) {
       case 'current':

@@ -6,15 +6,21 @@
 // epochs are kept in `<dataDir>/witness/<volume>.json`, written when one grows, so that a
 // witness that restarts does not count for a primary it has already seen replaced; with
 // them the synced set the primary named last (which copies hold every acknowledged write),
-// which the witness echoes, and votes by.
+// which the witness echoes and votes by, and its member record: its newest promise (a
+// vote it gave a candidate, after which it ignores what older epochs' primaries claim),
+// and whether it is still learning. A witness without its file (an empty data directory)
+// or with a damaged one learns first: it says `learning` and counts for no one until it
+// has heard enough members to know the newest epoch.
 
 import path from 'node:path';
-import type { ClusterConfig } from '../control/config.js';
+import { quorumMembers, type ClusterConfig } from '../control/config.js';
+import { candidacyOf, memberHeard, type MemberRecord, type MemberView } from '../core/quorum.js';
 import type { Logger } from '../lib/log.js';
 import type { DurableFiles } from '../storage/durable-files.js';
-import type { VolumeView } from './heartbeats.js';
+import type { Heartbeats, VolumeView } from './heartbeats.js';
+import { parseMemberRecord } from './volume-quorum.js';
 
-interface KnownEpoch {
+interface KnownEpoch extends MemberRecord {
   epoch: number;
   primary: string | null;
   synced: string[];
@@ -26,12 +32,17 @@ export class WitnessRecord {
   constructor(
     private readonly files: DurableFiles,
     private readonly dataDir: string,
-    cluster: ClusterConfig,
+    private readonly cluster: ClusterConfig,
+    private readonly self: string,
     private readonly log: Logger,
   ) {
     for (const volume of cluster.volumes) {
       if (volume.quorum !== 'majority') continue;
-      this.known.set(volume.name, this.read(volume.name) ?? { epoch: 0, primary: volume.primary, synced: [] });
+      const read = this.read(volume.name);
+      const known = read ?? { epoch: 0, primary: volume.primary, synced: [], promise: null, learning: true };
+      if (read === null) this.save(volume.name, known);
+      else this.known.set(volume.name, known);
+      if (known.learning) this.log.info('witness: learning the newest epoch from the other members before counting toward the quorum', { volume: volume.name });
     }
   }
 
@@ -45,38 +56,80 @@ export class WitnessRecord {
     try {
       const parsed = JSON.parse(data.toString('utf8')) as Partial<KnownEpoch>;
       const synced = Array.isArray(parsed.synced) ? parsed.synced.filter((id): id is string => typeof id === 'string') : [];
-      if (typeof parsed.epoch === 'number' && Number.isSafeInteger(parsed.epoch) && parsed.epoch >= 0) return { epoch: parsed.epoch, primary: typeof parsed.primary === 'string' ? parsed.primary : null, synced };
+      const member = parseMemberRecord(data);
+      if (typeof parsed.epoch === 'number' && Number.isSafeInteger(parsed.epoch) && parsed.epoch >= 0 && member !== null) {
+        return { epoch: parsed.epoch, primary: typeof parsed.primary === 'string' ? parsed.primary : null, synced, ...member };
+      }
     } catch {
       // Damaged: below.
     }
-    // A damaged record could hide a newer epoch: the witness counts for nobody until a primary claims one.
-    this.log.error('witness record damaged: counting for no primary until one claims an epoch', { file: this.file(volume) });
-    return { epoch: 0xffff_ffff, primary: null, synced: [] };
+    // A damaged record could hide a newer epoch or a promise: the witness learns them again first.
+    this.log.error('witness record damaged: counting for no one until it has learned the newest epoch again', { file: this.file(volume) });
+    return { epoch: 0, primary: null, synced: [], promise: null, learning: true };
+  }
+
+  private save(volume: string, next: KnownEpoch): void {
+    this.files.makeDir(path.dirname(this.file(volume)), 'witness');
+    this.files.replaceFile(this.file(volume), JSON.stringify(next) + '\n', 'witness');
+    this.known.set(volume, next);
   }
 
   /** What the witness's heartbeats say of each volume. */
   views(): VolumeView[] {
-    return [...this.known.entries()].map(([name, known]) => ({ name, role: 'witness', disk: 'diskless', epoch: known.epoch, lastSeq: 0, synced: known.synced }));
+    return [...this.known.entries()].map(([name, known]) => ({
+      name,
+      role: known.learning ? 'learning' : 'witness',
+      disk: 'diskless',
+      epoch: known.epoch,
+      lastSeq: 0,
+      synced: known.synced,
+      promise: known.promise,
+    }));
+  }
+
+  /** What it knows of `volume`: for status and tests. */
+  knownOf(volume: string): Readonly<KnownEpoch> | null {
+    return this.known.get(volume) ?? null;
   }
 
   /**
    * A peer's heartbeat: what the primary of the newest epoch claims (the epoch, and its
-   * synced set) is kept, durably, before the next heartbeat names it.
+   * synced set) is kept, durably, before the next heartbeat names it, unless the witness
+   * promised a newer epoch; then, with what every member's heartbeats say, the witness
+   * learns the newest epoch or promises a candidate its vote (src/core/quorum.ts).
    */
-  heard(peer: string, views: readonly VolumeView[]): void {
+  heard(peer: string, views: readonly VolumeView[], heartbeats: Heartbeats | null): void {
     for (const view of views) {
       const known = this.known.get(view.name);
-      if (known === undefined || view.role !== 'primary') continue;
-      const damaged = known.epoch === 0xffff_ffff && known.primary === null;
-      const newer = view.epoch > known.epoch || damaged;
-      const same = view.epoch === known.epoch && peer === known.primary && !sameSet(view.synced, known.synced);
+      if (known === undefined || view.role !== 'primary' || (known.promise?.epoch ?? 0) > view.epoch) continue;
+      const newer = view.epoch > known.epoch;
+      // In its own epoch: the primary's new synced set, or the primary itself when a damaged record lost it.
+      const same = view.epoch === known.epoch && (known.primary === null || (peer === known.primary && !sameSet(view.synced, known.synced)));
       if (!newer && !same) continue;
-      const next = { epoch: view.epoch, primary: peer, synced: [...view.synced] };
-      this.files.makeDir(path.dirname(this.file(view.name)), 'witness');
-      this.files.replaceFile(this.file(view.name), JSON.stringify(next) + '\n', 'witness');
-      this.known.set(view.name, next);
+      this.save(view.name, { ...known, epoch: view.epoch, primary: peer, synced: [...view.synced] });
       if (newer) this.log.info('witness: a primary claims a newer epoch', { volume: view.name, primary: peer, epoch: view.epoch });
     }
+    if (heartbeats === null) return;
+    for (const [name, known] of this.known) {
+      const volume = this.cluster.volumes.find((each) => each.name === name);
+      if (volume === undefined) continue;
+      const members = quorumMembers(this.cluster, volume);
+      const memberViews = heartbeats.memberViews(name);
+      const step = memberHeard(known, { self: this.self, epoch: known.epoch, role: 'witness', hearsLivePrimary: this.hearsLivePrimary(known, memberViews, heartbeats), echo: known.synced }, members, memberViews, heartbeats.quorumFreshMs);
+      if (step === null) continue;
+      this.save(name, { ...known, ...step.record });
+      this.log.info(`witness: ${step.change}`, { volume: name });
+    }
+  }
+
+  /** Whether the witness hears the primary of its epoch serving, or the node it promised a newer epoch to, standing or serving it. */
+  private hearsLivePrimary(known: KnownEpoch, views: readonly MemberView[], heartbeats: Heartbeats): boolean {
+    const viewOf = (node: string): MemberView | undefined => views.find((view) => view.node === node);
+    if (known.primary !== null && heartbeats.hears(known.primary) && (viewOf(known.primary)?.role ?? 'primary') === 'primary') return true;
+    const promise = known.promise;
+    if (promise === null || promise.to === '' || !heartbeats.hears(promise.to)) return false;
+    const view = viewOf(promise.to);
+    return view !== undefined && (candidacyOf(view) === promise.epoch || (view.role === 'primary' && view.epoch === promise.epoch));
   }
 }
 

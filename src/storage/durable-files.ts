@@ -42,6 +42,7 @@ export const fileOperations = [
   'role-change',
   'contact',
   'witness',
+  'promise',
   'incarnation',
   'config',
   'split-brain',

@@ -12,6 +12,11 @@
 //    out; b's promotion is refused while w hears a, and still refused once a is cut off
 //    from w too, since w knows b lacks writes a acknowledged. Healed, b catches up from a
 //    and holds them.
+// 3. The witness replaced on an empty data directory while b is down: it counts for no one
+//    (a write through a is held) until it has heard a and b, and learned the newest epoch;
+//    then the held write is acknowledged.
+//
+// Votes bind: in 1, b is promoted only once w has promised it epoch 1, and w's record says so.
 
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -85,7 +90,7 @@ function readBlock(node: TestNode, offset: number): Promise<Buffer> {
 }
 
 test('the primary cut off from b and the witness stops acknowledging; b is promoted with the witness; healed, a steps down and follows b with nothing lost', async () => {
-  const { dir, a, b } = await cluster('blockmirror-quorum-');
+  const { dir, a, b, w } = await cluster('blockmirror-quorum-');
   const writer = new Writer(a.uri('vol0'), 1, 10_000_000, ['--max-writes', '300']);
   assert.equal((await writer.finish(60_000)).code, 0, writer.stderr);
   const history = path.join(dir, 'history.txt');
@@ -101,6 +106,10 @@ test('the primary cut off from b and the witness stops acknowledging; b is promo
   const promoted = await cli(b, 'promote', 'vol0', '--node', 'b');
   assert.equal(promoted.code, 0, `promote: ${promoted.stdout}${promoted.stderr}`);
   await b.waitStatus('b primary with a quorum', (status) => vol0(status).role === 'primary' && vol0(status).quorum?.ok === true);
+  // w promised b epoch 1, durably, before b was promoted to it; b stood for it.
+  const witnessRecord = JSON.parse(fs.readFileSync(path.join(w.dataDir, 'witness', 'vol0.json'), 'utf8')) as { promise: unknown; epoch: number };
+  assert.deepEqual(witnessRecord.promise, { epoch: 1, to: 'b' });
+  assert.deepEqual(vol0(await b.status()).quorum?.promise, { epoch: 1, to: 'b' });
   // Every write a acknowledged reads back through b.
   const dumped = path.join(dir, 'b.img');
   await dumpVolume(b, dumped);
@@ -152,4 +161,32 @@ test('the primary cut off from b only keeps acknowledging with the witness; b, l
   const offset = 60 * 1024 * 1024;
   assert.ok(fs.readFileSync(b.imagePath('vol0')).subarray(offset, offset + 4096).every((byte) => byte === 0x41), 'b holds the write a acknowledged while it was away');
   assert.ok(fs.readFileSync(a.imagePath('vol0')).equals(fs.readFileSync(b.imagePath('vol0'))));
+});
+
+test('a witness replaced on an empty data directory counts for no one until it has heard a and b; then a acknowledges again', async () => {
+  const { a, b, w } = await cluster('blockmirror-quorum-fresh-');
+  assert.equal((await b.stop()).code, 0);
+  await a.waitStatus('a keeps its quorum with w', (status) => vol0(status).quorum?.ok === true && vol0(status).quorum?.have === 2);
+  assert.equal((await w.stop()).code, 0);
+  fs.rmSync(w.dataDir, { recursive: true, force: true });
+  await a.waitStatus('a without quorum', (status) => vol0(status).quorum?.ok === false);
+  const fresh = await startClusterNode(w.dir, w.configPath, 'w');
+  started.push(fresh);
+  // a hears the new w, which says it is learning: it counts for no one, and a write is held.
+  await a.waitStatus('a hears w again', (status) => status.nodes.some((peer) => peer.node === 'w' && peer.state === 'up'));
+  const held = writeBlock(a, 0x61, 63 * 1024 * 1024);
+  const record = (): { learning: boolean } => JSON.parse(fs.readFileSync(path.join(fresh.dataDir, 'witness', 'vol0.json'), 'utf8')) as { learning: boolean };
+  await a.waitStatus('a hears w learning, and has no quorum', (status) => status.nodes.some((peer) => peer.node === 'w' && peer.state === 'up' && peer.lastHeardAgoMs <= 200));
+  assert.equal(record().learning, true, 'w has heard only a');
+  const status = vol0(await a.status());
+  assert.equal(status.quorum?.ok, false);
+  assert.deepEqual(status.quorum?.counted, ['a']);
+
+  const back = await startClusterNode(b.dir, b.configPath, 'b');
+  started.push(back);
+  const outcome = await held;
+  assert.equal(outcome.code, 0, `the held write is acknowledged once w has learned: ${outcome.stderr}`);
+  assert.equal(record().learning, false);
+  await a.waitStatus('a counts w and b', (status) => vol0(status).quorum?.have === 3, 60_000);
+  assert.ok((await readBlock(a, 63 * 1024 * 1024)).every((byte) => byte === 0x61));
 });

@@ -35,7 +35,7 @@ import { assert } from '../../src/lib/assert.js';
 import { compareCopies, EpochHistory, type EpochStart } from '../../src/core/epoch-history.js';
 import { disklessRefusal } from '../../src/core/diskless.js';
 import { contactHeard, mayLack, type SourceContact } from '../../src/core/promotion.js';
-import { grantsPromise, learnedFloor, LEARNING, nextCandidacy, promiseFences, promotionQuorum, writeQuorum, type EpochPromise, type MemberView } from '../../src/core/quorum.js';
+import { LEARNING, memberHeard, nextCandidacy, promiseFences, promotionQuorum, writeQuorum, type EpochPromise, type MemberView } from '../../src/core/quorum.js';
 import { admitsSource, ReplicaCore } from '../../src/core/replica-core.js';
 import { decideSplitBrain, splitBrainBetween, type SplitBrain, type SplitBrainDecision } from '../../src/core/split-brain.js';
 import { Prng } from '../unit/prng.js';
@@ -672,34 +672,27 @@ export class FailoverCluster {
         this.echoes.set(member, synced);
       }
     }
-    // Each member judges the candidates it hears, and records its promise before its heartbeats name it.
+    // Each member learns the newest epoch or judges the candidates it hears (the shipped
+    // memberHeard), and records its promise before its heartbeats name it.
     for (const member of this.members()) {
       const node = member === WITNESS ? null : this.node(member);
-      if (node !== null && (!node.up || node.diskFailed)) continue;
-      if (node?.learning === true) {
-        const floor = learnedFloor(member, this.members(), this.views(member), FRESH_MS);
-        if (floor === null) continue;
-        node.learning = false;
-        if (floor > Math.max(node.core.epoch, node.promise?.epoch ?? 0)) node.promise = { epoch: floor, to: '' };
-        this.note(`${member} learned epoch ${floor}`);
-      }
-      const epoch = node === null ? this.witnessEpoch : node.core.epoch;
-      const promise = node === null ? this.witnessPromise : node.promise;
+      if (node !== null && (!node.up || node.diskFailed || node.core.role === 'primary')) continue;
+      const record = node === null ? { promise: this.witnessPromise, learning: false } : { promise: node.promise, learning: node.learning };
       const primary = node === null ? this.witnessPrimary : node.core.history.primaryNow;
       const stands = (id: string): boolean => this.node(id).candidacy !== null || this.node(id).serving;
+      const promise = record.promise;
       const hearsLivePrimary =
         (primary !== null && primary !== member && this.reachable(member, primary) && this.node(primary).core.role === 'primary') ||
         (promise !== null && promise.to !== member && promise.to !== '' && this.reachable(member, promise.to) && stands(promise.to));
-      const state = { self: member, epoch, role: node === null ? 'witness' : node.learning ? LEARNING : node.core.role, promise, hearsLivePrimary, echo: this.echoes.get(member) ?? [] };
-      for (const view of this.views(member)) {
-        const granted = grantsPromise(state, view);
-        if (granted === null) continue;
-        const next = { epoch: granted, to: view.node };
-        if (node === null) this.witnessPromise = next;
-        else node.promise = next;
-        this.note(`${member} promises epoch ${granted} to ${view.node}`);
-        break;
+      const state = { self: member, epoch: node === null ? this.witnessEpoch : node.core.epoch, role: node === null ? 'witness' : node.core.role, hearsLivePrimary, echo: this.echoes.get(member) ?? [] };
+      const step = memberHeard(record, state, this.members(), this.views(member), FRESH_MS);
+      if (step === null) continue;
+      if (node === null) this.witnessPromise = step.record.promise;
+      else {
+        node.promise = step.record.promise;
+        node.learning = step.record.learning;
       }
+      this.note(`${member} ${step.change}`);
     }
   }
 

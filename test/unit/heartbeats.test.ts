@@ -137,7 +137,7 @@ test('heartbeats: datagrams made with another secret are dropped and counted, an
     assert.equal(a.mayConnect('b'), false);
     assert.equal(a.counters.heartbeatsReceived, 0);
     // Nor do they tell the quorum anything.
-    assert.deepEqual(a.memberViews('v'), [{ node: 'b', heardAgoMs: null, hears: [], epoch: null, role: null, synced: null }]);
+    assert.deepEqual(a.memberViews('v'), [{ node: 'b', heardAgoMs: null, hears: [], epoch: null, role: null, synced: null, promise: null }]);
     assert.equal(a.hears('b'), false);
     assert.ok(a.counters.heartbeatsDropped >= (TIMEOUT_MS * 3) / INTERVAL_MS - 1, `dropped ${a.counters.heartbeatsDropped}`);
   } finally {
@@ -204,13 +204,13 @@ test('heartbeats: memberViews shows what each member last said it hears, its epo
   let epochAtA = 5;
   let roleAtA: VolumeView['role'] = 'primary';
   let syncedAtA = ['a', 'b'];
-  const aSays = (): VolumeView[] => [{ name: 'v', role: roleAtA, disk: 'up-to-date', epoch: epochAtA, lastSeq: 10, synced: syncedAtA }];
+  const aSays = (): VolumeView[] => [{ name: 'v', role: roleAtA, disk: 'up-to-date', epoch: epochAtA, lastSeq: 10, synced: syncedAtA, promise: null }];
   // w names v (the set it last heard from a) and a volume u it is secondary of, with another set.
   const wSays = (): VolumeView[] => [
-    { name: 'v', role: 'witness', disk: 'diskless', epoch: 4, lastSeq: 0, synced: ['a'] },
-    { name: 'u', role: 'secondary', disk: 'outdated', epoch: 9, lastSeq: 3, synced: ['b', 'w'] },
+    { name: 'v', role: 'witness', disk: 'diskless', epoch: 4, lastSeq: 0, synced: ['a'], promise: { epoch: 5, to: 'b' } },
+    { name: 'u', role: 'secondary', disk: 'outdated', epoch: 9, lastSeq: 3, synced: ['b', 'w'], promise: null },
   ];
-  const never = { node: 'b', heardAgoMs: null, hears: [], epoch: null, role: null, synced: null };
+  const never = { node: 'b', heardAgoMs: null, hears: [], epoch: null, role: null, synced: null, promise: null };
   const a = await start(config, 'a', 1000, network, clock, recorder(clock), aSays);
   // Nothing heard yet: every view is empty.
   assert.deepEqual(a.memberViews('v'), [never, { ...never, node: 'w' }]);
@@ -227,19 +227,19 @@ test('heartbeats: memberViews shows what each member last said it hears, its epo
     // in no one's hears) and the other's epoch, role and synced set of v; b, never started,
     // stays empty.
     const wAtA = viewOf(a, 'w');
-    assert.deepEqual({ ...wAtA, heardAgoMs: null }, { node: 'w', heardAgoMs: null, hears: ['a'], epoch: 4, role: 'witness', synced: ['a'] });
+    assert.deepEqual({ ...wAtA, heardAgoMs: null }, { node: 'w', heardAgoMs: null, hears: ['a'], epoch: 4, role: 'witness', synced: ['a'], promise: { epoch: 5, to: 'b' } });
     assert.ok(wAtA.heardAgoMs !== null && wAtA.heardAgoMs >= 0 && wAtA.heardAgoMs <= INTERVAL_MS, `w heard ${wAtA.heardAgoMs} ms ago`);
     const aAtW = viewOf(w, 'a');
-    assert.deepEqual({ ...aAtW, heardAgoMs: null }, { node: 'a', heardAgoMs: null, hears: ['w'], epoch: 5, role: 'primary', synced: ['a', 'b'] });
+    assert.deepEqual({ ...aAtW, heardAgoMs: null }, { node: 'a', heardAgoMs: null, hears: ['w'], epoch: 5, role: 'primary', synced: ['a', 'b'], promise: null });
     assert.ok(aAtW.heardAgoMs !== null && aAtW.heardAgoMs <= INTERVAL_MS);
     assert.deepEqual(viewOf(a, 'b'), never);
     assert.deepEqual(viewOf(w, 'b'), never);
     assert.deepEqual(a.memberViews('v').map((view) => view.node), ['b', 'w']);
     // Of another volume it named: that volume's own epoch, role and set.
-    assert.deepEqual({ ...viewOf(a, 'w', 'u'), heardAgoMs: null }, { node: 'w', heardAgoMs: null, hears: ['a'], epoch: 9, role: 'secondary', synced: ['b', 'w'] });
+    assert.deepEqual({ ...viewOf(a, 'w', 'u'), heardAgoMs: null }, { node: 'w', heardAgoMs: null, hears: ['a'], epoch: 9, role: 'secondary', synced: ['b', 'w'], promise: null });
     // Of a volume the peer named none of: its hears, but no epoch, role or set.
-    assert.deepEqual({ ...viewOf(a, 'w', 'other'), heardAgoMs: null }, { node: 'w', heardAgoMs: null, hears: ['a'], epoch: null, role: null, synced: null });
-    assert.deepEqual({ ...viewOf(w, 'a', 'u'), heardAgoMs: null }, { node: 'a', heardAgoMs: null, hears: ['w'], epoch: null, role: null, synced: null });
+    assert.deepEqual({ ...viewOf(a, 'w', 'other'), heardAgoMs: null }, { node: 'w', heardAgoMs: null, hears: ['a'], epoch: null, role: null, synced: null, promise: null });
+    assert.deepEqual({ ...viewOf(w, 'a', 'u'), heardAgoMs: null }, { node: 'a', heardAgoMs: null, hears: ['w'], epoch: null, role: null, synced: null, promise: null });
     assert.equal(a.hears('w'), true);
     assert.equal(w.hears('a'), true);
     assert.equal(a.hears('b'), false);
@@ -254,7 +254,7 @@ test('heartbeats: memberViews shows what each member last said it hears, its epo
     syncedAtA = [];
     roleAtA = 'secondary';
     await pass(clock, 2 * INTERVAL_MS);
-    assert.deepEqual({ ...viewOf(w, 'a'), heardAgoMs: null }, { node: 'a', heardAgoMs: null, hears: ['w'], epoch: 6, role: 'secondary', synced: [] });
+    assert.deepEqual({ ...viewOf(w, 'a'), heardAgoMs: null }, { node: 'a', heardAgoMs: null, hears: ['w'], epoch: 6, role: 'secondary', synced: [], promise: null });
     roleAtA = 'primary';
     syncedAtA = ['a'];
     await pass(clock, 2 * INTERVAL_MS);
@@ -269,8 +269,8 @@ test('heartbeats: memberViews shows what each member last said it hears, its epo
     assert.ok(before.atA !== null && before.atW !== null);
     syncedAtA = ['a', 'b'];
     await pass(clock, 2 * INTERVAL_MS);
-    assert.deepEqual(viewOf(a, 'w'), { node: 'w', heardAgoMs: before.atA + 2 * INTERVAL_MS, hears: ['a'], epoch: 4, role: 'witness', synced: ['a'] });
-    assert.deepEqual(viewOf(w, 'a'), { node: 'a', heardAgoMs: before.atW + 2 * INTERVAL_MS, hears: ['w'], epoch: 6, role: 'primary', synced: ['a'] });
+    assert.deepEqual(viewOf(a, 'w'), { node: 'w', heardAgoMs: before.atA + 2 * INTERVAL_MS, hears: ['a'], epoch: 4, role: 'witness', synced: ['a'], promise: { epoch: 5, to: 'b' } });
+    assert.deepEqual(viewOf(w, 'a'), { node: 'a', heardAgoMs: before.atW + 2 * INTERVAL_MS, hears: ['w'], epoch: 6, role: 'primary', synced: ['a'], promise: null });
     assert.ok(before.atA + 2 * INTERVAL_MS > a.quorumFreshMs, 'stale for the quorum well before the timeout');
     assert.equal(a.hears('w'), true, 'not down before the timeout');
     await pass(clock, TIMEOUT_MS);

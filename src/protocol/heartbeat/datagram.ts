@@ -14,7 +14,8 @@
 //   0 magic u32 'BMHB'  4 version u8  5 reserved u8  6 reserved u16
 //   8 incarnation u64  16 counter u64  24 cluster, fromNode, toNode (u16 length + UTF-8)
 //   volume count u16, per volume: name, role u8, disk u8, reserved u16, epoch u32, lastSeq u64,
-//     synced count u16 and node ids (u16 length + UTF-8)
+//     synced count u16 and node ids (u16 length + UTF-8), promise epoch u32 (0: none) and the
+//     node it was made to (u16 length + UTF-8; empty: to none)
 //   hears count u16, per node the sender's failure detector trusts now: its id (u16 length + UTF-8)
 //   mac 32 bytes = mac(secret, 'blockmirror-heartbeat-v1' || every byte before the mac)
 
@@ -24,7 +25,7 @@ import { proofsEqual, type Mac } from '../peer/handshake.js';
 import { nameBytes, readU64, writeU64 } from '../../lib/wire.js';
 
 export const HEARTBEAT_MAGIC = 0x424d4842; // 'BMHB'
-export const HEARTBEAT_VERSION = 2;
+export const HEARTBEAT_VERSION = 3;
 export const HEARTBEAT_BYTES_MAX = 8192;
 export const HEARTBEAT_VOLUMES_MAX = 64;
 /** Node ids in `hears` at most. */
@@ -33,7 +34,8 @@ export const HEARTBEAT_NAME_BYTES_MAX = 255;
 export const HEARTBEAT_MAC_BYTES = 32;
 
 /** The role byte and the disk byte are indexes in these lists. */
-export const HEARTBEAT_ROLES = ['primary', 'secondary', 'witness'] as const;
+/** `learning`: a quorum member started on an empty data directory, which counts for no one yet (src/core/quorum.ts). */
+export const HEARTBEAT_ROLES = ['primary', 'secondary', 'witness', 'learning'] as const;
 export const HEARTBEAT_DISK_STATES = DISK_STATES;
 
 export type HeartbeatRole = (typeof HEARTBEAT_ROLES)[number];
@@ -51,6 +53,8 @@ export interface HeartbeatVolume {
    * nothing heard). See src/core/quorum.ts.
    */
   synced: string[];
+  /** The newest promise of an epoch the sender made for the volume (src/core/quorum.ts), or null. */
+  promise: { epoch: number; to: string } | null;
 }
 
 export interface Heartbeat {
@@ -93,11 +97,18 @@ export function encodeHeartbeat(mac: Mac, secret: Buffer, heartbeat: Heartbeat):
     return volume.synced.map((id) => nameBytes(id, HEARTBEAT_NAME_BYTES_MAX));
   });
   assert(new Set(heartbeat.volumes.map((volume) => volume.name)).size === heartbeat.volumes.length, 'heartbeat volume names repeat');
+  const promisedTo = heartbeat.volumes.map((volume) => {
+    const promise = volume.promise;
+    if (promise === null) return Buffer.alloc(0);
+    assert(Number.isInteger(promise.epoch) && promise.epoch >= 1 && promise.epoch <= 0xffff_ffff, 'heartbeat promise epoch');
+    return promise.to === '' ? Buffer.alloc(0) : nameBytes(promise.to, HEARTBEAT_NAME_BYTES_MAX);
+  });
 
   const bodyBytes =
     HEADER_BYTES + 16 + names.reduce((sum, name) => sum + 2 + name.length, 0) + 2 +
     volumeNames.reduce((sum, name) => sum + 2 + name.length + VOLUME_FIXED_BYTES, 0) +
-    syncedNames.reduce((sum, ids) => sum + 2 + ids.reduce((total, id) => total + 2 + id.length, 0), 0) + 2 +
+    syncedNames.reduce((sum, ids) => sum + 2 + ids.reduce((total, id) => total + 2 + id.length, 0), 0) +
+    promisedTo.reduce((sum, to) => sum + 4 + 2 + to.length, 0) + 2 +
     heardNames.reduce((sum, name) => sum + 2 + name.length, 0);
   assert(bodyBytes + HEARTBEAT_MAC_BYTES <= HEARTBEAT_BYTES_MAX, `heartbeat of ${bodyBytes + HEARTBEAT_MAC_BYTES} bytes exceeds ${HEARTBEAT_BYTES_MAX}`);
 
@@ -125,6 +136,8 @@ export function encodeHeartbeat(mac: Mac, secret: Buffer, heartbeat: Heartbeat):
     out.writeUInt16BE(synced.length, at);
     at += 2;
     for (const id of synced) at = writeName(out, at, id);
+    out.writeUInt32BE(volume.promise?.epoch ?? 0, at);
+    at = writeName(out, at + 4, promisedTo[index] ?? Buffer.alloc(0));
   });
   out.writeUInt16BE(heardNames.length, at);
   at += 2;
@@ -208,10 +221,10 @@ class Reader {
     return ids;
   }
 
-  /** A name's bytes, or undefined when its length is out of range and the layout is lost. */
-  name(): Buffer | undefined {
+  /** A name's bytes (empty only when `mayBeEmpty`), or undefined when its length is out of range and the layout is lost. */
+  name(mayBeEmpty = false): Buffer | undefined {
     const length = this.u16();
-    if (!this.short && (length < 1 || length > HEARTBEAT_NAME_BYTES_MAX)) return undefined;
+    if (!this.short && (length < (mayBeEmpty ? 0 : 1) || length > HEARTBEAT_NAME_BYTES_MAX)) return undefined;
     return this.take(length);
   }
 }
@@ -243,14 +256,17 @@ export function decodeHeartbeat(mac: Mac, secret: Buffer, datagram: Buffer): Hea
   }
   const count = reader.u16();
   if (count > HEARTBEAT_VOLUMES_MAX) return { ok: false, reason: 'malformed' };
-  const rawVolumes: { name: Buffer; role: number; disk: number; reserved: number; epoch: number; lastSeq: number | undefined; synced: Buffer[] }[] = [];
+  const rawVolumes: { name: Buffer; role: number; disk: number; reserved: number; epoch: number; lastSeq: number | undefined; synced: Buffer[]; promiseEpoch: number; promisedTo: Buffer }[] = [];
   for (let index = 0; index < count && !reader.short; index += 1) {
     const name = reader.name();
     if (name === undefined) return { ok: false, reason: 'malformed' };
     const fixed = { name, role: reader.u8(), disk: reader.u8(), reserved: reader.u16(), epoch: reader.u32(), lastSeq: reader.u64() };
     const synced = reader.ids();
     if (synced === undefined) return { ok: false, reason: 'malformed' };
-    rawVolumes.push({ ...fixed, synced });
+    const promiseEpoch = reader.u32();
+    const promisedTo = reader.name(true);
+    if (promisedTo === undefined) return { ok: false, reason: 'malformed' };
+    rawVolumes.push({ ...fixed, synced, promiseEpoch, promisedTo });
   }
   const rawHeard = reader.ids();
   if (rawHeard === undefined) return { ok: false, reason: 'malformed' };
@@ -277,7 +293,11 @@ export function decodeHeartbeat(mac: Mac, secret: Buffer, datagram: Buffer): Hea
     if (name === undefined || role === undefined || disk === undefined || raw.reserved !== 0 || raw.lastSeq === undefined) return malformed;
     const synced = raw.synced.map(text);
     if (synced.some((id) => id === undefined) || new Set(synced).size !== synced.length) return malformed;
-    volumes.push({ name, role, disk, epoch: raw.epoch, lastSeq: raw.lastSeq, synced: synced as string[] });
+    const to = text(raw.promisedTo);
+    // A promise names an epoch; with none, no node either.
+    if (to === undefined || (raw.promiseEpoch === 0 && to !== '')) return malformed;
+    const promise = raw.promiseEpoch === 0 ? null : { epoch: raw.promiseEpoch, to };
+    volumes.push({ name, role, disk, epoch: raw.epoch, lastSeq: raw.lastSeq, synced: synced as string[], promise });
   }
   if (new Set(volumes.map((volume) => volume.name)).size !== volumes.length) return malformed;
   const hears: string[] = [];
