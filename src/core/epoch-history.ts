@@ -4,7 +4,11 @@
 // `primary:`; each promotion begins the next epoch. Every entry carries the epoch it was
 // numbered in, and one primary numbers the entries of an epoch, so two copies that hold an
 // entry with the same number in the same epoch hold the same entry. That is what makes the
-// histories enough to find where two copies part (`compareCopies`).
+// histories enough to find where two copies part (`compareCopies`). A primary that starts
+// again after a crash may have lost entries its peers hold, and numbers anew from the
+// entry after what it recovered: it restarts its epoch there (`restart`, a start of the
+// same epoch with a higher `restart` count), so that a copy holding the lost entries and
+// one holding the new ones under the same numbers are told apart too.
 //
 // Pure: the history is a value, changed by `begin` into a new one. Each replica keeps its
 // own durably (its text is `encodeEpochHistory`; `parseEpochHistory` refuses a damaged or
@@ -17,9 +21,19 @@ export interface EpochStart {
   epoch: number;
   primary: string;
   firstSeq: number;
+  /** How many times the epoch's primary restarted it after a crash (absent: 0, its first start). */
+  restart?: number;
 }
 
-/** What a history may hold: epochs in increasing order, each starting at or after the one before. */
+/** How many times `start`'s primary had restarted its epoch there. */
+export function restartOf(start: EpochStart): number {
+  return start.restart ?? 0;
+}
+
+/**
+ * What a history may hold: epochs in increasing order, each starting at or after the one
+ * before; an epoch again only as a restart by its own primary (a higher restart count).
+ */
 function problemWith(starts: readonly EpochStart[]): string | null {
   if (starts.length === 0) return 'it names no epoch';
   for (let index = 0; index < starts.length; index += 1) {
@@ -28,8 +42,11 @@ function problemWith(starts: readonly EpochStart[]): string | null {
     if (!Number.isSafeInteger(start.epoch) || start.epoch < 0 || start.epoch > 0xffff_ffff) return `epoch ${String(start.epoch)} is not a number from 0 to 2^32-1`;
     if (typeof start.primary !== 'string' || start.primary === '') return `epoch ${start.epoch} names no primary`;
     if (!Number.isSafeInteger(start.firstSeq) || start.firstSeq < 1) return `epoch ${start.epoch} starts at ${String(start.firstSeq)}, not at an entry`;
+    if (start.restart !== undefined && (!Number.isSafeInteger(start.restart) || start.restart < 0 || start.restart > 0xffff_ffff)) return `epoch ${start.epoch} has restart count ${String(start.restart)}`;
     const before = starts[index - 1];
-    if (before !== undefined && start.epoch <= before.epoch) return `epoch ${start.epoch} follows epoch ${before.epoch}`;
+    if (before !== undefined && start.epoch === before.epoch) {
+      if (start.primary !== before.primary || restartOf(start) <= restartOf(before)) return `epoch ${start.epoch} starts twice, not as a restart by its primary`;
+    } else if (before !== undefined && start.epoch < before.epoch) return `epoch ${start.epoch} follows epoch ${before.epoch}`;
     if (before !== undefined && start.firstSeq < before.firstSeq) return `epoch ${start.epoch} starts at ${start.firstSeq}, before epoch ${before.epoch} (${before.firstSeq})`;
   }
   return null;
@@ -73,6 +90,25 @@ export class EpochHistory {
   /** The current epoch's primary steps down (a demotion by command): the same epochs, ended. */
   stepDown(): EpochHistory {
     return new EpochHistory(this.starts, true);
+  }
+
+  /**
+   * The primary of the current epoch starts again after a crash that may have lost entries
+   * its peers hold: it restarts the epoch at `firstSeq`, the entry after the last it
+   * recovered, from where it numbers anew.
+   */
+  restart(firstSeq: number): EpochHistory {
+    const { epoch, primary } = this.current;
+    const kept = this.upTo(firstSeq);
+    assert(kept.current.epoch === epoch, `a restart at entry ${firstSeq}, before epoch ${epoch} began`);
+    return EpochHistory.of([...kept.starts, { epoch, primary, firstSeq, restart: restartOf(kept.current) + 1 }]);
+  }
+
+  /** The first start of the current epoch (before any restart of it). */
+  get origin(): EpochStart {
+    const first = this.starts.find((start) => start.epoch === this.current.epoch);
+    assert(first !== undefined);
+    return first;
   }
 
   /** The epoch in force, and its primary. */
@@ -122,14 +158,25 @@ export class EpochHistory {
   joinedWith(newer: EpochHistory): EpochHistory {
     const first = newer.starts[0];
     assert(first !== undefined);
-    const before = this.starts.filter((start) => start.epoch < first.epoch && start.firstSeq <= first.firstSeq);
+    const before = this.starts.filter((start) => (start.epoch < first.epoch || (start.epoch === first.epoch && restartOf(start) < restartOf(first))) && start.firstSeq <= first.firstSeq);
     return EpochHistory.of([...before, ...newer.starts], newer.ended);
   }
 
-  /** Whether `other` holds the epoch this one is in, unchanged (it is this history, or one that went on from it). */
+  /**
+   * Whether `other` holds the epoch this one is in, unchanged (it is this history, or one
+   * that went on from it): its first start, restarts aside (entries past a restart that
+   * `other` lacks are told apart by `compareCopies`).
+   */
   knowsEpochOf(other: EpochHistory): boolean {
-    const mine = this.current;
+    const mine = this.origin;
     return other.starts.some((start) => sameStart(start, mine));
+  }
+
+  /** Whether `other` is this history with restarts of its current epoch after it (the same primary started again). */
+  restartedIn(other: EpochHistory): boolean {
+    const mine = this.current;
+    const theirs = other.current;
+    return theirs.epoch === mine.epoch && theirs.primary === mine.primary && restartOf(theirs) > restartOf(mine) && other.starts.some((start) => sameStart(start, mine));
   }
 
   /** Whether `other` is this history or a later one: it holds every epoch of this one, unchanged. */
@@ -159,7 +206,7 @@ export interface CopyComparison {
 }
 
 function sameStart(a: EpochStart, b: EpochStart): boolean {
-  return a.epoch === b.epoch && a.primary === b.primary && a.firstSeq === b.firstSeq;
+  return a.epoch === b.epoch && a.primary === b.primary && a.firstSeq === b.firstSeq && restartOf(a) === restartOf(b);
 }
 
 /**
@@ -202,8 +249,8 @@ export function parseEpochHistory(data: Buffer): EpochHistory | { problem: strin
   if (typeof ended !== 'boolean') return { problem: '"ended" is not true or false' };
   const starts: EpochStart[] = [];
   for (const item of epochs as unknown[]) {
-    const { epoch, primary, firstSeq } = (item ?? {}) as Record<string, unknown>;
-    starts.push({ epoch: epoch as number, primary: primary as string, firstSeq: firstSeq as number });
+    const { epoch, primary, firstSeq, restart } = (item ?? {}) as Record<string, unknown>;
+    starts.push({ epoch: epoch as number, primary: primary as string, firstSeq: firstSeq as number, ...(restart === undefined ? {} : { restart: restart as number }) });
   }
   const problem = problemWith(starts);
   return problem === null ? EpochHistory.of(starts, ended) : { problem };

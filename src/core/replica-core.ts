@@ -22,7 +22,7 @@
 // the same object for its primary and each secondary.
 
 import { assert } from '../lib/assert.js';
-import { EpochHistory, type EpochStart } from './epoch-history.js';
+import { EpochHistory, restartOf, type EpochStart } from './epoch-history.js';
 import type { MirrorLedger } from './mirror-ledger.js';
 import { PrimaryCore, type PrimaryCoreOptions } from './primary-core.js';
 import { SecondaryCore, type SecondaryCoreOptions } from './secondary-core.js';
@@ -156,6 +156,18 @@ export class ReplicaCore<Frame, Entry = Frame> {
   }
 
   /**
+   * This primary started again after a crash that may have lost entries its peers hold:
+   * its epoch restarts (`EpochHistory.restart`, which the executor makes durable first), so
+   * that the entries it numbers anew are told apart from the lost ones.
+   */
+  restartEpoch(history: EpochHistory): void {
+    assert(this.role === 'primary', 'only a primary restarts its epoch');
+    assert(this.currentHistory.restartedIn(history), 'a restart of this primary\'s epoch');
+    assert(history.current.firstSeq === this.local.lastSeq + 1, `the restart must start after entry ${this.local.lastSeq}`);
+    this.currentHistory = history;
+  }
+
+  /**
    * This primary becomes a secondary: by command (in its own epoch, `history` unchanged)
    * or fenced by a newer history it met. Its mirror part ends. Nothing may be running (the
    * executor lets requests finish first and refuses new ones); `follow` starts the
@@ -177,7 +189,7 @@ export class ReplicaCore<Frame, Entry = Frame> {
   learn(history: EpochHistory, discarding = false): void {
     assert(this.role === 'secondary', 'only a secondary learns a newer history');
     // A copy that discards its writes after a split brain takes its winner's history, whatever its epoch.
-    assert(discarding || history.current.epoch > this.epoch, `epoch ${history.current.epoch} is not newer than ${this.epoch}`);
+    assert(discarding || history.current.epoch > this.epoch || this.currentHistory.restartedIn(history), `epoch ${history.current.epoch} is not newer than ${this.epoch}`);
     assert(this.secondaryPart === null || this.secondaryPart.idle, 'learned a history while a session is under way');
     this.currentHistory = history;
     this.local.changeRole('secondary', history.current.epoch);
@@ -198,7 +210,9 @@ export class ReplicaCore<Frame, Entry = Frame> {
     const known = this.currentHistory.current;
     if (theirs.current.epoch < known.epoch) return { kind: 'stale', known };
     if (theirs.current.epoch === known.epoch) {
-      if (node !== known.primary || theirs.current.firstSeq !== known.firstSeq) return { kind: 'not-its-primary', known };
+      // The primary this copy follows started again after a crash and restarted its epoch: a newer history.
+      if (this.currentHistory.restartedIn(theirs)) return { kind: 'newer', history: this.currentHistory.joinedWith(theirs) };
+      if (node !== known.primary || theirs.current.firstSeq !== known.firstSeq || restartOf(theirs.current) !== restartOf(known)) return { kind: 'not-its-primary', known };
       // A copy that is (or was, and stepped down as) the primary follows no one in its own epoch.
       return this.secondaryPart === null ? { kind: 'primary-here', known } : { kind: 'current' };
     }

@@ -54,8 +54,9 @@ export interface SplitBrain {
   /** Entries the other copy holds past sharedSeq. */
   otherEntries: number;
   /**
-   * The epoch in which each copy's line numbered its first entry past sharedSeq: which
-   * primary is the younger, the same figure however many epochs either began since.
+   * Which primary is the younger, the same figure however many epochs either began since:
+   * here, the epoch in which this copy numbered its first entry past sharedSeq; there, the
+   * epoch of the other line's first primary past it that is not this node.
    */
   hereEpoch: number;
   otherEpoch: number;
@@ -70,7 +71,14 @@ export interface SplitBrain {
  */
 export function splitBrainBetween(here: SplitBrainCopy, other: OtherCopy): SplitBrain | null {
   const compared = compareCopies({ history: here.history, lastSeq: here.lastSeq }, { history: other.history, lastSeq: other.lastSeq });
-  const forker = other.history.epochOf(compared.sharedSeq + 1).primary;
+  // The node that forked away: the first primary of the other line past the shared entry
+  // that is not this one (past it the other copy may hold this node's own entries from
+  // before it restarted its epoch after a crash).
+  const otherStarts = other.history.starts;
+  const fork = otherStarts.find((start, index) => start.primary !== here.node && (otherStarts[index + 1]?.firstSeq ?? Number.POSITIVE_INFINITY) > compared.sharedSeq + 1);
+  // None: the other copy holds only this node's own entries past the shared one.
+  if (fork === undefined) return null;
+  const forker = fork.primary;
   // A primary that restarted after a crash numbered anew after what it recovered, in the
   // same epoch: entries past that point are not the same as the peer's under the same numbers.
   const sharedSeq = Math.min(compared.sharedSeq, here.divergedAfter?.(other.node) ?? Number.POSITIVE_INFINITY);
@@ -92,7 +100,7 @@ export function splitBrainBetween(here: SplitBrainCopy, other: OtherCopy): Split
     if (hereEpoch === -1) hereEpoch = start.epoch;
   });
   if (hereEntries === 0) return null;
-  return { sharedSeq, hereEntries, otherEntries: bPast, hereEpoch, otherEpoch: other.history.epochOf(compared.sharedSeq + 1).epoch };
+  return { sharedSeq, hereEntries, otherEntries: bPast, hereEpoch, otherEpoch: fork.epoch };
 }
 
 /** Which copy's writes a policy discards: none (they stay apart), this one's, or the other's. */

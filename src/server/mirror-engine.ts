@@ -95,6 +95,8 @@ export interface MirrorEngineParts {
 
 export class MirrorEngine {
   private readonly core: PrimaryCore<Frame>;
+  /** The previous run of this primary stopped cleanly (its ledger says so). */
+  readonly stoppedCleanly: boolean;
   private readonly sessions: PeerSessions;
   private readonly waiters = new Map<number, { resolve: () => void; reject: (error: Error) => void }>();
   private nextToken = 1;
@@ -171,6 +173,7 @@ export class MirrorEngine {
       unsyncedGenerationsMax: constants.unsyncedGenerationsMax,
     });
     for (const { message, fields } of ledger.warnings) log.warn(message, fields);
+    this.stoppedCleanly = ledger.clean;
     this.core = parts.replica.mirror(
       {
         mode: volume.mode,

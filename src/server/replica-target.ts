@@ -114,7 +114,9 @@ export class ReplicaTarget {
       link.close('node stopping');
       return;
     }
-    if (this.following !== null || hello.epoch > this.volume.replica.epoch) {
+    // A newer epoch's primary, or this copy's primary that restarted its epoch after a crash: followed anew.
+    const restarted = hello.epoch === this.volume.replica.epoch && this.volume.replica.judgeSource(hello.fromNode, hello.history).kind === 'newer';
+    if (this.following !== null || hello.epoch > this.volume.replica.epoch || restarted) {
       this.following ??= this.followNewer(hello);
       this.following.then(
         () => this.attach(hello, link),

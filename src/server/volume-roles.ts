@@ -109,10 +109,27 @@ export class VolumeRoles {
       this.volumeLog(served).warn('this copy lost a split brain: it starts stepped down, and follows the winner once that connects', { winner: served.discard.winner });
     } else if (opened.role === 'primary' && this.mirroredHere(config)) {
       served.mirrored = this.mirror(served, opened.recovery.lastSeq, replayed);
+      if (!served.mirrored.engine.stoppedCleanly) this.restartEpoch(served);
     } else if (opened.role === 'secondary' && opened.logOptions.replica !== undefined) {
       served.target = this.target(served, opened.created);
     }
     return served;
+  }
+
+  /**
+   * A primary that did not stop cleanly may have lost entries its peers hold (sent before
+   * its own write was durable): it restarts its epoch after the last entry it holds, in its
+   * history file first, before it numbers a new one (src/core/epoch-history.ts).
+   */
+  private restartEpoch(served: ServedVolume): void {
+    const { volume } = served;
+    const history = volume.replica.history;
+    const firstSeq = volume.log.lastSeq + 1;
+    if (history.primaryNow !== this.parts.node.id || firstSeq < history.current.firstSeq) return;
+    const restarted = history.restart(firstSeq);
+    this.saveHistory(served, restarted);
+    volume.replica.restartEpoch(restarted);
+    this.volumeLog(served).warn('primary restarted its epoch after an unclean stop: entries from here on are numbered anew', { epoch: restarted.current.epoch, firstSeq, restart: restarted.current.restart ?? 0 });
   }
 
   /** Whether the served volume has anything to checkpoint (a primary that stepped down writes nothing). */

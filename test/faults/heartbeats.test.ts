@@ -2,7 +2,8 @@
 // heartbeats stop, writes go on, and after SIGCONT it is trusted again only after its
 // probation; heartbeats that flap faster than the probation never bring a peer back; 30%
 // datagram loss at the default timing causes no false disconnect; forged and replayed
-// datagrams are dropped and counted and never keep a silent peer alive.
+// datagrams are dropped and counted and never keep a silent peer alive. A primary killed
+// during a resync restarts its epoch in its history (and its secondary learns it).
 //
 // Loss and flapping are made by a UDP relay in the harness: the primary's copy of the
 // cluster file sends nothing through it, but the secondary's copy names the relay as the
@@ -290,6 +291,14 @@ test('a primary killed in the middle of a resync resumes it after its restart; t
     120_000,
   );
   assert.ok(messages(a, 'resync done').length >= 1);
+  // Killed, a restarted its epoch after the last entry it held (a start with restart 1),
+  // and b, which followed it, learned the restart at the next HELLO.
+  assert.equal(messages(a, 'primary restarted its epoch after an unclean stop: entries from here on are numbered anew').length, 1);
+  const epochs = (node: TestNode): { epoch: number; primary: string; restart?: number }[] =>
+    (JSON.parse(fs.readFileSync(node.imagePath('v1').replace(/\.img$/, '.epochs.json'), 'utf8')) as { epochs: { epoch: number; primary: string; restart?: number }[] }).epochs;
+  const restarted = epochs(a);
+  assert.deepEqual(restarted.map(({ epoch, primary, restart }) => [epoch, primary, restart ?? 0]), [[0, 'a', 0], [0, 'a', 1]]);
+  assert.deepEqual(epochs(b), restarted);
   assert.equal((await a.stop()).code, 0);
   assert.equal((await b.stop()).code, 0);
   assertConverged(a, b, random);

@@ -20,10 +20,12 @@ export type FailoverMode = 'sync' | 'async';
  * - passive-votes: a quorum volume's candidate is promoted on the votes its members would
  *   give, without their promises (a member that voted still counts for the old primary);
  * - forgets-epoch: a member replaced on an empty disk counts at once, for whichever
- *   primary claims its (first) epoch.
+ *   primary claims its (first) epoch;
+ * - renumbers-unmarked: a primary that starts again after a crash numbers anew without
+ *   restarting its epoch in the history (only its ledger knows).
  */
-export type FailoverFault = 'promote-ignores-contact' | 'split-brain-unseen' | 'no-write-quorum' | 'passive-votes' | 'forgets-epoch';
-export const failoverFaults: readonly FailoverFault[] = ['promote-ignores-contact', 'split-brain-unseen', 'no-write-quorum', 'passive-votes', 'forgets-epoch'];
+export type FailoverFault = 'promote-ignores-contact' | 'split-brain-unseen' | 'no-write-quorum' | 'passive-votes' | 'forgets-epoch' | 'renumbers-unmarked';
+export const failoverFaults: readonly FailoverFault[] = ['promote-ignores-contact', 'split-brain-unseen', 'no-write-quorum', 'passive-votes', 'forgets-epoch', 'renumbers-unmarked'];
 
 export type Step =
   /** The node's process dies (what its disk had not made durable is lost); it restarts later. */

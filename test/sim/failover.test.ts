@@ -13,11 +13,16 @@
 // - a primary that restarted after a crash and acknowledged writes alone, numbered anew in
 //   its epoch, had them counted as shared with the promoted copy's entries of the same numbers;
 // - a copy whose primary went on acknowledging without it after their session ended (it was
-//   only cut off, then died) could still be promoted by the rules: its contact record kept "in sync".
+//   only cut off, then died) could still be promoted by the rules: its contact record kept "in sync";
+// - a member that voted for a promotion bound itself to nothing, and a member on an empty disk
+//   counted at once (the faults passive-votes and forgets-epoch below);
+// - a copy filled by a primary that had restarted after a crash held its renumbered entries
+//   under the numbers of the ones it lost, which another line held, and the histories said
+//   they shared them (the fault renumbers-unmarked; a restart is now in the history).
 
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { EpochHistory } from '../../src/core/epoch-history.js';
+import { compareCopies, EpochHistory } from '../../src/core/epoch-history.js';
 import { admitsSource, ReplicaCore } from '../../src/core/replica-core.js';
 import { contactHeard, mayLack, type SourceContact } from '../../src/core/promotion.js';
 import { splitBrainBetween } from '../../src/core/split-brain.js';
@@ -90,34 +95,41 @@ describe('failover simulation', () => {
     assert.ok(kept.trace.some((line) => /a steps down: c (promised|knows) epoch 1/.test(line)), 'a, back, is fenced by the promise');
   });
 
+  // a crashes (losing the tail of its log, which b holds); b is promoted with c's promise and
+  // acknowledges with c; c's disk fails and b crashes; c gets an empty disk; a restarts in
+  // epoch 0, reaches only c and fills it; b comes back.
+  const replacedWhileAway: FailoverConfig = {
+    ...failoverConfigFromSeed(1, { quorum: 'majority', mode: 'sync' }),
+    nodes: ['a', 'b', 'c'],
+    witness: false,
+    clients: 2,
+    opsPerClient: 400,
+    thinkUs: { minUs: 50, maxUs: 300 },
+    networkUs: { minUs: 20, maxUs: 100 },
+    diskUs: { minUs: 30, maxUs: 100 },
+    operatorUs: { minUs: 200, maxUs: 1000 },
+    operatorForces: false,
+    resolveAfterUs: null,
+    afterSplitBrain: 'disconnect',
+    steps: [
+      { kind: 'crash', target: 'a', atUs: 2000, restartAfterUs: 10_000 },
+      { kind: 'disk', target: 'c', atUs: 6000, attachAfterUs: 3000 },
+      { kind: 'crash', target: 'b', atUs: 8000, restartAfterUs: 32_000 },
+    ],
+  };
+
   test('a member replaced on an empty disk counts only once it learned the newest epoch: without, the old primary splits (q)', () => {
-    // a crashes; b is promoted with c's promise and acknowledges with c; c's disk fails and
-    // b crashes; c gets an empty disk; a restarts in epoch 0 and reaches only c; b comes back.
-    const config: FailoverConfig = {
-      ...failoverConfigFromSeed(1, { quorum: 'majority', mode: 'sync' }),
-      nodes: ['a', 'b', 'c'],
-      witness: false,
-      clients: 2,
-      opsPerClient: 400,
-      thinkUs: { minUs: 50, maxUs: 300 },
-      networkUs: { minUs: 20, maxUs: 100 },
-      // Durable before any peer has it: a's crash loses nothing b holds.
-      diskUs: { minUs: 1, maxUs: 2 },
-      operatorUs: { minUs: 200, maxUs: 1000 },
-      operatorForces: false,
-      resolveAfterUs: null,
-      afterSplitBrain: 'disconnect',
-      steps: [
-        { kind: 'crash', target: 'a', atUs: 2000, restartAfterUs: 10_000 },
-        { kind: 'disk', target: 'c', atUs: 6000, attachAfterUs: 3000 },
-        { kind: 'crash', target: 'b', atUs: 8000, restartAfterUs: 32_000 },
-      ],
-    };
-    assert.match(outcome({ ...config, fault: 'forgets-epoch' }).error ?? 'no failure', /^\(q\)/);
-    const kept = outcome(config);
+    assert.match(outcome({ ...replacedWhileAway, fault: 'forgets-epoch' }).error ?? 'no failure', /^\(q\)/);
+    const kept = outcome(replacedWhileAway);
     assert.equal(kept.error, null);
     assert.ok(kept.trace.some((line) => line.endsWith('c learned the newest epoch: 1')), 'c learned epoch 1 once it heard a and b');
     assert.ok(kept.trace.some((line) => line.includes('a steps down')), 'a, primary of epoch 0, steps down once b is back');
+  });
+
+  test('a primary that restarts after a crash restarts its epoch in the history: without, the copy it filled keeps renumbered entries (c)', () => {
+    // c, filled by the restarted a, holds a's new entry 9 where b holds the one a lost.
+    assert.match(outcome({ ...replacedWhileAway, fault: 'renumbers-unmarked' }).error ?? 'no failure', /^\(c\) c's entry \d+ is write \d+, b's is write \d+/);
+    assert.equal(outcome(replacedWhileAway).error, null);
   });
 });
 
@@ -130,7 +142,31 @@ describe('what the failover simulator found, on the core', () => {
     const copy = { node: 'a', history: mine, lastSeq: 9, mode: 'sync' as const, ackedAloneFrom: () => 1 };
     assert.equal(splitBrainBetween(copy, { node: 'b', history: theirs, lastSeq: 14 }), null, 'without the record, the same numbers look shared');
     const found = splitBrainBetween({ ...copy, divergedAfter: (peer) => (peer === 'b' ? 6 : null) }, { node: 'b', history: theirs, lastSeq: 14 });
-    assert.deepEqual(found, { sharedSeq: 6, hereEntries: 3, otherEntries: 8, hereEpoch: 0, otherEpoch: 0 });
+    assert.deepEqual(found, { sharedSeq: 6, hereEntries: 3, otherEntries: 8, hereEpoch: 0, otherEpoch: 1 });
+    // With its restart in the history (as a primary now starts again), the histories alone say where they part.
+    const restarted = mine.restart(7);
+    assert.deepEqual(splitBrainBetween({ ...copy, history: restarted }, { node: 'b', history: theirs, lastSeq: 14 }), found);
+  });
+
+  test('a copy filled by a restarted primary tells its renumbered entries from the lost ones another line holds', () => {
+    // a held 1..10 and crashed, recovering 1..8; b had 1..10 and was promoted from 11; c,
+    // on a new disk, was filled by the restarted a (1..8, then a's new 9..12).
+    const before = EpochHistory.initial('a');
+    const restarted = before.restart(9);
+    const promoted = before.begin('b', 11);
+    assert.deepEqual(compareCopies({ history: restarted, lastSeq: 12 }, { history: promoted, lastSeq: 14 }), { sharedSeq: 8, aPast: 4, bPast: 6 });
+    assert.equal(compareCopies({ history: before, lastSeq: 12 }, { history: promoted, lastSeq: 14 }).sharedSeq, 10, 'unmarked, entries 9 and 10 look shared');
+    // c judges b's claim: a newer epoch whose history holds the first start of c's epoch: c follows b.
+    const c = new ReplicaCore<never>({ lastSeq: 12, role: 'secondary', history: restarted });
+    assert.equal(c.judgeSource('b', promoted.starts).kind, 'newer');
+    // A copy that still knows only a's first start takes the restarted a as newer, and learns it.
+    const d = new ReplicaCore<never>({ lastSeq: 10, role: 'secondary', history: before });
+    const again = d.judgeSource('a', restarted.starts);
+    assert.equal(again.kind, 'newer');
+    if (again.kind === 'newer') d.learn(again.history);
+    assert.deepEqual(d.history.starts, restarted.starts);
+    // Another node naming a start of a's epoch is not a's: refused.
+    assert.equal(d.judgeSource('b', [{ epoch: 0, primary: 'b', firstSeq: 1 }]).kind, 'not-its-primary');
   });
 
   test('two nodes promoted to one epoch number are compared for a split brain, not refused unseen', () => {

@@ -380,7 +380,10 @@ export class FailoverCluster {
     } else {
       node.log.length = node.durablePrefix;
     }
-    node.core = node.open(node.lastSeq, node.core.history);
+    // A primary starts again after a crash: it restarts its epoch after what it recovered (peers may hold what it lost).
+    const history = node.core.history;
+    const restarts = history.primaryNow === node.id && node.lastSeq + 1 >= history.current.firstSeq && this.config.fault !== 'renumbers-unmarked';
+    node.core = node.open(node.lastSeq, restarts ? history.restart(node.lastSeq + 1) : history);
     const role = node.core.role;
     node.diskless = false;
     // A primary's start that was not clean: every peer may hold entries past what it recovered.

@@ -53,6 +53,24 @@ describe('EpochHistory', () => {
     assert.deepEqual(compareCopies({ history: laterPromotion, lastSeq: 140 }, { history: promoted, lastSeq: 130 }), { sharedSeq: 100, aPast: 40, bPast: 30 });
   });
 
+  test('a primary that starts again after a crash restarts its epoch: a copy of its new entries and one of the lost ones part there', () => {
+    const before = EpochHistory.initial('a').begin('b', 101);
+    const restarted = before.restart(121);
+    assert.deepEqual(restarted.current, { epoch: 1, primary: 'b', firstSeq: 121, restart: 1 });
+    assert.deepEqual(restarted.origin, { epoch: 1, primary: 'b', firstSeq: 101 });
+    assert.equal(restarted.epochOf(120).restart, undefined);
+    assert.equal(restarted.epochOf(121).restart, 1);
+    // Lost entries 121..130 held elsewhere, new ones 121..125 here: they part after 120.
+    assert.deepEqual(compareCopies({ history: restarted, lastSeq: 125 }, { history: before, lastSeq: 130 }), { sharedSeq: 120, aPast: 5, bPast: 10 });
+    // Restarted twice at one entry (it recovered nothing of the first restart): still told apart.
+    const twice = restarted.restart(121);
+    assert.deepEqual(compareCopies({ history: twice, lastSeq: 125 }, { history: restarted, lastSeq: 125 }).sharedSeq, 120);
+    assert.ok(before.restartedIn(restarted) && restarted.restartedIn(twice) && !restarted.restartedIn(before));
+    // A copy in the epoch's first start knows the restarted history's epoch (it follows it as newer), and the other way round.
+    assert.ok(before.knowsEpochOf(restarted) && restarted.knowsEpochOf(before));
+    assert.throws(() => before.restart(50), /before epoch 1 began/);
+  });
+
   test('compareCopies agrees with the entries themselves over seeded random forks, promotions and writes', () => {
     const random = new Prng(SEED);
     let parted = 0;
@@ -63,11 +81,11 @@ describe('EpochHistory', () => {
         history: EpochHistory;
         entries: string[];
       }
-      const key = (start: EpochStart): string => `${start.epoch}/${start.primary}/${start.firstSeq}`;
+      const key = (start: EpochStart): string => `${start.epoch}/${start.primary}/${start.firstSeq}/${start.restart ?? 0}`;
       const copies: Copy[] = [{ node: 'n0', history: EpochHistory.initial('n0'), entries: [] }];
       for (let step = 0; step < 12; step += 1) {
         const copy = random.pick(copies);
-        const choice = random.below(3);
+        const choice = random.below(4);
         if (choice === 0 && copies.length < 5) {
           // A new copy that received a prefix of this one (its history as far as that goes).
           const kept = random.below(copy.entries.length + 1);
@@ -75,6 +93,11 @@ describe('EpochHistory', () => {
           copies.push({ node: `n${copies.length}`, history: EpochHistory.of(starts), entries: copy.entries.slice(0, kept) });
         } else if (choice === 1) {
           copy.history = copy.history.begin(copy.node, copy.entries.length + 1);
+        } else if (choice === 3 && copy.history.current.primary === copy.node) {
+          // The primary crashes, losing a tail of its epoch's entries, and restarts its epoch after what it kept.
+          const kept = random.between(copy.history.current.firstSeq - 1, copy.entries.length);
+          copy.entries = copy.entries.slice(0, kept);
+          copy.history = copy.history.restart(kept + 1);
         } else if (copy.history.current.primary === copy.node) {
           const epoch = key(copy.history.current);
           for (let count = random.between(1, 20); count > 0; count -= 1) copy.entries.push(epoch);
@@ -95,10 +118,11 @@ describe('EpochHistory', () => {
   });
 
   test('the file: its text reads back; a damaged or impossible one is refused with what is wrong', () => {
-    const history = EpochHistory.initial('a').begin('b', 101).begin('a', 250);
+    const history = EpochHistory.initial('a').begin('b', 101).begin('a', 250).restart(260).restart(260);
     const back = parseEpochHistory(Buffer.from(encodeEpochHistory(history)));
     assert.ok(back instanceof EpochHistory);
     assert.deepEqual(back.starts, history.starts);
+    assert.deepEqual(back.current, { epoch: 2, primary: 'a', firstSeq: 260, restart: 2 });
     const problem = (text: string): string => {
       const parsed = parseEpochHistory(Buffer.from(text));
       assert.ok(!(parsed instanceof EpochHistory), `${text} was taken`);
@@ -110,7 +134,10 @@ describe('EpochHistory', () => {
     assert.match(problem('{"epochs": [{"epoch": 0, "primary": "", "firstSeq": 1}]}'), /epoch 0 names no primary/);
     assert.match(problem('{"epochs": [{"epoch": 0, "primary": "a", "firstSeq": 0}]}'), /epoch 0 starts at 0/);
     assert.match(problem('{"epochs": [{"epoch": -1, "primary": "a", "firstSeq": 1}]}'), /epoch -1 is not a number/);
-    assert.match(problem('{"epochs": [{"epoch": 1, "primary": "a", "firstSeq": 1}, {"epoch": 1, "primary": "b", "firstSeq": 5}]}'), /epoch 1 follows epoch 1/);
+    assert.match(problem('{"epochs": [{"epoch": 1, "primary": "a", "firstSeq": 1}, {"epoch": 1, "primary": "b", "firstSeq": 5}]}'), /epoch 1 starts twice, not as a restart by its primary/);
+    assert.match(problem('{"epochs": [{"epoch": 1, "primary": "a", "firstSeq": 1, "restart": 2}, {"epoch": 1, "primary": "a", "firstSeq": 5, "restart": 1}]}'), /epoch 1 starts twice/);
+    assert.match(problem('{"epochs": [{"epoch": 1, "primary": "a", "firstSeq": 1, "restart": -1}]}'), /epoch 1 has restart count -1/);
+    assert.match(problem('{"epochs": [{"epoch": 2, "primary": "a", "firstSeq": 1}, {"epoch": 1, "primary": "a", "firstSeq": 5}]}'), /epoch 1 follows epoch 2/);
     assert.match(problem('{"epochs": [{"epoch": 0, "primary": "a", "firstSeq": 9}, {"epoch": 1, "primary": "b", "firstSeq": 5}]}'), /epoch 1 starts at 5, before epoch 0 \(9\)/);
     assert.match(problem('{"epochs": [null]}'), /epoch undefined is not a number/);
   });

@@ -6,13 +6,17 @@
 // hand here (frameOf), with the checksum recomputed so that the check under test is the
 // one that must catch them.
 //
-// The epoch history HELLO and READY carry gets its own section: the encoder lays it out
-// as documented (u16 count, then per epoch u32 epoch, u64 first entry, u16 + UTF-8
-// primary), up to 16 epochs with 255-byte names come back intact, and the decoder refuses
-// a history a correct node cannot have (no epochs or more than 16, epochs not increasing,
-// a first entry of 0 or going back, a last epoch other than the frame's, a body that ends
-// early or runs on) with an error that names the problem. IN_SYNC and REFUSE STALE_EPOCH
-// are covered with the other fixed frames.
+// The epoch history HELLO, READY and SPLIT_BRAIN carry gets its own section: the encoder
+// lays it out as documented (u16 count, then per epoch u32 epoch, u32 restart count, u64
+// first entry, u16 + UTF-8 primary: 18 fixed bytes and the name), up to 16 epochs with
+// 255-byte names come back intact, so do restarts (the same epoch again, by its primary,
+// with a higher restart count; a count of 0 comes back as no count at all), and the
+// decoder refuses a history a correct node cannot have (no epochs or more than 16, epochs
+// going back, an epoch named twice other than as a restart by its own primary with a
+// higher count, a first entry of 0 or going back, a last epoch other than the frame's, a
+// body that ends early or runs on, the version 2 layout without restart counts) with an
+// error that names the problem; the encoder asserts on the same histories. IN_SYNC and
+// REFUSE STALE_EPOCH are covered with the other fixed frames.
 //
 // READY's divergedAfter (u64 at offset 32, after cpSeq, making a 40-byte fixed part before
 // the history): it comes back whether below lastSeq or equal to it (no divergence), the
@@ -32,6 +36,7 @@ import {
   PEER_CONTROL_BODY_BYTES_MAX,
   PEER_DISK_STATES,
   PEER_FRAME_MAGIC,
+  PEER_PROTOCOL_VERSION,
   PeerFrameDecoder,
   PeerFrameType,
   RefuseCode,
@@ -74,9 +79,20 @@ function historyOf(last: number, count: number, primary = (index: number): strin
   }));
 }
 
+/**
+ * A history with restarts: epoch 1 begun by b at entry 101, then restarted twice by b
+ * (after crashes) from entry 121, with restart counts 1 and 2.
+ */
+const RESTARTED: PeerEpochStart[] = [
+  { epoch: 0, primary: 'a', firstSeq: 1 },
+  { epoch: 1, primary: 'b', firstSeq: 101 },
+  { epoch: 1, primary: 'b', firstSeq: 121, restart: 1 },
+  { epoch: 1, primary: 'b', firstSeq: 121, restart: 2 },
+];
+
 const hello: PeerHello = {
   type: 'hello',
-  version: 1,
+  version: PEER_PROTOCOL_VERSION,
   connectionIndex: 2,
   connections: 4,
   session: 0xdead_beef,
@@ -117,10 +133,22 @@ const controlMessages: PeerControlMessage[] = [
       { epoch: 40, primary: 'node-b', firstSeq: 2 ** 40 },
     ],
   },
+  // Restarts: the same epoch again by its primary, with higher counts; and a history cut
+  // so that it begins with a restart, whose count reaches the u32's limit.
+  { ...hello, epoch: 1, lastSeq: 130, history: RESTARTED },
+  {
+    ...hello, epoch: 6, history: [
+      { epoch: 5, primary: 'node-b', firstSeq: 2 ** 40, restart: 7 },
+      { epoch: 5, primary: 'node-b', firstSeq: 2 ** 40 + 1, restart: 0xffff_ffff },
+      { epoch: 6, primary: 'node-a', firstSeq: 2 ** 40 + 1 },
+      { epoch: 6, primary: 'node-a', firstSeq: MAX_SAFE, restart: 1 },
+    ],
+  },
   { type: 'challenge', nonce: nonce(0x11), mac: nonce(0x22) },
   { type: 'auth', mac: nonce(0x33) },
   { type: 'split-brain', decision: 'disconnect', sharedSeq: 0, lastSeq: MAX_SAFE, epoch: 3, history: historyOf(3, 2), targetEntries: 1, targetBytes: 2 ** 40, sourceEntries: 0 },
   { type: 'split-brain', decision: 'discard-source', sharedSeq: 2 ** 40, lastSeq: 2 ** 40 + 1, epoch: 0xffff_ffff, history: historyOf(0xffff_ffff, 1), targetEntries: MAX_SAFE, targetBytes: 0, sourceEntries: 5 },
+  { type: 'split-brain', decision: 'disconnect', sharedSeq: 120, lastSeq: 130, epoch: 1, history: RESTARTED, targetEntries: 10, targetBytes: 40960, sourceEntries: 9 },
   // Histories of 1 to 4 epochs (index 0 has one epoch, 0xffff_ffff); divergedAfter equal
   // to lastSeq (none), 0, beyond 2^32 and just below lastSeq.
   ...PEER_DISK_STATES.map((disk, index): PeerControlMessage => ({
@@ -137,6 +165,7 @@ const controlMessages: PeerControlMessage[] = [
   { type: 'ready', epoch: 0, disk: 'up-to-date', lastSeq: 0, durableSeq: 0, cpSeq: 0, diverged: false, divergedAfter: 0, empty: false, history: [{ epoch: 0, primary: 'q'.repeat(255), firstSeq: 1 }] },
   // Diverged with nothing past its last entry: only regions to name.
   { type: 'ready', epoch: 3, disk: 'up-to-date', lastSeq: 12, durableSeq: 12, cpSeq: 12, diverged: true, divergedAfter: 12, empty: false, history: historyOf(3, 2) },
+  { type: 'ready', epoch: 1, disk: 'up-to-date', lastSeq: 130, durableSeq: 125, cpSeq: 121, diverged: false, divergedAfter: 130, empty: false, history: RESTARTED },
   { type: 'refuse', code: RefuseCode.AUTH, message: 'wrong secret for node "b"' },
   { type: 'refuse', code: RefuseCode.BUSY, message: '' },
   { type: 'refuse', code: RefuseCode.STALE_EPOCH, message: 'epoch 7 is over: node-b is primary in epoch 9' },
@@ -234,16 +263,25 @@ function u64(value: number | bigint): Buffer {
   return out;
 }
 
-/** One epoch of a history as bytes; any value, legal or not. */
+/** One epoch of a history as bytes; any value, legal or not (no restart count: 0). */
 interface RawEpochStart {
   epoch: number;
+  restart?: number;
   firstSeq: number | bigint;
   primary: string | Buffer;
 }
 
-/** A history laid out by hand: u16 count (the number of epochs unless given), then the epochs. */
+/**
+ * A history laid out by hand: u16 count (the number of epochs unless given), then per
+ * epoch u32 epoch, u32 restart count, u64 first entry, u16 length + primary.
+ */
 function historyBytes(starts: readonly RawEpochStart[], count = starts.length): Buffer {
-  return Buffer.concat([u16(count), ...starts.flatMap((start) => [u32(start.epoch), u64(start.firstSeq), text(start.primary)])]);
+  return Buffer.concat([u16(count), ...starts.flatMap((start) => [u32(start.epoch), u32(start.restart ?? 0), u64(start.firstSeq), text(start.primary)])]);
+}
+
+/** A history in the layout of protocol version 2, without restart counts: u32 epoch, u64 first entry, u16 + primary. */
+function historyBytesVersion2(starts: readonly RawEpochStart[]): Buffer {
+  return Buffer.concat([u16(starts.length), ...starts.flatMap((start) => [u32(start.epoch), u64(start.firstSeq), text(start.primary)])]);
 }
 
 /** The history of the hand-built HELLO and READY bodies: two epochs, the last one 7. */
@@ -255,7 +293,7 @@ const HISTORY_7: RawEpochStart[] = [
 /** A HELLO body from parts, so single fields can be made illegal. */
 function helloBody(parts: { connectionIndex?: number; connections?: number; names?: Buffer[]; epoch?: number; lastSeq?: number; history?: Buffer } = {}): Buffer {
   const fixed = Buffer.alloc(40);
-  fixed.writeUInt16BE(2, 0);
+  fixed.writeUInt16BE(3, 0);
   fixed.writeUInt8(parts.connectionIndex ?? 0, 2);
   fixed.writeUInt8(parts.connections ?? 1, 3);
   const names = parts.names ?? ['c', 'a', 'b', 'v'].map((name) => text(name));
@@ -277,6 +315,17 @@ function readyBody(parts: { epoch?: number; lastSeq?: number | bigint; divergedA
   u64(8).copy(fixed, 16);
   u64(5).copy(fixed, 24);
   u64(parts.divergedAfter ?? 6).copy(fixed, 32);
+  return Buffer.concat([fixed, parts.history ?? historyBytes(HISTORY_7)]);
+}
+
+/** A SPLIT_BRAIN body from parts (disconnect, shared entry 4, the target's last 5, epoch 7, no counts unless given). */
+function splitBrainBody(parts: { decision?: number; reserved?: number; sharedSeq?: number; lastSeq?: number; epoch?: number; history?: Buffer } = {}): Buffer {
+  const fixed = Buffer.alloc(48);
+  fixed.writeUInt8(parts.decision ?? 0, 0);
+  fixed.writeUInt8(parts.reserved ?? 0, 3);
+  fixed.writeUInt32BE(parts.epoch ?? 7, 4);
+  u64(parts.sharedSeq ?? 4).copy(fixed, 8);
+  u64(parts.lastSeq ?? 5).copy(fixed, 16);
   return Buffer.concat([fixed, parts.history ?? historyBytes(HISTORY_7)]);
 }
 
@@ -372,6 +421,9 @@ describe('peer frames: round trip', () => {
     const frame = encodeFrame({ type: 'split-brain', decision: 'discard-source', sharedSeq: 2, lastSeq: 9, epoch: 7, history: historyOf(7, 1), targetEntries: 3, targetBytes: 2 ** 40, sourceEntries: 4 });
     assert.equal(frame.readUInt8(4), 6);
     assert.equal(frame.toString('hex', 16, 16 + 48), '01000000' + '00000007' + '0000000000000002' + '0000000000000009' + '0000000000000003' + '0000010000000000' + '0000000000000004');
+    // The history after it: one epoch, 7, no restart, from entry 1, by node-a.
+    assert.equal(frame.toString('hex', 16 + 48), '0001' + '00000007' + '00000000' + '0000000000000001' + '0006' + Buffer.from('node-a').toString('hex'));
+    assert.equal(frame.length, 16 + 48 + 2 + 18 + 6);
   });
 
   test('IN_SYNC is type 27 with the seq as its 8-byte body; STALE_EPOCH is refusal code 10', () => {
@@ -385,10 +437,15 @@ describe('peer frames: round trip', () => {
     assert.deepEqual(decodeAll([frameOf(PeerFrameType.REFUSE, Buffer.concat([u16(10), text('')]))]), [{ type: 'refuse', code: RefuseCode.STALE_EPOCH, message: '' }]);
   });
 
+  test('the protocol version is 3, the first whose histories carry restart counts', () => {
+    assert.equal(PEER_PROTOCOL_VERSION, 3);
+    assert.equal(encodeFrame(hello).toString('hex', 16, 18), '0003');
+  });
+
   test('HELLO and READY carry their history in the documented layout', () => {
     const history = HISTORY_7.map((start) => ({ epoch: start.epoch, firstSeq: Number(start.firstSeq), primary: String(start.primary) }));
     const helloFrame = encodeFrame({
-      type: 'hello', version: 2, connectionIndex: 0, connections: 1, session: 0, nonce: Buffer.alloc(32),
+      type: 'hello', version: 3, connectionIndex: 0, connections: 1, session: 0, nonce: Buffer.alloc(32),
       cluster: 'c', fromNode: 'a', toNode: 'b', volume: 'v', epoch: 7, lastSeq: 9, history,
     });
     assert.equal(helloFrame.subarray(16).toString('hex'), helloBody().toString('hex'));
@@ -396,7 +453,45 @@ describe('peer frames: round trip', () => {
     assert.equal(readyFrame.subarray(16).toString('hex'), readyBody().toString('hex'));
     // Spelled out once more for a first entry beyond 2^32 and a multi-byte name.
     const wide = encodeFrame({ type: 'ready', epoch: 0x0102_0304, disk: 'up-to-date', lastSeq: 0, durableSeq: 0, cpSeq: 0, diverged: false, divergedAfter: 0, empty: false, history: [{ epoch: 0x0102_0304, primary: 'é', firstSeq: 2 ** 40 + 3 }] });
-    assert.equal(wide.toString('hex', 16 + 40), '0001' + '01020304' + '0000010000000003' + '0002' + 'c3a9');
+    assert.equal(wide.toString('hex', 16 + 40), '0001' + '01020304' + '00000000' + '0000010000000003' + '0002' + 'c3a9');
+  });
+
+  test('a restart count is the u32 after its epoch, and a count of 0 comes back as none', () => {
+    const history: PeerEpochStart[] = [
+      { epoch: 0x0102_0304, primary: 'é', firstSeq: 2 ** 40 + 3 },
+      { epoch: 0x0102_0304, primary: 'é', firstSeq: 2 ** 40 + 5, restart: 0x0a0b_0c0d },
+    ];
+    const body = encodeFrame({ type: 'ready', epoch: 0x0102_0304, disk: 'up-to-date', lastSeq: 0, durableSeq: 0, cpSeq: 0, diverged: false, divergedAfter: 0, empty: false, history }).subarray(16);
+    assert.equal(body.length, 40 + 2 + 2 * (18 + 2));
+    assert.equal(
+      body.toString('hex', 40),
+      '0002' + '01020304' + '00000000' + '0000010000000003' + '0002' + 'c3a9' + '01020304' + '0a0b0c0d' + '0000010000000005' + '0002' + 'c3a9',
+    );
+    assert.equal(body.toString('hex', 40), historyBytes(history).toString('hex'));
+    const [decoded] = decodeAll([frameOf(PeerFrameType.READY, body)]);
+    assert.deepEqual(decoded?.['history'], history);
+    // An explicit count of 0 is sent as 0 and comes back without the field.
+    const zero = encodeFrame({ type: 'ready', epoch: 7, disk: 'up-to-date', lastSeq: 0, durableSeq: 0, cpSeq: 0, diverged: false, divergedAfter: 0, empty: false, history: [{ epoch: 7, primary: 'a', firstSeq: 1, restart: 0 }] });
+    assert.equal(zero.toString('hex', 16 + 40), '0001' + '00000007' + '00000000' + '0000000000000001' + '0001' + '61');
+    const [back] = (decodeAll([zero])[0]?.['history'] as PeerEpochStart[] | undefined) ?? [];
+    assert.deepEqual(back, { epoch: 7, primary: 'a', firstSeq: 1 });
+    assert.ok(back !== undefined && !('restart' in back), 'a restart count of 0 is left out');
+  });
+
+  test('a history with restarts comes back in HELLO, READY and SPLIT_BRAIN', () => {
+    const messages: PeerControlMessage[] = [
+      { ...hello, epoch: 1, lastSeq: 130, history: RESTARTED },
+      { type: 'ready', epoch: 1, disk: 'outdated', lastSeq: 130, durableSeq: 125, cpSeq: 121, diverged: true, divergedAfter: 122, empty: false, history: RESTARTED },
+      { type: 'split-brain', decision: 'discard-source', sharedSeq: 120, lastSeq: 130, epoch: 1, history: RESTARTED, targetEntries: 10, targetBytes: 40960, sourceEntries: 9 },
+    ];
+    for (const message of messages) {
+      const frame = encodeFrame(message);
+      const [decoded] = decodeAll([frame]);
+      assert.deepEqual(decoded, plain(message), message.type);
+      assert.deepEqual(decoded?.['history'], RESTARTED, message.type);
+      // The history is the frame's last bytes: 2 + 4 × 18 fixed, 4 one-byte names.
+      assert.equal(frame.toString('hex', frame.length - (2 + 4 * 19)), historyBytes(RESTARTED).toString('hex'), message.type);
+    }
   });
 
   test("READY's fixed part is 40 bytes: the DIVERGED flag in byte 5, divergedAfter the u64 at offset 32 after cpSeq", () => {
@@ -404,12 +499,12 @@ describe('peer frames: round trip', () => {
     const body = encodeFrame({
       type: 'ready', epoch: 7, disk: 'outdated', lastSeq: 2 ** 40 + 9, durableSeq: 2 ** 40 + 8, cpSeq: 2 ** 40 + 5, diverged: true, divergedAfter: 2 ** 40 + 6, empty: false, history,
     }).subarray(16);
-    assert.equal(body.length, 40 + 2 + 14 + 1);
+    assert.equal(body.length, 40 + 2 + 18 + 1);
     assert.equal(
       body.toString('hex', 0, 40),
       '00000007' + PEER_DISK_STATES.indexOf('outdated').toString(16).padStart(2, '0') + '010000' + '0000010000000009' + '0000010000000008' + '0000010000000005' + '0000010000000006',
     );
-    assert.equal(body.toString('hex', 40), '0001' + '00000007' + '0000000000000001' + '0001' + '61');
+    assert.equal(body.toString('hex', 40), '0001' + '00000007' + '00000000' + '0000000000000001' + '0001' + '61');
     // No divergence: no flag, and the field repeats lastSeq.
     const none = encodeFrame({ type: 'ready', epoch: 7, disk: 'outdated', lastSeq: MAX_SAFE, durableSeq: 0, cpSeq: 0, diverged: false, divergedAfter: MAX_SAFE, empty: false, history }).subarray(16);
     assert.equal(none.toString('hex', 5, 8), '000000');
@@ -451,8 +546,10 @@ describe('peer frames: round trip', () => {
 
   test('the largest legal HELLO (255-byte names, 16 epochs) fits a control frame and comes back whole', () => {
     const frame = encodeFrame(largestHello);
-    // 8 fixed + 32 nonce + 4 × (2 + 255) names + 4 epoch + 8 lastSeq + 2 count + 16 × (4 + 8 + 2 + 255).
-    assert.equal(frame.length - 16, 8 + 32 + 4 * 257 + 4 + 8 + 2 + 16 * 269);
+    // 8 fixed + 32 nonce + 4 × (2 + 255) names + 4 epoch + 8 lastSeq + 2 count
+    // + 16 × (4 epoch + 4 restart count + 8 first entry + 2 + 255 primary).
+    assert.equal(frame.length - 16, 8 + 32 + 4 * 257 + 4 + 8 + 2 + 16 * 273);
+    assert.equal(frame.length - 16, 5450);
     assert.ok(frame.length - 16 <= 8192);
     const [decoded] = decodeAll([frame]);
     assert.deepEqual(decoded, plain(largestHello));
@@ -543,11 +640,36 @@ describe('peer frames: round trip', () => {
         ['primary of 256 bytes', [{ epoch: 7, primary: 'p'.repeat(256), firstSeq: 1 }]],
         ['empty primary', [{ epoch: 7, primary: '', firstSeq: 1 }]],
         ['firstSeq beyond 2^53-1', [{ epoch: 7, primary: 'a', firstSeq: MAX_SAFE + 1 }]],
+        ['firstSeq going back', [{ epoch: 3, primary: 'a', firstSeq: 5 }, { epoch: 7, primary: 'b', firstSeq: 4 }]],
+        ['an epoch going back', [{ epoch: 8, primary: 'a', firstSeq: 1 }, { epoch: 7, primary: 'b', firstSeq: 2 }]],
+        ['the same epoch twice without a restart count', [{ epoch: 7, primary: 'a', firstSeq: 1 }, { epoch: 7, primary: 'a', firstSeq: 2 }]],
+        ['the same epoch twice with the same restart count', [{ epoch: 7, primary: 'a', firstSeq: 1, restart: 1 }, { epoch: 7, primary: 'a', firstSeq: 2, restart: 1 }]],
+        ['the same epoch restarted by another primary', [{ epoch: 7, primary: 'a', firstSeq: 1 }, { epoch: 7, primary: 'b', firstSeq: 2, restart: 1 }]],
+        ['a restart count going down', [{ epoch: 7, primary: 'a', firstSeq: 1, restart: 2 }, { epoch: 7, primary: 'a', firstSeq: 2, restart: 1 }]],
+        ['a restart count going down to none', [{ epoch: 7, primary: 'a', firstSeq: 1, restart: 1 }, { epoch: 7, primary: 'a', firstSeq: 2 }]],
+        ['a restart whose firstSeq goes back', [{ epoch: 7, primary: 'a', firstSeq: 5 }, { epoch: 7, primary: 'a', firstSeq: 4, restart: 1 }]],
+        ['a restart of an older epoch', [{ epoch: 6, primary: 'a', firstSeq: 1 }, { epoch: 7, primary: 'b', firstSeq: 2 }, { epoch: 6, primary: 'a', firstSeq: 3, restart: 1 }, { epoch: 7, primary: 'b', firstSeq: 4, restart: 1 }]],
+        ['a restart count beyond a u32', [{ epoch: 7, primary: 'a', firstSeq: 1, restart: 2 ** 32 }]],
+        ['a negative restart count', [{ epoch: 7, primary: 'a', firstSeq: 1, restart: -1 }]],
+        ['a fractional restart count', [{ epoch: 7, primary: 'a', firstSeq: 1, restart: 1.5 }]],
       ];
       for (const [name, history] of bad) {
         const epoch = name === '17 epochs' ? 7 + 17 : 7;
         assert.throws(() => encodeFrame({ ...message, epoch, history }), AssertionError, `${message.type}: ${name}`);
       }
+      // Restarts by the epoch's own primary with rising counts, and equal first entries, are sent.
+      const restarts: PeerEpochStart[] = [{ epoch: 7, primary: 'a', firstSeq: 1 }, { epoch: 7, primary: 'a', firstSeq: 1, restart: 1 }, { epoch: 7, primary: 'a', firstSeq: 1, restart: 0xffff_ffff }];
+      assert.doesNotThrow(() => encodeFrame({ ...message, history: restarts }), `${message.type}: restarts`);
+    }
+    const splitBrain: PeerControlMessage = { type: 'split-brain', decision: 'disconnect', sharedSeq: 120, lastSeq: 130, epoch: 1, history: RESTARTED, targetEntries: 0, targetBytes: 0, sourceEntries: 0 };
+    assert.doesNotThrow(() => encodeFrame(splitBrain));
+    const [first, second, third, fourth] = RESTARTED as [PeerEpochStart, PeerEpochStart, PeerEpochStart, PeerEpochStart];
+    for (const [name, history] of [
+      ['the same epoch twice without a higher restart count', [first, second, third, { ...fourth, restart: 1 }]],
+      ['the same epoch restarted by another primary', [first, second, third, { ...fourth, primary: 'a' }]],
+      ['a restart count going down', [first, second, fourth, third]],
+    ] as const) {
+      assert.throws(() => encodeFrame({ ...splitBrain, history: [...history] }), AssertionError, `split-brain: ${name}`);
     }
   });
 });
@@ -692,6 +814,12 @@ describe('peer frames: damage and illegal frames', () => {
     const names = ['c', 'a', 'b', 'v'].map((name) => text(name));
     assertRefused(frameOf(PeerFrameType.HELLO, Buffer.concat([helloBody().subarray(0, 40), ...names])), /HELLO body ends early/);
     assertRefused(frameOf(PeerFrameType.HELLO, Buffer.concat([helloBody().subarray(0, 40), ...names, u32(7)])), /HELLO body ends early/);
+    // A version 2 HELLO, whose history has no restart counts: the high half of epoch 3's
+    // first entry is read as its restart count, the first entry read after it runs into
+    // the name, and what is left for the name's length is 0.
+    const version2 = helloBody({ history: historyBytesVersion2(HISTORY_7) });
+    version2.writeUInt16BE(2, 0);
+    assertRefused(frameOf(PeerFrameType.HELLO, version2), /^HELLO primary length 0 outside 1\.\.255$/);
     // The well-formed body these cases were made from is accepted.
     const decoded = decodeAll([frameOf(PeerFrameType.HELLO, helloBody())])[0];
     assert.equal(decoded?.['volume'], 'v');
@@ -710,6 +838,10 @@ describe('peer frames: damage and illegal frames', () => {
     assertRefused(frameOf(PeerFrameType.READY, readyBody().subarray(0, 32)), /READY body ends early/);
     assertRefused(frameOf(PeerFrameType.READY, Buffer.concat([readyBody(), Buffer.alloc(1)])), /READY body has 1 extra bytes/);
     assertRefused(frameOf(PeerFrameType.READY, Buffer.concat([readyBody(), historyBytes(HISTORY_7)])), /READY body has \d+ extra bytes/);
+    // A history in the version 2 layout (14 fixed bytes per epoch, no restart counts).
+    assertRefused(frameOf(PeerFrameType.READY, readyBody({ history: historyBytesVersion2(HISTORY_7) })), /^READY primary length 0 outside 1\.\.255$/);
+    // One epoch in the version 2 layout is 4 bytes short of the new one.
+    assertRefused(frameOf(PeerFrameType.READY, readyBody({ history: historyBytesVersion2([{ epoch: 7, firstSeq: 1, primary: 'a' }]) })), /READY body ends early/);
     // The well-formed body these were made from is accepted.
     assert.deepEqual(decodeAll([frameOf(PeerFrameType.READY, readyBody())]), [{
       type: 'ready', epoch: 7, disk: 'up-to-date', lastSeq: 9, durableSeq: 8, cpSeq: 5, diverged: true, divergedAfter: 6, empty: false,
@@ -718,15 +850,7 @@ describe('peer frames: damage and illegal frames', () => {
   });
 
   test('SPLIT_BRAIN with an unknown decision, reserved bytes set, or a shared entry not before the target\'s last', () => {
-    const body = (decision: number, reserved: number, shared: number, last: number): Buffer => {
-      const fixed = Buffer.alloc(48);
-      fixed.writeUInt8(decision, 0);
-      fixed.writeUInt8(reserved, 3);
-      fixed.writeUInt32BE(7, 4);
-      u64(shared).copy(fixed, 8);
-      u64(last).copy(fixed, 16);
-      return Buffer.concat([fixed, historyBytes(HISTORY_7)]);
-    };
+    const body = (decision: number, reserved: number, sharedSeq: number, lastSeq: number): Buffer => splitBrainBody({ decision, reserved, sharedSeq, lastSeq });
     assert.equal(decodeAll([frameOf(PeerFrameType.SPLIT_BRAIN, body(1, 0, 4, 5))])[0]?.['decision'], 'discard-source');
     assertRefused(frameOf(PeerFrameType.SPLIT_BRAIN, body(2, 0, 4, 5)), /^SPLIT_BRAIN decision 2 is unknown$/);
     assertRefused(frameOf(PeerFrameType.SPLIT_BRAIN, body(0, 1, 4, 5)), /reserved|zero/);
@@ -752,6 +876,7 @@ describe('peer frames: damage and illegal frames', () => {
     const frames = [
       ['HELLO', (epoch: number, history: Buffer) => frameOf(PeerFrameType.HELLO, helloBody({ epoch, history }))],
       ['READY', (epoch: number, history: Buffer) => frameOf(PeerFrameType.READY, readyBody({ epoch, history }))],
+      ['SPLIT_BRAIN', (epoch: number, history: Buffer) => frameOf(PeerFrameType.SPLIT_BRAIN, splitBrainBody({ epoch, history }))],
     ] as const;
     const seventeen = Array.from({ length: 17 }, (_, index): RawEpochStart => ({ epoch: index + 1, firstSeq: index + 1, primary: 'a' }));
     const cases: [string, number, Buffer, RegExp][] = [
@@ -759,6 +884,13 @@ describe('peer frames: damage and illegal frames', () => {
       ['17 epochs', 17, historyBytes(seventeen), /history of 17 epochs outside 1\.\.16/],
       ['a count of 65535 (with one epoch)', 7, historyBytes([{ epoch: 7, firstSeq: 1, primary: 'a' }], 0xffff), /history of 65535 epochs/],
       ['an epoch repeated', 7, historyBytes([{ epoch: 3, firstSeq: 1, primary: 'b' }, { epoch: 3, firstSeq: 5, primary: 'a' }, { epoch: 7, firstSeq: 9, primary: 'a' }]), /history epoch 3 \(from entry 5\) does not follow/],
+      ['an epoch repeated by its primary without a restart count', 7, historyBytes([{ epoch: 3, firstSeq: 1, primary: 'b' }, { epoch: 3, firstSeq: 5, primary: 'b' }, { epoch: 7, firstSeq: 9, primary: 'a' }]), /history epoch 3 \(from entry 5\) does not follow/],
+      ['an epoch repeated with the same restart count', 7, historyBytes([{ epoch: 3, restart: 1, firstSeq: 1, primary: 'b' }, { epoch: 3, restart: 1, firstSeq: 5, primary: 'b' }, { epoch: 7, firstSeq: 9, primary: 'a' }]), /history epoch 3 \(from entry 5\) does not follow/],
+      ['an epoch restarted by another primary', 7, historyBytes([{ epoch: 3, firstSeq: 1, primary: 'b' }, { epoch: 3, restart: 1, firstSeq: 5, primary: 'a' }, { epoch: 7, firstSeq: 9, primary: 'a' }]), /history epoch 3 \(from entry 5\) does not follow/],
+      ['a restart count going down', 7, historyBytes([{ epoch: 7, restart: 2, firstSeq: 1, primary: 'a' }, { epoch: 7, restart: 1, firstSeq: 5, primary: 'a' }]), /history epoch 7 \(from entry 5\) does not follow/],
+      ['a restart count going down to 0', 7, historyBytes([{ epoch: 7, restart: 0xffff_ffff, firstSeq: 1, primary: 'a' }, { epoch: 7, firstSeq: 5, primary: 'a' }]), /history epoch 7 \(from entry 5\) does not follow/],
+      ['a restart whose first entry goes back', 7, historyBytes([{ epoch: 7, firstSeq: 5, primary: 'a' }, { epoch: 7, restart: 1, firstSeq: 4, primary: 'a' }]), /history epoch 7 \(from entry 4\) does not follow/],
+      ['a restart of an older epoch', 7, historyBytes([{ epoch: 3, firstSeq: 1, primary: 'b' }, { epoch: 5, firstSeq: 2, primary: 'a' }, { epoch: 3, restart: 1, firstSeq: 3, primary: 'b' }, { epoch: 7, firstSeq: 4, primary: 'a' }]), /history epoch 3 \(from entry 3\) does not follow/],
       ['epochs going back', 7, historyBytes([{ epoch: 5, firstSeq: 1, primary: 'b' }, { epoch: 4, firstSeq: 2, primary: 'a' }, { epoch: 7, firstSeq: 3, primary: 'a' }]), /history epoch 4 \(from entry 2\) does not follow/],
       ['first entries going back', 7, historyBytes([{ epoch: 3, firstSeq: 10, primary: 'b' }, { epoch: 7, firstSeq: 9, primary: 'a' }]), /history epoch 7 \(from entry 9\) does not follow/],
       ['a first entry of 0 in the first epoch', 7, historyBytes([{ epoch: 3, firstSeq: 0, primary: 'b' }, { epoch: 7, firstSeq: 1, primary: 'a' }]), /history epoch 3 starts at entry 0, not at an entry/],
@@ -782,6 +914,17 @@ describe('peer frames: damage and illegal frames', () => {
         assert.deepEqual(decoded?.['history'], sixteen);
         const [single] = decodeAll([frame(7, historyBytes([{ epoch: 7, firstSeq: MAX_SAFE, primary: 'é' }]))]);
         assert.deepEqual(single?.['history'], [{ epoch: 7, firstSeq: MAX_SAFE, primary: 'é' }]);
+      });
+      test(`${frameName}: restarts are accepted (rising counts from any start, up to 2^32-1, equal first entries, a history that begins with one)`, () => {
+        const restarts: RawEpochStart[] = [
+          { epoch: 3, restart: 4, firstSeq: 1, primary: 'b' },
+          { epoch: 3, restart: 9, firstSeq: 1, primary: 'b' },
+          { epoch: 7, firstSeq: 2, primary: 'a' },
+          { epoch: 7, restart: 1, firstSeq: 2, primary: 'a' },
+          { epoch: 7, restart: 0xffff_ffff, firstSeq: 9, primary: 'a' },
+        ];
+        const [decoded] = decodeAll([frame(7, historyBytes(restarts))]);
+        assert.deepEqual(decoded?.['history'], restarts);
       });
     }
   });

@@ -2,15 +2,18 @@
 // proof binds the secret, the direction and every field both sides said, so a proof made
 // for one connection, pair of nodes, volume or direction is worthless for any other; that
 // includes the epoch history HELLO carries, so a history changed on the way (an epoch, a
-// first entry, a primary, an epoch dropped or added) changes both proofs; the same inputs
-// always give the same proof, so both nodes compute it alike, the target from the HELLO
-// it decoded and the source from the one it sent; and proofs are compared without
-// leaking where they differ.
+// restart count, a first entry, a primary, an epoch dropped or added) changes both
+// proofs, and a restart count altered in a sent HELLO makes the target's proofs differ
+// from the source's; the same inputs always give the same proof, so both nodes compute it
+// alike, the target from the HELLO it decoded and the source from the one it sent (a
+// restart count of 0, which the decoder leaves out, included); and proofs are compared
+// without leaking where they differ.
 
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { hmacSha256, macEquals, randomNonce } from '../../src/lib/hmac.js';
-import { encodeFrame, PeerFrameDecoder, type PeerEpochStart } from '../../src/protocol/peer/frames.js';
+import { crc32c } from '../../src/lib/crc32c.js';
+import { encodeFrame, PEER_PROTOCOL_VERSION, PeerFrameDecoder, type PeerEpochStart, type PeerHello } from '../../src/protocol/peer/frames.js';
 import { proofsEqual, sourceProof, targetProof, type HelloTranscript } from '../../src/protocol/peer/handshake.js';
 
 const secret = Buffer.from('change-me', 'utf8');
@@ -18,7 +21,7 @@ const targetNonce = Buffer.alloc(32, 0x5a);
 
 function baseHello(): HelloTranscript {
   return {
-    version: 1,
+    version: PEER_PROTOCOL_VERSION,
     connectionIndex: 0,
     connections: 2,
     session: 0x0102_0304,
@@ -52,8 +55,52 @@ function flipped(buffer: Buffer, index: number): Buffer {
   return copy;
 }
 
-/** The transcript spelled out by hand: label, then every field as u32 length + bytes. */
-function expectedTranscript(label: string, hello: HelloTranscript, nonce: Buffer): Buffer {
+/**
+ * The base HELLO's history as transcript fields: its length as a u16, then per epoch the
+ * epoch as a u32, the restart count as a u32 (0 when there is none), the first entry in
+ * decimal and the primary, each a field of its own.
+ */
+const BASE_HISTORY_FIELDS = [
+  Buffer.from('0002', 'hex'),
+  Buffer.from('00000003', 'hex'),
+  Buffer.from('00000000', 'hex'),
+  Buffer.from('1', 'utf8'),
+  Buffer.from('node-b', 'utf8'),
+  Buffer.from('0a0b0c0d', 'hex'),
+  Buffer.from('00000000', 'hex'),
+  Buffer.from('1099511627781', 'utf8'),
+  Buffer.from('node-a', 'utf8'),
+];
+
+/** The base HELLO with its last epoch restarted twice by node-a, the second time from entry 2^40 + 7. */
+function restartedHello(): HelloTranscript {
+  const base = baseHello();
+  return withHistory([
+    ...base.history,
+    { epoch: 0x0a0b_0c0d, primary: 'node-a', firstSeq: 2 ** 40 + 5, restart: 1 },
+    { epoch: 0x0a0b_0c0d, primary: 'node-a', firstSeq: 2 ** 40 + 7, restart: 0x0102_0304 },
+  ]);
+}
+
+/** restartedHello's history as transcript fields. */
+const RESTARTED_HISTORY_FIELDS = [
+  Buffer.from('0004', 'hex'),
+  ...BASE_HISTORY_FIELDS.slice(1),
+  Buffer.from('0a0b0c0d', 'hex'),
+  Buffer.from('00000001', 'hex'),
+  Buffer.from('1099511627781', 'utf8'),
+  Buffer.from('node-a', 'utf8'),
+  Buffer.from('0a0b0c0d', 'hex'),
+  Buffer.from('01020304', 'hex'),
+  Buffer.from('1099511627783', 'utf8'),
+  Buffer.from('node-a', 'utf8'),
+];
+
+/**
+ * The transcript spelled out by hand: label, then every field as u32 length + bytes. The
+ * fields before the history are the base HELLO's; the history's are given.
+ */
+function expectedTranscript(label: string, hello: HelloTranscript, nonce: Buffer, history: readonly Buffer[] = BASE_HISTORY_FIELDS): Buffer {
   const field = (bytes: Buffer): Buffer => {
     const length = Buffer.alloc(4);
     length.writeUInt32BE(bytes.length, 0);
@@ -61,7 +108,8 @@ function expectedTranscript(label: string, hello: HelloTranscript, nonce: Buffer
   };
   return Buffer.concat([
     Buffer.from(label, 'utf8'),
-    field(Buffer.from('0001', 'hex')),
+    // The version, 3.
+    field(Buffer.from('0003', 'hex')),
     field(Buffer.from([hello.connectionIndex])),
     field(Buffer.from([hello.connections])),
     field(Buffer.from('01020304', 'hex')),
@@ -73,15 +121,8 @@ function expectedTranscript(label: string, hello: HelloTranscript, nonce: Buffer
     field(Buffer.from('0a0b0c0d', 'hex')),
     // The source's last entry, in decimal.
     field(Buffer.from('1099511627785', 'utf8')),
-    // The history: its length as a u16, then per epoch the epoch as a u32, the first
-    // entry in decimal and the primary, each a field of its own.
-    field(Buffer.from('0002', 'hex')),
-    field(Buffer.from('00000003', 'hex')),
-    field(Buffer.from('1', 'utf8')),
-    field(Buffer.from('node-b', 'utf8')),
-    field(Buffer.from('0a0b0c0d', 'hex')),
-    field(Buffer.from('1099511627781', 'utf8')),
-    field(Buffer.from('node-a', 'utf8')),
+    // The history (see BASE_HISTORY_FIELDS).
+    ...history.map(field),
     field(nonce),
   ]);
 }
@@ -97,6 +138,47 @@ describe('peer handshake proofs', () => {
       sourceProof(hmacSha256, secret, hello, targetNonce),
       hmacSha256(secret, expectedTranscript('blockmirror-peer-v1 source', hello, targetNonce)),
     );
+    // And with restarts, whose counts are fields after their epochs.
+    const restarted = restartedHello();
+    assert.deepEqual(
+      targetProof(hmacSha256, secret, restarted, targetNonce),
+      hmacSha256(secret, expectedTranscript('blockmirror-peer-v1 target', restarted, targetNonce, RESTARTED_HISTORY_FIELDS)),
+    );
+    assert.deepEqual(
+      sourceProof(hmacSha256, secret, restarted, targetNonce),
+      hmacSha256(secret, expectedTranscript('blockmirror-peer-v1 source', restarted, targetNonce, RESTARTED_HISTORY_FIELDS)),
+    );
+  });
+
+  test('two HELLOs that differ only in a restart count have different transcripts and proofs', () => {
+    /** The transcript a proof is computed over, as the injected MAC sees it. */
+    const transcriptOf = (proof: typeof targetProof, hello: HelloTranscript): Buffer => {
+      let seen: Buffer | undefined;
+      proof((_key, data) => {
+        seen = data;
+        return Buffer.from([1]);
+      }, secret, hello, targetNonce);
+      assert.ok(seen !== undefined);
+      return seen;
+    };
+    const restarted = restartedHello();
+    const pairs: [string, HelloTranscript, HelloTranscript][] = [
+      ['no count and a count of 1', baseHello(), withEpoch(1, { restart: 1 })],
+      ['counts 1 and 2 of the first epoch', withEpoch(0, { restart: 1 }), withEpoch(0, { restart: 2 })],
+      ['the last count, 0x01020304 and 0x01020305', restarted, withHistory(restarted.history.map((start, at) => (at === 3 ? { ...start, restart: 0x0102_0305 } : start)))],
+      ['the last count, 0x01020304 and 2^32-1', restarted, withHistory(restarted.history.map((start, at) => (at === 3 ? { ...start, restart: 0xffff_ffff } : start)))],
+    ];
+    for (const [name, first, second] of pairs) {
+      for (const proof of [targetProof, sourceProof]) {
+        const [a, b] = [transcriptOf(proof, first), transcriptOf(proof, second)];
+        assert.equal(a.length, b.length, `${proof.name}: ${name}: the count is a fixed-width field`);
+        assert.ok(!a.equals(b), `${proof.name}: ${name}: same transcript`);
+        assert.ok(!proof(hmacSha256, secret, first, targetNonce).equals(proof(hmacSha256, secret, second, targetNonce)), `${proof.name}: ${name}: same proof`);
+      }
+    }
+    // A count of 0 is no count: the wire cannot tell them apart, so neither may the proof.
+    assert.deepEqual(transcriptOf(targetProof, withEpoch(1, { restart: 0 })), transcriptOf(targetProof, baseHello()));
+    assert.deepEqual(targetProof(hmacSha256, secret, withEpoch(1, { restart: 0 }), targetNonce), targetProof(hmacSha256, secret, baseHello(), targetNonce));
   });
 
   test('the MAC is the injected one, keyed with the secret', () => {
@@ -153,6 +235,11 @@ describe('peer handshake proofs', () => {
       // Without length prefixes these two would be the same bytes ("12" + "x", "1" + "2x").
       ['history: firstSeq/primary boundary moved (1)', withEpoch(0, { firstSeq: 12, primary: 'x' }), targetNonce, secret],
       ['history: firstSeq/primary boundary moved (2)', withEpoch(0, { firstSeq: 1, primary: '2x' }), targetNonce, secret],
+      ['history: first epoch\'s restart count', withEpoch(0, { restart: 1 }), targetNonce, secret],
+      ['history: last epoch\'s restart count', withEpoch(1, { restart: 0xffff_ffff }), targetNonce, secret],
+      // Each is a field of its own, so moving a value from one to the other shows.
+      ['history: epoch and restart count swapped', withEpoch(0, { epoch: 0, restart: 3 }), targetNonce, secret],
+      ['history: a restart added', withHistory([...base.history, { epoch: base.epoch, primary: 'node-a', firstSeq: 2 ** 40 + 5, restart: 1 }]), targetNonce, secret],
     ];
     for (const proof of [targetProof, sourceProof]) {
       const reference = proof(hmacSha256, secret, base, targetNonce);
@@ -182,6 +269,37 @@ describe('peer handshake proofs over the wire', () => {
     assert.ok(received?.type === 'hello');
     assert.deepEqual(targetProof(hmacSha256, secret, received, targetNonce), targetProof(hmacSha256, secret, sent, targetNonce));
     assert.deepEqual(sourceProof(hmacSha256, secret, received, targetNonce), sourceProof(hmacSha256, secret, sent, targetNonce));
+  });
+
+  /** The restarted HELLO as sent, its first epoch's count an explicit 0 (which the decoder leaves out). */
+  function sentRestarted(): PeerHello {
+    const restarted = restartedHello();
+    return { type: 'hello', ...restarted, history: restarted.history.map((start, at) => (at === 0 ? { ...start, restart: 0 } : start)) };
+  }
+
+  test('with restarts, including a count of 0 given, the decoded HELLO gives the sent one\'s proofs', () => {
+    const sent = sentRestarted();
+    const [received] = new PeerFrameDecoder({ entryBodyBytesMax: 64 }).push(encodeFrame(sent));
+    assert.ok(received?.type === 'hello');
+    assert.equal(received.history[3]?.restart, 0x0102_0304);
+    assert.ok(!('restart' in (received.history[0] ?? {})), 'a count of 0 comes back as none');
+    assert.deepEqual(targetProof(hmacSha256, secret, received, targetNonce), targetProof(hmacSha256, secret, sent, targetNonce));
+    assert.deepEqual(sourceProof(hmacSha256, secret, received, targetNonce), sourceProof(hmacSha256, secret, sent, targetNonce));
+  });
+
+  test('a restart count altered on the wire (checksum fixed up) breaks both proofs', () => {
+    const sent = sentRestarted();
+    const frame = Buffer.from(encodeFrame(sent));
+    // The last epoch ends the body: u32 epoch, u32 restart count, u64 first entry, u16 + 'node-a'.
+    const at = frame.length - 6 - 2 - 8 - 4;
+    assert.equal(frame.readUInt32BE(at), 0x0102_0304);
+    frame.writeUInt32BE(0x0102_0305, at);
+    frame.writeUInt32BE(crc32c([frame.subarray(0, 12), frame.subarray(16)]), 12);
+    const [received] = new PeerFrameDecoder({ entryBodyBytesMax: 64 }).push(frame);
+    assert.ok(received?.type === 'hello');
+    assert.equal(received.history[3]?.restart, 0x0102_0305);
+    assert.ok(!targetProof(hmacSha256, secret, received, targetNonce).equals(targetProof(hmacSha256, secret, sent, targetNonce)));
+    assert.ok(!sourceProof(hmacSha256, secret, received, targetNonce).equals(sourceProof(hmacSha256, secret, sent, targetNonce)));
   });
 });
 

@@ -435,7 +435,8 @@ function decodeControlBody(type: Exclude<PeerFrameType, typeof PeerFrameType.ENT
 
 /**
  * A history's epochs: u16 count (1..PEER_HISTORY_EPOCHS_MAX), then per epoch u32 epoch,
- * u64 first entry and the primary's name (u16 length + UTF-8).
+ * u32 restart count, u64 first entry and the primary's name (u16 length + UTF-8). An epoch
+ * appears again only as a restart by its own primary, with a higher count.
  */
 function encodeHistory(history: readonly PeerEpochStart[]): Buffer {
   // The caller gives the last epochs of its history (the handshake's proofs cover what is sent).
@@ -444,17 +445,19 @@ function encodeHistory(history: readonly PeerEpochStart[]): Buffer {
   cut.forEach((start, index) => {
     const before = cut[index - 1];
     assert(Number.isSafeInteger(start.firstSeq) && start.firstSeq >= 1, 'a history epoch starts at an entry');
-    assert(before === undefined || (start.epoch > before.epoch && start.firstSeq >= before.firstSeq), 'a history goes forward');
+    assert(before === undefined || (goesOn(before, start) && start.firstSeq >= before.firstSeq), 'a history goes forward');
   });
   const parts: Buffer[] = [Buffer.alloc(2)];
   parts[0]?.writeUInt16BE(cut.length, 0);
   for (const start of cut) {
     assertUint(start.epoch, 0xffffffff, 'history epoch');
     const name = nameBytes(start.primary, PEER_NAME_BYTES_MAX);
-    const fixed = Buffer.alloc(14);
+    assertUint(start.restart ?? 0, 0xffffffff, 'history restart');
+    const fixed = Buffer.alloc(18);
     fixed.writeUInt32BE(start.epoch, 0);
-    writeU64(fixed, 4, start.firstSeq);
-    fixed.writeUInt16BE(name.length, 12);
+    fixed.writeUInt32BE(start.restart ?? 0, 4);
+    writeU64(fixed, 8, start.firstSeq);
+    fixed.writeUInt16BE(name.length, 16);
     parts.push(fixed, name);
   }
   return Buffer.concat(parts);
@@ -483,16 +486,24 @@ function readRangeAsked(reader: BodyReader, name: string, max: number): { token:
   return { token, seq, offset, lengthBytes };
 }
 
+/** Whether `start` may follow `before` in a history: a newer epoch, or a restart of the same one by its primary. */
+function goesOn(before: PeerEpochStart, start: PeerEpochStart): boolean {
+  if (start.epoch !== before.epoch) return start.epoch > before.epoch;
+  return start.primary === before.primary && (start.restart ?? 0) > (before.restart ?? 0);
+}
+
 /** A history as encodeHistory lays it out, which must end with `epoch` and go forward. */
 function readHistory(reader: BodyReader, epoch: number): PeerEpochStart[] {
   const count = reader.u16();
   if (count < 1 || count > PEER_HISTORY_EPOCHS_MAX) throw new PeerProtocolError(`history of ${count} epochs outside 1..${PEER_HISTORY_EPOCHS_MAX}`);
   const history: PeerEpochStart[] = [];
   for (let index = 0; index < count; index += 1) {
-    const start = { epoch: reader.u32(), firstSeq: reader.u64('firstSeq'), primary: reader.text('primary', PEER_NAME_BYTES_MAX) };
+    const epoch = reader.u32();
+    const restart = reader.u32();
+    const start: PeerEpochStart = { epoch, firstSeq: reader.u64('firstSeq'), primary: reader.text('primary', PEER_NAME_BYTES_MAX), ...(restart === 0 ? {} : { restart }) };
     const before = history[index - 1];
     if (start.firstSeq < 1) throw new PeerProtocolError(`history epoch ${start.epoch} starts at entry ${start.firstSeq}, not at an entry`);
-    if (before !== undefined && (start.epoch <= before.epoch || start.firstSeq < before.firstSeq)) {
+    if (before !== undefined && (!goesOn(before, start) || start.firstSeq < before.firstSeq)) {
       throw new PeerProtocolError(`history epoch ${start.epoch} (from entry ${start.firstSeq}) does not follow the one before`);
     }
     history.push(start);

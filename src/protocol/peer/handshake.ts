@@ -73,7 +73,7 @@ function transcript(label: Buffer, hello: HelloTranscript, targetNonce: Buffer):
     uint(hello.epoch, 4),
     Buffer.from(String(hello.lastSeq), 'utf8'),
     uint(hello.history.length, 2),
-    ...hello.history.flatMap((start) => [uint(start.epoch, 4), Buffer.from(String(start.firstSeq), 'utf8'), Buffer.from(start.primary, 'utf8')]),
+    ...hello.history.flatMap((start) => [uint(start.epoch, 4), uint(start.restart ?? 0, 4), Buffer.from(String(start.firstSeq), 'utf8'), Buffer.from(start.primary, 'utf8')]),
     targetNonce,
   ];
   const parts: Buffer[] = [label];

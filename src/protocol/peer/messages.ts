@@ -9,7 +9,7 @@ import type { EntryHeader } from '../log-entry.js';
 
 export const PEER_FRAME_MAGIC = 0x424d5046; // 'BMPF'
 export const PEER_FRAME_HEADER_BYTES = 16;
-export const PEER_PROTOCOL_VERSION = 2;
+export const PEER_PROTOCOL_VERSION = 3;
 export const PEER_NONCE_BYTES = 32;
 export const PEER_MAC_BYTES = 32;
 /** A session's connections: the cluster file's `connections` is bounded by the same limit. */
@@ -18,7 +18,7 @@ export const PEER_NAME_BYTES_MAX = 255;
 export const PEER_REFUSE_MESSAGE_BYTES_MAX = 1024;
 /** Epochs a HELLO or READY carries at most: the last ones of the sender's history. */
 export const PEER_HISTORY_EPOCHS_MAX = 16;
-/** Every frame but ENTRY; the largest legal one (HELLO with a full history) is 5386 bytes. */
+/** Every frame but ENTRY; the largest legal one (HELLO with a full history) is 5450 bytes. */
 export const PEER_CONTROL_BODY_BYTES_MAX = 8192;
 /** Extents in one DIVERGED frame (8 + 64 × 16 bytes). */
 export const PEER_DIVERGED_EXTENTS_MAX = 64;
@@ -107,6 +107,8 @@ export interface PeerEpochStart {
   epoch: number;
   primary: string;
   firstSeq: number;
+  /** A restart of the epoch by its primary after a crash (src/core/epoch-history.ts); absent: 0. */
+  restart?: number;
 }
 
 export interface PeerHello {
