@@ -242,6 +242,11 @@ export class VolumeQuorum {
     const { intervalMs, timeoutMs } = this.cluster.heartbeat;
     const deadline = clock.nowMs() + 2 * timeoutMs;
     for (;;) {
+      // Its own vote is gone once it promised a newer epoch to another candidate meanwhile.
+      const own = this.records.get(config.name)?.promise ?? null;
+      if (own?.epoch !== epoch || own.to !== this.node.id) {
+        throw new BlockmirrorError('ERR_NO_QUORUM', `volume ${config.name}: node ${this.node.id} stood for epoch ${epoch}, but promised epoch ${own?.epoch ?? '?'} to node ${own?.to ?? '?'} meanwhile`);
+      }
       const count = this.of(served, epoch);
       if (count?.ok === true) {
         this.log.info('a majority promised the epoch', { volume: config.name, epoch, promised: count.counted.join(', ') });

@@ -533,6 +533,14 @@ export class FailoverCluster {
       return;
     }
     const primaryAlive = this.nodes.some((other) => other.serving);
+    // Its own vote is gone once it promised a newer epoch to another candidate meanwhile.
+    const own = node.promise;
+    if (own?.epoch !== candidacy.epoch || own.to !== node.id) {
+      node.candidacy = null;
+      this.tally.promoteRefused += 1;
+      this.note(`promote ${node.id} refused: it promised epoch ${own?.epoch ?? '?'} to ${own?.to ?? '?'} meanwhile`);
+      return;
+    }
     const refusal = this.promotionRefusal(node, false, primaryAlive, candidacy.epoch);
     if (refusal === null) {
       node.candidacy = null;
