@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Installs the system tools blockmirror's tests drive (real NBD clients, fio, nbdkit,
-# e2fsprogs, FUSE, nftables for partitions) when any is missing. As root it runs apt-get; otherwise it names the
+# e2fsprogs, FUSE, nftables for partitions, etcd for coordination) when any is missing. As root it runs apt-get; otherwise it names the
 # packages to install and fails, because interop tests never skip silently.
 set -euo pipefail
 
-packages=(qemu-utils libnbd-bin nbdkit fio python3-libnbd e2fsprogs fuse3 util-linux nftables)
-commands=(qemu-img qemu-io qemu-nbd nbdkit nbdinfo nbdcopy nbdfuse nbdsh fio mkfs.ext4 e2fsck losetup mount nft)
+packages=(qemu-utils libnbd-bin nbdkit fio python3-libnbd e2fsprogs fuse3 util-linux nftables etcd-server)
+commands=(qemu-img qemu-io qemu-nbd nbdkit nbdinfo nbdcopy nbdfuse nbdsh fio mkfs.ext4 e2fsck losetup mount nft etcd)
 
 missing=()
 for command in "${commands[@]}"; do
