@@ -6,20 +6,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { freePort, sleep } from './node-process.js';
-
-const live = new Set<ChildProcess>();
-process.on('exit', () => {
-  for (const child of live) {
-    if (child.pid !== undefined && child.exitCode === null && child.signalCode === null) {
-      try {
-        process.kill(child.pid, 'SIGKILL');
-      } catch {
-        // Already gone.
-      }
-    }
-  }
-});
+import { freePort, reapAtExit, sleep } from './node-process.js';
 
 export class EtcdProcess {
   private stderrText = '';
@@ -31,18 +18,13 @@ export class EtcdProcess {
     readonly clientUrl: string,
     readonly dataDir: string,
   ) {
-    live.add(child);
+    reapAtExit(child);
     child.stderr?.setEncoding('utf8');
     child.stderr?.on('data', (text: string) => {
       // Bounded: only the tail matters when it fails.
       this.stderrText = (this.stderrText + text).slice(-16_384);
     });
-    this.exited = new Promise((resolve) => {
-      child.once('exit', (code, signal) => {
-        live.delete(child);
-        resolve({ code, signal });
-      });
-    });
+    this.exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
   }
 
   /** Starts a one-member cluster named `name` with its data under `dir`, and waits (at most 20 s) until it answers. */

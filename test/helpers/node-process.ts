@@ -32,6 +32,12 @@ function killLive(): void {
 
 process.on('exit', killLive);
 
+/** Kills `child` by its PID if it still runs when the test process exits, as every process started here is. */
+export function reapAtExit(child: ChildProcess): void {
+  live.add(child);
+  child.once('exit', () => live.delete(child));
+}
+
 /**
  * Kills (SIGKILL, by PID) every process this harness started that is still running. Test
  * files call it from `after`, so a failed test cannot leave nodes that keep the test
