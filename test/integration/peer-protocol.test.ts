@@ -189,6 +189,7 @@ async function waitFor<T>(what: string, check: () => T | undefined, timeoutMs: n
 }
 
 interface HelloChoices {
+  version?: number;
   cluster?: string;
   fromNode?: string;
   toNode?: string;
@@ -226,7 +227,7 @@ async function assertHellosRefused(port: number, cases: readonly RefusedHello[],
 function hello(choices: HelloChoices = {}): PeerHello {
   return {
     type: 'hello',
-    version: PEER_PROTOCOL_VERSION,
+    version: choices.version ?? PEER_PROTOCOL_VERSION,
     connectionIndex: choices.connectionIndex ?? 0,
     connections: choices.connections ?? 1,
     session: choices.session ?? 1,
@@ -628,6 +629,8 @@ test('HELLOs b must refuse get REFUSE with the reason, and store nothing', async
     { what: 'an unknown volume', hello: { volume: 'v9' }, code: RefuseCode.VOLUME, message: /^node b holds no volume "v9"$/ },
     { what: 'another cluster', hello: { cluster: 'prod' }, code: RefuseCode.CLUSTER, message: /^node a belongs to cluster "prod", this node to "test"$/ },
     { what: 'another node\'s connection', hello: { toNode: 'c' }, code: RefuseCode.UNKNOWN_NODE, message: /^connection meant for node "c" reached node "b"$/ },
+    // A node of the version before (its history has no restart counts): told so, not cut off on a bad frame.
+    { what: 'protocol version 2', hello: { version: 2 }, code: RefuseCode.VERSION, message: /^protocol version 2 is not supported \(this node speaks 3\)$/ },
   ];
   await assertHellosRefused(replicationPort, cases, 12);
 

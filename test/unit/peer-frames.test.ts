@@ -814,12 +814,18 @@ describe('peer frames: damage and illegal frames', () => {
     const names = ['c', 'a', 'b', 'v'].map((name) => text(name));
     assertRefused(frameOf(PeerFrameType.HELLO, Buffer.concat([helloBody().subarray(0, 40), ...names])), /HELLO body ends early/);
     assertRefused(frameOf(PeerFrameType.HELLO, Buffer.concat([helloBody().subarray(0, 40), ...names, u32(7)])), /HELLO body ends early/);
-    // A version 2 HELLO, whose history has no restart counts: the high half of epoch 3's
-    // first entry is read as its restart count, the first entry read after it runs into
-    // the name, and what is left for the name's length is 0.
+    // A version 2 HELLO, whose history has no restart counts: read without its history, so
+    // that the target can answer REFUSE VERSION (with who sent it), not close on a bad frame.
     const version2 = helloBody({ history: historyBytesVersion2(HISTORY_7) });
     version2.writeUInt16BE(2, 0);
-    assertRefused(frameOf(PeerFrameType.HELLO, version2), /^HELLO primary length 0 outside 1\.\.255$/);
+    const older = new PeerFrameDecoder({ entryBodyBytesMax: ENTRY_BODY_MAX }).push(frameOf(PeerFrameType.HELLO, version2))[0];
+    assert.ok(older?.type === 'hello');
+    assert.deepEqual([older.version, older.fromNode, older.volume, older.history], [2, 'a', 'v', []]);
+    // The same history in a HELLO that says version 3 is a bad frame: the high half of epoch
+    // 3's first entry is read as its restart count, the first entry read after it runs into
+    // the name, and what is left for the name's length is 0.
+    const mislabelled = helloBody({ history: historyBytesVersion2(HISTORY_7) });
+    assertRefused(frameOf(PeerFrameType.HELLO, mislabelled), /^HELLO primary length 0 outside 1\.\.255$/);
     // The well-formed body these cases were made from is accepted.
     const decoded = decodeAll([frameOf(PeerFrameType.HELLO, helloBody())])[0];
     assert.equal(decoded?.['volume'], 'v');

@@ -22,6 +22,7 @@ import {
   PEER_MAC_BYTES,
   PEER_NAME_BYTES_MAX,
   PEER_NONCE_BYTES,
+  PEER_PROTOCOL_VERSION,
   PEER_REFUSE_MESSAGE_BYTES_MAX,
   PeerFrameType,
   peerFrameName,
@@ -302,6 +303,11 @@ class BodyReader {
     }
   }
 
+  /** Whatever is left unread, taken as it is (a HELLO of another protocol version's history). */
+  skipRest(): void {
+    this.at = this.body.length;
+  }
+
   end(): void {
     if (this.at !== this.body.length) throw new PeerProtocolError(`${this.what} body has ${this.body.length - this.at} extra bytes`);
   }
@@ -332,6 +338,13 @@ function decodeControlBody(type: Exclude<PeerFrameType, typeof PeerFrameType.ENT
       const volume = reader.text('volume', PEER_NAME_BYTES_MAX);
       const epoch = reader.u32();
       const lastSeq = reader.u64('lastSeq');
+      // Every version so far lays out the fields above alike; the history's layout is this
+      // version's. A HELLO of another version is taken without it, so that the target can
+      // answer REFUSE VERSION, which says what is wrong, rather than close on a bad frame.
+      if (version !== PEER_PROTOCOL_VERSION) {
+        reader.skipRest();
+        return { type: 'hello', version, connectionIndex, connections, session, nonce, cluster, fromNode, toNode, volume, epoch, lastSeq, history: [] };
+      }
       const history = readHistory(reader, epoch);
       return { type: 'hello', version, connectionIndex, connections, session, nonce, cluster, fromNode, toNode, volume, epoch, lastSeq, history };
     }
