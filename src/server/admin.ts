@@ -39,6 +39,7 @@ export function nodeStatus(node: NodeView): NodeStatus {
       busyPollSeconds: poll.pollSeconds,
     },
     nodes: node.heartbeatStatus().map((peer) => ({ node: peer.peer, state: peer.state, lastHeardAgoMs: peer.lastHeardAgoMs, incarnation: peer.incarnation })),
+    witness: node.witnessStatus(),
     volumes: [...node.volumes.values()].map((served) => {
       const { config, identity, volume, role, target } = served;
       const mirror = served.mirrored?.engine ?? null;

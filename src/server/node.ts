@@ -307,6 +307,10 @@ export class BlockmirrorNode implements NodeView {
     return attachDisk(name, this.volumes.get(name), { cluster: this.config, node: this.node, files: this.files, activity: this.ioActivity, log: this.log });
   }
 
+  witnessStatus(): ReturnType<NodeView['witnessStatus']> {
+    return this.witness?.status() ?? null;
+  }
+
   /** A `quorum: majority` volume's quorum here (VolumeQuorum.of), or null. */
   quorumOf(served: ServedVolume): ReturnType<NodeView['quorumOf']> {
     const count = this.roles.quorum.of(served);

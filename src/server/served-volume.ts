@@ -13,7 +13,7 @@ import type { MirroredVolume } from './mirrored-volume.js';
 import type { ConnectionCounters } from './nbd-connection.js';
 import type { ReplicaTarget } from './replica-target.js';
 import type { DiscardRecord, SplitBrainStatus } from './split-brain.js';
-import type { AttachResult, DemotionResult, PromotionResult, ResolveResult } from './status.js';
+import type { AttachResult, DemotionResult, NodeStatus, PromotionResult, ResolveResult } from './status.js';
 
 export interface ServedVolume {
   config: VolumeConfig;
@@ -50,6 +50,8 @@ export interface NodeView {
   readonly heartbeatCounters: Record<string, number>;
   readonly ioActivity: IoActivity;
   heartbeatStatus(): ReturnType<Heartbeats['status']>;
+  /** On a witness node, what it knows of each quorum volume; else null. */
+  witnessStatus(): NodeStatus['witness'];
   /** Role changes (docs/operations.md, "Failover"). */
   promote(name: string, force: boolean): Promise<PromotionResult>;
   demote(name: string): Promise<DemotionResult>;

@@ -87,6 +87,12 @@ export interface NodeStatus {
   /** What the failure detector thinks of each peer node. */
   nodes: { node: string; state: string; lastHeardAgoMs: number; incarnation: number }[];
   volumes: VolumeStatus[];
+  /**
+   * On a witness node, what it knows of each `quorum: majority` volume (docs/operations.md,
+   * "Quorum and witnesses"): the newest epoch a primary claimed and that primary, the synced
+   * set it echoes, its newest promise, and whether it is still learning; else null.
+   */
+  witness: { volume: string; epoch: number; primary: string | null; synced: string[]; promise: { epoch: number; to: string } | null; learning: boolean }[] | null;
 }
 
 // The answers of POST /api/v1/volumes/<name>/promote and .../demote (VolumeRoles).

@@ -87,9 +87,9 @@ export class WitnessRecord {
     }));
   }
 
-  /** What it knows of `volume`: for status and tests. */
-  knownOf(volume: string): Readonly<KnownEpoch> | null {
-    return this.known.get(volume) ?? null;
+  /** What it knows of each volume, for status. */
+  status(): { volume: string; epoch: number; primary: string | null; synced: string[]; promise: { epoch: number; to: string } | null; learning: boolean }[] {
+    return [...this.known.entries()].map(([volume, known]) => ({ volume, epoch: known.epoch, primary: known.primary, synced: [...known.synced], promise: known.promise, learning: known.learning }));
   }
 
   /**

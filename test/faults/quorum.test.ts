@@ -110,6 +110,10 @@ test('the primary cut off from b and the witness stops acknowledging; b is promo
   const witnessRecord = JSON.parse(fs.readFileSync(path.join(w.dataDir, 'witness', 'vol0.json'), 'utf8')) as { promise: unknown; epoch: number };
   assert.deepEqual(witnessRecord.promise, { epoch: 1, to: 'b' });
   assert.deepEqual(vol0(await b.status()).quorum?.promise, { epoch: 1, to: 'b' });
+  // w's status says the same: what it knows of vol0, its promise, and that it learns no more.
+  const known = (await w.status()).witness?.find((entry) => entry.volume === 'vol0');
+  assert.deepEqual({ promise: known?.promise, learning: known?.learning }, { promise: { epoch: 1, to: 'b' }, learning: false });
+  assert.equal((await a.status()).witness, null, 'a data node has no witness record');
   // Every write a acknowledged reads back through b.
   const dumped = path.join(dir, 'b.img');
   await dumpVolume(b, dumped);
