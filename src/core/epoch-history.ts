@@ -104,6 +104,17 @@ export class EpochHistory {
     return EpochHistory.of([...kept.starts, { epoch, primary, firstSeq, restart: restartOf(kept.current) + 1 }]);
   }
 
+  /**
+   * The history `node` takes when it starts again after a crash holding entries through
+   * `lastSeq`: its epoch restarted after them when it is this history's primary and holds
+   * entries of its epoch's start (a primary left with less has nothing to number from);
+   * else null, the history unchanged.
+   */
+  restartAfterCrash(node: string, lastSeq: number): EpochHistory | null {
+    if (this.primaryNow !== node || lastSeq + 1 < this.current.firstSeq) return null;
+    return this.restart(lastSeq + 1);
+  }
+
   /** The first start of the current epoch (before any restart of it). */
   get origin(): EpochStart {
     const first = this.starts.find((start) => start.epoch === this.current.epoch);

@@ -200,6 +200,25 @@ export function grantsPromise(member: MemberState, view: MemberView): number | n
   return candidacy;
 }
 
+/** `promise` when it is of an epoch newer than `epoch` (an older epoch's primary is stale to its maker), else null. */
+export function newerPromise(promise: EpochPromise | null, epoch: number): EpochPromise | null {
+  return promise !== null && promise.epoch > epoch ? promise : null;
+}
+
+/**
+ * Whether a member hears what a candidate must not be promoted past: the primary of its
+ * epoch still serving (heard, and its heartbeat does not say it stepped down), or the node
+ * it promised a newer epoch to, standing for it or serving it. `hears` is the member's
+ * failure detector.
+ */
+export function hearsLivePrimary(self: string, primary: string | null, promise: EpochPromise | null, views: readonly MemberView[], hears: (node: string) => boolean): boolean {
+  const viewOf = (node: string): MemberView | undefined => views.find((view) => view.node === node);
+  if (primary !== null && primary !== self && hears(primary) && (viewOf(primary)?.role ?? 'primary') === 'primary') return true;
+  if (promise === null || promise.to === '' || promise.to === self || !hears(promise.to)) return false;
+  const view = viewOf(promise.to);
+  return view !== undefined && (candidacyOf(view) === promise.epoch || (view.role === 'primary' && view.epoch === promise.epoch));
+}
+
 /** A member heard freshly that promised a newer epoch than `epoch` (its primary then steps down), or null. */
 export function promiseFences(epoch: number, views: readonly MemberView[], freshMs: number): MemberView | null {
   return views.find((view) => fresh(view, freshMs) && view.role !== LEARNING && promisedPast(view, epoch)) ?? null;

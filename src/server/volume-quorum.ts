@@ -19,8 +19,9 @@ import { quorumMembers, type ClusterConfig, type NodeConfig } from '../control/c
 import { BlockmirrorError } from '../lib/errors.js';
 import type { Logger } from '../lib/log.js';
 import {
-  candidacyOf,
+  hearsLivePrimary,
   memberHeard,
+  newerPromise,
   nextCandidacy,
   promiseFences,
   promotionQuorum,
@@ -151,8 +152,7 @@ export class VolumeQuorum {
 
   /** This copy's promise of an epoch newer than `epoch`, or null: an older epoch's primary is stale here. */
   promisedPast(served: ServedVolume, epoch: number): EpochPromise | null {
-    const promise = this.records.get(served.config.name)?.promise ?? null;
-    return promise !== null && promise.epoch > epoch ? promise : null;
+    return newerPromise(this.records.get(served.config.name)?.promise ?? null, epoch);
   }
 
   /**
@@ -167,7 +167,7 @@ export class VolumeQuorum {
     const views = this.views(config.name);
     const step = memberHeard(
       record,
-      { self: this.node.id, epoch: volume.replica.epoch, role: served.role, hearsLivePrimary: this.hearsLivePrimary(served, record, views), echo: this.learnedSynced.get(config.name) ?? [] },
+      { self: this.node.id, epoch: volume.replica.epoch, role: served.role, hearsLivePrimary: hearsLivePrimary(this.node.id, volume.replica.history.primaryNow, record.promise, views, (node) => this.heartbeats()?.hears(node) === true), echo: this.learnedSynced.get(config.name) ?? [] },
       quorumMembers(this.cluster, config),
       views,
       this.freshMs,
@@ -175,19 +175,6 @@ export class VolumeQuorum {
     if (step === null) return;
     this.save(served, step.record);
     this.log.info(step.change, { volume: config.name });
-  }
-
-  /** Whether this copy hears its primary serving still, or the node it promised a newer epoch to, standing or serving it. */
-  private hearsLivePrimary(served: ServedVolume, record: MemberRecord, views: readonly MemberView[]): boolean {
-    const heartbeats = this.heartbeats();
-    if (heartbeats === null) return false;
-    const viewOf = (node: string): MemberView | undefined => views.find((view) => view.node === node);
-    const primary = served.volume.replica.history.primaryNow;
-    if (primary !== null && primary !== this.node.id && heartbeats.hears(primary) && (viewOf(primary)?.role ?? 'primary') === 'primary') return true;
-    const promise = record.promise;
-    if (promise === null || promise.to === '' || promise.to === this.node.id || !heartbeats.hears(promise.to)) return false;
-    const view = viewOf(promise.to);
-    return view !== undefined && (candidacyOf(view) === promise.epoch || (view.role === 'primary' && view.epoch === promise.epoch));
   }
 
   /** On the primary: a member heard freshly that promised a newer epoch (the primary then steps down), or null. */

@@ -123,10 +123,9 @@ export class VolumeRoles {
    */
   private restartEpoch(served: ServedVolume): void {
     const { volume } = served;
-    const history = volume.replica.history;
-    const firstSeq = volume.log.lastSeq + 1;
-    if (history.primaryNow !== this.parts.node.id || firstSeq < history.current.firstSeq) return;
-    const restarted = history.restart(firstSeq);
+    const restarted = volume.replica.history.restartAfterCrash(this.parts.node.id, volume.log.lastSeq);
+    if (restarted === null) return;
+    const { firstSeq } = restarted.current;
     this.saveHistory(served, restarted);
     volume.replica.restartEpoch(restarted);
     this.volumeLog(served).warn('primary restarted its epoch after an unclean stop: entries from here on are numbered anew', { epoch: restarted.current.epoch, firstSeq, restart: restarted.current.restart ?? 0 });

@@ -14,7 +14,7 @@
 
 import path from 'node:path';
 import { quorumMembers, type ClusterConfig } from '../control/config.js';
-import { candidacyOf, memberHeard, type MemberRecord, type MemberView } from '../core/quorum.js';
+import { hearsLivePrimary, memberHeard, newerPromise, type MemberRecord } from '../core/quorum.js';
 import type { Logger } from '../lib/log.js';
 import type { DurableFiles } from '../storage/durable-files.js';
 import type { Heartbeats, VolumeView } from './heartbeats.js';
@@ -101,7 +101,7 @@ export class WitnessRecord {
   heard(peer: string, views: readonly VolumeView[], heartbeats: Heartbeats | null): void {
     for (const view of views) {
       const known = this.known.get(view.name);
-      if (known === undefined || view.role !== 'primary' || (known.promise?.epoch ?? 0) > view.epoch) continue;
+      if (known === undefined || view.role !== 'primary' || newerPromise(known.promise, view.epoch) !== null) continue;
       const newer = view.epoch > known.epoch;
       // In its own epoch: the primary's new synced set, or the primary itself when a damaged record lost it.
       const same = view.epoch === known.epoch && (known.primary === null || (peer === known.primary && !sameSet(view.synced, known.synced)));
@@ -115,21 +115,11 @@ export class WitnessRecord {
       if (volume === undefined) continue;
       const members = quorumMembers(this.cluster, volume);
       const memberViews = heartbeats.memberViews(name);
-      const step = memberHeard(known, { self: this.self, epoch: known.epoch, role: 'witness', hearsLivePrimary: this.hearsLivePrimary(known, memberViews, heartbeats), echo: known.synced }, members, memberViews, heartbeats.quorumFreshMs);
+      const step = memberHeard(known, { self: this.self, epoch: known.epoch, role: 'witness', hearsLivePrimary: hearsLivePrimary(this.self, known.primary, known.promise, memberViews, (node) => heartbeats.hears(node)), echo: known.synced }, members, memberViews, heartbeats.quorumFreshMs);
       if (step === null) continue;
       this.save(name, { ...known, ...step.record });
       this.log.info(`witness: ${step.change}`, { volume: name });
     }
-  }
-
-  /** Whether the witness hears the primary of its epoch serving, or the node it promised a newer epoch to, standing or serving it. */
-  private hearsLivePrimary(known: KnownEpoch, views: readonly MemberView[], heartbeats: Heartbeats): boolean {
-    const viewOf = (node: string): MemberView | undefined => views.find((view) => view.node === node);
-    if (known.primary !== null && heartbeats.hears(known.primary) && (viewOf(known.primary)?.role ?? 'primary') === 'primary') return true;
-    const promise = known.promise;
-    if (promise === null || promise.to === '' || !heartbeats.hears(promise.to)) return false;
-    const view = viewOf(promise.to);
-    return view !== undefined && (candidacyOf(view) === promise.epoch || (view.role === 'primary' && view.epoch === promise.epoch));
   }
 }
 

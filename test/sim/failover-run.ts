@@ -9,8 +9,7 @@
 // replays it; exit code 1. --fault injects a deliberate fault (failover-config.ts).
 
 import { parseArgs } from 'node:util';
-import { pathToFileURL } from 'node:url';
-import { runCaught, type SeedOutcome } from './seed-result.js';
+import { runAsProgram, runCaught, type SeedOutcome } from './seed-result.js';
 import { emptyCounts, runFailover, type FailoverCounts, type FailoverSummary } from './failover.js';
 import { describeFailoverConfig, failoverConfigFromSeed, failoverFaults, type FailoverChoices, type FailoverFault } from './failover-config.js';
 
@@ -119,11 +118,4 @@ function main(argv: string[]): number {
   return failed === 0 ? 0 : 1;
 }
 
-if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  try {
-    process.exitCode = main(process.argv.slice(2));
-  } catch (error) {
-    console.error(error instanceof Error ? error.message : String(error));
-    process.exitCode = 2;
-  }
-}
+runAsProgram(import.meta.url, main);

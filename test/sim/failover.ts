@@ -35,7 +35,7 @@ import { assert } from '../../src/lib/assert.js';
 import { compareCopies, EpochHistory, type EpochStart } from '../../src/core/epoch-history.js';
 import { disklessRefusal } from '../../src/core/diskless.js';
 import { contactHeard, mayLack, type SourceContact } from '../../src/core/promotion.js';
-import { LEARNING, memberHeard, nextCandidacy, promiseFences, promotionQuorum, writeQuorum, type EpochPromise, type MemberView } from '../../src/core/quorum.js';
+import { hearsLivePrimary, LEARNING, memberHeard, newerPromise, nextCandidacy, promiseFences, promotionQuorum, writeQuorum, type EpochPromise, type MemberView } from '../../src/core/quorum.js';
 import { admitsSource, ReplicaCore } from '../../src/core/replica-core.js';
 import { decideSplitBrain, splitBrainBetween, type SplitBrain, type SplitBrainDecision } from '../../src/core/split-brain.js';
 import { Prng } from '../unit/prng.js';
@@ -382,8 +382,8 @@ export class FailoverCluster {
     }
     // A primary starts again after a crash: it restarts its epoch after what it recovered (peers may hold what it lost).
     const history = node.core.history;
-    const restarts = history.primaryNow === node.id && node.lastSeq + 1 >= history.current.firstSeq && this.config.fault !== 'renumbers-unmarked';
-    node.core = node.open(node.lastSeq, restarts ? history.restart(node.lastSeq + 1) : history);
+    const restarted = this.config.fault === 'renumbers-unmarked' ? null : history.restartAfterCrash(node.id, node.lastSeq);
+    node.core = node.open(node.lastSeq, restarted ?? history);
     const role = node.core.role;
     node.diskless = false;
     // A primary's start that was not clean: every peer may hold entries past what it recovered.
@@ -673,7 +673,7 @@ export class FailoverCluster {
         if (!this.reachable(node.id, member)) continue;
         const epoch = member === WITNESS ? this.witnessEpoch : this.node(member).core.epoch;
         // A member that promised a newer epoch ignores what an older one's primary claims.
-        if (((member === WITNESS ? this.witnessPromise : this.node(member).promise)?.epoch ?? 0) > node.core.epoch) continue;
+        if (newerPromise(member === WITNESS ? this.witnessPromise : this.node(member).promise, node.core.epoch) !== null) continue;
         if (epoch !== node.core.epoch) {
           if (member === WITNESS && node.core.epoch > this.witnessEpoch) {
             this.witnessEpoch = node.core.epoch;
@@ -690,12 +690,8 @@ export class FailoverCluster {
       if (node !== null && (!node.up || node.diskFailed || node.core.role === 'primary')) continue;
       const record = node === null ? { promise: this.witnessPromise, learning: false } : { promise: node.promise, learning: node.learning };
       const primary = node === null ? this.witnessPrimary : node.core.history.primaryNow;
-      const stands = (id: string): boolean => this.node(id).candidacy !== null || this.node(id).serving;
-      const promise = record.promise;
-      const hearsLivePrimary =
-        (primary !== null && primary !== member && this.reachable(member, primary) && this.node(primary).core.role === 'primary') ||
-        (promise !== null && promise.to !== member && promise.to !== '' && this.reachable(member, promise.to) && stands(promise.to));
-      const state = { self: member, epoch: node === null ? this.witnessEpoch : node.core.epoch, role: node === null ? 'witness' : node.core.role, hearsLivePrimary, echo: this.echoes.get(member) ?? [] };
+      const hearsLive = hearsLivePrimary(member, primary, record.promise, this.views(member), (other) => this.reachable(member, other));
+      const state = { self: member, epoch: node === null ? this.witnessEpoch : node.core.epoch, role: node === null ? 'witness' : node.core.role, hearsLivePrimary: hearsLive, echo: this.echoes.get(member) ?? [] };
       const step = memberHeard(record, state, this.members(), this.views(member), FRESH_MS);
       if (step === null) continue;
       if (node === null) this.witnessPromise = step.record.promise;
@@ -784,7 +780,7 @@ export class FailoverCluster {
     const winner = target.following === null && target.discardWinner === source.id;
     const theirs = EpochHistory.of(starts);
     // A copy that promised a newer epoch refuses an older one's primary, as stale (VolumeRoles.check).
-    if (!winner && (target.promise?.epoch ?? 0) > theirs.current.epoch) {
+    if (!winner && newerPromise(target.promise, theirs.current.epoch) !== null) {
       this.send(target, source, 'stale-epoch', () => {
         if (source.sessions.get(target.id)?.id !== session) return;
         this.stepDown(source, `${target.id} promised epoch ${target.promise?.epoch ?? '?'}`);

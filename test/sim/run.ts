@@ -14,9 +14,8 @@
 // fault (config.ts Fault), in a simulated part or in the shipped core. Any broken
 // invariant of checker.ts fails the run.
 
-import { pathToFileURL } from 'node:url';
 import { emptyPrimaryTally, runCluster, type PrimaryTally, type RunSummary } from './cluster.js';
-import { runCaught, type SeedOutcome } from './seed-result.js';
+import { runAsProgram, runCaught, type SeedOutcome } from './seed-result.js';
 import { configFromSeed, describeConfig, faults, type ConfigChoices, type Fault, type SimMode } from './config.js';
 
 export const defaultBaseSeed = 0x51d0;
@@ -211,11 +210,4 @@ function describeConfigOf(seed: number, choices: ConfigChoices): string {
 }
 
 // Only as a program: sim.test.ts imports the functions above.
-if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  try {
-    process.exitCode = main(process.argv.slice(2));
-  } catch (error) {
-    console.error(error instanceof Error ? error.message : String(error));
-    process.exitCode = 2;
-  }
-}
+runAsProgram(import.meta.url, main);

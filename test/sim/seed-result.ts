@@ -1,4 +1,7 @@
-// One seed's run, reported rather than thrown: what both simulators' runners return.
+// One seed's run, reported rather than thrown: what both simulators' runners return; and
+// how each runner starts when it is the program.
+
+import { pathToFileURL } from 'node:url';
 
 export interface SeedOutcome<Summary> {
   seed: number;
@@ -15,5 +18,16 @@ export function runCaught<Summary>(seed: number, replay: string, run: () => Summ
   } catch (error) {
     const message = error instanceof Error ? `${error.name === 'SimFailure' ? '' : `${error.name}: `}${error.message}` : String(error);
     return { seed, summary: null, error: message, replay };
+  }
+}
+
+/** Runs `main` with the command line when the module at `moduleUrl` is the program (not imported by a test); a thrown error exits 2. */
+export function runAsProgram(moduleUrl: string, main: (argv: string[]) => number): void {
+  if (process.argv[1] === undefined || moduleUrl !== pathToFileURL(process.argv[1]).href) return;
+  try {
+    process.exitCode = main(process.argv.slice(2));
+  } catch (error) {
+    console.error(error instanceof Error ? error.message : String(error));
+    process.exitCode = 2;
   }
 }

@@ -69,6 +69,12 @@ describe('EpochHistory', () => {
     // A copy in the epoch's first start knows the restarted history's epoch (it follows it as newer), and the other way round.
     assert.ok(before.knowsEpochOf(restarted) && restarted.knowsEpochOf(before));
     assert.throws(() => before.restart(50), /before epoch 1 began/);
+    // After a crash: only the primary of the history restarts, and only with entries of its epoch.
+    assert.deepEqual(before.restartAfterCrash('b', 120)?.starts, restarted.starts);
+    assert.equal(before.restartAfterCrash('a', 120), null, 'not its epoch');
+    assert.equal(before.restartAfterCrash('b', 99), null, 'it holds nothing of its epoch');
+    assert.equal(before.stepDown().restartAfterCrash('b', 120), null, 'it stepped down');
+    assert.equal(before.restartAfterCrash('b', 100)?.current.firstSeq, 101, 'none of its entries yet: restarted at its start');
   });
 
   test('compareCopies agrees with the entries themselves over seeded random forks, promotions and writes', () => {

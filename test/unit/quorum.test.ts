@@ -17,7 +17,7 @@
 
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { candidacyOf, grantsPromise, learnedFloor, LEARNING, majorityOf, nextCandidacy, promiseFences, promotionQuorum, writeQuorum, type MemberState, type MemberView } from '../../src/core/quorum.js';
+import { candidacyOf, grantsPromise, hearsLivePrimary, learnedFloor, LEARNING, majorityOf, newerPromise, nextCandidacy, promiseFences, promotionQuorum, writeQuorum, type MemberState, type MemberView } from '../../src/core/quorum.js';
 import { ManualClock } from '../../src/io/clock.js';
 import { BlockmirrorError } from '../../src/lib/errors.js';
 import { Logger } from '../../src/lib/log.js';
@@ -191,6 +191,21 @@ describe('promises', () => {
     assert.match(notYet.reason ?? '', /node w did not promise epoch 1 to it/);
     assert.equal(promotionQuorum('b', 0, members, [view('a', null, []), promised(1, 'c', view('w', 20, ['b']))], FRESH_MS, 'a', false, SYNCED, 1).ok, false, 'promised to another candidate');
     assert.equal(promotionQuorum('b', 0, members, [view('a', null, []), view('w', 20, ['b'])], FRESH_MS, 'a', false, SYNCED).ok, true, 'without a candidacy: who would vote');
+  });
+
+  test('what a member must not vote past: its primary serving, or the candidate it promised, standing or serving', () => {
+    const all = (): boolean => true;
+    assert.equal(hearsLivePrimary('w', 'a', null, [view('a', 10, [], 0, null, 'primary')], all), true);
+    assert.equal(hearsLivePrimary('w', 'a', null, [view('a', 10, [], 0, null, 'secondary')], all), false, 'a says it stepped down');
+    assert.equal(hearsLivePrimary('w', 'a', null, [], () => false), false, 'a is not heard');
+    const promise = { epoch: 1, to: 'b' };
+    assert.equal(hearsLivePrimary('w', 'a', promise, [promised(1, 'b', view('b', 10, []))], (node) => node === 'b'), true, 'b stands for epoch 1');
+    assert.equal(hearsLivePrimary('w', 'a', promise, [view('b', 10, [], 1, null, 'primary')], (node) => node === 'b'), true, 'b serves epoch 1');
+    assert.equal(hearsLivePrimary('w', 'a', promise, [view('b', 10, [])], (node) => node === 'b'), false, 'b gave up');
+    assert.equal(hearsLivePrimary('w', null, { epoch: 1, to: '' }, [], all), false, 'a learned floor names no one');
+    assert.deepEqual(newerPromise(promise, 0), promise);
+    assert.equal(newerPromise(promise, 1), null);
+    assert.equal(newerPromise(null, 0), null);
   });
 
   test('a member that promised a newer epoch counts for no primary of an older one, and fences it', () => {
