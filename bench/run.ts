@@ -1404,8 +1404,24 @@ interface FailoverRun {
   totalMs: number;
 }
 
+/** One automatic failover through etcd: SIGKILL of the primary until a client's first write through node b is acknowledged. */
+interface AutoFailoverRun {
+  /** From SIGKILL until node b's status says it is the primary. */
+  promotedMs: number;
+  /** From SIGKILL until a client that keeps trying node b has its first 4 KiB FUA write acknowledged. */
+  totalMs: number;
+}
+
+/** The settings of the automatic failover runs: the defaults, and a tight one. */
+const autoSettings = [
+  { name: 'defaults', heartbeat: null, leaseTtlMs: 5000 },
+  { name: 'tight', heartbeat: { intervalMs: 100, timeoutMs: 600, probationMs: 600 }, leaseTtlMs: 2000 },
+] as const;
+
 interface FailoverFigures {
   runs: FailoverRun[];
+  /** Per setting of autoSettings, its runs. */
+  auto: { name: string; leaseTtlMs: number; heartbeatTimeoutMs: number; runs: AutoFailoverRun[] }[];
   volumeBytes: number;
   /** The failed-disk runs (empty when they could not run here: not root, or tools missing). */
   disk: DiskFailureRun[];
@@ -1476,11 +1492,136 @@ async function pollUntil(what: string, check: () => Promise<boolean>, timeoutMs:
   }
 }
 
+/**
+ * A client that keeps trying node b: it connects and writes 4 KiB with FUA, again every
+ * 10 ms until a write is acknowledged (node b refuses clients until it is the primary).
+ */
+const retryingWriter = `
+import sys, time, nbd
+uri = sys.argv[1]
+buf = bytearray(b'\\x6b' * 4096)
+deadline = time.monotonic() + 120
+while True:
+    try:
+        h = nbd.NBD()
+        h.connect_uri(uri)
+        h.pwrite(buf, 0, nbd.CMD_FLAG_FUA)
+        h.shutdown()
+        print('written', flush=True)
+        break
+    except nbd.Error as e:
+        if time.monotonic() > deadline:
+            raise
+        time.sleep(0.01)
+`;
+
+/** etcd for the automatic failover runs: one member on loopback ports, its data under `dir`. */
+async function startEtcd(dir: string): Promise<{ child: ChildProcess; url: string }> {
+  const client = await freePort('127.0.0.1');
+  let peer = await freePort('127.0.0.1');
+  while (peer === client) peer = await freePort('127.0.0.1');
+  const url = `http://127.0.0.1:${client}`;
+  const peerUrl = `http://127.0.0.1:${peer}`;
+  const child = spawn('etcd', [
+    '--name', 'bench', '--data-dir', path.join(dir, 'etcd'),
+    '--listen-client-urls', url, '--advertise-client-urls', url,
+    '--listen-peer-urls', peerUrl, '--initial-advertise-peer-urls', peerUrl,
+    '--initial-cluster', `bench=${peerUrl}`, '--initial-cluster-state', 'new', '--log-level', 'error',
+  ], { stdio: ['ignore', 'ignore', 'ignore'] });
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    try {
+      const answer = await fetch(`${url}/health`, { signal: AbortSignal.timeout(1000) });
+      if (answer.ok) return { child, url };
+    } catch {
+      // Not up yet.
+    }
+    if (Date.now() > deadline || child.exitCode !== null) {
+      await stopServer(child);
+      throw new Error('etcd did not start within 30 s');
+    }
+    await sleep(50);
+  }
+}
+
+/**
+ * One automatic failover: as failoverOnce, with both nodes coordinated through etcd (a key
+ * prefix of the run's own); node a SIGKILLed, and a client trying node b at once until its
+ * write is acknowledged. Nothing promotes node b but the expiry of node a's lease.
+ */
+async function autoFailoverOnce(run: number, setting: (typeof autoSettings)[number], etcdUrl: string): Promise<AutoFailoverRun> {
+  const dir = path.join(workDir, `auto-failover-${setting.name}-${run}`);
+  fs.rmSync(dir, { recursive: true, force: true });
+  fs.mkdirSync(dir, { recursive: true });
+  const heartbeat = setting.heartbeat === null ? '' : `heartbeat: { intervalMs: ${setting.heartbeat.intervalMs}, timeoutMs: ${setting.heartbeat.timeoutMs}, probationMs: ${setting.heartbeat.probationMs} }\n`;
+  const coordination = `coordination:\n  etcd:\n    endpoints: [${etcdUrl}]\n    prefix: bench/${setting.name}-${run}-${Date.now()}\n    leaseTtlMs: ${setting.leaseTtlMs}\n`;
+  const config = await writeMirrorConfig(dir, 'sync', coordination + heartbeat);
+  const b = spawnNode(config, 'b');
+  let a: MirrorNode | null = null;
+  try {
+    const bReady = await waitNodeReady(b, 120_000);
+    a = spawnNode(config, 'a');
+    const aReady = await waitNodeReady(a, 120_000);
+    const mirror: Mirror = { primary: a, secondary: b, adminUrl: `http://${aReady.admin}` };
+    await waitMirror(mirror, 'node a streaming to node b', streaming, 60_000);
+    await runTool('qemu-io', ['-f', 'raw', '-t', 'none', `nbd://${aReady.nbd}/vol0`, '-c', 'write -P 0x5a 0 16M', '-c', 'flush'], 60_000);
+    const bAdmin = `http://${bReady.admin}`;
+    const status = async (): Promise<{ coordination: { kind: string; volumes?: Record<string, { synced: string[] | null }> }; volumes: MirrorVolumeStatus[] }> =>
+      (await fetch(`${bAdmin}/api/v1/status`, { signal: AbortSignal.timeout(10_000) })).json() as never;
+    // Node b may claim the volume: in sync, and named in etcd's synced set.
+    await pollUntil('node b in sync and in the synced set', async () => {
+      const answer = await status();
+      return answer.volumes[0]?.source?.promotable === true && (answer.coordination.volumes?.['vol0']?.synced ?? []).includes('b');
+    }, 60_000);
+    const killedAt = performance.now();
+    a.child.kill('SIGKILL');
+    const client = spawn('/usr/bin/python3', ['-c', retryingWriter, `nbd://${bReady.nbd}/vol0`], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let promotedAt: number | null = null;
+    const written = new Promise<number>((resolve, reject) => {
+      client.stdout.on('data', () => resolve(performance.now()));
+      client.once('exit', (code) => reject(new Error(`the client exited (${code}) without a write`)));
+    });
+    const watch = (async () => {
+      while (promotedAt === null) {
+        const answer = await status().catch(() => null);
+        if (answer?.volumes[0]?.role === 'primary') promotedAt = performance.now();
+        else await sleep(5);
+      }
+    })();
+    const writtenAt = await written;
+    await watch;
+    await stopServer(client);
+    return { promotedMs: Math.round((promotedAt ?? writtenAt) - killedAt), totalMs: Math.round(writtenAt - killedAt) };
+  } finally {
+    if (a !== null) await stopServer(a.child);
+    await stopServer(b.child);
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 async function benchFailover(): Promise<FailoverFigures> {
   const runs: FailoverRun[] = [];
   for (let run = 0; run < failoverRuns; run += 1) {
     runs.push(await failoverOnce(run));
     process.stderr.write(`  failover ${run + 1}/${failoverRuns}: ${JSON.stringify(runs[runs.length - 1])}\n`);
+  }
+  const auto: FailoverFigures['auto'] = [];
+  const etcdDir = path.join(workDir, 'etcd');
+  fs.rmSync(etcdDir, { recursive: true, force: true });
+  fs.mkdirSync(etcdDir, { recursive: true });
+  const etcd = await startEtcd(etcdDir);
+  try {
+    for (const setting of autoSettings) {
+      const settingRuns: AutoFailoverRun[] = [];
+      for (let run = 0; run < failoverRuns; run += 1) {
+        settingRuns.push(await autoFailoverOnce(run, setting, etcd.url));
+        process.stderr.write(`  automatic failover (${setting.name}) ${run + 1}/${failoverRuns}: ${JSON.stringify(settingRuns[settingRuns.length - 1])}\n`);
+      }
+      auto.push({ name: setting.name, leaseTtlMs: setting.leaseTtlMs, heartbeatTimeoutMs: setting.heartbeat?.timeoutMs ?? 2000, runs: settingRuns });
+    }
+  } finally {
+    await stopServer(etcd.child);
+    fs.rmSync(etcdDir, { recursive: true, force: true });
   }
   const disk: DiskFailureRun[] = [];
   const diskSkipped = process.getuid?.() === 0 ? null : 'not root (the failing disk is a mount of nbdfuse and a loop device)';
@@ -1488,7 +1629,7 @@ async function benchFailover(): Promise<FailoverFigures> {
     disk.push(await diskFailureOnce(run));
     process.stderr.write(`  failed disk ${run + 1}/${failoverRuns}: ${JSON.stringify(disk[disk.length - 1])}\n`);
   }
-  return { runs, volumeBytes: sizeBytes, disk, diskSkipped };
+  return { runs, auto, volumeBytes: sizeBytes, disk, diskSkipped };
 }
 
 /**
@@ -1611,6 +1752,13 @@ function failoverText(figures: FailoverFigures): string {
     row(figures.runs, 'first 4 KiB FUA write through the new primary (qemu-io, connection included)', (run) => run.firstWriteMs),
     row(figures.runs, '**SIGKILL → first write acknowledged by the promoted node**', (run) => run.totalMs),
     '',
+    ...figures.auto.flatMap((setting) => [
+      `| automatic failover through etcd, ${setting.name}: leaseTtlMs ${setting.leaseTtlMs}, heartbeat.timeoutMs ${setting.heartbeatTimeoutMs} (${setting.runs.length} runs) | p50 | min | max |`,
+      '|---|---|---|---|',
+      row(setting.runs, 'SIGKILL of the primary → node b says it is the primary', (run) => run.promotedMs),
+      row(setting.runs, `**SIGKILL → first write acknowledged by node b, as a client trying it sees it** (goal: under ${setting.leaseTtlMs + 1000} ms at p50)`, (run) => run.totalMs),
+      '',
+    ]),
     ...disk,
   ].join('\n');
 }
@@ -1623,10 +1771,18 @@ ${summary.machine.memoryGiB} GiB, Linux ${summary.machine.kernel}. Each run star
 node b as for blockmirror-sync above, writes 16 MiB through node a and waits until node b says it may be promoted
 (in sync at its last contact); then node a is SIGKILLed, node b's status is polled every millisecond until its
 session with node a is gone, \`POST /api/v1/volumes/vol0/promote\` goes to node b at once, and \`qemu-io\` connects
-to node b and writes 4 KiB with FUA. Failover is by command (nothing promotes on its own yet), so the time a
-person or a cluster manager takes to decide is not in these figures. Most of the promotion is making the new
+to node b and writes 4 KiB with FUA. This failover is by command, so the time a person or a cluster manager
+takes to decide is not in these figures; the automatic failover through etcd below has it. Most of the promotion is making the new
 primary's own log, whose partitions (\`log:\` here: ${process.env['BENCH_LOG'] ?? 'the default 4 × 64 MiB'}) are written as zeroes and
 synced, so it grows with the log's size.
+
+The automatic failover runs do the same with both nodes coordinated through a one-member etcd on loopback
+(docs/operations.md, "Automatic failover through etcd"), at the defaults and at a tight setting. Nobody promotes:
+node a is SIGKILLed, and a client (libnbd) connects to node b and writes 4 KiB with FUA, trying again every 10 ms
+until a write is acknowledged (node b refuses clients while it is a secondary). Node a's lease expires in etcd
+between 3/4 of a lease and a whole lease after its last renewal; etcd looks for expired leases twice a second;
+node b reads the volume's keys every 250 ms (a sixteenth of a lease when that is shorter), claims at once (no other
+copy to wait for) and promotes itself.
 
 The failed-disk runs keep node a's data directory on ext4 over \`nbdfuse\` of \`nbdkit\` with its \`error\`
 filter (the stack of \`test/faults/failed-disk.test.ts\`); a client (libnbd) writes 4 KiB with FUA through node a,

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs the system tools blockmirror's tests drive (real NBD clients, fio, nbdkit,
-# e2fsprogs, FUSE, nftables for partitions, etcd for coordination) when any is missing. As root it runs apt-get; otherwise it names the
-# packages to install and fails, because interop tests never skip silently.
+# e2fsprogs, FUSE, nftables for partitions, etcd for coordination, iproute2 for network
+# namespaces, arping for the floating-address hook) when any is missing. As root it runs
+# apt-get; otherwise it names the packages to install and fails, because interop tests
+# never skip silently.
 set -euo pipefail
 
-packages=(qemu-utils libnbd-bin nbdkit fio python3-libnbd e2fsprogs fuse3 util-linux nftables etcd-server)
-commands=(qemu-img qemu-io qemu-nbd nbdkit nbdinfo nbdcopy nbdfuse nbdsh fio mkfs.ext4 e2fsck losetup mount nft etcd)
+packages=(qemu-utils libnbd-bin nbdkit fio python3-libnbd e2fsprogs fuse3 util-linux nftables etcd-server iproute2 iputils-arping)
+commands=(qemu-img qemu-io qemu-nbd nbdkit nbdinfo nbdcopy nbdfuse nbdsh fio mkfs.ext4 e2fsck losetup mount nft etcd ip arping)
 
 missing=()
 for command in "${commands[@]}"; do

@@ -79,6 +79,16 @@ export const constants = {
   heartbeatIntervalMsDefault: 250,
   heartbeatTimeoutMsDefault: 2000,
   heartbeatProbationMsDefault: 2000,
+  /** Coordination through etcd: a primary's lease; etcd counts it in whole seconds, and grants at least 2 s. */
+  leaseTtlMsDefault: 5000,
+  leaseTtlMsMin: 2000,
+  leaseTtlMsMax: 600_000,
+  coordinationPrefixDefault: 'blockmirror',
+  nodePriorityMax: 1_000_000,
+  /** A hook (docs/operations.md, "Hooks") is killed after this long. */
+  hookTimeoutMsDefault: 30_000,
+  /** Bytes of a hook's output kept for the log. */
+  hookOutputBytesMax: 16 * 1024,
   peerConnectionsDefault: 2,
   peerConnectionsMax: 16,
   /** How long the event loop may poll before it sleeps (native busyPoll), in microseconds. */

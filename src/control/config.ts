@@ -38,6 +38,8 @@ export interface NodeConfig {
   dataDir: string;
   /** Stores no data: takes part in heartbeats and counts toward the quorum of `quorum: majority` volumes. */
   witness: boolean;
+  /** With coordination through etcd, the higher a node's priority the sooner it is the one promoted (0 by default). */
+  priority: number;
 }
 
 export interface VolumeConfig {
@@ -48,7 +50,8 @@ export interface VolumeConfig {
   multiPrimary: boolean;
   mode: VolumeMode;
   strict: boolean;
-  allowSecondaryReads: boolean;
+  /** What a secondary does with a client: `refuse` it, or export a `read-only` copy (`allowSecondaryReads: true` is the old word for it). */
+  secondaryAccess: 'refuse' | 'read-only';
   readOnly: boolean;
   description: string;
   /** `majority`: the primary acknowledges writes, and a node is promoted, only with a majority of the replicas and witnesses. */
@@ -80,9 +83,29 @@ export interface ResyncConfig {
   rateBytesPerSecMax: number;
 }
 
+/**
+ * Who decides which copy of a volume is its primary: `static`, a person by command
+ * (`blockmirror promote`), or `etcd`: a primary holds its volume under a lease it keeps
+ * alive there, and when the lease expires an up-to-date secondary takes the next epoch
+ * (docs/operations.md, "Automatic failover through etcd").
+ */
+export type CoordinationConfig =
+  | { kind: 'static' }
+  | { kind: 'etcd'; endpoints: string[]; prefix: string; leaseTtlMs: number };
+
+/** Commands run on a volume's role changes (docs/operations.md, "Hooks"). */
+export interface HooksConfig {
+  promoted: string | null;
+  demoted: string | null;
+  splitBrain: string | null;
+  timeoutMs: number;
+}
+
 export interface ClusterConfig {
   cluster: string;
   secret: string;
+  coordination: CoordinationConfig;
+  hooks: HooksConfig;
   heartbeat: HeartbeatConfig;
   resync: ResyncConfig;
   connections: number;
@@ -93,14 +116,16 @@ export interface ClusterConfig {
   volumes: VolumeConfig[];
 }
 
-const topKeys = ['cluster', 'secret', 'secretFile', 'heartbeat', 'resync', 'connections', 'busyPollMicros', 'log', 'nodes', 'volumes'];
+const topKeys = ['cluster', 'secret', 'secretFile', 'coordination', 'hooks', 'heartbeat', 'resync', 'connections', 'busyPollMicros', 'log', 'nodes', 'volumes'];
 const resyncKeys = ['regionSize', 'rateMax'];
 const logKeys = ['partitionSize', 'partitions', 'cpIntervalMs', 'retentionMax'];
 const heartbeatKeys = ['intervalMs', 'timeoutMs', 'probationMs'];
-const nodeKeys = ['id', 'nbd', 'replication', 'admin', 'dataDir', 'witness'];
+const nodeKeys = ['id', 'nbd', 'replication', 'admin', 'dataDir', 'witness', 'priority'];
+const etcdKeys = ['endpoints', 'prefix', 'leaseTtlMs'];
+const hookKeys = ['promoted', 'demoted', 'splitBrain', 'timeoutMs'];
 const volumeKeys = [
   'name', 'size', 'replicas', 'primary', 'multiPrimary', 'mode',
-  'strict', 'allowSecondaryReads', 'readOnly', 'description', 'quorum', 'onNoQuorum', 'afterSplitBrain',
+  'strict', 'secondaryAccess', 'allowSecondaryReads', 'readOnly', 'description', 'quorum', 'onNoQuorum', 'afterSplitBrain',
 ];
 const volumeModes: readonly VolumeMode[] = ['sync', 'async', 'logship', 'local'];
 
@@ -127,6 +152,8 @@ export function parseClusterConfig(text: string, options: { baseDir: string }): 
     throw new ConfigError('cluster', `${quote(cluster)} is not a valid cluster name (1 to 64 of A-Z a-z 0-9 . _ -)`);
   }
   const secret = readSecret(top, baseDir);
+  const coordination = readCoordination(top.optional('coordination'));
+  const hooks = readHooks(top.optional('hooks'));
   const heartbeat = readHeartbeat(top.optional('heartbeat'));
   const connectionsValue = top.optional('connections');
   const connections = connectionsValue === undefined
@@ -151,7 +178,7 @@ export function parseClusterConfig(text: string, options: { baseDir: string }): 
   checkVolumesDistinct(volumes);
   checkHeartbeatSize(cluster, nodes, volumes);
 
-  return { cluster, secret, heartbeat, resync, connections, busyPollMicros, log, nodes, volumes };
+  return { cluster, secret, coordination, hooks, heartbeat, resync, connections, busyPollMicros, log, nodes, volumes };
 }
 
 export function loadClusterConfig(path: string): ClusterConfig {
@@ -279,6 +306,61 @@ function readSecret(top: Fields, baseDir: string): string {
   return secret;
 }
 
+function readCoordination(value: unknown): CoordinationConfig {
+  if (value === undefined || value === 'static') return { kind: 'static' };
+  if (typeof value === 'string') throw new ConfigError('coordination', `${quote(value)} is not a coordination (static, or a map with etcd)`);
+  const fields = Fields.of(value, 'coordination', ['etcd'], 'static, or a map with etcd');
+  const etcd = Fields.of(fields.required('etcd'), 'coordination.etcd', etcdKeys, 'a map with endpoints, prefix, leaseTtlMs');
+  const endpointsValue = etcd.required('endpoints');
+  if (!Array.isArray(endpointsValue) || endpointsValue.length === 0) {
+    throw new ConfigError(etcd.field('endpoints'), `expected a list of etcd client URLs (http://host:port), got ${Array.isArray(endpointsValue) ? 'an empty list' : kindOf(endpointsValue)}`);
+  }
+  const endpoints = endpointsValue.map((given: unknown, index) => {
+    const field = `${etcd.field('endpoints')}[${index}]`;
+    const text = readString(given, field, 'a URL', true);
+    const match = /^http:\/\/(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})\/?$/.exec(text);
+    const port = Number(match?.[2] ?? 0);
+    if (match === null || port < 1 || port > 65535) {
+      throw new ConfigError(field, `${quote(text)} is not an etcd client URL (http://host:port, nothing after the port)`);
+    }
+    let host: string;
+    try {
+      // The host as a URL spells it: lower case, an IPv6 address in its shortest form.
+      host = new URL(`http://${match[1] ?? ''}/`).hostname;
+    } catch {
+      throw new ConfigError(field, `${quote(text)} is not an etcd client URL (http://host:port, nothing after the port)`);
+    }
+    return `http://${host}:${port}`;
+  });
+  const prefixValue = etcd.optional('prefix');
+  const prefix = prefixValue === undefined ? constants.coordinationPrefixDefault : readString(prefixValue, etcd.field('prefix'), 'a key prefix', true);
+  if (!/^[A-Za-z0-9._/-]{1,128}$/.test(prefix) || prefix.endsWith('/')) {
+    throw new ConfigError(etcd.field('prefix'), `${quote(prefix)} is not a key prefix (1 to 128 of A-Z a-z 0-9 . _ - /, not ending in /)`);
+  }
+  const ttlValue = etcd.optional('leaseTtlMs');
+  const leaseTtlMs = ttlValue === undefined ? constants.leaseTtlMsDefault : readInteger(ttlValue, etcd.field('leaseTtlMs'), constants.leaseTtlMsMin, constants.leaseTtlMsMax);
+  if (leaseTtlMs % 1000 !== 0) {
+    throw new ConfigError(etcd.field('leaseTtlMs'), `must be whole seconds (etcd counts a lease in seconds), got ${leaseTtlMs}`);
+  }
+  return { kind: 'etcd', endpoints, prefix, leaseTtlMs };
+}
+
+function readHooks(value: unknown): HooksConfig {
+  const hooks: HooksConfig = { promoted: null, demoted: null, splitBrain: null, timeoutMs: constants.hookTimeoutMsDefault };
+  if (value === undefined) return hooks;
+  const fields = Fields.of(value, 'hooks', hookKeys, 'a map with promoted, demoted, splitBrain, timeoutMs');
+  for (const key of ['promoted', 'demoted', 'splitBrain'] as const) {
+    const given = fields.optional(key);
+    if (given === undefined) continue;
+    const command = readString(given, fields.field(key), 'a command', true);
+    if (command.trim() === '') throw new ConfigError(fields.field(key), 'must not be empty (leave the key out for no hook)');
+    hooks[key] = command;
+  }
+  const timeout = fields.optional('timeoutMs');
+  if (timeout !== undefined) hooks.timeoutMs = readInteger(timeout, fields.field('timeoutMs'), 1, durationMsMax);
+  return hooks;
+}
+
 function readHeartbeat(value: unknown): HeartbeatConfig {
   const heartbeat: HeartbeatConfig = {
     intervalMs: constants.heartbeatIntervalMsDefault,
@@ -376,11 +458,13 @@ function readNode(value: unknown, path: string, baseDir: string): NodeConfig {
   if (dataDirText === '') throw new ConfigError(fields.field('dataDir'), 'must not be empty');
   const witnessValue = fields.optional('witness');
   const witness = witnessValue === undefined ? false : readBoolean(witnessValue, fields.field('witness'));
-  return { id, nbd, replication, admin, dataDir: resolve(baseDir, dataDirText), witness };
+  const priorityValue = fields.optional('priority');
+  const priority = priorityValue === undefined ? 0 : readInteger(priorityValue, fields.field('priority'), 0, constants.nodePriorityMax);
+  return { id, nbd, replication, admin, dataDir: resolve(baseDir, dataDirText), witness, priority };
 }
 
 function checkNodesDistinct(nodes: readonly NodeConfig[]): void {
-  const listeners: Array<{ field: string; address: Address }> = [];
+  const listeners: Array<{ field: string; address: Address; machine: string | null }> = [];
   nodes.forEach((node, index) => {
     const path = `nodes[${index}]`;
     const earlier = nodes.findIndex((other) => other.id === node.id);
@@ -388,17 +472,21 @@ function checkNodesDistinct(nodes: readonly NodeConfig[]): void {
       throw new ConfigError(`${path}.id`, `duplicate node id ${quote(node.id)} (also nodes[${earlier}].id)`);
     }
     // One replication address carries both TCP and UDP, so it is one listener, not two.
+    // Nodes whose replication addresses are different concrete addresses run on different
+    // machines: a wildcard listener of one cannot clash with the other's (each node may
+    // listen on 0.0.0.0:10809 of its own machine, as a floating address needs).
+    const machine = machineOf(node);
     for (const kind of ['nbd', 'replication', 'admin'] as const) {
       const field = `${path}.${kind}`;
       const address = node[kind];
-      const clash = listeners.find((listener) => addressesClash(listener.address, address));
+      const clash = listeners.find((listener) => (listener.machine === null || machine === null || listener.machine === machine) && addressesClash(listener.address, address));
       if (clash !== undefined) {
         const mine = formatAddress(address);
         const theirs = formatAddress(clash.address);
         const problem = mine === theirs ? `is already used by ${clash.field}` : `clashes with ${clash.field} (${theirs})`;
         throw new ConfigError(field, `${mine} ${problem}; every listener needs its own port`);
       }
-      listeners.push({ field, address });
+      listeners.push({ field, address, machine });
     }
     const sharer = nodes.findIndex((other) => other.dataDir === node.dataDir);
     if (sharer !== index) {
@@ -446,7 +534,7 @@ function readVolume(value: unknown, path: string, nodes: readonly NodeConfig[]):
     return given === undefined ? false : readBoolean(given, fields.field(key));
   };
   const strict = flag('strict');
-  const allowSecondaryReads = flag('allowSecondaryReads');
+  const secondaryAccess = readSecondaryAccess(fields);
   const readOnly = flag('readOnly');
   const descriptionValue = fields.optional('description');
   const description = descriptionValue === undefined ? '' : readString(descriptionValue, fields.field('description'), 'a string', true);
@@ -461,13 +549,24 @@ function readVolume(value: unknown, path: string, nodes: readonly NodeConfig[]):
       throw new ConfigError(`${fields.field('replicas')}[${index}]`, `${quote(id)} is a witness: it stores no data (it only counts toward quorum)`);
     }
   });
-  return { name, sizeBytes, replicas, primary, multiPrimary, mode, strict, allowSecondaryReads, readOnly, description, quorum, onNoQuorum, afterSplitBrain };
+  return { name, sizeBytes, replicas, primary, multiPrimary, mode, strict, secondaryAccess, readOnly, description, quorum, onNoQuorum, afterSplitBrain };
 }
 
-/** One of `choices`, or `fallback` when the key is absent. */
+/** `secondaryAccess`, or the older `allowSecondaryReads` (true is `read-only`), not both. */
+function readSecondaryAccess(fields: Fields): VolumeConfig['secondaryAccess'] {
+  const older = fields.optional('allowSecondaryReads');
+  const given = fields.optional('secondaryAccess');
+  if (older !== undefined && given !== undefined) {
+    throw new ConfigError(fields.field('allowSecondaryReads'), 'set either secondaryAccess or allowSecondaryReads (its older form), not both');
+  }
+  if (older !== undefined) return readBoolean(older, fields.field('allowSecondaryReads')) ? 'read-only' : 'refuse';
+  return readChoice(given, fields.field('secondaryAccess'), ['refuse', 'read-only'] as const, 'refuse');
+}
+
 /** The policies of `afterSplitBrain` (docs/operations.md, "Split brain"). */
 export const AFTER_SPLIT_BRAIN_POLICIES = ['disconnect', 'discard-zero-changes', 'discard-younger-primary', 'discard-least-changes'] as const;
 
+/** One of `choices`, or `fallback` when the key is absent. */
 function readChoice<T extends string>(value: unknown, field: string, choices: readonly T[], fallback: T): T {
   if (value === undefined) return fallback;
   const choice = choices.find((candidate) => candidate === value);
@@ -571,6 +670,12 @@ function readHost(text: string, bracketed: boolean, field: string): string {
 }
 
 /** Whether two listeners would fight over one port; port 0 always gets a fresh one. */
+/** The machine a node runs on as its replication address names it, or null when that cannot tell (loopback, a wildcard). */
+function machineOf(node: NodeConfig): string | null {
+  const host = node.replication.host;
+  return ['0.0.0.0', '::', '127.0.0.1', '::1', 'localhost'].includes(host) ? null : host;
+}
+
 function addressesClash(a: Address, b: Address): boolean {
   if (a.port === 0 || a.port !== b.port) return false;
   const wildcard = (host: string): boolean => host === '0.0.0.0' || host === '::';

@@ -18,6 +18,8 @@ export type ErrorCode =
   | 'ERR_ROLE_REFUSED'
   | 'ERR_MAY_LOSE_WRITES'
   | 'ERR_NO_QUORUM'
+  | 'ERR_FENCED'
+  | 'ERR_COORDINATION'
   | 'ERR_BAD_FILE';
 
 export class BlockmirrorError extends Error {

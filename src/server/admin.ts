@@ -40,6 +40,8 @@ export function nodeStatus(node: NodeView): NodeStatus {
     },
     nodes: node.heartbeatStatus().map((peer) => ({ node: peer.peer, state: peer.state, lastHeardAgoMs: peer.lastHeardAgoMs, incarnation: peer.incarnation })),
     witness: node.witnessStatus(),
+    coordination: node.coordinationStatus(),
+    hooks: { ...node.hookCounts },
     volumes: [...node.volumes.values()].map((served) => {
       const { config, identity, volume, role, target } = served;
       const mirror = served.mirrored?.engine ?? null;
@@ -333,7 +335,7 @@ export class AdminServer {
         (result) => answer(200, result),
         (error: unknown) => {
           const code = error instanceof BlockmirrorError ? error.code : 'ERR_INTERNAL';
-          const status = code === 'ERR_UNKNOWN_VOLUME' ? 404 : code === 'ERR_ROLE_REFUSED' || code === 'ERR_MAY_LOSE_WRITES' || code === 'ERR_NO_QUORUM' ? 409 : 500;
+          const status = code === 'ERR_UNKNOWN_VOLUME' ? 404 : code === 'ERR_ROLE_REFUSED' || code === 'ERR_MAY_LOSE_WRITES' || code === 'ERR_NO_QUORUM' ? 409 : code === 'ERR_COORDINATION' ? 503 : 500;
           this.log.warn(`${change} refused`, { volume: name, code, reason: String((error as Error).message) });
           answer(status, { error: { code, message: (error as Error).message } });
         },

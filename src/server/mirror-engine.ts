@@ -382,6 +382,14 @@ export class MirrorEngine {
 
   // ---- diskless: this node's own disk failed ------------------------------------------------
 
+  /** Peers a reply waits for now (in sync: streaming or catching up); the others may lack what is acknowledged. */
+  countedPeers(): string[] {
+    return this.sessions
+      .all()
+      .filter((peer) => this.core.isInSync(peer.node.id))
+      .map((peer) => peer.node.id);
+  }
+
   /** Peers a diskless primary may read from and count on: streaming, up to date, in sync. */
   upToDatePeers(): string[] {
     return this.sessions

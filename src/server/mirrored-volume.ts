@@ -17,7 +17,7 @@ import { EntryFlag, EntryType } from '../protocol/log-entry.js';
 import { slicePayload } from '../storage/apply-entry.js';
 import type { LocalVolume, ZeroOptions } from '../storage/local-volume.js';
 import { MirrorEngine, type MirrorEngineParts } from './mirror-engine.js';
-import type { QuorumGate } from './quorum-gate.js';
+import type { ReplyGate } from './reply-gate.js';
 
 /** What an NBD connection asks of a volume (LocalVolume is one; MirroredVolume another). */
 export interface ClientVolume {
@@ -36,8 +36,8 @@ export class MirroredVolume implements ClientVolume {
   constructor(
     readonly volume: LocalVolume,
     readonly engine: MirrorEngine,
-    /** A `quorum: majority` volume's gate: no reply leaves without a quorum. */
-    readonly quorum: QuorumGate | null = null,
+    /** What a reply passes before it leaves: a `quorum: majority` volume's quorum, an etcd-coordinated one's lease. */
+    readonly gate: ReplyGate | null = null,
     /** Lets go of the log once the engine stopped (its tap and retainer), so that another engine can mirror it later. */
     readonly detach: () => void = () => undefined,
     /** Told when the disk failed: the volume went diskless (`refusal` null) or could not, and why (the node logs it). */
@@ -151,7 +151,7 @@ export class MirroredVolume implements ClientVolume {
       try {
         const local = this.volume.flushLocal();
         await this.volume.counted(this.engine.mirrored(this.engine.lastSeq, true, local));
-        await this.quorum?.pass();
+        await this.gate?.pass();
         return;
       } catch (error) {
         if (!(await this.goDiskless(error))) throw error;
@@ -248,7 +248,7 @@ export class MirroredVolume implements ClientVolume {
     const local = durable ? this.volume.logDurable(seq) : null;
     await this.volume.counted(this.engine.mirrored(seq, durable, local));
     this.engine.changeDone(performance.now() - startedMs);
-    await this.quorum?.pass();
+    await this.gate?.pass();
     this.engine.replying();
   }
 
@@ -292,7 +292,7 @@ export class MirroredVolume implements ClientVolume {
     await this.volume.counted(this.engine.mirrored(seq, true, null));
     this.engine.requireHeld(seq);
     this.engine.changeDone(performance.now() - startedMs);
-    await this.quorum?.pass();
+    await this.gate?.pass();
   }
 }
 
@@ -311,7 +311,7 @@ function isDiskError(error: unknown): boolean {
 export function mirrorPrimary(
   volume: LocalVolume,
   parts: Omit<MirrorEngineParts, 'replica' | 'lastSeq' | 'release' | 'regions' | 'entries'>,
-  quorum: QuorumGate | null = null,
+  gate: ReplyGate | null = null,
 ): MirroredVolume {
   const log = volume.log;
   const engine = new MirrorEngine({
@@ -331,7 +331,7 @@ export function mirrorPrimary(
   return new MirroredVolume(
     volume,
     engine,
-    quorum,
+    gate,
     () => tapped.untap(listener, retainer),
     (reason, peers, refusal) =>
       refusal === null

@@ -29,6 +29,8 @@ import { WitnessRecord } from './witness.js';
 import type { DemotionResult, PromotionResult, ResolveResult, AttachResult } from './status.js';
 import { closeServer, listen } from './listen.js';
 import { diskState, type NodeView, type ServedVolume } from './served-volume.js';
+import { EtcdCoordinator } from './coordinator.js';
+import { Hooks } from './hooks.js';
 
 /** What a node reaches its peers and time through: the real network and clock unless a test gives twins. */
 export interface NodePorts {
@@ -48,6 +50,9 @@ export class BlockmirrorNode implements NodeView {
   readonly counters: ConnectionCounters = { requests: 0, errorReplies: 0, protocolErrors: 0 };
   readonly peerCounters = { peerProtocolErrors: 0, peerRefusals: 0 };
   private readonly roles: VolumeRoles;
+  private readonly hooks: Hooks;
+  /** Coordination through etcd (null: static, promotion by command). */
+  private readonly coordinator: EtcdCoordinator | null;
   /** On a witness node: the epochs it knows of the quorum volumes. */
   private readonly witness: WitnessRecord | null;
   private peerServer: PeerServer | null = null;
@@ -79,6 +84,7 @@ export class BlockmirrorNode implements NodeView {
     const node = config.nodes.find((candidate) => candidate.id === nodeId);
     if (node === undefined) throw new ConfigError('--node', `no node "${nodeId}" in the cluster file`);
     this.node = node;
+    this.hooks = new Hooks(config.hooks, log.child({ node: node.id }));
     this.roles = new VolumeRoles(
       {
         cluster: config,
@@ -91,9 +97,13 @@ export class BlockmirrorNode implements NodeView {
         available: (peer) => this.heartbeats?.mayConnect(peer) === true,
         closeClients: (name) => this.closeClients(name),
         heartbeats: () => this.heartbeats,
+        hooks: this.hooks,
+        leaseGate: (name) => this.coordinator?.gate(name) ?? null,
       },
       this.volumes,
     );
+    const { coordination } = config;
+    this.coordinator = coordination.kind === 'etcd' ? new EtcdCoordinator(coordination, node, this.volumes, this.roles, this.hooks, ports.clock, log.child({ node: node.id })) : null;
     this.witness = node.witness ? new WitnessRecord(files, node.dataDir, config, node.id, log.child({ node: node.id })) : null;
     config.volumes.forEach((volume, index) => {
       if (volume.replicas.includes(nodeId) && volume.mode !== 'local' && volume.multiPrimary) {
@@ -125,6 +135,7 @@ export class BlockmirrorNode implements NodeView {
     this.heartbeats = heartbeats;
     await heartbeats.start(this.replicationAddress.port);
     for (const served of this.volumes.values()) served.mirrored?.engine.start();
+    this.coordinator?.start();
     this.checkpointTimer = setInterval(() => {
       for (const served of this.volumes.values()) this.checkpoint(served);
     }, this.config.log.cpIntervalMs);
@@ -211,9 +222,11 @@ export class BlockmirrorNode implements NodeView {
     this.releaseBusyPoll?.();
     const serverClosed = this.nbdServer === null ? Promise.resolve() : closeServer(this.nbdServer);
     // Replies a quorum gate holds fail now, so that their connections drain.
-    for (const served of this.volumes.values()) served.mirrored?.quorum?.stopping('the node is stopping');
+    for (const served of this.volumes.values()) served.mirrored?.gate?.stopping('the node is stopping');
     await Promise.all([...this.connections].map((connection) => connection.shutdown(constants.shutdownDrainMs)));
     await serverClosed;
+    // The lease is left to expire: another copy is promoted once it has (docs/operations.md).
+    await this.coordinator?.stop();
     if (this.checkpointTimer !== null) clearInterval(this.checkpointTimer);
     for (const served of this.volumes.values()) {
       const { volume, config, mirrored, target } = served;
@@ -234,6 +247,7 @@ export class BlockmirrorNode implements NodeView {
     await this.peerServer?.stop();
     this.heartbeats?.stop();
     await this.admin?.stop();
+    await this.hooks.settle();
     this.log.info('node stopped', { node: this.node.id });
   }
 
@@ -291,7 +305,10 @@ export class BlockmirrorNode implements NodeView {
 
   /** Makes this node's copy of `name` the primary in the next epoch (see VolumeRoles.promote). */
   promote(name: string, force: boolean): Promise<PromotionResult> {
-    return this.roles.promote(name, force);
+    if (this.coordinator === null) return this.roles.promote(name, force);
+    // Through etcd a promotion is a claim there: one that bypassed it could make two primaries.
+    if (force) return Promise.reject(new BlockmirrorError('ERR_ROLE_REFUSED', `the cluster's primaries are chosen through etcd, which a forced promotion would bypass; to promote by hand without etcd, set coordination: static in the cluster file on every node`));
+    return this.coordinator.promoteByCommand(name);
   }
 
   /** This node, the primary of `name`, steps down (see VolumeRoles.demote). */
@@ -305,6 +322,14 @@ export class BlockmirrorNode implements NodeView {
 
   attach(name: string): Promise<AttachResult> {
     return attachDisk(name, this.volumes.get(name), { cluster: this.config, node: this.node, files: this.files, activity: this.ioActivity, log: this.log });
+  }
+
+  coordinationStatus(): ReturnType<NodeView['coordinationStatus']> {
+    return this.coordinator?.status() ?? { kind: 'static' };
+  }
+
+  get hookCounts(): NodeView['hookCounts'] {
+    return this.hooks.counts;
   }
 
   witnessStatus(): ReturnType<NodeView['witnessStatus']> {
@@ -353,7 +378,7 @@ export class BlockmirrorNode implements NodeView {
         const primary = served.volume.replica.history.primaryNow ?? '?';
         const where = this.config.nodes.find((node) => node.id === primary);
         const at = where === undefined ? '' : ` at ${formatAddress(where.nbd)}`;
-        if (!served.config.allowSecondaryReads) {
+        if (served.config.secondaryAccess !== 'read-only') {
           return { kind: 'refused', message: `volume ${served.config.name} is served by its primary, node ${primary}${at}; this node holds a secondary copy` };
         }
         if (served.target?.status().session !== true) {

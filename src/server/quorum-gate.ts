@@ -11,8 +11,9 @@ import { BlockmirrorError } from '../lib/errors.js';
 import type { Logger } from '../lib/log.js';
 import type { QuorumCount } from '../core/quorum.js';
 import type { Clock } from '../io/clock.js';
+import type { ReplyGate } from './reply-gate.js';
 
-export class QuorumGate {
+export class QuorumGate implements ReplyGate {
   private closedBy: string | null = null;
   /** The node stops: a reply with a quorum still passes, one without fails instead of waiting. */
   private stoppingBy: string | null = null;

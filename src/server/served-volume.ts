@@ -52,6 +52,8 @@ export interface NodeView {
   heartbeatStatus(): ReturnType<Heartbeats['status']>;
   /** On a witness node, what it knows of each quorum volume; else null. */
   witnessStatus(): NodeStatus['witness'];
+  coordinationStatus(): NodeStatus['coordination'];
+  readonly hookCounts: NodeStatus['hooks'];
   /** Role changes (docs/operations.md, "Failover"). */
   promote(name: string, force: boolean): Promise<PromotionResult>;
   demote(name: string): Promise<DemotionResult>;

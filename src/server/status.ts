@@ -93,7 +93,30 @@ export interface NodeStatus {
    * set it echoes, its newest promise, and whether it is still learning; else null.
    */
   witness: { volume: string; epoch: number; primary: string | null; synced: string[]; promise: { epoch: number; to: string } | null; learning: boolean }[] | null;
+  /**
+   * Who chooses the volumes' primaries (docs/operations.md, "Automatic failover through
+   * etcd"): `static` (by command), or etcd with this node's lease, the last error talking
+   * to it, and what each volume's keys said at the last read.
+   */
+  coordination: CoordinationStatus | { kind: 'static' };
+  /** Hooks run on role changes so far, and how many failed (docs/operations.md, "Hooks"). */
+  hooks: { run: number; failed: number };
 }
+
+/** Coordination through etcd as this node sees it (EtcdCoordinator.status). */
+export interface CoordinationStatus {
+  kind: 'etcd';
+  endpoints: string[];
+  prefix: string;
+  leaseTtlMs: number;
+  /** This node's lease: its id and how long it is known to live (negative: lapsed). */
+  lease: { id: string | null; validForMs: number | null };
+  /** The last error talking to etcd, or null when the last read and renewal worked. */
+  error: string | null;
+  volumes: Record<string, { primary: string | null; epoch: number; holding: boolean; synced: string[] | null }>;
+  counters: { renewals: number; renewalFailures: number; claimsWon: number; claimsLost: number; fenced: number };
+}
+
 
 // The answers of POST /api/v1/volumes/<name>/promote and .../demote (VolumeRoles).
 

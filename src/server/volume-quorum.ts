@@ -214,16 +214,26 @@ export class VolumeQuorum {
     return nextCandidacy(served.volume.replica.epoch, this.records.get(served.config.name)?.promise ?? null, this.views(served.config.name));
   }
 
+  /** The epoch this copy of a quorum volume would stand for next: past every epoch and promise it knows of. */
+  candidacy(served: ServedVolume): number {
+    const record = this.records.get(served.config.name) ?? { promise: null, learning: false };
+    return nextCandidacy(served.volume.replica.epoch, record.promise, this.views(served.config.name));
+  }
+
   /**
    * A promotion by the rules of a quorum volume's copy: it stands for the next epoch (its
    * promise to itself, durable, which its heartbeats then name) and waits until a majority
    * has promised it that epoch: the epoch it is then promoted to. Refused with
    * ERR_NO_QUORUM, the promise kept, when they have not within two heartbeat timeouts.
    */
-  async stand(served: ServedVolume, clock: Clock): Promise<number> {
+  async stand(served: ServedVolume, clock: Clock, claimed: number | null = null): Promise<number> {
     const { config, volume } = served;
-    const record = this.records.get(config.name) ?? { promise: null, learning: false };
-    const epoch = nextCandidacy(volume.replica.epoch, record.promise, this.views(config.name));
+    const next = this.candidacy(served);
+    // An epoch claimed in etcd is stood for as it is, unless a member already promised past it.
+    if (claimed !== null && claimed < next) {
+      throw new BlockmirrorError('ERR_NO_QUORUM', `volume ${config.name}: node ${this.node.id} claimed epoch ${claimed} in etcd, but a member promised epoch ${next - 1} already`);
+    }
+    const epoch = claimed ?? next;
     this.save(served, { promise: { epoch, to: this.node.id }, learning: false });
     this.log.info('stands for the next epoch: waiting for a majority to promise it', { volume: config.name, epoch });
     const { intervalMs, timeoutMs } = this.cluster.heartbeat;

@@ -46,6 +46,8 @@ import { decideSplitBrain, splitBrainBetween, type SplitBrain } from '../core/sp
 import { copyForSplitBrain, DiscardRecord, type SplitBrainStatus } from './split-brain.js';
 import type { Heartbeats } from './heartbeats.js';
 import { VolumeQuorum } from './volume-quorum.js';
+import type { Hooks } from './hooks.js';
+import { joinGates, type ReplyGate } from './reply-gate.js';
 import { mirrorPrimary } from './mirrored-volume.js';
 import type { HelloMessage, PeerLink, SplitBrainMessage } from './peer-link.js';
 import { encodeFrame, PEER_HISTORY_EPOCHS_MAX } from '../protocol/peer/frames.js';
@@ -71,6 +73,10 @@ export interface RoleParts {
   closeClients: (name: string) => Promise<void>;
   /** The heartbeats, once they run (quorum). */
   heartbeats: () => Heartbeats | null;
+  /** The commands run on role changes. */
+  hooks: Hooks;
+  /** The gate of the lease a primary of `name` holds in etcd (null under static coordination). */
+  leaseGate: (name: string) => ReplyGate | null;
 }
 
 export class VolumeRoles {
@@ -142,7 +148,7 @@ export class VolumeRoles {
 
   private mirror(served: ServedVolume, recoveredSeq: number, replayed: DirtyBitmap | null): NonNullable<ServedVolume['mirrored']> {
     const { cluster, node, files, clock, streams, counters } = this.parts;
-    const gate = this.quorum.gate(served, clock, this.volumeLog(served));
+    const gate = joinGates([this.quorum.gate(served, clock, this.volumeLog(served)), this.parts.leaseGate(served.config.name)]);
     return mirrorPrimary(served.volume, {
       cluster,
       local: node,
@@ -211,41 +217,59 @@ export class VolumeRoles {
   // ---- promotion -----------------------------------------------------------------------
 
   /**
-   * Makes this node's copy of `name` the primary in the next epoch. Refused when the copy
-   * may lack acknowledged writes (see `mayLack`) unless `force`; either way only a
-   * secondary that follows a primary is promoted.
+   * Why this node's copy of `name` may not be promoted now by the rules (the refusal
+   * `promote` throws without `force`), or null when it may: what an automatic failover
+   * asks before its copy competes for the volume.
    */
-  async promote(name: string, force: boolean): Promise<PromotionResult> {
+  promotable(name: string): BlockmirrorError | null {
+    const served = this.served(name);
+    const { volume, config } = served;
+    const target = served.target;
+    if (served.changing !== null) return new BlockmirrorError('ERR_ROLE_REFUSED', `the copy of ${name} on node ${this.parts.node.id} is changing its role (${served.changing})`);
+    if (served.role === 'primary') return new BlockmirrorError('ERR_ROLE_REFUSED', `node ${this.parts.node.id} is the primary of ${name} already (epoch ${volume.replica.epoch})`);
+    if (target === null) {
+      return new BlockmirrorError('ERR_ROLE_REFUSED', `node ${this.parts.node.id} stepped down as the primary of ${name} in epoch ${volume.replica.epoch}; promote another copy, which it then follows`);
+    }
+    if (volume.failed) return new BlockmirrorError('ERR_ROLE_REFUSED', `the copy of ${name} on node ${this.parts.node.id} failed: it cannot be the primary`);
+    if (volume.log.status().needsFullResync) {
+      return new BlockmirrorError('ERR_MAY_LOSE_WRITES', `the copy of ${name} on node ${this.parts.node.id} is inconsistent (it waits for a full resync): it cannot be the primary`);
+    }
+    if (target.status().session) {
+      return new BlockmirrorError('ERR_ROLE_REFUSED', `node ${this.parts.node.id} is streaming from ${target.source}, the primary of ${name}: demote it first (blockmirror demote ${name} --node ${target.source})`);
+    }
+    const lack = mayLack(config, target.contact, this.parts.node.id);
+    if (lack !== null) return new BlockmirrorError('ERR_MAY_LOSE_WRITES', `${lack}; --force promotes it anyway, and those writes are lost`);
+    const quorum = this.quorum.of(served);
+    if (quorum !== null && !quorum.ok) {
+      return new BlockmirrorError('ERR_NO_QUORUM', `volume ${name} has quorum: majority, and node ${this.parts.node.id} has no majority to be promoted with: ${quorum.reason ?? ''}; --force promotes it anyway (two primaries may then take writes)`);
+    }
+    return null;
+  }
+
+  /**
+   * Makes this node's copy of `name` the primary in the next epoch (`epoch` when a claim
+   * in etcd took it). Refused when the copy may lack acknowledged writes (see `mayLack`)
+   * unless `force`; either way only a secondary that follows a primary is promoted.
+   */
+  async promote(name: string, force: boolean, epoch: number | null = null): Promise<PromotionResult> {
     const served = this.served(name);
     const { volume, config } = served;
     const target = served.target;
     const previous = volume.replica.history;
-    if (served.role === 'primary') throw new BlockmirrorError('ERR_ROLE_REFUSED', `node ${this.parts.node.id} is the primary of ${name} already (epoch ${volume.replica.epoch})`);
-    if (target === null) {
-      throw new BlockmirrorError('ERR_ROLE_REFUSED', `node ${this.parts.node.id} stepped down as the primary of ${name} in epoch ${volume.replica.epoch}; promote another copy, which it then follows`);
-    }
-    if (volume.failed) throw new BlockmirrorError('ERR_ROLE_REFUSED', `the copy of ${name} on node ${this.parts.node.id} failed: it cannot be the primary`);
-    if (volume.log.status().needsFullResync) {
-      throw new BlockmirrorError('ERR_MAY_LOSE_WRITES', `the copy of ${name} on node ${this.parts.node.id} is inconsistent (it waits for a full resync): it cannot be the primary`);
-    }
-    if (target.status().session) {
-      throw new BlockmirrorError('ERR_ROLE_REFUSED', `node ${this.parts.node.id} is streaming from ${target.source}, the primary of ${name}: demote it first (blockmirror demote ${name} --node ${target.source})`);
-    }
+    const refusal = this.promotable(name);
+    // What `force` overrides: a copy that may lack writes, or a quorum volume without a majority.
+    if (refusal !== null && !(force && (refusal.code === 'ERR_MAY_LOSE_WRITES' || refusal.code === 'ERR_NO_QUORUM') && !volume.log.status().needsFullResync)) throw refusal;
+    assert(target !== null);
     const lack = mayLack(config, target.contact, this.parts.node.id);
-    if (lack !== null && !force) {
-      throw new BlockmirrorError('ERR_MAY_LOSE_WRITES', `${lack}; --force promotes it anyway, and those writes are lost`);
-    }
     const quorum = this.quorum.of(served);
-    if (quorum !== null && !quorum.ok && !force) {
-      throw new BlockmirrorError('ERR_NO_QUORUM', `volume ${name} has quorum: majority, and node ${this.parts.node.id} has no majority to be promoted with: ${quorum.reason ?? ''}; --force promotes it anyway (two primaries may then take writes)`);
-    }
+    if (epoch !== null) assert(epoch > volume.replica.epoch);
     served.changing = 'promotion';
     const log = this.volumeLog(served);
     let committed = false;
     let candidacy: number;
     try {
       // A quorum volume's copy is promoted to the epoch a majority promised it; forced, past every promise it knows of.
-      candidacy = quorum === null ? volume.replica.epoch + 1 : force ? this.quorum.forcedEpoch(served) : await this.quorum.stand(served, this.parts.clock);
+      candidacy = quorum === null ? epoch ?? volume.replica.epoch + 1 : force ? this.quorum.forcedEpoch(served) : await this.quorum.stand(served, this.parts.clock, epoch);
     } catch (error) {
       served.changing = null;
       throw error;
@@ -289,6 +313,7 @@ export class VolumeRoles {
         mayLack: lack,
       };
       log.warn('promoted to primary', { ...result, mayLack: lack ?? 'nothing', sourceLogDamage: result.sourceLogDamage ?? 'none' });
+      this.parts.hooks.fire('promoted', { volume: name, node: this.parts.node.id, epoch: result.epoch, role: 'primary' });
       return result;
     } catch (error) {
       if (!committed) {
@@ -356,7 +381,7 @@ export class VolumeRoles {
       // holds fail). A step down that failed part way (see waitUntil) is taken up again
       // from where it stopped.
       served.role = 'secondary';
-      served.mirrored?.quorum?.close('its primary stepped down');
+      served.mirrored?.gate?.close('its primary stepped down');
       await this.parts.closeClients(name);
       const mirrored = served.mirrored;
       if (mirrored !== null) {
@@ -379,6 +404,7 @@ export class VolumeRoles {
       volume.replica.demote(history);
       const result = { volume: name, node: this.parts.node.id, epoch: history.current.epoch, lastSeq: volume.log.lastSeq };
       log.warn('stepped down: no longer the primary', { ...result, reason });
+      this.parts.hooks.fire('demoted', { volume: name, node: this.parts.node.id, epoch: result.epoch, role: 'secondary' });
       return result;
     } finally {
       served.changing = null;
@@ -503,6 +529,9 @@ export class VolumeRoles {
     const same = before !== null && before.peer === next.peer && before.sharedSeq === next.sharedSeq && before.decision === next.decision && before.here.entries === next.here.entries && before.other.entries === next.other.entries;
     if (same) return;
     served.splitBrain = { ...next, since: before?.peer === next.peer ? before.since : new Date().toISOString(), saved: before?.saved ?? null };
+    if (before?.peer !== next.peer) {
+      this.parts.hooks.fire('splitBrain', { volume: served.config.name, node: this.parts.node.id, epoch: served.volume.replica.epoch, role: served.volume.replica.role, peer: next.peer });
+    }
     this.volumeLog(served).error('split brain: the copies went separate ways, each with writes the other lacks', {
       peer: next.peer,
       sharedSeq: next.sharedSeq,

@@ -47,10 +47,11 @@ export class Writer {
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   private readonly child: ChildProcess;
 
-  constructor(uri: string, round: number, firstId: number, extra: string[], writerSeed: number = seed) {
+  constructor(uri: string, round: number, firstId: number, extra: string[], writerSeed: number = seed, netns: string | null = null) {
+    // In a network namespace through `ip netns exec`, which becomes the writer (the same PID).
     this.child = spawn(
-      python,
-      [writerPath, 'write', uri, '--seed', String(writerSeed), '--round', String(round), '--first-id', String(firstId), ...extra],
+      netns === null ? python : 'ip',
+      [...(netns === null ? [] : ['netns', 'exec', netns, python]), writerPath, 'write', uri, '--seed', String(writerSeed), '--round', String(round), '--first-id', String(firstId), ...extra],
       { stdio: ['ignore', 'pipe', 'pipe'] },
     );
     liveWriters.add(this.child);
@@ -110,8 +111,13 @@ export async function logStatus(node: TestNode): Promise<LogStatus> {
 
 /** Reads the whole of a volume (vol0 unless named) into `file`, as a client reads it. */
 export async function dumpVolume(node: TestNode, file: string, volume = 'vol0'): Promise<void> {
-  const result = await runCommand(python, [writerPath, 'dump', node.uri(volume), file], { timeoutMs: 60_000 });
-  assert.equal(result.code, 0, `dump of ${node.uri(volume)} failed: ${result.stdout}${result.stderr}`);
+  await dumpUri(node.uri(volume), file);
+}
+
+/** Reads the whole export at `uri` into `file`, as a client reads it. */
+export async function dumpUri(uri: string, file: string): Promise<void> {
+  const result = await runCommand(python, [writerPath, 'dump', uri, file], { timeoutMs: 60_000 });
+  assert.equal(result.code, 0, `dump of ${uri} failed: ${result.stdout}${result.stderr}`);
 }
 
 export interface CheckReport {

@@ -18,6 +18,10 @@
 #         FD <fid>               that FLUSH's reply was received
 #         FE <fid> <message>     that FLUSH failed
 #         X <message>            the connection failed (expected when the server is killed)
+#         R connected again      with --reconnect: after an X (a lost connection, or with
+#                                --reply-timeout one that answered nothing for that long),
+#                                the same URI answered again
+#                                (what was in flight got an E or FE line)
 #         END <submitted>        the budget ran out with every request answered
 #   writer.py check --before IMG|- --after IMG --history OUT... [--acknowledged durable|replied]
 #       Checks a read-back image against the histories (see check_mode) and prints JSON.
@@ -144,7 +148,42 @@ def write_mode(args):
                         out('D %d' % write_id)
                     out('FD %d' % fid)
 
-    try:
+    def reconnect(error):
+        # The server went away: what was in flight is indeterminate, and the same URI is
+        # tried again (a floating address moves to the new primary) until --reconnect runs out.
+        nonlocal h, flushes_inflight
+        out('X %s' % str(error).replace('\n', ' '))
+        for entry in inflight.values():
+            if entry[0] == 'w':
+                out('E %d connection lost' % entry[1])
+            else:
+                out('FE %d connection lost' % entry[1])
+        inflight.clear()
+        busy_blocks.clear()
+        replied_plain.clear()
+        flushes_inflight = 0
+        give_up = time.monotonic() + args.reconnect
+        while True:
+            try:
+                h.close()
+            except Exception:
+                pass
+            h = nbd.NBD()
+            try:
+                h.connect_uri(args.uri)
+                out('R connected again')
+                return
+            except nbd.Error as e:
+                if time.monotonic() >= give_up:
+                    raise e
+                time.sleep(0.1)
+
+    class Silent(Exception):
+        pass
+
+    def run_writes():
+        nonlocal flush_after
+        answered_at = time.monotonic()
         while True:
             out_of_budget = time.monotonic() >= deadline or submitted >= args.max_writes
             if not out_of_budget:
@@ -158,14 +197,32 @@ def write_mode(args):
                 submit_flush()
             if not inflight:
                 break
+            before = len(inflight)
             h.poll(1000)
             harvest()
+            if len(inflight) < before or not inflight:
+                answered_at = time.monotonic()
+            elif args.reply_timeout > 0 and time.monotonic() - answered_at > args.reply_timeout:
+                # A server cut off sends nothing, and the kernel keeps the connection: only a
+                # reply that does not come tells.
+                raise Silent('no reply within %g s' % args.reply_timeout)
         out('END %d' % submitted)
         h.shutdown()
-    except nbd.Error as e:
-        # The server went away: everything still in flight is indeterminate.
-        out('X %s' % str(e).replace('\n', ' '))
-        sys.exit(3)
+
+    while True:
+        try:
+            run_writes()
+            return
+        except (nbd.Error, Silent) as e:
+            if args.reconnect <= 0 or time.monotonic() >= deadline:
+                # The server went away: everything still in flight is indeterminate.
+                out('X %s' % str(e).replace('\n', ' '))
+                sys.exit(3)
+            try:
+                reconnect(e)
+            except nbd.Error as gone:
+                out('X %s' % str(gone).replace('\n', ' '))
+                sys.exit(3)
 
 
 def dump_mode(args):
@@ -337,6 +394,8 @@ def main():
     w.add_argument('--flush-every-max', type=int, default=24)
     w.add_argument('--seconds', type=float, default=30)
     w.add_argument('--max-writes', type=int, default=10**9)
+    w.add_argument('--reconnect', type=float, default=0, help='on a lost connection, connect again for up to this many seconds')
+    w.add_argument('--reply-timeout', type=float, default=0, help='a connection with requests in flight and no reply for this many seconds is lost')
     d = sub.add_parser('dump')
     d.add_argument('uri')
     d.add_argument('file')

@@ -107,6 +107,7 @@ export class TestNode {
   nbdPort = 0;
   adminPort = 0;
   nbdHost = '127.0.0.1';
+  adminHost = '127.0.0.1';
 
   constructor(
     readonly dir: string,
@@ -147,7 +148,7 @@ export class TestNode {
 
   /** The node's own status from its admin API. */
   async status(): Promise<NodeStatusJson> {
-    const response = await fetch(`http://${this.nbdHost}:${this.adminPort}/api/v1/status`);
+    const response = await fetch(`http://${this.adminHost}:${this.adminPort}/api/v1/status`);
     return (await response.json()) as NodeStatusJson;
   }
 
@@ -183,6 +184,7 @@ export class TestNode {
         this.nbdHost = String(ready['nbd']).split(':')[0] ?? '127.0.0.1';
         this.nbdPort = Number(String(ready['nbd']).split(':').pop());
         this.adminPort = Number(String(ready['admin']).split(':').pop());
+        this.adminHost = String(ready['admin']).split(':')[0] ?? '127.0.0.1';
         return;
       }
       if (this.child.exitCode !== null) throw new Error(`node exited with ${this.child.exitCode}: ${this.stderrText}`);
@@ -286,6 +288,8 @@ export interface ClusterNodeSpec {
   replicationHost?: string;
   /** Stores no data, counts toward quorum. */
   witness?: boolean;
+  /** Coordination through etcd: the higher, the sooner promoted. */
+  priority?: number;
 }
 
 export interface ClusterVolumeSpec {
@@ -295,7 +299,8 @@ export interface ClusterVolumeSpec {
   primary: string;
   mode: 'sync' | 'async' | 'logship' | 'local';
   strict?: boolean;
-  allowSecondaryReads?: boolean;
+  /** What a secondary does with a client (default `refuse`). */
+  secondaryAccess?: 'refuse' | 'read-only';
   quorum?: 'off' | 'majority';
   onNoQuorum?: 'suspend' | 'io-error';
   afterSplitBrain?: 'disconnect' | 'discard-zero-changes' | 'discard-younger-primary' | 'discard-least-changes';
@@ -309,6 +314,9 @@ export interface ClusterSpec {
   log?: LogSpec;
   heartbeat?: { intervalMs: number; timeoutMs: number; probationMs: number };
   resync?: { regionSize?: string; rateMax?: string };
+  /** Coordination through etcd (default: static). */
+  etcd?: { endpoints: string[]; leaseTtlMs?: number; prefix?: string };
+  hooks?: { promoted?: string; demoted?: string; splitBrain?: string; timeoutMs?: number };
 }
 
 /**
@@ -326,7 +334,7 @@ export async function writeClusterConfig(dir: string, spec: ClusterSpec, name = 
     nbd: ${host}:0
     replication: ${replicationHost}:${await freePort(replicationHost)}
     admin: ${host}:0
-    dataDir: ./data-${node.id}${node.witness === true ? '\n    witness: true' : ''}`);
+    dataDir: ./data-${node.id}${node.witness === true ? '\n    witness: true' : ''}${node.priority === undefined ? '' : `\n    priority: ${node.priority}`}`);
   }
   const volumes = spec.volumes.map(
     (volume) => `  - name: ${volume.name}
@@ -335,15 +343,20 @@ export async function writeClusterConfig(dir: string, spec: ClusterSpec, name = 
     primary: ${volume.primary}
     mode: ${volume.mode}
     strict: ${volume.strict === true}
-    allowSecondaryReads: ${volume.allowSecondaryReads === true}${volume.quorum === undefined ? '' : `\n    quorum: ${volume.quorum}`}${volume.onNoQuorum === undefined ? '' : `\n    onNoQuorum: ${volume.onNoQuorum}`}${volume.afterSplitBrain === undefined ? '' : `\n    afterSplitBrain: ${volume.afterSplitBrain}`}`,
+    secondaryAccess: ${volume.secondaryAccess ?? 'refuse'}${volume.quorum === undefined ? '' : `\n    quorum: ${volume.quorum}`}${volume.onNoQuorum === undefined ? '' : `\n    onNoQuorum: ${volume.onNoQuorum}`}${volume.afterSplitBrain === undefined ? '' : `\n    afterSplitBrain: ${volume.afterSplitBrain}`}`,
   );
   const heartbeat = spec.heartbeat === undefined ? '' : `heartbeat: { intervalMs: ${spec.heartbeat.intervalMs}, timeoutMs: ${spec.heartbeat.timeoutMs}, probationMs: ${spec.heartbeat.probationMs} }\n`;
   const resyncKeys = Object.entries(spec.resync ?? {}).map(([key, value]) => `${key}: ${value}`);
   const resync = resyncKeys.length === 0 ? '' : `resync: { ${resyncKeys.join(', ')} }\n`;
+  const coordination = spec.etcd === undefined
+    ? ''
+    : `coordination:\n  etcd:\n    endpoints: [${spec.etcd.endpoints.join(', ')}]${spec.etcd.prefix === undefined ? '' : `\n    prefix: ${spec.etcd.prefix}`}${spec.etcd.leaseTtlMs === undefined ? '' : `\n    leaseTtlMs: ${spec.etcd.leaseTtlMs}`}\n`;
+  const hookKeys = Object.entries(spec.hooks ?? {}).map(([key, value]) => `  ${key}: ${JSON.stringify(value)}`);
+  const hooks = hookKeys.length === 0 ? '' : `hooks:\n${hookKeys.join('\n')}\n`;
   const text = `cluster: test
 secret: ${spec.secret ?? 'test-secret-123'}
 connections: ${spec.connections ?? 2}
-${heartbeat}${resync}log:
+${coordination}${hooks}${heartbeat}${resync}log:
   partitionSize: ${log.partitionSize}
   partitions: ${log.partitions}
   cpIntervalMs: ${log.cpIntervalMs}
@@ -378,15 +391,17 @@ export function withReplicationAddress(configPath: string, id: string, address: 
 }
 
 /** Starts node `id` of a cluster file written by writeClusterConfig and waits until it listens. */
-export async function startClusterNode(dir: string, configPath: string, id: string, env: Record<string, string> = {}): Promise<TestNode> {
-  const node = spawnClusterNode(dir, configPath, id, env);
+export async function startClusterNode(dir: string, configPath: string, id: string, env: Record<string, string> = {}, netns: string | null = null): Promise<TestNode> {
+  const node = spawnClusterNode(dir, configPath, id, env, netns);
   await node.waitReady();
   return node;
 }
 
 /** Starts node `id` of a cluster file written by writeClusterConfig, without waiting for it. */
-export function spawnClusterNode(dir: string, configPath: string, id: string, env: Record<string, string> = {}): TestNode {
-  const child = spawn(process.execPath, [cliPath, 'serve', '--config', configPath, '--node', id], {
+export function spawnClusterNode(dir: string, configPath: string, id: string, env: Record<string, string> = {}, netns: string | null = null): TestNode {
+  // In a network namespace through `ip netns exec`, which becomes the node (the same PID).
+  const [command, args] = netns === null ? [process.execPath, []] : ['ip', ['netns', 'exec', netns, process.execPath]];
+  const child = spawn(command, [...args, cliPath, 'serve', '--config', configPath, '--node', id], {
     stdio: ['ignore', 'ignore', 'pipe'],
     env: { ...process.env, ...env },
   });

@@ -352,11 +352,11 @@ test('clean restarts of either node resume streaming; after a primary crash its 
   assertSameImage(expected, readImage(b, 'v1'), 'secondary image after the resync');
 });
 
-test('allowSecondaryReads: a streaming secondary exports a read-only copy', async () => {
+test('secondaryAccess: read-only: a streaming secondary exports a read-only copy', async () => {
   const dir = tempDir();
   const config = await writeClusterConfig(dir, {
     nodes: [{ id: 'a' }, { id: 'b', host: '127.0.0.2' }],
-    volumes: [{ name: 'v1', size: '16MiB', replicas: ['a', 'b'], primary: 'a', mode: 'sync', allowSecondaryReads: true }],
+    volumes: [{ name: 'v1', size: '16MiB', replicas: ['a', 'b'], primary: 'a', mode: 'sync', secondaryAccess: 'read-only' }],
   });
   const b = await startClusterNode(dir, config, 'b');
   const a = await startClusterNode(dir, config, 'a');

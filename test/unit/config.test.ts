@@ -113,6 +113,8 @@ describe('cluster file: valid input', () => {
     assert.deepEqual(config, {
       cluster: 'demo',
       secret: 'change-me',
+      coordination: { kind: 'static' },
+      hooks: { promoted: null, demoted: null, splitBrain: null, timeoutMs: constants.hookTimeoutMsDefault },
       heartbeat: { intervalMs: 250, timeoutMs: 2000, probationMs: 2000 },
       resync: { regionBytes: constants.dirtyRegionBytes, rateBytesPerSecMax: 0 },
       connections: constants.peerConnectionsDefault,
@@ -131,6 +133,7 @@ describe('cluster file: valid input', () => {
           admin: { host: '127.0.0.1', port: 9701 },
           dataDir: '/etc/blockmirror/data/a',
           witness: false,
+          priority: 0,
         },
         {
           id: 'b',
@@ -139,6 +142,7 @@ describe('cluster file: valid input', () => {
           admin: { host: '127.0.0.1', port: 9702 },
           dataDir: '/etc/blockmirror/data/b',
           witness: false,
+          priority: 0,
         },
       ],
       volumes: [
@@ -150,7 +154,7 @@ describe('cluster file: valid input', () => {
           multiPrimary: false,
           mode: 'sync',
           strict: false,
-          allowSecondaryReads: false,
+          secondaryAccess: 'refuse',
           readOnly: false,
           description: '',
           quorum: 'off',
@@ -173,7 +177,23 @@ describe('cluster file: valid input', () => {
     });
     assert.equal(config.connections, constants.peerConnectionsDefault);
     assert.equal(config.busyPollMicros, constants.busyPollMicrosDefault);
+    assert.deepEqual(config.coordination, { kind: 'static' });
+    assert.deepEqual(config.hooks, { promoted: null, demoted: null, splitBrain: null, timeoutMs: constants.hookTimeoutMsDefault });
+    assert.equal(at(config.nodes, 0).priority, 0);
     assert.deepEqual(config.volumes, []);
+  });
+
+  test('coordination, hooks, priority and secondaryAccess written with no value take their defaults', () => {
+    const config = parseRaw((raw) => {
+      raw.coordination = null;
+      raw.hooks = null;
+      at(raw.nodes, 0).priority = null;
+      at(raw.volumes, 0).secondaryAccess = null;
+    });
+    assert.deepEqual(config.coordination, { kind: 'static' });
+    assert.deepEqual(config.hooks, { promoted: null, demoted: null, splitBrain: null, timeoutMs: constants.hookTimeoutMsDefault });
+    assert.equal(at(config.nodes, 0).priority, 0);
+    assert.equal(at(config.volumes, 0).secondaryAccess, 'refuse');
   });
 
   test('every volume option, multiPrimary, integer sizes and a single-copy local volume', () => {
@@ -183,7 +203,7 @@ describe('cluster file: valid input', () => {
       raw.volumes = [
         {
           name: 'db.primary-1', size: 512 * 1024 * 1024, replicas: ['b', 'a'], multiPrimary: true, mode: 'async',
-          strict: true, allowSecondaryReads: true, readOnly: true, description: 'database',
+          strict: true, secondaryAccess: 'read-only', readOnly: true, description: 'database',
           quorum: 'off', onNoQuorum: 'io-error', afterSplitBrain: 'discard-younger-primary',
         },
         { name: 'scratch', size: '4KiB', replicas: ['b'], primary: 'b', mode: 'local' },
@@ -194,7 +214,7 @@ describe('cluster file: valid input', () => {
     const [db, scratch] = config.volumes;
     assert.deepEqual(db, {
       name: 'db.primary-1', sizeBytes: 512 * 1024 * 1024, replicas: ['b', 'a'], primary: null, multiPrimary: true,
-      mode: 'async', strict: true, allowSecondaryReads: true, readOnly: true, description: 'database',
+      mode: 'async', strict: true, secondaryAccess: 'read-only', readOnly: true, description: 'database',
       quorum: 'off', onNoQuorum: 'io-error', afterSplitBrain: 'discard-younger-primary',
     });
     assert.equal(scratch?.sizeBytes, 4096);
@@ -262,9 +282,9 @@ describe('cluster file: syntax and shape', () => {
   test('unknown keys name their path and the keys that are allowed', () => {
     rejects((raw) => { raw.secrets = 'x'; }, 'secrets', 'unknown key (expected one of: cluster, secret, secretFile,');
     rejects((raw) => { raw.heartbeat = { intervalMS: 100 }; }, 'heartbeat.intervalMS', 'unknown key (expected one of: intervalMs, timeoutMs, probationMs)');
-    rejects((raw) => { at(raw.nodes, 1).datadir = '/x'; }, 'nodes[1].datadir', 'unknown key (expected one of: id, nbd, replication, admin, dataDir, witness)');
+    rejects((raw) => { at(raw.nodes, 1).datadir = '/x'; }, 'nodes[1].datadir', 'unknown key (expected one of: id, nbd, replication, admin, dataDir, witness, priority)');
     const error = rejects((raw) => { at(raw.volumes, 0).sizee = '1GiB'; }, 'volumes[0].sizee', 'unknown key (expected one of: name, size, ');
-    assert.ok(error.message.includes('description, quorum, onNoQuorum, afterSplitBrain)'), error.message);
+    assert.ok(error.message.includes('strict, secondaryAccess, allowSecondaryReads, readOnly, description, quorum, onNoQuorum, afterSplitBrain)'), error.message);
   });
 
   test('wrong types name the field and the type found', () => {
@@ -436,6 +456,41 @@ describe('cluster file: node rules', () => {
     assert.equal(config.nodes.length, 2);
   });
 
+  test('nodes on different machines (by their replication addresses) may each listen on 0.0.0.0 of the same port', () => {
+    const config = parseRaw((raw) => {
+      at(raw.nodes, 0).replication = '10.0.0.1:7701';
+      at(raw.nodes, 1).replication = '10.0.0.2:7701';
+      for (const node of raw.nodes) node.nbd = '0.0.0.0:10809';
+    });
+    assert.deepEqual(config.nodes.map((node) => node.nbd), [{ host: '0.0.0.0', port: 10809 }, { host: '0.0.0.0', port: 10809 }]);
+    // On one machine (replication on loopback, or the same host), the same wildcard listener clashes.
+    for (const hosts of [['127.0.0.1', '127.0.0.1'], ['10.0.0.1', '127.0.0.1'], ['0.0.0.0', '10.0.0.2']]) {
+      rejects((raw) => {
+        at(raw.nodes, 0).replication = `${hosts[0]}:7701`;
+        at(raw.nodes, 1).replication = `${hosts[1]}:7702`;
+        for (const node of raw.nodes) node.nbd = '0.0.0.0:10809';
+      }, 'nodes[1].nbd', '0.0.0.0:10809 is already used by nodes[0].nbd');
+    }
+    // One node's own listeners always clash.
+    rejects((raw) => {
+      at(raw.nodes, 0).replication = '10.0.0.1:7701';
+      at(raw.nodes, 1).replication = '10.0.0.2:7701';
+      at(raw.nodes, 1).nbd = '0.0.0.0:7701';
+    }, 'nodes[1].replication', 'clashes with nodes[1].nbd');
+  });
+
+  test('priority is an integer from 0 to the maximum, 0 by default', () => {
+    const config = parseRaw((raw) => {
+      at(raw.nodes, 0).priority = constants.nodePriorityMax;
+    });
+    assert.deepEqual(config.nodes.map((node) => node.priority), [constants.nodePriorityMax, 0]);
+    const range = `from 0 to ${constants.nodePriorityMax}`;
+    rejects((raw) => { at(raw.nodes, 1).priority = -1; }, 'nodes[1].priority', `must be an integer ${range}, got -1`);
+    rejects((raw) => { at(raw.nodes, 0).priority = constants.nodePriorityMax + 1; }, 'nodes[0].priority', `${range}, got ${constants.nodePriorityMax + 1}`);
+    rejects((raw) => { at(raw.nodes, 0).priority = 1.5; }, 'nodes[0].priority', `expected an integer ${range}, got 1.5`);
+    rejects((raw) => { at(raw.nodes, 0).priority = 'high'; }, 'nodes[0].priority', 'got string');
+  });
+
   test('two nodes sharing a dataDir', () => {
     rejects((raw) => { at(raw.nodes, 1).dataDir = 'data/a/'; }, 'nodes[1].dataDir', '/etc/blockmirror/data/a is also the dataDir of nodes[0] ("a")');
     rejects((raw) => { at(raw.nodes, 1).dataDir = '/etc/blockmirror/data/../data/a'; }, 'nodes[1].dataDir', 'is also the dataDir');
@@ -499,12 +554,170 @@ describe('cluster file: volume rules', () => {
     }, 'volumes[0].multiPrimary', 'not supported with mode logship');
   });
 
+  test('secondaryAccess is refuse by default, or read-only', () => {
+    assert.equal(parseClusterConfig(designExample, { baseDir }).volumes[0]?.secondaryAccess, 'refuse');
+    for (const access of ['refuse', 'read-only']) {
+      assert.equal(parseRaw((raw) => { at(raw.volumes, 0).secondaryAccess = access; }).volumes[0]?.secondaryAccess, access);
+    }
+  });
+
+  test('secondaryAccess refuses other words, naming the field', () => {
+    const error = rejects((raw) => { at(raw.volumes, 0).secondaryAccess = 'forward'; }, 'volumes[0].secondaryAccess', 'got "forward"');
+    assert.equal(error.message, 'volumes[0].secondaryAccess: expected one of refuse, read-only, got "forward"');
+    rejects((raw) => { at(raw.volumes, 0).secondaryAccess = 'readonly'; }, 'volumes[0].secondaryAccess', 'got "readonly"');
+    rejects((raw) => { at(raw.volumes, 0).secondaryAccess = 'Read-Only'; }, 'volumes[0].secondaryAccess', 'got "Read-Only"');
+    rejects((raw) => { at(raw.volumes, 0).secondaryAccess = true; }, 'volumes[0].secondaryAccess', 'expected one of refuse, read-only, got boolean');
+  });
+
+  test('allowSecondaryReads, the older form: true is read-only, false is refuse', () => {
+    assert.equal(parseRaw((raw) => { at(raw.volumes, 0).allowSecondaryReads = true; }).volumes[0]?.secondaryAccess, 'read-only');
+    assert.equal(parseRaw((raw) => { at(raw.volumes, 0).allowSecondaryReads = false; }).volumes[0]?.secondaryAccess, 'refuse');
+    assert.ok(!('allowSecondaryReads' in at(parseRaw((raw) => { at(raw.volumes, 0).allowSecondaryReads = true; }).volumes, 0)));
+    rejects((raw) => { at(raw.volumes, 0).allowSecondaryReads = 'yes'; }, 'volumes[0].allowSecondaryReads', 'expected true or false, got string');
+  });
+
+  test('secondaryAccess and allowSecondaryReads together', () => {
+    const error = rejects((raw) => {
+      at(raw.volumes, 0).secondaryAccess = 'read-only';
+      at(raw.volumes, 0).allowSecondaryReads = true;
+    }, 'volumes[0].allowSecondaryReads', 'not both');
+    assert.equal(error.message, 'volumes[0].allowSecondaryReads: set either secondaryAccess or allowSecondaryReads (its older form), not both');
+    // Even when they agree, and even when one says the default.
+    rejects((raw) => {
+      at(raw.volumes, 0).secondaryAccess = 'refuse';
+      at(raw.volumes, 0).allowSecondaryReads = false;
+    }, 'volumes[0].allowSecondaryReads', 'not both');
+  });
+
   test('duplicate volume name', () => {
     const error = rejects((raw) => {
       raw.volumes.push({ name: 'vol1', size: '1GiB', replicas: ['a'], primary: 'a' });
       raw.volumes.push({ name: 'vol0', size: '1GiB', replicas: ['b'], primary: 'b' });
     }, 'volumes[2].name', 'duplicate volume name');
     assert.equal(error.message, 'volumes[2].name: duplicate volume name "vol0" (also volumes[0].name)');
+  });
+});
+
+describe('cluster file: coordination', () => {
+  const etcd = (fields: RawMap): RawMap => ({ etcd: { endpoints: ['http://10.0.0.1:2379'], ...fields } });
+
+  test('static is the default and may be written out', () => {
+    assert.deepEqual(parseClusterConfig(designExample, { baseDir }).coordination, { kind: 'static' });
+    assert.deepEqual(parseRaw((raw) => { raw.coordination = 'static'; }).coordination, { kind: 'static' });
+  });
+
+  test('a full etcd block reads back with its endpoints as http://host:port', () => {
+    const text = designExample.replace('heartbeat:', `coordination:
+  etcd:
+    endpoints: [http://10.0.0.1:2379, "http://ETCD-2.Example.com:2379/", "http://[fd00:0::3]:2379"]
+    prefix: prod/blockmirror
+    leaseTtlMs: 10000
+heartbeat:`);
+    assert.deepEqual(parseClusterConfig(text, { baseDir }).coordination, {
+      kind: 'etcd',
+      endpoints: ['http://10.0.0.1:2379', 'http://etcd-2.example.com:2379', 'http://[fd00::3]:2379'],
+      prefix: 'prod/blockmirror',
+      leaseTtlMs: 10_000,
+    });
+  });
+
+  test('etcd with endpoints alone takes the default prefix and lease', () => {
+    assert.deepEqual(parseRaw((raw) => { raw.coordination = etcd({}); }).coordination, {
+      kind: 'etcd', endpoints: ['http://10.0.0.1:2379'], prefix: constants.coordinationPrefixDefault, leaseTtlMs: constants.leaseTtlMsDefault,
+    });
+    for (const leaseTtlMs of [constants.leaseTtlMsMin, constants.leaseTtlMsMax]) {
+      const coordination = parseRaw((raw) => { raw.coordination = etcd({ leaseTtlMs }); }).coordination;
+      assert.equal(coordination.kind === 'etcd' ? coordination.leaseTtlMs : undefined, leaseTtlMs);
+    }
+  });
+
+  test('leaseTtlMs is whole seconds from the minimum to the maximum', () => {
+    const error = rejects((raw) => { raw.coordination = etcd({ leaseTtlMs: 2500 }); }, 'coordination.etcd.leaseTtlMs', 'must be whole seconds');
+    assert.equal(error.message, 'coordination.etcd.leaseTtlMs: must be whole seconds (etcd counts a lease in seconds), got 2500');
+    const range = `from ${constants.leaseTtlMsMin} to ${constants.leaseTtlMsMax}`;
+    rejects((raw) => { raw.coordination = etcd({ leaseTtlMs: 1000 }); }, 'coordination.etcd.leaseTtlMs', `must be an integer ${range}, got 1000`);
+    rejects((raw) => { raw.coordination = etcd({ leaseTtlMs: constants.leaseTtlMsMax + 1000 }); }, 'coordination.etcd.leaseTtlMs', `${range}, got ${constants.leaseTtlMsMax + 1000}`);
+    rejects((raw) => { raw.coordination = etcd({ leaseTtlMs: '5s' }); }, 'coordination.etcd.leaseTtlMs', 'expected an integer');
+  });
+
+  test('endpoints is a non-empty list of http://host:port URLs', () => {
+    rejects((raw) => { raw.coordination = { etcd: {} }; }, 'coordination.etcd.endpoints', 'required but missing');
+    rejects((raw) => { raw.coordination = etcd({ endpoints: [] }); }, 'coordination.etcd.endpoints', 'expected a list of etcd client URLs (http://host:port), got an empty list');
+    rejects((raw) => { raw.coordination = etcd({ endpoints: 'http://10.0.0.1:2379' }); }, 'coordination.etcd.endpoints', 'got string');
+    const bad: Array<[unknown, string]> = [
+      ['not a url', '"not a url" is not an etcd client URL (http://host:port, nothing after the port)'],
+      ['10.0.0.1:2379', '"10.0.0.1:2379" is not an etcd client URL'],
+      ['etcd-1:2379', '"etcd-1:2379" is not an etcd client URL (http://host:port, nothing after the port)'],
+      ['http://user:pw@10.0.0.1:2379', 'is not an etcd client URL'],
+      ['http://10.0.0.1:2379/?x=1', 'is not an etcd client URL'],
+      ['http://10.0.0.1:65536', 'is not an etcd client URL'],
+      ['https://10.0.0.1:2379', '"https://10.0.0.1:2379" is not an etcd client URL'],
+      ['http://10.0.0.1', '"http://10.0.0.1" is not an etcd client URL'],
+      ['http://10.0.0.1:2379/v3', '"http://10.0.0.1:2379/v3" is not an etcd client URL'],
+      [2379, 'expected a URL, got number'],
+    ];
+    for (const [endpoint, phrase] of bad) {
+      rejects((raw) => { raw.coordination = etcd({ endpoints: ['http://10.0.0.1:2379', endpoint] }); }, 'coordination.etcd.endpoints[1]', phrase);
+    }
+  });
+
+  test('prefix is 1 to 128 key characters, not ending in /', () => {
+    const error = rejects((raw) => { raw.coordination = etcd({ prefix: 'blockmirror/' }); }, 'coordination.etcd.prefix', 'not ending in /');
+    assert.equal(error.message, 'coordination.etcd.prefix: "blockmirror/" is not a key prefix (1 to 128 of A-Z a-z 0-9 . _ - /, not ending in /)');
+    for (const prefix of ['', 'has space', 'x'.repeat(129)]) {
+      rejects((raw) => { raw.coordination = etcd({ prefix }); }, 'coordination.etcd.prefix', 'is not a key prefix');
+    }
+    rejects((raw) => { raw.coordination = etcd({ prefix: 7 }); }, 'coordination.etcd.prefix', 'got number (put it in quotes)');
+  });
+
+  test('coordination is static or a map with etcd, and its keys are checked', () => {
+    rejects((raw) => { raw.coordination = 'etcd'; }, 'coordination', '"etcd" is not a coordination (static, or a map with etcd)');
+    rejects((raw) => { raw.coordination = ['etcd']; }, 'coordination', 'expected static, or a map with etcd, got list');
+    rejects((raw) => { raw.coordination = {}; }, 'coordination.etcd', 'required but missing');
+    rejects((raw) => { raw.coordination = { etcd: 'http://10.0.0.1:2379' }; }, 'coordination.etcd', 'got string');
+    rejects((raw) => { raw.coordination = { consul: {} }; }, 'coordination.consul', 'unknown key (expected one of: etcd)');
+    rejects((raw) => { raw.coordination = etcd({ ttl: 5 }); }, 'coordination.etcd.ttl', 'unknown key (expected one of: endpoints, prefix, leaseTtlMs)');
+  });
+});
+
+describe('cluster file: hooks', () => {
+  test('every hook and the timeout read back as written; an absent hook is null', () => {
+    const config = parseRaw((raw) => {
+      raw.hooks = {
+        promoted: '/usr/local/bin/announce-primary "$BLOCKMIRROR_VOLUME"',
+        demoted: 'logger -t blockmirror demoted',
+        splitBrain: 'mail -s "split brain" ops@example.com < /dev/null',
+        timeoutMs: 5000,
+      };
+    });
+    assert.deepEqual(config.hooks, {
+      promoted: '/usr/local/bin/announce-primary "$BLOCKMIRROR_VOLUME"',
+      demoted: 'logger -t blockmirror demoted',
+      splitBrain: 'mail -s "split brain" ops@example.com < /dev/null',
+      timeoutMs: 5000,
+    });
+    assert.deepEqual(parseRaw((raw) => { raw.hooks = { demoted: 'true' }; }).hooks, {
+      promoted: null, demoted: 'true', splitBrain: null, timeoutMs: constants.hookTimeoutMsDefault,
+    });
+  });
+
+  test('a hook command must not be empty', () => {
+    const error = rejects((raw) => { raw.hooks = { promoted: '' }; }, 'hooks.promoted', 'must not be empty');
+    assert.equal(error.message, 'hooks.promoted: must not be empty (leave the key out for no hook)');
+    rejects((raw) => { raw.hooks = { demoted: '   ' }; }, 'hooks.demoted', 'must not be empty');
+    rejects((raw) => { raw.hooks = { splitBrain: 42 }; }, 'hooks.splitBrain', 'expected a command, got number (put it in quotes)');
+    rejects((raw) => { raw.hooks = { promoted: ['sh', '-c', 'x'] }; }, 'hooks.promoted', 'expected a command, got list');
+  });
+
+  test('timeoutMs is a positive integer of milliseconds', () => {
+    rejects((raw) => { raw.hooks = { timeoutMs: 0 }; }, 'hooks.timeoutMs', 'must be an integer from 1 to 2147483647, got 0');
+    rejects((raw) => { raw.hooks = { timeoutMs: 2 ** 31 }; }, 'hooks.timeoutMs', 'got 2147483648');
+    rejects((raw) => { raw.hooks = { timeoutMs: '30s' }; }, 'hooks.timeoutMs', 'expected an integer');
+  });
+
+  test('hooks is a map of the known keys', () => {
+    rejects((raw) => { raw.hooks = { onPromote: 'x' }; }, 'hooks.onPromote', 'unknown key (expected one of: promoted, demoted, splitBrain, timeoutMs)');
+    rejects((raw) => { raw.hooks = 'echo hi'; }, 'hooks', 'expected a map with promoted, demoted, splitBrain, timeoutMs, got string');
   });
 });
 
