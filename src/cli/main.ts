@@ -325,7 +325,20 @@ function statusTable(results: StatusResult[]): string {
     }
   }
   const widths = rows[0]!.map((_, column) => Math.max(...rows.map((row) => (row[column] ?? '').length)));
-  return rows.map((row) => row.map((cell, column) => cell.padEnd(widths[column] ?? 0)).join('  ').trimEnd() + '\n').join('');
+  const table = rows.map((row) => row.map((cell, column) => cell.padEnd(widths[column] ?? 0)).join('  ').trimEnd() + '\n').join('');
+  return table + results.map((result) => ('status' in result ? coordinationLine(result.status) : '')).join('');
+}
+
+/** Under coordination through etcd, a node's lease and what it holds (docs/operations.md, "Automatic failover through etcd"). */
+function coordinationLine(status: NodeStatus): string {
+  const coordination = status.coordination;
+  if (coordination.kind !== 'etcd') return '';
+  const { validForMs } = coordination.lease;
+  const lease = validForMs === null ? 'no lease' : validForMs > 0 ? `lease good for ${(validForMs / 1000).toFixed(1)} s` : 'lease lapsed';
+  const held = Object.entries(coordination.volumes).map(([name, volume]) =>
+    `${name}: ${volume.holding ? 'held here' : `primary ${volume.primary ?? 'none'}`}, epoch ${volume.epoch}, synced ${volume.synced?.join(',') ?? '-'}`);
+  const error = coordination.error === null ? '' : `; etcd: ${coordination.error}`;
+  return `node ${status.node}: etcd ${lease}${held.length === 0 ? '' : `; ${held.join('; ')}`}${error}\n`;
 }
 
 const demoConfig = `# blockmirror demo cluster, written by \`blockmirror demo\`. Edit and restart to change it.

@@ -197,6 +197,11 @@ test('promote is a claim in etcd: refused while a serves the volume and when for
   const { dir, config } = await pair('blockmirror-etcd-commands-', [etcd.clientUrl]);
   const { a, b } = await startPair(dir, config);
 
+  // `status` says what a holds in etcd.
+  const shown = await cli(a, 'status');
+  assert.equal(shown.code, 0, shown.stderr);
+  assert.match(shown.stdout, /node a: etcd lease good for [0-9.]+ s; vol0: held here, epoch 0, synced a,b/);
+
   const held = await cli(b, 'promote', 'vol0', '--node', 'b');
   assert.notEqual(held.code, 0);
   assert.match(held.stderr, /ERR_ROLE_REFUSED.*demote it first \(blockmirror demote vol0 --node a\)/);
