@@ -72,7 +72,6 @@ export class EtcdCoordinator {
   private lease: Lease | null = null;
   private leaseId: string | null = null;
   private readonly states = new Map<string, VolumeState>();
-  private readonly gates = new Map<string, LeaseGate>();
   private stopped = false;
   private loops: Promise<void>[] = [];
   /** The last error of each loop (status shows the renewal's first), cleared by its next success. */
@@ -111,14 +110,13 @@ export class EtcdCoordinator {
     return Math.max(500, Math.min(2000, Math.floor(this.config.leaseTtlMs / 4)));
   }
 
-  /** The gate a primary's replies of `name` pass: only while this node holds the volume under a live lease. */
+  /**
+   * The gate a primary's replies of `name` pass: only while this node holds the volume
+   * under a live lease. A new one for each time the node becomes the volume's primary (a
+   * step down closes the gate of that time for good).
+   */
   gate(name: string): ReplyGate {
-    let gate = this.gates.get(name);
-    if (gate === undefined) {
-      gate = new LeaseGate(name, () => this.holds(name), this.clock, Math.max(5, Math.floor(watchEveryMs(this.config.leaseTtlMs) / 2)), this.config.leaseTtlMs);
-      this.gates.set(name, gate);
-    }
-    return gate;
+    return new LeaseGate(name, () => this.holds(name), this.clock, Math.max(5, Math.floor(watchEveryMs(this.config.leaseTtlMs) / 2)), this.config.leaseTtlMs);
   }
 
   /**

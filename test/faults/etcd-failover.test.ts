@@ -10,8 +10,12 @@
 //   - etcd is stopped under a healthy primary: a cannot renew its lease, so it fences
 //     itself (steps down; a write's reply would fail before the lease could have expired)
 //     and refuses clients; once etcd is back, b, in sync, is promoted and a follows it.
+//     The same with a `quorum: majority` volume and a witness: its primary fences itself
+//     too, though it has its majority (the decision docs/operations.md explains), and b's
+//     promotion after the claim still stands for the epoch with the witness's promise.
 //   - `promote` is a claim: refused while a serves the volume, and with --force; `demote`
-//     of a is a switchover (b claims the volume within a read or two); a key that is not
+//     of a is a switchover (b claims the volume within a read or two), and of b one back
+//     (a, primary again in the same process, takes writes); a key that is not
 //     blockmirror's is left alone and reported in status.
 //   - a three-member etcd loses its leader: the members elect another, the leases live
 //     on, and no volume fails over; writes through a go on without an error.
@@ -64,14 +68,15 @@ const upToDate = (status: NodeStatusJson, id: string): boolean => {
 };
 
 /** Two nodes coordinated through etcd at `endpoints`, each hook appending what it was told to hooks-<node>.txt. */
-async function pair(prefix: string, endpoints: string[], ttlMs = leaseTtlMs): Promise<{ dir: string; config: string }> {
+async function pair(prefix: string, endpoints: string[], ttlMs = leaseTtlMs, quorum = false): Promise<{ dir: string; config: string }> {
   const dir = makeTempDir(prefix);
   dirs.push(dir);
   const line = '"$BLOCKMIRROR_EVENT $BLOCKMIRROR_VOLUME $BLOCKMIRROR_NODE $BLOCKMIRROR_EPOCH $BLOCKMIRROR_ROLE"';
   const hook = `echo ${line} >> ${dir}/hooks-$BLOCKMIRROR_NODE.txt`;
   const config = await writeClusterConfig(dir, {
-    nodes: [{ id: 'a' }, { id: 'b' }],
-    volumes: [{ name: 'vol0', size: '64MiB', replicas: ['a', 'b'], primary: 'a', mode: 'sync' }],
+    // With `quorum: majority`, a witness w makes the third member.
+    nodes: quorum ? [{ id: 'a' }, { id: 'b' }, { id: 'w', witness: true }] : [{ id: 'a' }, { id: 'b' }],
+    volumes: [{ name: 'vol0', size: '64MiB', replicas: ['a', 'b'], primary: 'a', mode: 'sync', ...(quorum ? { quorum: 'majority' as const } : {}) }],
     heartbeat: fastHeartbeat,
     log: { partitionSize: '4MiB', partitions: 3, cpIntervalMs: 200 },
     etcd: { endpoints, leaseTtlMs: ttlMs },
@@ -148,13 +153,17 @@ test('SIGKILL of the primary: its lease expires, b promotes itself in the next e
   assert.equal(holding(await a.status()), false);
 });
 
-test('etcd stopped under a healthy primary: a fences itself and steps down; once etcd is back, b is promoted and a follows it', async () => {
+for (const quorum of [false, true]) {
+test(`etcd stopped under a healthy primary${quorum ? ' of a quorum: majority volume (a witness, too)' : ''}: a fences itself and steps down; once etcd is back, b is promoted and a follows it`, async () => {
   const dir0 = makeTempDir('blockmirror-etcd-');
   dirs.push(dir0);
   let etcd = await EtcdProcess.start(dir0);
   etcds.push(etcd);
-  const { dir, config } = await pair('blockmirror-etcd-outage-', [etcd.clientUrl]);
+  const { dir, config } = await pair('blockmirror-etcd-outage-', [etcd.clientUrl], leaseTtlMs, quorum);
+  // The witness takes no part in etcd (it serves no volume), but counts toward the quorum.
+  if (quorum) await start(dir, config, 'w');
   const { a, b } = await startPair(dir, config);
+  if (quorum) await a.waitStatus('a has its quorum', (status) => vol0(status).quorum?.ok === true);
   const writer = new Writer(a.uri('vol0'), 1, 10_000_000, ['--seconds', '60']);
   await waitFor('100 replies', 30_000, () => writer.count('A') >= 100 || !writer.running);
 
@@ -183,6 +192,7 @@ test('etcd stopped under a healthy primary: a fences itself and steps down; once
   const report = await checkImage(null, dumped, [history], { acknowledged: 'replied' });
   assert.equal(report.failure_count, 0, `seed ${seed}: replied writes missing: ${report.failures.join('; ')}`);
 });
+}
 
 /** `blockmirror <args>` asking `node`'s admin API. */
 function cli(node: TestNode, ...args: string[]): ReturnType<typeof run> {
@@ -218,16 +228,25 @@ test('promote is a claim in etcd: refused while a serves the volume and when for
   const second = new Writer(b.uri('vol0'), 1, 10_000_000, ['--max-writes', '200']);
   assert.equal((await second.finish(60_000)).code, 0, `writes through b: ${second.stderr}`);
 
+  // And back: a, which stepped down in this process, takes writes again once it claims the volume.
+  await a.waitStatus('a up to date under b', (status) => vol0(status).source?.promotable === true, 30_000);
+  await b.waitStatus('a in the synced set', (status) => synced(status).includes('a'), 30_000);
+  const back = await cli(b, 'demote', 'vol0', '--node', 'b');
+  assert.equal(back.code, 0, `demote b: ${back.stdout}${back.stderr}`);
+  await a.waitStatus('a promoted itself again', (status) => vol0(status).role === 'primary' && holding(status) && vol0(status).epoch === 2, 30_000);
+  const third = new Writer(a.uri('vol0'), 2, 20_000_000, ['--max-writes', '200']);
+  assert.equal((await third.finish(60_000)).code, 0, `writes through a again: ${third.stderr}`);
+
   // Something else wrote the epoch key: it is reported, and nobody acts on it.
   const client = new Etcd3({ hosts: etcd.clientUrl });
   try {
     const good = await client.get('blockmirror/volumes/vol0/epoch').string();
     await client.put('blockmirror/volumes/vol0/epoch').value('not a claim');
-    const reported = await b.waitStatus('the damaged key reported', (status) => status.coordination.kind === 'etcd' && (status.coordination.error ?? '').includes('is not blockmirror\'s'));
+    const reported = await a.waitStatus('the damaged key reported', (status) => status.coordination.kind === 'etcd' && (status.coordination.error ?? '').includes('is not blockmirror\'s'));
     assert.ok(reported.coordination.kind === 'etcd' && reported.coordination.error?.includes('volume vol0'));
     assert.equal(vol0(reported).role, 'primary');
     await client.put('blockmirror/volumes/vol0/epoch').value(good ?? '');
-    await b.waitStatus('the error gone once the key is right again', (status) => status.coordination.kind === 'etcd' && status.coordination.error === null);
+    await a.waitStatus('the error gone once the key is right again', (status) => status.coordination.kind === 'etcd' && status.coordination.error === null);
   } finally {
     client.close();
   }
