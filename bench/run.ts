@@ -1449,15 +1449,9 @@ async function failoverOnce(run: number): Promise<FailoverRun> {
   fs.rmSync(dir, { recursive: true, force: true });
   fs.mkdirSync(dir, { recursive: true });
   const config = await writeMirrorConfig(dir, 'sync');
-  const b = spawnNode(config, 'b');
-  let a: MirrorNode | null = null;
+  const started: { a: MirrorNode | null; b: MirrorNode | null } = { a: null, b: null };
   try {
-    const bReady = await waitNodeReady(b, 120_000);
-    a = spawnNode(config, 'a');
-    const aReady = await waitNodeReady(a, 120_000);
-    const mirror: Mirror = { primary: a, secondary: b, adminUrl: `http://${aReady.admin}` };
-    await waitMirror(mirror, 'node a streaming to node b', streaming, 60_000);
-    await runTool('qemu-io', ['-f', 'raw', '-t', 'none', `nbd://${aReady.nbd}/vol0`, '-c', 'write -P 0x5a 0 16M', '-c', 'flush'], 60_000);
+    const { a, bReady } = await startFilledPair(config, started);
     const bAdmin = `http://${bReady.admin}`;
     const bVolume = async (): Promise<MirrorVolumeStatus> => mirrorVolume({ adminUrl: bAdmin });
     await pollUntil('node b in sync', () => bVolume().then((volume) => volume.source?.promotable === true), 30_000);
@@ -1477,10 +1471,32 @@ async function failoverOnce(run: number): Promise<FailoverRun> {
       totalMs: Math.round(writtenAt - killedAt),
     };
   } finally {
-    if (a !== null) await stopServer(a.child);
-    await stopServer(b.child);
+    await stopPair(started);
     fs.rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/**
+ * The two nodes of a failover run: node b first, then node a; once node a streams to
+ * node b, 16 MiB written through node a. `started` holds them as they start, for the
+ * caller's `stopPair` however this ends.
+ */
+async function startFilledPair(config: string, started: { a: MirrorNode | null; b: MirrorNode | null }): Promise<{ a: MirrorNode; aReady: { nbd: string; admin: string }; bReady: { nbd: string; admin: string } }> {
+  const b = spawnNode(config, 'b');
+  started.b = b;
+  const bReady = await waitNodeReady(b, 120_000);
+  const a = spawnNode(config, 'a');
+  started.a = a;
+  const aReady = await waitNodeReady(a, 120_000);
+  const mirror: Mirror = { primary: a, secondary: b, adminUrl: `http://${aReady.admin}` };
+  await waitMirror(mirror, 'node a streaming to node b', streaming, 60_000);
+  await runTool('qemu-io', ['-f', 'raw', '-t', 'none', `nbd://${aReady.nbd}/vol0`, '-c', 'write -P 0x5a 0 16M', '-c', 'flush'], 60_000);
+  return { a, aReady, bReady };
+}
+
+async function stopPair(started: { a: MirrorNode | null; b: MirrorNode | null }): Promise<void> {
+  if (started.a !== null) await stopServer(started.a.child);
+  if (started.b !== null) await stopServer(started.b.child);
 }
 
 /** Polls `check` every `everyMs` until it holds (bounded by `timeoutMs`). */
@@ -1556,15 +1572,9 @@ async function autoFailoverOnce(run: number, setting: (typeof autoSettings)[numb
   const heartbeat = setting.heartbeat === null ? '' : `heartbeat: { intervalMs: ${setting.heartbeat.intervalMs}, timeoutMs: ${setting.heartbeat.timeoutMs}, probationMs: ${setting.heartbeat.probationMs} }\n`;
   const coordination = `coordination:\n  etcd:\n    endpoints: [${etcdUrl}]\n    prefix: bench/${setting.name}-${run}-${Date.now()}\n    leaseTtlMs: ${setting.leaseTtlMs}\n`;
   const config = await writeMirrorConfig(dir, 'sync', coordination + heartbeat);
-  const b = spawnNode(config, 'b');
-  let a: MirrorNode | null = null;
+  const started: { a: MirrorNode | null; b: MirrorNode | null } = { a: null, b: null };
   try {
-    const bReady = await waitNodeReady(b, 120_000);
-    a = spawnNode(config, 'a');
-    const aReady = await waitNodeReady(a, 120_000);
-    const mirror: Mirror = { primary: a, secondary: b, adminUrl: `http://${aReady.admin}` };
-    await waitMirror(mirror, 'node a streaming to node b', streaming, 60_000);
-    await runTool('qemu-io', ['-f', 'raw', '-t', 'none', `nbd://${aReady.nbd}/vol0`, '-c', 'write -P 0x5a 0 16M', '-c', 'flush'], 60_000);
+    const { a, bReady } = await startFilledPair(config, started);
     const bAdmin = `http://${bReady.admin}`;
     const status = async (): Promise<{ coordination: { kind: string; volumes?: Record<string, { synced: string[] | null }> }; volumes: MirrorVolumeStatus[] }> =>
       (await fetch(`${bAdmin}/api/v1/status`, { signal: AbortSignal.timeout(10_000) })).json() as never;
@@ -1593,8 +1603,7 @@ async function autoFailoverOnce(run: number, setting: (typeof autoSettings)[numb
     await stopServer(client);
     return { promotedMs: Math.round((promotedAt ?? writtenAt) - killedAt), totalMs: Math.round(writtenAt - killedAt) };
   } finally {
-    if (a !== null) await stopServer(a.child);
-    await stopServer(b.child);
+    await stopPair(started);
     fs.rmSync(dir, { recursive: true, force: true });
   }
 }

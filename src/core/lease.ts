@@ -183,27 +183,42 @@ function isEpoch(value: unknown): value is number {
  */
 export interface SyncedClaim {
   epoch: number;
+  /**
+   * Counts the primary's changes of the set in its epoch (0: its claim's), so that no
+   * value comes back: a change whose answer was lost, compared against a value since
+   * replaced, can never apply later.
+   */
+  version: number;
   nodes: string[];
 }
 
 export function encodeSynced(claim: SyncedClaim): string {
-  return JSON.stringify({ epoch: claim.epoch, nodes: [...claim.nodes].sort() });
+  return JSON.stringify({ epoch: claim.epoch, version: claim.version, nodes: [...claim.nodes].sort() });
 }
 
 export function parseSyncedClaim(text: string): SyncedClaim | null {
   const value = parseObject(text);
   if (value === null) return null;
-  const { epoch, nodes } = value;
-  if (!isEpoch(epoch) || !Array.isArray(nodes) || nodes.length > 64 || !nodes.every(isNodeId)) return null;
-  return { epoch, nodes: [...(nodes as string[])] };
+  const { epoch, version, nodes } = value;
+  if (!isEpoch(epoch) || !Number.isSafeInteger(version) || (version as number) < 0 || !Array.isArray(nodes) || nodes.length > 64 || !nodes.every(isNodeId)) return null;
+  return { epoch, version: version as number, nodes: [...(nodes as string[])] };
+}
+
+/** The same set of copies (the order aside). */
+export function sameNodes(a: readonly string[], b: readonly string[]): boolean {
+  const set = new Set(a);
+  return set.size === new Set(b).size && b.every((node) => set.has(node));
 }
 
 /**
- * Whether a reply may leave as far as the recorded synced set goes: every copy it names
- * is this primary or one the reply waited for (`counted`), so none of them lacks it.
+ * Whether a reply may leave as far as the synced set goes: every copy etcd's `synced` may
+ * name (`mayName`: the value the primary knows, and those of its changes whose answers it
+ * has not had) is this primary or one the reply waited for (`counted`), so none of them
+ * lacks it.
  */
-export function syncedCovers(recorded: readonly string[] | null, self: string, counted: readonly string[]): boolean {
-  return recorded === null || recorded.every((node) => node === self || counted.includes(node));
+export function syncedCovers(mayName: Iterable<string>, self: string, counted: readonly string[]): boolean {
+  for (const node of mayName) if (node !== self && !counted.includes(node)) return false;
+  return true;
 }
 
 /** Whether `self` may claim a vacant volume by the synced set etcd records (none recorded: the copy's own record decides). */

@@ -35,7 +35,7 @@ import type { Logger } from '../lib/log.js';
 import type { Clock } from '../io/clock.js';
 import {
   claimedEpoch, claimsNow, encodeClaim, encodeSynced, HeldLease, leaseMarginMs, parseCandidate, parseEpochClaim, parsePrimaryClaim, parseSyncedClaim, renewEveryMs,
-  syncedAdmits, syncedCovers, watchEveryMs, type Candidate, type PrimaryClaim, type SyncedClaim,
+  sameNodes, syncedAdmits, syncedCovers, watchEveryMs, type Candidate, type PrimaryClaim, type SyncedClaim,
 } from '../core/lease.js';
 import { LeaseGate, type ReplyGate } from './reply-gate.js';
 import type { ServedVolume } from './served-volume.js';
@@ -54,9 +54,15 @@ interface VolumeState {
   heldEpoch: number;
   /** That key's text (the holder's transactions require it unchanged). */
   claimText: string | null;
-  /** The `synced` key as last read or written, and its text. */
+  /** The `synced` key's value as this node knows it (its own confirmed change, or a read no change of its raced), and its text. */
   synced: SyncedClaim | null;
   syncedText: string | null;
+  /**
+   * Copies named by this holder's changes of `synced` whose answers it has not had (one
+   * under way, or lost): etcd may name them too, until a later change is confirmed (its
+   * compare proves the value moved past the one the lost change expected).
+   */
+  pending: Set<string>;
   /** A change of `synced` under way (one at a time). */
   syncedWrite: Promise<void> | null;
   /** When this node, a candidate, first saw the volume without a primary. */
@@ -79,6 +85,9 @@ export class EtcdCoordinator {
   private watchError: string | null = null;
   /** Errors noted by the watch loop's current turn. */
   private watchErrors = 0;
+  /** Changes of `synced` started, and under way: a read sent while one was (or answered after one started) may be stale. */
+  private syncedChangesStarted = 0;
+  private syncedChangesUnderWay = 0;
   private lastLoggedError: { text: string; atMs: number } | null = null;
   private readonly counters = { renewals: 0, renewalFailures: 0, claimsWon: 0, claimsLost: 0, fenced: 0 };
 
@@ -131,21 +140,29 @@ export class EtcdCoordinator {
     if (served.role !== 'primary' || state.heldEpoch !== served.volume.replica.epoch || !this.held.valid(this.clock.nowMs())) return false;
     if (served.config.mode !== 'sync') return true;
     const counted = served.mirrored?.engine.countedPeers() ?? [];
-    if (syncedCovers(state.synced?.nodes ?? null, this.node.id, counted)) return true;
+    const mayName = [...(state.synced?.nodes ?? []), ...state.pending];
+    if (syncedCovers(mayName, this.node.id, counted)) return true;
     if (shrink) this.recordSynced(served, (state.synced?.nodes ?? []).filter((node) => node === this.node.id || counted.includes(node)));
     return false;
   }
 
-  /** Writes `nodes` as the volume's synced set, if this node still holds its key (one change at a time). */
+  /**
+   * Writes `nodes` as the volume's synced set, if this node still holds its key and the
+   * set is as it knows it (one change at a time). Until the answer says it applied, etcd
+   * may name `nodes` as well as the set it replaces (`pending`, which `holds` counts).
+   */
   private recordSynced(served: ServedVolume, nodes: string[]): void {
     const { name } = served.config;
     const state = this.stateOf(name);
     if (state.syncedWrite !== null || state.claimText === null) return;
     const claimText = state.claimText;
     const previous = state.syncedText;
-    const next: SyncedClaim = { epoch: state.heldEpoch, nodes: [...new Set(nodes)] };
+    const next: SyncedClaim = { epoch: state.heldEpoch, version: (state.synced?.epoch === state.heldEpoch ? state.synced.version : 0) + 1, nodes: [...new Set(nodes)] };
     const text = encodeSynced(next);
     const syncedKey = this.keyOf(name, 'synced');
+    for (const node of next.nodes) state.pending.add(node);
+    this.syncedChangesStarted += 1;
+    this.syncedChangesUnderWay += 1;
     state.syncedWrite = (async () => {
       try {
         const result = await this.client
@@ -156,11 +173,13 @@ export class EtcdCoordinator {
         if (result.succeeded) {
           state.synced = next;
           state.syncedText = text;
-          this.log.info('the synced set in etcd changed', { volume: name, epoch: next.epoch, synced: next.nodes.join(',') });
+          state.pending.clear();
+          this.log.info('the synced set in etcd changed', { volume: name, epoch: next.epoch, version: next.version, synced: next.nodes.join(',') });
         }
       } catch (error) {
         this.noteError(`recording the synced set of ${name}: ${describe(error)}`);
       } finally {
+        this.syncedChangesUnderWay -= 1;
         state.syncedWrite = null;
       }
     })();
@@ -244,7 +263,11 @@ export class EtcdCoordinator {
         this.held.lost();
         this.lease = null;
         this.leaseId = null;
-        for (const state of this.states.values()) state.holding = false;
+        for (const state of this.states.values()) {
+          state.holding = false;
+          // Its candidacy went with the lease: announced again under the next one.
+          state.announced = false;
+        }
         this.log.error('the lease in etcd expired: this node holds no volume until it claims one again', {});
       }
       this.renewError = `renewing the lease: ${describe(error)}`;
@@ -273,10 +296,13 @@ export class EtcdCoordinator {
     while (!this.stopped) {
       this.watchErrors = 0;
       try {
+        // A read sent while a change of `synced` was under way, or answered after one started, may not show it.
+        const quietAtSend = this.syncedChangesUnderWay === 0;
+        const startedAtSend = this.syncedChangesStarted;
         const keys = await this.client.getAll().prefix(`${this.config.prefix}/volumes/`).strings();
         for (const served of this.coordinated()) {
           if (this.stopped) break;
-          await this.step(served, keys);
+          await this.step(served, keys, quietAtSend && this.syncedChangesStarted === startedAtSend);
         }
       } catch (error) {
         this.noteError(`reading the volumes' keys: ${describe(error)}`);
@@ -289,8 +315,8 @@ export class EtcdCoordinator {
     }
   }
 
-  /** One step of one volume from what its keys say now. */
-  private async step(served: ServedVolume, keys: Record<string, string>): Promise<void> {
+  /** One step of one volume from what its keys say now (`syncedFresh`: no change of `synced` raced the read). */
+  private async step(served: ServedVolume, keys: Record<string, string>, syncedFresh: boolean): Promise<void> {
     const { name } = served.config;
     const state = this.stateOf(name);
     const primaryText = keys[this.keyOf(name, 'primary')] ?? null;
@@ -305,7 +331,7 @@ export class EtcdCoordinator {
     }
     state.primary = primary;
     state.epoch = recorded?.epoch ?? 0;
-    if (state.syncedWrite === null) {
+    if (syncedFresh) {
       state.synced = synced;
       state.syncedText = syncedText;
     }
@@ -320,7 +346,7 @@ export class EtcdCoordinator {
         state.claimText = primaryText;
         // The synced set follows the copies that are up to date (it shrinks at once when a reply needs it to).
         const wanted = served.config.mode === 'sync' ? [this.node.id, ...(served.mirrored.engine.upToDatePeers())] : [this.node.id];
-        if (encodeSynced({ epoch, nodes: wanted }) !== syncedText) this.recordSynced(served, wanted);
+        if (syncedFresh && (state.synced === null || !sameNodes(state.synced.nodes, wanted))) this.recordSynced(served, wanted);
         return;
       }
       state.holding = false;
@@ -353,7 +379,11 @@ export class EtcdCoordinator {
     if (served.role !== 'secondary' || served.target === null) return;
     if (primary !== null) {
       state.vacantSinceMs = null;
-      state.announced = false;
+      if (state.announced) {
+        // The vacancy is filled: this copy's candidacy is withdrawn (it would make the next one wait).
+        state.announced = false;
+        await this.client.delete().key(this.keyOf(name, `candidates/${this.node.id}`));
+      }
       return;
     }
     if (this.leaseId === null || !syncedAdmits(synced, this.node.id) || this.roles.promotable(name) !== null) {
@@ -446,7 +476,7 @@ export class EtcdCoordinator {
     const syncedKey = this.keyOf(name, 'synced');
     const claimText = encodeClaim({ node: this.node.id, epoch, lease: leaseId });
     // The claimant alone holds every write of its epoch so far: the others join the synced set once up to date.
-    const synced: SyncedClaim = { epoch, nodes: [this.node.id] };
+    const synced: SyncedClaim = { epoch, version: 0, nodes: [this.node.id] };
     const result = await this.client
       .if(primaryKey, primaryText === null ? 'Create' : 'Value', '==', primaryText ?? 0)
       .and(epochKey, epochText === null ? 'Create' : 'Value', '==', epochText ?? 0)
@@ -468,6 +498,7 @@ export class EtcdCoordinator {
     state.claimText = claimText;
     state.synced = synced;
     state.syncedText = encodeSynced(synced);
+    state.pending.clear();
     return true;
   }
 
@@ -490,7 +521,7 @@ export class EtcdCoordinator {
   private stateOf(name: string): VolumeState {
     let state = this.states.get(name);
     if (state === undefined) {
-      state = { primary: null, epoch: 0, holding: false, heldEpoch: 0, claimText: null, synced: null, syncedText: null, syncedWrite: null, vacantSinceMs: null, announced: false, announcedStart: false };
+      state = { primary: null, epoch: 0, holding: false, heldEpoch: 0, claimText: null, synced: null, syncedText: null, pending: new Set(), syncedWrite: null, vacantSinceMs: null, announced: false, announcedStart: false };
       this.states.set(name, state);
     }
     return state;

@@ -27,7 +27,7 @@ import path from 'node:path';
 import { after, test } from 'node:test';
 import { Etcd3 } from 'etcd3';
 import { EtcdProcess } from '../helpers/etcd-process.js';
-import { cliPath, killAll, makeTempDir, run, startClusterNode, writeClusterConfig, type NodeStatusJson, type TestNode } from '../helpers/node-process.js';
+import { cliPath, killAll, makeTempDir, run, startClusterNode, vol0, writeClusterConfig, type NodeStatusJson, type TestNode } from '../helpers/node-process.js';
 import { checkImage, dumpVolume, seed, waitFor, Writer } from './workload.js';
 
 const fastHeartbeat = { intervalMs: 100, timeoutMs: 600, probationMs: 600 };
@@ -47,12 +47,6 @@ async function start(dir: string, config: string, id: string): Promise<TestNode>
   const node = await startClusterNode(dir, config, id);
   started.push(node);
   return node;
-}
-
-function vol0(status: NodeStatusJson): NodeStatusJson['volumes'][number] {
-  const volume = status.volumes.find((candidate) => candidate.name === 'vol0');
-  assert.ok(volume !== undefined, `${status.node} lists vol0`);
-  return volume;
 }
 
 /** Whether the node holds vol0 in etcd now (its primary, under a live lease). */

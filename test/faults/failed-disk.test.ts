@@ -45,7 +45,7 @@ import path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { requireRootAndTools, runCleanupSteps, runCommandOk, withDeadline } from '../helpers/fuse.js';
 import { PoweredStack, type NbdkitOptions } from '../helpers/nbdkit-disk.js';
-import { cliPath, makeTempDir, readVolumeRange, run, sleep, startClusterNode, writeClusterConfig, type LogSpec, type NodeStatusJson, type TestNode } from '../helpers/node-process.js';
+import { cliPath, makeTempDir, readVolumeRange, run, sleep, startClusterNode, vol0, writeClusterConfig, type LogSpec, type NodeStatusJson, type TestNode } from '../helpers/node-process.js';
 import { checkImage, dumpVolume, seed, waitFor, Writer } from './workload.js';
 
 const KiB = 1024;
@@ -68,12 +68,6 @@ const writesAfter = 3_000;
 const writerBudget = 16_000;
 
 console.log(`failed-disk.test: seed=${seed} (BLOCKMIRROR_SEED=${seed} replays the writer's workload)`);
-
-function vol0(status: NodeStatusJson): NodeStatusJson['volumes'][number] {
-  const volume = status.volumes.find((candidate) => candidate.name === 'vol0');
-  assert.ok(volume !== undefined, `${status.node} lists vol0`);
-  return volume;
-}
 
 // ---- the two nodes, a's failing disk, and their cleanup ---------------------------------
 

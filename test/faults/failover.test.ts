@@ -24,7 +24,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, test } from 'node:test';
-import { cliPath, killAll, makeTempDir, run, startClusterNode, writeClusterConfig, type NodeStatusJson, type TestNode } from '../helpers/node-process.js';
+import { cliPath, killAll, makeTempDir, run, startClusterNode, vol0, writeClusterConfig, type NodeStatusJson, type TestNode } from '../helpers/node-process.js';
 import { checkImage, dumpVolume, seed, waitFor, Writer } from './workload.js';
 import { decodeEntryHeader, ENTRY_ALIGN_BYTES, ENTRY_HEADER_BYTES, EntryType, type EntryHeader } from '../../src/protocol/log-entry.js';
 
@@ -43,12 +43,6 @@ async function start(dir: string, config: string, id: string): Promise<TestNode>
   const node = await startClusterNode(dir, config, id);
   started.push(node);
   return node;
-}
-
-function vol0(status: NodeStatusJson): NodeStatusJson['volumes'][number] {
-  const volume = status.volumes.find((candidate) => candidate.name === 'vol0');
-  assert.ok(volume !== undefined, `${status.node} lists vol0`);
-  return volume;
 }
 
 function peer(status: NodeStatusJson, id: string): NodeStatusJson['volumes'][number]['peers'][number] | undefined {

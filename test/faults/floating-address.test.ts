@@ -18,7 +18,7 @@ import { fileURLToPath } from 'node:url';
 import { after, test } from 'node:test';
 import { EtcdProcess } from '../helpers/etcd-process.js';
 import { NetnsLab } from '../helpers/netns.js';
-import { killAll, makeTempDir, startClusterNode, type NodeStatusJson, type TestNode } from '../helpers/node-process.js';
+import { killAll, makeTempDir, startClusterNode, vol0, type NodeStatusJson, type TestNode } from '../helpers/node-process.js';
 import { checkImage, dumpUri, seed, waitFor, Writer } from './workload.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -35,12 +35,6 @@ after(async () => {
   await lab.remove();
   if (process.exitCode === undefined || process.exitCode === 0) for (const dir of dirs) fs.rmSync(dir, { recursive: true, force: true });
 });
-
-function vol0(status: NodeStatusJson): NodeStatusJson['volumes'][number] {
-  const volume = status.volumes.find((candidate) => candidate.name === 'vol0');
-  assert.ok(volume !== undefined, `${status.node} lists vol0`);
-  return volume;
-}
 
 const holding = (status: NodeStatusJson): boolean => status.coordination.kind === 'etcd' && status.coordination.volumes['vol0']?.holding === true;
 const synced = (status: NodeStatusJson): string[] => (status.coordination.kind === 'etcd' ? status.coordination.volumes['vol0']?.synced ?? [] : []);

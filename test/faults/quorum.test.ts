@@ -22,7 +22,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
-import { cliPath, makeTempDir, testResources, readVolumeRange, run, startClusterNode, writeClusterConfig, type NodeStatusJson, type TestNode } from '../helpers/node-process.js';
+import { cliPath, makeTempDir, readVolumeRange, run, startClusterNode, testResources, vol0, writeClusterConfig, type TestNode } from '../helpers/node-process.js';
 import { NftPartition } from '../helpers/nft-partition.js';
 import { checkImage, dumpVolume, seed, Writer } from './workload.js';
 
@@ -34,12 +34,6 @@ const partitions: NftPartition[] = [];
 first.push(async () => {
   for (const partition of partitions) await partition.remove();
 });
-
-function vol0(status: NodeStatusJson): NodeStatusJson['volumes'][number] {
-  const volume = status.volumes.find((candidate) => candidate.name === 'vol0');
-  assert.ok(volume !== undefined, `${status.node} lists vol0`);
-  return volume;
-}
 
 function partition(x: keyof typeof LINK, y: keyof typeof LINK): NftPartition {
   const cut = new NftPartition(LINK[x], LINK[y], `quorum_${x}${y}_${partitions.length}`);

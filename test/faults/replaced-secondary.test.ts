@@ -7,15 +7,9 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { test } from 'node:test';
-import { makeTempDir, testResources, run, startClusterNode, writeClusterConfig, type NodeStatusJson, type TestNode } from '../helpers/node-process.js';
+import { makeTempDir, run, startClusterNode, testResources, vol0, writeClusterConfig, type NodeStatusJson, type TestNode } from '../helpers/node-process.js';
 
 const { nodes: started, dirs } = testResources();
-
-function vol0(status: NodeStatusJson): NodeStatusJson['volumes'][number] {
-  const volume = status.volumes.find((candidate) => candidate.name === 'vol0');
-  assert.ok(volume !== undefined, `${status.node} lists vol0`);
-  return volume;
-}
 
 async function writeBlocks(node: TestNode, byte: number, offsets: number[]): Promise<void> {
   const commands = offsets.flatMap((offset) => ['-c', `write -f -P 0x${byte.toString(16)} ${offset} 64k`]);

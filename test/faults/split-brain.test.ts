@@ -20,7 +20,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
-import { cliPath, makeTempDir, testResources, run, startClusterNode, writeClusterConfig, type NodeStatusJson, type TestNode } from '../helpers/node-process.js';
+import { cliPath, makeTempDir, run, startClusterNode, testResources, vol0, writeClusterConfig, type TestNode } from '../helpers/node-process.js';
 import { NftPartition } from '../helpers/nft-partition.js';
 
 const fast = { intervalMs: 100, timeoutMs: 600, probationMs: 600 };
@@ -34,12 +34,6 @@ first.push(async () => {
 });
 
 type Policy = 'disconnect' | 'discard-zero-changes' | 'discard-younger-primary' | 'discard-least-changes';
-
-function vol0(status: NodeStatusJson): NodeStatusJson['volumes'][number] {
-  const volume = status.volumes.find((candidate) => candidate.name === 'vol0');
-  assert.ok(volume !== undefined, `${status.node} lists vol0`);
-  return volume;
-}
 
 async function cluster(prefix: string, afterSplitBrain: Policy): Promise<{ dir: string; a: TestNode; b: TestNode; cut: NftPartition }> {
   const dir = makeTempDir(prefix);

@@ -93,6 +93,13 @@ export const testLog: LogSpec = { partitionSize: '4MiB', partitions: 3, cpInterv
 /** GET /api/v1/status, as the server builds it. */
 export type NodeStatusJson = NodeStatus;
 
+/** A node's status of vol0 (or `name`); the test fails when the node does not list it. */
+export function vol0(status: NodeStatusJson, name = 'vol0'): NodeStatusJson['volumes'][number] {
+  const volume = status.volumes.find((candidate) => candidate.name === name);
+  if (volume === undefined) throw new Error(`${status.node} does not list ${name}`);
+  return volume;
+}
+
 export interface NodeOptions {
   /** Reuse a directory (and its data) from an earlier node to restart it. */
   dir?: string;

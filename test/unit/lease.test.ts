@@ -5,7 +5,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import {
-  claimedEpoch, claimsNow, encodeClaim, HeldLease, leaseMarginMs, parseCandidate, parseEpochClaim, parsePrimaryClaim, preferredCandidate, renewEveryMs,
+  claimedEpoch, claimsNow, encodeClaim, encodeSynced, HeldLease, leaseMarginMs, parseCandidate, parseEpochClaim, parsePrimaryClaim, parseSyncedClaim, preferredCandidate,
+  renewEveryMs, sameNodes, syncedAdmits, syncedCovers,
 } from '../../src/core/lease.js';
 
 test('a held lease is valid until its last confirmed renewal\'s send time plus its TTL, less the margin', () => {
@@ -75,4 +76,29 @@ test('the keys\' values round-trip; one that is not blockmirror\'s is refused', 
   assert.equal(parseEpochClaim('{"node":"a","epoch":"1"}'), null);
   assert.equal(parseCandidate('{"node":"a","priority":-1,"lastSeq":0}'), null);
   assert.equal(parseCandidate('{"node":"a","priority":0}'), null);
+});
+
+test('the synced set: a reply leaves only when every copy etcd may name waited for it', () => {
+  // Known value {a, b}, a change naming c whose answer was lost: etcd may name a, b or c.
+  const mayName = ['a', 'b', 'c'];
+  assert.equal(syncedCovers(mayName, 'a', ['b', 'c']), true);
+  assert.equal(syncedCovers(mayName, 'a', ['b']), false, 'c may be named and did not wait for it');
+  assert.equal(syncedCovers([], 'a', []), true);
+  assert.equal(syncedCovers(['a'], 'a', []), true, 'the primary alone');
+  assert.equal(syncedAdmits(null, 'b'), true);
+  assert.equal(syncedAdmits({ epoch: 3, version: 2, nodes: ['a', 'b'] }, 'b'), true);
+  assert.equal(syncedAdmits({ epoch: 3, version: 2, nodes: ['a'] }, 'b'), false);
+  assert.equal(sameNodes(['a', 'b'], ['b', 'a']), true);
+  assert.equal(sameNodes(['a', 'b'], ['a']), false);
+  assert.equal(sameNodes(['a', 'a'], ['a']), true);
+});
+
+test('the synced key\'s value carries a version, so that no value ever comes back', () => {
+  const first = encodeSynced({ epoch: 3, version: 1, nodes: ['b', 'a'] });
+  const later = encodeSynced({ epoch: 3, version: 3, nodes: ['a', 'b'] });
+  assert.notEqual(first, later, 'the same copies at another version are another value');
+  assert.deepEqual(parseSyncedClaim(first), { epoch: 3, version: 1, nodes: ['a', 'b'] });
+  for (const text of ['{"epoch":3,"nodes":["a"]}', '{"epoch":3,"version":-1,"nodes":["a"]}', '{"epoch":3,"version":0,"nodes":["A"]}', '{"epoch":3,"version":0,"nodes":"a"}']) {
+    assert.equal(parseSyncedClaim(text), null, text);
+  }
 });
