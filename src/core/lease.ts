@@ -15,8 +15,9 @@
 // leased `primary` key, which must be absent, and the `epoch` key, the newest epoch any
 // claim took, which must be as read. The claimant writes both, so no two nodes ever take
 // the same epoch. Among the copies that may be promoted, the one etcd should see first is
-// `preferredCandidate`'s: the highest `priority`, then the most entries durable, then the
-// lowest node id; the others wait `fallbackMs` before they claim in its place.
+// `preferredCandidate`'s: a copy that follows before a primary that stepped down, then the
+// highest `priority`, then the most entries durable, then the lowest node id; the others
+// wait `fallbackMs` before they claim in its place.
 
 import { assert } from '../lib/assert.js';
 
@@ -82,6 +83,11 @@ export interface Candidate {
   priority: number;
   /** Its last entry made durable. */
   lastSeq: number;
+  /**
+   * A primary that stepped down, to take its volume back: preferred after every copy that
+   * follows (a `demote` means "another copy", and one is taken if there is one).
+   */
+  steppedDown?: boolean;
 }
 
 /** Which of `candidates` should claim first: the highest priority, then the most entries, then the lowest id. */
@@ -94,6 +100,7 @@ export function preferredCandidate(candidates: readonly Candidate[]): Candidate 
 }
 
 function prefers(a: Candidate, b: Candidate): boolean {
+  if ((a.steppedDown === true) !== (b.steppedDown === true)) return b.steppedDown === true;
   if (a.priority !== b.priority) return a.priority > b.priority;
   if (a.lastSeq !== b.lastSeq) return a.lastSeq > b.lastSeq;
   return a.node < b.node;
@@ -153,9 +160,10 @@ export function parseEpochClaim(text: string): EpochClaim | null {
 export function parseCandidate(text: string): Candidate | null {
   const value = parseObject(text);
   if (value === null) return null;
-  const { node, priority, lastSeq } = value;
+  const { node, priority, lastSeq, steppedDown } = value;
   if (!isNodeId(node) || !Number.isSafeInteger(priority) || (priority as number) < 0 || !Number.isSafeInteger(lastSeq) || (lastSeq as number) < 0) return null;
-  return { node, priority: priority as number, lastSeq: lastSeq as number };
+  if (steppedDown !== undefined && typeof steppedDown !== 'boolean') return null;
+  return { node, priority: priority as number, lastSeq: lastSeq as number, ...(steppedDown === true ? { steppedDown } : {}) };
 }
 
 function parseObject(text: string): Record<string, unknown> | null {

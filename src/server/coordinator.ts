@@ -35,7 +35,7 @@ import type { Logger } from '../lib/log.js';
 import type { Clock } from '../io/clock.js';
 import {
   claimedEpoch, claimsNow, encodeClaim, encodeSynced, HeldLease, leaseMarginMs, parseCandidate, parseEpochClaim, parsePrimaryClaim, parseSyncedClaim, renewEveryMs,
-  sameNodes, syncedAdmits, syncedCovers, watchEveryMs, type Candidate, type PrimaryClaim, type SyncedClaim,
+  sameNodes, syncedAdmits, syncedCovers, watchEveryMs, type Candidate, type EpochClaim, type PrimaryClaim, type SyncedClaim,
 } from '../core/lease.js';
 import { LeaseGate, type ReplyGate } from './reply-gate.js';
 import type { ServedVolume } from './served-volume.js';
@@ -376,7 +376,7 @@ export class EtcdCoordinator {
       await this.release(name, primaryText);
       return;
     }
-    if (served.role !== 'secondary' || served.target === null) return;
+    if (served.role !== 'secondary') return;
     if (primary !== null) {
       state.vacantSinceMs = null;
       if (state.announced) {
@@ -386,13 +386,13 @@ export class EtcdCoordinator {
       }
       return;
     }
-    if (this.leaseId === null || !syncedAdmits(synced, this.node.id) || this.roles.promotable(name) !== null) {
+    if (this.leaseId === null || !syncedAdmits(synced, this.node.id) || this.refusal(served, recorded) !== null) {
       state.vacantSinceMs = null;
       return;
     }
     const nowMs = this.clock.nowMs();
     state.vacantSinceMs ??= nowMs;
-    const self: Candidate = { node: this.node.id, priority: this.node.priority, lastSeq: served.volume.log.status().durableSeq };
+    const self: Candidate = { node: this.node.id, priority: this.node.priority, lastSeq: served.volume.log.status().durableSeq, ...(served.target === null ? { steppedDown: true } : {}) };
     if (!state.announced) {
       await this.client.put(this.keyOf(name, `candidates/${this.node.id}`)).value(encodeClaim(self)).lease(this.leaseId);
       state.announced = true;
@@ -419,8 +419,6 @@ export class EtcdCoordinator {
    * replace steps down first: `blockmirror demote`), and is promoted to the epoch it took.
    */
   async promoteByCommand(name: string): Promise<PromotionResult> {
-    const refusal = this.roles.promotable(name);
-    if (refusal !== null) throw refusal;
     const [primaryText, epochText, syncedText] = await Promise.all([
       this.client.get(this.keyOf(name, 'primary')).string(),
       this.client.get(this.keyOf(name, 'epoch')).string(),
@@ -435,19 +433,34 @@ export class EtcdCoordinator {
     const recorded = epochText === null ? null : parseEpochClaim(epochText);
     const synced = syncedText === null ? null : parseSyncedClaim(syncedText);
     if ((epochText !== null && recorded === null) || (syncedText !== null && synced === null)) throw new BlockmirrorError('ERR_COORDINATION', `a key of ${name} in etcd is not blockmirror's`);
+    const served = this.volumes.get(name);
+    if (served === undefined) throw new BlockmirrorError('ERR_UNKNOWN_VOLUME', `no volume ${name} on node ${this.node.id}`);
+    const refusal = this.refusal(served, recorded);
+    if (refusal !== null) throw refusal;
     if (!syncedAdmits(synced, this.node.id)) {
       throw new BlockmirrorError('ERR_MAY_LOSE_WRITES', `etcd records that only ${synced?.nodes.join(', ') ?? ''} hold every write the primary of epoch ${synced?.epoch ?? '?'} acknowledged: node ${this.node.id} may lack some`);
     }
     if (this.leaseId === null) throw new BlockmirrorError('ERR_COORDINATION', `node ${this.node.id} holds no lease in etcd: ${this.renewError ?? 'not granted yet'}`);
-    const served = this.volumes.get(name);
-    if (served === undefined) throw new BlockmirrorError('ERR_UNKNOWN_VOLUME', `no volume ${name} on node ${this.node.id}`);
     const known = served.config.quorum === 'majority' ? this.roles.quorum.candidacy(served) - 1 : served.volume.replica.epoch;
     const next = claimedEpoch(recorded?.epoch ?? 0, known);
     if (!(await this.claim(name, next, null, epochText, syncedText))) throw new BlockmirrorError('ERR_ROLE_REFUSED', `another copy claimed ${name} in etcd first`);
     return this.promoteClaimed(served, next);
   }
 
-  /** Promotes this node's copy to the epoch its claim took; gives the claim up if that fails. */
+  /**
+   * Why this node's copy may not claim the volume, or null: a secondary that may be
+   * promoted by the rules, or a primary that stepped down and was the last to claim the
+   * volume in etcd (no epoch was taken since its own: it holds every acknowledged write).
+   */
+  private refusal(served: ServedVolume, recorded: EpochClaim | null): BlockmirrorError | null {
+    const { name } = served.config;
+    if (served.target !== null) return this.roles.promotable(name);
+    const own = recorded !== null && recorded.node === this.node.id && recorded.epoch === served.volume.replica.epoch;
+    if (!own) return new BlockmirrorError('ERR_ROLE_REFUSED', `node ${this.node.id} stepped down as the primary of ${name}, and etcd names a later claim (${recorded === null ? 'none recorded' : `epoch ${recorded.epoch} of node ${recorded.node}`})`);
+    return this.roles.resumable(name);
+  }
+
+  /** Promotes this node's copy to the epoch its claim took (a stepped-down primary takes its volume back); gives the claim up if that fails. */
   private async promoteClaimed(served: ServedVolume, epoch: number): Promise<PromotionResult> {
     const { name } = served.config;
     const state = this.stateOf(name);
@@ -455,7 +468,7 @@ export class EtcdCoordinator {
     state.heldEpoch = epoch;
     state.vacantSinceMs = null;
     try {
-      return await this.roles.promote(name, false, epoch);
+      return await (served.target === null ? this.roles.resume(name, epoch) : this.roles.promote(name, false, epoch));
     } catch (error) {
       state.holding = false;
       this.log.error('promotion after the claim failed: the claim is given up', { volume: name, epoch, error: String(error) });

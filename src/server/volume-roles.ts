@@ -329,6 +329,67 @@ export class VolumeRoles {
     }
   }
 
+  /**
+   * Why this node's copy of `name`, a primary that stepped down and follows no one yet,
+   * may not take the volume back now, or null when it may: what a claim in etcd asks
+   * before such a copy competes. (Whether it holds every acknowledged write is etcd's to
+   * say: the copy must be the last one that claimed, and its synced set must name it.)
+   */
+  resumable(name: string): BlockmirrorError | null {
+    const served = this.served(name);
+    const { volume } = served;
+    if (served.changing !== null) return new BlockmirrorError('ERR_ROLE_REFUSED', `the copy of ${name} on node ${this.parts.node.id} is changing its role (${served.changing})`);
+    if (served.role !== 'secondary' || served.target !== null || served.mirrored !== null || !this.mirroredHere(served.config)) {
+      return new BlockmirrorError('ERR_ROLE_REFUSED', `node ${this.parts.node.id} is not a primary of ${name} that stepped down`);
+    }
+    if (volume.replica.history.current.primary !== this.parts.node.id || served.discard?.winner != null) {
+      return new BlockmirrorError('ERR_ROLE_REFUSED', `node ${this.parts.node.id} was not the last primary of ${name}, or lost a split brain`);
+    }
+    if (volume.failed) return new BlockmirrorError('ERR_ROLE_REFUSED', `the copy of ${name} on node ${this.parts.node.id} failed: it cannot be the primary`);
+    if (volume.log.status().needsFullResync) return new BlockmirrorError('ERR_MAY_LOSE_WRITES', `the copy of ${name} on node ${this.parts.node.id} is inconsistent: it cannot be the primary`);
+    return null;
+  }
+
+  /**
+   * A primary that stepped down takes its volume back in `epoch` (a claim in etcd gave
+   * it): from its own log, which holds every write it acknowledged, with the mirror state
+   * its step down left, as after a clean stop.
+   */
+  async resume(name: string, epoch: number): Promise<PromotionResult> {
+    const served = this.served(name);
+    const { volume, config } = served;
+    const refusal = this.resumable(name);
+    if (refusal !== null) throw refusal;
+    assert(epoch > volume.replica.epoch);
+    const previous = volume.replica.history;
+    served.changing = 'promotion';
+    try {
+      if (config.quorum === 'majority') await this.quorum.stand(served, this.parts.clock, epoch);
+      const history = volume.replica.promotion(this.parts.node.id, volume.log.lastSeq, epoch - 1);
+      this.saveHistory(served, history);
+      volume.replica.promote(history);
+      served.role = 'primary';
+      served.mirrored = this.mirror(served, volume.log.lastSeq, null);
+      served.mirrored?.engine.start();
+      const result: PromotionResult = {
+        volume: name,
+        node: this.parts.node.id,
+        epoch: history.current.epoch,
+        firstSeq: history.current.firstSeq,
+        previousPrimary: previous.current.primary,
+        appliedEntries: 0,
+        appliedBytes: 0,
+        sourceLogDamage: null,
+        mayLack: null,
+      };
+      this.volumeLog(served).warn('took the volume back as the primary', { epoch: result.epoch, firstSeq: result.firstSeq });
+      this.parts.hooks.fire('promoted', { volume: name, node: this.parts.node.id, epoch: result.epoch, role: 'primary' });
+      return result;
+    } finally {
+      served.changing = null;
+    }
+  }
+
   /** The mirror state a promoted node starts from (see MirrorLedger): written before its engine reads it. */
   private writeMirrorStart(served: ServedVolume, lastSeq: number, lacking: { offset: number; lengthBytes: number }[] | null, coveredFrom: number): void {
     const { config } = served;

@@ -13,6 +13,8 @@
 //     The same with a `quorum: majority` volume and a witness: its primary fences itself
 //     too, though it has its majority (the decision docs/operations.md explains), and b's
 //     promotion after the claim still stands for the epoch with the witness's promise.
+//   - etcd stopped, then b stopped too: once etcd is back, a, which fenced itself and was
+//     the last to claim the volume, takes it back in a new epoch, with every replied write.
 //   - `promote` is a claim: refused while a serves the volume, and with --force; `demote`
 //     of a is a switchover (b claims the volume within a read or two), and of b one back
 //     (a, primary again in the same process, takes writes); a key that is not
@@ -187,6 +189,42 @@ test(`etcd stopped under a healthy primary${quorum ? ' of a quorum: majority vol
   assert.equal(report.failure_count, 0, `seed ${seed}: replied writes missing: ${report.failures.join('; ')}`);
 });
 }
+
+test('etcd stopped, then the secondary stopped too: once etcd is back, a, the primary that fenced itself, takes its volume back', async () => {
+  const dir0 = makeTempDir('blockmirror-etcd-');
+  dirs.push(dir0);
+  let etcd = await EtcdProcess.start(dir0);
+  etcds.push(etcd);
+  const { dir, config } = await pair('blockmirror-etcd-resume-', [etcd.clientUrl]);
+  const { a, b } = await startPair(dir, config);
+  const writer = new Writer(a.uri('vol0'), 1, 10_000_000, ['--seconds', '60']);
+  await waitFor('100 replies', 30_000, () => writer.count('A') >= 100 || !writer.running);
+  await etcd.stop();
+  await a.waitStatus('a stepped down', (status) => vol0(status).role === 'secondary', 4 * leaseTtlMs + 10_000);
+  await writer.finish(20_000);
+  const history = path.join(dir, 'history-1.txt');
+  fs.writeFileSync(history, writer.output);
+  await b.stop();
+
+  // Only a is left; it was the last to claim the volume, so it holds every acknowledged write.
+  etcd = await etcd.restart();
+  etcds.push(etcd);
+  const back = await a.waitStatus('a took the volume back', (status) => vol0(status).role === 'primary' && holding(status), 30_000).catch((error: unknown) => {
+    throw new Error(`${String(error)}\na: ${a.logs.slice(-3000)}`);
+  });
+  assert.equal(vol0(back).epoch, 1);
+  assert.ok(a.records().some((record) => record['msg'] === 'took the volume back as the primary'));
+  const dumped = path.join(dir, 'a-after-outage.img');
+  await dumpVolume(a, dumped);
+  const report = await checkImage(null, dumped, [history], { acknowledged: 'replied' });
+  assert.equal(report.failure_count, 0, `seed ${seed}: replied writes missing: ${report.failures.join('; ')}`);
+  const second = new Writer(a.uri('vol0'), 2, 20_000_000, ['--max-writes', '200']);
+  assert.equal((await second.finish(60_000)).code, 0, `writes through a: ${second.stderr}`);
+
+  // b comes back and follows a in its new epoch.
+  const b2 = await start(dir, config, 'b');
+  await b2.waitStatus('b follows a in epoch 1', (status) => vol0(status).role === 'secondary' && vol0(status).epoch === 1 && vol0(status).source?.node === 'a', 30_000);
+});
 
 /** `blockmirror <args>` asking `node`'s admin API. */
 function cli(node: TestNode, ...args: string[]): ReturnType<typeof run> {

@@ -46,6 +46,11 @@ test('the preferred candidate: highest priority, then most entries, then lowest 
   ];
   assert.equal(preferredCandidate(candidates)?.node, 'b');
   assert.equal(preferredCandidate([...candidates, { node: 'e', priority: 5, lastSeq: 1 }])?.node, 'e');
+  // A primary that stepped down comes after every copy that follows, whatever its priority.
+  assert.equal(preferredCandidate([{ node: 'a', priority: 9, lastSeq: 200, steppedDown: true }, ...candidates])?.node, 'b');
+  assert.equal(preferredCandidate([{ node: 'a', priority: 9, lastSeq: 200, steppedDown: true }])?.node, 'a');
+  assert.deepEqual(parseCandidate(encodeClaim({ node: 'a', priority: 0, lastSeq: 5, steppedDown: true })), { node: 'a', priority: 0, lastSeq: 5, steppedDown: true });
+  assert.equal(parseCandidate('{"node":"a","priority":0,"lastSeq":5,"steppedDown":"yes"}'), null);
 });
 
 test('a candidate claims once the others had time to announce themselves, the preferred first, the rest after the fallback', () => {
