@@ -227,16 +227,19 @@ export class EtcdCoordinator {
 
   private async renewLoop(): Promise<void> {
     const everyMs = renewEveryMs(this.config.leaseTtlMs);
+    // A failed renewal is tried again soon (each try may reach another member: one that is
+    // down fails at once, and the others answer once they have a leader again).
+    const retryMs = Math.min(200, Math.floor(everyMs / 4));
     while (!this.stopped) {
       const startedMs = this.clock.nowMs();
-      await this.renew(everyMs);
+      const renewed = await this.renew(Math.min(everyMs, 1000));
       this.fenceLapsed();
-      await this.clock.sleep(Math.max(0, startedMs + everyMs - this.clock.nowMs()));
+      await this.clock.sleep(renewed ? Math.max(0, startedMs + everyMs - this.clock.nowMs()) : retryMs);
     }
   }
 
-  /** Grants the lease when there is none, or renews it; a confirmation moves the fence on. */
-  private async renew(timeoutMs: number): Promise<void> {
+  /** Grants the lease when there is none, or renews it; a confirmation moves the fence on. Whether it did. */
+  private async renew(timeoutMs: number): Promise<boolean> {
     const sentAtMs = this.clock.nowMs();
     try {
       if (this.lease === null) {
@@ -246,11 +249,16 @@ export class EtcdCoordinator {
         this.leaseId = id;
         this.held.confirmed(sentAtMs, this.config.leaseTtlMs);
         this.log.info('lease granted in etcd', { lease: id, ttlMs: this.config.leaseTtlMs });
-        return;
+        return true;
       }
       const lease = this.lease;
-      const answer = await withTimeout(lease.keepaliveOnce(), timeoutMs, 'the lease renewal');
-      this.held.confirmed(sentAtMs, Number(answer.TTL) * 1000);
+      // A confirmation that comes after the try gave up still counts, from when it was sent.
+      const attempt = lease.keepaliveOnce().then((answer) => {
+        if (this.lease === lease) this.held.confirmed(sentAtMs, Number(answer.TTL) * 1000);
+        return answer;
+      });
+      attempt.catch(() => undefined);
+      await withTimeout(attempt, timeoutMs, 'the lease renewal');
       this.counters.renewals += 1;
       if (this.renewError !== null) {
         this.log.warn('etcd renews the lease again', { after: this.renewError });
@@ -272,7 +280,9 @@ export class EtcdCoordinator {
       }
       this.renewError = `renewing the lease: ${describe(error)}`;
       this.noteError(this.renewError, 'renewal');
+      return false;
     }
+    return true;
   }
 
   /** A primary whose lease may have expired in etcd steps down (its gate already lets nothing pass). */
