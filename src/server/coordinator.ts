@@ -465,7 +465,9 @@ export class EtcdCoordinator {
   private refusal(served: ServedVolume, recorded: EpochClaim | null): BlockmirrorError | null {
     const { name } = served.config;
     if (served.target !== null) return this.roles.promotable(name);
-    const own = recorded !== null && recorded.node === this.node.id && recorded.epoch === served.volume.replica.epoch;
+    // Its own claim: of the epoch it stepped down in, or of a later one whose answer it never had (it never took
+    // that epoch up, so nobody acknowledged in it).
+    const own = recorded !== null && recorded.node === this.node.id && recorded.epoch >= served.volume.replica.epoch;
     if (!own) return new BlockmirrorError('ERR_ROLE_REFUSED', `node ${this.node.id} stepped down as the primary of ${name}, and etcd names a later claim (${recorded === null ? 'none recorded' : `epoch ${recorded.epoch} of node ${recorded.node}`})`);
     return this.roles.resumable(name);
   }

@@ -33,6 +33,17 @@
 //       dead before any copy heard of its epoch);
 //   (c) when the run ends with one primary, no split brain left apart and every node up,
 //       reachable and on a working disk, every copy that follows it holds its entries.
+//
+// Coordinated through etcd (no operator promotes; a claim in etcd does), two more, from the
+// acknowledgements (node, epoch, virtual time) and the claims as etcd processed them:
+//   (a) at most one node ever acknowledges in an epoch number, and etcd never gives one
+//       epoch to two nodes nor takes an epoch older than the newest it gave;
+//   (b) a primary acknowledges only while etcd still holds its `primary` key of that epoch
+//       (the lease it is under has not expired there: it fenced itself first), so the
+//       primaries' acknowledgements never overlap: every acknowledgement in an epoch happens
+//       before etcd processed the claim of any newer epoch.
+// (p) covers the promotions by a claim as it covers those by the rules: the copy promoted
+// holds every write acknowledged in its line.
 
 import { SimFailure } from './checker.js';
 
@@ -74,10 +85,32 @@ export class FailoverChecker {
   sharedEpochNumbers = 0;
   checks = 0;
 
+  /** Per epoch, the last time a node acknowledged in it (coordinated through etcd). */
+  private readonly lastAckUs = new Map<number, number>();
+  /** Per epoch, the node etcd gave it to and when it processed the first claim of it. */
+  private readonly claims = new Map<number, { node: string; atUs: number }>();
+  private newestClaim: { epoch: number; node: string; atUs: number } | null = null;
+
   constructor(
     private readonly now: () => number,
     private readonly quorum: boolean,
+    /** Coordinated through etcd: who etcd's `primary` key names now, in which epoch (null: absent). */
+    private readonly etcdHolder: (() => { node: string; epoch: number } | null) | null = null,
   ) {}
+
+  /** etcd processed a claim: `node` took `epoch` at `atUs` (the epoch key names it). */
+  claimed(node: string, epoch: number, atUs: number): void {
+    this.checks += 1;
+    const earlier = this.claims.get(epoch);
+    if (earlier !== undefined && earlier.node !== node) this.fail('a', `etcd gave epoch ${epoch} to node ${node} at ${atUs}us, and to node ${earlier.node} at ${earlier.atUs}us`);
+    const newest = this.newestClaim;
+    if (newest !== null && epoch < newest.epoch) this.fail('a', `etcd took epoch ${epoch} for node ${node} at ${atUs}us, older than epoch ${newest.epoch} node ${newest.node} took at ${newest.atUs}us`);
+    if (earlier === undefined) this.claims.set(epoch, { node, atUs });
+    for (const [older, lastUs] of this.lastAckUs) {
+      if (older < epoch && lastUs >= atUs) this.fail('b', `a write was acknowledged in epoch ${older} at ${lastUs}us, not before etcd processed node ${node}'s claim of epoch ${epoch} at ${atUs}us`);
+    }
+    if (newest === null || epoch > newest.epoch) this.newestClaim = { epoch, node, atUs };
+  }
 
   private fail(invariant: string, message: string): never {
     throw new SimFailure(`(${invariant}) at ${this.now()}us: ${message}`);
@@ -100,6 +133,17 @@ export class FailoverChecker {
       this.sharedNumbers.add(write.epoch);
       this.sharedEpochNumbers += 1;
     }
+    if (this.etcdHolder === null) return;
+    if (numbers.size > 1) this.fail('a', `nodes ${[...numbers].join(' and ')} acknowledged writes in epoch ${write.epoch}`);
+    const holder = this.etcdHolder();
+    if (holder?.node !== write.node || holder.epoch !== write.epoch) {
+      this.fail('b', `node ${write.node} acknowledged write ${write.writeId} in epoch ${write.epoch} at ${this.now()}us, when etcd's primary key named ${holder === null ? 'nobody' : `node ${holder.node} in epoch ${holder.epoch}`}`);
+    }
+    const newest = this.newestClaim;
+    if (newest !== null && newest.epoch > write.epoch) {
+      this.fail('b', `node ${write.node} acknowledged write ${write.writeId} in epoch ${write.epoch} at ${this.now()}us, after etcd processed node ${newest.node}'s claim of epoch ${newest.epoch} at ${newest.atUs}us`);
+    }
+    this.lastAckUs.set(write.epoch, this.now());
   }
 
   /** Per epoch number: the nodes that acknowledged as its primary (more than one only for promotions made apart). */
@@ -121,7 +165,7 @@ export class FailoverChecker {
     for (const write of this.acked.values()) {
       if (!inLine(write) || this.saved.has(write.writeId) || this.lostWithDisk.has(write.writeId)) continue;
       if (holds(write.seq) !== write.writeId) {
-        this.fail('p', `node ${node} was promoted to epoch ${epoch} by the rules, but lacks write ${write.writeId} that node ${write.node} acknowledged at entry ${write.seq} (epoch ${write.epoch})`);
+        this.fail('p', `node ${node} was promoted to epoch ${epoch} by the rules, but lacks write ${write.writeId} that node ${write.node} acknowledged at entry ${write.seq} (epoch ${write.epoch}${write.alone ? ', no peer counted' : ''})`);
       }
     }
   }

@@ -4,7 +4,10 @@
 // quorum volumes with a witness. Every invariant of failover-checker.ts must hold, the runs
 // must go through what they claim to, and each deliberate fault of failover-config.ts must
 // be caught. BLOCKMIRROR_SEED moves the base seed; `npm run sim:failover -- --runs 10000`
-// runs the long set.
+// runs the long set. Coordinated through etcd (`--coordination etcd`), no operator promotes:
+// primaries hold the volume under leases in a simulated etcd and secondaries claim it (or a
+// primary that stepped down takes it back), and no two primaries' acknowledgements may overlap ((a), (b)); the fault ignores-lease shows
+// that the checker sees a primary that acknowledges past its lease.
 //
 // What the simulator found in src/ (fixed; the last tests reproduce each on the core):
 // - two nodes promoted to one epoch number (the first new primary died before any copy heard
@@ -19,6 +22,15 @@
 // - a copy filled by a primary that had restarted after a crash held its renumbered entries
 //   under the numbers of the ones it lost, which another line held, and the histories said
 //   they shared them (the fault renumbers-unmarked; a restart is now in the history).
+// Coordinated through etcd (fixed; the seeds that found it run below): a primary checked a
+// reply against the `synced` set as it last read or wrote it, which could name fewer copies
+// than etcd did: its change that added a copy landed but the answer was lost (seed 64593), a
+// read sent before that change and answered after it put the smaller set back (seed 64563),
+// or the change, decided while the copy was up to date, landed after the copy dropped and a
+// reply left without it (seed 64054 with --mode sync); the copy then claimed and was
+// promoted without those writes (p). Each value now carries a version, a change compares the
+// value it replaces, the copies of a change whose answer has not come count until a later
+// change is confirmed, and a read a change raced is not taken.
 
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
@@ -34,6 +46,7 @@ import { addFailover, defaultFailoverBase, runFailoverSeed } from './failover-ru
 
 const base = baseSeed(defaultFailoverBase);
 const SEEDS = 400;
+const ETCD_SEEDS = 300;
 
 describe('failover simulation', () => {
   test(`${SEEDS} seeds keep every invariant and go through every kind of failover`, () => {
@@ -57,6 +70,49 @@ describe('failover simulation', () => {
     assert.ok(totals.disklessServed > 5, `${totals.disklessServed} served diskless`);
     assert.ok(totals.attached > 20, `${totals.attached} disks attached`);
     assert.ok(totals.converged > SEEDS / 2, `${totals.converged} runs converged`);
+  });
+
+  test(`${ETCD_SEEDS} seeds coordinated through etcd keep every invariant: leases fence each primary before the next claim`, () => {
+    const totals = emptyCounts();
+    const failures: string[] = [];
+    for (let run = 0; run < ETCD_SEEDS; run += 1) {
+      const result = runFailoverSeed((base + run) >>> 0, { coordination: 'etcd' });
+      if (result.summary === null) failures.push(`seed ${result.seed}: ${result.error ?? ''}\nreplay: ${result.replay}`);
+      else addFailover(totals, result.summary);
+    }
+    assert.deepEqual(failures, []);
+    assert.ok(totals.acknowledged > 5000, `${totals.acknowledged} writes acknowledged`);
+    assert.equal(totals.byRules + totals.forced, 0, 'nobody promotes by hand');
+    assert.ok(totals.failovers > 80, `${totals.failovers} secondaries promoted by their claim`);
+    assert.ok(totals.claims > 300, `${totals.claims} claims won`);
+    assert.ok(totals.claimsLost > 0, `${totals.claimsLost} claims lost to another`);
+    assert.ok(totals.leaseFences > 80, `${totals.leaseFences} primaries fenced by their lease`);
+    assert.ok(totals.namedNewer > 3, `${totals.namedNewer} primaries stepped down as etcd named a newer epoch`);
+    assert.ok(totals.released > 80, `${totals.released} keys released`);
+    assert.ok(totals.resumed > 30, `${totals.resumed} volumes taken back by a primary that stepped down`);
+    assert.ok(totals.syncedShrunk > 20 && totals.syncedGrown > 200, `the synced set shrunk ${totals.syncedShrunk} times, grown ${totals.syncedGrown} times`);
+    assert.ok(totals.syncedUnanswered > 20 && totals.staleReads > 50, `${totals.syncedUnanswered} changes of the synced set unanswered, ${totals.staleReads} reads raced by one`);
+    assert.ok(totals.lateRenewals > 100, `${totals.lateRenewals} renewals confirmed after their try gave up`);
+    assert.ok(totals.leasesExpired > 200, `${totals.leasesExpired} leases expired`);
+    assert.ok(totals.etcdOutages > 50 && totals.etcdCuts > 100, `${totals.etcdOutages} etcd outages, ${totals.etcdCuts} nodes cut off from it`);
+    assert.ok(totals.gateRefused > 20, `${totals.gateRefused} replies failed at a closed lease gate`);
+    assert.ok(totals.converged > ETCD_SEEDS / 2, `${totals.converged} runs converged`);
+  });
+
+  test('the seeds that found the synced set naming copies its primary did not count keep every invariant', () => {
+    for (const [seed, mode] of [[64593, undefined], [64563, undefined], [64054, 'sync']] as const) {
+      const result = runFailoverSeed(seed, { coordination: 'etcd', strict: false, ...(mode === undefined ? {} : { mode }) });
+      assert.equal(result.error, null, `seed ${seed}: ${result.error ?? ''}\nreplay: ${result.replay}`);
+    }
+  });
+
+  test('the fault ignores-lease is caught (b): a primary acknowledges after its lease expired in etcd', () => {
+    const errors: string[] = [];
+    for (let run = 0; run < ETCD_SEEDS; run += 1) {
+      const result = runFailoverSeed((base + run) >>> 0, { fault: 'ignores-lease' });
+      if (result.error !== null) errors.push(result.error);
+    }
+    assert.ok(errors.some((error) => error.startsWith('(b)')), `no seed caught ignores-lease by (b): ${errors.join('; ') || 'no failure'}`);
   });
 
   // Each fault is caught by the invariant it breaks (and may trip others first in some seeds).

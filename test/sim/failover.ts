@@ -30,16 +30,31 @@
 // A reply that leaves while a peer has no session records, first, from which entry that
 // peer may lack acknowledged writes (the mirror ledger's `ackedAlone`). Heartbeats are
 // ideal: a node hears another exactly while both run and neither is cut off.
+//
+// Coordinated through etcd (`coordination: etcd`), no operator promotes: each node runs the
+// coordinator's loops (etcd-node.ts) against a simulated etcd (etcd-model.ts); a primary's
+// replies pass only while its coordinator holds the volume under a lease it knows to live,
+// and a secondary that may be promoted by the rules (the shipped `promotable`: a secondary
+// with its target, not streaming, with a disk, that `mayLack` clears) claims the volume
+// once its primary's lease expired and is promoted to the epoch its claim took; a primary
+// that stepped down and was the last to claim (`resumable`: it follows no one, has its disk
+// and no full resync waiting) claims after every such copy and takes the volume back in the
+// epoch it took, from its own log (`resume`). Its volumes
+// may be strict: the primary then refuses changes, and fails those waiting, while a replica
+// does not stream in sync (MirrorSource.strictMissing), so it never acknowledges alone.
 
 import { assert } from '../../src/lib/assert.js';
 import { compareCopies, EpochHistory, type EpochStart } from '../../src/core/epoch-history.js';
 import { disklessRefusal } from '../../src/core/diskless.js';
+import { parseEpochClaim, parsePrimaryClaim } from '../../src/core/lease.js';
 import { contactHeard, mayLack, type SourceContact } from '../../src/core/promotion.js';
 import { hearsLivePrimary, LEARNING, memberHeard, newerPromise, nextCandidacy, promiseFences, promotionQuorum, writeQuorum, type EpochPromise, type MemberView } from '../../src/core/quorum.js';
 import { admitsSource, ReplicaCore } from '../../src/core/replica-core.js';
 import { decideSplitBrain, splitBrainBetween, type SplitBrain, type SplitBrainDecision } from '../../src/core/split-brain.js';
 import { Prng } from '../unit/prng.js';
 import { SimFailure } from './checker.js';
+import { EPOCH_KEY, PRIMARY_KEY, SimEtcd, type EtcdNetwork } from './etcd-model.js';
+import { emptyCoordinatorCounts, SimCoordinator, type CoordinatorCounts } from './etcd-node.js';
 import { EventQueue } from './event-queue.js';
 import { FailoverChecker, type AckedWrite, type CheckedEntry } from './failover-checker.js';
 import type { FailoverConfig, Step, Target } from './failover-config.js';
@@ -82,6 +97,9 @@ interface Request {
   incarnation: number;
   seq: number;
   epoch: number;
+  arrivedUs: number;
+  /** Through etcd: its change is mirrored, and its reply waits at the lease gate. */
+  mirrored: boolean;
 }
 
 interface Client {
@@ -116,6 +134,8 @@ class SimNode {
   promise: EpochPromise | null = null;
   /** Started on an empty data directory (a replaced disk), it has not yet learned the newest epoch (durable). */
   learning = false;
+  /** Durable: its log was made anew on an empty disk and waits for a full resync (LogStatus.needsFullResync): it cannot be the primary. */
+  needsFullResync = false;
   /** The epoch it stands for as a candidate, until when (lost at a crash). */
   candidacy: { epoch: number; untilUs: number; incarnation: number; force: boolean } | null = null;
   // What the process holds (lost at a crash):
@@ -128,6 +148,9 @@ class SimNode {
   lastAnswerUs = -1;
   /** Per peer, the highest entry it acknowledged to this node. */
   readonly knownAcked = new Map<string, number>();
+  /** Coordinated through etcd: this incarnation's coordinator, and where its clock starts. */
+  coordinator: SimCoordinator | null = null;
+  clockOffsetUs = 0;
 
   constructor(
     readonly id: string,
@@ -202,6 +225,38 @@ export interface FailoverCounts {
   sharedEpochNumbers: number;
   /** 1 when the run ended with every copy following one primary. */
   converged: number;
+  // Coordinated through etcd:
+  /** Secondaries promoted by their claim in etcd. */
+  failovers: number;
+  /** Primaries that stepped down and took their volume back by a claim in etcd. */
+  resumed: number;
+  /** Claims etcd granted (a primary taking its key in its own epoch, or a secondary the next one). */
+  claims: number;
+  claimsLost: number;
+  claimsGivenUp: number;
+  /** Primaries that stepped down because their lease may have expired, or etcd named a newer epoch. */
+  leaseFences: number;
+  namedNewer: number;
+  /** Writes of the synced set etcd took: shrunk before a reply left, or grown as copies came up to date. */
+  syncedShrunk: number;
+  syncedGrown: number;
+  /** Changes of the synced set etcd refused (the value had moved on), or whose answer never came; reads whose synced set was not taken (a change raced them). */
+  syncedRefused: number;
+  syncedUnanswered: number;
+  staleReads: number;
+  released: number;
+  renewals: number;
+  renewalFailures: number;
+  /** Renewals confirmed after their try gave up (they still move the lease's bound on). */
+  lateRenewals: number;
+  leasesExpired: number;
+  etcdOutages: number;
+  etcdCuts: number;
+  etcdMessagesLost: number;
+  /** Replies that waited at a closed lease gate until they failed. */
+  gateRefused: number;
+  /** 1 when the run ended with no node taking writes (no primary of its own history, running, with a disk). */
+  leaderless: number;
 }
 
 export function emptyCounts(): FailoverCounts {
@@ -226,6 +281,28 @@ export function emptyCounts(): FailoverCounts {
     lostToForce: 0,
     sharedEpochNumbers: 0,
     converged: 0,
+    failovers: 0,
+    resumed: 0,
+    claims: 0,
+    claimsLost: 0,
+    claimsGivenUp: 0,
+    leaseFences: 0,
+    namedNewer: 0,
+    syncedShrunk: 0,
+    syncedGrown: 0,
+    syncedRefused: 0,
+    syncedUnanswered: 0,
+    staleReads: 0,
+    released: 0,
+    renewals: 0,
+    renewalFailures: 0,
+    lateRenewals: 0,
+    leasesExpired: 0,
+    etcdOutages: 0,
+    etcdCuts: 0,
+    etcdMessagesLost: 0,
+    gateRefused: 0,
+    leaderless: 0,
   };
 }
 
@@ -259,6 +336,11 @@ export class FailoverCluster {
   private readonly pendingSplits: PendingSplit[] = [];
   private horizonUs = 0;
   private readonly tally = emptyCounts();
+  /** Coordinated through etcd: etcd, its own Prng (the static run's draws stay as they were), the coordinators' counts. */
+  private readonly etcd: SimEtcd | null = null;
+  private readonly etcdPrng: Prng;
+  private etcdNetwork: EtcdNetwork | null = null;
+  private readonly coordination: CoordinatorCounts = emptyCoordinatorCounts();
 
   constructor(
     readonly config: FailoverConfig,
@@ -269,8 +351,129 @@ export class FailoverCluster {
     this.witnessPrimary = primary;
     this.nodes = config.nodes.map((id) => new SimNode(id, primary, config.mode));
     for (const id of [...config.nodes, WITNESS]) this.cut.set(id, 0);
-    this.checker = new FailoverChecker(() => this.queue.now, config.quorum === 'majority');
+    this.checker = new FailoverChecker(() => this.queue.now, config.quorum === 'majority', config.etcd === null ? null : () => this.etcdHolder());
     for (let id = 1; id <= config.clients; id += 1) this.clients.push({ id, node: primary, opsLeft: config.opsPerClient, busy: false });
+    this.etcdPrng = new Prng((config.seed ^ 0x3e7cd) >>> 0);
+    const etcd = config.etcd;
+    if (etcd !== null) {
+      const network = {
+        delayUs: { minUs: etcd.delayMs.minMs * etcd.usPerMs, maxUs: etcd.delayMs.maxMs * etcd.usPerMs },
+        slowChance: etcd.slowChance,
+        lossChance: etcd.lossChance,
+        // Set by run(): the last leases of the run live out without losses, so that it may settle.
+        lossUntilUs: 0,
+      };
+      this.etcdNetwork = network;
+      this.etcd = new SimEtcd(this.queue, this.etcdPrng, network, etcd.usPerMs, (key, value, atUs) => this.etcdCommitted(key, value, atUs), (text) => this.note(text));
+    }
+  }
+
+  /** Whom etcd's `primary` key names now (for the checker: a primary acknowledges only while it does). */
+  private etcdHolder(): { node: string; epoch: number } | null {
+    const text = this.etcd?.peek(PRIMARY_KEY) ?? null;
+    const claim = text === null ? null : parsePrimaryClaim(text);
+    assert(text === null || claim !== null, `etcd's primary key holds ${text ?? ''}`);
+    return claim;
+  }
+
+  /** etcd wrote a key: a claim's epoch key goes to the checker, as etcd processed it. */
+  private etcdCommitted(key: string, value: string | null, atUs: number): void {
+    if (key !== EPOCH_KEY || value === null) return;
+    const claim = parseEpochClaim(value);
+    assert(claim !== null, `etcd's epoch key holds ${value}`);
+    this.checker.claimed(claim.node, claim.epoch, atUs);
+  }
+
+  /** Coordinated through etcd: the node's process starts its coordinator, on a clock of its own. */
+  private startCoordinator(node: SimNode): void {
+    const etcd = this.etcd;
+    const shape = this.config.etcd;
+    if (etcd === null || shape === null) return;
+    node.clockOffsetUs = this.etcdPrng.between(0, 1_000_000_000);
+    const offsetUs = node.clockOffsetUs;
+    const faults = { ignoresLease: this.config.fault === 'ignores-lease' };
+    const coordinator = new SimCoordinator(
+      {
+        id: node.id,
+        priority: shape.priorities[node.id] ?? 0,
+        replicas: this.config.nodes,
+        mode: this.config.mode,
+        clockUs: () => this.queue.now + offsetUs,
+        isPrimary: () => node.up && node.core.role === 'primary' && !node.draining,
+        changing: () => node.draining,
+        isSecondary: () => node.up && node.core.role === 'secondary',
+        hasTarget: () => node.core.secondary !== null,
+        epoch: () => node.core.epoch,
+        durableSeq: () => node.durablePrefix,
+        countedPeers: () => [...node.sessions].filter(([, session]) => session.phase === 'streaming').map(([peer]) => peer),
+        upToDatePeers: () => [...node.sessions].filter(([peer, session]) => session.phase === 'streaming' && session.inSync && !this.node(peer).diskFailed).map(([peer]) => peer),
+        promotable: () => this.claimRefusal(node),
+        stepDown: (reason) => this.stepDown(node, reason),
+        promoteTo: (epoch) => this.promoteClaimed(node, epoch),
+        resumable: () => this.resumeRefusal(node),
+        resume: (epoch) => this.resumeClaimed(node, epoch),
+      },
+      etcd,
+      this.queue,
+      { ttlMs: shape.ttlMs, usPerMs: shape.usPerMs },
+      faults,
+      this.coordination,
+      (text) => this.note(text),
+      () => this.queue.now <= this.horizonUs,
+    );
+    node.coordinator = coordinator;
+    coordinator.start();
+  }
+
+  /**
+   * VolumeRoles.promotable, as the coordinator asks it: why `node` may not be promoted by the
+   * rules now, or null. Unlike the operator of a static run, it knows only what its node knows.
+   */
+  private claimRefusal(node: SimNode): string | null {
+    if (!node.up || node.diskFailed) return 'not running with a disk';
+    if (node.core.role !== 'secondary') return 'not a secondary';
+    if (node.core.secondary === null) return 'it stepped down as the primary: it follows the next one';
+    if (node.following !== null) return `streaming from ${node.following.node}`;
+    if (this.config.fault === 'promote-ignores-contact') return null;
+    return mayLack({ name: 'vol', mode: this.config.mode }, node.contact, node.id);
+  }
+
+  /** VolumeRoles.promote(name, false, epoch) after a claim won in etcd: exactly that epoch, or why not. */
+  private promoteClaimed(node: SimNode, epoch: number): string | null {
+    const refusal = this.claimRefusal(node);
+    if (refusal !== null) return refusal;
+    const contact = node.contact;
+    this.note(`${node.id} is promoted by its claim: in sync with ${contact?.source ?? '?'} through entry ${contact?.lastSeq ?? '?'} when their session ended (${contact?.endedBy ?? 'running'})`);
+    const history = node.core.promotion(node.id, node.lastSeq, epoch - 1);
+    assert(history.current.epoch === epoch, `a claim of epoch ${epoch} promoted ${node.id} to epoch ${history.current.epoch}`);
+    this.becomePrimary(node, history, 'claim');
+    return null;
+  }
+
+  /**
+   * VolumeRoles.resumable: why `node`, a primary that stepped down and follows no one yet,
+   * may not take its volume back now, or null. (That it holds every acknowledged write is
+   * etcd's to say: its claim was the last, and the synced set names it.)
+   */
+  private resumeRefusal(node: SimNode): string | null {
+    if (!node.up || node.draining) return 'not running, or changing its role';
+    if (node.core.role !== 'secondary' || node.core.secondary !== null) return 'not a primary that stepped down';
+    if (node.core.history.current.primary !== node.id || node.discardWinner !== null) return 'not the last primary, or lost a split brain';
+    if (node.diskFailed) return 'its disk failed';
+    if (node.needsFullResync) return 'its copy waits for a full resync';
+    return null;
+  }
+
+  /** VolumeRoles.resume(name, epoch) after a claim won in etcd: the primary that stepped down begins `epoch` from its own log, or why not. */
+  private resumeClaimed(node: SimNode, epoch: number): string | null {
+    const refusal = this.resumeRefusal(node);
+    if (refusal !== null) return refusal;
+    assert(epoch > node.core.epoch, `${node.id} took its volume back in epoch ${epoch}, not past its ${node.core.epoch}`);
+    this.note(`${node.id} takes its volume back by its claim, from entry ${node.lastSeq + 1}`);
+    const history = node.core.promotion(node.id, node.lastSeq, epoch - 1);
+    assert(history.current.epoch === epoch, `a claim of epoch ${epoch} gave ${node.id} epoch ${history.current.epoch}`);
+    this.becomePrimary(node, history, 'resume');
+    return null;
   }
 
   private note(text: string): void {
@@ -295,11 +498,15 @@ export class FailoverCluster {
 
   run(): FailoverSummary {
     const activeUs = this.config.opsPerClient * (this.config.thinkUs.maxUs + 2000);
-    const lastStep = Math.max(0, ...this.config.steps.map((step) => step.atUs + 60_000));
-    this.horizonUs = Math.max(activeUs, lastStep) + 100_000;
+    const lastStep = Math.max(0, ...this.config.steps.map((step) => step.atUs + Math.max(60_000, 'forUs' in step ? step.forUs : 0)));
+    // Through etcd a failover waits for the lease: a few of them more.
+    const ttlUs = this.config.etcd === null ? 0 : this.config.etcd.ttlMs * this.config.etcd.usPerMs;
+    this.horizonUs = Math.max(activeUs, lastStep) + 100_000 + 4 * ttlUs;
+    if (this.etcdNetwork !== null) this.etcdNetwork.lossUntilUs = this.horizonUs - 3 * ttlUs;
     for (const client of this.clients) this.scheduleClient(client);
     for (const step of this.config.steps) this.queue.at(step.atUs, `step ${step.kind}`, () => this.perform(step));
     this.queue.at(0, 'tick', () => this.tick());
+    for (const node of this.nodes) this.startCoordinator(node);
     let events = 0;
     for (let label = this.queue.step(); label !== null; label = this.queue.step()) {
       events += 1;
@@ -312,7 +519,34 @@ export class FailoverCluster {
     this.tally.lostWithDisk = this.checker.lostWithDisk.size;
     this.tally.lostToForce = this.checker.lostToForce.size;
     this.tally.sharedEpochNumbers = this.checker.sharedEpochNumbers;
+    this.tallyCoordination();
     return { config: this.config, events, virtualUs: this.queue.now, checks: this.checker.checks, counts: { ...this.tally } };
+  }
+
+  private tallyCoordination(): void {
+    const counts = this.coordination;
+    this.tally.failovers = counts.failovers;
+    this.tally.resumed = counts.resumed;
+    this.tally.claims = counts.claimsWon;
+    this.tally.claimsLost = counts.claimsLost;
+    this.tally.claimsGivenUp = counts.claimsGivenUp;
+    this.tally.leaseFences = counts.leaseFences;
+    this.tally.namedNewer = counts.namedNewer;
+    this.tally.syncedShrunk = counts.syncedShrunk;
+    this.tally.syncedGrown = counts.syncedGrown;
+    this.tally.syncedRefused = counts.syncedRefused;
+    this.tally.syncedUnanswered = counts.syncedUnanswered;
+    this.tally.staleReads = counts.staleReads;
+    this.tally.released = counts.released;
+    this.tally.renewals = counts.renewals;
+    this.tally.renewalFailures = counts.renewalFailures;
+    this.tally.lateRenewals = counts.lateRenewals;
+    const etcd = this.etcd;
+    if (etcd === null) return;
+    this.tally.leasesExpired = etcd.counts.leasesExpired;
+    this.tally.etcdOutages = etcd.counts.outages;
+    this.tally.etcdCuts = etcd.counts.cuts;
+    this.tally.etcdMessagesLost = etcd.counts.lost;
   }
 
   // ---- the steps of the schedule ------------------------------------------------------------
@@ -343,6 +577,7 @@ export class FailoverCluster {
         this.tally.partitions += 1;
         this.cut.set(node.id, (this.cut.get(node.id) ?? 0) + 1);
         this.note(`${node.id} cut off`);
+        if (step.etcdToo) this.etcd?.cutOff(node.id, step.healAfterUs);
         this.linksDown(node.id, false);
         this.queue.after(step.healAfterUs, `${node.id} healed`, () => this.cut.set(node.id, (this.cut.get(node.id) ?? 1) - 1));
         // With a quorum the operator may promote a node while the old primary is only cut off.
@@ -362,6 +597,14 @@ export class FailoverCluster {
       case 'switchover':
         this.switchover();
         return;
+      case 'etcd-down':
+        this.etcd?.goDown(step.forUs);
+        return;
+      case 'etcd-cut': {
+        const node = this.resolveTarget(step.target);
+        if (node !== null) this.etcd?.cutOff(node.id, step.forUs);
+        return;
+      }
     }
   }
 
@@ -374,6 +617,8 @@ export class FailoverCluster {
     node.draining = false;
     node.candidacy = null;
     node.knownAcked.clear();
+    node.coordinator?.stop();
+    node.coordinator = null;
     if (node.diskFailed) {
       // Its disk had failed: nothing of the volume is readable at its start (until attach).
       this.replaceDisk(node);
@@ -394,6 +639,7 @@ export class FailoverCluster {
   private restart(node: SimNode): void {
     node.up = true;
     this.note(`${node.id} restarted`);
+    this.startCoordinator(node);
   }
 
   /** Sessions to and from `id` end: it crashed, or its links were cut. */
@@ -410,7 +656,9 @@ export class FailoverCluster {
     if (target.following?.session === session) {
       target.following = null;
       if (target.contact !== null && target.contact.source === source.id && target.contact.endedAt === null) {
-        target.contact = { ...target.contact, lastSeq: target.lastSeq, endedAt: String(this.queue.now), endedBy: why };
+        // ContactRecord.ended: a session the copy's own end closed (a crash, read back at its start; its disk failed) says nothing of what the source acknowledged after it.
+        const sourceWent = why !== 'peer crashed' && why !== 'disk failed';
+        target.contact = { ...target.contact, inSync: target.contact.inSync && sourceWent, lastSeq: target.lastSeq, endedAt: String(this.queue.now), endedBy: why };
       }
     }
     this.replyAll(source);
@@ -483,6 +731,7 @@ export class FailoverCluster {
     node.core = node.open(0, fresh.current.primary === node.id ? fresh.stepDown() : fresh);
     node.diskFailed = false;
     node.learning = this.config.fault !== 'forgets-epoch';
+    node.needsFullResync = true;
     this.dropWaiting(node);
     this.tally.attached += 1;
     this.note(`${node.id} attached an empty disk`);
@@ -490,7 +739,8 @@ export class FailoverCluster {
 
   /** The operator's promote: `id`, or the first secondary whose promotion is allowed. */
   private promote(id: string | null, force: boolean): void {
-    if (this.queue.now > this.horizonUs) return;
+    // Through etcd nobody promotes by hand: a claim does.
+    if (this.queue.now > this.horizonUs || this.etcd !== null) return;
     // Forced, the operator picks the copy with the most entries.
     const secondaries = this.nodes.filter((node) => node.core.role === 'secondary');
     if (force) secondaries.sort((x, y) => y.lastSeq - x.lastSeq);
@@ -584,8 +834,12 @@ export class FailoverCluster {
     return null;
   }
 
-  /** `how`: by the rules, forced, or a split brain's winner taking over. */
-  private becomePrimary(node: SimNode, history: EpochHistory, how: 'rules' | 'forced' | 'take-over'): void {
+  /**
+   * `how`: by the rules, forced, a split brain's winner taking over, or a claim won in etcd
+   * (by the rules; or `resume`: a primary that stepped down takes its volume back, from its
+   * own log as after a clean stop, which held a consistency point).
+   */
+  private becomePrimary(node: SimNode, history: EpochHistory, how: 'rules' | 'forced' | 'take-over' | 'claim' | 'resume'): void {
     // The promotion takes a consistency point: what the copy holds is durable.
     for (const entry of node.log) entry.durable = true;
     const before = node.core.history;
@@ -596,7 +850,7 @@ export class FailoverCluster {
     if (how === 'forced') this.tally.forced += 1;
     else if (how === 'rules') this.tally.byRules += 1;
     this.note(`${node.id} promoted to epoch ${history.current.epoch} from entry ${history.current.firstSeq} (${how})`);
-    this.checker.promoted(node.id, history.current.epoch, how, (seq) => node.writeAt(seq), (write) => this.inLine(before, write));
+    this.checker.promoted(node.id, history.current.epoch, how === 'claim' || how === 'resume' ? 'rules' : how, (seq) => node.writeAt(seq), (write) => this.inLine(before, write));
   }
 
   /** The write's epoch (number and primary) is the one `history` (the copy's before its promotion) puts its entry in. */
@@ -731,6 +985,7 @@ export class FailoverCluster {
         if (peer !== node && !node.sessions.has(peer.id) && this.reachable(node.id, peer.id)) this.hello(node, peer);
       }
       this.replyAll(node);
+      this.gateTimeouts(node);
     }
     if (this.queue.now < this.horizonUs) this.queue.after(TICK_US, 'tick', () => this.tick());
   }
@@ -743,7 +998,9 @@ export class FailoverCluster {
     this.dropWaiting(node);
     node.draining = false;
     node.diskless = false;
-    node.core.demote();
+    // Through etcd its history says it stepped down, as VolumeRoles.stepDown writes it: it
+    // takes writes again only if promoted (a claim), and follows the next primary meanwhile.
+    node.core.demote(this.etcd !== null ? node.core.history.stepDown() : node.core.history);
     for (const [peer, session] of [...node.sessions]) this.endSession(node, this.node(peer), session.id, 'source stepped down');
   }
 
@@ -946,6 +1203,8 @@ export class FailoverCluster {
   private takeOver(node: SimNode, loser: string, sharedSeq: number, aboveEpoch: number): void {
     if (!node.up || node.diskFailed) return;
     if (node.core.role === 'primary' && node.core.history.primaryNow === node.id && node.core.epoch > aboveEpoch) return;
+    // Through etcd, as VolumeRoles.takeOver does: the primary steps down first (its replies in flight fail).
+    if (node.core.role === 'primary' && this.etcd !== null) this.stepDown(node, `split brain with ${loser}: it wins in a new epoch`);
     if (node.core.role === 'primary') node.core.demote();
     node.following = null;
     const history = node.core.promotion(node.id, node.lastSeq, aboveEpoch);
@@ -1023,7 +1282,10 @@ export class FailoverCluster {
         // The peer holds everything: the ledger's mark goes (MirrorLedger.clearIfCurrent).
         source.ackedAlone.delete(target.id);
         this.send(source, target, 'in-sync', () => {
-          if (target.following?.session === following.session && target.contact?.source === source.id) target.contact = { ...target.contact, inSync: true };
+          if (target.following?.session !== following.session || target.contact?.source !== source.id) return;
+          target.contact = { ...target.contact, inSync: true };
+          // A copy on a new disk holds all of it now: its full resync is done.
+          target.needsFullResync = false;
         });
       }
       this.replyAll(source);
@@ -1048,6 +1310,8 @@ export class FailoverCluster {
       incarnation: node.incarnation,
       seq: 0,
       epoch: 0,
+      arrivedUs: 0,
+      mirrored: false,
     };
     this.queue.after(this.prng.between(5, 50), `write ${request.writeId} arrives at ${node.id}`, () => this.arrived(node, request, client));
   }
@@ -1068,9 +1332,10 @@ export class FailoverCluster {
   }
 
   private arrived(node: SimNode, request: Request, client: Client): void {
-    if (!node.up || node.incarnation !== request.incarnation || !node.serving || node.core.refusal() !== null) return this.retry(client);
+    if (!node.up || node.incarnation !== request.incarnation || !node.serving || node.core.refusal() !== null || this.strictMissing(node) !== null) return this.retry(client);
     request.seq = node.core.local.assignSeq();
     request.epoch = node.core.epoch;
+    request.arrivedUs = this.queue.now;
     const entry: Entry = { seq: request.seq, epoch: request.epoch, writeId: request.writeId, block: request.block, durable: false };
     node.log.push(entry);
     node.waiting.push(request);
@@ -1079,9 +1344,25 @@ export class FailoverCluster {
     this.replyAll(node);
   }
 
+  /** A strict volume's primary refuses changes while a replica does not stream in sync (MirrorSource.strictMissing), or null. */
+  private strictMissing(node: SimNode): string | null {
+    if (!this.config.strict) return null;
+    for (const peer of this.nodes) {
+      if (peer === node) continue;
+      const session = node.sessions.get(peer.id);
+      if (session?.phase !== 'streaming' || !session.inSync) return `replica ${peer.id} is not in sync and the volume is strict`;
+    }
+    return null;
+  }
+
   /** Answers every waiting request whose write is where the mode needs it. */
   private replyAll(node: SimNode): void {
     if (!node.up || node.core.role !== 'primary' || (node.diskFailed && !node.diskless)) return;
+    // A strict volume fails what waits for its peers once a replica is not in sync (the change stays in the log, unacknowledged).
+    if (node.waiting.some((request) => !request.mirrored) && this.strictMissing(node) !== null) {
+      for (const request of node.waiting.filter((each) => !each.mirrored)) this.retry(request.client);
+      node.waiting.splice(0, node.waiting.length, ...node.waiting.filter((each) => each.mirrored));
+    }
     for (let index = 0; index < node.waiting.length; ) {
       const request = node.waiting[index];
       assert(request !== undefined);
@@ -1095,13 +1376,42 @@ export class FailoverCluster {
   }
 
   private replyMayLeave(node: SimNode, request: Request): boolean {
+    // Through etcd the reply, once mirrored, passes the LeaseGate (MirroredVolume.finish):
+    // only while this node holds the volume under a lease it knows to live, and the synced
+    // set names no copy the reply did not wait for (the peers counted now, at the gate).
+    if (this.etcd !== null) {
+      request.mirrored ||= this.mirrored(node, request);
+      return request.mirrored && node.coordinator?.holds() === true;
+    }
+    return this.mirrored(node, request) && this.quorumOk(node);
+  }
+
+  /** The request's change is where the mode needs it: durable here and acknowledged by every streaming peer (sync), or by an up-to-date one (diskless). */
+  private mirrored(node: SimNode, request: Request): boolean {
     const entry = node.log[request.seq - 1];
     if (entry === undefined || entry.writeId !== request.writeId) return false;
     if (!node.diskless && !entry.durable) return false;
     const sessions = [...node.sessions.values()].filter((session) => session.phase === 'streaming');
     if (this.config.mode === 'sync' && sessions.some((session) => session.acked < request.seq)) return false;
     if (node.diskless && !sessions.some((session) => session.inSync && session.acked >= request.seq)) return false;
-    return this.quorumOk(node);
+    return true;
+  }
+
+  /** Through etcd, a reply that waited at the closed lease gate for as long as a lease lives fails (ERR_FENCED): its client tries again. */
+  private gateTimeouts(node: SimNode): void {
+    const coordinator = node.coordinator;
+    if (coordinator === null || coordinator.holds(false)) return;
+    for (let index = 0; index < node.waiting.length; ) {
+      const request = node.waiting[index];
+      assert(request !== undefined);
+      if (this.queue.now - request.arrivedUs < coordinator.gateWaitUs) {
+        index += 1;
+        continue;
+      }
+      node.waiting.splice(index, 1);
+      this.tally.gateRefused += 1;
+      this.retry(request.client);
+    }
   }
 
   private answer(node: SimNode, request: Request): void {
@@ -1142,6 +1452,7 @@ export class FailoverCluster {
       }
     }
     const primaries = this.nodes.filter((node) => node.serving);
+    this.tally.leaderless = primaries.length === 0 ? 1 : 0;
     const everyoneUp = this.nodes.every((node) => node.up && !node.diskFailed) && [...this.cut.values()].every((count) => count === 0);
     const primary = primaries[0];
     if (primaries.length !== 1 || primary === undefined || this.pendingSplits.length > 0 || !everyoneUp) return false;
