@@ -26,23 +26,20 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { after, test } from 'node:test';
+import { test } from 'node:test';
 import { Etcd3 } from 'etcd3';
 import { EtcdProcess } from '../helpers/etcd-process.js';
-import { cliPath, killAll, makeTempDir, run, startClusterNode, vol0, writeClusterConfig, type NodeStatusJson, type TestNode } from '../helpers/node-process.js';
+import { cliPath, makeTempDir, run, startClusterNode, testResources, vol0, writeClusterConfig, type NodeStatusJson, type TestNode } from '../helpers/node-process.js';
 import { checkImage, dumpVolume, seed, waitFor, Writer } from './workload.js';
 
 const fastHeartbeat = { intervalMs: 100, timeoutMs: 600, probationMs: 600 };
 const leaseTtlMs = 2000;
 
-const started: TestNode[] = [];
+// The nodes, etcds, namespaces and directories a test makes go when the file ends, however it ends.
+const { nodes: started, dirs, first } = testResources();
 const etcds: EtcdProcess[] = [];
-const dirs: string[] = [];
-after(async () => {
-  killAll();
-  for (const node of started) await node.stop('SIGKILL');
+first.push(async () => {
   for (const etcd of etcds) await etcd.stop('SIGKILL');
-  if (process.exitCode === undefined || process.exitCode === 0) for (const dir of dirs) fs.rmSync(dir, { recursive: true, force: true });
 });
 
 async function start(dir: string, config: string, id: string): Promise<TestNode> {

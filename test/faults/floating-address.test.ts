@@ -15,25 +15,22 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { after, test } from 'node:test';
+import { test } from 'node:test';
 import { EtcdProcess } from '../helpers/etcd-process.js';
 import { NetnsLab } from '../helpers/netns.js';
-import { killAll, makeTempDir, startClusterNode, vol0, type NodeStatusJson, type TestNode } from '../helpers/node-process.js';
+import { makeTempDir, startClusterNode, testResources, vol0, type NodeStatusJson } from '../helpers/node-process.js';
 import { checkImage, dumpUri, seed, waitFor, Writer } from './workload.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const hookPath = path.resolve(here, '../../../contrib/floating-address.sh');
 
 const lab = new NetnsLab('fa');
-const started: TestNode[] = [];
+// The nodes, etcds, namespaces and directories a test makes go when the file ends, however it ends.
+const { nodes: started, dirs, first } = testResources();
 const etcds: EtcdProcess[] = [];
-const dirs: string[] = [];
-after(async () => {
-  killAll();
-  for (const node of started) await node.stop('SIGKILL');
+first.push(async () => {
   for (const etcd of etcds) await etcd.stop('SIGKILL');
   await lab.remove();
-  if (process.exitCode === undefined || process.exitCode === 0) for (const dir of dirs) fs.rmSync(dir, { recursive: true, force: true });
 });
 
 const holding = (status: NodeStatusJson): boolean => status.coordination.kind === 'etcd' && status.coordination.volumes['vol0']?.holding === true;
