@@ -43,6 +43,9 @@ import type { VolumeRoles } from './volume-roles.js';
 import type { Hooks } from './hooks.js';
 import type { CoordinationStatus, PromotionResult } from './status.js';
 
+/** Lease renewals that may wait for an answer at once. */
+const renewalsUnderWayMax = 4;
+
 type EtcdCoordination = Extract<ClusterConfig['coordination'], { kind: 'etcd' }>;
 
 /** What one volume's keys said at the last read, and what this node does about them. */
@@ -87,6 +90,8 @@ export class EtcdCoordinator {
   private watchErrors = 0;
   /** Changes of `synced` started, and under way: a read sent while one was (or answered after one started) may be stale. */
   private syncedChangesStarted = 0;
+  /** Lease renewals sent and not yet answered (bounded by renewalsUnderWayMax). */
+  private renewalsUnderWay = 0;
   private syncedChangesUnderWay = 0;
   private lastLoggedError: { text: string; atMs: number } | null = null;
   private readonly counters = { renewals: 0, renewalFailures: 0, claimsWon: 0, claimsLost: 0, fenced: 0 };
@@ -252,12 +257,18 @@ export class EtcdCoordinator {
         return true;
       }
       const lease = this.lease;
+      // Tries that gave up may still be waiting for an answer: a few at most, so that a long
+      // outage does not pile up requests.
+      if (this.renewalsUnderWay >= renewalsUnderWayMax) throw new Error(`${renewalsUnderWayMax} lease renewals are still waiting for an answer`);
+      this.renewalsUnderWay += 1;
       // A confirmation that comes after the try gave up still counts, from when it was sent.
       const attempt = lease.keepaliveOnce().then((answer) => {
         if (this.lease === lease) this.held.confirmed(sentAtMs, Number(answer.TTL) * 1000);
         return answer;
       });
-      attempt.catch(() => undefined);
+      attempt.catch(() => undefined).finally(() => {
+        this.renewalsUnderWay -= 1;
+      });
       await withTimeout(attempt, timeoutMs, 'the lease renewal');
       this.counters.renewals += 1;
       if (this.renewError !== null) {
